@@ -1,0 +1,453 @@
+//! Whole key blocks: parsing, opening (unwrap) and sealing (wrap).
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::header::{
+    self, Algorithm, Exportability, FIXED_HEADER_LEN, Header, MAX_BLOCK_LEN, Version,
+};
+use crate::optional_block::{BlockContent, BlockId, KcvMethod, OptionalBlock};
+use crate::padding::Padding;
+use crate::{Error, Kbpk, Key, Profile, binding, hex, kcv, policy};
+
+/// A parsed key block whose payload is still encrypted. Everything in it can be shown without a
+/// KBPK; [`KeyBlock::open`] needs one.
+#[derive(Debug)]
+pub struct KeyBlock<'a> {
+    header: Header,
+    raw_header: &'a [u8],
+    ciphertext: Zeroizing<Vec<u8>>,
+    mac: [u8; 16],
+    profile: Profile,
+}
+
+/// The result of opening a key block: its header and the clear key.
+#[derive(Debug)]
+pub struct Opened {
+    /// The block's header.
+    pub header: Header,
+    /// The clear key.
+    pub key: Key,
+}
+
+/// Options for [`seal`].
+#[derive(Debug, Clone, Copy)]
+pub struct SealOptions {
+    /// Rules the header must follow. Strict by default.
+    pub profile: Profile,
+    /// Allow versions A and C, the deprecated TDES variant bindings. Off by default: new blocks
+    /// should be B, D or E.
+    pub allow_legacy: bool,
+    /// Pad TDES keys to 24 bytes and AES keys to 32 bytes so the block does not reveal the key
+    /// length (X9.143 makes this mandatory). On by default; only applies to random padding.
+    pub obfuscate: bool,
+}
+
+impl Default for SealOptions {
+    fn default() -> Self {
+        Self {
+            profile: Profile::Strict,
+            allow_legacy: false,
+            obfuscate: true,
+        }
+    }
+}
+
+impl<'a> KeyBlock<'a> {
+    /// Parses a key block. Nothing secret is needed or touched: this checks the syntax, the
+    /// length field, the layout of payload and MAC, and (in the strict profile) the header rules.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`], [`Error::Unsupported`] or (strict) [`Error::Policy`].
+    pub fn parse(text: &'a str, profile: Profile) -> Result<Self, Error> {
+        let text = text.as_bytes();
+        if text.len() > MAX_BLOCK_LEN {
+            return Err(Error::malformed("length", "longer than 9999 characters"));
+        }
+        // Every character is checked by the part that reads it (fixed fields by format, optional
+        // blocks as printable ASCII, payload and MAC as hex), so no separate pass is needed.
+        let parsed = header::parse(text, profile)?;
+        if parsed.declared_len != text.len() {
+            return Err(Error::malformed(
+                "length",
+                "the length field does not match the block's length",
+            ));
+        }
+        let header = parsed.header;
+        let version = header.version;
+        let (raw_header, rest) = text.split_at_checked(parsed.header_len).unwrap_or_default();
+        check_alignment(&header, parsed.header_len, profile)?;
+        if profile == Profile::Strict {
+            policy::check_header(&header)?;
+        }
+
+        let mac_hex_len = 2 * binding::mac_len(version);
+        let Some(payload_hex_len) = rest.len().checked_sub(mac_hex_len) else {
+            return Err(Error::malformed(
+                "payload",
+                "too short to hold a payload and a MAC",
+            ));
+        };
+        let (payload_hex, mac_hex) = rest.split_at_checked(payload_hex_len).unwrap_or_default();
+        if payload_hex_len % 2 != 0 {
+            return Err(Error::malformed("payload", "an odd number of hex digits"));
+        }
+        let payload_len = payload_hex_len / 2;
+        let bs = binding::cipher_block(version);
+        let whole_blocks = version == Version::E || payload_len % bs == 0;
+        let minimum = if version == Version::E { 3 } else { bs };
+        if payload_len < minimum || !whole_blocks {
+            return Err(Error::malformed(
+                "payload",
+                "not a whole number of cipher blocks, or too short for a key",
+            ));
+        }
+        let lenient = profile == Profile::Lenient;
+        let mut ciphertext = Zeroizing::new(alloc::vec![0u8; payload_len]);
+        if !hex::decode_into(payload_hex, &mut ciphertext, lenient) {
+            return Err(Error::malformed("payload", hex_rule(lenient)));
+        }
+        let mut mac = [0u8; 16];
+        if !hex::decode_into(
+            mac_hex,
+            mac.get_mut(..mac_hex_len / 2).unwrap_or_default(),
+            lenient,
+        ) {
+            return Err(Error::malformed("MAC", hex_rule(lenient)));
+        }
+        Ok(Self {
+            header,
+            raw_header,
+            ciphertext,
+            mac,
+            profile,
+        })
+    }
+
+    /// The block's header.
+    pub const fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Gives up the header without opening the block.
+    pub fn into_header(self) -> Header {
+        self.header
+    }
+
+    /// Authenticates and decrypts the block under `kbpk`. The MAC is verified before anything
+    /// about the decrypted payload is looked at; then the key length field, the key length the
+    /// algorithm needs (strict), the KBPK's strength (strict) and any `KC`/`KP` check values.
+    ///
+    /// # Errors
+    /// [`Error::Kbpk`] if the KBPK cannot serve this version; [`Error::Authentication`] for a
+    /// wrong KBPK or an altered block (one error for every such cause);
+    /// [`Error::CheckValueMismatch`] or (strict) [`Error::Policy`] for an authentic block whose
+    /// content contradicts its header.
+    pub fn open(self, kbpk: &Kbpk) -> Result<Opened, Error> {
+        let Self {
+            header,
+            raw_header,
+            mut ciphertext,
+            mac,
+            profile,
+        } = self;
+        let version = header.version;
+        let mac = mac.get(..binding::mac_len(version)).unwrap_or_default();
+        binding::open(
+            version,
+            kbpk.expose_secret(),
+            raw_header,
+            &mut ciphertext,
+            mac,
+        )?;
+        let key = extract_key(ciphertext)?;
+        if profile == Profile::Strict {
+            policy::check_key_length(header.algorithm, key.len())?;
+            policy::check_strength(&header, kbpk.len(), key.len())?;
+        }
+        check_carried_kcvs(&header, kbpk, &key)?;
+        Ok(Opened { header, key })
+    }
+}
+
+const fn hex_rule(lenient: bool) -> &'static str {
+    if lenient {
+        "not hex"
+    } else {
+        "not upper-case hex"
+    }
+}
+
+/// Parses and opens a key block in one step.
+///
+/// # Errors
+/// As [`KeyBlock::parse`] and [`KeyBlock::open`].
+pub fn open(text: &str, kbpk: &Kbpk, profile: Profile) -> Result<Opened, Error> {
+    KeyBlock::parse(text, profile)?.open(kbpk)
+}
+
+/// Builds a key block holding `key` under `kbpk`.
+///
+/// The header's length field and block count are computed. A `PB` block is added (or resized)
+/// when the optional blocks need padding to the cipher block size; `KC` and `KP` blocks are
+/// filled in: leave their data empty to have the check value computed with the usual method,
+/// give just the method (`00` legacy, `01` CMAC) to choose it, or give a full value to have it
+/// verified.
+///
+/// # Errors
+/// [`Error::Unsupported`] for version A or C without `allow_legacy`; [`Error::Kbpk`] if the KBPK
+/// does not fit the version; [`Error::InvalidKey`] if the key or the exact padding do not fit;
+/// [`Error::Policy`] for a header the strict profile refuses; [`Error::CheckValueMismatch`] if a
+/// given `KC`/`KP` value is wrong; [`Error::Random`] if the padding source fails.
+pub fn seal(
+    kbpk: &Kbpk,
+    header: &Header,
+    key: &Key,
+    options: &SealOptions,
+    padding: Padding<'_>,
+) -> Result<String, Error> {
+    let version = header.version;
+    if matches!(version, Version::A | Version::C) && !options.allow_legacy {
+        return Err(Error::Unsupported(
+            "versions A and C are deprecated; export them only with the legacy switch",
+        ));
+    }
+    binding::check_kbpk(version, kbpk.expose_secret())?;
+    let key_bytes = key.expose_secret();
+    let key_bits = u16::try_from(key_bytes.len() * 8)
+        .map_err(|_| Error::InvalidKey("the key is too long for a key block"))?;
+    let header = prepare_header(header, kbpk, key)?;
+    if options.profile == Profile::Strict {
+        policy::check_header(&header)?;
+        policy::check_key_length(header.algorithm, key_bytes.len())?;
+        policy::check_strength(&header, kbpk.len(), key_bytes.len())?;
+    }
+
+    let bs = binding::cipher_block(version);
+    let pad_len = match &padding {
+        Padding::Exact(bytes) => {
+            if version != Version::E && !(2 + key_bytes.len() + bytes.len()).is_multiple_of(bs) {
+                return Err(Error::InvalidKey(
+                    "the padding must complete the last cipher block of the payload",
+                ));
+            }
+            bytes.len()
+        }
+        Padding::Random(_) => {
+            let masked = if options.obfuscate {
+                obfuscated_len(header.algorithm, key_bytes.len())
+            } else {
+                key_bytes.len()
+            };
+            let payload = if version == Version::E {
+                2 + masked
+            } else {
+                (2 + masked).div_ceil(bs) * bs
+            };
+            payload - 2 - key_bytes.len()
+        }
+    };
+    let payload_len = 2 + key_bytes.len() + pad_len;
+    let mac_len = binding::mac_len(version);
+    let header_len = header.encoded_len();
+    let total = header_len + 2 * payload_len + 2 * mac_len;
+    if total > MAX_BLOCK_LEN {
+        return Err(Error::InvalidKey(
+            "the key block would exceed 9999 characters",
+        ));
+    }
+
+    let mut out = Vec::with_capacity(total);
+    header.encode_into(total, &mut out)?;
+    let mut payload = Zeroizing::new(Vec::with_capacity(payload_len));
+    payload.extend_from_slice(&key_bits.to_be_bytes());
+    payload.extend_from_slice(key_bytes);
+    payload.resize(payload_len, 0);
+    let pad = payload.get_mut(2 + key_bytes.len()..).unwrap_or_default();
+    match padding {
+        Padding::Exact(bytes) => pad.copy_from_slice(bytes),
+        Padding::Random(source) => source.fill(pad)?,
+    }
+    let mut mac = [0u8; 16];
+    let mac = mac.get_mut(..mac_len).unwrap_or_default();
+    binding::seal(version, kbpk.expose_secret(), &out, &mut payload, mac)?;
+    hex::encode_into(&payload, &mut out);
+    hex::encode_into(mac, &mut out);
+    String::from_utf8(out).map_err(|_| Error::malformed("header", "not ASCII"))
+}
+
+/// Opens a block under one KBPK and seals its key under another, keeping the header apart from
+/// the version and what [`seal`] fills in. The key's exportability is honoured: `N` keys are
+/// never re-exported, `E` keys only into key blocks (which this always produces).
+///
+/// # Errors
+/// As [`open`] and [`seal`]; [`Error::Policy`] for a non-exportable key.
+pub fn translate(
+    text: &str,
+    from: &Kbpk,
+    to: &Kbpk,
+    version: Version,
+    options: &SealOptions,
+    padding: Padding<'_>,
+) -> Result<String, Error> {
+    let Opened { mut header, key } = open(text, from, options.profile)?;
+    match header.exportability {
+        Exportability::EXPORTABLE | Exportability::SENSITIVE => {}
+        _ => return Err(Error::Policy("the key is not exportable")),
+    }
+    header.version = version;
+    header
+        .optional_blocks
+        .retain(|b| !matches!(b.id(), BlockId::PB | BlockId::KP));
+    for block in &mut header.optional_blocks {
+        if block.id() == BlockId::KC {
+            *block = OptionalBlock::new(BlockId::KC, "")?;
+        }
+    }
+    seal(to, &header, &key, options, padding)
+}
+
+/// The padded key length X9.143 prescribes so the block hides the key length: TDES keys as long
+/// as a 3-key TDES key, AES keys as long as an AES-256 key. Other algorithms have no rule.
+pub const fn obfuscated_len(algorithm: Algorithm, key_len: usize) -> usize {
+    let target = match algorithm {
+        Algorithm::TDES => 24,
+        Algorithm::AES => 32,
+        _ => 0,
+    };
+    if key_len > target { key_len } else { target }
+}
+
+fn check_alignment(header: &Header, header_len: usize, profile: Profile) -> Result<(), Error> {
+    let bs = binding::cipher_block(header.version);
+    // The A and C CBC-MAC cannot even be computed over an unaligned header; the others can, so
+    // the lenient profile lets misaligned headers from sloppy writers through.
+    let required = profile == Profile::Strict || matches!(header.version, Version::A | Version::C);
+    if required && !header_len.is_multiple_of(bs) {
+        return Err(Error::malformed(
+            "optional blocks",
+            "the header is not a multiple of the cipher block size (a PB block is missing or wrong)",
+        ));
+    }
+    Ok(())
+}
+
+/// Takes the key out of a decrypted payload (`key length in bits ‖ key ‖ padding`), reusing the
+/// payload's buffer. Any inconsistency is an authentication failure: it can only come from a
+/// wrong key or a forged block, and must not be told apart from a bad MAC.
+fn extract_key(mut payload: Zeroizing<Vec<u8>>) -> Result<Key, Error> {
+    let Some((&[b0, b1], rest)) = payload.split_first_chunk::<2>() else {
+        return Err(Error::Authentication);
+    };
+    let bits = usize::from(u16::from_be_bytes([b0, b1]));
+    let len = bits / 8;
+    if bits % 8 != 0 || len == 0 || len > rest.len() {
+        return Err(Error::Authentication);
+    }
+    payload.get_mut(2 + len..).unwrap_or_default().zeroize();
+    payload.copy_within(2..2 + len, 0);
+    payload.truncate(len);
+    payload.get_mut(len..).unwrap_or_default().zeroize();
+    Ok(Key::from_vec(payload))
+}
+
+/// Verifies `KC` and `KP` blocks against the opened key and the KBPK.
+fn check_carried_kcvs(header: &Header, kbpk: &Kbpk, key: &Key) -> Result<(), Error> {
+    for block in &header.optional_blocks {
+        let (value, target, aes, name) = match block.content() {
+            Ok(BlockContent::KeyCheckValue(v)) => (
+                v,
+                key.expose_secret(),
+                header.algorithm == Algorithm::AES,
+                "KC",
+            ),
+            Ok(BlockContent::KbpkCheckValue(v)) => (
+                v,
+                kbpk.expose_secret(),
+                binding::is_aes(header.version),
+                "KP",
+            ),
+            _ => continue,
+        };
+        let computed = kcv::by_method(value.method, aes, target)
+            .map_err(|_| Error::CheckValueMismatch(name))?;
+        let mut hex_value = Vec::with_capacity(10);
+        hex::encode_into(&computed, &mut hex_value);
+        if hex_value.get(..value.value.len()) != Some(value.value.as_bytes()) {
+            return Err(Error::CheckValueMismatch(name));
+        }
+    }
+    Ok(())
+}
+
+/// Fills in `KC`/`KP` and fixes `PB` so the optional blocks align to the cipher block.
+fn prepare_header(header: &Header, kbpk: &Kbpk, key: &Key) -> Result<Header, Error> {
+    let mut out = header.clone();
+    for block in &mut out.optional_blocks {
+        let (target, aes, name) = match block.id() {
+            BlockId::KC => (
+                key.expose_secret(),
+                header.algorithm == Algorithm::AES,
+                "KC",
+            ),
+            BlockId::KP => (kbpk.expose_secret(), binding::is_aes(header.version), "KP"),
+            _ => continue,
+        };
+        let data = block.data();
+        let method = match data.get(..2) {
+            None if data.is_empty() => {
+                if aes {
+                    KcvMethod::Cmac
+                } else {
+                    KcvMethod::Legacy
+                }
+            }
+            Some("00") => KcvMethod::Legacy,
+            Some("01") => KcvMethod::Cmac,
+            _ => {
+                return Err(Error::malformed(
+                    "optional block KC/KP",
+                    "method is not 00 or 01",
+                ));
+            }
+        };
+        let (code, default_len) = match method {
+            KcvMethod::Legacy => ("00", 6),
+            KcvMethod::Cmac => ("01", 10),
+        };
+        let given = data.get(2..).unwrap_or_default();
+        let computed = kcv::by_method(method, aes, target)
+            .map_err(|_| Error::InvalidKey("no check value method fits this key"))?;
+        let mut value = Vec::with_capacity(10);
+        hex::encode_into(&computed, &mut value);
+        let value =
+            core::str::from_utf8(value.get(..default_len).unwrap_or_default()).unwrap_or("");
+        let new_data = if given.is_empty() {
+            alloc::format!("{code}{value}")
+        } else if value.as_bytes().starts_with(given.as_bytes()) && given.len() % 2 == 0 {
+            String::from(data)
+        } else {
+            return Err(Error::CheckValueMismatch(name));
+        };
+        *block = OptionalBlock::new(block.id(), new_data)?;
+    }
+    let bs = binding::cipher_block(header.version);
+    let aligned = out.encoded_len().is_multiple_of(bs);
+    let pb_last = out.optional_blocks.last().map(OptionalBlock::id) == Some(BlockId::PB);
+    if !(aligned && (pb_last || !out.optional_blocks.iter().any(|b| b.id() == BlockId::PB))) {
+        out.optional_blocks.retain(|b| b.id() != BlockId::PB);
+        let len = out.encoded_len();
+        if !len.is_multiple_of(bs) {
+            let pb_data = (bs - (len + 4) % bs) % bs;
+            out.optional_blocks
+                .push(OptionalBlock::new(BlockId::PB, "0".repeat(pb_data))?);
+        }
+    }
+    debug_assert_eq!(out.encoded_len() % bs, 0);
+    if out.encoded_len() < FIXED_HEADER_LEN {
+        return Err(Error::malformed("header", "too short"));
+    }
+    Ok(out)
+}
