@@ -451,3 +451,307 @@ fn prepare_header(header: &Header, kbpk: &Kbpk, key: &Key) -> Result<Header, Err
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{KeyUsage, ModeOfUse};
+
+    const KBPK: &str = "88E1AB2A2E3DD38C1FA039A536500CC8A87AB9D62DC92C01058FA79F44657DE6";
+    const KEY: &str = "3F419E1CB7079442AA37474C2EFBF8B8";
+
+    fn header(text: &str) -> Header {
+        Header::parse(text, Profile::Strict).unwrap()
+    }
+
+    fn exact(n: usize) -> alloc::vec::Vec<u8> {
+        alloc::vec![0x1C; n]
+    }
+
+    /// A block whose MAC is right but whose `KC` does not match the key: built by hand with the
+    /// binding directly, since `seal` refuses to write one.
+    fn inconsistent_block(kc: &str) -> String {
+        let kbpk = Kbpk::from_hex(KBPK).unwrap();
+        let mut h = header("D0000P0TE00E0000");
+        h.optional_blocks
+            .push(OptionalBlock::new(BlockId::KC, kc).unwrap());
+        h.optional_blocks
+            .push(OptionalBlock::new(BlockId::PB, "").unwrap());
+        let key = Key::from_hex(KEY).unwrap();
+        let mut payload = alloc::vec![0x00, 0x80];
+        payload.extend_from_slice(key.expose_secret());
+        payload.extend_from_slice(&exact(14));
+        let total = h.encoded_len() + 2 * payload.len() + 32;
+        let mut out = alloc::vec::Vec::new();
+        h.encode_into(total, &mut out).unwrap();
+        let mut mac = [0u8; 16];
+        binding::seal(
+            Version::D,
+            kbpk.expose_secret(),
+            &out,
+            &mut payload,
+            &mut mac,
+        )
+        .unwrap();
+        hex::encode_into(&payload, &mut out);
+        hex::encode_into(&mac, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn carried_check_values_are_verified_after_the_mac() {
+        let kbpk = Kbpk::from_hex(KBPK).unwrap();
+        let good = inconsistent_block("0057C409");
+        open(&good, &kbpk, Profile::Strict).map_err(|e| alloc::format!("{good} {e}")).unwrap();
+        let bad = inconsistent_block("0057C408");
+        assert_eq!(
+            open(&bad, &kbpk, Profile::Strict).unwrap_err(),
+            Error::CheckValueMismatch("KC")
+        );
+        assert_eq!(
+            open(&bad, &kbpk, Profile::Lenient).unwrap_err(),
+            Error::CheckValueMismatch("KC")
+        );
+        // Under a wrong KBPK the MAC fails first, so the KC says nothing.
+        let wrong = Kbpk::new(&[0; 32]).unwrap();
+        assert_eq!(
+            open(&bad, &wrong, Profile::Strict).unwrap_err(),
+            Error::Authentication
+        );
+    }
+
+    #[test]
+    fn seal_fills_or_checks_kc_and_kp() {
+        let kbpk = Kbpk::from_hex(KBPK).unwrap();
+        let key = Key::from_hex(KEY).unwrap();
+        let opts = SealOptions::default();
+        let block = seal(
+            &kbpk,
+            &header("D0000P0TE00E0200KC04KP04"),
+            &key,
+            &opts,
+            Padding::Exact(&exact(14)),
+        )
+        .unwrap();
+        assert!(
+            block.starts_with("D0144P0TE00E0300KC0C0057C409KP10012331550BC9PB04"),
+            "{block}"
+        );
+        assert!(open(&block, &kbpk, Profile::Strict).is_ok());
+        let wrong = header("D0000P0TE00E0100KC0C00FFFFFF");
+        assert_eq!(
+            seal(&kbpk, &wrong, &key, &opts, Padding::Exact(&exact(14))).unwrap_err(),
+            Error::CheckValueMismatch("KC")
+        );
+        let cmac = seal(
+            &kbpk,
+            &header("D0000P0TE00E0100KC0601"),
+            &key,
+            &opts,
+            Padding::Exact(&exact(14)),
+        )
+        .unwrap();
+        assert!(cmac.contains("KC1001C66363F72B"), "{cmac}");
+    }
+
+    #[test]
+    fn seal_keeps_an_aligned_pb_and_fixes_a_wrong_one() {
+        let kbpk = Kbpk::from_hex(KBPK).unwrap();
+        let key = Key::from_hex(KEY).unwrap();
+        let opts = SealOptions::default();
+        let kept = seal(
+            &kbpk,
+            &header("D0000P0TE00E0200KS1800604B120F9292800000PB08abcd"),
+            &key,
+            &opts,
+            Padding::Exact(&exact(14)),
+        )
+        .unwrap();
+        assert!(kept.contains("PB08abcd"), "{kept}");
+        let fixed = seal(
+            &kbpk,
+            &header("D0000P0TE00E0200KS1800604B120F9292800000PB05x"),
+            &key,
+            &opts,
+            Padding::Exact(&exact(14)),
+        )
+        .unwrap();
+        assert!(
+            fixed.contains("KS1800604B120F9292800000PB080000"),
+            "{fixed}"
+        );
+    }
+
+    #[test]
+    fn seal_refusals() {
+        let tdes = Kbpk::from_hex("89E88CF7931444F334BD7547FC3F380C").unwrap();
+        let aes = Kbpk::from_hex(KBPK).unwrap();
+        let key = Key::from_hex(KEY).unwrap();
+        let opts = SealOptions::default();
+        let pad = Padding::Exact(&[]);
+        assert!(matches!(
+            seal(&tdes, &header("A0000P0TE00E0000"), &key, &opts, pad),
+            Err(Error::Unsupported(_))
+        ));
+        let legacy = SealOptions {
+            allow_legacy: true,
+            ..opts
+        };
+        assert!(
+            seal(
+                &tdes,
+                &header("C0000P0TE00E0000"),
+                &key,
+                &legacy,
+                Padding::Random(&mut crate::OsRandom)
+            )
+            .is_ok()
+        );
+        assert!(matches!(
+            seal(
+                &aes,
+                &header("B0000P0TE00E0000"),
+                &key,
+                &opts,
+                Padding::Exact(&exact(6))
+            ),
+            Err(Error::Kbpk(_))
+        ));
+        assert!(matches!(
+            seal(
+                &aes,
+                &header("D0000P0TE00E0000"),
+                &key,
+                &opts,
+                Padding::Exact(&exact(5))
+            ),
+            Err(Error::InvalidKey(_))
+        ));
+        let short = Key::new(&[1; 8]).unwrap();
+        assert!(matches!(
+            seal(
+                &aes,
+                &header("D0000P0TE00E0000"),
+                &short,
+                &opts,
+                Padding::Exact(&exact(6))
+            ),
+            Err(Error::Policy(_))
+        ));
+        let long = Key::new(&[1; 5000]).unwrap();
+        assert!(matches!(
+            seal(
+                &aes,
+                &header("D0000M7HC00N0000"),
+                &long,
+                &opts,
+                Padding::Exact(&exact(14))
+            ),
+            Err(Error::InvalidKey(_))
+        ));
+        // A 2-key TDES KBPK may not protect a 3-key TDES key in the strict profile.
+        let key24 = Key::new(&[7; 24]).unwrap();
+        assert!(matches!(
+            seal(
+                &tdes,
+                &header("B0000P0TE00E0000"),
+                &key24,
+                &opts,
+                Padding::Exact(&exact(6))
+            ),
+            Err(Error::Policy(_))
+        ));
+    }
+
+    #[test]
+    fn translate_honours_exportability() {
+        let from = Kbpk::from_hex("89E88CF7931444F334BD7547FC3F380C").unwrap();
+        let to = Kbpk::from_hex(KBPK).unwrap();
+        // TR-31:2018 A.7.2.1: exportability E, version A, into a version D block.
+        let block = "A0072P0TE00E0000F5161ED902807AF26F1D62263644BD24192FDB3193C730301CEE8701";
+        let opts = SealOptions::default();
+        let d = translate(
+            block,
+            &from,
+            &to,
+            Version::D,
+            &opts,
+            Padding::Random(&mut crate::OsRandom),
+        )
+        .unwrap();
+        assert!(d.starts_with("D0112P0TE00E0000"), "{d}");
+        let opened = open(&d, &to, Profile::Strict).unwrap();
+        assert_eq!(
+            opened.key.to_hex().as_str(),
+            "F039121BEC83D26B169BDCD5B22AAF8F"
+        );
+        // The same key marked N is not exportable.
+        let mut h = opened.header.clone();
+        h.exportability = Exportability::NON_EXPORTABLE;
+        let n = seal(
+            &to,
+            &h,
+            &opened.key,
+            &opts,
+            Padding::Random(&mut crate::OsRandom),
+        )
+        .unwrap();
+        assert_eq!(
+            translate(
+                &n,
+                &to,
+                &to,
+                Version::D,
+                &opts,
+                Padding::Random(&mut crate::OsRandom)
+            )
+            .unwrap_err(),
+            Error::Policy("the key is not exportable")
+        );
+    }
+
+    #[test]
+    fn key_components_and_obfuscation() {
+        let kbpk = Kbpk::from_hex(KBPK).unwrap();
+        let key = Key::new(&[0x5A; 32]).unwrap();
+        let mut h = Header::new(
+            Version::D,
+            KeyUsage::KEK,
+            Algorithm::AES,
+            ModeOfUse::ENCRYPT_ONLY,
+            Exportability::EXPORTABLE,
+        );
+        h.key_version = crate::KeyVersion::from_bytes(*b"c2");
+        let block = seal(
+            &kbpk,
+            &h,
+            &key,
+            &SealOptions::default(),
+            Padding::Random(&mut crate::OsRandom),
+        )
+        .unwrap();
+        let opened = open(&block, &kbpk, Profile::Strict).unwrap();
+        assert_eq!(opened.header.key_version.component(), Some(b'2'));
+        assert_eq!(obfuscated_len(Algorithm::TDES, 16), 24);
+        assert_eq!(obfuscated_len(Algorithm::AES, 16), 32);
+        assert_eq!(obfuscated_len(Algorithm::HMAC, 20), 20);
+    }
+
+    #[test]
+    fn payload_key_length_field_errors_are_authentication_errors() {
+        // Key length fields that cannot be right: zero, not whole bytes, longer than the payload.
+        for payload in [
+            alloc::vec![0u8, 0, 1, 2],
+            alloc::vec![0, 0x81, 1, 2],
+            alloc::vec![0x01, 0x00, 1, 2],
+            alloc::vec![0],
+        ] {
+            assert_eq!(
+                extract_key(Zeroizing::new(payload)).unwrap_err(),
+                Error::Authentication
+            );
+        }
+        let key = extract_key(Zeroizing::new(alloc::vec![0x00, 0x10, 0xAB, 0xCD, 0xEF])).unwrap();
+        assert_eq!(key.expose_secret(), &[0xAB, 0xCD]);
+    }
+}

@@ -2,10 +2,12 @@
 
 use alloc::vec::Vec;
 
-/// The upper-case hex digit of a value below 16.
+/// The upper-case hex digit of a value below 16, without a branch or a table lookup.
 #[inline]
 const fn nibble(v: u8) -> u8 {
-    if v < 10 { b'0' + v } else { b'A' + v - 10 }
+    // 9 - v wraps past 0x80 exactly when v > 9; letters sit 7 above the digit after '9'.
+    let above_nine = 9u8.wrapping_sub(v) >> 7;
+    b'0' + v + above_nine * 7
 }
 
 /// Value of one hex digit, or `None`. Lower case is accepted only when `lenient`.
@@ -79,10 +81,14 @@ pub(crate) fn decode(src: &[u8], lenient: bool) -> Option<Vec<u8>> {
 
 /// Appends the upper-case hex of `bytes` to `out`.
 pub(crate) fn encode_into(bytes: &[u8], out: &mut Vec<u8>) {
-    out.reserve(bytes.len() * 2);
-    for b in bytes {
-        out.push(nibble(b >> 4));
-        out.push(nibble(b & 0x0F));
+    let start = out.len();
+    out.resize(start + bytes.len() * 2, 0);
+    let dst = out.get_mut(start..).unwrap_or_default();
+    for (pair, b) in dst.chunks_exact_mut(2).zip(bytes) {
+        if let [hi, lo] = pair {
+            *hi = nibble(b >> 4);
+            *lo = nibble(b & 0x0F);
+        }
     }
 }
 
@@ -116,6 +122,11 @@ mod tests {
         let mut s = Vec::new();
         encode_into(&[0x00, 0xAB, 0x7F], &mut s);
         assert_eq!(s, b"00AB7F");
+        let all: Vec<u8> = (0..=255u8).collect();
+        let mut s = b"x".to_vec();
+        encode_into(&all, &mut s);
+        assert_eq!(decode(&s[1..], false).unwrap(), all);
+        assert!(s[1..].iter().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c)));
         assert_eq!(
             decode(b"00AB7F", false),
             Some(alloc::vec![0x00, 0xAB, 0x7F])

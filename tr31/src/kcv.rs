@@ -171,6 +171,23 @@ mod tests {
         );
     }
 
+    /// Contract section 6: HMAC-SHA-256 of 16 zero bytes, first 3 bytes. Expected values computed
+    /// independently with Python's `hmac` module.
+    #[test]
+    fn hmac_check_values() {
+        assert_eq!(
+            hmac_sha256(&h(
+                "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F"
+            )),
+            [0xFF, 0x92, 0x12]
+        );
+        assert_eq!(hmac_sha256(&[0xAB; 32]), [0x6E, 0x0B, 0x6D]);
+        assert_eq!(
+            for_algorithm(Algorithm::HMAC, &[0xAB; 32]),
+            Some([0x6E, 0x0B, 0x6D])
+        );
+    }
+
     #[test]
     fn wrong_lengths_and_algorithms() {
         assert!(legacy(&[0; 15]).is_err());
