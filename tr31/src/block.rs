@@ -502,7 +502,9 @@ mod tests {
     fn carried_check_values_are_verified_after_the_mac() {
         let kbpk = Kbpk::from_hex(KBPK).unwrap();
         let good = inconsistent_block("0057C409");
-        open(&good, &kbpk, Profile::Strict).map_err(|e| alloc::format!("{good} {e}")).unwrap();
+        open(&good, &kbpk, Profile::Strict)
+            .map_err(|e| alloc::format!("{good} {e}"))
+            .unwrap();
         let bad = inconsistent_block("0057C408");
         assert_eq!(
             open(&bad, &kbpk, Profile::Strict).unwrap_err(),

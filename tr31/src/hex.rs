@@ -126,7 +126,11 @@ mod tests {
         let mut s = b"x".to_vec();
         encode_into(&all, &mut s);
         assert_eq!(decode(&s[1..], false).unwrap(), all);
-        assert!(s[1..].iter().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c)));
+        assert!(
+            s[1..]
+                .iter()
+                .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c))
+        );
         assert_eq!(
             decode(b"00AB7F", false),
             Some(alloc::vec![0x00, 0xAB, 0x7F])
