@@ -19,6 +19,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::Error;
 use crate::header::Version;
 use crate::modes::{self, Cmac, block_size};
+use crate::secret::{ExternalKbpk, KbpkRef};
 
 /// Bytes of MAC each version carries.
 pub(crate) const fn mac_len(version: Version) -> usize {
@@ -43,7 +44,12 @@ pub(crate) const fn is_aes(version: Version) -> bool {
 }
 
 /// Checks that `kbpk` can protect a block of this version.
-pub(crate) fn check_kbpk(version: Version, kbpk: &[u8]) -> Result<(), Error> {
+pub(crate) fn check_kbpk(version: Version, kbpk: KbpkRef<'_>) -> Result<(), Error> {
+    if matches!(kbpk, KbpkRef::External(_)) && !is_aes(version) {
+        return Err(Error::Kbpk(
+            "a KBPK held in an HSM serves versions D and E only",
+        ));
+    }
     match (is_aes(version), kbpk.len()) {
         (false, 16 | 24) | (true, 16 | 24 | 32) => Ok(()),
         (false, _) => Err(Error::Kbpk(
@@ -59,7 +65,7 @@ pub(crate) fn check_kbpk(version: Version, kbpk: &[u8]) -> Result<(), Error> {
 /// payload holds garbage the caller must discard.
 pub(crate) fn open(
     version: Version,
-    kbpk: &[u8],
+    kbpk: KbpkRef<'_>,
     header: &[u8],
     payload: &mut [u8],
     mac: &[u8],
@@ -77,7 +83,7 @@ pub(crate) fn open(
 /// MACs and encrypts `payload` in place; writes the MAC to `mac` (of [`mac_len`] bytes).
 pub(crate) fn seal(
     version: Version,
-    kbpk: &[u8],
+    kbpk: KbpkRef<'_>,
     header: &[u8],
     payload: &mut [u8],
     mac: &mut [u8],
@@ -136,7 +142,11 @@ impl SessionKeys {
     }
 }
 
-fn session_keys<F: Family>(version: Version, kbpk: &[u8]) -> Result<SessionKeys, Error> {
+fn session_keys<F: Family>(version: Version, kbpk: KbpkRef<'_>) -> Result<SessionKeys, Error> {
+    let kbpk = match kbpk {
+        KbpkRef::Local(k) => k.expose_secret(),
+        KbpkRef::External(k) => return external_session_keys(version, k),
+    };
     let len = kbpk.len();
     let mut keys = SessionKeys {
         enc: Zeroizing::new([0; 32]),
@@ -187,6 +197,45 @@ fn session_keys<F: Family>(version: Version, kbpk: &[u8]) -> Result<SessionKeys,
     Ok(keys)
 }
 
+/// The KDF input fields for a KBPK: usage code of the encryption key, algorithm code, bits.
+fn kdf_params(version: Version, len: usize) -> (u16, u16, u16) {
+    let (algorithm, bits) = match (is_aes(version), len) {
+        (false, 16) => (0x0000, 0x0080),
+        (false, _) => (0x0001, 0x00C0),
+        (true, 16) => (0x0002, 0x0080),
+        (true, 24) => (0x0003, 0x00C0),
+        (true, _) => (0x0004, 0x0100),
+    };
+    let enc_usage = if version == Version::E {
+        0x0002
+    } else {
+        0x0000
+    };
+    (enc_usage, algorithm, bits)
+}
+
+/// The same derivation with each CMAC computed by the HSM that holds the KBPK.
+fn external_session_keys(version: Version, kbpk: &dyn ExternalKbpk) -> Result<SessionKeys, Error> {
+    let len = kbpk.key_len();
+    let (enc_usage, algorithm, bits) = kdf_params(version, len);
+    let mut keys = SessionKeys {
+        enc: Zeroizing::new([0; 32]),
+        auth: Zeroizing::new([0; 32]),
+        len,
+    };
+    for (usage, out) in [(enc_usage, &mut keys.enc), (0x0001, &mut keys.auth)] {
+        let [u0, u1] = usage.to_be_bytes();
+        let [a0, a1] = algorithm.to_be_bytes();
+        let [b0, b1] = bits.to_be_bytes();
+        for (counter, chunk) in (1u8..).zip(out.get_mut(..len).unwrap_or_default().chunks_mut(16)) {
+            let mut piece = kbpk.cmac(&[counter, u0, u1, 0x00, a0, a1, b0, b1])?;
+            chunk.copy_from_slice(piece.get(..chunk.len()).unwrap_or_default());
+            piece.zeroize();
+        }
+    }
+    Ok(keys)
+}
+
 fn derive<C: BlockCipherEncrypt>(
     master: &Cmac<'_, C>,
     usage: u16,
@@ -210,7 +259,7 @@ fn new_cipher<C: KeyInit>(key: &[u8]) -> Result<C, Error> {
 
 fn open_with<F: Family>(
     version: Version,
-    kbpk: &[u8],
+    kbpk: KbpkRef<'_>,
     header: &[u8],
     payload: &mut [u8],
     mac: &[u8],
@@ -242,7 +291,7 @@ fn open_with<F: Family>(
 
 fn seal_with<F: Family>(
     version: Version,
-    kbpk: &[u8],
+    kbpk: KbpkRef<'_>,
     header: &[u8],
     payload: &mut [u8],
     mac_out: &mut [u8],
@@ -346,14 +395,14 @@ mod tests {
             ),
         ];
         for (version, kbpk, kbek, kbak) in cases {
-            let kbpk = h(kbpk);
+            let kbpk = crate::Kbpk::new(&h(kbpk)).unwrap();
             let aes = is_aes(*version);
             let keys = match (aes, kbpk.len()) {
-                (false, 16) => session_keys::<Tdes2>(*version, &kbpk),
-                (false, _) => session_keys::<Tdes3>(*version, &kbpk),
-                (true, 16) => session_keys::<Aes128Family>(*version, &kbpk),
-                (true, 24) => session_keys::<Aes192Family>(*version, &kbpk),
-                (true, _) => session_keys::<Aes256Family>(*version, &kbpk),
+                (false, 16) => session_keys::<Tdes2>(*version, KbpkRef::Local(&kbpk)),
+                (false, _) => session_keys::<Tdes3>(*version, KbpkRef::Local(&kbpk)),
+                (true, 16) => session_keys::<Aes128Family>(*version, KbpkRef::Local(&kbpk)),
+                (true, 24) => session_keys::<Aes192Family>(*version, KbpkRef::Local(&kbpk)),
+                (true, _) => session_keys::<Aes256Family>(*version, KbpkRef::Local(&kbpk)),
             }
             .unwrap();
             assert_eq!(keys.enc(), h(kbek).as_slice(), "{version:?}");
@@ -363,15 +412,13 @@ mod tests {
 
     #[test]
     fn kbpk_must_fit_the_version() {
+        let k = |n: usize| crate::Kbpk::new(&[0; 32][..n]).unwrap();
         assert!(matches!(
-            check_kbpk(Version::B, &[0; 32]),
+            check_kbpk(Version::B, KbpkRef::Local(&k(32))),
             Err(Error::Kbpk(_))
         ));
-        assert!(check_kbpk(Version::D, &[0; 32]).is_ok());
-        assert!(check_kbpk(Version::A, &[0; 24]).is_ok());
-        assert!(matches!(
-            check_kbpk(Version::E, &[0; 8]),
-            Err(Error::Kbpk(_))
-        ));
+        assert!(check_kbpk(Version::D, KbpkRef::Local(&k(32))).is_ok());
+        assert!(check_kbpk(Version::A, KbpkRef::Local(&k(24))).is_ok());
+        assert!(check_kbpk(Version::E, KbpkRef::Local(&k(16))).is_ok());
     }
 }

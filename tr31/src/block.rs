@@ -10,6 +10,7 @@ use crate::header::{
 };
 use crate::optional_block::{BlockContent, BlockId, KcvMethod, OptionalBlock};
 use crate::padding::Padding;
+use crate::secret::{ExternalKbpk, KbpkRef};
 use crate::{Error, Kbpk, Key, Profile, binding, hex, kcv, policy};
 
 /// A parsed key block whose payload is still encrypted. Everything in it can be shown without a
@@ -146,6 +147,18 @@ impl<'a> KeyBlock<'a> {
     /// [`Error::CheckValueMismatch`] or (strict) [`Error::Policy`] for an authentic block whose
     /// content contradicts its header.
     pub fn open(self, kbpk: &Kbpk) -> Result<Opened, Error> {
+        self.open_ref(KbpkRef::Local(kbpk))
+    }
+
+    /// As [`KeyBlock::open`], with the KBPK held in an HSM (versions D and E).
+    ///
+    /// # Errors
+    /// As [`KeyBlock::open`]; [`Error::Kbpk`] for versions A, B and C or an HSM failure.
+    pub fn open_external(self, kbpk: &dyn ExternalKbpk) -> Result<Opened, Error> {
+        self.open_ref(KbpkRef::External(kbpk))
+    }
+
+    fn open_ref(self, kbpk: KbpkRef<'_>) -> Result<Opened, Error> {
         let Self {
             header,
             raw_header,
@@ -155,13 +168,7 @@ impl<'a> KeyBlock<'a> {
         } = self;
         let version = header.version;
         let mac = mac.get(..binding::mac_len(version)).unwrap_or_default();
-        binding::open(
-            version,
-            kbpk.expose_secret(),
-            raw_header,
-            &mut ciphertext,
-            mac,
-        )?;
+        binding::open(version, kbpk, raw_header, &mut ciphertext, mac)?;
         let key = extract_key(ciphertext)?;
         if profile == Profile::Strict {
             policy::check_key_length(header.algorithm, key.len())?;
@@ -208,13 +215,37 @@ pub fn seal(
     options: &SealOptions,
     padding: Padding<'_>,
 ) -> Result<String, Error> {
+    seal_ref(KbpkRef::Local(kbpk), header, key, options, padding)
+}
+
+/// As [`seal`], with the KBPK held in an HSM (versions D and E).
+///
+/// # Errors
+/// As [`seal`].
+pub fn seal_external(
+    kbpk: &dyn ExternalKbpk,
+    header: &Header,
+    key: &Key,
+    options: &SealOptions,
+    padding: Padding<'_>,
+) -> Result<String, Error> {
+    seal_ref(KbpkRef::External(kbpk), header, key, options, padding)
+}
+
+fn seal_ref(
+    kbpk: KbpkRef<'_>,
+    header: &Header,
+    key: &Key,
+    options: &SealOptions,
+    padding: Padding<'_>,
+) -> Result<String, Error> {
     let version = header.version;
     if matches!(version, Version::A | Version::C) && !options.allow_legacy {
         return Err(Error::Unsupported(
             "versions A and C are deprecated; export them only with the legacy switch",
         ));
     }
-    binding::check_kbpk(version, kbpk.expose_secret())?;
+    binding::check_kbpk(version, kbpk)?;
     let key_bytes = key.expose_secret();
     let key_bits = u16::try_from(key_bytes.len() * 8)
         .map_err(|_| Error::InvalidKey("the key is too long for a key block"))?;
@@ -272,7 +303,7 @@ pub fn seal(
     }
     let mut mac = [0u8; 16];
     let mac = mac.get_mut(..mac_len).unwrap_or_default();
-    binding::seal(version, kbpk.expose_secret(), &out, &mut payload, mac)?;
+    binding::seal(version, kbpk, &out, &mut payload, mac)?;
     hex::encode_into(&payload, &mut out);
     hex::encode_into(mac, &mut out);
     String::from_utf8(out).map_err(|_| Error::malformed("header", "not ASCII"))
@@ -354,24 +385,14 @@ fn extract_key(mut payload: Zeroizing<Vec<u8>>) -> Result<Key, Error> {
 }
 
 /// Verifies `KC` and `KP` blocks against the opened key and the KBPK.
-fn check_carried_kcvs(header: &Header, kbpk: &Kbpk, key: &Key) -> Result<(), Error> {
+fn check_carried_kcvs(header: &Header, kbpk: KbpkRef<'_>, key: &Key) -> Result<(), Error> {
     for block in &header.optional_blocks {
-        let (value, target, aes, name) = match block.content() {
-            Ok(BlockContent::KeyCheckValue(v)) => (
-                v,
-                key.expose_secret(),
-                header.algorithm == Algorithm::AES,
-                "KC",
-            ),
-            Ok(BlockContent::KbpkCheckValue(v)) => (
-                v,
-                kbpk.expose_secret(),
-                binding::is_aes(header.version),
-                "KP",
-            ),
+        let (value, name) = match block.content() {
+            Ok(BlockContent::KeyCheckValue(v)) => (v, "KC"),
+            Ok(BlockContent::KbpkCheckValue(v)) => (v, "KP"),
             _ => continue,
         };
-        let computed = kcv::by_method(value.method, aes, target)
+        let computed = check_value(block.id(), value.method, header, kbpk, key)
             .map_err(|_| Error::CheckValueMismatch(name))?;
         let mut hex_value = Vec::with_capacity(10);
         hex::encode_into(&computed, &mut hex_value);
@@ -382,17 +403,37 @@ fn check_carried_kcvs(header: &Header, kbpk: &Kbpk, key: &Key) -> Result<(), Err
     Ok(())
 }
 
+/// The check value a `KC` (of the key) or `KP` (of the KBPK) block should carry.
+fn check_value(
+    id: BlockId,
+    method: KcvMethod,
+    header: &Header,
+    kbpk: KbpkRef<'_>,
+    key: &Key,
+) -> Result<[u8; 5], Error> {
+    match (id, kbpk) {
+        (BlockId::KP, KbpkRef::Local(k)) => {
+            kcv::by_method(method, binding::is_aes(header.version), k.expose_secret())
+        }
+        (BlockId::KP, KbpkRef::External(k)) => match method {
+            KcvMethod::Cmac => k.cmac(&[0; 16]).map(|v| [v[0], v[1], v[2], v[3], v[4]]),
+            KcvMethod::Legacy => Err(Error::InvalidKey("AES keys have no legacy check value")),
+        },
+        _ => kcv::by_method(
+            method,
+            header.algorithm == Algorithm::AES,
+            key.expose_secret(),
+        ),
+    }
+}
+
 /// Fills in `KC`/`KP` and fixes `PB` so the optional blocks align to the cipher block.
-fn prepare_header(header: &Header, kbpk: &Kbpk, key: &Key) -> Result<Header, Error> {
+fn prepare_header(header: &Header, kbpk: KbpkRef<'_>, key: &Key) -> Result<Header, Error> {
     let mut out = header.clone();
     for block in &mut out.optional_blocks {
-        let (target, aes, name) = match block.id() {
-            BlockId::KC => (
-                key.expose_secret(),
-                header.algorithm == Algorithm::AES,
-                "KC",
-            ),
-            BlockId::KP => (kbpk.expose_secret(), binding::is_aes(header.version), "KP"),
+        let (aes, name) = match block.id() {
+            BlockId::KC => (header.algorithm == Algorithm::AES, "KC"),
+            BlockId::KP => (binding::is_aes(header.version), "KP"),
             _ => continue,
         };
         let data = block.data();
@@ -418,7 +459,7 @@ fn prepare_header(header: &Header, kbpk: &Kbpk, key: &Key) -> Result<Header, Err
             KcvMethod::Cmac => ("01", 10),
         };
         let given = data.get(2..).unwrap_or_default();
-        let computed = kcv::by_method(method, aes, target)
+        let computed = check_value(block.id(), method, header, kbpk, key)
             .map_err(|_| Error::InvalidKey("no check value method fits this key"))?;
         let mut value = Vec::with_capacity(10);
         hex::encode_into(&computed, &mut value);
@@ -464,7 +505,7 @@ mod tests {
         Header::parse(text, Profile::Strict).unwrap()
     }
 
-    fn exact(n: usize) -> alloc::vec::Vec<u8> {
+    fn exact(n: usize) -> Vec<u8> {
         alloc::vec![0x1C; n]
     }
 
@@ -482,12 +523,12 @@ mod tests {
         payload.extend_from_slice(key.expose_secret());
         payload.extend_from_slice(&exact(14));
         let total = h.encoded_len() + 2 * payload.len() + 32;
-        let mut out = alloc::vec::Vec::new();
+        let mut out = Vec::new();
         h.encode_into(total, &mut out).unwrap();
         let mut mac = [0u8; 16];
         binding::seal(
             Version::D,
-            kbpk.expose_secret(),
+            KbpkRef::Local(&kbpk),
             &out,
             &mut payload,
             &mut mac,
@@ -755,5 +796,89 @@ mod tests {
         }
         let key = extract_key(Zeroizing::new(alloc::vec![0x00, 0x10, 0xAB, 0xCD, 0xEF])).unwrap();
         assert_eq!(key.expose_secret(), &[0xAB, 0xCD]);
+    }
+
+    /// A stand-in HSM: CMAC in software, counting the calls.
+    struct SoftHsm {
+        key: Vec<u8>,
+        calls: core::cell::Cell<usize>,
+    }
+
+    impl ExternalKbpk for SoftHsm {
+        fn key_len(&self) -> usize {
+            self.key.len()
+        }
+
+        fn cmac(&self, data: &[u8]) -> Result<[u8; 16], Error> {
+            use aes::cipher::KeyInit;
+            self.calls.set(self.calls.get() + 1);
+            let cipher =
+                aes::Aes256Enc::new_from_slice(&self.key).map_err(|_| Error::Kbpk("len"))?;
+            let mac = crate::modes::Cmac::new(&cipher).mac(&[data]);
+            let mut out = [0u8; 16];
+            out.copy_from_slice(&mac);
+            Ok(out)
+        }
+    }
+
+    #[test]
+    fn an_hsm_held_kbpk_opens_and_seals_the_same_blocks() {
+        let hsm = SoftHsm {
+            key: hex::decode(KBPK.as_bytes(), false).unwrap(),
+            calls: 0.into(),
+        };
+        let local = Kbpk::from_hex(KBPK).unwrap();
+        let block = "D0112P0AE00E0000B82679114F470F540165EDFBF7E250FCEA43F810D215F8D207E2E417C07156A27E8E31DA05F7425509593D03A457DC34";
+        let opened = KeyBlock::parse(block, Profile::Strict)
+            .unwrap()
+            .open_external(&hsm)
+            .unwrap();
+        assert_eq!(opened.key.to_hex().as_str(), KEY);
+        assert_eq!(
+            hsm.calls.get(),
+            4,
+            "two CMACs each for the encryption and MAC keys"
+        );
+        let pad = hex::decode(b"1C2965473CE206BB855B01533782", false).unwrap();
+        let opts = SealOptions::default();
+        let again = seal_external(
+            &hsm,
+            &opened.header,
+            &opened.key,
+            &opts,
+            Padding::Exact(&pad),
+        )
+        .unwrap();
+        assert_eq!(again, block);
+        let with_kp = header("D0000P0TE00E0100KP04");
+        let a = seal_external(
+            &hsm,
+            &with_kp,
+            &opened.key,
+            &opts,
+            Padding::Exact(&exact(14)),
+        )
+        .unwrap();
+        let b = seal(
+            &local,
+            &with_kp,
+            &opened.key,
+            &opts,
+            Padding::Exact(&exact(14)),
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        assert!(a.contains("KP10012331550BC9"), "{a}");
+        assert!(
+            KeyBlock::parse(&a, Profile::Strict)
+                .unwrap()
+                .open_external(&hsm)
+                .is_ok()
+        );
+        let tdes = header("B0000P0TE00E0000");
+        assert!(matches!(
+            seal_external(&hsm, &tdes, &opened.key, &opts, Padding::Exact(&exact(6))),
+            Err(Error::Kbpk(_))
+        ));
     }
 }

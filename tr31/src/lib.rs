@@ -51,7 +51,9 @@ mod padding;
 mod policy;
 mod secret;
 
-pub use block::{KeyBlock, Opened, SealOptions, obfuscated_len, open, seal, translate};
+pub use block::{
+    KeyBlock, Opened, SealOptions, obfuscated_len, open, seal, seal_external, translate,
+};
 pub use error::Error;
 pub use header::{
     Algorithm, Exportability, Header, KeyContext, KeyUsage, KeyVersion, ModeOfUse, Version,
@@ -61,4 +63,4 @@ pub use optional_block::{BlockContent, BlockId, OptionalBlock};
 pub use padding::{BufferedOsRandom, OsRandom};
 pub use padding::{Padding, PaddingSource};
 pub use policy::Profile;
-pub use secret::{Kbpk, Key};
+pub use secret::{ExternalKbpk, Kbpk, Key};

@@ -78,6 +78,41 @@ impl fmt::Debug for Kbpk {
     }
 }
 
+/// An AES key block protection key held outside this process, typically in an HSM, and reached
+/// only through AES-CMAC.
+///
+/// Versions D and E derive their block encryption and authentication keys as CMACs under the
+/// KBPK, so a KBPK that never leaves a PKCS#11 token can still protect key blocks: two to four
+/// CMAC calls per block, and the derived keys pass through this process for that one call only.
+/// Versions A, B and C cannot be served this way.
+pub trait ExternalKbpk {
+    /// Length of the AES key in bytes: 16, 24 or 32.
+    fn key_len(&self) -> usize;
+
+    /// AES-CMAC of `data` under the KBPK (16 bytes). Called with 8-byte derivation inputs, and
+    /// with 16 zero bytes for a `KP` check value.
+    ///
+    /// # Errors
+    /// Whatever the HSM reports, as [`Error::Kbpk`].
+    fn cmac(&self, data: &[u8]) -> Result<[u8; 16], Error>;
+}
+
+/// A KBPK in memory or behind an HSM.
+#[derive(Clone, Copy)]
+pub(crate) enum KbpkRef<'a> {
+    Local(&'a Kbpk),
+    External(&'a dyn ExternalKbpk),
+}
+
+impl KbpkRef<'_> {
+    pub(crate) fn len(self) -> usize {
+        match self {
+            Self::Local(k) => k.len(),
+            Self::External(k) => k.key_len(),
+        }
+    }
+}
+
 /// A clear key: the content of a key block, or the key to put into one.
 pub struct Key {
     bytes: Zeroizing<Vec<u8>>,
