@@ -249,8 +249,17 @@ fn seal_ref(
     let key_bytes = key.expose_secret();
     let key_bits = u16::try_from(key_bytes.len() * 8)
         .map_err(|_| Error::InvalidKey("the key is too long for a key block"))?;
-    let header = prepare_header(header, kbpk, key)?;
+    let keep_pb = matches!(padding, Padding::Exact(_));
+    let header = prepare_header(header, kbpk, key, keep_pb)?;
     if options.profile == Profile::Strict {
+        if header.key_usage == crate::KeyUsage::BASE_KEY_VARIANT {
+            return Err(Error::Policy("key usage B2 is deprecated: import only"));
+        }
+        if header.optional_block(BlockId::KV).is_some() {
+            return Err(Error::Policy(
+                "the KV block is deprecated: accepted on import, never written",
+            ));
+        }
         policy::check_header(&header)?;
         policy::check_key_length(header.algorithm, key_bytes.len())?;
         policy::check_strength(&header, kbpk.len(), key_bytes.len())?;
@@ -427,8 +436,15 @@ fn check_value(
     }
 }
 
-/// Fills in `KC`/`KP` and fixes `PB` so the optional blocks align to the cipher block.
-fn prepare_header(header: &Header, kbpk: KbpkRef<'_>, key: &Key) -> Result<Header, Error> {
+/// Fills in `KC`/`KP` and fixes `PB` so the optional blocks align to the cipher block. A `PB` the
+/// caller gave is kept only when it is needed, or when the padding is exact (reproducing a
+/// published block byte for byte); a superfluous one is never written otherwise.
+fn prepare_header(
+    header: &Header,
+    kbpk: KbpkRef<'_>,
+    key: &Key,
+    keep_pb: bool,
+) -> Result<Header, Error> {
     let mut out = header.clone();
     for block in &mut out.optional_blocks {
         let (aes, name) = match block.id() {
@@ -476,8 +492,22 @@ fn prepare_header(header: &Header, kbpk: KbpkRef<'_>, key: &Key) -> Result<Heade
     }
     let bs = binding::cipher_block(header.version);
     let aligned = out.encoded_len().is_multiple_of(bs);
+    let pb_count = out
+        .optional_blocks
+        .iter()
+        .filter(|b| b.id() == BlockId::PB)
+        .count();
     let pb_last = out.optional_blocks.last().map(OptionalBlock::id) == Some(BlockId::PB);
-    if !(aligned && (pb_last || !out.optional_blocks.iter().any(|b| b.id() == BlockId::PB))) {
+    let without_pb: usize = FIXED_HEADER_LEN
+        + out
+            .optional_blocks
+            .iter()
+            .filter(|b| b.id() != BlockId::PB)
+            .map(OptionalBlock::encoded_len)
+            .sum::<usize>();
+    let superfluous = pb_count > 0 && without_pb.is_multiple_of(bs) && !keep_pb;
+    let well_placed = pb_count == 0 || (pb_count == 1 && pb_last);
+    if !(aligned && well_placed) || superfluous {
         out.optional_blocks.retain(|b| b.id() != BlockId::PB);
         let len = out.encoded_len();
         if !len.is_multiple_of(bs) {
@@ -623,6 +653,63 @@ mod tests {
             fixed.contains("KS1800604B120F9292800000PB080000"),
             "{fixed}"
         );
+    }
+
+    #[test]
+    fn lenient_reads_what_strict_refuses_and_pb_rules() {
+        let kbpk = Kbpk::from_hex(KBPK).unwrap();
+        let key = Key::from_hex(KEY).unwrap();
+        let lenient = SealOptions {
+            profile: Profile::Lenient,
+            ..SealOptions::default()
+        };
+        // A DK/GBIC-style free-text KS (openemv issue #1).
+        let gbic = Header::parse("D0000P0TE00E0100KS10DE#GBIC#MMK1", Profile::Lenient).unwrap();
+        let block = seal(&kbpk, &gbic, &key, &lenient, Padding::Exact(&exact(14))).unwrap();
+        assert!(matches!(
+            open(&block, &kbpk, Profile::Strict),
+            Err(Error::Malformed {
+                field: "optional block KS",
+                ..
+            })
+        ));
+        assert!(open(&block, &kbpk, Profile::Lenient).is_ok());
+        // A superfluous PB (psec pads a whole extra block) is accepted on import and kept when
+        // reproducing with exact padding, but never written with random padding.
+        let extra = header("D0000P0TE00E0100PB10000000000000");
+        let opts = SealOptions::default();
+        let kept = seal(&kbpk, &extra, &key, &opts, Padding::Exact(&exact(14))).unwrap();
+        assert!(
+            kept.starts_with("D0128P0TE00E0100PB10000000000000"),
+            "{kept}"
+        );
+        assert!(open(&kept, &kbpk, Profile::Strict).is_ok());
+        let dropped = seal(
+            &kbpk,
+            &extra,
+            &key,
+            &opts,
+            Padding::Random(&mut crate::OsRandom),
+        )
+        .unwrap();
+        assert!(dropped.starts_with("D0112P0TE00E0000"), "{dropped}");
+        // An empty PB04 is legal.
+        let empty = seal(
+            &kbpk,
+            &header("D0000P0TE00E0200KC0C0057C409PB04"),
+            &key,
+            &opts,
+            Padding::Exact(&exact(14)),
+        )
+        .unwrap();
+        assert!(empty.contains("KC0C0057C409PB04"), "{empty}");
+        assert!(open(&empty, &kbpk, Profile::Strict).is_ok());
+        // Deprecated things are imported but not written by a strict seal.
+        let kv = header("D0000P0TE00E0200KV080000PB04");
+        assert!(matches!(
+            seal(&kbpk, &kv, &key, &opts, Padding::Exact(&exact(14))),
+            Err(Error::Policy(_))
+        ));
     }
 
     #[test]

@@ -70,13 +70,19 @@ pub(crate) fn decode_into(src: &[u8], dst: &mut [u8], lenient: bool) -> bool {
     bad & 0xF0 == 0
 }
 
-/// Decodes an even-length hex string into a new vector.
+/// Decodes an even-length hex string into a new vector. The result may be a key, so a buffer
+/// abandoned half-way is wiped before it is freed.
 pub(crate) fn decode(src: &[u8], lenient: bool) -> Option<Vec<u8>> {
     if !src.len().is_multiple_of(2) {
         return None;
     }
     let mut out = alloc::vec![0u8; src.len() / 2];
-    decode_into(src, &mut out, lenient).then_some(out)
+    if decode_into(src, &mut out, lenient) {
+        Some(out)
+    } else {
+        zeroize::Zeroize::zeroize(&mut out);
+        None
+    }
 }
 
 /// Appends the upper-case hex of `bytes` to `out`.

@@ -276,6 +276,24 @@ mod tests {
     }
 
     #[test]
+    fn optional_blocks_must_fit_the_header() {
+        for (h, why) in [
+            ("D0000P0TE00E0100IK140123456789ABCDEF", "IK"),
+            ("D0000P0AE00E0100DA0B01P0TEE", "DA"),
+            ("D0000B0AX00E0100BI1000FFFF00A020", "BI"),
+            ("D0000P0AE00E0100AL080101", "AL"),
+            ("D0000M7IC00N0100HM0621", "HM"),
+        ] {
+            let err = strict(h).unwrap_err();
+            assert!(alloc::format!("{err}").contains(why), "{h}: {err}");
+        }
+        // ISO 20038 HMAC-SHA-1 (algorithm H without HM) and X9.143 HMAC with HM both pass.
+        assert_eq!(strict("D0000M7HC00N0000"), Ok(()));
+        assert_eq!(strict("D0000B3AX00E0100DA0B01P0AEN"), Ok(()));
+        assert_eq!(strict("D0000B1AX00N0100IK140123456789ABCDEF"), Ok(()));
+    }
+
+    #[test]
     fn strength_rule() {
         let h = Header::parse("D0000P0AE00E0000", Profile::Strict).unwrap();
         assert!(check_strength(&h, 16, 32).is_err());

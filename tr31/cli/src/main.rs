@@ -52,9 +52,10 @@ enum Command {
     #[command(
         after_help = "The header gives version, usage, algorithm, mode of use, key version,\n\
         exportability, key context and optional blocks, e.g. D0000P0AE00E0000 or\n\
-        D0000M7HC00N0100HM0621. Its length field and block count are recomputed; a PB block is\n\
-        added when the optional blocks need one. KC and KP blocks with empty data (KC04, KP04)\n\
-        are filled with the check value of the key and of the KBPK.\n\
+        D0000M7HC00N0100HM0621. Its length field is recomputed (write 0000); the block\n\
+        count must match the blocks given. A PB block is added, resized or dropped as\n\
+        alignment needs. KC and KP blocks with empty data (KC04, KP04) are filled with the\n\
+        check value of the key and of the KBPK.\n\
         Without --padding the padding is random and the key length is hidden (TDES keys padded\n\
         to 24 bytes, AES keys to 32). With --padding those exact bytes follow the key, which\n\
         reproduces a published block byte for byte."
@@ -81,9 +82,13 @@ enum Command {
         profile: ProfileArg,
     },
     /// Print a key block's header as JSON; no KBPK needed, nothing is decrypted.
+    ///
+    /// Structure only by default (lengths, fields, optional blocks), so any block a real HSM
+    /// wrote can be looked at; --strict also applies the X9.143 rules and says which one fails.
     Inspect {
-        #[command(flatten)]
-        profile: ProfileArg,
+        /// Also check the X9.143 rules (usage table, optional block contents).
+        #[arg(long)]
+        strict: bool,
         /// The key block.
         block: String,
     },
@@ -143,9 +148,12 @@ fn main() -> ExitCode {
     match run(cli.command, &mut stdin) {
         Ok(output) => {
             let mut out = std::io::stdout().lock();
-            match writeln!(out, "{}", output.as_str()) {
+            match writeln!(out, "{}", output.as_str()).and_then(|()| out.flush()) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(_) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("tr31: cannot write the output: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Err(message) => {
@@ -165,20 +173,20 @@ fn run(command: Command, stdin: &mut dyn BufRead) -> Result<Zeroizing<String>, S
             block,
         } => {
             let kbpk = Kbpk::from_hex(&secret_arg(&kbpk.kbpk, stdin)?).map_err(text)?;
-            let opened = tr31::open(block.trim(), &kbpk, profile.profile()).map_err(text)?;
-            let mut fields = header_fields(&opened.header);
+            let opened =
+                tr31::open(block.trim(), &kbpk, profile.profile()).map_err(|e| match e {
+                    // Contract section 11: a wrong KBPK reads like a wrong MAC, whatever its length.
+                    tr31::Error::Kbpk(_) => text(tr31::Error::Authentication),
+                    other => text(other),
+                })?;
             let kcv = tr31::kcv::for_algorithm(opened.header.algorithm, opened.key.expose_secret());
-            let key_hex = opened.key.to_hex();
-            // The field list holds a copy of the key: keep it in a zeroizing buffer.
-            fields.push(("key", format!("\"{}\"", key_hex.as_str())));
-            fields.push((
-                "kcv",
-                kcv.map_or_else(|| "null".to_owned(), |v| json_str(&hex(&v))),
-            ));
-            let json = Zeroizing::new(object(&fields));
-            if let Some((_, key_field)) = fields.iter_mut().find(|(name, _)| *name == "key") {
-                zeroize::Zeroize::zeroize(key_field);
-            }
+            let mut json = header_json(&opened.header);
+            // Written straight into the zeroizing buffer: no other copy of the key is made.
+            json.push_str(",\"key\":\"");
+            json.push_str(opened.key.to_hex().as_str());
+            json.push_str("\",\"kcv\":");
+            json.push_str(&kcv.map_or_else(|| "null".to_owned(), |v| json_str(&hex(&v))));
+            json.push('}');
             Ok(json)
         }
         Command::Wrap {
@@ -215,9 +223,16 @@ fn run(command: Command, stdin: &mut dyn BufRead) -> Result<Zeroizing<String>, S
             .map_err(text)?;
             Ok(Zeroizing::new(block))
         }
-        Command::Inspect { profile, block } => {
-            let parsed = KeyBlock::parse(block.trim(), profile.profile()).map_err(text)?;
-            Ok(Zeroizing::new(object(&header_fields(parsed.header()))))
+        Command::Inspect { strict, block } => {
+            let profile = if strict {
+                Profile::Strict
+            } else {
+                Profile::Lenient
+            };
+            let parsed = KeyBlock::parse(block.trim(), profile).map_err(text)?;
+            let mut json = header_json(parsed.header());
+            json.push('}');
+            Ok(json)
         }
         Command::Kcv { algorithm, key } => {
             let key = Key::from_hex(&secret_arg(&key, stdin)?).map_err(text)?;
@@ -243,18 +258,21 @@ fn secret_arg(arg: &str, stdin: &mut dyn BufRead) -> Result<Zeroizing<String>, S
     }
 }
 
-fn header_fields(header: &Header) -> Vec<(&'static str, String)> {
+/// The header fields as a JSON object without its closing brace, in the contract's order
+/// (easier to read than sorted keys).
+fn header_json(header: &Header) -> Zeroizing<String> {
     let blocks: Vec<String> = header
         .optional_blocks
         .iter()
         .map(|b| {
-            object(&[
-                ("id", json_str(b.id().as_str())),
-                ("data", json_str(b.data())),
-            ])
+            format!(
+                "{{\"id\":{},\"data\":{}}}",
+                json_str(b.id().as_str()),
+                json_str(b.data())
+            )
         })
         .collect();
-    vec![
+    let fields = [
         ("version", json_str(&header.version.to_string())),
         ("key_usage", json_str(header.key_usage.as_str())),
         ("algorithm", json_str(&header.algorithm.to_string())),
@@ -263,22 +281,17 @@ fn header_fields(header: &Header) -> Vec<(&'static str, String)> {
         ("exportability", json_str(&header.exportability.to_string())),
         ("key_context", json_str(&header.key_context.to_string())),
         ("optional_blocks", format!("[{}]", blocks.join(","))),
-    ]
+    ];
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", json_str(k)))
+        .collect();
+    Zeroizing::new(format!("{{{}", body.join(",")))
 }
 
 /// A JSON string literal.
 fn json_str(s: &str) -> String {
     Value::String(s.to_owned()).to_string()
-}
-
-/// A JSON object from already-encoded values, in the order given (the contract's order, easier
-/// to read than sorted keys).
-fn object(fields: &[(&str, String)]) -> String {
-    let body: Vec<String> = fields
-        .iter()
-        .map(|(k, v)| format!("{}:{v}", json_str(k)))
-        .collect();
-    format!("{{{}}}", body.join(","))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -287,7 +300,7 @@ fn hex(bytes: &[u8]) -> String {
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    if !text.len().is_multiple_of(2) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())

@@ -1,0 +1,397 @@
+//! Operations: their opcodes, request and response bodies, and status codes.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::codec::{DecodeError, Field, Reader, Secret, Writer};
+
+/// An operation code. A newtype with named constants, so an unknown code from a newer client
+/// survives decoding and gets a clean "unsupported" answer.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Opcode(pub u16);
+
+/// An outcome code in a response. Append-only: numbers are never reused.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Status(pub u16);
+
+impl Status {
+    /// Success; the body is the operation's response.
+    pub const OK: Self = Self(0);
+    /// A MAC, a signature, a padding or a key lookup failed. One code for all of them, with no
+    /// detail, so answers cannot be used as an oracle.
+    pub const AUTH_FAILED: Self = Self(1);
+    /// The request body is malformed or a field is out of range.
+    pub const BAD_REQUEST: Self = Self(2);
+    /// A named device, zone or key set does not exist (management operations only).
+    pub const NOT_FOUND: Self = Self(3);
+    /// The object already exists, or is in the wrong state.
+    pub const CONFLICT: Self = Self(4);
+    /// The peer's uid/gid may not call this operation.
+    pub const FORBIDDEN: Self = Self(5);
+    /// keyd does not know this opcode.
+    pub const UNSUPPORTED: Self = Self(6);
+    /// Something failed inside keyd; the log has the details (never key material).
+    pub const INTERNAL: Self = Self(7);
+    /// The HSM or the key store is not available.
+    pub const UNAVAILABLE: Self = Self(8);
+    /// The key's policy forbids the operation (e.g. exporting a non-exportable key).
+    pub const POLICY: Self = Self(9);
+
+    /// Name of the status for logs and errors.
+    pub const fn name(self) -> &'static str {
+        match self.0 {
+            0 => "ok",
+            1 => "authentication failed",
+            2 => "bad request",
+            3 => "not found",
+            4 => "conflict",
+            5 => "forbidden",
+            6 => "unsupported operation",
+            7 => "internal error",
+            8 => "unavailable",
+            9 => "refused by key policy",
+            _ => "unknown status",
+        }
+    }
+}
+
+impl fmt::Debug for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Status({}, {})", self.0, self.name())
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which group of callers an operation belongs to; keyd's config maps peer uids/gids to groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// Hello and ping: every connected peer.
+    Session,
+    /// Hot-path data operations: verify, envelopes, card data (the API).
+    Data,
+    /// Device and key-set management (the API, on behalf of merchants).
+    Devices,
+    /// Key ceremonies and key management (operators).
+    Admin,
+}
+
+impl Group {
+    /// Bit of this group in a permission mask.
+    pub const fn bit(self) -> u32 {
+        match self {
+            Self::Session => 1,
+            Self::Data => 2,
+            Self::Devices => 4,
+            Self::Admin => 8,
+        }
+    }
+}
+
+/// A message body.
+pub trait Message: Sized {
+    /// Appends the body.
+    fn encode(&self, w: &mut Writer);
+    /// Reads the body; every byte must be used.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a malformed body.
+    fn decode(body: &[u8]) -> Result<Self, DecodeError>;
+
+    /// The encoded body.
+    fn to_vec(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        self.encode(&mut w);
+        w.into_inner()
+    }
+}
+
+/// A request: its opcode, group, and the type of its successful response.
+pub trait Operation: Message {
+    /// The opcode.
+    const OPCODE: Opcode;
+    /// Who may call it.
+    const GROUP: Group;
+    /// The body of a successful answer.
+    type Response: Message;
+}
+
+macro_rules! message {
+    ($(#[$m:meta])* $name:ident { $( $(#[$fm:meta])* $field:ident : $ty:ty ),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, PartialEq)]
+        #[allow(missing_docs, reason = "fields are named for what they carry; the type's doc says what the message does")]
+        pub struct $name { $( $(#[$fm])* pub $field: $ty, )* }
+
+        impl Message for $name {
+            #[allow(unused_variables, reason = "empty messages have no fields")]
+            fn encode(&self, w: &mut Writer) {
+                $( Field::put(&self.$field, w); )*
+            }
+            #[allow(unused_mut, reason = "empty messages have no fields")]
+            fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+                let mut r = Reader::new(body);
+                let out = Self { $( $field: Field::get(&mut r)?, )* };
+                r.finish()?;
+                Ok(out)
+            }
+        }
+
+        impl crate::codec::Element for $name {}
+
+        impl Field for $name {
+            #[allow(unused_variables, reason = "empty messages have no fields")]
+            fn put(&self, w: &mut Writer) {
+                $( Field::put(&self.$field, w); )*
+            }
+            #[allow(unused_variables, reason = "empty messages have no fields")]
+            fn get(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+                Ok(Self { $( $field: Field::get(r)?, )* })
+            }
+        }
+    };
+}
+
+macro_rules! operation {
+    ($name:ident, $code:literal, $group:ident, $resp:ident) => {
+        impl Operation for $name {
+            const OPCODE: Opcode = Opcode($code);
+            const GROUP: Group = Group::$group;
+            type Response = $resp;
+        }
+    };
+}
+
+message! {
+    /// Opens a conversation: the client's protocol version.
+    Hello { client_version: u16 }
+}
+message! {
+    /// keyd's protocol version and the groups this peer may call (bits of [`Group::bit`]).
+    HelloResponse { server_version: u16, groups: u32 }
+}
+message! {
+    /// Liveness check.
+    Ping {}
+}
+message! {
+    /// An empty successful answer.
+    Empty {}
+}
+
+message! {
+    /// Registers a device: makes its identity key (32 random bytes from the HSM) and records the
+    /// key-injection zone whose ZMK protects its TMK.
+    DeviceCreate { device_id: String, zone: String }
+}
+message! {
+    /// A device identity key: the secret is returned this once and never again.
+    IdentityKey { key_id: String, secret: Secret, kcv: [u8; 3] }
+}
+message! {
+    /// Replaces a device's identity key; the old one stops verifying at once.
+    IdentityRotate { device_id: String }
+}
+message! {
+    /// Revokes every key set of a device (device disabled or re-enabled): its working keys stop
+    /// working at once, grace period or not. The identity key is left alone.
+    KeySetRevoke { device_id: String }
+}
+message! {
+    /// Makes a new key set (TMK, KEK, MSK, TPK, TDK, MAC) for a device. The previous set's MAC
+    /// key and MSK stay usable for the grace period.
+    KeySetCreate { device_id: String }
+}
+message! {
+    /// One key of a set, without key material.
+    KeyInfo { kind: String, key_id: String, kcv: [u8; 3] }
+}
+message! {
+    /// A key set's identity and its keys.
+    KeySetInfo { key_set_id: String, created_at: u64, keys: Vec<KeyInfo> }
+}
+message! {
+    /// Exports a key set as TR-31 version D blocks for delivery to the device: TMK under the
+    /// zone's ZMK, KEK under the TMK, the working keys under the KEK. Padding is fresh each time.
+    KeySetExport { device_id: String, key_set_id: String }
+}
+message! {
+    /// One exported key.
+    ExportedKey { kind: String, key_id: String, key_block: String, kcv: [u8; 3], wrapped_under: String }
+}
+message! {
+    /// An exported key set.
+    KeySetExportResponse { key_set_id: String, keys: Vec<ExportedKey> }
+}
+
+message! {
+    /// Verifies an HMAC-SHA-256 signature made with a device identity key.
+    AttestVerify { device_id: String, key_id: String, message: Vec<u8>, signature: [u8; 32] }
+}
+message! {
+    /// One item of a batch verify: a MAC key id, the signed string and the signature.
+    MacItem { key_id: String, message: Vec<u8>, signature: [u8; 32] }
+}
+message! {
+    /// Verifies many terminal MAC signatures in one frame.
+    MacVerifyBatch { items: Vec<MacItem> }
+}
+message! {
+    /// One verdict per item, in order.
+    MacVerifyBatchResponse { valid: Vec<bool> }
+}
+message! {
+    /// Decrypts an MSK envelope (AES-256-CBC, PKCS#7).
+    EnvelopeOpen { msk_key_id: String, iv: [u8; 16], ciphertext: Vec<u8> }
+}
+message! {
+    /// Decrypted plaintext.
+    Plaintext { plaintext: Secret }
+}
+message! {
+    /// Encrypts a plaintext under an MSK with a fresh random IV.
+    EnvelopeSeal { msk_key_id: String, plaintext: Secret }
+}
+message! {
+    /// An encrypted envelope and the KCV of the MSK used.
+    Sealed { iv: [u8; 16], ciphertext: Vec<u8>, kcv: [u8; 3] }
+}
+message! {
+    /// A charge in one call: verify the terminal's HMAC over the string to sign, and only if it
+    /// is valid, open the MSK envelope.
+    ChargeOpen {
+        mac_key_id: String,
+        message: Vec<u8>,
+        signature: [u8; 32],
+        msk_key_id: String,
+        iv: [u8; 16],
+        ciphertext: Vec<u8>,
+    }
+}
+message! {
+    /// Decrypts TDK-encrypted card data (AES-256-CBC, PKCS#7); also returns a keyed fingerprint
+    /// (HMAC-SHA-256 under keyd's fingerprint key) of the plaintext's `pan` field for storage.
+    CardDecrypt { tdk_key_id: String, iv: [u8; 16], ciphertext: Vec<u8> }
+}
+message! {
+    /// Card plaintext and the PAN fingerprint.
+    CardData { plaintext: Secret, pan_fingerprint: [u8; 32] }
+}
+message! {
+    /// The KCV of a stored key.
+    KeyCheck { key_id: String }
+}
+message! {
+    /// A three-byte check value.
+    CheckValue { kcv: [u8; 3] }
+}
+
+message! {
+    /// Loads a zone's ZMK into the token from its clear value (until the ceremony front end
+    /// forms it from components). Admin only.
+    ZmkImport { zone: String, key: Secret }
+}
+message! {
+    /// A zone and the KCV of its ZMK.
+    ZoneInfo { zone: String, kcv: [u8; 3] }
+}
+
+operation!(Hello, 0x0001, Session, HelloResponse);
+operation!(Ping, 0x0002, Session, Empty);
+operation!(DeviceCreate, 0x0101, Devices, IdentityKey);
+operation!(IdentityRotate, 0x0102, Devices, IdentityKey);
+operation!(KeySetRevoke, 0x0103, Devices, Empty);
+operation!(KeySetCreate, 0x0104, Devices, KeySetInfo);
+operation!(KeySetExport, 0x0105, Devices, KeySetExportResponse);
+operation!(AttestVerify, 0x0201, Data, Empty);
+operation!(MacVerifyBatch, 0x0202, Data, MacVerifyBatchResponse);
+operation!(EnvelopeOpen, 0x0203, Data, Plaintext);
+operation!(EnvelopeSeal, 0x0204, Data, Sealed);
+operation!(ChargeOpen, 0x0205, Data, Plaintext);
+operation!(CardDecrypt, 0x0206, Data, CardData);
+operation!(KeyCheck, 0x0207, Data, CheckValue);
+operation!(ZmkImport, 0x0301, Admin, ZoneInfo);
+
+impl Opcode {
+    /// The group of a known opcode, `None` for an unknown one.
+    pub const fn group(self) -> Option<Group> {
+        Some(match self.0 {
+            0x0001 | 0x0002 => Group::Session,
+            0x0101..=0x0105 => Group::Devices,
+            0x0201..=0x0207 => Group::Data,
+            0x0301 => Group::Admin,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Debug for Opcode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Opcode({:#06x})", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_refuse_trailing_bytes() {
+        let m = ChargeOpen {
+            mac_key_id: "mac-1".into(),
+            message: b"TID-000001\nmac-1\n...".to_vec(),
+            signature: [7; 32],
+            msk_key_id: "msk-1".into(),
+            iv: [1; 16],
+            ciphertext: vec![2; 32],
+        };
+        let body = m.to_vec();
+        assert_eq!(ChargeOpen::decode(&body).unwrap(), m);
+        let mut longer = body.clone();
+        longer.push(0);
+        assert_eq!(ChargeOpen::decode(&longer), Err(DecodeError::Trailing));
+        assert_eq!(
+            ChargeOpen::decode(&body[..body.len() - 1]),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(Empty::decode(&[]), Ok(Empty {}));
+        let info = KeySetInfo {
+            key_set_id: "ks-1".into(),
+            created_at: 5,
+            keys: vec![KeyInfo {
+                kind: "msk".into(),
+                key_id: "msk-1".into(),
+                kcv: [1, 2, 3],
+            }],
+        };
+        assert_eq!(KeySetInfo::decode(&info.to_vec()).unwrap(), info);
+    }
+
+    #[test]
+    fn every_operation_has_its_group() {
+        fn check<O: Operation>() {
+            assert_eq!(O::OPCODE.group(), Some(O::GROUP), "{:?}", O::OPCODE);
+        }
+        check::<Hello>();
+        check::<Ping>();
+        check::<DeviceCreate>();
+        check::<IdentityRotate>();
+        check::<KeySetRevoke>();
+        check::<KeySetCreate>();
+        check::<KeySetExport>();
+        check::<AttestVerify>();
+        check::<MacVerifyBatch>();
+        check::<EnvelopeOpen>();
+        check::<EnvelopeSeal>();
+        check::<ChargeOpen>();
+        check::<CardDecrypt>();
+        check::<KeyCheck>();
+        check::<ZmkImport>();
+        assert_eq!(Opcode(0x7777).group(), None);
+    }
+}
