@@ -1,4 +1,81 @@
-//! The key service: owns every terminal's keys through PKCS#11 and serves them over a Unix socket.
+//! keyd: the key service.
 //!
-//! Placeholder: this crate is planned in ARCHITECTURE.md and its issue; it builds so the workspace
-//! layout is fixed from the start.
+//! The only process of the platform that holds a clear key or a PKCS#11 PIN. Root keys (the LMK
+//! that protects every stored key, and one ZMK per key-injection zone) live in the token and
+//! never leave it; per-device keys are generated from the token's RNG, stored as TR-31 version D
+//! blocks under the LMK, delivered as TR-31 blocks under the device's key hierarchy, and used on
+//! the hot path (signature verification, MSK envelopes, card data) by [`Service`].
+//!
+//! What keyd does not do: HTTP, business rules about merchants or charges, or any decision about
+//! which device may do what beyond "this key belongs to this device and is current".
+
+mod config;
+mod dispatch;
+mod error;
+mod hsm;
+mod keys;
+mod pkcs11;
+mod server;
+mod service;
+mod store;
+
+use std::sync::Arc;
+
+pub use config::{Backend, Config, Placement};
+pub use dispatch::handle;
+pub use error::Error;
+pub use hsm::{Hsm, SoftwareHsm};
+pub use keys::KeyKind;
+pub use pkcs11::Pkcs11Hsm;
+pub use server::{bind, serve};
+pub use service::Service;
+pub use store::{KeyStore, MemoryStore, SqliteStore};
+
+/// Opens the HSM the config names.
+///
+/// # Errors
+/// [`Error::Config`] or [`Error::Hsm`].
+pub fn open_hsm(config: &Config) -> Result<Arc<dyn Hsm>, Error> {
+    match config.hsm.backend {
+        Backend::Software => {
+            tracing::warn!("hsm.backend = software: root keys live in process memory (tests only)");
+            let hsm = SoftwareHsm::new();
+            hsm.create_lmk()?;
+            Ok(Arc::new(hsm))
+        }
+        Backend::Pkcs11 => {
+            let module = config
+                .hsm
+                .module
+                .as_deref()
+                .ok_or_else(|| Error::Config("hsm.module".into()))?;
+            let label = config
+                .hsm
+                .token_label
+                .as_deref()
+                .ok_or_else(|| Error::Config("hsm.token_label".into()))?;
+            let pin = config.user_pin()?;
+            Ok(Arc::new(Pkcs11Hsm::open(
+                module,
+                label,
+                &pin,
+                config.hsm.sessions,
+            )?))
+        }
+    }
+}
+
+/// Builds the service from the config: HSM, store, cache.
+///
+/// # Errors
+/// As [`open_hsm`], [`SqliteStore::open`] and [`Service::new`].
+pub fn open_service(config: &Config) -> Result<Arc<Service>, Error> {
+    let hsm = open_hsm(config)?;
+    let store: Arc<dyn KeyStore> = Arc::new(SqliteStore::open(&config.store)?);
+    Ok(Arc::new(Service::new(
+        hsm,
+        store,
+        config.key_set_grace_secs,
+        config.cache_capacity,
+    )?))
+}

@@ -1,0 +1,294 @@
+//! keyd's configuration: one TOML file, unknown keys refused, secrets never inline.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use keyd_proto::Group;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::Error;
+
+/// The whole configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Path of the Unix socket. Its directory is created 0750 if missing; the socket is 0660.
+    pub socket: PathBuf,
+    /// Path of the SQLite key store.
+    pub store: PathBuf,
+    /// Where working keys live for the hot path: `memory` (in keyd, zeroized, bounded cache)
+    /// or `token` (session objects in the HSM). A compliance decision, so it has no default.
+    pub placement: Placement,
+    /// How long the previous key set's MAC key and MSK keep working after a rotation.
+    #[serde(default = "default_grace")]
+    pub key_set_grace_secs: u64,
+    /// Most working keys held in memory at once.
+    #[serde(default = "default_cache")]
+    pub cache_capacity: usize,
+    /// The HSM.
+    pub hsm: HsmConfig,
+    /// Which peers (by uid or gid, from `SO_PEERCRED`) may call which operation groups.
+    #[serde(default)]
+    pub access: Vec<Access>,
+}
+
+const fn default_grace() -> u64 {
+    24 * 3600
+}
+
+const fn default_cache() -> usize {
+    100_000
+}
+
+/// Working-key placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Working keys unwrapped into keyd's memory; RustCrypto runs the hot path.
+    Memory,
+    /// Working keys as token session objects; every operation is a PKCS#11 call.
+    Token,
+}
+
+/// The HSM backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsmConfig {
+    /// `pkcs11` (any module) or `software` (keys in keyd's memory: tests only).
+    pub backend: Backend,
+    /// Path of the PKCS#11 module.
+    pub module: Option<PathBuf>,
+    /// Label of the token to use (slot ids change; labels do not).
+    pub token_label: Option<String>,
+    /// File holding the user PIN; must not be readable by group or others.
+    pub pin_file: Option<PathBuf>,
+    /// Or: environment variable holding the user PIN.
+    pub pin_env: Option<String>,
+    /// PKCS#11 sessions in the pool.
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    /// Must be true for the software backend, so it is never the default by accident.
+    #[serde(default)]
+    pub allow_software: bool,
+}
+
+const fn default_sessions() -> usize {
+    4
+}
+
+/// HSM backend kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A PKCS#11 module.
+    Pkcs11,
+    /// In-process keys, for tests.
+    Software,
+}
+
+/// One access rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Access {
+    /// The peer's uid.
+    pub uid: Option<u32>,
+    /// Or the peer's primary gid.
+    pub gid: Option<u32>,
+    /// Operation groups: `data`, `devices`, `admin`.
+    pub groups: Vec<GroupName>,
+}
+
+/// A group name in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupName {
+    /// Hot-path data operations.
+    Data,
+    /// Device and key-set management.
+    Devices,
+    /// Ceremonies and key management.
+    Admin,
+}
+
+impl GroupName {
+    const fn group(self) -> Group {
+        match self {
+            Self::Data => Group::Data,
+            Self::Devices => Group::Devices,
+            Self::Admin => Group::Admin,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the problem.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Self::parse(&text)
+    }
+
+    /// Parses and checks config text.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the problem.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let config: Self = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if self.placement == Placement::Token {
+            return Err(Error::Config(
+                "placement = \"token\" is not available in this version; use \"memory\"".into(),
+            ));
+        }
+        if self.hsm.sessions == 0 || self.hsm.sessions > 64 {
+            return Err(Error::Config("hsm.sessions must be 1 to 64".into()));
+        }
+        if self.cache_capacity == 0 {
+            return Err(Error::Config("cache_capacity must be at least 1".into()));
+        }
+        match self.hsm.backend {
+            Backend::Software if !self.hsm.allow_software => Err(Error::Config(
+                "hsm.backend = \"software\" keeps root keys in process memory; set hsm.allow_software = true to accept that (tests only)".into(),
+            )),
+            Backend::Pkcs11 => {
+                if self.hsm.module.is_none() || self.hsm.token_label.is_none() {
+                    return Err(Error::Config("hsm.module and hsm.token_label are required for pkcs11".into()));
+                }
+                if self.hsm.pin_file.is_some() == self.hsm.pin_env.is_some() {
+                    return Err(Error::Config("give exactly one of hsm.pin_file and hsm.pin_env".into()));
+                }
+                Ok(())
+            }
+            Backend::Software => Ok(()),
+        }?;
+        for rule in &self.access {
+            if rule.uid.is_some() == rule.gid.is_some() {
+                return Err(Error::Config(
+                    "each [[access]] rule names exactly one of uid and gid".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The user PIN, from the file or the environment.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if it cannot be read, or the file is readable by others.
+    pub fn user_pin(&self) -> Result<Zeroizing<String>, Error> {
+        if let Some(path) = &self.hsm.pin_file {
+            let meta = std::fs::metadata(path)
+                .map_err(|e| Error::Config(format!("hsm.pin_file {}: {e}", path.display())))?;
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(Error::Config(format!(
+                    "hsm.pin_file {} is readable by group or others; chmod 600 it",
+                    path.display()
+                )));
+            }
+            let pin = Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("hsm.pin_file {}: {e}", path.display())))?,
+            );
+            return Ok(Zeroizing::new(pin.trim().to_owned()));
+        }
+        if let Some(var) = &self.hsm.pin_env {
+            return std::env::var(var)
+                .map(|v| Zeroizing::new(v.trim().to_owned()))
+                .map_err(|_| {
+                    Error::Config(format!(
+                        "environment variable {var} (hsm.pin_env) is not set"
+                    ))
+                });
+        }
+        Err(Error::Config("no PIN source".into()))
+    }
+
+    /// The groups a peer may call: the union of the rules naming its uid or gid. Hello and ping
+    /// are always allowed.
+    pub fn groups_for(&self, uid: u32, gid: u32) -> u32 {
+        self.access
+            .iter()
+            .filter(|r| r.uid == Some(uid) || r.gid == Some(gid))
+            .flat_map(|r| r.groups.iter())
+            .fold(Group::Session.bit(), |acc, g| acc | g.group().bit())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+socket = "/tmp/keyd.sock"
+store = "/tmp/keys.db"
+placement = "memory"
+
+[hsm]
+backend = "pkcs11"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "keyd"
+pin_env = "KEYD_PIN"
+
+[[access]]
+uid = 1000
+groups = ["data", "devices"]
+
+[[access]]
+gid = 50
+groups = ["admin"]
+"#;
+
+    #[test]
+    fn example_parses_and_maps_peers() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.key_set_grace_secs, 86_400);
+        assert_eq!(
+            c.groups_for(1000, 1),
+            Group::Session.bit() | Group::Data.bit() | Group::Devices.bit()
+        );
+        assert_eq!(
+            c.groups_for(7, 50),
+            Group::Session.bit() | Group::Admin.bit()
+        );
+        assert_eq!(c.groups_for(7, 7), Group::Session.bit());
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../keyd.example.toml");
+        Config::parse(text).unwrap();
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        let cases = [
+            (
+                GOOD.replace("placement = \"memory\"", "placement = \"token\""),
+                "not available",
+            ),
+            (GOOD.replace("placement = \"memory\"", ""), "placement"),
+            (GOOD.replace("pin_env = \"KEYD_PIN\"", ""), "exactly one"),
+            (
+                GOOD.replace("backend = \"pkcs11\"", "backend = \"software\""),
+                "allow_software",
+            ),
+            (
+                GOOD.replace("uid = 1000", "uid = 1000\ngid = 1"),
+                "exactly one of uid",
+            ),
+            (format!("{GOOD}\nbogus = 1"), "unknown field"),
+        ];
+        for (text, why) in cases {
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(why), "{why}: {err}");
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The HSM seam: what keyd asks of the token that holds its root keys.
+//!
+//! The token holds the local master key (LMK), which protects every stored key, and one zone
+//! master key (ZMK) per key-injection zone. Neither ever leaves it: keyd only asks for random
+//! bytes and for AES-CMACs under them, which is all TR-31 version D key derivation needs (see
+//! `tr31::ExternalKbpk`). [`SoftwareHsm`] is the in-memory twin for unit tests.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use aes::Aes256;
+use cmac::{KeyInit, Mac};
+use zeroize::Zeroizing;
+
+use crate::Error;
+
+/// The operations keyd needs from its HSM.
+pub trait Hsm: Send + Sync + 'static {
+    /// Fills `out` from the HSM's random number generator.
+    ///
+    /// # Errors
+    /// [`Error::Hsm`].
+    fn random(&self, out: &mut [u8]) -> Result<(), Error>;
+
+    /// True once the LMK exists.
+    fn has_lmk(&self) -> bool;
+
+    /// Generates the AES-256 LMK inside the HSM, non-extractable.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if it exists; [`Error::Hsm`].
+    fn create_lmk(&self) -> Result<(), Error>;
+
+    /// AES-CMAC under the LMK.
+    ///
+    /// # Errors
+    /// [`Error::Hsm`]; [`Error::NotFound`] without an LMK.
+    fn lmk_cmac(&self, data: &[u8]) -> Result<[u8; 16], Error>;
+
+    /// Stores a zone's AES-256 ZMK in the HSM, non-extractable.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if the zone has one; [`Error::Hsm`].
+    fn import_zmk(&self, zone: &str, key: &[u8]) -> Result<(), Error>;
+
+    /// AES-CMAC under a zone's ZMK.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown zone; [`Error::Hsm`].
+    fn zmk_cmac(&self, zone: &str, data: &[u8]) -> Result<[u8; 16], Error>;
+
+    /// Zones with a ZMK.
+    fn zones(&self) -> Vec<String>;
+}
+
+/// The LMK as a TR-31 KBPK: it protects keyd's stored key blocks.
+pub(crate) struct Lmk<'a>(pub(crate) &'a dyn Hsm);
+
+impl tr31::ExternalKbpk for Lmk<'_> {
+    fn key_len(&self) -> usize {
+        32
+    }
+
+    fn cmac(&self, data: &[u8]) -> Result<[u8; 16], tr31::Error> {
+        self.0
+            .lmk_cmac(data)
+            .map_err(|_| tr31::Error::Kbpk("the HSM refused a CMAC under the LMK"))
+    }
+}
+
+/// A zone's ZMK as a TR-31 KBPK: it protects the TMKs delivered to that zone's devices.
+pub(crate) struct Zmk<'a> {
+    pub(crate) hsm: &'a dyn Hsm,
+    pub(crate) zone: &'a str,
+}
+
+impl tr31::ExternalKbpk for Zmk<'_> {
+    fn key_len(&self) -> usize {
+        32
+    }
+
+    fn cmac(&self, data: &[u8]) -> Result<[u8; 16], tr31::Error> {
+        self.hsm
+            .zmk_cmac(self.zone, data)
+            .map_err(|_| tr31::Error::Kbpk("the HSM refused a CMAC under the ZMK"))
+    }
+}
+
+/// Root keys in process memory. For unit tests only: the configuration refuses it unless told
+/// otherwise, and it says so in every log line that names the backend.
+#[derive(Default)]
+pub struct SoftwareHsm {
+    lmk: Mutex<Option<Zeroizing<[u8; 32]>>>,
+    zmks: Mutex<HashMap<String, Zeroizing<[u8; 32]>>>,
+}
+
+impl std::fmt::Debug for SoftwareHsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SoftwareHsm(keys redacted)")
+    }
+}
+
+impl SoftwareHsm {
+    /// An empty software HSM.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn cmac_with(key: &[u8; 32], data: &[u8]) -> Result<[u8; 16], Error> {
+    let mut mac = <cmac::Cmac<Aes256> as KeyInit>::new_from_slice(key)
+        .map_err(|_| Error::Hsm("bad key length".into()))?;
+    mac.update(data);
+    let out = mac.finalize().into_bytes();
+    let mut block = [0u8; 16];
+    block.copy_from_slice(&out);
+    Ok(block)
+}
+
+impl Hsm for SoftwareHsm {
+    fn random(&self, out: &mut [u8]) -> Result<(), Error> {
+        getrandom::fill(out).map_err(|e| Error::Hsm(e.to_string()))
+    }
+
+    fn has_lmk(&self) -> bool {
+        self.lmk
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    fn create_lmk(&self) -> Result<(), Error> {
+        let mut lmk = self.lmk.lock().unwrap_or_else(PoisonError::into_inner);
+        if lmk.is_some() {
+            return Err(Error::Conflict("the LMK exists already"));
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        self.random(&mut key[..])?;
+        *lmk = Some(key);
+        Ok(())
+    }
+
+    fn lmk_cmac(&self, data: &[u8]) -> Result<[u8; 16], Error> {
+        let lmk = self.lmk.lock().unwrap_or_else(PoisonError::into_inner);
+        cmac_with(lmk.as_ref().ok_or(Error::NotFound("LMK"))?, data)
+    }
+
+    fn import_zmk(&self, zone: &str, key: &[u8]) -> Result<(), Error> {
+        let mut zmks = self.zmks.lock().unwrap_or_else(PoisonError::into_inner);
+        if zmks.contains_key(zone) {
+            return Err(Error::Conflict("the zone has a ZMK already"));
+        }
+        let mut k = Zeroizing::new([0u8; 32]);
+        if key.len() != 32 {
+            return Err(Error::BadRequest("a ZMK is 32 bytes (AES-256)".into()));
+        }
+        k.copy_from_slice(key);
+        zmks.insert(zone.to_owned(), k);
+        Ok(())
+    }
+
+    fn zmk_cmac(&self, zone: &str, data: &[u8]) -> Result<[u8; 16], Error> {
+        let zmks = self.zmks.lock().unwrap_or_else(PoisonError::into_inner);
+        cmac_with(zmks.get(zone).ok_or(Error::NotFound("zone"))?, data)
+    }
+
+    fn zones(&self) -> Vec<String> {
+        let mut zones: Vec<String> = self
+            .zmks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        zones.sort();
+        zones
+    }
+}

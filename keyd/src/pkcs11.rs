@@ -1,0 +1,221 @@
+//! The HSM through PKCS#11 (SoftHSM2 in tests, any module with AES, AES-CMAC and a RNG in
+//! production).
+//!
+//! One context, one anchor session logged in for the life of the process (closing the last
+//! session would log out and invalidate handles), and a pool of sessions for the work. Object
+//! handles of the LMK and the ZMKs are looked up once at start and when a ZMK is added: no
+//! `C_FindObjects` on a request path.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+
+use crate::Error;
+use crate::hsm::Hsm;
+
+const LMK_LABEL: &str = "keyd-lmk";
+const ZMK_PREFIX: &str = "keyd-zmk:";
+
+/// A PKCS#11 token.
+pub struct Pkcs11Hsm {
+    /// Kept open and logged in for the life of the process; never used for work.
+    _anchor: Mutex<Session>,
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+    lmk: RwLock<Option<ObjectHandle>>,
+    zmks: RwLock<HashMap<String, ObjectHandle>>,
+    _context: Pkcs11,
+}
+
+impl std::fmt::Debug for Pkcs11Hsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Hsm")
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pkcs11Hsm {
+    /// Loads the module, finds the token by label, logs in and caches the key handles.
+    ///
+    /// # Errors
+    /// [`Error::Hsm`] naming the step that failed.
+    pub fn open(module: &Path, label: &str, pin: &str, sessions: usize) -> Result<Self, Error> {
+        let context = Pkcs11::new(module)
+            .map_err(|e| Error::Hsm(format!("cannot load {}: {e}", module.display())))?;
+        // OS locking: SoftHSM is not safe across threads without it.
+        context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
+        let slot = context
+            .get_slots_with_token()?
+            .into_iter()
+            .find(|s| {
+                context
+                    .get_token_info(*s)
+                    .map(|i| i.label() == label)
+                    .unwrap_or(false)
+            })
+            .ok_or_else(|| Error::Hsm(format!("no token labelled {label:?}")))?;
+        let anchor = context.open_rw_session(slot)?;
+        anchor
+            .login(UserType::User, Some(&AuthPin::from(pin.to_owned())))
+            .map_err(|e| Error::Hsm(format!("login to token {label:?} failed: {e}")))?;
+        let mut pool = Vec::with_capacity(sessions);
+        for _ in 0..sessions {
+            pool.push(Mutex::new(context.open_rw_session(slot)?));
+        }
+        let hsm = Self {
+            _anchor: Mutex::new(anchor),
+            sessions: pool,
+            next: AtomicUsize::new(0),
+            lmk: RwLock::new(None),
+            zmks: RwLock::new(HashMap::new()),
+            _context: context,
+        };
+        hsm.load_handles()?;
+        Ok(hsm)
+    }
+
+    /// Runs `f` on the next session of the pool.
+    fn with_session<T>(&self, f: impl FnOnce(&Session) -> Result<T, Error>) -> Result<T, Error> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.sessions.len().max(1);
+        let session = self
+            .sessions
+            .get(n)
+            .ok_or_else(|| Error::Hsm("no sessions".into()))?;
+        let guard = session.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&guard)
+    }
+
+    fn load_handles(&self) -> Result<(), Error> {
+        self.with_session(|s| {
+            let keys = s.find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Token(true),
+            ])?;
+            for handle in keys {
+                let attrs = s.get_attributes(handle, &[AttributeType::Label])?;
+                let Some(Attribute::Label(label)) = attrs.into_iter().next() else {
+                    continue;
+                };
+                let label = String::from_utf8_lossy(&label).into_owned();
+                if label == LMK_LABEL {
+                    *self.lmk.write().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+                } else if let Some(zone) = label.strip_prefix(ZMK_PREFIX) {
+                    self.zmks
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(zone.to_owned(), handle);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn cmac(&self, key: ObjectHandle, data: &[u8]) -> Result<[u8; 16], Error> {
+        let mac = self.with_session(|s| Ok(s.sign(&Mechanism::AesCMac, key, data)?))?;
+        mac.as_slice()
+            .try_into()
+            .map_err(|_| Error::Hsm("CMAC of unexpected length".into()))
+    }
+
+    fn root_key_template(label: &str) -> Vec<Attribute> {
+        vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Decrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ]
+    }
+}
+
+impl Hsm for Pkcs11Hsm {
+    fn random(&self, out: &mut [u8]) -> Result<(), Error> {
+        self.with_session(|s| Ok(s.generate_random_slice(out)?))
+    }
+
+    fn has_lmk(&self) -> bool {
+        self.lmk
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    fn create_lmk(&self) -> Result<(), Error> {
+        let mut lmk = self.lmk.write().unwrap_or_else(PoisonError::into_inner);
+        if lmk.is_some() {
+            return Err(Error::Conflict("the LMK exists already"));
+        }
+        let mut template = Self::root_key_template(LMK_LABEL);
+        template.push(Attribute::ValueLen(32.into()));
+        let handle =
+            self.with_session(|s| Ok(s.generate_key(&Mechanism::AesKeyGen, &template)?))?;
+        *lmk = Some(handle);
+        Ok(())
+    }
+
+    fn lmk_cmac(&self, data: &[u8]) -> Result<[u8; 16], Error> {
+        let handle = (*self.lmk.read().unwrap_or_else(PoisonError::into_inner))
+            .ok_or(Error::NotFound("LMK"))?;
+        self.cmac(handle, data)
+    }
+
+    fn import_zmk(&self, zone: &str, key: &[u8]) -> Result<(), Error> {
+        if key.len() != 32 {
+            return Err(Error::BadRequest("a ZMK is 32 bytes (AES-256)".into()));
+        }
+        let mut zmks = self.zmks.write().unwrap_or_else(PoisonError::into_inner);
+        if zmks.contains_key(zone) {
+            return Err(Error::Conflict("the zone has a ZMK already"));
+        }
+        let mut template = Self::root_key_template(&format!("{ZMK_PREFIX}{zone}"));
+        template.push(Attribute::Value(key.to_vec()));
+        let handle = self.with_session(|s| Ok(s.create_object(&template)?));
+        // The template held a copy of the key.
+        for attr in &mut template {
+            if let Attribute::Value(v) = attr {
+                zeroize::Zeroize::zeroize(v);
+            }
+        }
+        zmks.insert(zone.to_owned(), handle?);
+        Ok(())
+    }
+
+    fn zmk_cmac(&self, zone: &str, data: &[u8]) -> Result<[u8; 16], Error> {
+        let handle = *self
+            .zmks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(zone)
+            .ok_or(Error::NotFound("zone"))?;
+        self.cmac(handle, data)
+    }
+
+    fn zones(&self) -> Vec<String> {
+        let mut zones: Vec<String> = self
+            .zmks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        zones.sort();
+        zones
+    }
+}

@@ -1,0 +1,1003 @@
+//! What keyd does, independent of how requests arrive: device identity keys, key sets, their
+//! delivery as TR-31 blocks, and the hot-path data operations.
+//!
+//! Every clear key here lives in a zeroizing buffer for as long as an operation (or, for
+//! working keys in `memory` placement, the bounded cache) needs it. Every failure of a MAC, a
+//! padding or a key lookup on the data path is the one detail-free [`Error::Auth`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aes::Aes256;
+use aes::cipher::block_padding::Pkcs7;
+use aes::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
+use hmac::{Hmac, KeyInit, Mac};
+use keyd_proto::Secret;
+use keyd_proto::message as m;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use tr31::{KeyBlock, Profile, SealOptions};
+use zeroize::Zeroizing;
+
+use crate::Error;
+use crate::hsm::{Hsm, Lmk, Zmk};
+use crate::keys::{self, KeyKind};
+use crate::store::{DeviceRecord, KeyRecord, KeyStore};
+
+/// Largest envelope or card ciphertext accepted (the API's own limits are lower).
+const MAX_CIPHERTEXT: usize = 64 * 1024;
+
+/// A clear working key held for the hot path.
+struct WorkingKey {
+    kind: KeyKind,
+    device_id: String,
+    key_set_id: Option<String>,
+    bytes: Zeroizing<Vec<u8>>,
+    /// For keys of the previous key set: when the grace period ends.
+    valid_until: Option<u64>,
+}
+
+/// The key service.
+pub struct Service {
+    hsm: Arc<dyn Hsm>,
+    store: Arc<dyn KeyStore>,
+    cache: RwLock<HashMap<String, Arc<WorkingKey>>>,
+    capacity: usize,
+    grace: u64,
+    fingerprint_key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("capacity", &self.capacity)
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Service {
+    /// A service over an initialised HSM (one with an LMK) and a store.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the HSM has no LMK yet (run `keyd init`).
+    pub fn new(
+        hsm: Arc<dyn Hsm>,
+        store: Arc<dyn KeyStore>,
+        grace: u64,
+        capacity: usize,
+    ) -> Result<Self, Error> {
+        if !hsm.has_lmk() {
+            return Err(Error::Config(
+                "the HSM has no LMK: run `keyd init` first".into(),
+            ));
+        }
+        // The PAN fingerprint key is derived from the LMK, so it is the same after a restart and
+        // needs no storage of its own.
+        let mut fingerprint_key = Zeroizing::new([0u8; 32]);
+        let a = Zeroizing::new(hsm.lmk_cmac(b"keyd pan fingerprint key, part 1")?);
+        let b = Zeroizing::new(hsm.lmk_cmac(b"keyd pan fingerprint key, part 2")?);
+        for (dst, src) in fingerprint_key.iter_mut().zip(a.iter().chain(b.iter())) {
+            *dst = *src;
+        }
+        Ok(Self {
+            hsm,
+            store,
+            cache: RwLock::new(HashMap::new()),
+            capacity,
+            grace,
+            fingerprint_key,
+        })
+    }
+
+    /// The HSM (for the operator commands).
+    pub fn hsm(&self) -> &dyn Hsm {
+        &*self.hsm
+    }
+
+    // ----- management -------------------------------------------------------------------
+
+    /// Registers a device and makes its identity key.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] for a malformed id or zone, [`Error::NotFound`] for a zone without a
+    /// ZMK, [`Error::Conflict`] for a known device.
+    pub fn device_create(&self, req: &m::DeviceCreate) -> Result<m::IdentityKey, Error> {
+        if !keys::valid_device_id(&req.device_id) {
+            return Err(Error::BadRequest(
+                "device ids are POS- and 8 upper-case hex digits".into(),
+            ));
+        }
+        if !keys::valid_zone(&req.zone) {
+            return Err(Error::BadRequest(
+                "zone names are 1-64 characters of [0-9A-Za-z_.-]".into(),
+            ));
+        }
+        if !self.hsm.zones().contains(&req.zone) {
+            return Err(Error::NotFound("zone"));
+        }
+        let (record, secret) = self.new_identity(&req.device_id)?;
+        let device = DeviceRecord {
+            device_id: req.device_id.clone(),
+            zone: req.zone.clone(),
+            identity_key_id: record.key_id.clone(),
+            key_set_id: None,
+            previous_key_set_id: None,
+            rotated_at: None,
+            created_at: now(),
+        };
+        self.store.create_device(&device, &record)?;
+        Ok(m::IdentityKey {
+            key_id: record.key_id,
+            kcv: record.kcv,
+            secret,
+        })
+    }
+
+    /// Replaces a device's identity key.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown device.
+    pub fn identity_rotate(&self, req: &m::IdentityRotate) -> Result<m::IdentityKey, Error> {
+        self.device(&req.device_id)?;
+        let (record, secret) = self.new_identity(&req.device_id)?;
+        self.store.replace_identity(&req.device_id, &record)?;
+        self.forget_device(&req.device_id);
+        Ok(m::IdentityKey {
+            key_id: record.key_id,
+            kcv: record.kcv,
+            secret,
+        })
+    }
+
+    /// Revokes every key set of a device.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown device.
+    pub fn key_set_revoke(&self, req: &m::KeySetRevoke) -> Result<m::Empty, Error> {
+        self.store.revoke_key_sets(&req.device_id)?;
+        self.forget_device(&req.device_id);
+        Ok(m::Empty {})
+    }
+
+    /// Makes a new key set for a device.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown device.
+    pub fn key_set_create(&self, req: &m::KeySetCreate) -> Result<m::KeySetInfo, Error> {
+        self.device(&req.device_id)?;
+        let key_set_id = keys::new_id("ks", &*self.hsm)?;
+        let created_at = now();
+        let mut records = Vec::with_capacity(KeyKind::SET.len());
+        for kind in KeyKind::SET {
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            self.hsm.random(&mut bytes[..])?;
+            records.push(self.seal_for_storage(
+                kind,
+                &req.device_id,
+                Some(&key_set_id),
+                &bytes[..],
+                created_at,
+            )?);
+        }
+        self.store
+            .add_key_set(&req.device_id, &key_set_id, &records, created_at)?;
+        self.forget_device(&req.device_id);
+        Ok(m::KeySetInfo {
+            key_set_id,
+            created_at,
+            keys: records
+                .into_iter()
+                .map(|r| m::KeyInfo {
+                    kind: r.kind.name().to_owned(),
+                    key_id: r.key_id,
+                    kcv: r.kcv,
+                })
+                .collect(),
+        })
+    }
+
+    /// Delivers a key set as TR-31 version D blocks: TMK under the zone's ZMK, KEK under the TMK,
+    /// the working keys under the KEK, each with fresh random padding.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown device, or a key set that is not the device's current
+    /// or (within the grace period) previous one.
+    pub fn key_set_export(&self, req: &m::KeySetExport) -> Result<m::KeySetExportResponse, Error> {
+        let device = self.device(&req.device_id)?;
+        let current = device.key_set_id.as_deref() == Some(req.key_set_id.as_str());
+        let previous = device.previous_key_set_id.as_deref() == Some(req.key_set_id.as_str())
+            && device
+                .rotated_at
+                .is_some_and(|t| now() < t.saturating_add(self.grace));
+        if !(current || previous) {
+            return Err(Error::NotFound("key set"));
+        }
+        let records = self.store.key_set(&req.key_set_id)?;
+        if records.len() != KeyKind::SET.len() || records.iter().any(|r| r.revoked) {
+            return Err(Error::NotFound("key set"));
+        }
+        let options = SealOptions::default();
+        let mut tmk: Option<tr31::Kbpk> = None;
+        let mut kek: Option<tr31::Kbpk> = None;
+        let mut out = Vec::with_capacity(records.len());
+        for record in &records {
+            let key = self.open_stored(record)?;
+            let header = record.kind.export_header()?;
+            let mut padding = tr31::OsRandom;
+            let padding = tr31::Padding::Random(&mut padding);
+            let block = match record.kind {
+                KeyKind::Tmk => {
+                    let zmk = Zmk {
+                        hsm: &*self.hsm,
+                        zone: &device.zone,
+                    };
+                    let block = tr31::seal_external(&zmk, &header, &key, &options, padding)?;
+                    tmk = Some(tr31::Kbpk::new(key.expose_secret())?);
+                    block
+                }
+                KeyKind::Kek => {
+                    let parent = tmk
+                        .as_ref()
+                        .ok_or(Error::Store("key set out of order".into()))?;
+                    let block = tr31::seal(parent, &header, &key, &options, padding)?;
+                    kek = Some(tr31::Kbpk::new(key.expose_secret())?);
+                    block
+                }
+                _ => {
+                    let parent = kek
+                        .as_ref()
+                        .ok_or(Error::Store("key set out of order".into()))?;
+                    tr31::seal(parent, &header, &key, &options, padding)?
+                }
+            };
+            out.push(m::ExportedKey {
+                kind: record.kind.name().to_owned(),
+                key_id: record.key_id.clone(),
+                key_block: block,
+                kcv: record.kcv,
+                wrapped_under: record.kind.wrapped_under().to_owned(),
+            });
+        }
+        Ok(m::KeySetExportResponse {
+            key_set_id: req.key_set_id.clone(),
+            keys: out,
+        })
+    }
+
+    /// Loads a zone's ZMK from its clear value.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] for a malformed zone or key, [`Error::Conflict`] for a zone that has
+    /// a ZMK.
+    pub fn zmk_import(&self, req: &m::ZmkImport) -> Result<m::ZoneInfo, Error> {
+        if !keys::valid_zone(&req.zone) {
+            return Err(Error::BadRequest(
+                "zone names are 1-64 characters of [0-9A-Za-z_.-]".into(),
+            ));
+        }
+        if req.key.expose().len() != 32 {
+            return Err(Error::BadRequest("a ZMK is 32 bytes (AES-256)".into()));
+        }
+        self.hsm.import_zmk(&req.zone, req.key.expose())?;
+        Ok(m::ZoneInfo {
+            zone: req.zone.clone(),
+            kcv: keys::kcv(KeyKind::Tmk, req.key.expose()),
+        })
+    }
+
+    // ----- data path --------------------------------------------------------------------
+
+    /// Verifies an attestation signature made with a device's identity key.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for any failure.
+    pub fn attest_verify(&self, req: &m::AttestVerify) -> Result<m::Empty, Error> {
+        let key = self.working_key(&req.key_id, KeyKind::Identity)?;
+        if key.device_id != req.device_id {
+            return Err(Error::Auth);
+        }
+        verify_hmac(&key.bytes, &req.message, &req.signature)?;
+        Ok(m::Empty {})
+    }
+
+    /// Verifies many charge signatures.
+    ///
+    /// # Errors
+    /// None per item: each failure is a `false`.
+    pub fn mac_verify_batch(
+        &self,
+        req: &m::MacVerifyBatch,
+    ) -> Result<m::MacVerifyBatchResponse, Error> {
+        let valid = req
+            .items
+            .iter()
+            .map(|item| {
+                self.working_key(&item.key_id, KeyKind::Mac)
+                    .and_then(|k| verify_hmac(&k.bytes, &item.message, &item.signature))
+                    .is_ok()
+            })
+            .collect();
+        Ok(m::MacVerifyBatchResponse { valid })
+    }
+
+    /// Opens an MSK envelope.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for an unknown key or a bad padding.
+    pub fn envelope_open(&self, req: &m::EnvelopeOpen) -> Result<m::Plaintext, Error> {
+        let key = self.working_key(&req.msk_key_id, KeyKind::Msk)?;
+        Ok(m::Plaintext {
+            plaintext: decrypt(&key.bytes, &req.iv, &req.ciphertext)?,
+        })
+    }
+
+    /// Seals a plaintext under an MSK with a fresh IV.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for an unknown key.
+    pub fn envelope_seal(&self, req: &m::EnvelopeSeal) -> Result<m::Sealed, Error> {
+        let key = self.working_key(&req.msk_key_id, KeyKind::Msk)?;
+        if req.plaintext.expose().len() > MAX_CIPHERTEXT {
+            return Err(Error::BadRequest("plaintext too large".into()));
+        }
+        let mut iv = [0u8; 16];
+        getrandom::fill(&mut iv).map_err(|e| Error::Hsm(e.to_string()))?;
+        let plaintext = req.plaintext.expose();
+        let mut ciphertext = vec![0u8; (plaintext.len() / 16 + 1) * 16];
+        let written = cbc::Encryptor::<Aes256>::new_from_slices(&key.bytes, &iv)
+            .map_err(|_| Error::Auth)?
+            .encrypt_padded_b2b::<Pkcs7>(plaintext, &mut ciphertext)
+            .map_err(|_| Error::BadRequest("plaintext too large".into()))?
+            .len();
+        ciphertext.truncate(written);
+        Ok(m::Sealed {
+            iv,
+            ciphertext,
+            kcv: keys::kcv(KeyKind::Msk, &key.bytes),
+        })
+    }
+
+    /// A charge: verify the signature, and only then open the envelope with the MSK of the same
+    /// key set as the MAC key.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for any failure.
+    pub fn charge_open(&self, req: &m::ChargeOpen) -> Result<m::Plaintext, Error> {
+        let mac = self.working_key(&req.mac_key_id, KeyKind::Mac)?;
+        verify_hmac(&mac.bytes, &req.message, &req.signature)?;
+        let msk = self.working_key(&req.msk_key_id, KeyKind::Msk)?;
+        if msk.key_set_id != mac.key_set_id || msk.device_id != mac.device_id {
+            return Err(Error::Auth);
+        }
+        Ok(m::Plaintext {
+            plaintext: decrypt(&msk.bytes, &req.iv, &req.ciphertext)?,
+        })
+    }
+
+    /// Decrypts card data under a TDK and fingerprints its PAN.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for an unknown key or a bad padding; [`Error::BadRequest`] if the
+    /// plaintext is not a JSON object with a `pan` string.
+    pub fn card_decrypt(&self, req: &m::CardDecrypt) -> Result<m::CardData, Error> {
+        #[derive(serde::Deserialize)]
+        struct Card<'a> {
+            #[serde(borrow)]
+            pan: &'a str,
+        }
+        let key = self.working_key(&req.tdk_key_id, KeyKind::Tdk)?;
+        let plaintext = decrypt(&key.bytes, &req.iv, &req.ciphertext)?;
+        let card: Card<'_> = serde_json::from_slice(plaintext.expose())
+            .map_err(|_| Error::BadRequest("card data is not a JSON object with a pan".into()))?;
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.fingerprint_key[..])
+            .map_err(|_| Error::Auth)?;
+        mac.update(card.pan.as_bytes());
+        let mut pan_fingerprint = [0u8; 32];
+        pan_fingerprint.copy_from_slice(&mac.finalize().into_bytes());
+        Ok(m::CardData {
+            plaintext,
+            pan_fingerprint,
+        })
+    }
+
+    /// The check value of a stored, unrevoked key.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for an unknown or revoked key.
+    pub fn key_check(&self, req: &m::KeyCheck) -> Result<m::CheckValue, Error> {
+        match self.store.key(&req.key_id)? {
+            Some(record) if !record.revoked => Ok(m::CheckValue { kcv: record.kcv }),
+            _ => Err(Error::Auth),
+        }
+    }
+
+    // ----- internals --------------------------------------------------------------------
+
+    fn device(&self, device_id: &str) -> Result<DeviceRecord, Error> {
+        self.store
+            .device(device_id)?
+            .ok_or(Error::NotFound("device"))
+    }
+
+    fn new_identity(&self, device_id: &str) -> Result<(KeyRecord, Secret), Error> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        self.hsm.random(&mut secret[..])?;
+        let record =
+            self.seal_for_storage(KeyKind::Identity, device_id, None, &secret[..], now())?;
+        Ok((record, Secret::new(&secret[..])))
+    }
+
+    /// Wraps a new key under the LMK as a storage block bound to its key id.
+    fn seal_for_storage(
+        &self,
+        kind: KeyKind,
+        device_id: &str,
+        key_set_id: Option<&str>,
+        bytes: &[u8],
+        created_at: u64,
+    ) -> Result<KeyRecord, Error> {
+        let key_id = keys::new_id(kind.name(), &*self.hsm)?;
+        let header = kind.storage_header(&key_id)?;
+        let key = tr31::Key::new(bytes)?;
+        let block = tr31::seal_external(
+            &Lmk(&*self.hsm),
+            &header,
+            &key,
+            &SealOptions::default(),
+            tr31::Padding::Random(&mut tr31::OsRandom),
+        )?;
+        Ok(KeyRecord {
+            kcv: keys::kcv(kind, bytes),
+            key_id,
+            device_id: device_id.to_owned(),
+            key_set_id: key_set_id.map(str::to_owned),
+            kind,
+            block,
+            revoked: false,
+            created_at,
+        })
+    }
+
+    /// Opens a stored block under the LMK and checks it is the record's own key.
+    fn open_stored(&self, record: &KeyRecord) -> Result<tr31::Key, Error> {
+        let opened =
+            KeyBlock::parse(&record.block, Profile::Strict)?.open_external(&Lmk(&*self.hsm))?;
+        let expected = record.kind.storage_header(&record.key_id)?;
+        let mut got = opened.header;
+        got.optional_blocks.retain(|b| b.id() != tr31::BlockId::PB);
+        if got != expected {
+            return Err(Error::Store(format!(
+                "stored block of {} does not match its record",
+                record.key_id
+            )));
+        }
+        Ok(opened.key)
+    }
+
+    /// A working key for the hot path: from the cache, or loaded, checked and cached.
+    fn working_key(&self, key_id: &str, kind: KeyKind) -> Result<Arc<WorkingKey>, Error> {
+        let cached = self
+            .cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key_id)
+            .cloned();
+        let key = match cached {
+            Some(k) => k,
+            None => self.load_working_key(key_id)?,
+        };
+        if key.kind != kind || key.valid_until.is_some_and(|until| now() >= until) {
+            return Err(Error::Auth);
+        }
+        Ok(key)
+    }
+
+    fn load_working_key(&self, key_id: &str) -> Result<Arc<WorkingKey>, Error> {
+        let record = self.store.key(key_id)?.ok_or(Error::Auth)?;
+        if record.revoked {
+            return Err(Error::Auth);
+        }
+        let device = self.store.device(&record.device_id)?.ok_or(Error::Auth)?;
+        let valid_until = match (&record.key_set_id, record.kind) {
+            (None, KeyKind::Identity) if device.identity_key_id == record.key_id => None,
+            (Some(set), _) if device.key_set_id.as_ref() == Some(set) => None,
+            (Some(set), _) if device.previous_key_set_id.as_ref() == Some(set) => Some(
+                device
+                    .rotated_at
+                    .ok_or(Error::Auth)?
+                    .saturating_add(self.grace),
+            ),
+            _ => return Err(Error::Auth),
+        };
+        let key = self.open_stored(&record)?;
+        let working = Arc::new(WorkingKey {
+            kind: record.kind,
+            device_id: record.device_id,
+            key_set_id: record.key_set_id,
+            bytes: Zeroizing::new(key.expose_secret().to_vec()),
+            valid_until,
+        });
+        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= self.capacity {
+            // A crude bound: forget everything. Keys reload from the store on demand.
+            cache.clear();
+        }
+        cache.insert(key_id.to_owned(), Arc::clone(&working));
+        Ok(working)
+    }
+
+    /// Drops a device's cached working keys after its keys changed.
+    fn forget_device(&self, device_id: &str) {
+        self.cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, k| k.device_id != device_id);
+    }
+}
+
+fn verify_hmac(key: &[u8], message: &[u8], signature: &[u8; 32]) -> Result<(), Error> {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).map_err(|_| Error::Auth)?;
+    mac.update(message);
+    let expected = mac.finalize().into_bytes();
+    if bool::from(expected.as_slice().ct_eq(signature)) {
+        Ok(())
+    } else {
+        Err(Error::Auth)
+    }
+}
+
+fn decrypt(key: &[u8], iv: &[u8; 16], ciphertext: &[u8]) -> Result<Secret, Error> {
+    if ciphertext.is_empty()
+        || !ciphertext.len().is_multiple_of(16)
+        || ciphertext.len() > MAX_CIPHERTEXT
+    {
+        return Err(Error::Auth);
+    }
+    let mut buf = Zeroizing::new(ciphertext.to_vec());
+    let plain = cbc::Decryptor::<Aes256>::new_from_slices(key, iv)
+        .map_err(|_| Error::Auth)?
+        .decrypt_padded::<Pkcs7>(&mut buf)
+        .map_err(|_| Error::Auth)?;
+    Ok(Secret::new(plain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hsm::SoftwareHsm;
+    use crate::store::MemoryStore;
+
+    const ZMK: [u8; 32] = [0x5A; 32];
+
+    fn service() -> Service {
+        let hsm = SoftwareHsm::new();
+        hsm.create_lmk().unwrap();
+        let s = Service::new(Arc::new(hsm), Arc::new(MemoryStore::new()), 3600, 1000).unwrap();
+        s.zmk_import(&m::ZmkImport {
+            zone: "z1".into(),
+            key: Secret::new(&ZMK),
+        })
+        .unwrap();
+        s
+    }
+
+    fn device(s: &Service, id: &str) -> m::IdentityKey {
+        s.device_create(&m::DeviceCreate {
+            device_id: id.into(),
+            zone: "z1".into(),
+        })
+        .unwrap()
+    }
+
+    fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
+        mac.update(msg);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Unwraps a delivered key set the way a terminal would: TMK from the ZMK, then down.
+    fn unwrap_set(export: &m::KeySetExportResponse) -> HashMap<String, tr31::Key> {
+        let mut keys = HashMap::new();
+        let zmk = tr31::Kbpk::new(&ZMK).unwrap();
+        for k in &export.keys {
+            let parent = match k.wrapped_under.as_str() {
+                "zmk" => tr31::Kbpk::new(zmk.expose_secret()).unwrap(),
+                other => tr31::Kbpk::new(
+                    keys.get::<str>(other)
+                        .map(|k: &tr31::Key| k.expose_secret())
+                        .unwrap(),
+                )
+                .unwrap(),
+            };
+            let opened = tr31::open(&k.key_block, &parent, Profile::Strict).unwrap();
+            assert_eq!(
+                keys::kcv(
+                    KeyKind::from_name(&k.kind).unwrap(),
+                    opened.key.expose_secret()
+                ),
+                k.kcv
+            );
+            keys.insert(k.kind.clone(), opened.key);
+        }
+        keys
+    }
+
+    #[test]
+    fn key_set_delivery_unwraps_from_the_zmk_down() {
+        let s = service();
+        device(&s, "POS-00000001");
+        let set = s
+            .key_set_create(&m::KeySetCreate {
+                device_id: "POS-00000001".into(),
+            })
+            .unwrap();
+        assert_eq!(
+            set.keys.iter().map(|k| k.kind.as_str()).collect::<Vec<_>>(),
+            ["tmk", "kek", "msk", "tpk", "tdk", "mac"]
+        );
+        let export = s
+            .key_set_export(&m::KeySetExport {
+                device_id: "POS-00000001".into(),
+                key_set_id: set.key_set_id.clone(),
+            })
+            .unwrap();
+        let keys = unwrap_set(&export);
+        assert_eq!(keys.len(), 6);
+        assert!(export.keys.iter().all(|k| k.key_block.starts_with('D')));
+        let mac_block = &export.keys[5].key_block;
+        assert!(
+            mac_block[5..].starts_with("M7HC00N0200HM0621PB0A"),
+            "{mac_block}"
+        );
+        // Every key differs, and a second export carries the same keys under fresh padding.
+        let again = s
+            .key_set_export(&m::KeySetExport {
+                device_id: "POS-00000001".into(),
+                key_set_id: set.key_set_id,
+            })
+            .unwrap();
+        assert_ne!(again.keys[2].key_block, export.keys[2].key_block);
+        let keys2 = unwrap_set(&again);
+        assert!(keys2["msk"].ct_eq(&keys["msk"]));
+        assert!(!keys["msk"].ct_eq(&keys["tdk"]));
+        assert!(matches!(
+            s.key_set_export(&m::KeySetExport {
+                device_id: "POS-00000001".into(),
+                key_set_id: "ks-nope".into()
+            }),
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn attestation_and_charges() {
+        let s = service();
+        let identity = device(&s, "POS-00000002");
+        let msg = b"POS-00000002\nidk\n1700000000\nnonce123456789";
+        let good = m::AttestVerify {
+            device_id: "POS-00000002".into(),
+            key_id: identity.key_id.clone(),
+            message: msg.to_vec(),
+            signature: hmac(identity.secret.expose(), msg),
+        };
+        s.attest_verify(&good).unwrap();
+        let mut bad = m::AttestVerify {
+            signature: [0; 32],
+            ..good
+        };
+        assert!(matches!(s.attest_verify(&bad), Err(Error::Auth)));
+        bad.signature = hmac(identity.secret.expose(), msg);
+        bad.device_id = "POS-00000003".into();
+        assert!(matches!(s.attest_verify(&bad), Err(Error::Auth)));
+
+        let set = s
+            .key_set_create(&m::KeySetCreate {
+                device_id: "POS-00000002".into(),
+            })
+            .unwrap();
+        let export = s
+            .key_set_export(&m::KeySetExport {
+                device_id: "POS-00000002".into(),
+                key_set_id: set.key_set_id,
+            })
+            .unwrap();
+        let keys = unwrap_set(&export);
+        let id = |kind: &str| {
+            export
+                .keys
+                .iter()
+                .find(|k| k.kind == kind)
+                .unwrap()
+                .key_id
+                .clone()
+        };
+
+        // The device encrypts with its MSK; keyd opens it after checking the MAC.
+        let iv = [7u8; 16];
+        let plaintext = br#"{"amount":{"value":"1500","currency":"EUR"}}"#;
+        let mut ct = vec![0u8; 64];
+        let n = cbc::Encryptor::<Aes256>::new_from_slices(keys["msk"].expose_secret(), &iv)
+            .unwrap()
+            .encrypt_padded_b2b::<Pkcs7>(plaintext, &mut ct)
+            .unwrap()
+            .len();
+        ct.truncate(n);
+        let string_to_sign =
+            b"TID-000001\nmac-x\n1700000000\nabcabcabcabc\nPOST\n/pos/charge\n{...}";
+        let charge = m::ChargeOpen {
+            mac_key_id: id("mac"),
+            message: string_to_sign.to_vec(),
+            signature: hmac(keys["mac"].expose_secret(), string_to_sign),
+            msk_key_id: id("msk"),
+            iv,
+            ciphertext: ct.clone(),
+        };
+        assert_eq!(
+            s.charge_open(&charge).unwrap().plaintext.expose(),
+            plaintext
+        );
+        // Tampered signature, tampered ciphertext (bad padding), wrong key kinds: one error.
+        let tampered_sig = m::ChargeOpen {
+            signature: [1; 32],
+            ..copy_charge(&charge)
+        };
+        assert!(matches!(s.charge_open(&tampered_sig), Err(Error::Auth)));
+        let mut bad_ct = ct.clone();
+        *bad_ct.last_mut().unwrap() ^= 1;
+        let tampered_ct = m::ChargeOpen {
+            ciphertext: bad_ct,
+            ..copy_charge(&charge)
+        };
+        assert!(matches!(s.charge_open(&tampered_ct), Err(Error::Auth)));
+        let swapped = m::ChargeOpen {
+            msk_key_id: id("tdk"),
+            ..copy_charge(&charge)
+        };
+        assert!(matches!(s.charge_open(&swapped), Err(Error::Auth)));
+        let unknown = m::ChargeOpen {
+            mac_key_id: "mac-unknown".into(),
+            ..copy_charge(&charge)
+        };
+        assert!(matches!(s.charge_open(&unknown), Err(Error::Auth)));
+
+        // Envelope seal and open round trip; the KCV is the MSK's.
+        let sealed = s
+            .envelope_seal(&m::EnvelopeSeal {
+                msk_key_id: id("msk"),
+                plaintext: Secret::new(b"hello"),
+            })
+            .unwrap();
+        assert_eq!(
+            sealed.kcv,
+            keys::kcv(KeyKind::Msk, keys["msk"].expose_secret())
+        );
+        let opened = s
+            .envelope_open(&m::EnvelopeOpen {
+                msk_key_id: id("msk"),
+                iv: sealed.iv,
+                ciphertext: sealed.ciphertext,
+            })
+            .unwrap();
+        assert_eq!(opened.plaintext.expose(), b"hello");
+
+        // Batch verify.
+        let batch = s
+            .mac_verify_batch(&m::MacVerifyBatch {
+                items: vec![
+                    m::MacItem {
+                        key_id: id("mac"),
+                        message: b"a".to_vec(),
+                        signature: hmac(keys["mac"].expose_secret(), b"a"),
+                    },
+                    m::MacItem {
+                        key_id: id("mac"),
+                        message: b"b".to_vec(),
+                        signature: hmac(keys["mac"].expose_secret(), b"a"),
+                    },
+                    m::MacItem {
+                        key_id: id("msk"),
+                        message: b"a".to_vec(),
+                        signature: hmac(keys["msk"].expose_secret(), b"a"),
+                    },
+                ],
+            })
+            .unwrap();
+        assert_eq!(batch.valid, [true, false, false]);
+
+        // Card data: decrypted only with the TDK, PAN fingerprinted.
+        let card = br#"{"pan":"4242424242424242","exp_month":12,"exp_year":2030}"#;
+        let mut ct = vec![0u8; 96];
+        let n = cbc::Encryptor::<Aes256>::new_from_slices(keys["tdk"].expose_secret(), &iv)
+            .unwrap()
+            .encrypt_padded_b2b::<Pkcs7>(card, &mut ct)
+            .unwrap()
+            .len();
+        ct.truncate(n);
+        let data = s
+            .card_decrypt(&m::CardDecrypt {
+                tdk_key_id: id("tdk"),
+                iv,
+                ciphertext: ct.clone(),
+            })
+            .unwrap();
+        assert_eq!(data.plaintext.expose(), card);
+        let again = s
+            .card_decrypt(&m::CardDecrypt {
+                tdk_key_id: id("tdk"),
+                iv,
+                ciphertext: ct,
+            })
+            .unwrap();
+        assert_eq!(data.pan_fingerprint, again.pan_fingerprint);
+        assert_ne!(data.pan_fingerprint, [0; 32]);
+    }
+
+    fn copy_charge(c: &m::ChargeOpen) -> m::ChargeOpen {
+        m::ChargeOpen {
+            mac_key_id: c.mac_key_id.clone(),
+            message: c.message.clone(),
+            signature: c.signature,
+            msk_key_id: c.msk_key_id.clone(),
+            iv: c.iv,
+            ciphertext: c.ciphertext.clone(),
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_the_previous_mac_key_for_the_grace_period_and_revocation_ends_all() {
+        let s = service();
+        device(&s, "POS-00000004");
+        let first = s
+            .key_set_create(&m::KeySetCreate {
+                device_id: "POS-00000004".into(),
+            })
+            .unwrap();
+        let old_mac = first
+            .keys
+            .iter()
+            .find(|k| k.kind == "mac")
+            .unwrap()
+            .key_id
+            .clone();
+        let export = s
+            .key_set_export(&m::KeySetExport {
+                device_id: "POS-00000004".into(),
+                key_set_id: first.key_set_id,
+            })
+            .unwrap();
+        let old_keys = unwrap_set(&export);
+        let item = |key_id: &str, key: &tr31::Key| m::MacItem {
+            key_id: key_id.into(),
+            message: b"x".to_vec(),
+            signature: hmac(key.expose_secret(), b"x"),
+        };
+        let verify = |s: &Service, key_id: &str| {
+            s.mac_verify_batch(&m::MacVerifyBatch {
+                items: vec![item(key_id, &old_keys["mac"])],
+            })
+            .unwrap()
+            .valid[0]
+        };
+        assert!(verify(&s, &old_mac));
+        s.key_set_create(&m::KeySetCreate {
+            device_id: "POS-00000004".into(),
+        })
+        .unwrap();
+        assert!(
+            verify(&s, &old_mac),
+            "previous set works within the grace period"
+        );
+        s.key_set_create(&m::KeySetCreate {
+            device_id: "POS-00000004".into(),
+        })
+        .unwrap();
+        assert!(!verify(&s, &old_mac), "two rotations back is revoked");
+        s.key_set_revoke(&m::KeySetRevoke {
+            device_id: "POS-00000004".into(),
+        })
+        .unwrap();
+        assert!(matches!(
+            s.key_check(&m::KeyCheck { key_id: old_mac }),
+            Err(Error::Auth)
+        ));
+    }
+
+    #[test]
+    fn identity_rotation_and_refusals() {
+        let s = service();
+        let first = device(&s, "POS-00000005");
+        assert!(matches!(
+            s.device_create(&m::DeviceCreate {
+                device_id: "POS-00000005".into(),
+                zone: "z1".into()
+            }),
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            s.device_create(&m::DeviceCreate {
+                device_id: "POS-0000000g".into(),
+                zone: "z1".into()
+            }),
+            Err(Error::BadRequest(_))
+        ));
+        assert!(matches!(
+            s.device_create(&m::DeviceCreate {
+                device_id: "POS-00000006".into(),
+                zone: "nowhere".into()
+            }),
+            Err(Error::NotFound("zone"))
+        ));
+        let second = s
+            .identity_rotate(&m::IdentityRotate {
+                device_id: "POS-00000005".into(),
+            })
+            .unwrap();
+        assert_ne!(first.key_id, second.key_id);
+        let msg = b"m";
+        let old = m::AttestVerify {
+            device_id: "POS-00000005".into(),
+            key_id: first.key_id,
+            message: msg.to_vec(),
+            signature: hmac(first.secret.expose(), msg),
+        };
+        assert!(matches!(s.attest_verify(&old), Err(Error::Auth)));
+        let new = m::AttestVerify {
+            device_id: "POS-00000005".into(),
+            key_id: second.key_id,
+            message: msg.to_vec(),
+            signature: hmac(second.secret.expose(), msg),
+        };
+        s.attest_verify(&new).unwrap();
+        assert_eq!(
+            second.kcv,
+            keys::kcv(KeyKind::Identity, second.secret.expose())
+        );
+        assert!(matches!(
+            s.identity_rotate(&m::IdentityRotate {
+                device_id: "POS-0000000F".into()
+            }),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            s.zmk_import(&m::ZmkImport {
+                zone: "z1".into(),
+                key: Secret::new(&[1; 32])
+            }),
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            s.zmk_import(&m::ZmkImport {
+                zone: "z2".into(),
+                key: Secret::new(&[1; 16])
+            }),
+            Err(Error::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn a_stored_block_cannot_be_moved_to_another_record() {
+        let s = service();
+        device(&s, "POS-00000007");
+        let set = s
+            .key_set_create(&m::KeySetCreate {
+                device_id: "POS-00000007".into(),
+            })
+            .unwrap();
+        let records = s.store.key_set(&set.key_set_id).unwrap();
+        let (msk, tdk) = (&records[2], &records[4]);
+        let forged = KeyRecord {
+            block: tdk.block.clone(),
+            ..msk.clone()
+        };
+        assert!(matches!(s.open_stored(&forged), Err(Error::Store(_))));
+        assert!(s.open_stored(msk).is_ok());
+    }
+}

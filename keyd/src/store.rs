@@ -1,0 +1,589 @@
+//! The key store: device records and their keys, each key a TR-31 block under the LMK.
+//!
+//! Nothing stored here is a clear key. [`SqliteStore`] is the durable store (WAL,
+//! `synchronous=FULL`, every lookup by an indexed column); [`MemoryStore`] is its in-memory twin
+//! for unit tests. Both obey the same trait and the same tests.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::Error;
+use crate::keys::KeyKind;
+
+/// A device as keyd knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// `POS-` and 8 hex digits.
+    pub device_id: String,
+    /// The key-injection zone whose ZMK protects the device's TMK.
+    pub zone: String,
+    /// The current identity key.
+    pub identity_key_id: String,
+    /// The current key set.
+    pub key_set_id: Option<String>,
+    /// The key set before the current one, usable until `rotated_at` + the grace period.
+    pub previous_key_set_id: Option<String>,
+    /// When the current key set replaced the previous one (Unix seconds).
+    pub rotated_at: Option<u64>,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// A stored key: its metadata and its TR-31 block under the LMK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// `idk-…`, `tmk-…`, …
+    pub key_id: String,
+    /// Its device.
+    pub device_id: String,
+    /// Its key set (none for identity keys).
+    pub key_set_id: Option<String>,
+    /// Its role.
+    pub kind: KeyKind,
+    /// Its check value.
+    pub kcv: [u8; 3],
+    /// TR-31 version D block under the LMK, key context 1, key id bound in `LB`.
+    pub block: String,
+    /// Revoked keys never work again.
+    pub revoked: bool,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// What keyd needs from its store.
+pub trait KeyStore: Send + Sync + 'static {
+    /// A device, if known.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    fn device(&self, device_id: &str) -> Result<Option<DeviceRecord>, Error>;
+
+    /// Records a new device and its identity key, atomically.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if the device exists; [`Error::Store`].
+    fn create_device(&self, device: &DeviceRecord, identity: &KeyRecord) -> Result<(), Error>;
+
+    /// Revokes the device's identity key and makes `identity` current, atomically.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Store`].
+    fn replace_identity(&self, device_id: &str, identity: &KeyRecord) -> Result<(), Error>;
+
+    /// Stores a new key set and makes it current; the current one becomes the previous one and
+    /// the one before that is revoked. Atomic.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Store`].
+    fn add_key_set(
+        &self,
+        device_id: &str,
+        key_set_id: &str,
+        keys: &[KeyRecord],
+        now: u64,
+    ) -> Result<(), Error>;
+
+    /// Revokes every key set of the device.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Store`].
+    fn revoke_key_sets(&self, device_id: &str) -> Result<(), Error>;
+
+    /// A key by id.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    fn key(&self, key_id: &str) -> Result<Option<KeyRecord>, Error>;
+
+    /// The keys of a key set.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    fn key_set(&self, key_set_id: &str) -> Result<Vec<KeyRecord>, Error>;
+}
+
+/// The in-memory twin.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Tables>,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    devices: HashMap<String, DeviceRecord>,
+    keys: HashMap<String, KeyRecord>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl KeyStore for MemoryStore {
+    fn device(&self, device_id: &str) -> Result<Option<DeviceRecord>, Error> {
+        Ok(self.tables().devices.get(device_id).cloned())
+    }
+
+    fn create_device(&self, device: &DeviceRecord, identity: &KeyRecord) -> Result<(), Error> {
+        let mut t = self.tables();
+        if t.devices.contains_key(&device.device_id) {
+            return Err(Error::Conflict("the device exists already"));
+        }
+        t.devices.insert(device.device_id.clone(), device.clone());
+        t.keys.insert(identity.key_id.clone(), identity.clone());
+        Ok(())
+    }
+
+    fn replace_identity(&self, device_id: &str, identity: &KeyRecord) -> Result<(), Error> {
+        let mut t = self.tables();
+        let old = t
+            .devices
+            .get(device_id)
+            .ok_or(Error::NotFound("device"))?
+            .identity_key_id
+            .clone();
+        if let Some(k) = t.keys.get_mut(&old) {
+            k.revoked = true;
+        }
+        t.keys.insert(identity.key_id.clone(), identity.clone());
+        if let Some(d) = t.devices.get_mut(device_id) {
+            d.identity_key_id = identity.key_id.clone();
+        }
+        Ok(())
+    }
+
+    fn add_key_set(
+        &self,
+        device_id: &str,
+        key_set_id: &str,
+        keys: &[KeyRecord],
+        now: u64,
+    ) -> Result<(), Error> {
+        let mut t = self.tables();
+        let device = t
+            .devices
+            .get(device_id)
+            .ok_or(Error::NotFound("device"))?
+            .clone();
+        if let Some(old) = &device.previous_key_set_id {
+            for k in t
+                .keys
+                .values_mut()
+                .filter(|k| k.key_set_id.as_deref() == Some(old))
+            {
+                k.revoked = true;
+            }
+        }
+        for k in keys {
+            t.keys.insert(k.key_id.clone(), k.clone());
+        }
+        if let Some(d) = t.devices.get_mut(device_id) {
+            d.previous_key_set_id = d.key_set_id.take();
+            d.rotated_at = d.previous_key_set_id.as_ref().map(|_| now);
+            d.key_set_id = Some(key_set_id.to_owned());
+        }
+        Ok(())
+    }
+
+    fn revoke_key_sets(&self, device_id: &str) -> Result<(), Error> {
+        let mut t = self.tables();
+        if !t.devices.contains_key(device_id) {
+            return Err(Error::NotFound("device"));
+        }
+        for k in t
+            .keys
+            .values_mut()
+            .filter(|k| k.device_id == device_id && k.key_set_id.is_some())
+        {
+            k.revoked = true;
+        }
+        if let Some(d) = t.devices.get_mut(device_id) {
+            d.key_set_id = None;
+            d.previous_key_set_id = None;
+            d.rotated_at = None;
+        }
+        Ok(())
+    }
+
+    fn key(&self, key_id: &str) -> Result<Option<KeyRecord>, Error> {
+        Ok(self.tables().keys.get(key_id).cloned())
+    }
+
+    fn key_set(&self, key_set_id: &str) -> Result<Vec<KeyRecord>, Error> {
+        let t = self.tables();
+        let mut keys: Vec<KeyRecord> = t
+            .keys
+            .values()
+            .filter(|k| k.key_set_id.as_deref() == Some(key_set_id))
+            .cloned()
+            .collect();
+        keys.sort_by_key(|k| KeyKind::SET.iter().position(|s| *s == k.kind));
+        Ok(keys)
+    }
+}
+
+/// The durable store.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    zone TEXT NOT NULL,
+    identity_key_id TEXT NOT NULL,
+    key_set_id TEXT,
+    previous_key_set_id TEXT,
+    rotated_at INTEGER,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL REFERENCES devices(device_id),
+    key_set_id TEXT,
+    kind TEXT NOT NULL,
+    kcv BLOB NOT NULL,
+    block TEXT NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS keys_by_set ON keys(key_set_id);
+CREATE INDEX IF NOT EXISTS keys_by_device ON keys(device_id);
+";
+
+impl SqliteStore {
+    /// Opens (or creates) the store at `path`. The file is created readable by its owner only.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // An acknowledged key set must survive a crash or a power cut.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let kind: String = row.get(3)?;
+    let kcv: Vec<u8> = row.get(4)?;
+    Ok(KeyRecord {
+        key_id: row.get(0)?,
+        device_id: row.get(1)?,
+        key_set_id: row.get(2)?,
+        kind: KeyKind::from_name(&kind).ok_or(rusqlite::Error::InvalidQuery)?,
+        kcv: kcv
+            .as_slice()
+            .try_into()
+            .map_err(|_| rusqlite::Error::InvalidQuery)?,
+        block: row.get(5)?,
+        revoked: row.get(6)?,
+        created_at: u64::try_from(row.get::<_, i64>(7)?).unwrap_or(0),
+    })
+}
+
+const KEY_COLUMNS: &str = "key_id, device_id, key_set_id, kind, kcv, block, revoked, created_at";
+
+fn insert_key(tx: &rusqlite::Transaction<'_>, k: &KeyRecord) -> Result<(), Error> {
+    tx.execute(
+        "INSERT INTO keys (key_id, device_id, key_set_id, kind, kcv, block, revoked, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            k.key_id,
+            k.device_id,
+            k.key_set_id,
+            k.kind.name(),
+            k.kcv.as_slice(),
+            k.block,
+            k.revoked,
+            i64::try_from(k.created_at).unwrap_or(i64::MAX)
+        ],
+    )?;
+    Ok(())
+}
+
+impl KeyStore for SqliteStore {
+    fn device(&self, device_id: &str) -> Result<Option<DeviceRecord>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT device_id, zone, identity_key_id, key_set_id, previous_key_set_id, rotated_at, created_at
+             FROM devices WHERE device_id = ?1",
+        )?;
+        Ok(stmt
+            .query_row([device_id], |row| {
+                Ok(DeviceRecord {
+                    device_id: row.get(0)?,
+                    zone: row.get(1)?,
+                    identity_key_id: row.get(2)?,
+                    key_set_id: row.get(3)?,
+                    previous_key_set_id: row.get(4)?,
+                    rotated_at: row
+                        .get::<_, Option<i64>>(5)?
+                        .and_then(|v| u64::try_from(v).ok()),
+                    created_at: u64::try_from(row.get::<_, i64>(6)?).unwrap_or(0),
+                })
+            })
+            .optional()?)
+    }
+
+    fn create_device(&self, device: &DeviceRecord, identity: &KeyRecord) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO devices (device_id, zone, identity_key_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![device.device_id, device.zone, device.identity_key_id, i64::try_from(device.created_at).unwrap_or(0)],
+        )?;
+        if inserted == 0 {
+            return Err(Error::Conflict("the device exists already"));
+        }
+        insert_key(&tx, identity)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn replace_identity(&self, device_id: &str, identity: &KeyRecord) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE keys SET revoked = 1 WHERE key_id = (SELECT identity_key_id FROM devices WHERE device_id = ?1)",
+            [device_id],
+        )?;
+        insert_key(&tx, identity)?;
+        let n = tx.execute(
+            "UPDATE devices SET identity_key_id = ?2 WHERE device_id = ?1",
+            params![device_id, identity.key_id],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound("device"));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn add_key_set(
+        &self,
+        device_id: &str,
+        key_set_id: &str,
+        keys: &[KeyRecord],
+        now: u64,
+    ) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE keys SET revoked = 1 WHERE key_set_id = (SELECT previous_key_set_id FROM devices WHERE device_id = ?1)",
+            [device_id],
+        )?;
+        for k in keys {
+            insert_key(&tx, k)?;
+        }
+        let n = tx.execute(
+            "UPDATE devices SET previous_key_set_id = key_set_id,
+                 rotated_at = CASE WHEN key_set_id IS NULL THEN NULL ELSE ?3 END,
+                 key_set_id = ?2
+             WHERE device_id = ?1",
+            params![
+                device_id,
+                key_set_id,
+                i64::try_from(now).unwrap_or(i64::MAX)
+            ],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound("device"));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn revoke_key_sets(&self, device_id: &str) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE devices SET key_set_id = NULL, previous_key_set_id = NULL, rotated_at = NULL WHERE device_id = ?1",
+            [device_id],
+        )?;
+        if n == 0 {
+            return Err(Error::NotFound("device"));
+        }
+        tx.execute(
+            "UPDATE keys SET revoked = 1 WHERE device_id = ?1 AND key_set_id IS NOT NULL",
+            [device_id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn key(&self, key_id: &str) -> Result<Option<KeyRecord>, Error> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_id = ?1"))?;
+        Ok(stmt.query_row([key_id], key_from_row).optional()?)
+    }
+
+    fn key_set(&self, key_set_id: &str) -> Result<Vec<KeyRecord>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM keys WHERE key_set_id = ?1"
+        ))?;
+        let mut keys = stmt
+            .query_map([key_set_id], key_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        keys.sort_by_key(|k| KeyKind::SET.iter().position(|s| *s == k.kind));
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, set: Option<&str>, kind: KeyKind) -> KeyRecord {
+        KeyRecord {
+            key_id: id.into(),
+            device_id: "POS-00000001".into(),
+            key_set_id: set.map(Into::into),
+            kind,
+            kcv: [1, 2, 3],
+            block: format!("block-of-{id}"),
+            revoked: false,
+            created_at: 10,
+        }
+    }
+
+    fn exercise(store: &dyn KeyStore) {
+        let device = DeviceRecord {
+            device_id: "POS-00000001".into(),
+            zone: "z1".into(),
+            identity_key_id: "idk-1".into(),
+            key_set_id: None,
+            previous_key_set_id: None,
+            rotated_at: None,
+            created_at: 10,
+        };
+        store
+            .create_device(&device, &key("idk-1", None, KeyKind::Identity))
+            .unwrap();
+        assert!(matches!(
+            store.create_device(&device, &key("idk-x", None, KeyKind::Identity)),
+            Err(Error::Conflict(_))
+        ));
+        assert_eq!(store.device("POS-00000001").unwrap().unwrap(), device);
+        assert_eq!(store.device("POS-00000002").unwrap(), None);
+
+        store
+            .replace_identity("POS-00000001", &key("idk-2", None, KeyKind::Identity))
+            .unwrap();
+        assert!(store.key("idk-1").unwrap().unwrap().revoked);
+        assert_eq!(
+            store
+                .device("POS-00000001")
+                .unwrap()
+                .unwrap()
+                .identity_key_id,
+            "idk-2"
+        );
+        assert!(matches!(
+            store.replace_identity("POS-0000000F", &key("idk-3", None, KeyKind::Identity)),
+            Err(Error::NotFound(_))
+        ));
+
+        let set = |n: &str| -> Vec<KeyRecord> {
+            KeyKind::SET
+                .iter()
+                .map(|k| key(&format!("{}-{n}", k.name()), Some(n), *k))
+                .collect()
+        };
+        store
+            .add_key_set("POS-00000001", "ks-a", &set("ks-a"), 100)
+            .unwrap();
+        let d = store.device("POS-00000001").unwrap().unwrap();
+        assert_eq!(
+            (
+                d.key_set_id.as_deref(),
+                d.previous_key_set_id.as_deref(),
+                d.rotated_at
+            ),
+            (Some("ks-a"), None, None)
+        );
+        store
+            .add_key_set("POS-00000001", "ks-b", &set("ks-b"), 200)
+            .unwrap();
+        let d = store.device("POS-00000001").unwrap().unwrap();
+        assert_eq!(
+            (
+                d.key_set_id.as_deref(),
+                d.previous_key_set_id.as_deref(),
+                d.rotated_at
+            ),
+            (Some("ks-b"), Some("ks-a"), Some(200))
+        );
+        assert!(!store.key("mac-ks-a").unwrap().unwrap().revoked);
+        store
+            .add_key_set("POS-00000001", "ks-c", &set("ks-c"), 300)
+            .unwrap();
+        assert!(
+            store.key("mac-ks-a").unwrap().unwrap().revoked,
+            "two rotations back is revoked"
+        );
+        assert!(!store.key("mac-ks-b").unwrap().unwrap().revoked);
+        let keys = store.key_set("ks-c").unwrap();
+        assert_eq!(
+            keys.iter().map(|k| k.kind).collect::<Vec<_>>(),
+            KeyKind::SET
+        );
+
+        store.revoke_key_sets("POS-00000001").unwrap();
+        assert!(store.key("msk-ks-c").unwrap().unwrap().revoked);
+        assert!(
+            !store.key("idk-2").unwrap().unwrap().revoked,
+            "identity keys survive"
+        );
+        assert_eq!(
+            store.device("POS-00000001").unwrap().unwrap().key_set_id,
+            None
+        );
+    }
+
+    #[test]
+    fn memory_store() {
+        exercise(&MemoryStore::new());
+    }
+
+    #[test]
+    fn sqlite_store_and_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        exercise(&SqliteStore::open(&path).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // Reopening finds everything.
+        let again = SqliteStore::open(&path).unwrap();
+        assert!(again.key("idk-2").unwrap().is_some());
+    }
+}
