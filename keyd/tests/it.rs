@@ -1,0 +1,411 @@
+//! keyd as a real process on a real SoftHSM token, driven over its real socket.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use keyd_proto::message as m;
+use keyd_proto::{Client, ClientError, Opcode, Secret, Status};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ZMK_HEX: &str = "0123456789ABCDEFFEDCBA98765432100123456789ABCDEFFEDCBA9876543210";
+
+/// A token, a config, and (once started) a keyd process.
+struct Keyd {
+    hsm: softhsm::SoftHsm,
+    config: PathBuf,
+    socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Keyd {
+    /// A token with an LMK and zone `z1`, and a config granting this uid `groups`.
+    fn new(groups: &str) -> Self {
+        let hsm = softhsm::SoftHsm::new("keyd-it").unwrap();
+        let pin = hsm.write_pin_file().unwrap();
+        let uid = std::fs::metadata(&pin).unwrap().uid();
+        let socket = hsm.dir().join("run/keyd.sock");
+        let config = hsm.dir().join("keyd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"socket = "{socket}"
+store = "{store}"
+placement = "memory"
+
+[hsm]
+backend = "pkcs11"
+module = "{module}"
+token_label = "keyd-it"
+pin_file = "{pin}"
+
+[[access]]
+uid = {uid}
+groups = [{groups}]
+"#,
+                socket = socket.display(),
+                store = hsm.dir().join("keys.db").display(),
+                module = softhsm::module_path().unwrap().display(),
+                pin = pin.display(),
+            ),
+        )
+        .unwrap();
+        let keyd = Self {
+            hsm,
+            config,
+            socket,
+            child: None,
+        };
+        let out = keyd.command(&["init"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut import = keyd
+            .command(&["zmk-import", "--zone", "z1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        import
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{ZMK_HEX}\n").as_bytes())
+            .unwrap();
+        let out = import.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let kcv = tr31::kcv::cmac_aes(&hex(ZMK_HEX)).unwrap();
+        let printed = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            printed.trim(),
+            format!("zone z1 ZMK KCV {:02X}{:02X}{:02X}", kcv[0], kcv[1], kcv[2])
+        );
+        keyd
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_keyd"));
+        c.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .envs(self.hsm.env());
+        c
+    }
+
+    fn start(&mut self) {
+        let child = self
+            .command(&["serve"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket.exists() {
+            assert!(Instant::now() < deadline, "keyd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(&self.socket).await.unwrap()
+    }
+}
+
+impl Drop for Keyd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
+    mac.update(msg);
+    mac.finalize().into_bytes().into()
+}
+
+fn encrypt(key: &[u8], iv: &[u8; 16], plaintext: &[u8]) -> Vec<u8> {
+    use aes::cipher::{BlockModeEncrypt, KeyIvInit, block_padding::Pkcs7};
+    let mut out = vec![0u8; (plaintext.len() / 16 + 1) * 16];
+    let n = cbc::Encryptor::<aes::Aes256>::new_from_slices(key, iv)
+        .unwrap()
+        .encrypt_padded_b2b::<Pkcs7>(plaintext, &mut out)
+        .unwrap()
+        .len();
+    out.truncate(n);
+    out
+}
+
+/// The device side: unwrap the delivered blocks from the ZMK down, check every KCV.
+fn unwrap_set(export: &m::KeySetExportResponse) -> std::collections::HashMap<String, Vec<u8>> {
+    let mut keys = std::collections::HashMap::new();
+    for k in &export.keys {
+        let parent: Vec<u8> = match k.wrapped_under.as_str() {
+            "zmk" => hex(ZMK_HEX),
+            other => keys.get(other).cloned().unwrap(),
+        };
+        let opened = tr31::open(
+            &k.key_block,
+            &tr31::Kbpk::new(&parent).unwrap(),
+            tr31::Profile::Strict,
+        )
+        .unwrap();
+        let expected = if k.kind == "mac" {
+            tr31::kcv::hmac_sha256(opened.key.expose_secret())
+        } else {
+            let v = tr31::kcv::cmac_aes(opened.key.expose_secret()).unwrap();
+            [v[0], v[1], v[2]]
+        };
+        assert_eq!(expected, k.kcv, "{}", k.kind);
+        keys.insert(k.kind.clone(), opened.key.expose_secret().to_vec());
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_key_lifecycle_over_the_socket_on_softhsm() {
+    let mut keyd = Keyd::new(r#""data", "devices""#);
+    keyd.start();
+    assert_eq!(
+        std::fs::metadata(&keyd.socket)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o660
+    );
+    let client = keyd.client().await;
+
+    let identity = client
+        .call(&m::DeviceCreate {
+            device_id: "POS-8F3A2C91".into(),
+            zone: "z1".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(identity.secret.expose().len(), 32);
+    assert_eq!(
+        identity.kcv,
+        tr31::kcv::hmac_sha256(identity.secret.expose())
+    );
+    let dup = client
+        .call(&m::DeviceCreate {
+            device_id: "POS-8F3A2C91".into(),
+            zone: "z1".into(),
+        })
+        .await;
+    assert!(matches!(dup, Err(ClientError::Status(Status::CONFLICT))));
+    let no_zone = client
+        .call(&m::DeviceCreate {
+            device_id: "POS-00000001".into(),
+            zone: "z9".into(),
+        })
+        .await;
+    assert!(matches!(
+        no_zone,
+        Err(ClientError::Status(Status::NOT_FOUND))
+    ));
+
+    let msg = b"POS-8F3A2C91\nidk\n1700000000\nnonce";
+    let attest = m::AttestVerify {
+        device_id: "POS-8F3A2C91".into(),
+        key_id: identity.key_id.clone(),
+        message: msg.to_vec(),
+        signature: hmac(identity.secret.expose(), msg),
+    };
+    client.call(&attest).await.unwrap();
+    let forged = m::AttestVerify {
+        signature: [9; 32],
+        ..attest
+    };
+    assert!(matches!(
+        client.call(&forged).await,
+        Err(ClientError::Status(Status::AUTH_FAILED))
+    ));
+
+    let set = client
+        .call(&m::KeySetCreate {
+            device_id: "POS-8F3A2C91".into(),
+        })
+        .await
+        .unwrap();
+    let export = client
+        .call(&m::KeySetExport {
+            device_id: "POS-8F3A2C91".into(),
+            key_set_id: set.key_set_id.clone(),
+        })
+        .await
+        .unwrap();
+    let keys = unwrap_set(&export);
+    let id = |kind: &str| {
+        export
+            .keys
+            .iter()
+            .find(|k| k.kind == kind)
+            .unwrap()
+            .key_id
+            .clone()
+    };
+
+    // Many charges in flight on one connection, answered by request id.
+    let mut calls = Vec::new();
+    for i in 0..200u32 {
+        let client = client.clone();
+        let plaintext = format!(r#"{{"n":{i}}}"#);
+        let iv = [u8::try_from(i % 256).unwrap(); 16];
+        let ciphertext = encrypt(&keys["msk"], &iv, plaintext.as_bytes());
+        let message = format!(
+            "TID-000001\n{}\n1700000000\nnonce{i:08}\nPOST\n/pos/charge\n",
+            id("mac")
+        )
+        .into_bytes();
+        let req = m::ChargeOpen {
+            mac_key_id: id("mac"),
+            signature: hmac(&keys["mac"], &message),
+            message,
+            msk_key_id: id("msk"),
+            iv,
+            ciphertext,
+        };
+        calls.push(tokio::spawn(
+            async move { (plaintext, client.call(&req).await) },
+        ));
+    }
+    for call in calls {
+        let (expected, got) = call.await.unwrap();
+        assert_eq!(got.unwrap().plaintext.expose(), expected.as_bytes());
+    }
+
+    // Not allowed: admin operations for a peer with data and devices only.
+    let refused = client
+        .call(&m::ZmkImport {
+            zone: "z2".into(),
+            key: Secret::new(&[1; 32]),
+        })
+        .await;
+    assert!(matches!(
+        refused,
+        Err(ClientError::Status(Status::FORBIDDEN))
+    ));
+    // Unknown opcode; malformed body.
+    assert_eq!(
+        client.call_raw(Opcode(0x7777), b"").await.unwrap().0,
+        Status::UNSUPPORTED
+    );
+    assert_eq!(
+        client
+            .call_raw(<m::ChargeOpen as keyd_proto::Operation>::OPCODE, b"\x00")
+            .await
+            .unwrap()
+            .0,
+        Status::BAD_REQUEST
+    );
+
+    // A broken stream closes only its own connection.
+    let mut raw = tokio::net::UnixStream::connect(&keyd.socket).await.unwrap();
+    raw.write_all(b"XX garbage that is not a frame")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut sink)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the broken connection is closed"
+    );
+    // An oversized frame is refused from its header alone.
+    let mut raw = tokio::net::UnixStream::connect(&keyd.socket).await.unwrap();
+    let mut header = b"KD\x01\x00\x02\x05\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01".to_vec();
+    header.extend_from_slice(&u32::MAX.to_be_bytes());
+    raw.write_all(&header).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut sink)).await;
+    assert!(matches!(closed, Ok(Ok(0))));
+    client.call(&m::Ping {}).await.unwrap();
+
+    // Restart: the token and the store keep everything; the delivered keys still work.
+    drop(client);
+    keyd.stop();
+    keyd.start();
+    let client = keyd.client().await;
+    let sealed = client
+        .call(&m::EnvelopeSeal {
+            msk_key_id: id("msk"),
+            plaintext: Secret::new(b"after restart"),
+        })
+        .await
+        .unwrap();
+    let opened = client
+        .call(&m::EnvelopeOpen {
+            msk_key_id: id("msk"),
+            iv: sealed.iv,
+            ciphertext: sealed.ciphertext,
+        })
+        .await
+        .unwrap();
+    assert_eq!(opened.plaintext.expose(), b"after restart");
+    let again = client
+        .call(&m::KeySetExport {
+            device_id: "POS-8F3A2C91".into(),
+            key_set_id: set.key_set_id,
+        })
+        .await
+        .unwrap();
+    assert_eq!(unwrap_set(&again)["mac"], keys["mac"]);
+}
+
+#[test]
+fn the_pin_file_must_be_private_and_the_token_must_exist() {
+    let keyd = Keyd::new(r#""data""#);
+    let pin = keyd.hsm.dir().join("user.pin");
+    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = keyd.command(&["serve"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("readable by group or others"), "{err}");
+    assert!(
+        !err.contains(keyd.hsm.user_pin()),
+        "the PIN never appears in output"
+    );
+    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = keyd.command(&["init"]).output().unwrap();
+    assert!(!out.status.success(), "a second init is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists already"));
+}
