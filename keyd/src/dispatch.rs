@@ -1,6 +1,7 @@
 //! Requests to service calls: decode the body, check the peer's groups, call, encode the answer.
 //! The same function serves the socket, the tests and the fuzz target.
 
+use keyd_proto::codec::Writer;
 use keyd_proto::message::{self as m, Group, Message, Operation};
 use keyd_proto::{Opcode, PROTOCOL_VERSION, Status};
 
@@ -8,17 +9,30 @@ use crate::{Error, Service};
 
 /// Answers one request from a peer allowed `groups`. Never panics on any input.
 pub fn handle(service: &Service, groups: u32, opcode: Opcode, body: &[u8]) -> (Status, Vec<u8>) {
+    let mut out = Vec::new();
+    let status = handle_into(service, groups, opcode, body, &mut out);
+    (status, out)
+}
+
+/// As [`handle`], appending the answer's body to `out` (nothing is appended on failure).
+pub(crate) fn handle_into(
+    service: &Service,
+    groups: u32,
+    opcode: Opcode,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> Status {
     let Some(group) = opcode.group() else {
-        return (Status::UNSUPPORTED, Vec::new());
+        return Status::UNSUPPORTED;
     };
     if groups & group.bit() == 0 {
-        return (Status::FORBIDDEN, Vec::new());
+        return Status::FORBIDDEN;
     }
-    match route(service, groups, opcode, body) {
-        Ok(answer) => (Status::OK, answer),
+    match route(service, groups, opcode, body, out) {
+        Ok(()) => Status::OK,
         Err(e) => {
             tracing::debug!(opcode = opcode.0, error = %e, "request refused");
-            (e.status(), Vec::new())
+            e.status()
         }
     }
 }
@@ -31,34 +45,45 @@ pub(crate) fn is_slow(opcode: Opcode) -> bool {
 
 fn call<O: Operation>(
     body: &[u8],
+    out: &mut Vec<u8>,
     f: impl FnOnce(&O) -> Result<O::Response, Error>,
-) -> Result<Vec<u8>, Error> {
+) -> Result<(), Error> {
     let request = O::decode(body).map_err(|e| Error::BadRequest(e.to_string()))?;
-    f(&request).map(|response| response.to_vec())
+    let response = f(&request)?;
+    let mut w = Writer::from_vec(std::mem::take(out));
+    response.encode(&mut w);
+    *out = w.into_inner();
+    Ok(())
 }
 
-fn route(service: &Service, groups: u32, opcode: Opcode, body: &[u8]) -> Result<Vec<u8>, Error> {
+fn route(
+    service: &Service,
+    groups: u32,
+    opcode: Opcode,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
     match opcode {
-        o if o == m::Hello::OPCODE => call::<m::Hello>(body, |_| {
+        o if o == m::Hello::OPCODE => call::<m::Hello>(body, out, |_| {
             Ok(m::HelloResponse {
                 server_version: PROTOCOL_VERSION,
                 groups,
             })
         }),
-        o if o == m::Ping::OPCODE => call::<m::Ping>(body, |_| Ok(m::Empty {})),
-        o if o == m::DeviceCreate::OPCODE => call(body, |r| service.device_create(r)),
-        o if o == m::IdentityRotate::OPCODE => call(body, |r| service.identity_rotate(r)),
-        o if o == m::KeySetRevoke::OPCODE => call(body, |r| service.key_set_revoke(r)),
-        o if o == m::KeySetCreate::OPCODE => call(body, |r| service.key_set_create(r)),
-        o if o == m::KeySetExport::OPCODE => call(body, |r| service.key_set_export(r)),
-        o if o == m::AttestVerify::OPCODE => call(body, |r| service.attest_verify(r)),
-        o if o == m::MacVerifyBatch::OPCODE => call(body, |r| service.mac_verify_batch(r)),
-        o if o == m::EnvelopeOpen::OPCODE => call(body, |r| service.envelope_open(r)),
-        o if o == m::EnvelopeSeal::OPCODE => call(body, |r| service.envelope_seal(r)),
-        o if o == m::ChargeOpen::OPCODE => call(body, |r| service.charge_open(r)),
-        o if o == m::CardDecrypt::OPCODE => call(body, |r| service.card_decrypt(r)),
-        o if o == m::KeyCheck::OPCODE => call(body, |r| service.key_check(r)),
-        o if o == m::ZmkImport::OPCODE => call(body, |r| service.zmk_import(r)),
+        o if o == m::Ping::OPCODE => call::<m::Ping>(body, out, |_| Ok(m::Empty {})),
+        o if o == m::DeviceCreate::OPCODE => call(body, out, |r| service.device_create(r)),
+        o if o == m::IdentityRotate::OPCODE => call(body, out, |r| service.identity_rotate(r)),
+        o if o == m::KeySetRevoke::OPCODE => call(body, out, |r| service.key_set_revoke(r)),
+        o if o == m::KeySetCreate::OPCODE => call(body, out, |r| service.key_set_create(r)),
+        o if o == m::KeySetExport::OPCODE => call(body, out, |r| service.key_set_export(r)),
+        o if o == m::AttestVerify::OPCODE => call(body, out, |r| service.attest_verify(r)),
+        o if o == m::MacVerifyBatch::OPCODE => call(body, out, |r| service.mac_verify_batch(r)),
+        o if o == m::EnvelopeOpen::OPCODE => call(body, out, |r| service.envelope_open(r)),
+        o if o == m::EnvelopeSeal::OPCODE => call(body, out, |r| service.envelope_seal(r)),
+        o if o == m::ChargeOpen::OPCODE => call(body, out, |r| service.charge_open(r)),
+        o if o == m::CardDecrypt::OPCODE => call(body, out, |r| service.card_decrypt(r)),
+        o if o == m::KeyCheck::OPCODE => call(body, out, |r| service.key_check(r)),
+        o if o == m::ZmkImport::OPCODE => call(body, out, |r| service.zmk_import(r)),
         _ => Err(Error::BadRequest("unknown opcode".into())),
     }
 }

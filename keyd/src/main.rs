@@ -58,6 +58,10 @@ fn main() -> ExitCode {
     }
 }
 
+#[allow(
+    clippy::print_stdout,
+    reason = "operator commands print their result (a KCV) on standard output"
+)]
 fn run(cli: Cli) -> Result<(), keyd::Error> {
     let config = keyd::Config::load(&cli.config)?;
     match cli.command {

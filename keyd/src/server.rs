@@ -9,7 +9,6 @@ use keyd_proto::Status;
 use keyd_proto::frame::{self, Kind, MAX_BODY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::{Error, Service, dispatch};
@@ -63,6 +62,52 @@ pub async fn serve(
     }
 }
 
+/// Answers waiting to be written. The reader appends frames straight into it and the writer
+/// task sends everything queued in one write, so a pipelined connection costs few system calls
+/// and no per-answer buffer.
+#[derive(Default)]
+struct Outbox {
+    buf: std::sync::Mutex<Vec<u8>>,
+    ready: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// Most answer bytes queued before the reader waits for the writer.
+const OUTBOX_LIMIT: usize = 8 << 20;
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.buf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, f: impl FnOnce(&mut Vec<u8>)) {
+        f(&mut self.lock());
+        self.ready.notify_one();
+    }
+}
+
+async fn write_loop(mut write: tokio::net::unix::OwnedWriteHalf, outbox: Arc<Outbox>) {
+    let mut spare = Vec::with_capacity(64 * 1024);
+    loop {
+        let batch = std::mem::replace(&mut *outbox.lock(), std::mem::take(&mut spare));
+        if batch.is_empty() {
+            if outbox.closed.load(std::sync::atomic::Ordering::Acquire) {
+                break;
+            }
+            outbox.ready.notified().await;
+            spare = batch;
+            continue;
+        }
+        if write.write_all(&batch).await.is_err() {
+            break;
+        }
+        spare = batch;
+        spare.clear();
+    }
+}
+
 async fn connection(stream: UnixStream, service: Arc<Service>, config: Arc<Config>) {
     let groups = match stream.peer_cred() {
         Ok(cred) => config.groups_for(cred.uid(), cred.gid()),
@@ -71,34 +116,19 @@ async fn connection(stream: UnixStream, service: Arc<Service>, config: Arc<Confi
             return;
         }
     };
-    let (mut read, mut write) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4096);
-    let writer = tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(64 * 1024);
-        while let Some(frame) = rx.recv().await {
-            batch.clear();
-            batch.extend_from_slice(&frame);
-            // Answers that are ready together go out in one write.
-            while batch.len() < 256 * 1024 {
-                match rx.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
-                    Err(_) => break,
-                }
-            }
-            if write.write_all(&batch).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (mut read, write) = stream.into_split();
+    let outbox = Arc::new(Outbox::default());
+    let writer = tokio::spawn(write_loop(write, Arc::clone(&outbox)));
 
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
     'read: loop {
-        let n = match read.read(&mut chunk).await {
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        match read.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+            Ok(_) => {}
+        }
         let mut used = 0;
         loop {
             let frame = match frame::decode(buf.get(used..).unwrap_or_default(), MAX_BODY) {
@@ -120,30 +150,39 @@ async fn connection(stream: UnixStream, service: Arc<Service>, config: Arc<Confi
             if dispatch::is_slow(opcode) {
                 let body = frame.body.to_vec();
                 let service = Arc::clone(&service);
-                let tx = tx.clone();
+                let outbox = Arc::clone(&outbox);
                 tokio::spawn(async move {
                     let answer = tokio::task::spawn_blocking(move || {
-                        dispatch::handle(&service, groups, opcode, &body)
+                        let mut out = Vec::new();
+                        frame::encode_with(Kind::Response, opcode, id, &mut out, |out| {
+                            dispatch::handle_into(&service, groups, opcode, &body, out)
+                        });
+                        out
                     })
                     .await
-                    .unwrap_or((Status::INTERNAL, Vec::new()));
-                    let _ = tx.send(response(opcode, id, answer)).await;
+                    .unwrap_or_else(|_| {
+                        let mut out = Vec::new();
+                        frame::encode(Kind::Response, opcode, Status::INTERNAL, id, &[], &mut out);
+                        out
+                    });
+                    outbox.push(|buf| buf.extend_from_slice(&answer));
                 });
             } else {
-                let answer = dispatch::handle(&service, groups, opcode, frame.body);
-                if tx.send(response(opcode, id, answer)).await.is_err() {
-                    break 'read;
-                }
+                outbox.push(|out| {
+                    frame::encode_with(Kind::Response, opcode, id, out, |out| {
+                        dispatch::handle_into(&service, groups, opcode, frame.body, out)
+                    });
+                });
             }
         }
         buf.drain(..used);
+        while outbox.lock().len() > OUTBOX_LIMIT {
+            tokio::task::yield_now().await;
+        }
     }
-    drop(tx);
+    outbox
+        .closed
+        .store(true, std::sync::atomic::Ordering::Release);
+    outbox.ready.notify_one();
     let _ = writer.await;
-}
-
-fn response(opcode: keyd_proto::Opcode, id: u64, (status, body): (Status, Vec<u8>)) -> Vec<u8> {
-    let mut out = Vec::with_capacity(frame::HEADER_LEN + body.len());
-    frame::encode(Kind::Response, opcode, status, id, &body, &mut out);
-    out
 }

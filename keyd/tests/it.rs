@@ -7,11 +7,8 @@
     reason = "tests fail loudly"
 )]
 
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use keyd_proto::message as m;
@@ -19,142 +16,10 @@ use keyd_proto::{Client, ClientError, Opcode, Secret, Status};
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ZMK_HEX: &str = "0123456789ABCDEFFEDCBA98765432100123456789ABCDEFFEDCBA9876543210";
+use e2e::{KeydProcess, ZMK_HEX, hex};
 
-/// A token, a config, and (once started) a keyd process.
-struct Keyd {
-    hsm: softhsm::SoftHsm,
-    config: PathBuf,
-    socket: PathBuf,
-    child: Option<Child>,
-}
-
-impl Keyd {
-    /// A token with an LMK and zone `z1`, and a config granting this uid `groups`.
-    fn new(groups: &str) -> Self {
-        let hsm = softhsm::SoftHsm::new("keyd-it").unwrap();
-        let pin = hsm.write_pin_file().unwrap();
-        let uid = std::fs::metadata(&pin).unwrap().uid();
-        let socket = hsm.dir().join("run/keyd.sock");
-        let config = hsm.dir().join("keyd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"socket = "{socket}"
-store = "{store}"
-placement = "memory"
-
-[hsm]
-backend = "pkcs11"
-module = "{module}"
-token_label = "keyd-it"
-pin_file = "{pin}"
-
-[[access]]
-uid = {uid}
-groups = [{groups}]
-"#,
-                socket = socket.display(),
-                store = hsm.dir().join("keys.db").display(),
-                module = softhsm::module_path().unwrap().display(),
-                pin = pin.display(),
-            ),
-        )
-        .unwrap();
-        let keyd = Self {
-            hsm,
-            config,
-            socket,
-            child: None,
-        };
-        let out = keyd.command(&["init"]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut import = keyd
-            .command(&["zmk-import", "--zone", "z1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        import
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{ZMK_HEX}\n").as_bytes())
-            .unwrap();
-        let out = import.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let kcv = tr31::kcv::cmac_aes(&hex(ZMK_HEX)).unwrap();
-        let printed = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(
-            printed.trim(),
-            format!("zone z1 ZMK KCV {:02X}{:02X}{:02X}", kcv[0], kcv[1], kcv[2])
-        );
-        keyd
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_keyd"));
-        c.arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .envs(self.hsm.env());
-        c
-    }
-
-    fn start(&mut self) {
-        let child = self
-            .command(&["serve"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket.exists() {
-            assert!(Instant::now() < deadline, "keyd did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-
-    async fn client(&self) -> Client {
-        Client::connect(&self.socket).await.unwrap()
-    }
-}
-
-impl Drop for Keyd {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+fn keyd(groups: &str) -> KeydProcess {
+    KeydProcess::new(std::path::Path::new(env!("CARGO_BIN_EXE_keyd")), groups, "").unwrap()
 }
 
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
@@ -203,17 +68,14 @@ fn unwrap_set(export: &m::KeySetExportResponse) -> std::collections::HashMap<Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_key_lifecycle_over_the_socket_on_softhsm() {
-    let mut keyd = Keyd::new(r#""data", "devices""#);
-    keyd.start();
-    assert_eq!(
-        std::fs::metadata(&keyd.socket)
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o660
-    );
-    let client = keyd.client().await;
+    let mut keyd = keyd(r#""data", "devices""#);
+    keyd.start().unwrap();
+    let mode = std::fs::metadata(keyd.socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660);
+    let client = Client::connect(keyd.socket()).await.unwrap();
 
     let identity = client
         .call(&m::DeviceCreate {
@@ -341,7 +203,9 @@ async fn the_whole_key_lifecycle_over_the_socket_on_softhsm() {
     );
 
     // A broken stream closes only its own connection.
-    let mut raw = tokio::net::UnixStream::connect(&keyd.socket).await.unwrap();
+    let mut raw = tokio::net::UnixStream::connect(keyd.socket())
+        .await
+        .unwrap();
     raw.write_all(b"XX garbage that is not a frame")
         .await
         .unwrap();
@@ -352,7 +216,9 @@ async fn the_whole_key_lifecycle_over_the_socket_on_softhsm() {
         "the broken connection is closed"
     );
     // An oversized frame is refused from its header alone.
-    let mut raw = tokio::net::UnixStream::connect(&keyd.socket).await.unwrap();
+    let mut raw = tokio::net::UnixStream::connect(keyd.socket())
+        .await
+        .unwrap();
     let mut header = b"KD\x01\x00\x02\x05\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01".to_vec();
     header.extend_from_slice(&u32::MAX.to_be_bytes());
     raw.write_all(&header).await.unwrap();
@@ -363,8 +229,8 @@ async fn the_whole_key_lifecycle_over_the_socket_on_softhsm() {
     // Restart: the token and the store keep everything; the delivered keys still work.
     drop(client);
     keyd.stop();
-    keyd.start();
-    let client = keyd.client().await;
+    keyd.start().unwrap();
+    let client = Client::connect(keyd.socket()).await.unwrap();
     let sealed = client
         .call(&m::EnvelopeSeal {
             msk_key_id: id("msk"),
@@ -393,15 +259,15 @@ async fn the_whole_key_lifecycle_over_the_socket_on_softhsm() {
 
 #[test]
 fn the_pin_file_must_be_private_and_the_token_must_exist() {
-    let keyd = Keyd::new(r#""data""#);
-    let pin = keyd.hsm.dir().join("user.pin");
+    let keyd = keyd(r#""data""#);
+    let pin = keyd.hsm().dir().join("user.pin");
     std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = keyd.command(&["serve"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("readable by group or others"), "{err}");
     assert!(
-        !err.contains(keyd.hsm.user_pin()),
+        !err.contains(keyd.hsm().user_pin()),
         "the PIN never appears in output"
     );
     std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -1,4 +1,161 @@
-//! End-to-end tests and the pos-sim device simulator.
+//! End-to-end support: start the platform's services as real processes on throw-away SoftHSM
+//! tokens, for integration tests and load drivers.
 //!
-//! Placeholder: this crate is planned in ARCHITECTURE.md and its issue; it builds so the workspace
-//! layout is fixed from the start.
+//! Each [`KeydProcess`] has its own token, config, socket and store in a temporary directory,
+//! so any number run side by side; everything is removed when it is dropped.
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The demo ZMK every harness token holds for zone `z1` (a published test value, not a secret).
+pub const ZMK_HEX: &str = "0123456789ABCDEFFEDCBA98765432100123456789ABCDEFFEDCBA9876543210";
+
+/// A keyd on its own SoftHSM token.
+pub struct KeydProcess {
+    hsm: softhsm::SoftHsm,
+    binary: PathBuf,
+    config: PathBuf,
+    socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl std::fmt::Debug for KeydProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeydProcess")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the harness failed.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+impl KeydProcess {
+    /// A token with an LMK and zone `z1` (ZMK [`ZMK_HEX`]), and a config that grants this
+    /// process's uid the given groups (e.g. `"data", "devices"`). `extra` is appended to the
+    /// config's top level.
+    ///
+    /// # Errors
+    /// If SoftHSM is missing or `keyd init` / `keyd zmk-import` fail.
+    pub fn new(binary: &Path, groups: &str, extra: &str) -> Result<Self, Error> {
+        let hsm = softhsm::SoftHsm::new("keyd-e2e")?;
+        let pin = hsm.write_pin_file()?;
+        let uid = std::fs::metadata(&pin)?.uid();
+        let socket = hsm.dir().join("run/keyd.sock");
+        let config = hsm.dir().join("keyd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "socket = \"{socket}\"\nstore = \"{store}\"\nplacement = \"memory\"\n{extra}\n\n\
+                 [hsm]\nbackend = \"pkcs11\"\nmodule = \"{module}\"\ntoken_label = \"keyd-e2e\"\npin_file = \"{pin}\"\n\n\
+                 [[access]]\nuid = {uid}\ngroups = [{groups}]\n",
+                socket = socket.display(),
+                store = hsm.dir().join("keys.db").display(),
+                module = softhsm::module_path()?.display(),
+                pin = pin.display(),
+            ),
+        )?;
+        let keyd = Self {
+            hsm,
+            binary: binary.to_owned(),
+            config,
+            socket,
+            child: None,
+        };
+        let out = keyd.command(&["init"]).output()?;
+        if !out.status.success() {
+            return Err(format!("keyd init: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        let mut import = keyd
+            .command(&["zmk-import", "--zone", "z1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = import.stdin.take() {
+            stdin.write_all(format!("{ZMK_HEX}\n").as_bytes())?;
+        }
+        let out = import.wait_with_output()?;
+        if !out.status.success() {
+            return Err(
+                format!("keyd zmk-import: {}", String::from_utf8_lossy(&out.stderr)).into(),
+            );
+        }
+        Ok(keyd)
+    }
+
+    /// A `keyd` command with this instance's config and token environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .envs(self.hsm.env());
+        c
+    }
+
+    /// The token.
+    pub fn hsm(&self) -> &softhsm::SoftHsm {
+        &self.hsm
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Starts `keyd serve` and waits for its socket.
+    ///
+    /// # Errors
+    /// If it does not come up within 20 s.
+    pub fn start(&mut self) -> Result<(), Error> {
+        let child = self.command(&["serve"]).stderr(Stdio::null()).spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket.exists() {
+            if Instant::now() > deadline {
+                return Err("keyd did not start within 20 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Stops keyd with SIGTERM (SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(child.try_wait(), Ok(None)) {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Process id of the running keyd.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for KeydProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Decodes hex (test data only).
+pub fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .filter_map(|i| s.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok()))
+        .collect()
+}

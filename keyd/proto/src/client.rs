@@ -51,7 +51,9 @@ type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Answer>>>>>;
 /// A connection to keyd. Cheap to clone; clones share the connection.
 #[derive(Clone, Debug)]
 pub struct Client {
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    /// Frames go to one writer task, which sends whatever is queued in one write: with many
+    /// calls in flight, one system call carries many requests.
+    writer: tokio::sync::mpsc::Sender<Vec<u8>>,
     pending: Pending,
     next_id: Arc<AtomicU64>,
     groups: u32,
@@ -67,8 +69,10 @@ impl Client {
         let (read, write) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         tokio::spawn(read_loop(read, Arc::clone(&pending)));
+        let (writer, queue) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(write_loop(write, queue));
         let mut client = Self {
-            writer: Arc::new(tokio::sync::Mutex::new(write)),
+            writer,
             pending,
             next_id: Arc::new(AtomicU64::new(1)),
             groups: 0,
@@ -92,7 +96,13 @@ impl Client {
     /// # Errors
     /// [`ClientError::Status`] for a refusal; the others for transport faults.
     pub async fn call<O: Operation>(&self, request: &O) -> Result<O::Response, ClientError> {
-        let (status, body) = self.call_raw(O::OPCODE, &request.to_vec()).await?;
+        let (status, body) = self
+            .send(O::OPCODE, |out| {
+                let mut w = crate::codec::Writer::from_vec(std::mem::take(out));
+                request.encode(&mut w);
+                *out = w.into_inner();
+            })
+            .await?;
         if status != Status::OK {
             return Err(ClientError::Status(status));
         }
@@ -108,11 +118,14 @@ impl Client {
         opcode: crate::Opcode,
         body: &[u8],
     ) -> Result<(Status, Vec<u8>), ClientError> {
-        if body.len() > MAX_BODY {
-            return Err(ClientError::Frame(FrameError::TooLarge(
-                u32::try_from(body.len()).unwrap_or(u32::MAX),
-            )));
-        }
+        self.send(opcode, |out| out.extend_from_slice(body)).await
+    }
+
+    async fn send(
+        &self,
+        opcode: crate::Opcode,
+        body: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(Status, Vec<u8>), ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -122,12 +135,20 @@ impl Client {
                 None => return Err(ClientError::Closed),
             };
         }
-        let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
-        frame::encode(Kind::Request, opcode, Status::OK, id, body, &mut frame);
-        let written = self.writer.lock().await.write_all(&frame).await;
-        if let Err(e) = written {
+        let mut frame = Vec::with_capacity(HEADER_LEN + 256);
+        frame::encode_with(Kind::Request, opcode, id, &mut frame, |out| {
+            body(out);
+            Status::OK
+        });
+        if frame.len() - HEADER_LEN > MAX_BODY {
             self.forget(id);
-            return Err(ClientError::Io(e));
+            return Err(ClientError::Frame(FrameError::TooLarge(
+                u32::try_from(frame.len() - HEADER_LEN).unwrap_or(u32::MAX),
+            )));
+        }
+        if self.writer.send(frame).await.is_err() {
+            self.forget(id);
+            return Err(ClientError::Closed);
         }
         rx.await.unwrap_or(Err(ClientError::Closed))
     }
@@ -144,16 +165,34 @@ impl Client {
     }
 }
 
+async fn write_loop(mut write: OwnedWriteHalf, mut queue: tokio::sync::mpsc::Receiver<Vec<u8>>) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    while let Some(frame) = queue.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&frame);
+        while batch.len() < 256 * 1024 {
+            match queue.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if write.write_all(&batch).await.is_err() {
+            break;
+        }
+    }
+}
+
 async fn read_loop(mut read: tokio::net::unix::OwnedReadHalf, pending: Pending) {
     let mut buf = Vec::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
     let failure = loop {
-        let n = match read.read(&mut chunk).await {
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        match read.read_buf(&mut buf).await {
             Ok(0) => break ClientError::Closed,
-            Ok(n) => n,
+            Ok(_) => {}
             Err(e) => break ClientError::Io(e),
-        };
-        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        }
         let mut used = 0;
         let broken = loop {
             match frame::decode(buf.get(used..).unwrap_or_default(), MAX_BODY) {

@@ -45,6 +45,11 @@ impl Writer {
         Self::default()
     }
 
+    /// Appends to an existing buffer (for example one that already holds a frame header).
+    pub const fn from_vec(buf: Vec<u8>) -> Self {
+        Self { buf }
+    }
+
     /// The encoded body.
     pub fn into_inner(self) -> Vec<u8> {
         self.buf

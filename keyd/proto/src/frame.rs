@@ -209,6 +209,32 @@ pub fn encode(
     out.extend_from_slice(body);
 }
 
+/// Appends a frame whose body is written by `body` straight after the header, then fills in
+/// the header: one buffer, no copy of the body.
+pub fn encode_with(
+    kind: Kind,
+    opcode: Opcode,
+    request_id: u64,
+    out: &mut Vec<u8>,
+    body: impl FnOnce(&mut Vec<u8>) -> Status,
+) {
+    let start = out.len();
+    out.resize(start + HEADER_LEN, 0);
+    let status = body(out);
+    let body_len = u32::try_from(out.len() - start - HEADER_LEN).unwrap_or(u32::MAX);
+    let header = FrameHeader {
+        kind,
+        opcode,
+        status,
+        request_id,
+        body_len,
+    }
+    .encode();
+    if let Some(slot) = out.get_mut(start..start + HEADER_LEN) {
+        slot.copy_from_slice(&header);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +259,18 @@ mod tests {
         assert_eq!(frame.body, b"xy");
         assert_eq!(frame.header.request_id, 0x0102030405060708);
         assert_eq!(frame.header.status, Status(1));
+    }
+
+    #[test]
+    fn encode_with_matches_encode() {
+        let mut a = Vec::new();
+        encode(Kind::Request, Opcode(9), Status(3), 77, b"body!", &mut a);
+        let mut b = b"prefix".to_vec();
+        encode_with(Kind::Request, Opcode(9), 77, &mut b, |out| {
+            out.extend_from_slice(b"body!");
+            Status(3)
+        });
+        assert_eq!(&b[6..], &a[..]);
     }
 
     #[test]
