@@ -68,6 +68,40 @@ impl tr31::ExternalKbpk for Lmk<'_> {
     }
 }
 
+/// Remembers the CMACs a KBPK gave during one request. TR-31 derivation asks the same two to
+/// four questions for every block under a KBPK, so a request that seals several blocks (a key
+/// set) asks the HSM once instead of once per block. The answers are derived keys: they live in
+/// zeroizing memory and die with the request.
+pub(crate) struct Memo<'a, K: tr31::ExternalKbpk> {
+    inner: &'a K,
+    seen: Mutex<Vec<(Vec<u8>, Zeroizing<[u8; 16]>)>>,
+}
+
+impl<'a, K: tr31::ExternalKbpk> Memo<'a, K> {
+    pub(crate) fn new(inner: &'a K) -> Self {
+        Self {
+            inner,
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<K: tr31::ExternalKbpk> tr31::ExternalKbpk for Memo<'_, K> {
+    fn key_len(&self) -> usize {
+        self.inner.key_len()
+    }
+
+    fn cmac(&self, data: &[u8]) -> Result<[u8; 16], tr31::Error> {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, mac)) = seen.iter().find(|(input, _)| input == data) {
+            return Ok(**mac);
+        }
+        let mac = self.inner.cmac(data)?;
+        seen.push((data.to_vec(), Zeroizing::new(mac)));
+        Ok(mac)
+    }
+}
+
 /// A zone's ZMK as a TR-31 KBPK: it protects the TMKs delivered to that zone's devices.
 pub(crate) struct Zmk<'a> {
     pub(crate) hsm: &'a dyn Hsm,

@@ -21,7 +21,7 @@ use tr31::{KeyBlock, Profile, SealOptions};
 use zeroize::Zeroizing;
 
 use crate::Error;
-use crate::hsm::{Hsm, Lmk, Zmk};
+use crate::hsm::{Hsm, Lmk, Memo, Zmk};
 use crate::keys::{self, KeyKind};
 use crate::store::{DeviceRecord, KeyRecord, KeyStore};
 
@@ -176,10 +176,13 @@ impl Service {
         let key_set_id = keys::new_id("ks", &*self.hsm)?;
         let created_at = now();
         let mut records = Vec::with_capacity(KeyKind::SET.len());
+        let lmk = Lmk(&*self.hsm);
+        let lmk = Memo::new(&lmk);
         for kind in KeyKind::SET {
             let mut bytes = Zeroizing::new([0u8; 32]);
             self.hsm.random(&mut bytes[..])?;
             records.push(self.seal_for_storage(
+                &lmk,
                 kind,
                 &req.device_id,
                 Some(&key_set_id),
@@ -221,6 +224,8 @@ impl Service {
             return Err(Error::NotFound("key set"));
         }
         let records = self.store.key_set(&req.key_set_id)?;
+        let lmk = Lmk(&*self.hsm);
+        let lmk = Memo::new(&lmk);
         if records.len() != KeyKind::SET.len() || records.iter().any(|r| r.revoked) {
             return Err(Error::NotFound("key set"));
         }
@@ -229,7 +234,7 @@ impl Service {
         let mut kek: Option<tr31::Kbpk> = None;
         let mut out = Vec::with_capacity(records.len());
         for record in &records {
-            let key = self.open_stored(record)?;
+            let key = self.open_stored(&lmk, record)?;
             let header = record.kind.export_header()?;
             let mut padding = tr31::OsRandom;
             let padding = tr31::Padding::Random(&mut padding);
@@ -430,14 +435,16 @@ impl Service {
     fn new_identity(&self, device_id: &str) -> Result<(KeyRecord, Secret), Error> {
         let mut secret = Zeroizing::new([0u8; 32]);
         self.hsm.random(&mut secret[..])?;
+        let lmk = Lmk(&*self.hsm);
         let record =
-            self.seal_for_storage(KeyKind::Identity, device_id, None, &secret[..], now())?;
+            self.seal_for_storage(&lmk, KeyKind::Identity, device_id, None, &secret[..], now())?;
         Ok((record, Secret::new(&secret[..])))
     }
 
     /// Wraps a new key under the LMK as a storage block bound to its key id.
     fn seal_for_storage(
         &self,
+        lmk: &dyn tr31::ExternalKbpk,
         kind: KeyKind,
         device_id: &str,
         key_set_id: Option<&str>,
@@ -448,7 +455,7 @@ impl Service {
         let header = kind.storage_header(&key_id)?;
         let key = tr31::Key::new(bytes)?;
         let block = tr31::seal_external(
-            &Lmk(&*self.hsm),
+            lmk,
             &header,
             &key,
             &SealOptions::default(),
@@ -467,9 +474,12 @@ impl Service {
     }
 
     /// Opens a stored block under the LMK and checks it is the record's own key.
-    fn open_stored(&self, record: &KeyRecord) -> Result<tr31::Key, Error> {
-        let opened =
-            KeyBlock::parse(&record.block, Profile::Strict)?.open_external(&Lmk(&*self.hsm))?;
+    fn open_stored(
+        &self,
+        lmk: &dyn tr31::ExternalKbpk,
+        record: &KeyRecord,
+    ) -> Result<tr31::Key, Error> {
+        let opened = KeyBlock::parse(&record.block, Profile::Strict)?.open_external(lmk)?;
         let expected = record.kind.storage_header(&record.key_id)?;
         let mut got = opened.header;
         got.optional_blocks.retain(|b| b.id() != tr31::BlockId::PB);
@@ -517,7 +527,7 @@ impl Service {
             ),
             _ => return Err(Error::Auth),
         };
-        let key = self.open_stored(&record)?;
+        let key = self.open_stored(&Lmk(&*self.hsm), &record)?;
         let working = Arc::new(WorkingKey {
             kind: record.kind,
             device_id: record.device_id,
@@ -997,7 +1007,8 @@ mod tests {
             block: tdk.block.clone(),
             ..msk.clone()
         };
-        assert!(matches!(s.open_stored(&forged), Err(Error::Store(_))));
-        assert!(s.open_stored(msk).is_ok());
+        let lmk = Lmk(&*s.hsm);
+        assert!(matches!(s.open_stored(&lmk, &forged), Err(Error::Store(_))));
+        assert!(s.open_stored(&lmk, msk).is_ok());
     }
 }

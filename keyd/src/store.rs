@@ -232,10 +232,28 @@ impl KeyStore for MemoryStore {
 }
 
 /// The durable store.
-#[derive(Debug)]
+///
+/// Writes go to one writer thread that commits whatever is queued in one transaction (group
+/// commit): each write still returns only after its data is on disk (`synchronous=FULL`), but
+/// concurrent writers share the cost of the sync. Each write runs in its own savepoint, so one
+/// failing write does not undo its neighbours. Reads use their own connection (WAL lets them run
+/// beside the writer) and see only committed data.
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    writer: std::sync::mpsc::SyncSender<Job>,
 }
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+type Write = Box<dyn FnOnce(&Connection) -> Result<(), Error> + Send>;
+type Job = (Write, std::sync::mpsc::SyncSender<Result<(), Error>>);
+
+/// Most writes committed together.
+const GROUP_COMMIT_MAX: usize = 256;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS devices (
@@ -261,30 +279,100 @@ CREATE INDEX IF NOT EXISTS keys_by_set ON keys(key_set_id);
 CREATE INDEX IF NOT EXISTS keys_by_device ON keys(device_id);
 ";
 
+fn connect(path: &Path) -> Result<Connection, Error> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // An acknowledged key set must survive a crash or a power cut.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
 impl SqliteStore {
-    /// Opens (or creates) the store at `path`. The file is created readable by its owner only.
+    /// Opens (or creates) the store at `path`. The file is readable by its owner only.
     ///
     /// # Errors
     /// [`Error::Store`].
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // An acknowledged key set must survive a crash or a power cut.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        let mut writer_conn = connect(path)?;
+        writer_conn.execute_batch(SCHEMA)?;
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         }
+        let reader = connect(path)?;
+        let (writer, jobs) = std::sync::mpsc::sync_channel::<Job>(4096);
+        std::thread::Builder::new()
+            .name("keyd-store-writer".into())
+            .spawn(move || write_loop(&mut writer_conn, &jobs))?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
+            writer,
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `write` in the next group commit and waits until it is durable.
+    fn write(
+        &self,
+        write: impl FnOnce(&Connection) -> Result<(), Error> + Send + 'static,
+    ) -> Result<(), Error> {
+        let (reply, done) = std::sync::mpsc::sync_channel(1);
+        self.writer
+            .send((Box::new(write), reply))
+            .map_err(|_| Error::Store("the store writer has stopped".into()))?;
+        done.recv()
+            .map_err(|_| Error::Store("the store writer has stopped".into()))?
+    }
+}
+
+fn write_loop(conn: &mut Connection, jobs: &std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut results: Vec<Result<(), Error>> = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        let committed = (|| -> Result<(), Error> {
+            let mut tx = conn.transaction()?;
+            for (write, reply) in batch {
+                replies.push(reply);
+                let sp = tx.savepoint()?;
+                match write(&sp) {
+                    Ok(()) => {
+                        sp.commit()?;
+                        results.push(Ok(()));
+                    }
+                    Err(e) => {
+                        drop(sp); // rolls back this write only
+                        results.push(Err(e));
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match committed {
+            Ok(()) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(Error::Store(why.clone())));
+                }
+            }
+        }
     }
 }
 
@@ -308,27 +396,31 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
 
 const KEY_COLUMNS: &str = "key_id, device_id, key_set_id, kind, kcv, block, revoked, created_at";
 
-fn insert_key(tx: &rusqlite::Transaction<'_>, k: &KeyRecord) -> Result<(), Error> {
-    tx.execute(
+fn insert_key(conn: &Connection, k: &KeyRecord) -> Result<(), Error> {
+    conn.prepare_cached(
         "INSERT INTO keys (key_id, device_id, key_set_id, kind, kcv, block, revoked, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
-            k.key_id,
-            k.device_id,
-            k.key_set_id,
-            k.kind.name(),
-            k.kcv.as_slice(),
-            k.block,
-            k.revoked,
-            i64::try_from(k.created_at).unwrap_or(i64::MAX)
-        ],
-    )?;
+    )?
+    .execute(params![
+        k.key_id,
+        k.device_id,
+        k.key_set_id,
+        k.kind.name(),
+        k.kcv.as_slice(),
+        k.block,
+        k.revoked,
+        i64::try_from(k.created_at).unwrap_or(i64::MAX)
+    ])?;
     Ok(())
+}
+
+fn seconds(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl KeyStore for SqliteStore {
     fn device(&self, device_id: &str) -> Result<Option<DeviceRecord>, Error> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT device_id, zone, identity_key_id, key_set_id, previous_key_set_id, rotated_at, created_at
              FROM devices WHERE device_id = ?1",
@@ -351,37 +443,35 @@ impl KeyStore for SqliteStore {
     }
 
     fn create_device(&self, device: &DeviceRecord, identity: &KeyRecord) -> Result<(), Error> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let inserted = tx.execute(
-            "INSERT OR IGNORE INTO devices (device_id, zone, identity_key_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![device.device_id, device.zone, device.identity_key_id, i64::try_from(device.created_at).unwrap_or(0)],
-        )?;
-        if inserted == 0 {
-            return Err(Error::Conflict("the device exists already"));
-        }
-        insert_key(&tx, identity)?;
-        tx.commit()?;
-        Ok(())
+        let (device, identity) = (device.clone(), identity.clone());
+        self.write(move |conn| {
+            let inserted = conn.execute(
+                "INSERT OR IGNORE INTO devices (device_id, zone, identity_key_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![device.device_id, device.zone, device.identity_key_id, seconds(device.created_at)],
+            )?;
+            if inserted == 0 {
+                return Err(Error::Conflict("the device exists already"));
+            }
+            insert_key(conn, &identity)
+        })
     }
 
     fn replace_identity(&self, device_id: &str, identity: &KeyRecord) -> Result<(), Error> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "UPDATE keys SET revoked = 1 WHERE key_id = (SELECT identity_key_id FROM devices WHERE device_id = ?1)",
-            [device_id],
-        )?;
-        insert_key(&tx, identity)?;
-        let n = tx.execute(
-            "UPDATE devices SET identity_key_id = ?2 WHERE device_id = ?1",
-            params![device_id, identity.key_id],
-        )?;
-        if n == 0 {
-            return Err(Error::NotFound("device"));
-        }
-        tx.commit()?;
-        Ok(())
+        let (device_id, identity) = (device_id.to_owned(), identity.clone());
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE keys SET revoked = 1 WHERE key_id = (SELECT identity_key_id FROM devices WHERE device_id = ?1)",
+                [&device_id],
+            )?;
+            let n = conn.execute(
+                "UPDATE devices SET identity_key_id = ?2 WHERE device_id = ?1",
+                params![device_id, identity.key_id],
+            )?;
+            if n == 0 {
+                return Err(Error::NotFound("device"));
+            }
+            insert_key(conn, &identity)
+        })
     }
 
     fn add_key_set(
@@ -391,60 +481,51 @@ impl KeyStore for SqliteStore {
         keys: &[KeyRecord],
         now: u64,
     ) -> Result<(), Error> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "UPDATE keys SET revoked = 1 WHERE key_set_id = (SELECT previous_key_set_id FROM devices WHERE device_id = ?1)",
-            [device_id],
-        )?;
-        for k in keys {
-            insert_key(&tx, k)?;
-        }
-        let n = tx.execute(
-            "UPDATE devices SET previous_key_set_id = key_set_id,
-                 rotated_at = CASE WHEN key_set_id IS NULL THEN NULL ELSE ?3 END,
-                 key_set_id = ?2
-             WHERE device_id = ?1",
-            params![
-                device_id,
-                key_set_id,
-                i64::try_from(now).unwrap_or(i64::MAX)
-            ],
-        )?;
-        if n == 0 {
-            return Err(Error::NotFound("device"));
-        }
-        tx.commit()?;
-        Ok(())
+        let (device_id, key_set_id, keys) =
+            (device_id.to_owned(), key_set_id.to_owned(), keys.to_vec());
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE keys SET revoked = 1 WHERE key_set_id = (SELECT previous_key_set_id FROM devices WHERE device_id = ?1)",
+                [&device_id],
+            )?;
+            let n = conn.execute(
+                "UPDATE devices SET previous_key_set_id = key_set_id,
+                     rotated_at = CASE WHEN key_set_id IS NULL THEN NULL ELSE ?3 END,
+                     key_set_id = ?2
+                 WHERE device_id = ?1",
+                params![device_id, key_set_id, seconds(now)],
+            )?;
+            if n == 0 {
+                return Err(Error::NotFound("device"));
+            }
+            keys.iter().try_for_each(|k| insert_key(conn, k))
+        })
     }
 
     fn revoke_key_sets(&self, device_id: &str) -> Result<(), Error> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let n = tx.execute(
-            "UPDATE devices SET key_set_id = NULL, previous_key_set_id = NULL, rotated_at = NULL WHERE device_id = ?1",
-            [device_id],
-        )?;
-        if n == 0 {
-            return Err(Error::NotFound("device"));
-        }
-        tx.execute(
-            "UPDATE keys SET revoked = 1 WHERE device_id = ?1 AND key_set_id IS NOT NULL",
-            [device_id],
-        )?;
-        tx.commit()?;
-        Ok(())
+        let device_id = device_id.to_owned();
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE devices SET key_set_id = NULL, previous_key_set_id = NULL, rotated_at = NULL WHERE device_id = ?1",
+                [&device_id],
+            )?;
+            if n == 0 {
+                return Err(Error::NotFound("device"));
+            }
+            conn.execute("UPDATE keys SET revoked = 1 WHERE device_id = ?1 AND key_set_id IS NOT NULL", [&device_id])?;
+            Ok(())
+        })
     }
 
     fn key(&self, key_id: &str) -> Result<Option<KeyRecord>, Error> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt =
             conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_id = ?1"))?;
         Ok(stmt.query_row([key_id], key_from_row).optional()?)
     }
 
     fn key_set(&self, key_set_id: &str) -> Result<Vec<KeyRecord>, Error> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {KEY_COLUMNS} FROM keys WHERE key_set_id = ?1"
         ))?;
@@ -570,6 +651,55 @@ mod tests {
     #[test]
     fn memory_store() {
         exercise(&MemoryStore::new());
+    }
+
+    #[test]
+    fn concurrent_writes_share_commits_and_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SqliteStore::open(&dir.path().join("keys.db")).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let store = std::sync::Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for i in 0..20 {
+                        let id = format!("POS-{:08X}", t * 100 + i);
+                        let device = DeviceRecord {
+                            device_id: id.clone(),
+                            zone: "z".into(),
+                            identity_key_id: format!("idk-{id}"),
+                            key_set_id: None,
+                            previous_key_set_id: None,
+                            rotated_at: None,
+                            created_at: 1,
+                        };
+                        let identity = KeyRecord {
+                            key_id: format!("idk-{id}"),
+                            device_id: id.clone(),
+                            ..key("x", None, KeyKind::Identity)
+                        };
+                        store.create_device(&device, &identity).unwrap();
+                        // A failing write in the same batch leaves the others alone.
+                        assert!(matches!(
+                            store.create_device(&device, &identity),
+                            Err(Error::Conflict(_))
+                        ));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        for t in 0..8 {
+            for i in 0..20 {
+                assert!(
+                    store
+                        .device(&format!("POS-{:08X}", t * 100 + i))
+                        .unwrap()
+                        .is_some()
+                );
+            }
+        }
     }
 
     #[test]
