@@ -68,13 +68,16 @@ impl tr31::ExternalKbpk for Lmk<'_> {
     }
 }
 
+/// A CMAC input and the HSM's answer.
+type Answer = (Vec<u8>, Zeroizing<[u8; 16]>);
+
 /// Remembers the CMACs a KBPK gave during one request. TR-31 derivation asks the same two to
 /// four questions for every block under a KBPK, so a request that seals several blocks (a key
 /// set) asks the HSM once instead of once per block. The answers are derived keys: they live in
 /// zeroizing memory and die with the request.
 pub(crate) struct Memo<'a, K: tr31::ExternalKbpk> {
     inner: &'a K,
-    seen: Mutex<Vec<(Vec<u8>, Zeroizing<[u8; 16]>)>>,
+    seen: Mutex<Vec<Answer>>,
 }
 
 impl<'a, K: tr31::ExternalKbpk> Memo<'a, K> {
