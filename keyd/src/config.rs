@@ -143,11 +143,6 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), Error> {
-        if self.placement == Placement::Token {
-            return Err(Error::Config(
-                "placement = \"token\" is not available in this version; use \"memory\"".into(),
-            ));
-        }
         if self.hsm.sessions == 0 || self.hsm.sessions > 64 {
             return Err(Error::Config("hsm.sessions must be 1 to 64".into()));
         }
@@ -270,10 +265,6 @@ groups = ["admin"]
     #[test]
     fn bad_configs_are_refused_with_a_reason() {
         let cases = [
-            (
-                GOOD.replace("placement = \"memory\"", "placement = \"token\""),
-                "not available",
-            ),
             (GOOD.replace("placement = \"memory\"", ""), "placement"),
             (GOOD.replace("pin_env = \"KEYD_PIN\"", ""), "exactly one"),
             (

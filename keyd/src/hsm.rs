@@ -51,7 +51,54 @@ pub trait Hsm: Send + Sync + 'static {
 
     /// Zones with a ZMK.
     fn zones(&self) -> Vec<String>;
+
+    /// Loads a working key into the HSM as a session object (`token` placement): sensitive,
+    /// not extractable, gone when keyd stops.
+    ///
+    /// # Errors
+    /// [`Error::Hsm`].
+    fn load_key(&self, kind: TokenKind, key: &[u8]) -> Result<TokenKey, Error>;
+
+    /// Destroys a loaded working key.
+    fn unload_key(&self, key: TokenKey);
+
+    /// HMAC-SHA-256 verification inside the HSM.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for a wrong signature or an unknown key.
+    fn hmac_verify(&self, key: TokenKey, message: &[u8], signature: &[u8]) -> Result<(), Error>;
+
+    /// AES-CBC decryption with PKCS#7 padding inside the HSM.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for a bad padding, a bad length or an unknown key.
+    fn cbc_decrypt(
+        &self,
+        key: TokenKey,
+        iv: &[u8; 16],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Error>;
+
+    /// AES-CBC encryption with PKCS#7 padding inside the HSM.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for an unknown key; [`Error::Hsm`].
+    fn cbc_encrypt(&self, key: TokenKey, iv: &[u8; 16], plaintext: &[u8])
+    -> Result<Vec<u8>, Error>;
 }
+
+/// What a working key loaded into the HSM is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// AES-256 for CBC.
+    Aes,
+    /// A generic secret for HMAC-SHA-256.
+    Hmac,
+}
+
+/// A working key loaded into the HSM: an opaque number, mapped to the backend's handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenKey(pub(crate) u64);
 
 /// The LMK as a TR-31 KBPK: it protects keyd's stored key blocks.
 pub(crate) struct Lmk<'a>(pub(crate) &'a dyn Hsm);
@@ -123,12 +170,17 @@ impl tr31::ExternalKbpk for Zmk<'_> {
     }
 }
 
+/// A working key "in the token" of the software twin.
+type LoadedKey = (TokenKind, Zeroizing<Vec<u8>>);
+
 /// Root keys in process memory. For unit tests only: the configuration refuses it unless told
 /// otherwise, and it says so in every log line that names the backend.
 #[derive(Default)]
 pub struct SoftwareHsm {
     lmk: Mutex<Option<Zeroizing<[u8; 32]>>>,
     zmks: Mutex<HashMap<String, Zeroizing<[u8; 32]>>>,
+    loaded: std::sync::RwLock<HashMap<u64, LoadedKey>>,
+    next: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for SoftwareHsm {
@@ -211,5 +263,55 @@ impl Hsm for SoftwareHsm {
             .collect();
         zones.sort();
         zones
+    }
+
+    fn load_key(&self, kind: TokenKind, key: &[u8]) -> Result<TokenKey, Error> {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.loaded
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, (kind, Zeroizing::new(key.to_vec())));
+        Ok(TokenKey(id))
+    }
+
+    fn unload_key(&self, key: TokenKey) {
+        self.loaded
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key.0);
+    }
+
+    fn hmac_verify(&self, key: TokenKey, message: &[u8], signature: &[u8]) -> Result<(), Error> {
+        let loaded = self.loaded.read().unwrap_or_else(PoisonError::into_inner);
+        match loaded.get(&key.0) {
+            Some((TokenKind::Hmac, k)) => crate::crypto::verify_hmac(k, message, signature),
+            _ => Err(Error::Auth),
+        }
+    }
+
+    fn cbc_decrypt(
+        &self,
+        key: TokenKey,
+        iv: &[u8; 16],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let loaded = self.loaded.read().unwrap_or_else(PoisonError::into_inner);
+        match loaded.get(&key.0) {
+            Some((TokenKind::Aes, k)) => crate::crypto::cbc_decrypt(k, iv, ciphertext),
+            _ => Err(Error::Auth),
+        }
+    }
+
+    fn cbc_encrypt(
+        &self,
+        key: TokenKey,
+        iv: &[u8; 16],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let loaded = self.loaded.read().unwrap_or_else(PoisonError::into_inner);
+        match loaded.get(&key.0) {
+            Some((TokenKind::Aes, k)) => crate::crypto::cbc_encrypt(k, iv, plaintext),
+            _ => Err(Error::Auth),
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! which device may do what beyond "this key belongs to this device and is current".
 
 mod config;
+mod crypto;
 mod dispatch;
 mod error;
 mod hsm;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 pub use config::{Backend, Config, Placement};
 pub use dispatch::handle;
 pub use error::Error;
-pub use hsm::{Hsm, SoftwareHsm};
+pub use hsm::{Hsm, SoftwareHsm, TokenKey, TokenKind};
 pub use keys::KeyKind;
 pub use pkcs11::Pkcs11Hsm;
 pub use server::{bind, serve};
@@ -75,6 +76,7 @@ pub fn open_service(config: &Config) -> Result<Arc<Service>, Error> {
     Ok(Arc::new(Service::new(
         hsm,
         store,
+        config.placement,
         config.key_set_grace_secs,
         config.cache_capacity,
     )?))

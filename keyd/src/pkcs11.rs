@@ -16,17 +16,21 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
+use zeroize::Zeroizing;
 
 use crate::Error;
-use crate::hsm::Hsm;
+use crate::hsm::{Hsm, TokenKey, TokenKind};
 
 const LMK_LABEL: &str = "keyd-lmk";
 const ZMK_PREFIX: &str = "keyd-zmk:";
 
 /// A PKCS#11 token.
 pub struct Pkcs11Hsm {
-    /// Kept open and logged in for the life of the process; never used for work.
-    _anchor: Mutex<Session>,
+    /// Kept open and logged in for the life of the process. It also creates the working keys
+    /// of `token` placement: session objects die with the session that made them.
+    anchor: Mutex<Session>,
+    loaded: RwLock<HashMap<u64, ObjectHandle>>,
+    next_key: std::sync::atomic::AtomicU64,
     sessions: Vec<Mutex<Session>>,
     next: AtomicUsize,
     lmk: RwLock<Option<ObjectHandle>>,
@@ -71,7 +75,9 @@ impl Pkcs11Hsm {
             pool.push(Mutex::new(context.open_rw_session(slot)?));
         }
         let hsm = Self {
-            _anchor: Mutex::new(anchor),
+            anchor: Mutex::new(anchor),
+            loaded: RwLock::new(HashMap::new()),
+            next_key: std::sync::atomic::AtomicU64::new(1),
             sessions: pool,
             next: AtomicUsize::new(0),
             lmk: RwLock::new(None),
@@ -217,5 +223,109 @@ impl Hsm for Pkcs11Hsm {
             .collect();
         zones.sort();
         zones
+    }
+
+    fn load_key(&self, kind: TokenKind, key: &[u8]) -> Result<TokenKey, Error> {
+        let (key_type, uses) = match kind {
+            TokenKind::Aes => (
+                KeyType::AES,
+                [Attribute::Encrypt(true), Attribute::Decrypt(true)],
+            ),
+            TokenKind::Hmac => (
+                KeyType::GENERIC_SECRET,
+                [Attribute::Sign(true), Attribute::Verify(true)],
+            ),
+        };
+        let mut template = vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(key_type),
+            Attribute::Token(false),
+            // Session objects of a logged-in application are visible to it alone either way;
+            // private ones are measurably slower in SoftHSM.
+            Attribute::Private(false),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Value(key.to_vec()),
+        ];
+        template.extend(uses);
+        let created = self
+            .anchor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .create_object(&template);
+        for attr in &mut template {
+            if let Attribute::Value(v) = attr {
+                zeroize::Zeroize::zeroize(v);
+            }
+        }
+        let handle = created?;
+        let id = self.next_key.fetch_add(1, Ordering::Relaxed);
+        self.loaded
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, handle);
+        Ok(TokenKey(id))
+    }
+
+    fn unload_key(&self, key: TokenKey) {
+        let handle = self
+            .loaded
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key.0);
+        if let Some(handle) = handle {
+            let _ = self
+                .anchor
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .destroy_object(handle);
+        }
+    }
+
+    fn hmac_verify(&self, key: TokenKey, message: &[u8], signature: &[u8]) -> Result<(), Error> {
+        let handle = self.handle(key)?;
+        self.with_session(|s| {
+            s.verify(&Mechanism::Sha256Hmac, handle, message, signature)
+                .map_err(|_| Error::Auth)
+        })
+    }
+
+    fn cbc_decrypt(
+        &self,
+        key: TokenKey,
+        iv: &[u8; 16],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        crate::crypto::check_ciphertext(ciphertext)?;
+        let handle = self.handle(key)?;
+        self.with_session(|s| {
+            s.decrypt(&Mechanism::AesCbcPad(*iv), handle, ciphertext)
+                .map(Zeroizing::new)
+                .map_err(|_| Error::Auth)
+        })
+    }
+
+    fn cbc_encrypt(
+        &self,
+        key: TokenKey,
+        iv: &[u8; 16],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        if plaintext.len() > crate::crypto::MAX_CIPHERTEXT {
+            return Err(Error::BadRequest("plaintext too large".into()));
+        }
+        let handle = self.handle(key)?;
+        self.with_session(|s| Ok(s.encrypt(&Mechanism::AesCbcPad(*iv), handle, plaintext)?))
+    }
+}
+
+impl Pkcs11Hsm {
+    fn handle(&self, key: TokenKey) -> Result<ObjectHandle, Error> {
+        self.loaded
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key.0)
+            .copied()
+            .ok_or(Error::Auth)
     }
 }

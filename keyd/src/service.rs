@@ -9,39 +9,73 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aes::Aes256;
-use aes::cipher::block_padding::Pkcs7;
-use aes::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
-use hmac::{Hmac, KeyInit, Mac};
 use keyd_proto::Secret;
 use keyd_proto::message as m;
-use sha2::Sha256;
-use subtle::ConstantTimeEq;
 use tr31::{KeyBlock, Profile, SealOptions};
 use zeroize::Zeroizing;
 
-use crate::Error;
-use crate::hsm::{Hsm, Lmk, Memo, Zmk};
+use crate::config::Placement;
+use crate::hsm::{Hsm, Lmk, Memo, TokenKey, TokenKind, Zmk};
 use crate::keys::{self, KeyKind};
 use crate::store::{DeviceRecord, KeyRecord, KeyStore};
-
-/// Largest envelope or card ciphertext accepted (the API's own limits are lower).
-const MAX_CIPHERTEXT: usize = 64 * 1024;
+use crate::{Error, crypto};
 
 /// A clear working key held for the hot path.
 struct WorkingKey {
     kind: KeyKind,
     device_id: String,
     key_set_id: Option<String>,
-    bytes: Zeroizing<Vec<u8>>,
+    kcv: [u8; 3],
+    material: Material,
     /// For keys of the previous key set: when the grace period ends.
     valid_until: Option<u64>,
+}
+
+/// Where a working key's operations run.
+enum Material {
+    /// `memory` placement: the clear key in keyd, RustCrypto does the work.
+    Memory(Zeroizing<Vec<u8>>),
+    /// `token` placement: a session object in the HSM, destroyed when the cache lets go of it.
+    Token { key: TokenKey, hsm: Arc<dyn Hsm> },
+}
+
+impl Drop for Material {
+    fn drop(&mut self) {
+        if let Self::Token { key, hsm } = self {
+            hsm.unload_key(*key);
+        }
+    }
+}
+
+impl WorkingKey {
+    fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), Error> {
+        match &self.material {
+            Material::Memory(k) => crypto::verify_hmac(k, message, signature),
+            Material::Token { key, hsm } => hsm.hmac_verify(*key, message, signature),
+        }
+    }
+
+    fn decrypt(&self, iv: &[u8; 16], ciphertext: &[u8]) -> Result<Secret, Error> {
+        let plain = match &self.material {
+            Material::Memory(k) => crypto::cbc_decrypt(k, iv, ciphertext)?,
+            Material::Token { key, hsm } => hsm.cbc_decrypt(*key, iv, ciphertext)?,
+        };
+        Ok(Secret(plain))
+    }
+
+    fn encrypt(&self, iv: &[u8; 16], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        match &self.material {
+            Material::Memory(k) => crypto::cbc_encrypt(k, iv, plaintext),
+            Material::Token { key, hsm } => hsm.cbc_encrypt(*key, iv, plaintext),
+        }
+    }
 }
 
 /// The key service.
 pub struct Service {
     hsm: Arc<dyn Hsm>,
     store: Arc<dyn KeyStore>,
+    placement: Placement,
     cache: RwLock<HashMap<String, Arc<WorkingKey>>>,
     capacity: usize,
     grace: u64,
@@ -71,6 +105,7 @@ impl Service {
     pub fn new(
         hsm: Arc<dyn Hsm>,
         store: Arc<dyn KeyStore>,
+        placement: Placement,
         grace: u64,
         capacity: usize,
     ) -> Result<Self, Error> {
@@ -90,6 +125,7 @@ impl Service {
         Ok(Self {
             hsm,
             store,
+            placement,
             cache: RwLock::new(HashMap::new()),
             capacity,
             grace,
@@ -309,7 +345,7 @@ impl Service {
         if key.device_id != req.device_id {
             return Err(Error::Auth);
         }
-        verify_hmac(&key.bytes, &req.message, &req.signature)?;
+        key.verify(&req.message, &req.signature)?;
         Ok(m::Empty {})
     }
 
@@ -326,7 +362,7 @@ impl Service {
             .iter()
             .map(|item| {
                 self.working_key(&item.key_id, KeyKind::Mac)
-                    .and_then(|k| verify_hmac(&k.bytes, &item.message, &item.signature))
+                    .and_then(|k| k.verify(&item.message, &item.signature))
                     .is_ok()
             })
             .collect();
@@ -340,7 +376,7 @@ impl Service {
     pub fn envelope_open(&self, req: &m::EnvelopeOpen) -> Result<m::Plaintext, Error> {
         let key = self.working_key(&req.msk_key_id, KeyKind::Msk)?;
         Ok(m::Plaintext {
-            plaintext: decrypt(&key.bytes, &req.iv, &req.ciphertext)?,
+            plaintext: key.decrypt(&req.iv, &req.ciphertext)?,
         })
     }
 
@@ -350,23 +386,16 @@ impl Service {
     /// [`Error::Auth`] for an unknown key.
     pub fn envelope_seal(&self, req: &m::EnvelopeSeal) -> Result<m::Sealed, Error> {
         let key = self.working_key(&req.msk_key_id, KeyKind::Msk)?;
-        if req.plaintext.expose().len() > MAX_CIPHERTEXT {
+        if req.plaintext.expose().len() > crypto::MAX_CIPHERTEXT {
             return Err(Error::BadRequest("plaintext too large".into()));
         }
         let mut iv = [0u8; 16];
         getrandom::fill(&mut iv).map_err(|e| Error::Hsm(e.to_string()))?;
-        let plaintext = req.plaintext.expose();
-        let mut ciphertext = vec![0u8; (plaintext.len() / 16 + 1) * 16];
-        let written = cbc::Encryptor::<Aes256>::new_from_slices(&key.bytes, &iv)
-            .map_err(|_| Error::Auth)?
-            .encrypt_padded_b2b::<Pkcs7>(plaintext, &mut ciphertext)
-            .map_err(|_| Error::BadRequest("plaintext too large".into()))?
-            .len();
-        ciphertext.truncate(written);
+        let ciphertext = key.encrypt(&iv, req.plaintext.expose())?;
         Ok(m::Sealed {
             iv,
             ciphertext,
-            kcv: keys::kcv(KeyKind::Msk, &key.bytes),
+            kcv: key.kcv,
         })
     }
 
@@ -377,13 +406,13 @@ impl Service {
     /// [`Error::Auth`] for any failure.
     pub fn charge_open(&self, req: &m::ChargeOpen) -> Result<m::Plaintext, Error> {
         let mac = self.working_key(&req.mac_key_id, KeyKind::Mac)?;
-        verify_hmac(&mac.bytes, &req.message, &req.signature)?;
+        mac.verify(&req.message, &req.signature)?;
         let msk = self.working_key(&req.msk_key_id, KeyKind::Msk)?;
         if msk.key_set_id != mac.key_set_id || msk.device_id != mac.device_id {
             return Err(Error::Auth);
         }
         Ok(m::Plaintext {
-            plaintext: decrypt(&msk.bytes, &req.iv, &req.ciphertext)?,
+            plaintext: msk.decrypt(&req.iv, &req.ciphertext)?,
         })
     }
 
@@ -399,14 +428,10 @@ impl Service {
             pan: &'a str,
         }
         let key = self.working_key(&req.tdk_key_id, KeyKind::Tdk)?;
-        let plaintext = decrypt(&key.bytes, &req.iv, &req.ciphertext)?;
+        let plaintext = key.decrypt(&req.iv, &req.ciphertext)?;
         let card: Card<'_> = serde_json::from_slice(plaintext.expose())
             .map_err(|_| Error::BadRequest("card data is not a JSON object with a pan".into()))?;
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.fingerprint_key[..])
-            .map_err(|_| Error::Auth)?;
-        mac.update(card.pan.as_bytes());
-        let mut pan_fingerprint = [0u8; 32];
-        pan_fingerprint.copy_from_slice(&mac.finalize().into_bytes());
+        let pan_fingerprint = crypto::hmac(&self.fingerprint_key[..], card.pan.as_bytes())?;
         Ok(m::CardData {
             plaintext,
             pan_fingerprint,
@@ -528,11 +553,27 @@ impl Service {
             _ => return Err(Error::Auth),
         };
         let key = self.open_stored(&Lmk(&*self.hsm), &record)?;
+        let material = match self.placement {
+            Placement::Memory => Material::Memory(Zeroizing::new(key.expose_secret().to_vec())),
+            Placement::Token => {
+                let kind = if record.kind.is_hmac() {
+                    TokenKind::Hmac
+                } else {
+                    TokenKind::Aes
+                };
+                let loaded = self.hsm.load_key(kind, key.expose_secret())?;
+                Material::Token {
+                    key: loaded,
+                    hsm: Arc::clone(&self.hsm),
+                }
+            }
+        };
         let working = Arc::new(WorkingKey {
             kind: record.kind,
             device_id: record.device_id,
             key_set_id: record.key_set_id,
-            bytes: Zeroizing::new(key.expose_secret().to_vec()),
+            kcv: record.kcv,
+            material,
             valid_until,
         });
         let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
@@ -553,44 +594,34 @@ impl Service {
     }
 }
 
-fn verify_hmac(key: &[u8], message: &[u8], signature: &[u8; 32]) -> Result<(), Error> {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).map_err(|_| Error::Auth)?;
-    mac.update(message);
-    let expected = mac.finalize().into_bytes();
-    if bool::from(expected.as_slice().ct_eq(signature)) {
-        Ok(())
-    } else {
-        Err(Error::Auth)
-    }
-}
-
-fn decrypt(key: &[u8], iv: &[u8; 16], ciphertext: &[u8]) -> Result<Secret, Error> {
-    if ciphertext.is_empty()
-        || !ciphertext.len().is_multiple_of(16)
-        || ciphertext.len() > MAX_CIPHERTEXT
-    {
-        return Err(Error::Auth);
-    }
-    let mut buf = Zeroizing::new(ciphertext.to_vec());
-    let plain = cbc::Decryptor::<Aes256>::new_from_slices(key, iv)
-        .map_err(|_| Error::Auth)?
-        .decrypt_padded::<Pkcs7>(&mut buf)
-        .map_err(|_| Error::Auth)?;
-    Ok(Secret::new(plain))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::hsm::SoftwareHsm;
     use crate::store::MemoryStore;
+    use aes::Aes256;
+    use aes::cipher::block_padding::Pkcs7;
+    use aes::cipher::{BlockModeEncrypt, KeyIvInit};
+    use hmac::{Hmac, KeyInit, Mac};
+    use sha2::Sha256;
 
     const ZMK: [u8; 32] = [0x5A; 32];
 
     fn service() -> Service {
+        service_with(Placement::Memory)
+    }
+
+    fn service_with(placement: Placement) -> Service {
         let hsm = SoftwareHsm::new();
         hsm.create_lmk().unwrap();
-        let s = Service::new(Arc::new(hsm), Arc::new(MemoryStore::new()), 3600, 1000).unwrap();
+        let s = Service::new(
+            Arc::new(hsm),
+            Arc::new(MemoryStore::new()),
+            placement,
+            3600,
+            1000,
+        )
+        .unwrap();
         s.zmk_import(&m::ZmkImport {
             zone: "z1".into(),
             key: Secret::new(&ZMK),
@@ -689,7 +720,16 @@ mod tests {
 
     #[test]
     fn attestation_and_charges() {
-        let s = service();
+        attestation_and_charges_in(Placement::Memory);
+    }
+
+    #[test]
+    fn attestation_and_charges_with_keys_in_the_token() {
+        attestation_and_charges_in(Placement::Token);
+    }
+
+    fn attestation_and_charges_in(placement: Placement) {
+        let s = service_with(placement);
         let identity = device(&s, "POS-00000002");
         let msg = b"POS-00000002\nidk\n1700000000\nnonce123456789";
         let good = m::AttestVerify {

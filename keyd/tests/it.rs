@@ -18,8 +18,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use e2e::{KeydProcess, ZMK_HEX, hex};
 
-fn keyd(groups: &str) -> KeydProcess {
-    KeydProcess::new(std::path::Path::new(env!("CARGO_BIN_EXE_keyd")), groups, "").unwrap()
+fn keyd(groups: &str, placement: &str) -> KeydProcess {
+    KeydProcess::new(
+        std::path::Path::new(env!("CARGO_BIN_EXE_keyd")),
+        groups,
+        placement,
+    )
+    .unwrap()
 }
 
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
@@ -67,8 +72,17 @@ fn unwrap_set(export: &m::KeySetExportResponse) -> std::collections::HashMap<Str
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_whole_key_lifecycle_over_the_socket_on_softhsm() {
-    let mut keyd = keyd(r#""data", "devices""#);
+async fn the_whole_key_lifecycle_over_the_socket_on_softhsm_memory_placement() {
+    lifecycle("memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_key_lifecycle_over_the_socket_on_softhsm_token_placement() {
+    lifecycle("token").await;
+}
+
+async fn lifecycle(placement: &str) {
+    let mut keyd = keyd(r#""data", "devices""#, placement);
     keyd.start().unwrap();
     let mode = std::fs::metadata(keyd.socket())
         .unwrap()
@@ -259,7 +273,7 @@ async fn the_whole_key_lifecycle_over_the_socket_on_softhsm() {
 
 #[test]
 fn the_pin_file_must_be_private_and_the_token_must_exist() {
-    let keyd = keyd(r#""data""#);
+    let keyd = keyd(r#""data""#, "memory");
     let pin = keyd.hsm().dir().join("user.pin");
     std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = keyd.command(&["serve"]).output().unwrap();

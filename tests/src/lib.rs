@@ -35,12 +35,12 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 impl KeydProcess {
     /// A token with an LMK and zone `z1` (ZMK [`ZMK_HEX`]), and a config that grants this
-    /// process's uid the given groups (e.g. `"data", "devices"`). `extra` is appended to the
-    /// config's top level.
+    /// process's uid the given groups (e.g. `"data", "devices"`), with working keys in the
+    /// given placement (`memory` or `token`).
     ///
     /// # Errors
     /// If SoftHSM is missing or `keyd init` / `keyd zmk-import` fail.
-    pub fn new(binary: &Path, groups: &str, extra: &str) -> Result<Self, Error> {
+    pub fn new(binary: &Path, groups: &str, placement: &str) -> Result<Self, Error> {
         let hsm = softhsm::SoftHsm::new("keyd-e2e")?;
         let pin = hsm.write_pin_file()?;
         let uid = std::fs::metadata(&pin)?.uid();
@@ -49,7 +49,7 @@ impl KeydProcess {
         std::fs::write(
             &config,
             format!(
-                "socket = \"{socket}\"\nstore = \"{store}\"\nplacement = \"memory\"\n{extra}\n\n\
+                "socket = \"{socket}\"\nstore = \"{store}\"\nplacement = \"{placement}\"\n\n\
                  [hsm]\nbackend = \"pkcs11\"\nmodule = \"{module}\"\ntoken_label = \"keyd-e2e\"\npin_file = \"{pin}\"\n\n\
                  [[access]]\nuid = {uid}\ngroups = [{groups}]\n",
                 socket = socket.display(),
@@ -150,6 +150,14 @@ impl Drop for KeydProcess {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The SoftHSM module path (see `softhsm::module_path`).
+///
+/// # Errors
+/// If SoftHSM is not installed.
+pub fn softhsm_module() -> Result<PathBuf, Error> {
+    Ok(softhsm::module_path()?)
 }
 
 /// Decodes hex (test data only).

@@ -45,6 +45,13 @@ struct Args {
     /// Requests in flight during issuance.
     #[arg(long, default_value_t = 8)]
     issue_in_flight: usize,
+    /// Working-key placement in keyd: `memory` or `token`. With `token`, a bare cryptoki loop
+    /// doing the same two calls on the same token is measured too.
+    #[arg(long, default_value = "memory")]
+    placement: String,
+    /// Internal: run the bare cryptoki loop (in a child process that sees the token).
+    #[arg(long, hide = true)]
+    bare_loop: Option<String>,
 }
 
 struct Device {
@@ -115,7 +122,12 @@ fn keyd_binary() -> PathBuf {
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let args = Args::parse();
-    let mut keyd = e2e::KeydProcess::new(&keyd_binary(), r#""data", "devices""#, "").unwrap();
+    if let Some(label) = &args.bare_loop {
+        bare_cryptoki_loop(label, args.envelope_bytes, args.seconds);
+        return;
+    }
+    let mut keyd =
+        e2e::KeydProcess::new(&keyd_binary(), r#""data", "devices""#, &args.placement).unwrap();
     keyd.start().unwrap();
     let client = Client::connect(keyd.socket()).await.unwrap();
     println!(
@@ -242,7 +254,8 @@ async fn main() {
     let ops = latencies.len() as f64 / elapsed;
     let p = benches::percentiles(&mut latencies);
     println!(
-        "socket, memory placement: {} charge verify-and-open in {elapsed:.1} s = {ops:.0} ops/s; latency p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
+        "socket, {} placement: {} charge verify-and-open in {elapsed:.1} s = {ops:.0} ops/s; latency p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
+        args.placement,
         latencies.len(),
         p.p50,
         p.p90,
@@ -251,6 +264,25 @@ async fn main() {
     );
     drop(client);
     keyd.stop();
+
+    if args.placement == "token" {
+        // SoftHSM reads its configuration when the module is initialised, so the loop runs in a
+        // child process started with the token's environment.
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--bare-loop",
+                "keyd-e2e",
+                "--seconds",
+                &args.seconds.min(5).to_string(),
+            ])
+            .args(["--envelope-bytes", &args.envelope_bytes.to_string()])
+            .envs(keyd.hsm().env())
+            .env("KEYD_LOAD_PIN", keyd.hsm().user_pin())
+            .output()
+            .unwrap();
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    }
 
     // The in-process ceiling: the same operation on keyd's service, no socket, two threads.
     let ceiling = in_process_ceiling(args.envelope_bytes, args.seconds.min(5));
@@ -264,6 +296,7 @@ fn in_process_ceiling(envelope_bytes: usize, seconds: u64) -> f64 {
         keyd::Service::new(
             Arc::new(hsm),
             Arc::new(keyd::MemoryStore::new()),
+            keyd::Placement::Memory,
             86_400,
             1000,
         )
@@ -343,4 +376,82 @@ fn in_process_ceiling(envelope_bytes: usize, seconds: u64) -> f64 {
     #[allow(clippy::cast_precision_loss, reason = "a rate for display")]
     let rate = count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     rate
+}
+
+/// The same two calls keyd makes per charge in `token` placement (HMAC-SHA-256 verify, then
+/// AES-256-CBC-PAD decrypt), straight on cryptoki in one thread, no socket, no keyd.
+fn bare_cryptoki_loop(label: &str, envelope_bytes: usize, seconds: u64) {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+
+    let module = e2e::softhsm_module().unwrap();
+    let pkcs11 = Pkcs11::new(module).unwrap();
+    pkcs11
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = pkcs11
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| {
+            pkcs11
+                .get_token_info(*s)
+                .map(|i| i.label() == label)
+                .unwrap_or(false)
+        })
+        .unwrap();
+    let session = pkcs11.open_rw_session(slot).unwrap();
+    let pin = std::env::var("KEYD_LOAD_PIN").unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::from(pin)))
+        .unwrap();
+    let secret = |key_type, uses: [Attribute; 2]| {
+        let mut t = vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(key_type),
+            Attribute::Token(false),
+            Attribute::Private(false),
+            Attribute::Sensitive(true),
+            Attribute::Value(vec![0x11; 32]),
+        ];
+        t.extend(uses);
+        session.create_object(&t).unwrap()
+    };
+    let mac = secret(
+        KeyType::GENERIC_SECRET,
+        [Attribute::Sign(true), Attribute::Verify(true)],
+    );
+    let msk = secret(
+        KeyType::AES,
+        [Attribute::Encrypt(true), Attribute::Decrypt(true)],
+    );
+    let mut keys = std::collections::HashMap::new();
+    keys.insert("mac".to_owned(), ("mac".to_owned(), vec![0x11; 32]));
+    keys.insert("msk".to_owned(), ("msk".to_owned(), vec![0x11; 32]));
+    let request = charge(&keys, envelope_bytes);
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        session
+            .verify(
+                &Mechanism::Sha256Hmac,
+                mac,
+                &request.message,
+                &request.signature,
+            )
+            .unwrap();
+        let plain = session
+            .decrypt(&Mechanism::AesCbcPad(request.iv), msk, &request.ciphertext)
+            .unwrap();
+        assert!(!plain.is_empty());
+        n += 1;
+    }
+    #[allow(clippy::cast_precision_loss, reason = "a rate for display")]
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "bare cryptoki loop (1 thread, same token, HMAC verify + AES-CBC-PAD decrypt): {rate:.0} ops/s"
+    );
 }

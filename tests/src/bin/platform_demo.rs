@@ -50,7 +50,7 @@ async fn run() -> Result<(), Error> {
         return Err("build keyd next to this program: cargo build --release -p keyd -p e2e".into());
     }
     println!("== keyd on a fresh SoftHSM token");
-    let mut keyd = e2e::KeydProcess::new(&keyd_bin, r#""data", "devices""#, "")?;
+    let mut keyd = e2e::KeydProcess::new(&keyd_bin, r#""data", "devices""#, "memory")?;
     keyd.start()?;
     let zmk = e2e::hex(e2e::ZMK_HEX);
     let zmk_kcv = tr31::kcv::cmac_aes(&zmk)?;
