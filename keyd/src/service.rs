@@ -334,6 +334,89 @@ impl Service {
         })
     }
 
+    /// Re-wraps a key block from one zone's ZMK to another's, honouring its exportability.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown zone; [`Error::Auth`] for a block that does not open
+    /// under the source ZMK; [`Error::Policy`] for a non-exportable key; [`Error::Tr31`] for a
+    /// malformed block.
+    pub fn tr31_translate(&self, req: &m::Tr31Translate) -> Result<m::KeyBlockOut, Error> {
+        for zone in [&req.from_zone, &req.to_zone] {
+            if !self.hsm.zones().contains(zone) {
+                return Err(Error::NotFound("zone"));
+            }
+        }
+        let from = Zmk {
+            hsm: &*self.hsm,
+            zone: &req.from_zone,
+        };
+        let from = Memo::new(&from);
+        let opened = KeyBlock::parse(&req.key_block, Profile::Strict)?.open_external(&from)?;
+        let mut header = opened.header;
+        if !matches!(
+            header.exportability,
+            tr31::Exportability::EXPORTABLE | tr31::Exportability::SENSITIVE
+        ) {
+            return Err(Error::Policy("the key is not exportable"));
+        }
+        header.version = tr31::Version::D;
+        header
+            .optional_blocks
+            .retain(|b| !matches!(b.id(), tr31::BlockId::PB | tr31::BlockId::KP));
+        let to = Zmk {
+            hsm: &*self.hsm,
+            zone: &req.to_zone,
+        };
+        let key_block = tr31::seal_external(
+            &to,
+            &header,
+            &opened.key,
+            &SealOptions::default(),
+            tr31::Padding::Random(&mut tr31::OsRandom),
+        )?;
+        let kcv = tr31::kcv::for_algorithm(header.algorithm, opened.key.expose_secret())
+            .unwrap_or_default();
+        Ok(m::KeyBlockOut { key_block, kcv })
+    }
+
+    /// Exports a stored key under a zone's ZMK with its delivery header.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown key or zone; [`Error::Policy`] for a key whose stored
+    /// exportability is N (identity keys).
+    pub fn tr31_export(&self, req: &m::Tr31Export) -> Result<m::KeyBlockOut, Error> {
+        if !self.hsm.zones().contains(&req.zone) {
+            return Err(Error::NotFound("zone"));
+        }
+        let record = self
+            .store
+            .key(&req.key_id)?
+            .filter(|r| !r.revoked)
+            .ok_or(Error::NotFound("key"))?;
+        let stored = KeyBlock::parse(&record.block, Profile::Strict)?.into_header();
+        if stored.exportability != tr31::Exportability::EXPORTABLE
+            && stored.exportability != tr31::Exportability::SENSITIVE
+        {
+            return Err(Error::Policy("the key is not exportable"));
+        }
+        let key = self.open_stored(&Lmk(&*self.hsm), &record)?;
+        let zmk = Zmk {
+            hsm: &*self.hsm,
+            zone: &req.zone,
+        };
+        let key_block = tr31::seal_external(
+            &zmk,
+            &record.kind.export_header()?,
+            &key,
+            &SealOptions::default(),
+            tr31::Padding::Random(&mut tr31::OsRandom),
+        )?;
+        Ok(m::KeyBlockOut {
+            key_block,
+            kcv: record.kcv,
+        })
+    }
+
     // ----- data path --------------------------------------------------------------------
 
     /// Verifies an attestation signature made with a device's identity key.
@@ -1030,6 +1113,87 @@ mod tests {
             }),
             Err(Error::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn translate_and_export_honour_exportability() {
+        let s = service();
+        s.zmk_import(&m::ZmkImport {
+            zone: "z2".into(),
+            key: Secret::new(&[0x77; 32]),
+        })
+        .unwrap();
+        let identity = device(&s, "POS-00000008");
+        let set = s
+            .key_set_create(&m::KeySetCreate {
+                device_id: "POS-00000008".into(),
+            })
+            .unwrap();
+        let tdk = set.keys.iter().find(|k| k.kind == "tdk").unwrap();
+        // Export a TDK under zone z1's ZMK, then translate it to z2's.
+        let out = s
+            .tr31_export(&m::Tr31Export {
+                key_id: tdk.key_id.clone(),
+                zone: "z1".into(),
+            })
+            .unwrap();
+        let z1 = tr31::Kbpk::new(&ZMK).unwrap();
+        let key = tr31::open(&out.key_block, &z1, Profile::Strict)
+            .unwrap()
+            .key;
+        assert_eq!(keys::kcv(KeyKind::Tdk, key.expose_secret()), tdk.kcv);
+        // The delivery header says N: the block may not be translated further.
+        let refused = s.tr31_translate(&m::Tr31Translate {
+            from_zone: "z1".into(),
+            to_zone: "z2".into(),
+            key_block: out.key_block,
+        });
+        assert!(matches!(refused, Err(Error::Policy(_))));
+        // An exportable key block made by a partner under z1 translates to z2.
+        let mut header = tr31::Header::new(
+            tr31::Version::D,
+            tr31::KeyUsage::BDK,
+            tr31::Algorithm::AES,
+            tr31::ModeOfUse::DERIVE,
+            tr31::Exportability::EXPORTABLE,
+        );
+        header.key_version = tr31::KeyVersion::from_bytes(*b"01");
+        let bdk = tr31::Key::new(&[0x33; 32]).unwrap();
+        let block = tr31::seal(
+            &z1,
+            &header,
+            &bdk,
+            &SealOptions::default(),
+            tr31::Padding::Random(&mut tr31::OsRandom),
+        )
+        .unwrap();
+        let moved = s
+            .tr31_translate(&m::Tr31Translate {
+                from_zone: "z1".into(),
+                to_zone: "z2".into(),
+                key_block: block.clone(),
+            })
+            .unwrap();
+        let z2 = tr31::Kbpk::new(&[0x77; 32]).unwrap();
+        let opened = tr31::open(&moved.key_block, &z2, Profile::Strict).unwrap();
+        assert!(opened.key.ct_eq(&bdk));
+        assert_eq!(opened.header.key_version.as_str(), "01");
+        // Wrong source zone: the block does not open.
+        let wrong = s.tr31_translate(&m::Tr31Translate {
+            from_zone: "z2".into(),
+            to_zone: "z1".into(),
+            key_block: block,
+        });
+        assert!(matches!(
+            wrong,
+            Err(Error::Tr31(tr31::Error::Authentication))
+        ));
+        // Identity keys never leave.
+        let idk = s.tr31_export(&m::Tr31Export {
+            key_id: identity.key_id,
+            zone: "z1".into(),
+        });
+        assert!(matches!(idk, Err(Error::Policy(_))));
     }
 
     #[test]

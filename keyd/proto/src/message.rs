@@ -301,6 +301,22 @@ message! {
     ZoneInfo { zone: String, kcv: [u8; 3] }
 }
 
+message! {
+    /// Re-wraps a TR-31 block from one zone's ZMK to another's, both held in the token. The
+    /// key's exportability is honoured: `N` is refused, `E` and `S` go into a version D block
+    /// with the same header. Admin only.
+    Tr31Translate { from_zone: String, to_zone: String, key_block: String }
+}
+message! {
+    /// A key block and the KCV of the key inside it.
+    KeyBlockOut { key_block: String, kcv: [u8; 3] }
+}
+message! {
+    /// Exports a stored key under a zone's ZMK as a version D block with its delivery header,
+    /// if its stored exportability allows (identity keys never leave). Admin only.
+    Tr31Export { key_id: String, zone: String }
+}
+
 operation!(Hello, 0x0001, Session, HelloResponse);
 operation!(Ping, 0x0002, Session, Empty);
 operation!(DeviceCreate, 0x0101, Devices, IdentityKey);
@@ -316,6 +332,8 @@ operation!(ChargeOpen, 0x0205, Data, Plaintext);
 operation!(CardDecrypt, 0x0206, Data, CardData);
 operation!(KeyCheck, 0x0207, Data, CheckValue);
 operation!(ZmkImport, 0x0301, Admin, ZoneInfo);
+operation!(Tr31Translate, 0x0302, Admin, KeyBlockOut);
+operation!(Tr31Export, 0x0303, Admin, KeyBlockOut);
 
 impl Opcode {
     /// The group of a known opcode, `None` for an unknown one.
@@ -324,7 +342,7 @@ impl Opcode {
             0x0001 | 0x0002 => Group::Session,
             0x0101..=0x0105 => Group::Devices,
             0x0201..=0x0207 => Group::Data,
-            0x0301 => Group::Admin,
+            0x0301..=0x0303 => Group::Admin,
             _ => return None,
         })
     }
@@ -392,6 +410,8 @@ mod tests {
         check::<CardDecrypt>();
         check::<KeyCheck>();
         check::<ZmkImport>();
+        check::<Tr31Translate>();
+        check::<Tr31Export>();
         assert_eq!(Opcode(0x7777).group(), None);
     }
 }
