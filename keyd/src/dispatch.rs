@@ -86,6 +86,7 @@ fn route(
         o if o == m::ZmkImport::OPCODE => call(body, out, |r| service.zmk_import(r)),
         o if o == m::Tr31Translate::OPCODE => call(body, out, |r| service.tr31_translate(r)),
         o if o == m::Tr31Export::OPCODE => call(body, out, |r| service.tr31_export(r)),
+        o if o == m::Tr31Import::OPCODE => call(body, out, |r| service.tr31_import(r)),
         _ => Err(Error::BadRequest("unknown opcode".into())),
     }
 }

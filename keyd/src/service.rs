@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use crate::config::Placement;
 use crate::hsm::{Hsm, Lmk, Memo, TokenKey, TokenKind, Zmk};
 use crate::keys::{self, KeyKind};
-use crate::store::{DeviceRecord, KeyRecord, KeyStore};
+use crate::store::{DeviceRecord, ImportedRecord, KeyRecord, KeyStore};
 use crate::{Error, crypto};
 
 /// A clear working key held for the hot path.
@@ -388,6 +388,9 @@ impl Service {
         if !self.hsm.zones().contains(&req.zone) {
             return Err(Error::NotFound("zone"));
         }
+        if req.key_id.starts_with("imp-") {
+            return self.export_imported(req);
+        }
         let record = self
             .store
             .key(&req.key_id)?
@@ -408,6 +411,108 @@ impl Service {
             &zmk,
             &record.kind.export_header()?,
             &key,
+            &SealOptions::default(),
+            tr31::Padding::Random(&mut tr31::OsRandom),
+        )?;
+        Ok(m::KeyBlockOut {
+            key_block,
+            kcv: record.kcv,
+        })
+    }
+
+    /// Imports a key block delivered under a zone's ZMK into the store.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown zone; [`Error::BadRequest`] for a bad label;
+    /// [`Error::Tr31`] for a block that is malformed, breaks the strict rules or does not open.
+    pub fn tr31_import(&self, req: &m::Tr31Import) -> Result<m::ImportedKey, Error> {
+        if !self.hsm.zones().contains(&req.zone) {
+            return Err(Error::NotFound("zone"));
+        }
+        if req.label.is_empty()
+            || req.label.len() > 64
+            || !req.label.bytes().all(|c| (0x20..0x7F).contains(&c))
+        {
+            return Err(Error::BadRequest(
+                "labels are 1-64 printable ASCII characters".into(),
+            ));
+        }
+        let zmk = Zmk {
+            hsm: &*self.hsm,
+            zone: &req.zone,
+        };
+        let opened =
+            KeyBlock::parse(&req.key_block, Profile::Strict)?.open_external(&Memo::new(&zmk))?;
+        let key_id = keys::new_id("imp", &*self.hsm)?;
+        let mut header = opened.header;
+        header.version = tr31::Version::D;
+        header.key_context = tr31::KeyContext::STORAGE;
+        header.optional_blocks.retain(|b| {
+            !matches!(
+                b.id(),
+                tr31::BlockId::PB | tr31::BlockId::KP | tr31::BlockId::LB
+            )
+        });
+        header.optional_blocks.push(tr31::OptionalBlock::new(
+            tr31::BlockId::LB,
+            key_id.as_str(),
+        )?);
+        let lmk = Lmk(&*self.hsm);
+        let block = tr31::seal_external(
+            &Memo::new(&lmk),
+            &header,
+            &opened.key,
+            &SealOptions::default(),
+            tr31::Padding::Random(&mut tr31::OsRandom),
+        )?;
+        let kcv = tr31::kcv::for_algorithm(header.algorithm, opened.key.expose_secret())
+            .unwrap_or_default();
+        self.store.insert_imported(&ImportedRecord {
+            key_id: key_id.clone(),
+            label: req.label.clone(),
+            kcv,
+            block,
+            created_at: now(),
+        })?;
+        Ok(m::ImportedKey { key_id, kcv })
+    }
+
+    fn export_imported(&self, req: &m::Tr31Export) -> Result<m::KeyBlockOut, Error> {
+        let record = self
+            .store
+            .imported(&req.key_id)?
+            .ok_or(Error::NotFound("key"))?;
+        let opened =
+            KeyBlock::parse(&record.block, Profile::Strict)?.open_external(&Lmk(&*self.hsm))?;
+        let bound = opened
+            .header
+            .optional_block(tr31::BlockId::LB)
+            .map(tr31::OptionalBlock::data);
+        if bound != Some(record.key_id.as_str()) {
+            return Err(Error::Store(format!(
+                "stored block of {} does not match its record",
+                record.key_id
+            )));
+        }
+        let mut header = opened.header;
+        if !matches!(
+            header.exportability,
+            tr31::Exportability::EXPORTABLE | tr31::Exportability::SENSITIVE
+        ) {
+            return Err(Error::Policy("the key is not exportable"));
+        }
+        header.key_context = tr31::KeyContext::ANY;
+        header
+            .optional_blocks
+            .retain(|b| !matches!(b.id(), tr31::BlockId::PB | tr31::BlockId::LB));
+        let zmk = Zmk {
+            hsm: &*self.hsm,
+            zone: &req.zone,
+        };
+        let key_block = tr31::seal_external(
+            &zmk,
+            &header,
+            &opened.key,
             &SealOptions::default(),
             tr31::Padding::Random(&mut tr31::OsRandom),
         )?;

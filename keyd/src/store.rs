@@ -53,6 +53,22 @@ pub struct KeyRecord {
     pub created_at: u64,
 }
 
+/// A key imported from outside (not a device key): its TR-31 storage block keeps the header it
+/// arrived with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedRecord {
+    /// `imp-…`
+    pub key_id: String,
+    /// The operator's label.
+    pub label: String,
+    /// Check value.
+    pub kcv: [u8; 3],
+    /// TR-31 version D block under the LMK, key context 1, key id in `LB`.
+    pub block: String,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
 /// What keyd needs from its store.
 pub trait KeyStore: Send + Sync + 'static {
     /// A device, if known.
@@ -103,6 +119,18 @@ pub trait KeyStore: Send + Sync + 'static {
     /// # Errors
     /// [`Error::Store`].
     fn key_set(&self, key_set_id: &str) -> Result<Vec<KeyRecord>, Error>;
+
+    /// Stores an imported key.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    fn insert_imported(&self, record: &ImportedRecord) -> Result<(), Error>;
+
+    /// An imported key by id.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    fn imported(&self, key_id: &str) -> Result<Option<ImportedRecord>, Error>;
 }
 
 /// The in-memory twin.
@@ -115,6 +143,7 @@ pub struct MemoryStore {
 struct Tables {
     devices: HashMap<String, DeviceRecord>,
     keys: HashMap<String, KeyRecord>,
+    imported: HashMap<String, ImportedRecord>,
 }
 
 impl MemoryStore {
@@ -229,6 +258,17 @@ impl KeyStore for MemoryStore {
         keys.sort_by_key(|k| KeyKind::SET.iter().position(|s| *s == k.kind));
         Ok(keys)
     }
+
+    fn insert_imported(&self, record: &ImportedRecord) -> Result<(), Error> {
+        self.tables()
+            .imported
+            .insert(record.key_id.clone(), record.clone());
+        Ok(())
+    }
+
+    fn imported(&self, key_id: &str) -> Result<Option<ImportedRecord>, Error> {
+        Ok(self.tables().imported.get(key_id).cloned())
+    }
 }
 
 /// The durable store.
@@ -277,6 +317,13 @@ CREATE TABLE IF NOT EXISTS keys (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS keys_by_set ON keys(key_set_id);
 CREATE INDEX IF NOT EXISTS keys_by_device ON keys(device_id);
+CREATE TABLE IF NOT EXISTS imported_keys (
+    key_id TEXT PRIMARY KEY,
+    label TEXT NOT NULL,
+    kcv BLOB NOT NULL,
+    block TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
 ";
 
 fn connect(path: &Path) -> Result<Connection, Error> {
@@ -535,6 +582,39 @@ impl KeyStore for SqliteStore {
         keys.sort_by_key(|k| KeyKind::SET.iter().position(|s| *s == k.kind));
         Ok(keys)
     }
+
+    fn insert_imported(&self, record: &ImportedRecord) -> Result<(), Error> {
+        let r = record.clone();
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO imported_keys (key_id, label, kcv, block, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![r.key_id, r.label, r.kcv.as_slice(), r.block, seconds(r.created_at)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn imported(&self, key_id: &str) -> Result<Option<ImportedRecord>, Error> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT key_id, label, kcv, block, created_at FROM imported_keys WHERE key_id = ?1",
+        )?;
+        Ok(stmt
+            .query_row([key_id], |row| {
+                let kcv: Vec<u8> = row.get(2)?;
+                Ok(ImportedRecord {
+                    key_id: row.get(0)?,
+                    label: row.get(1)?,
+                    kcv: kcv
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| rusqlite::Error::InvalidQuery)?,
+                    block: row.get(3)?,
+                    created_at: u64::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
+                })
+            })
+            .optional()?)
+    }
 }
 
 #[cfg(test)]
@@ -636,6 +716,16 @@ mod tests {
             KeyKind::SET
         );
 
+        let imported = ImportedRecord {
+            key_id: "imp-1".into(),
+            label: "partner BDK".into(),
+            kcv: [9, 9, 9],
+            block: "b".into(),
+            created_at: 5,
+        };
+        store.insert_imported(&imported).unwrap();
+        assert_eq!(store.imported("imp-1").unwrap(), Some(imported));
+        assert_eq!(store.imported("imp-2").unwrap(), None);
         store.revoke_key_sets("POS-00000001").unwrap();
         assert!(store.key("msk-ks-c").unwrap().unwrap().revoked);
         assert!(

@@ -289,3 +289,78 @@ fn the_pin_file_must_be_private_and_the_token_must_exist() {
     assert!(!out.status.success(), "a second init is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("exists already"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_import_export_and_translate_on_softhsm() {
+    let mut keyd = keyd(r#""data", "devices", "admin""#, "memory");
+    keyd.start().unwrap();
+    let client = Client::connect(keyd.socket()).await.unwrap();
+    let z1 = tr31::Kbpk::new(&hex(ZMK_HEX)).unwrap();
+    let z2_key = [0x6B; 32];
+    let zone = client
+        .call(&m::ZmkImport {
+            zone: "z2".into(),
+            key: Secret::new(&z2_key),
+        })
+        .await
+        .unwrap();
+    let kcv = tr31::kcv::cmac_aes(&z2_key).unwrap();
+    assert_eq!(zone.kcv, [kcv[0], kcv[1], kcv[2]]);
+
+    let header = tr31::Header::parse("D0000B0AX01E0000", tr31::Profile::Strict).unwrap();
+    let bdk = tr31::Key::new(&[0x42; 32]).unwrap();
+    let block = tr31::seal(
+        &z1,
+        &header,
+        &bdk,
+        &tr31::SealOptions::default(),
+        tr31::Padding::Random(&mut tr31::OsRandom),
+    )
+    .unwrap();
+
+    let moved = client
+        .call(&m::Tr31Translate {
+            from_zone: "z1".into(),
+            to_zone: "z2".into(),
+            key_block: block.clone(),
+        })
+        .await
+        .unwrap();
+    let z2 = tr31::Kbpk::new(&z2_key).unwrap();
+    assert!(
+        tr31::open(&moved.key_block, &z2, tr31::Profile::Strict)
+            .unwrap()
+            .key
+            .ct_eq(&bdk)
+    );
+
+    let imported = client
+        .call(&m::Tr31Import {
+            zone: "z1".into(),
+            key_block: block,
+            label: "acquirer BDK".into(),
+        })
+        .await
+        .unwrap();
+    let out = client
+        .call(&m::Tr31Export {
+            key_id: imported.key_id,
+            zone: "z2".into(),
+        })
+        .await
+        .unwrap();
+    let back = tr31::open(&out.key_block, &z2, tr31::Profile::Strict).unwrap();
+    assert!(back.key.ct_eq(&bdk));
+    assert_eq!(back.header.key_version.as_str(), "01");
+
+    let unknown = client
+        .call(&m::Tr31Export {
+            key_id: "imp-unknown".into(),
+            zone: "z2".into(),
+        })
+        .await;
+    assert!(matches!(
+        unknown,
+        Err(ClientError::Status(Status::NOT_FOUND))
+    ));
+}

@@ -312,9 +312,21 @@ message! {
     KeyBlockOut { key_block: String, kcv: [u8; 3] }
 }
 message! {
-    /// Exports a stored key under a zone's ZMK as a version D block with its delivery header,
-    /// if its stored exportability allows (identity keys never leave). Admin only.
+    /// Exports a stored key under a zone's ZMK as a version D block: device keys with their
+    /// delivery header, imported keys with the header they came with. Only keys whose stored
+    /// exportability allows it (identity keys never leave). Admin only.
     Tr31Export { key_id: String, zone: String }
+}
+
+message! {
+    /// Imports a key delivered as a TR-31 block under a zone's ZMK (a partner's BDK, say) into
+    /// keyd's store, wrapped under the LMK with its header. `label` is kept with the record.
+    /// Admin only.
+    Tr31Import { zone: String, key_block: String, label: String }
+}
+message! {
+    /// An imported key's id and check value.
+    ImportedKey { key_id: String, kcv: [u8; 3] }
 }
 
 operation!(Hello, 0x0001, Session, HelloResponse);
@@ -334,6 +346,7 @@ operation!(KeyCheck, 0x0207, Data, CheckValue);
 operation!(ZmkImport, 0x0301, Admin, ZoneInfo);
 operation!(Tr31Translate, 0x0302, Admin, KeyBlockOut);
 operation!(Tr31Export, 0x0303, Admin, KeyBlockOut);
+operation!(Tr31Import, 0x0304, Admin, ImportedKey);
 
 impl Opcode {
     /// The group of a known opcode, `None` for an unknown one.
@@ -342,7 +355,7 @@ impl Opcode {
             0x0001 | 0x0002 => Group::Session,
             0x0101..=0x0105 => Group::Devices,
             0x0201..=0x0207 => Group::Data,
-            0x0301..=0x0303 => Group::Admin,
+            0x0301..=0x0304 => Group::Admin,
             _ => return None,
         })
     }
@@ -412,6 +425,7 @@ mod tests {
         check::<ZmkImport>();
         check::<Tr31Translate>();
         check::<Tr31Export>();
+        check::<Tr31Import>();
         assert_eq!(Opcode(0x7777).group(), None);
     }
 }
