@@ -91,6 +91,35 @@ impl std::fmt::Debug for Service {
     }
 }
 
+/// Seals a key under an HSM-held KBPK with the default (strict, obfuscating) options and fresh
+/// random padding.
+fn seal_random(
+    kbpk: &dyn tr31::ExternalKbpk,
+    header: &tr31::Header,
+    key: &tr31::Key,
+) -> Result<String, Error> {
+    Ok(tr31::seal_external(
+        kbpk,
+        header,
+        key,
+        &SealOptions::default(),
+        tr31::Padding::Random(&mut tr31::OsRandom),
+    )?)
+}
+
+/// Keys leave keyd only if their own header allows it: `E` (into key blocks, which is all keyd
+/// writes) or `S`; never `N`.
+fn require_exportable(header: &tr31::Header) -> Result<(), Error> {
+    if matches!(
+        header.exportability,
+        tr31::Exportability::EXPORTABLE | tr31::Exportability::SENSITIVE
+    ) {
+        Ok(())
+    } else {
+        Err(Error::Policy("the key is not exportable"))
+    }
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -156,9 +185,7 @@ impl Service {
                 "zone names are 1-64 characters of [0-9A-Za-z_.-]".into(),
             ));
         }
-        if !self.hsm.zones().contains(&req.zone) {
-            return Err(Error::NotFound("zone"));
-        }
+        self.require_zone(&req.zone)?;
         let (record, secret) = self.new_identity(&req.device_id)?;
         let device = DeviceRecord {
             device_id: req.device_id.clone(),
@@ -342,9 +369,7 @@ impl Service {
     /// malformed block.
     pub fn tr31_translate(&self, req: &m::Tr31Translate) -> Result<m::KeyBlockOut, Error> {
         for zone in [&req.from_zone, &req.to_zone] {
-            if !self.hsm.zones().contains(zone) {
-                return Err(Error::NotFound("zone"));
-            }
+            self.require_zone(zone)?;
         }
         let from = Zmk {
             hsm: &*self.hsm,
@@ -353,12 +378,7 @@ impl Service {
         let from = Memo::new(&from);
         let opened = KeyBlock::parse(&req.key_block, Profile::Strict)?.open_external(&from)?;
         let mut header = opened.header;
-        if !matches!(
-            header.exportability,
-            tr31::Exportability::EXPORTABLE | tr31::Exportability::SENSITIVE
-        ) {
-            return Err(Error::Policy("the key is not exportable"));
-        }
+        require_exportable(&header)?;
         header.version = tr31::Version::D;
         header
             .optional_blocks
@@ -367,13 +387,7 @@ impl Service {
             hsm: &*self.hsm,
             zone: &req.to_zone,
         };
-        let key_block = tr31::seal_external(
-            &to,
-            &header,
-            &opened.key,
-            &SealOptions::default(),
-            tr31::Padding::Random(&mut tr31::OsRandom),
-        )?;
+        let key_block = seal_random(&to, &header, &opened.key)?;
         let kcv = tr31::kcv::for_algorithm(header.algorithm, opened.key.expose_secret())
             .unwrap_or_default();
         Ok(m::KeyBlockOut { key_block, kcv })
@@ -385,9 +399,7 @@ impl Service {
     /// [`Error::NotFound`] for an unknown key or zone; [`Error::Policy`] for a key whose stored
     /// exportability is N (identity keys).
     pub fn tr31_export(&self, req: &m::Tr31Export) -> Result<m::KeyBlockOut, Error> {
-        if !self.hsm.zones().contains(&req.zone) {
-            return Err(Error::NotFound("zone"));
-        }
+        self.require_zone(&req.zone)?;
         if req.key_id.starts_with("imp-") {
             return self.export_imported(req);
         }
@@ -407,13 +419,7 @@ impl Service {
             hsm: &*self.hsm,
             zone: &req.zone,
         };
-        let key_block = tr31::seal_external(
-            &zmk,
-            &record.kind.export_header()?,
-            &key,
-            &SealOptions::default(),
-            tr31::Padding::Random(&mut tr31::OsRandom),
-        )?;
+        let key_block = seal_random(&zmk, &record.kind.export_header()?, &key)?;
         Ok(m::KeyBlockOut {
             key_block,
             kcv: record.kcv,
@@ -426,9 +432,7 @@ impl Service {
     /// [`Error::NotFound`] for an unknown zone; [`Error::BadRequest`] for a bad label;
     /// [`Error::Tr31`] for a block that is malformed, breaks the strict rules or does not open.
     pub fn tr31_import(&self, req: &m::Tr31Import) -> Result<m::ImportedKey, Error> {
-        if !self.hsm.zones().contains(&req.zone) {
-            return Err(Error::NotFound("zone"));
-        }
+        self.require_zone(&req.zone)?;
         if req.label.is_empty()
             || req.label.len() > 64
             || !req.label.bytes().all(|c| (0x20..0x7F).contains(&c))
@@ -458,13 +462,7 @@ impl Service {
             key_id.as_str(),
         )?);
         let lmk = Lmk(&*self.hsm);
-        let block = tr31::seal_external(
-            &Memo::new(&lmk),
-            &header,
-            &opened.key,
-            &SealOptions::default(),
-            tr31::Padding::Random(&mut tr31::OsRandom),
-        )?;
+        let block = seal_random(&Memo::new(&lmk), &header, &opened.key)?;
         let kcv = tr31::kcv::for_algorithm(header.algorithm, opened.key.expose_secret())
             .unwrap_or_default();
         self.store.insert_imported(&ImportedRecord {
@@ -495,12 +493,7 @@ impl Service {
             )));
         }
         let mut header = opened.header;
-        if !matches!(
-            header.exportability,
-            tr31::Exportability::EXPORTABLE | tr31::Exportability::SENSITIVE
-        ) {
-            return Err(Error::Policy("the key is not exportable"));
-        }
+        require_exportable(&header)?;
         header.key_context = tr31::KeyContext::ANY;
         header
             .optional_blocks
@@ -509,13 +502,7 @@ impl Service {
             hsm: &*self.hsm,
             zone: &req.zone,
         };
-        let key_block = tr31::seal_external(
-            &zmk,
-            &header,
-            &opened.key,
-            &SealOptions::default(),
-            tr31::Padding::Random(&mut tr31::OsRandom),
-        )?;
+        let key_block = seal_random(&zmk, &header, &opened.key)?;
         Ok(m::KeyBlockOut {
             key_block,
             kcv: record.kcv,
@@ -639,6 +626,14 @@ impl Service {
 
     // ----- internals --------------------------------------------------------------------
 
+    fn require_zone(&self, zone: &str) -> Result<(), Error> {
+        if self.hsm.zones().iter().any(|z| z == zone) {
+            Ok(())
+        } else {
+            Err(Error::NotFound("zone"))
+        }
+    }
+
     fn device(&self, device_id: &str) -> Result<DeviceRecord, Error> {
         self.store
             .device(device_id)?
@@ -667,13 +662,7 @@ impl Service {
         let key_id = keys::new_id(kind.name(), &*self.hsm)?;
         let header = kind.storage_header(&key_id)?;
         let key = tr31::Key::new(bytes)?;
-        let block = tr31::seal_external(
-            lmk,
-            &header,
-            &key,
-            &SealOptions::default(),
-            tr31::Padding::Random(&mut tr31::OsRandom),
-        )?;
+        let block = seal_random(lmk, &header, &key)?;
         Ok(KeyRecord {
             kcv: keys::kcv(kind, bytes),
             key_id,

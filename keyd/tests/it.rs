@@ -10,13 +10,11 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use hmac::{Hmac, KeyInit, Mac};
 use keyd_proto::message as m;
 use keyd_proto::{Client, ClientError, Opcode, Secret, Status};
-use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use e2e::{KeydProcess, ZMK_HEX, hex};
+use e2e::{KeydProcess, ZMK_HEX, device, hex};
 
 fn keyd(groups: &str, placement: &str) -> KeydProcess {
     KeydProcess::new(
@@ -28,47 +26,18 @@ fn keyd(groups: &str, placement: &str) -> KeydProcess {
 }
 
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
-    mac.update(msg);
-    mac.finalize().into_bytes().into()
+    device::hmac(key, msg).unwrap()
 }
 
-fn encrypt(key: &[u8], iv: &[u8; 16], plaintext: &[u8]) -> Vec<u8> {
-    use aes::cipher::{BlockModeEncrypt, KeyIvInit, block_padding::Pkcs7};
-    let mut out = vec![0u8; (plaintext.len() / 16 + 1) * 16];
-    let n = cbc::Encryptor::<aes::Aes256>::new_from_slices(key, iv)
-        .unwrap()
-        .encrypt_padded_b2b::<Pkcs7>(plaintext, &mut out)
-        .unwrap()
-        .len();
-    out.truncate(n);
-    out
-}
-
-/// The device side: unwrap the delivered blocks from the ZMK down, check every KCV.
+/// The device side: unwrap the delivered blocks from the ZMK down; every KCV must match.
 fn unwrap_set(export: &m::KeySetExportResponse) -> std::collections::HashMap<String, Vec<u8>> {
-    let mut keys = std::collections::HashMap::new();
-    for k in &export.keys {
-        let parent: Vec<u8> = match k.wrapped_under.as_str() {
-            "zmk" => hex(ZMK_HEX),
-            other => keys.get(other).cloned().unwrap(),
-        };
-        let opened = tr31::open(
-            &k.key_block,
-            &tr31::Kbpk::new(&parent).unwrap(),
-            tr31::Profile::Strict,
-        )
-        .unwrap();
-        let expected = if k.kind == "mac" {
-            tr31::kcv::hmac_sha256(opened.key.expose_secret())
-        } else {
-            let v = tr31::kcv::cmac_aes(opened.key.expose_secret()).unwrap();
-            [v[0], v[1], v[2]]
-        };
-        assert_eq!(expected, k.kcv, "{}", k.kind);
-        keys.insert(k.kind.clone(), opened.key.expose_secret().to_vec());
-    }
-    keys
+    let keys = device::unwrap_key_set(export, &hex(ZMK_HEX)).unwrap();
+    keys.into_iter()
+        .map(|(kind, k)| {
+            assert_eq!(k.kcv, k.sent_kcv, "{kind}");
+            (kind, k.key)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +137,7 @@ async fn lifecycle(placement: &str) {
         let client = client.clone();
         let plaintext = format!(r#"{{"n":{i}}}"#);
         let iv = [u8::try_from(i % 256).unwrap(); 16];
-        let ciphertext = encrypt(&keys["msk"], &iv, plaintext.as_bytes());
+        let ciphertext = device::encrypt(&keys["msk"], &iv, plaintext.as_bytes()).unwrap();
         let message = format!(
             "TID-000001\n{}\n1700000000\nnonce{i:08}\nPOST\n/pos/charge\n",
             id("mac")

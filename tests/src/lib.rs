@@ -167,3 +167,96 @@ pub fn hex(s: &str) -> Vec<u8> {
         .filter_map(|i| s.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok()))
         .collect()
 }
+
+/// What a terminal does with keys, for tests and drivers: sign, encrypt, and unwrap a delivered
+/// key set from the ZMK down.
+pub mod device {
+    use std::collections::HashMap;
+
+    use aes::cipher::block_padding::Pkcs7;
+    use aes::cipher::{BlockModeEncrypt, KeyIvInit};
+    use hmac::{Hmac, KeyInit, Mac};
+    use keyd_proto::message::KeySetExportResponse;
+    use sha2::Sha256;
+
+    use crate::Error;
+
+    /// HMAC-SHA-256.
+    ///
+    /// # Errors
+    /// Never for real keys (HMAC takes any length).
+    pub fn hmac(key: &[u8], message: &[u8]) -> Result<[u8; 32], Error> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)?;
+        mac.update(message);
+        Ok(mac.finalize().into_bytes().into())
+    }
+
+    /// AES-256-CBC with PKCS#7 padding, as the contract's envelopes and card data use it.
+    ///
+    /// # Errors
+    /// For a key that is not 32 bytes.
+    pub fn encrypt(key: &[u8], iv: &[u8; 16], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut out = vec![0u8; (plaintext.len() / 16 + 1) * 16];
+        let n = cbc::Encryptor::<aes::Aes256>::new_from_slices(key, iv)?
+            .encrypt_padded_b2b::<Pkcs7>(plaintext, &mut out)
+            .map_err(|_| "padding")?
+            .len();
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// A delivered key: its id and clear value.
+    #[derive(Debug)]
+    pub struct DeliveredKey {
+        /// The key's id.
+        pub key_id: String,
+        /// The clear key (test data).
+        pub key: Vec<u8>,
+        /// The KCV the device computes itself.
+        pub kcv: [u8; 3],
+        /// The KCV keyd sent with it.
+        pub sent_kcv: [u8; 3],
+    }
+
+    /// Unwraps every block of a delivered key set, each under the key named in its
+    /// `wrapped_under` (the ZMK first), strictly, and computes each key's check value.
+    ///
+    /// # Errors
+    /// If a block does not open or a parent key is missing.
+    pub fn unwrap_key_set(
+        export: &KeySetExportResponse,
+        zmk: &[u8],
+    ) -> Result<HashMap<String, DeliveredKey>, Error> {
+        let mut keys: HashMap<String, DeliveredKey> = HashMap::new();
+        for k in &export.keys {
+            let parent = match k.wrapped_under.as_str() {
+                "zmk" => zmk.to_vec(),
+                other => keys
+                    .get(other)
+                    .map(|p| p.key.clone())
+                    .ok_or("a parent key is missing")?,
+            };
+            let opened = tr31::open(
+                &k.key_block,
+                &tr31::Kbpk::new(&parent)?,
+                tr31::Profile::Strict,
+            )?;
+            let key = opened.key.expose_secret().to_vec();
+            let kcv = if k.kind == "mac" {
+                tr31::kcv::hmac_sha256(&key)
+            } else {
+                tr31::kcv::for_algorithm(tr31::Algorithm::AES, &key).unwrap_or_default()
+            };
+            keys.insert(
+                k.kind.clone(),
+                DeliveredKey {
+                    key_id: k.key_id.clone(),
+                    key,
+                    kcv,
+                    sent_kcv: k.kcv,
+                },
+            );
+        }
+        Ok(keys)
+    }
+}

@@ -16,13 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aes::cipher::block_padding::Pkcs7;
-use aes::cipher::{BlockModeEncrypt, KeyIvInit};
 use clap::Parser;
-use hmac::{Hmac, KeyInit, Mac};
+use e2e::device::DeliveredKey;
 use keyd_proto::message as m;
 use keyd_proto::{Client, Secret};
-use sha2::Sha256;
+use std::collections::HashMap;
 
 /// keyd load driver.
 #[derive(Debug, Parser)]
@@ -63,33 +61,21 @@ struct Device {
 }
 
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
-    mac.update(msg);
-    mac.finalize().into_bytes().into()
+    e2e::device::hmac(key, msg).unwrap()
 }
 
 fn encrypt(key: &[u8], iv: &[u8; 16], plaintext: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; (plaintext.len() / 16 + 1) * 16];
-    let n = cbc::Encryptor::<aes::Aes256>::new_from_slices(key, iv)
-        .unwrap()
-        .encrypt_padded_b2b::<Pkcs7>(plaintext, &mut out)
-        .unwrap()
-        .len();
-    out.truncate(n);
-    out
+    e2e::device::encrypt(key, iv, plaintext).unwrap()
 }
 
 /// A charge request as the API would build it: the envelope JSON is the signed body.
-fn charge(
-    keys: &std::collections::HashMap<String, (String, Vec<u8>)>,
-    bytes: usize,
-) -> m::ChargeOpen {
+fn charge(keys: &HashMap<String, DeliveredKey>, bytes: usize) -> m::ChargeOpen {
     let plaintext = format!(
         r#"{{"amount":{{"value":"1500","currency":"EUR"}},"pad":"{}"}}"#,
         "x".repeat(bytes.saturating_sub(48))
     );
     let iv = [0x42u8; 16];
-    let ciphertext = encrypt(&keys["msk"].1, &iv, plaintext.as_bytes());
+    let ciphertext = encrypt(&keys["msk"].key, &iv, plaintext.as_bytes());
     let body = format!(
         r#"{{"format":"TR31-DATA","ciphertext":"{}","initialization_vector":"{}","mode":"CBC","key_kcv":"000000"}}"#,
         ciphertext
@@ -100,14 +86,14 @@ fn charge(
     );
     let message = format!(
         "TID-000001\n{}\n1700000000\nabcdefabcdef\nPOST\n/pos/charge\n{body}",
-        keys["mac"].0
+        keys["mac"].key_id
     )
     .into_bytes();
     m::ChargeOpen {
-        mac_key_id: keys["mac"].0.clone(),
-        signature: hmac(&keys["mac"].1, &message),
+        mac_key_id: keys["mac"].key_id.clone(),
+        signature: hmac(&keys["mac"].key, &message),
         message,
-        msk_key_id: keys["msk"].0.clone(),
+        msk_key_id: keys["msk"].key_id.clone(),
         iv,
         ciphertext,
     }
@@ -190,7 +176,6 @@ async fn main() {
     );
 
     // Deliver each set and unwrap it the way the device would, to sign and encrypt charges.
-    let zmk = tr31::Kbpk::new(&e2e::hex(e2e::ZMK_HEX)).unwrap();
     let mut devices = Vec::new();
     for (device_id, key_set_id) in &sets {
         let export = client
@@ -200,24 +185,7 @@ async fn main() {
             })
             .await
             .unwrap();
-        let mut keys = std::collections::HashMap::new();
-        for k in &export.keys {
-            let parent = match k.wrapped_under.as_str() {
-                "zmk" => tr31::Kbpk::new(zmk.expose_secret()).unwrap(),
-                other => tr31::Kbpk::new(
-                    &keys
-                        .get(other)
-                        .map(|(_, v): &(String, Vec<u8>)| v.clone())
-                        .unwrap(),
-                )
-                .unwrap(),
-            };
-            let opened = tr31::open(&k.key_block, &parent, tr31::Profile::Strict).unwrap();
-            keys.insert(
-                k.kind.clone(),
-                (k.key_id.clone(), opened.key.expose_secret().to_vec()),
-            );
-        }
+        let keys = e2e::device::unwrap_key_set(&export, &e2e::hex(e2e::ZMK_HEX)).unwrap();
         devices.push(Device {
             charge: charge(&keys, args.envelope_bytes),
         });
@@ -333,27 +301,7 @@ fn in_process_ceiling(envelope_bytes: usize, seconds: u64) -> f64 {
             key_set_id: set.key_set_id,
         })
         .unwrap();
-    let zmk = tr31::Kbpk::new(&e2e::hex(e2e::ZMK_HEX)).unwrap();
-    let mut keys = std::collections::HashMap::new();
-    for k in &export.keys {
-        let parent = match k.wrapped_under.as_str() {
-            "zmk" => zmk.expose_secret().to_vec(),
-            other => keys
-                .get(other)
-                .map(|(_, v): &(String, Vec<u8>)| v.clone())
-                .unwrap(),
-        };
-        let opened = tr31::open(
-            &k.key_block,
-            &tr31::Kbpk::new(&parent).unwrap(),
-            tr31::Profile::Strict,
-        )
-        .unwrap();
-        keys.insert(
-            k.kind.clone(),
-            (k.key_id.clone(), opened.key.expose_secret().to_vec()),
-        );
-    }
+    let keys = e2e::device::unwrap_key_set(&export, &e2e::hex(e2e::ZMK_HEX)).unwrap();
     let request = Arc::new(charge(&keys, envelope_bytes));
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
@@ -436,9 +384,16 @@ fn bare_cryptoki_loop(label: &str, envelope_bytes: usize, seconds: u64) {
         KeyType::AES,
         [Attribute::Encrypt(true), Attribute::Decrypt(true)],
     );
-    let mut keys = std::collections::HashMap::new();
-    keys.insert("mac".to_owned(), ("mac".to_owned(), vec![0x11; 32]));
-    keys.insert("msk".to_owned(), ("msk".to_owned(), vec![0x11; 32]));
+    let same = |id: &str| DeliveredKey {
+        key_id: id.to_owned(),
+        key: vec![0x11; 32],
+        kcv: [0; 3],
+        sent_kcv: [0; 3],
+    };
+    let keys = HashMap::from([
+        ("mac".to_owned(), same("mac")),
+        ("msk".to_owned(), same("msk")),
+    ]);
     let request = charge(&keys, envelope_bytes);
     let started = Instant::now();
     let mut n = 0u64;

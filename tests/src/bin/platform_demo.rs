@@ -11,22 +11,15 @@
     reason = "a demo talks to the person running it and fails loudly"
 )]
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 
-use aes::cipher::block_padding::Pkcs7;
-use aes::cipher::{BlockModeEncrypt, KeyIvInit};
-use hmac::{Hmac, KeyInit, Mac};
 use keyd_proto::message as m;
 use keyd_proto::{Client, ClientError};
-use sha2::Sha256;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 fn hmac(key: &[u8], msg: &[u8]) -> Result<[u8; 32], Error> {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)?;
-    mac.update(msg);
-    Ok(mac.finalize().into_bytes().into())
+    e2e::device::hmac(key, msg)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -89,43 +82,25 @@ async fn run() -> Result<(), Error> {
         "== key set {} delivered as TR-31 version D blocks; the device unwraps them from the ZMK down:",
         set.key_set_id
     );
-    let mut keys: HashMap<String, (String, Vec<u8>)> = HashMap::new();
+    let keys = e2e::device::unwrap_key_set(&export, &zmk)?;
     for k in &export.keys {
-        let parent = match k.wrapped_under.as_str() {
-            "zmk" => zmk.clone(),
-            other => keys
-                .get(other)
-                .map(|(_, v)| v.clone())
-                .ok_or("key set out of order")?,
-        };
-        let opened = tr31::open(
-            &k.key_block,
-            &tr31::Kbpk::new(&parent)?,
-            tr31::Profile::Strict,
-        )?;
-        let key = opened.key.expose_secret();
-        let kcv = if k.kind == "mac" {
-            tr31::kcv::hmac_sha256(key)
-        } else {
-            tr31::kcv::for_algorithm(tr31::Algorithm::AES, key).unwrap_or_default()
-        };
+        let delivered = keys.get(&k.kind).ok_or("a delivered key is missing")?;
         let short = format!(
             "{}…{}",
             &k.key_block[..16],
             &k.key_block[k.key_block.len() - 8..]
         );
+        let agreed = if delivered.kcv == k.kcv {
+            "(device computes the same)"
+        } else {
+            "(MISMATCH)"
+        };
         println!(
-            "   {} under {:<3}  {short}  KCV {} {}",
+            "   {} under {:<3}  {short}  KCV {} {agreed}",
             k.kind,
             k.wrapped_under,
-            hex(&k.kcv),
-            if kcv == k.kcv {
-                "(device computes the same)"
-            } else {
-                "(MISMATCH)"
-            }
+            hex(&k.kcv)
         );
-        keys.insert(k.kind.clone(), (k.key_id.clone(), key.to_vec()));
     }
 
     let attest = format!("{device_id}\n{}\n1764237600\nn0nce0000001", identity.key_id);
@@ -139,16 +114,12 @@ async fn run() -> Result<(), Error> {
         .await?;
     println!("== attestation signed with the identity secret: verified by keyd");
 
-    let (mac_id, mac_key) = keys.get("mac").ok_or("no mac key")?;
-    let (msk_id, msk_key) = keys.get("msk").ok_or("no msk")?;
+    let mac = keys.get("mac").ok_or("no mac key")?;
+    let msk = keys.get("msk").ok_or("no msk")?;
+    let (mac_id, mac_key, msk_id, msk_key) = (&mac.key_id, &mac.key, &msk.key_id, &msk.key);
     let plaintext = br#"{"amount":{"value":"1500","currency":"EUR"},"entry_mode":"chip"}"#;
     let iv = [0x3Cu8; 16];
-    let mut ciphertext = vec![0u8; plaintext.len() + 16];
-    let n = cbc::Encryptor::<aes::Aes256>::new_from_slices(msk_key, &iv)?
-        .encrypt_padded_b2b::<Pkcs7>(plaintext, &mut ciphertext)
-        .map_err(|_| "padding")?
-        .len();
-    ciphertext.truncate(n);
+    let ciphertext = e2e::device::encrypt(msk_key, &iv, plaintext)?;
     let body = format!(
         r#"{{"format":"TR31-DATA","ciphertext":"{}","initialization_vector":"{}","mode":"CBC"}}"#,
         hex(&ciphertext),
