@@ -74,6 +74,13 @@ fn route(
         o if o == m::DeviceCreate::OPCODE => call(body, out, |r| service.device_create(r)),
         o if o == m::IdentityRotate::OPCODE => call(body, out, |r| service.identity_rotate(r)),
         o if o == m::KeySetRevoke::OPCODE => call(body, out, |r| service.key_set_revoke(r)),
+        o if o == m::IdentityRevoke::OPCODE => call(body, out, |r| service.identity_revoke(r)),
+        o if o == m::EnvelopeSealChunks::OPCODE => {
+            call(body, out, |r| service.envelope_seal_chunks(r))
+        }
+        o if o == m::EnvelopeOpenChunks::OPCODE => {
+            call(body, out, |r| service.envelope_open_chunks(r))
+        }
         o if o == m::KeySetCreate::OPCODE => call(body, out, |r| service.key_set_create(r)),
         o if o == m::KeySetExport::OPCODE => call(body, out, |r| service.key_set_export(r)),
         o if o == m::AttestVerify::OPCODE => call(body, out, |r| service.attest_verify(r)),

@@ -120,6 +120,9 @@ fn require_exportable(header: &tr31::Header) -> Result<(), Error> {
     }
 }
 
+/// Largest piece of a chunked envelope (contract section 5).
+const CHUNK: usize = 4096;
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -218,6 +221,16 @@ impl Service {
             kcv: record.kcv,
             secret,
         })
+    }
+
+    /// Revokes a device's identity key.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown device.
+    pub fn identity_revoke(&self, req: &m::IdentityRevoke) -> Result<m::Empty, Error> {
+        self.store.revoke_identity(&req.device_id)?;
+        self.forget_device(&req.device_id);
+        Ok(m::Empty {})
     }
 
     /// Revokes every key set of a device.
@@ -571,6 +584,57 @@ impl Service {
             iv,
             ciphertext,
             kcv: key.kcv,
+        })
+    }
+
+    /// Seals the pieces of a chunked envelope, each with its own IV.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for an unknown key; [`Error::BadRequest`] for a piece over 4,096 bytes
+    /// or no pieces.
+    pub fn envelope_seal_chunks(
+        &self,
+        req: &m::EnvelopeSealChunks,
+    ) -> Result<m::SealedChunks, Error> {
+        let key = self.working_key(&req.msk_key_id, KeyKind::Msk)?;
+        if req.pieces.is_empty() || req.pieces.iter().any(|p| p.expose().len() > CHUNK) {
+            return Err(Error::BadRequest(
+                "a chunked envelope has 1 or more pieces of at most 4,096 bytes".into(),
+            ));
+        }
+        let mut chunks = Vec::with_capacity(req.pieces.len());
+        for piece in &req.pieces {
+            let mut iv = [0u8; 16];
+            getrandom::fill(&mut iv).map_err(|e| Error::Hsm(e.to_string()))?;
+            chunks.push(m::SealedChunk {
+                iv,
+                ciphertext: key.encrypt(&iv, piece.expose())?,
+            });
+        }
+        Ok(m::SealedChunks {
+            chunks,
+            kcv: key.kcv,
+        })
+    }
+
+    /// Opens a chunked envelope: every piece must open, or nothing is returned.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for an unknown key or any piece that does not open; [`Error::BadRequest`]
+    /// for no pieces.
+    pub fn envelope_open_chunks(&self, req: &m::EnvelopeOpenChunks) -> Result<m::Plaintext, Error> {
+        let key = self.working_key(&req.msk_key_id, KeyKind::Msk)?;
+        if req.chunks.is_empty() {
+            return Err(Error::BadRequest(
+                "a chunked envelope has at least one piece".into(),
+            ));
+        }
+        let mut plaintext = Zeroizing::new(Vec::new());
+        for chunk in &req.chunks {
+            plaintext.extend_from_slice(key.decrypt(&chunk.iv, &chunk.ciphertext)?.expose());
+        }
+        Ok(m::Plaintext {
+            plaintext: Secret(plaintext),
         })
     }
 
@@ -1015,6 +1079,62 @@ mod tests {
             .unwrap();
         assert_eq!(opened.plaintext.expose(), b"hello");
 
+        // Chunked envelopes: pieces sealed alone, opened and joined in order; one piece that
+        // does not open spoils the whole. (CBC has no integrity of its own: the charge signature
+        // covers the envelope.)
+        let pieces = vec![
+            Secret::new(&[1u8; 4096]),
+            Secret::new(&[2u8; 4096]),
+            Secret::new(b"tail"),
+        ];
+        let sealed = s
+            .envelope_seal_chunks(&m::EnvelopeSealChunks {
+                msk_key_id: id("msk"),
+                pieces,
+            })
+            .unwrap();
+        assert_eq!(sealed.chunks.len(), 3);
+        assert_ne!(sealed.chunks[0].iv, sealed.chunks[1].iv);
+        let chunks: Vec<m::SealedChunk> = sealed
+            .chunks
+            .iter()
+            .map(|c| m::SealedChunk {
+                iv: c.iv,
+                ciphertext: c.ciphertext.clone(),
+            })
+            .collect();
+        let joined = s
+            .envelope_open_chunks(&m::EnvelopeOpenChunks {
+                msk_key_id: id("msk"),
+                chunks,
+            })
+            .unwrap();
+        assert_eq!(joined.plaintext.expose().len(), 8196);
+        assert_eq!(&joined.plaintext.expose()[8192..], b"tail");
+        let mut broken: Vec<m::SealedChunk> = sealed
+            .chunks
+            .iter()
+            .map(|c| m::SealedChunk {
+                iv: c.iv,
+                ciphertext: c.ciphertext.clone(),
+            })
+            .collect();
+        // A bad padding in any piece (the byte before the last block flipped) refuses all.
+        let n = broken[1].ciphertext.len();
+        broken[1].ciphertext[n - 32] ^= 1;
+        assert!(matches!(
+            s.envelope_open_chunks(&m::EnvelopeOpenChunks {
+                msk_key_id: id("msk"),
+                chunks: broken
+            }),
+            Err(Error::Auth)
+        ));
+        let too_big = s.envelope_seal_chunks(&m::EnvelopeSealChunks {
+            msk_key_id: id("msk"),
+            pieces: vec![Secret::new(&[0; 4097])],
+        });
+        assert!(matches!(too_big, Err(Error::BadRequest(_))));
+
         // Batch verify.
         let batch = s
             .mac_verify_batch(&m::MacVerifyBatch {
@@ -1187,6 +1307,20 @@ mod tests {
             second.kcv,
             keys::kcv(KeyKind::Identity, second.secret.expose())
         );
+        s.identity_revoke(&m::IdentityRevoke {
+            device_id: "POS-00000005".into(),
+        })
+        .unwrap();
+        assert!(
+            matches!(s.attest_verify(&new), Err(Error::Auth)),
+            "a revoked identity no longer attests"
+        );
+        assert!(matches!(
+            s.identity_revoke(&m::IdentityRevoke {
+                device_id: "POS-0000000F".into()
+            }),
+            Err(Error::NotFound(_))
+        ));
         assert!(matches!(
             s.identity_rotate(&m::IdentityRotate {
                 device_id: "POS-0000000F".into()

@@ -102,6 +102,12 @@ pub trait KeyStore: Send + Sync + 'static {
         now: u64,
     ) -> Result<(), Error>;
 
+    /// Revokes the device's current identity key (the device keeps its record).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Store`].
+    fn revoke_identity(&self, device_id: &str) -> Result<(), Error>;
+
     /// Revokes every key set of the device.
     ///
     /// # Errors
@@ -219,6 +225,20 @@ impl KeyStore for MemoryStore {
             d.previous_key_set_id = d.key_set_id.take();
             d.rotated_at = d.previous_key_set_id.as_ref().map(|_| now);
             d.key_set_id = Some(key_set_id.to_owned());
+        }
+        Ok(())
+    }
+
+    fn revoke_identity(&self, device_id: &str) -> Result<(), Error> {
+        let mut t = self.tables();
+        let id = t
+            .devices
+            .get(device_id)
+            .ok_or(Error::NotFound("device"))?
+            .identity_key_id
+            .clone();
+        if let Some(k) = t.keys.get_mut(&id) {
+            k.revoked = true;
         }
         Ok(())
     }
@@ -549,6 +569,20 @@ impl KeyStore for SqliteStore {
         })
     }
 
+    fn revoke_identity(&self, device_id: &str) -> Result<(), Error> {
+        let device_id = device_id.to_owned();
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE keys SET revoked = 1 WHERE key_id = (SELECT identity_key_id FROM devices WHERE device_id = ?1)",
+                [&device_id],
+            )?;
+            if n == 0 {
+                return Err(Error::NotFound("device"));
+            }
+            Ok(())
+        })
+    }
+
     fn revoke_key_sets(&self, device_id: &str) -> Result<(), Error> {
         let device_id = device_id.to_owned();
         self.write(move |conn| {
@@ -728,6 +762,10 @@ mod tests {
         assert_eq!(store.imported("imp-2").unwrap(), None);
         store.revoke_key_sets("POS-00000001").unwrap();
         assert!(store.key("msk-ks-c").unwrap().unwrap().revoked);
+        assert!(matches!(
+            store.revoke_identity("POS-0000000F"),
+            Err(Error::NotFound(_))
+        ));
         assert!(
             !store.key("idk-2").unwrap().unwrap().revoked,
             "identity keys survive"

@@ -181,6 +181,7 @@ pub trait Element: Field {}
 
 impl Element for String {}
 impl Element for bool {}
+impl Element for Secret {}
 
 /// Lists carry a 4-byte count; each element is checked to fit before it is read.
 impl<T: Element> Field for Vec<T> {

@@ -329,6 +329,29 @@ message! {
     ImportedKey { key_id: String, kcv: [u8; 3] }
 }
 
+message! {
+    /// Revokes a device's identity key without a replacement (the device is disabled):
+    /// attestation fails until an identity rotation issues a new one.
+    IdentityRevoke { device_id: String }
+}
+message! {
+    /// The chunked envelope of contract section 5: each piece (at most 4,096 bytes of the gzip
+    /// stream) padded and encrypted alone under the MSK with its own random IV.
+    EnvelopeSealChunks { msk_key_id: String, pieces: Vec<Secret> }
+}
+message! {
+    /// One encrypted piece.
+    SealedChunk { iv: [u8; 16], ciphertext: Vec<u8> }
+}
+message! {
+    /// The encrypted pieces in order, and the KCV of the MSK.
+    SealedChunks { chunks: Vec<SealedChunk>, kcv: [u8; 3] }
+}
+message! {
+    /// Opens a chunked envelope: each piece decrypted and unpadded alone, concatenated in order.
+    EnvelopeOpenChunks { msk_key_id: String, chunks: Vec<SealedChunk> }
+}
+
 operation!(Hello, 0x0001, Session, HelloResponse);
 operation!(Ping, 0x0002, Session, Empty);
 operation!(DeviceCreate, 0x0101, Devices, IdentityKey);
@@ -336,6 +359,7 @@ operation!(IdentityRotate, 0x0102, Devices, IdentityKey);
 operation!(KeySetRevoke, 0x0103, Devices, Empty);
 operation!(KeySetCreate, 0x0104, Devices, KeySetInfo);
 operation!(KeySetExport, 0x0105, Devices, KeySetExportResponse);
+operation!(IdentityRevoke, 0x0106, Devices, Empty);
 operation!(AttestVerify, 0x0201, Data, Empty);
 operation!(MacVerifyBatch, 0x0202, Data, MacVerifyBatchResponse);
 operation!(EnvelopeOpen, 0x0203, Data, Plaintext);
@@ -343,6 +367,8 @@ operation!(EnvelopeSeal, 0x0204, Data, Sealed);
 operation!(ChargeOpen, 0x0205, Data, Plaintext);
 operation!(CardDecrypt, 0x0206, Data, CardData);
 operation!(KeyCheck, 0x0207, Data, CheckValue);
+operation!(EnvelopeSealChunks, 0x0208, Data, SealedChunks);
+operation!(EnvelopeOpenChunks, 0x0209, Data, Plaintext);
 operation!(ZmkImport, 0x0301, Admin, ZoneInfo);
 operation!(Tr31Translate, 0x0302, Admin, KeyBlockOut);
 operation!(Tr31Export, 0x0303, Admin, KeyBlockOut);
@@ -353,8 +379,8 @@ impl Opcode {
     pub const fn group(self) -> Option<Group> {
         Some(match self.0 {
             0x0001 | 0x0002 => Group::Session,
-            0x0101..=0x0105 => Group::Devices,
-            0x0201..=0x0207 => Group::Data,
+            0x0101..=0x0106 => Group::Devices,
+            0x0201..=0x0209 => Group::Data,
             0x0301..=0x0304 => Group::Admin,
             _ => return None,
         })
@@ -422,6 +448,9 @@ mod tests {
         check::<ChargeOpen>();
         check::<CardDecrypt>();
         check::<KeyCheck>();
+        check::<IdentityRevoke>();
+        check::<EnvelopeSealChunks>();
+        check::<EnvelopeOpenChunks>();
         check::<ZmkImport>();
         check::<Tr31Translate>();
         check::<Tr31Export>();
