@@ -10,7 +10,7 @@ use keyd_proto::frame::{self, Kind, MAX_BODY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::config::Config;
+use crate::config::{Config, Placement};
 use crate::{Error, Service, dispatch};
 
 /// Binds the socket: the directory is created 0750 if missing, a stale socket file is replaced,
@@ -49,12 +49,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    // With working keys in the token every data operation is a PKCS#11 call, and SoftHSM
+    // serialises calls from one process: one thread makes them all, the I/O threads only move
+    // bytes.
+    let hsm_worker =
+        (service.placement() == Placement::Token).then(|| spawn_hsm_worker(Arc::clone(&service)));
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(connection(stream, Arc::clone(&service), Arc::clone(&config)));
+                    tokio::spawn(connection(stream, Arc::clone(&service), Arc::clone(&config), hsm_worker.clone()));
                 }
                 Err(e) => tracing::warn!(error = %e, "accept failed"),
             },
@@ -108,7 +113,40 @@ async fn write_loop(mut write: tokio::net::unix::OwnedWriteHalf, outbox: Arc<Out
     }
 }
 
-async fn connection(stream: UnixStream, service: Arc<Service>, config: Arc<Config>) {
+/// A data request for the HSM thread: everything it needs to answer into the right outbox.
+struct HsmJob {
+    opcode: keyd_proto::Opcode,
+    id: u64,
+    groups: u32,
+    body: Vec<u8>,
+    outbox: Arc<Outbox>,
+}
+
+fn spawn_hsm_worker(service: Arc<Service>) -> std::sync::mpsc::SyncSender<HsmJob> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<HsmJob>(8192);
+    let spawned = std::thread::Builder::new()
+        .name("keyd-hsm".into())
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                job.outbox.push(|out| {
+                    frame::encode_with(Kind::Response, job.opcode, job.id, out, |out| {
+                        dispatch::handle_into(&service, job.groups, job.opcode, &job.body, out)
+                    });
+                });
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the HSM thread");
+    }
+    tx
+}
+
+async fn connection(
+    stream: UnixStream,
+    service: Arc<Service>,
+    config: Arc<Config>,
+    hsm_worker: Option<std::sync::mpsc::SyncSender<HsmJob>>,
+) {
     let groups = match stream.peer_cred() {
         Ok(cred) => config.groups_for(cred.uid(), cred.gid()),
         Err(e) => {
@@ -167,6 +205,17 @@ async fn connection(stream: UnixStream, service: Arc<Service>, config: Arc<Confi
                     });
                     outbox.push(|buf| buf.extend_from_slice(&answer));
                 });
+            } else if let Some(worker) = &hsm_worker {
+                let job = HsmJob {
+                    opcode,
+                    id,
+                    groups,
+                    body: frame.body.to_vec(),
+                    outbox: Arc::clone(&outbox),
+                };
+                if worker.send(job).is_err() {
+                    break 'read;
+                }
             } else {
                 outbox.push(|out| {
                     frame::encode_with(Kind::Response, opcode, id, out, |out| {

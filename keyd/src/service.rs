@@ -165,6 +165,11 @@ impl Service {
         })
     }
 
+    /// Where working keys live.
+    pub const fn placement(&self) -> Placement {
+        self.placement
+    }
+
     /// The HSM (for the operator commands).
     pub fn hsm(&self) -> &dyn Hsm {
         &*self.hsm
