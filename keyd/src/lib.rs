@@ -32,6 +32,11 @@ pub use server::{bind, serve};
 pub use service::Service;
 pub use store::{KeyStore, MemoryStore, SqliteStore};
 
+/// The three-byte AES-CMAC check value operators compare (contract section 6).
+pub fn aes_kcv(key: &[u8]) -> [u8; 3] {
+    keys::kcv(KeyKind::Tmk, key)
+}
+
 /// Opens the HSM the config names.
 ///
 /// # Errors

@@ -28,12 +28,17 @@ enum Command {
     Serve,
     /// Create the local master key (LMK) in the token. Run once per token.
     Init,
-    /// Load a zone's ZMK from its clear value: 64 hex digits on standard input. (Forming it from
-    /// components under dual control is the ceremony front end's job.)
+    /// Load a zone's ZMK from its components: one line of 64 hex digits per component on
+    /// standard input, combined by XOR. Each component's KCV is printed as it is accepted, then
+    /// the ZMK's. Duplicate, all-zero and malformed components are refused. (Dual control and
+    /// input without echo come with the ceremony front end.)
     ZmkImport {
         /// The zone's name.
         #[arg(long)]
         zone: String,
+        /// How many components to read (1 = the clear ZMK itself; 2 or 3 for split knowledge).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
+        components: u8,
     },
     /// Parse and check the configuration, then exit.
     CheckConfig,
@@ -75,17 +80,44 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             eprintln!("keyd: LMK created in the token");
             Ok(())
         }
-        Command::ZmkImport { zone } => {
+        Command::ZmkImport { zone, components } => {
             let service = keyd::open_service(&config)?;
-            let mut line = Zeroizing::new(String::new());
-            std::io::stdin().lock().read_line(&mut line)?;
-            let key = Zeroizing::new(
-                decode_hex(line.trim())
-                    .ok_or_else(|| keyd::Error::BadRequest("expected 64 hex digits".into()))?,
-            );
+            let mut stdin = std::io::stdin().lock();
+            let mut zmk = Zeroizing::new([0u8; 32]);
+            let mut seen: Vec<[u8; 3]> = Vec::new();
+            for n in 1..=components {
+                let mut line = Zeroizing::new(String::new());
+                stdin.read_line(&mut line)?;
+                let part = Zeroizing::new(decode_hex(line.trim()).ok_or_else(|| {
+                    keyd::Error::BadRequest(format!("component {n}: expected 64 hex digits"))
+                })?);
+                if part.iter().all(|b| *b == 0) {
+                    return Err(keyd::Error::BadRequest(format!(
+                        "component {n} is all zeros"
+                    )));
+                }
+                let kcv = keyd::aes_kcv(&part);
+                // Equal components would cancel out (or repeat): compare by check value, which
+                // is what custodians see.
+                if seen.contains(&kcv) {
+                    return Err(keyd::Error::BadRequest(format!(
+                        "component {n} repeats an earlier one"
+                    )));
+                }
+                seen.push(kcv);
+                for (z, p) in zmk.iter_mut().zip(part.iter()) {
+                    *z ^= p;
+                }
+                if components > 1 {
+                    println!(
+                        "component {n} KCV {:02X}{:02X}{:02X}",
+                        kcv[0], kcv[1], kcv[2]
+                    );
+                }
+            }
             let info = service.zmk_import(&keyd_proto::message::ZmkImport {
                 zone,
-                key: keyd_proto::Secret::new(&key),
+                key: keyd_proto::Secret::new(&zmk[..]),
             })?;
             println!(
                 "zone {} ZMK KCV {:02X}{:02X}{:02X}",

@@ -333,3 +333,58 @@ async fn admin_import_export_and_translate_on_softhsm() {
         Err(ClientError::Status(Status::NOT_FOUND))
     ));
 }
+
+#[test]
+fn a_zmk_is_formed_from_components_and_bad_components_are_refused() {
+    let keyd = keyd(r#""data""#, "memory");
+    let run = |zone: &str, n: &str, input: &str| {
+        let mut child = keyd
+            .command(&["zmk-import", "--zone", zone, "--components", n])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let a = "11".repeat(32);
+    let b = "22".repeat(32);
+    let out = run("z3", "2", &format!("{a}\n{b}\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let kcv = |k: &[u8]| {
+        let v = tr31::kcv::cmac_aes(k).unwrap();
+        format!("{:02X}{:02X}{:02X}", v[0], v[1], v[2])
+    };
+    assert!(
+        printed.contains(&format!("component 1 KCV {}", kcv(&[0x11; 32]))),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&format!("component 2 KCV {}", kcv(&[0x22; 32]))),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&format!("zone z3 ZMK KCV {}", kcv(&[0x33; 32]))),
+        "{printed}"
+    );
+    for (input, why) in [
+        (format!("{a}\n{a}\n"), "repeats"),
+        (format!("{a}\n{}\n", "00".repeat(32)), "all zeros"),
+        (format!("{a}\n{}\n", "22".repeat(31)), "64 hex digits"),
+    ] {
+        let out = run("z4", "2", &input);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{why}: {err}");
+        assert!(
+            !err.contains(&a) && !String::from_utf8_lossy(&out.stdout).contains(&a),
+            "components never echo"
+        );
+    }
+}
