@@ -103,6 +103,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_example_parses() {
+        Config::parse(include_str!("../api.example.toml")).unwrap();
+    }
+
+    #[test]
     fn plain_http_only_on_loopback_and_tls_or_plain() {
         let ok = "listen = \"127.0.0.1:8080\"\nplain_http = true\nkeyd_socket = \"/run/keyd/keyd.sock\"\n";
         assert!(Config::parse(ok).is_ok());
