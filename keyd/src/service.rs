@@ -193,7 +193,7 @@ impl Service {
                 "zone names are 1-64 characters of [0-9A-Za-z_.-]".into(),
             ));
         }
-        self.require_zone(&req.zone)?;
+        self.zmk(&req.zone)?;
         let (record, secret) = self.new_identity(&req.device_id)?;
         let device = DeviceRecord {
             device_id: req.device_id.clone(),
@@ -321,10 +321,7 @@ impl Service {
             let padding = tr31::Padding::Random(&mut padding);
             let block = match record.kind {
                 KeyKind::Tmk => {
-                    let zmk = Zmk {
-                        hsm: &*self.hsm,
-                        zone: &device.zone,
-                    };
+                    let zmk = self.zmk(&device.zone)?;
                     let block = tr31::seal_external(&zmk, &header, &key, &options, padding)?;
                     tmk = Some(tr31::Kbpk::new(key.expose_secret())?);
                     block
@@ -386,13 +383,7 @@ impl Service {
     /// under the source ZMK; [`Error::Policy`] for a non-exportable key; [`Error::Tr31`] for a
     /// malformed block.
     pub fn tr31_translate(&self, req: &m::Tr31Translate) -> Result<m::KeyBlockOut, Error> {
-        for zone in [&req.from_zone, &req.to_zone] {
-            self.require_zone(zone)?;
-        }
-        let from = Zmk {
-            hsm: &*self.hsm,
-            zone: &req.from_zone,
-        };
+        let from = self.zmk(&req.from_zone)?;
         let from = Memo::new(&from);
         let opened = KeyBlock::parse(&req.key_block, Profile::Strict)?.open_external(&from)?;
         let mut header = opened.header;
@@ -401,10 +392,7 @@ impl Service {
         header
             .optional_blocks
             .retain(|b| !matches!(b.id(), tr31::BlockId::PB | tr31::BlockId::KP));
-        let to = Zmk {
-            hsm: &*self.hsm,
-            zone: &req.to_zone,
-        };
+        let to = self.zmk(&req.to_zone)?;
         let key_block = seal_random(&to, &header, &opened.key)?;
         let kcv = tr31::kcv::for_algorithm(header.algorithm, opened.key.expose_secret())
             .unwrap_or_default();
@@ -417,7 +405,6 @@ impl Service {
     /// [`Error::NotFound`] for an unknown key or zone; [`Error::Policy`] for a key whose stored
     /// exportability is N (identity keys).
     pub fn tr31_export(&self, req: &m::Tr31Export) -> Result<m::KeyBlockOut, Error> {
-        self.require_zone(&req.zone)?;
         if req.key_id.starts_with("imp-") {
             return self.export_imported(req);
         }
@@ -427,16 +414,9 @@ impl Service {
             .filter(|r| !r.revoked)
             .ok_or(Error::NotFound("key"))?;
         let stored = KeyBlock::parse(&record.block, Profile::Strict)?.into_header();
-        if stored.exportability != tr31::Exportability::EXPORTABLE
-            && stored.exportability != tr31::Exportability::SENSITIVE
-        {
-            return Err(Error::Policy("the key is not exportable"));
-        }
+        require_exportable(&stored)?;
         let key = self.open_stored(&Lmk(&*self.hsm), &record)?;
-        let zmk = Zmk {
-            hsm: &*self.hsm,
-            zone: &req.zone,
-        };
+        let zmk = self.zmk(&req.zone)?;
         let key_block = seal_random(&zmk, &record.kind.export_header()?, &key)?;
         Ok(m::KeyBlockOut {
             key_block,
@@ -450,7 +430,6 @@ impl Service {
     /// [`Error::NotFound`] for an unknown zone; [`Error::BadRequest`] for a bad label;
     /// [`Error::Tr31`] for a block that is malformed, breaks the strict rules or does not open.
     pub fn tr31_import(&self, req: &m::Tr31Import) -> Result<m::ImportedKey, Error> {
-        self.require_zone(&req.zone)?;
         if req.label.is_empty()
             || req.label.len() > 64
             || !req.label.bytes().all(|c| (0x20..0x7F).contains(&c))
@@ -459,10 +438,7 @@ impl Service {
                 "labels are 1-64 printable ASCII characters".into(),
             ));
         }
-        let zmk = Zmk {
-            hsm: &*self.hsm,
-            zone: &req.zone,
-        };
+        let zmk = self.zmk(&req.zone)?;
         let opened =
             KeyBlock::parse(&req.key_block, Profile::Strict)?.open_external(&Memo::new(&zmk))?;
         let key_id = keys::new_id("imp", &*self.hsm)?;
@@ -516,10 +492,7 @@ impl Service {
         header
             .optional_blocks
             .retain(|b| !matches!(b.id(), tr31::BlockId::PB | tr31::BlockId::LB));
-        let zmk = Zmk {
-            hsm: &*self.hsm,
-            zone: &req.zone,
-        };
+        let zmk = self.zmk(&req.zone)?;
         let key_block = seal_random(&zmk, &header, &opened.key)?;
         Ok(m::KeyBlockOut {
             key_block,
@@ -695,9 +668,13 @@ impl Service {
 
     // ----- internals --------------------------------------------------------------------
 
-    fn require_zone(&self, zone: &str) -> Result<(), Error> {
+    /// A zone's ZMK as a KBPK, if the zone has one.
+    fn zmk<'a>(&'a self, zone: &'a str) -> Result<Zmk<'a>, Error> {
         if self.hsm.zones().iter().any(|z| z == zone) {
-            Ok(())
+            Ok(Zmk {
+                hsm: &*self.hsm,
+                zone,
+            })
         } else {
             Err(Error::NotFound("zone"))
         }
