@@ -822,11 +822,6 @@ mod tests {
     use super::*;
     use crate::hsm::SoftwareHsm;
     use crate::store::MemoryStore;
-    use aes::Aes256;
-    use aes::cipher::block_padding::Pkcs7;
-    use aes::cipher::{BlockModeEncrypt, KeyIvInit};
-    use hmac::{Hmac, KeyInit, Mac};
-    use sha2::Sha256;
 
     const ZMK: [u8; 32] = [0x5A; 32];
 
@@ -862,36 +857,20 @@ mod tests {
     }
 
     fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
-        mac.update(msg);
-        mac.finalize().into_bytes().into()
+        e2e::device::hmac(key, msg).unwrap()
     }
 
-    /// Unwraps a delivered key set the way a terminal would: TMK from the ZMK, then down.
+    /// Unwraps a delivered key set the way a terminal would (TMK from the ZMK, then down);
+    /// every KCV the device computes must be the one keyd sent.
     fn unwrap_set(export: &m::KeySetExportResponse) -> HashMap<String, tr31::Key> {
-        let mut keys = HashMap::new();
-        let zmk = tr31::Kbpk::new(&ZMK).unwrap();
-        for k in &export.keys {
-            let parent = match k.wrapped_under.as_str() {
-                "zmk" => tr31::Kbpk::new(zmk.expose_secret()).unwrap(),
-                other => tr31::Kbpk::new(
-                    keys.get::<str>(other)
-                        .map(|k: &tr31::Key| k.expose_secret())
-                        .unwrap(),
-                )
-                .unwrap(),
-            };
-            let opened = tr31::open(&k.key_block, &parent, Profile::Strict).unwrap();
-            assert_eq!(
-                keys::kcv(
-                    KeyKind::from_name(&k.kind).unwrap(),
-                    opened.key.expose_secret()
-                ),
-                k.kcv
-            );
-            keys.insert(k.kind.clone(), opened.key);
-        }
-        keys
+        e2e::device::unwrap_key_set(export, &ZMK)
+            .unwrap()
+            .into_iter()
+            .map(|(kind, k)| {
+                assert_eq!(k.kcv, k.sent_kcv, "{kind}");
+                (kind, tr31::Key::new(&k.key).unwrap())
+            })
+            .collect()
     }
 
     #[test]
@@ -996,13 +975,7 @@ mod tests {
         // The device encrypts with its MSK; keyd opens it after checking the MAC.
         let iv = [7u8; 16];
         let plaintext = br#"{"amount":{"value":"1500","currency":"EUR"}}"#;
-        let mut ct = vec![0u8; 64];
-        let n = cbc::Encryptor::<Aes256>::new_from_slices(keys["msk"].expose_secret(), &iv)
-            .unwrap()
-            .encrypt_padded_b2b::<Pkcs7>(plaintext, &mut ct)
-            .unwrap()
-            .len();
-        ct.truncate(n);
+        let ct = e2e::device::encrypt(keys["msk"].expose_secret(), &iv, plaintext).unwrap();
         let string_to_sign =
             b"TID-000001\nmac-x\n1700000000\nabcabcabcabc\nPOST\n/pos/charge\n{...}";
         let charge = m::ChargeOpen {
@@ -1023,7 +996,7 @@ mod tests {
             ..copy_charge(&charge)
         };
         assert!(matches!(s.charge_open(&tampered_sig), Err(Error::Auth)));
-        let mut bad_ct = ct.clone();
+        let mut bad_ct = ct;
         *bad_ct.last_mut().unwrap() ^= 1;
         let tampered_ct = m::ChargeOpen {
             ciphertext: bad_ct,
@@ -1143,13 +1116,7 @@ mod tests {
 
         // Card data: decrypted only with the TDK, PAN fingerprinted.
         let card = br#"{"pan":"4242424242424242","exp_month":12,"exp_year":2030}"#;
-        let mut ct = vec![0u8; 96];
-        let n = cbc::Encryptor::<Aes256>::new_from_slices(keys["tdk"].expose_secret(), &iv)
-            .unwrap()
-            .encrypt_padded_b2b::<Pkcs7>(card, &mut ct)
-            .unwrap()
-            .len();
-        ct.truncate(n);
+        let ct = e2e::device::encrypt(keys["tdk"].expose_secret(), &iv, card).unwrap();
         let data = s
             .card_decrypt(&m::CardDecrypt {
                 tdk_key_id: id("tdk"),

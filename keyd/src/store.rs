@@ -152,6 +152,21 @@ struct Tables {
     imported: HashMap<String, ImportedRecord>,
 }
 
+impl Tables {
+    /// Marks the device's current identity key revoked.
+    fn revoke_identity(&mut self, device_id: &str) -> Result<(), Error> {
+        let id = &self
+            .devices
+            .get(device_id)
+            .ok_or(Error::NotFound("device"))?
+            .identity_key_id;
+        if let Some(k) = self.keys.get_mut(id) {
+            k.revoked = true;
+        }
+        Ok(())
+    }
+}
+
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
@@ -180,15 +195,7 @@ impl KeyStore for MemoryStore {
 
     fn replace_identity(&self, device_id: &str, identity: &KeyRecord) -> Result<(), Error> {
         let mut t = self.tables();
-        let old = t
-            .devices
-            .get(device_id)
-            .ok_or(Error::NotFound("device"))?
-            .identity_key_id
-            .clone();
-        if let Some(k) = t.keys.get_mut(&old) {
-            k.revoked = true;
-        }
+        t.revoke_identity(device_id)?;
         t.keys.insert(identity.key_id.clone(), identity.clone());
         if let Some(d) = t.devices.get_mut(device_id) {
             d.identity_key_id = identity.key_id.clone();
@@ -230,17 +237,7 @@ impl KeyStore for MemoryStore {
     }
 
     fn revoke_identity(&self, device_id: &str) -> Result<(), Error> {
-        let mut t = self.tables();
-        let id = t
-            .devices
-            .get(device_id)
-            .ok_or(Error::NotFound("device"))?
-            .identity_key_id
-            .clone();
-        if let Some(k) = t.keys.get_mut(&id) {
-            k.revoked = true;
-        }
-        Ok(())
+        self.tables().revoke_identity(device_id)
     }
 
     fn revoke_key_sets(&self, device_id: &str) -> Result<(), Error> {

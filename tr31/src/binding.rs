@@ -19,7 +19,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::Error;
 use crate::header::Version;
 use crate::modes::{self, Cmac, block_size};
-use crate::secret::{ExternalKbpk, KbpkRef};
+use crate::secret::KbpkRef;
 
 /// Bytes of MAC each version carries.
 pub(crate) const fn mac_len(version: Version) -> usize {
@@ -145,56 +145,45 @@ impl SessionKeys {
 fn session_keys<F: Family>(version: Version, kbpk: KbpkRef<'_>) -> Result<SessionKeys, Error> {
     let kbpk = match kbpk {
         KbpkRef::Local(k) => k.expose_secret(),
-        KbpkRef::External(k) => return external_session_keys(version, k),
-    };
-    let len = kbpk.len();
-    let mut keys = SessionKeys {
-        enc: Zeroizing::new([0; 32]),
-        auth: Zeroizing::new([0; 32]),
-        len,
+        // The same derivation with each CMAC computed by the HSM that holds the KBPK.
+        KbpkRef::External(k) => {
+            return derive_keys(version, k.key_len(), 16, |input| k.cmac(input));
+        }
     };
     match version {
         // TR-31 key variant binding: fixed XOR masks.
         Version::A | Version::C => {
+            let mut keys = SessionKeys::empty(kbpk.len());
             for ((e, a), k) in keys.enc.iter_mut().zip(keys.auth.iter_mut()).zip(kbpk) {
                 *e = k ^ 0x45;
                 *a = k ^ 0x4D;
             }
+            Ok(keys)
         }
-        // X9.143 / ISO 20038 key derivation: CMAC under the KBPK of
-        // counter ‖ usage ‖ 00 ‖ algorithm ‖ length-in-bits, one call per cipher block of output.
         _ => {
             let cipher = new_cipher::<F::Enc>(kbpk)?;
             let master = Cmac::new(&cipher);
-            let (algorithm, bits): (u16, u16) = match (is_aes(version), len) {
-                (false, 16) => (0x0000, 0x0080),
-                (false, _) => (0x0001, 0x00C0),
-                (true, 16) => (0x0002, 0x0080),
-                (true, 24) => (0x0003, 0x00C0),
-                (true, _) => (0x0004, 0x0100),
-            };
-            let enc_usage = if version == Version::E {
-                0x0002
-            } else {
-                0x0000
-            };
-            derive(
-                &master,
-                enc_usage,
-                algorithm,
-                bits,
-                keys.enc.get_mut(..len).unwrap_or_default(),
-            );
-            derive(
-                &master,
-                0x0001,
-                algorithm,
-                bits,
-                keys.auth.get_mut(..len).unwrap_or_default(),
-            );
+            derive_keys(version, kbpk.len(), block_size::<F::Enc>(), |input| {
+                let mut mac = master.mac(&[input]);
+                let mut out = [0u8; 16];
+                for (o, m) in out.iter_mut().zip(mac.iter()) {
+                    *o = *m;
+                }
+                mac.as_mut_slice().zeroize();
+                Ok(out)
+            })
         }
     }
-    Ok(keys)
+}
+
+impl SessionKeys {
+    fn empty(len: usize) -> Self {
+        Self {
+            enc: Zeroizing::new([0; 32]),
+            auth: Zeroizing::new([0; 32]),
+            len,
+        }
+    }
 }
 
 /// The KDF input fields for a KBPK: usage code of the encryption key, algorithm code, bits.
@@ -214,43 +203,30 @@ fn kdf_params(version: Version, len: usize) -> (u16, u16, u16) {
     (enc_usage, algorithm, bits)
 }
 
-/// The same derivation with each CMAC computed by the HSM that holds the KBPK.
-fn external_session_keys(version: Version, kbpk: &dyn ExternalKbpk) -> Result<SessionKeys, Error> {
-    let len = kbpk.key_len();
+/// X9.143 / ISO 20038 key derivation of the block encryption and authentication keys: CMAC
+/// under the KBPK of counter ‖ usage ‖ 00 ‖ algorithm ‖ length-in-bits, one call per cipher
+/// block of output (`block` bytes of each CMAC are used). `cmac` runs in memory or in an HSM.
+fn derive_keys(
+    version: Version,
+    len: usize,
+    block: usize,
+    mut cmac: impl FnMut(&[u8]) -> Result<[u8; 16], Error>,
+) -> Result<SessionKeys, Error> {
     let (enc_usage, algorithm, bits) = kdf_params(version, len);
-    let mut keys = SessionKeys {
-        enc: Zeroizing::new([0; 32]),
-        auth: Zeroizing::new([0; 32]),
-        len,
-    };
-    for (usage, out) in [(enc_usage, &mut keys.enc), (0x0001, &mut keys.auth)] {
+    let [a0, a1] = algorithm.to_be_bytes();
+    let [b0, b1] = bits.to_be_bytes();
+    let mut keys = SessionKeys::empty(len);
+    for (usage, out) in [(enc_usage, &mut keys.enc), (0x0001u16, &mut keys.auth)] {
         let [u0, u1] = usage.to_be_bytes();
-        let [a0, a1] = algorithm.to_be_bytes();
-        let [b0, b1] = bits.to_be_bytes();
-        for (counter, chunk) in (1u8..).zip(out.get_mut(..len).unwrap_or_default().chunks_mut(16)) {
-            let mut piece = kbpk.cmac(&[counter, u0, u1, 0x00, a0, a1, b0, b1])?;
+        for (counter, chunk) in
+            (1u8..).zip(out.get_mut(..len).unwrap_or_default().chunks_mut(block))
+        {
+            let mut piece = cmac(&[counter, u0, u1, 0x00, a0, a1, b0, b1])?;
             chunk.copy_from_slice(piece.get(..chunk.len()).unwrap_or_default());
             piece.zeroize();
         }
     }
     Ok(keys)
-}
-
-fn derive<C: BlockCipherEncrypt>(
-    master: &Cmac<'_, C>,
-    usage: u16,
-    algorithm: u16,
-    bits: u16,
-    out: &mut [u8],
-) {
-    let [u0, u1] = usage.to_be_bytes();
-    let [a0, a1] = algorithm.to_be_bytes();
-    let [b0, b1] = bits.to_be_bytes();
-    for (counter, chunk) in (1u8..).zip(out.chunks_mut(block_size::<C>())) {
-        let mut piece = master.mac(&[&[counter, u0, u1, 0x00, a0, a1, b0, b1]]);
-        chunk.copy_from_slice(piece.get(..chunk.len()).unwrap_or_default());
-        piece.as_mut_slice().zeroize();
-    }
 }
 
 fn new_cipher<C: KeyInit>(key: &[u8]) -> Result<C, Error> {
