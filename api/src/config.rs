@@ -24,6 +24,140 @@ pub struct Config {
     /// Seconds a client may take to send its request headers.
     #[serde(default = "default_header_timeout")]
     pub header_timeout_secs: u64,
+    /// The SQLite database file (created on first start).
+    #[serde(default = "default_database")]
+    pub database: PathBuf,
+    /// Backoffice authentication.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Platform-wide settings.
+    #[serde(default)]
+    pub platform: PlatformConfig,
+    /// Serve Prometheus metrics at `/metrics`.
+    #[serde(default = "yes")]
+    pub metrics: bool,
+}
+
+/// Which issuer signs backoffice tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// The API signs its own ES256 tokens and publishes their JWKS.
+    #[default]
+    Embedded,
+    /// People's tokens come from a Keycloak realm; the API only verifies them.
+    Keycloak,
+}
+
+/// Backoffice authentication settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `embedded` (default) or `keycloak`.
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// `iss` of the tokens the API signs itself (people in embedded mode, API clients always).
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    /// `aud` every token must carry.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// The embedded issuer's ES256 key (PKCS#8 DER, created 0600 on first start).
+    #[serde(default = "default_signing_key")]
+    pub signing_key: PathBuf,
+    /// Lifetime of tokens the API signs.
+    #[serde(default = "default_ttl")]
+    pub token_ttl_secs: u64,
+    /// The Keycloak realm, for `mode = "keycloak"`.
+    pub keycloak: Option<KeycloakConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Embedded,
+            issuer: default_issuer(),
+            audience: default_audience(),
+            signing_key: default_signing_key(),
+            token_ttl_secs: default_ttl(),
+            keycloak: None,
+        }
+    }
+}
+
+/// A Keycloak realm the API trusts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeycloakConfig {
+    /// Exact `iss` (e.g. `https://sso.example.com/realms/viopay`).
+    pub issuer: String,
+    /// The realm's JWKS address (`…/protocol/openid-connect/certs`).
+    pub jwks_url: String,
+    /// Required `aud`.
+    pub audience: String,
+    /// CA certificate (PEM) that signs the JWKS server's certificate, for https.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Platform-wide settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// The platform's own portal hosts (resolve to no reseller).
+    #[serde(default = "default_hosts")]
+    pub hosts: Vec<String>,
+    /// Key-injection zone of devices registered without one.
+    #[serde(default = "default_zone")]
+    pub default_zone: String,
+    /// Lowest POS app version served (`MAJOR.MINOR.PATCH`).
+    #[serde(default = "default_min_version")]
+    pub min_supported_version: String,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        Self {
+            hosts: default_hosts(),
+            default_zone: default_zone(),
+            min_supported_version: default_min_version(),
+        }
+    }
+}
+
+const fn yes() -> bool {
+    true
+}
+
+fn default_database() -> PathBuf {
+    "/var/lib/viopay/api.db".into()
+}
+
+fn default_issuer() -> String {
+    "viopay-api".into()
+}
+
+fn default_audience() -> String {
+    "viopay".into()
+}
+
+fn default_signing_key() -> PathBuf {
+    "/var/lib/viopay/jwt-es256.p8".into()
+}
+
+const fn default_ttl() -> u64 {
+    3600
+}
+
+fn default_hosts() -> Vec<String> {
+    vec!["localhost".into()]
+}
+
+fn default_zone() -> String {
+    "default".into()
+}
+
+fn default_min_version() -> String {
+    "1.0.0".into()
 }
 
 /// HTTPS certificate and key files.
@@ -93,6 +227,35 @@ impl Config {
         }
         if config.max_body_bytes == 0 || config.max_body_bytes > 1 << 20 {
             return Err(ConfigError("max_body_bytes must be 1 to 1048576".into()));
+        }
+        match (config.auth.mode, &config.auth.keycloak) {
+            (AuthMode::Keycloak, None) => {
+                return Err(ConfigError(
+                    "auth.mode = \"keycloak\" needs [auth.keycloak] issuer, jwks_url, audience"
+                        .into(),
+                ));
+            }
+            (AuthMode::Embedded, Some(_)) => {
+                return Err(ConfigError(
+                    "[auth.keycloak] is given but auth.mode is not \"keycloak\"".into(),
+                ));
+            }
+            _ => {}
+        }
+        if !(60..=86_400).contains(&config.auth.token_ttl_secs) {
+            return Err(ConfigError(
+                "auth.token_ttl_secs must be 60 to 86400".into(),
+            ));
+        }
+        if !crate::ids::is_zone(&config.platform.default_zone) {
+            return Err(ConfigError(
+                "platform.default_zone: 1-64 characters of [0-9A-Za-z_.-]".into(),
+            ));
+        }
+        if crate::pos_version(&config.platform.min_supported_version).is_none() {
+            return Err(ConfigError(
+                "platform.min_supported_version must be MAJOR.MINOR.PATCH".into(),
+            ));
         }
         Ok(config)
     }

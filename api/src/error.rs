@@ -9,10 +9,12 @@ pub struct ApiError {
     code: Code,
     message: String,
     details: Option<Value>,
+    retry_after: Option<u64>,
+    allow: Option<String>,
 }
 
 /// The catalogue. Numbers are the contract's `code` strings; each has one HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Code {
     /// 400/4000: body invalid (`details.fields`).
@@ -21,35 +23,133 @@ pub enum Code {
     HeaderInvalid,
     /// 400/4002: body is not JSON, or too large.
     BodyUnreadable,
+    /// 400/4003: POS app version below the minimum supported.
+    AppVersion,
+    /// 400/4004: an MSK envelope cannot be opened (one message).
+    EnvelopeInvalid,
+    /// 400/4005: `key_kcv` is not the KCV of the MSK in use.
+    KcvMismatch,
+    /// 400/4006: pairing code expired.
+    PairingExpired,
+    /// 400/4007: activation preconditions not met.
+    ActivationPreconditions,
     /// 401/4010: no or invalid bearer token.
     Unauthenticated,
+    /// 401/4011: signature invalid, key unknown or revoked, terminal unknown (one message).
+    SignatureInvalid,
+    /// 401/4012: `X-Timestamp` outside the window.
+    TimestampWindow,
+    /// 401/4013: nonce already used.
+    NonceReused,
+    /// 401/4014: attestation token missing, unknown, expired or foreign (one message).
+    AttestationInvalid,
+    /// 401/4015: session not initiated.
+    NoSession,
+    /// 401/4016: client credentials invalid.
+    ClientCredentials,
+    /// 401/4017: client locked after repeated failures.
+    ClientLocked,
     /// 403/4030: role does not allow the action.
     Forbidden,
     /// 404/4040: not found (also outside the caller's tenant).
     NotFound,
     /// 405/4050: method not allowed on this path.
     MethodNotAllowed,
+    /// 409/4090: state conflict.
+    Conflict,
+    /// 409/4091: pairing code already used.
+    PairingUsed,
+    /// 409/4092: device not in the state this call needs.
+    DeviceState,
+    /// 409/4093: idempotent request still in progress.
+    InProgress,
+    /// 409/4094: charge not refundable or cancellable in its state.
+    ChargeState,
+    /// 409/4095: charge can no longer be voided: refund it instead.
+    NotVoidable,
+    /// 422/4220: `Idempotency-Key` reused with a different request.
+    IdempotencyMismatch,
+    /// 422/4221: refund exceeds the refundable amount.
+    RefundExceeds,
     /// 429/4290: rate limited.
     RateLimited,
     /// 500/5000: internal error.
     Internal,
+    /// 502/5020: payment processor failed or timed out.
+    ProcessorFailed,
     /// 503/5030: key service or storage unavailable.
     Unavailable,
 }
 
 impl Code {
+    /// Every code, in catalogue order.
+    pub const ALL: &[Self] = &[
+        Self::BodyInvalid,
+        Self::HeaderInvalid,
+        Self::BodyUnreadable,
+        Self::AppVersion,
+        Self::EnvelopeInvalid,
+        Self::KcvMismatch,
+        Self::PairingExpired,
+        Self::ActivationPreconditions,
+        Self::Unauthenticated,
+        Self::SignatureInvalid,
+        Self::TimestampWindow,
+        Self::NonceReused,
+        Self::AttestationInvalid,
+        Self::NoSession,
+        Self::ClientCredentials,
+        Self::ClientLocked,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Conflict,
+        Self::PairingUsed,
+        Self::DeviceState,
+        Self::InProgress,
+        Self::ChargeState,
+        Self::NotVoidable,
+        Self::IdempotencyMismatch,
+        Self::RefundExceeds,
+        Self::RateLimited,
+        Self::Internal,
+        Self::ProcessorFailed,
+        Self::Unavailable,
+    ];
+
     /// The contract's code string.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::BodyInvalid => "4000",
             Self::HeaderInvalid => "4001",
             Self::BodyUnreadable => "4002",
+            Self::AppVersion => "4003",
+            Self::EnvelopeInvalid => "4004",
+            Self::KcvMismatch => "4005",
+            Self::PairingExpired => "4006",
+            Self::ActivationPreconditions => "4007",
             Self::Unauthenticated => "4010",
+            Self::SignatureInvalid => "4011",
+            Self::TimestampWindow => "4012",
+            Self::NonceReused => "4013",
+            Self::AttestationInvalid => "4014",
+            Self::NoSession => "4015",
+            Self::ClientCredentials => "4016",
+            Self::ClientLocked => "4017",
             Self::Forbidden => "4030",
             Self::NotFound => "4040",
             Self::MethodNotAllowed => "4050",
+            Self::Conflict => "4090",
+            Self::PairingUsed => "4091",
+            Self::DeviceState => "4092",
+            Self::InProgress => "4093",
+            Self::ChargeState => "4094",
+            Self::NotVoidable => "4095",
+            Self::IdempotencyMismatch => "4220",
+            Self::RefundExceeds => "4221",
             Self::RateLimited => "4290",
             Self::Internal => "5000",
+            Self::ProcessorFailed => "5020",
             Self::Unavailable => "5030",
         }
     }
@@ -57,13 +157,36 @@ impl Code {
     /// The HTTP status the contract pairs with the code.
     pub const fn status(self) -> u16 {
         match self {
-            Self::BodyInvalid | Self::HeaderInvalid | Self::BodyUnreadable => 400,
+            Self::BodyInvalid => 400,
+            Self::HeaderInvalid => 400,
+            Self::BodyUnreadable => 400,
+            Self::AppVersion => 400,
+            Self::EnvelopeInvalid => 400,
+            Self::KcvMismatch => 400,
+            Self::PairingExpired => 400,
+            Self::ActivationPreconditions => 400,
             Self::Unauthenticated => 401,
+            Self::SignatureInvalid => 401,
+            Self::TimestampWindow => 401,
+            Self::NonceReused => 401,
+            Self::AttestationInvalid => 401,
+            Self::NoSession => 401,
+            Self::ClientCredentials => 401,
+            Self::ClientLocked => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
+            Self::Conflict => 409,
+            Self::PairingUsed => 409,
+            Self::DeviceState => 409,
+            Self::InProgress => 409,
+            Self::ChargeState => 409,
+            Self::NotVoidable => 409,
+            Self::IdempotencyMismatch => 422,
+            Self::RefundExceeds => 422,
             Self::RateLimited => 429,
             Self::Internal => 500,
+            Self::ProcessorFailed => 502,
             Self::Unavailable => 503,
         }
     }
@@ -76,6 +199,8 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            retry_after: None,
+            allow: None,
         }
     }
 
@@ -84,6 +209,56 @@ impl ApiError {
     pub fn with_details(mut self, details: Value) -> Self {
         self.details = Some(details);
         self
+    }
+
+    /// Adds a `Retry-After` (seconds) to the answer (rate limits, lockouts).
+    #[must_use]
+    pub const fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// The `Retry-After` seconds, if any.
+    pub const fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+    }
+
+    /// Adds the `Allow` header of a 405.
+    #[must_use]
+    pub fn with_allow(mut self, methods: String) -> Self {
+        self.allow = Some(methods);
+        self
+    }
+
+    /// The methods a 405 names.
+    pub fn allow(&self) -> Option<&str> {
+        self.allow.as_deref()
+    }
+
+    /// The message for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// A bad request body naming one field (400/`4000`).
+    pub fn field(field: &str, reason: &str) -> Self {
+        crate::input::field_error(field, reason)
+    }
+
+    /// Not found (404/`4040`), the one answer for "absent" and "not yours".
+    pub fn not_found() -> Self {
+        Self::new(Code::NotFound, "not found")
+    }
+
+    /// Role does not allow the action (403/`4030`).
+    pub fn forbidden() -> Self {
+        Self::new(Code::Forbidden, "your role does not allow this action")
+    }
+
+    /// Internal error; the cause goes to the log, never to the client.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(Code::Internal, "internal error")
     }
 
     /// The catalogue code.
@@ -127,6 +302,10 @@ mod tests {
             e.body("r")["error"]["details"]["fields"][0]["field"],
             "amount.value"
         );
+        for code in Code::ALL {
+            assert_eq!(code.as_str().len(), 4);
+            assert!(code.as_str().starts_with(&code.status().to_string()[..2]));
+        }
         for (code, status) in [
             (Code::HeaderInvalid, 400),
             (Code::MethodNotAllowed, 405),

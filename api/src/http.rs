@@ -4,9 +4,9 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -15,21 +15,12 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::app::App;
+use crate::auth;
+use crate::call::Call;
 use crate::config::Config;
 use crate::error::{ApiError, Code};
-
-/// What every request handler can reach.
-#[derive(Debug)]
-pub struct App {
-    config: Config,
-}
-
-impl App {
-    /// The application over its configuration.
-    pub const fn new(config: Config) -> Self {
-        Self { config }
-    }
-}
+use crate::routes::{self, Access, Op, Route};
 
 /// Builds the TLS acceptor from the configured PEM files (TLS 1.2 and 1.3, ring provider).
 ///
@@ -115,21 +106,201 @@ pub async fn serve(
     }
 }
 
-/// Every request: its id, its route, and one mapping from errors to answers.
+/// Every request: its id, its route, its body, its caller, and one mapping from errors to
+/// answers.
 async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
     let request_id = request_id(&req);
-    let answer = route(&app, &req).await;
+    let method = method_label(req.method());
+    let (parts, body) = req.into_parts();
+    let found = routes::find(parts.method.as_str(), parts.uri.path());
+    let route_label = found.as_ref().map_or("unmatched", |(r, _)| r.path);
+    let answer = match found {
+        Ok((route, params)) => run(&app, route, params, &parts, body).await,
+        Err(e) => Err(e),
+    };
     let mut response = match answer {
-        Ok((status, body)) => json_response(status, &body),
+        Ok(reply) => reply.into_response(),
         Err(e) => error_response(&e, &request_id),
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    app.metrics.record(
+        route_label,
+        method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     Ok(response)
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// A successful answer.
+#[derive(Debug)]
+pub enum Reply {
+    /// JSON with the route's status.
+    Json(StatusCode, Value),
+    /// Text with a content type (metrics).
+    Text(&'static str, String),
+}
+
+impl Reply {
+    fn into_response(self) -> Response<Full<Bytes>> {
+        match self {
+            Self::Json(status, body) => json_response(status, &body),
+            Self::Text(content_type, body) => {
+                let mut response = Response::new(Full::new(Bytes::from(body)));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+                response
+            }
+        }
+    }
+}
+
+/// Reads the body (within the limit), authenticates the caller, runs the handler.
+async fn run(
+    app: &App,
+    route: &'static Route,
+    params: Vec<&str>,
+    parts: &hyper::http::request::Parts,
+    body: Incoming,
+) -> Result<Reply, ApiError> {
+    let limit = app.config.max_body_bytes;
+    let too_large = || ApiError::new(Code::BodyUnreadable, "body too large");
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|_| too_large())?
+        .to_bytes();
+    let now = crate::time::now();
+    let principal = match route.access {
+        Access::Public => None,
+        Access::Bearer | Access::BearerNoSession => {
+            let authorization = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            let claims = app.auth.verify(authorization, now).await?;
+            let principal = auth::principal(&app.auth, &app.db, &claims)?;
+            if route.access == Access::Bearer {
+                auth::require_session(&app.db, &principal, now)?;
+            }
+            Some(principal)
+        }
+    };
+    let call = Call {
+        params,
+        query: crate::call::parse_query(parts.uri.query()),
+        headers: &parts.headers,
+        body,
+        now,
+        principal,
+    };
+    let status = StatusCode::from_u16(route.status).unwrap_or(StatusCode::OK);
+    dispatch(app, route.op, &call)
+        .await
+        .map(|reply| match reply {
+            Reply::Json(_, body) => Reply::Json(status, body),
+            text @ Reply::Text(..) => text,
+        })
+}
+
+/// Route table entry → handler.
+async fn dispatch(app: &App, op: Op, call: &Call<'_>) -> Result<Reply, ApiError> {
+    use crate::backoffice as b;
+    use crate::backoffice::UserOwner::{Merchant, Reseller};
+    let json = |v: Value| Reply::Json(StatusCode::OK, v);
+    let value = match op {
+        Op::HealthLive => json!({"status": "ok"}),
+        Op::HealthReady => ready(app).await?,
+        Op::Metrics => {
+            if !app.config.metrics {
+                return Err(ApiError::not_found());
+            }
+            return Ok(Reply::Text(
+                "text/plain; version=0.0.4",
+                app.metrics.render(),
+            ));
+        }
+        Op::OpenApi => crate::openapi::document(),
+        Op::Jwks => app.auth.jwks(),
+        Op::SessionInitiate => b::session_initiate(app, call).await?,
+        Op::ClientSession | Op::AuthToken => b::client_session(app, call).await?,
+        Op::ResellerCreate => b::reseller_create(app, call).await?,
+        Op::ResellerList => b::reseller_list(app, call)?,
+        Op::ResellerGet => b::reseller_get(app, call)?,
+        Op::ResellerPatch => b::reseller_patch(app, call).await?,
+        Op::ResellerDelete => b::reseller_delete(app, call).await?,
+        Op::ResellerHierarchy => b::reseller_hierarchy(app, call)?,
+        Op::FeeTemplateCreate => b::fee_template_create(app, call).await?,
+        Op::FeeTemplateList => b::fee_template_list(app, call)?,
+        Op::FeeTemplateGet => b::fee_template_get(app, call)?,
+        Op::FeeTemplatePatch => b::fee_template_patch(app, call).await?,
+        Op::FeeTemplateDelete => b::fee_template_delete(app, call).await?,
+        Op::BrandingGet => b::branding_get(app, call)?,
+        Op::BrandingPut => b::branding_put(app, call).await?,
+        Op::DomainsGet => b::domains_get(app, call)?,
+        Op::DomainsPut => b::domains_put(app, call).await?,
+        Op::ResellerUserCreate => b::user_create(app, call, Reseller).await?,
+        Op::ResellerUserList => b::user_list(app, call, Reseller)?,
+        Op::ResellerUserGet => b::user_get(app, call, Reseller)?,
+        Op::ResellerUserPatch => b::user_patch(app, call, Reseller).await?,
+        Op::ResellerUserDelete => b::user_delete(app, call, Reseller).await?,
+        Op::MerchantCreate => b::merchant_create(app, call).await?,
+        Op::MerchantList => b::merchant_list(app, call)?,
+        Op::MerchantGet => b::merchant_get(app, call)?,
+        Op::MerchantPatch => b::merchant_patch(app, call).await?,
+        Op::MerchantParameters => b::merchant_parameters(app, call).await?,
+        Op::LocationCreate => b::location_create(app, call).await?,
+        Op::LocationList => b::location_list(app, call)?,
+        Op::LocationGet => b::location_get(app, call)?,
+        Op::LocationPatch => b::location_patch(app, call).await?,
+        Op::LocationDelete => b::location_delete(app, call).await?,
+        Op::DeviceCreate => b::device_create(app, call).await?,
+        Op::DeviceList => b::device_list(app, call)?,
+        Op::DeviceGet => b::device_get(app, call)?,
+        Op::DevicePatch => b::device_patch(app, call).await?,
+        Op::DeviceDisable => b::device_disable(app, call).await?,
+        Op::DeviceEnable => b::device_enable(app, call).await?,
+        Op::DeviceIdentityKey => b::device_identity_key(app, call).await?,
+        Op::DeviceRotateKeys => b::device_rotate_keys(app, call).await?,
+        Op::DeviceParameters => b::device_parameters(app, call).await?,
+        Op::UserCreate => b::user_create(app, call, Merchant).await?,
+        Op::UserList => b::user_list(app, call, Merchant)?,
+        Op::UserGet => b::user_get(app, call, Merchant)?,
+        Op::UserPatch => b::user_patch(app, call, Merchant).await?,
+        Op::UserDelete => b::user_delete(app, call, Merchant).await?,
+        Op::ApiClientCreate => b::api_client_create(app, call).await?,
+        Op::ApiClientList => b::api_client_list(app, call)?,
+        Op::ApiClientDelete => b::api_client_delete(app, call).await?,
+    };
+    Ok(json(value))
 }
 
 /// The only place an [`ApiError`] becomes an HTTP answer.
@@ -137,10 +308,13 @@ fn error_response(error: &ApiError, request_id: &str) -> Response<Full<Bytes>> {
     let status =
         StatusCode::from_u16(error.code().status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json_response(status, &error.body(request_id));
-    if error.code() == Code::MethodNotAllowed {
+    if let Some(value) = error.allow().and_then(|a| HeaderValue::from_str(a).ok()) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    if let Some(secs) = error.retry_after() {
         response
             .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }
@@ -187,51 +361,26 @@ fn new_request_id() -> String {
     format!("req_{id}")
 }
 
-type Answer = Result<(StatusCode, Value), ApiError>;
-
-async fn route(app: &App, req: &Request<Incoming>) -> Answer {
-    match req.uri().path() {
-        "/health/live" => {
-            only_get(req, || async {
-                Ok((StatusCode::OK, json!({"status": "ok"})))
-            })
-            .await
-        }
-        "/health/ready" => only_get(req, || ready(app)).await,
-        _ => Err(ApiError::new(Code::NotFound, "not found")),
-    }
-}
-
-async fn only_get<F, Fut>(req: &Request<Incoming>, f: F) -> Answer
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Answer>,
-{
-    if req.method() == Method::GET || req.method() == Method::HEAD {
-        f().await
+/// Ready when the store answers and keyd answers a ping within two seconds.
+async fn ready(app: &App) -> Result<Value, ApiError> {
+    let storage = app.db.store().check().is_ok();
+    let keyd = tokio::time::timeout(
+        Duration::from_secs(2),
+        app.keyd.call(&keyd_proto::message::Ping {}),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let word = |ok: bool| if ok { "ok" } else { "down" };
+    let checks = json!({"storage": word(storage), "keyd": word(keyd)});
+    if storage && keyd {
+        Ok(json!({"status": "ready", "checks": checks}))
     } else {
-        Err(ApiError::new(
-            Code::MethodNotAllowed,
-            "method not allowed on this path",
-        ))
-    }
-}
-
-/// Ready when keyd answers a ping within two seconds.
-async fn ready(app: &App) -> Answer {
-    let keyd = async {
-        let client = keyd_proto::Client::connect(&app.config.keyd_socket)
-            .await
-            .ok()?;
-        client.call(&keyd_proto::message::Ping {}).await.ok()
-    };
-    match tokio::time::timeout(Duration::from_secs(2), keyd).await {
-        Ok(Some(_)) => Ok((
-            StatusCode::OK,
-            json!({"status": "ready", "checks": {"keyd": "ok"}}),
-        )),
-        _ => Err(ApiError::new(Code::Unavailable, "key service unavailable")
-            .with_details(json!({"checks": {"keyd": "down"}}))),
+        let down = match (storage, keyd) {
+            (false, false) => "storage and key service unavailable",
+            (false, true) => "storage unavailable",
+            _ => "key service unavailable",
+        };
+        Err(ApiError::new(Code::Unavailable, down).with_details(json!({"checks": checks})))
     }
 }
 

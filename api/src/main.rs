@@ -8,11 +8,34 @@ use clap::Parser;
 
 /// The VioPay REST API.
 #[derive(Debug, Parser)]
-#[command(name = "api", version)]
+#[command(
+    name = "api",
+    version,
+    after_help = "Examples:\n  api --config /etc/viopay/api.toml\n  \
+                  api --config /etc/viopay/api.toml token --sub ops@example.com --role platform_admin"
+)]
 struct Cli {
     /// The configuration file.
     #[arg(long, default_value = "/etc/viopay/api.toml")]
     config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Print a bearer token signed by the embedded issuer, so a fresh install can be driven
+    /// (platform_admin) or a linked user acts (any role). Needs read access to the signing key.
+    Token {
+        /// The token's subject (a user's idp_subject, or any name for a platform admin).
+        #[arg(long)]
+        sub: String,
+        /// platform_admin, reseller_admin, merchant_admin or merchant_user.
+        #[arg(long, default_value = "platform_admin")]
+        role: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -31,6 +54,25 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let config = api::Config::load(&cli.config)?;
+    if let Some(Command::Token { sub, role }) = &cli.command {
+        if api::model::Role::parse(role).is_none() {
+            return Err(format!("unknown role {role:?}").into());
+        }
+        if config.auth.mode != api::config::AuthMode::Embedded {
+            return Err(
+                "tokens are minted only in embedded mode; in keycloak mode the realm \
+                        issues them"
+                    .into(),
+            );
+        }
+        let auth = api::auth::Auth::new(&config.auth)?;
+        let (token, _) = auth
+            .mint(sub, &[role.as_str()], api::time::now(), None)
+            .map_err(|e| e.message().to_owned())?;
+        let mut out = std::io::stdout().lock();
+        std::io::Write::write_all(&mut out, format!("{token}\n").as_bytes())?;
+        return Ok(());
+    }
     let tls = api::http::tls_acceptor(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -38,7 +80,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         tracing::info!(listen = %config.listen, https = tls.is_some(), "api listening");
-        let app = Arc::new(api::http::App::new(config));
+        let app = Arc::new(api::App::open(config)?);
         api::http::serve(app, listener, tls, shutdown_signal()).await;
         tracing::info!("api stopped");
         Ok(())

@@ -44,8 +44,11 @@ fn start(extra: &str, keyd_socket: &Path) -> Api {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\nkeyd_socket = \"{}\"\n{extra}\n",
-            keyd_socket.display()
+            "listen = \"127.0.0.1:{port}\"\nkeyd_socket = \"{}\"\ndatabase = \"{}\"\n{extra}\n\
+             [auth]\nsigning_key = \"{}\"\n",
+            keyd_socket.display(),
+            dir.join("api.db").display(),
+            dir.join("jwt.p8").display(),
         ),
     )
     .unwrap();
@@ -149,7 +152,7 @@ async fn ready_when_keyd_answers() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
-        serde_json::json!({"status": "ready", "checks": {"keyd": "ok"}})
+        serde_json::json!({"status": "ready", "checks": {"storage": "ok", "keyd": "ok"}})
     );
 }
 

@@ -4,6 +4,8 @@
 //! Each [`KeydProcess`] has its own token, config, socket and store in a temporary directory,
 //! so any number run side by side; everything is removed when it is dropped.
 
+pub mod api;
+
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,243 @@
+//! Typed records over the generic [`Store`]: what each record is called, how it is indexed, and
+//! the read-modify-write loop every update goes through.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, Code};
+use crate::store::{Store, StoreError, Write};
+
+/// A record kind the API keeps.
+pub trait Record: Serialize + DeserializeOwned {
+    /// The store's kind name.
+    const KIND: &'static str;
+    /// The record's id.
+    fn id(&self) -> &str;
+    /// Index entries written when the record is created; fixed for its life, so every field
+    /// used here must be immutable after creation.
+    fn indexes(&self) -> Vec<(String, String)>;
+}
+
+/// The typed view of the store.
+#[derive(Debug, Clone)]
+pub struct Db {
+    store: Arc<dyn Store>,
+}
+
+/// A page of a list: the records and whether more follow.
+#[derive(Debug)]
+pub struct Page<R> {
+    /// Newest first.
+    pub items: Vec<R>,
+    /// Whether another page exists.
+    pub has_more: bool,
+}
+
+fn unavailable(e: &StoreError) -> ApiError {
+    tracing::error!(error = %e, "storage failed");
+    ApiError::new(Code::Unavailable, "storage unavailable")
+}
+
+/// Maps a store error to the wire: a conflict becomes `conflict`, the rest 503/`5030`.
+pub fn store_error(e: &StoreError, conflict: ApiError) -> ApiError {
+    match e {
+        StoreError::Conflict(_) => conflict,
+        StoreError::Unavailable(_) => unavailable(e),
+    }
+}
+
+impl Db {
+    /// Wraps a store.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// The underlying store (health checks).
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// One record, or `None`.
+    pub fn get<R: Record>(&self, id: &str) -> Result<Option<R>, ApiError> {
+        let Some(stored) = self.store.get(R::KIND, id).map_err(|e| unavailable(&e))? else {
+            return Ok(None);
+        };
+        decode(&stored.body).map(Some)
+    }
+
+    /// One record, or 404/`4040`.
+    pub fn find<R: Record>(&self, id: &str) -> Result<R, ApiError> {
+        self.get(id)?.ok_or_else(ApiError::not_found)
+    }
+
+    /// The creation sequence of a record (cursor positions).
+    pub fn seq<R: Record>(&self, id: &str) -> Result<Option<u64>, ApiError> {
+        Ok(self
+            .store
+            .get(R::KIND, id)
+            .map_err(|e| unavailable(&e))?
+            .map(|s| s.seq))
+    }
+
+    /// Who holds a unique value.
+    pub fn owner(&self, ns: &str, value: &str) -> Result<Option<String>, ApiError> {
+        self.store.owner(ns, value).map_err(|e| unavailable(&e))
+    }
+
+    /// A page of an index, newest first, starting after the record `after` (a cursor that is
+    /// not a record of this kind is a 400 naming `starting_after`).
+    pub fn page<R: Record>(
+        &self,
+        index: &str,
+        key: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<R>, ApiError> {
+        self.page_filtered(index, key, after, limit, |_| true)
+    }
+
+    /// Like [`Db::page`], keeping only records `keep` accepts (filters on mutable fields).
+    pub fn page_filtered<R: Record>(
+        &self,
+        index: &str,
+        key: &str,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&R) -> bool,
+    ) -> Result<Page<R>, ApiError> {
+        let mut before = match after {
+            None => None,
+            Some(id) => Some(
+                self.seq::<R>(id)?
+                    .ok_or_else(|| ApiError::field("starting_after", "unknown cursor"))?,
+            ),
+        };
+        let mut items = Vec::with_capacity(limit.min(100));
+        loop {
+            let batch = self
+                .store
+                .list(index, key, before, 200)
+                .map_err(|e| unavailable(&e))?;
+            let exhausted = batch.len() < 200;
+            for (_, stored) in &batch {
+                before = Some(stored.seq);
+                let record: R = decode(&stored.body)?;
+                if keep(&record) {
+                    if items.len() == limit {
+                        return Ok(Page {
+                            items,
+                            has_more: true,
+                        });
+                    }
+                    items.push(record);
+                }
+            }
+            if exhausted {
+                return Ok(Page {
+                    items,
+                    has_more: false,
+                });
+            }
+        }
+    }
+
+    /// Every record of an index (small lists: a merchant's locations, a reseller's subtree).
+    pub fn all<R: Record>(&self, index: &str, key: &str) -> Result<Vec<R>, ApiError> {
+        Ok(self.page(index, key, None, usize::MAX)?.items)
+    }
+
+    /// Applies writes atomically and durably; a conflict answers `conflict`.
+    pub async fn commit(&self, writes: Vec<Write>, conflict: ApiError) -> Result<(), ApiError> {
+        self.store
+            .commit(writes)
+            .await
+            .map_err(|e| store_error(&e, conflict))
+    }
+
+    /// Read-modify-write of one record with optimistic concurrency: `change` runs on the current
+    /// version and returns extra writes to commit with it; if another writer got in between, the
+    /// whole thing runs again on the newer version.
+    pub async fn update<R: Record>(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut R) -> Result<Vec<Write>, ApiError>,
+    ) -> Result<R, ApiError> {
+        for _ in 0..8 {
+            let Some(stored) = self.store.get(R::KIND, id).map_err(|e| unavailable(&e))? else {
+                return Err(ApiError::not_found());
+            };
+            let mut record: R = decode(&stored.body)?;
+            let mut writes = vec![Write::Expect {
+                kind: R::KIND.into(),
+                id: id.into(),
+                body: Some(stored.body),
+            }];
+            writes.extend(change(&mut record)?);
+            writes.push(put(&record)?);
+            match self.store.commit(writes).await {
+                Ok(()) => return Ok(record),
+                Err(StoreError::Conflict(ns)) if ns.starts_with("expect:") => {}
+                Err(e) => {
+                    return Err(store_error(
+                        &e,
+                        ApiError::new(Code::Conflict, "conflicts with existing data"),
+                    ));
+                }
+            }
+        }
+        Err(ApiError::new(
+            Code::Conflict,
+            "the record is being changed by another request; try again",
+        ))
+    }
+}
+
+fn decode<R: DeserializeOwned>(body: &[u8]) -> Result<R, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::internal(&format!("stored record: {e}")))
+}
+
+/// The write that stores a record (its index entries count only when it is new).
+pub fn put<R: Record>(record: &R) -> Result<Write, ApiError> {
+    Ok(Write::Put {
+        kind: R::KIND.into(),
+        id: record.id().into(),
+        body: serde_json::to_vec(record).map_err(|e| ApiError::internal(&e))?,
+        indexes: record.indexes(),
+    })
+}
+
+/// The write that requires a record to be absent (creation races).
+pub fn absent<R: Record>(id: &str) -> Write {
+    Write::Expect {
+        kind: R::KIND.into(),
+        id: id.into(),
+        body: None,
+    }
+}
+
+/// The write that deletes a record.
+pub fn delete<R: Record>(id: &str) -> Write {
+    Write::Delete {
+        kind: R::KIND.into(),
+        id: id.into(),
+    }
+}
+
+/// Claims a unique value.
+pub fn claim(ns: &str, value: &str, owner: &str) -> Write {
+    Write::Claim {
+        ns: ns.into(),
+        value: value.into(),
+        owner: owner.into(),
+    }
+}
+
+/// Releases a unique value.
+pub fn release(ns: &str, value: &str) -> Write {
+    Write::Release {
+        ns: ns.into(),
+        value: value.into(),
+    }
+}

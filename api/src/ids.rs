@@ -1,0 +1,121 @@
+//! Identifiers of contract section 1: how they are made and how they are recognised.
+
+const ALNUM: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Random bytes from the OS. The platform cannot make an unguessable id without them, so a
+/// failing RNG is reported rather than papered over.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], crate::ApiError> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes)
+        .map_err(|_| crate::ApiError::new(crate::Code::Internal, "internal error"))?;
+    Ok(bytes)
+}
+
+/// `len` characters of `[0-9A-Za-z]`, uniformly drawn (rejection sampling: 62 does not divide
+/// 256, and a modulo bias would thin out the last letters).
+pub fn random_alnum(len: usize) -> Result<String, crate::ApiError> {
+    let mut out = String::with_capacity(len);
+    while out.len() < len {
+        for b in random_bytes::<32>()? {
+            if b < 248
+                && out.len() < len
+                && let Some(&c) = ALNUM.get(usize::from(b % 62))
+            {
+                out.push(char::from(c));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A prefixed random id: `ch_` + 24 characters is 142 bits.
+pub fn prefixed(prefix: &str) -> Result<String, crate::ApiError> {
+    Ok(format!("{prefix}{}", random_alnum(24)?))
+}
+
+/// A random (version 4) UUID, lower-case and hyphenated.
+pub fn uuid() -> Result<String, crate::ApiError> {
+    let mut b = random_bytes::<16>()?;
+    if let Some(v) = b.get_mut(6) {
+        *v = (*v & 0x0f) | 0x40;
+    }
+    if let Some(v) = b.get_mut(8) {
+        *v = (*v & 0x3f) | 0x80;
+    }
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        hex.get(0..8).unwrap_or_default(),
+        hex.get(8..12).unwrap_or_default(),
+        hex.get(12..16).unwrap_or_default(),
+        hex.get(16..20).unwrap_or_default(),
+        hex.get(20..32).unwrap_or_default()
+    ))
+}
+
+/// A lower-case hyphenated UUID (any version).
+pub fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        })
+}
+
+/// `POS-` and 8 upper-case hex digits.
+pub fn is_device_id(s: &str) -> bool {
+    s.len() == 12
+        && s.starts_with("POS-")
+        && s.bytes()
+            .skip(4)
+            .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c))
+}
+
+/// A prefix and at least `min` characters of `[0-9A-Za-z]`.
+pub fn is_prefixed(s: &str, prefix: &str, min: usize) -> bool {
+    s.strip_prefix(prefix)
+        .is_some_and(|rest| rest.len() >= min && rest.bytes().all(|c| c.is_ascii_alphanumeric()))
+}
+
+/// An API client id: `cli_` and at least 20 alphanumerics.
+pub fn is_client_id(s: &str) -> bool {
+    is_prefixed(s, "cli_", 20) && s.len() <= 64
+}
+
+/// A key-injection zone name, as keyd accepts it.
+pub fn is_zone(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_ids_are_recognised() {
+        let u = uuid().unwrap();
+        assert!(is_uuid(&u), "{u}");
+        assert_eq!(u.as_bytes()[14], b'4');
+        assert_ne!(u, uuid().unwrap());
+        assert!(!is_uuid(&u.to_uppercase().replace('4', "A")));
+        let c = prefixed("cli_").unwrap();
+        assert!(is_client_id(&c) && c.len() == 28);
+        assert!(is_prefixed(&prefixed("ch_").unwrap(), "ch_", 20));
+        assert!(!is_prefixed("ch_short", "ch_", 20));
+        assert!(is_device_id("POS-8F3A2C91"));
+        for bad in [
+            "POS-8f3a2c91",
+            "POS-8F3A2C9",
+            "POS-8F3A2C91A",
+            "PAS-8F3A2C91",
+            "POS-8G3A2C91",
+        ] {
+            assert!(!is_device_id(bad), "{bad}");
+        }
+        let long = random_alnum(300).unwrap();
+        assert_eq!(long.len(), 300);
+        assert!(long.bytes().all(|c| c.is_ascii_alphanumeric()));
+    }
+}

@@ -1,0 +1,119 @@
+//! The key-service steps of the backoffice: registering a device (its identity key is made in
+//! keyd), replacing its identity key, revoking its key sets. The identity secret passes through
+//! the API once, on its way to the caller, in a buffer that is wiped afterwards.
+
+use base64::Engine;
+use keyd_proto::Status;
+use keyd_proto::message::{DeviceCreate, IdentityKey, IdentityRotate, KeySetRevoke};
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::keyd::KeydError;
+
+/// A new identity key as shown to the caller once.
+pub struct Identity {
+    /// `idk-…`.
+    pub key_id: String,
+    /// Its check value (6 hex digits).
+    pub kcv: String,
+    secret: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("key_id", &self.key_id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Identity {
+    fn from_keyd(k: &IdentityKey) -> Self {
+        Self {
+            key_id: k.key_id.clone(),
+            kcv: k.kcv.iter().map(|b| format!("{b:02X}")).collect(),
+            secret: Zeroizing::new(
+                base64::engine::general_purpose::STANDARD.encode(k.secret.expose()),
+            ),
+        }
+    }
+
+    /// `{"key_id","secret","kcv"}`; the only place the secret is written out.
+    pub fn to_json(&self) -> Value {
+        json!({"key_id": self.key_id, "secret": self.secret.as_str(), "kcv": self.kcv})
+    }
+}
+
+fn keyd_error(e: KeydError, what: &str) -> ApiError {
+    match e {
+        KeydError::Refused(status) => ApiError::internal(&format!("keyd refused {what}: {status}")),
+        KeydError::Unavailable => KeydError::unavailable(),
+    }
+}
+
+/// Registers a device in keyd. An unknown zone is the caller's mistake (400 naming `zone`).
+/// If keyd already knows the device (an earlier registration got as far as keyd and no
+/// further), its identity key is replaced and any key sets revoked, so what the caller gets is
+/// fresh and nothing from the half-done attempt stays usable.
+///
+/// # Errors
+/// 400 for an unknown zone, 503 when keyd is down.
+pub async fn register_device(app: &App, device_id: &str, zone: &str) -> Result<Identity, ApiError> {
+    let created = app
+        .keyd
+        .call(&DeviceCreate {
+            device_id: device_id.into(),
+            zone: zone.into(),
+        })
+        .await;
+    match created {
+        Ok(k) => Ok(Identity::from_keyd(&k)),
+        Err(KeydError::Refused(Status::NOT_FOUND)) => Err(ApiError::field(
+            "zone",
+            "no such key-injection zone in the key service",
+        )),
+        Err(KeydError::Refused(Status::CONFLICT)) => {
+            tracing::warn!(
+                device_id,
+                "device already known to keyd; issuing a fresh identity"
+            );
+            revoke_key_sets(app, device_id).await?;
+            rotate_identity(app, device_id).await
+        }
+        Err(e) => Err(keyd_error(e, "device registration")),
+    }
+}
+
+/// Replaces a device's identity key in keyd.
+///
+/// # Errors
+/// 503 when keyd is down.
+pub async fn rotate_identity(app: &App, device_id: &str) -> Result<Identity, ApiError> {
+    app.keyd
+        .call(&IdentityRotate {
+            device_id: device_id.into(),
+        })
+        .await
+        .map(|k| Identity::from_keyd(&k))
+        .map_err(|e| keyd_error(e, "identity rotation"))
+}
+
+/// Revokes every key set of a device (a device keyd never issued keys for has none to revoke).
+///
+/// # Errors
+/// 503 when keyd is down.
+pub async fn revoke_key_sets(app: &App, device_id: &str) -> Result<(), ApiError> {
+    match app
+        .keyd
+        .call(&KeySetRevoke {
+            device_id: device_id.into(),
+        })
+        .await
+    {
+        Ok(_) | Err(KeydError::Refused(Status::NOT_FOUND)) => Ok(()),
+        Err(e) => Err(keyd_error(e, "key-set revocation")),
+    }
+}

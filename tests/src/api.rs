@@ -1,0 +1,275 @@
+//! The API as a real process, and a small blocking HTTP/1.1 client for tests and drivers.
+//!
+//! The client writes requests byte for byte (so tests can send malformed ones) and reads one
+//! answer per connection (`Connection: close`).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::Error;
+
+/// An `api` process on a free loopback port, with its database and signing key in a temporary
+/// directory removed on drop.
+pub struct ApiProcess {
+    binary: PathBuf,
+    dir: PathBuf,
+    config: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl std::fmt::Debug for ApiProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiProcess")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A free TCP port on loopback.
+///
+/// # Errors
+/// If no port can be bound.
+pub fn free_port() -> Result<u16, Error> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl ApiProcess {
+    /// Writes a plain-HTTP loopback config (`extra_top` goes before any table, `auth` lines
+    /// into the `[auth]` table, after the signing key) and starts the API.
+    ///
+    /// # Errors
+    /// If it does not come up within 20 s.
+    pub fn start(
+        binary: &Path,
+        keyd_socket: &Path,
+        extra_top: &str,
+        auth: &str,
+    ) -> Result<Self, Error> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("api-e2e-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("api.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nplain_http = true\nkeyd_socket = \"{}\"\n\
+                 database = \"{}\"\n{extra_top}\n\n[platform]\ndefault_zone = \"z1\"\n\n\
+                 [auth]\nsigning_key = \"{}\"\n{auth}\n",
+                keyd_socket.display(),
+                dir.join("api.db").display(),
+                dir.join("jwt-es256.p8").display(),
+            ),
+        )?;
+        let mut api = Self {
+            binary: binary.to_owned(),
+            dir,
+            config,
+            port,
+            child: None,
+        };
+        api.restart()?;
+        Ok(api)
+    }
+
+    /// Starts (again) and waits for the port.
+    ///
+    /// # Errors
+    /// If it does not come up within 20 s.
+    pub fn restart(&mut self) -> Result<(), Error> {
+        self.kill();
+        let child = Command::new(&self.binary)
+            .arg("--config")
+            .arg(&self.config)
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("api did not start within 20 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Kills the process (SIGKILL: nothing is flushed on the way out).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The port.
+    pub const fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The temporary directory (database, signing key, config).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// An `api --config … token` for a subject and role.
+    ///
+    /// # Errors
+    /// If the command fails.
+    pub fn token(&self, sub: &str, role: &str) -> Result<String, Error> {
+        let out = Command::new(&self.binary)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["token", "--sub", sub, "--role", role])
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("api token: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// A client for this API.
+    pub const fn client(&self) -> Client {
+        Client { port: self.port }
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Header lines, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body parsed as JSON (`Null` when empty or not JSON).
+    pub json: Value,
+    /// The raw body.
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The error code of an error body (`""` otherwise).
+    pub fn code(&self) -> &str {
+        self.json
+            .get("error")
+            .and_then(|e| e.get("code"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+}
+
+/// A blocking HTTP/1.1 client for one host.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    port: u16,
+}
+
+impl Client {
+    /// A client for a port on loopback.
+    pub const fn new(port: u16) -> Self {
+        Self { port }
+    }
+
+    /// A request with an optional bearer token and JSON body.
+    ///
+    /// # Errors
+    /// Transport failures.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Answer, Error> {
+        let mut headers = Vec::new();
+        if let Some(t) = token {
+            headers.push(("Authorization".to_owned(), format!("Bearer {t}")));
+        }
+        let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        if !body.is_empty() {
+            headers.push(("Content-Type".to_owned(), "application/json".to_owned()));
+        }
+        self.raw(method, path, &headers, &body)
+    }
+
+    /// A request with exactly these headers and body bytes (`Content-Length` is added).
+    ///
+    /// # Errors
+    /// Transport failures.
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<Answer, Error> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            req.push_str(&format!("{name}: {value}\r\n"));
+        }
+        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        // A server may answer before it has read the whole body (too large) and close; the
+        // answer is still there to read, so a failed write is not the end.
+        let sent = stream
+            .write_all(req.as_bytes())
+            .and_then(|()| stream.write_all(body));
+        let mut raw = Vec::new();
+        let read = stream.read_to_end(&mut raw);
+        match (parse(&raw), sent, read) {
+            (Ok(answer), _, _) => Ok(answer),
+            (Err(_), Err(e), _) | (Err(_), Ok(()), Err(e)) => Err(e.into()),
+            (Err(e), Ok(()), Ok(_)) => Err(e),
+        }
+    }
+}
+
+fn parse(raw: &[u8]) -> Result<Answer, Error> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = std::str::from_utf8(raw.get(..split).ok_or("short")?)?;
+    let body = raw.get(split + 4..).unwrap_or_default().to_vec();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.get(9..12))
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status")?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Ok(Answer {
+        status,
+        headers,
+        json,
+        body,
+    })
+}
