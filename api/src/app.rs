@@ -5,8 +5,13 @@ use std::sync::Arc;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::db::Db;
+use crate::error::ApiError;
+use crate::idem::Idempotency;
 use crate::keyd::Keyd;
+use crate::locks::Locks;
 use crate::metrics::Metrics;
+use crate::processor::{Processor, Simulator};
+use crate::replay::Replay;
 use crate::store::{SqliteStore, Store};
 
 /// The application.
@@ -22,6 +27,14 @@ pub struct App {
     pub auth: Auth,
     /// Request counters and latencies.
     pub metrics: Metrics,
+    /// Used nonces.
+    pub replay: Replay,
+    /// Per-object serialisation of read-check-write sequences.
+    pub locks: Locks,
+    /// Keyed requests in progress.
+    pub idempotency: Idempotency,
+    /// The payment processor.
+    pub processor: Arc<dyn Processor>,
 }
 
 impl App {
@@ -33,17 +46,46 @@ impl App {
         let store = SqliteStore::open(&config.database)
             .map_err(|e| format!("database {}: {e}", config.database.display()))?;
         let auth = Auth::new(&config.auth)?;
-        Ok(Self::with_parts(config, Arc::new(store), auth))
+        Self::with_parts(config, Arc::new(store), auth).map_err(|e| e.message().to_owned())
     }
 
     /// An application over given parts (tests use the in-memory store).
-    pub fn with_parts(config: Config, store: Arc<dyn Store>, auth: Auth) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// If the used nonces cannot be loaded.
+    pub fn with_parts(config: Config, store: Arc<dyn Store>, auth: Auth) -> Result<Self, ApiError> {
+        let db = Db::new(store);
+        Ok(Self {
             keyd: Keyd::new(config.keyd_socket.clone()),
-            db: Db::new(store),
+            replay: Replay::load(&db, crate::time::now())?,
+            db,
             auth,
             metrics: Metrics::new(),
+            locks: Locks::default(),
+            idempotency: Idempotency::default(),
+            processor: Arc::new(Simulator::new(
+                std::time::Duration::from_millis(config.processor.latency_ms),
+                config.processor.timeout(),
+            )),
             config,
+        })
+    }
+
+    /// Work after start and every minute: charges left pending by a crash, old nonces and
+    /// idempotency records.
+    pub async fn housekeeping(self: Arc<Self>) {
+        match crate::charges::recover(&self).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(count = n, "charges left pending by a crash marked failed"),
+            Err(e) => tracing::error!(error = %e, "pending-charge recovery failed"),
+        }
+        let mut hour = 0;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let now = crate::time::now();
+            self.replay.sweep(&self.db, now).await;
+            hour = crate::idem::sweep(&self.db, hour, now).await;
         }
     }
 }

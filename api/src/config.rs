@@ -36,6 +36,42 @@ pub struct Config {
     /// Serve Prometheus metrics at `/metrics`.
     #[serde(default = "yes")]
     pub metrics: bool,
+    /// The payment processor connector.
+    #[serde(default)]
+    pub processor: ProcessorConfig,
+}
+
+/// The payment processor: the embedded simulator (the only connector so far).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig {
+    /// Added to every simulator call, in milliseconds.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// How long a processor call may take before the charge is `failed` (the simulator's
+    /// time-out card waits exactly this long).
+    #[serde(default = "default_processor_timeout")]
+    pub timeout_ms: u64,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            latency_ms: 0,
+            timeout_ms: default_processor_timeout(),
+        }
+    }
+}
+
+impl ProcessorConfig {
+    /// The time-out.
+    pub const fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms)
+    }
+}
+
+const fn default_processor_timeout() -> u64 {
+    10_000
 }
 
 /// Which issuer signs backoffice tokens.

@@ -107,13 +107,36 @@ impl Db {
         limit: usize,
         keep: impl Fn(&R) -> bool,
     ) -> Result<Page<R>, ApiError> {
-        let mut before = match after {
+        let before = match after {
             None => None,
             Some(id) => Some(
                 self.seq::<R>(id)?
                     .ok_or_else(|| ApiError::field("starting_after", "unknown cursor"))?,
             ),
         };
+        self.page_from(index, key, before, limit, keep)
+    }
+
+    /// Like [`Db::page_filtered`] from a sequence number (a cursor of another kind).
+    pub fn page_before<R: Record>(
+        &self,
+        index: &str,
+        key: &str,
+        before: u64,
+        limit: usize,
+        keep: impl Fn(&R) -> bool,
+    ) -> Result<Page<R>, ApiError> {
+        self.page_from(index, key, Some(before), limit, keep)
+    }
+
+    fn page_from<R: Record>(
+        &self,
+        index: &str,
+        key: &str,
+        mut before: Option<u64>,
+        limit: usize,
+        keep: impl Fn(&R) -> bool,
+    ) -> Result<Page<R>, ApiError> {
         let mut items = Vec::with_capacity(limit.min(100));
         loop {
             let batch = self

@@ -117,6 +117,11 @@ impl Code {
         Self::Unavailable,
     ];
 
+    /// The code for a contract code string.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == code)
+    }
+
     /// The contract's code string.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -259,6 +264,26 @@ impl ApiError {
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
         Self::new(Code::Internal, "internal error")
+    }
+
+    /// What an idempotency record keeps of an error: code, message, details.
+    pub fn stored(&self) -> Value {
+        json!({"code": self.code.as_str(), "message": self.message, "details": self.details})
+    }
+
+    /// An error rebuilt from [`ApiError::stored`] (replays carry the new request's trace id).
+    pub fn from_stored(v: &Value) -> Self {
+        let code = v
+            .get("code")
+            .and_then(Value::as_str)
+            .and_then(Code::parse)
+            .unwrap_or(Code::Internal);
+        let message = v.get("message").and_then(Value::as_str).unwrap_or("error");
+        let mut e = Self::new(code, message);
+        if let Some(d) = v.get("details").filter(|d| !d.is_null()) {
+            e.details = Some(d.clone());
+        }
+        e
     }
 
     /// The catalogue code.

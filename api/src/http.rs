@@ -183,7 +183,12 @@ async fn run(
     parts: &hyper::http::request::Parts,
     body: Incoming,
 ) -> Result<Reply, ApiError> {
-    let limit = app.config.max_body_bytes;
+    // POS bodies are envelopes of at most 32 KiB of plaintext: 64 KiB is plenty.
+    let limit = if route.path.starts_with("/pos/") && route.access == Access::Pos {
+        app.config.max_body_bytes.min(64 * 1024)
+    } else {
+        app.config.max_body_bytes
+    };
     let too_large = || ApiError::new(Code::BodyUnreadable, "body too large");
     let declared = parts
         .headers
@@ -200,7 +205,7 @@ async fn run(
         .to_bytes();
     let now = crate::time::now();
     let principal = match route.access {
-        Access::Public => None,
+        Access::Public | Access::Pos => None,
         Access::Bearer | Access::BearerNoSession => {
             let authorization = parts
                 .headers
@@ -299,6 +304,28 @@ async fn dispatch(app: &App, op: Op, call: &Call<'_>) -> Result<Reply, ApiError>
         Op::ApiClientCreate => b::api_client_create(app, call).await?,
         Op::ApiClientList => b::api_client_list(app, call)?,
         Op::ApiClientDelete => b::api_client_delete(app, call).await?,
+        Op::PosBootstrap => crate::pos::bootstrap(app, call)?,
+        Op::PosPairingCode => crate::pos::pairing_code(app, call).await?,
+        Op::PosStatus => crate::pos::status(app, call)?,
+        Op::PosClaim => crate::pos::claim(app, call).await?,
+        Op::PosAttest => crate::pos::attest(app, call).await?,
+        Op::PosKeys => crate::pos::keys(app, call).await?,
+        Op::PosConfig => crate::pos::config(app, call).await?,
+        Op::PosTerminalParameters => crate::pos::terminal_parameters(app, call).await?,
+        Op::PosActivate => crate::pos::activate(app, call).await?,
+        Op::PosCharge => crate::pos_charges::create(app, call).await?,
+        Op::PosRefund => crate::pos_charges::refund(app, call).await?,
+        Op::PosCancel => crate::pos_charges::cancel(app, call, "cancel").await?,
+        Op::PosReverse => crate::pos_charges::cancel(app, call, "reverse").await?,
+        Op::ChargeCreate => crate::charges::create_backoffice(app, call).await?,
+        Op::ChargeList => crate::charges::list_backoffice(app, call)?,
+        Op::ChargeGet => crate::charges::get_backoffice(app, call)?,
+        Op::ChargeRefund => crate::charges::refund_backoffice(app, call).await?,
+        Op::ChargeCancel => crate::charges::cancel_backoffice(app, call).await?,
+        Op::SettlementCreate => crate::charges::settle(app, call).await?,
+        Op::SettlementList => crate::charges::settlements(app, call)?,
+        Op::TransactionList => crate::charges::transactions(app, call)?,
+        Op::TransactionGet => crate::charges::transaction(app, call)?,
     };
     Ok(json(value))
 }

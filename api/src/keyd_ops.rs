@@ -3,8 +3,10 @@
 //! the API once, on its way to the caller, in a buffer that is wiped afterwards.
 
 use base64::Engine;
-use keyd_proto::Status;
-use keyd_proto::message::{DeviceCreate, IdentityKey, IdentityRotate, KeySetRevoke};
+use keyd_proto::message::{
+    DeviceCreate, IdentityKey, IdentityRotate, KeySetRevoke, PanFingerprint,
+};
+use keyd_proto::{Secret, Status};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -85,6 +87,24 @@ pub async fn register_device(app: &App, device_id: &str, zone: &str) -> Result<I
         }
         Err(e) => Err(keyd_error(e, "device registration")),
     }
+}
+
+/// The keyed fingerprint of a PAN typed in the backoffice (the same value keyd gives for
+/// terminal card data), as hex.
+///
+/// # Errors
+/// 400 naming `card.number` if keyd refuses it, 503 when keyd is down.
+pub async fn pan_fingerprint(app: &App, pan: &str) -> Result<String, ApiError> {
+    app.keyd
+        .call(&PanFingerprint {
+            pan: Secret::new(pan.as_bytes()),
+        })
+        .await
+        .map(|f| crate::envelope::hex_upper(&f.value))
+        .map_err(|e| match e {
+            KeydError::Refused(_) => ApiError::field("card.number", "not a card number"),
+            KeydError::Unavailable => KeydError::unavailable(),
+        })
 }
 
 /// Replaces a device's identity key in keyd.

@@ -355,6 +355,18 @@ pub struct Device {
     /// Bumped by disable and enable: attestation tokens of an older epoch are dead.
     #[serde(default)]
     pub auth_epoch: u64,
+    /// The key set in use.
+    #[serde(default)]
+    pub key_set: Option<KeySetRef>,
+    /// The set before it, honoured for the grace period after the new one was delivered.
+    #[serde(default)]
+    pub previous_key_set: Option<KeySetRef>,
+    /// The latest pairing code issued to the device.
+    #[serde(default)]
+    pub pairing_code: Option<String>,
+    /// When pairing codes were issued in the last hour (rate limit).
+    #[serde(default)]
+    pub pairing_issued: Vec<i64>,
     /// Unix seconds.
     pub created_at: i64,
     /// Unix seconds.
@@ -386,6 +398,27 @@ impl Record for Device {
     fn indexes(&self) -> Vec<(String, String)> {
         vec![("devices".into(), self.merchant_id.clone())]
     }
+}
+
+/// A device's key set as the API knows it: ids and check values, never key material.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySetRef {
+    /// `ks-…`.
+    pub key_set_id: String,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds (365 days after issue).
+    pub expires_at: i64,
+    /// When it replaced the previous set (start of that set's grace period).
+    pub delivered_at: i64,
+    /// The HMAC key terminals sign charges with.
+    pub mac_key_id: String,
+    /// The MSK of envelopes.
+    pub msk_key_id: String,
+    /// The MSK's check value (6 hex digits).
+    pub msk_kcv: String,
+    /// The TDK of card data.
+    pub tdk_key_id: String,
 }
 
 /// A platform role (`realm_access.roles`).
@@ -545,6 +578,108 @@ impl Record for Session {
     }
     fn indexes(&self) -> Vec<(String, String)> {
         Vec::new()
+    }
+}
+
+/// A pairing code's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairingStatus {
+    /// Issued and usable until it expires.
+    Pending,
+    /// Claimed a device.
+    Used,
+    /// Replaced by a newer code (time-outs are computed from `expires_at`).
+    Expired,
+}
+
+/// A pairing code (the record id is the code itself).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PairingCode {
+    /// Six characters of the pairing alphabet.
+    pub code: String,
+    /// The device it pairs.
+    pub device_id: String,
+    /// Stored state (see [`PairingCode::status`] for the effective one).
+    pub status: PairingStatus,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// When it stopped being pending (used, replaced, or timed out).
+    pub ended_at: Option<i64>,
+}
+
+impl PairingCode {
+    /// The state at `now`: a pending code past its time is expired.
+    pub fn status(&self, now: i64) -> PairingStatus {
+        match self.status {
+            PairingStatus::Pending if now >= self.expires_at => PairingStatus::Expired,
+            s => s,
+        }
+    }
+
+    /// When it stopped being pending, if it has.
+    pub fn ended(&self, now: i64) -> Option<i64> {
+        match self.status(now) {
+            PairingStatus::Pending => None,
+            _ => Some(self.ended_at.unwrap_or(self.expires_at)),
+        }
+    }
+}
+
+impl Record for PairingCode {
+    const KIND: &'static str = "pairing_code";
+    fn id(&self) -> &str {
+        &self.code
+    }
+    fn indexes(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// An attestation token, stored by the SHA-256 of its value (the record id, hex).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attestation {
+    /// Hex SHA-256 of the token.
+    pub hash: String,
+    /// The device it was issued to.
+    pub device_id: String,
+    /// The device's auth epoch at issue: disabling the device kills the token.
+    pub epoch: u64,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+impl Record for Attestation {
+    const KIND: &'static str = "attestation";
+    fn id(&self) -> &str {
+        &self.hash
+    }
+    fn indexes(&self) -> Vec<(String, String)> {
+        vec![(
+            "attestation_minute".into(),
+            (self.expires_at / 60).to_string(),
+        )]
+    }
+}
+
+/// A used nonce (replay protection survives a restart). Id: `{scope}:{nonce}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Nonce {
+    /// Scope and nonce.
+    pub id: String,
+    /// Unix seconds when it was used.
+    pub at: i64,
+}
+
+impl Record for Nonce {
+    const KIND: &'static str = "nonce";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn indexes(&self) -> Vec<(String, String)> {
+        vec![("nonce_minute".into(), (self.at / 60).to_string())]
     }
 }
 

@@ -29,6 +29,12 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "pos": {"type": "apiKey", "in": "header", "name": "X-Signature",
+                        "description": "Terminal calls: User-Agent Viopay-POS/x.y.z and \
+                                        X-Client-Type pos, then activation headers, an \
+                                        HMAC-SHA256 signature (X-Key-Id, X-Timestamp, X-Nonce, \
+                                        X-Signature) or Authorization: Attestation att_…, as \
+                                        contract section 4 describes."},
             },
             "schemas": {
                 "Error": {
@@ -109,8 +115,14 @@ fn operation(route: &crate::routes::Route) -> Value {
                 json!({"required": route.method != "POST", "content": {"application/json": {"schema": {"type": "object"}}}}),
             );
         }
-        if route.access != Access::Public {
-            map.insert("security".into(), json!([{"bearer": []}]));
+        match route.access {
+            Access::Public => {}
+            Access::Pos => {
+                map.insert("security".into(), json!([{"pos": []}]));
+            }
+            Access::Bearer | Access::BearerNoSession => {
+                map.insert("security".into(), json!([{"bearer": []}]));
+            }
         }
     }
     op

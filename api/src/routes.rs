@@ -13,6 +13,9 @@ pub enum Access {
     Bearer,
     /// Bearer token only (`/session/initiate`).
     BearerNoSession,
+    /// A terminal: POS headers and the call's own scheme (activation, signature, attestation
+    /// token), checked by the handler in the contract's order.
+    Pos,
 }
 
 /// The operation a route runs.
@@ -77,6 +80,28 @@ pub enum Op {
     ApiClientDelete,
     MerchantParameters,
     DeviceParameters,
+    PosBootstrap,
+    PosPairingCode,
+    PosStatus,
+    PosClaim,
+    PosAttest,
+    PosKeys,
+    PosConfig,
+    PosTerminalParameters,
+    PosActivate,
+    PosCharge,
+    PosRefund,
+    PosCancel,
+    PosReverse,
+    ChargeCreate,
+    ChargeList,
+    ChargeGet,
+    ChargeRefund,
+    ChargeCancel,
+    SettlementCreate,
+    SettlementList,
+    TransactionList,
+    TransactionGet,
 }
 
 /// One endpoint.
@@ -118,7 +143,7 @@ const fn r(
     }
 }
 
-use Access::{Bearer, BearerNoSession, Public};
+use Access::{Bearer, BearerNoSession, Pos, Public};
 
 /// Every endpoint of the API.
 #[rustfmt::skip]
@@ -178,6 +203,28 @@ pub static ROUTES: &[Route] = &[
     r("GET", "/merchants/{merchant_id}/api-clients", Op::ApiClientList, Bearer, 200, "api-clients", "List API clients"),
     r("DELETE", "/merchants/{merchant_id}/api-clients/{client_id}", Op::ApiClientDelete, Bearer, 200, "api-clients", "Delete an API client"),
     r("PUT", "/merchants/{merchant_id}/terminal-parameters", Op::MerchantParameters, Bearer, 200, "merchants", "Set the merchant's terminal-parameter overrides"),
+    r("POST", "/merchants/{merchant_id}/settlements", Op::SettlementCreate, Bearer, 201, "charges", "Close the settlement batch"),
+    r("GET", "/merchants/{merchant_id}/settlements", Op::SettlementList, Bearer, 200, "charges", "List settlements"),
+    r("GET", "/merchants/{merchant_id}/transactions", Op::TransactionList, Bearer, 200, "charges", "Charges and refunds, newest first, with filters"),
+    r("GET", "/merchants/{merchant_id}/transactions/{transaction_id}", Op::TransactionGet, Bearer, 200, "charges", "One charge or refund as a transaction"),
+    r("POST", "/charges", Op::ChargeCreate, Bearer, 200, "charges", "Create a card-not-present charge"),
+    r("GET", "/charges", Op::ChargeList, Bearer, 200, "charges", "List a merchant's charges"),
+    r("GET", "/charges/{charge_id}", Op::ChargeGet, Bearer, 200, "charges", "Retrieve a charge"),
+    r("POST", "/charges/{charge_id}/refund", Op::ChargeRefund, Bearer, 200, "charges", "Refund a charge in full or in part"),
+    r("POST", "/charges/{charge_id}/cancel", Op::ChargeCancel, Bearer, 200, "charges", "Void a charge before settlement"),
+    r("POST", "/pos/bootstrap", Op::PosBootstrap, Pos, 200, "pos", "Terminal start-up: server time and minimum app version"),
+    r("POST", "/pos/pairing-code", Op::PosPairingCode, Pos, 200, "pos", "A pairing code for the merchant to claim the device with"),
+    r("GET", "/pos/status", Op::PosStatus, Pos, 200, "pos", "The device's lifecycle state"),
+    r("POST", "/pos/claim", Op::PosClaim, Bearer, 200, "pos", "Claim a device with its pairing code (backoffice)"),
+    r("POST", "/pos/attest", Op::PosAttest, Pos, 200, "pos", "Identity-key signature for an attestation token"),
+    r("POST", "/pos/keys", Op::PosKeys, Pos, 200, "pos", "The device's key set as TR-31 blocks"),
+    r("POST", "/pos/config", Op::PosConfig, Pos, 200, "pos", "The terminal configuration (MSK envelope)"),
+    r("POST", "/pos/terminal-parameters", Op::PosTerminalParameters, Pos, 200, "pos", "Terminal parameters (gzip, possibly chunked envelope)"),
+    r("POST", "/pos/activate", Op::PosActivate, Pos, 200, "pos", "Activate the terminal"),
+    r("POST", "/pos/charge", Op::PosCharge, Pos, 200, "pos", "Charge a card (signed, enveloped)"),
+    r("POST", "/pos/charge/{charge_id}/refund", Op::PosRefund, Pos, 200, "pos", "Refund a charge (signed, enveloped)"),
+    r("POST", "/pos/charge/{charge_id}/cancel", Op::PosCancel, Pos, 200, "pos", "Void a charge (signed, empty body)"),
+    r("POST", "/pos/charge/{charge_id}/reverse", Op::PosReverse, Pos, 200, "pos", "Void a charge (alias of cancel)"),
 ];
 
 /// The route for a method and path, and the path's `{…}` values in order.

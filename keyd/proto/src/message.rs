@@ -279,6 +279,16 @@ message! {
     CardDecrypt { tdk_key_id: String, iv: [u8; 16], ciphertext: Vec<u8> }
 }
 message! {
+    /// The keyed fingerprint of a PAN the caller already holds (backoffice card entry), the same
+    /// value [`CardDecrypt`] returns for card data, so one card has one fingerprint however it
+    /// arrived.
+    PanFingerprint { pan: Secret }
+}
+message! {
+    /// HMAC-SHA-256 under keyd's fingerprint key.
+    Fingerprint { value: [u8; 32] }
+}
+message! {
     /// Card plaintext and the PAN fingerprint.
     CardData { plaintext: Secret, pan_fingerprint: [u8; 32] }
 }
@@ -366,6 +376,7 @@ operation!(EnvelopeOpen, 0x0203, Data, Plaintext);
 operation!(EnvelopeSeal, 0x0204, Data, Sealed);
 operation!(ChargeOpen, 0x0205, Data, Plaintext);
 operation!(CardDecrypt, 0x0206, Data, CardData);
+operation!(PanFingerprint, 0x020A, Data, Fingerprint);
 operation!(KeyCheck, 0x0207, Data, CheckValue);
 operation!(EnvelopeSealChunks, 0x0208, Data, SealedChunks);
 operation!(EnvelopeOpenChunks, 0x0209, Data, Plaintext);
@@ -380,7 +391,7 @@ impl Opcode {
         Some(match self.0 {
             0x0001 | 0x0002 => Group::Session,
             0x0101..=0x0106 => Group::Devices,
-            0x0201..=0x0209 => Group::Data,
+            0x0201..=0x020A => Group::Data,
             0x0301..=0x0304 => Group::Admin,
             _ => return None,
         })
@@ -447,6 +458,7 @@ mod tests {
         check::<EnvelopeSeal>();
         check::<ChargeOpen>();
         check::<CardDecrypt>();
+        check::<PanFingerprint>();
         check::<KeyCheck>();
         check::<IdentityRevoke>();
         check::<EnvelopeSealChunks>();

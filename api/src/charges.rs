@@ -1,0 +1,1175 @@
+//! The charge engine (contract section 8): one engine behind the POS calls (signed, enveloped)
+//! and the backoffice calls (bearer, clear JSON over TLS).
+//!
+//! A charge is written as `pending` before the processor is asked, and as its outcome (with the
+//! kept idempotent answer) after: a crash in between leaves a pending charge that is settled as
+//! `failed` at the next start, never a charge the processor approved and the platform forgot.
+//! Refunds and cancels of one charge run one at a time.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use zeroize::Zeroizing;
+
+use crate::app::App;
+use crate::authz::{Action, Principal, Scope, authorize};
+use crate::call::{Call, list};
+use crate::db::{self, Record};
+use crate::error::{ApiError, Code};
+use crate::idem::{self, Begin, Running};
+use crate::ids;
+use crate::input::{self, Input, Money};
+use crate::model::{Amount, FeeTemplate, Location, Merchant};
+use crate::processor::{self, AuthorizationRequest, Outcome, Pan, RefundRequest, VoidRequest};
+use crate::store::Write;
+use crate::time::rfc3339;
+
+/// A charge's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChargeStatus {
+    /// Written before the processor call; never answered to a client.
+    Pending,
+    /// Authorised and captured.
+    Approved,
+    /// Refused by the issuer.
+    Declined,
+    /// The processor failed or timed out.
+    Failed,
+    /// Voided before settlement.
+    Cancelled,
+    /// In a settlement batch.
+    Settled,
+    /// Refunded in part.
+    PartiallyRefunded,
+    /// Refunded in full.
+    Refunded,
+}
+
+impl ChargeStatus {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Declined => "declined",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Settled => "settled",
+            Self::PartiallyRefunded => "partially_refunded",
+            Self::Refunded => "refunded",
+        }
+    }
+}
+
+/// What is kept of a card: never the PAN, the CVC or a PIN block.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CardInfo {
+    /// Brand by BIN.
+    pub brand: String,
+    /// First six digits.
+    pub bin: String,
+    /// Last four digits.
+    pub last4: String,
+    /// chip, contactless, swipe, manual.
+    pub entry_mode: String,
+    /// Keyed fingerprint from keyd (hex).
+    pub fingerprint: String,
+}
+
+/// A refund.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refund {
+    /// `re_…`.
+    pub refund_id: String,
+    /// The refunded charge.
+    pub charge_id: String,
+    /// Its merchant.
+    pub merchant_id: String,
+    /// The charge's terminal.
+    pub terminal_id: Option<String>,
+    /// The charge's location.
+    pub location_id: Option<String>,
+    /// Refunded amount.
+    pub amount: Amount,
+    /// Why.
+    pub reason: Option<String>,
+    /// The charge's status after the refund.
+    pub charge_status: ChargeStatus,
+    /// Processor reference.
+    pub processor_reference: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl Refund {
+    /// The wire form.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "refund_id": self.refund_id, "object": "refund", "charge_id": self.charge_id,
+            "status": "succeeded", "amount": self.amount.to_json(), "reason": self.reason,
+            "charge_status": self.charge_status.as_str(), "created_at": rfc3339(self.created_at),
+        })
+    }
+}
+
+impl Record for Refund {
+    const KIND: &'static str = "refund";
+    fn id(&self) -> &str {
+        &self.refund_id
+    }
+    fn indexes(&self) -> Vec<(String, String)> {
+        vec![("transactions".into(), self.merchant_id.clone())]
+    }
+}
+
+/// A charge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Charge {
+    /// `ch_…`.
+    pub charge_id: String,
+    /// Its merchant.
+    pub merchant_id: String,
+    /// Resellers above the merchant (tenancy).
+    pub resellers: Vec<String>,
+    /// Location.
+    pub location_id: Option<String>,
+    /// Terminal, for POS charges.
+    pub terminal_id: Option<String>,
+    /// State.
+    pub status: ChargeStatus,
+    /// Amount.
+    pub amount: Amount,
+    /// Tip on top.
+    pub tip: Option<Amount>,
+    /// Sum of refunds (minor units).
+    pub amount_refunded: u64,
+    /// Issuer authorisation code.
+    pub authorization_code: Option<String>,
+    /// ISO 8583 response code.
+    pub iso_response_code: Option<String>,
+    /// Decline reason word.
+    pub decline_code: Option<String>,
+    /// Card summary.
+    pub card: CardInfo,
+    /// The terminal's or caller's reference.
+    pub reference: Option<String>,
+    /// Backoffice description.
+    pub description: Option<String>,
+    /// Backoffice metadata (string pairs).
+    pub metadata: Map<String, Value>,
+    /// Fee from the merchant's template.
+    pub fee: Amount,
+    /// Processor name.
+    pub processor: String,
+    /// Processor reference.
+    pub processor_reference: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds of settlement.
+    pub settled_at: Option<i64>,
+    /// Refunds, oldest first.
+    pub refunds: Vec<Refund>,
+}
+
+impl Charge {
+    /// Amount plus tip.
+    pub fn total(&self) -> u64 {
+        self.amount.value + self.tip.as_ref().map_or(0, |t| t.value)
+    }
+
+    /// Tenancy (for authorisation).
+    pub fn tenancy(&self) -> crate::model::Tenancy {
+        crate::model::Tenancy {
+            resellers: self.resellers.clone(),
+            merchant: Some(self.merchant_id.clone()),
+        }
+    }
+
+    /// The wire form.
+    pub fn to_json(&self) -> Value {
+        let c = &self.amount.currency;
+        json!({
+            "charge_id": self.charge_id, "object": "charge", "status": self.status.as_str(),
+            "amount": self.amount.to_json(),
+            "tip": self.tip.as_ref().map(Amount::to_json),
+            "amount_refunded": {"value": self.amount_refunded.to_string(), "currency": c},
+            "authorization_code": self.authorization_code,
+            "iso_response_code": self.iso_response_code,
+            "decline_code": self.decline_code,
+            "card": {"brand": self.card.brand, "bin": self.card.bin, "last4": self.card.last4,
+                     "entry_mode": self.card.entry_mode},
+            "terminal_id": self.terminal_id, "merchant_id": self.merchant_id,
+            "location_id": self.location_id, "reference": self.reference,
+            "description": self.description, "metadata": self.metadata,
+            "fee": self.fee.to_json(),
+            "processor": {"name": self.processor, "reference": self.processor_reference},
+            "created_at": rfc3339(self.created_at),
+            "settled_at": self.settled_at.map(rfc3339),
+            "refunds": self.refunds.iter().map(Refund::to_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl Record for Charge {
+    const KIND: &'static str = "charge";
+    fn id(&self) -> &str {
+        &self.charge_id
+    }
+    fn indexes(&self) -> Vec<(String, String)> {
+        vec![
+            ("charges".into(), self.merchant_id.clone()),
+            ("transactions".into(), self.merchant_id.clone()),
+        ]
+    }
+}
+
+/// Marks a charge whose processor call has not come back (crash recovery).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingCharge {
+    /// The charge.
+    pub charge_id: String,
+}
+
+impl Record for PendingCharge {
+    const KIND: &'static str = "pending_charge";
+    fn id(&self) -> &str {
+        &self.charge_id
+    }
+    fn indexes(&self) -> Vec<(String, String)> {
+        vec![("pending_charges".into(), String::new())]
+    }
+}
+
+/// A settlement batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settlement {
+    /// `st_…`.
+    pub settlement_id: String,
+    /// Its merchant.
+    pub merchant_id: String,
+    /// Charges settled.
+    pub count: u64,
+    /// Σ (amount + tip − refunded).
+    pub total: Amount,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl Settlement {
+    /// The wire form.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "settlement_id": self.settlement_id, "object": "settlement",
+            "merchant_id": self.merchant_id, "count": self.count,
+            "total": self.total.to_json(), "created_at": rfc3339(self.created_at),
+        })
+    }
+}
+
+impl Record for Settlement {
+    const KIND: &'static str = "settlement";
+    fn id(&self) -> &str {
+        &self.settlement_id
+    }
+    fn indexes(&self) -> Vec<(String, String)> {
+        vec![("settlements".into(), self.merchant_id.clone())]
+    }
+}
+
+/// A card as the engine receives it (PAN only in memory, for the processor call).
+#[derive(Debug)]
+pub struct CardInput {
+    /// The PAN.
+    pub pan: Pan,
+    /// Expiry month.
+    pub exp_month: u8,
+    /// Expiry year.
+    pub exp_year: u16,
+    /// Keyed fingerprint (hex).
+    pub fingerprint: String,
+    /// Entry mode.
+    pub entry_mode: String,
+}
+
+/// A charge to make.
+#[derive(Debug)]
+pub struct NewCharge {
+    /// The merchant.
+    pub merchant: Merchant,
+    /// Amount.
+    pub amount: Money,
+    /// Tip.
+    pub tip: Option<Money>,
+    /// Card.
+    pub card: CardInput,
+    /// Reference.
+    pub reference: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Metadata.
+    pub metadata: Map<String, Value>,
+    /// Location.
+    pub location_id: Option<String>,
+    /// Terminal.
+    pub terminal_id: Option<String>,
+}
+
+fn fee(app: &App, merchant: &Merchant, amount: u64, brand: &str) -> Result<u64, ApiError> {
+    Ok(match &merchant.fee_template_id {
+        Some(id) => app
+            .db
+            .get::<FeeTemplate>(id)?
+            .map_or(0, |t| t.fee(amount, brand)),
+        None => 0,
+    })
+}
+
+/// Creates a charge: pending record, processor, outcome — each durable before the next step.
+/// `extra` (a nonce) goes into the first commit; the kept idempotent answer into the last.
+///
+/// # Errors
+/// 502/`5020` (the charge kept as `failed`), 503 when storage is down.
+pub async fn create(
+    app: &App,
+    new: NewCharge,
+    extra: Vec<Write>,
+    running: Option<&Running<'_>>,
+    now: i64,
+) -> Result<Charge, ApiError> {
+    let brand = processor::brand(new.card.pan.expose()).to_owned();
+    let currency = new.amount.currency.clone();
+    let fee_value = fee(app, &new.merchant, new.amount.value, &brand)?;
+    let mut charge = Charge {
+        charge_id: ids::prefixed("ch_")?,
+        merchant_id: new.merchant.id.clone(),
+        resellers: new.merchant.resellers.clone(),
+        location_id: new.location_id,
+        terminal_id: new.terminal_id,
+        status: ChargeStatus::Pending,
+        amount: new.amount.clone().into(),
+        tip: new.tip.clone().map(Amount::from),
+        amount_refunded: 0,
+        authorization_code: None,
+        iso_response_code: None,
+        decline_code: None,
+        card: CardInfo {
+            brand,
+            bin: new.card.pan.bin().to_owned(),
+            last4: new.card.pan.last4().to_owned(),
+            entry_mode: new.card.entry_mode.clone(),
+            fingerprint: new.card.fingerprint.clone(),
+        },
+        reference: new.reference,
+        description: new.description,
+        metadata: new.metadata,
+        fee: Amount {
+            value: fee_value,
+            currency: currency.clone(),
+        },
+        processor: app.processor.name().to_owned(),
+        processor_reference: None,
+        created_at: now,
+        settled_at: None,
+        refunds: Vec::new(),
+    };
+    let mut first = extra;
+    first.push(db::put(&charge)?);
+    first.push(db::put(&PendingCharge {
+        charge_id: charge.charge_id.clone(),
+    })?);
+    app.db
+        .commit(first, ApiError::new(Code::Conflict, "charge id collision"))
+        .await?;
+    let request = AuthorizationRequest {
+        charge_id: charge.charge_id.clone(),
+        pan: new.card.pan,
+        exp_month: new.card.exp_month,
+        exp_year: new.card.exp_year,
+        amount: charge.total(),
+        base_amount: charge.amount.value,
+        currency,
+        merchant_id: charge.merchant_id.clone(),
+        entry_mode: new.card.entry_mode,
+    };
+    let limit = app.config.processor.timeout() + std::time::Duration::from_secs(5);
+    let outcome = tokio::time::timeout(limit, app.processor.authorize(request)).await;
+    let failed = match outcome {
+        Ok(Ok(Outcome::Approved {
+            authorization_code,
+            reference,
+        })) => {
+            charge.status = ChargeStatus::Approved;
+            charge.authorization_code = Some(authorization_code);
+            charge.iso_response_code = Some("00".into());
+            charge.processor_reference = Some(reference);
+            None
+        }
+        Ok(Ok(Outcome::Declined {
+            iso_response_code,
+            decline_code,
+            reference,
+        })) => {
+            charge.status = ChargeStatus::Declined;
+            charge.iso_response_code = Some(iso_response_code);
+            charge.decline_code = Some(decline_code);
+            charge.processor_reference = Some(reference);
+            None
+        }
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("no answer within the processor timeout".to_owned()),
+    };
+    let mut last = vec![
+        db::put(&charge_with_status(&charge, failed.is_some()))?,
+        db::delete::<PendingCharge>(&charge.charge_id),
+    ];
+    if failed.is_some() {
+        charge.status = ChargeStatus::Failed;
+    }
+    let answer = match &failed {
+        None => Ok(charge.to_json()),
+        Some(cause) => {
+            tracing::warn!(charge_id = %charge.charge_id, cause = %cause, "processor failed");
+            Err(processor_failed(&charge.charge_id))
+        }
+    };
+    if let Some(r) = running {
+        last.push(match &answer {
+            Ok(body) => r.keep(200, body.clone(), now)?,
+            Err(e) => r.keep_error(e, now)?,
+        });
+    }
+    app.db
+        .commit(last, ApiError::new(Code::Conflict, "charge changed"))
+        .await?;
+    answer.map(|_| charge)
+}
+
+fn charge_with_status(charge: &Charge, failed: bool) -> Charge {
+    let mut c = charge.clone();
+    if failed {
+        c.status = ChargeStatus::Failed;
+    }
+    c
+}
+
+fn processor_failed(charge_id: &str) -> ApiError {
+    ApiError::new(
+        Code::ProcessorFailed,
+        "the payment processor failed or timed out; the charge is kept as failed",
+    )
+    .with_details(json!({"charge_id": charge_id}))
+}
+
+/// Settles charges left `pending` by a crash: the outcome is unknown, so the charge is `failed`
+/// and the processor is asked to void whatever it may have authorised.
+pub async fn recover(app: &App) -> Result<usize, ApiError> {
+    let pending = app.db.all::<PendingCharge>("pending_charges", "")?;
+    for p in &pending {
+        if let Some(mut c) = app.db.get::<Charge>(&p.charge_id)? {
+            if c.status == ChargeStatus::Pending {
+                c.status = ChargeStatus::Failed;
+                let _ = app
+                    .processor
+                    .void(VoidRequest {
+                        charge_id: c.charge_id.clone(),
+                        processor_reference: String::new(),
+                    })
+                    .await;
+            }
+            app.db
+                .commit(
+                    vec![db::put(&c)?, db::delete::<PendingCharge>(&p.charge_id)],
+                    ApiError::new(Code::Conflict, "recover"),
+                )
+                .await?;
+        }
+    }
+    Ok(pending.len())
+}
+
+/// Refunds part or all of a charge. `amount` None refunds what is left.
+///
+/// # Errors
+/// 409/`4094` in a state without refunds, 422/`4221` beyond the refundable amount, 400 for a
+/// currency mismatch, 502 if the processor fails.
+pub async fn refund(
+    app: &App,
+    charge_id: &str,
+    amount: Option<Money>,
+    reason: Option<String>,
+    extra: Vec<Write>,
+    running: Option<&Running<'_>>,
+    now: i64,
+) -> Result<Refund, ApiError> {
+    let _guard = app.locks.lock(charge_id).await;
+    let result = refund_locked(app, charge_id, amount, reason, now).await;
+    let mut writes = extra;
+    let answer = match result {
+        Ok((charge, refund)) => {
+            writes.push(db::put(&charge)?);
+            writes.push(db::put(&refund)?);
+            Ok(refund)
+        }
+        Err(e) => Err(e),
+    };
+    if let Some(r) = running {
+        match &answer {
+            Ok(refund) => writes.push(r.keep(200, refund.to_json(), now)?),
+            Err(e) if idem::is_final(e) => writes.push(r.keep_error(e, now)?),
+            Err(_) => {}
+        }
+    }
+    if !writes.is_empty() {
+        app.db
+            .commit(writes, ApiError::new(Code::Conflict, "charge changed"))
+            .await?;
+    }
+    answer
+}
+
+async fn refund_locked(
+    app: &App,
+    charge_id: &str,
+    amount: Option<Money>,
+    reason: Option<String>,
+    now: i64,
+) -> Result<(Charge, Refund), ApiError> {
+    let mut charge: Charge = app.db.find(charge_id)?;
+    if !matches!(
+        charge.status,
+        ChargeStatus::Approved | ChargeStatus::Settled | ChargeStatus::PartiallyRefunded
+    ) {
+        return Err(ApiError::new(
+            Code::ChargeState,
+            format!("a {} charge cannot be refunded", charge.status.as_str()),
+        ));
+    }
+    let refundable = charge.total().saturating_sub(charge.amount_refunded);
+    let value = match &amount {
+        Some(m) if m.currency != charge.amount.currency => {
+            return Err(ApiError::field(
+                "amount.currency",
+                "must be the charge's currency",
+            ));
+        }
+        Some(m) => m.value,
+        None => refundable,
+    };
+    if value > refundable || value == 0 {
+        return Err(
+            ApiError::new(Code::RefundExceeds, "refund exceeds the refundable amount")
+                .with_details(json!({"refundable": {"value": refundable.to_string(),
+                                             "currency": charge.amount.currency}})),
+        );
+    }
+    let reference = tokio::time::timeout(
+        app.config.processor.timeout() + std::time::Duration::from_secs(5),
+        app.processor.refund(RefundRequest {
+            charge_id: charge.charge_id.clone(),
+            processor_reference: charge.processor_reference.clone().unwrap_or_default(),
+            amount: value,
+            currency: charge.amount.currency.clone(),
+        }),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .ok_or_else(|| processor_failed(&charge.charge_id))?;
+    charge.amount_refunded += value;
+    if charge.amount_refunded >= charge.total() {
+        charge.status = ChargeStatus::Refunded;
+    } else {
+        charge.status = ChargeStatus::PartiallyRefunded;
+    }
+    let refund = Refund {
+        refund_id: ids::prefixed("re_")?,
+        charge_id: charge.charge_id.clone(),
+        merchant_id: charge.merchant_id.clone(),
+        terminal_id: charge.terminal_id.clone(),
+        location_id: charge.location_id.clone(),
+        amount: Amount {
+            value,
+            currency: charge.amount.currency.clone(),
+        },
+        reason,
+        charge_status: charge.status,
+        processor_reference: reference,
+        created_at: now,
+    };
+    charge.refunds.push(refund.clone());
+    Ok((charge, refund))
+}
+
+/// Voids an approved charge before settlement; a cancelled one is answered again.
+///
+/// # Errors
+/// 409/`4095` once settled or refunded in part, 409/`4094` in other states, 502.
+pub async fn cancel(
+    app: &App,
+    charge_id: &str,
+    extra: Vec<Write>,
+    running: Option<&Running<'_>>,
+    now: i64,
+) -> Result<Charge, ApiError> {
+    let _guard = app.locks.lock(charge_id).await;
+    let mut charge: Charge = app.db.find(charge_id)?;
+    let result = match charge.status {
+        ChargeStatus::Cancelled => Ok(false),
+        _ if charge.settled_at.is_some() || !charge.refunds.is_empty() => Err(ApiError::new(
+            Code::NotVoidable,
+            "the charge can no longer be voided: refund it instead",
+        )),
+        ChargeStatus::Approved => {
+            let voided = tokio::time::timeout(
+                app.config.processor.timeout() + std::time::Duration::from_secs(5),
+                app.processor.void(VoidRequest {
+                    charge_id: charge.charge_id.clone(),
+                    processor_reference: charge.processor_reference.clone().unwrap_or_default(),
+                }),
+            )
+            .await;
+            match voided {
+                Ok(Ok(())) => Ok(true),
+                _ => Err(processor_failed(&charge.charge_id)),
+            }
+        }
+        s => Err(ApiError::new(
+            Code::ChargeState,
+            format!("a {} charge cannot be cancelled", s.as_str()),
+        )),
+    };
+    let mut writes = extra;
+    if let Ok(true) = result {
+        charge.status = ChargeStatus::Cancelled;
+        writes.push(db::put(&charge)?);
+    }
+    let answer = result.map(|_| charge);
+    if let Some(r) = running {
+        match &answer {
+            Ok(c) => writes.push(r.keep(200, c.to_json(), now)?),
+            Err(e) if idem::is_final(e) => writes.push(r.keep_error(e, now)?),
+            Err(_) => {}
+        }
+    }
+    if !writes.is_empty() {
+        app.db
+            .commit(writes, ApiError::new(Code::Conflict, "charge changed"))
+            .await?;
+    }
+    answer
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backoffice endpoints.
+
+fn merchant_of_call(
+    app: &App,
+    p: &Principal,
+    given: Option<&str>,
+    action: Action,
+) -> Result<Merchant, ApiError> {
+    let id = match (&p.scope, given) {
+        (_, Some(id)) => id.to_owned(),
+        (Scope::Merchant(m), None) => m.clone(),
+        _ => {
+            return Err(ApiError::field(
+                "merchant_id",
+                "required for callers above a merchant",
+            ));
+        }
+    };
+    let m: Merchant = if ids::is_uuid(&id) {
+        app.db.find(&id)?
+    } else {
+        return Err(ApiError::not_found());
+    };
+    authorize(p, action, &m.tenancy())?;
+    Ok(m)
+}
+
+fn idempotency_key(call: &Call<'_>) -> Result<Option<String>, ApiError> {
+    match call.header("idempotency-key") {
+        None => Ok(None),
+        Some(k) if idem::valid_key(k) => Ok(Some(k.to_owned())),
+        Some(_) => Err(ApiError::new(
+            Code::HeaderInvalid,
+            "Idempotency-Key must be 1-255 printable ASCII characters",
+        )),
+    }
+}
+
+/// Runs a keyed request through the idempotency table: a replay answers the kept answer.
+pub async fn keyed<'a, F, Fut>(
+    app: &'a App,
+    call: &Call<'_>,
+    scope: &str,
+    path: &str,
+    request: &[u8],
+    run: F,
+) -> Result<Value, ApiError>
+where
+    F: FnOnce(Option<Running<'a>>) -> Fut,
+    Fut: Future<Output = Result<Value, ApiError>>,
+{
+    let Some(key) = idempotency_key(call)? else {
+        return run(None).await;
+    };
+    match app
+        .idempotency
+        .begin(&app.db, scope, "POST", path, &key, request, call.now)?
+    {
+        Begin::Replay(kept) if kept.status < 300 => Ok(kept.body),
+        Begin::Replay(kept) => Err(ApiError::from_stored(&kept.body)),
+        Begin::Run(running) => run(Some(running)).await,
+    }
+}
+
+/// `POST /charges`.
+pub async fn create_backoffice(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let obj = input::object(&call.body)?;
+    let path = "/charges";
+    let scope = p.sub.clone();
+    keyed(app, call, &scope, path, &call.body, |running| async move {
+        let result = create_backoffice_inner(app, call, p, &obj, running.as_ref()).await;
+        if let (Err(e), Some(r)) = (&result, &running)
+            && idem::is_final(e)
+            && e.code() != Code::ProcessorFailed
+        {
+            let _ = app
+                .db
+                .commit(
+                    vec![r.keep_error(e, call.now)?],
+                    ApiError::new(Code::Conflict, "x"),
+                )
+                .await;
+        }
+        result
+    })
+    .await
+}
+
+async fn create_backoffice_inner(
+    app: &App,
+    call: &Call<'_>,
+    p: &Principal,
+    obj: &Map<String, Value>,
+    running: Option<&Running<'_>>,
+) -> Result<Value, ApiError> {
+    let mut input = Input::new(obj);
+    let merchant_id = input.opt_matching("merchant_id", ids::is_uuid, "a merchant id");
+    let amount = input.money("amount", true, false, None);
+    let currency = amount.as_ref().map(|a| a.currency.clone());
+    let tip = input.money("tip", false, true, currency.as_deref());
+    let card = input.nested("card", true, |c| {
+        let number = c.matching(
+            "number",
+            processor::luhn_ok,
+            "a card number passing the Luhn check",
+        );
+        let month = c.int("exp_month", 1..=12);
+        let year = c.int("exp_year", 2000..=2099);
+        c.matching(
+            "cvc",
+            |v| (3..=4).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()),
+            "3 or 4 digits",
+        );
+        Some((
+            Zeroizing::new(number?),
+            u8::try_from(month?).ok()?,
+            u16::try_from(year?).ok()?,
+        ))
+    });
+    let location_id = input.opt_matching("location_id", ids::is_uuid, "a location id");
+    let description = input.opt_text("description", 500);
+    let metadata = input.opt_object("metadata");
+    if let Some(m) = &metadata
+        && (m.len() > 20
+            || m.iter()
+                .any(|(k, v)| k.len() > 40 || v.as_str().is_none_or(|s| s.len() > 500)))
+    {
+        input.fail("metadata", "at most 20 string pairs");
+    }
+    input.finish()?;
+    let merchant = merchant_of_call(app, p, merchant_id.as_deref(), Action::Operate)?;
+    let amount = amount.ok_or_else(|| ApiError::field("amount", "required"))?;
+    if amount.currency != merchant.currency {
+        return Err(ApiError::field(
+            "amount.currency",
+            "must be the merchant's currency",
+        ));
+    }
+    if let Some(l) = &location_id {
+        match app.db.get::<Location>(l)? {
+            Some(loc) if loc.merchant_id == merchant.id => {}
+            _ => {
+                return Err(ApiError::field(
+                    "location_id",
+                    "no such location of this merchant",
+                ));
+            }
+        }
+    }
+    let (number, exp_month, exp_year) = card.ok_or_else(|| ApiError::field("card", "required"))?;
+    let fingerprint = crate::keyd_ops::pan_fingerprint(app, &number).await?;
+    let charge = create(
+        app,
+        NewCharge {
+            merchant,
+            amount,
+            tip,
+            card: CardInput {
+                pan: Pan::new(number.to_string()),
+                exp_month,
+                exp_year,
+                fingerprint,
+                entry_mode: "manual".into(),
+            },
+            reference: None,
+            description,
+            metadata: metadata.unwrap_or_default(),
+            location_id,
+            terminal_id: None,
+        },
+        Vec::new(),
+        running,
+        call.now,
+    )
+    .await?;
+    Ok(charge.to_json())
+}
+
+fn visible_charge(app: &App, p: &Principal, id: &str, action: Action) -> Result<Charge, ApiError> {
+    if !ids::is_prefixed(id, "ch_", 20) {
+        return Err(ApiError::not_found());
+    }
+    let c: Charge = app.db.find(id)?;
+    if c.status == ChargeStatus::Pending {
+        return Err(ApiError::not_found());
+    }
+    authorize(p, action, &c.tenancy())?;
+    Ok(c)
+}
+
+/// `GET /charges/{id}`.
+pub fn get_backoffice(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    Ok(visible_charge(app, call.who()?, call.param(0), Action::Read)?.to_json())
+}
+
+/// `GET /charges`.
+pub fn list_backoffice(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let merchant = merchant_of_call(app, p, call.query("merchant_id"), Action::Read)?;
+    let (limit, after) = call.page()?;
+    let page = app
+        .db
+        .page_filtered::<Charge>("charges", &merchant.id, after, limit, |c| {
+            c.status != ChargeStatus::Pending
+        })?;
+    let items = page.items.iter().map(Charge::to_json).collect();
+    Ok(list(items, page.has_more, "charge_id"))
+}
+
+fn refund_body(obj: &Map<String, Value>) -> Result<(Option<Money>, Option<String>), ApiError> {
+    let mut input = Input::new(obj);
+    let amount = input.money("amount", false, false, None);
+    let reason = input.one_of(
+        "reason",
+        &["requested_by_customer", "duplicate", "fraudulent", "other"],
+        false,
+    );
+    input.finish()?;
+    Ok((amount, reason))
+}
+
+/// `POST /charges/{id}/refund`.
+pub async fn refund_backoffice(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let charge = visible_charge(app, p, call.param(0), Action::Operate)?;
+    let obj = if call.body.is_empty() {
+        Map::new()
+    } else {
+        input::object(&call.body)?
+    };
+    let path = format!("/charges/{}/refund", charge.charge_id);
+    keyed(app, call, &p.sub, &path, &call.body, |running| async move {
+        let (amount, reason) = match refund_body(&obj) {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some(r) = &running {
+                    let _ = app
+                        .db
+                        .commit(
+                            vec![r.keep_error(&e, call.now)?],
+                            ApiError::new(Code::Conflict, "x"),
+                        )
+                        .await;
+                }
+                return Err(e);
+            }
+        };
+        refund(
+            app,
+            &charge.charge_id,
+            amount,
+            reason,
+            Vec::new(),
+            running.as_ref(),
+            call.now,
+        )
+        .await
+        .map(|r| r.to_json())
+    })
+    .await
+}
+
+/// `POST /charges/{id}/cancel`.
+pub async fn cancel_backoffice(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let charge = visible_charge(app, p, call.param(0), Action::Operate)?;
+    let path = format!("/charges/{}/cancel", charge.charge_id);
+    keyed(app, call, &p.sub, &path, &call.body, |running| async move {
+        cancel(
+            app,
+            &charge.charge_id,
+            Vec::new(),
+            running.as_ref(),
+            call.now,
+        )
+        .await
+        .map(|c| c.to_json())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settlements and transactions.
+
+/// `POST /merchants/{id}/settlements`: closes the batch.
+pub async fn settle(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::ManageMerchant)?;
+    let _guard = app.locks.lock(&format!("settle:{}", merchant.id)).await;
+    let open: Vec<Charge> = app
+        .db
+        .all::<Charge>("charges", &merchant.id)?
+        .into_iter()
+        .filter(|c| {
+            c.settled_at.is_none()
+                && matches!(
+                    c.status,
+                    ChargeStatus::Approved | ChargeStatus::PartiallyRefunded
+                )
+        })
+        .collect();
+    let mut writes = Vec::with_capacity(open.len() + 1);
+    let mut total = 0u64;
+    for c in &open {
+        let _charge_guard = ();
+        let mut c = c.clone();
+        total += c.total().saturating_sub(c.amount_refunded);
+        c.settled_at = Some(call.now);
+        if c.status == ChargeStatus::Approved {
+            c.status = ChargeStatus::Settled;
+        }
+        writes.push(db::put(&c)?);
+    }
+    let settlement = Settlement {
+        settlement_id: ids::prefixed("st_")?,
+        merchant_id: merchant.id.clone(),
+        count: open.len() as u64,
+        total: Amount {
+            value: total,
+            currency: merchant.currency.clone(),
+        },
+        created_at: call.now,
+    };
+    writes.push(db::put(&settlement)?);
+    app.db
+        .commit(
+            writes,
+            ApiError::new(Code::Conflict, "charges changed; try again"),
+        )
+        .await?;
+    Ok(settlement.to_json())
+}
+
+/// `GET /merchants/{id}/settlements`.
+pub fn settlements(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read)?;
+    let (limit, after) = call.page()?;
+    let page = app
+        .db
+        .page::<Settlement>("settlements", &merchant.id, after, limit)?;
+    let items = page.items.iter().map(Settlement::to_json).collect();
+    Ok(list(items, page.has_more, "settlement_id"))
+}
+
+/// A charge or a refund, as the transactions list reads them from one index.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+enum Txn {
+    Refund(Box<Refund>),
+    Charge(Box<Charge>),
+}
+
+impl Record for Txn {
+    const KIND: &'static str = "charge";
+    fn id(&self) -> &str {
+        match self {
+            Self::Refund(r) => &r.refund_id,
+            Self::Charge(c) => &c.charge_id,
+        }
+    }
+    fn indexes(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+impl Txn {
+    fn item(&self) -> Value {
+        match self {
+            Self::Charge(c) => json!({
+                "id": c.charge_id, "type": "charge", "status": c.status.as_str(),
+                "amount": c.amount.to_json(), "terminal_id": c.terminal_id,
+                "location_id": c.location_id, "created_at": rfc3339(c.created_at),
+                "charge_id": c.charge_id,
+            }),
+            Self::Refund(r) => json!({
+                "id": r.refund_id, "type": "refund", "status": "succeeded",
+                "amount": r.amount.to_json(), "terminal_id": r.terminal_id,
+                "location_id": r.location_id, "created_at": rfc3339(r.created_at),
+                "charge_id": r.charge_id,
+            }),
+        }
+    }
+
+    fn status(&self) -> &str {
+        match self {
+            Self::Charge(c) => c.status.as_str(),
+            Self::Refund(_) => "succeeded",
+        }
+    }
+}
+
+/// `GET /merchants/{id}/transactions`.
+pub fn transactions(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read)?;
+    let (limit, after) = call.page()?;
+    let time = |name: &str| -> Result<Option<i64>, ApiError> {
+        call.query(name)
+            .map(|t| {
+                crate::time::parse_rfc3339(t)
+                    .ok_or_else(|| ApiError::field(name, "an RFC 3339 time"))
+            })
+            .transpose()
+    };
+    let (from, to) = (time("from")?, time("to")?);
+    let status = call.query("status").map(str::to_owned);
+    let location = call.query("location_id").map(str::to_owned);
+    let terminal = call.query("terminal_id").map(str::to_owned);
+    // The cursor may name a charge or a refund.
+    let after = match after {
+        Some(id) if ids::is_prefixed(id, "re_", 20) => {
+            if app.db.seq::<Refund>(id)?.is_none() {
+                return Err(ApiError::field("starting_after", "unknown cursor"));
+            }
+            Some(id)
+        }
+        other => other,
+    };
+    let page = match after {
+        Some(id) if id.starts_with("re_") => {
+            let seq = app.db.seq::<Refund>(id)?.unwrap_or_default();
+            app.db
+                .page_before::<Txn>("transactions", &merchant.id, seq, limit, |t| {
+                    keep_txn(
+                        t,
+                        status.as_deref(),
+                        from,
+                        to,
+                        location.as_deref(),
+                        terminal.as_deref(),
+                    )
+                })?
+        }
+        _ => app
+            .db
+            .page_filtered::<Txn>("transactions", &merchant.id, after, limit, |t| {
+                keep_txn(
+                    t,
+                    status.as_deref(),
+                    from,
+                    to,
+                    location.as_deref(),
+                    terminal.as_deref(),
+                )
+            })?,
+    };
+    let items = page.items.iter().map(Txn::item).collect();
+    Ok(list(items, page.has_more, "id"))
+}
+
+fn keep_txn(
+    t: &Txn,
+    status: Option<&str>,
+    from: Option<i64>,
+    to: Option<i64>,
+    location: Option<&str>,
+    terminal: Option<&str>,
+) -> bool {
+    let (created, loc, term) = match t {
+        Txn::Charge(c) => {
+            if c.status == ChargeStatus::Pending {
+                return false;
+            }
+            (
+                c.created_at,
+                c.location_id.as_deref(),
+                c.terminal_id.as_deref(),
+            )
+        }
+        Txn::Refund(r) => (
+            r.created_at,
+            r.location_id.as_deref(),
+            r.terminal_id.as_deref(),
+        ),
+    };
+    status.is_none_or(|s| s == t.status())
+        && from.is_none_or(|f| created >= f)
+        && to.is_none_or(|x| created < x)
+        && location.is_none_or(|l| loc == Some(l))
+        && terminal.is_none_or(|x| term == Some(x))
+}
+
+/// `GET /merchants/{id}/transactions/{id}`.
+pub fn transaction(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read)?;
+    let id = call.param(1);
+    let txn = if ids::is_prefixed(id, "re_", 20) {
+        app.db.get::<Refund>(id)?.map(|r| Txn::Refund(Box::new(r)))
+    } else if ids::is_prefixed(id, "ch_", 20) {
+        app.db
+            .get::<Charge>(id)?
+            .filter(|c| c.status != ChargeStatus::Pending)
+            .map(|c| Txn::Charge(Box::new(c)))
+    } else {
+        None
+    };
+    match txn {
+        Some(t) if t.merchant() == merchant.id => Ok(t.item()),
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+impl Txn {
+    fn merchant(&self) -> &str {
+        match self {
+            Self::Charge(c) => &c.merchant_id,
+            Self::Refund(r) => &r.merchant_id,
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! `Idempotency-Key` (contract section 1): the first final answer to a request is kept for a
+//! day and replayed to the same request; a different request under the key is refused, and so
+//! is the same request while the first is still running.
+//!
+//! The record of the answer goes into the same commit as the write it answers (a charge, a
+//! refund), so a crash cannot leave a charge without its answer or an answer without its charge.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::db::{self, Db, Record};
+use crate::error::{ApiError, Code};
+use crate::store::Write;
+
+/// How long answers are kept.
+pub const KEEP: i64 = 86_400;
+
+/// A kept answer. Id: hex SHA-256 of scope, method, path and key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Kept {
+    /// Record id.
+    pub id: String,
+    /// Hex SHA-256 of the request (body, or decrypted plaintext for POS calls).
+    pub request: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Success body, or the error's `{code, message, details}`.
+    pub body: Value,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl Record for Kept {
+    const KIND: &'static str = "idempotency";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn indexes(&self) -> Vec<(String, String)> {
+        vec![(
+            "idempotency_hour".into(),
+            (self.created_at / 3600).to_string(),
+        )]
+    }
+}
+
+/// Requests in progress, by record id, with their request hashes.
+#[derive(Debug, Default)]
+pub struct Idempotency {
+    running: Mutex<HashMap<String, String>>,
+}
+
+/// What to do with a request that carries a key.
+#[derive(Debug)]
+pub enum Begin<'a> {
+    /// Run it; the guard marks it running until dropped.
+    Run(Running<'a>),
+    /// Answer this again.
+    Replay(Kept),
+}
+
+/// A request in progress under a key.
+#[derive(Debug)]
+pub struct Running<'a> {
+    table: &'a Idempotency,
+    id: String,
+    request: String,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.table.running.lock() {
+            running.remove(&self.id);
+        }
+    }
+}
+
+fn sha256_hex(parts: &[&[u8]]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for p in parts {
+        ctx.update(&(p.len() as u64).to_be_bytes());
+        ctx.update(p);
+    }
+    crate::envelope::hex_upper(ctx.finish().as_ref())
+}
+
+/// `Idempotency-Key`: 1-255 printable ASCII characters.
+pub fn valid_key(k: &str) -> bool {
+    (1..=255).contains(&k.len()) && k.bytes().all(|c| (0x20..0x7f).contains(&c))
+}
+
+impl Idempotency {
+    /// Looks a keyed request up.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the key's parts are separate on purpose: scope, method, path, key"
+    )]
+    ///
+    /// # Errors
+    /// 409/`4093` while the same request runs; 422/`4220` for a different request.
+    pub fn begin<'a>(
+        &'a self,
+        db: &Db,
+        scope: &str,
+        method: &str,
+        path: &str,
+        key: &str,
+        request: &[u8],
+        now: i64,
+    ) -> Result<Begin<'a>, ApiError> {
+        let id = sha256_hex(&[
+            scope.as_bytes(),
+            method.as_bytes(),
+            path.as_bytes(),
+            key.as_bytes(),
+        ]);
+        let hash = sha256_hex(&[request]);
+        let mismatch = || {
+            ApiError::new(
+                Code::IdempotencyMismatch,
+                "Idempotency-Key reused with a different request",
+            )
+        };
+        let mut running = self
+            .running
+            .lock()
+            .map_err(|_| ApiError::internal(&"idempotency table"))?;
+        if let Some(other) = running.get(&id) {
+            return Err(if *other == hash {
+                ApiError::new(Code::InProgress, "the same request is still in progress")
+            } else {
+                mismatch()
+            });
+        }
+        if let Some(kept) = db.get::<Kept>(&id)?.filter(|k| now - k.created_at < KEEP) {
+            return if kept.request == hash {
+                Ok(Begin::Replay(kept))
+            } else {
+                Err(mismatch())
+            };
+        }
+        running.insert(id.clone(), hash.clone());
+        Ok(Begin::Run(Running {
+            table: self,
+            id,
+            request: hash,
+        }))
+    }
+}
+
+impl Running<'_> {
+    /// The write that keeps a final answer (success body or error).
+    ///
+    /// # Errors
+    /// 500 if it cannot be serialised.
+    pub fn keep(&self, status: u16, body: Value, now: i64) -> Result<Write, ApiError> {
+        db::put(&Kept {
+            id: self.id.clone(),
+            request: self.request.clone(),
+            status,
+            body,
+            created_at: now,
+        })
+    }
+
+    /// The write that keeps an error answer.
+    ///
+    /// # Errors
+    /// 500 if it cannot be serialised.
+    pub fn keep_error(&self, e: &ApiError, now: i64) -> Result<Write, ApiError> {
+        self.keep(e.code().status(), e.stored(), now)
+    }
+}
+
+/// Whether an answer is final in the contract's sense (kept): a 2xx, a business 4xx, a 502.
+/// Authentication, header and envelope errors are not: a retry runs anew.
+pub fn is_final(e: &ApiError) -> bool {
+    !matches!(
+        e.code(),
+        Code::HeaderInvalid
+            | Code::BodyUnreadable
+            | Code::AppVersion
+            | Code::EnvelopeInvalid
+            | Code::KcvMismatch
+            | Code::Unauthenticated
+            | Code::SignatureInvalid
+            | Code::TimestampWindow
+            | Code::NonceReused
+            | Code::AttestationInvalid
+            | Code::NoSession
+            | Code::ClientCredentials
+            | Code::ClientLocked
+            | Code::InProgress
+            | Code::IdempotencyMismatch
+            | Code::RateLimited
+            | Code::Internal
+            | Code::Unavailable
+    )
+}
+
+/// Deletes answers older than a day (hour buckets), from `from_hour` on; returns the next
+/// bucket to look at.
+pub async fn sweep(db: &Db, from_hour: i64, now: i64) -> i64 {
+    let last = (now - KEEP) / 3600 - 1;
+    let mut hour = from_hour.max(last - 48);
+    while hour <= last {
+        let Ok(old) = db.all::<Kept>("idempotency_hour", &hour.to_string()) else {
+            return hour;
+        };
+        if !old.is_empty() {
+            let writes = old.iter().map(|k| db::delete::<Kept>(&k.id)).collect();
+            if db
+                .commit(writes, ApiError::new(Code::Conflict, "sweep"))
+                .await
+                .is_err()
+            {
+                return hour;
+            }
+        }
+        hour += 1;
+    }
+    hour
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn same_request_replays_other_request_conflicts() {
+        let db = Db::new(Arc::new(MemoryStore::new()));
+        let t = Idempotency::default();
+        let Begin::Run(first) = t
+            .begin(&db, "T1", "POST", "/pos/charge", "k1", b"a", 100)
+            .unwrap()
+        else {
+            panic!("fresh key replayed")
+        };
+        // While it runs: same request 4093, another 4220.
+        let e = t
+            .begin(&db, "T1", "POST", "/pos/charge", "k1", b"a", 100)
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InProgress);
+        let e = t
+            .begin(&db, "T1", "POST", "/pos/charge", "k1", b"b", 100)
+            .unwrap_err();
+        assert_eq!(e.code(), Code::IdempotencyMismatch);
+        // Another scope or path is another key.
+        assert!(matches!(
+            t.begin(&db, "T2", "POST", "/pos/charge", "k1", b"a", 100)
+                .unwrap(),
+            Begin::Run(_)
+        ));
+        let write = first
+            .keep(200, serde_json::json!({"charge_id": "ch_1"}), 100)
+            .unwrap();
+        db.commit(vec![write], ApiError::new(Code::Conflict, "x"))
+            .await
+            .unwrap();
+        drop(first);
+        match t
+            .begin(&db, "T1", "POST", "/pos/charge", "k1", b"a", 200)
+            .unwrap()
+        {
+            Begin::Replay(k) => assert_eq!(
+                (k.status, k.body["charge_id"].as_str()),
+                (200, Some("ch_1"))
+            ),
+            Begin::Run(_) => panic!("kept answer not replayed"),
+        }
+        let e = t
+            .begin(&db, "T1", "POST", "/pos/charge", "k1", b"b", 200)
+            .unwrap_err();
+        assert_eq!(e.code(), Code::IdempotencyMismatch);
+        // A day later the key is free again.
+        assert!(matches!(
+            t.begin(&db, "T1", "POST", "/pos/charge", "k1", b"b", 100 + KEEP)
+                .unwrap(),
+            Begin::Run(_)
+        ));
+        assert!(valid_key("order-42") && !valid_key("") && !valid_key("a\u{7f}"));
+    }
+}

@@ -1,0 +1,761 @@
+//! The POS lifecycle (contract sections 4, 6 and 7): header checks, activation, attestation and
+//! the calls a terminal makes before it may charge. Each handler runs its checks in exactly the
+//! contract's order, because the order decides which error a client sees.
+
+use base64::Engine;
+use keyd_proto::Status;
+use keyd_proto::message::{AttestVerify, KeySetCreate, KeySetExport};
+use serde_json::{Map, Value, json};
+
+use crate::app::App;
+use crate::authz::{Action, authorize};
+use crate::call::Call;
+use crate::db;
+use crate::envelope;
+use crate::error::{ApiError, Code};
+use crate::ids;
+use crate::input::{self, Input};
+use crate::keyd::KeydError;
+use crate::model::{
+    Attestation, Device, DeviceStatus, KeySetRef, Location, Merchant, PairingCode, PairingStatus,
+    Reseller,
+};
+use crate::time::rfc3339;
+
+const PAIRING_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+const PAIRING_TTL: i64 = 300;
+const PAIRING_PER_HOUR: usize = 10;
+const ATTESTATION_TTL: i64 = 300;
+const KEY_SET_LIFETIME: i64 = 365 * 86_400;
+/// After a new key set is delivered, the previous one still verifies charges for this long.
+pub const KEY_SET_GRACE: i64 = 86_400;
+
+fn header_error(name: &str) -> ApiError {
+    ApiError::new(
+        Code::HeaderInvalid,
+        format!("header {name} is missing or malformed"),
+    )
+}
+
+/// `Viopay-POS/MAJOR.MINOR.PATCH` with an optional ` (…)` comment.
+pub fn user_agent_version(ua: &str) -> Option<(u32, u32, u32)> {
+    let rest = ua.strip_prefix("Viopay-POS/")?;
+    let (version, comment) = match rest.split_once(' ') {
+        Some((v, c)) => (v, Some(c)),
+        None => (rest, None),
+    };
+    if let Some(c) = comment
+        && !(c.starts_with('(') && c.ends_with(')'))
+    {
+        return None;
+    }
+    crate::pos_version(version)
+}
+
+/// The POS headers every terminal call carries; `check_version` is false only for bootstrap.
+///
+/// # Errors
+/// 400/`4001` for a missing or malformed header, 400/`4003` for an old app.
+pub fn pos_headers(app: &App, call: &Call<'_>, check_version: bool) -> Result<(), ApiError> {
+    let version = call
+        .header("user-agent")
+        .and_then(user_agent_version)
+        .ok_or_else(|| header_error("User-Agent"))?;
+    if call.header("x-client-type") != Some("pos") {
+        return Err(header_error("X-Client-Type"));
+    }
+    let min = crate::pos_version(&app.config.platform.min_supported_version).unwrap_or_default();
+    if check_version && version < min {
+        return Err(ApiError::new(
+            Code::AppVersion,
+            format!(
+                "app version below the minimum supported ({})",
+                app.config.platform.min_supported_version
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `X-Device-Id`, well-formed.
+fn device_header(call: &Call<'_>) -> Result<String, ApiError> {
+    call.header("x-device-id")
+        .filter(|d| ids::is_device_id(d))
+        .map(str::to_owned)
+        .ok_or_else(|| header_error("X-Device-Id"))
+}
+
+/// A header that must be present; `valid` checks its form.
+pub fn required<'c>(
+    call: &'c Call<'_>,
+    name: &str,
+    valid: impl Fn(&str) -> bool,
+) -> Result<&'c str, ApiError> {
+    call.header(name)
+        .filter(|v| valid(v))
+        .ok_or_else(|| header_error(name))
+}
+
+/// `X-Timestamp`: RFC 3339 (as the public docs say), or Unix seconds.
+pub fn timestamp(text: &str) -> Option<i64> {
+    if !text.is_empty() && text.len() <= 12 && text.bytes().all(|c| c.is_ascii_digit()) {
+        return text.parse().ok();
+    }
+    crate::time::parse_rfc3339(text)
+}
+
+/// `X-Signature: v1=<base64 of 32 bytes>`.
+pub fn signature(text: &str) -> Option<[u8; 32]> {
+    let b64 = text.strip_prefix("v1=")?;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()?
+        .try_into()
+        .ok()
+}
+
+fn device_state(ok: bool) -> Result<(), ApiError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            Code::DeviceState,
+            "the device is not in the state this call needs",
+        ))
+    }
+}
+
+/// Activation calls: POS headers, then a registered `X-Device-Id`.
+fn activation(app: &App, call: &Call<'_>, check_version: bool) -> Result<Device, ApiError> {
+    pos_headers(app, call, check_version)?;
+    let id = device_header(call)?;
+    app.db.find(&id)
+}
+
+/// `POST /pos/bootstrap`.
+pub fn bootstrap(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let device = activation(app, call, false)?;
+    device_state(device.status != DeviceStatus::Disabled)?;
+    Ok(json!({
+        "status": "ok",
+        "server_time": rfc3339(call.now),
+        "min_supported_version": app.config.platform.min_supported_version,
+    }))
+}
+
+/// `GET /pos/status`.
+pub fn status(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let device = activation(app, call, true)?;
+    let code_status = match &device.pairing_code {
+        None => "none",
+        Some(code) => match app.db.get::<PairingCode>(code)? {
+            Some(c) if c.device_id == device.device_id => match c.status(call.now) {
+                PairingStatus::Pending => "pending",
+                PairingStatus::Used => "used",
+                PairingStatus::Expired => "expired",
+            },
+            _ => "none",
+        },
+    };
+    Ok(json!({
+        "device_status": device.status.as_str(),
+        "is_claimed": matches!(device.status, DeviceStatus::Claimed | DeviceStatus::Activated),
+        "pairing_code_status": code_status,
+    }))
+}
+
+/// `POST /pos/pairing-code`: six characters, five minutes, one pending per device, ten an hour.
+pub async fn pairing_code(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let device = activation(app, call, true)?;
+    device_state(device.status == DeviceStatus::Inactive)?;
+    let _guard = app.locks.lock(&device.device_id).await;
+    let device: Device = app.db.find(&device.device_id)?;
+    let now = call.now;
+    let recent: Vec<i64> = device
+        .pairing_issued
+        .iter()
+        .copied()
+        .filter(|t| now - t < 3600)
+        .collect();
+    if recent.len() >= PAIRING_PER_HOUR {
+        let oldest = recent.iter().min().copied().unwrap_or(now);
+        return Err(
+            ApiError::new(Code::RateLimited, "too many pairing codes this hour")
+                .with_retry_after(u64::try_from(oldest + 3600 - now).unwrap_or(1).max(1)),
+        );
+    }
+    // A value is not handed out again while pending, nor within a day of ceasing to be.
+    let mut chosen = None;
+    for _ in 0..32 {
+        let code: String = ids::random_bytes::<6>()?
+            .iter()
+            .filter_map(|b| PAIRING_ALPHABET.get(usize::from(b % 32)))
+            .map(|&c| char::from(c))
+            .collect();
+        let previous = app.db.get::<PairingCode>(&code)?;
+        let free = previous
+            .as_ref()
+            .is_none_or(|p| p.ended(now).is_some_and(|ended| now - ended >= 86_400));
+        if free {
+            chosen = Some((code, previous));
+            break;
+        }
+    }
+    let (code, previous) = chosen.ok_or_else(|| ApiError::internal(&"no free pairing code"))?;
+    let record = PairingCode {
+        code: code.clone(),
+        device_id: device.device_id.clone(),
+        status: PairingStatus::Pending,
+        created_at: now,
+        expires_at: now + PAIRING_TTL,
+        ended_at: None,
+    };
+    let mut writes = vec![match &previous {
+        None => db::absent::<PairingCode>(&code),
+        Some(p) => crate::store::Write::Expect {
+            kind: "pairing_code".into(),
+            id: code.clone(),
+            body: Some(serde_json::to_vec(p).map_err(|e| ApiError::internal(&e))?),
+        },
+    }];
+    writes.push(db::put(&record)?);
+    if let Some(old) = &device.pairing_code
+        && let Some(mut old) = app.db.get::<PairingCode>(old)?
+        && old.status(now) == PairingStatus::Pending
+    {
+        old.status = PairingStatus::Expired;
+        old.ended_at = Some(now);
+        writes.push(db::put(&old)?);
+    }
+    let mut recent = recent;
+    recent.push(now);
+    let taken = ApiError::new(Code::Conflict, "try again");
+    app.db
+        .update::<Device>(&device.device_id, move |d| {
+            d.pairing_code = Some(code.clone());
+            d.pairing_issued.clone_from(&recent);
+            Ok(std::mem::take(&mut writes))
+        })
+        .await
+        .map_err(|e| if e.code() == Code::Conflict { taken } else { e })?;
+    Ok(json!({"pairing_code": record.code, "expires_in_sec": PAIRING_TTL}))
+}
+
+/// `POST /pos/claim` (bearer): a merchant's user pairs a device with the code it shows.
+pub async fn claim(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let obj = input::object(&call.body)?;
+    let mut input = Input::new(&obj);
+    let code = input.matching(
+        "pairing_code",
+        |c| c.len() == 6 && c.bytes().all(|b| PAIRING_ALPHABET.contains(&b)),
+        "six characters of the pairing alphabet",
+    );
+    let device_id = input.opt_matching("device_id", ids::is_device_id, "POS- and 8 hex digits");
+    let location_id = input.opt_matching("location_id", ids::is_uuid, "a location id");
+    input.finish()?;
+    let code = code.unwrap_or_default();
+    let pairing: PairingCode = app.db.find(&code)?;
+    match pairing.status(call.now) {
+        PairingStatus::Expired => {
+            return Err(ApiError::new(Code::PairingExpired, "pairing code expired"));
+        }
+        PairingStatus::Used => {
+            return Err(ApiError::new(
+                Code::PairingUsed,
+                "pairing code already used",
+            ));
+        }
+        PairingStatus::Pending => {}
+    }
+    let device: Device = app.db.find(&pairing.device_id)?;
+    let merchant: Merchant = app.db.find(&device.merchant_id)?;
+    authorize(p, Action::Operate, &merchant.tenancy())?;
+    if device_id.as_deref().is_some_and(|d| d != device.device_id) {
+        return Err(ApiError::field(
+            "device_id",
+            "not the device this code pairs",
+        ));
+    }
+    if let Some(l) = &location_id {
+        match app.db.get::<Location>(l)? {
+            Some(loc) if loc.merchant_id == merchant.id => {}
+            _ => {
+                return Err(ApiError::field(
+                    "location_id",
+                    "no such location of this merchant",
+                ));
+            }
+        }
+    }
+    device_state(device.status == DeviceStatus::Inactive)?;
+    let _guard = app.locks.lock(&device.device_id).await;
+    let terminal_id = match &device.terminal_id {
+        Some(t) => t.clone(),
+        None => new_terminal_id(app, &device.device_id).await?,
+    };
+    let now = call.now;
+    let mut used = pairing.clone();
+    used.status = PairingStatus::Used;
+    used.ended_at = Some(now);
+    let expect_code = crate::store::Write::Expect {
+        kind: "pairing_code".into(),
+        id: pairing.code.clone(),
+        body: Some(serde_json::to_vec(&pairing).map_err(|e| ApiError::internal(&e))?),
+    };
+    let put_code = db::put(&used)?;
+    let tid = terminal_id.clone();
+    let updated = app
+        .db
+        .update::<Device>(&device.device_id, move |d| {
+            if d.status != DeviceStatus::Inactive {
+                return Err(ApiError::new(
+                    Code::DeviceState,
+                    "the device is not inactive",
+                ));
+            }
+            d.status = DeviceStatus::Claimed;
+            d.terminal_id = Some(tid.clone());
+            if let Some(l) = &location_id {
+                d.location_id = Some(l.clone());
+            }
+            d.updated_at = now;
+            Ok(vec![expect_code.clone(), put_code.clone()])
+        })
+        .await
+        .map_err(|e| match e.code() {
+            // The code was used by a concurrent claim.
+            Code::Conflict => ApiError::new(Code::PairingUsed, "pairing code already used"),
+            _ => e,
+        })?;
+    Ok(json!({
+        "status": "claimed",
+        "device_id": updated.device_id,
+        "terminal_id": terminal_id,
+    }))
+}
+
+/// A fresh `TID-` + 6 digits, claimed platform-wide for the device's life.
+async fn new_terminal_id(app: &App, device_id: &str) -> Result<String, ApiError> {
+    for _ in 0..64 {
+        let n = u32::from_be_bytes(ids::random_bytes::<4>()?) % 1_000_000;
+        let tid = format!("TID-{n:06}");
+        if app.db.owner("terminal_id", &tid)?.is_some() {
+            continue;
+        }
+        let claimed = app
+            .db
+            .commit(
+                vec![db::claim("terminal_id", &tid, device_id)],
+                ApiError::new(Code::Conflict, "taken"),
+            )
+            .await;
+        match claimed {
+            Ok(()) => return Ok(tid),
+            Err(e) if e.code() == Code::Conflict => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::internal(&"terminal id space exhausted"))
+}
+
+/// `POST /pos/attest`: the identity-key signature earns a five-minute attestation token.
+pub async fn attest(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    pos_headers(app, call, true)?;
+    let device_id = device_header(call)?;
+    let key_id = required(call, "x-key-id", |k| (1..=128).contains(&k.len()))?;
+    let ts_text = required(call, "x-timestamp", |t| timestamp(t).is_some())?;
+    let nonce = required(call, "x-nonce", crate::replay::valid_nonce)?;
+    let sig = signature(required(call, "x-signature", |s| signature(s).is_some())?)
+        .ok_or_else(|| header_error("X-Signature"))?;
+    let device: Device = app.db.find(&device_id)?;
+    device_state(matches!(
+        device.status,
+        DeviceStatus::Claimed | DeviceStatus::Activated
+    ))?;
+    let message = format!("{device_id}\n{key_id}\n{ts_text}\n{nonce}");
+    let verdict = app
+        .keyd
+        .call(&AttestVerify {
+            device_id: device_id.clone(),
+            key_id: key_id.to_owned(),
+            message: message.into_bytes(),
+            signature: sig,
+        })
+        .await;
+    match verdict {
+        Ok(_) => {}
+        Err(KeydError::Unavailable) => return Err(KeydError::unavailable()),
+        Err(KeydError::Refused(_)) => return Err(bad_signature()),
+    }
+    let ts = timestamp(ts_text).unwrap_or_default();
+    if call.now - ts > 300 || ts - call.now > 60 {
+        return Err(ApiError::new(
+            Code::TimestampWindow,
+            "X-Timestamp outside the window",
+        ));
+    }
+    let nonce_write = app.replay.take(&device_id, nonce, call.now)?;
+    let token = format!("att_{}", ids::random_alnum(43)?);
+    let record = Attestation {
+        hash: token_hash(&token),
+        device_id: device_id.clone(),
+        epoch: device.auth_epoch,
+        expires_at: call.now + ATTESTATION_TTL,
+    };
+    app.db
+        .commit(
+            vec![nonce_write, db::put(&record)?],
+            ApiError::new(Code::Conflict, "try again"),
+        )
+        .await?;
+    Ok(json!({
+        "status": "attested",
+        "attestation_token": token,
+        "expires_in_sec": ATTESTATION_TTL,
+    }))
+}
+
+/// The one answer for every signature failure.
+pub fn bad_signature() -> ApiError {
+    ApiError::new(
+        Code::SignatureInvalid,
+        "signature invalid, key unknown or revoked, or terminal unknown",
+    )
+}
+
+fn token_hash(token: &str) -> String {
+    envelope::hex_upper(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+/// Attestation-token calls: POS headers, then the token (every failure one 4014), then the
+/// device state.
+///
+/// # Errors
+/// 4001/4003, 4014, 4092.
+pub fn attested(app: &App, call: &Call<'_>) -> Result<Device, ApiError> {
+    pos_headers(app, call, true)?;
+    let bad = || {
+        ApiError::new(
+            Code::AttestationInvalid,
+            "attestation token missing, unknown, expired or not this device's",
+        )
+    };
+    let token = call
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Attestation "))
+        .map(str::trim)
+        .filter(|t| ids::is_prefixed(t, "att_", 32) && t.len() <= 128)
+        .ok_or_else(bad)?;
+    let device_id = device_header(call)?;
+    let record = app
+        .db
+        .get::<Attestation>(&token_hash(token))?
+        .filter(|a| a.expires_at > call.now && a.device_id == device_id)
+        .ok_or_else(bad)?;
+    let device = app
+        .db
+        .get::<Device>(&device_id)?
+        .filter(|d| d.auth_epoch == record.epoch)
+        .ok_or_else(bad)?;
+    device_state(matches!(
+        device.status,
+        DeviceStatus::Claimed | DeviceStatus::Activated
+    ))?;
+    Ok(device)
+}
+
+/// `POST /pos/keys`: the device's key set as TR-31 version D blocks (made on first call, after
+/// expiry, or after a scheduled rotation).
+pub async fn keys(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let device = attested(app, call)?;
+    let set = current_key_set(app, &device, call.now).await?;
+    let export = app
+        .keyd
+        .call(&KeySetExport {
+            device_id: device.device_id.clone(),
+            key_set_id: set.key_set_id.clone(),
+        })
+        .await
+        .map_err(|e| keyd_failure(e, "key export"))?;
+    let mut keys = Map::new();
+    for k in &export.keys {
+        let usage = match k.kind.as_str() {
+            "tmk" | "kek" => "key-encryption",
+            "tpk" => "pin-encryption",
+            "mac" => "mac",
+            _ => "data-encryption",
+        };
+        keys.insert(
+            k.kind.clone(),
+            json!({
+                "key_id": k.key_id,
+                "key_block": base64::engine::general_purpose::STANDARD.encode(k.key_block.as_bytes()),
+                "usage": usage,
+                "kcv": envelope::hex_upper(&k.kcv),
+                "wrapped_under": k.wrapped_under,
+            }),
+        );
+    }
+    Ok(json!({
+        "key_set": {
+            "key_set_id": set.key_set_id,
+            "issued_at": rfc3339(set.issued_at),
+            "expires_at": rfc3339(set.expires_at),
+        },
+        "transport": {"format": "TR31", "encryption": "AES-256", "wrapped_under": "kek"},
+        "keys": keys,
+    }))
+}
+
+fn keyd_failure(e: KeydError, what: &str) -> ApiError {
+    match e {
+        KeydError::Unavailable => KeydError::unavailable(),
+        KeydError::Refused(Status::NOT_FOUND) => ApiError::new(
+            Code::DeviceState,
+            "the key service has no keys for this device",
+        ),
+        KeydError::Refused(s) => ApiError::internal(&format!("keyd refused {what}: {s}")),
+    }
+}
+
+/// The set to deliver: the current one, or a new one when there is none, it expired, or a
+/// rotation was scheduled. One device at a time, so two calls cannot make two sets.
+async fn current_key_set(app: &App, device: &Device, now: i64) -> Result<KeySetRef, ApiError> {
+    let _guard = app.locks.lock(&device.device_id).await;
+    let device: Device = app.db.find(&device.device_id)?;
+    if let Some(set) = &device.key_set
+        && set.expires_at > now
+        && !device.rotate_keys
+    {
+        return Ok(set.clone());
+    }
+    let info = app
+        .keyd
+        .call(&KeySetCreate {
+            device_id: device.device_id.clone(),
+        })
+        .await
+        .map_err(|e| keyd_failure(e, "key-set creation"))?;
+    let find = |kind: &str| {
+        info.keys
+            .iter()
+            .find(|k| k.kind == kind)
+            .ok_or_else(|| ApiError::internal(&format!("keyd key set without {kind}")))
+    };
+    let (mac, msk, tdk) = (find("mac")?, find("msk")?, find("tdk")?);
+    let set = KeySetRef {
+        key_set_id: info.key_set_id.clone(),
+        issued_at: now,
+        expires_at: now + KEY_SET_LIFETIME,
+        delivered_at: now,
+        mac_key_id: mac.key_id.clone(),
+        msk_key_id: msk.key_id.clone(),
+        msk_kcv: envelope::hex_upper(&msk.kcv),
+        tdk_key_id: tdk.key_id.clone(),
+    };
+    let new = set.clone();
+    app.db
+        .update::<Device>(&device.device_id, move |d| {
+            d.previous_key_set = d.key_set.take();
+            d.key_set = Some(new.clone());
+            d.rotate_keys = false;
+            d.updated_at = now;
+            Ok(Vec::new())
+        })
+        .await?;
+    Ok(set)
+}
+
+/// The config JSON of section 7.
+fn config_json(app: &App, device: &Device) -> Result<Value, ApiError> {
+    let merchant: Merchant = app.db.find(&device.merchant_id)?;
+    let reseller: Option<Reseller> = app.db.get(&merchant.reseller_id)?;
+    let location = match &device.location_id {
+        Some(l) => app.db.get::<Location>(l)?.map(|l| {
+            json!({"location_id": l.id, "name": l.name, "address": l.address,
+                   "timezone": l.timezone})
+        }),
+        None => None,
+    };
+    let branding = reseller.and_then(|r| r.branding).unwrap_or_default();
+    let field = |k: &str| branding.get(k).cloned().unwrap_or(Value::Null);
+    let money = |v: u64| json!({"value": v.to_string(), "currency": merchant.currency});
+    Ok(json!({
+        "terminal": {"terminal_id": device.terminal_id, "device_id": device.device_id,
+                     "label": device.label},
+        "merchant": {"merchant_id": merchant.id, "name": merchant.name,
+                     "merchant_key": merchant.merchant_key, "mcc": merchant.mcc,
+                     "country": merchant.country, "currency": merchant.currency,
+                     "tip_info": merchant.tip_info, "tax_info": merchant.tax_info,
+                     "surcharge_info": merchant.surcharge_info},
+        "location": location,
+        "emv": {"aids": ["A0000000031010", "A0000000041010", "A000000025010801", "A0000001524010"],
+                "terminal_capabilities": "E0F8C8", "terminal_type": "22"},
+        "security": {"pin_required_above": money(5_000), "contactless_limit": money(5_000),
+                     "fallback_allowed": false},
+        "branding": {"theme": field("theme"), "logo_url": field("logo_url"),
+                     "primary_color": field("primary_color")},
+        "intervals": {"heartbeat_sec": 300, "update_check_sec": 3600},
+    }))
+}
+
+fn need_key_set(device: &Device) -> Result<KeySetRef, ApiError> {
+    device.key_set.clone().ok_or_else(|| {
+        ApiError::new(
+            Code::DeviceState,
+            "the device has no key set yet: POST /pos/keys first",
+        )
+    })
+}
+
+/// `POST /pos/config`.
+pub async fn config(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let device = attested(app, call)?;
+    let set = need_key_set(&device)?;
+    envelope::seal(app, &set.msk_key_id, &config_json(app, &device)?).await
+}
+
+/// Platform defaults of the terminal parameters.
+fn platform_parameters() -> Value {
+    json!({
+        "acquirers": [{"id": "sim", "name": "Simulator", "host": "simulator"}],
+        "ca_public_keys": [
+            {"rid": "A000000003", "index": "92", "exponent": "03", "algorithm": "RSA", "hash": "SHA-1"},
+            {"rid": "A000000004", "index": "05", "exponent": "03", "algorithm": "RSA", "hash": "SHA-1"},
+        ],
+        "emv_kernels": {
+            "visa": {"aid": "A0000000031010", "kernel_id": 3, "floor_limit": "0"},
+            "mastercard": {"aid": "A0000000041010", "kernel_id": 2, "floor_limit": "0"},
+        },
+        "contactless": {"enabled": true, "limit": "5000", "cvm_limit": "5000"},
+        "receipt": {"print": true, "email": false},
+    })
+}
+
+/// Defaults by device model (none yet beyond the platform's).
+fn model_parameters(_model: &str) -> Value {
+    json!({})
+}
+
+/// Later wins; objects merge recursively, arrays and scalars are replaced.
+pub fn merge(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// `POST /pos/terminal-parameters`.
+pub async fn terminal_parameters(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let device = attested(app, call)?;
+    let set = need_key_set(&device)?;
+    let merchant: Merchant = app.db.find(&device.merchant_id)?;
+    let mut params = platform_parameters();
+    merge(&mut params, &model_parameters(&device.model));
+    if let Some(o) = &merchant.terminal_parameters {
+        merge(&mut params, &Value::Object(o.clone()));
+    }
+    if let Some(o) = &device.terminal_parameters {
+        merge(&mut params, &Value::Object(o.clone()));
+    }
+    envelope::seal_gzip(app, &set.msk_key_id, &params).await
+}
+
+/// `POST /pos/activate`: the envelope is checked in every state; the flags must all be true.
+pub async fn activate(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let device = attested(app, call)?;
+    let set = need_key_set(&device)?;
+    let sealed = envelope::parse(&call.body, &set.msk_kcv)?;
+    let (inner, _) = envelope::open(app, &sealed, &set.msk_key_id).await?;
+    let missing: Vec<&str> = ["emv_ready", "keys_installed", "network_ok"]
+        .into_iter()
+        .filter(|f| inner.get(*f) != Some(&Value::Bool(true)))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::new(
+            Code::ActivationPreconditions,
+            "activation preconditions not met",
+        )
+        .with_details(json!({"not_met": missing})));
+    }
+    let now = call.now;
+    let updated = app
+        .db
+        .update::<Device>(&device.device_id, move |d| {
+            match d.status {
+                DeviceStatus::Claimed => {
+                    d.status = DeviceStatus::Activated;
+                    d.activated_at = Some(now);
+                    d.updated_at = now;
+                }
+                DeviceStatus::Activated => {}
+                _ => {
+                    return Err(ApiError::new(
+                        Code::DeviceState,
+                        "the device is not in the state this call needs",
+                    ));
+                }
+            }
+            Ok(Vec::new())
+        })
+        .await?;
+    let answer = json!({
+        "status": "activated",
+        "activated_at": updated.activated_at.map(rfc3339),
+        "terminal_id": updated.terminal_id,
+    });
+    envelope::seal(app, &set.msk_key_id, &answer).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_parse() {
+        assert_eq!(user_agent_version("Viopay-POS/1.4.0"), Some((1, 4, 0)));
+        assert_eq!(
+            user_agent_version("Viopay-POS/10.0.12 (A920; Android 10)"),
+            Some((10, 0, 12))
+        );
+        for bad in [
+            "Viopay-POS/1.4",
+            "Viopay-POS/1.4.0 A920",
+            "viopay-pos/1.4.0",
+            "Viopay-POS/1.4.0.1",
+            "Viopay-POS/a.b.c",
+        ] {
+            assert_eq!(user_agent_version(bad), None, "{bad}");
+        }
+        assert_eq!(timestamp("2026-11-27T10:15:30Z"), Some(1_795_774_530));
+        assert_eq!(timestamp("1795774530"), Some(1_795_774_530));
+        assert_eq!(timestamp("soon"), None);
+        let sig = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        assert_eq!(signature(&format!("v1={sig}")), Some([7u8; 32]));
+        assert_eq!(signature(&sig), None);
+        assert_eq!(signature("v1=AAAA"), None);
+    }
+
+    #[test]
+    fn parameters_merge_objects_and_replace_the_rest() {
+        let mut base = json!({"a": {"x": 1, "y": [1, 2]}, "b": 1});
+        merge(
+            &mut base,
+            &json!({"a": {"y": [3], "z": true}, "b": {"c": 2}}),
+        );
+        assert_eq!(
+            base,
+            json!({"a": {"x": 1, "y": [3], "z": true}, "b": {"c": 2}})
+        );
+    }
+}

@@ -1,0 +1,544 @@
+//! The POS charge calls (contract sections 4, 5 and 8): signature, window, nonce, device state,
+//! envelope — in that order — then the charge engine, with every answer sealed under the MSK.
+//!
+//! The common case costs one keyd call: when every check that needs no key passes, keyd
+//! verifies the signature and opens the envelope together (`ChargeOpen`). Only when something
+//! fails is the signature verified on its own, so that a bad signature is reported as such
+//! whatever else is wrong.
+
+use keyd_proto::Status;
+use keyd_proto::message::{CardDecrypt, ChargeOpen, MacItem, MacVerifyBatch};
+use serde_json::{Map, Value};
+
+use crate::app::App;
+use crate::call::Call;
+use crate::charges::{self, CardInput, Charge, NewCharge};
+use crate::envelope::{self, Sealed};
+use crate::error::{ApiError, Code};
+use crate::idem::{self, Begin, Running};
+use crate::ids;
+use crate::input::Input;
+use crate::keyd::KeydError;
+use crate::model::{Device, DeviceStatus, KeySetRef, Merchant};
+use crate::pos::{self, KEY_SET_GRACE, bad_signature, required, signature, timestamp};
+use crate::processor::{self, Pan};
+use crate::store::Write;
+
+/// A request whose signature, window, nonce and device state have passed.
+#[derive(Debug)]
+struct Signed {
+    device: Device,
+    set: KeySetRef,
+    terminal_id: String,
+    /// The nonce's durable record, committed with the request's writes (or alone).
+    nonce: Option<Write>,
+    /// The opened envelope, for calls with a body.
+    inner: Option<(Map<String, Value>, Vec<u8>)>,
+}
+
+struct Headers<'c> {
+    terminal_id: &'c str,
+    key_id: &'c str,
+    ts_text: &'c str,
+    nonce: &'c str,
+    sig: [u8; 32],
+    device_id: Option<&'c str>,
+}
+
+fn headers<'c>(call: &'c Call<'_>) -> Result<Headers<'c>, ApiError> {
+    let terminal_id = required(call, "x-terminal-id", |t| {
+        t.len() == 10 && t.starts_with("TID-") && t.bytes().skip(4).all(|c| c.is_ascii_digit())
+    })?;
+    let key_id = required(call, "x-key-id", |k| (1..=128).contains(&k.len()))?;
+    let ts_text = required(call, "x-timestamp", |t| timestamp(t).is_some())?;
+    let nonce = required(call, "x-nonce", crate::replay::valid_nonce)?;
+    let sig = signature(required(call, "x-signature", |s| signature(s).is_some())?)
+        .ok_or_else(bad_signature)?;
+    let device_id = match call.header("x-device-id") {
+        None => None,
+        Some(d) if ids::is_device_id(d) => Some(d),
+        Some(_) => {
+            return Err(ApiError::new(
+                Code::HeaderInvalid,
+                "header X-Device-Id is malformed",
+            ));
+        }
+    };
+    Ok(Headers {
+        terminal_id,
+        key_id,
+        ts_text,
+        nonce,
+        sig,
+        device_id,
+    })
+}
+
+/// The key set whose MAC key signed: the current one, or the previous one within a day of
+/// its successor's delivery.
+fn signing_set(device: &Device, key_id: &str, now: i64) -> Option<KeySetRef> {
+    let current = device.key_set.as_ref()?;
+    if current.mac_key_id == key_id {
+        return Some(current.clone());
+    }
+    device
+        .previous_key_set
+        .as_ref()
+        .filter(|p| p.mac_key_id == key_id && now < current.delivered_at + KEY_SET_GRACE)
+        .cloned()
+}
+
+async fn verify_only(
+    app: &App,
+    key_id: &str,
+    message: &[u8],
+    sig: [u8; 32],
+) -> Result<(), ApiError> {
+    let verdict = app
+        .keyd
+        .call(&MacVerifyBatch {
+            items: vec![MacItem {
+                key_id: key_id.to_owned(),
+                message: message.to_vec(),
+                signature: sig,
+            }],
+        })
+        .await;
+    match verdict {
+        Ok(v) if v.valid.first() == Some(&true) => Ok(()),
+        Ok(_) | Err(KeydError::Refused(_)) => Err(bad_signature()),
+        Err(KeydError::Unavailable) => Err(KeydError::unavailable()),
+    }
+}
+
+/// Checks a signed POS charge call in the contract's order and opens its envelope.
+async fn signed(
+    app: &App,
+    call: &Call<'_>,
+    method: &str,
+    path: &str,
+    with_body: bool,
+) -> Result<Signed, ApiError> {
+    pos::pos_headers(app, call, true)?;
+    let h = headers(call)?;
+    let device: Device = app
+        .db
+        .owner("terminal_id", h.terminal_id)?
+        .map(|d| app.db.get::<Device>(&d))
+        .transpose()?
+        .flatten()
+        .ok_or_else(bad_signature)?;
+    if h.device_id.is_some_and(|d| d != device.device_id) {
+        return Err(bad_signature());
+    }
+    let set = signing_set(&device, h.key_id, call.now).ok_or_else(bad_signature)?;
+    let mut message = format!(
+        "{}\n{}\n{}\n{}\n{method}\n{path}\n",
+        h.terminal_id, h.key_id, h.ts_text, h.nonce
+    )
+    .into_bytes();
+    message.extend_from_slice(&call.body);
+    let ts = timestamp(h.ts_text).unwrap_or_default();
+    let in_window = (call.now - ts).abs() <= 300;
+    let unused = app.replay.unused(h.terminal_id, h.nonce, call.now);
+    let active = device.status == DeviceStatus::Activated;
+    let parsed: Option<Result<Sealed, ApiError>> =
+        with_body.then(|| envelope::parse(&call.body, &set.msk_kcv));
+    // Fast path: one keyd call verifies and opens.
+    if in_window
+        && unused
+        && active
+        && let Some(Ok(sealed)) = &parsed
+    {
+        {
+            let opened = app
+                .keyd
+                .call(&ChargeOpen {
+                    mac_key_id: set.mac_key_id.clone(),
+                    message: message.clone(),
+                    signature: h.sig,
+                    msk_key_id: set.msk_key_id.clone(),
+                    iv: sealed.iv,
+                    ciphertext: sealed.ciphertext.clone(),
+                })
+                .await;
+            match opened {
+                Ok(p) => {
+                    let nonce = app.replay.take(h.terminal_id, h.nonce, call.now)?;
+                    let mut signed = Signed {
+                        device,
+                        set,
+                        terminal_id: h.terminal_id.to_owned(),
+                        nonce: Some(nonce),
+                        inner: None,
+                    };
+                    match envelope::inner(p.plaintext.expose(), sealed.gzip) {
+                        Ok(inner) => signed.inner = Some(inner),
+                        Err(e) => {
+                            commit_nonce(app, &mut signed).await;
+                            return Err(e);
+                        }
+                    }
+                    return Ok(signed);
+                }
+                Err(KeydError::Unavailable) => return Err(KeydError::unavailable()),
+                // The signature or the envelope: the slow path below tells which.
+                Err(KeydError::Refused(_)) => {}
+            }
+        }
+    }
+    verify_only(app, h.key_id, &message, h.sig).await?;
+    if !in_window {
+        return Err(ApiError::new(
+            Code::TimestampWindow,
+            "X-Timestamp outside the window",
+        ));
+    }
+    let nonce = app.replay.take(h.terminal_id, h.nonce, call.now)?;
+    let mut signed = Signed {
+        device,
+        set,
+        terminal_id: h.terminal_id.to_owned(),
+        nonce: Some(nonce),
+        inner: None,
+    };
+    let rest = async {
+        if !active {
+            return Err(ApiError::new(
+                Code::DeviceState,
+                "the device is not activated",
+            ));
+        }
+        match parsed {
+            None => Ok(None),
+            Some(Err(e)) => Err(e),
+            Some(Ok(sealed)) => envelope::open(app, &sealed, &signed.set.msk_key_id)
+                .await
+                .map(Some),
+        }
+    }
+    .await;
+    match rest {
+        Ok(inner) => {
+            signed.inner = inner;
+            Ok(signed)
+        }
+        Err(e) => {
+            commit_nonce(app, &mut signed).await;
+            Err(e)
+        }
+    }
+}
+
+/// Makes a used nonce durable when the request writes nothing else.
+async fn commit_nonce(app: &App, signed: &mut Signed) {
+    if let Some(w) = signed.nonce.take() {
+        let _ = app
+            .db
+            .commit(vec![w], ApiError::new(Code::Conflict, "nonce"))
+            .await;
+    }
+}
+
+/// Runs a signed call's body under its `Idempotency-Key` (scoped to the terminal), seals the
+/// answer, and makes the nonce durable whatever happens.
+async fn run<'a, F, Fut>(
+    app: &'a App,
+    call: &Call<'_>,
+    path: &str,
+    mut signed: Signed,
+    body: F,
+) -> Result<Value, ApiError>
+where
+    F: FnOnce(Signed, Option<Running<'a>>) -> Fut,
+    Fut: Future<Output = (Option<Write>, Result<Value, ApiError>)>,
+{
+    let key = match call.header("idempotency-key") {
+        None => None,
+        Some(k) if idem::valid_key(k) => Some(k.to_owned()),
+        Some(_) => {
+            commit_nonce(app, &mut signed).await;
+            return Err(ApiError::new(
+                Code::HeaderInvalid,
+                "Idempotency-Key must be 1-255 printable ASCII characters",
+            ));
+        }
+    };
+    let msk = signed.set.msk_key_id.clone();
+    let plaintext = signed
+        .inner
+        .as_ref()
+        .map(|(_, raw)| raw.clone())
+        .unwrap_or_default();
+    let begin = match &key {
+        None => None,
+        Some(k) => match app.idempotency.begin(
+            &app.db,
+            &signed.terminal_id,
+            "POST",
+            path,
+            k,
+            &plaintext,
+            call.now,
+        ) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                commit_nonce(app, &mut signed).await;
+                return Err(e);
+            }
+        },
+    };
+    let (leftover, answer) = match begin {
+        Some(Begin::Replay(kept)) => {
+            commit_nonce(app, &mut signed).await;
+            return if kept.status < 300 {
+                envelope::seal(app, &msk, &kept.body).await
+            } else {
+                Err(ApiError::from_stored(&kept.body))
+            };
+        }
+        Some(Begin::Run(running)) => body(signed, Some(running)).await,
+        None => body(signed, None).await,
+    };
+    if let Some(w) = leftover {
+        let _ = app
+            .db
+            .commit(vec![w], ApiError::new(Code::Conflict, "nonce"))
+            .await;
+    }
+    envelope::seal(app, &msk, &answer?).await
+}
+
+/// Keeps a final error under the key (with the nonce) and passes it on.
+async fn fail(
+    app: &App,
+    nonce: Option<Write>,
+    running: Option<&Running<'_>>,
+    e: ApiError,
+    now: i64,
+) -> (Option<Write>, Result<Value, ApiError>) {
+    let mut writes: Vec<Write> = nonce.into_iter().collect();
+    if let Some(r) = running.filter(|_| idem::is_final(&e))
+        && let Ok(w) = r.keep_error(&e, now)
+    {
+        writes.push(w);
+    }
+    if !writes.is_empty() {
+        let _ = app
+            .db
+            .commit(writes, ApiError::new(Code::Conflict, "keep"))
+            .await;
+    }
+    (None, Err(e))
+}
+
+/// `POST /pos/charge`.
+pub async fn create(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let path = "/pos/charge";
+    let signed = signed(app, call, "POST", path, true).await?;
+    run(app, call, path, signed, |mut s, running| async move {
+        let nonce = s.nonce.take();
+        let (inner, _) = s.inner.take().unwrap_or_default();
+        let new = match charge_input(app, &s, &inner).await {
+            Ok(n) => n,
+            Err(e) => return fail(app, nonce, running.as_ref(), e, call.now).await,
+        };
+        let result = charges::create(
+            app,
+            new,
+            nonce.into_iter().collect(),
+            running.as_ref(),
+            call.now,
+        )
+        .await
+        .map(|c: Charge| c.to_json());
+        (None, result)
+    })
+    .await
+}
+
+/// Validates the decrypted charge and opens the card data in keyd.
+async fn charge_input(
+    app: &App,
+    s: &Signed,
+    inner: &Map<String, Value>,
+) -> Result<NewCharge, ApiError> {
+    let merchant: Merchant = app.db.find(&s.device.merchant_id)?;
+    let mut input = Input::new(inner);
+    let amount = input.money("amount", true, false, None);
+    let currency = amount.as_ref().map(|a| a.currency.clone());
+    let tip = input.money("tip", false, true, currency.as_deref());
+    let entry_mode = input.one_of(
+        "entry_mode",
+        &["chip", "contactless", "swipe", "manual"],
+        true,
+    );
+    let card = input.nested("card", true, |c| {
+        let data = c.matching(
+            "data",
+            |d| {
+                envelope::hex_decode(d)
+                    .is_some_and(|b| !b.is_empty() && b.len() % 16 == 0 && b.len() <= 1024)
+            },
+            "hex ciphertext",
+        );
+        let iv = c.matching(
+            "iv",
+            |v| v.len() == 32 && envelope::hex_decode(v).is_some(),
+            "32 hex digits",
+        );
+        Some((data?, iv?))
+    });
+    input.opt_matching(
+        "emv_data",
+        |e| e.len() <= 4096 && envelope::hex_decode(e).is_some(),
+        "hex TLV",
+    );
+    let reference = input.opt_text("reference", 128);
+    input.finish()?;
+    let amount = amount.ok_or_else(|| ApiError::field("amount", "required"))?;
+    if amount.currency != merchant.currency {
+        return Err(ApiError::field(
+            "amount.currency",
+            "must be the merchant's currency",
+        ));
+    }
+    let (data, iv) = card.ok_or_else(|| ApiError::field("card", "required"))?;
+    let unreadable = || ApiError::field("card.data", "cannot be decrypted or read");
+    let iv: [u8; 16] = envelope::hex_decode(&iv)
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(unreadable)?;
+    let opened = app
+        .keyd
+        .call(&CardDecrypt {
+            tdk_key_id: s.set.tdk_key_id.clone(),
+            iv,
+            ciphertext: envelope::hex_decode(&data).unwrap_or_default(),
+        })
+        .await;
+    let card = match opened {
+        Ok(c) => c,
+        Err(KeydError::Refused(Status::AUTH_FAILED | Status::BAD_REQUEST)) => {
+            return Err(unreadable());
+        }
+        Err(KeydError::Refused(s)) => {
+            return Err(ApiError::internal(&format!(
+                "keyd refused card decrypt: {s}"
+            )));
+        }
+        Err(KeydError::Unavailable) => return Err(KeydError::unavailable()),
+    };
+    // Borrowed from keyd's plaintext buffer, which is wiped on drop; the one owned copy is the
+    // `Pan` handed to the processor, also wiped.
+    #[derive(serde::Deserialize)]
+    struct Clear<'a> {
+        #[serde(borrow)]
+        pan: &'a str,
+        exp_month: u8,
+        exp_year: u16,
+    }
+    let clear: Clear<'_> =
+        serde_json::from_slice(card.plaintext.expose()).map_err(|_| unreadable())?;
+    if !(1..=12).contains(&clear.exp_month) {
+        return Err(unreadable());
+    }
+    if !processor::luhn_ok(clear.pan) {
+        return Err(ApiError::field("card.pan", "fails the Luhn check"));
+    }
+    Ok(NewCharge {
+        merchant,
+        amount,
+        tip,
+        card: CardInput {
+            pan: Pan::new(clear.pan.to_owned()),
+            exp_month: clear.exp_month,
+            exp_year: clear.exp_year,
+            fingerprint: envelope::hex_upper(&card.pan_fingerprint),
+            entry_mode: entry_mode.unwrap_or_default(),
+        },
+        reference,
+        description: None,
+        metadata: Map::new(),
+        location_id: s.device.location_id.clone(),
+        terminal_id: Some(s.terminal_id.clone()),
+    })
+}
+
+/// A charge of the terminal's own merchant, else 404.
+fn own_charge(app: &App, s: &Signed, id: &str) -> Result<Charge, ApiError> {
+    if !ids::is_prefixed(id, "ch_", 20) {
+        return Err(ApiError::not_found());
+    }
+    match app.db.get::<Charge>(id)? {
+        Some(c)
+            if c.merchant_id == s.device.merchant_id
+                && c.status != charges::ChargeStatus::Pending =>
+        {
+            Ok(c)
+        }
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+/// `POST /pos/charge/{id}/refund`.
+pub async fn refund(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+    let path = format!("/pos/charge/{}/refund", call.param(0));
+    let signed = signed(app, call, "POST", &path, true).await?;
+    run(app, call, &path, signed, |mut s, running| async move {
+        let nonce = s.nonce.take();
+        let (inner, _) = s.inner.take().unwrap_or_default();
+        let checked = (|| {
+            let charge = own_charge(app, &s, call.param(0))?;
+            let mut input = Input::new(&inner);
+            let amount = input.money("amount", false, false, None);
+            let reason = input.one_of(
+                "reason",
+                &["requested_by_customer", "duplicate", "fraudulent", "other"],
+                false,
+            );
+            input.finish()?;
+            Ok((charge, amount, reason))
+        })();
+        let (charge, amount, reason) = match checked {
+            Ok(x) => x,
+            Err(e) => return fail(app, nonce, running.as_ref(), e, call.now).await,
+        };
+        let result = charges::refund(
+            app,
+            &charge.charge_id,
+            amount,
+            reason,
+            nonce.into_iter().collect(),
+            running.as_ref(),
+            call.now,
+        )
+        .await
+        .map(|r| r.to_json());
+        (None, result)
+    })
+    .await
+}
+
+/// `POST /pos/charge/{id}/cancel` and `…/reverse` (empty body).
+pub async fn cancel(app: &App, call: &Call<'_>, verb: &str) -> Result<Value, ApiError> {
+    let path = format!("/pos/charge/{}/{verb}", call.param(0));
+    let signed = signed(app, call, "POST", &path, false).await?;
+    run(app, call, &path, signed, |mut s, running| async move {
+        let nonce = s.nonce.take();
+        let charge = match own_charge(app, &s, call.param(0)) {
+            Ok(c) => c,
+            Err(e) => return fail(app, nonce, running.as_ref(), e, call.now).await,
+        };
+        let result = charges::cancel(
+            app,
+            &charge.charge_id,
+            nonce.into_iter().collect(),
+            running.as_ref(),
+            call.now,
+        )
+        .await
+        .map(|c| c.to_json());
+        (None, result)
+    })
+    .await
+}

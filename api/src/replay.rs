@@ -1,0 +1,126 @@
+//! Replay protection: a nonce is good once per scope (device or terminal) for ten minutes.
+//! Used nonces are kept in memory for the fast check and written to the store with the
+//! request's own write, so a restart does not reopen the window; at start the last ten
+//! minutes are loaded back.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::db::{self, Db};
+use crate::error::{ApiError, Code};
+use crate::model::Nonce;
+use crate::store::Write;
+
+/// How long a nonce stays used.
+pub const NONCE_TTL: i64 = 600;
+
+/// The used nonces.
+#[derive(Debug, Default)]
+pub struct Replay {
+    seen: Mutex<HashMap<String, i64>>,
+    swept_minute: Mutex<i64>,
+}
+
+/// `^[A-Za-z0-9]{12,64}$`.
+pub fn valid_nonce(n: &str) -> bool {
+    (12..=64).contains(&n.len()) && n.bytes().all(|c| c.is_ascii_alphanumeric())
+}
+
+impl Replay {
+    /// Loads the nonces used in the last ten minutes.
+    ///
+    /// # Errors
+    /// 503 if the store cannot be read.
+    pub fn load(db: &Db, now: i64) -> Result<Self, ApiError> {
+        let replay = Self::default();
+        if let Ok(mut seen) = replay.seen.lock() {
+            for minute in (now - NONCE_TTL) / 60..=now / 60 {
+                for n in db.all::<Nonce>("nonce_minute", &minute.to_string())? {
+                    seen.insert(n.id, n.at);
+                }
+            }
+        }
+        if let Ok(mut swept) = replay.swept_minute.lock() {
+            *swept = (now - NONCE_TTL) / 60 - 1;
+        }
+        Ok(replay)
+    }
+
+    /// Whether a nonce is still unused (no side effect: a request that fails an earlier
+    /// check must not burn it).
+    pub fn unused(&self, scope: &str, nonce: &str, now: i64) -> bool {
+        let key = format!("{scope}:{nonce}");
+        self.seen
+            .lock()
+            .map(|seen| seen.get(&key).is_none_or(|at| now - at > NONCE_TTL))
+            .unwrap_or(false)
+    }
+
+    /// Marks a nonce used: 401/`4013` if it already was (a concurrent request won). Returns the
+    /// write that makes it durable, to be committed with the request's own writes.
+    ///
+    /// # Errors
+    /// 4013.
+    pub fn take(&self, scope: &str, nonce: &str, now: i64) -> Result<Write, ApiError> {
+        let key = format!("{scope}:{nonce}");
+        let mut seen = self
+            .seen
+            .lock()
+            .map_err(|_| ApiError::internal(&"nonce map"))?;
+        if seen.get(&key).is_some_and(|at| now - at <= NONCE_TTL) {
+            return Err(ApiError::new(Code::NonceReused, "nonce already used"));
+        }
+        seen.insert(key.clone(), now);
+        db::put(&Nonce { id: key, at: now })
+    }
+
+    /// Forgets what is older than ten minutes, in memory and in the store (every minute).
+    pub async fn sweep(&self, db: &Db, now: i64) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.retain(|_, at| now - *at <= NONCE_TTL);
+        }
+        let (from, to) = {
+            let Ok(mut swept) = self.swept_minute.lock() else {
+                return;
+            };
+            let to = (now - NONCE_TTL) / 60 - 1;
+            let from = (*swept + 1).max(to - 24 * 60);
+            *swept = to;
+            (from, to)
+        };
+        for minute in from..=to {
+            let Ok(old) = db.all::<Nonce>("nonce_minute", &minute.to_string()) else {
+                return;
+            };
+            if old.is_empty() {
+                continue;
+            }
+            let writes = old.iter().map(|n| db::delete::<Nonce>(&n.id)).collect();
+            let _ = db
+                .commit(writes, ApiError::new(Code::Conflict, "sweep"))
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nonce_is_good_once_per_scope() {
+        let r = Replay::default();
+        assert!(r.unused("T1", "abcdefghijkl", 1000));
+        r.take("T1", "abcdefghijkl", 1000).unwrap();
+        assert!(!r.unused("T1", "abcdefghijkl", 1300));
+        assert_eq!(
+            r.take("T1", "abcdefghijkl", 1300).unwrap_err().code(),
+            Code::NonceReused
+        );
+        assert!(r.unused("T2", "abcdefghijkl", 1300));
+        assert!(r.unused("T1", "abcdefghijkl", 1601));
+        assert!(
+            valid_nonce("a1b2c3d4e5f6") && !valid_nonce("short") && !valid_nonce("a-b-c-d-e-f-g")
+        );
+    }
+}
