@@ -97,7 +97,22 @@ impl Auth {
         now: i64,
         extra: Option<Value>,
     ) -> Result<(String, i64), ApiError> {
-        let exp = now + self.ttl;
+        self.mint_for(self.ttl, sub, roles, now, extra)
+    }
+
+    /// Like [`Auth::mint`] with a given lifetime in seconds.
+    ///
+    /// # Errors
+    /// 500 if signing fails.
+    pub fn mint_for(
+        &self,
+        ttl: i64,
+        sub: &str,
+        roles: &[&str],
+        now: i64,
+        extra: Option<Value>,
+    ) -> Result<(String, i64), ApiError> {
+        let exp = now + ttl;
         let mut claims = json!({
             "iss": self.issuer, "aud": self.audience, "sub": sub,
             "iat": now, "nbf": now, "exp": exp,

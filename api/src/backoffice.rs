@@ -18,6 +18,8 @@ use crate::model::{
 };
 
 const NAME_MAX: usize = 200;
+/// Deepest reseller nesting (the hierarchy answer walks it recursively).
+const MAX_DEPTH: usize = 32;
 const BRANDS: &[&str] = &["visa", "mastercard", "amex", "discover", "unknown"];
 
 fn conflict(message: &str) -> ApiError {
@@ -96,6 +98,8 @@ pub async fn session_initiate(app: &App, call: &Call<'_>) -> Result<Value, ApiEr
     }))
 }
 
+/// API-client tokens live an hour (contract section 3: `expires_in` 3600).
+const CLIENT_TOKEN_SECS: i64 = 3600;
 /// Failed attempts in a row that lock an API client.
 const LOCK_AFTER: u32 = 10;
 /// How long the lock lasts.
@@ -148,7 +152,8 @@ pub async fn client_session(app: &App, call: &Call<'_>) -> Result<Value, ApiErro
             bad()
         });
     }
-    let (token, exp) = app.auth.mint(
+    let (token, exp) = app.auth.mint_for(
+        CLIENT_TOKEN_SECS,
         &client_id,
         &[Role::MerchantAdmin.as_str()],
         now,
@@ -166,7 +171,7 @@ pub async fn client_session(app: &App, call: &Call<'_>) -> Result<Value, ApiErro
         .commit(vec![db::put(&session)?], conflict("session"))
         .await?;
     Ok(json!({
-        "access_token": token, "token_type": "Bearer", "expires_in": app.auth.ttl(),
+        "access_token": token, "token_type": "Bearer", "expires_in": CLIENT_TOKEN_SECS,
         "session_id": session.session_id, "merchant_id": client.merchant_id,
     }))
 }
@@ -197,6 +202,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
     (0..s.len())
         .step_by(2)
         .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
@@ -280,6 +288,12 @@ pub async fn reseller_create(app: &App, call: &Call<'_>) -> Result<Value, ApiErr
     let ancestors = match &parent_id {
         Some(parent) => {
             let parent = reseller(app, p, parent, Action::ManageReseller)?;
+            if parent.ancestors.len() >= MAX_DEPTH - 1 {
+                return Err(ApiError::field(
+                    "parent_id",
+                    "resellers nest at most 32 levels deep",
+                ));
+            }
             parent.tenancy().resellers
         }
         None => {
@@ -394,7 +408,7 @@ pub fn reseller_hierarchy(app: &App, call: &Call<'_>) -> Result<Value, ApiError>
 
 /// One node: (json, merchants below, devices below).
 fn hierarchy_node(app: &App, r: &Reseller, depth: usize) -> Result<(Value, u64, u64), ApiError> {
-    if depth > 32 {
+    if depth > MAX_DEPTH {
         return Err(ApiError::internal(&"reseller tree deeper than 32"));
     }
     let mut merchant_count = 0u64;
@@ -734,9 +748,9 @@ pub async fn merchant_create(app: &App, call: &Call<'_>) -> Result<Value, ApiErr
     let country = input.matching("country", is_country, "an ISO 3166-1 alpha-2 code");
     let currency = input.matching("currency", is_currency, "an ISO 4217 code");
     let fee_template_id = input.opt_matching("fee_template_id", ids::is_uuid, "a fee template id");
-    let tip = input.opt_object("tip_info");
-    let tax = input.opt_object("tax_info");
-    let surcharge = input.opt_object("surcharge_info");
+    let tip = settings(&mut input, "tip_info");
+    let tax = settings(&mut input, "tax_info");
+    let surcharge = settings(&mut input, "surcharge_info");
     input.finish()?;
     let r = reseller(
         app,
@@ -746,7 +760,7 @@ pub async fn merchant_create(app: &App, call: &Call<'_>) -> Result<Value, ApiErr
     )?;
     let resellers = r.tenancy().resellers;
     if let Some(t) = &fee_template_id {
-        check_fee_template(app, t, &resellers)?;
+        check_fee_template(app, t, &resellers, currency.as_deref().unwrap_or_default())?;
     }
     let m = Merchant {
         id: ids::uuid()?,
@@ -772,14 +786,45 @@ pub async fn merchant_create(app: &App, call: &Call<'_>) -> Result<Value, ApiErr
 }
 
 /// A fee template must belong to a reseller above (or at) the merchant.
-fn check_fee_template(app: &App, id: &str, resellers: &[String]) -> Result<(), ApiError> {
+/// A fee template must belong to a reseller above (or at) the merchant, and its fixed parts
+/// must be in the merchant's currency.
+fn check_fee_template(
+    app: &App,
+    id: &str,
+    resellers: &[String],
+    currency: &str,
+) -> Result<(), ApiError> {
     match app.db.get::<FeeTemplate>(id)? {
-        Some(t) if resellers.contains(&t.reseller_id) => Ok(()),
+        Some(t) if resellers.contains(&t.reseller_id) => {
+            let fixed = t
+                .fixed
+                .iter()
+                .chain(t.per_brand.values().filter_map(|b| b.fixed.as_ref()));
+            if fixed.into_iter().all(|f| f.currency == currency) {
+                Ok(())
+            } else {
+                Err(ApiError::field(
+                    "fee_template_id",
+                    "the template's fixed fees are in another currency",
+                ))
+            }
+        }
         _ => Err(ApiError::field(
             "fee_template_id",
             "no such fee template in the merchant's reseller chain",
         )),
     }
+}
+
+/// Free-form merchant settings shown in every terminal's config: an object of at most 4 KiB,
+/// so the config stays well inside one envelope.
+fn settings(input: &mut Input<'_>, field: &str) -> Option<Map<String, Value>> {
+    let value = input.opt_object(field)?;
+    if serde_json::to_vec(&value).map_or(usize::MAX, |v| v.len()) > 4096 {
+        input.fail(field, "at most 4096 bytes of JSON");
+        return None;
+    }
+    Some(value)
 }
 
 /// `GET /merchants`.
@@ -820,18 +865,35 @@ pub async fn merchant_patch(app: &App, call: &Call<'_>) -> Result<Value, ApiErro
     let currency = input.opt_matching("currency", is_currency, "an ISO 4217 code");
     let fee_given = obj.contains_key("fee_template_id");
     let fee_template_id = input.opt_matching("fee_template_id", ids::is_uuid, "a fee template id");
-    let tip = input.opt_object("tip_info");
-    let tax = input.opt_object("tax_info");
-    let surcharge = input.opt_object("surcharge_info");
+    let tip = settings(&mut input, "tip_info");
+    let tax = settings(&mut input, "tax_info");
+    let surcharge = settings(&mut input, "surcharge_info");
     if obj.contains_key("reseller_id") && obj.get("reseller_id") != Some(&json!(m.reseller_id)) {
         input.fail("reseller_id", "a merchant cannot be moved");
     }
     input.finish()?;
     if fee_given {
         allow(p, Action::ManageReseller)?;
-        if let Some(t) = &fee_template_id {
-            check_fee_template(app, t, &m.resellers)?;
-        }
+    }
+    let new_currency = currency.as_deref().unwrap_or(&m.currency);
+    if new_currency != m.currency
+        && !app
+            .db
+            .page::<crate::charges::Charge>("charges", &m.id, None, 1)?
+            .items
+            .is_empty()
+    {
+        return Err(conflict(
+            "the merchant has charges in its currency; it cannot change",
+        ));
+    }
+    let template = if fee_given {
+        fee_template_id.clone()
+    } else {
+        m.fee_template_id.clone()
+    };
+    if let Some(t) = &template {
+        check_fee_template(app, t, &m.resellers, new_currency)?;
     }
     let now = call.now;
     let updated = app
@@ -1150,6 +1212,9 @@ pub async fn device_disable(app: &App, call: &Call<'_>) -> Result<Value, ApiErro
                 d.auth_epoch += 1;
                 d.updated_at = now;
             }
+            // keyd revokes the sets; the record forgets them, so the next delivery makes anew.
+            d.key_set = None;
+            d.previous_key_set = None;
             Ok(Vec::new())
         })
         .await?;
@@ -1160,6 +1225,12 @@ pub async fn device_disable(app: &App, call: &Call<'_>) -> Result<Value, ApiErro
 /// `POST …/enable`: back to `inactive` with keys and tokens revoked; the terminal id stays.
 pub async fn device_enable(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
     let d = device(app, call, Action::ManageMerchant)?;
+    if d.status != DeviceStatus::Disabled {
+        return Err(ApiError::new(
+            Code::DeviceState,
+            "only a disabled device can be enabled",
+        ));
+    }
     crate::keyd_ops::revoke_key_sets(app, &d.device_id).await?;
     let now = call.now;
     let updated = app
@@ -1174,6 +1245,8 @@ pub async fn device_enable(app: &App, call: &Call<'_>) -> Result<Value, ApiError
             d.status = DeviceStatus::Inactive;
             d.auth_epoch += 1;
             d.activated_at = None;
+            d.key_set = None;
+            d.previous_key_set = None;
             d.updated_at = now;
             Ok(Vec::new())
         })

@@ -191,7 +191,10 @@ impl Charge {
         json!({
             "charge_id": self.charge_id, "object": "charge", "status": self.status.as_str(),
             "amount": self.amount.to_json(),
-            "tip": self.tip.as_ref().map(Amount::to_json),
+            "tip": self.tip.as_ref().map_or_else(
+                || json!({"value": "0", "currency": c}),
+                Amount::to_json,
+            ),
             "amount_refunded": {"value": self.amount_refunded.to_string(), "currency": c},
             "authorization_code": self.authorization_code,
             "iso_response_code": self.iso_response_code,
@@ -314,6 +317,21 @@ pub struct NewCharge {
     pub terminal_id: Option<String>,
 }
 
+/// Amount plus tip must itself be a contract money value (at most 12 digits).
+///
+/// # Errors
+/// 400 naming `tip.value`.
+pub fn check_total(amount: &Money, tip: Option<&Money>) -> Result<(), ApiError> {
+    let total = amount.value.saturating_add(tip.map_or(0, |t| t.value));
+    if total > 999_999_999_999 {
+        return Err(ApiError::field(
+            "tip.value",
+            "amount plus tip must be at most 12 digits",
+        ));
+    }
+    Ok(())
+}
+
 fn fee(app: &App, merchant: &Merchant, amount: u64, brand: &str) -> Result<u64, ApiError> {
     Ok(match &merchant.fee_template_id {
         Some(id) => app
@@ -340,7 +358,7 @@ pub async fn create(
     let currency = new.amount.currency.clone();
     let fee_value = fee(app, &new.merchant, new.amount.value, &brand)?;
     let mut charge = Charge {
-        charge_id: ids::prefixed("ch_")?,
+        charge_id: ids::time_ordered("ch_")?,
         merchant_id: new.merchant.id.clone(),
         resellers: new.merchant.resellers.clone(),
         location_id: new.location_id,
@@ -450,6 +468,14 @@ fn charge_with_status(charge: &Charge, failed: bool) -> Charge {
         c.status = ChargeStatus::Failed;
     }
     c
+}
+
+fn processor_failed_after(charge_id: &str, what: &str) -> ApiError {
+    ApiError::new(
+        Code::ProcessorFailed,
+        format!("the payment processor failed or timed out; the {what} was not made and the charge is unchanged"),
+    )
+    .with_details(json!({"charge_id": charge_id}))
 }
 
 fn processor_failed(charge_id: &str) -> ApiError {
@@ -574,7 +600,7 @@ async fn refund_locked(
     .await
     .ok()
     .and_then(Result::ok)
-    .ok_or_else(|| processor_failed(&charge.charge_id))?;
+    .ok_or_else(|| processor_failed_after(&charge.charge_id, "refund"))?;
     charge.amount_refunded += value;
     if charge.amount_refunded >= charge.total() {
         charge.status = ChargeStatus::Refunded;
@@ -582,7 +608,7 @@ async fn refund_locked(
         charge.status = ChargeStatus::PartiallyRefunded;
     }
     let refund = Refund {
-        refund_id: ids::prefixed("re_")?,
+        refund_id: ids::time_ordered("re_")?,
         charge_id: charge.charge_id.clone(),
         merchant_id: charge.merchant_id.clone(),
         terminal_id: charge.terminal_id.clone(),
@@ -630,7 +656,7 @@ pub async fn cancel(
             .await;
             match voided {
                 Ok(Ok(())) => Ok(true),
-                _ => Err(processor_failed(&charge.charge_id)),
+                _ => Err(processor_failed_after(&charge.charge_id, "void")),
             }
         }
         s => Err(ApiError::new(
@@ -793,6 +819,7 @@ async fn create_backoffice_inner(
     input.finish()?;
     let merchant = merchant_of_call(app, p, merchant_id.as_deref(), Action::Operate)?;
     let amount = amount.ok_or_else(|| ApiError::field("amount", "required"))?;
+    check_total(&amount, tip.as_ref())?;
     if amount.currency != merchant.currency {
         return Err(ApiError::field(
             "amount.currency",
@@ -950,22 +977,32 @@ pub async fn settle(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::ManageMerchant)?;
     let _guard = app.locks.lock(&format!("settle:{}", merchant.id)).await;
-    let open: Vec<Charge> = app
+    let settleable = |c: &Charge| {
+        c.settled_at.is_none()
+            && matches!(
+                c.status,
+                ChargeStatus::Approved | ChargeStatus::PartiallyRefunded
+            )
+    };
+    let candidates: Vec<String> = app
         .db
         .all::<Charge>("charges", &merchant.id)?
         .into_iter()
-        .filter(|c| {
-            c.settled_at.is_none()
-                && matches!(
-                    c.status,
-                    ChargeStatus::Approved | ChargeStatus::PartiallyRefunded
-                )
-        })
+        .filter(settleable)
+        .map(|c| c.charge_id)
         .collect();
+    // Refunds and cancels hold their charge's lock across the processor call and the commit;
+    // holding every candidate's lock, the batch sees (and writes) each charge's latest state.
+    let _charge_guards = app.locks.lock_many(&candidates).await;
+    let mut open = Vec::with_capacity(candidates.len());
+    for id in &candidates {
+        if let Some(c) = app.db.get::<Charge>(id)?.filter(settleable) {
+            open.push(c);
+        }
+    }
     let mut writes = Vec::with_capacity(open.len() + 1);
     let mut total = 0u64;
     for c in &open {
-        let _charge_guard = ();
         let mut c = c.clone();
         total += c.total().saturating_sub(c.amount_refunded);
         c.settled_at = Some(call.now);
@@ -975,7 +1012,7 @@ pub async fn settle(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
         writes.push(db::put(&c)?);
     }
     let settlement = Settlement {
-        settlement_id: ids::prefixed("st_")?,
+        settlement_id: ids::time_ordered("st_")?,
         merchant_id: merchant.id.clone(),
         count: open.len() as u64,
         total: Amount {

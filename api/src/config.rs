@@ -33,8 +33,9 @@ pub struct Config {
     /// Platform-wide settings.
     #[serde(default)]
     pub platform: PlatformConfig,
-    /// Serve Prometheus metrics at `/metrics`.
-    #[serde(default = "yes")]
+    /// Serve Prometheus metrics at `/metrics` (unauthenticated: turn on where only the
+    /// scraper can reach the port).
+    #[serde(default)]
     pub metrics: bool,
     /// The payment processor connector.
     #[serde(default)]
@@ -158,10 +159,6 @@ impl Default for PlatformConfig {
             min_supported_version: default_min_version(),
         }
     }
-}
-
-const fn yes() -> bool {
-    true
 }
 
 fn default_database() -> PathBuf {

@@ -213,6 +213,10 @@ pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
+    // `from_str_radix` alone would take "+F"; only hex digits are hex.
+    if !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
     (0..s.len())
         .step_by(2)
         .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
@@ -269,6 +273,8 @@ mod tests {
         }
         let ok = parse(&envelope(json!({"content_encoding": "gzip"})), "ABC123").unwrap();
         assert!(ok.gzip && ok.ciphertext.len() == 32 && ok.iv[15] == 0xff);
+        assert_eq!(hex_decode("+F"), None);
+        assert_eq!(hex_decode("0aFF"), Some(vec![10, 255]));
     }
 
     #[test]

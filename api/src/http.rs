@@ -175,6 +175,9 @@ impl Reply {
     }
 }
 
+/// How long a request body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Reads the body (within the limit), authenticates the caller, runs the handler.
 async fn run(
     app: &App,
@@ -195,15 +198,40 @@ async fn run(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let body = Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|_| too_large())?
-        .to_bytes();
     let now = crate::time::now();
+    let read = async {
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        // A client that sends its headers and then trickles the body does not hold the
+        // connection for ever.
+        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(_)) => Err(too_large()),
+            Err(_) => Err(ApiError::new(
+                Code::BodyUnreadable,
+                "the body did not arrive in time",
+            )),
+        }
+    };
+    let body = match read.await {
+        Ok(b) => b,
+        Err(e) => {
+            // On terminal calls the POS headers are judged first, whatever the body.
+            if route.access == Access::Pos {
+                let stub = Call {
+                    params: Vec::new(),
+                    query: Vec::new(),
+                    headers: &parts.headers,
+                    body: Bytes::new(),
+                    now,
+                    principal: None,
+                };
+                crate::pos::pos_headers(app, &stub, route.op != Op::PosBootstrap)?;
+            }
+            return Err(e);
+        }
+    };
     let principal = match route.access {
         Access::Public | Access::Pos => None,
         Access::Bearer | Access::BearerNoSession => {
@@ -228,12 +256,77 @@ async fn run(
         principal,
     };
     let status = StatusCode::from_u16(route.status).unwrap_or(StatusCode::OK);
-    dispatch(app, route.op, &call)
-        .await
-        .map(|reply| match reply {
-            Reply::Json(_, body) => Reply::Json(status, body),
-            text @ Reply::Text(..) => text,
-        })
+    let with_status = |reply: Reply| match reply {
+        Reply::Json(_, body) => Reply::Json(status, body),
+        text @ Reply::Text(..) => text,
+    };
+    // Backoffice creations under an Idempotency-Key (the charge calls keep theirs atomically
+    // with the charge, in the engine).
+    let keyed = route.access == Access::Bearer
+        && route.method == "POST"
+        && !matches!(
+            route.op,
+            Op::ChargeCreate | Op::ChargeRefund | Op::ChargeCancel
+        );
+    let (true, Some(key), Some(p)) = (keyed, call.header("idempotency-key"), &call.principal)
+    else {
+        return dispatch(app, route.op, &call).await.map(with_status);
+    };
+    if !crate::idem::valid_key(key) {
+        return Err(ApiError::new(
+            Code::HeaderInvalid,
+            "Idempotency-Key must be 1-255 printable ASCII characters",
+        ));
+    }
+    let path = parts.uri.path();
+    let running = match app
+        .idempotency
+        .begin(&app.db, &p.sub, "POST", path, key, &call.body, now)?
+    {
+        crate::idem::Begin::Replay(kept) if kept.status < 300 => {
+            let status = StatusCode::from_u16(kept.status).unwrap_or(StatusCode::OK);
+            return Ok(Reply::Json(status, kept.body));
+        }
+        crate::idem::Begin::Replay(kept) => return Err(ApiError::from_stored(&kept.body)),
+        crate::idem::Begin::Run(running) => running,
+    };
+    let answer = dispatch(app, route.op, &call).await.map(with_status);
+    let keep = match &answer {
+        Ok(Reply::Json(status, body)) => {
+            Some(running.keep(status.as_u16(), withhold_secrets(body), now)?)
+        }
+        Err(e) if crate::idem::is_final(e) => Some(running.keep_error(e, now)?),
+        _ => None,
+    };
+    if let Some(w) = keep {
+        app.db
+            .commit(vec![w], ApiError::new(Code::Conflict, "idempotency record"))
+            .await?;
+    }
+    answer
+}
+
+/// A kept answer never holds a secret shown once (a device's identity secret, an API client's
+/// secret): a replay shows the object with the secret withheld.
+fn withhold_secrets(body: &Value) -> Value {
+    match body {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    if k == "secret" || k == "client_secret" {
+                        (
+                            k.clone(),
+                            Value::String("<shown once; withheld on replay>".into()),
+                        )
+                    } else {
+                        (k.clone(), withhold_secrets(v))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(withhold_secrets).collect()),
+        other => other.clone(),
+    }
 }
 
 /// Route table entry → handler.

@@ -20,13 +20,31 @@ impl Default for Locks {
 }
 
 impl Locks {
+    fn stripe(&self, id: &(impl Hash + ?Sized)) -> usize {
+        usize::try_from(self.hasher.hash_one(id) % 256).unwrap_or_default()
+    }
+
     /// Waits for the stripe of `id`.
     pub async fn lock(&self, id: &(impl Hash + ?Sized)) -> tokio::sync::MutexGuard<'_, ()> {
-        let n = usize::try_from(self.hasher.hash_one(id) % 256).unwrap_or_default();
-        match self.stripes.get(n) {
+        match self.stripes.get(self.stripe(id)) {
             Some(m) => m.lock().await,
             None => unreachable_stripe(&self.stripes).await,
         }
+    }
+
+    /// Waits for the stripes of many ids, each once and in ascending order, so two holders of
+    /// several stripes cannot deadlock and ids sharing a stripe do not lock it twice.
+    pub async fn lock_many<I: Hash>(&self, ids: &[I]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = ids.iter().map(|id| self.stripe(id)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for n in stripes {
+            if let Some(m) = self.stripes.get(n) {
+                guards.push(m.lock().await);
+            }
+        }
+        guards
     }
 }
 

@@ -664,7 +664,7 @@ impl Record for Attestation {
     }
 }
 
-/// A used nonce (replay protection survives a restart). Id: `{scope}:{nonce}`.
+/// A used nonce (replay protection survives a restart). Id: `{time}:{scope}:{nonce}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Nonce {
     /// Scope and nonce.

@@ -170,6 +170,7 @@ pub async fn pairing_code(app: &App, call: &Call<'_>) -> Result<Value, ApiError>
     device_state(device.status == DeviceStatus::Inactive)?;
     let _guard = app.locks.lock(&device.device_id).await;
     let device: Device = app.db.find(&device.device_id)?;
+    device_state(device.status == DeviceStatus::Inactive)?;
     let now = call.now;
     let recent: Vec<i64> = device
         .pairing_issued
@@ -221,6 +222,7 @@ pub async fn pairing_code(app: &App, call: &Call<'_>) -> Result<Value, ApiError>
     writes.push(db::put(&record)?);
     if let Some(old) = &device.pairing_code
         && let Some(mut old) = app.db.get::<PairingCode>(old)?
+        && old.device_id == device.device_id
         && old.status(now) == PairingStatus::Pending
     {
         old.status = PairingStatus::Expired;
@@ -232,6 +234,7 @@ pub async fn pairing_code(app: &App, call: &Call<'_>) -> Result<Value, ApiError>
     let taken = ApiError::new(Code::Conflict, "try again");
     app.db
         .update::<Device>(&device.device_id, move |d| {
+            device_state(d.status == DeviceStatus::Inactive)?;
             d.pairing_code = Some(code.clone());
             d.pairing_issued.clone_from(&recent);
             Ok(std::mem::take(&mut writes))

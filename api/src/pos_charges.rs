@@ -397,6 +397,7 @@ async fn charge_input(
     let reference = input.opt_text("reference", 128);
     input.finish()?;
     let amount = amount.ok_or_else(|| ApiError::field("amount", "required"))?;
+    charges::check_total(&amount, tip.as_ref())?;
     if amount.currency != merchant.currency {
         return Err(ApiError::field(
             "amount.currency",

@@ -36,7 +36,8 @@ impl Replay {
         if let Ok(mut seen) = replay.seen.lock() {
             for minute in (now - NONCE_TTL) / 60..=now / 60 {
                 for n in db.all::<Nonce>("nonce_minute", &minute.to_string())? {
-                    seen.insert(n.id, n.at);
+                    let key = n.id.split_once(':').map_or(n.id.as_str(), |(_, k)| k);
+                    seen.insert(key.to_owned(), n.at);
                 }
             }
         }
@@ -71,7 +72,11 @@ impl Replay {
             return Err(ApiError::new(Code::NonceReused, "nonce already used"));
         }
         seen.insert(key.clone(), now);
-        db::put(&Nonce { id: key, at: now })
+        // Stored under a time-first id: appended, not scattered (see `ids::time_ordered`).
+        db::put(&Nonce {
+            id: format!("{now:012}:{key}"),
+            at: now,
+        })
     }
 
     /// Forgets what is older than ten minutes, in memory and in the store (every minute).

@@ -330,6 +330,51 @@ fn devices_get_identity_keys_from_keyd() {
         assert!(!bytes.windows(32).any(|w| w == secret.as_slice()));
     }
 
+    // Idempotent creation: the replay is the same device, with the secret withheld.
+    let headers = vec![
+        ("Authorization".to_owned(), format!("Bearer {admin}")),
+        ("Idempotency-Key".to_owned(), "register-77".to_owned()),
+    ];
+    let body = json!({"device_id": "POS-00000077", "model": "A", "serial": "S"}).to_string();
+    let first = p
+        .http
+        .raw("POST", &devices, &headers, body.as_bytes())
+        .unwrap();
+    assert_eq!(first.status, 201, "{}", first.json);
+    let replay = p
+        .http
+        .raw("POST", &devices, &headers, body.as_bytes())
+        .unwrap();
+    assert_eq!(replay.status, 201);
+    assert_eq!(
+        replay.json["identity_key"]["key_id"],
+        first.json["identity_key"]["key_id"]
+    );
+    assert_ne!(
+        replay.json["identity_key"]["secret"],
+        first.json["identity_key"]["secret"]
+    );
+    let other = p
+        .http
+        .raw(
+            "POST",
+            &devices,
+            &headers,
+            body.replace("77", "78").as_bytes(),
+        )
+        .unwrap();
+    assert_eq!((other.status, other.code()), (422, "4220"));
+    assert_eq!(
+        p.send(
+            "POST",
+            &admin,
+            &format!("{devices}/POS-00000077/disable"),
+            None
+        )
+        .status,
+        200
+    );
+
     // Duplicates, unknown zones, foreign locations, malformed ids.
     let again = p.post(
         &admin,
@@ -456,6 +501,7 @@ fn devices_get_identity_keys_from_keyd() {
             "POS-00000004",
             "POS-00000003",
             "POS-00000002",
+            "POS-00000077",
             "POS-8F3A2C91"
         ]
     );
@@ -479,7 +525,7 @@ fn devices_get_identity_keys_from_keyd() {
         .client()
         .call("GET", &format!("{devices}?limit=100"), Some(&admin), None)
         .unwrap();
-    assert_eq!(a.json["data"].as_array().unwrap().len(), 7, "{}", a.json);
+    assert_eq!(a.json["data"].as_array().unwrap().len(), 8, "{}", a.json);
 }
 
 /// The tenancy used by the matrix: R1 ⊃ R2 ⊃ M (own) and R3 ⊃ F (foreign).

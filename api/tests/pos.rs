@@ -563,6 +563,32 @@ fn a_terminal_from_registration_to_settlement() {
     let (a, _) = t.charge("4242424242424242", 100, "EUR", None).unwrap();
     assert_eq!((a.status, a.code()), (401, "4011"), "{}", a.json);
     assert_eq!(t.keys().unwrap().code(), "4014");
+
+    // Re-enabled: inactive, same terminal id, a new key set after a new claim.
+    let e = p.ok(
+        "POST",
+        &format!("/merchants/{mid}/devices/POS-8F3A2C91/enable"),
+        None,
+    );
+    assert_eq!(
+        (e["device_status"].as_str(), e["terminal_id"].as_str()),
+        (Some("inactive"), Some(tid.as_str()))
+    );
+    let code = t.pairing_code().unwrap().json["pairing_code"].clone();
+    let claim = p.call("POST", "/pos/claim", Some(&json!({"pairing_code": code})));
+    assert_eq!(
+        claim.json["terminal_id"],
+        tid.as_str(),
+        "the terminal id is kept"
+    );
+    assert_eq!(t.attest().unwrap().status, 200);
+    let keys = t.keys().unwrap();
+    assert_eq!(keys.status, 200, "{}", keys.json);
+    assert_ne!(keys.json["key_set"]["key_set_id"], set.as_str());
+    assert_eq!(t.activate().unwrap().0.status, 200);
+    let (a, v) = t.charge("4242424242424242", 100, "EUR", None).unwrap();
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(v.unwrap()["status"], "approved");
 }
 
 #[test]

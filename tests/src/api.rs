@@ -60,7 +60,7 @@ impl ApiProcess {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{port}\"\nplain_http = true\nkeyd_socket = \"{}\"\n\
+                "listen = \"127.0.0.1:{port}\"\nplain_http = true\nmetrics = true\nkeyd_socket = \"{}\"\n\
                  database = \"{}\"\n{extra_top}\n\n[platform]\ndefault_zone = \"z1\"\n\n\
                  [auth]\nsigning_key = \"{}\"\n{auth}\n",
                 keyd_socket.display(),
