@@ -79,13 +79,14 @@ impl App {
             Ok(n) => tracing::warn!(count = n, "charges left pending by a crash marked failed"),
             Err(e) => tracing::error!(error = %e, "pending-charge recovery failed"),
         }
-        let mut hour = 0;
+        let (mut hour, mut minute) = (0, 0);
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             tick.tick().await;
             let now = crate::time::now();
             self.replay.sweep(&self.db, now).await;
             hour = crate::idem::sweep(&self.db, hour, now).await;
+            minute = crate::pos::sweep_attestations(&self.db, minute, now).await;
         }
     }
 }

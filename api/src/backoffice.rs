@@ -879,8 +879,9 @@ pub async fn merchant_patch(app: &App, call: &Call<'_>) -> Result<Value, ApiErro
     if new_currency != m.currency
         && !app
             .db
-            .page::<crate::charges::Charge>("charges", &m.id, None, 1)?
-            .items
+            .store()
+            .list("transactions", &m.id, None, 1)
+            .map_err(|_| ApiError::new(Code::Unavailable, "storage unavailable"))?
             .is_empty()
     {
         return Err(conflict(

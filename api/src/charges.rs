@@ -219,27 +219,9 @@ impl Record for Charge {
         &self.charge_id
     }
     fn indexes(&self) -> Vec<(String, String)> {
-        vec![
-            ("charges".into(), self.merchant_id.clone()),
-            ("transactions".into(), self.merchant_id.clone()),
-        ]
-    }
-}
-
-/// Marks a charge whose processor call has not come back (crash recovery).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PendingCharge {
-    /// The charge.
-    pub charge_id: String,
-}
-
-impl Record for PendingCharge {
-    const KIND: &'static str = "pending_charge";
-    fn id(&self) -> &str {
-        &self.charge_id
-    }
-    fn indexes(&self) -> Vec<(String, String)> {
-        vec![("pending_charges".into(), String::new())]
+        // One index for charges and refunds: the transactions list reads both in one order,
+        // and the charge list filters it.
+        vec![("transactions".into(), self.merchant_id.clone())]
     }
 }
 
@@ -390,11 +372,9 @@ pub async fn create(
         settled_at: None,
         refunds: Vec::new(),
     };
+    // The charge exists, as `pending`, before the processor hears of it.
     let mut first = extra;
     first.push(db::put(&charge)?);
-    first.push(db::put(&PendingCharge {
-        charge_id: charge.charge_id.clone(),
-    })?);
     app.db
         .commit(first, ApiError::new(Code::Conflict, "charge id collision"))
         .await?;
@@ -436,10 +416,7 @@ pub async fn create(
         Ok(Err(e)) => Some(e.to_string()),
         Err(_) => Some("no answer within the processor timeout".to_owned()),
     };
-    let mut last = vec![
-        db::put(&charge_with_status(&charge, failed.is_some()))?,
-        db::delete::<PendingCharge>(&charge.charge_id),
-    ];
+    let mut last = vec![db::put(&charge_with_status(&charge, failed.is_some()))?];
     if failed.is_some() {
         charge.status = ChargeStatus::Failed;
     }
@@ -488,29 +465,51 @@ fn processor_failed(charge_id: &str) -> ApiError {
 
 /// Settles charges left `pending` by a crash: the outcome is unknown, so the charge is `failed`
 /// and the processor is asked to void whatever it may have authorised.
+///
+/// Charge ids start with their creation time, so the charges a crash interrupted are the
+/// newest: the scan walks back from the newest charge and stops once charges are older than it
+/// by more than a processor time-out and a margin.
+///
+/// # Errors
+/// 503 if the store cannot be read or written.
 pub async fn recover(app: &App) -> Result<usize, ApiError> {
-    let pending = app.db.all::<PendingCharge>("pending_charges", "")?;
-    for p in &pending {
-        if let Some(mut c) = app.db.get::<Charge>(&p.charge_id)? {
-            if c.status == ChargeStatus::Pending {
-                c.status = ChargeStatus::Failed;
-                let _ = app
-                    .processor
-                    .void(VoidRequest {
-                        charge_id: c.charge_id.clone(),
-                        processor_reference: String::new(),
-                    })
-                    .await;
+    let window = i64::try_from(app.config.processor.timeout().as_secs()).unwrap_or(60) + 120;
+    let mut newest: Option<i64> = None;
+    let mut before: Option<String> = None;
+    let mut recovered = 0;
+    'scan: loop {
+        let batch = app.db.scan_back::<Charge>(before.as_deref(), 500)?;
+        let Some(last) = batch.last() else {
+            break;
+        };
+        before = Some(last.charge_id.clone());
+        let exhausted = batch.len() < 500;
+        for mut c in batch {
+            let top = *newest.get_or_insert(c.created_at);
+            if c.created_at < top - window {
+                break 'scan;
             }
+            if c.status != ChargeStatus::Pending {
+                continue;
+            }
+            c.status = ChargeStatus::Failed;
+            let _ = app
+                .processor
+                .void(VoidRequest {
+                    charge_id: c.charge_id.clone(),
+                    processor_reference: String::new(),
+                })
+                .await;
             app.db
-                .commit(
-                    vec![db::put(&c)?, db::delete::<PendingCharge>(&p.charge_id)],
-                    ApiError::new(Code::Conflict, "recover"),
-                )
+                .commit(vec![db::put(&c)?], ApiError::new(Code::Conflict, "recover"))
                 .await?;
+            recovered += 1;
+        }
+        if exhausted {
+            break;
         }
     }
-    Ok(pending.len())
+    Ok(recovered)
 }
 
 /// Refunds part or all of a charge. `amount` None refunds what is left.
@@ -888,12 +887,21 @@ pub fn list_backoffice(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let merchant = merchant_of_call(app, p, call.query("merchant_id"), Action::Read)?;
     let (limit, after) = call.page()?;
-    let page = app
-        .db
-        .page_filtered::<Charge>("charges", &merchant.id, after, limit, |c| {
-            c.status != ChargeStatus::Pending
-        })?;
-    let items = page.items.iter().map(Charge::to_json).collect();
+    let page = app.db.page_filtered::<Txn>(
+        "transactions",
+        &merchant.id,
+        after,
+        limit,
+        |t| matches!(t, Txn::Charge(c) if c.status != ChargeStatus::Pending),
+    )?;
+    let items = page
+        .items
+        .iter()
+        .filter_map(|t| match t {
+            Txn::Charge(c) => Some(c.to_json()),
+            Txn::Refund(_) => None,
+        })
+        .collect();
     Ok(list(items, page.has_more, "charge_id"))
 }
 
@@ -984,13 +992,27 @@ pub async fn settle(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
                 ChargeStatus::Approved | ChargeStatus::PartiallyRefunded
             )
     };
-    let candidates: Vec<String> = app
+    // Every charge older than the last batch was settled by it or could not be; only a charge
+    // still pending at that moment (its outcome came later) can be older, hence the margin.
+    let margin = i64::try_from(app.config.processor.timeout().as_secs()).unwrap_or(60) + 120;
+    let cutoff = app
         .db
-        .all::<Charge>("charges", &merchant.id)?
-        .into_iter()
-        .filter(settleable)
-        .map(|c| c.charge_id)
-        .collect();
+        .page::<Settlement>("settlements", &merchant.id, None, 1)?
+        .items
+        .first()
+        .map(|s| s.created_at - margin);
+    let mut candidates: Vec<String> = Vec::new();
+    app.db.walk::<Txn>("transactions", &merchant.id, |t| {
+        if let Txn::Charge(c) = t {
+            if cutoff.is_some_and(|cut| c.created_at < cut) {
+                return Ok(false);
+            }
+            if settleable(&c) {
+                candidates.push(c.charge_id);
+            }
+        }
+        Ok(true)
+    })?;
     // Refunds and cancels hold their charge's lock across the processor call and the commit;
     // holding every candidate's lock, the batch sees (and writes) each charge's latest state.
     let _charge_guards = app.locks.lock_many(&candidates).await;
@@ -1208,5 +1230,117 @@ impl Txn {
             Self::Charge(c) => &c.merchant_id,
             Self::Refund(r) => &r.merchant_id,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn app() -> App {
+        let config = crate::Config::parse(
+            "listen = \"127.0.0.1:1\"\nplain_http = true\nkeyd_socket = \"/nonexistent\"\n",
+        )
+        .unwrap();
+        let (signer, _) = crate::jwt::Signer::generate().unwrap();
+        let auth = crate::auth::Auth::with_signer(&config.auth, signer).unwrap();
+        App::with_parts(config, Arc::new(MemoryStore::new()), auth).unwrap()
+    }
+
+    fn charge(id: &str, status: ChargeStatus, created_at: i64) -> Charge {
+        Charge {
+            charge_id: id.into(),
+            merchant_id: "m".into(),
+            resellers: vec!["r".into()],
+            location_id: None,
+            terminal_id: None,
+            status,
+            amount: Amount {
+                value: 100,
+                currency: "EUR".into(),
+            },
+            tip: None,
+            amount_refunded: 0,
+            authorization_code: None,
+            iso_response_code: None,
+            decline_code: None,
+            card: CardInfo {
+                brand: "visa".into(),
+                bin: "424242".into(),
+                last4: "4242".into(),
+                entry_mode: "chip".into(),
+                fingerprint: String::new(),
+            },
+            reference: None,
+            description: None,
+            metadata: Map::new(),
+            fee: Amount {
+                value: 0,
+                currency: "EUR".into(),
+            },
+            processor: "simulator".into(),
+            processor_reference: None,
+            created_at,
+            settled_at: None,
+            refunds: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crash_leaves_no_pending_charge_behind() {
+        let app = app();
+        let now = crate::time::now();
+        let writes = vec![
+            db::put(&charge(
+                "ch_0000000aOLD0000000000000",
+                ChargeStatus::Pending,
+                now - 3600,
+            ))
+            .unwrap(),
+            db::put(&charge(
+                "ch_0000000bMID0000000000000",
+                ChargeStatus::Approved,
+                now - 10,
+            ))
+            .unwrap(),
+            db::put(&charge(
+                "ch_0000000cNEW0000000000000",
+                ChargeStatus::Pending,
+                now,
+            ))
+            .unwrap(),
+        ];
+        app.db
+            .commit(writes, ApiError::new(Code::Conflict, "x"))
+            .await
+            .unwrap();
+        assert_eq!(recover(&app).await.unwrap(), 1);
+        let status = |id: &str| app.db.get::<Charge>(id).unwrap().unwrap().status;
+        assert_eq!(status("ch_0000000cNEW0000000000000"), ChargeStatus::Failed);
+        assert_eq!(
+            status("ch_0000000bMID0000000000000"),
+            ChargeStatus::Approved
+        );
+        // Far older than the newest charge: outside the window a crash can leave behind.
+        assert_eq!(status("ch_0000000aOLD0000000000000"), ChargeStatus::Pending);
+        assert_eq!(recover(&app).await.unwrap(), 0);
+    }
+
+    #[test]
+    fn totals_stay_within_twelve_digits() {
+        let m = |v| Money {
+            value: v,
+            currency: "EUR".into(),
+        };
+        assert!(check_total(&m(999_999_999_000), Some(&m(999))).is_ok());
+        assert_eq!(
+            check_total(&m(999_999_999_999), Some(&m(1)))
+                .unwrap_err()
+                .code(),
+            Code::BodyInvalid
+        );
     }
 }

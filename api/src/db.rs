@@ -166,6 +166,46 @@ impl Db {
         }
     }
 
+    /// Visits an index newest first until `visit` says stop (returns false).
+    pub fn walk<R: Record>(
+        &self,
+        index: &str,
+        key: &str,
+        mut visit: impl FnMut(R) -> Result<bool, ApiError>,
+    ) -> Result<(), ApiError> {
+        let mut before = None;
+        loop {
+            let batch = self
+                .store
+                .list(index, key, before, 200)
+                .map_err(|e| unavailable(&e))?;
+            let exhausted = batch.len() < 200;
+            for (_, stored) in batch {
+                before = Some(stored.seq);
+                if !visit(decode(&stored.body)?)? {
+                    return Ok(());
+                }
+            }
+            if exhausted {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Records of a kind by descending id (time-ordered ids: newest first), before `before`.
+    pub fn scan_back<R: Record>(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<R>, ApiError> {
+        self.store
+            .scan_back(R::KIND, before, limit)
+            .map_err(|e| unavailable(&e))?
+            .iter()
+            .map(|(_, s)| decode(&s.body))
+            .collect()
+    }
+
     /// Every record of an index (small lists: a merchant's locations, a reseller's subtree).
     pub fn all<R: Record>(&self, index: &str, key: &str) -> Result<Vec<R>, ApiError> {
         Ok(self.page(index, key, None, usize::MAX)?.items)

@@ -203,9 +203,18 @@ fn keyd_failure(e: KeydError, what: &str) -> ApiError {
     }
 }
 
-/// Upper-case hex.
+/// Upper-case hex (a table, not `format!` per byte: envelopes are hexed on every charge).
 pub fn hex_upper(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        for nibble in [b >> 4, b & 0x0f] {
+            out.push(char::from(
+                DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+            ));
+        }
+    }
+    out
 }
 
 /// Hex in either case.

@@ -419,6 +419,33 @@ pub async fn attest(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
     }))
 }
 
+/// Deletes expired attestation tokens (minute buckets of their expiry) up to a minute ago,
+/// from `from_minute` on; returns the next bucket to look at.
+pub async fn sweep_attestations(db: &db::Db, from_minute: i64, now: i64) -> i64 {
+    let last = now / 60 - 1;
+    let mut minute = from_minute.max(last - 24 * 60);
+    while minute <= last {
+        let Ok(old) = db.all::<Attestation>("attestation_minute", &minute.to_string()) else {
+            return minute;
+        };
+        if !old.is_empty() {
+            let writes = old
+                .iter()
+                .map(|a| db::delete::<Attestation>(&a.hash))
+                .collect();
+            if db
+                .commit(writes, ApiError::new(Code::Conflict, "sweep"))
+                .await
+                .is_err()
+            {
+                return minute;
+            }
+        }
+        minute += 1;
+    }
+    minute
+}
+
 /// The one answer for every signature failure.
 pub fn bad_signature() -> ApiError {
     ApiError::new(

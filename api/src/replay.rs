@@ -18,7 +18,6 @@ pub const NONCE_TTL: i64 = 600;
 #[derive(Debug, Default)]
 pub struct Replay {
     seen: Mutex<HashMap<String, i64>>,
-    swept_minute: Mutex<i64>,
 }
 
 /// `^[A-Za-z0-9]{12,64}$`.
@@ -34,15 +33,27 @@ impl Replay {
     pub fn load(db: &Db, now: i64) -> Result<Self, ApiError> {
         let replay = Self::default();
         if let Ok(mut seen) = replay.seen.lock() {
-            for minute in (now - NONCE_TTL) / 60..=now / 60 {
-                for n in db.all::<Nonce>("nonce_minute", &minute.to_string())? {
-                    let key = n.id.split_once(':').map_or(n.id.as_str(), |(_, k)| k);
-                    seen.insert(key.to_owned(), n.at);
+            // Ids start with the time of use: walk back from the newest until ten minutes ago.
+            let mut before: Option<String> = None;
+            'scan: loop {
+                let batch = db.scan_back::<Nonce>(before.as_deref(), 1000)?;
+                let exhausted = batch.len() < 1000;
+                for n in batch {
+                    if now - n.at > NONCE_TTL {
+                        break 'scan;
+                    }
+                    let key =
+                        n.id.split_once(':')
+                            .map(|(_, k)| k)
+                            .unwrap_or_default()
+                            .to_owned();
+                    seen.insert(key, n.at);
+                    before = Some(n.id);
+                }
+                if exhausted {
+                    break;
                 }
             }
-        }
-        if let Ok(mut swept) = replay.swept_minute.lock() {
-            *swept = (now - NONCE_TTL) / 60 - 1;
         }
         Ok(replay)
     }
@@ -84,26 +95,22 @@ impl Replay {
         if let Ok(mut seen) = self.seen.lock() {
             seen.retain(|_, at| now - *at <= NONCE_TTL);
         }
-        let (from, to) = {
-            let Ok(mut swept) = self.swept_minute.lock() else {
-                return;
-            };
-            let to = (now - NONCE_TTL) / 60 - 1;
-            let from = (*swept + 1).max(to - 24 * 60);
-            *swept = to;
-            (from, to)
-        };
-        for minute in from..=to {
-            let Ok(old) = db.all::<Nonce>("nonce_minute", &minute.to_string()) else {
+        let cutoff = format!("{:012}", now - NONCE_TTL - 1);
+        loop {
+            let Ok(old) = db.scan_back::<Nonce>(Some(&cutoff), 1000) else {
                 return;
             };
             if old.is_empty() {
-                continue;
+                return;
             }
             let writes = old.iter().map(|n| db::delete::<Nonce>(&n.id)).collect();
-            let _ = db
+            if db
                 .commit(writes, ApiError::new(Code::Conflict, "sweep"))
-                .await;
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
     }
 }

@@ -175,6 +175,18 @@ pub trait Store: Send + Sync + fmt::Debug {
         limit: usize,
     ) -> Result<Vec<(String, Stored)>, StoreError>;
 
+    /// Records of one kind by descending id, only ids `< before` when given, at most `limit`.
+    ///
+    /// With ids that start with their creation time this reads the newest records first, which
+    /// is what crash recovery needs (the work a crash interrupted is the newest) without an
+    /// index entry per record.
+    fn scan_back(
+        &self,
+        kind: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, StoreError>;
+
     /// Applies all writes atomically and durably.
     ///
     /// All or nothing: every `Expect` and `Claim` is checked inside the same transaction before
@@ -435,6 +447,34 @@ impl Store for MemoryStore {
                 ))
             })
             .take(limit)
+            .collect())
+    }
+
+    fn scan_back(
+        &self,
+        kind: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, StoreError> {
+        let state = self.lock()?;
+        let Some(records) = state.records.get(kind) else {
+            return Ok(Vec::new());
+        };
+        use std::ops::Bound;
+        let upper = before.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(records
+            .range::<str, _>((Bound::Unbounded, upper))
+            .rev()
+            .take(limit)
+            .map(|(id, r)| {
+                (
+                    id.clone(),
+                    Stored {
+                        seq: r.seq,
+                        body: r.body.clone(),
+                    },
+                )
+            })
             .collect())
     }
 
@@ -970,6 +1010,40 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    fn scan_back(
+        &self,
+        kind: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Ids are text; "\u{10FFFF}" sorts after any id, standing for "no upper bound".
+        let before = before.unwrap_or("\u{10FFFF}");
+        let rows: Vec<(String, i64, Vec<u8>)> = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, seq, body FROM records
+                 WHERE kind = ?1 AND id < ?2
+                 ORDER BY id DESC
+                 LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![kind, before, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            rows.collect()
+        })?;
+        rows.into_iter()
+            .map(|(id, seq, body)| {
+                Ok((
+                    id,
+                    Stored {
+                        seq: seq_from_sql(seq)?,
+                        body,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     fn commit(&self, writes: Vec<Write>) -> Commit {
         let gone = || StoreError::Unavailable("store writer thread gone".to_owned());
         let (reply, answer) = oneshot::channel();
@@ -1374,6 +1448,30 @@ mod tests {
 
         store.commit(Vec::new()).await.unwrap();
         store.check().unwrap();
+
+        // Scanning a kind backwards by id.
+        store
+            .commit(vec![
+                put("scanned", "ch_001", "a", &[]),
+                put("scanned", "ch_003", "c", &[]),
+                put("scanned", "ch_002", "b", &[]),
+                put("refund", "re_009", "z", &[]),
+            ])
+            .await
+            .unwrap();
+        let back = |before: Option<&str>, limit| -> Vec<String> {
+            store
+                .scan_back("scanned", before, limit)
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        };
+        assert_eq!(back(None, 10), ["ch_003", "ch_002", "ch_001"]);
+        assert_eq!(back(None, 2), ["ch_003", "ch_002"]);
+        assert_eq!(back(Some("ch_002"), 10), ["ch_001"]);
+        assert!(back(Some("ch_001"), 10).is_empty());
+        assert!(store.scan_back("nothing", None, 5).unwrap().is_empty());
         assert!(
             !format!("{store:?}").contains("v5"),
             "Debug shows no record contents"
