@@ -34,8 +34,9 @@ fn platform() -> Platform {
     )
     .unwrap();
     keyd.start().unwrap();
-    let api = ApiProcess::start(&bin, keyd.socket(), "", "").unwrap();
-    // The processor's timeout comes from config; the default (10 s) is fine for one call.
+    // A short processor time-out, so the time-out card answers quickly.
+    let api =
+        ApiProcess::start(&bin, keyd.socket(), "", "\n[processor]\ntimeout_ms = 300\n").unwrap();
     let http = api.client();
     let admin = api.token("ops", "platform_admin").unwrap();
     let a = http
@@ -418,6 +419,15 @@ fn a_terminal_from_registration_to_settlement() {
         .to_owned();
     assert_eq!(
         p.ok("GET", &format!("/charges/{failed}"), None)["status"],
+        "failed"
+    );
+    let started = std::time::Instant::now();
+    let (a, _) = t.charge("4000000000000259", 1000, "EUR", None).unwrap();
+    assert_eq!((a.status, a.code()), (502, "5020"));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    let timed_out = a.json["error"]["details"]["charge_id"].as_str().unwrap();
+    assert_eq!(
+        p.ok("GET", &format!("/charges/{timed_out}"), None)["status"],
         "failed"
     );
     let (a, _) = t.charge("4242424242424241", 1000, "EUR", None).unwrap();
