@@ -1,9 +1,11 @@
-//! What the platform does today, end to end on a throw-away SoftHSM token: keyd creates its
-//! LMK in the token and loads a zone's ZMK, registers a device, issues and delivers its key set
-//! as TR-31 blocks (which this program unwraps the way a terminal would, from the ZMK down),
-//! verifies an attestation, and verifies-and-opens a signed, encrypted charge.
+//! The whole platform on its embedded defaults, end to end, talking to the person running it:
+//! keyd on a throw-away SoftHSM token (LMK made inside the token, a demo zone whose ZMK is the
+//! published demo value), the REST API on loopback over a SQLite file, a reseller, a merchant,
+//! a location and a device seeded through the backoffice API, and a simulated terminal that
+//! pairs, is claimed, attests, receives its keys as TR-31 blocks (unwrapped from the ZMK the
+//! way a terminal does), activates, and makes signed, MSK-encrypted charges.
 //!
-//! `cargo build --release -p keyd -p e2e && target/release/platform-demo`
+//! `cargo build --release -p keyd -p api -p e2e && target/release/platform-demo`
 
 #![allow(
     clippy::print_stdout,
@@ -13,22 +15,14 @@
 
 use std::process::ExitCode;
 
-use keyd_proto::message as m;
-use keyd_proto::{Client, ClientError};
+use e2e::api::{Answer, ApiProcess, Client};
+use e2e::pos::Terminal;
+use serde_json::{Value, json};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-fn hmac(key: &[u8], msg: &[u8]) -> Result<[u8; 32], Error> {
-    e2e::device::hmac(key, msg)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
-}
-
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
-    match run().await {
+fn main() -> ExitCode {
+    match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("platform-demo: {e}");
@@ -37,124 +31,281 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> Result<(), Error> {
-    let keyd_bin = std::env::current_exe()?.with_file_name("keyd");
-    if !keyd_bin.exists() {
-        return Err("build keyd next to this program: cargo build --release -p keyd -p e2e".into());
+/// A backoffice call that must succeed.
+fn ok(
+    http: Client,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, Error> {
+    let a = http.call(method, path, Some(token), body)?;
+    if a.status >= 300 {
+        return Err(format!("{method} {path}: {} {}", a.status, a.json).into());
+    }
+    Ok(a.json)
+}
+
+fn show(a: &Answer, v: Option<&Value>) -> String {
+    match v {
+        Some(v) => format!(
+            "{} {} {} {}",
+            a.status,
+            v["status"].as_str().unwrap_or("?"),
+            v["iso_response_code"].as_str().unwrap_or(""),
+            v["decline_code"].as_str().unwrap_or("")
+        ),
+        None => format!(
+            "{} error {} ({})",
+            a.status,
+            a.code(),
+            a.json["error"]["message"].as_str().unwrap_or("")
+        ),
+    }
+}
+
+fn run() -> Result<(), Error> {
+    let exe = std::env::current_exe()?;
+    let (keyd_bin, api_bin) = (exe.with_file_name("keyd"), exe.with_file_name("api"));
+    if !keyd_bin.exists() || !api_bin.exists() {
+        return Err(
+            "build keyd and api next to this program: cargo build --release -p keyd -p api -p e2e"
+                .into(),
+        );
     }
     println!("== keyd on a fresh SoftHSM token");
     let mut keyd = e2e::KeydProcess::new(&keyd_bin, r#""data", "devices""#, "memory")?;
     keyd.start()?;
     let zmk = e2e::hex(e2e::ZMK_HEX);
-    let zmk_kcv = tr31::kcv::cmac_aes(&zmk)?;
+    let zmk_kcv = e2e::pos::hex_upper(&tr31::kcv::cmac_aes(&zmk)?[..3]);
     println!("   LMK generated inside the token (never leaves it)");
-    println!(
-        "   zone z1: ZMK loaded from the published demo value, KCV {}",
-        hex(&zmk_kcv[..3])
-    );
-    let client = Client::connect(keyd.socket()).await?;
+    println!("   zone z1: ZMK formed from the published demo value, KCV {zmk_kcv}");
 
-    let device_id = "POS-8F3A2C91".to_owned();
-    let identity = client
-        .call(&m::DeviceCreate {
-            device_id: device_id.clone(),
-            zone: "z1".into(),
-        })
-        .await?;
+    println!("== the API on loopback (SQLite file, embedded token issuer, simulated processor)");
+    let api = ApiProcess::start(&api_bin, keyd.socket(), "", "")?;
+    let http = api.client();
+    println!("   listening on http://127.0.0.1:{}", api.port());
+    let admin = api.token("demo-operator", "platform_admin")?;
+    println!("   `api token --sub demo-operator --role platform_admin` minted a bearer token");
+    ok(
+        http,
+        &admin,
+        "POST",
+        "/session/initiate",
+        Some(&json!({"host": "localhost"})),
+    )?;
+
+    println!("== backoffice: a reseller, a merchant, a location, a device");
+    let r = ok(
+        http,
+        &admin,
+        "POST",
+        "/resellers",
+        Some(&json!({"name": "Demo Reseller"})),
+    )?;
+    let rid = r["id"].as_str().unwrap_or_default().to_owned();
+    ok(
+        http,
+        &admin,
+        "PUT",
+        &format!("/resellers/{rid}/branding"),
+        Some(&json!({"display_name": "Demo Pay", "primary_color": "#0A7CFF", "theme": "light"})),
+    )?;
+    let fee = ok(
+        http,
+        &admin,
+        "POST",
+        &format!("/resellers/{rid}/fee-templates"),
+        Some(
+            &json!({"name": "standard", "percent_bps": 150, "fixed": {"value": "20", "currency": "EUR"}}),
+        ),
+    )?;
+    let m = ok(
+        http,
+        &admin,
+        "POST",
+        "/merchants",
+        Some(
+            &json!({"reseller_id": rid, "name": "Cafe Demo", "mcc": "5812", "country": "DE", "currency": "EUR", "fee_template_id": fee["id"]}),
+        ),
+    )?;
+    let mid = m["id"].as_str().unwrap_or_default().to_owned();
+    let l = ok(
+        http,
+        &admin,
+        "POST",
+        &format!("/merchants/{mid}/locations"),
+        Some(
+            &json!({"name": "Front desk", "address": {"line1": "1 Demo Street", "city": "Berlin", "postal_code": "10115", "country": "DE"}, "timezone": "Europe/Berlin"}),
+        ),
+    )?;
+    let d = ok(
+        http,
+        &admin,
+        "POST",
+        &format!("/merchants/{mid}/devices"),
+        Some(
+            &json!({"device_id": "POS-8F3A2C91", "model": "A920", "serial": "DEMO-1", "location_id": l["id"], "zone": "z1"}),
+        ),
+    )?;
+    let identity = &d["identity_key"];
+    println!("   merchant {mid} (fee 1.5 % + 0.20 EUR)");
     println!(
-        "== device {device_id} registered: identity key {} (KCV {}), secret handed out once",
-        identity.key_id,
-        hex(&identity.kcv)
+        "   device POS-8F3A2C91 registered; identity key {} (KCV {}), its secret shown once",
+        identity["key_id"].as_str().unwrap_or(""),
+        identity["kcv"].as_str().unwrap_or("")
     );
 
-    let set = client
-        .call(&m::KeySetCreate {
-            device_id: device_id.clone(),
-        })
-        .await?;
-    let export = client
-        .call(&m::KeySetExport {
-            device_id: device_id.clone(),
-            key_set_id: set.key_set_id.clone(),
-        })
-        .await?;
+    println!("== the terminal: injected with the ZMK and its identity secret");
+    let mut t = Terminal::new(
+        http,
+        "POS-8F3A2C91",
+        identity["key_id"].as_str().unwrap_or_default(),
+        identity["secret"].as_str().unwrap_or_default(),
+        &zmk,
+    )?
+    .with_version("1.4.0");
+    let boot = t.bootstrap()?;
     println!(
-        "== key set {} delivered as TR-31 version D blocks; the device unwraps them from the ZMK down:",
-        set.key_set_id
+        "   bootstrap: {} (server time {})",
+        boot.status,
+        boot.json["server_time"].as_str().unwrap_or("")
     );
-    let keys = e2e::device::unwrap_key_set(&export, &zmk)?;
-    for k in &export.keys {
-        let delivered = keys.get(&k.kind).ok_or("a delivered key is missing")?;
-        let short = format!(
-            "{}…{}",
-            &k.key_block[..16],
-            &k.key_block[k.key_block.len() - 8..]
-        );
-        let agreed = if delivered.kcv == k.kcv {
-            "(device computes the same)"
-        } else {
-            "(MISMATCH)"
-        };
+    let code = t.pairing_code()?;
+    let code = code.json["pairing_code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    println!("   pairing code on screen: {code}");
+    let claim = ok(
+        http,
+        &admin,
+        "POST",
+        "/pos/claim",
+        Some(&json!({"pairing_code": code})),
+    )?;
+    let tid = claim["terminal_id"].as_str().unwrap_or_default().to_owned();
+    t.set_terminal_id(&tid);
+    println!("   the merchant claimed it: terminal {tid}");
+    let attest = t.attest()?;
+    println!(
+        "   attest (HMAC over device, key, time, nonce): {}",
+        attest.status
+    );
+    let keys = t.keys()?;
+    if keys.status != 200 {
+        return Err(format!("keys: {} {}", keys.status, keys.json).into());
+    }
+    println!(
+        "   key set {}: every block unwrapped from the ZMK down, every KCV checked:",
+        keys.json["key_set"]["key_set_id"].as_str().unwrap_or("")
+    );
+    for kind in ["tmk", "kek", "msk", "tpk", "tdk", "mac"] {
+        let k = &keys.json["keys"][kind];
         println!(
-            "   {} under {:<3}  {short}  KCV {} {agreed}",
-            k.kind,
-            k.wrapped_under,
-            hex(&k.kcv)
+            "     {kind}: {} under {:<3} KCV {}",
+            k["key_id"].as_str().unwrap_or(""),
+            k["wrapped_under"].as_str().unwrap_or(""),
+            k["kcv"].as_str().unwrap_or("")
         );
     }
-
-    let attest = format!("{device_id}\n{}\n1764237600\nn0nce0000001", identity.key_id);
-    client
-        .call(&m::AttestVerify {
-            device_id: device_id.clone(),
-            key_id: identity.key_id.clone(),
-            message: attest.clone().into_bytes(),
-            signature: hmac(identity.secret.expose(), attest.as_bytes())?,
-        })
-        .await?;
-    println!("== attestation signed with the identity secret: verified by keyd");
-
-    let mac = keys.get("mac").ok_or("no mac key")?;
-    let msk = keys.get("msk").ok_or("no msk")?;
-    let (mac_id, mac_key, msk_id, msk_key) = (&mac.key_id, &mac.key, &msk.key_id, &msk.key);
-    let plaintext = br#"{"amount":{"value":"1500","currency":"EUR"},"entry_mode":"chip"}"#;
-    let iv = [0x3Cu8; 16];
-    let ciphertext = e2e::device::encrypt(msk_key, &iv, plaintext)?;
-    let body = format!(
-        r#"{{"format":"TR31-DATA","ciphertext":"{}","initialization_vector":"{}","mode":"CBC"}}"#,
-        hex(&ciphertext),
-        hex(&iv)
-    );
-    let message =
-        format!("TID-004812\n{mac_id}\n1764237600\nn0nce0000002\nPOST\n/pos/charge\n{body}");
-    let charge = m::ChargeOpen {
-        mac_key_id: mac_id.clone(),
-        message: message.clone().into_bytes(),
-        signature: hmac(mac_key, message.as_bytes())?,
-        msk_key_id: msk_id.clone(),
-        iv,
-        ciphertext: ciphertext.clone(),
-    };
-    let opened = client.call(&charge).await?;
+    let (_, config) = t.config()?;
+    let config = config.unwrap_or_default();
     println!(
-        "== charge signed with the MAC key, encrypted with the MSK: keyd verified, then opened:"
+        "   config (MSK envelope): merchant {:?}, branding {}",
+        config["merchant"]["name"].as_str().unwrap_or(""),
+        config["branding"]["primary_color"].as_str().unwrap_or("")
     );
-    println!("   {}", String::from_utf8_lossy(opened.plaintext.expose()));
-    // Edit one character of the signed body (the first ciphertext digit) after signing.
-    let mut edited = message.into_bytes();
-    let at = edited.len() - body.len() + r#"{"format":"TR31-DATA","ciphertext":""#.len();
-    edited[at] = if edited[at] == b'0' { b'1' } else { b'0' };
-    let tampered = m::ChargeOpen {
-        message: edited,
-        ..charge
-    };
-    match client.call(&tampered).await {
-        Err(ClientError::Status(status)) => {
-            println!("== the same charge with its body edited after signing: refused ({status})")
-        }
-        other => return Err(format!("a tampered charge was not refused: {other:?}").into()),
+    let (tp, _) = t.terminal_parameters()?;
+    println!(
+        "   terminal parameters: {} envelope",
+        tp.json["format"].as_str().unwrap_or("")
+    );
+    let (a, v) = t.activate()?;
+    println!("   activate: {}", show(&a, v.as_ref()));
+
+    println!("== charges (signed, MSK-encrypted, card data under the TDK; keyd decrypts)");
+    let (a, v) = t.charge("4242424242424242", 1500, "EUR", Some("order-42"))?;
+    let approved = v.clone().unwrap_or_default();
+    println!(
+        "   visa 15.00 EUR: {} fee {}",
+        show(&a, v.as_ref()),
+        approved["fee"]["value"].as_str().unwrap_or("")
+    );
+    for (pan, amount, label) in [
+        ("4000000000000002", 1000, "do-not-honor card"),
+        ("4000000000009995", 1000, "insufficient-funds card"),
+        ("5555555555554444", 1591, "mastercard, amount ending in 91"),
+        ("4000000000000119", 1000, "processor-error card"),
+    ] {
+        let (a, v) = t.charge(pan, amount, "EUR", None)?;
+        println!("   {label}: {}", show(&a, v.as_ref()));
     }
-    keyd.stop();
+    let id = approved["charge_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (a, v) = t.refund(&id, Some((500, "EUR")), Some("requested_by_customer"))?;
+    println!(
+        "   refund 5.00 of {id}: {} -> charge {}",
+        a.status,
+        v.as_ref()
+            .map_or("", |v| v["charge_status"].as_str().unwrap_or(""))
+    );
+    let (_, v) = t.charge("4242424242424242", 700, "EUR", None)?;
+    let cid = v.unwrap_or_default()["charge_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (a, v) = t.cancel(&cid)?;
+    println!("   cancel {cid}: {}", show(&a, v.as_ref()));
+    let tampered = t.signed_request(
+        "POST",
+        "/pos/charge",
+        br#"{"format":"TR31-DATA"}"#,
+        &e2e::pos::Overrides {
+            tamper_body: Some(br#"{"format":"TR31-DATA","x":1}"#.to_vec()),
+            ..e2e::pos::Overrides::default()
+        },
+    )?;
+    println!(
+        "   a body changed after signing: {} {} (refused)",
+        tampered.status,
+        tampered.code()
+    );
+
+    println!("== backoffice: settlement and transactions");
+    let st = ok(
+        http,
+        &admin,
+        "POST",
+        &format!("/merchants/{mid}/settlements"),
+        None,
+    )?;
+    println!(
+        "   settlement {}: {} charges, {} {}",
+        st["settlement_id"].as_str().unwrap_or(""),
+        st["count"],
+        st["total"]["value"].as_str().unwrap_or(""),
+        st["total"]["currency"].as_str().unwrap_or("")
+    );
+    let txns = ok(
+        http,
+        &admin,
+        "GET",
+        &format!("/merchants/{mid}/transactions?limit=100"),
+        None,
+    )?;
+    for item in txns["data"].as_array().into_iter().flatten() {
+        println!(
+            "   {:<6} {:<28} {:<18} {:>6} {}",
+            item["type"].as_str().unwrap_or(""),
+            item["id"].as_str().unwrap_or(""),
+            item["status"].as_str().unwrap_or(""),
+            item["amount"]["value"].as_str().unwrap_or(""),
+            item["amount"]["currency"].as_str().unwrap_or("")
+        );
+    }
     println!("demo finished");
     Ok(())
 }
