@@ -842,6 +842,19 @@ fn attacks_fail_with_the_right_code_and_change_nothing() {
         p.ok("GET", &format!("/charges/{id}"), None)["amount_refunded"]["value"],
         "1000"
     );
+    // Pairing codes: at most ten an hour per device, then 429 with Retry-After.
+    let mut idle = p.register(&mid, "POS-0000A0FF", None);
+    let mut codes = std::collections::HashSet::new();
+    for _ in 0..10 {
+        let a = idle.pairing_code().unwrap();
+        assert_eq!(a.status, 200, "{}", a.json);
+        codes.insert(a.json["pairing_code"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(codes.len(), 10, "no value is handed out twice");
+    let a = idle.pairing_code().unwrap();
+    assert_eq!((a.status, a.code()), (429, "4290"));
+    let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
+    assert!((3000..=3600).contains(&retry), "{retry}");
     // A terminal of another merchant cannot touch the charge.
     let (other_mid, _) = p.merchant("Elsewhere");
     let mut foreign = p.register(&other_mid, "POS-0000B001", None);
