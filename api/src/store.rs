@@ -579,6 +579,21 @@ fn sql_error(context: &str, err: &rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("{context}: {err}"))
 }
 
+/// `(id, seq, body)` rows as `(id, Stored)` pairs.
+fn stored_rows(rows: Vec<(String, i64, Vec<u8>)>) -> Result<Vec<(String, Stored)>, StoreError> {
+    rows.into_iter()
+        .map(|(id, seq, body)| {
+            Ok((
+                id,
+                Stored {
+                    seq: seq_from_sql(seq)?,
+                    body,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Converts a stored seq (SQLite integers are signed) to the API's `u64`.
 fn seq_from_sql(seq: i64) -> Result<u64, StoreError> {
     u64::try_from(seq).map_err(|_| StoreError::Unavailable("negative seq in database".to_owned()))
@@ -997,17 +1012,7 @@ impl Store for SqliteStore {
             })?;
             rows.collect()
         })?;
-        rows.into_iter()
-            .map(|(id, seq, body)| {
-                Ok((
-                    id,
-                    Stored {
-                        seq: seq_from_sql(seq)?,
-                        body,
-                    },
-                ))
-            })
-            .collect()
+        stored_rows(rows)
     }
 
     fn scan_back(
@@ -1031,17 +1036,7 @@ impl Store for SqliteStore {
             })?;
             rows.collect()
         })?;
-        rows.into_iter()
-            .map(|(id, seq, body)| {
-                Ok((
-                    id,
-                    Stored {
-                        seq: seq_from_sql(seq)?,
-                        body,
-                    },
-                ))
-            })
-            .collect()
+        stored_rows(rows)
     }
 
     fn commit(&self, writes: Vec<Write>) -> Commit {

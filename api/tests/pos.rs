@@ -11,62 +11,43 @@
     reason = "tests fail loudly"
 )]
 
-use std::path::PathBuf;
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
 
-use e2e::KeydProcess;
-use e2e::api::{Answer, ApiProcess, Client};
+use e2e::api::Answer;
 use e2e::pos::{Overrides, Terminal};
 use serde_json::{Value, json};
 
-struct Platform {
-    _keyd: KeydProcess,
-    api: ApiProcess,
-    http: Client,
-    admin: String,
+/// The shared harness, with calls that fail loudly and the merchant and terminal set-up these
+/// tests repeat.
+struct Platform(e2e::api::Platform);
+
+impl Deref for Platform {
+    type Target = e2e::api::Platform;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for Platform {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 fn platform() -> Platform {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_api"));
-    let mut keyd = KeydProcess::new(
-        &bin.with_file_name("keyd"),
-        r#""data", "devices""#,
-        "memory",
-    )
-    .unwrap();
-    keyd.start().unwrap();
     // A short processor time-out, so the time-out card answers quickly.
-    let api =
-        ApiProcess::start(&bin, keyd.socket(), "", "\n[processor]\ntimeout_ms = 300\n").unwrap();
-    let http = api.client();
-    let admin = api.token("ops", "platform_admin").unwrap();
-    let a = http
-        .call(
-            "POST",
-            "/session/initiate",
-            Some(&admin),
-            Some(&json!({"host": "localhost"})),
-        )
-        .unwrap();
-    assert_eq!(a.status, 200);
-    Platform {
-        _keyd: keyd,
-        api,
-        http,
-        admin,
-    }
+    let auth = "\n[processor]\ntimeout_ms = 300\n";
+    Platform(e2e::api::Platform::start(Path::new(env!("CARGO_BIN_EXE_api")), auth).unwrap())
 }
 
 impl Platform {
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Answer {
-        self.http
-            .call(method, path, Some(&self.admin), body)
-            .unwrap()
+        self.0.call(method, path, body).unwrap()
     }
 
     fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
-        let a = self.call(method, path, body);
-        assert!(a.status < 300, "{method} {path}: {} {}", a.status, a.json);
-        a.json
+        self.0.ok(method, path, body).unwrap()
     }
 
     /// A merchant (EUR, 1.5 % + 0.20 fee), a location, and `n` registered terminals.

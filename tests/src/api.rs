@@ -273,3 +273,96 @@ fn parse(raw: &[u8]) -> Result<Answer, Error> {
         body,
     })
 }
+
+/// A whole platform for tests and drivers: keyd on its own SoftHSM token (zone `z1`), the API
+/// beside it, and a platform admin with an initiated session.
+pub struct Platform {
+    /// The key service (kept alive for the platform's life).
+    pub keyd: crate::KeydProcess,
+    /// The API process.
+    pub api: ApiProcess,
+    /// A client for it.
+    pub http: Client,
+    /// A platform admin's bearer token (session initiated).
+    pub admin: String,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform")
+            .field("api", &self.api)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Platform {
+    /// Starts keyd (next to `api_binary`) and the API; `auth` lines go into the API's `[auth]`
+    /// table (further tables may follow them).
+    ///
+    /// # Errors
+    /// If a process does not start or the admin session cannot be initiated.
+    pub fn start(api_binary: &Path, auth: &str) -> Result<Self, Error> {
+        let mut keyd = crate::KeydProcess::new(
+            &api_binary.with_file_name("keyd"),
+            r#""data", "devices""#,
+            "memory",
+        )?;
+        keyd.start()?;
+        let api = ApiProcess::start(api_binary, keyd.socket(), "", auth)?;
+        let http = api.client();
+        let admin = api.token("ops", "platform_admin")?;
+        let platform = Self {
+            keyd,
+            api,
+            http,
+            admin,
+        };
+        platform.login_token(&platform.admin)?;
+        Ok(platform)
+    }
+
+    /// Initiates a session for a token on the platform host.
+    ///
+    /// # Errors
+    /// If the API refuses.
+    pub fn login_token(&self, token: &str) -> Result<(), Error> {
+        let body = serde_json::json!({"host": "localhost"});
+        let a = self
+            .http
+            .call("POST", "/session/initiate", Some(token), Some(&body))?;
+        if a.status != 200 {
+            return Err(format!("session/initiate: {} {}", a.status, a.json).into());
+        }
+        Ok(())
+    }
+
+    /// A token for `sub` with `role`, its session initiated.
+    ///
+    /// # Errors
+    /// If minting or the session fails.
+    pub fn login(&self, sub: &str, role: &str) -> Result<String, Error> {
+        let token = self.api.token(sub, role)?;
+        self.login_token(&token)?;
+        Ok(token)
+    }
+
+    /// A call as the platform admin.
+    ///
+    /// # Errors
+    /// Transport failures.
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer, Error> {
+        self.http.call(method, path, Some(&self.admin), body)
+    }
+
+    /// A call as the platform admin that must succeed (2xx); its JSON.
+    ///
+    /// # Errors
+    /// Transport failures or another status.
+    pub fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Error> {
+        let a = self.call(method, path, body)?;
+        if a.status >= 300 {
+            return Err(format!("{method} {path}: {} {}", a.status, a.json).into());
+        }
+        Ok(a.json)
+    }
+}
