@@ -129,12 +129,15 @@ async fn handle(
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
-    app.metrics.record(
-        route_label,
-        method,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    let status = response.status().as_u16();
+    let took = started.elapsed();
+    app.metrics.record(route_label, method, status, took);
+    // The route pattern, never the raw path or a body: nothing here can carry a secret.
+    if status >= 500 {
+        tracing::warn!(request_id = %request_id, method, route = route_label, status, micros = took.as_micros(), "request failed");
+    } else {
+        tracing::debug!(request_id = %request_id, method, route = route_label, status, micros = took.as_micros(), "request");
+    }
     Ok(response)
 }
 

@@ -776,6 +776,119 @@ mod tests {
         assert_eq!(signature("v1=AAAA"), None);
     }
 
+    fn app() -> App {
+        let config = crate::Config::parse(
+            "listen = \"127.0.0.1:1\"\nplain_http = true\nkeyd_socket = \"/nonexistent\"\n",
+        )
+        .unwrap();
+        let (signer, _) = crate::jwt::Signer::generate().unwrap();
+        let auth = crate::auth::Auth::with_signer(&config.auth, signer).unwrap();
+        App::with_parts(
+            config,
+            std::sync::Arc::new(crate::store::MemoryStore::new()),
+            auth,
+        )
+        .unwrap()
+    }
+
+    fn device(status: DeviceStatus, epoch: u64) -> Device {
+        Device {
+            device_id: "POS-00000001".into(),
+            merchant_id: "m".into(),
+            model: "A920".into(),
+            serial: "S".into(),
+            label: None,
+            location_id: None,
+            zone: "z1".into(),
+            status,
+            terminal_id: Some("TID-000001".into()),
+            identity_key_id: "idk-1".into(),
+            identity_kcv: "000000".into(),
+            rotate_keys: false,
+            terminal_parameters: None,
+            auth_epoch: epoch,
+            key_set: None,
+            previous_key_set: None,
+            pairing_code: None,
+            pairing_issued: Vec::new(),
+            created_at: 0,
+            updated_at: 0,
+            activated_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn attestation_tokens_expire_and_die_with_the_epoch() {
+        let app = app();
+        let now = crate::time::now();
+        let token = format!("att_{}", "A".repeat(43));
+        let put = |d: Device, expires_at: i64, epoch: u64| {
+            vec![
+                db::put(&d).unwrap(),
+                db::put(&Attestation {
+                    hash: token_hash(&token),
+                    device_id: "POS-00000001".into(),
+                    epoch,
+                    expires_at,
+                })
+                .unwrap(),
+            ]
+        };
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("user-agent", "Viopay-POS/1.4.0".parse().unwrap());
+        headers.insert("x-client-type", "pos".parse().unwrap());
+        headers.insert("x-device-id", "POS-00000001".parse().unwrap());
+        headers.insert(
+            "authorization",
+            format!("Attestation {token}").parse().unwrap(),
+        );
+        let call = Call {
+            params: Vec::new(),
+            query: Vec::new(),
+            headers: &headers,
+            body: hyper::body::Bytes::new(),
+            now,
+            principal: None,
+        };
+        let code = |app: &App| attested(app, &call).err().map(|e| e.code());
+        let conflict = ApiError::new(Code::Conflict, "x");
+        app.db
+            .commit(
+                put(device(DeviceStatus::Claimed, 1), now + 300, 1),
+                conflict.clone(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(code(&app), None);
+        // Expired.
+        app.db
+            .commit(
+                put(device(DeviceStatus::Claimed, 1), now, 1),
+                conflict.clone(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(code(&app), Some(Code::AttestationInvalid));
+        // Disabled and re-enabled since (the epoch moved on).
+        app.db
+            .commit(
+                put(device(DeviceStatus::Claimed, 3), now + 300, 1),
+                conflict.clone(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(code(&app), Some(Code::AttestationInvalid));
+        // A good token on a device in the wrong state.
+        app.db
+            .commit(
+                put(device(DeviceStatus::Inactive, 1), now + 300, 1),
+                conflict,
+            )
+            .await
+            .unwrap();
+        assert_eq!(code(&app), Some(Code::DeviceState));
+    }
+
     #[test]
     fn parameters_merge_objects_and_replace_the_rest() {
         let mut base = json!({"a": {"x": 1, "y": [1, 2]}, "b": 1});
