@@ -5,6 +5,7 @@
 //! so any number run side by side; everything is removed when it is dropped.
 
 pub mod api;
+pub mod load;
 pub mod pos;
 
 use std::io::Write;

@@ -1,0 +1,390 @@
+//! Terminals under load: set-up of many activated terminals through the real lifecycle, and a
+//! driver that sends signed, MSK-enveloped charges over keep-alive connections from many
+//! threads, flat out or paced, with a progress line and a latency histogram. `charge-load` and
+//! `pos-sim load` are both this module.
+
+#![allow(
+    clippy::indexing_slicing,
+    reason = "only reads of serde_json values, which answer Null for what is missing"
+)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::Error;
+use crate::api::Client;
+use crate::pos::Terminal;
+
+/// Registers `count` devices under a merchant (ids from `first`), and takes each through
+/// pairing, claim (with `admin`), attestation, key delivery and activation.
+///
+/// # Errors
+/// The first step that fails, with its answer.
+pub fn activate_terminals(
+    http: Client,
+    admin: &str,
+    merchant_id: &str,
+    zmk: &[u8],
+    first: u32,
+    count: u32,
+) -> Result<Vec<Terminal>, Error> {
+    let call = |method: &str, path: &str, body: Option<&Value>| -> Result<Value, Error> {
+        let a = http.call(method, path, Some(admin), body)?;
+        if a.status >= 300 {
+            return Err(format!("{method} {path}: {} {}", a.status, a.json).into());
+        }
+        Ok(a.json)
+    };
+    let mut terminals = Vec::new();
+    for i in first..first.saturating_add(count) {
+        let device_id = format!("POS-{i:08X}");
+        let d = call(
+            "POST",
+            &format!("/merchants/{merchant_id}/devices"),
+            Some(&json!({"device_id": device_id, "model": "sim", "serial": format!("SIM-{i}")})),
+        )?;
+        let key = &d["identity_key"];
+        let mut t = Terminal::new(
+            http,
+            &device_id,
+            key["key_id"].as_str().unwrap_or_default(),
+            key["secret"].as_str().unwrap_or_default(),
+            zmk,
+        )?
+        .with_version("1.4.0");
+        let code = t.pairing_code()?.json["pairing_code"].clone();
+        let claim = call("POST", "/pos/claim", Some(&json!({"pairing_code": code})))?;
+        t.set_terminal_id(claim["terminal_id"].as_str().unwrap_or_default());
+        for (what, status) in [
+            ("attest", t.attest()?.status),
+            ("keys", t.keys()?.status),
+            ("activate", t.activate()?.0.status),
+        ] {
+            if status != 200 {
+                return Err(format!("{device_id}: {what} answered {status}").into());
+            }
+        }
+        terminals.push(t);
+    }
+    Ok(terminals)
+}
+
+/// One keep-alive HTTP/1.1 connection.
+#[derive(Debug)]
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    /// Connects to a loopback port.
+    ///
+    /// # Errors
+    /// If the connection fails.
+    pub fn new(port: u16) -> Result<Self, Error> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    /// Sends a whole request; returns the status and body of the answer.
+    ///
+    /// # Errors
+    /// Transport failures.
+    pub fn send(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>), Error> {
+        self.writer.write_all(request)?;
+        let mut status = 0;
+        let mut length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err("connection closed".into());
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if status == 0 {
+                status = line.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+            } else if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.reader.read_exact(&mut body)?;
+        Ok((status, body))
+    }
+}
+
+/// A signed, enveloped `POST /pos/charge` as bytes on the wire (keep-alive).
+///
+/// # Errors
+/// If the terminal has no keys or terminal id yet.
+pub fn charge_request(
+    t: &Terminal,
+    pan: &str,
+    amount: u64,
+    currency: &str,
+) -> Result<Vec<u8>, Error> {
+    let inner = json!({
+        "amount": {"value": amount.to_string(), "currency": currency},
+        "entry_mode": "contactless",
+        "card": t.card_blob(pan)?,
+    });
+    let body = t.envelope(inner.to_string().as_bytes(), false)?;
+    let tid = t.terminal_id().ok_or("no terminal id")?;
+    let kid = t.mac_key_id().ok_or("no MAC key")?;
+    let ts = crate::pos::now_timestamp()?;
+    let nonce = crate::pos::fresh_nonce()?;
+    let message =
+        crate::pos::charge_string_to_sign(tid, kid, &ts, &nonce, "POST", "/pos/charge", &body);
+    let sig = crate::pos::signature_header(t.mac_key().ok_or("no MAC key")?, &message)?;
+    let mut req = format!(
+        "POST /pos/charge HTTP/1.1\r\nHost: localhost\r\nUser-Agent: Viopay-POS/1.4.0 (load)\r\n\
+         X-Client-Type: pos\r\nX-Terminal-Id: {tid}\r\nX-Key-Id: {kid}\r\nX-Timestamp: {ts}\r\n\
+         X-Nonce: {nonce}\r\nX-Signature: {sig}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    Ok(req)
+}
+
+/// How to load.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Client threads, one keep-alive connection each; terminals are shared round-robin.
+    pub connections: usize,
+    /// How long.
+    pub duration: Duration,
+    /// Charges per second over all connections; 0 = as fast as answers come.
+    pub rate: u64,
+    /// Print a progress line to stderr every second.
+    pub progress: bool,
+    /// The card number charged.
+    pub pan: String,
+    /// The currency of the merchant.
+    pub currency: String,
+}
+
+/// What a run measured.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Charges answered 200.
+    pub approved: u64,
+    /// Other answers by status (0 = transport failure).
+    pub failed: BTreeMap<u16, u64>,
+    /// Latency of every 200, nanoseconds.
+    pub latencies: Vec<u64>,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// Charges per second.
+    pub fn rate(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss, reason = "a count as a rate")]
+        let n = self.approved as f64;
+        n / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The latency at quantile `q` (0-1), milliseconds; the latencies must be sorted.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        let Some(max) = self.latencies.len().checked_sub(1) else {
+            return 0.0;
+        };
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "an index from a fraction of a length; nanoseconds for display"
+        )]
+        let v = self
+            .latencies
+            .get(((max as f64) * q).round() as usize)
+            .copied()
+            .unwrap_or(0) as f64;
+        v / 1e6
+    }
+
+    /// p50/p90/p99/p999 and a histogram with power-of-two millisecond buckets.
+    pub fn summary(&mut self) -> String {
+        self.latencies.sort_unstable();
+        let mut out = format!(
+            "approved charges: {} in {:.1} s = {:.0}/s; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms\n",
+            self.approved,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            self.quantile_ms(0.5),
+            self.quantile_ms(0.9),
+            self.quantile_ms(0.99),
+            self.quantile_ms(0.999),
+        );
+        let mut buckets: BTreeMap<u32, u64> = BTreeMap::new();
+        for ns in &self.latencies {
+            let ms = ns / 1_000_000;
+            let bucket = if ms == 0 { 0 } else { 64 - ms.leading_zeros() };
+            *buckets.entry(bucket).or_default() += 1;
+        }
+        let top = buckets.values().copied().max().unwrap_or(1).max(1);
+        for (bucket, n) in &buckets {
+            let (lo, hi) = if *bucket == 0 {
+                (0, 1)
+            } else {
+                (1u64 << (bucket - 1), 1u64 << bucket)
+            };
+            let width = usize::try_from(n * 50 / top).unwrap_or(50);
+            out.push_str(&format!(
+                "  {lo:>5}-{hi:<5} ms {n:>9} {}\n",
+                "#".repeat(width.max(1))
+            ));
+        }
+        if !self.failed.is_empty() {
+            out.push_str(&format!("failed answers by status: {:?}\n", self.failed));
+        }
+        out
+    }
+}
+
+/// Sends charges from `options.connections` threads for `options.duration`.
+pub fn run(port: u16, terminals: &[Terminal], options: &Options) -> Report {
+    let stop = Arc::new(AtomicBool::new(false));
+    let approved = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(Mutex::new(BTreeMap::<u16, u64>::new()));
+    let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let started = Instant::now();
+    #[allow(clippy::cast_precision_loss, reason = "a pacing interval")]
+    let interval = (options.rate > 0)
+        .then(|| Duration::from_secs_f64(options.connections as f64 / options.rate as f64));
+    let threads: Vec<_> = (0..options.connections)
+        .filter_map(|i| terminals.get(i % terminals.len().max(1)).cloned())
+        .map(|t| {
+            let (stop, approved, failed, latencies) = (
+                stop.clone(),
+                approved.clone(),
+                failed.clone(),
+                latencies.clone(),
+            );
+            let (pan, currency) = (options.pan.clone(), options.currency.clone());
+            std::thread::spawn(move || {
+                let fail = |status: u16| {
+                    if let Ok(mut f) = failed.lock() {
+                        *f.entry(status).or_default() += 1;
+                    }
+                };
+                let Ok(mut conn) = Conn::new(port) else {
+                    fail(0);
+                    return;
+                };
+                let mut mine = Vec::with_capacity(100_000);
+                let mut next = Instant::now();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(interval) = interval {
+                        let now = Instant::now();
+                        if now < next {
+                            std::thread::sleep(next - now);
+                        }
+                        next += interval;
+                    }
+                    n += 1;
+                    let Ok(request) = charge_request(&t, &pan, 1000 + (n % 89), &currency) else {
+                        fail(0);
+                        break;
+                    };
+                    let sent = Instant::now();
+                    match conn.send(&request) {
+                        Ok((200, _)) => {
+                            approved.fetch_add(1, Ordering::Relaxed);
+                            mine.push(u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                        }
+                        Ok((status, _)) => fail(status),
+                        Err(_) => {
+                            fail(0);
+                            match Conn::new(port) {
+                                Ok(c) => conn = c,
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                if let Ok(mut l) = latencies.lock() {
+                    l.extend(mine);
+                }
+            })
+        })
+        .collect();
+    let mut last = 0;
+    while started.elapsed() < options.duration {
+        std::thread::sleep(
+            Duration::from_secs(1).min(options.duration.saturating_sub(started.elapsed())),
+        );
+        if options.progress {
+            let now = approved.load(Ordering::Relaxed);
+            let elapsed = started.elapsed().as_secs();
+            let total = options.duration.as_secs().max(1);
+            let filled = usize::try_from(elapsed * 30 / total).unwrap_or(30).min(30);
+            eprintln!(
+                "[{}{}] {elapsed:>3}/{total} s  {now:>8} charges  {:>6}/s",
+                "=".repeat(filled),
+                " ".repeat(30 - filled),
+                now - last
+            );
+            last = now;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    Report {
+        approved: approved.load(Ordering::Relaxed),
+        failed: failed.lock().map(|f| f.clone()).unwrap_or_default(),
+        latencies: latencies
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Counts a merchant's approved charges through the API (the durability check).
+///
+/// # Errors
+/// Transport failures or a refused listing.
+pub fn count_approved(http: Client, admin: &str, merchant_id: &str) -> Result<u64, Error> {
+    let mut stored = 0u64;
+    let mut after: Option<String> = None;
+    loop {
+        let q = after
+            .as_ref()
+            .map_or(String::new(), |a| format!("&starting_after={a}"));
+        let page = http.call(
+            "GET",
+            &format!("/charges?merchant_id={merchant_id}&limit=100{q}"),
+            Some(admin),
+            None,
+        )?;
+        if page.status != 200 {
+            return Err(format!("listing charges: {} {}", page.status, page.json).into());
+        }
+        let data = page.json["data"].as_array().cloned().unwrap_or_default();
+        stored += data.iter().filter(|c| c["status"] == "approved").count() as u64;
+        if page.json["has_more"] != true {
+            return Ok(stored);
+        }
+        after = page.json["next_cursor"].as_str().map(str::to_owned);
+    }
+}
