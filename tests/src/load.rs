@@ -177,6 +177,9 @@ pub struct Options {
     pub pan: String,
     /// The currency of the merchant.
     pub currency: String,
+    /// Open every answer and keep the acknowledged charge ids (costs client CPU; for checks
+    /// that every acknowledged charge was stored exactly once).
+    pub collect: bool,
 }
 
 /// What a run measured.
@@ -190,6 +193,8 @@ pub struct Report {
     pub latencies: Vec<u64>,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// Ids of the acknowledged charges, when collected.
+    pub acknowledged: Vec<String>,
 }
 
 impl Report {
@@ -264,6 +269,7 @@ pub fn run(port: u16, terminals: &[Terminal], options: &Options) -> Report {
     let approved = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(Mutex::new(BTreeMap::<u16, u64>::new()));
     let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let started = Instant::now();
     #[allow(clippy::cast_precision_loss, reason = "a pacing interval")]
     let interval = (options.rate > 0)
@@ -271,13 +277,18 @@ pub fn run(port: u16, terminals: &[Terminal], options: &Options) -> Report {
     let threads: Vec<_> = (0..options.connections)
         .filter_map(|i| terminals.get(i % terminals.len().max(1)).cloned())
         .map(|t| {
-            let (stop, approved, failed, latencies) = (
+            let (stop, approved, failed, latencies, acknowledged) = (
                 stop.clone(),
                 approved.clone(),
                 failed.clone(),
                 latencies.clone(),
+                acknowledged.clone(),
             );
-            let (pan, currency) = (options.pan.clone(), options.currency.clone());
+            let (pan, currency, collect) = (
+                options.pan.clone(),
+                options.currency.clone(),
+                options.collect,
+            );
             std::thread::spawn(move || {
                 let fail = |status: u16| {
                     if let Ok(mut f) = failed.lock() {
@@ -306,9 +317,18 @@ pub fn run(port: u16, terminals: &[Terminal], options: &Options) -> Report {
                     };
                     let sent = Instant::now();
                     match conn.send(&request) {
-                        Ok((200, _)) => {
+                        Ok((200, body)) => {
                             approved.fetch_add(1, Ordering::Relaxed);
                             mine.push(u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                            if collect {
+                                let id = serde_json::from_slice::<Value>(&body)
+                                    .ok()
+                                    .and_then(|v| t.open_envelope(&v).ok())
+                                    .and_then(|c| c["charge_id"].as_str().map(str::to_owned));
+                                if let (Some(id), Ok(mut ids)) = (id, acknowledged.lock()) {
+                                    ids.push(id);
+                                }
+                            }
                         }
                         Ok((status, _)) => fail(status),
                         Err(_) => {
@@ -357,6 +377,10 @@ pub fn run(port: u16, terminals: &[Terminal], options: &Options) -> Report {
             .map(|mut l| std::mem::take(&mut *l))
             .unwrap_or_default(),
         elapsed: started.elapsed(),
+        acknowledged: acknowledged
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default(),
     }
 }
 

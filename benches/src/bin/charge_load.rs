@@ -126,6 +126,7 @@ fn main() {
             progress: false,
             pan: "4242424242424242".into(),
             currency: "EUR".into(),
+            collect: false,
         },
     );
     print!("{}", report.summary());

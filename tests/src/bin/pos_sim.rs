@@ -243,6 +243,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     progress: true,
                     pan: "4242424242424242".into(),
                     currency,
+                    collect: false,
                 },
             );
             print!("{}", report.summary());
