@@ -127,7 +127,10 @@ fn a_keyd_restart_under_load_fails_cleanly_and_recovers() {
     for id in &report.acknowledged {
         assert!(ids.contains(id), "acknowledged charge {id} is missing");
     }
-    assert!(!report.failed.is_empty(), "keyd was away: some charges must have failed");
+    assert!(
+        !report.failed.is_empty(),
+        "keyd was away: some charges must have failed"
+    );
     assert!(
         report.failed.keys().all(|s| *s == 503 || *s == 0),
         "{:?}",
