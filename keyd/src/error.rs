@@ -31,6 +31,8 @@ pub enum Error {
     Tr31(tr31::Error),
     /// Any other I/O failure.
     Io(std::io::Error),
+    /// A known-answer self-test gave a wrong answer: keyd serves nothing.
+    SelfTest(&'static str),
 }
 
 impl Error {
@@ -45,7 +47,7 @@ impl Error {
             Self::Policy(_) => Status::POLICY,
             Self::Forbidden => Status::FORBIDDEN,
             Self::Hsm(_) | Self::Store(_) => Status::UNAVAILABLE,
-            Self::Config(_) | Self::Tr31(_) | Self::Io(_) => Status::INTERNAL,
+            Self::Config(_) | Self::Tr31(_) | Self::Io(_) | Self::SelfTest(_) => Status::INTERNAL,
         }
     }
 }
@@ -64,6 +66,10 @@ impl fmt::Display for Error {
             Self::Config(why) => write!(f, "configuration: {why}"),
             Self::Tr31(e) => write!(f, "TR-31: {e}"),
             Self::Io(e) => write!(f, "I/O: {e}"),
+            Self::SelfTest(name) => write!(
+                f,
+                "self-test {name} failed: this build's cryptography gives wrong answers; refusing to serve"
+            ),
         }
     }
 }

@@ -16,6 +16,7 @@ mod error;
 mod hsm;
 mod keys;
 mod pkcs11;
+pub mod selftest;
 mod server;
 mod service;
 mod store;

@@ -126,6 +126,8 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             Ok(())
         }
         Command::Serve => {
+            keyd::selftest::run()?;
+            tracing::info!(tests = ?keyd::selftest::NAMES, "known-answer self-tests passed");
             let service = keyd::open_service(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

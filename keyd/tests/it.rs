@@ -388,3 +388,22 @@ fn a_zmk_is_formed_from_components_and_bad_components_are_refused() {
         );
     }
 }
+
+#[test]
+fn a_failing_self_test_stops_keyd_before_it_serves() {
+    let k = keyd(r#""data""#, "memory");
+    for name in keyd::selftest::NAMES {
+        let out = k
+            .command(&["serve"])
+            .env("KEYD_SELF_TEST_FAIL", name)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: keyd served");
+        assert!(
+            stderr.contains(&format!("self-test {name} failed")),
+            "{name}: {stderr}"
+        );
+        assert!(!k.socket().exists(), "{name}: a socket was bound");
+    }
+}
