@@ -31,6 +31,9 @@ pub struct Config {
     /// Which peers (by uid or gid, from `SO_PEERCRED`) may call which operation groups.
     #[serde(default)]
     pub access: Vec<Access>,
+    /// The hash-chained audit log (default: the store's path with `.audit.log`).
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
 }
 
 const fn default_grace() -> u64 {
@@ -204,6 +207,13 @@ impl Config {
                 });
         }
         Err(Error::Config("no PIN source".into()))
+    }
+
+    /// Where the audit log is.
+    pub fn audit_path(&self) -> PathBuf {
+        self.audit_log
+            .clone()
+            .unwrap_or_else(|| self.store.with_extension("audit.log"))
     }
 
     /// The groups a peer may call: the union of the rules naming its uid or gid. Hello and ping

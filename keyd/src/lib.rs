@@ -9,6 +9,7 @@
 //! What keyd does not do: HTTP, business rules about merchants or charges, or any decision about
 //! which device may do what beyond "this key belongs to this device and is current".
 
+pub mod audit;
 mod config;
 mod crypto;
 mod dispatch;

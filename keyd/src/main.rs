@@ -42,6 +42,8 @@ enum Command {
     },
     /// Parse and check the configuration, then exit.
     CheckConfig,
+    /// Walk the audit log's hash chain; name the first broken record if there is one.
+    AuditVerify,
 }
 
 fn main() -> ExitCode {
@@ -74,13 +76,33 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             eprintln!("keyd: {} is valid", cli.config.display());
             Ok(())
         }
+        Command::AuditVerify => {
+            let path = config.audit_path();
+            match keyd::audit::verify(&path) {
+                Ok((records, last)) => {
+                    let last: String = last.iter().map(|b| format!("{b:02x}")).collect();
+                    println!(
+                        "{}: {records} records, chain intact, last hash {last}",
+                        path.display()
+                    );
+                    Ok(())
+                }
+                Err(broken) => Err(keyd::Error::Config(format!("{}: {broken}", path.display()))),
+            }
+        }
         Command::Init => {
+            let audit = keyd::audit::Audit::open(&config.audit_path())?;
+            let started = std::time::Instant::now();
             let hsm = keyd::open_hsm(&config)?;
-            hsm.create_lmk()?;
+            let result = hsm.create_lmk();
+            operator_record(&audit, 0x0300, None, None, result.as_ref().err(), started)?;
+            result?;
             eprintln!("keyd: LMK created in the token");
             Ok(())
         }
         Command::ZmkImport { zone, components } => {
+            let audit = keyd::audit::Audit::open(&config.audit_path())?;
+            let started = std::time::Instant::now();
             let service = keyd::open_service(&config)?;
             let mut stdin = std::io::stdin().lock();
             let mut zmk = Zeroizing::new([0u8; 32]);
@@ -115,10 +137,19 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                     );
                 }
             }
-            let info = service.zmk_import(&keyd_proto::message::ZmkImport {
-                zone,
+            let imported = service.zmk_import(&keyd_proto::message::ZmkImport {
+                zone: zone.clone(),
                 key: keyd_proto::Secret::new(&zmk[..]),
-            })?;
+            });
+            operator_record(
+                &audit,
+                0x0301,
+                Some(&zone),
+                imported.as_ref().ok().map(|i| i.kcv),
+                imported.as_ref().err(),
+                started,
+            )?;
+            let info = imported?;
             println!(
                 "zone {} ZMK KCV {:02X}{:02X}{:02X}",
                 info.zone, info.kcv[0], info.kcv[1], info.kcv[2]
@@ -126,6 +157,7 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             Ok(())
         }
         Command::Serve => {
+            let audit = Arc::new(keyd::audit::Audit::open(&config.audit_path())?);
             keyd::selftest::run()?;
             tracing::info!(tests = ?keyd::selftest::NAMES, "known-answer self-tests passed");
             let service = keyd::open_service(&config)?;
@@ -136,13 +168,43 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                 let listener = keyd::bind(&config.socket)?;
                 tracing::info!(socket = %config.socket.display(), "keyd listening");
                 let config = Arc::new(config);
-                keyd::serve(listener, service, Arc::clone(&config), shutdown_signal()).await;
+                keyd::serve(
+                    listener,
+                    service,
+                    Arc::clone(&config),
+                    Arc::clone(&audit),
+                    shutdown_signal(),
+                )
+                .await;
+                audit.flush(true)?;
                 let _ = std::fs::remove_file(&config.socket);
                 tracing::info!("keyd stopped");
                 Ok(())
             })
         }
     }
+}
+
+/// Records an operator command (run in-process, not over the socket) and syncs the log.
+fn operator_record(
+    audit: &keyd::audit::Audit,
+    opcode: u16,
+    subject: Option<&str>,
+    kcv: Option<[u8; 3]>,
+    error: Option<&keyd::Error>,
+    started: std::time::Instant,
+) -> Result<(), keyd::Error> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
+    audit.record(&keyd::audit::Entry {
+        peer: &format!("operator:uid:{uid}"),
+        opcode,
+        subject,
+        kcv,
+        status: error.map_or(keyd_proto::Status::OK, keyd::Error::status),
+        micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+    });
+    audit.flush(true)
 }
 
 async fn shutdown_signal() {

@@ -10,6 +10,7 @@ use keyd_proto::frame::{self, Kind, MAX_BODY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::audit::{Audit, Entry};
 use crate::config::{Config, Placement};
 use crate::{Error, Service, dispatch};
 
@@ -46,20 +47,21 @@ pub async fn serve(
     listener: UnixListener,
     service: Arc<Service>,
     config: Arc<Config>,
+    audit: Arc<Audit>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     // With working keys in the token every data operation is a PKCS#11 call, and SoftHSM
     // serialises calls from one process: one thread makes them all, the I/O threads only move
     // bytes.
-    let hsm_worker =
-        (service.placement() == Placement::Token).then(|| spawn_hsm_worker(Arc::clone(&service)));
+    let hsm_worker = (service.placement() == Placement::Token)
+        .then(|| spawn_hsm_worker(Arc::clone(&service), Arc::clone(&audit)));
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(connection(stream, Arc::clone(&service), Arc::clone(&config), hsm_worker.clone()));
+                    tokio::spawn(connection(stream, Arc::clone(&service), Arc::clone(&config), Arc::clone(&audit), hsm_worker.clone()));
                 }
                 Err(e) => tracing::warn!(error = %e, "accept failed"),
             },
@@ -93,7 +95,11 @@ impl Outbox {
     }
 }
 
-async fn write_loop(mut write: tokio::net::unix::OwnedWriteHalf, outbox: Arc<Outbox>) {
+async fn write_loop(
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    outbox: Arc<Outbox>,
+    audit: Arc<Audit>,
+) {
     let mut spare = Vec::with_capacity(64 * 1024);
     loop {
         let batch = std::mem::replace(&mut *outbox.lock(), std::mem::take(&mut spare));
@@ -105,7 +111,8 @@ async fn write_loop(mut write: tokio::net::unix::OwnedWriteHalf, outbox: Arc<Out
             spare = batch;
             continue;
         }
-        if write.write_all(&batch).await.is_err() {
+        // The records of these answers reach the log before the answers reach the peer.
+        if audit.flush(false).is_err() || write.write_all(&batch).await.is_err() {
             break;
         }
         spare = batch;
@@ -120,18 +127,34 @@ struct HsmJob {
     groups: u32,
     body: Vec<u8>,
     outbox: Arc<Outbox>,
+    peer: Arc<str>,
+    started: std::time::Instant,
 }
 
-fn spawn_hsm_worker(service: Arc<Service>) -> std::sync::mpsc::SyncSender<HsmJob> {
+fn spawn_hsm_worker(
+    service: Arc<Service>,
+    audit: Arc<Audit>,
+) -> std::sync::mpsc::SyncSender<HsmJob> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<HsmJob>(8192);
     let spawned = std::thread::Builder::new()
         .name("keyd-hsm".into())
         .spawn(move || {
             while let Ok(job) = rx.recv() {
                 job.outbox.push(|out| {
+                    let mut status = Status::INTERNAL;
                     frame::encode_with(Kind::Response, job.opcode, job.id, out, |out| {
-                        dispatch::handle_into(&service, job.groups, job.opcode, &job.body, out)
+                        status =
+                            dispatch::handle_into(&service, job.groups, job.opcode, &job.body, out);
+                        status
                     });
+                    audit.record(&entry(
+                        &job.peer,
+                        job.opcode,
+                        &job.body,
+                        status,
+                        job.started,
+                        None,
+                    ));
                 });
             }
         });
@@ -141,14 +164,66 @@ fn spawn_hsm_worker(service: Arc<Service>) -> std::sync::mpsc::SyncSender<HsmJob
     tx
 }
 
+/// The audit record of one request. The subject is the request's first field where that field
+/// is an id (a device, key or zone); the operations whose first field is anything else — a
+/// secret, a batch — have none.
+fn entry<'a>(
+    peer: &'a str,
+    opcode: keyd_proto::Opcode,
+    body: &'a [u8],
+    status: Status,
+    started: std::time::Instant,
+    kcv: Option<[u8; 3]>,
+) -> Entry<'a> {
+    let subject = match opcode.0 {
+        0x0101..=0x0106 | 0x0201 | 0x0203..=0x0209 | 0x0301..=0x0304 => first_string(body),
+        _ => None,
+    };
+    Entry {
+        peer,
+        opcode: opcode.0,
+        subject,
+        kcv,
+        status,
+        micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+    }
+}
+
+/// The leading length-prefixed string of a request body, without copying it.
+fn first_string(body: &[u8]) -> Option<&str> {
+    let (len, rest) = body.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+    std::str::from_utf8(rest.get(..len)?).ok()
+}
+
+/// The check value in the answer of a key-making or key-moving operation.
+fn answer_kcv(opcode: keyd_proto::Opcode, body: &[u8]) -> Option<[u8; 3]> {
+    use keyd_proto::message::{self as m, Message};
+    match opcode.0 {
+        0x0101 | 0x0102 => m::IdentityKey::decode(body).ok().map(|k| k.kcv),
+        0x0301 => m::ZoneInfo::decode(body).ok().map(|z| z.kcv),
+        0x0302 | 0x0303 => m::KeyBlockOut::decode(body).ok().map(|k| k.kcv),
+        0x0304 => m::ImportedKey::decode(body).ok().map(|k| k.kcv),
+        _ => None,
+    }
+}
+
+fn unavailable(out: &mut Vec<u8>, opcode: keyd_proto::Opcode, id: u64) {
+    frame::encode(Kind::Response, opcode, Status::UNAVAILABLE, id, &[], out);
+}
+
 async fn connection(
     stream: UnixStream,
     service: Arc<Service>,
     config: Arc<Config>,
+    audit: Arc<Audit>,
     hsm_worker: Option<std::sync::mpsc::SyncSender<HsmJob>>,
 ) {
-    let groups = match stream.peer_cred() {
-        Ok(cred) => config.groups_for(cred.uid(), cred.gid()),
+    let (groups, peer): (u32, Arc<str>) = match stream.peer_cred() {
+        Ok(cred) => (
+            config.groups_for(cred.uid(), cred.gid()),
+            Arc::from(format!("uid:{}", cred.uid())),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "no peer credentials; closing");
             return;
@@ -156,7 +231,7 @@ async fn connection(
     };
     let (mut read, write) = stream.into_split();
     let outbox = Arc::new(Outbox::default());
-    let writer = tokio::spawn(write_loop(write, Arc::clone(&outbox)));
+    let writer = tokio::spawn(write_loop(write, Arc::clone(&outbox), Arc::clone(&audit)));
 
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     'read: loop {
@@ -185,16 +260,33 @@ async fn connection(
                 break 'read;
             }
             let (opcode, id) = (frame.header.opcode, frame.header.request_id);
+            let started = std::time::Instant::now();
+            if audit.failed() {
+                // Without its audit log keyd executes nothing.
+                outbox.push(|out| unavailable(out, opcode, id));
+                continue;
+            }
             if dispatch::is_slow(opcode) {
                 let body = frame.body.to_vec();
                 let service = Arc::clone(&service);
                 let outbox = Arc::clone(&outbox);
+                let (audit, peer) = (Arc::clone(&audit), Arc::clone(&peer));
                 tokio::spawn(async move {
                     let answer = tokio::task::spawn_blocking(move || {
                         let mut out = Vec::new();
+                        let mut status = Status::INTERNAL;
                         frame::encode_with(Kind::Response, opcode, id, &mut out, |out| {
-                            dispatch::handle_into(&service, groups, opcode, &body, out)
+                            status = dispatch::handle_into(&service, groups, opcode, &body, out);
+                            status
                         });
+                        let kcv =
+                            answer_kcv(opcode, out.get(frame::HEADER_LEN..).unwrap_or_default());
+                        audit.record(&entry(&peer, opcode, &body, status, started, kcv));
+                        // Control operations are on disk before their answer is sent.
+                        if audit.flush(true).is_err() {
+                            out.clear();
+                            unavailable(&mut out, opcode, id);
+                        }
                         out
                     })
                     .await
@@ -212,15 +304,20 @@ async fn connection(
                     groups,
                     body: frame.body.to_vec(),
                     outbox: Arc::clone(&outbox),
+                    peer: Arc::clone(&peer),
+                    started,
                 };
                 if worker.send(job).is_err() {
                     break 'read;
                 }
             } else {
                 outbox.push(|out| {
+                    let mut status = Status::INTERNAL;
                     frame::encode_with(Kind::Response, opcode, id, out, |out| {
-                        dispatch::handle_into(&service, groups, opcode, frame.body, out)
+                        status = dispatch::handle_into(&service, groups, opcode, frame.body, out);
+                        status
                     });
+                    audit.record(&entry(&peer, opcode, frame.body, status, started, None));
                 });
             }
         }

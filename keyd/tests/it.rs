@@ -407,3 +407,85 @@ fn a_failing_self_test_stops_keyd_before_it_serves() {
         assert!(!k.socket().exists(), "{name}: a socket was bound");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_is_on_a_hash_chain_that_catches_an_edit() {
+    let mut keyd = keyd(r#""data", "devices""#, "memory");
+    keyd.start().unwrap();
+    let client = Client::connect(keyd.socket()).await.unwrap();
+    let identity = client
+        .call(&m::DeviceCreate {
+            device_id: "POS-0000A0D1".into(),
+            zone: "z1".into(),
+        })
+        .await
+        .unwrap();
+    let set = client
+        .call(&m::KeySetCreate {
+            device_id: "POS-0000A0D1".into(),
+        })
+        .await
+        .unwrap();
+    let mac_id = set
+        .keys
+        .iter()
+        .find(|k| k.kind == "mac")
+        .unwrap()
+        .key_id
+        .clone();
+    let refused = client
+        .call(&m::MacVerifyBatch {
+            items: vec![m::MacItem {
+                key_id: mac_id,
+                message: b"x".to_vec(),
+                signature: [0; 32],
+            }],
+        })
+        .await
+        .unwrap();
+    assert_eq!(refused.valid, [false]);
+    keyd.stop();
+
+    let log_path = keyd.hsm().dir().join("keys.audit.log");
+    let verify = |k: &KeydProcess| k.command(&["audit-verify"]).output().unwrap();
+    let out = verify(&keyd);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("chain intact"), "{stdout}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    // The ceremony (init, ZMK import with its KCV), the device, its key set, the verify.
+    assert!(log.contains("\"op\":\"0x0300\""), "{log}");
+    assert!(
+        log.contains("\"op\":\"0x0301\",\"subject\":\"z1\",\"kcv\":\"8B9802\""),
+        "{log}"
+    );
+    assert!(log.contains("\"subject\":\"POS-0000A0D1\""), "{log}");
+    assert!(log.contains("\"op\":\"0x0202\""), "{log}");
+    // Never key material: not the ZMK, not the identity secret (in any common encoding).
+    let secret = identity.secret.expose();
+    let secret_hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!log.to_lowercase().contains(&ZMK_HEX.to_lowercase()));
+    assert!(!log.contains(&secret_hex) && !log.to_uppercase().contains(&secret_hex.to_uppercase()));
+    assert!(!log.as_bytes().windows(32).any(|w| w == secret));
+
+    // Someone edits one record: verify names it, and keyd will not start on that log.
+    let mut lines: Vec<String> = log.lines().map(str::to_owned).collect();
+    let target = lines.iter().position(|l| l.contains("0x0202")).unwrap();
+    lines[target] = lines[target].replace("AUTH_FAILED", "OK");
+    lines[target] = lines[target].replace("\"micros\":", "\"micros\":1");
+    std::fs::write(&log_path, lines.join("\n") + "\n").unwrap();
+    let out = verify(&keyd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("record {} is broken", target + 1)),
+        "{stderr}"
+    );
+    let serve = keyd.command(&["serve"]).output().unwrap();
+    assert!(!serve.status.success());
+    assert!(String::from_utf8_lossy(&serve.stderr).contains("is broken"));
+}
