@@ -14,6 +14,7 @@ mod config;
 mod crypto;
 mod dispatch;
 mod error;
+pub mod harden;
 mod hsm;
 mod keys;
 mod pkcs11;

@@ -157,6 +157,10 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             Ok(())
         }
         Command::Serve => {
+            keyd::harden::process()?;
+            // The socket is made 0660 by `bind`; the PIN file is checked with the config.
+            keyd::harden::not_world_accessible(&config.store)?;
+            keyd::harden::not_world_accessible(&config.audit_path())?;
             let audit = Arc::new(keyd::audit::Audit::open(&config.audit_path())?);
             keyd::selftest::run()?;
             tracing::info!(tests = ?keyd::selftest::NAMES, "known-answer self-tests passed");

@@ -489,3 +489,15 @@ async fn every_operation_is_on_a_hash_chain_that_catches_an_edit() {
     assert!(!serve.status.success());
     assert!(String::from_utf8_lossy(&serve.stderr).contains("is broken"));
 }
+
+#[test]
+fn keyd_refuses_a_key_store_everyone_can_read() {
+    let k = keyd(r#""data""#, "memory");
+    let store = k.hsm().dir().join("keys.db");
+    let mode = std::fs::metadata(&store).unwrap().permissions().mode();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = k.command(&["serve"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("accessible to every user"));
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(mode)).unwrap();
+}
