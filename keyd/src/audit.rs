@@ -52,6 +52,9 @@ struct State {
 pub struct Audit {
     state: Mutex<State>,
     failed: AtomicBool,
+    /// Highest sequence number known to be on disk; held while syncing, so concurrent syncs
+    /// wait for one `fdatasync` and find their records already covered (group sync).
+    synced: Mutex<u64>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -155,6 +158,7 @@ impl Audit {
                 seq,
             }),
             failed: AtomicBool::new(false),
+            synced: Mutex::new(seq),
         })
     }
 
@@ -206,33 +210,64 @@ impl Audit {
         s.pending.extend_from_slice(b"\"}\n");
     }
 
-    /// Writes the records appended so far to the file (and syncs it when `sync`).
+    /// Writes the records appended so far to the file, and when `sync` waits until they are
+    /// on disk. Syncs run outside the append lock and are shared: while one `fdatasync` runs,
+    /// later callers wait and usually find their records covered by it.
     ///
     /// # Errors
     /// [`Error::Io`]; the log is then failed for good.
     pub fn flush(&self, sync: bool) -> Result<(), Error> {
-        let Ok(mut s) = self.state.lock() else {
-            self.failed.store(true, Ordering::Release);
-            return Err(Error::Config("audit log lock poisoned".into()));
-        };
-        if self.failed() {
-            return Err(Error::Config("audit log failed".into()));
-        }
-        let State { file, pending, .. } = &mut *s;
-        let result = (|| {
+        let poisoned = || Error::Config("audit log lock poisoned".into());
+        let (written, file) = {
+            let mut s = self.state.lock().map_err(|_| poisoned())?;
+            if self.failed() {
+                return Err(Error::Config("audit log failed".into()));
+            }
+            let State {
+                file, pending, seq, ..
+            } = &mut *s;
             if !pending.is_empty() {
-                file.write_all(pending)?;
+                if let Err(e) = file.write_all(pending) {
+                    self.fail(&e);
+                    return Err(Error::Io(e));
+                }
                 pending.clear();
             }
-            if sync {
-                file.sync_data()?;
+            if !sync {
+                return Ok(());
             }
-            Ok(())
-        })();
-        result.map_err(|e: std::io::Error| {
+            let clone = file.try_clone().map_err(|e| {
+                self.fail(&e);
+                Error::Io(e)
+            })?;
+            (*seq, clone)
+        };
+        let mut synced = self.synced.lock().map_err(|_| poisoned())?;
+        if *synced >= written {
+            return Ok(());
+        }
+        // Everything appended up to now is written and covered by this sync, not only our
+        // records: the callers queued behind us find theirs done.
+        let target = {
+            let mut s = self.state.lock().map_err(|_| poisoned())?;
+            let State {
+                file, pending, seq, ..
+            } = &mut *s;
+            if !pending.is_empty() {
+                if let Err(e) = file.write_all(pending) {
+                    self.fail(&e);
+                    return Err(Error::Io(e));
+                }
+                pending.clear();
+            }
+            *seq
+        };
+        file.sync_data().map_err(|e| {
             self.fail(&e);
             Error::Io(e)
-        })
+        })?;
+        *synced = target;
+        Ok(())
     }
 }
 
