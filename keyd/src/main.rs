@@ -40,6 +40,17 @@ enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
         components: u8,
     },
+    /// Generate a new ZMK for a zone as fresh random components from the token's RNG, print one
+    /// custodian form per component (shown one at a time on a terminal: Enter for the next),
+    /// then load the combined key. Components go to the forms only, never to disk or a log.
+    ZmkGenerate {
+        /// The zone's name.
+        #[arg(long)]
+        zone: String,
+        /// How many components (custodians): 2 or 3.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=3))]
+        components: u8,
+    },
     /// Parse and check the configuration, then exit.
     CheckConfig,
     /// Walk the audit log's hash chain; name the first broken record if there is one.
@@ -74,6 +85,51 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
     match cli.command {
         Command::CheckConfig => {
             eprintln!("keyd: {} is valid", cli.config.display());
+            Ok(())
+        }
+        Command::ZmkGenerate { zone, components } => {
+            let audit = keyd::audit::Audit::open(&config.audit_path())?;
+            let started = std::time::Instant::now();
+            let service = keyd::open_service(&config)?;
+            let mut parts: Vec<Zeroizing<[u8; 32]>> = Vec::new();
+            let mut zmk = Zeroizing::new([0u8; 32]);
+            for _ in 0..components {
+                let mut part = Zeroizing::new([0u8; 32]);
+                service.hsm().random(&mut part[..])?;
+                for (z, p) in zmk.iter_mut().zip(part.iter()) {
+                    *z ^= p;
+                }
+                parts.push(part);
+            }
+            let final_kcv = keyd::aes_kcv(&zmk[..]);
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            for (n, part) in parts.iter().enumerate() {
+                print_form(&zone, n + 1, parts.len(), part, final_kcv);
+                if terminal && n + 1 < parts.len() {
+                    eprintln!("Hand this form to its custodian, then press Enter for the next.");
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line)?;
+                    // Clear the screen so the next custodian does not see this component.
+                    print!("\x1b[2J\x1b[3J\x1b[H");
+                }
+            }
+            let imported = service.zmk_import(&keyd_proto::message::ZmkImport {
+                zone: zone.clone(),
+                key: keyd_proto::Secret::new(&zmk[..]),
+            });
+            operator_record(
+                &audit,
+                0x0310,
+                Some(&zone),
+                imported.as_ref().ok().map(|i| i.kcv),
+                imported.as_ref().err(),
+                started,
+            )?;
+            let info = imported?;
+            println!(
+                "zone {} ZMK KCV {:02X}{:02X}{:02X}",
+                info.zone, info.kcv[0], info.kcv[1], info.kcv[2]
+            );
             Ok(())
         }
         Command::AuditVerify => {
@@ -187,6 +243,41 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             })
         }
     }
+}
+
+/// One custodian form: the key's name, which component, its value in groups of four, its KCV,
+/// the combined key's KCV, and lines for the custodian's and the witness's signatures.
+#[allow(clippy::print_stdout, reason = "the form is printed for its custodian")]
+fn print_form(zone: &str, n: usize, of: usize, part: &[u8; 32], final_kcv: [u8; 3]) {
+    let hex: Zeroizing<String> = Zeroizing::new(part.iter().map(|b| format!("{b:02X}")).collect());
+    let groups: Vec<&str> = (0..hex.len())
+        .step_by(4)
+        .filter_map(|i| hex.get(i..i + 4))
+        .collect();
+    let kcv = keyd::aes_kcv(part);
+    let rule = "=".repeat(64);
+    println!("{rule}");
+    println!("ZMK COMPONENT FORM");
+    println!("Key:            zone master key (ZMK), zone {zone}, AES-256");
+    println!("Component:      {n} of {of}");
+    println!(
+        "Value:          {}",
+        groups.get(..8).unwrap_or_default().join(" ")
+    );
+    println!(
+        "                {}",
+        groups.get(8..).unwrap_or_default().join(" ")
+    );
+    println!("Component KCV:  {:02X}{:02X}{:02X}", kcv[0], kcv[1], kcv[2]);
+    println!(
+        "ZMK KCV:        {:02X}{:02X}{:02X}  (all components combined)",
+        final_kcv[0], final_kcv[1], final_kcv[2]
+    );
+    println!();
+    println!("Custodian:      ______________________________  Date: ____________");
+    println!("Witness:        ______________________________  Date: ____________");
+    println!("{rule}");
+    println!("\x0c");
 }
 
 /// Records an operator command (run in-process, not over the socket) and syncs the log.

@@ -501,3 +501,75 @@ fn keyd_refuses_a_key_store_everyone_can_read() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("accessible to every user"));
     std::fs::set_permissions(&store, std::fs::Permissions::from_mode(mode)).unwrap();
 }
+
+#[test]
+fn a_generated_zmk_comes_out_as_custodian_forms_that_combine_to_it() {
+    let k = keyd(r#""data""#, "memory");
+    let out = k
+        .command(&["zmk-generate", "--zone", "z2", "--components", "3"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches("ZMK COMPONENT FORM").count(), 3, "{text}");
+    for n in 1..=3 {
+        assert!(
+            text.contains(&format!("Component:      {n} of 3")),
+            "{text}"
+        );
+    }
+    assert_eq!(text.matches("Custodian:").count(), 3);
+    assert_eq!(text.matches("Witness:").count(), 3);
+    // Read the values back the way custodians would type them, and combine them.
+    let lines: Vec<&str> = text.lines().collect();
+    let mut zmk = [0u8; 32];
+    let mut component_kcvs = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(first) = line.strip_prefix("Value:") {
+            let value: String = format!("{}{}", first, lines[i + 1])
+                .split_whitespace()
+                .collect();
+            let part = hex(&value);
+            assert_eq!(part.len(), 32);
+            let kcv = tr31::kcv::cmac_aes(&part).unwrap();
+            let printed = lines[i + 2].strip_prefix("Component KCV:  ").unwrap();
+            assert_eq!(printed, device_hex(&kcv[..3]));
+            component_kcvs.push(printed.to_owned());
+            for (z, p) in zmk.iter_mut().zip(&part) {
+                *z ^= p;
+            }
+        }
+    }
+    assert_eq!(component_kcvs.len(), 3);
+    let kcv = device_hex(&tr31::kcv::cmac_aes(&zmk).unwrap()[..3]);
+    assert!(text.contains(&format!("ZMK KCV:        {kcv}")), "{text}");
+    assert!(text.contains(&format!("zone z2 ZMK KCV {kcv}")), "{text}");
+    // The audit log has the ceremony, with the KCV and without the components.
+    let log = std::fs::read_to_string(k.hsm().dir().join("keys.audit.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "\"op\":\"0x0310\",\"subject\":\"z2\",\"kcv\":\"{kcv}\""
+        )),
+        "{log}"
+    );
+    for line in lines.iter().filter(|l| l.starts_with("Value:")) {
+        let value = line.trim_start_matches("Value:").trim();
+        assert!(!log.contains(value), "a component reached the log");
+    }
+    // A zone that has a ZMK is not overwritten.
+    let again = k
+        .command(&["zmk-generate", "--zone", "z2"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+}
+
+fn device_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
