@@ -113,24 +113,7 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                     print!("\x1b[2J\x1b[3J\x1b[H");
                 }
             }
-            let imported = service.zmk_import(&keyd_proto::message::ZmkImport {
-                zone: zone.clone(),
-                key: keyd_proto::Secret::new(&zmk[..]),
-            });
-            operator_record(
-                &audit,
-                0x0310,
-                Some(&zone),
-                imported.as_ref().ok().map(|i| i.kcv),
-                imported.as_ref().err(),
-                started,
-            )?;
-            let info = imported?;
-            println!(
-                "zone {} ZMK KCV {:02X}{:02X}{:02X}",
-                info.zone, info.kcv[0], info.kcv[1], info.kcv[2]
-            );
-            Ok(())
+            load_zmk(&service, &audit, &zone, &zmk, 0x0310, started)
         }
         Command::AuditVerify => {
             let path = config.audit_path();
@@ -193,24 +176,7 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                     );
                 }
             }
-            let imported = service.zmk_import(&keyd_proto::message::ZmkImport {
-                zone: zone.clone(),
-                key: keyd_proto::Secret::new(&zmk[..]),
-            });
-            operator_record(
-                &audit,
-                0x0301,
-                Some(&zone),
-                imported.as_ref().ok().map(|i| i.kcv),
-                imported.as_ref().err(),
-                started,
-            )?;
-            let info = imported?;
-            println!(
-                "zone {} ZMK KCV {:02X}{:02X}{:02X}",
-                info.zone, info.kcv[0], info.kcv[1], info.kcv[2]
-            );
-            Ok(())
+            load_zmk(&service, &audit, &zone, &zmk, 0x0301, started)
         }
         Command::Serve => {
             keyd::harden::process()?;
@@ -243,6 +209,37 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             })
         }
     }
+}
+
+/// Loads a formed ZMK into the token, records the ceremony (with the ZMK's KCV) and prints
+/// the KCV for the officers to compare.
+#[allow(clippy::print_stdout, reason = "the KCV is the ceremony's result")]
+fn load_zmk(
+    service: &keyd::Service,
+    audit: &keyd::audit::Audit,
+    zone: &str,
+    zmk: &[u8; 32],
+    opcode: u16,
+    started: std::time::Instant,
+) -> Result<(), keyd::Error> {
+    let imported = service.zmk_import(&keyd_proto::message::ZmkImport {
+        zone: zone.to_owned(),
+        key: keyd_proto::Secret::new(zmk),
+    });
+    operator_record(
+        audit,
+        opcode,
+        Some(zone),
+        imported.as_ref().ok().map(|i| i.kcv),
+        imported.as_ref().err(),
+        started,
+    )?;
+    let info = imported?;
+    println!(
+        "zone {} ZMK KCV {:02X}{:02X}{:02X}",
+        info.zone, info.kcv[0], info.kcv[1], info.kcv[2]
+    );
+    Ok(())
 }
 
 /// One custodian form: the key's name, which component, its value in groups of four, its KCV,
