@@ -984,7 +984,10 @@ pub async fn cancel_backoffice(app: &App, call: &Call<'_>) -> Result<Value, ApiE
 pub async fn settle(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::ManageMerchant)?;
-    let _guard = app.locks.lock(&format!("settle:{}", merchant.id)).await;
+    // No merchant-wide lock: stripes are never nested (a settle key could share a stripe with a
+    // charge and wait on itself). Holding every candidate's stripe at once (`lock_many`, in
+    // order) serialises concurrent settlements of the same charges; the second finds them
+    // settled when it re-reads.
     let settleable = |c: &Charge| {
         c.settled_at.is_none()
             && matches!(

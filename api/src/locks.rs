@@ -1,5 +1,9 @@
 //! Striped async locks: one read-check-write sequence at a time per object (a device's key
 //! set, a charge's refunds), without a lock per object.
+//!
+//! Rule: never wait for a stripe while holding another, except through [`Locks::lock_many`],
+//! which takes each stripe once and in ascending order. Two different ids can share a stripe,
+//! so a nested `lock` can wait on itself.
 
 use std::hash::{BuildHasher, Hash};
 
@@ -53,5 +57,25 @@ async fn unreachable_stripe(stripes: &[tokio::sync::Mutex<()>]) -> tokio::sync::
     match stripes.first() {
         Some(m) => m.lock().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn many_ids_on_shared_stripes_do_not_wait_on_themselves() {
+        let locks = Locks::default();
+        // 600 ids over 256 stripes: many share one; repeats too.
+        let ids: Vec<String> = (0..600).map(|i| format!("ch_{}", i % 500)).collect();
+        let guards = tokio::time::timeout(std::time::Duration::from_secs(5), locks.lock_many(&ids))
+            .await
+            .expect("lock_many deadlocked");
+        assert!(guards.len() <= 256);
+        drop(guards);
+        let _one = tokio::time::timeout(std::time::Duration::from_secs(5), locks.lock("ch_1"))
+            .await
+            .expect("stripe not released");
     }
 }
