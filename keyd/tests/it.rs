@@ -573,3 +573,110 @@ fn a_generated_zmk_comes_out_as_custodian_forms_that_combine_to_it() {
 fn device_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_component_or_pin_reaches_any_output_at_the_most_verbose_level() {
+    let k = keyd(r#""data", "devices", "admin""#, "memory");
+    let pin = k.hsm().user_pin().to_owned();
+    let mut outputs = String::new();
+    // A ceremony with known components.
+    let c1 = "00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF";
+    let c2 = "F0E1D2C3B4A5968778695A4B3C2D1E0FF0E1D2C3B4A5968778695A4B3C2D1E0F";
+    let mut import = k
+        .command(&[
+            "--verbose",
+            "zmk-import",
+            "--zone",
+            "z9",
+            "--components",
+            "2",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = import.stdin.take().unwrap();
+        stdin.write_all(format!("{c1}\n{c2}\n").as_bytes()).unwrap();
+    }
+    let out = import.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    outputs.push_str(&String::from_utf8_lossy(&out.stdout));
+    outputs.push_str(&String::from_utf8_lossy(&out.stderr));
+    // A verbose keyd serving a device, its keys and a refused charge.
+    let log_file = k.hsm().dir().join("verbose.log");
+    let mut serve = k
+        .command(&["--verbose", "serve"])
+        .stderr(std::fs::File::create(&log_file).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if k.socket().exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let client = Client::connect(k.socket()).await.unwrap();
+    let identity = client
+        .call(&m::DeviceCreate {
+            device_id: "POS-0000C0DE".into(),
+            zone: "z9".into(),
+        })
+        .await
+        .unwrap();
+    client
+        .call(&m::KeySetCreate {
+            device_id: "POS-0000C0DE".into(),
+        })
+        .await
+        .unwrap();
+    let bad = client
+        .call(&m::ZmkImport {
+            zone: "z9".into(),
+            key: Secret::new(&hex(c1)),
+        })
+        .await;
+    assert!(bad.is_err(), "a zone's ZMK is not replaced");
+    drop(client);
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(serve.id().to_string())
+        .status();
+    let _ = serve.wait();
+    outputs.push_str(&std::fs::read_to_string(&log_file).unwrap());
+    outputs.push_str(&std::fs::read_to_string(k.hsm().dir().join("keys.audit.log")).unwrap());
+    assert!(
+        outputs.contains("DEBUG") || outputs.contains("INFO"),
+        "{outputs}"
+    );
+    // Nothing secret, in any case or encoding we know of.
+    let zmk: Vec<u8> = hex(c1).iter().zip(hex(c2)).map(|(a, b)| a ^ b).collect();
+    let zmk_hex: String = zmk.iter().map(|b| format!("{b:02X}")).collect();
+    let secret_hex: String = identity
+        .secret
+        .expose()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    let upper = outputs.to_uppercase();
+    for (what, needle) in [
+        ("component 1", c1.to_owned()),
+        ("component 2", c2.to_owned()),
+        ("ZMK", zmk_hex),
+        ("identity secret", secret_hex),
+        ("PIN", pin.to_uppercase()),
+    ] {
+        assert!(!upper.contains(&needle), "{what} appeared in keyd's output");
+        assert!(
+            !upper.contains(&needle[..16]),
+            "part of the {what} appeared in keyd's output"
+        );
+    }
+}
