@@ -71,6 +71,23 @@ impl App {
         })
     }
 
+    /// An application on the in-memory store with a fresh signing key and a keyd that is not
+    /// there (unit tests of handlers and engines).
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        let config = Config::parse(
+            "listen = \"127.0.0.1:1\"\nplain_http = true\nkeyd_socket = \"/nonexistent\"\n",
+        )
+        .unwrap_or_else(|e| unreachable!("test config: {e}"));
+        let signer = crate::jwt::Signer::generate()
+            .unwrap_or_else(|e| unreachable!("signing key: {e}"))
+            .0;
+        let auth =
+            Auth::with_signer(&config.auth, signer).unwrap_or_else(|e| unreachable!("auth: {e}"));
+        Self::with_parts(config, Arc::new(crate::store::MemoryStore::new()), auth)
+            .unwrap_or_else(|e| unreachable!("app: {e}"))
+    }
+
     /// Work after start and every minute: charges left pending by a crash, old nonces and
     /// idempotency records.
     pub async fn housekeeping(self: Arc<Self>) {

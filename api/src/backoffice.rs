@@ -190,25 +190,13 @@ fn secret_hash(salt: &[u8], secret: &str) -> [u8; 32] {
 
 fn secret_matches(client: &ApiClient, secret: &str) -> bool {
     use subtle::ConstantTimeEq;
-    let (Some(salt), Some(want)) = (hex_decode(&client.salt), hex_decode(&client.secret_hash))
-    else {
+    let (Some(salt), Some(want)) = (
+        crate::envelope::hex_decode(&client.salt),
+        crate::envelope::hex_decode(&client.secret_hash),
+    ) else {
         return false;
     };
     bool::from(secret_hash(&salt, secret).as_slice().ct_eq(&want))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if !s.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect()
 }
 
 /// A DNS host name: labels of letters, digits and hyphens, lower-cased by the caller.
@@ -237,7 +225,13 @@ fn reseller(app: &App, p: &Principal, id: &str, action: Action) -> Result<Resell
     Ok(r)
 }
 
-fn merchant(app: &App, p: &Principal, id: &str, action: Action) -> Result<Merchant, ApiError> {
+/// A merchant by id in a path, authorised for `action` (404 for a malformed id too).
+pub(crate) fn merchant(
+    app: &App,
+    p: &Principal,
+    id: &str,
+    action: Action,
+) -> Result<Merchant, ApiError> {
     let m: Merchant = if ids::is_uuid(id) {
         app.db.find(id)?
     } else {
@@ -1058,7 +1052,8 @@ pub async fn location_delete(app: &App, call: &Call<'_>) -> Result<Value, ApiErr
 // ---------------------------------------------------------------------------------------------
 // Devices.
 
-fn check_location(app: &App, merchant_id: &str, id: &str) -> Result<(), ApiError> {
+/// A location given in a body must be one of the merchant's (400 naming `location_id`).
+pub(crate) fn check_location(app: &App, merchant_id: &str, id: &str) -> Result<(), ApiError> {
     match app.db.get::<Location>(id)? {
         Some(l) if l.merchant_id == merchant_id => Ok(()),
         _ => Err(ApiError::field(
@@ -1488,8 +1483,8 @@ pub async fn api_client_create(app: &App, call: &Call<'_>) -> Result<Value, ApiE
         client_id: ids::prefixed("cli_")?,
         merchant_id: m.id,
         name,
-        salt: hex(&salt),
-        secret_hash: hex(&secret_hash(&salt, &secret)),
+        salt: crate::envelope::hex_upper(&salt),
+        secret_hash: crate::envelope::hex_upper(&secret_hash(&salt, &secret)),
         failures: 0,
         locked_until: 0,
         created_at: call.now,
@@ -1555,15 +1550,13 @@ mod tests {
             client_id: "cli_x".into(),
             merchant_id: "m".into(),
             name: None,
-            salt: hex(&salt),
-            secret_hash: hex(&secret_hash(&salt, "right")),
+            salt: crate::envelope::hex_upper(&salt),
+            secret_hash: crate::envelope::hex_upper(&secret_hash(&salt, "right")),
             failures: 0,
             locked_until: 0,
             created_at: 0,
         };
         assert!(secret_matches(&c, "right"));
         assert!(!secret_matches(&c, "wrong") && !secret_matches(&c, ""));
-        assert_eq!(hex_decode("0aff"), Some(vec![10, 255]));
-        assert_eq!(hex_decode("0g"), None);
     }
 }

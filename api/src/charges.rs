@@ -18,7 +18,7 @@ use crate::error::{ApiError, Code};
 use crate::idem::{self, Begin, Running};
 use crate::ids;
 use crate::input::{self, Input, Money};
-use crate::model::{Amount, FeeTemplate, Location, Merchant};
+use crate::model::{Amount, FeeTemplate, Merchant};
 use crate::processor::{self, AuthorizationRequest, Outcome, Pan, RefundRequest, VoidRequest};
 use crate::store::Write;
 use crate::time::rfc3339;
@@ -314,6 +314,18 @@ pub fn check_total(amount: &Money, tip: Option<&Money>) -> Result<(), ApiError> 
     Ok(())
 }
 
+/// How long the platform waits for any processor call: its own time-out and a margin, so a
+/// processor that ignores its time-out cannot hold a request for ever.
+fn processor_deadline(app: &App) -> std::time::Duration {
+    app.config.processor.timeout() + std::time::Duration::from_secs(5)
+}
+
+/// How long after a charge was created its outcome can still arrive (seconds): charges older
+/// than the newest by more than this are settled, one way or the other.
+fn outcome_window(app: &App) -> i64 {
+    i64::try_from(app.config.processor.timeout().as_secs()).unwrap_or(60) + 120
+}
+
 fn fee(app: &App, merchant: &Merchant, amount: u64, brand: &str) -> Result<u64, ApiError> {
     Ok(match &merchant.fee_template_id {
         Some(id) => app
@@ -389,8 +401,8 @@ pub async fn create(
         merchant_id: charge.merchant_id.clone(),
         entry_mode: new.card.entry_mode,
     };
-    let limit = app.config.processor.timeout() + std::time::Duration::from_secs(5);
-    let outcome = tokio::time::timeout(limit, app.processor.authorize(request)).await;
+    let outcome =
+        tokio::time::timeout(processor_deadline(app), app.processor.authorize(request)).await;
     let failed = match outcome {
         Ok(Ok(Outcome::Approved {
             authorization_code,
@@ -473,7 +485,7 @@ fn processor_failed(charge_id: &str) -> ApiError {
 /// # Errors
 /// 503 if the store cannot be read or written.
 pub async fn recover(app: &App) -> Result<usize, ApiError> {
-    let window = i64::try_from(app.config.processor.timeout().as_secs()).unwrap_or(60) + 120;
+    let window = outcome_window(app);
     let mut newest: Option<i64> = None;
     let mut before: Option<String> = None;
     let mut recovered = 0;
@@ -588,7 +600,7 @@ async fn refund_locked(
         );
     }
     let reference = tokio::time::timeout(
-        app.config.processor.timeout() + std::time::Duration::from_secs(5),
+        processor_deadline(app),
         app.processor.refund(RefundRequest {
             charge_id: charge.charge_id.clone(),
             processor_reference: charge.processor_reference.clone().unwrap_or_default(),
@@ -646,7 +658,7 @@ pub async fn cancel(
         )),
         ChargeStatus::Approved => {
             let voided = tokio::time::timeout(
-                app.config.processor.timeout() + std::time::Duration::from_secs(5),
+                processor_deadline(app),
                 app.processor.void(VoidRequest {
                     charge_id: charge.charge_id.clone(),
                     processor_reference: charge.processor_reference.clone().unwrap_or_default(),
@@ -703,24 +715,7 @@ fn merchant_of_call(
             ));
         }
     };
-    let m: Merchant = if ids::is_uuid(&id) {
-        app.db.find(&id)?
-    } else {
-        return Err(ApiError::not_found());
-    };
-    authorize(p, action, &m.tenancy())?;
-    Ok(m)
-}
-
-fn idempotency_key(call: &Call<'_>) -> Result<Option<String>, ApiError> {
-    match call.header("idempotency-key") {
-        None => Ok(None),
-        Some(k) if idem::valid_key(k) => Ok(Some(k.to_owned())),
-        Some(_) => Err(ApiError::new(
-            Code::HeaderInvalid,
-            "Idempotency-Key must be 1-255 printable ASCII characters",
-        )),
-    }
+    crate::backoffice::merchant(app, p, &id, action)
 }
 
 /// Runs a keyed request through the idempotency table: a replay answers the kept answer.
@@ -736,12 +731,12 @@ where
     F: FnOnce(Option<Running<'a>>) -> Fut,
     Fut: Future<Output = Result<Value, ApiError>>,
 {
-    let Some(key) = idempotency_key(call)? else {
+    let Some(key) = idem::key_header(call.headers)? else {
         return run(None).await;
     };
     match app
         .idempotency
-        .begin(&app.db, scope, "POST", path, &key, request, call.now)?
+        .begin(&app.db, scope, "POST", path, key, request, call.now)?
     {
         Begin::Replay(kept) if kept.status < 300 => Ok(kept.body),
         Begin::Replay(kept) => Err(ApiError::from_stored(&kept.body)),
@@ -826,15 +821,7 @@ async fn create_backoffice_inner(
         ));
     }
     if let Some(l) = &location_id {
-        match app.db.get::<Location>(l)? {
-            Some(loc) if loc.merchant_id == merchant.id => {}
-            _ => {
-                return Err(ApiError::field(
-                    "location_id",
-                    "no such location of this merchant",
-                ));
-            }
-        }
+        crate::backoffice::check_location(app, &merchant.id, l)?;
     }
     let (number, exp_month, exp_year) = card.ok_or_else(|| ApiError::field("card", "required"))?;
     let fingerprint = crate::keyd_ops::pan_fingerprint(app, &number).await?;
@@ -997,7 +984,7 @@ pub async fn settle(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
     };
     // Every charge older than the last batch was settled by it or could not be; only a charge
     // still pending at that moment (its outcome came later) can be older, hence the margin.
-    let margin = i64::try_from(app.config.processor.timeout().as_secs()).unwrap_or(60) + 120;
+    let margin = outcome_window(app);
     let cutoff = app
         .db
         .page::<Settlement>("settlements", &merchant.id, None, 1)?
@@ -1238,19 +1225,11 @@ impl Txn {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
-    use crate::store::MemoryStore;
 
     fn app() -> App {
-        let config = crate::Config::parse(
-            "listen = \"127.0.0.1:1\"\nplain_http = true\nkeyd_socket = \"/nonexistent\"\n",
-        )
-        .unwrap();
-        let (signer, _) = crate::jwt::Signer::generate().unwrap();
-        let auth = crate::auth::Auth::with_signer(&config.auth, signer).unwrap();
-        App::with_parts(config, Arc::new(MemoryStore::new()), auth).unwrap()
+        App::for_tests()
     }
 
     fn charge(id: &str, status: ChargeStatus, created_at: i64) -> Charge {

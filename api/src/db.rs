@@ -206,6 +206,30 @@ impl Db {
             .collect()
     }
 
+    /// Deletes the records filed under the numbered buckets `from..=to` of an index (time
+    /// buckets: expired tokens, old idempotent answers); returns the first bucket not yet done,
+    /// so a failed pass resumes there next time.
+    pub async fn delete_buckets<R: Record>(&self, index: &str, from: i64, to: i64) -> i64 {
+        let mut bucket = from;
+        while bucket <= to {
+            let Ok(old) = self.all::<R>(index, &bucket.to_string()) else {
+                return bucket;
+            };
+            if !old.is_empty() {
+                let writes = old.iter().map(|r| delete::<R>(r.id())).collect();
+                if self
+                    .commit(writes, ApiError::new(Code::Conflict, "sweep"))
+                    .await
+                    .is_err()
+                {
+                    return bucket;
+                }
+            }
+            bucket += 1;
+        }
+        bucket
+    }
+
     /// Every record of an index (small lists: a merchant's locations, a reseller's subtree).
     pub fn all<R: Record>(&self, index: &str, key: &str) -> Result<Vec<R>, ApiError> {
         Ok(self.page(index, key, None, usize::MAX)?.items)

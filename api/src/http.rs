@@ -271,16 +271,14 @@ async fn run(
             route.op,
             Op::ChargeCreate | Op::ChargeRefund | Op::ChargeCancel
         );
-    let (true, Some(key), Some(p)) = (keyed, call.header("idempotency-key"), &call.principal)
-    else {
+    let key = if keyed {
+        crate::idem::key_header(call.headers)?
+    } else {
+        None
+    };
+    let (Some(key), Some(p)) = (key, &call.principal) else {
         return dispatch(app, route.op, &call).await.map(with_status);
     };
-    if !crate::idem::valid_key(key) {
-        return Err(ApiError::new(
-            Code::HeaderInvalid,
-            "Idempotency-Key must be 1-255 printable ASCII characters",
-        ));
-    }
     let path = parts.uri.path();
     let running = match app
         .idempotency

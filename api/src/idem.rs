@@ -91,6 +91,21 @@ pub fn valid_key(k: &str) -> bool {
     (1..=255).contains(&k.len()) && k.bytes().all(|c| (0x20..0x7f).contains(&c))
 }
 
+/// The request's `Idempotency-Key`, if it sent one.
+///
+/// # Errors
+/// 400/`4001` for a malformed key.
+pub fn key_header(headers: &hyper::HeaderMap) -> Result<Option<&str>, ApiError> {
+    match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+        None => Ok(None),
+        Some(k) if valid_key(k) => Ok(Some(k)),
+        Some(_) => Err(ApiError::new(
+            Code::HeaderInvalid,
+            "Idempotency-Key must be 1-255 printable ASCII characters",
+        )),
+    }
+}
+
 impl Idempotency {
     /// Looks a keyed request up.
     #[allow(
@@ -204,24 +219,8 @@ pub fn is_final(e: &ApiError) -> bool {
 /// bucket to look at.
 pub async fn sweep(db: &Db, from_hour: i64, now: i64) -> i64 {
     let last = (now - KEEP) / 3600 - 1;
-    let mut hour = from_hour.max(last - 48);
-    while hour <= last {
-        let Ok(old) = db.all::<Kept>("idempotency_hour", &hour.to_string()) else {
-            return hour;
-        };
-        if !old.is_empty() {
-            let writes = old.iter().map(|k| db::delete::<Kept>(&k.id)).collect();
-            if db
-                .commit(writes, ApiError::new(Code::Conflict, "sweep"))
-                .await
-                .is_err()
-            {
-                return hour;
-            }
-        }
-        hour += 1;
-    }
-    hour
+    db.delete_buckets::<Kept>("idempotency_hour", from_hour.max(last - 48), last)
+        .await
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ impl Identity {
     fn from_keyd(k: &IdentityKey) -> Self {
         Self {
             key_id: k.key_id.clone(),
-            kcv: k.kcv.iter().map(|b| format!("{b:02X}")).collect(),
+            kcv: crate::envelope::hex_upper(&k.kcv),
             secret: Zeroizing::new(
                 base64::engine::general_purpose::STANDARD.encode(k.secret.expose()),
             ),

@@ -281,15 +281,7 @@ pub async fn claim(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
         ));
     }
     if let Some(l) = &location_id {
-        match app.db.get::<Location>(l)? {
-            Some(loc) if loc.merchant_id == merchant.id => {}
-            _ => {
-                return Err(ApiError::field(
-                    "location_id",
-                    "no such location of this merchant",
-                ));
-            }
-        }
+        crate::backoffice::check_location(app, &merchant.id, l)?;
     }
     device_state(device.status == DeviceStatus::Inactive)?;
     let _guard = app.locks.lock(&device.device_id).await;
@@ -423,27 +415,8 @@ pub async fn attest(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
 /// from `from_minute` on; returns the next bucket to look at.
 pub async fn sweep_attestations(db: &db::Db, from_minute: i64, now: i64) -> i64 {
     let last = now / 60 - 1;
-    let mut minute = from_minute.max(last - 24 * 60);
-    while minute <= last {
-        let Ok(old) = db.all::<Attestation>("attestation_minute", &minute.to_string()) else {
-            return minute;
-        };
-        if !old.is_empty() {
-            let writes = old
-                .iter()
-                .map(|a| db::delete::<Attestation>(&a.hash))
-                .collect();
-            if db
-                .commit(writes, ApiError::new(Code::Conflict, "sweep"))
-                .await
-                .is_err()
-            {
-                return minute;
-            }
-        }
-        minute += 1;
-    }
-    minute
+    db.delete_buckets::<Attestation>("attestation_minute", from_minute.max(last - 24 * 60), last)
+        .await
 }
 
 /// The one answer for every signature failure.
@@ -777,18 +750,7 @@ mod tests {
     }
 
     fn app() -> App {
-        let config = crate::Config::parse(
-            "listen = \"127.0.0.1:1\"\nplain_http = true\nkeyd_socket = \"/nonexistent\"\n",
-        )
-        .unwrap();
-        let (signer, _) = crate::jwt::Signer::generate().unwrap();
-        let auth = crate::auth::Auth::with_signer(&config.auth, signer).unwrap();
-        App::with_parts(
-            config,
-            std::sync::Arc::new(crate::store::MemoryStore::new()),
-            auth,
-        )
-        .unwrap()
+        App::for_tests()
     }
 
     fn device(status: DeviceStatus, epoch: u64) -> Device {

@@ -253,15 +253,11 @@ where
     F: FnOnce(Signed, Option<Running<'a>>) -> Fut,
     Fut: Future<Output = (Option<Write>, Result<Value, ApiError>)>,
 {
-    let key = match call.header("idempotency-key") {
-        None => None,
-        Some(k) if idem::valid_key(k) => Some(k.to_owned()),
-        Some(_) => {
+    let key = match idem::key_header(call.headers) {
+        Ok(k) => k,
+        Err(e) => {
             commit_nonce(app, &mut signed).await;
-            return Err(ApiError::new(
-                Code::HeaderInvalid,
-                "Idempotency-Key must be 1-255 printable ASCII characters",
-            ));
+            return Err(e);
         }
     };
     let msk = signed.set.msk_key_id.clone();
