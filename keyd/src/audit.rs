@@ -6,10 +6,11 @@
 //! the line's text up to (not including) `,"hash"`. Only ids, check values, statuses and
 //! timings are written: never key bytes, PANs, secrets or plaintext.
 //!
-//! Records are appended in memory under a lock and written to the file before the answers they
-//! describe leave keyd (the socket writer flushes the log first); control operations are also
-//! synced to disk before their answer. If the log cannot be written keyd stops serving: every
-//! later request is answered `UNAVAILABLE` without being executed.
+//! Records are appended in memory under a lock, then chained and written to the file under an
+//! exclusive advisory lock on it before the answers they describe leave keyd (the socket writer
+//! flushes the log first); control operations are also synced to disk before their answer. If
+//! the log cannot be written keyd stops serving: every later request is answered `UNAVAILABLE`
+//! without being executed.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -18,6 +19,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use keyd_proto::Status;
 use sha2::{Digest, Sha256};
@@ -42,10 +45,16 @@ pub struct Entry<'a> {
 }
 
 struct State {
-    file: File,
-    pending: Vec<u8>,
+    /// `None` only while a flush holds the file under its advisory lock.
+    file: Option<File>,
+    /// Records not yet written, without their sequence number and chain fields (those are
+    /// given when they are written, under the file lock): one record per line.
+    pending: String,
     prev: [u8; 32],
     seq: u64,
+    /// The file's length after this process last wrote it: a different length at the next
+    /// write means another keyd process (an operator command beside `serve`) appended.
+    len: u64,
 }
 
 /// The open log.
@@ -133,29 +142,69 @@ pub fn verify(path: &Path) -> Result<(u64, [u8; 32]), Broken> {
     Ok((n, prev))
 }
 
+/// The sequence number and hash of the log's last record, read from the end of the file.
+/// Used when another process appended since this one last wrote: its records were chained by
+/// the same rules under the same lock, so the tail is where the chain continues.
+fn tail(file: &File, len: u64) -> Option<(u64, [u8; 32])> {
+    use std::os::unix::fs::FileExt;
+    if len == 0 {
+        return Some((0, [0u8; 32]));
+    }
+    let start = len.saturating_sub(4096);
+    let mut buf = vec![0u8; usize::try_from(len - start).ok()?];
+    file.read_exact_at(&mut buf, start).ok()?;
+    let text = std::str::from_utf8(&buf).ok()?.strip_suffix('\n')?;
+    let last = text.rsplit('\n').next()?;
+    let seq = last
+        .strip_prefix("{\"seq\":")?
+        .split(',')
+        .next()?
+        .parse()
+        .ok()?;
+    let hash_hex = last.split_once(",\"hash\":\"")?.1.strip_suffix("\"}")?;
+    if hash_hex.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hash_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some((seq, hash))
+}
+
 impl Audit {
     /// Opens (or creates, 0600) the log, verifying the existing chain first: keyd does not
     /// append to a log someone has edited.
     ///
+    /// Several keyd processes may have the log open at once (`serve` and an officer's
+    /// command): every write takes an exclusive advisory lock on the file and continues the
+    /// chain from the file's last record, so their records interleave in one chain.
+    ///
     /// # Errors
     /// [`Error::Config`] when the chain is broken, [`Error::Io`] when the file cannot be opened.
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let (seq, prev) = if path.exists() {
-            verify(path).map_err(|b| Error::Config(format!("audit log {}: {b}", path.display())))?
-        } else {
-            (0, [0u8; 32])
-        };
         let file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .mode(0o600)
             .open(path)?;
+        let locked = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| Error::Io(std::io::Error::from(e)))?;
+        let verified = verify(path);
+        let len = locked.metadata()?.len();
+        let file = locked
+            .unlock()
+            .map_err(|(_, e)| Error::Io(std::io::Error::from(e)))?;
+        let (seq, prev) =
+            verified.map_err(|b| Error::Config(format!("audit log {}: {b}", path.display())))?;
         Ok(Self {
             state: Mutex::new(State {
-                file,
-                pending: Vec::with_capacity(64 * 1024),
+                file: Some(file),
+                pending: String::with_capacity(64 * 1024),
                 prev,
                 seq,
+                len,
             }),
             failed: AtomicBool::new(false),
             synced: Mutex::new(seq),
@@ -173,41 +222,92 @@ impl Audit {
         }
     }
 
-    /// Appends a record (in memory; [`Audit::flush`] writes it).
+    /// Appends a record (in memory; [`Audit::flush`] chains and writes it).
     pub fn record(&self, e: &Entry<'_>) {
         let Ok(mut s) = self.state.lock() else {
             self.failed.store(true, Ordering::Release);
             return;
         };
-        s.seq += 1;
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let mut body = format!(
-            "{{\"seq\":{},\"at\":{at},\"peer\":\"{}\",\"op\":\"0x{:04x}\"",
-            s.seq,
+        let p = &mut s.pending;
+        let _ = write!(
+            p,
+            "\"at\":{at},\"peer\":\"{}\",\"op\":\"0x{:04x}\"",
             clean(e.peer),
             e.opcode
         );
         if let Some(subject) = e.subject {
-            let _ = write!(body, ",\"subject\":\"{}\"", clean(subject));
+            let _ = write!(p, ",\"subject\":\"{}\"", clean(subject));
         }
         if let Some(k) = e.kcv {
-            let _ = write!(body, ",\"kcv\":\"{}\"", hex(&k).to_uppercase());
+            let _ = write!(p, ",\"kcv\":\"{}\"", hex(&k).to_uppercase());
         }
-        let _ = write!(
-            body,
-            ",\"status\":\"{}\",\"micros\":{},\"prev\":\"{}\"",
-            e.status,
-            e.micros,
-            hex(&s.prev)
-        );
-        let hash = chain(&s.prev, &body);
-        s.prev = hash;
-        s.pending.extend_from_slice(body.as_bytes());
-        s.pending.extend_from_slice(b",\"hash\":\"");
-        s.pending.extend_from_slice(hex(&hash).as_bytes());
-        s.pending.extend_from_slice(b"\"}\n");
+        let _ = writeln!(p, ",\"status\":\"{}\",\"micros\":{}", e.status, e.micros);
+    }
+
+    /// Chains the pending records onto the file's last record and writes them, holding the
+    /// file's exclusive lock. Returns the sequence number of the last record written.
+    fn write_pending(&self, s: &mut State) -> Result<u64, Error> {
+        if s.pending.is_empty() {
+            return Ok(s.seq);
+        }
+        let Some(file) = s.file.take() else {
+            return Err(Error::Config("audit log file lost".into()));
+        };
+        let mut locked = match Flock::lock(file, FlockArg::LockExclusive) {
+            Ok(l) => l,
+            Err((file, errno)) => {
+                s.file = Some(file);
+                let e = std::io::Error::from(errno);
+                self.fail(&e);
+                return Err(Error::Io(e));
+            }
+        };
+        let written = (|| -> Result<(), std::io::Error> {
+            let len = locked.metadata()?.len();
+            if len != s.len {
+                let (seq, prev) = tail(&locked, len).ok_or_else(|| {
+                    std::io::Error::other("the log's last record cannot be read")
+                })?;
+                s.seq = seq;
+                s.prev = prev;
+            }
+            let mut out = String::with_capacity(s.pending.len() * 2);
+            for middle in s.pending.lines() {
+                s.seq += 1;
+                let start = out.len();
+                let _ = write!(
+                    out,
+                    "{{\"seq\":{},{middle},\"prev\":\"{}\"",
+                    s.seq,
+                    hex(&s.prev)
+                );
+                let hash = chain(&s.prev, out.get(start..).unwrap_or_default());
+                s.prev = hash;
+                let _ = writeln!(out, ",\"hash\":\"{}\"}}", hex(&hash));
+            }
+            locked.write_all(out.as_bytes())?;
+            s.len = len + out.len() as u64;
+            Ok(())
+        })();
+        s.pending.clear();
+        match locked.unlock() {
+            Ok(file) => s.file = Some(file),
+            Err((locked, errno)) => {
+                // Dropping the lock guard releases the lock; the log is unusable from here.
+                drop(locked);
+                let e = std::io::Error::from(errno);
+                self.fail(&e);
+                return Err(Error::Io(e));
+            }
+        }
+        written.map_err(|e| {
+            self.fail(&e);
+            Error::Io(e)
+        })?;
+        Ok(s.seq)
     }
 
     /// Writes the records appended so far to the file, and when `sync` waits until they are
@@ -223,24 +323,21 @@ impl Audit {
             if self.failed() {
                 return Err(Error::Config("audit log failed".into()));
             }
-            let State {
-                file, pending, seq, ..
-            } = &mut *s;
-            if !pending.is_empty() {
-                if let Err(e) = file.write_all(pending) {
-                    self.fail(&e);
-                    return Err(Error::Io(e));
-                }
-                pending.clear();
-            }
+            let written = self.write_pending(&mut s)?;
             if !sync {
                 return Ok(());
             }
-            let clone = file.try_clone().map_err(|e| {
-                self.fail(&e);
-                Error::Io(e)
-            })?;
-            (*seq, clone)
+            let clone = s
+                .file
+                .as_ref()
+                .map(File::try_clone)
+                .transpose()
+                .map_err(|e| {
+                    self.fail(&e);
+                    Error::Io(e)
+                })?
+                .ok_or_else(|| Error::Config("audit log file lost".into()))?;
+            (written, clone)
         };
         let mut synced = self.synced.lock().map_err(|_| poisoned())?;
         if *synced >= written {
@@ -250,17 +347,7 @@ impl Audit {
         // records: the callers queued behind us find theirs done.
         let target = {
             let mut s = self.state.lock().map_err(|_| poisoned())?;
-            let State {
-                file, pending, seq, ..
-            } = &mut *s;
-            if !pending.is_empty() {
-                if let Err(e) = file.write_all(pending) {
-                    self.fail(&e);
-                    return Err(Error::Io(e));
-                }
-                pending.clear();
-            }
-            *seq
+            self.write_pending(&mut s)?
         };
         file.sync_data().map_err(|e| {
             self.fail(&e);
@@ -298,6 +385,32 @@ mod tests {
             status: Status::OK,
             micros: 12,
         }
+    }
+
+    #[test]
+    fn two_processes_appending_share_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        // Two handles stand for `keyd serve` and an officer's command running beside it.
+        let serve = Audit::open(&path).unwrap();
+        let officer = Audit::open(&path).unwrap();
+        for round in 0..4 {
+            serve.record(&entry(&format!("serve-{round}")));
+            serve.record(&entry(&format!("serve-{round}b")));
+            serve.flush(round % 2 == 0).unwrap();
+            officer.record(&entry(&format!("officer-{round}")));
+            officer.flush(true).unwrap();
+        }
+        let (records, _) = verify(&path).unwrap();
+        assert_eq!(records, 12);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.find("officer-0").unwrap() < text.find("serve-1").unwrap());
+        // A third opener continues it too.
+        drop(serve);
+        let later = Audit::open(&path).unwrap();
+        later.record(&entry("later"));
+        later.flush(true).unwrap();
+        assert_eq!(verify(&path).unwrap().0, 13);
     }
 
     #[test]
