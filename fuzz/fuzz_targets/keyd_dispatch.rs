@@ -14,7 +14,7 @@ fn service() -> &'static keyd::Service {
     SERVICE.get_or_init(|| {
         let hsm = keyd::SoftwareHsm::new();
         keyd::Hsm::create_lmk(&hsm).expect("lmk");
-        let service = keyd::Service::new(Arc::new(hsm), Arc::new(keyd::MemoryStore::new()), keyd::Placement::Memory, 60, 64).expect("service");
+        let service = keyd::Service::new(Arc::new(hsm), Arc::new(keyd::MemoryStore::new()), keyd::Placement::Memory, 60, 64).expect("service").with_policy(keyd::officers::Policy::for_tests()).expect("policy");
         service.zmk_import(&m::ZmkImport { zone: "z1".into(), key: keyd_proto::Secret::new(&[7; 32]) }).expect("zmk");
         service.device_create(&m::DeviceCreate { device_id: "POS-00000001".into(), zone: "z1".into() }).expect("device");
         service.key_set_create(&m::KeySetCreate { device_id: "POS-00000001".into() }).expect("key set");

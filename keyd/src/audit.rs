@@ -27,6 +27,36 @@ use sha2::{Digest, Sha256};
 
 use crate::Error;
 
+/// Operation codes of what officers, and keyd on its own, do outside the socket protocol.
+/// Socket requests are recorded under their protocol opcodes (`0x01xx` devices, `0x02xx` data,
+/// `0x0301`-`0x0304` admin).
+pub mod op {
+    /// `keyd init`: the LMK created.
+    pub const INIT: u16 = 0x0300;
+    /// A ZMK formed from typed components (the same code as the socket's `ZmkImport`).
+    pub const ZMK_FORM: u16 = 0x0301;
+    /// A ZMK generated as random components.
+    pub const ZMK_GENERATE: u16 = 0x0310;
+    /// An officer enrolled.
+    pub const OFFICER_ADD: u16 = 0x0311;
+    /// An officer's login attempt (subject: the name given).
+    pub const OFFICER_LOGIN: u16 = 0x0320;
+    /// An officer's approval (subject: `action:subject`).
+    pub const APPROVAL: u16 = 0x0321;
+    /// A key disabled.
+    pub const KEY_DISABLE: u16 = 0x0330;
+    /// A key enabled.
+    pub const KEY_ENABLE: u16 = 0x0331;
+    /// A key's destruction started (its restore window opens).
+    pub const KEY_DESTROY: u16 = 0x0332;
+    /// A key restored within its window.
+    pub const KEY_RESTORE: u16 = 0x0333;
+    /// A key's block erased when its window ended.
+    pub const KEY_ERASED: u16 = 0x0334;
+    /// keyd started, or a command ran, with dual control off.
+    pub const DUAL_CONTROL_OFF: u16 = 0x03FE;
+}
+
 /// One operation, as the log records it.
 #[derive(Debug)]
 pub struct Entry<'a> {
@@ -268,9 +298,8 @@ impl Audit {
         let written = (|| -> Result<(), std::io::Error> {
             let len = locked.metadata()?.len();
             if len != s.len {
-                let (seq, prev) = tail(&locked, len).ok_or_else(|| {
-                    std::io::Error::other("the log's last record cannot be read")
-                })?;
+                let (seq, prev) = tail(&locked, len)
+                    .ok_or_else(|| std::io::Error::other("the log's last record cannot be read"))?;
                 s.seq = seq;
                 s.prev = prev;
             }
@@ -363,7 +392,7 @@ fn clean(s: &str) -> String {
     s.chars()
         .take(128)
         .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.:@".contains(c) {
+            if c.is_ascii_alphanumeric() || "-_.:@+".contains(c) {
                 c
             } else {
                 '?'

@@ -34,6 +34,9 @@ pub struct Config {
     /// The hash-chained audit log (default: the store's path with `.audit.log`).
     #[serde(default)]
     pub audit_log: Option<PathBuf>,
+    /// Officer accounts, dual control, key destruction.
+    #[serde(default)]
+    pub officers: crate::officers::Policy,
 }
 
 const fn default_grace() -> u64 {
@@ -146,6 +149,7 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), Error> {
+        self.officers.check()?;
         if self.hsm.sessions == 0 || self.hsm.sessions > 64 {
             return Err(Error::Config("hsm.sessions must be 1 to 64".into()));
         }

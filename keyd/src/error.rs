@@ -33,6 +33,10 @@ pub enum Error {
     Io(std::io::Error),
     /// A known-answer self-test gave a wrong answer: keyd serves nothing.
     SelfTest(&'static str),
+    /// An officer account is locked after failed logins, until this Unix time.
+    Locked(u64),
+    /// A controlled action lacks its two officers' approvals.
+    DualControl(String),
 }
 
 impl Error {
@@ -44,8 +48,8 @@ impl Error {
             Self::BadRequest(_) => Status::BAD_REQUEST,
             Self::NotFound(_) => Status::NOT_FOUND,
             Self::Conflict(_) => Status::CONFLICT,
-            Self::Policy(_) => Status::POLICY,
-            Self::Forbidden => Status::FORBIDDEN,
+            Self::Policy(_) | Self::DualControl(_) => Status::POLICY,
+            Self::Forbidden | Self::Locked(_) => Status::FORBIDDEN,
             Self::Hsm(_) | Self::Store(_) => Status::UNAVAILABLE,
             Self::Config(_) | Self::Tr31(_) | Self::Io(_) | Self::SelfTest(_) => Status::INTERNAL,
         }
@@ -66,6 +70,17 @@ impl fmt::Display for Error {
             Self::Config(why) => write!(f, "configuration: {why}"),
             Self::Tr31(e) => write!(f, "TR-31: {e}"),
             Self::Io(e) => write!(f, "I/O: {e}"),
+            Self::Locked(until) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                write!(
+                    f,
+                    "the officer account is locked after repeated failed logins; try again in {} s",
+                    until.saturating_sub(now)
+                )
+            }
+            Self::DualControl(why) => write!(f, "dual control: {why}"),
             Self::SelfTest(name) => write!(
                 f,
                 "self-test {name} failed: this build's cryptography gives wrong answers; refusing to serve"

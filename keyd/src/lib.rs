@@ -11,12 +11,15 @@
 
 pub mod audit;
 mod config;
+pub mod console;
 mod crypto;
 mod dispatch;
 mod error;
 pub mod harden;
 mod hsm;
 mod keys;
+mod manage;
+pub mod officers;
 mod pkcs11;
 pub mod selftest;
 mod server;
@@ -30,10 +33,14 @@ pub use dispatch::handle;
 pub use error::Error;
 pub use hsm::{Hsm, SoftwareHsm, TokenKey, TokenKind};
 pub use keys::KeyKind;
+pub use manage::{KeyView, ZoneView};
 pub use pkcs11::Pkcs11Hsm;
 pub use server::{bind, serve};
 pub use service::Service;
-pub use store::{KeyStore, MemoryStore, SqliteStore};
+pub use store::{
+    AdminStore, Approval, KeyState, KeyStore, ListQuery, Listed, MemoryStore, OfficerRecord,
+    SqliteStore,
+};
 
 /// The three-byte AES-CMAC check value operators compare (contract section 6).
 pub fn aes_kcv(key: &[u8]) -> [u8; 3] {
@@ -79,13 +86,23 @@ pub fn open_hsm(config: &Config) -> Result<Arc<dyn Hsm>, Error> {
 /// # Errors
 /// As [`open_hsm`], [`SqliteStore::open`] and [`Service::new`].
 pub fn open_service(config: &Config) -> Result<Arc<Service>, Error> {
-    let hsm = open_hsm(config)?;
+    service_on(config, open_hsm(config)?)
+}
+
+/// Builds the service from the config over an HSM already open (an operator command that
+/// created the LMK itself).
+///
+/// # Errors
+/// As [`SqliteStore::open`] and [`Service::new`].
+pub fn service_on(config: &Config, hsm: Arc<dyn Hsm>) -> Result<Arc<Service>, Error> {
     let store: Arc<dyn KeyStore> = Arc::new(SqliteStore::open(&config.store)?);
-    Ok(Arc::new(Service::new(
+    let service = Service::new(
         hsm,
         store,
         config.placement,
         config.key_set_grace_secs,
         config.cache_capacity,
-    )?))
+    )?
+    .with_policy(config.officers.clone())?;
+    Ok(Arc::new(service))
 }

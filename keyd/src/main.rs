@@ -1,4 +1,6 @@
-//! The `keyd` command: run the service, initialise a token, load a zone's ZMK.
+//! The `keyd` command: run the service, and the security officers' commands (initialise a
+//! token, enrol officers, form or generate a ZMK under dual control, list, disable, enable,
+//! destroy and restore keys).
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -6,6 +8,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use keyd::audit::{self, Audit};
+use keyd::officers::{Action, Officers, Password};
 use zeroize::Zeroizing;
 
 /// keyd: the key service of the payment platform (PKCS#11 backed, Unix socket).
@@ -26,23 +30,59 @@ struct Cli {
 enum Command {
     /// Serve requests on the configured socket until SIGINT or SIGTERM.
     Serve,
-    /// Create the local master key (LMK) in the token. Run once per token.
-    Init,
-    /// Load a zone's ZMK from its components: one line of 64 hex digits per component on
-    /// standard input, combined by XOR. Each component's KCV is printed as it is accepted, then
-    /// the ZMK's. Duplicate, all-zero and malformed components are refused. (Dual control and
-    /// input without echo come with the ceremony front end.)
+    /// Create the local master key (LMK) in the token and enrol the first officers. Run once
+    /// per token. With dual control on, name at least two officers; each one's password is
+    /// asked for (twice, without echo, on a terminal; one line each on standard input
+    /// otherwise) before anything is created.
+    Init {
+        /// An officer to enrol (repeat: at least two with dual control on).
+        #[arg(long = "officer")]
+        officers: Vec<String>,
+    },
+    /// Enrol another officer, approved by two existing officers.
+    OfficerAdd {
+        /// The new officer's name.
+        #[arg(long)]
+        officer: String,
+        /// An approving officer (repeat; two distinct officers in all, counting approvals
+        /// given earlier with `approve`).
+        #[arg(long = "approver")]
+        approvers: Vec<String>,
+    },
+    /// List the officers (never their credentials).
+    Officers,
+    /// Record one officer's approval of one controlled action (valid for the configured
+    /// window). A second officer approves with this command too, or while running the action.
+    Approve {
+        /// The approving officer (asked for their password).
+        #[arg(long)]
+        officer: String,
+        /// `zmk-form`, `export`, `destroy` or `officer-add`.
+        #[arg(long)]
+        action: String,
+        /// The zone (`zmk-form`, `export`), key id (`destroy`) or officer name (`officer-add`).
+        #[arg(long)]
+        subject: String,
+    },
+    /// Form a zone's ZMK from 2 or 3 components of 64 hex digits, combined by XOR: typed
+    /// without echo on a terminal, or one per line on standard input. Each component's KCV is
+    /// printed as it is accepted, then the ZMK's. Duplicate, all-zero and malformed components
+    /// are refused. Needs two officers' approval (`--approver` twice, or `approve`).
     ZmkImport {
         /// The zone's name.
         #[arg(long)]
         zone: String,
-        /// How many components to read (1 = the clear ZMK itself; 2 or 3 for split knowledge).
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
+        /// How many components (2 or 3; 1, the clear ZMK, only with dual control off).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=3))]
         components: u8,
+        /// An approving officer (repeat).
+        #[arg(long = "approver")]
+        approvers: Vec<String>,
     },
     /// Generate a new ZMK for a zone as fresh random components from the token's RNG, print one
     /// custodian form per component (shown one at a time on a terminal: Enter for the next),
     /// then load the combined key. Components go to the forms only, never to disk or a log.
+    /// Needs two officers' approval.
     ZmkGenerate {
         /// The zone's name.
         #[arg(long)]
@@ -50,6 +90,68 @@ enum Command {
         /// How many components (custodians): 2 or 3.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=3))]
         components: u8,
+        /// An approving officer (repeat).
+        #[arg(long = "approver")]
+        approvers: Vec<String>,
+    },
+    /// List stored keys: id, label, kind, TR-31 usage/algorithm/mode/exportability, KCV,
+    /// created, state. Never key values.
+    Keys {
+        /// Only this device's keys.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only keys in this state: active, disabled, destroying, destroyed.
+        #[arg(long)]
+        state: Option<String>,
+        /// Continue after this key id (the last one of the previous page).
+        #[arg(long, default_value = "")]
+        after: String,
+        /// Page size.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the zones with their ZMK check values, and the LMK's.
+    Zones {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a key: every use and export is refused until it is enabled (one officer).
+    KeyDisable {
+        /// The key.
+        key_id: String,
+        /// The officer doing it.
+        #[arg(long)]
+        officer: Option<String>,
+    },
+    /// Enable a disabled key (one officer).
+    KeyEnable {
+        /// The key.
+        key_id: String,
+        /// The officer doing it.
+        #[arg(long)]
+        officer: Option<String>,
+    },
+    /// Destroy a key: refused at once, erased when the restore window ends. Needs two
+    /// officers' approval.
+    KeyDestroy {
+        /// The key.
+        key_id: String,
+        /// An approving officer (repeat).
+        #[arg(long = "approver")]
+        approvers: Vec<String>,
+    },
+    /// Take back a destruction within the restore window; the key comes back disabled (one
+    /// officer).
+    KeyRestore {
+        /// The key.
+        key_id: String,
+        /// The officer doing it.
+        #[arg(long)]
+        officer: Option<String>,
     },
     /// Parse and check the configuration, then exit.
     CheckConfig,
@@ -78,7 +180,7 @@ fn main() -> ExitCode {
 
 #[allow(
     clippy::print_stdout,
-    reason = "operator commands print their result (a KCV) on standard output"
+    reason = "operator commands print their result (a KCV, a listing) on standard output"
 )]
 fn run(cli: Cli) -> Result<(), keyd::Error> {
     let config = keyd::Config::load(&cli.config)?;
@@ -87,15 +189,100 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             eprintln!("keyd: {} is valid", cli.config.display());
             Ok(())
         }
-        Command::ZmkGenerate { zone, components } => {
-            let audit = keyd::audit::Audit::open(&config.audit_path())?;
-            let started = std::time::Instant::now();
-            let service = keyd::open_service(&config)?;
+        Command::AuditVerify => {
+            let path = config.audit_path();
+            match audit::verify(&path) {
+                Ok((records, last)) => {
+                    let last: String = last.iter().map(|b| format!("{b:02x}")).collect();
+                    println!(
+                        "{}: {records} records, chain intact, last hash {last}",
+                        path.display()
+                    );
+                    Ok(())
+                }
+                Err(broken) => Err(keyd::Error::Config(format!("{}: {broken}", path.display()))),
+            }
+        }
+        Command::Init { officers } => init(&config, &officers),
+        Command::OfficerAdd { officer, approvers } => {
+            let op = Operator::open(&config)?;
+            let officers = op.approvals(&approvers, Action::OfficerAdd, &officer)?;
+            let password = new_password(&officer)?;
+            let result = op
+                .service
+                .officers()
+                .require(Action::OfficerAdd, &officer)
+                .and_then(|_| {
+                    op.service
+                        .officers()
+                        .enrol(op.service.hsm(), &officer, &password)
+                });
+            op.record(
+                audit::op::OFFICER_ADD,
+                &officers,
+                Some(&officer),
+                None,
+                &result,
+            )?;
+            result?;
+            eprintln!("keyd: officer {officer} enrolled");
+            Ok(())
+        }
+        Command::Officers => {
+            let op = Operator::open(&config)?;
+            let now = unix_now();
+            println!(
+                "{:<24} {:<20} {:<20} STATUS",
+                "OFFICER", "ENROLLED", "LAST LOGIN"
+            );
+            for o in op.service.officers().list()? {
+                let status = match o.locked_until {
+                    Some(until) if until > now => format!("locked for {} s", until - now),
+                    _ if o.failures > 0 => format!("{} failed login(s)", o.failures),
+                    _ => "ok".to_owned(),
+                };
+                println!(
+                    "{:<24} {:<20} {:<20} {status}",
+                    o.name,
+                    utc(o.created_at),
+                    o.last_login.map_or_else(|| "never".to_owned(), utc)
+                );
+            }
+            Ok(())
+        }
+        Command::Approve {
+            officer,
+            action,
+            subject,
+        } => {
+            let action = Action::from_name(&action).ok_or_else(|| {
+                keyd::Error::BadRequest(
+                    "actions are zmk-form, export, destroy and officer-add".into(),
+                )
+            })?;
+            let op = Operator::open(&config)?;
+            op.approve(&officer, action, &subject)?;
+            let so_far = op.service.officers().approved_so_far(action, &subject)?;
+            eprintln!(
+                "keyd: {officer} approves {} {subject} for {} s; approved so far by: {}",
+                action.name(),
+                op.service.officers().policy().approval_window_secs,
+                so_far.join(", ")
+            );
+            Ok(())
+        }
+        Command::ZmkGenerate {
+            zone,
+            components,
+            approvers,
+        } => {
+            let op = Operator::open(&config)?;
+            let officers = op.approvals(&approvers, Action::ZmkForm, &zone)?;
             let mut parts: Vec<Zeroizing<[u8; 32]>> = Vec::new();
             let mut zmk = Zeroizing::new([0u8; 32]);
             for _ in 0..components {
                 let mut part = Zeroizing::new([0u8; 32]);
-                service.hsm().random(&mut part[..])?;
+                op.service.hsm().random(&mut part[..])?;
                 for (z, p) in zmk.iter_mut().zip(part.iter()) {
                     *z ^= p;
                 }
@@ -113,42 +300,26 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                     print!("\x1b[2J\x1b[3J\x1b[H");
                 }
             }
-            load_zmk(&service, &audit, &zone, &zmk, 0x0310, started)
+            op.load_zmk(&zone, &zmk, audit::op::ZMK_GENERATE, &officers)
         }
-        Command::AuditVerify => {
-            let path = config.audit_path();
-            match keyd::audit::verify(&path) {
-                Ok((records, last)) => {
-                    let last: String = last.iter().map(|b| format!("{b:02x}")).collect();
-                    println!(
-                        "{}: {records} records, chain intact, last hash {last}",
-                        path.display()
-                    );
-                    Ok(())
-                }
-                Err(broken) => Err(keyd::Error::Config(format!("{}: {broken}", path.display()))),
+        Command::ZmkImport {
+            zone,
+            components,
+            approvers,
+        } => {
+            let op = Operator::open(&config)?;
+            if components < 2 && op.service.officers().policy().dual() {
+                return Err(keyd::Error::BadRequest(
+                    "a ZMK is formed from 2 or 3 components (split knowledge); one clear component is accepted only with dual control off".into(),
+                ));
             }
-        }
-        Command::Init => {
-            let audit = keyd::audit::Audit::open(&config.audit_path())?;
-            let started = std::time::Instant::now();
-            let hsm = keyd::open_hsm(&config)?;
-            let result = hsm.create_lmk();
-            operator_record(&audit, 0x0300, None, None, result.as_ref().err(), started)?;
-            result?;
-            eprintln!("keyd: LMK created in the token");
-            Ok(())
-        }
-        Command::ZmkImport { zone, components } => {
-            let audit = keyd::audit::Audit::open(&config.audit_path())?;
-            let started = std::time::Instant::now();
-            let service = keyd::open_service(&config)?;
-            let mut stdin = std::io::stdin().lock();
+            let officers = op.approvals(&approvers, Action::ZmkForm, &zone)?;
             let mut zmk = Zeroizing::new([0u8; 32]);
             let mut seen: Vec<[u8; 3]> = Vec::new();
             for n in 1..=components {
-                let mut line = Zeroizing::new(String::new());
-                stdin.read_line(&mut line)?;
+                let line = keyd::console::read_secret(&format!(
+                    "Component {n} of {components} for zone {zone} (64 hex digits)"
+                ))?;
                 let part = Zeroizing::new(decode_hex(line.trim()).ok_or_else(|| {
                     keyd::Error::BadRequest(format!("component {n}: expected 64 hex digits"))
                 })?);
@@ -176,17 +347,147 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                     );
                 }
             }
-            load_zmk(&service, &audit, &zone, &zmk, 0x0301, started)
+            op.load_zmk(&zone, &zmk, audit::op::ZMK_FORM, &officers)
+        }
+        Command::Keys {
+            device,
+            state,
+            after,
+            limit,
+            json,
+        } => {
+            let op = Operator::open(&config)?;
+            let keys = op.service.list_keys(&keyd::ListQuery {
+                device: device.as_deref(),
+                state: state.as_deref(),
+                after: &after,
+                limit: usize::try_from(limit).unwrap_or(100),
+            })?;
+            if !json {
+                println!(
+                    "{:<28} {:<24} {:<8} {:<10} {:<6} {:<20} STATE",
+                    "KEY ID", "LABEL", "KIND", "TR-31", "KCV", "CREATED"
+                );
+            }
+            for k in &keys {
+                if json {
+                    println!("{}", serde_json::to_string(k).unwrap_or_default());
+                    continue;
+                }
+                let state = match k.erase_at {
+                    Some(at) => format!("{} (erased {})", k.state, utc(at)),
+                    None => k.state.clone(),
+                };
+                println!(
+                    "{:<28} {:<24} {:<8} {:<10} {:<6} {:<20} {state}",
+                    k.key_id,
+                    k.label,
+                    k.kind,
+                    format!("{} {} {} {}", k.usage, k.algorithm, k.mode, k.exportability),
+                    k.kcv,
+                    utc(k.created_at)
+                );
+            }
+            if let Some(last) = keys.last()
+                && keys.len() == usize::try_from(limit).unwrap_or(usize::MAX)
+            {
+                eprintln!("keyd: more keys follow: --after {}", last.key_id);
+            }
+            Ok(())
+        }
+        Command::Zones { json } => {
+            let op = Operator::open(&config)?;
+            let lmk = op.service.lmk_kcv()?;
+            let zones = op.service.zone_list()?;
+            if json {
+                println!("{}", serde_json::json!({ "lmk_kcv": lmk }));
+                for z in &zones {
+                    println!("{}", serde_json::to_string(z).unwrap_or_default());
+                }
+            } else {
+                println!("LMK KCV {lmk}");
+                println!("{:<32} ZMK KCV", "ZONE");
+                for z in &zones {
+                    println!("{:<32} {}", z.zone, z.kcv);
+                }
+            }
+            Ok(())
+        }
+        Command::KeyDisable { key_id, officer } => {
+            let op = Operator::open(&config)?;
+            let officers = op.one_officer(officer.as_deref())?;
+            let result = op.service.disable_key(&key_id);
+            op.record(
+                audit::op::KEY_DISABLE,
+                &officers,
+                Some(&key_id),
+                None,
+                &result,
+            )?;
+            result?;
+            eprintln!("keyd: {key_id} disabled (a running keyd refuses it within a second)");
+            Ok(())
+        }
+        Command::KeyEnable { key_id, officer } => {
+            let op = Operator::open(&config)?;
+            let officers = op.one_officer(officer.as_deref())?;
+            let result = op.service.enable_key(&key_id);
+            op.record(
+                audit::op::KEY_ENABLE,
+                &officers,
+                Some(&key_id),
+                None,
+                &result,
+            )?;
+            result?;
+            eprintln!("keyd: {key_id} enabled");
+            Ok(())
+        }
+        Command::KeyRestore { key_id, officer } => {
+            let op = Operator::open(&config)?;
+            let officers = op.one_officer(officer.as_deref())?;
+            let result = op.service.restore_key(&key_id);
+            op.record(
+                audit::op::KEY_RESTORE,
+                &officers,
+                Some(&key_id),
+                None,
+                &result,
+            )?;
+            result?;
+            eprintln!("keyd: {key_id} restored, disabled: enable it with key-enable");
+            Ok(())
+        }
+        Command::KeyDestroy { key_id, approvers } => {
+            let op = Operator::open(&config)?;
+            let officers = op.approvals(&approvers, Action::Destroy, &key_id)?;
+            let result = op.service.destroy_key(&key_id);
+            op.record(
+                audit::op::KEY_DESTROY,
+                &officers,
+                Some(&key_id),
+                None,
+                &result,
+            )?;
+            let erase_at = result?;
+            eprintln!(
+                "keyd: {key_id} is refused from now on and will be erased at {} unless restored (key-restore) before",
+                utc(erase_at)
+            );
+            Ok(())
         }
         Command::Serve => {
             keyd::harden::process()?;
             // The socket is made 0660 by `bind`; the PIN file is checked with the config.
             keyd::harden::not_world_accessible(&config.store)?;
             keyd::harden::not_world_accessible(&config.audit_path())?;
-            let audit = Arc::new(keyd::audit::Audit::open(&config.audit_path())?);
+            let audit = Arc::new(Audit::open(&config.audit_path())?);
             keyd::selftest::run()?;
             tracing::info!(tests = ?keyd::selftest::NAMES, "known-answer self-tests passed");
             let service = keyd::open_service(&config)?;
+            if !config.officers.dual() {
+                dual_control_off_warning(&audit, "keyd")?;
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -211,35 +512,319 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
     }
 }
 
-/// Loads a formed ZMK into the token, records the ceremony (with the ZMK's KCV) and prints
-/// the KCV for the officers to compare.
-#[allow(clippy::print_stdout, reason = "the KCV is the ceremony's result")]
-fn load_zmk(
-    service: &keyd::Service,
-    audit: &keyd::audit::Audit,
-    zone: &str,
-    zmk: &[u8; 32],
+/// Says loudly, on standard error and in the audit log, that dual control is off.
+fn dual_control_off_warning(audit: &Audit, peer: &str) -> Result<(), keyd::Error> {
+    tracing::warn!(
+        "DUAL CONTROL IS OFF (officers.dual_control = \"off-for-tests\"): ceremonies, exports \
+         and destructions need no officers' approval. For automated test environments only."
+    );
+    audit.record(&audit::Entry {
+        peer,
+        opcode: audit::op::DUAL_CONTROL_OFF,
+        subject: Some("dual-control-off-for-tests"),
+        kcv: None,
+        status: keyd_proto::Status::OK,
+        micros: 0,
+    });
+    audit.flush(true)
+}
+
+/// `keyd init`: every officer's password is read and checked before the LMK is created, so a
+/// typo leaves the token untouched.
+fn init(config: &keyd::Config, names: &[String]) -> Result<(), keyd::Error> {
+    if config.officers.dual() && names.len() < 2 {
+        return Err(keyd::Error::BadRequest(
+            "dual control needs at least two officers: name each with --officer".into(),
+        ));
+    }
+    distinct(names)?;
+    let mut passwords = Vec::with_capacity(names.len());
+    for name in names {
+        passwords.push(new_password(name)?);
+    }
+    let audit = Audit::open(&config.audit_path())?;
+    let started = std::time::Instant::now();
+    let peer = operator_peer(&[]);
+    if !config.officers.dual() {
+        dual_control_off_warning(&audit, &peer)?;
+    }
+    let hsm = keyd::open_hsm(config)?;
+    let result = hsm.create_lmk();
+    record(&audit, &peer, audit::op::INIT, None, None, &result, started)?;
+    result?;
+    eprintln!("keyd: LMK created in the token");
+    let service = keyd::service_on(config, hsm)?;
+    for (name, password) in names.iter().zip(&passwords) {
+        let result = service.officers().enrol(service.hsm(), name, password);
+        record(
+            &audit,
+            &peer,
+            audit::op::OFFICER_ADD,
+            Some(name),
+            None,
+            &result,
+            started,
+        )?;
+        result?;
+        eprintln!("keyd: officer {name} enrolled");
+    }
+    Ok(())
+}
+
+/// Reads a new officer's password: twice on a terminal (a typo would lock them out), once
+/// from a non-terminal standard input. Checked before it is used.
+fn new_password(name: &str) -> Result<Password, keyd::Error> {
+    let first = keyd::console::read_secret(&format!("New password for officer {name}"))?;
+    if keyd::console::is_terminal() {
+        let again = keyd::console::read_secret(&format!("Repeat the password for {name}"))?;
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            first.as_bytes(),
+            again.as_bytes(),
+        )) {
+            return Err(keyd::Error::BadRequest(format!(
+                "the two passwords for {name} differ"
+            )));
+        }
+    }
+    let password = Password::new(first);
+    Officers::check_new(name, &password)?;
+    Ok(password)
+}
+
+fn distinct(names: &[String]) -> Result<(), keyd::Error> {
+    for (i, name) in names.iter().enumerate() {
+        if names.get(..i).unwrap_or_default().contains(name) {
+            return Err(keyd::Error::BadRequest(format!(
+                "{name} is named twice: dual control needs distinct officers"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `operator:uid:N`, or `operator:uid:N:alice+bob` once officers are known.
+fn operator_peer(officers: &[String]) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
+    if officers.is_empty() {
+        format!("operator:uid:{uid}")
+    } else {
+        format!("operator:uid:{uid}:{}", officers.join("+"))
+    }
+}
+
+/// Records an operator command (run in-process, not over the socket) and syncs the log.
+fn record<T>(
+    audit: &Audit,
+    peer: &str,
     opcode: u16,
+    subject: Option<&str>,
+    kcv: Option<[u8; 3]>,
+    result: &Result<T, keyd::Error>,
     started: std::time::Instant,
 ) -> Result<(), keyd::Error> {
-    let imported = service.zmk_import(&keyd_proto::message::ZmkImport {
-        zone: zone.to_owned(),
-        key: keyd_proto::Secret::new(zmk),
-    });
-    operator_record(
-        audit,
+    audit.record(&audit::Entry {
+        peer,
         opcode,
-        Some(zone),
-        imported.as_ref().ok().map(|i| i.kcv),
-        imported.as_ref().err(),
-        started,
-    )?;
-    let info = imported?;
-    println!(
-        "zone {} ZMK KCV {:02X}{:02X}{:02X}",
-        info.zone, info.kcv[0], info.kcv[1], info.kcv[2]
-    );
-    Ok(())
+        subject,
+        kcv,
+        status: result
+            .as_ref()
+            .err()
+            .map_or(keyd_proto::Status::OK, keyd::Error::status),
+        micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+    });
+    audit.flush(true)
+}
+
+/// An officer's command: the audit log, the service, and when it started.
+struct Operator {
+    audit: Audit,
+    service: Arc<keyd::Service>,
+    started: std::time::Instant,
+}
+
+impl Operator {
+    fn open(config: &keyd::Config) -> Result<Self, keyd::Error> {
+        let audit = Audit::open(&config.audit_path())?;
+        let started = std::time::Instant::now();
+        let service = keyd::open_service(config)?;
+        if !config.officers.dual() {
+            dual_control_off_warning(&audit, &operator_peer(&[]))?;
+        }
+        // Keys whose restore window ended are erased by whichever keyd process looks first.
+        for key_id in service.housekeeping()? {
+            record(
+                &audit,
+                "keyd",
+                audit::op::KEY_ERASED,
+                Some(&key_id),
+                None,
+                &Ok::<(), keyd::Error>(()),
+                started,
+            )?;
+        }
+        Ok(Self {
+            audit,
+            service,
+            started,
+        })
+    }
+
+    fn record<T>(
+        &self,
+        opcode: u16,
+        officers: &[String],
+        subject: Option<&str>,
+        kcv: Option<[u8; 3]>,
+        result: &Result<T, keyd::Error>,
+    ) -> Result<(), keyd::Error> {
+        record(
+            &self.audit,
+            &operator_peer(officers),
+            opcode,
+            subject,
+            kcv,
+            result,
+            self.started,
+        )
+    }
+
+    /// Asks an officer for their password and checks it; every attempt is on the audit log.
+    fn login(&self, name: &str) -> Result<(), keyd::Error> {
+        let password = Password::new(keyd::console::read_secret(&format!(
+            "Password for officer {name}"
+        ))?);
+        let result = self.service.officers().authenticate(name, &password);
+        self.record(audit::op::OFFICER_LOGIN, &[], Some(name), None, &result)?;
+        result.map_err(|e| match e {
+            keyd::Error::Auth => {
+                keyd::Error::BadRequest(format!("officer {name}: authentication failed"))
+            }
+            other => other,
+        })
+    }
+
+    /// Logs an officer in and records their approval.
+    fn approve(&self, name: &str, action: Action, subject: &str) -> Result<(), keyd::Error> {
+        self.login(name)?;
+        let result = self.service.officers().approve(name, action, subject);
+        let what = format!("{}:{subject}", action.name());
+        self.record(
+            audit::op::APPROVAL,
+            &[name.to_owned()],
+            Some(&what),
+            None,
+            &result,
+        )?;
+        result
+    }
+
+    /// The approvals a controlled action needs: each named approver logs in and approves;
+    /// with dual control on, two distinct officers' approvals must then be waiting (some may
+    /// have been given earlier with `approve`), checked before anything is asked of the
+    /// custodians. Returns who approved, for the audit record.
+    fn approvals(
+        &self,
+        approvers: &[String],
+        action: Action,
+        subject: &str,
+    ) -> Result<Vec<String>, keyd::Error> {
+        distinct(approvers)?;
+        for name in approvers {
+            self.approve(name, action, subject)?;
+        }
+        let officers = self.service.officers();
+        if !officers.policy().dual() {
+            return Ok(approvers.to_vec());
+        }
+        let so_far = officers.approved_so_far(action, subject)?;
+        if so_far.len() < 2 {
+            return Err(keyd::Error::DualControl(format!(
+                "{} {subject} needs two distinct officers' approvals within {} s; approved so far by: {}. Name them with --approver, or have them run `keyd approve --action {} --subject {subject} --officer NAME`",
+                action.name(),
+                officers.policy().approval_window_secs,
+                if so_far.is_empty() {
+                    "no one".to_owned()
+                } else {
+                    so_far.join(", ")
+                },
+                action.name(),
+            )));
+        }
+        Ok(so_far)
+    }
+
+    /// The one officer a reversible key-state change needs (none with dual control off).
+    fn one_officer(&self, officer: Option<&str>) -> Result<Vec<String>, keyd::Error> {
+        match officer {
+            Some(name) => {
+                self.login(name)?;
+                Ok(vec![name.to_owned()])
+            }
+            None if self.service.officers().policy().dual() => Err(keyd::Error::BadRequest(
+                "name the officer doing this with --officer".into(),
+            )),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Loads a formed ZMK into the token (using up the approvals), records the ceremony with
+    /// the ZMK's KCV and prints the KCV for the officers to compare.
+    #[allow(clippy::print_stdout, reason = "the KCV is the ceremony's result")]
+    fn load_zmk(
+        &self,
+        zone: &str,
+        zmk: &[u8; 32],
+        opcode: u16,
+        officers: &[String],
+    ) -> Result<(), keyd::Error> {
+        let imported = self.service.zmk_import(&keyd_proto::message::ZmkImport {
+            zone: zone.to_owned(),
+            key: keyd_proto::Secret::new(zmk),
+        });
+        self.record(
+            opcode,
+            officers,
+            Some(zone),
+            imported.as_ref().ok().map(|i| i.kcv),
+            &imported,
+        )?;
+        let info = imported?;
+        println!(
+            "zone {} ZMK KCV {:02X}{:02X}{:02X}",
+            info.zone, info.kcv[0], info.kcv[1], info.kcv[2]
+        );
+        Ok(())
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of Unix seconds.
+fn utc(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// One custodian form: the key's name, which component, its value in groups of four, its KCV,
@@ -275,28 +860,6 @@ fn print_form(zone: &str, n: usize, of: usize, part: &[u8; 32], final_kcv: [u8; 
     println!("Witness:        ______________________________  Date: ____________");
     println!("{rule}");
     println!("\x0c");
-}
-
-/// Records an operator command (run in-process, not over the socket) and syncs the log.
-fn operator_record(
-    audit: &keyd::audit::Audit,
-    opcode: u16,
-    subject: Option<&str>,
-    kcv: Option<[u8; 3]>,
-    error: Option<&keyd::Error>,
-    started: std::time::Instant,
-) -> Result<(), keyd::Error> {
-    use std::os::unix::fs::MetadataExt;
-    let uid = std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid());
-    audit.record(&keyd::audit::Entry {
-        peer: &format!("operator:uid:{uid}"),
-        opcode,
-        subject,
-        kcv,
-        status: error.map_or(keyd_proto::Status::OK, keyd::Error::status),
-        micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-    });
-    audit.flush(true)
 }
 
 async fn shutdown_signal() {

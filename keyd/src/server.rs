@@ -56,6 +56,7 @@ pub async fn serve(
     // bytes.
     let hsm_worker = (service.placement() == Placement::Token)
         .then(|| spawn_hsm_worker(Arc::clone(&service), Arc::clone(&audit)));
+    let keeper = tokio::spawn(housekeeping(Arc::clone(&service), Arc::clone(&audit)));
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -65,6 +66,41 @@ pub async fn serve(
                 }
                 Err(e) => tracing::warn!(error = %e, "accept failed"),
             },
+        }
+    }
+    keeper.abort();
+}
+
+/// Runs [`Service::housekeeping`] every second: key states changed by officers' commands in
+/// other processes reach the working-key cache, and keys whose restore window ended are erased,
+/// each erasure on the audit log.
+async fn housekeeping(service: Arc<Service>, audit: Arc<Audit>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let started = std::time::Instant::now();
+        let s = Arc::clone(&service);
+        match tokio::task::spawn_blocking(move || s.housekeeping()).await {
+            Ok(Ok(erased)) if !erased.is_empty() => {
+                for key_id in &erased {
+                    tracing::info!(key_id = %key_id, "restore window ended: key erased");
+                    audit.record(&Entry {
+                        peer: "keyd",
+                        opcode: crate::audit::op::KEY_ERASED,
+                        subject: Some(key_id),
+                        kcv: None,
+                        status: Status::OK,
+                        micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    });
+                }
+                if let Err(e) = audit.flush(true) {
+                    tracing::error!(error = %e, "audit log failed while recording erasures");
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "housekeeping failed"),
+            Err(e) => tracing::warn!(error = %e, "housekeeping task failed"),
         }
     }
 }

@@ -17,11 +17,12 @@ use zeroize::Zeroizing;
 use crate::config::Placement;
 use crate::hsm::{Hsm, Lmk, Memo, TokenKey, TokenKind, Zmk};
 use crate::keys::{self, KeyKind};
-use crate::store::{DeviceRecord, ImportedRecord, KeyRecord, KeyStore};
+use crate::officers::{Action, Officers, Policy};
+use crate::store::{DeviceRecord, ImportedRecord, KeyRecord, KeyState, KeyStore};
 use crate::{Error, crypto};
 
 /// A clear working key held for the hot path.
-struct WorkingKey {
+pub(crate) struct WorkingKey {
     kind: KeyKind,
     device_id: String,
     key_set_id: Option<String>,
@@ -73,13 +74,16 @@ impl WorkingKey {
 
 /// The key service.
 pub struct Service {
-    hsm: Arc<dyn Hsm>,
-    store: Arc<dyn KeyStore>,
+    pub(crate) hsm: Arc<dyn Hsm>,
+    pub(crate) store: Arc<dyn KeyStore>,
     placement: Placement,
-    cache: RwLock<HashMap<String, Arc<WorkingKey>>>,
+    pub(crate) cache: RwLock<HashMap<String, Arc<WorkingKey>>>,
     capacity: usize,
     grace: u64,
     fingerprint_key: Zeroizing<[u8; 32]>,
+    pub(crate) officers: Officers,
+    /// The store's key-state version this process's cache reflects.
+    pub(crate) seen_version: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Service {
@@ -154,6 +158,8 @@ impl Service {
         for (dst, src) in fingerprint_key.iter_mut().zip(a.iter().chain(b.iter())) {
             *dst = *src;
         }
+        let officers = Officers::new(Arc::clone(&store), &*hsm, Policy::default())?;
+        let seen_version = std::sync::atomic::AtomicU64::new(store.state_version()?);
         Ok(Self {
             hsm,
             store,
@@ -162,7 +168,19 @@ impl Service {
             capacity,
             grace,
             fingerprint_key,
+            officers,
+            seen_version,
         })
+    }
+
+    /// The same service under the officers' policy of the config (the default is dual
+    /// control on).
+    ///
+    /// # Errors
+    /// [`Error::Hsm`].
+    pub fn with_policy(mut self, policy: Policy) -> Result<Self, Error> {
+        self.officers = Officers::new(Arc::clone(&self.store), &*self.hsm, policy)?;
+        Ok(self)
     }
 
     /// Where working keys live.
@@ -310,6 +328,9 @@ impl Service {
         if records.len() != KeyKind::SET.len() || records.iter().any(|r| r.revoked) {
             return Err(Error::NotFound("key set"));
         }
+        for record in &records {
+            self.require_active(&record.key_id)?;
+        }
         let options = SealOptions::default();
         let mut tmk: Option<tr31::Kbpk> = None;
         let mut kek: Option<tr31::Kbpk> = None;
@@ -369,6 +390,10 @@ impl Service {
         if req.key.expose().len() != 32 {
             return Err(Error::BadRequest("a ZMK is 32 bytes (AES-256)".into()));
         }
+        if self.hsm.zones().contains(&req.zone) {
+            return Err(Error::Conflict("the zone has a ZMK"));
+        }
+        self.officers.require(Action::ZmkForm, &req.zone)?;
         self.hsm.import_zmk(&req.zone, req.key.expose())?;
         Ok(m::ZoneInfo {
             zone: req.zone.clone(),
@@ -393,6 +418,7 @@ impl Service {
             .optional_blocks
             .retain(|b| !matches!(b.id(), tr31::BlockId::PB | tr31::BlockId::KP));
         let to = self.zmk(&req.to_zone)?;
+        self.officers.require(Action::Export, &req.to_zone)?;
         let key_block = seal_random(&to, &header, &opened.key)?;
         let kcv = tr31::kcv::for_algorithm(header.algorithm, opened.key.expose_secret())
             .unwrap_or_default();
@@ -413,10 +439,12 @@ impl Service {
             .key(&req.key_id)?
             .filter(|r| !r.revoked)
             .ok_or(Error::NotFound("key"))?;
+        self.require_active(&record.key_id)?;
         let stored = KeyBlock::parse(&record.block, Profile::Strict)?.into_header();
         require_exportable(&stored)?;
         let key = self.open_stored(&Lmk(&*self.hsm), &record)?;
         let zmk = self.zmk(&req.zone)?;
+        self.officers.require(Action::Export, &req.zone)?;
         let key_block = seal_random(&zmk, &record.kind.export_header()?, &key)?;
         Ok(m::KeyBlockOut {
             key_block,
@@ -474,6 +502,7 @@ impl Service {
             .store
             .imported(&req.key_id)?
             .ok_or(Error::NotFound("key"))?;
+        self.require_active(&record.key_id)?;
         let opened =
             KeyBlock::parse(&record.block, Profile::Strict)?.open_external(&Lmk(&*self.hsm))?;
         let bound = opened
@@ -493,6 +522,7 @@ impl Service {
             .optional_blocks
             .retain(|b| !matches!(b.id(), tr31::BlockId::PB | tr31::BlockId::LB));
         let zmk = self.zmk(&req.zone)?;
+        self.officers.require(Action::Export, &req.zone)?;
         let key_block = seal_random(&zmk, &header, &opened.key)?;
         Ok(m::KeyBlockOut {
             key_block,
@@ -675,7 +705,11 @@ impl Service {
     /// [`Error::Auth`] for an unknown or revoked key.
     pub fn key_check(&self, req: &m::KeyCheck) -> Result<m::CheckValue, Error> {
         match self.store.key(&req.key_id)? {
-            Some(record) if !record.revoked => Ok(m::CheckValue { kcv: record.kcv }),
+            Some(record)
+                if !record.revoked && self.store.key_state(&record.key_id)? == KeyState::Active =>
+            {
+                Ok(m::CheckValue { kcv: record.kcv })
+            }
             _ => Err(Error::Auth),
         }
     }
@@ -774,7 +808,7 @@ impl Service {
 
     fn load_working_key(&self, key_id: &str) -> Result<Arc<WorkingKey>, Error> {
         let record = self.store.key(key_id)?.ok_or(Error::Auth)?;
-        if record.revoked {
+        if record.revoked || self.store.key_state(key_id)? != KeyState::Active {
             return Err(Error::Auth);
         }
         let device = self.store.device(&record.device_id)?.ok_or(Error::Auth)?;
@@ -822,6 +856,14 @@ impl Service {
         Ok(working)
     }
 
+    /// Refuses a key an officer disabled or destroyed.
+    fn require_active(&self, key_id: &str) -> Result<(), Error> {
+        match self.store.key_state(key_id)? {
+            KeyState::Active => Ok(()),
+            other => Err(Error::Policy(other.refusal())),
+        }
+    }
+
     /// Drops a device's cached working keys after its keys changed.
     fn forget_device(&self, device_id: &str) {
         self.cache
@@ -853,6 +895,8 @@ mod tests {
             3600,
             1000,
         )
+        .unwrap()
+        .with_policy(Policy::for_tests())
         .unwrap();
         s.zmk_import(&m::ZmkImport {
             zone: "z1".into(),

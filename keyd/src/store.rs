@@ -13,6 +13,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::Error;
 use crate::keys::KeyKind;
 
+mod admin;
+
+pub use admin::{AdminStore, Approval, KeyState, ListQuery, Listed, OfficerRecord};
+
 /// A device as keyd knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRecord {
@@ -70,7 +74,7 @@ pub struct ImportedRecord {
 }
 
 /// What keyd needs from its store.
-pub trait KeyStore: Send + Sync + 'static {
+pub trait KeyStore: AdminStore + Send + Sync + 'static {
     /// A device, if known.
     ///
     /// # Errors
@@ -150,6 +154,10 @@ struct Tables {
     devices: HashMap<String, DeviceRecord>,
     keys: HashMap<String, KeyRecord>,
     imported: HashMap<String, ImportedRecord>,
+    states: HashMap<String, KeyState>,
+    version: u64,
+    officers: HashMap<String, OfficerRecord>,
+    approvals: Vec<Approval>,
 }
 
 impl Tables {
@@ -349,6 +357,8 @@ fn connect(path: &Path) -> Result<Connection, Error> {
     // An acknowledged key set must survive a crash or a power cut.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // A destroyed key's block is overwritten in the file, not just unlinked from the tree.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
 }
@@ -361,6 +371,7 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, Error> {
         let mut writer_conn = connect(path)?;
         writer_conn.execute_batch(SCHEMA)?;
+        writer_conn.execute_batch(admin::SCHEMA)?;
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -775,7 +786,9 @@ mod tests {
 
     #[test]
     fn memory_store() {
-        exercise(&MemoryStore::new());
+        let store = MemoryStore::new();
+        exercise(&store);
+        admin::exercise(&store);
     }
 
     #[test]
@@ -831,7 +844,10 @@ mod tests {
     fn sqlite_store_and_its_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.db");
-        exercise(&SqliteStore::open(&path).unwrap());
+        let store = SqliteStore::open(&path).unwrap();
+        exercise(&store);
+        admin::exercise(&store);
+        drop(store);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,

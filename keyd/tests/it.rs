@@ -14,7 +14,15 @@ use keyd_proto::message as m;
 use keyd_proto::{Client, ClientError, Opcode, Secret, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use e2e::{KeydProcess, ZMK_HEX, device, hex};
+use e2e::{KeydProcess, OFFICERS, ZMK_HEX, device, hex};
+
+/// Both harness officers approving on the command line.
+const APPROVERS: [&str; 4] = ["--approver", "alice", "--approver", "bob"];
+
+/// Their passwords, in the order the approvals ask for them.
+fn passwords() -> String {
+    format!("{}\n{}\n", OFFICERS[0].1, OFFICERS[1].1)
+}
 
 fn keyd(groups: &str, placement: &str) -> KeydProcess {
     KeydProcess::new(
@@ -254,9 +262,17 @@ fn the_pin_file_must_be_private_and_the_token_must_exist() {
         "the PIN never appears in output"
     );
     std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = keyd.command(&["init"]).output().unwrap();
-    assert!(!out.status.success(), "a second init is refused");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("exists already"));
+    let err = keyd
+        .run(
+            &["init", "--officer", "carol", "--officer", "dave"],
+            &["a long passphrase one", "a long passphrase two"],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("exists already"),
+        "a second init is refused: {err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,13 +282,17 @@ async fn admin_import_export_and_translate_on_softhsm() {
     let client = Client::connect(keyd.socket()).await.unwrap();
     let z1 = tr31::Kbpk::new(&hex(ZMK_HEX)).unwrap();
     let z2_key = [0x6B; 32];
-    let zone = client
-        .call(&m::ZmkImport {
-            zone: "z2".into(),
-            key: Secret::new(&z2_key),
-        })
-        .await
-        .unwrap();
+    let form = m::ZmkImport {
+        zone: "z2".into(),
+        key: Secret::new(&z2_key),
+    };
+    // Dual control holds on the socket too: nothing without two officers' approvals.
+    assert!(matches!(
+        client.call(&form).await,
+        Err(ClientError::Status(Status::POLICY))
+    ));
+    keyd.approve("zmk-form", "z2").unwrap();
+    let zone = client.call(&form).await.unwrap();
     let kcv = tr31::kcv::cmac_aes(&z2_key).unwrap();
     assert_eq!(zone.kcv, [kcv[0], kcv[1], kcv[2]]);
 
@@ -287,14 +307,24 @@ async fn admin_import_export_and_translate_on_softhsm() {
     )
     .unwrap();
 
-    let moved = client
-        .call(&m::Tr31Translate {
-            from_zone: "z1".into(),
-            to_zone: "z2".into(),
-            key_block: block.clone(),
-        })
-        .await
-        .unwrap();
+    let translate = m::Tr31Translate {
+        from_zone: "z1".into(),
+        to_zone: "z2".into(),
+        key_block: block.clone(),
+    };
+    assert!(matches!(
+        client.call(&translate).await,
+        Err(ClientError::Status(Status::POLICY))
+    ));
+    keyd.approve("export", "z2").unwrap();
+    let moved = client.call(&translate).await.unwrap();
+    assert!(
+        matches!(
+            client.call(&translate).await,
+            Err(ClientError::Status(Status::POLICY))
+        ),
+        "one pair of approvals allows one export"
+    );
     let z2 = tr31::Kbpk::new(&z2_key).unwrap();
     assert!(
         tr31::open(&moved.key_block, &z2, tr31::Profile::Strict)
@@ -311,6 +341,7 @@ async fn admin_import_export_and_translate_on_softhsm() {
         })
         .await
         .unwrap();
+    keyd.approve("export", "z2").unwrap();
     let out = client
         .call(&m::Tr31Export {
             key_id: imported.key_id,
@@ -338,8 +369,11 @@ async fn admin_import_export_and_translate_on_softhsm() {
 fn a_zmk_is_formed_from_components_and_bad_components_are_refused() {
     let keyd = keyd(r#""data""#, "memory");
     let run = |zone: &str, n: &str, input: &str| {
+        let mut args = vec!["zmk-import", "--zone", zone, "--components", n];
+        args.extend(APPROVERS);
+        let input = format!("{}{input}", passwords());
         let mut child = keyd
-            .command(&["zmk-import", "--zone", zone, "--components", n])
+            .command(&args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -350,6 +384,46 @@ fn a_zmk_is_formed_from_components_and_bad_components_are_refused() {
     };
     let a = "11".repeat(32);
     let b = "22".repeat(32);
+    // Without approvals, and with one clear component, nothing is asked of the custodians.
+    for (args, why) in [
+        (vec!["--components", "2"], "approved so far by: no one"),
+        (
+            vec![
+                "--components",
+                "2",
+                "--approver",
+                "alice",
+                "--approver",
+                "alice",
+            ],
+            "distinct officers",
+        ),
+        (vec!["--components", "1"], "2 or 3 components"),
+    ] {
+        let mut all = vec!["zmk-import", "--zone", "z3"];
+        all.extend(args);
+        let err = keyd
+            .run(&all, &[OFFICERS[0].1, &a, &b])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(why), "{why}: {err}");
+    }
+    let err = keyd
+        .run(
+            &[
+                "zmk-import",
+                "--zone",
+                "z3",
+                "--approver",
+                "alice",
+                "--approver",
+                "bob",
+            ],
+            &[OFFICERS[0].1, "not bob's password", &a, &b],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("officer bob: authentication failed"), "{err}");
     let out = run("z3", "2", &format!("{a}\n{b}\n"));
     assert!(
         out.status.success(),
@@ -505,17 +579,9 @@ fn keyd_refuses_a_key_store_everyone_can_read() {
 #[test]
 fn a_generated_zmk_comes_out_as_custodian_forms_that_combine_to_it() {
     let k = keyd(r#""data""#, "memory");
-    let out = k
-        .command(&["zmk-generate", "--zone", "z2", "--components", "3"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut args = vec!["zmk-generate", "--zone", "z2", "--components", "3"];
+    args.extend(APPROVERS);
+    let text = k.run(&args, &[OFFICERS[0].1, OFFICERS[1].1]).unwrap();
     assert_eq!(text.matches("ZMK COMPONENT FORM").count(), 3, "{text}");
     for n in 1..=3 {
         assert!(
@@ -553,21 +619,22 @@ fn a_generated_zmk_comes_out_as_custodian_forms_that_combine_to_it() {
     let log = std::fs::read_to_string(k.hsm().dir().join("keys.audit.log")).unwrap();
     assert!(
         log.contains(&format!(
-            "\"op\":\"0x0310\",\"subject\":\"z2\",\"kcv\":\"{kcv}\""
+            "alice+bob\",\"op\":\"0x0310\",\"subject\":\"z2\",\"kcv\":\"{kcv}\""
         )),
-        "{log}"
+        "the ceremony names both officers: {log}"
     );
     for line in lines.iter().filter(|l| l.starts_with("Value:")) {
         let value = line.trim_start_matches("Value:").trim();
         assert!(!log.contains(value), "a component reached the log");
     }
     // A zone that has a ZMK is not overwritten.
-    let again = k
-        .command(&["zmk-generate", "--zone", "z2"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!again.status.success());
+    let mut args = vec!["zmk-generate", "--zone", "z2"];
+    args.extend(APPROVERS);
+    let err = k
+        .run(&args, &[OFFICERS[0].1, OFFICERS[1].1])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("has a ZMK"), "{err}");
 }
 
 fn device_hex(bytes: &[u8]) -> String {
@@ -590,6 +657,10 @@ async fn no_key_component_or_pin_reaches_any_output_at_the_most_verbose_level() 
             "z9",
             "--components",
             "2",
+            "--approver",
+            "alice",
+            "--approver",
+            "bob",
         ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -599,7 +670,9 @@ async fn no_key_component_or_pin_reaches_any_output_at_the_most_verbose_level() 
     {
         use std::io::Write;
         let mut stdin = import.stdin.take().unwrap();
-        stdin.write_all(format!("{c1}\n{c2}\n").as_bytes()).unwrap();
+        stdin
+            .write_all(format!("{}{c1}\n{c2}\n", passwords()).as_bytes())
+            .unwrap();
     }
     let out = import.wait_with_output().unwrap();
     assert!(
@@ -672,6 +745,8 @@ async fn no_key_component_or_pin_reaches_any_output_at_the_most_verbose_level() 
         ("ZMK", zmk_hex),
         ("identity secret", secret_hex),
         ("PIN", pin.to_uppercase()),
+        ("alice's password", OFFICERS[0].1.to_uppercase()),
+        ("bob's password", OFFICERS[1].1.to_uppercase()),
     ] {
         assert!(!upper.contains(&needle), "{what} appeared in keyd's output");
         assert!(

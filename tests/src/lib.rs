@@ -17,6 +17,23 @@ use std::time::{Duration, Instant};
 /// The demo ZMK every harness token holds for zone `z1` (a published test value, not a secret).
 pub const ZMK_HEX: &str = "0123456789ABCDEFFEDCBA98765432100123456789ABCDEFFEDCBA9876543210";
 
+/// The two published demo components whose XOR is [`ZMK_HEX`]: the harness forms zone `z1`
+/// from them under dual control, as custodians would.
+pub const ZMK_COMPONENTS: [&str; 2] = [
+    "2B7E151628AED2A6ABF7158809CF4F3C762E7160F38B4DA56A784D9045190CFE",
+    "2A5D5071A1051F49552BAF107F9B7D2C770D34077A20804A94A4F708334D3EEE",
+];
+
+/// The harness's two security officers and their (published, test-only) passwords.
+pub const OFFICERS: [(&str, &str); 2] = [
+    ("alice", "correct horse battery staple"),
+    ("bob", "tr0ub4dor and three"),
+];
+
+/// PBKDF2 iterations of the harness officers' credentials: the configured minimum, so the
+/// tests spend their time on what they test.
+const TEST_KDF_ITERATIONS: u32 = 10_000;
+
 /// A keyd on its own SoftHSM token.
 pub struct KeydProcess {
     hsm: softhsm::SoftHsm,
@@ -38,13 +55,27 @@ impl std::fmt::Debug for KeydProcess {
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 impl KeydProcess {
-    /// A token with an LMK and zone `z1` (ZMK [`ZMK_HEX`]), and a config that grants this
+    /// A token with an LMK, officers [`OFFICERS`], and zone `z1` (ZMK [`ZMK_HEX`], formed
+    /// from [`ZMK_COMPONENTS`] with both officers' approval), and a config that grants this
     /// process's uid the given groups (e.g. `"data", "devices"`), with working keys in the
-    /// given placement (`memory` or `token`).
+    /// given placement (`memory` or `token`). Dual control is on.
     ///
     /// # Errors
     /// If SoftHSM is missing or `keyd init` / `keyd zmk-import` fail.
     pub fn new(binary: &Path, groups: &str, placement: &str) -> Result<Self, Error> {
+        Self::with_config(binary, groups, placement, "")
+    }
+
+    /// As [`KeydProcess::new`], with more lines for the config's `[officers]` section.
+    ///
+    /// # Errors
+    /// As [`KeydProcess::new`].
+    pub fn with_config(
+        binary: &Path,
+        groups: &str,
+        placement: &str,
+        officers: &str,
+    ) -> Result<Self, Error> {
         let hsm = softhsm::SoftHsm::new("keyd-e2e")?;
         let pin = hsm.write_pin_file()?;
         let uid = std::fs::metadata(&pin)?.uid();
@@ -55,7 +86,8 @@ impl KeydProcess {
             format!(
                 "socket = \"{socket}\"\nstore = \"{store}\"\nplacement = \"{placement}\"\n\n\
                  [hsm]\nbackend = \"pkcs11\"\nmodule = \"{module}\"\ntoken_label = \"keyd-e2e\"\npin_file = \"{pin}\"\n\n\
-                 [[access]]\nuid = {uid}\ngroups = [{groups}]\n",
+                 [[access]]\nuid = {uid}\ngroups = [{groups}]\n\n\
+                 [officers]\nkdf_iterations = {TEST_KDF_ITERATIONS}\n{officers}\n",
                 socket = socket.display(),
                 store = hsm.dir().join("keys.db").display(),
                 module = softhsm::module_path()?.display(),
@@ -69,25 +101,78 @@ impl KeydProcess {
             socket,
             child: None,
         };
-        let out = keyd.command(&["init"]).output()?;
-        if !out.status.success() {
-            return Err(format!("keyd init: {}", String::from_utf8_lossy(&out.stderr)).into());
-        }
-        let mut import = keyd
-            .command(&["zmk-import", "--zone", "z1"])
+        let [(a, a_password), (b, b_password)] = OFFICERS;
+        keyd.run(
+            &["init", "--officer", a, "--officer", b],
+            &[a_password, b_password],
+        )?;
+        let [c1, c2] = ZMK_COMPONENTS;
+        keyd.run(
+            &[
+                "zmk-import",
+                "--zone",
+                "z1",
+                "--components",
+                "2",
+                "--approver",
+                a,
+                "--approver",
+                b,
+            ],
+            &[a_password, b_password, c1, c2],
+        )?;
+        Ok(keyd)
+    }
+
+    /// Runs a `keyd` command to completion with `lines` on its standard input (passwords,
+    /// components); returns its standard output.
+    ///
+    /// # Errors
+    /// If it cannot start or exits unsuccessfully (the error carries its standard error).
+    pub fn run(&self, args: &[&str], lines: &[&str]) -> Result<String, Error> {
+        let mut child = self
+            .command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()?;
-        if let Some(mut stdin) = import.stdin.take() {
-            stdin.write_all(format!("{ZMK_HEX}\n").as_bytes())?;
+        if let Some(mut stdin) = child.stdin.take() {
+            for line in lines {
+                stdin.write_all(format!("{line}\n").as_bytes())?;
+            }
         }
-        let out = import.wait_with_output()?;
+        let out = child.wait_with_output()?;
         if !out.status.success() {
-            return Err(
-                format!("keyd zmk-import: {}", String::from_utf8_lossy(&out.stderr)).into(),
-            );
+            return Err(format!(
+                "keyd {}: {}",
+                args.first().unwrap_or(&""),
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
         }
-        Ok(keyd)
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Both harness officers approve `action` on `subject` (e.g. `export`, `z2`).
+    ///
+    /// # Errors
+    /// If `keyd approve` fails.
+    pub fn approve(&self, action: &str, subject: &str) -> Result<(), Error> {
+        for (name, password) in OFFICERS {
+            self.run(
+                &[
+                    "approve",
+                    "--officer",
+                    name,
+                    "--action",
+                    action,
+                    "--subject",
+                    subject,
+                ],
+                &[password],
+            )?;
+        }
+        Ok(())
     }
 
     /// A `keyd` command with this instance's config and token environment.

@@ -14,6 +14,11 @@ fn the_platform_demo_runs_to_the_end() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("every KCV checked"));
+    assert!(
+        stdout.contains("zone z1: ZMK formed with alice's and bob's approval"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("`keyd zones`: z1 "), "{stdout}");
     assert!(stdout.contains("visa 15.00 EUR: 200 approved 00"));
     assert!(stdout.contains("do-not-honor card: 200 declined 05 do_not_honor"));
     assert!(stdout.contains("processor-error card: 502 error 5020"));

@@ -276,6 +276,8 @@ fn in_process_ceiling(envelope_bytes: usize, seconds: u64) -> f64 {
             86_400,
             1000,
         )
+        .unwrap()
+        .with_policy(keyd::officers::Policy::for_tests())
         .unwrap(),
     );
     service

@@ -79,7 +79,20 @@ fn run() -> Result<(), Error> {
     let zmk = e2e::hex(e2e::ZMK_HEX);
     let zmk_kcv = e2e::pos::hex_upper(&tr31::kcv::cmac_aes(&zmk)?[..3]);
     println!("   LMK generated inside the token (never leaves it)");
-    println!("   zone z1: ZMK formed from the published demo value, KCV {zmk_kcv}");
+    let [(a, _), (b, _)] = e2e::OFFICERS;
+    println!("   officers {a} and {b} enrolled (published demo passwords)");
+    for (n, component) in e2e::ZMK_COMPONENTS.iter().enumerate() {
+        let kcv = e2e::pos::hex_upper(&tr31::kcv::cmac_aes(&e2e::hex(component))?[..3]);
+        println!("   component {} typed by its custodian, KCV {kcv}", n + 1);
+    }
+    println!("   zone z1: ZMK formed with {a}'s and {b}'s approval, KCV {zmk_kcv}");
+    let zones = keyd.run(&["zones"], &[])?;
+    if let Some(z1) = zones.lines().find(|l| l.starts_with("z1 ")) {
+        println!(
+            "   `keyd zones`: {}",
+            z1.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }
 
     println!("== the API on loopback (SQLite file, embedded token issuer, simulated processor)");
     let api = ApiProcess::start(&api_bin, keyd.socket(), "", "")?;

@@ -1,0 +1,83 @@
+//! Reading secrets from an officer: passwords and key components.
+//!
+//! On a terminal, echo is switched off while the secret is typed (and back on afterwards, also
+//! on an error), so it never shows on the screen or in a scroll-back. When standard input is
+//! not a terminal (automation, tests), each secret is one line of it. Prompts go to standard
+//! error; the secret goes only into a zeroizing buffer sized up front, so reading it leaves no
+//! reallocated copies behind.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+
+use nix::sys::termios::{LocalFlags, SetArg, Termios, tcgetattr, tcsetattr};
+use zeroize::Zeroizing;
+
+/// Longest line accepted as a secret.
+const MAX_LINE: usize = 512;
+
+/// Puts the terminal's settings back when dropped.
+struct EchoOff {
+    saved: Termios,
+}
+
+impl EchoOff {
+    fn new() -> std::io::Result<Self> {
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin)?;
+        let mut quiet = saved.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        // The newline still shows, so the next prompt starts on its own line.
+        quiet.local_flags.insert(LocalFlags::ECHONL);
+        tcsetattr(&stdin, SetArg::TCSAFLUSH, &quiet)?;
+        Ok(Self { saved })
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        let _ = tcsetattr(std::io::stdin(), SetArg::TCSAFLUSH, &self.saved);
+    }
+}
+
+/// Whether secrets are typed at a terminal.
+pub fn is_terminal() -> bool {
+    std::io::stdin().is_terminal()
+}
+
+/// Shows `prompt` and reads one secret line without echo (or one line of a non-terminal
+/// standard input). The line ending is removed; surrounding spaces are kept for passwords and
+/// trimmed by the callers that parse hex.
+///
+/// # Errors
+/// End of input, a line longer than 512 bytes, or a terminal that cannot be switched.
+pub fn read_secret(prompt: &str) -> std::io::Result<Zeroizing<String>> {
+    // Echo goes off before the prompt shows, so nothing typed after the prompt can echo (and
+    // the flush of pending input cannot eat it).
+    let _echo = if is_terminal() {
+        Some(EchoOff::new()?)
+    } else {
+        None
+    };
+    eprint!("{prompt}: ");
+    let _ = std::io::stderr().flush();
+    let mut line = Zeroizing::new(String::with_capacity(MAX_LINE + 2));
+    let read = std::io::stdin()
+        .lock()
+        .take(u64::try_from(MAX_LINE + 2).unwrap_or(u64::MAX))
+        .read_line(&mut line)?;
+    if read == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{prompt}: no input"),
+        ));
+    }
+    if !line.ends_with('\n') && line.len() > MAX_LINE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{prompt}: longer than {MAX_LINE} bytes"),
+        ));
+    }
+    while line.ends_with('\n') || line.ends_with('\r') {
+        line.pop();
+    }
+    Ok(line)
+}

@@ -1,0 +1,414 @@
+//! What officers do with keys once they exist: list them (never their values), disable and
+//! enable them, destroy them with a restore window, and list the zones with their ZMK check
+//! values.
+//!
+//! A disabled or destroying key is refused by every operation that would use or move it, on
+//! the socket as in-process. Another keyd process (an officer's command beside `serve`) changes
+//! key states in the store; [`Service::housekeeping`], which `serve` runs every second, sees
+//! the store's state version move and empties the working-key cache, so the change takes effect
+//! within about a second.
+
+use std::sync::PoisonError;
+use std::sync::atomic::Ordering;
+
+use tr31::{KeyBlock, Profile};
+
+use crate::officers::{Action, Officers};
+use crate::store::{KeyState, ListQuery, Listed};
+use crate::{Error, Service};
+
+/// One key as `keyd keys` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyView {
+    /// Its id.
+    pub key_id: String,
+    /// Its device (device keys) or the operator's label (imported keys).
+    pub label: String,
+    /// `identity`, `tmk`, `kek`, `msk`, `tpk`, `tdk`, `mac` or `imported`.
+    pub kind: String,
+    /// TR-31 key usage of the stored block (`K0`, `M7`, …).
+    pub usage: String,
+    /// TR-31 algorithm (`A` AES, `H` HMAC, …).
+    pub algorithm: String,
+    /// TR-31 mode of use.
+    pub mode: String,
+    /// TR-31 exportability.
+    pub exportability: String,
+    /// Check value, upper-case hex.
+    pub kcv: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// `active`, `revoked`, `disabled`, `destroying` or `destroyed`.
+    pub state: String,
+    /// For `destroying`: when the block is erased (Unix seconds).
+    pub erase_at: Option<u64>,
+}
+
+/// One zone as `keyd zones` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ZoneView {
+    /// The zone's name.
+    pub zone: String,
+    /// Its ZMK's check value (AES-CMAC of a zero block), upper-case hex.
+    pub kcv: String,
+}
+
+fn hex3(kcv: [u8; 3]) -> String {
+    format!("{:02X}{:02X}{:02X}", kcv[0], kcv[1], kcv[2])
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn view(listed: Listed) -> KeyView {
+    // The header of a stored block is clear text: reading it needs no key.
+    let header = KeyBlock::parse(&listed.block, Profile::Strict)
+        .ok()
+        .map(KeyBlock::into_header);
+    let field = |f: &dyn Fn(&tr31::Header) -> String| header.as_ref().map(f).unwrap_or_default();
+    let state = match listed.state {
+        KeyState::Active if listed.revoked => "revoked",
+        other => other.name(),
+    };
+    KeyView {
+        kind: listed
+            .kind
+            .map_or_else(|| "imported".to_owned(), |k| k.name().to_owned()),
+        usage: field(&|h| h.key_usage.to_string()),
+        algorithm: field(&|h| h.algorithm.to_string()),
+        mode: field(&|h| h.mode_of_use.to_string()),
+        exportability: field(&|h| h.exportability.to_string()),
+        kcv: hex3(listed.kcv),
+        created_at: listed.created_at,
+        state: state.to_owned(),
+        erase_at: match listed.state {
+            KeyState::Destroying { after } => Some(after),
+            _ => None,
+        },
+        key_id: listed.key_id,
+        label: listed.label,
+    }
+}
+
+impl Service {
+    /// Officer accounts and approvals.
+    pub fn officers(&self) -> &Officers {
+        &self.officers
+    }
+
+    /// Keys in id order, with their TR-31 attributes and state; never their values.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] for an unknown state name; [`Error::Store`].
+    pub fn list_keys(&self, query: &ListQuery<'_>) -> Result<Vec<KeyView>, Error> {
+        const STATES: [&str; 4] = ["active", "disabled", "destroying", "destroyed"];
+        if query.state.is_some_and(|s| !STATES.contains(&s)) {
+            return Err(Error::BadRequest(format!(
+                "states are {}",
+                STATES.join(", ")
+            )));
+        }
+        Ok(self.store.list_keys(query)?.into_iter().map(view).collect())
+    }
+
+    /// The zones with a ZMK in the token, and each ZMK's check value (computed in the token).
+    ///
+    /// # Errors
+    /// [`Error::Hsm`].
+    pub fn zone_list(&self) -> Result<Vec<ZoneView>, Error> {
+        let mut zones = self.hsm.zones();
+        zones.sort();
+        zones
+            .into_iter()
+            .map(|zone| {
+                let mac = self.hsm.zmk_cmac(&zone, &[0u8; 16])?;
+                Ok(ZoneView {
+                    kcv: hex3([mac[0], mac[1], mac[2]]),
+                    zone,
+                })
+            })
+            .collect()
+    }
+
+    /// The LMK's check value, computed in the token.
+    ///
+    /// # Errors
+    /// [`Error::Hsm`].
+    pub fn lmk_kcv(&self) -> Result<String, Error> {
+        let mac = self.hsm.lmk_cmac(&[0u8; 16])?;
+        Ok(hex3([mac[0], mac[1], mac[2]]))
+    }
+
+    /// Disables an active key: every use and export of it is refused until it is enabled.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Conflict`] for a key not active, [`Error::Store`].
+    pub fn disable_key(&self, key_id: &str) -> Result<(), Error> {
+        self.store
+            .change_key_state(key_id, &["active"], KeyState::Disabled)?;
+        self.forget_key(key_id);
+        Ok(())
+    }
+
+    /// Enables a disabled key.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Conflict`] for a key not disabled, [`Error::Store`].
+    pub fn enable_key(&self, key_id: &str) -> Result<(), Error> {
+        self.store
+            .change_key_state(key_id, &["disabled"], KeyState::Active)
+    }
+
+    /// Destroys a key once two officers approved it: refused at once, erased when the
+    /// restore window ends. Returns when.
+    ///
+    /// # Errors
+    /// [`Error::DualControl`]; [`Error::NotFound`]; [`Error::Conflict`] for a key already
+    /// being destroyed; [`Error::Store`].
+    pub fn destroy_key(&self, key_id: &str) -> Result<u64, Error> {
+        let exists = if key_id.starts_with("imp-") {
+            self.store.imported(key_id)?.is_some()
+        } else {
+            self.store.key(key_id)?.is_some()
+        };
+        if !exists {
+            return Err(Error::NotFound("key"));
+        }
+        let state = self.store.key_state(key_id)?;
+        if !matches!(state, KeyState::Active | KeyState::Disabled) {
+            return Err(Error::Conflict(state.refusal()));
+        }
+        // Checked last, so approvals are used up only by a destruction that happens.
+        self.officers.require(Action::Destroy, key_id)?;
+        let after = now().saturating_add(self.officers.policy().restore_window_secs);
+        self.store.change_key_state(
+            key_id,
+            &["active", "disabled"],
+            KeyState::Destroying { after },
+        )?;
+        self.forget_key(key_id);
+        Ok(after)
+    }
+
+    /// Takes back a destruction within its restore window. The key comes back disabled: an
+    /// officer enables it deliberately.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Conflict`] for a key not being destroyed,
+    /// [`Error::Store`].
+    pub fn restore_key(&self, key_id: &str) -> Result<(), Error> {
+        self.store
+            .change_key_state(key_id, &["destroying"], KeyState::Disabled)
+    }
+
+    /// Erases keys whose restore window has ended, and empties the working-key cache if
+    /// another process changed key states. Returns the erased key ids.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn housekeeping(&self) -> Result<Vec<String>, Error> {
+        let erased = self.store.purge_destroyed(now())?;
+        let version = self.store.state_version()?;
+        if self.seen_version.swap(version, Ordering::AcqRel) != version {
+            self.cache
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+        }
+        Ok(erased)
+    }
+
+    fn forget_key(&self, key_id: &str) {
+        self.cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use keyd_proto::Secret;
+    use keyd_proto::message as m;
+
+    use super::*;
+    use crate::officers::{MIN_ITERATIONS, Policy};
+    use crate::{Hsm, MemoryStore, Placement, SoftwareHsm};
+
+    /// A service with dual control on, zone z1 formed with two officers' approvals.
+    fn service(restore_window_secs: u64) -> Service {
+        let hsm = SoftwareHsm::new();
+        hsm.create_lmk().unwrap();
+        let s = Service::new(
+            Arc::new(hsm),
+            Arc::new(MemoryStore::new()),
+            Placement::Memory,
+            3600,
+            100,
+        )
+        .unwrap()
+        .with_policy(Policy {
+            kdf_iterations: MIN_ITERATIONS,
+            restore_window_secs,
+            ..Policy::default()
+        })
+        .unwrap();
+        let zmk = m::ZmkImport {
+            zone: "z1".into(),
+            key: Secret::new(&[0x5A; 32]),
+        };
+        let err = s.zmk_import(&zmk).unwrap_err();
+        assert!(matches!(err, Error::DualControl(_)), "{err}");
+        s.officers()
+            .approve("alice", Action::ZmkForm, "z1")
+            .unwrap();
+        s.officers().approve("bob", Action::ZmkForm, "z1").unwrap();
+        s.zmk_import(&zmk).unwrap();
+        s
+    }
+
+    #[test]
+    fn disabled_and_destroyed_keys_are_refused_and_destruction_needs_two_officers() {
+        let s = service(0);
+        let identity = s
+            .device_create(&m::DeviceCreate {
+                device_id: "POS-00000001".into(),
+                zone: "z1".into(),
+            })
+            .unwrap();
+        let set = s
+            .key_set_create(&m::KeySetCreate {
+                device_id: "POS-00000001".into(),
+            })
+            .unwrap();
+        let msg = b"attest".to_vec();
+        let attest = m::AttestVerify {
+            device_id: "POS-00000001".into(),
+            key_id: identity.key_id.clone(),
+            signature: crate::crypto::hmac(identity.secret.expose(), &msg).unwrap(),
+            message: msg,
+        };
+        s.attest_verify(&attest).unwrap(); // now cached
+        let export = m::KeySetExport {
+            device_id: "POS-00000001".into(),
+            key_set_id: set.key_set_id.clone(),
+        };
+        let mac = set.keys.iter().find(|k| k.kind == "mac").unwrap();
+
+        s.disable_key(&identity.key_id).unwrap();
+        assert!(matches!(s.attest_verify(&attest), Err(Error::Auth)));
+        s.disable_key(&mac.key_id).unwrap();
+        assert!(matches!(
+            s.key_set_export(&export),
+            Err(Error::Policy("the key is disabled"))
+        ));
+        assert!(matches!(
+            s.key_check(&m::KeyCheck {
+                key_id: mac.key_id.clone()
+            }),
+            Err(Error::Auth)
+        ));
+        let listed = s
+            .list_keys(&ListQuery {
+                state: Some("disabled"),
+                limit: 10,
+                ..ListQuery::default()
+            })
+            .unwrap();
+        assert_eq!(listed.len(), 2);
+        let mac_view = listed.iter().find(|v| v.key_id == mac.key_id).unwrap();
+        assert_eq!(
+            (
+                mac_view.kind.as_str(),
+                mac_view.usage.as_str(),
+                mac_view.algorithm.as_str(),
+                mac_view.label.as_str()
+            ),
+            ("mac", "M7", "H", "POS-00000001")
+        );
+        assert_eq!(mac_view.kcv, hex3(mac.kcv));
+        s.enable_key(&identity.key_id).unwrap();
+        s.attest_verify(&attest).unwrap();
+
+        // Destruction: two distinct officers, then refused at once, restorable, then erased.
+        let err = s.destroy_key(&mac.key_id).unwrap_err();
+        assert!(err.to_string().contains("no one"), "{err}");
+        s.officers()
+            .approve("alice", Action::Destroy, &mac.key_id)
+            .unwrap();
+        s.officers()
+            .approve("alice", Action::Destroy, &mac.key_id)
+            .unwrap();
+        assert!(matches!(
+            s.destroy_key(&mac.key_id),
+            Err(Error::DualControl(_))
+        ));
+        s.officers()
+            .approve("bob", Action::Destroy, &mac.key_id)
+            .unwrap();
+        s.destroy_key(&mac.key_id).unwrap();
+        s.restore_key(&mac.key_id).unwrap();
+        assert_eq!(
+            s.store.key_state(&mac.key_id).unwrap(),
+            KeyState::Disabled,
+            "a restored key comes back disabled"
+        );
+        assert!(matches!(s.destroy_key("mac-nope"), Err(Error::NotFound(_))));
+        s.officers()
+            .approve("alice", Action::Destroy, &mac.key_id)
+            .unwrap();
+        s.officers()
+            .approve("bob", Action::Destroy, &mac.key_id)
+            .unwrap();
+        s.destroy_key(&mac.key_id).unwrap();
+        // Restore window 0: the next housekeeping erases it.
+        assert_eq!(s.housekeeping().unwrap(), vec![mac.key_id.clone()]);
+        assert!(s.store.key(&mac.key_id).unwrap().unwrap().block.is_empty());
+        assert!(matches!(
+            s.restore_key(&mac.key_id),
+            Err(Error::Conflict("the key is destroyed"))
+        ));
+        assert!(s.key_set_export(&export).is_err());
+    }
+
+    #[test]
+    fn another_process_changing_a_state_empties_the_cache() {
+        let s = service(3600);
+        let identity = s
+            .device_create(&m::DeviceCreate {
+                device_id: "POS-00000001".into(),
+                zone: "z1".into(),
+            })
+            .unwrap();
+        let msg = b"attest".to_vec();
+        let attest = m::AttestVerify {
+            device_id: "POS-00000001".into(),
+            key_id: identity.key_id.clone(),
+            signature: crate::crypto::hmac(identity.secret.expose(), &msg).unwrap(),
+            message: msg,
+        };
+        s.attest_verify(&attest).unwrap();
+        // Written to the store directly, as an officer's command in another process does.
+        s.store
+            .change_key_state(&identity.key_id, &["active"], KeyState::Disabled)
+            .unwrap();
+        s.attest_verify(&attest)
+            .expect("still cached until housekeeping runs");
+        s.housekeeping().unwrap();
+        assert!(matches!(s.attest_verify(&attest), Err(Error::Auth)));
+    }
+
+    #[test]
+    fn zones_and_the_lmk_show_check_values_computed_in_the_token() {
+        let s = service(3600);
+        let zones = s.zone_list().unwrap();
+        assert_eq!(zones.len(), 1);
+        assert_eq!(zones[0].kcv, hex3(crate::aes_kcv(&[0x5A; 32])));
+        assert_eq!(s.lmk_kcv().unwrap().len(), 6);
+    }
+}
