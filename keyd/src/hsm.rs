@@ -31,6 +31,13 @@ pub trait Hsm: Send + Sync + 'static {
     /// [`Error::Conflict`] if it exists; [`Error::Hsm`].
     fn create_lmk(&self) -> Result<(), Error>;
 
+    /// Stores an AES-256 LMK formed outside (from components), non-extractable: a second
+    /// token formed from the same components opens the same key store (disaster recovery).
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if it exists; [`Error::BadRequest`] for a wrong length; [`Error::Hsm`].
+    fn import_lmk(&self, key: &[u8]) -> Result<(), Error>;
+
     /// AES-CMAC under the LMK.
     ///
     /// # Errors
@@ -226,6 +233,20 @@ impl Hsm for SoftwareHsm {
         let mut key = Zeroizing::new([0u8; 32]);
         self.random(&mut key[..])?;
         *lmk = Some(key);
+        Ok(())
+    }
+
+    fn import_lmk(&self, key: &[u8]) -> Result<(), Error> {
+        let mut lmk = self.lmk.lock().unwrap_or_else(PoisonError::into_inner);
+        if lmk.is_some() {
+            return Err(Error::Conflict("the LMK exists already"));
+        }
+        let mut k = Zeroizing::new([0u8; 32]);
+        if key.len() != 32 {
+            return Err(Error::BadRequest("an LMK is 32 bytes (AES-256)".into()));
+        }
+        k.copy_from_slice(key);
+        *lmk = Some(k);
         Ok(())
     }
 

@@ -38,6 +38,11 @@ enum Command {
         /// An officer to enrol (repeat: at least two with dual control on).
         #[arg(long = "officer")]
         officers: Vec<String>,
+        /// Form the LMK from 2 or 3 components (typed after the passwords, as for a ZMK)
+        /// instead of generating it in the token: a second token formed from the same
+        /// components opens the same key store.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(2..=3))]
+        lmk_components: Option<u8>,
     },
     /// Enrol another officer, approved by two existing officers.
     OfficerAdd {
@@ -203,7 +208,10 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                 Err(broken) => Err(keyd::Error::Config(format!("{}: {broken}", path.display()))),
             }
         }
-        Command::Init { officers } => init(&config, &officers),
+        Command::Init {
+            officers,
+            lmk_components,
+        } => init(&config, &officers, lmk_components),
         Command::OfficerAdd { officer, approvers } => {
             let op = Operator::open(&config)?;
             let officers = op.approvals(&approvers, Action::OfficerAdd, &officer)?;
@@ -314,39 +322,7 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                 ));
             }
             let officers = op.approvals(&approvers, Action::ZmkForm, &zone)?;
-            let mut zmk = Zeroizing::new([0u8; 32]);
-            let mut seen: Vec<[u8; 3]> = Vec::new();
-            for n in 1..=components {
-                let line = keyd::console::read_secret(&format!(
-                    "Component {n} of {components} for zone {zone} (64 hex digits)"
-                ))?;
-                let part = Zeroizing::new(decode_hex(line.trim()).ok_or_else(|| {
-                    keyd::Error::BadRequest(format!("component {n}: expected 64 hex digits"))
-                })?);
-                if part.iter().all(|b| *b == 0) {
-                    return Err(keyd::Error::BadRequest(format!(
-                        "component {n} is all zeros"
-                    )));
-                }
-                let kcv = keyd::aes_kcv(&part);
-                // Equal components would cancel out (or repeat): compare by check value, which
-                // is what custodians see.
-                if seen.contains(&kcv) {
-                    return Err(keyd::Error::BadRequest(format!(
-                        "component {n} repeats an earlier one"
-                    )));
-                }
-                seen.push(kcv);
-                for (z, p) in zmk.iter_mut().zip(part.iter()) {
-                    *z ^= p;
-                }
-                if components > 1 {
-                    println!(
-                        "component {n} KCV {:02X}{:02X}{:02X}",
-                        kcv[0], kcv[1], kcv[2]
-                    );
-                }
-            }
+            let zmk = read_components(&format!("zone {zone}"), components)?;
             op.load_zmk(&zone, &zmk, audit::op::ZMK_FORM, &officers)
         }
         Command::Keys {
@@ -529,9 +505,61 @@ fn dual_control_off_warning(audit: &Audit, peer: &str) -> Result<(), keyd::Error
     audit.flush(true)
 }
 
+/// Reads `n` components of 64 hex digits (without echo on a terminal) and combines them by XOR,
+/// printing each one's KCV as it is accepted. Refuses a malformed, all-zero or repeated
+/// component.
+#[allow(
+    clippy::print_stdout,
+    reason = "custodians compare the KCVs with their forms"
+)]
+fn read_components(what: &str, n: u8) -> Result<Zeroizing<[u8; 32]>, keyd::Error> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    let mut seen: Vec<[u8; 3]> = Vec::new();
+    for i in 1..=n {
+        let line = keyd::console::read_secret(&format!(
+            "Component {i} of {n} for {what} (64 hex digits)"
+        ))?;
+        let part = Zeroizing::new(decode_hex(line.trim()).ok_or_else(|| {
+            keyd::Error::BadRequest(format!("component {i}: expected 64 hex digits"))
+        })?);
+        if part.iter().all(|b| *b == 0) {
+            return Err(keyd::Error::BadRequest(format!(
+                "component {i} is all zeros"
+            )));
+        }
+        let kcv = keyd::aes_kcv(&part);
+        // Equal components would cancel out (or repeat): compare by check value, which is what
+        // custodians see.
+        if seen.contains(&kcv) {
+            return Err(keyd::Error::BadRequest(format!(
+                "component {i} repeats an earlier one"
+            )));
+        }
+        seen.push(kcv);
+        for (k, p) in key.iter_mut().zip(part.iter()) {
+            *k ^= p;
+        }
+        if n > 1 {
+            println!(
+                "component {i} KCV {:02X}{:02X}{:02X}",
+                kcv[0], kcv[1], kcv[2]
+            );
+        }
+    }
+    Ok(key)
+}
+
 /// `keyd init`: every officer's password is read and checked before the LMK is created, so a
 /// typo leaves the token untouched.
-fn init(config: &keyd::Config, names: &[String]) -> Result<(), keyd::Error> {
+#[allow(
+    clippy::print_stdout,
+    reason = "the LMK's KCV is the ceremony's result"
+)]
+fn init(
+    config: &keyd::Config,
+    names: &[String],
+    components: Option<u8>,
+) -> Result<(), keyd::Error> {
     if config.officers.dual() && names.len() < 2 {
         return Err(keyd::Error::BadRequest(
             "dual control needs at least two officers: name each with --officer".into(),
@@ -549,10 +577,30 @@ fn init(config: &keyd::Config, names: &[String]) -> Result<(), keyd::Error> {
         dual_control_off_warning(&audit, &peer)?;
     }
     let hsm = keyd::open_hsm(config)?;
-    let result = hsm.create_lmk();
-    record(&audit, &peer, audit::op::INIT, None, None, &result, started)?;
+    if hsm.has_lmk() {
+        return Err(keyd::Error::Conflict("the LMK exists already"));
+    }
+    let result = match components {
+        Some(n) => read_components("the LMK", n).and_then(|lmk| hsm.import_lmk(&lmk[..])),
+        None => hsm.create_lmk(),
+    };
+    let kcv = result
+        .as_ref()
+        .ok()
+        .and_then(|()| hsm.lmk_cmac(&[0u8; 16]).ok())
+        .map(|mac| [mac[0], mac[1], mac[2]]);
+    record(&audit, &peer, audit::op::INIT, None, kcv, &result, started)?;
     result?;
-    eprintln!("keyd: LMK created in the token");
+    let kcv = kcv.unwrap_or_default();
+    println!("LMK KCV {:02X}{:02X}{:02X}", kcv[0], kcv[1], kcv[2]);
+    eprintln!(
+        "keyd: LMK {} in the token",
+        if components.is_some() {
+            "formed from components"
+        } else {
+            "generated"
+        }
+    );
     let service = keyd::service_on(config, hsm)?;
     for (name, password) in names.iter().zip(&passwords) {
         let result = service.officers().enrol(service.hsm(), name, password);

@@ -149,6 +149,21 @@ impl Pkcs11Hsm {
             Attribute::Label(label.as_bytes().to_vec()),
         ]
     }
+
+    /// Creates a root key (LMK or ZMK) from its clear value as a token object with the root
+    /// template: sensitive, never extractable, CMAC only.
+    fn create_root_key(&self, label: &str, key: &[u8]) -> Result<ObjectHandle, Error> {
+        let mut template = Self::root_key_template(label);
+        template.push(Attribute::Value(key.to_vec()));
+        let handle = self.with_session(|s| Ok(s.create_object(&template)?));
+        // The template held a copy of the key.
+        for attr in &mut template {
+            if let Attribute::Value(v) = attr {
+                zeroize::Zeroize::zeroize(v);
+            }
+        }
+        handle
+    }
 }
 
 impl Hsm for Pkcs11Hsm {
@@ -176,6 +191,18 @@ impl Hsm for Pkcs11Hsm {
         Ok(())
     }
 
+    fn import_lmk(&self, key: &[u8]) -> Result<(), Error> {
+        if key.len() != 32 {
+            return Err(Error::BadRequest("an LMK is 32 bytes (AES-256)".into()));
+        }
+        let mut lmk = self.lmk.write().unwrap_or_else(PoisonError::into_inner);
+        if lmk.is_some() {
+            return Err(Error::Conflict("the LMK exists already"));
+        }
+        *lmk = Some(self.create_root_key(LMK_LABEL, key)?);
+        Ok(())
+    }
+
     fn lmk_cmac(&self, data: &[u8]) -> Result<[u8; 16], Error> {
         let handle = (*self.lmk.read().unwrap_or_else(PoisonError::into_inner))
             .ok_or(Error::NotFound("LMK"))?;
@@ -190,16 +217,8 @@ impl Hsm for Pkcs11Hsm {
         if zmks.contains_key(zone) {
             return Err(Error::Conflict("the zone has a ZMK already"));
         }
-        let mut template = Self::root_key_template(&format!("{ZMK_PREFIX}{zone}"));
-        template.push(Attribute::Value(key.to_vec()));
-        let handle = self.with_session(|s| Ok(s.create_object(&template)?));
-        // The template held a copy of the key.
-        for attr in &mut template {
-            if let Attribute::Value(v) = attr {
-                zeroize::Zeroize::zeroize(v);
-            }
-        }
-        zmks.insert(zone.to_owned(), handle?);
+        let handle = self.create_root_key(&format!("{ZMK_PREFIX}{zone}"), key)?;
+        zmks.insert(zone.to_owned(), handle);
         Ok(())
     }
 

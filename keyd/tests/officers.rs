@@ -437,3 +437,114 @@ fn components_and_passwords_typed_at_a_terminal_do_not_echo() {
         assert!(!stderr.contains(answer));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_lmk_formed_from_components_lets_a_second_token_open_the_same_key_store() {
+    // Published test components for the LMK (never use them for real keys).
+    let lmk = [
+        "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F",
+        "F0E0D0C0B0A090807060504030201000F0E0D0C0B0A0908070605040302010FF",
+    ];
+    let lmk_value: Vec<u8> = hex(lmk[0])
+        .iter()
+        .zip(hex(lmk[1]))
+        .map(|(a, b)| a ^ b)
+        .collect();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_keyd"));
+    let form = |k: &KeydProcess| {
+        let [(a, a_password), (b, b_password)] = OFFICERS;
+        let out = k
+            .run(
+                &[
+                    "init",
+                    "--officer",
+                    a,
+                    "--officer",
+                    b,
+                    "--lmk-components",
+                    "2",
+                ],
+                &[a_password, b_password, lmk[0], lmk[1]],
+            )
+            .unwrap();
+        assert!(
+            out.contains(&format!("LMK KCV {}", kcv_hex(&lmk_value))),
+            "{out}"
+        );
+        let mut args = vec!["zmk-import", "--zone", "z1", "--components", "2"];
+        args.extend(["--approver", a, "--approver", b]);
+        k.run(
+            &args,
+            &[a_password, b_password, ZMK_COMPONENTS[0], ZMK_COMPONENTS[1]],
+        )
+        .unwrap();
+    };
+    // A bad component is refused before the token is touched.
+    let mut first = KeydProcess::uninitialised(bin, r#""data", "devices""#, "memory", "").unwrap();
+    let [(a, a_password), (b, b_password)] = OFFICERS;
+    let err = first
+        .run(
+            &[
+                "init",
+                "--officer",
+                a,
+                "--officer",
+                b,
+                "--lmk-components",
+                "2",
+            ],
+            &[a_password, b_password, lmk[0], lmk[0]],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("repeats"), "{err}");
+    form(&first);
+    first.start().unwrap();
+    let client = Client::connect(first.socket()).await.unwrap();
+    let identity = client
+        .call(&m::DeviceCreate {
+            device_id: "POS-0000D00D".into(),
+            zone: "z1".into(),
+        })
+        .await
+        .unwrap();
+    drop(client);
+    first.stop();
+
+    // The standby site: its own token, formed from the same components, and a copy of the
+    // key store (as restored from a backup).
+    let mut standby =
+        KeydProcess::uninitialised(bin, r#""data", "devices""#, "memory", "").unwrap();
+    form(&standby);
+    for suffix in ["", "-wal", "-shm"] {
+        let from = first.store().with_file_name(format!("keys.db{suffix}"));
+        let to = standby.store().with_file_name(format!("keys.db{suffix}"));
+        let _ = std::fs::remove_file(&to);
+        if from.exists() {
+            std::fs::copy(&from, &to).unwrap();
+        }
+    }
+    standby.start().unwrap();
+    let client = Client::connect(standby.socket()).await.unwrap();
+    let message = b"standby".to_vec();
+    client
+        .call(&m::AttestVerify {
+            device_id: "POS-0000D00D".into(),
+            key_id: identity.key_id.clone(),
+            signature: device::hmac(identity.secret.expose(), &message).unwrap(),
+            message,
+        })
+        .await
+        .expect("the standby token opens the copied store");
+    let log = audit_log(&standby);
+    assert!(
+        log.contains(&format!(
+            "\"op\":\"0x0300\",\"kcv\":\"{}\"",
+            kcv_hex(&lmk_value)
+        )),
+        "{log}"
+    );
+    for component in lmk {
+        assert!(!log.contains(component));
+    }
+}

@@ -76,6 +76,41 @@ impl KeydProcess {
         placement: &str,
         officers: &str,
     ) -> Result<Self, Error> {
+        let keyd = Self::uninitialised(binary, groups, placement, officers)?;
+        let [(a, a_password), (b, b_password)] = OFFICERS;
+        keyd.run(
+            &["init", "--officer", a, "--officer", b],
+            &[a_password, b_password],
+        )?;
+        let [c1, c2] = ZMK_COMPONENTS;
+        keyd.run(
+            &[
+                "zmk-import",
+                "--zone",
+                "z1",
+                "--components",
+                "2",
+                "--approver",
+                a,
+                "--approver",
+                b,
+            ],
+            &[a_password, b_password, c1, c2],
+        )?;
+        Ok(keyd)
+    }
+
+    /// A fresh token and a config as for [`KeydProcess::with_config`], without `keyd init`:
+    /// for tests of the initialisation itself.
+    ///
+    /// # Errors
+    /// If SoftHSM is missing.
+    pub fn uninitialised(
+        binary: &Path,
+        groups: &str,
+        placement: &str,
+        officers: &str,
+    ) -> Result<Self, Error> {
         let hsm = softhsm::SoftHsm::new("keyd-e2e")?;
         let pin = hsm.write_pin_file()?;
         let uid = std::fs::metadata(&pin)?.uid();
@@ -101,27 +136,12 @@ impl KeydProcess {
             socket,
             child: None,
         };
-        let [(a, a_password), (b, b_password)] = OFFICERS;
-        keyd.run(
-            &["init", "--officer", a, "--officer", b],
-            &[a_password, b_password],
-        )?;
-        let [c1, c2] = ZMK_COMPONENTS;
-        keyd.run(
-            &[
-                "zmk-import",
-                "--zone",
-                "z1",
-                "--components",
-                "2",
-                "--approver",
-                a,
-                "--approver",
-                b,
-            ],
-            &[a_password, b_password, c1, c2],
-        )?;
         Ok(keyd)
+    }
+
+    /// Where keyd keeps its key store.
+    pub fn store(&self) -> PathBuf {
+        self.hsm.dir().join("keys.db")
     }
 
     /// Runs a `keyd` command to completion with `lines` on its standard input (passwords,
