@@ -101,6 +101,25 @@ impl ApiProcess {
         Ok(())
     }
 
+    /// Stops the process the way an operator's `systemctl restart` does (SIGTERM: it finishes
+    /// the requests it has and exits); SIGKILL after 10 s.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(child.try_wait(), Ok(None)) {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.wait();
+        }
+    }
+
     /// Kills the process (SIGKILL: nothing is flushed on the way out).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

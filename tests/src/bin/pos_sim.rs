@@ -78,6 +78,10 @@ enum Command {
         /// Card number (the simulator's outcome table decides approvals and declines).
         #[arg(long, default_value = "4242424242424242")]
         pan: String,
+        /// Instead of `--charges`/`--amount`/`--pan`: one charge per `PAN:AMOUNT`, in order
+        /// (repeat it, e.g. once per outcome of the processor simulator).
+        #[arg(long = "card", value_parser = card)]
+        cards: Vec<(String, u64)>,
     },
     /// Many terminals of one merchant, charging in parallel.
     Load {
@@ -188,19 +192,17 @@ fn run(cli: Cli) -> Result<(), Error> {
             amount,
             currency,
             pan,
+            cards,
         } => {
             let secret = secret(&identity_secret, "identity secret")?;
+            let cards = if cards.is_empty() {
+                (0..charges).map(|_| (pan.clone(), amount)).collect()
+            } else {
+                cards
+            };
             let mut t = Terminal::new(http, &device_id, &identity_key_id, &secret, &zmk)?
                 .with_version("1.4.0");
-            one_terminal(
-                http,
-                &mut t,
-                claim_token.as_deref(),
-                charges,
-                amount,
-                &currency,
-                &pan,
-            )
+            one_terminal(http, &mut t, claim_token.as_deref(), &cards, &currency)
         }
         Command::Load {
             token,
@@ -252,14 +254,26 @@ fn run(cli: Cli) -> Result<(), Error> {
     }
 }
 
+/// `PAN:AMOUNT` of `--card`.
+fn card(text: &str) -> Result<(String, u64), String> {
+    let (pan, amount) = text
+        .split_once(':')
+        .ok_or_else(|| "expected PAN:AMOUNT (amount in minor units)".to_owned())?;
+    if !(12..=19).contains(&pan.len()) || !pan.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("a PAN is 12-19 digits".into());
+    }
+    let amount = amount
+        .parse()
+        .map_err(|_| "the amount is a whole number of minor units".to_owned())?;
+    Ok((pan.to_owned(), amount))
+}
+
 fn one_terminal(
     http: Client,
     t: &mut Terminal,
     claim_token: Option<&str>,
-    charges: u32,
-    amount: u64,
+    cards: &[(String, u64)],
     currency: &str,
-    pan: &str,
 ) -> Result<(), Error> {
     println!("== {}", t.device_id());
     let boot = t.bootstrap()?;
@@ -361,8 +375,8 @@ fn one_terminal(
             .as_str()
             .unwrap_or("")
     );
-    for i in 1..=charges {
-        let (a, v) = t.charge(pan, amount, currency, Some(&format!("sim-{i}")))?;
+    for (i, (pan, amount)) in (1..).zip(cards) {
+        let (a, v) = t.charge(pan, *amount, currency, Some(&format!("sim-{i}")))?;
         match v {
             Some(c) => println!(
                 "   charge {i}: {} {} {} {}",
