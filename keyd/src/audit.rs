@@ -140,13 +140,19 @@ impl std::fmt::Display for Broken {
 /// # Errors
 /// [`Broken`] naming the first record that does not verify.
 pub fn verify(path: &Path) -> Result<(u64, [u8; 32]), Broken> {
+    verify_prefix(path, u64::MAX)
+}
+
+/// [`verify`] of the first `len` bytes: what was complete when the length was taken (writers
+/// append whole records under the file lock, and never rewrite).
+fn verify_prefix(path: &Path, len: u64) -> Result<(u64, [u8; 32]), Broken> {
     let file = File::open(path).map_err(|_| Broken {
         line: 0,
         reason: "the log cannot be opened",
     })?;
     let mut prev = [0u8; 32];
     let mut n = 0u64;
-    for line in BufReader::new(file).lines() {
+    for line in BufReader::new(std::io::Read::take(file, len)).lines() {
         n += 1;
         let broken = |reason| Broken { line: n, reason };
         let line = line.map_err(|_| broken("not text"))?;
@@ -219,15 +225,16 @@ impl Audit {
             .append(true)
             .mode(0o600)
             .open(path)?;
+        // The lock is held only to read a length at a record boundary: the (long) walk of the
+        // chain runs without it, so a running `serve` never waits for an officer's command.
         let locked = Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, e)| Error::Io(std::io::Error::from(e)))?;
-        let verified = verify(path);
         let len = locked.metadata()?.len();
         let file = locked
             .unlock()
             .map_err(|(_, e)| Error::Io(std::io::Error::from(e)))?;
-        let (seq, prev) =
-            verified.map_err(|b| Error::Config(format!("audit log {}: {b}", path.display())))?;
+        let (seq, prev) = verify_prefix(path, len)
+            .map_err(|b| Error::Config(format!("audit log {}: {b}", path.display())))?;
         Ok(Self {
             state: Mutex::new(State {
                 file: Some(file),

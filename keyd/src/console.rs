@@ -6,7 +6,7 @@
 //! error; the secret goes only into a zeroizing buffer sized up front, so reading it leaves no
 //! reallocated copies behind.
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 
 use nix::sys::termios::{LocalFlags, SetArg, Termios, tcgetattr, tcsetattr};
 use zeroize::Zeroizing;
@@ -59,25 +59,49 @@ pub fn read_secret(prompt: &str) -> std::io::Result<Zeroizing<String>> {
     };
     eprint!("{prompt}: ");
     let _ = std::io::stderr().flush();
-    let mut line = Zeroizing::new(String::with_capacity(MAX_LINE + 2));
-    let read = std::io::stdin()
-        .lock()
-        .take(u64::try_from(MAX_LINE + 2).unwrap_or(u64::MAX))
-        .read_line(&mut line)?;
-    if read == 0 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("{prompt}: no input"),
-        ));
-    }
-    if !line.ends_with('\n') && line.len() > MAX_LINE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{prompt}: longer than {MAX_LINE} bytes"),
-        ));
-    }
-    while line.ends_with('\n') || line.ends_with('\r') {
-        line.pop();
+    let line = read_line().map_err(|e| std::io::Error::new(e.kind(), format!("{prompt}: {e}")))?;
+    String::from_utf8(line.to_vec())
+        .map(Zeroizing::new)
+        .map_err(|e| {
+            let mut bytes = e.into_bytes();
+            zeroize::Zeroize::zeroize(&mut bytes);
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{prompt}: not UTF-8"),
+            )
+        })
+}
+
+/// One line of file descriptor 0, read a byte at a time with no buffer in between: std's
+/// stdin buffer would keep every secret typed or piped until the process ends, and would
+/// read ahead into the next one.
+fn read_line() -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut line = Zeroizing::new(Vec::with_capacity(MAX_LINE));
+    let mut byte = Zeroizing::new([0u8; 1]);
+    loop {
+        let n = match nix::unistd::read(std::io::stdin(), &mut byte[..]) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let [b] = *byte;
+        match (n, b) {
+            (0, _) if line.is_empty() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "no input",
+                ));
+            }
+            (0, _) | (_, b'\n') => break,
+            (_, b'\r') => {}
+            (_, b) if line.len() < MAX_LINE => line.push(b),
+            _ => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("longer than {MAX_LINE} bytes"),
+                ));
+            }
+        }
     }
     Ok(line)
 }

@@ -91,7 +91,7 @@ fn route(
         o if o == m::CardDecrypt::OPCODE => call(body, out, |r| service.card_decrypt(r)),
         o if o == m::PanFingerprint::OPCODE => call(body, out, |r| service.pan_fingerprint(r)),
         o if o == m::KeyCheck::OPCODE => call(body, out, |r| service.key_check(r)),
-        o if o == m::ZmkImport::OPCODE => call(body, out, |r| service.zmk_import(r)),
+        o if o == m::ZmkImport::OPCODE => call(body, out, |r| service.zmk_import_remote(r)),
         o if o == m::Tr31Translate::OPCODE => call(body, out, |r| service.tr31_translate(r)),
         o if o == m::Tr31Export::OPCODE => call(body, out, |r| service.tr31_export(r)),
         o if o == m::Tr31Import::OPCODE => call(body, out, |r| service.tr31_import(r)),

@@ -59,6 +59,15 @@ pub trait Hsm: Send + Sync + 'static {
     /// Zones with a ZMK.
     fn zones(&self) -> Vec<String>;
 
+    /// Looks for ZMKs another process (an officer's command) stored in the token since this
+    /// one started.
+    ///
+    /// # Errors
+    /// [`Error::Hsm`].
+    fn refresh_zones(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Loads a working key into the HSM as a session object (`token` placement): sensitive,
     /// not extractable, gone when keyd stops.
     ///

@@ -38,8 +38,8 @@ pub use pkcs11::Pkcs11Hsm;
 pub use server::{bind, serve};
 pub use service::Service;
 pub use store::{
-    AdminStore, Approval, KeyState, KeyStore, ListQuery, Listed, MemoryStore, OfficerRecord,
-    SqliteStore,
+    AdminStore, Approval, KeyState, KeyStore, ListQuery, Listed, LoginGate, MemoryStore,
+    OfficerRecord, SqliteStore,
 };
 
 /// The three-byte AES-CMAC check value operators compare (contract section 6).

@@ -214,6 +214,28 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
         } => init(&config, &officers, lmk_components),
         Command::OfficerAdd { officer, approvers } => {
             let op = Operator::open(&config)?;
+            if !keyd::officers::valid_name(&officer) {
+                return Err(keyd::Error::BadRequest(
+                    "officer names are a lower-case letter and up to 31 of [a-z0-9._-]".into(),
+                ));
+            }
+            if op
+                .service
+                .officers()
+                .list()?
+                .iter()
+                .any(|o| o.name == officer)
+            {
+                return Err(keyd::Error::Conflict("an officer of that name exists"));
+            }
+            // Approvals given earlier would let whoever runs this first choose the password:
+            // both approving officers are at this terminal.
+            if op.service.officers().policy().dual() && approvers.len() < 2 {
+                return Err(keyd::Error::BadRequest(
+                    "enrolling an officer needs both approving officers here: --approver twice"
+                        .into(),
+                ));
+            }
             let officers = op.approvals(&approvers, Action::OfficerAdd, &officer)?;
             let password = new_password(&officer)?;
             let result = op
@@ -225,16 +247,16 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                         .officers()
                         .enrol(op.service.hsm(), &officer, &password)
                 });
-            op.record(
+            let logged = op.record(
                 audit::op::OFFICER_ADD,
                 &officers,
                 Some(&officer),
                 None,
                 &result,
-            )?;
+            );
             result?;
             eprintln!("keyd: officer {officer} enrolled");
-            Ok(())
+            logged
         }
         Command::Officers => {
             let op = Operator::open(&config)?;
@@ -285,6 +307,7 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             approvers,
         } => {
             let op = Operator::open(&config)?;
+            op.new_zone(&zone)?;
             let officers = op.approvals(&approvers, Action::ZmkForm, &zone)?;
             let mut parts: Vec<Zeroizing<[u8; 32]>> = Vec::new();
             let mut zmk = Zeroizing::new([0u8; 32]);
@@ -297,6 +320,9 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                 parts.push(part);
             }
             let final_kcv = keyd::aes_kcv(&zmk[..]);
+            // Loaded (and the approvals used up) before any form exists: no custodian ever
+            // holds a component of a key that was not made.
+            let logged = op.load_zmk(&zone, &zmk, audit::op::ZMK_GENERATE, &officers)?;
             let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
             for (n, part) in parts.iter().enumerate() {
                 print_form(&zone, n + 1, parts.len(), part, final_kcv);
@@ -308,7 +334,7 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                     print!("\x1b[2J\x1b[3J\x1b[H");
                 }
             }
-            op.load_zmk(&zone, &zmk, audit::op::ZMK_GENERATE, &officers)
+            logged
         }
         Command::ZmkImport {
             zone,
@@ -321,9 +347,10 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                     "a ZMK is formed from 2 or 3 components (split knowledge); one clear component is accepted only with dual control off".into(),
                 ));
             }
+            op.new_zone(&zone)?;
             let officers = op.approvals(&approvers, Action::ZmkForm, &zone)?;
             let zmk = read_components(&format!("zone {zone}"), components)?;
-            op.load_zmk(&zone, &zmk, audit::op::ZMK_FORM, &officers)
+            op.load_zmk(&zone, &zmk, audit::op::ZMK_FORM, &officers)?
         }
         Command::Keys {
             device,
@@ -393,64 +420,64 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             let op = Operator::open(&config)?;
             let officers = op.one_officer(officer.as_deref())?;
             let result = op.service.disable_key(&key_id);
-            op.record(
+            let logged = op.record(
                 audit::op::KEY_DISABLE,
                 &officers,
                 Some(&key_id),
                 None,
                 &result,
-            )?;
+            );
             result?;
             eprintln!("keyd: {key_id} disabled (a running keyd refuses it within a second)");
-            Ok(())
+            logged
         }
         Command::KeyEnable { key_id, officer } => {
             let op = Operator::open(&config)?;
             let officers = op.one_officer(officer.as_deref())?;
             let result = op.service.enable_key(&key_id);
-            op.record(
+            let logged = op.record(
                 audit::op::KEY_ENABLE,
                 &officers,
                 Some(&key_id),
                 None,
                 &result,
-            )?;
+            );
             result?;
             eprintln!("keyd: {key_id} enabled");
-            Ok(())
+            logged
         }
         Command::KeyRestore { key_id, officer } => {
             let op = Operator::open(&config)?;
             let officers = op.one_officer(officer.as_deref())?;
             let result = op.service.restore_key(&key_id);
-            op.record(
+            let logged = op.record(
                 audit::op::KEY_RESTORE,
                 &officers,
                 Some(&key_id),
                 None,
                 &result,
-            )?;
+            );
             result?;
             eprintln!("keyd: {key_id} restored, disabled: enable it with key-enable");
-            Ok(())
+            logged
         }
         Command::KeyDestroy { key_id, approvers } => {
             let op = Operator::open(&config)?;
             let officers = op.approvals(&approvers, Action::Destroy, &key_id)?;
             let result = op.service.destroy_key(&key_id);
-            op.record(
+            let logged = op.record(
                 audit::op::KEY_DESTROY,
                 &officers,
                 Some(&key_id),
                 None,
                 &result,
-            )?;
+            );
             let erase_at = result?;
             eprintln!(
                 "keyd: {key_id} is refused from now on and will be erased at {} unless restored (key-restore) before",
                 utc(erase_at)
             );
-            Ok(())
+            logged
         }
         Command::Serve => {
             keyd::harden::process()?;
@@ -519,15 +546,15 @@ fn read_components(what: &str, n: u8) -> Result<Zeroizing<[u8; 32]>, keyd::Error
         let line = keyd::console::read_secret(&format!(
             "Component {i} of {n} for {what} (64 hex digits)"
         ))?;
-        let part = Zeroizing::new(decode_hex(line.trim()).ok_or_else(|| {
+        let part = decode_hex(line.trim()).ok_or_else(|| {
             keyd::Error::BadRequest(format!("component {i}: expected 64 hex digits"))
-        })?);
+        })?;
         if part.iter().all(|b| *b == 0) {
             return Err(keyd::Error::BadRequest(format!(
                 "component {i} is all zeros"
             )));
         }
-        let kcv = keyd::aes_kcv(&part);
+        let kcv = keyd::aes_kcv(&part[..]);
         // Equal components would cancel out (or repeat): compare by check value, which is what
         // custodians see.
         if seen.contains(&kcv) {
@@ -560,7 +587,22 @@ fn init(
     names: &[String],
     components: Option<u8>,
 ) -> Result<(), keyd::Error> {
-    if config.officers.dual() && names.len() < 2 {
+    // A key store restored on a standby site brings its officers (their credentials are
+    // peppered by the same LMK, formed again from the same components).
+    let existing: Vec<String> = {
+        use keyd::AdminStore;
+        keyd::SqliteStore::open(&config.store)?
+            .officers()?
+            .into_iter()
+            .map(|o| o.name)
+            .collect()
+    };
+    if let Some(name) = names.iter().find(|n| existing.contains(n)) {
+        return Err(keyd::Error::BadRequest(format!(
+            "officer {name} is in the key store already"
+        )));
+    }
+    if config.officers.dual() && names.len() + existing.len() < 2 {
         return Err(keyd::Error::BadRequest(
             "dual control needs at least two officers: name each with --officer".into(),
         ));
@@ -824,7 +866,9 @@ impl Operator {
     }
 
     /// Loads a formed ZMK into the token (using up the approvals), records the ceremony with
-    /// the ZMK's KCV and prints the KCV for the officers to compare.
+    /// the ZMK's KCV and prints the KCV for the officers to compare. The outer error says the
+    /// ZMK was not loaded; the inner one that it was, but the record or the announcement to a
+    /// running keyd failed (reported after the KCV, so a made key is never hidden).
     #[allow(clippy::print_stdout, reason = "the KCV is the ceremony's result")]
     fn load_zmk(
         &self,
@@ -832,23 +876,33 @@ impl Operator {
         zmk: &[u8; 32],
         opcode: u16,
         officers: &[String],
-    ) -> Result<(), keyd::Error> {
+    ) -> Result<Result<(), keyd::Error>, keyd::Error> {
         let imported = self.service.zmk_import(&keyd_proto::message::ZmkImport {
             zone: zone.to_owned(),
             key: keyd_proto::Secret::new(zmk),
         });
-        self.record(
+        let logged = self.record(
             opcode,
             officers,
             Some(zone),
             imported.as_ref().ok().map(|i| i.kcv),
             &imported,
-        )?;
+        );
         let info = imported?;
         println!(
             "zone {} ZMK KCV {:02X}{:02X}{:02X}",
             info.zone, info.kcv[0], info.kcv[1], info.kcv[2]
         );
+        // A running `keyd serve` finds the new zone at its next housekeeping (within a second).
+        let announced = self.service.announce_change();
+        Ok(logged.and(announced))
+    }
+
+    /// Refuses, before anything is asked of officers or custodians, a zone that has a ZMK.
+    fn new_zone(&self, zone: &str) -> Result<(), keyd::Error> {
+        if self.service.has_zone(zone) {
+            return Err(keyd::Error::Conflict("the zone has a ZMK already"));
+        }
         Ok(())
     }
 }
@@ -879,25 +933,29 @@ fn utc(secs: u64) -> String {
 /// the combined key's KCV, and lines for the custodian's and the witness's signatures.
 #[allow(clippy::print_stdout, reason = "the form is printed for its custodian")]
 fn print_form(zone: &str, n: usize, of: usize, part: &[u8; 32], final_kcv: [u8; 3]) {
-    let hex: Zeroizing<String> = Zeroizing::new(part.iter().map(|b| format!("{b:02X}")).collect());
-    let groups: Vec<&str> = (0..hex.len())
-        .step_by(4)
-        .filter_map(|i| hex.get(i..i + 4))
-        .collect();
+    use std::fmt::Write as _;
+    // Two lines of eight groups of four hex digits, written into one buffer sized up front.
+    let mut value = Zeroizing::new(String::with_capacity(96));
+    for (i, pair) in part.chunks_exact(2).enumerate() {
+        let sep = match i {
+            0 => "",
+            8 => "\n                ",
+            _ => " ",
+        };
+        let _ = write!(
+            value,
+            "{sep}{:02X}{:02X}",
+            pair.first().copied().unwrap_or(0),
+            pair.get(1).copied().unwrap_or(0)
+        );
+    }
     let kcv = keyd::aes_kcv(part);
     let rule = "=".repeat(64);
     println!("{rule}");
     println!("ZMK COMPONENT FORM");
     println!("Key:            zone master key (ZMK), zone {zone}, AES-256");
     println!("Component:      {n} of {of}");
-    println!(
-        "Value:          {}",
-        groups.get(..8).unwrap_or_default().join(" ")
-    );
-    println!(
-        "                {}",
-        groups.get(8..).unwrap_or_default().join(" ")
-    );
+    println!("Value:          {}", value.as_str());
     println!("Component KCV:  {:02X}{:02X}{:02X}", kcv[0], kcv[1], kcv[2]);
     println!(
         "ZMK KCV:        {:02X}{:02X}{:02X}  (all components combined)",
@@ -924,15 +982,15 @@ async fn shutdown_signal() {
     }
 }
 
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() != 64 || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
+/// 64 hex digits into a zeroizing key buffer (no intermediate, reallocating copies).
+fn decode_hex(text: &str) -> Option<Zeroizing<[u8; 32]>> {
+    if text.len() != 64 {
         return None;
     }
-    (0..64)
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|p| u8::from_str_radix(p, 16).ok())
-        })
-        .collect()
+    let mut key = Zeroizing::new([0u8; 32]);
+    for (byte, pair) in key.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        let digit = |c: u8| char::from(c).to_digit(16);
+        *byte = u8::try_from(digit(*pair.first()?)? * 16 + digit(*pair.get(1)?)?).ok()?;
+    }
+    Some(key)
 }

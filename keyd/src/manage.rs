@@ -133,6 +133,11 @@ impl Service {
             .collect()
     }
 
+    /// Whether the token holds a ZMK for the zone.
+    pub fn has_zone(&self, zone: &str) -> bool {
+        self.hsm.zones().iter().any(|z| z == zone)
+    }
+
     /// The LMK's check value, computed in the token.
     ///
     /// # Errors
@@ -210,22 +215,41 @@ impl Service {
     /// # Errors
     /// [`Error::Store`].
     pub fn housekeeping(&self) -> Result<Vec<String>, Error> {
-        let erased = self.store.purge_destroyed(now())?;
+        // The cache first: a failing purge must not keep a disabled key usable.
         let version = self.store.state_version()?;
         if self.seen_version.swap(version, Ordering::AcqRel) != version {
-            self.cache
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clear();
+            self.forget_all();
+            self.hsm.refresh_zones()?;
+        }
+        let erased = self.store.purge_destroyed(now())?;
+        if !erased.is_empty() {
+            self.seen_version
+                .store(self.store.state_version()?, Ordering::Release);
+            self.forget_all();
         }
         Ok(erased)
     }
 
+    /// Empties the working-key cache; keys being loaded concurrently are not added to it.
+    fn forget_all(&self) {
+        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+        self.cache_generation.fetch_add(1, Ordering::AcqRel);
+        cache.clear();
+    }
+
+    /// Tells every running keyd that root keys or key states changed (a command formed a
+    /// ZMK): they empty their caches and look for new zones at their next housekeeping.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn announce_change(&self) -> Result<(), Error> {
+        self.store.bump_state_version()
+    }
+
     fn forget_key(&self, key_id: &str) {
-        self.cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key_id);
+        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+        self.cache_generation.fetch_add(1, Ordering::AcqRel);
+        cache.remove(key_id);
     }
 }
 

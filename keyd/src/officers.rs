@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::hsm::Hsm;
-use crate::store::{Approval, KeyStore, OfficerRecord};
+use crate::store::{Approval, KeyStore, LoginGate, OfficerRecord};
 use crate::{Error, crypto};
 
 /// Whether ceremonies need two officers.
@@ -100,9 +100,9 @@ impl Policy {
                 "officers.kdf_iterations must be at least {MIN_ITERATIONS}"
             )));
         }
-        if self.max_failed_logins == 0 || self.approval_window_secs == 0 {
+        if self.max_failed_logins == 0 || self.approval_window_secs == 0 || self.lockout_secs == 0 {
             return Err(Error::Config(
-                "officers.max_failed_logins and officers.approval_window_secs must be positive"
+                "officers.max_failed_logins, approval_window_secs and lockout_secs must be positive"
                     .into(),
             ));
         }
@@ -304,27 +304,24 @@ impl Officers {
     /// account (also when this failure locked it); [`Error::Store`].
     pub fn authenticate(&self, name: &str, password: &Password) -> Result<(), Error> {
         let now = now();
-        let Some(officer) = self.store.officer(name)? else {
-            let _ = self.credential(password, &[0; 16], self.policy.kdf_iterations);
-            return Err(Error::Auth);
-        };
-        if let Some(until) = officer.locked_until.filter(|u| *u > now) {
-            return Err(Error::Locked(until));
-        }
-        let hash = self.credential(password, &officer.salt, officer.iterations);
-        if bool::from(hash.ct_eq(&officer.hash)) {
-            self.store.login_succeeded(name, now)?;
-            return Ok(());
-        }
+        let max = self.policy.max_failed_logins;
         let until = now.saturating_add(self.policy.lockout_secs);
-        if self
-            .store
-            .login_failed(name, self.policy.max_failed_logins, until)?
-        {
+        match self.store.begin_login(name, max, until, now)? {
+            LoginGate::Unknown => {
+                let _ = self.credential(password, &[0; 16], self.policy.kdf_iterations);
+                return Err(Error::Auth);
+            }
+            LoginGate::Locked(until) => return Err(Error::Locked(until)),
+            LoginGate::Allowed => {}
+        }
+        let officer = self.store.officer(name)?.ok_or(Error::Auth)?;
+        let hash = self.credential(password, &officer.salt, officer.iterations);
+        let ok = bool::from(hash.ct_eq(&officer.hash));
+        if let Some(until) = self.store.finish_login(name, ok, max, until, now)? {
             tracing::warn!(officer = name, "officer account locked after failed logins");
             return Err(Error::Locked(until));
         }
-        Err(Error::Auth)
+        if ok { Ok(()) } else { Err(Error::Auth) }
     }
 
     /// Records an authenticated officer's approval of `action` on `subject`.

@@ -232,6 +232,10 @@ impl Hsm for Pkcs11Hsm {
         self.cmac(handle, data)
     }
 
+    fn refresh_zones(&self) -> Result<(), Error> {
+        self.load_handles()
+    }
+
     fn zones(&self) -> Vec<String> {
         let mut zones: Vec<String> = self
             .zmks

@@ -84,6 +84,9 @@ pub struct Service {
     pub(crate) officers: Officers,
     /// The store's key-state version this process's cache reflects.
     pub(crate) seen_version: std::sync::atomic::AtomicU64,
+    /// Moves whenever officers' actions take keys out of the cache: a key loaded across such a
+    /// change is used for its request but not cached, so it cannot outlive its disabling.
+    pub(crate) cache_generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Service {
@@ -126,6 +129,10 @@ fn require_exportable(header: &tr31::Header) -> Result<(), Error> {
 
 /// Largest piece of a chunked envelope (contract section 5).
 const CHUNK: usize = 4096;
+
+fn hex_kcv(kcv: [u8; 3]) -> String {
+    format!("{:02X}{:02X}{:02X}", kcv[0], kcv[1], kcv[2])
+}
 
 fn now() -> u64 {
     SystemTime::now()
@@ -170,6 +177,7 @@ impl Service {
             fingerprint_key,
             officers,
             seen_version,
+            cache_generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -401,6 +409,21 @@ impl Service {
         })
     }
 
+    /// A ZMK sent whole over the admin socket: refused while dual control is on, because a
+    /// clear ZMK in one piece defeats split knowledge; officers form ZMKs from components with
+    /// `keyd zmk-import` instead.
+    ///
+    /// # Errors
+    /// [`Error::Policy`] with dual control on; otherwise as [`Service::zmk_import`].
+    pub fn zmk_import_remote(&self, req: &m::ZmkImport) -> Result<m::ZoneInfo, Error> {
+        if self.officers.policy().dual() {
+            return Err(Error::Policy(
+                "with dual control on, ZMKs are formed from components by officers (keyd zmk-import)",
+            ));
+        }
+        self.zmk_import(req)
+    }
+
     /// Re-wraps a key block from one zone's ZMK to another's, honouring its exportability.
     ///
     /// # Errors
@@ -418,10 +441,12 @@ impl Service {
             .optional_blocks
             .retain(|b| !matches!(b.id(), tr31::BlockId::PB | tr31::BlockId::KP));
         let to = self.zmk(&req.to_zone)?;
-        self.officers.require(Action::Export, &req.to_zone)?;
-        let key_block = seal_random(&to, &header, &opened.key)?;
         let kcv = tr31::kcv::for_algorithm(header.algorithm, opened.key.expose_secret())
             .unwrap_or_default();
+        // Officers approve moving this key (known between organisations by its KCV) to this
+        // zone, not any key.
+        self.approved_export(&format!("{}@{}", hex_kcv(kcv), req.to_zone))?;
+        let key_block = seal_random(&to, &header, &opened.key)?;
         Ok(m::KeyBlockOut { key_block, kcv })
     }
 
@@ -444,7 +469,7 @@ impl Service {
         require_exportable(&stored)?;
         let key = self.open_stored(&Lmk(&*self.hsm), &record)?;
         let zmk = self.zmk(&req.zone)?;
-        self.officers.require(Action::Export, &req.zone)?;
+        self.approved_export(&format!("{}@{}", record.key_id, req.zone))?;
         let key_block = seal_random(&zmk, &record.kind.export_header()?, &key)?;
         Ok(m::KeyBlockOut {
             key_block,
@@ -522,7 +547,7 @@ impl Service {
             .optional_blocks
             .retain(|b| !matches!(b.id(), tr31::BlockId::PB | tr31::BlockId::LB));
         let zmk = self.zmk(&req.zone)?;
-        self.officers.require(Action::Export, &req.zone)?;
+        self.approved_export(&format!("{}@{}", record.key_id, req.zone))?;
         let key_block = seal_random(&zmk, &header, &opened.key)?;
         Ok(m::KeyBlockOut {
             key_block,
@@ -807,6 +832,9 @@ impl Service {
     }
 
     fn load_working_key(&self, key_id: &str) -> Result<Arc<WorkingKey>, Error> {
+        let generation = self
+            .cache_generation
+            .load(std::sync::atomic::Ordering::Acquire);
         let record = self.store.key(key_id)?.ok_or(Error::Auth)?;
         if record.revoked || self.store.key_state(key_id)? != KeyState::Active {
             return Err(Error::Auth);
@@ -848,12 +876,28 @@ impl Service {
             valid_until,
         });
         let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+        if self
+            .cache_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+            != generation
+        {
+            return Ok(working);
+        }
         if cache.len() >= self.capacity {
             // A crude bound: forget everything. Keys reload from the store on demand.
             cache.clear();
         }
         cache.insert(key_id.to_owned(), Arc::clone(&working));
         Ok(working)
+    }
+
+    /// Uses up two officers' approvals of an export, and says who gave them.
+    fn approved_export(&self, subject: &str) -> Result<(), Error> {
+        let officers = self.officers.require(Action::Export, subject)?;
+        if !officers.is_empty() {
+            tracing::info!(subject, approved_by = %officers.join("+"), "export under dual control");
+        }
+        Ok(())
     }
 
     /// Refuses a key an officer disabled or destroyed.

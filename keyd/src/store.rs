@@ -15,7 +15,7 @@ use crate::keys::KeyKind;
 
 mod admin;
 
-pub use admin::{AdminStore, Approval, KeyState, ListQuery, Listed, OfficerRecord};
+pub use admin::{AdminStore, Approval, KeyState, ListQuery, Listed, LoginGate, OfficerRecord};
 
 /// A device as keyd knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -417,7 +417,10 @@ fn write_loop(conn: &mut Connection, jobs: &std::sync::mpsc::Receiver<Job>) {
         let mut results: Vec<Result<(), Error>> = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         let committed = (|| -> Result<(), Error> {
-            let mut tx = conn.transaction()?;
+            // Immediate: another keyd process (an officer's command) may write too; taking the write
+            // lock up front lets busy_timeout wait for it instead of failing a read-then-write.
+            let mut tx =
+                conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for (write, reply) in batch {
                 replies.push(reply);
                 let sp = tx.savepoint()?;

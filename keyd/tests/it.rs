@@ -286,15 +286,46 @@ async fn admin_import_export_and_translate_on_softhsm() {
         zone: "z2".into(),
         key: Secret::new(&z2_key),
     };
-    // Dual control holds on the socket too: nothing without two officers' approvals.
+    // A whole clear ZMK over the socket defeats split knowledge: refused, approvals or not.
+    keyd.approve("zmk-form", "z2").unwrap();
     assert!(matches!(
         client.call(&form).await,
         Err(ClientError::Status(Status::POLICY))
     ));
-    keyd.approve("zmk-form", "z2").unwrap();
-    let zone = client.call(&form).await.unwrap();
+    // Officers form it from components while keyd serves; keyd finds the new zone by itself.
+    let c1 = [0x11u8; 32];
+    let c2: Vec<u8> = z2_key.iter().zip(c1).map(|(a, b)| a ^ b).collect();
+    let hex_upper = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<String>();
+    let mut args = vec!["zmk-import", "--zone", "z2"];
+    args.extend(APPROVERS);
+    let out = keyd
+        .run(
+            &args,
+            &[
+                OFFICERS[0].1,
+                OFFICERS[1].1,
+                &hex_upper(&c1),
+                &hex_upper(&c2),
+            ],
+        )
+        .unwrap();
     let kcv = tr31::kcv::cmac_aes(&z2_key).unwrap();
-    assert_eq!(zone.kcv, [kcv[0], kcv[1], kcv[2]]);
+    assert!(
+        out.contains(&format!("zone z2 ZMK KCV {}", hex_upper(&kcv[..3]))),
+        "{out}"
+    );
+    let device_in_z2 = m::DeviceCreate {
+        device_id: "POS-000000E2".into(),
+        zone: "z2".into(),
+    };
+    let started = std::time::Instant::now();
+    while client.call(&device_in_z2).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "serve never saw zone z2"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let header = tr31::Header::parse("D0000B0AX01E0000", tr31::Profile::Strict).unwrap();
     let bdk = tr31::Key::new(&[0x42; 32]).unwrap();
@@ -316,7 +347,16 @@ async fn admin_import_export_and_translate_on_softhsm() {
         client.call(&translate).await,
         Err(ClientError::Status(Status::POLICY))
     ));
-    keyd.approve("export", "z2").unwrap();
+    // Approvals name the key (by its KCV) and the destination: approving another key, or
+    // another zone, allows nothing here.
+    let bdk_kcv = hex_upper(&tr31::kcv::cmac_aes(&[0x42; 32]).unwrap()[..3]);
+    keyd.approve("export", "000000@z2").unwrap();
+    keyd.approve("export", &format!("{bdk_kcv}@z1")).unwrap();
+    assert!(matches!(
+        client.call(&translate).await,
+        Err(ClientError::Status(Status::POLICY))
+    ));
+    keyd.approve("export", &format!("{bdk_kcv}@z2")).unwrap();
     let moved = client.call(&translate).await.unwrap();
     assert!(
         matches!(
@@ -341,7 +381,8 @@ async fn admin_import_export_and_translate_on_softhsm() {
         })
         .await
         .unwrap();
-    keyd.approve("export", "z2").unwrap();
+    keyd.approve("export", &format!("{}@z2", imported.key_id))
+        .unwrap();
     let out = client
         .call(&m::Tr31Export {
             key_id: imported.key_id,

@@ -126,6 +126,65 @@ fn failed_logins_lock_an_officer_out_and_every_attempt_is_audited() {
     );
     assert!(log.contains("\"subject\":\"mallory\""));
     assert!(!log.contains("not alice"), "passwords never reach the log");
+
+    // Enrolling an officer: both approvers at the terminal, the name checked first.
+    let err = k
+        .run(
+            &["officer-add", "--officer", "carol", "--approver", "bob"],
+            &[OFFICERS[1].1],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--approver twice"), "{err}");
+    let err = k
+        .run(
+            &["officer-add", "--officer", "Carol!", "--approver", "bob"],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("officer names"), "{err}");
+    // (alice is locked on this token; a fresh one has both officers free.)
+    let fresh = KeydProcess::with_config(
+        std::path::Path::new(env!("CARGO_BIN_EXE_keyd")),
+        r#""data""#,
+        "memory",
+        "",
+    )
+    .unwrap();
+    let enrol = |password: &str| {
+        fresh.run(
+            &[
+                "officer-add",
+                "--officer",
+                "carol",
+                "--approver",
+                "alice",
+                "--approver",
+                "bob",
+            ],
+            &[OFFICERS[0].1, OFFICERS[1].1, password],
+        )
+    };
+    let err = enrol("carol's own passphrase").unwrap_err().to_string();
+    assert!(err.contains("must not contain"), "{err}");
+    enrol("a passphrase of her own").unwrap();
+    fresh
+        .run(
+            &[
+                "approve",
+                "--officer",
+                "carol",
+                "--action",
+                "destroy",
+                "--subject",
+                "x",
+            ],
+            &["a passphrase of her own"],
+        )
+        .unwrap();
+    let listing = fresh.run(&["officers"], &[]).unwrap();
+    assert_eq!(listing.lines().count(), 1 + 3, "{listing}");
     k.run(&["audit-verify"], &[]).unwrap();
 }
 
@@ -511,19 +570,44 @@ async fn an_lmk_formed_from_components_lets_a_second_token_open_the_same_key_sto
     drop(client);
     first.stop();
 
-    // The standby site: its own token, formed from the same components, and a copy of the
-    // key store (as restored from a backup).
+    // The standby site, as docs/operations.md has it: the key store restored from a backup,
+    // then its own token initialised from the same components. The officers come with the
+    // store.
     let mut standby =
         KeydProcess::uninitialised(bin, r#""data", "devices""#, "memory", "").unwrap();
-    form(&standby);
     for suffix in ["", "-wal", "-shm"] {
         let from = first.store().with_file_name(format!("keys.db{suffix}"));
-        let to = standby.store().with_file_name(format!("keys.db{suffix}"));
-        let _ = std::fs::remove_file(&to);
         if from.exists() {
-            std::fs::copy(&from, &to).unwrap();
+            std::fs::copy(
+                &from,
+                standby.store().with_file_name(format!("keys.db{suffix}")),
+            )
+            .unwrap();
         }
     }
+    let err = standby
+        .run(
+            &["init", "--officer", "alice", "--lmk-components", "2"],
+            &[a_password, lmk[0], lmk[1]],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("in the key store already"), "{err}");
+    let out = standby
+        .run(&["init", "--lmk-components", "2"], &[lmk[0], lmk[1]])
+        .unwrap();
+    assert!(
+        out.contains(&format!("LMK KCV {}", kcv_hex(&lmk_value))),
+        "{out}"
+    );
+    let mut args = vec!["zmk-import", "--zone", "z1", "--components", "2"];
+    args.extend(["--approver", a, "--approver", b]);
+    standby
+        .run(
+            &args,
+            &[a_password, b_password, ZMK_COMPONENTS[0], ZMK_COMPONENTS[1]],
+        )
+        .expect("the restored officers' passwords work under the re-formed LMK");
     standby.start().unwrap();
     let client = Client::connect(standby.socket()).await.unwrap();
     let message = b"standby".to_vec();

@@ -135,6 +135,17 @@ impl std::fmt::Debug for OfficerRecord {
     }
 }
 
+/// Whether a login may go on to check the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginGate {
+    /// No officer of that name.
+    Unknown,
+    /// Locked until then (Unix seconds).
+    Locked(u64),
+    /// Counted; check the password.
+    Allowed,
+}
+
 /// One officer's approval of one action on one subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
@@ -182,6 +193,12 @@ pub trait AdminStore {
     /// [`Error::Store`].
     fn state_version(&self) -> Result<u64, Error>;
 
+    /// Moves the state version without a key-state change (a new zone in the token).
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    fn bump_state_version(&self) -> Result<(), Error>;
+
     /// An officer by name.
     ///
     /// # Errors
@@ -200,18 +217,35 @@ pub trait AdminStore {
     /// [`Error::Conflict`] if the name is taken; [`Error::Store`].
     fn insert_officer(&self, officer: &OfficerRecord) -> Result<(), Error>;
 
-    /// Counts a failed login, atomically; at `max` failures the account is locked until
-    /// `lock_until` and the count starts again. Returns whether this failure locked it.
+    /// Starts a login, atomically and before the password is checked, so parallel attempts
+    /// cannot outrun the lockout: refused while locked; the attempt is counted as a failure
+    /// until [`AdminStore::finish_login`] says otherwise; an account that has used up `max`
+    /// attempts is locked until `lock_until`.
     ///
     /// # Errors
     /// [`Error::Store`].
-    fn login_failed(&self, name: &str, max: u32, lock_until: u64) -> Result<bool, Error>;
+    fn begin_login(
+        &self,
+        name: &str,
+        max: u32,
+        lock_until: u64,
+        now: u64,
+    ) -> Result<LoginGate, Error>;
 
-    /// Records a successful login: failures reset.
+    /// Ends a login begun with [`AdminStore::begin_login`]. A success clears the failures
+    /// unless the account was locked meanwhile; a failure locks the account if it has used up
+    /// `max` attempts. Returns the end of a lock that applies (the login then fails).
     ///
     /// # Errors
     /// [`Error::Store`].
-    fn login_succeeded(&self, name: &str, now: u64) -> Result<(), Error>;
+    fn finish_login(
+        &self,
+        name: &str,
+        success: bool,
+        max: u32,
+        lock_until: u64,
+        now: u64,
+    ) -> Result<Option<u64>, Error>;
 
     /// Records an approval.
     ///
@@ -420,6 +454,10 @@ impl AdminStore for SqliteStore {
         Ok(v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
     }
 
+    fn bump_state_version(&self) -> Result<(), Error> {
+        self.write(bump_version)
+    }
+
     fn officer(&self, name: &str) -> Result<Option<OfficerRecord>, Error> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
@@ -459,41 +497,93 @@ impl AdminStore for SqliteStore {
         })
     }
 
-    fn login_failed(&self, name: &str, max: u32, lock_until: u64) -> Result<bool, Error> {
+    fn begin_login(
+        &self,
+        name: &str,
+        max: u32,
+        lock_until: u64,
+        now: u64,
+    ) -> Result<LoginGate, Error> {
         let name = name.to_owned();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.write(move |conn| {
-            let failures: Option<u32> = conn
+            let row: Option<(u32, Option<i64>)> = conn
                 .query_row(
-                    "UPDATE officers SET failures = failures + 1 WHERE name = ?1
-                     RETURNING failures",
+                    "SELECT failures, locked_until FROM officers WHERE name = ?1",
                     [&name],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            let locked = failures.is_some_and(|f| f >= max);
-            if locked {
-                conn.execute(
-                    "UPDATE officers SET failures = 0, locked_until = ?2 WHERE name = ?1",
-                    params![name, seconds(lock_until)],
+            let gate = match row {
+                None => LoginGate::Unknown,
+                Some((_, Some(until))) if until > seconds(now) => {
+                    LoginGate::Locked(u64::try_from(until).unwrap_or(u64::MAX))
+                }
+                Some((failures, _)) if failures >= max => {
+                    conn.execute(
+                        "UPDATE officers SET failures = 0, locked_until = ?2 WHERE name = ?1",
+                        params![name, seconds(lock_until)],
+                    )?;
+                    LoginGate::Locked(lock_until)
+                }
+                Some(_) => {
+                    conn.execute(
+                        "UPDATE officers SET failures = failures + 1, locked_until = NULL
+                         WHERE name = ?1",
+                        [&name],
+                    )?;
+                    LoginGate::Allowed
+                }
+            };
+            let _ = tx.send(gate);
+            Ok(())
+        })?;
+        rx.recv()
+            .map_err(|_| Error::Store("the store writer has stopped".into()))
+    }
+
+    fn finish_login(
+        &self,
+        name: &str,
+        success: bool,
+        max: u32,
+        lock_until: u64,
+        now: u64,
+    ) -> Result<Option<u64>, Error> {
+        let name = name.to_owned();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.write(move |conn| {
+            let locked = if success {
+                let n = conn.execute(
+                    "UPDATE officers SET failures = 0, last_login = ?2
+                     WHERE name = ?1 AND (locked_until IS NULL OR locked_until <= ?2)",
+                    params![name, seconds(now)],
                 )?;
-            }
+                if n == 0 {
+                    conn.query_row(
+                        "SELECT locked_until FROM officers WHERE name = ?1",
+                        [&name],
+                        |r| r.get::<_, Option<i64>>(0),
+                    )
+                    .optional()?
+                    .flatten()
+                    .and_then(|u| u64::try_from(u).ok())
+                } else {
+                    None
+                }
+            } else {
+                let n = conn.execute(
+                    "UPDATE officers SET failures = 0, locked_until = ?2
+                     WHERE name = ?1 AND failures >= ?3",
+                    params![name, seconds(lock_until), max],
+                )?;
+                (n > 0).then_some(lock_until)
+            };
             let _ = tx.send(locked);
             Ok(())
         })?;
-        Ok(rx.recv().unwrap_or(false))
-    }
-
-    fn login_succeeded(&self, name: &str, now: u64) -> Result<(), Error> {
-        let name = name.to_owned();
-        self.write(move |conn| {
-            conn.execute(
-                "UPDATE officers SET failures = 0, locked_until = NULL, last_login = ?2
-                 WHERE name = ?1",
-                params![name, seconds(now)],
-            )?;
-            Ok(())
-        })
+        rx.recv()
+            .map_err(|_| Error::Store("the store writer has stopped".into()))
     }
 
     fn add_approval(&self, a: &Approval) -> Result<(), Error> {
@@ -631,6 +721,11 @@ impl AdminStore for MemoryStore {
         Ok(self.tables().version)
     }
 
+    fn bump_state_version(&self) -> Result<(), Error> {
+        self.tables().version += 1;
+        Ok(())
+    }
+
     fn officer(&self, name: &str) -> Result<Option<OfficerRecord>, Error> {
         Ok(self.tables().officers.get(name).cloned())
     }
@@ -650,27 +745,56 @@ impl AdminStore for MemoryStore {
         Ok(())
     }
 
-    fn login_failed(&self, name: &str, max: u32, lock_until: u64) -> Result<bool, Error> {
+    fn begin_login(
+        &self,
+        name: &str,
+        max: u32,
+        lock_until: u64,
+        now: u64,
+    ) -> Result<LoginGate, Error> {
         let mut t = self.tables();
         let Some(o) = t.officers.get_mut(name) else {
-            return Ok(false);
+            return Ok(LoginGate::Unknown);
         };
-        o.failures += 1;
+        if let Some(until) = o.locked_until.filter(|u| *u > now) {
+            return Ok(LoginGate::Locked(until));
+        }
         if o.failures >= max {
             o.failures = 0;
             o.locked_until = Some(lock_until);
-            return Ok(true);
+            return Ok(LoginGate::Locked(lock_until));
         }
-        Ok(false)
+        o.failures += 1;
+        o.locked_until = None;
+        Ok(LoginGate::Allowed)
     }
 
-    fn login_succeeded(&self, name: &str, now: u64) -> Result<(), Error> {
-        if let Some(o) = self.tables().officers.get_mut(name) {
+    fn finish_login(
+        &self,
+        name: &str,
+        success: bool,
+        max: u32,
+        lock_until: u64,
+        now: u64,
+    ) -> Result<Option<u64>, Error> {
+        let mut t = self.tables();
+        let Some(o) = t.officers.get_mut(name) else {
+            return Ok(None);
+        };
+        if success {
+            if let Some(until) = o.locked_until.filter(|u| *u > now) {
+                return Ok(Some(until));
+            }
             o.failures = 0;
-            o.locked_until = None;
             o.last_login = Some(now);
+            return Ok(None);
         }
-        Ok(())
+        if o.failures >= max {
+            o.failures = 0;
+            o.locked_until = Some(lock_until);
+            return Ok(Some(lock_until));
+        }
+        Ok(None)
     }
 
     fn add_approval(&self, approval: &Approval) -> Result<(), Error> {
@@ -781,14 +905,48 @@ pub(super) fn exercise(store: &dyn super::KeyStore) {
         store.insert_officer(&officer),
         Err(Error::Conflict(_))
     ));
-    assert!(!store.login_failed("alice", 3, 99).unwrap());
-    assert!(!store.login_failed("alice", 3, 99).unwrap());
-    assert!(store.login_failed("alice", 3, 99).unwrap());
+    let begin = |now| store.begin_login("alice", 3, 99, now).unwrap();
+    assert_eq!(
+        store.begin_login("nobody", 3, 99, 10).unwrap(),
+        LoginGate::Unknown
+    );
+    // Three attempts begun at once (parallel logins) are all counted before any finishes.
+    for _ in 0..3 {
+        assert_eq!(begin(10), LoginGate::Allowed);
+    }
+    assert_eq!(begin(10), LoginGate::Locked(99), "a fourth is refused");
+    assert_eq!(begin(10), LoginGate::Locked(99));
+    assert_eq!(
+        store.finish_login("alice", true, 3, 99, 10).unwrap(),
+        Some(99),
+        "a right password does not end a lock set meanwhile"
+    );
+    // After the lock: two failures, then a success clears them.
+    assert_eq!(begin(100), LoginGate::Allowed);
+    assert_eq!(
+        store.finish_login("alice", false, 3, 199, 100).unwrap(),
+        None
+    );
+    assert_eq!(begin(100), LoginGate::Allowed);
+    assert_eq!(
+        store.finish_login("alice", false, 3, 199, 100).unwrap(),
+        None
+    );
+    assert_eq!(begin(100), LoginGate::Allowed);
+    assert_eq!(
+        store.finish_login("alice", false, 3, 199, 100).unwrap(),
+        Some(199),
+        "the third failure locks"
+    );
     let locked = store.officer("alice").unwrap().unwrap();
-    assert_eq!((locked.failures, locked.locked_until), (0, Some(99)));
-    store.login_succeeded("alice", 120).unwrap();
+    assert_eq!((locked.failures, locked.locked_until), (0, Some(199)));
+    assert_eq!(begin(200), LoginGate::Allowed);
+    assert_eq!(
+        store.finish_login("alice", true, 3, 299, 200).unwrap(),
+        None
+    );
     let ok = store.officer("alice").unwrap().unwrap();
-    assert_eq!((ok.locked_until, ok.last_login), (None, Some(120)));
+    assert_eq!((ok.failures, ok.last_login), (0, Some(200)));
     assert_eq!(store.officers().unwrap().len(), 1);
 
     let approve = |officer: &str, at: u64| {
