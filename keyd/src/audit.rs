@@ -39,6 +39,8 @@ pub mod op {
     pub const ZMK_GENERATE: u16 = 0x0310;
     /// An officer enrolled.
     pub const OFFICER_ADD: u16 = 0x0311;
+    /// An officer changed their password.
+    pub const OFFICER_PASSWD: u16 = 0x0312;
     /// An officer's login attempt (subject: the name given).
     pub const OFFICER_LOGIN: u16 = 0x0320;
     /// An officer's approval (subject: `action:subject`).

@@ -56,6 +56,12 @@ enum Command {
     },
     /// List the officers (never their credentials).
     Officers,
+    /// Change an officer's password (the current one first, then the new one).
+    OfficerPasswd {
+        /// The officer.
+        #[arg(long)]
+        officer: String,
+    },
     /// Record one officer's approval of one controlled action (valid for the configured
     /// window). A second officer approves with this command too, or while running the action.
     Approve {
@@ -256,6 +262,32 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             );
             result?;
             eprintln!("keyd: officer {officer} enrolled");
+            logged
+        }
+        Command::OfficerPasswd { officer } => {
+            let op = Operator::open(&config)?;
+            let current = Password::new(keyd::console::read_secret(&format!(
+                "Current password for officer {officer}"
+            ))?);
+            let new = new_password(&officer)?;
+            let result =
+                op.service
+                    .officers()
+                    .change_password(op.service.hsm(), &officer, &current, &new);
+            let logged = op.record(
+                audit::op::OFFICER_PASSWD,
+                std::slice::from_ref(&officer),
+                Some(&officer),
+                None,
+                &result,
+            );
+            result.map_err(|e| match e {
+                keyd::Error::Auth => {
+                    keyd::Error::BadRequest(format!("officer {officer}: authentication failed"))
+                }
+                other => other,
+            })?;
+            eprintln!("keyd: password of officer {officer} changed");
             logged
         }
         Command::Officers => {

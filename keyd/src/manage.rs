@@ -296,18 +296,13 @@ mod tests {
         s
     }
 
-    #[test]
-    fn disabled_and_destroyed_keys_are_refused_and_destruction_needs_two_officers() {
-        let s = service(0);
+    /// Device POS-00000001 and an attestation its identity key signed.
+    #[allow(clippy::unwrap_used, reason = "test set-up")]
+    fn device(s: &Service) -> (m::IdentityKey, m::AttestVerify) {
         let identity = s
             .device_create(&m::DeviceCreate {
                 device_id: "POS-00000001".into(),
                 zone: "z1".into(),
-            })
-            .unwrap();
-        let set = s
-            .key_set_create(&m::KeySetCreate {
-                device_id: "POS-00000001".into(),
             })
             .unwrap();
         let msg = b"attest".to_vec();
@@ -317,6 +312,18 @@ mod tests {
             signature: crate::crypto::hmac(identity.secret.expose(), &msg).unwrap(),
             message: msg,
         };
+        (identity, attest)
+    }
+
+    #[test]
+    fn disabled_and_destroyed_keys_are_refused_and_destruction_needs_two_officers() {
+        let s = service(0);
+        let (identity, attest) = device(&s);
+        let set = s
+            .key_set_create(&m::KeySetCreate {
+                device_id: "POS-00000001".into(),
+            })
+            .unwrap();
         s.attest_verify(&attest).unwrap(); // now cached
         let export = m::KeySetExport {
             device_id: "POS-00000001".into(),
@@ -403,19 +410,7 @@ mod tests {
     #[test]
     fn another_process_changing_a_state_empties_the_cache() {
         let s = service(3600);
-        let identity = s
-            .device_create(&m::DeviceCreate {
-                device_id: "POS-00000001".into(),
-                zone: "z1".into(),
-            })
-            .unwrap();
-        let msg = b"attest".to_vec();
-        let attest = m::AttestVerify {
-            device_id: "POS-00000001".into(),
-            key_id: identity.key_id.clone(),
-            signature: crate::crypto::hmac(identity.secret.expose(), &msg).unwrap(),
-            message: msg,
-        };
+        let (identity, attest) = device(&s);
         s.attest_verify(&attest).unwrap();
         // Written to the store directly, as an officer's command in another process does.
         s.store

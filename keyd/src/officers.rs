@@ -296,6 +296,28 @@ impl Officers {
         })
     }
 
+    /// Replaces an officer's password after checking the current one (a fresh salt, and the
+    /// policy's iteration count).
+    ///
+    /// # Errors
+    /// As [`Officers::authenticate`] for the current password; [`Error::BadRequest`] for a weak
+    /// new one; [`Error::Store`], [`Error::Hsm`].
+    pub fn change_password(
+        &self,
+        hsm: &dyn Hsm,
+        name: &str,
+        current: &Password,
+        new: &Password,
+    ) -> Result<(), Error> {
+        Self::check_new(name, new)?;
+        self.authenticate(name, current)?;
+        let mut salt = [0u8; 16];
+        hsm.random(&mut salt)?;
+        let iterations = self.policy.kdf_iterations;
+        let hash = self.credential(new, &salt, iterations);
+        self.store.set_credential(name, salt, iterations, hash)
+    }
+
     /// Checks an officer's password. A locked account is refused without looking at the
     /// password; an unknown name costs the same work as a wrong password and reads the same.
     ///
@@ -466,6 +488,44 @@ mod tests {
             ),
             "the right password does not open a locked account"
         );
+    }
+
+    #[test]
+    fn an_officer_changes_their_password() {
+        let (o, hsm) = officers(fast());
+        o.enrol(&hsm, "alice", &password("correct horse battery"))
+            .unwrap();
+        assert!(matches!(
+            o.change_password(
+                &hsm,
+                "alice",
+                &password("wrong"),
+                &password("a brand new phrase")
+            ),
+            Err(Error::Auth)
+        ));
+        assert!(
+            o.change_password(
+                &hsm,
+                "alice",
+                &password("correct horse battery"),
+                &password("short")
+            )
+            .is_err()
+        );
+        o.change_password(
+            &hsm,
+            "alice",
+            &password("correct horse battery"),
+            &password("a brand new phrase"),
+        )
+        .unwrap();
+        assert!(
+            o.authenticate("alice", &password("correct horse battery"))
+                .is_err()
+        );
+        o.authenticate("alice", &password("a brand new phrase"))
+            .unwrap();
     }
 
     #[test]

@@ -185,6 +185,29 @@ fn failed_logins_lock_an_officer_out_and_every_attempt_is_audited() {
         .unwrap();
     let listing = fresh.run(&["officers"], &[]).unwrap();
     assert_eq!(listing.lines().count(), 1 + 3, "{listing}");
+    // Carol changes her password: the current one first; the old one stops working.
+    let err = fresh
+        .run(
+            &["officer-passwd", "--officer", "carol"],
+            &["not her password", "another long phrase"],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("authentication failed"), "{err}");
+    fresh
+        .run(
+            &["officer-passwd", "--officer", "carol"],
+            &["a passphrase of her own", "another long phrase"],
+        )
+        .unwrap();
+    let approve_as_carol = |password: &str| {
+        fresh.run(
+            &["approve", "--officer", "carol", "--action", "destroy", "--subject", "y"],
+            &[password],
+        )
+    };
+    assert!(approve_as_carol("a passphrase of her own").is_err());
+    approve_as_carol("another long phrase").unwrap();
     k.run(&["audit-verify"], &[]).unwrap();
 }
 

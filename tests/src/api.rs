@@ -104,19 +104,8 @@ impl ApiProcess {
     /// Stops the process the way an operator's `systemctl restart` does (SIGTERM: it finishes
     /// the requests it has and exits); SIGKILL after 10 s.
     pub fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            crate::terminate(child);
         }
     }
 
@@ -383,5 +372,36 @@ impl Platform {
             return Err(format!("{method} {path}: {} {}", a.status, a.json).into());
         }
         Ok(a.json)
+    }
+
+    /// Every stored charge of a merchant (all pages), in the API's order.
+    ///
+    /// # Errors
+    /// Transport failures or an unsuccessful page.
+    pub fn charges(&self, merchant_id: &str) -> Result<Vec<Value>, Error> {
+        let mut all = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self.ok(
+                "GET",
+                &format!("/charges?merchant_id={merchant_id}&limit=100{after}"),
+                None,
+            )?;
+            all.extend(
+                page.get("data")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+            if page.get("has_more") != Some(&Value::Bool(true)) {
+                return Ok(all);
+            }
+            let cursor = page
+                .get("next_cursor")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            after = format!("&starting_after={cursor}");
+        }
     }
 }

@@ -234,18 +234,8 @@ impl KeydProcess {
 
     /// Stops keyd with SIGTERM (SIGKILL after 10 s).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Some(child) = self.child.take() {
+            terminate(child);
         }
     }
 
@@ -259,6 +249,23 @@ impl Drop for KeydProcess {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Stops a process the way `systemctl stop` does: SIGTERM, then SIGKILL after 10 s; waits
+/// for it.
+pub fn terminate(mut child: Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.wait();
 }
 
 /// The SoftHSM module path (see `softhsm::module_path`).

@@ -47,20 +47,7 @@ fn one_terminal_then_a_short_load() {
         "api is built with the workspace: cargo test --workspace"
     );
     let p = e2e::api::Platform::start(&api_bin, "").unwrap();
-    let r = p
-        .ok("POST", "/resellers", Some(&json!({"name": "R"})))
-        .unwrap();
-    let m = p
-        .ok("POST", "/merchants", Some(&json!({"reseller_id": r["id"], "name": "Sim", "mcc": "5812", "country": "DE", "currency": "EUR"})))
-        .unwrap();
-    let mid = m["id"].as_str().unwrap().to_owned();
-    let d = p
-        .ok(
-            "POST",
-            &format!("/merchants/{mid}/devices"),
-            Some(&json!({"device_id": "POS-00005EED", "model": "A920", "serial": "S"})),
-        )
-        .unwrap();
+    let (mid, key_id, secret) = merchant_and_device(&p, "POS-00005EED");
     // The demo ZMK as two components, the way custodians hold it.
     let zmk = e2e::hex(e2e::ZMK_HEX);
     let first: Vec<u8> = (0u8..32)
@@ -71,7 +58,7 @@ fn one_terminal_then_a_short_load() {
         "{}\n{}\n{}\n",
         e2e::pos::hex_upper(&first),
         e2e::pos::hex_upper(&second),
-        d["identity_key"]["secret"].as_str().unwrap()
+        secret
     );
     let (ok, out) = pos_sim(
         p.api.port(),
@@ -84,7 +71,7 @@ fn one_terminal_then_a_short_load() {
             "--device-id",
             "POS-00005EED",
             "--identity-key-id",
-            d["identity_key"]["key_id"].as_str().unwrap(),
+            &key_id,
             "--identity-secret",
             "-",
             "--claim-token",
@@ -103,7 +90,7 @@ fn one_terminal_then_a_short_load() {
     );
     // No secret is echoed.
     assert!(!out.contains(&e2e::pos::hex_upper(&first)));
-    assert!(!out.contains(d["identity_key"]["secret"].as_str().unwrap()));
+    assert!(!out.contains(&secret));
 
     let (ok, out) = pos_sim(
         p.api.port(),
@@ -301,22 +288,7 @@ fn an_api_restart_in_the_middle_of_a_pos_sim_load_loses_nothing() {
         .and_then(|n| n.replace(',', "").parse().ok())
         .unwrap_or_else(|| panic!("{text}"));
     // Every charge pos-sim saw approved is stored, once; nothing is left pending.
-    let mut stored = Vec::new();
-    let mut after = String::new();
-    loop {
-        let page = p
-            .ok(
-                "GET",
-                &format!("/charges?merchant_id={mid}&limit=100{after}"),
-                None,
-            )
-            .unwrap();
-        stored.extend(page["data"].as_array().unwrap().iter().cloned());
-        if page["has_more"] != true {
-            break;
-        }
-        after = format!("&starting_after={}", page["next_cursor"].as_str().unwrap());
-    }
+    let stored = p.charges(&mid).unwrap();
     let ids: std::collections::HashSet<&str> = stored
         .iter()
         .map(|c| c["charge_id"].as_str().unwrap())

@@ -47,24 +47,9 @@ fn options(seconds: u64) -> e2e::load::Options {
     }
 }
 
-/// Every stored charge of the merchant, by id.
+/// Every stored charge of the merchant.
 fn stored(p: &Platform, mid: &str) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut after = String::new();
-    loop {
-        let page = p
-            .ok(
-                "GET",
-                &format!("/charges?merchant_id={mid}&limit=100{after}"),
-                None,
-            )
-            .unwrap();
-        all.extend(page["data"].as_array().unwrap().iter().cloned());
-        if page["has_more"] != true {
-            return all;
-        }
-        after = format!("&starting_after={}", page["next_cursor"].as_str().unwrap());
-    }
+    p.charges(mid).unwrap()
 }
 
 #[test]

@@ -217,6 +217,18 @@ pub trait AdminStore {
     /// [`Error::Conflict`] if the name is taken; [`Error::Store`].
     fn insert_officer(&self, officer: &OfficerRecord) -> Result<(), Error>;
 
+    /// Replaces an officer's credential.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Store`].
+    fn set_credential(
+        &self,
+        name: &str,
+        salt: [u8; 16],
+        iterations: u32,
+        hash: [u8; 32],
+    ) -> Result<(), Error>;
+
     /// Starts a login, atomically and before the password is checked, so parallel attempts
     /// cannot outrun the lockout: refused while locked; the attempt is counted as a failure
     /// until [`AdminStore::finish_login`] says otherwise; an account that has used up `max`
@@ -497,6 +509,26 @@ impl AdminStore for SqliteStore {
         })
     }
 
+    fn set_credential(
+        &self,
+        name: &str,
+        salt: [u8; 16],
+        iterations: u32,
+        hash: [u8; 32],
+    ) -> Result<(), Error> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE officers SET salt = ?2, iterations = ?3, hash = ?4 WHERE name = ?1",
+                params![name, salt.as_slice(), iterations, hash.as_slice()],
+            )?;
+            if n == 0 {
+                return Err(Error::NotFound("officer"));
+            }
+            Ok(())
+        })
+    }
+
     fn begin_login(
         &self,
         name: &str,
@@ -742,6 +774,21 @@ impl AdminStore for MemoryStore {
             return Err(Error::Conflict("an officer of that name exists"));
         }
         t.officers.insert(officer.name.clone(), officer.clone());
+        Ok(())
+    }
+
+    fn set_credential(
+        &self,
+        name: &str,
+        salt: [u8; 16],
+        iterations: u32,
+        hash: [u8; 32],
+    ) -> Result<(), Error> {
+        let mut t = self.tables();
+        let o = t.officers.get_mut(name).ok_or(Error::NotFound("officer"))?;
+        o.salt = salt;
+        o.iterations = iterations;
+        o.hash = hash;
         Ok(())
     }
 
