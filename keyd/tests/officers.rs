@@ -202,7 +202,15 @@ fn failed_logins_lock_an_officer_out_and_every_attempt_is_audited() {
         .unwrap();
     let approve_as_carol = |password: &str| {
         fresh.run(
-            &["approve", "--officer", "carol", "--action", "destroy", "--subject", "y"],
+            &[
+                "approve",
+                "--officer",
+                "carol",
+                "--action",
+                "destroy",
+                "--subject",
+                "y",
+            ],
             &[password],
         )
     };
