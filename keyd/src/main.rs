@@ -448,51 +448,30 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             }
             Ok(())
         }
-        Command::KeyDisable { key_id, officer } => {
-            let op = Operator::open(&config)?;
-            let officers = op.one_officer(officer.as_deref())?;
-            let result = op.service.disable_key(&key_id);
-            let logged = op.record(
-                audit::op::KEY_DISABLE,
-                &officers,
-                Some(&key_id),
-                None,
-                &result,
-            );
-            result?;
-            eprintln!("keyd: {key_id} disabled (a running keyd refuses it within a second)");
-            logged
-        }
-        Command::KeyEnable { key_id, officer } => {
-            let op = Operator::open(&config)?;
-            let officers = op.one_officer(officer.as_deref())?;
-            let result = op.service.enable_key(&key_id);
-            let logged = op.record(
-                audit::op::KEY_ENABLE,
-                &officers,
-                Some(&key_id),
-                None,
-                &result,
-            );
-            result?;
-            eprintln!("keyd: {key_id} enabled");
-            logged
-        }
-        Command::KeyRestore { key_id, officer } => {
-            let op = Operator::open(&config)?;
-            let officers = op.one_officer(officer.as_deref())?;
-            let result = op.service.restore_key(&key_id);
-            let logged = op.record(
-                audit::op::KEY_RESTORE,
-                &officers,
-                Some(&key_id),
-                None,
-                &result,
-            );
-            result?;
-            eprintln!("keyd: {key_id} restored, disabled: enable it with key-enable");
-            logged
-        }
+        Command::KeyDisable { key_id, officer } => key_state(
+            &config,
+            &key_id,
+            officer.as_deref(),
+            audit::op::KEY_DISABLE,
+            keyd::Service::disable_key,
+            "disabled (a running keyd refuses it within a second)",
+        ),
+        Command::KeyEnable { key_id, officer } => key_state(
+            &config,
+            &key_id,
+            officer.as_deref(),
+            audit::op::KEY_ENABLE,
+            keyd::Service::enable_key,
+            "enabled",
+        ),
+        Command::KeyRestore { key_id, officer } => key_state(
+            &config,
+            &key_id,
+            officer.as_deref(),
+            audit::op::KEY_RESTORE,
+            keyd::Service::restore_key,
+            "restored, disabled: enable it with key-enable",
+        ),
         Command::KeyDestroy { key_id, approvers } => {
             let op = Operator::open(&config)?;
             let officers = op.approvals(&approvers, Action::Destroy, &key_id)?;
@@ -545,6 +524,24 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             })
         }
     }
+}
+
+/// A reversible key-state change by one officer (disable, enable, restore), on the log.
+fn key_state(
+    config: &keyd::Config,
+    key_id: &str,
+    officer: Option<&str>,
+    opcode: u16,
+    change: fn(&keyd::Service, &str) -> Result<(), keyd::Error>,
+    done: &str,
+) -> Result<(), keyd::Error> {
+    let op = Operator::open(config)?;
+    let officers = op.one_officer(officer)?;
+    let result = change(&op.service, key_id);
+    let logged = op.record(opcode, &officers, Some(key_id), None, &result);
+    result?;
+    eprintln!("keyd: {key_id} {done}");
+    logged
 }
 
 /// Says loudly, on standard error and in the audit log, that dual control is off.
