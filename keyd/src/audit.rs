@@ -271,17 +271,16 @@ impl Audit {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         let p = &mut s.pending;
-        let _ = write!(
-            p,
-            "\"at\":{at},\"peer\":\"{}\",\"op\":\"0x{:04x}\"",
-            clean(e.peer),
-            e.opcode
-        );
+        let _ = write!(p, "\"at\":{at},\"peer\":\"");
+        push_clean(p, e.peer);
+        let _ = write!(p, "\",\"op\":\"0x{:04x}\"", e.opcode);
         if let Some(subject) = e.subject {
-            let _ = write!(p, ",\"subject\":\"{}\"", clean(subject));
+            p.push_str(",\"subject\":\"");
+            push_clean(p, subject);
+            p.push('"');
         }
         if let Some(k) = e.kcv {
-            let _ = write!(p, ",\"kcv\":\"{}\"", hex(&k).to_uppercase());
+            let _ = write!(p, ",\"kcv\":\"{}\"", crate::kcv_hex(k));
         }
         let _ = writeln!(p, ",\"status\":\"{}\",\"micros\":{}", e.status, e.micros);
     }
@@ -313,18 +312,16 @@ impl Audit {
                 s.prev = prev;
             }
             let mut out = String::with_capacity(s.pending.len() * 2);
+            // Each record's hash, in hex, is the next one's `prev`: encoded once.
+            let mut prev_hex = hex(&s.prev);
             for middle in s.pending.lines() {
                 s.seq += 1;
                 let start = out.len();
-                let _ = write!(
-                    out,
-                    "{{\"seq\":{},{middle},\"prev\":\"{}\"",
-                    s.seq,
-                    hex(&s.prev)
-                );
+                let _ = write!(out, "{{\"seq\":{},{middle},\"prev\":\"{prev_hex}\"", s.seq);
                 let hash = chain(&s.prev, out.get(start..).unwrap_or_default());
                 s.prev = hash;
-                let _ = writeln!(out, ",\"hash\":\"{}\"}}", hex(&hash));
+                prev_hex = hex(&hash);
+                let _ = writeln!(out, ",\"hash\":\"{prev_hex}\"}}");
             }
             locked.write_all(out.as_bytes())?;
             s.len = len + out.len() as u64;
@@ -396,18 +393,16 @@ impl Audit {
     }
 }
 
-/// Ids and peers are short tokens; anything else is replaced so a line stays one JSON line.
-fn clean(s: &str) -> String {
-    s.chars()
-        .take(128)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.:@+".contains(c) {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
+/// Appends `s` as an id or peer: short tokens; anything else is replaced so a line stays one
+/// JSON line. Written straight into the record (this runs for every request).
+fn push_clean(out: &mut String, s: &str) {
+    out.extend(s.chars().take(128).map(|c| {
+        if c.is_ascii_alphanumeric() || "-_.:@+".contains(c) {
+            c
+        } else {
+            '?'
+        }
+    }));
 }
 
 #[cfg(test)]

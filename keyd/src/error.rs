@@ -71,13 +71,10 @@ impl fmt::Display for Error {
             Self::Tr31(e) => write!(f, "TR-31: {e}"),
             Self::Io(e) => write!(f, "I/O: {e}"),
             Self::Locked(until) => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
                 write!(
                     f,
                     "the officer account is locked after repeated failed logins; try again in {} s",
-                    until.saturating_sub(now)
+                    until.saturating_sub(crate::unix_now())
                 )
             }
             Self::DualControl(why) => write!(f, "dual control: {why}"),

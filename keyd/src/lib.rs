@@ -42,6 +42,39 @@ pub use store::{
     OfficerRecord, SqliteStore,
 };
 
+/// A check value as operators read and compare it: six upper-case hex digits.
+pub fn kcv_hex(kcv: [u8; 3]) -> String {
+    format!("{:02X}{:02X}{:02X}", kcv[0], kcv[1], kcv[2])
+}
+
+/// The check value of a root key held in the token, from the CMAC of a zero block it computed.
+pub fn kcv_of_cmac(mac: &[u8; 16]) -> [u8; 3] {
+    [mac[0], mac[1], mac[2]]
+}
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A 32-byte key derived from the LMK by two CMACs (`<label>, part 1` and `part 2`): the
+/// same after every restart and on a standby token formed from the same components, so it
+/// needs no storage of its own.
+pub(crate) fn derive_from_lmk(
+    hsm: &dyn Hsm,
+    label: &str,
+) -> Result<zeroize::Zeroizing<[u8; 32]>, Error> {
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    let a = zeroize::Zeroizing::new(hsm.lmk_cmac(format!("{label}, part 1").as_bytes())?);
+    let b = zeroize::Zeroizing::new(hsm.lmk_cmac(format!("{label}, part 2").as_bytes())?);
+    for (dst, src) in key.iter_mut().zip(a.iter().chain(b.iter())) {
+        *dst = *src;
+    }
+    Ok(key)
+}
+
 /// The three-byte AES-CMAC check value operators compare (contract section 6).
 pub fn aes_kcv(key: &[u8]) -> [u8; 3] {
     keys::kcv(KeyKind::Tmk, key)

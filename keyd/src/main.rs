@@ -220,11 +220,7 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
         } => init(&config, &officers, lmk_components),
         Command::OfficerAdd { officer, approvers } => {
             let op = Operator::open(&config)?;
-            if !keyd::officers::valid_name(&officer) {
-                return Err(keyd::Error::BadRequest(
-                    "officer names are a lower-case letter and up to 31 of [a-z0-9._-]".into(),
-                ));
-            }
+            Officers::check_name(&officer)?;
             if op
                 .service
                 .officers()
@@ -292,7 +288,7 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
         }
         Command::Officers => {
             let op = Operator::open(&config)?;
-            let now = unix_now();
+            let now = keyd::unix_now();
             println!(
                 "{:<24} {:<20} {:<20} STATUS",
                 "OFFICER", "ENROLLED", "LAST LOGIN"
@@ -596,10 +592,7 @@ fn read_components(what: &str, n: u8) -> Result<Zeroizing<[u8; 32]>, keyd::Error
             *k ^= p;
         }
         if n > 1 {
-            println!(
-                "component {i} KCV {:02X}{:02X}{:02X}",
-                kcv[0], kcv[1], kcv[2]
-            );
+            println!("component {i} KCV {}", keyd::kcv_hex(kcv));
         }
     }
     Ok(key)
@@ -659,11 +652,10 @@ fn init(
         .as_ref()
         .ok()
         .and_then(|()| hsm.lmk_cmac(&[0u8; 16]).ok())
-        .map(|mac| [mac[0], mac[1], mac[2]]);
+        .map(|mac| keyd::kcv_of_cmac(&mac));
     record(&audit, &peer, audit::op::INIT, None, kcv, &result, started)?;
     result?;
-    let kcv = kcv.unwrap_or_default();
-    println!("LMK KCV {:02X}{:02X}{:02X}", kcv[0], kcv[1], kcv[2]);
+    println!("LMK KCV {}", keyd::kcv_hex(kcv.unwrap_or_default()));
     eprintln!(
         "keyd: LMK {} in the token",
         if components.is_some() {
@@ -719,12 +711,6 @@ fn distinct(names: &[String]) -> Result<(), keyd::Error> {
         }
     }
     Ok(())
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// `operator:uid:N`, or `operator:uid:N:alice+bob` once officers are known.
@@ -918,10 +904,7 @@ impl Operator {
             &imported,
         );
         let info = imported?;
-        println!(
-            "zone {} ZMK KCV {:02X}{:02X}{:02X}",
-            info.zone, info.kcv[0], info.kcv[1], info.kcv[2]
-        );
+        println!("zone {} ZMK KCV {}", info.zone, keyd::kcv_hex(info.kcv));
         // A running `keyd serve` finds the new zone at its next housekeeping (within a second).
         let announced = self.service.announce_change();
         Ok(logged.and(announced))
@@ -985,10 +968,10 @@ fn print_form(zone: &str, n: usize, of: usize, part: &[u8; 32], final_kcv: [u8; 
     println!("Key:            zone master key (ZMK), zone {zone}, AES-256");
     println!("Component:      {n} of {of}");
     println!("Value:          {}", value.as_str());
-    println!("Component KCV:  {:02X}{:02X}{:02X}", kcv[0], kcv[1], kcv[2]);
+    println!("Component KCV:  {}", keyd::kcv_hex(kcv));
     println!(
-        "ZMK KCV:        {:02X}{:02X}{:02X}  (all components combined)",
-        final_kcv[0], final_kcv[1], final_kcv[2]
+        "ZMK KCV:        {}  (all components combined)",
+        keyd::kcv_hex(final_kcv)
     );
     println!();
     println!("Custodian:      ______________________________  Date: ____________");

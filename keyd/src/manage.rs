@@ -53,15 +53,7 @@ pub struct ZoneView {
     pub kcv: String,
 }
 
-fn hex3(kcv: [u8; 3]) -> String {
-    format!("{:02X}{:02X}{:02X}", kcv[0], kcv[1], kcv[2])
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::{kcv_hex, kcv_of_cmac, unix_now as now};
 
 fn view(listed: Listed) -> KeyView {
     // The header of a stored block is clear text: reading it needs no key.
@@ -81,7 +73,7 @@ fn view(listed: Listed) -> KeyView {
         algorithm: field(&|h| h.algorithm.to_string()),
         mode: field(&|h| h.mode_of_use.to_string()),
         exportability: field(&|h| h.exportability.to_string()),
-        kcv: hex3(listed.kcv),
+        kcv: kcv_hex(listed.kcv),
         created_at: listed.created_at,
         state: state.to_owned(),
         erase_at: match listed.state {
@@ -126,7 +118,7 @@ impl Service {
             .map(|zone| {
                 let mac = self.hsm.zmk_cmac(&zone, &[0u8; 16])?;
                 Ok(ZoneView {
-                    kcv: hex3([mac[0], mac[1], mac[2]]),
+                    kcv: kcv_hex(kcv_of_cmac(&mac)),
                     zone,
                 })
             })
@@ -144,7 +136,7 @@ impl Service {
     /// [`Error::Hsm`].
     pub fn lmk_kcv(&self) -> Result<String, Error> {
         let mac = self.hsm.lmk_cmac(&[0u8; 16])?;
-        Ok(hex3([mac[0], mac[1], mac[2]]))
+        Ok(kcv_hex(kcv_of_cmac(&mac)))
     }
 
     /// Disables an active key: every use and export of it is refused until it is enabled.
@@ -362,7 +354,7 @@ mod tests {
             ),
             ("mac", "M7", "H", "POS-00000001")
         );
-        assert_eq!(mac_view.kcv, hex3(mac.kcv));
+        assert_eq!(mac_view.kcv, kcv_hex(mac.kcv));
         s.enable_key(&identity.key_id).unwrap();
         s.attest_verify(&attest).unwrap();
 
@@ -427,7 +419,7 @@ mod tests {
         let s = service(3600);
         let zones = s.zone_list().unwrap();
         assert_eq!(zones.len(), 1);
-        assert_eq!(zones[0].kcv, hex3(crate::aes_kcv(&[0x5A; 32])));
+        assert_eq!(zones[0].kcv, kcv_hex(crate::aes_kcv(&[0x5A; 32])));
         assert_eq!(s.lmk_kcv().unwrap().len(), 6);
     }
 }

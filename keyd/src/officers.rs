@@ -186,11 +186,7 @@ pub fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::unix_now as now;
 
 /// Officer accounts and approvals over a key store.
 pub struct Officers {
@@ -213,12 +209,7 @@ impl Officers {
     /// # Errors
     /// [`Error::Hsm`] if the LMK refuses the derivation.
     pub fn new(store: Arc<dyn KeyStore>, hsm: &dyn Hsm, policy: Policy) -> Result<Self, Error> {
-        let mut pepper = Zeroizing::new([0u8; 32]);
-        let a = Zeroizing::new(hsm.lmk_cmac(b"keyd officer credential pepper, part 1")?);
-        let b = Zeroizing::new(hsm.lmk_cmac(b"keyd officer credential pepper, part 2")?);
-        for (dst, src) in pepper.iter_mut().zip(a.iter().chain(b.iter())) {
-            *dst = *src;
-        }
+        let pepper = crate::derive_from_lmk(hsm, "keyd officer credential pepper")?;
         Ok(Self {
             store,
             policy,
@@ -234,6 +225,11 @@ impl Officers {
         self.store.officers()
     }
 
+    /// Puts another policy in force (the pepper stays: it depends on the LMK only).
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> &Policy {
         &self.policy
@@ -244,17 +240,27 @@ impl Officers {
         crypto::hmac(&self.pepper[..], &stretched[..]).unwrap_or([0; 32])
     }
 
+    /// Checks an officer's name.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] saying what names look like.
+    pub fn check_name(name: &str) -> Result<(), Error> {
+        if valid_name(name) {
+            Ok(())
+        } else {
+            Err(Error::BadRequest(
+                "officer names are a lower-case letter and up to 31 of [a-z0-9._-]".into(),
+            ))
+        }
+    }
+
     /// Checks a new officer's name and password without enrolling anyone, so a ceremony can
     /// refuse bad input before it changes anything.
     ///
     /// # Errors
     /// [`Error::BadRequest`] for a bad name or a weak password.
     pub fn check_new(name: &str, password: &Password) -> Result<(), Error> {
-        if !valid_name(name) {
-            return Err(Error::BadRequest(
-                "officer names are a lower-case letter and up to 31 of [a-z0-9._-]".into(),
-            ));
-        }
+        Self::check_name(name)?;
         let chars = password.0.chars().count();
         if !(12..=128).contains(&chars) {
             return Err(Error::BadRequest(

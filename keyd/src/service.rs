@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use keyd_proto::Secret;
 use keyd_proto::message as m;
@@ -130,15 +129,7 @@ fn require_exportable(header: &tr31::Header) -> Result<(), Error> {
 /// Largest piece of a chunked envelope (contract section 5).
 const CHUNK: usize = 4096;
 
-fn hex_kcv(kcv: [u8; 3]) -> String {
-    format!("{:02X}{:02X}{:02X}", kcv[0], kcv[1], kcv[2])
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::unix_now as now;
 
 impl Service {
     /// A service over an initialised HSM (one with an LMK) and a store.
@@ -157,14 +148,7 @@ impl Service {
                 "the HSM has no LMK: run `keyd init` first".into(),
             ));
         }
-        // The PAN fingerprint key is derived from the LMK, so it is the same after a restart and
-        // needs no storage of its own.
-        let mut fingerprint_key = Zeroizing::new([0u8; 32]);
-        let a = Zeroizing::new(hsm.lmk_cmac(b"keyd pan fingerprint key, part 1")?);
-        let b = Zeroizing::new(hsm.lmk_cmac(b"keyd pan fingerprint key, part 2")?);
-        for (dst, src) in fingerprint_key.iter_mut().zip(a.iter().chain(b.iter())) {
-            *dst = *src;
-        }
+        let fingerprint_key = crate::derive_from_lmk(&*hsm, "keyd pan fingerprint key")?;
         let officers = Officers::new(Arc::clone(&store), &*hsm, Policy::default())?;
         let seen_version = std::sync::atomic::AtomicU64::new(store.state_version()?);
         Ok(Self {
@@ -187,7 +171,7 @@ impl Service {
     /// # Errors
     /// [`Error::Hsm`].
     pub fn with_policy(mut self, policy: Policy) -> Result<Self, Error> {
-        self.officers = Officers::new(Arc::clone(&self.store), &*self.hsm, policy)?;
+        self.officers.set_policy(policy);
         Ok(self)
     }
 
@@ -445,7 +429,7 @@ impl Service {
             .unwrap_or_default();
         // Officers approve moving this key (known between organisations by its KCV) to this
         // zone, not any key.
-        self.approved_export(&format!("{}@{}", hex_kcv(kcv), req.to_zone))?;
+        self.approved_export(&format!("{}@{}", crate::kcv_hex(kcv), req.to_zone))?;
         let key_block = seal_random(&to, &header, &opened.key)?;
         Ok(m::KeyBlockOut { key_block, kcv })
     }

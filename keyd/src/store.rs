@@ -405,6 +405,23 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// As [`SqliteStore::write`], for a write that also answers something (what it found,
+    /// decided or changed inside its transaction).
+    fn write_with<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.write(move |conn| {
+            let _ = tx.send(write(conn)?);
+            Ok(())
+        })?;
+        rx.recv()
+            .map_err(|_| Error::Store("the store writer has stopped".into()))
+    }
+}
+
 fn write_loop(conn: &mut Connection, jobs: &std::sync::mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
