@@ -892,7 +892,10 @@ pub fn list_backoffice(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
     Ok(list(items, page.has_more, "charge_id"))
 }
 
-fn refund_body(obj: &Map<String, Value>) -> Result<(Option<Money>, Option<String>), ApiError> {
+/// A refund request's body, for the backoffice and the POS route alike.
+pub(crate) fn refund_body(
+    obj: &Map<String, Value>,
+) -> Result<(Option<Money>, Option<String>), ApiError> {
     let mut input = Input::new(obj);
     let amount = input.money("amount", false, false, None);
     let reason = input.one_of(

@@ -486,14 +486,7 @@ pub async fn refund(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
         let (inner, _) = s.inner.take().unwrap_or_default();
         let checked = (|| {
             let charge = own_charge(app, &s, call.param(0))?;
-            let mut input = Input::new(&inner);
-            let amount = input.money("amount", false, false, None);
-            let reason = input.one_of(
-                "reason",
-                &["requested_by_customer", "duplicate", "fraudulent", "other"],
-                false,
-            );
-            input.finish()?;
+            let (amount, reason) = charges::refund_body(&inner)?;
             Ok((charge, amount, reason))
         })();
         let (charge, amount, reason) = match checked {

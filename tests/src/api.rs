@@ -379,29 +379,39 @@ impl Platform {
     /// # Errors
     /// Transport failures or an unsuccessful page.
     pub fn charges(&self, merchant_id: &str) -> Result<Vec<Value>, Error> {
-        let mut all = Vec::new();
-        let mut after = String::new();
-        loop {
-            let page = self.ok(
-                "GET",
-                &format!("/charges?merchant_id={merchant_id}&limit=100{after}"),
-                None,
-            )?;
-            all.extend(
-                page.get("data")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .cloned(),
-            );
-            if page.get("has_more") != Some(&Value::Bool(true)) {
-                return Ok(all);
-            }
-            let cursor = page
-                .get("next_cursor")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            after = format!("&starting_after={cursor}");
+        merchant_charges(self.http, &self.admin, merchant_id)
+    }
+}
+
+/// Every stored charge of a merchant (all pages), in the API's order, read with `token`.
+///
+/// # Errors
+/// Transport failures or an unsuccessful page.
+pub fn merchant_charges(http: Client, token: &str, merchant_id: &str) -> Result<Vec<Value>, Error> {
+    let mut all = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = format!("/charges?merchant_id={merchant_id}&limit=100{after}");
+        let page = http.call("GET", &path, Some(token), None)?;
+        if page.status != 200 {
+            return Err(format!("GET {path}: {} {}", page.status, page.json).into());
         }
+        all.extend(
+            page.json
+                .get("data")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        if page.json.get("has_more") != Some(&Value::Bool(true)) {
+            return Ok(all);
+        }
+        let cursor = page
+            .json
+            .get("next_cursor")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        after = format!("&starting_after={cursor}");
     }
 }

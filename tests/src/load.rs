@@ -56,8 +56,7 @@ pub fn activate_terminals(
             key["key_id"].as_str().unwrap_or_default(),
             key["secret"].as_str().unwrap_or_default(),
             zmk,
-        )?
-        .with_version("1.4.0");
+        )?;
         let code = t.pairing_code()?.json["pairing_code"].clone();
         let claim = call("POST", "/pos/claim", Some(&json!({"pairing_code": code})))?;
         t.set_terminal_id(claim["terminal_id"].as_str().unwrap_or_default());
@@ -389,26 +388,6 @@ pub fn run(port: u16, terminals: &[Terminal], options: &Options) -> Report {
 /// # Errors
 /// Transport failures or a refused listing.
 pub fn count_approved(http: Client, admin: &str, merchant_id: &str) -> Result<u64, Error> {
-    let mut stored = 0u64;
-    let mut after: Option<String> = None;
-    loop {
-        let q = after
-            .as_ref()
-            .map_or(String::new(), |a| format!("&starting_after={a}"));
-        let page = http.call(
-            "GET",
-            &format!("/charges?merchant_id={merchant_id}&limit=100{q}"),
-            Some(admin),
-            None,
-        )?;
-        if page.status != 200 {
-            return Err(format!("listing charges: {} {}", page.status, page.json).into());
-        }
-        let data = page.json["data"].as_array().cloned().unwrap_or_default();
-        stored += data.iter().filter(|c| c["status"] == "approved").count() as u64;
-        if page.json["has_more"] != true {
-            return Ok(stored);
-        }
-        after = page.json["next_cursor"].as_str().map(str::to_owned);
-    }
+    let charges = crate::api::merchant_charges(http, admin, merchant_id)?;
+    Ok(charges.iter().filter(|c| c["status"] == "approved").count() as u64)
 }

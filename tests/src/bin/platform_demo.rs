@@ -176,8 +176,7 @@ fn run() -> Result<(), Error> {
         identity["key_id"].as_str().unwrap_or_default(),
         identity["secret"].as_str().unwrap_or_default(),
         &zmk,
-    )?
-    .with_version("1.4.0");
+    )?;
     let boot = t.bootstrap()?;
     println!(
         "   bootstrap: {} (server time {})",

@@ -200,8 +200,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             } else {
                 cards
             };
-            let mut t = Terminal::new(http, &device_id, &identity_key_id, &secret, &zmk)?
-                .with_version("1.4.0");
+            let mut t = Terminal::new(http, &device_id, &identity_key_id, &secret, &zmk)?;
             one_terminal(http, &mut t, claim_token.as_deref(), &cards, &currency)
         }
         Command::Load {
@@ -352,9 +351,6 @@ fn one_terminal(
     }
     let (_, config) = t.config()?;
     let config = config.unwrap_or(Value::Null);
-    if let Some(tid) = config["terminal"]["terminal_id"].as_str() {
-        t.set_terminal_id(tid);
-    }
     println!(
         "   config: merchant {:?}, terminal {}",
         config["merchant"]["name"].as_str().unwrap_or(""),
