@@ -35,6 +35,18 @@ pub struct App {
     pub idempotency: Idempotency,
     /// The payment processor.
     pub processor: Arc<dyn Processor>,
+    /// This process: a random id and its start (Unix seconds). Work a process leaves behind
+    /// (a pending charge) names it, so a later process knows the work's owner is gone.
+    pub boot: Boot,
+}
+
+/// One start of the API process.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    /// Random, unique per start.
+    pub id: String,
+    /// Unix seconds.
+    pub started_at: i64,
 }
 
 impl App {
@@ -63,6 +75,10 @@ impl App {
             metrics: Metrics::new(),
             locks: Locks::default(),
             idempotency: Idempotency::default(),
+            boot: Boot {
+                id: crate::ids::random_alnum(16)?,
+                started_at: crate::time::now(),
+            },
             processor: Arc::new(Simulator::new(
                 std::time::Duration::from_millis(config.processor.latency_ms),
                 config.processor.timeout(),
@@ -86,24 +102,5 @@ impl App {
             Auth::with_signer(&config.auth, signer).unwrap_or_else(|e| unreachable!("auth: {e}"));
         Self::with_parts(config, Arc::new(crate::store::MemoryStore::new()), auth)
             .unwrap_or_else(|e| unreachable!("app: {e}"))
-    }
-
-    /// Work after start and every minute: charges left pending by a crash, old nonces and
-    /// idempotency records.
-    pub async fn housekeeping(self: Arc<Self>) {
-        match crate::charges::recover(&self).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!(count = n, "charges left pending by a crash marked failed"),
-            Err(e) => tracing::error!(error = %e, "pending-charge recovery failed"),
-        }
-        let (mut hour, mut minute) = (0, 0);
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            let now = crate::time::now();
-            self.replay.sweep(&self.db, now).await;
-            hour = crate::idem::sweep(&self.db, hour, now).await;
-            minute = crate::pos::sweep_attestations(&self.db, minute, now).await;
-        }
     }
 }

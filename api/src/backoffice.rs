@@ -1357,10 +1357,27 @@ fn valid_subject(s: &str) -> bool {
     (1..=255).contains(&s.len()) && !s.chars().any(char::is_control)
 }
 
+/// Only the platform binds a user to an identity-provider subject.
+///
+/// A subject decides who the token's bearer is across every tenant, so a tenant admin who
+/// could choose it could claim a person not yet onboarded elsewhere, and a 409 for a taken one
+/// would tell them who exists in other tenants. A tenant admin's user gets its own id as
+/// subject; naming one is refused with the same answer whatever the value.
+fn subject_by_platform(call: &Call<'_>, obj: &Map<String, Value>) -> Result<(), ApiError> {
+    if obj.contains_key("idp_subject") && call.who()?.role != Role::PlatformAdmin {
+        return Err(ApiError::new(
+            Code::Forbidden,
+            "only a platform admin binds a user to an identity-provider subject",
+        ));
+    }
+    Ok(())
+}
+
 /// `POST …/users`.
 pub async fn user_create(app: &App, call: &Call<'_>, owner: UserOwner) -> Result<Value, ApiError> {
     let (parent, _) = user_parent(app, call, owner, true)?;
     let obj = input::object(&call.body)?;
+    subject_by_platform(call, &obj)?;
     let mut input = Input::new(&obj);
     let email = input.matching("email", valid_email, "an e-mail address");
     let name = input.opt_text("name", NAME_MAX);
@@ -1420,14 +1437,13 @@ pub fn user_get(app: &App, call: &Call<'_>, owner: UserOwner) -> Result<Value, A
 pub async fn user_patch(app: &App, call: &Call<'_>, owner: UserOwner) -> Result<Value, ApiError> {
     let u = user(app, call, owner, true)?;
     let obj = input::object(&call.body)?;
+    subject_by_platform(call, &obj)?;
     let mut input = Input::new(&obj);
     let email = input.opt_matching("email", valid_email, "an e-mail address");
     let name_given = obj.contains_key("name");
     let name = input.opt_text("name", NAME_MAX);
     let role = input.one_of("role", roles_for(owner), false);
-    if obj.contains_key("idp_subject") {
-        input.fail("idp_subject", "cannot be changed; create a new user");
-    }
+    let subject = input.opt_matching("idp_subject", valid_subject, "1-255 characters");
     input.finish()?;
     let now = call.now;
     let updated = app
@@ -1441,7 +1457,15 @@ pub async fn user_patch(app: &App, call: &Call<'_>, owner: UserOwner) -> Result<
                 u.role = r;
             }
             u.updated_at = now;
-            Ok(Vec::new())
+            // The platform rebinds the user: the old subject's session ends with the binding.
+            let mut writes = Vec::new();
+            if let Some(new) = subject.as_ref().filter(|s| **s != u.idp_subject) {
+                writes.push(db::release("user_sub", &u.idp_subject));
+                writes.push(db::delete::<Session>(&u.idp_subject));
+                writes.push(db::claim("user_sub", new, &u.id));
+                u.idp_subject.clone_from(new);
+            }
+            Ok(writes)
         })
         .await?;
     Ok(updated.to_json())

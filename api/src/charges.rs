@@ -23,11 +23,16 @@ use crate::processor::{self, AuthorizationRequest, Outcome, Pan, RefundRequest, 
 use crate::store::Write;
 use crate::time::rfc3339;
 
+pub mod recovery;
+
+pub use recovery::PendingCharge;
+
 /// A charge's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChargeStatus {
-    /// Written before the processor call; never answered to a client.
+    /// Written before the processor call; visible as such until the outcome is written, or
+    /// until recovery fails a charge whose request was lost (see [`recovery`]).
     Pending,
     /// Authorised and captured.
     Approved,
@@ -238,17 +243,55 @@ pub struct Settlement {
     pub total: Amount,
     /// Unix seconds.
     pub created_at: i64,
+    /// When the batch left settleable charges for the next one (its total would have passed
+    /// the 12 digits of the money format): the creation time of the oldest left.
+    #[serde(default)]
+    pub left_from: Option<i64>,
 }
 
 impl Settlement {
-    /// The wire form.
+    /// The wire form. `has_more: true` says settleable charges were left for the next batch
+    /// because this one's total would have passed the 12 digits of the money format.
     pub fn to_json(&self) -> Value {
         json!({
             "settlement_id": self.settlement_id, "object": "settlement",
             "merchant_id": self.merchant_id, "count": self.count,
             "total": self.total.to_json(), "created_at": rfc3339(self.created_at),
+            "has_more": self.left_from.is_some(),
         })
     }
+
+    /// Where the next batch may stop looking back: charges older than this were settled by
+    /// this batch or could not be (still pending), unless this batch left some.
+    fn next_cutoff(&self, margin: i64) -> i64 {
+        let cut = self.created_at - margin;
+        self.left_from.map_or(cut, |left| cut.min(left))
+    }
+}
+
+/// Largest money value (12 digits): a batch's total stops short of it.
+const MAX_MONEY: u64 = 999_999_999_999;
+
+/// The charges one batch takes, oldest first, while the total stays within the money format;
+/// returns them, the total, and the creation time of the oldest charge left out.
+fn fill_batch(mut open: Vec<Charge>) -> (Vec<Charge>, u64, Option<i64>) {
+    open.sort_by(|a, b| (a.created_at, &a.charge_id).cmp(&(b.created_at, &b.charge_id)));
+    let mut total = 0u64;
+    let mut taken = Vec::with_capacity(open.len());
+    let mut left_from: Option<i64> = None;
+    for c in open {
+        let net = c.total().saturating_sub(c.amount_refunded);
+        match total.checked_add(net).filter(|t| *t <= MAX_MONEY) {
+            Some(t) => {
+                total = t;
+                taken.push(c);
+            }
+            None => {
+                left_from = Some(left_from.map_or(c.created_at, |l| l.min(c.created_at)));
+            }
+        }
+    }
+    (taken, total, left_from)
 }
 
 impl Record for Settlement {
@@ -384,9 +427,12 @@ pub async fn create(
         settled_at: None,
         refunds: Vec::new(),
     };
-    // The charge exists, as `pending`, before the processor hears of it.
+    // The charge exists, as `pending`, before the processor hears of it; its marker is how
+    // recovery finds it if this request is lost.
+    let marker = PendingCharge::of(&charge, &app.boot);
     let mut first = extra;
     first.push(db::put(&charge)?);
+    first.push(db::put(&marker)?);
     app.db
         .commit(first, ApiError::new(Code::Conflict, "charge id collision"))
         .await?;
@@ -428,7 +474,12 @@ pub async fn create(
         Ok(Err(e)) => Some(e.to_string()),
         Err(_) => Some("no answer within the processor timeout".to_owned()),
     };
-    let mut last = vec![db::put(&charge_with_status(&charge, failed.is_some()))?];
+    // The outcome is written only if recovery has not taken the charge over meanwhile.
+    let mut last = vec![
+        db::expect(&marker)?,
+        db::delete::<PendingCharge>(&charge.charge_id),
+        db::put(&charge_with_status(&charge, failed.is_some()))?,
+    ];
     if failed.is_some() {
         charge.status = ChargeStatus::Failed;
     }
@@ -439,16 +490,29 @@ pub async fn create(
             Err(processor_failed(&charge.charge_id))
         }
     };
-    if let Some(r) = running {
-        last.push(match &answer {
-            Ok(body) => r.keep(200, body.clone(), now)?,
-            Err(e) => r.keep_error(e, now)?,
-        });
+    let keep = |answer: &Result<Value, ApiError>| -> Result<Option<Write>, ApiError> {
+        running
+            .map(|r| match answer {
+                Ok(body) => r.keep(200, body.clone(), now),
+                Err(e) => r.keep_error(e, now),
+            })
+            .transpose()
+    };
+    last.extend(keep(&answer)?);
+    match app.db.commit(last, recovery::taken_over()).await {
+        Ok(()) => answer.map(|_| charge),
+        Err(e) if e.code() == Code::Conflict => {
+            // Recovery took the charge over: it voids whatever the processor did and stores
+            // the charge failed, so that is the answer, kept like any other.
+            tracing::warn!(charge_id = %charge.charge_id, "outcome arrived after recovery took the charge over");
+            let e = processor_failed(&charge.charge_id);
+            if let Some(w) = keep(&Err(e.clone()))? {
+                let _ = app.db.commit(vec![w], recovery::taken_over()).await;
+            }
+            Err(e)
+        }
+        Err(e) => Err(e),
     }
-    app.db
-        .commit(last, ApiError::new(Code::Conflict, "charge changed"))
-        .await?;
-    answer.map(|_| charge)
 }
 
 fn charge_with_status(charge: &Charge, failed: bool) -> Charge {
@@ -473,55 +537,6 @@ fn processor_failed(charge_id: &str) -> ApiError {
         "the payment processor failed or timed out; the charge is kept as failed",
     )
     .with_details(json!({"charge_id": charge_id}))
-}
-
-/// Settles charges left `pending` by a crash: the outcome is unknown, so the charge is `failed`
-/// and the processor is asked to void whatever it may have authorised.
-///
-/// Charge ids start with their creation time, so the charges a crash interrupted are the
-/// newest: the scan walks back from the newest charge and stops once charges are older than it
-/// by more than a processor time-out and a margin.
-///
-/// # Errors
-/// 503 if the store cannot be read or written.
-pub async fn recover(app: &App) -> Result<usize, ApiError> {
-    let window = outcome_window(app);
-    let mut newest: Option<i64> = None;
-    let mut before: Option<String> = None;
-    let mut recovered = 0;
-    'scan: loop {
-        let batch = app.db.scan_back::<Charge>(before.as_deref(), 500)?;
-        let Some(last) = batch.last() else {
-            break;
-        };
-        before = Some(last.charge_id.clone());
-        let exhausted = batch.len() < 500;
-        for mut c in batch {
-            let top = *newest.get_or_insert(c.created_at);
-            if c.created_at < top - window {
-                break 'scan;
-            }
-            if c.status != ChargeStatus::Pending {
-                continue;
-            }
-            c.status = ChargeStatus::Failed;
-            let _ = app
-                .processor
-                .void(VoidRequest {
-                    charge_id: c.charge_id.clone(),
-                    processor_reference: String::new(),
-                })
-                .await;
-            app.db
-                .commit(vec![db::put(&c)?], ApiError::new(Code::Conflict, "recover"))
-                .await?;
-            recovered += 1;
-        }
-        if exhausted {
-            break;
-        }
-    }
-    Ok(recovered)
 }
 
 /// Refunds part or all of a charge. `amount` None refunds what is left.
@@ -750,23 +765,53 @@ pub async fn create_backoffice(app: &App, call: &Call<'_>) -> Result<Value, ApiE
     let obj = input::object(&call.body)?;
     let path = "/charges";
     let scope = p.sub.clone();
-    keyed(app, call, &scope, path, &call.body, |running| async move {
-        let result = create_backoffice_inner(app, call, p, &obj, running.as_ref()).await;
-        if let (Err(e), Some(r)) = (&result, &running)
-            && idem::is_final(e)
-            && e.code() != Code::ProcessorFailed
-        {
-            let _ = app
-                .db
-                .commit(
-                    vec![r.keep_error(e, call.now)?],
-                    ApiError::new(Code::Conflict, "x"),
-                )
-                .await;
-        }
-        result
-    })
+    let request = if idem::key_header(call.headers)?.is_some() {
+        card_request_fingerprint(app, &obj).await?
+    } else {
+        String::new()
+    };
+    keyed(
+        app,
+        call,
+        &scope,
+        path,
+        request.as_bytes(),
+        |running| async move {
+            let result = create_backoffice_inner(app, call, p, &obj, running.as_ref()).await;
+            if let (Err(e), Some(r)) = (&result, &running)
+                && idem::is_final(e)
+                && e.code() != Code::ProcessorFailed
+            {
+                let _ = app
+                    .db
+                    .commit(
+                        vec![r.keep_error(e, call.now)?],
+                        ApiError::new(Code::Conflict, "x"),
+                    )
+                    .await;
+            }
+            result
+        },
+    )
     .await
+}
+
+/// What an `Idempotency-Key` compares for `POST /charges`: keyd's keyed fingerprint of the
+/// body without the CVC.
+///
+/// A plain hash of the body would let anyone holding the database recover the card from it
+/// (with the BIN and last four digits beside it, about 10^10 guesses), and nothing derived from
+/// a CVC may outlive the authorisation (PCI DSS 3.3.1): so the CVC never enters the value, and
+/// the rest is keyed by a key only keyd holds. Two requests that differ only in their CVC are
+/// therefore the same request.
+async fn card_request_fingerprint(app: &App, obj: &Map<String, Value>) -> Result<String, ApiError> {
+    let mut without_cvc = obj.clone();
+    if let Some(Value::Object(card)) = without_cvc.get_mut("card") {
+        card.remove("cvc");
+    }
+    let bytes =
+        Zeroizing::new(serde_json::to_vec(&without_cvc).map_err(|e| ApiError::internal(&e))?);
+    crate::keyd_ops::request_fingerprint(app, &bytes).await
 }
 
 async fn create_backoffice_inner(
@@ -857,9 +902,6 @@ fn visible_charge(app: &App, p: &Principal, id: &str, action: Action) -> Result<
         return Err(ApiError::not_found());
     }
     let c: Charge = app.db.find(id)?;
-    if c.status == ChargeStatus::Pending {
-        return Err(ApiError::not_found());
-    }
     authorize(p, action, &c.tenancy())?;
     Ok(c)
 }
@@ -874,13 +916,11 @@ pub fn list_backoffice(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let merchant = merchant_of_call(app, p, call.query("merchant_id"), Action::Read)?;
     let (limit, after) = call.page()?;
-    let page = app.db.page_filtered::<Txn>(
-        "transactions",
-        &merchant.id,
-        after,
-        limit,
-        |t| matches!(t, Txn::Charge(c) if c.status != ChargeStatus::Pending),
-    )?;
+    let page = app
+        .db
+        .page_filtered::<Txn>("transactions", &merchant.id, after, limit, |t| {
+            matches!(t, Txn::Charge(_))
+        })?;
     let items = page
         .items
         .iter()
@@ -993,7 +1033,7 @@ pub async fn settle(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
         .page::<Settlement>("settlements", &merchant.id, None, 1)?
         .items
         .first()
-        .map(|s| s.created_at - margin);
+        .map(|s| s.next_cutoff(margin));
     let mut candidates: Vec<String> = Vec::new();
     app.db.walk::<Txn>("transactions", &merchant.id, |t| {
         if let Txn::Charge(c) = t {
@@ -1015,11 +1055,12 @@ pub async fn settle(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
             open.push(c);
         }
     }
+    // A total beyond 12 digits cannot be written as money: the batch takes the oldest charges
+    // that fit and says `has_more`; the next settlement takes the rest.
+    let (open, total, left_from) = fill_batch(open);
     let mut writes = Vec::with_capacity(open.len() + 1);
-    let mut total = 0u64;
     for c in &open {
         let mut c = c.clone();
-        total += c.total().saturating_sub(c.amount_refunded);
         c.settled_at = Some(call.now);
         if c.status == ChargeStatus::Approved {
             c.status = ChargeStatus::Settled;
@@ -1035,6 +1076,7 @@ pub async fn settle(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
             currency: merchant.currency.clone(),
         },
         created_at: call.now,
+        left_from,
     };
     writes.push(db::put(&settlement)?);
     app.db
@@ -1173,16 +1215,11 @@ fn keep_txn(
     terminal: Option<&str>,
 ) -> bool {
     let (created, loc, term) = match t {
-        Txn::Charge(c) => {
-            if c.status == ChargeStatus::Pending {
-                return false;
-            }
-            (
-                c.created_at,
-                c.location_id.as_deref(),
-                c.terminal_id.as_deref(),
-            )
-        }
+        Txn::Charge(c) => (
+            c.created_at,
+            c.location_id.as_deref(),
+            c.terminal_id.as_deref(),
+        ),
         Txn::Refund(r) => (
             r.created_at,
             r.location_id.as_deref(),
@@ -1204,10 +1241,7 @@ pub fn transaction(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
     let txn = if ids::is_prefixed(id, "re_", 20) {
         app.db.get::<Refund>(id)?.map(|r| Txn::Refund(Box::new(r)))
     } else if ids::is_prefixed(id, "ch_", 20) {
-        app.db
-            .get::<Charge>(id)?
-            .filter(|c| c.status != ChargeStatus::Pending)
-            .map(|c| Txn::Charge(Box::new(c)))
+        app.db.get::<Charge>(id)?.map(|c| Txn::Charge(Box::new(c)))
     } else {
         None
     };
@@ -1228,6 +1262,7 @@ impl Txn {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
 
     use super::*;
 
@@ -1274,44 +1309,199 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_crash_leaves_no_pending_charge_behind() {
-        let app = app();
-        let now = crate::time::now();
+    /// A pending charge and its marker, as a lost request leaves them.
+    async fn lost(app: &App, id: &str, created_at: i64) {
+        let c = charge(id, ChargeStatus::Pending, created_at);
         let writes = vec![
-            db::put(&charge(
-                "ch_0000000aOLD0000000000000",
-                ChargeStatus::Pending,
-                now - 3600,
-            ))
-            .unwrap(),
-            db::put(&charge(
-                "ch_0000000bMID0000000000000",
-                ChargeStatus::Approved,
-                now - 10,
-            ))
-            .unwrap(),
-            db::put(&charge(
-                "ch_0000000cNEW0000000000000",
-                ChargeStatus::Pending,
-                now,
-            ))
-            .unwrap(),
+            db::put(&c).unwrap(),
+            db::put(&PendingCharge::of(&c, &app.boot)).unwrap(),
         ];
         app.db
             .commit(writes, ApiError::new(Code::Conflict, "x"))
             .await
             .unwrap();
-        assert_eq!(recover(&app).await.unwrap(), 1);
-        let status = |id: &str| app.db.get::<Charge>(id).unwrap().unwrap().status;
-        assert_eq!(status("ch_0000000cNEW0000000000000"), ChargeStatus::Failed);
+    }
+
+    fn status(app: &App, id: &str) -> ChargeStatus {
+        app.db.get::<Charge>(id).unwrap().unwrap().status
+    }
+
+    #[tokio::test]
+    async fn every_lost_charge_is_resolved_however_old() {
+        let app = Arc::new(app());
+        let now = crate::time::now();
+        // A day old, an hour old (far outside any window from the newest charge), and one
+        // made just now whose request may still be running.
+        lost(&app, "ch_0000000aOLD0000000000000", now - 86_400).await;
+        lost(&app, "ch_0000000bHOUR000000000000", now - 3600).await;
+        let approved = charge(
+            "ch_0000000cMID0000000000000",
+            ChargeStatus::Approved,
+            now - 10,
+        );
+        lost(&app, "ch_0000000dNEW0000000000000", now).await;
+        app.db
+            .commit(
+                vec![db::put(&approved).unwrap()],
+                ApiError::new(Code::Conflict, "x"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(recovery::recover(&app, now).await.unwrap(), 2);
         assert_eq!(
-            status("ch_0000000bMID0000000000000"),
+            status(&app, "ch_0000000aOLD0000000000000"),
+            ChargeStatus::Failed
+        );
+        assert_eq!(
+            status(&app, "ch_0000000bHOUR000000000000"),
+            ChargeStatus::Failed
+        );
+        assert_eq!(
+            status(&app, "ch_0000000cMID0000000000000"),
             ChargeStatus::Approved
         );
-        // Far older than the newest charge: outside the window a crash can leave behind.
-        assert_eq!(status("ch_0000000aOLD0000000000000"), ChargeStatus::Pending);
-        assert_eq!(recover(&app).await.unwrap(), 0);
+        // Visible as pending while its request may still answer; resolved once it cannot.
+        assert_eq!(
+            status(&app, "ch_0000000dNEW0000000000000"),
+            ChargeStatus::Pending
+        );
+        assert_eq!(recovery::recover(&app, now + 60).await.unwrap(), 1);
+        assert_eq!(
+            status(&app, "ch_0000000dNEW0000000000000"),
+            ChargeStatus::Failed
+        );
+        assert_eq!(recovery::recover(&app, now + 60).await.unwrap(), 0);
+        assert!(
+            app.db
+                .all::<PendingCharge>("pending_charges", "all")
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn pending_charges_from_before_markers_are_found() {
+        let app = Arc::new(app());
+        let now = crate::time::now();
+        let old = charge(
+            "ch_0000000aOLD0000000000000",
+            ChargeStatus::Pending,
+            now - 86_400,
+        );
+        app.db
+            .commit(
+                vec![db::put(&old).unwrap()],
+                ApiError::new(Code::Conflict, "x"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(recovery::mark_unmarked(&app).await.unwrap(), 1);
+        assert_eq!(
+            recovery::mark_unmarked(&app).await.unwrap(),
+            0,
+            "once per store"
+        );
+        assert_eq!(recovery::recover(&app, now).await.unwrap(), 1);
+        assert_eq!(
+            status(&app, "ch_0000000aOLD0000000000000"),
+            ChargeStatus::Failed
+        );
+    }
+
+    /// A request whose processor answer comes after recovery took its charge over: the
+    /// charge ends failed (recovery voided it), and the request says so, never "approved".
+    #[tokio::test]
+    async fn a_late_outcome_never_overwrites_recovery() {
+        let mut app = app();
+        app.processor = Arc::new(processor::Simulator::new(
+            std::time::Duration::from_millis(400),
+            std::time::Duration::from_secs(5),
+        ));
+        let app = Arc::new(app);
+        let now = crate::time::now();
+        let merchant: Merchant = serde_json::from_value(json!({
+            "id": "m", "reseller_id": "r", "resellers": ["r"], "name": "M", "mcc": "5812",
+            "country": "DE", "currency": "EUR", "fee_template_id": null, "tip_info": {},
+            "tax_info": {}, "surcharge_info": {}, "merchant_key": "k",
+            "terminal_parameters": null, "created_at": now, "updated_at": now,
+        }))
+        .unwrap();
+        let new = NewCharge {
+            merchant,
+            amount: Money {
+                value: 1500,
+                currency: "EUR".into(),
+            },
+            tip: None,
+            card: CardInput {
+                pan: Pan::new("4242424242424242".into()),
+                exp_month: 12,
+                exp_year: 2030,
+                fingerprint: String::new(),
+                entry_mode: "chip".into(),
+            },
+            reference: None,
+            description: None,
+            metadata: Map::new(),
+            location_id: None,
+            terminal_id: None,
+        };
+        let live = {
+            let app = Arc::clone(&app);
+            tokio::spawn(async move { create(&app, new, Vec::new(), None, now).await })
+        };
+        // While the processor thinks, a recovery round that sees the charge as overdue (as
+        // after a stalled request) takes it over.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(recovery::recover(&app, now + 3600).await.unwrap(), 1);
+        let answer = live.await.unwrap();
+        assert_eq!(answer.unwrap_err().code(), Code::ProcessorFailed);
+        let charges = app.db.scan_back::<Charge>(None, 10).unwrap();
+        assert_eq!(charges.len(), 1);
+        assert_eq!(charges[0].status, ChargeStatus::Failed);
+    }
+
+    #[test]
+    fn a_batch_never_passes_twelve_digits() {
+        let big = |id: &str, at: i64| {
+            let mut c = charge(id, ChargeStatus::Approved, at);
+            c.amount.value = MAX_MONEY;
+            c
+        };
+        let small = charge("ch_0000000cSMALL00000000000", ChargeStatus::Approved, 30);
+        let (taken, total, left) = fill_batch(vec![
+            big("ch_0000000bBIG200000000000", 20),
+            small.clone(),
+            big("ch_0000000aBIG100000000000", 10),
+        ]);
+        let ids: Vec<_> = taken.iter().map(|c| c.charge_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["ch_0000000aBIG100000000000"],
+            "oldest first, the rest left"
+        );
+        assert_eq!((total, left), (MAX_MONEY, Some(20)));
+        let (taken, total, left) = fill_batch(vec![big("ch_0000000bBIG200000000000", 20), small]);
+        assert_eq!((taken.len(), total, left), (1, MAX_MONEY, Some(30)));
+        let s = Settlement {
+            settlement_id: "st_x".into(),
+            merchant_id: "m".into(),
+            count: 1,
+            total: Amount {
+                value: total,
+                currency: "EUR".into(),
+            },
+            created_at: 1000,
+            left_from: left,
+        };
+        assert_eq!(s.to_json()["has_more"], true);
+        assert_eq!(
+            s.next_cutoff(100),
+            30,
+            "the next batch looks back to what was left"
+        );
+        let (taken, total, left) = fill_batch(Vec::new());
+        assert_eq!((taken.len(), total, left), (0, 0, None));
     }
 
     #[test]

@@ -24,6 +24,15 @@ pub struct Config {
     /// Seconds a client may take to send its request headers.
     #[serde(default = "default_header_timeout")]
     pub header_timeout_secs: u64,
+    /// Connections served at once; more wait in the kernel's listen queue. Each needs a file
+    /// descriptor: the API raises its soft `RLIMIT_NOFILE` to the hard one at start and lowers
+    /// this cap to fit what it gets (see docs/operations.md for `LimitNOFILE`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections one client address may hold at once (0: no per-client cap, e.g. behind a
+    /// load balancer whose address every connection shares).
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
     /// The SQLite database file (created on first start).
     #[serde(default = "default_database")]
     pub database: PathBuf,
@@ -211,6 +220,14 @@ const fn default_header_timeout() -> u64 {
     10
 }
 
+const fn default_max_connections() -> usize {
+    4096
+}
+
+const fn default_max_connections_per_client() -> usize {
+    512
+}
+
 /// A configuration problem.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -261,6 +278,9 @@ impl Config {
         if config.max_body_bytes == 0 || config.max_body_bytes > 1 << 20 {
             return Err(ConfigError("max_body_bytes must be 1 to 1048576".into()));
         }
+        if config.max_connections == 0 || config.max_connections > 1 << 20 {
+            return Err(ConfigError("max_connections must be 1 to 1048576".into()));
+        }
         match (config.auth.mode, &config.auth.keycloak) {
             (AuthMode::Keycloak, None) => {
                 return Err(ConfigError(
@@ -272,6 +292,10 @@ impl Config {
                 return Err(ConfigError(
                     "[auth.keycloak] is given but auth.mode is not \"keycloak\"".into(),
                 ));
+            }
+            (AuthMode::Keycloak, Some(k)) => {
+                crate::jwt::jwks_target(&k.jwks_url)
+                    .map_err(|e| ConfigError(format!("auth.keycloak.jwks_url: {e}")))?;
             }
             _ => {}
         }
@@ -311,6 +335,16 @@ mod tests {
         assert!(Config::parse(&public).unwrap_err().0.contains("loopback"));
         let neither = ok.replace("plain_http = true\n", "");
         assert!(Config::parse(&neither).unwrap_err().0.contains("HTTPS"));
+        let keycloak = |url: &str| {
+            format!(
+                "{ok}[auth]\nmode = \"keycloak\"\n[auth.keycloak]\nissuer = \"https://sso\"\n\
+                 jwks_url = \"{url}\"\naudience = \"viopay\"\n"
+            )
+        };
+        assert!(Config::parse(&keycloak("http://127.0.0.1:8081/certs")).is_ok());
+        assert!(Config::parse(&keycloak("https://sso.example.test/certs")).is_ok());
+        let e = Config::parse(&keycloak("http://sso.example.test/certs")).unwrap_err();
+        assert!(e.0.contains("loopback"), "{e}");
         let unknown = format!("{ok}bogus = 1\n");
         assert!(
             Config::parse(&unknown)

@@ -295,6 +295,19 @@ pub fn put<R: Record>(record: &R) -> Result<Write, ApiError> {
     })
 }
 
+/// The write that requires a record to be exactly as given (optimistic concurrency on a record
+/// the caller wrote or read: serialisation is deterministic, so equal records are equal bytes).
+///
+/// # Errors
+/// 500 if the record cannot be serialised.
+pub fn expect<R: Record>(record: &R) -> Result<Write, ApiError> {
+    Ok(Write::Expect {
+        kind: R::KIND.into(),
+        id: record.id().into(),
+        body: Some(serde_json::to_vec(record).map_err(|e| ApiError::internal(&e))?),
+    })
+}
+
 /// The write that requires a record to be absent (creation races).
 pub fn absent<R: Record>(id: &str) -> Write {
     Write::Expect {

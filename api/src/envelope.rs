@@ -40,8 +40,8 @@ pub struct Sealed {
 /// # Errors
 /// As above.
 pub fn parse(body: &[u8], msk_kcv: &str) -> Result<Sealed, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|_| ApiError::new(Code::BodyUnreadable, "body is not JSON"))?;
+    let value = crate::wire::json::parse(body)
+        .map_err(|e| ApiError::new(Code::BodyUnreadable, e.to_string()))?;
     let obj = value.as_object().ok_or_else(unopenable)?;
     if let Some(kcv) = obj.get("key_kcv")
         && kcv.as_str() != Some(msk_kcv)
@@ -98,7 +98,7 @@ pub fn inner(plaintext: &[u8], gzip: bool) -> Result<(Map<String, Value>, Vec<u8
             "envelope plaintext larger than 32 KiB",
         ));
     }
-    match serde_json::from_slice::<Value>(&bytes) {
+    match crate::wire::json::parse(&bytes) {
         Ok(Value::Object(map)) => Ok((map, bytes)),
         _ => Err(unopenable()),
     }

@@ -55,6 +55,13 @@ pub enum Code {
     NotFound,
     /// 405/4050: method not allowed on this path.
     MethodNotAllowed,
+    /// 414/4140: the request target is too long (beyond the contract's catalogue: HTTP itself
+    /// needs it, and every answer keeps the catalogue's body shape).
+    UriTooLong,
+    /// 415/4150: a body sent with a `Content-Type` other than JSON (beyond the catalogue).
+    UnsupportedMediaType,
+    /// 431/4310: the request's headers are too large (beyond the catalogue).
+    HeadersTooLarge,
     /// 409/4090: state conflict.
     Conflict,
     /// 409/4091: pairing code already used.
@@ -103,6 +110,9 @@ impl Code {
         Self::Forbidden,
         Self::NotFound,
         Self::MethodNotAllowed,
+        Self::UriTooLong,
+        Self::UnsupportedMediaType,
+        Self::HeadersTooLarge,
         Self::Conflict,
         Self::PairingUsed,
         Self::DeviceState,
@@ -144,6 +154,9 @@ impl Code {
             Self::Forbidden => "4030",
             Self::NotFound => "4040",
             Self::MethodNotAllowed => "4050",
+            Self::UriTooLong => "4140",
+            Self::UnsupportedMediaType => "4150",
+            Self::HeadersTooLarge => "4310",
             Self::Conflict => "4090",
             Self::PairingUsed => "4091",
             Self::DeviceState => "4092",
@@ -181,6 +194,9 @@ impl Code {
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
+            Self::UriTooLong => 414,
+            Self::UnsupportedMediaType => 415,
+            Self::HeadersTooLarge => 431,
             Self::Conflict => 409,
             Self::PairingUsed => 409,
             Self::DeviceState => 409,

@@ -49,6 +49,9 @@ pub fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, String> {
     Ok(Some(TlsAcceptor::from(Arc::new(server))))
 }
 
+mod answers;
+pub mod conn;
+
 /// Serves until `shutdown` completes, then lets requests in flight finish (up to 30 s).
 pub async fn serve(
     app: Arc<App>,
@@ -59,16 +62,39 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     let header_timeout = Duration::from_secs(app.config.header_timeout_secs);
+    let limits = conn::Limits::new(
+        conn::fit_to_fd_limit(app.config.max_connections),
+        app.config.max_connections_per_client,
+    );
+    let mut backoff = conn::AcceptBackoff::default();
     loop {
-        let (stream, _) = tokio::select! {
+        // A place first, then accept: beyond the cap, connections wait in the listen queue
+        // instead of taking descriptors.
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = limits.place() => match permit {
+                Some(p) => p,
+                None => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
+                    let pause = backoff.failed(&e, Instant::now());
+                    drop(permit);
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(pause) => continue,
+                    }
                 }
             },
+        };
+        backoff.succeeded();
+        let Some(admitted) = limits.admit(peer.ip(), permit) else {
+            refuse_crowding_client(stream, tls.is_some());
+            continue;
         };
         let app = Arc::clone(&app);
         let service = hyper::service::service_fn(move |req| handle(Arc::clone(&app), req));
@@ -81,18 +107,21 @@ pub async fn serve(
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _admitted = admitted;
                     let Ok(Ok(stream)) =
                         tokio::time::timeout(header_timeout, acceptor.accept(stream)).await
                     else {
                         return;
                     };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn).await;
+                    let io = TokioIo::new(answers::Answers::new(stream));
+                    let _ = watcher.watch(builder.serve_connection(io, service)).await;
                 });
             }
             None => {
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                let io = TokioIo::new(answers::Answers::new(stream));
+                let conn = graceful.watch(builder.serve_connection(io, service));
                 tokio::spawn(async move {
+                    let _admitted = admitted;
                     let _ = conn.await;
                 });
             }
@@ -104,6 +133,32 @@ pub async fn serve(
     {
         tracing::warn!("requests still running after 30 s; stopping anyway");
     }
+}
+
+/// A client already holding its share of connections: on plain HTTP it reads why (429 with
+/// the contract's body); on TLS the connection is closed, since a handshake is the very cost
+/// the cap saves.
+fn refuse_crowding_client(stream: tokio::net::TcpStream, tls: bool) {
+    if tls {
+        return;
+    }
+    let answer = answers::closing_answer(
+        &ApiError::new(
+            Code::RateLimited,
+            "too many connections from this client address",
+        )
+        .with_retry_after(1),
+        "Too Many Requests",
+    );
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stream = stream;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(&answer).await?;
+            stream.shutdown().await
+        })
+        .await;
+    });
 }
 
 /// Every request: its id, its route, its body, its caller, and one mapping from errors to
@@ -126,6 +181,14 @@ async fn handle(
         Ok(reply) => reply.into_response(),
         Err(e) => error_response(&e, &request_id),
     };
+    if method == "HEAD" {
+        // hyper sends no body to a HEAD request; the declared length must say so too, or the
+        // connection's answer stream (see `answers`) would wait for bytes that never come.
+        *response.body_mut() = Full::new(Bytes::new());
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
@@ -181,14 +244,14 @@ impl Reply {
 /// How long a request body may take to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Reads the body (within the limit), authenticates the caller, runs the handler.
-async fn run(
+/// The request's body: declared in JSON (or undeclared), within the route's limit, arrived in
+/// time.
+async fn read_body(
     app: &App,
-    route: &'static Route,
-    params: Vec<&str>,
+    route: &Route,
     parts: &hyper::http::request::Parts,
     body: Incoming,
-) -> Result<Reply, ApiError> {
+) -> Result<Bytes, ApiError> {
     // POS bodies are envelopes of at most 32 KiB of plaintext: 64 KiB is plenty.
     let limit = if route.path.starts_with("/pos/") && route.access == Access::Pos {
         app.config.max_body_bytes.min(64 * 1024)
@@ -201,23 +264,84 @@ async fn run(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let now = crate::time::now();
-    let read = async {
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large());
+    let has_body =
+        declared.is_some_and(|n| n > 0) || parts.headers.contains_key(header::TRANSFER_ENCODING);
+    if has_body && !json_content_type(parts.headers.get(header::CONTENT_TYPE)) {
+        return Err(ApiError::new(
+            Code::UnsupportedMediaType,
+            "request bodies are JSON: send Content-Type: application/json",
+        ));
+    }
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    // A client that sends its headers and then trickles the body does not hold the
+    // connection for ever.
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(_)) => Err(too_large()),
+        Err(_) => Err(ApiError::new(
+            Code::BodyUnreadable,
+            "the body did not arrive in time",
+        )),
+    }
+}
+
+/// Whether a body's declared type is JSON: `application/json` or `application/…+json`, with
+/// at most a UTF-8 charset. A body that declares no type is read as JSON (the contract says
+/// bodies are JSON); one that declares another type is refused rather than guessed at.
+fn json_content_type(value: Option<&HeaderValue>) -> bool {
+    let Some(value) = value else {
+        return true;
+    };
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    let mut params = text.split(';');
+    let essence = params
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json") && sub.len() > 5);
+    json && params.all(|p| match p.split_once('=') {
+        Some((name, v)) if name.trim().eq_ignore_ascii_case("charset") => {
+            v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
         }
-        // A client that sends its headers and then trickles the body does not hold the
-        // connection for ever.
-        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(_)) => Err(too_large()),
-            Err(_) => Err(ApiError::new(
-                Code::BodyUnreadable,
-                "the body did not arrive in time",
-            )),
+        _ => true,
+    })
+}
+
+/// Authenticates the caller, reads the body (within the limit), runs the handler.
+async fn run(
+    app: &App,
+    route: &'static Route,
+    params: Vec<&str>,
+    parts: &hyper::http::request::Parts,
+    body: Incoming,
+) -> Result<Reply, ApiError> {
+    let now = crate::time::now();
+    // A bearer call is judged on its headers: a caller without a valid token is turned away
+    // before it can make the server wait for, or hold, a megabyte of body.
+    let principal = match route.access {
+        Access::Public | Access::Pos => None,
+        Access::Bearer | Access::BearerNoSession => {
+            let authorization = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            let claims = app.auth.verify(authorization, now).await?;
+            let principal = auth::principal(&app.auth, &app.db, &claims)?;
+            if route.access == Access::Bearer {
+                auth::require_session(&app.db, &principal, now)?;
+            }
+            Some(principal)
         }
     };
-    let body = match read.await {
+    let body = match read_body(app, route, parts, body).await {
         Ok(b) => b,
         Err(e) => {
             // On terminal calls the POS headers are judged first, whatever the body.
@@ -233,21 +357,6 @@ async fn run(
                 crate::pos::pos_headers(app, &stub, route.op != Op::PosBootstrap)?;
             }
             return Err(e);
-        }
-    };
-    let principal = match route.access {
-        Access::Public | Access::Pos => None,
-        Access::Bearer | Access::BearerNoSession => {
-            let authorization = parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            let claims = app.auth.verify(authorization, now).await?;
-            let principal = auth::principal(&app.auth, &app.db, &claims)?;
-            if route.access == Access::Bearer {
-                auth::require_session(&app.db, &principal, now)?;
-            }
-            Some(principal)
         }
     };
     let call = Call {
@@ -518,5 +627,29 @@ mod tests {
         let a = new_request_id();
         assert!(valid_request_id(&a) && a.len() == 28);
         assert_ne!(a, new_request_id());
+    }
+
+    #[test]
+    fn json_content_types() {
+        let ok = |v: &str| json_content_type(Some(&HeaderValue::from_str(v).unwrap()));
+        assert!(json_content_type(None));
+        for v in [
+            "application/json",
+            "Application/JSON; charset=UTF-8",
+            "application/json;charset=\"utf-8\"",
+            "application/merge-patch+json",
+        ] {
+            assert!(ok(v), "{v}");
+        }
+        for v in [
+            "application/x-www-form-urlencoded",
+            "text/plain",
+            "application/json; charset=latin1",
+            "application/+json",
+            "application/jsonp",
+            "multipart/form-data; boundary=x",
+        ] {
+            assert!(!ok(v), "{v}");
+        }
     }
 }

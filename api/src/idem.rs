@@ -93,16 +93,31 @@ pub fn valid_key(k: &str) -> bool {
 
 /// The request's `Idempotency-Key`, if it sent one.
 ///
+/// A key that is present but unreadable (a byte outside printable ASCII, `é` or `\xff`) is an
+/// error, never "no key": a retry that silently ran without its key would charge twice.
+///
 /// # Errors
-/// 400/`4001` for a malformed key.
+/// 400/`4001` for a malformed key, or for more than one.
 pub fn key_header(headers: &hyper::HeaderMap) -> Result<Option<&str>, ApiError> {
-    match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
-        None => Ok(None),
-        Some(k) if valid_key(k) => Ok(Some(k)),
-        Some(_) => Err(ApiError::new(
+    let malformed = || {
+        ApiError::new(
             Code::HeaderInvalid,
             "Idempotency-Key must be 1-255 printable ASCII characters",
-        )),
+        )
+    };
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::new(
+            Code::HeaderInvalid,
+            "give one Idempotency-Key, not several",
+        ));
+    }
+    match value.to_str() {
+        Ok(k) if valid_key(k) => Ok(Some(k)),
+        _ => Err(malformed()),
     }
 }
 
@@ -195,6 +210,9 @@ pub fn is_final(e: &ApiError) -> bool {
     !matches!(
         e.code(),
         Code::HeaderInvalid
+            | Code::UriTooLong
+            | Code::UnsupportedMediaType
+            | Code::HeadersTooLarge
             | Code::BodyUnreadable
             | Code::AppVersion
             | Code::EnvelopeInvalid
@@ -283,5 +301,25 @@ mod tests {
             Begin::Run(_)
         ));
         assert!(valid_key("order-42") && !valid_key("") && !valid_key("a\u{7f}"));
+    }
+
+    #[test]
+    fn a_key_that_is_there_is_never_ignored() {
+        use hyper::header::HeaderValue;
+        let with = |values: &[&[u8]]| {
+            let mut h = hyper::HeaderMap::new();
+            for v in values {
+                h.append("idempotency-key", HeaderValue::from_bytes(v).unwrap());
+            }
+            h
+        };
+        assert_eq!(key_header(&with(&[])).unwrap(), None);
+        assert_eq!(key_header(&with(&[b"order-42"])).unwrap(), Some("order-42"));
+        for bad in [&b"caf\xc3\xa9"[..], b"\xff", b"a\tb", &[b'k'; 256]] {
+            let e = key_header(&with(&[bad])).unwrap_err();
+            assert_eq!(e.code(), Code::HeaderInvalid, "{bad:?}");
+        }
+        let e = key_header(&with(&[b"a", b"b"])).unwrap_err();
+        assert_eq!(e.code(), Code::HeaderInvalid);
     }
 }

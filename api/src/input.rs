@@ -32,10 +32,11 @@ impl Money {
 /// Largest money value: 12 digits.
 const MAX_MINOR: u64 = 999_999_999_999;
 
-/// Parses a body that must be a JSON object: not JSON → 400/`4002`, not an object → 400/`4000`.
+/// Parses a body that must be a JSON object: not JSON or a key given twice → 400/`4002`, not
+/// an object → 400/`4000`.
 pub fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|_| ApiError::new(Code::BodyUnreadable, "body is not JSON"))?;
+    let value = crate::wire::json::parse(body)
+        .map_err(|e| ApiError::new(Code::BodyUnreadable, e.to_string()))?;
     match value {
         Value::Object(map) => Ok(map),
         _ => Err(field_error("", "the body must be a JSON object")),

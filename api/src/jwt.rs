@@ -529,7 +529,7 @@ fn numeric_date(
 
 /// An `http(s)://host[:port][/path][?query]` URL, parsed without a URL crate.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
+pub(crate) struct Target {
     https: bool,
     /// Host to connect to and for SNI (IPv6 without brackets).
     host: String,
@@ -602,6 +602,31 @@ fn parse_url(url: &str) -> Result<Target, String> {
         authority: authority.to_owned(),
         path,
     })
+}
+
+/// A JWKS URL as the verifier will fetch it.
+///
+/// Keys fetched in clear from another host can be swapped on the way, and whoever swaps them
+/// mints any token: plain `http://` only on a loopback host.
+///
+/// # Errors
+/// A message naming what is wrong with the URL.
+pub(crate) fn jwks_target(url: &str) -> Result<Target, String> {
+    let target = parse_url(url)?;
+    if !target.https && !is_loopback_host(&target.host) {
+        return Err(format!(
+            "JWKS URL {url:?}: plain http:// is allowed only on a loopback host; use https://"
+        ));
+    }
+    Ok(target)
+}
+
+/// `localhost` or a loopback address (IPv4 `127/8`, IPv6 `::1`).
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A TLS client trusting only the CA certificates of `ca_file`.
@@ -769,7 +794,7 @@ impl Verifier {
                 (keys, None)
             }
             KeySource::Remote { url, ca_file } => {
-                let target = parse_url(&url)?;
+                let target = jwks_target(&url)?;
                 let tls = match (&ca_file, target.https) {
                     (Some(file), true) => Some(tls_connector(file)?),
                     (None, true) => {
@@ -1578,6 +1603,9 @@ NiTKJTfJebkH4jYLe+ziwzh9w0l5zRaZ9TI5nbXYSs9MyYg3MnbS1fAQ
             (t.host.as_str(), t.port, t.authority.as_str()),
             ("::1", 9443, "[::1]:9443")
         );
+        assert!(is_loopback_host("localhost") && is_loopback_host("127.0.0.9"));
+        assert!(is_loopback_host("::1") && !is_loopback_host("idp.example.test"));
+        assert!(!is_loopback_host("10.0.0.1") && !is_loopback_host("127.0.0.1.example.test"));
         for bad in [
             "ftp://idp/jwks",
             "idp/jwks",
@@ -1936,5 +1964,32 @@ NiTKJTfJebkH4jYLe+ziwzh9w0l5zRaZ9TI5nbXYSs9MyYg3MnbS1fAQ
         };
         assert!(Verifier::new(ISS.into(), AUD.into(), missing).is_err());
         server.task.abort();
+    }
+
+    #[test]
+    fn plain_http_jwks_only_on_loopback() {
+        let remote = |url: &str| KeySource::Remote {
+            url: url.into(),
+            ca_file: None,
+        };
+        for url in [
+            "http://sso.example.test/realms/v/protocol/openid-connect/certs",
+            "http://10.1.2.3:8080/certs",
+            "http://[2001:db8::1]/certs",
+        ] {
+            let e = Verifier::new(ISS.into(), AUD.into(), remote(url)).unwrap_err();
+            assert!(e.contains("loopback"), "{url}: {e}");
+        }
+        for url in [
+            "http://127.0.0.1:8080/certs",
+            "http://localhost/certs",
+            "http://[::1]:9000/certs",
+            "https://sso.example.test/certs",
+        ] {
+            assert!(
+                Verifier::new(ISS.into(), AUD.into(), remote(url)).is_ok(),
+                "{url}"
+            );
+        }
     }
 }

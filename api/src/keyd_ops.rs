@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use keyd_proto::message::{
-    DeviceCreate, IdentityKey, IdentityRotate, KeySetRevoke, PanFingerprint,
+    DeviceCreate, IdentityKey, IdentityRotate, KeySetRevoke, PanFingerprint, RequestFingerprint,
 };
 use keyd_proto::{Secret, Status};
 use serde_json::{Value, json};
@@ -105,6 +105,21 @@ pub async fn pan_fingerprint(app: &App, pan: &str) -> Result<String, ApiError> {
             KeydError::Refused(_) => ApiError::field("card.number", "not a card number"),
             KeydError::Unavailable => KeydError::unavailable(),
         })
+}
+
+/// keyd's keyed fingerprint of a request that may hold card data (see
+/// [`RequestFingerprint`]): upper-case hex.
+///
+/// # Errors
+/// 503 when keyd is down.
+pub async fn request_fingerprint(app: &App, data: &[u8]) -> Result<String, ApiError> {
+    app.keyd
+        .call(&RequestFingerprint {
+            data: Secret::new(data),
+        })
+        .await
+        .map(|f| crate::envelope::hex_upper(&f.value))
+        .map_err(|e| keyd_error(e, "request fingerprint"))
 }
 
 /// Replaces a device's identity key in keyd.

@@ -16,6 +16,7 @@ pub mod config;
 pub mod db;
 pub mod envelope;
 pub mod error;
+pub mod housekeeping;
 pub mod http;
 pub mod idem;
 pub mod ids;
@@ -34,6 +35,7 @@ pub mod replay;
 pub mod routes;
 pub mod store;
 pub mod time;
+pub mod wire;
 
 pub use app::App;
 pub use config::Config;

@@ -81,7 +81,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         tracing::info!(listen = %config.listen, https = tls.is_some(), "api listening");
         let app = Arc::new(api::App::open(config)?);
-        tokio::spawn(Arc::clone(&app).housekeeping());
+        tokio::spawn(api::housekeeping::run(Arc::clone(&app)));
         api::http::serve(app, listener, tls, shutdown_signal()).await;
         tracing::info!("api stopped");
         Ok(())

@@ -467,12 +467,7 @@ fn own_charge(app: &App, s: &Signed, id: &str) -> Result<Charge, ApiError> {
         return Err(ApiError::not_found());
     }
     match app.db.get::<Charge>(id)? {
-        Some(c)
-            if c.merchant_id == s.device.merchant_id
-                && c.status != charges::ChargeStatus::Pending =>
-        {
-            Ok(c)
-        }
+        Some(c) if c.merchant_id == s.device.merchant_id => Ok(c),
         _ => Err(ApiError::not_found()),
     }
 }

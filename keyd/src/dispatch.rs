@@ -90,6 +90,9 @@ fn route(
         o if o == m::ChargeOpen::OPCODE => call(body, out, |r| service.charge_open(r)),
         o if o == m::CardDecrypt::OPCODE => call(body, out, |r| service.card_decrypt(r)),
         o if o == m::PanFingerprint::OPCODE => call(body, out, |r| service.pan_fingerprint(r)),
+        o if o == m::RequestFingerprint::OPCODE => {
+            call(body, out, |r| service.request_fingerprint(r))
+        }
         o if o == m::KeyCheck::OPCODE => call(body, out, |r| service.key_check(r)),
         o if o == m::ZmkImport::OPCODE => call(body, out, |r| service.zmk_import_remote(r)),
         o if o == m::Tr31Translate::OPCODE => call(body, out, |r| service.tr31_translate(r)),

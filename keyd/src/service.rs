@@ -80,6 +80,9 @@ pub struct Service {
     capacity: usize,
     grace: u64,
     fingerprint_key: Zeroizing<[u8; 32]>,
+    /// Keys request fingerprints (a key apart from the PAN's, so neither value can stand in
+    /// for the other).
+    request_key: Zeroizing<[u8; 32]>,
     pub(crate) officers: Officers,
     /// The store's key-state version this process's cache reflects.
     pub(crate) seen_version: std::sync::atomic::AtomicU64,
@@ -149,6 +152,7 @@ impl Service {
             ));
         }
         let fingerprint_key = crate::derive_from_lmk(&*hsm, "keyd pan fingerprint key")?;
+        let request_key = crate::derive_from_lmk(&*hsm, "keyd request fingerprint key")?;
         let officers = Officers::new(Arc::clone(&store), &*hsm, Policy::default())?;
         let seen_version = std::sync::atomic::AtomicU64::new(store.state_version()?);
         Ok(Self {
@@ -159,6 +163,7 @@ impl Service {
             capacity,
             grace,
             fingerprint_key,
+            request_key,
             officers,
             seen_version,
             cache_generation: std::sync::atomic::AtomicU64::new(0),
@@ -708,6 +713,23 @@ impl Service {
         })
     }
 
+    /// The keyed fingerprint of a request (at most 64 KiB, like any request body).
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] for an empty or oversized request.
+    pub fn request_fingerprint(
+        &self,
+        req: &m::RequestFingerprint,
+    ) -> Result<m::Fingerprint, Error> {
+        let data = req.data.expose();
+        if data.is_empty() || data.len() > 64 * 1024 {
+            return Err(Error::BadRequest("a request is 1 byte to 64 KiB".into()));
+        }
+        Ok(m::Fingerprint {
+            value: crypto::hmac(&self.request_key[..], data)?,
+        })
+    }
+
     /// The check value of a stored, unrevoked key.
     ///
     /// # Errors
@@ -1233,6 +1255,17 @@ mod tests {
             })
             .is_err()
         );
+        // A request fingerprint is keyed apart from the PAN's, and stable.
+        let request = |data: &[u8]| {
+            s.request_fingerprint(&m::RequestFingerprint {
+                data: Secret::new(data),
+            })
+        };
+        let r = request(b"4242424242424242").unwrap();
+        assert_ne!(r.value, typed.value);
+        assert_eq!(r.value, request(b"4242424242424242").unwrap().value);
+        assert_ne!(r.value, request(b"4242424242424243").unwrap().value);
+        assert!(request(b"").is_err() && request(&[b'x'; 64 * 1024 + 1]).is_err());
     }
 
     fn copy_charge(c: &m::ChargeOpen) -> m::ChargeOpen {

@@ -21,6 +21,7 @@ pub struct ApiProcess {
     config: PathBuf,
     port: u16,
     child: Option<Child>,
+    nofile: Option<u64>,
 }
 
 impl std::fmt::Debug for ApiProcess {
@@ -74,9 +75,20 @@ impl ApiProcess {
             config,
             port,
             child: None,
+            nofile: None,
         };
         api.restart()?;
         Ok(api)
+    }
+
+    /// Restarts under a file-descriptor limit (soft and hard), as a unit with
+    /// `LimitNOFILE=n` would run it; later restarts keep the limit.
+    ///
+    /// # Errors
+    /// If it does not come up within 20 s.
+    pub fn restart_with_nofile(&mut self, n: u64) -> Result<(), Error> {
+        self.nofile = Some(n);
+        self.restart()
     }
 
     /// Starts (again) and waits for the port.
@@ -85,10 +97,24 @@ impl ApiProcess {
     /// If it does not come up within 20 s.
     pub fn restart(&mut self) -> Result<(), Error> {
         self.kill();
-        let child = Command::new(&self.binary)
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut command = match self.nofile {
+            None => Command::new(&self.binary),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(&self.binary);
+                sh
+            }
+        };
+        let child = command
             .arg("--config")
             .arg(&self.config)
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(log))
             .spawn()?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -120,6 +146,16 @@ impl ApiProcess {
     /// The port.
     pub const fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Where the process's log lines (stderr) go, across restarts.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("api.log")
     }
 
     /// The temporary directory (database, signing key, config).
@@ -220,6 +256,25 @@ impl Client {
             headers.push(("Content-Type".to_owned(), "application/json".to_owned()));
         }
         self.raw(method, path, &headers, &body)
+    }
+
+    /// Sends exactly these bytes on a fresh connection and reads the answer (for requests no
+    /// well-formed client would send: malformed lines, bytes outside ASCII in headers).
+    ///
+    /// # Errors
+    /// Transport failures, or no parsable answer.
+    pub fn bytes(&self, request: &[u8]) -> Result<Answer, Error> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        // The server may answer and close before it has read everything (oversized heads).
+        let _ = stream.write_all(request);
+        let mut raw = Vec::new();
+        let read = stream.read_to_end(&mut raw);
+        match (parse(&raw), read) {
+            (Ok(answer), _) => Ok(answer),
+            (Err(_), Err(e)) => Err(e.into()),
+            (Err(e), Ok(_)) => Err(e),
+        }
     }
 
     /// A request with exactly these headers and body bytes (`Content-Length` is added).

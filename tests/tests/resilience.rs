@@ -52,18 +52,27 @@ fn stored(p: &Platform, mid: &str) -> Vec<Value> {
     p.charges(mid).unwrap()
 }
 
-#[test]
-fn kill_9_of_the_api_under_load_loses_no_acknowledged_charge() {
-    let (mut p, mid, terminals) = platform();
-    let port = p.api.port();
-    let load = std::thread::spawn(move || e2e::load::run(port, &terminals, &options(3)));
-    std::thread::sleep(Duration::from_millis(1500));
-    p.api.kill();
-    p.api.restart().unwrap();
-    let report = load.join().unwrap();
-    assert!(report.acknowledged.len() > 20, "{:?}", report.failed);
-    assert_eq!(report.acknowledged.len() as u64, report.approved);
-    let charges = stored(&p, &mid);
+/// The merchant's charges once recovery has resolved every pending one (pending charges are
+/// listed, so a charge whose request was lost is seen until it is resolved).
+fn resolved(p: &Platform, mid: &str) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let charges = stored(p, mid);
+        let pending = charges.iter().filter(|c| c["status"] == "pending").count();
+        if pending == 0 {
+            return charges;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pending} charges still pending"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Every charge the client saw approved is stored once, approved; every other charge is
+/// failed (its request was lost and recovery voided it).
+fn check_outcomes(p: &Platform, charges: &[Value], report: &e2e::load::Report) {
     let ids: Vec<&str> = charges
         .iter()
         .map(|c| c["charge_id"].as_str().unwrap())
@@ -78,14 +87,47 @@ fn kill_9_of_the_api_under_load_loses_no_acknowledged_charge() {
         let c = p.ok("GET", &format!("/charges/{id}"), None).unwrap();
         assert_eq!(c["status"], "approved");
     }
-    // Anything in flight at the kill was either stored with its outcome or marked failed at
-    // the restart: nothing is left pending (pending charges are not listed; count them all).
     assert!(
         charges
             .iter()
             .all(|c| c["status"] == "approved" || c["status"] == "failed")
     );
     assert!(charges.len() >= report.acknowledged.len());
+}
+
+#[test]
+fn kill_9_of_the_api_under_load_loses_no_acknowledged_charge() {
+    let (mut p, mid, terminals) = platform();
+    let port = p.api.port();
+    let load = std::thread::spawn(move || e2e::load::run(port, &terminals, &options(3)));
+    std::thread::sleep(Duration::from_millis(1500));
+    p.api.kill();
+    p.api.restart().unwrap();
+    let report = load.join().unwrap();
+    assert!(report.acknowledged.len() > 20, "{:?}", report.failed);
+    assert_eq!(report.acknowledged.len() as u64, report.approved);
+    // Anything in flight at the kill was either stored with its outcome or is failed by
+    // recovery: nothing stays pending.
+    check_outcomes(&p, &resolved(&p, &mid), &report);
+}
+
+/// Many `kill -9`s in a row under load, each restart itself killed soon after it came up, as
+/// a crash loop would: every charge any of them left pending is resolved once one process
+/// stays up, however many restarts left it.
+#[test]
+fn a_crash_loop_under_load_leaves_nothing_pending() {
+    let (mut p, mid, terminals) = platform();
+    let port = p.api.port();
+    let load = std::thread::spawn(move || e2e::load::run(port, &terminals, &options(8)));
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..12 {
+        p.api.kill();
+        p.api.restart().unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let report = load.join().unwrap();
+    assert!(report.acknowledged.len() > 20, "{:?}", report.failed);
+    check_outcomes(&p, &resolved(&p, &mid), &report);
 }
 
 #[test]

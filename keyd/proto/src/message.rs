@@ -285,7 +285,14 @@ message! {
     PanFingerprint { pan: Secret }
 }
 message! {
-    /// HMAC-SHA-256 under keyd's fingerprint key.
+    /// A keyed fingerprint of a request that may hold card data (HMAC-SHA-256 under a key of
+    /// its own, derived from the LMK), so the API can recognise a retried request without
+    /// keeping anything from which the card could be guessed. The caller leaves sensitive
+    /// authentication data (a CVC) out of `data`.
+    RequestFingerprint { data: Secret }
+}
+message! {
+    /// HMAC-SHA-256 under one of keyd's fingerprint keys.
     Fingerprint { value: [u8; 32] }
 }
 message! {
@@ -377,6 +384,7 @@ operation!(EnvelopeSeal, 0x0204, Data, Sealed);
 operation!(ChargeOpen, 0x0205, Data, Plaintext);
 operation!(CardDecrypt, 0x0206, Data, CardData);
 operation!(PanFingerprint, 0x020A, Data, Fingerprint);
+operation!(RequestFingerprint, 0x020B, Data, Fingerprint);
 operation!(KeyCheck, 0x0207, Data, CheckValue);
 operation!(EnvelopeSealChunks, 0x0208, Data, SealedChunks);
 operation!(EnvelopeOpenChunks, 0x0209, Data, Plaintext);
@@ -391,7 +399,7 @@ impl Opcode {
         Some(match self.0 {
             0x0001 | 0x0002 => Group::Session,
             0x0101..=0x0106 => Group::Devices,
-            0x0201..=0x020A => Group::Data,
+            0x0201..=0x020B => Group::Data,
             0x0301..=0x0304 => Group::Admin,
             _ => return None,
         })
@@ -459,6 +467,7 @@ mod tests {
         check::<ChargeOpen>();
         check::<CardDecrypt>();
         check::<PanFingerprint>();
+        check::<RequestFingerprint>();
         check::<KeyCheck>();
         check::<IdentityRevoke>();
         check::<EnvelopeSealChunks>();

@@ -1,0 +1,3 @@
+//! Wire formats shared by every layer: JSON as the API reads it from untrusted clients.
+
+pub mod json;
