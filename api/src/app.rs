@@ -1,55 +1,23 @@
-//! What every handler can reach: configuration, storage, keyd, token verification, metrics.
+//! The composition root: the one place that builds every part. What it builds is
+//! [`Services`], what every handler may use; the HTTP layer adds its own request metrics, and
+//! housekeeping shares the same services.
 
 use std::sync::Arc;
 
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::db::Db;
+use crate::domain::charges::{Boot, Engine};
+use crate::domain::idem::Idempotency;
+use crate::domain::locks::Locks;
+use crate::domain::processor::Simulator;
+use crate::domain::replay::Replay;
 use crate::error::ApiError;
-use crate::idem::Idempotency;
 use crate::keyd::Keyd;
-use crate::locks::Locks;
-use crate::metrics::Metrics;
-use crate::processor::{Processor, Simulator};
-use crate::replay::Replay;
+use crate::request::Services;
+use crate::store::db::Db;
 use crate::store::{SqliteStore, Store};
 
-/// The application.
-#[derive(Debug)]
-pub struct App {
-    /// The configuration it started with.
-    pub config: Config,
-    /// Records.
-    pub db: Db,
-    /// The key service.
-    pub keyd: Keyd,
-    /// Bearer tokens.
-    pub auth: Auth,
-    /// Request counters and latencies.
-    pub metrics: Metrics,
-    /// Used nonces.
-    pub replay: Replay,
-    /// Per-object serialisation of read-check-write sequences.
-    pub locks: Locks,
-    /// Keyed requests in progress.
-    pub idempotency: Idempotency,
-    /// The payment processor.
-    pub processor: Arc<dyn Processor>,
-    /// This process: a random id and its start (Unix seconds). Work a process leaves behind
-    /// (a pending charge) names it, so a later process knows the work's owner is gone.
-    pub boot: Boot,
-}
-
-/// One start of the API process.
-#[derive(Debug, Clone)]
-pub struct Boot {
-    /// Random, unique per start.
-    pub id: String,
-    /// Unix seconds.
-    pub started_at: i64,
-}
-
-impl App {
+impl Services {
     /// Opens the configured database and signing key.
     ///
     /// # Errors
@@ -61,33 +29,38 @@ impl App {
         Self::with_parts(config, Arc::new(store), auth).map_err(|e| e.message().to_owned())
     }
 
-    /// An application over given parts (tests use the in-memory store).
+    /// The services over given parts (tests use the in-memory store).
     ///
     /// # Errors
     /// If the used nonces cannot be loaded.
     pub fn with_parts(config: Config, store: Arc<dyn Store>, auth: Auth) -> Result<Self, ApiError> {
         let db = Db::new(store);
+        let locks = Arc::new(Locks::default());
         Ok(Self {
             keyd: Keyd::new(config.keyd_socket.clone()),
-            replay: Replay::load(&db, crate::time::now())?,
-            db,
+            replay: Replay::load(&db, crate::wire::time::now())?,
+            db: db.clone(),
             auth,
-            metrics: Metrics::new(),
-            locks: Locks::default(),
+            locks: Arc::clone(&locks),
             idempotency: Idempotency::default(),
-            boot: Boot {
-                id: crate::ids::random_alnum(16)?,
-                started_at: crate::time::now(),
+            charges: Engine {
+                db,
+                processor: Arc::new(Simulator::new(
+                    std::time::Duration::from_millis(config.processor.latency_ms),
+                    config.processor.timeout(),
+                )),
+                locks,
+                timeout: config.processor.timeout(),
+                boot: Boot {
+                    id: crate::wire::ids::random_alnum(16)?,
+                    started_at: crate::wire::time::now(),
+                },
             },
-            processor: Arc::new(Simulator::new(
-                std::time::Duration::from_millis(config.processor.latency_ms),
-                config.processor.timeout(),
-            )),
             config,
         })
     }
 
-    /// An application on the in-memory store with a fresh signing key and a keyd that is not
+    /// The services on the in-memory store with a fresh signing key and a keyd that is not
     /// there (unit tests of handlers and engines).
     #[cfg(test)]
     pub(crate) fn for_tests() -> Self {
@@ -95,7 +68,7 @@ impl App {
             "listen = \"127.0.0.1:1\"\nplain_http = true\nkeyd_socket = \"/nonexistent\"\n",
         )
         .unwrap_or_else(|e| unreachable!("test config: {e}"));
-        let signer = crate::jwt::Signer::generate()
+        let signer = crate::auth::jwt::Signer::generate()
             .unwrap_or_else(|e| unreachable!("signing key: {e}"))
             .0;
         let auth =

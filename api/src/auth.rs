@@ -6,14 +6,17 @@
 //! come from the realm. The unverified `iss` only picks which verifier runs; both run the same
 //! checks, and nothing in a token is believed before its signature is.
 
+pub mod authz;
+pub mod jwt;
+
 use serde_json::{Value, json};
 
-use crate::authz::{Principal, Scope};
+use crate::auth::authz::{Principal, Scope};
+use crate::auth::jwt::{Claims, KeySource, Signer, Verifier};
 use crate::config::{AuthConfig, AuthMode};
-use crate::db::Db;
+use crate::domain::model::{ApiClient, Role, Session, User};
 use crate::error::{ApiError, Code};
-use crate::jwt::{self, Claims, KeySource, Signer, Verifier};
-use crate::model::{ApiClient, Role, Session, User};
+use crate::store::db::Db;
 
 /// The verifiers and the embedded signer.
 #[derive(Debug)]
@@ -170,7 +173,7 @@ impl Auth {
 /// token does not carry the record's role.
 pub fn principal(auth: &Auth, db: &Db, claims: &Claims) -> Result<Principal, ApiError> {
     let has = |role: Role| claims.roles.iter().any(|r| r == role.as_str());
-    if crate::ids::is_client_id(&claims.sub) && auth.is_embedded(claims) {
+    if crate::wire::ids::is_client_id(&claims.sub) && auth.is_embedded(claims) {
         let client: ApiClient = db.get(&claims.sub)?.ok_or_else(unauthenticated)?;
         if !has(Role::MerchantAdmin) {
             return Err(ApiError::forbidden());

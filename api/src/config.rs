@@ -294,7 +294,7 @@ impl Config {
                 ));
             }
             (AuthMode::Keycloak, Some(k)) => {
-                crate::jwt::jwks_target(&k.jwks_url)
+                crate::wire::url::jwks_target(&k.jwks_url)
                     .map_err(|e| ConfigError(format!("auth.keycloak.jwks_url: {e}")))?;
             }
             _ => {}
@@ -304,12 +304,12 @@ impl Config {
                 "auth.token_ttl_secs must be 60 to 86400".into(),
             ));
         }
-        if !crate::ids::is_zone(&config.platform.default_zone) {
+        if !crate::wire::ids::is_zone(&config.platform.default_zone) {
             return Err(ConfigError(
                 "platform.default_zone: 1-64 characters of [0-9A-Za-z_.-]".into(),
             ));
         }
-        if crate::pos_version(&config.platform.min_supported_version).is_none() {
+        if crate::wire::ids::pos_version(&config.platform.min_supported_version).is_none() {
             return Err(ConfigError(
                 "platform.min_supported_version must be MAJOR.MINOR.PATCH".into(),
             ));

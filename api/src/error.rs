@@ -263,7 +263,8 @@ impl ApiError {
 
     /// A bad request body naming one field (400/`4000`).
     pub fn field(field: &str, reason: &str) -> Self {
-        crate::input::field_error(field, reason)
+        Self::new(Code::BodyInvalid, "body invalid")
+            .with_details(json!({"fields": [{"field": field, "reason": reason}]}))
     }
 
     /// Not found (404/`4040`), the one answer for "absent" and "not yours".

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::App;
+use crate::request::Services;
 
 /// How often recovery looks for lost charges.
 const RECOVERY_EVERY: Duration = Duration::from_secs(5);
@@ -17,14 +17,14 @@ const RECOVERY_EVERY: Duration = Duration::from_secs(5);
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs for the life of the process.
-pub async fn run(app: Arc<App>) {
+pub async fn run(app: Arc<Services>) {
     tokio::spawn(recovery(Arc::clone(&app)));
     sweeps(app).await;
 }
 
-async fn recovery(app: Arc<App>) {
+async fn recovery(app: Arc<Services>) {
     loop {
-        match crate::charges::recovery::mark_unmarked(&app).await {
+        match crate::domain::charges::recovery::mark_unmarked(&app.charges).await {
             Ok(0) => break,
             Ok(n) => {
                 tracing::warn!(
@@ -43,7 +43,9 @@ async fn recovery(app: Arc<App>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match crate::charges::recovery::recover(&app, crate::time::now()).await {
+        match crate::domain::charges::recovery::recover(&app.charges, crate::wire::time::now())
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
                 count = n,
@@ -54,14 +56,14 @@ async fn recovery(app: Arc<App>) {
     }
 }
 
-async fn sweeps(app: Arc<App>) {
+async fn sweeps(app: Arc<Services>) {
     let (mut hour, mut minute) = (0, 0);
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     loop {
         tick.tick().await;
-        let now = crate::time::now();
+        let now = crate::wire::time::now();
         app.replay.sweep(&app.db, now).await;
-        hour = crate::idem::sweep(&app.db, hour, now).await;
+        hour = crate::domain::idem::sweep(&app.db, hour, now).await;
         minute = crate::pos::sweep_attestations(&app.db, minute, now).await;
     }
 }

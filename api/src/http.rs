@@ -15,12 +15,13 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::app::App;
 use crate::auth;
-use crate::call::Call;
 use crate::config::Config;
 use crate::error::{ApiError, Code};
-use crate::routes::{self, Access, Op, Route};
+use crate::http::routes::{Access, Op, Route};
+use crate::request::Call;
+use crate::request::Services;
+use metrics::Metrics;
 
 /// Builds the TLS acceptor from the configured PEM files (TLS 1.2 and 1.3, ring provider).
 ///
@@ -51,14 +52,38 @@ pub fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, String> {
 
 mod answers;
 pub mod conn;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+
+/// What the server works with: the handlers' services and its own request metrics.
+#[derive(Debug)]
+pub struct Served {
+    /// What handlers use.
+    pub services: Arc<Services>,
+    /// Request counters and latencies.
+    pub metrics: Metrics,
+}
+
+impl std::ops::Deref for Served {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.services
+    }
+}
 
 /// Serves until `shutdown` completes, then lets requests in flight finish (up to 30 s).
 pub async fn serve(
-    app: Arc<App>,
+    services: Arc<Services>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let app = Arc::new(Served {
+        services,
+        metrics: Metrics::new(),
+    });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     let header_timeout = Duration::from_secs(app.config.header_timeout_secs);
@@ -164,7 +189,7 @@ fn refuse_crowding_client(stream: tokio::net::TcpStream, tls: bool) {
 /// Every request: its id, its route, its body, its caller, and one mapping from errors to
 /// answers.
 async fn handle(
-    app: Arc<App>,
+    app: Arc<Served>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
@@ -247,7 +272,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The request's body: declared in JSON (or undeclared), within the route's limit, arrived in
 /// time.
 async fn read_body(
-    app: &App,
+    app: &Served,
     route: &Route,
     parts: &hyper::http::request::Parts,
     body: Incoming,
@@ -317,13 +342,13 @@ fn json_content_type(value: Option<&HeaderValue>) -> bool {
 
 /// Authenticates the caller, reads the body (within the limit), runs the handler.
 async fn run(
-    app: &App,
+    app: &Served,
     route: &'static Route,
     params: Vec<&str>,
     parts: &hyper::http::request::Parts,
     body: Incoming,
 ) -> Result<Reply, ApiError> {
-    let now = crate::time::now();
+    let now = crate::wire::time::now();
     // A bearer call is judged on its headers: a caller without a valid token is turned away
     // before it can make the server wait for, or hold, a megabyte of body.
     let principal = match route.access {
@@ -361,7 +386,7 @@ async fn run(
     };
     let call = Call {
         params,
-        query: crate::call::parse_query(parts.uri.query()),
+        query: crate::request::parse_query(parts.uri.query()),
         headers: &parts.headers,
         body,
         now,
@@ -381,7 +406,7 @@ async fn run(
             Op::ChargeCreate | Op::ChargeRefund | Op::ChargeCancel
         );
     let key = if keyed {
-        crate::idem::key_header(call.headers)?
+        crate::domain::idem::key_header(call.headers)?
     } else {
         None
     };
@@ -393,19 +418,19 @@ async fn run(
         .idempotency
         .begin(&app.db, &p.sub, "POST", path, key, &call.body, now)?
     {
-        crate::idem::Begin::Replay(kept) if kept.status < 300 => {
+        crate::domain::idem::Begin::Replay(kept) if kept.status < 300 => {
             let status = StatusCode::from_u16(kept.status).unwrap_or(StatusCode::OK);
             return Ok(Reply::Json(status, kept.body));
         }
-        crate::idem::Begin::Replay(kept) => return Err(ApiError::from_stored(&kept.body)),
-        crate::idem::Begin::Run(running) => running,
+        crate::domain::idem::Begin::Replay(kept) => return Err(ApiError::from_stored(&kept.body)),
+        crate::domain::idem::Begin::Run(running) => running,
     };
     let answer = dispatch(app, route.op, &call).await.map(with_status);
     let keep = match &answer {
         Ok(Reply::Json(status, body)) => {
             Some(running.keep(status.as_u16(), withhold_secrets(body), now)?)
         }
-        Err(e) if crate::idem::is_final(e) => Some(running.keep_error(e, now)?),
+        Err(e) if crate::domain::idem::is_final(e) => Some(running.keep_error(e, now)?),
         _ => None,
     };
     if let Some(w) = keep {
@@ -440,9 +465,9 @@ fn withhold_secrets(body: &Value) -> Value {
 }
 
 /// Route table entry → handler.
-async fn dispatch(app: &App, op: Op, call: &Call<'_>) -> Result<Reply, ApiError> {
+async fn dispatch(app: &Served, op: Op, call: &Call<'_>) -> Result<Reply, ApiError> {
     use crate::backoffice as b;
-    use crate::backoffice::UserOwner::{Merchant, Reseller};
+    use crate::backoffice::users::UserOwner::{Merchant, Reseller};
     let json = |v: Value| Reply::Json(StatusCode::OK, v);
     let value = match op {
         Op::HealthLive => json!({"status": "ok"}),
@@ -456,57 +481,57 @@ async fn dispatch(app: &App, op: Op, call: &Call<'_>) -> Result<Reply, ApiError>
                 app.metrics.render(),
             ));
         }
-        Op::OpenApi => crate::openapi::document(),
+        Op::OpenApi => openapi::document(),
         Op::Jwks => app.auth.jwks(),
-        Op::SessionInitiate => b::session_initiate(app, call).await?,
-        Op::ClientSession | Op::AuthToken => b::client_session(app, call).await?,
-        Op::ResellerCreate => b::reseller_create(app, call).await?,
-        Op::ResellerList => b::reseller_list(app, call)?,
-        Op::ResellerGet => b::reseller_get(app, call)?,
-        Op::ResellerPatch => b::reseller_patch(app, call).await?,
-        Op::ResellerDelete => b::reseller_delete(app, call).await?,
-        Op::ResellerHierarchy => b::reseller_hierarchy(app, call)?,
-        Op::FeeTemplateCreate => b::fee_template_create(app, call).await?,
-        Op::FeeTemplateList => b::fee_template_list(app, call)?,
-        Op::FeeTemplateGet => b::fee_template_get(app, call)?,
-        Op::FeeTemplatePatch => b::fee_template_patch(app, call).await?,
-        Op::FeeTemplateDelete => b::fee_template_delete(app, call).await?,
-        Op::BrandingGet => b::branding_get(app, call)?,
-        Op::BrandingPut => b::branding_put(app, call).await?,
-        Op::DomainsGet => b::domains_get(app, call)?,
-        Op::DomainsPut => b::domains_put(app, call).await?,
-        Op::ResellerUserCreate => b::user_create(app, call, Reseller).await?,
-        Op::ResellerUserList => b::user_list(app, call, Reseller)?,
-        Op::ResellerUserGet => b::user_get(app, call, Reseller)?,
-        Op::ResellerUserPatch => b::user_patch(app, call, Reseller).await?,
-        Op::ResellerUserDelete => b::user_delete(app, call, Reseller).await?,
-        Op::MerchantCreate => b::merchant_create(app, call).await?,
-        Op::MerchantList => b::merchant_list(app, call)?,
-        Op::MerchantGet => b::merchant_get(app, call)?,
-        Op::MerchantPatch => b::merchant_patch(app, call).await?,
-        Op::MerchantParameters => b::merchant_parameters(app, call).await?,
-        Op::LocationCreate => b::location_create(app, call).await?,
-        Op::LocationList => b::location_list(app, call)?,
-        Op::LocationGet => b::location_get(app, call)?,
-        Op::LocationPatch => b::location_patch(app, call).await?,
-        Op::LocationDelete => b::location_delete(app, call).await?,
-        Op::DeviceCreate => b::device_create(app, call).await?,
-        Op::DeviceList => b::device_list(app, call)?,
-        Op::DeviceGet => b::device_get(app, call)?,
-        Op::DevicePatch => b::device_patch(app, call).await?,
-        Op::DeviceDisable => b::device_disable(app, call).await?,
-        Op::DeviceEnable => b::device_enable(app, call).await?,
-        Op::DeviceIdentityKey => b::device_identity_key(app, call).await?,
-        Op::DeviceRotateKeys => b::device_rotate_keys(app, call).await?,
-        Op::DeviceParameters => b::device_parameters(app, call).await?,
-        Op::UserCreate => b::user_create(app, call, Merchant).await?,
-        Op::UserList => b::user_list(app, call, Merchant)?,
-        Op::UserGet => b::user_get(app, call, Merchant)?,
-        Op::UserPatch => b::user_patch(app, call, Merchant).await?,
-        Op::UserDelete => b::user_delete(app, call, Merchant).await?,
-        Op::ApiClientCreate => b::api_client_create(app, call).await?,
-        Op::ApiClientList => b::api_client_list(app, call)?,
-        Op::ApiClientDelete => b::api_client_delete(app, call).await?,
+        Op::SessionInitiate => b::sessions::session_initiate(app, call).await?,
+        Op::ClientSession | Op::AuthToken => b::sessions::client_session(app, call).await?,
+        Op::ResellerCreate => b::resellers::reseller_create(app, call).await?,
+        Op::ResellerList => b::resellers::reseller_list(app, call)?,
+        Op::ResellerGet => b::resellers::reseller_get(app, call)?,
+        Op::ResellerPatch => b::resellers::reseller_patch(app, call).await?,
+        Op::ResellerDelete => b::resellers::reseller_delete(app, call).await?,
+        Op::ResellerHierarchy => b::resellers::reseller_hierarchy(app, call)?,
+        Op::FeeTemplateCreate => b::fee_templates::fee_template_create(app, call).await?,
+        Op::FeeTemplateList => b::fee_templates::fee_template_list(app, call)?,
+        Op::FeeTemplateGet => b::fee_templates::fee_template_get(app, call)?,
+        Op::FeeTemplatePatch => b::fee_templates::fee_template_patch(app, call).await?,
+        Op::FeeTemplateDelete => b::fee_templates::fee_template_delete(app, call).await?,
+        Op::BrandingGet => b::branding::branding_get(app, call)?,
+        Op::BrandingPut => b::branding::branding_put(app, call).await?,
+        Op::DomainsGet => b::branding::domains_get(app, call)?,
+        Op::DomainsPut => b::branding::domains_put(app, call).await?,
+        Op::ResellerUserCreate => b::users::user_create(app, call, Reseller).await?,
+        Op::ResellerUserList => b::users::user_list(app, call, Reseller)?,
+        Op::ResellerUserGet => b::users::user_get(app, call, Reseller)?,
+        Op::ResellerUserPatch => b::users::user_patch(app, call, Reseller).await?,
+        Op::ResellerUserDelete => b::users::user_delete(app, call, Reseller).await?,
+        Op::MerchantCreate => b::merchants::merchant_create(app, call).await?,
+        Op::MerchantList => b::merchants::merchant_list(app, call)?,
+        Op::MerchantGet => b::merchants::merchant_get(app, call)?,
+        Op::MerchantPatch => b::merchants::merchant_patch(app, call).await?,
+        Op::MerchantParameters => b::merchants::merchant_parameters(app, call).await?,
+        Op::LocationCreate => b::locations::location_create(app, call).await?,
+        Op::LocationList => b::locations::location_list(app, call)?,
+        Op::LocationGet => b::locations::location_get(app, call)?,
+        Op::LocationPatch => b::locations::location_patch(app, call).await?,
+        Op::LocationDelete => b::locations::location_delete(app, call).await?,
+        Op::DeviceCreate => b::devices::device_create(app, call).await?,
+        Op::DeviceList => b::devices::device_list(app, call)?,
+        Op::DeviceGet => b::devices::device_get(app, call)?,
+        Op::DevicePatch => b::devices::device_patch(app, call).await?,
+        Op::DeviceDisable => b::devices::device_disable(app, call).await?,
+        Op::DeviceEnable => b::devices::device_enable(app, call).await?,
+        Op::DeviceIdentityKey => b::devices::device_identity_key(app, call).await?,
+        Op::DeviceRotateKeys => b::devices::device_rotate_keys(app, call).await?,
+        Op::DeviceParameters => b::devices::device_parameters(app, call).await?,
+        Op::UserCreate => b::users::user_create(app, call, Merchant).await?,
+        Op::UserList => b::users::user_list(app, call, Merchant)?,
+        Op::UserGet => b::users::user_get(app, call, Merchant)?,
+        Op::UserPatch => b::users::user_patch(app, call, Merchant).await?,
+        Op::UserDelete => b::users::user_delete(app, call, Merchant).await?,
+        Op::ApiClientCreate => b::api_clients::api_client_create(app, call).await?,
+        Op::ApiClientList => b::api_clients::api_client_list(app, call)?,
+        Op::ApiClientDelete => b::api_clients::api_client_delete(app, call).await?,
         Op::PosBootstrap => crate::pos::bootstrap(app, call)?,
         Op::PosPairingCode => crate::pos::pairing_code(app, call).await?,
         Op::PosStatus => crate::pos::status(app, call)?,
@@ -516,19 +541,19 @@ async fn dispatch(app: &App, op: Op, call: &Call<'_>) -> Result<Reply, ApiError>
         Op::PosConfig => crate::pos::config(app, call).await?,
         Op::PosTerminalParameters => crate::pos::terminal_parameters(app, call).await?,
         Op::PosActivate => crate::pos::activate(app, call).await?,
-        Op::PosCharge => crate::pos_charges::create(app, call).await?,
-        Op::PosRefund => crate::pos_charges::refund(app, call).await?,
-        Op::PosCancel => crate::pos_charges::cancel(app, call, "cancel").await?,
-        Op::PosReverse => crate::pos_charges::cancel(app, call, "reverse").await?,
-        Op::ChargeCreate => crate::charges::create_backoffice(app, call).await?,
-        Op::ChargeList => crate::charges::list_backoffice(app, call)?,
-        Op::ChargeGet => crate::charges::get_backoffice(app, call)?,
-        Op::ChargeRefund => crate::charges::refund_backoffice(app, call).await?,
-        Op::ChargeCancel => crate::charges::cancel_backoffice(app, call).await?,
-        Op::SettlementCreate => crate::charges::settle(app, call).await?,
-        Op::SettlementList => crate::charges::settlements(app, call)?,
-        Op::TransactionList => crate::charges::transactions(app, call)?,
-        Op::TransactionGet => crate::charges::transaction(app, call)?,
+        Op::PosCharge => crate::pos::charges::create(app, call).await?,
+        Op::PosRefund => crate::pos::charges::refund(app, call).await?,
+        Op::PosCancel => crate::pos::charges::cancel(app, call, "cancel").await?,
+        Op::PosReverse => crate::pos::charges::cancel(app, call, "reverse").await?,
+        Op::ChargeCreate => crate::backoffice::charges::create_backoffice(app, call).await?,
+        Op::ChargeList => crate::backoffice::charges::list_backoffice(app, call)?,
+        Op::ChargeGet => crate::backoffice::charges::get_backoffice(app, call)?,
+        Op::ChargeRefund => crate::backoffice::charges::refund_backoffice(app, call).await?,
+        Op::ChargeCancel => crate::backoffice::charges::cancel_backoffice(app, call).await?,
+        Op::SettlementCreate => crate::backoffice::charges::settle(app, call).await?,
+        Op::SettlementList => crate::backoffice::charges::settlements(app, call)?,
+        Op::TransactionList => crate::backoffice::charges::transactions(app, call)?,
+        Op::TransactionGet => crate::backoffice::charges::transaction(app, call)?,
     };
     Ok(json(value))
 }
@@ -592,7 +617,7 @@ fn new_request_id() -> String {
 }
 
 /// Ready when the store answers and keyd answers a ping within two seconds.
-async fn ready(app: &App) -> Result<Value, ApiError> {
+async fn ready(app: &Served) -> Result<Value, ApiError> {
     let storage = app.db.store().check().is_ok();
     let keyd = tokio::time::timeout(
         Duration::from_secs(2),

@@ -1,6 +1,8 @@
 //! The API's line to keyd: one shared, pipelined connection, made on first use and remade after
 //! a transport failure. Every secret the platform needs lives behind it.
 
+pub mod ops;
+
 use std::path::PathBuf;
 
 use keyd_proto::{Client, ClientError, Operation, Status};

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let config = api::Config::load(&cli.config)?;
     if let Some(Command::Token { sub, role }) = &cli.command {
-        if api::model::Role::parse(role).is_none() {
+        if api::domain::model::Role::parse(role).is_none() {
             return Err(format!("unknown role {role:?}").into());
         }
         if config.auth.mode != api::config::AuthMode::Embedded {
@@ -67,7 +67,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         let auth = api::auth::Auth::new(&config.auth)?;
         let (token, _) = auth
-            .mint(sub, &[role.as_str()], api::time::now(), None)
+            .mint(sub, &[role.as_str()], api::wire::time::now(), None)
             .map_err(|e| e.message().to_owned())?;
         let mut out = std::io::stdout().lock();
         std::io::Write::write_all(&mut out, format!("{token}\n").as_bytes())?;
@@ -78,26 +78,28 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // Signal handlers before the port opens: whoever sees the port may send SIGTERM, and
+        // it must stop the server cleanly, not kill it.
+        let shutdown = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         tracing::info!(listen = %config.listen, https = tls.is_some(), "api listening");
-        let app = Arc::new(api::App::open(config)?);
+        let app = Arc::new(api::request::Services::open(config)?);
         tokio::spawn(api::housekeeping::run(Arc::clone(&app)));
-        api::http::serve(app, listener, tls, shutdown_signal()).await;
+        api::http::serve(app, listener, tls, shutdown).await;
         tracing::info!("api stopped");
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT, with both handlers installed now.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
 }

@@ -2,25 +2,27 @@
 //! the calls a terminal makes before it may charge. Each handler runs its checks in exactly the
 //! contract's order, because the order decides which error a client sees.
 
+pub mod charges;
+pub mod envelope;
+
 use base64::Engine;
 use keyd_proto::Status;
 use keyd_proto::message::{AttestVerify, KeySetCreate, KeySetExport};
 use serde_json::{Map, Value, json};
 
-use crate::app::App;
-use crate::authz::{Action, authorize};
-use crate::call::Call;
-use crate::db;
-use crate::envelope;
-use crate::error::{ApiError, Code};
-use crate::ids;
-use crate::input::{self, Input};
-use crate::keyd::KeydError;
-use crate::model::{
+use crate::auth::authz::{Action, authorize};
+use crate::domain::model::{
     Attestation, Device, DeviceStatus, KeySetRef, Location, Merchant, PairingCode, PairingStatus,
     Reseller,
 };
-use crate::time::rfc3339;
+use crate::error::{ApiError, Code};
+use crate::keyd::KeydError;
+use crate::request::Call;
+use crate::request::Services;
+use crate::store::db;
+use crate::wire::ids;
+use crate::wire::input::{self, Input};
+use crate::wire::time::rfc3339;
 
 const PAIRING_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 const PAIRING_TTL: i64 = 300;
@@ -49,14 +51,14 @@ pub fn user_agent_version(ua: &str) -> Option<(u32, u32, u32)> {
     {
         return None;
     }
-    crate::pos_version(version)
+    ids::pos_version(version)
 }
 
 /// The POS headers every terminal call carries; `check_version` is false only for bootstrap.
 ///
 /// # Errors
 /// 400/`4001` for a missing or malformed header, 400/`4003` for an old app.
-pub fn pos_headers(app: &App, call: &Call<'_>, check_version: bool) -> Result<(), ApiError> {
+pub fn pos_headers(app: &Services, call: &Call<'_>, check_version: bool) -> Result<(), ApiError> {
     let version = call
         .header("user-agent")
         .and_then(user_agent_version)
@@ -64,7 +66,7 @@ pub fn pos_headers(app: &App, call: &Call<'_>, check_version: bool) -> Result<()
     if call.header("x-client-type") != Some("pos") {
         return Err(header_error("X-Client-Type"));
     }
-    let min = crate::pos_version(&app.config.platform.min_supported_version).unwrap_or_default();
+    let min = ids::pos_version(&app.config.platform.min_supported_version).unwrap_or_default();
     if check_version && version < min {
         return Err(ApiError::new(
             Code::AppVersion,
@@ -101,7 +103,7 @@ pub fn timestamp(text: &str) -> Option<i64> {
     if !text.is_empty() && text.len() <= 12 && text.bytes().all(|c| c.is_ascii_digit()) {
         return text.parse().ok();
     }
-    crate::time::parse_rfc3339(text)
+    crate::wire::time::parse_rfc3339(text)
 }
 
 /// `X-Signature: v1=<base64 of 32 bytes>`.
@@ -126,14 +128,14 @@ fn device_state(ok: bool) -> Result<(), ApiError> {
 }
 
 /// Activation calls: POS headers, then a registered `X-Device-Id`.
-fn activation(app: &App, call: &Call<'_>, check_version: bool) -> Result<Device, ApiError> {
+fn activation(app: &Services, call: &Call<'_>, check_version: bool) -> Result<Device, ApiError> {
     pos_headers(app, call, check_version)?;
     let id = device_header(call)?;
     app.db.find(&id)
 }
 
 /// `POST /pos/bootstrap`.
-pub fn bootstrap(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn bootstrap(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = activation(app, call, false)?;
     device_state(device.status != DeviceStatus::Disabled)?;
     Ok(json!({
@@ -144,7 +146,7 @@ pub fn bootstrap(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
 }
 
 /// `GET /pos/status`.
-pub fn status(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn status(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = activation(app, call, true)?;
     let code_status = match &device.pairing_code {
         None => "none",
@@ -165,7 +167,7 @@ pub fn status(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
 }
 
 /// `POST /pos/pairing-code`: six characters, five minutes, one pending per device, ten an hour.
-pub async fn pairing_code(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn pairing_code(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = activation(app, call, true)?;
     device_state(device.status == DeviceStatus::Inactive)?;
     let _guard = app.locks.lock(&device.device_id).await;
@@ -245,7 +247,7 @@ pub async fn pairing_code(app: &App, call: &Call<'_>) -> Result<Value, ApiError>
 }
 
 /// `POST /pos/claim` (bearer): a merchant's user pairs a device with the code it shows.
-pub async fn claim(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn claim(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let obj = input::object(&call.body)?;
     let mut input = Input::new(&obj);
@@ -281,7 +283,7 @@ pub async fn claim(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
         ));
     }
     if let Some(l) = &location_id {
-        crate::backoffice::check_location(app, &merchant.id, l)?;
+        crate::domain::model::check_location(&app.db, &merchant.id, l)?;
     }
     device_state(device.status == DeviceStatus::Inactive)?;
     let _guard = app.locks.lock(&device.device_id).await;
@@ -331,7 +333,7 @@ pub async fn claim(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
 }
 
 /// A fresh `TID-` + 6 digits, claimed platform-wide for the device's life.
-async fn new_terminal_id(app: &App, device_id: &str) -> Result<String, ApiError> {
+async fn new_terminal_id(app: &Services, device_id: &str) -> Result<String, ApiError> {
     for _ in 0..64 {
         let n = u32::from_be_bytes(ids::random_bytes::<4>()?) % 1_000_000;
         let tid = format!("TID-{n:06}");
@@ -355,12 +357,12 @@ async fn new_terminal_id(app: &App, device_id: &str) -> Result<String, ApiError>
 }
 
 /// `POST /pos/attest`: the identity-key signature earns a five-minute attestation token.
-pub async fn attest(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn attest(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     pos_headers(app, call, true)?;
     let device_id = device_header(call)?;
     let key_id = required(call, "x-key-id", |k| (1..=128).contains(&k.len()))?;
     let ts_text = required(call, "x-timestamp", |t| timestamp(t).is_some())?;
-    let nonce = required(call, "x-nonce", crate::replay::valid_nonce)?;
+    let nonce = required(call, "x-nonce", crate::domain::replay::valid_nonce)?;
     let sig = signature(required(call, "x-signature", |s| signature(s).is_some())?)
         .ok_or_else(|| header_error("X-Signature"))?;
     let device: Device = app.db.find(&device_id)?;
@@ -428,7 +430,7 @@ pub fn bad_signature() -> ApiError {
 }
 
 fn token_hash(token: &str) -> String {
-    envelope::hex_upper(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+    hex::encode_upper(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
 }
 
 /// Attestation-token calls: POS headers, then the token (every failure one 4014), then the
@@ -436,7 +438,7 @@ fn token_hash(token: &str) -> String {
 ///
 /// # Errors
 /// 4001/4003, 4014, 4092.
-pub fn attested(app: &App, call: &Call<'_>) -> Result<Device, ApiError> {
+pub fn attested(app: &Services, call: &Call<'_>) -> Result<Device, ApiError> {
     pos_headers(app, call, true)?;
     let bad = || {
         ApiError::new(
@@ -470,7 +472,7 @@ pub fn attested(app: &App, call: &Call<'_>) -> Result<Device, ApiError> {
 
 /// `POST /pos/keys`: the device's key set as TR-31 version D blocks (made on first call, after
 /// expiry, or after a scheduled rotation).
-pub async fn keys(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn keys(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = attested(app, call)?;
     let set = current_key_set(app, &device, call.now).await?;
     let export = app
@@ -495,7 +497,7 @@ pub async fn keys(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
                 "key_id": k.key_id,
                 "key_block": base64::engine::general_purpose::STANDARD.encode(k.key_block.as_bytes()),
                 "usage": usage,
-                "kcv": envelope::hex_upper(&k.kcv),
+                "kcv": hex::encode_upper(k.kcv),
                 "wrapped_under": k.wrapped_under,
             }),
         );
@@ -524,7 +526,7 @@ fn keyd_failure(e: KeydError, what: &str) -> ApiError {
 
 /// The set to deliver: the current one, or a new one when there is none, it expired, or a
 /// rotation was scheduled. One device at a time, so two calls cannot make two sets.
-async fn current_key_set(app: &App, device: &Device, now: i64) -> Result<KeySetRef, ApiError> {
+async fn current_key_set(app: &Services, device: &Device, now: i64) -> Result<KeySetRef, ApiError> {
     let _guard = app.locks.lock(&device.device_id).await;
     let device: Device = app.db.find(&device.device_id)?;
     if let Some(set) = &device.key_set
@@ -554,7 +556,7 @@ async fn current_key_set(app: &App, device: &Device, now: i64) -> Result<KeySetR
         delivered_at: now,
         mac_key_id: mac.key_id.clone(),
         msk_key_id: msk.key_id.clone(),
-        msk_kcv: envelope::hex_upper(&msk.kcv),
+        msk_kcv: hex::encode_upper(msk.kcv),
         tdk_key_id: tdk.key_id.clone(),
     };
     let new = set.clone();
@@ -571,7 +573,7 @@ async fn current_key_set(app: &App, device: &Device, now: i64) -> Result<KeySetR
 }
 
 /// The config JSON of section 7.
-fn config_json(app: &App, device: &Device) -> Result<Value, ApiError> {
+fn config_json(app: &Services, device: &Device) -> Result<Value, ApiError> {
     let merchant: Merchant = app.db.find(&device.merchant_id)?;
     let reseller: Option<Reseller> = app.db.get(&merchant.reseller_id)?;
     let location = match &device.location_id {
@@ -613,7 +615,7 @@ fn need_key_set(device: &Device) -> Result<KeySetRef, ApiError> {
 }
 
 /// `POST /pos/config`.
-pub async fn config(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn config(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = attested(app, call)?;
     let set = need_key_set(&device)?;
     envelope::seal(app, &set.msk_key_id, &config_json(app, &device)?).await
@@ -659,7 +661,7 @@ pub fn merge(base: &mut Value, over: &Value) {
 }
 
 /// `POST /pos/terminal-parameters`.
-pub async fn terminal_parameters(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn terminal_parameters(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = attested(app, call)?;
     let set = need_key_set(&device)?;
     let merchant: Merchant = app.db.find(&device.merchant_id)?;
@@ -675,7 +677,7 @@ pub async fn terminal_parameters(app: &App, call: &Call<'_>) -> Result<Value, Ap
 }
 
 /// `POST /pos/activate`: the envelope is checked in every state; the flags must all be true.
-pub async fn activate(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn activate(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = attested(app, call)?;
     let set = need_key_set(&device)?;
     let sealed = envelope::parse(&call.body, &set.msk_kcv)?;
@@ -749,8 +751,8 @@ mod tests {
         assert_eq!(signature("v1=AAAA"), None);
     }
 
-    fn app() -> App {
-        App::for_tests()
+    fn app() -> Services {
+        Services::for_tests()
     }
 
     fn device(status: DeviceStatus, epoch: u64) -> Device {
@@ -782,7 +784,7 @@ mod tests {
     #[tokio::test]
     async fn attestation_tokens_expire_and_die_with_the_epoch() {
         let app = app();
-        let now = crate::time::now();
+        let now = crate::wire::time::now();
         let token = format!("att_{}", "A".repeat(43));
         let put = |d: Device, expires_at: i64, epoch: u64| {
             vec![
@@ -812,7 +814,7 @@ mod tests {
             now,
             principal: None,
         };
-        let code = |app: &App| attested(app, &call).err().map(|e| e.code());
+        let code = |app: &Services| attested(app, &call).err().map(|e| e.code());
         let conflict = ApiError::new(Code::Conflict, "x");
         app.db
             .commit(

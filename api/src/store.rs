@@ -24,6 +24,8 @@
 //! same value transfers it). If any `Expect` or `Claim` fails, nothing of the batch is applied.
 //! Batches are serialised: one batch never sees half of another.
 
+pub mod db;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::OpenOptions;

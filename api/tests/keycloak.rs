@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 
-use api::jwt::Signer;
+use api::auth::jwt::Signer;
 use e2e::KeydProcess;
 use e2e::api::ApiProcess;
 use serde_json::{Value, json};
@@ -69,7 +69,7 @@ fn realm_tokens_verify_and_nothing_else_does() {
     )
     .unwrap();
     let http = api.client();
-    let now = api::time::now();
+    let now = api::wire::time::now();
     let token = |signer: &Signer, iss: &str, aud: &str, sub: &str, role: &str| {
         signer
             .sign(

@@ -4,16 +4,16 @@ const ALNUM: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopq
 
 /// Random bytes from the OS. The platform cannot make an unguessable id without them, so a
 /// failing RNG is reported rather than papered over.
-pub fn random_bytes<const N: usize>() -> Result<[u8; N], crate::ApiError> {
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], crate::error::ApiError> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes)
-        .map_err(|_| crate::ApiError::new(crate::Code::Internal, "internal error"))?;
+        .map_err(|_| crate::error::ApiError::new(crate::error::Code::Internal, "internal error"))?;
     Ok(bytes)
 }
 
 /// `len` characters of `[0-9A-Za-z]`, uniformly drawn (rejection sampling: 62 does not divide
 /// 256, and a modulo bias would thin out the last letters).
-pub fn random_alnum(len: usize) -> Result<String, crate::ApiError> {
+pub fn random_alnum(len: usize) -> Result<String, crate::error::ApiError> {
     let mut out = String::with_capacity(len);
     while out.len() < len {
         for b in random_bytes::<32>()? {
@@ -29,7 +29,7 @@ pub fn random_alnum(len: usize) -> Result<String, crate::ApiError> {
 }
 
 /// A prefixed random id: `ch_` + 24 characters is 142 bits.
-pub fn prefixed(prefix: &str) -> Result<String, crate::ApiError> {
+pub fn prefixed(prefix: &str) -> Result<String, crate::error::ApiError> {
     Ok(format!("{prefix}{}", random_alnum(24)?))
 }
 
@@ -37,7 +37,7 @@ pub fn prefixed(prefix: &str) -> Result<String, crate::ApiError> {
 /// then 16 random characters (95 bits). Records keyed by such ids are appended to the end of
 /// the store's B-tree instead of landing on a random page, which keeps the pages a commit
 /// touches (and writes to the log) few under load.
-pub fn time_ordered(prefix: &str) -> Result<String, crate::ApiError> {
+pub fn time_ordered(prefix: &str) -> Result<String, crate::error::ApiError> {
     let mut ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -57,32 +57,18 @@ pub fn time_ordered(prefix: &str) -> Result<String, crate::ApiError> {
 }
 
 /// A random (version 4) UUID, lower-case and hyphenated.
-pub fn uuid() -> Result<String, crate::ApiError> {
-    let mut b = random_bytes::<16>()?;
-    if let Some(v) = b.get_mut(6) {
-        *v = (*v & 0x0f) | 0x40;
-    }
-    if let Some(v) = b.get_mut(8) {
-        *v = (*v & 0x3f) | 0x80;
-    }
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        hex.get(0..8).unwrap_or_default(),
-        hex.get(8..12).unwrap_or_default(),
-        hex.get(12..16).unwrap_or_default(),
-        hex.get(16..20).unwrap_or_default(),
-        hex.get(20..32).unwrap_or_default()
-    ))
+pub fn uuid() -> Result<String, crate::error::ApiError> {
+    let bytes = random_bytes::<16>()?;
+    Ok(uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string())
 }
 
 /// A lower-case hyphenated UUID (any version).
 pub fn is_uuid(s: &str) -> bool {
-    s.len() == 36
-        && s.bytes().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => c == b'-',
-            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
-        })
+    // The hyphenated form, lower-case only (the contract's form), as `uuid` itself writes it.
+    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok_and(|u| u.hyphenated().to_string() == s)
 }
 
 /// `POS-` and 8 upper-case hex digits.
@@ -110,6 +96,20 @@ pub fn is_zone(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// A POS app version `MAJOR.MINOR.PATCH` as numbers (compared numerically, contract section 4).
+pub fn pos_version(text: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = text.split('.');
+    let mut next = || -> Option<u32> {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 9 || !p.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        p.parse().ok()
+    };
+    let version = (next()?, next()?, next()?);
+    parts.next().is_none().then_some(version)
 }
 
 #[cfg(test)]

@@ -3,29 +3,30 @@
 //!
 //! A charge is written as `pending` before the processor is asked, and as its outcome (with the
 //! kept idempotent answer) after: a crash in between leaves a pending charge that is settled as
-//! `failed` at the next start, never a charge the processor approved and the platform forgot.
+//! `failed` by recovery, never a charge the processor approved and the platform forgot.
 //! Refunds and cancels of one charge run one at a time.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use zeroize::Zeroizing;
 
-use crate::app::App;
-use crate::authz::{Action, Principal, Scope, authorize};
-use crate::call::{Call, list};
-use crate::db::{self, Record};
+use crate::domain::idem::{self, Running};
+use crate::domain::locks::Locks;
+use crate::domain::model::{Amount, FeeTemplate, Merchant};
+use crate::domain::processor::{
+    self, AuthorizationRequest, Outcome, Pan, Processor, RefundRequest, VoidRequest,
+};
 use crate::error::{ApiError, Code};
-use crate::idem::{self, Begin, Running};
-use crate::ids;
-use crate::input::{self, Input, Money};
-use crate::model::{Amount, FeeTemplate, Merchant};
-use crate::processor::{self, AuthorizationRequest, Outcome, Pan, RefundRequest, VoidRequest};
 use crate::store::Write;
-use crate::time::rfc3339;
+use crate::store::db::{self, Db, Record};
+use crate::wire::ids;
+use crate::wire::input::Money;
+use crate::wire::time::rfc3339;
 
 pub mod recovery;
 
-pub use recovery::PendingCharge;
+pub use recovery::{Boot, PendingCharge};
 
 /// A charge's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,8 +184,8 @@ impl Charge {
     }
 
     /// Tenancy (for authorisation).
-    pub fn tenancy(&self) -> crate::model::Tenancy {
-        crate::model::Tenancy {
+    pub fn tenancy(&self) -> crate::domain::model::Tenancy {
+        crate::domain::model::Tenancy {
             resellers: self.resellers.clone(),
             merchant: Some(self.merchant_id.clone()),
         }
@@ -227,80 +228,6 @@ impl Record for Charge {
         // One index for charges and refunds: the transactions list reads both in one order,
         // and the charge list filters it.
         vec![("transactions".into(), self.merchant_id.clone())]
-    }
-}
-
-/// A settlement batch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Settlement {
-    /// `st_…`.
-    pub settlement_id: String,
-    /// Its merchant.
-    pub merchant_id: String,
-    /// Charges settled.
-    pub count: u64,
-    /// Σ (amount + tip − refunded).
-    pub total: Amount,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// When the batch left settleable charges for the next one (its total would have passed
-    /// the 12 digits of the money format): the creation time of the oldest left.
-    #[serde(default)]
-    pub left_from: Option<i64>,
-}
-
-impl Settlement {
-    /// The wire form. `has_more: true` says settleable charges were left for the next batch
-    /// because this one's total would have passed the 12 digits of the money format.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "settlement_id": self.settlement_id, "object": "settlement",
-            "merchant_id": self.merchant_id, "count": self.count,
-            "total": self.total.to_json(), "created_at": rfc3339(self.created_at),
-            "has_more": self.left_from.is_some(),
-        })
-    }
-
-    /// Where the next batch may stop looking back: charges older than this were settled by
-    /// this batch or could not be (still pending), unless this batch left some.
-    fn next_cutoff(&self, margin: i64) -> i64 {
-        let cut = self.created_at - margin;
-        self.left_from.map_or(cut, |left| cut.min(left))
-    }
-}
-
-/// Largest money value (12 digits): a batch's total stops short of it.
-const MAX_MONEY: u64 = 999_999_999_999;
-
-/// The charges one batch takes, oldest first, while the total stays within the money format;
-/// returns them, the total, and the creation time of the oldest charge left out.
-fn fill_batch(mut open: Vec<Charge>) -> (Vec<Charge>, u64, Option<i64>) {
-    open.sort_by(|a, b| (a.created_at, &a.charge_id).cmp(&(b.created_at, &b.charge_id)));
-    let mut total = 0u64;
-    let mut taken = Vec::with_capacity(open.len());
-    let mut left_from: Option<i64> = None;
-    for c in open {
-        let net = c.total().saturating_sub(c.amount_refunded);
-        match total.checked_add(net).filter(|t| *t <= MAX_MONEY) {
-            Some(t) => {
-                total = t;
-                taken.push(c);
-            }
-            None => {
-                left_from = Some(left_from.map_or(c.created_at, |l| l.min(c.created_at)));
-            }
-        }
-    }
-    (taken, total, left_from)
-}
-
-impl Record for Settlement {
-    const KIND: &'static str = "settlement";
-    fn id(&self) -> &str {
-        &self.settlement_id
-    }
-    fn indexes(&self) -> Vec<(String, String)> {
-        vec![("settlements".into(), self.merchant_id.clone())]
     }
 }
 
@@ -357,21 +284,31 @@ pub fn check_total(amount: &Money, tip: Option<&Money>) -> Result<(), ApiError> 
     Ok(())
 }
 
+/// What the charge engine works with: the records, the processor, per-charge locks, and this
+/// process's identity (for recovery). Cheap to clone; each handler layer holds one.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// Records.
+    pub db: Db,
+    /// The payment processor.
+    pub processor: Arc<dyn Processor>,
+    /// Per-object serialisation (shared with the POS device locks).
+    pub locks: Arc<Locks>,
+    /// The processor's own time-out.
+    pub timeout: std::time::Duration,
+    /// This start of the process.
+    pub boot: Boot,
+}
+
 /// How long the platform waits for any processor call: its own time-out and a margin, so a
 /// processor that ignores its time-out cannot hold a request for ever.
-fn processor_deadline(app: &App) -> std::time::Duration {
-    app.config.processor.timeout() + std::time::Duration::from_secs(5)
+pub(crate) fn processor_deadline(engine: &Engine) -> std::time::Duration {
+    engine.timeout + std::time::Duration::from_secs(5)
 }
 
-/// How long after a charge was created its outcome can still arrive (seconds): charges older
-/// than the newest by more than this are settled, one way or the other.
-fn outcome_window(app: &App) -> i64 {
-    i64::try_from(app.config.processor.timeout().as_secs()).unwrap_or(60) + 120
-}
-
-fn fee(app: &App, merchant: &Merchant, amount: u64, brand: &str) -> Result<u64, ApiError> {
+fn fee(engine: &Engine, merchant: &Merchant, amount: u64, brand: &str) -> Result<u64, ApiError> {
     Ok(match &merchant.fee_template_id {
-        Some(id) => app
+        Some(id) => engine
             .db
             .get::<FeeTemplate>(id)?
             .map_or(0, |t| t.fee(amount, brand)),
@@ -385,7 +322,7 @@ fn fee(app: &App, merchant: &Merchant, amount: u64, brand: &str) -> Result<u64, 
 /// # Errors
 /// 502/`5020` (the charge kept as `failed`), 503 when storage is down.
 pub async fn create(
-    app: &App,
+    engine: &Engine,
     new: NewCharge,
     extra: Vec<Write>,
     running: Option<&Running<'_>>,
@@ -393,7 +330,7 @@ pub async fn create(
 ) -> Result<Charge, ApiError> {
     let brand = processor::brand(new.card.pan.expose()).to_owned();
     let currency = new.amount.currency.clone();
-    let fee_value = fee(app, &new.merchant, new.amount.value, &brand)?;
+    let fee_value = fee(engine, &new.merchant, new.amount.value, &brand)?;
     let mut charge = Charge {
         charge_id: ids::time_ordered("ch_")?,
         merchant_id: new.merchant.id.clone(),
@@ -421,7 +358,7 @@ pub async fn create(
             value: fee_value,
             currency: currency.clone(),
         },
-        processor: app.processor.name().to_owned(),
+        processor: engine.processor.name().to_owned(),
         processor_reference: None,
         created_at: now,
         settled_at: None,
@@ -429,11 +366,12 @@ pub async fn create(
     };
     // The charge exists, as `pending`, before the processor hears of it; its marker is how
     // recovery finds it if this request is lost.
-    let marker = PendingCharge::of(&charge, &app.boot);
+    let marker = PendingCharge::of(&charge, &engine.boot);
     let mut first = extra;
     first.push(db::put(&charge)?);
     first.push(db::put(&marker)?);
-    app.db
+    engine
+        .db
         .commit(first, ApiError::new(Code::Conflict, "charge id collision"))
         .await?;
     let request = AuthorizationRequest {
@@ -447,8 +385,11 @@ pub async fn create(
         merchant_id: charge.merchant_id.clone(),
         entry_mode: new.card.entry_mode,
     };
-    let outcome =
-        tokio::time::timeout(processor_deadline(app), app.processor.authorize(request)).await;
+    let outcome = tokio::time::timeout(
+        processor_deadline(engine),
+        engine.processor.authorize(request),
+    )
+    .await;
     let failed = match outcome {
         Ok(Ok(Outcome::Approved {
             authorization_code,
@@ -499,7 +440,7 @@ pub async fn create(
             .transpose()
     };
     last.extend(keep(&answer)?);
-    match app.db.commit(last, recovery::taken_over()).await {
+    match engine.db.commit(last, recovery::taken_over()).await {
         Ok(()) => answer.map(|_| charge),
         Err(e) if e.code() == Code::Conflict => {
             // Recovery took the charge over: it voids whatever the processor did and stores
@@ -507,7 +448,7 @@ pub async fn create(
             tracing::warn!(charge_id = %charge.charge_id, "outcome arrived after recovery took the charge over");
             let e = processor_failed(&charge.charge_id);
             if let Some(w) = keep(&Err(e.clone()))? {
-                let _ = app.db.commit(vec![w], recovery::taken_over()).await;
+                let _ = engine.db.commit(vec![w], recovery::taken_over()).await;
             }
             Err(e)
         }
@@ -545,7 +486,7 @@ fn processor_failed(charge_id: &str) -> ApiError {
 /// 409/`4094` in a state without refunds, 422/`4221` beyond the refundable amount, 400 for a
 /// currency mismatch, 502 if the processor fails.
 pub async fn refund(
-    app: &App,
+    engine: &Engine,
     charge_id: &str,
     amount: Option<Money>,
     reason: Option<String>,
@@ -553,8 +494,8 @@ pub async fn refund(
     running: Option<&Running<'_>>,
     now: i64,
 ) -> Result<Refund, ApiError> {
-    let _guard = app.locks.lock(charge_id).await;
-    let result = refund_locked(app, charge_id, amount, reason, now).await;
+    let _guard = engine.locks.lock(charge_id).await;
+    let result = refund_locked(engine, charge_id, amount, reason, now).await;
     let mut writes = extra;
     let answer = match result {
         Ok((charge, refund)) => {
@@ -572,7 +513,8 @@ pub async fn refund(
         }
     }
     if !writes.is_empty() {
-        app.db
+        engine
+            .db
             .commit(writes, ApiError::new(Code::Conflict, "charge changed"))
             .await?;
     }
@@ -580,13 +522,13 @@ pub async fn refund(
 }
 
 async fn refund_locked(
-    app: &App,
+    engine: &Engine,
     charge_id: &str,
     amount: Option<Money>,
     reason: Option<String>,
     now: i64,
 ) -> Result<(Charge, Refund), ApiError> {
-    let mut charge: Charge = app.db.find(charge_id)?;
+    let mut charge: Charge = engine.db.find(charge_id)?;
     if !matches!(
         charge.status,
         ChargeStatus::Approved | ChargeStatus::Settled | ChargeStatus::PartiallyRefunded
@@ -615,8 +557,8 @@ async fn refund_locked(
         );
     }
     let reference = tokio::time::timeout(
-        processor_deadline(app),
-        app.processor.refund(RefundRequest {
+        processor_deadline(engine),
+        engine.processor.refund(RefundRequest {
             charge_id: charge.charge_id.clone(),
             processor_reference: charge.processor_reference.clone().unwrap_or_default(),
             amount: value,
@@ -657,14 +599,14 @@ async fn refund_locked(
 /// # Errors
 /// 409/`4095` once settled or refunded in part, 409/`4094` in other states, 502.
 pub async fn cancel(
-    app: &App,
+    engine: &Engine,
     charge_id: &str,
     extra: Vec<Write>,
     running: Option<&Running<'_>>,
     now: i64,
 ) -> Result<Charge, ApiError> {
-    let _guard = app.locks.lock(charge_id).await;
-    let mut charge: Charge = app.db.find(charge_id)?;
+    let _guard = engine.locks.lock(charge_id).await;
+    let mut charge: Charge = engine.db.find(charge_id)?;
     let result = match charge.status {
         ChargeStatus::Cancelled => Ok(false),
         _ if charge.settled_at.is_some() || !charge.refunds.is_empty() => Err(ApiError::new(
@@ -673,8 +615,8 @@ pub async fn cancel(
         )),
         ChargeStatus::Approved => {
             let voided = tokio::time::timeout(
-                processor_deadline(app),
-                app.processor.void(VoidRequest {
+                processor_deadline(engine),
+                engine.processor.void(VoidRequest {
                     charge_id: charge.charge_id.clone(),
                     processor_reference: charge.processor_reference.clone().unwrap_or_default(),
                 }),
@@ -704,407 +646,21 @@ pub async fn cancel(
         }
     }
     if !writes.is_empty() {
-        app.db
+        engine
+            .db
             .commit(writes, ApiError::new(Code::Conflict, "charge changed"))
             .await?;
     }
     answer
 }
 
-// ---------------------------------------------------------------------------------------------
-// Backoffice endpoints.
-
-fn merchant_of_call(
-    app: &App,
-    p: &Principal,
-    given: Option<&str>,
-    action: Action,
-) -> Result<Merchant, ApiError> {
-    let id = match (&p.scope, given) {
-        (_, Some(id)) => id.to_owned(),
-        (Scope::Merchant(m), None) => m.clone(),
-        _ => {
-            return Err(ApiError::field(
-                "merchant_id",
-                "required for callers above a merchant",
-            ));
-        }
-    };
-    crate::backoffice::merchant(app, p, &id, action)
-}
-
-/// Runs a keyed request through the idempotency table: a replay answers the kept answer.
-pub async fn keyed<'a, F, Fut>(
-    app: &'a App,
-    call: &Call<'_>,
-    scope: &str,
-    path: &str,
-    request: &[u8],
-    run: F,
-) -> Result<Value, ApiError>
-where
-    F: FnOnce(Option<Running<'a>>) -> Fut,
-    Fut: Future<Output = Result<Value, ApiError>>,
-{
-    let Some(key) = idem::key_header(call.headers)? else {
-        return run(None).await;
-    };
-    match app
-        .idempotency
-        .begin(&app.db, scope, "POST", path, key, request, call.now)?
-    {
-        Begin::Replay(kept) if kept.status < 300 => Ok(kept.body),
-        Begin::Replay(kept) => Err(ApiError::from_stored(&kept.body)),
-        Begin::Run(running) => run(Some(running)).await,
-    }
-}
-
-/// `POST /charges`.
-pub async fn create_backoffice(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
-    let p = call.who()?;
-    let obj = input::object(&call.body)?;
-    let path = "/charges";
-    let scope = p.sub.clone();
-    let request = if idem::key_header(call.headers)?.is_some() {
-        card_request_fingerprint(app, &obj).await?
-    } else {
-        String::new()
-    };
-    keyed(
-        app,
-        call,
-        &scope,
-        path,
-        request.as_bytes(),
-        |running| async move {
-            let result = create_backoffice_inner(app, call, p, &obj, running.as_ref()).await;
-            if let (Err(e), Some(r)) = (&result, &running)
-                && idem::is_final(e)
-                && e.code() != Code::ProcessorFailed
-            {
-                let _ = app
-                    .db
-                    .commit(
-                        vec![r.keep_error(e, call.now)?],
-                        ApiError::new(Code::Conflict, "x"),
-                    )
-                    .await;
-            }
-            result
-        },
-    )
-    .await
-}
-
-/// What an `Idempotency-Key` compares for `POST /charges`: keyd's keyed fingerprint of the
-/// body without the CVC.
-///
-/// A plain hash of the body would let anyone holding the database recover the card from it
-/// (with the BIN and last four digits beside it, about 10^10 guesses), and nothing derived from
-/// a CVC may outlive the authorisation (PCI DSS 3.3.1): so the CVC never enters the value, and
-/// the rest is keyed by a key only keyd holds. Two requests that differ only in their CVC are
-/// therefore the same request.
-async fn card_request_fingerprint(app: &App, obj: &Map<String, Value>) -> Result<String, ApiError> {
-    let mut without_cvc = obj.clone();
-    if let Some(Value::Object(card)) = without_cvc.get_mut("card") {
-        card.remove("cvc");
-    }
-    let bytes =
-        Zeroizing::new(serde_json::to_vec(&without_cvc).map_err(|e| ApiError::internal(&e))?);
-    crate::keyd_ops::request_fingerprint(app, &bytes).await
-}
-
-async fn create_backoffice_inner(
-    app: &App,
-    call: &Call<'_>,
-    p: &Principal,
-    obj: &Map<String, Value>,
-    running: Option<&Running<'_>>,
-) -> Result<Value, ApiError> {
-    let mut input = Input::new(obj);
-    let merchant_id = input.opt_matching("merchant_id", ids::is_uuid, "a merchant id");
-    let amount = input.money("amount", true, false, None);
-    let currency = amount.as_ref().map(|a| a.currency.clone());
-    let tip = input.money("tip", false, true, currency.as_deref());
-    let card = input.nested("card", true, |c| {
-        let number = c.matching(
-            "number",
-            processor::luhn_ok,
-            "a card number passing the Luhn check",
-        );
-        let month = c.int("exp_month", 1..=12);
-        let year = c.int("exp_year", 2000..=2099);
-        c.matching(
-            "cvc",
-            |v| (3..=4).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()),
-            "3 or 4 digits",
-        );
-        Some((
-            Zeroizing::new(number?),
-            u8::try_from(month?).ok()?,
-            u16::try_from(year?).ok()?,
-        ))
-    });
-    let location_id = input.opt_matching("location_id", ids::is_uuid, "a location id");
-    let description = input.opt_text("description", 500);
-    let metadata = input.opt_object("metadata");
-    if let Some(m) = &metadata
-        && (m.len() > 20
-            || m.iter()
-                .any(|(k, v)| k.len() > 40 || v.as_str().is_none_or(|s| s.len() > 500)))
-    {
-        input.fail("metadata", "at most 20 string pairs");
-    }
-    input.finish()?;
-    let merchant = merchant_of_call(app, p, merchant_id.as_deref(), Action::Operate)?;
-    let amount = amount.ok_or_else(|| ApiError::field("amount", "required"))?;
-    check_total(&amount, tip.as_ref())?;
-    if amount.currency != merchant.currency {
-        return Err(ApiError::field(
-            "amount.currency",
-            "must be the merchant's currency",
-        ));
-    }
-    if let Some(l) = &location_id {
-        crate::backoffice::check_location(app, &merchant.id, l)?;
-    }
-    let (number, exp_month, exp_year) = card.ok_or_else(|| ApiError::field("card", "required"))?;
-    let fingerprint = crate::keyd_ops::pan_fingerprint(app, &number).await?;
-    let charge = create(
-        app,
-        NewCharge {
-            merchant,
-            amount,
-            tip,
-            card: CardInput {
-                pan: Pan::new(number.to_string()),
-                exp_month,
-                exp_year,
-                fingerprint,
-                entry_mode: "manual".into(),
-            },
-            reference: None,
-            description,
-            metadata: metadata.unwrap_or_default(),
-            location_id,
-            terminal_id: None,
-        },
-        Vec::new(),
-        running,
-        call.now,
-    )
-    .await?;
-    Ok(charge.to_json())
-}
-
-fn visible_charge(app: &App, p: &Principal, id: &str, action: Action) -> Result<Charge, ApiError> {
-    if !ids::is_prefixed(id, "ch_", 20) {
-        return Err(ApiError::not_found());
-    }
-    let c: Charge = app.db.find(id)?;
-    authorize(p, action, &c.tenancy())?;
-    Ok(c)
-}
-
-/// `GET /charges/{id}`.
-pub fn get_backoffice(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
-    Ok(visible_charge(app, call.who()?, call.param(0), Action::Read)?.to_json())
-}
-
-/// `GET /charges`.
-pub fn list_backoffice(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
-    let p = call.who()?;
-    let merchant = merchant_of_call(app, p, call.query("merchant_id"), Action::Read)?;
-    let (limit, after) = call.page()?;
-    let page = app
-        .db
-        .page_filtered::<Txn>("transactions", &merchant.id, after, limit, |t| {
-            matches!(t, Txn::Charge(_))
-        })?;
-    let items = page
-        .items
-        .iter()
-        .filter_map(|t| match t {
-            Txn::Charge(c) => Some(c.to_json()),
-            Txn::Refund(_) => None,
-        })
-        .collect();
-    Ok(list(items, page.has_more, "charge_id"))
-}
-
-/// A refund request's body, for the backoffice and the POS route alike.
-pub(crate) fn refund_body(
-    obj: &Map<String, Value>,
-) -> Result<(Option<Money>, Option<String>), ApiError> {
-    let mut input = Input::new(obj);
-    let amount = input.money("amount", false, false, None);
-    let reason = input.one_of(
-        "reason",
-        &["requested_by_customer", "duplicate", "fraudulent", "other"],
-        false,
-    );
-    input.finish()?;
-    Ok((amount, reason))
-}
-
-/// `POST /charges/{id}/refund`.
-pub async fn refund_backoffice(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
-    let p = call.who()?;
-    let charge = visible_charge(app, p, call.param(0), Action::Operate)?;
-    let obj = if call.body.is_empty() {
-        Map::new()
-    } else {
-        input::object(&call.body)?
-    };
-    let path = format!("/charges/{}/refund", charge.charge_id);
-    keyed(app, call, &p.sub, &path, &call.body, |running| async move {
-        let (amount, reason) = match refund_body(&obj) {
-            Ok(x) => x,
-            Err(e) => {
-                if let Some(r) = &running {
-                    let _ = app
-                        .db
-                        .commit(
-                            vec![r.keep_error(&e, call.now)?],
-                            ApiError::new(Code::Conflict, "x"),
-                        )
-                        .await;
-                }
-                return Err(e);
-            }
-        };
-        refund(
-            app,
-            &charge.charge_id,
-            amount,
-            reason,
-            Vec::new(),
-            running.as_ref(),
-            call.now,
-        )
-        .await
-        .map(|r| r.to_json())
-    })
-    .await
-}
-
-/// `POST /charges/{id}/cancel`.
-pub async fn cancel_backoffice(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
-    let p = call.who()?;
-    let charge = visible_charge(app, p, call.param(0), Action::Operate)?;
-    let path = format!("/charges/{}/cancel", charge.charge_id);
-    keyed(app, call, &p.sub, &path, &call.body, |running| async move {
-        cancel(
-            app,
-            &charge.charge_id,
-            Vec::new(),
-            running.as_ref(),
-            call.now,
-        )
-        .await
-        .map(|c| c.to_json())
-    })
-    .await
-}
-
-// ---------------------------------------------------------------------------------------------
-// Settlements and transactions.
-
-/// `POST /merchants/{id}/settlements`: closes the batch.
-pub async fn settle(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
-    let p = call.who()?;
-    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::ManageMerchant)?;
-    // No merchant-wide lock: stripes are never nested (a settle key could share a stripe with a
-    // charge and wait on itself). Holding every candidate's stripe at once (`lock_many`, in
-    // order) serialises concurrent settlements of the same charges; the second finds them
-    // settled when it re-reads.
-    let settleable = |c: &Charge| {
-        c.settled_at.is_none()
-            && matches!(
-                c.status,
-                ChargeStatus::Approved | ChargeStatus::PartiallyRefunded
-            )
-    };
-    // Every charge older than the last batch was settled by it or could not be; only a charge
-    // still pending at that moment (its outcome came later) can be older, hence the margin.
-    let margin = outcome_window(app);
-    let cutoff = app
-        .db
-        .page::<Settlement>("settlements", &merchant.id, None, 1)?
-        .items
-        .first()
-        .map(|s| s.next_cutoff(margin));
-    let mut candidates: Vec<String> = Vec::new();
-    app.db.walk::<Txn>("transactions", &merchant.id, |t| {
-        if let Txn::Charge(c) = t {
-            if cutoff.is_some_and(|cut| c.created_at < cut) {
-                return Ok(false);
-            }
-            if settleable(&c) {
-                candidates.push(c.charge_id);
-            }
-        }
-        Ok(true)
-    })?;
-    // Refunds and cancels hold their charge's lock across the processor call and the commit;
-    // holding every candidate's lock, the batch sees (and writes) each charge's latest state.
-    let _charge_guards = app.locks.lock_many(&candidates).await;
-    let mut open = Vec::with_capacity(candidates.len());
-    for id in &candidates {
-        if let Some(c) = app.db.get::<Charge>(id)?.filter(settleable) {
-            open.push(c);
-        }
-    }
-    // A total beyond 12 digits cannot be written as money: the batch takes the oldest charges
-    // that fit and says `has_more`; the next settlement takes the rest.
-    let (open, total, left_from) = fill_batch(open);
-    let mut writes = Vec::with_capacity(open.len() + 1);
-    for c in &open {
-        let mut c = c.clone();
-        c.settled_at = Some(call.now);
-        if c.status == ChargeStatus::Approved {
-            c.status = ChargeStatus::Settled;
-        }
-        writes.push(db::put(&c)?);
-    }
-    let settlement = Settlement {
-        settlement_id: ids::time_ordered("st_")?,
-        merchant_id: merchant.id.clone(),
-        count: open.len() as u64,
-        total: Amount {
-            value: total,
-            currency: merchant.currency.clone(),
-        },
-        created_at: call.now,
-        left_from,
-    };
-    writes.push(db::put(&settlement)?);
-    app.db
-        .commit(
-            writes,
-            ApiError::new(Code::Conflict, "charges changed; try again"),
-        )
-        .await?;
-    Ok(settlement.to_json())
-}
-
-/// `GET /merchants/{id}/settlements`.
-pub fn settlements(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
-    let p = call.who()?;
-    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read)?;
-    let (limit, after) = call.page()?;
-    let page = app
-        .db
-        .page::<Settlement>("settlements", &merchant.id, after, limit)?;
-    let items = page.items.iter().map(Settlement::to_json).collect();
-    Ok(list(items, page.has_more, "settlement_id"))
-}
-
 /// A charge or a refund, as the transactions list reads them from one index.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
-enum Txn {
+pub enum Txn {
+    /// A refund.
     Refund(Box<Refund>),
+    /// A charge.
     Charge(Box<Charge>),
 }
 
@@ -1122,7 +678,8 @@ impl Record for Txn {
 }
 
 impl Txn {
-    fn item(&self) -> Value {
+    /// The transactions list's item.
+    pub fn item(&self) -> Value {
         match self {
             Self::Charge(c) => json!({
                 "id": c.charge_id, "type": "charge", "status": c.status.as_str(),
@@ -1139,7 +696,8 @@ impl Txn {
         }
     }
 
-    fn status(&self) -> &str {
+    /// The status the list filters on.
+    pub fn status(&self) -> &str {
         match self {
             Self::Charge(c) => c.status.as_str(),
             Self::Refund(_) => "succeeded",
@@ -1147,112 +705,9 @@ impl Txn {
     }
 }
 
-/// `GET /merchants/{id}/transactions`.
-pub fn transactions(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
-    let p = call.who()?;
-    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read)?;
-    let (limit, after) = call.page()?;
-    let time = |name: &str| -> Result<Option<i64>, ApiError> {
-        call.query(name)
-            .map(|t| {
-                crate::time::parse_rfc3339(t)
-                    .ok_or_else(|| ApiError::field(name, "an RFC 3339 time"))
-            })
-            .transpose()
-    };
-    let (from, to) = (time("from")?, time("to")?);
-    let status = call.query("status").map(str::to_owned);
-    let location = call.query("location_id").map(str::to_owned);
-    let terminal = call.query("terminal_id").map(str::to_owned);
-    // The cursor may name a charge or a refund.
-    let after = match after {
-        Some(id) if ids::is_prefixed(id, "re_", 20) => {
-            if app.db.seq::<Refund>(id)?.is_none() {
-                return Err(ApiError::field("starting_after", "unknown cursor"));
-            }
-            Some(id)
-        }
-        other => other,
-    };
-    let page = match after {
-        Some(id) if id.starts_with("re_") => {
-            let seq = app.db.seq::<Refund>(id)?.unwrap_or_default();
-            app.db
-                .page_before::<Txn>("transactions", &merchant.id, seq, limit, |t| {
-                    keep_txn(
-                        t,
-                        status.as_deref(),
-                        from,
-                        to,
-                        location.as_deref(),
-                        terminal.as_deref(),
-                    )
-                })?
-        }
-        _ => app
-            .db
-            .page_filtered::<Txn>("transactions", &merchant.id, after, limit, |t| {
-                keep_txn(
-                    t,
-                    status.as_deref(),
-                    from,
-                    to,
-                    location.as_deref(),
-                    terminal.as_deref(),
-                )
-            })?,
-    };
-    let items = page.items.iter().map(Txn::item).collect();
-    Ok(list(items, page.has_more, "id"))
-}
-
-fn keep_txn(
-    t: &Txn,
-    status: Option<&str>,
-    from: Option<i64>,
-    to: Option<i64>,
-    location: Option<&str>,
-    terminal: Option<&str>,
-) -> bool {
-    let (created, loc, term) = match t {
-        Txn::Charge(c) => (
-            c.created_at,
-            c.location_id.as_deref(),
-            c.terminal_id.as_deref(),
-        ),
-        Txn::Refund(r) => (
-            r.created_at,
-            r.location_id.as_deref(),
-            r.terminal_id.as_deref(),
-        ),
-    };
-    status.is_none_or(|s| s == t.status())
-        && from.is_none_or(|f| created >= f)
-        && to.is_none_or(|x| created < x)
-        && location.is_none_or(|l| loc == Some(l))
-        && terminal.is_none_or(|x| term == Some(x))
-}
-
-/// `GET /merchants/{id}/transactions/{id}`.
-pub fn transaction(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
-    let p = call.who()?;
-    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read)?;
-    let id = call.param(1);
-    let txn = if ids::is_prefixed(id, "re_", 20) {
-        app.db.get::<Refund>(id)?.map(|r| Txn::Refund(Box::new(r)))
-    } else if ids::is_prefixed(id, "ch_", 20) {
-        app.db.get::<Charge>(id)?.map(|c| Txn::Charge(Box::new(c)))
-    } else {
-        None
-    };
-    match txn {
-        Some(t) if t.merchant() == merchant.id => Ok(t.item()),
-        _ => Err(ApiError::not_found()),
-    }
-}
-
 impl Txn {
-    fn merchant(&self) -> &str {
+    /// Its merchant.
+    pub fn merchant(&self) -> &str {
         match self {
             Self::Charge(c) => &c.merchant_id,
             Self::Refund(r) => &r.merchant_id,
@@ -1261,16 +716,37 @@ impl Txn {
 }
 
 #[cfg(test)]
-mod tests {
+impl Engine {
+    /// An engine on the in-memory store with the simulator answering at once.
+    pub(crate) fn for_tests() -> Self {
+        let timeout = std::time::Duration::from_secs(10);
+        Self {
+            db: Db::new(Arc::new(crate::store::MemoryStore::new())),
+            processor: Arc::new(processor::Simulator::new(
+                std::time::Duration::ZERO,
+                timeout,
+            )),
+            locks: Arc::new(Locks::default()),
+            timeout,
+            boot: Boot {
+                id: "test-boot".into(),
+                started_at: crate::wire::time::now(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
 
-    fn app() -> App {
-        App::for_tests()
+    fn app() -> Engine {
+        Engine::for_tests()
     }
 
-    fn charge(id: &str, status: ChargeStatus, created_at: i64) -> Charge {
+    pub(crate) fn charge(id: &str, status: ChargeStatus, created_at: i64) -> Charge {
         Charge {
             charge_id: id.into(),
             merchant_id: "m".into(),
@@ -1310,7 +786,7 @@ mod tests {
     }
 
     /// A pending charge and its marker, as a lost request leaves them.
-    async fn lost(app: &App, id: &str, created_at: i64) {
+    async fn lost(app: &Engine, id: &str, created_at: i64) {
         let c = charge(id, ChargeStatus::Pending, created_at);
         let writes = vec![
             db::put(&c).unwrap(),
@@ -1322,14 +798,14 @@ mod tests {
             .unwrap();
     }
 
-    fn status(app: &App, id: &str) -> ChargeStatus {
+    fn status(app: &Engine, id: &str) -> ChargeStatus {
         app.db.get::<Charge>(id).unwrap().unwrap().status
     }
 
     #[tokio::test]
     async fn every_lost_charge_is_resolved_however_old() {
-        let app = Arc::new(app());
-        let now = crate::time::now();
+        let app = app();
+        let now = crate::wire::time::now();
         // A day old, an hour old (far outside any window from the newest charge), and one
         // made just now whose request may still be running.
         lost(&app, "ch_0000000aOLD0000000000000", now - 86_400).await;
@@ -1381,8 +857,8 @@ mod tests {
 
     #[tokio::test]
     async fn pending_charges_from_before_markers_are_found() {
-        let app = Arc::new(app());
-        let now = crate::time::now();
+        let app = app();
+        let now = crate::wire::time::now();
         let old = charge(
             "ch_0000000aOLD0000000000000",
             ChargeStatus::Pending,
@@ -1417,8 +893,7 @@ mod tests {
             std::time::Duration::from_millis(400),
             std::time::Duration::from_secs(5),
         ));
-        let app = Arc::new(app);
-        let now = crate::time::now();
+        let now = crate::wire::time::now();
         let merchant: Merchant = serde_json::from_value(json!({
             "id": "m", "reseller_id": "r", "resellers": ["r"], "name": "M", "mcc": "5812",
             "country": "DE", "currency": "EUR", "fee_template_id": null, "tip_info": {},
@@ -1447,7 +922,7 @@ mod tests {
             terminal_id: None,
         };
         let live = {
-            let app = Arc::clone(&app);
+            let app = app.clone();
             tokio::spawn(async move { create(&app, new, Vec::new(), None, now).await })
         };
         // While the processor thinks, a recovery round that sees the charge as overdue (as
@@ -1459,49 +934,6 @@ mod tests {
         let charges = app.db.scan_back::<Charge>(None, 10).unwrap();
         assert_eq!(charges.len(), 1);
         assert_eq!(charges[0].status, ChargeStatus::Failed);
-    }
-
-    #[test]
-    fn a_batch_never_passes_twelve_digits() {
-        let big = |id: &str, at: i64| {
-            let mut c = charge(id, ChargeStatus::Approved, at);
-            c.amount.value = MAX_MONEY;
-            c
-        };
-        let small = charge("ch_0000000cSMALL00000000000", ChargeStatus::Approved, 30);
-        let (taken, total, left) = fill_batch(vec![
-            big("ch_0000000bBIG200000000000", 20),
-            small.clone(),
-            big("ch_0000000aBIG100000000000", 10),
-        ]);
-        let ids: Vec<_> = taken.iter().map(|c| c.charge_id.as_str()).collect();
-        assert_eq!(
-            ids,
-            ["ch_0000000aBIG100000000000"],
-            "oldest first, the rest left"
-        );
-        assert_eq!((total, left), (MAX_MONEY, Some(20)));
-        let (taken, total, left) = fill_batch(vec![big("ch_0000000bBIG200000000000", 20), small]);
-        assert_eq!((taken.len(), total, left), (1, MAX_MONEY, Some(30)));
-        let s = Settlement {
-            settlement_id: "st_x".into(),
-            merchant_id: "m".into(),
-            count: 1,
-            total: Amount {
-                value: total,
-                currency: "EUR".into(),
-            },
-            created_at: 1000,
-            left_from: left,
-        };
-        assert_eq!(s.to_json()["has_more"], true);
-        assert_eq!(
-            s.next_cutoff(100),
-            30,
-            "the next batch looks back to what was left"
-        );
-        let (taken, total, left) = fill_batch(Vec::new());
-        assert_eq!((taken.len(), total, left), (0, 0, None));
     }
 
     #[test]

@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::db::Record;
-use crate::input::Money;
-use crate::time::rfc3339;
+use crate::error::ApiError;
+use crate::store::db::Record;
+use crate::wire::input::Money;
+use crate::wire::time::rfc3339;
 
 /// Stored money (minor units and currency).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -681,6 +682,24 @@ impl Record for Nonce {
     fn indexes(&self) -> Vec<(String, String)> {
         // Found by time through the id (`Store::scan_back`), not an index.
         Vec::new()
+    }
+}
+
+/// A location given in a body must be one of the merchant's (400 naming `location_id`).
+///
+/// # Errors
+/// 400 naming `location_id`; 503 when storage is down.
+pub fn check_location(
+    db: &crate::store::db::Db,
+    merchant_id: &str,
+    id: &str,
+) -> Result<(), ApiError> {
+    match db.get::<Location>(id)? {
+        Some(l) if l.merchant_id == merchant_id => Ok(()),
+        _ => Err(ApiError::field(
+            "location_id",
+            "no such location of this merchant",
+        )),
     }
 }
 

@@ -5,8 +5,19 @@ use hyper::HeaderMap;
 use hyper::body::Bytes;
 use serde_json::{Value, json};
 
-use crate::authz::Principal;
+use crate::auth::authz::Principal;
+use std::sync::Arc;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::domain::charges::Engine;
+use crate::domain::idem::Idempotency;
+use crate::domain::locks::Locks;
+use crate::domain::replay::Replay;
 use crate::error::ApiError;
+use crate::keyd::Keyd;
+use crate::store::db::Db;
+use crate::wire::input::{Input, Money};
 
 /// A request, read and authenticated.
 #[derive(Debug)]
@@ -36,9 +47,9 @@ impl Call<'_> {
     /// # Errors
     /// 401/`4010` if the route was wrongly declared public.
     pub fn who(&self) -> Result<&Principal, ApiError> {
-        self.principal
-            .as_ref()
-            .ok_or_else(|| ApiError::new(crate::Code::Unauthenticated, "missing bearer token"))
+        self.principal.as_ref().ok_or_else(|| {
+            ApiError::new(crate::error::Code::Unauthenticated, "missing bearer token")
+        })
     }
 
     /// A query value.
@@ -84,43 +95,56 @@ pub fn list(items: Vec<Value>, has_more: bool, id_field: &str) -> Value {
     json!({"object": "list", "data": items, "has_more": has_more, "next_cursor": next})
 }
 
-/// Splits and percent-decodes a query string (`+` is a space, as forms send it).
+/// Splits and percent-decodes a query string as forms encode it (`+` is a space). A `%` not
+/// followed by two hex digits stays a `%` (and then fails the parameter's own check).
 pub fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
-    let Some(q) = query else {
-        return Vec::new();
-    };
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
+    query.map_or_else(Vec::new, |q| {
+        form_urlencoded::parse(q.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    })
 }
 
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = b
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok());
-                if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    out.push(v);
-                    i += 2;
-                } else {
-                    out.push(b'%');
-                }
-            }
-            _ => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// Everything a handler may use: configuration, records, keyd, token verification, used
+/// nonces, locks, keyed requests in progress and the charge engine. Built once by
+/// `app::App`, which adds what only the HTTP layer needs.
+#[derive(Debug)]
+pub struct Services {
+    /// The configuration it started with.
+    pub config: Config,
+    /// Records.
+    pub db: Db,
+    /// The key service.
+    pub keyd: Keyd,
+    /// Bearer tokens.
+    pub auth: Auth,
+    /// Used nonces.
+    pub replay: Replay,
+    /// Per-object serialisation of read-check-write sequences (devices here; charges through
+    /// the engine, which shares them).
+    pub locks: Arc<Locks>,
+    /// Keyed requests in progress.
+    pub idempotency: Idempotency,
+    /// The charge engine.
+    pub charges: Engine,
+}
+
+/// A refund request's body, for the backoffice and the POS route alike.
+///
+/// # Errors
+/// 400/`4000` naming the bad fields.
+pub fn refund_body(
+    obj: &serde_json::Map<String, Value>,
+) -> Result<(Option<Money>, Option<String>), ApiError> {
+    let mut input = Input::new(obj);
+    let amount = input.money("amount", false, false, None);
+    let reason = input.one_of(
+        "reason",
+        &["requested_by_customer", "duplicate", "fraudulent", "other"],
+        false,
+    );
+    input.finish()?;
+    Ok((amount, reason))
 }
 
 #[cfg(test)]
@@ -135,5 +159,7 @@ mod tests {
         assert_eq!(q[2].1, "%zz");
         assert_eq!(q[3], ("empty".into(), String::new()));
         assert!(parse_query(None).is_empty());
+        // "%+f" is no escape (the hand-written decoder once read it as byte 0x0f).
+        assert_eq!(parse_query(Some("c=%+f"))[0].1, "% f");
     }
 }

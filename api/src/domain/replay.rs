@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::db::{self, Db};
+use crate::domain::model::Nonce;
 use crate::error::{ApiError, Code};
-use crate::model::Nonce;
 use crate::store::Write;
+use crate::store::db::{self, Db};
 
 /// How long a nonce stays used.
 pub const NONCE_TTL: i64 = 600;

@@ -9,9 +9,9 @@ use keyd_proto::{Secret, Status};
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
-use crate::app::App;
 use crate::error::{ApiError, Code};
 use crate::keyd::KeydError;
+use crate::request::Services;
 
 /// Largest decompressed plaintext accepted in a request (32 KiB).
 pub const MAX_PLAINTEXT: usize = 32 * 1024;
@@ -61,11 +61,11 @@ pub fn parse(body: &[u8], msk_kcv: &str) -> Result<Sealed, ApiError> {
         Some(_) => return Err(unopenable()),
     };
     let iv: [u8; 16] = text("initialization_vector")
-        .and_then(hex_decode)
+        .and_then(|s| hex::decode(s).ok())
         .and_then(|v| v.try_into().ok())
         .ok_or_else(unopenable)?;
     let ciphertext = text("ciphertext")
-        .and_then(hex_decode)
+        .and_then(|s| hex::decode(s).ok())
         .ok_or_else(unopenable)?;
     if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(16) {
         return Err(unopenable());
@@ -109,7 +109,7 @@ pub fn inner(plaintext: &[u8], gzip: bool) -> Result<(Map<String, Value>, Vec<u8
 /// # Errors
 /// 4004 for any decryption failure (one message), 4002 for oversize, 503 without keyd.
 pub async fn open(
-    app: &App,
+    app: &Services,
     sealed: &Sealed,
     msk_key_id: &str,
 ) -> Result<(Map<String, Value>, Vec<u8>), ApiError> {
@@ -132,7 +132,7 @@ pub async fn open(
 ///
 /// # Errors
 /// 503 without keyd.
-pub async fn seal(app: &App, msk_key_id: &str, answer: &Value) -> Result<Value, ApiError> {
+pub async fn seal(app: &Services, msk_key_id: &str, answer: &Value) -> Result<Value, ApiError> {
     let plaintext = Zeroizing::new(answer.to_string().into_bytes());
     let sealed = app
         .keyd
@@ -144,10 +144,10 @@ pub async fn seal(app: &App, msk_key_id: &str, answer: &Value) -> Result<Value, 
         .map_err(|e| keyd_failure(e, "envelope seal"))?;
     Ok(json!({
         "format": "TR31-DATA",
-        "ciphertext": hex_upper(&sealed.ciphertext),
-        "initialization_vector": hex_upper(&sealed.iv),
+        "ciphertext": hex::encode_upper(&sealed.ciphertext),
+        "initialization_vector": hex::encode_upper(sealed.iv),
         "mode": "CBC",
-        "key_kcv": hex_upper(&sealed.kcv),
+        "key_kcv": hex::encode_upper(sealed.kcv),
     }))
 }
 
@@ -156,7 +156,11 @@ pub async fn seal(app: &App, msk_key_id: &str, answer: &Value) -> Result<Value, 
 ///
 /// # Errors
 /// 503 without keyd.
-pub async fn seal_gzip(app: &App, msk_key_id: &str, answer: &Value) -> Result<Value, ApiError> {
+pub async fn seal_gzip(
+    app: &Services,
+    msk_key_id: &str,
+    answer: &Value,
+) -> Result<Value, ApiError> {
     use std::io::Write;
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     encoder
@@ -172,13 +176,13 @@ pub async fn seal_gzip(app: &App, msk_key_id: &str, answer: &Value) -> Result<Va
         })
         .await
         .map_err(|e| keyd_failure(e, "envelope seal"))?;
-    let kcv = hex_upper(&sealed.kcv);
+    let kcv = hex::encode_upper(sealed.kcv);
     let chunks: Vec<Value> = sealed
         .chunks
         .iter()
         .map(|c| {
-            json!({"ciphertext": hex_upper(&c.ciphertext),
-                   "initialization_vector": hex_upper(&c.iv), "mode": "CBC"})
+            json!({"ciphertext": hex::encode_upper(&c.ciphertext),
+                   "initialization_vector": hex::encode_upper(c.iv), "mode": "CBC"})
         })
         .collect();
     if let [one] = chunks.as_slice() {
@@ -201,35 +205,6 @@ fn keyd_failure(e: KeydError, what: &str) -> ApiError {
         KeydError::Unavailable => KeydError::unavailable(),
         KeydError::Refused(s) => ApiError::internal(&format!("keyd refused {what}: {s}")),
     }
-}
-
-/// Upper-case hex (a table, not `format!` per byte: envelopes are hexed on every charge).
-pub fn hex_upper(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        for nibble in [b >> 4, b & 0x0f] {
-            out.push(char::from(
-                DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'),
-            ));
-        }
-    }
-    out
-}
-
-/// Hex in either case.
-pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    // `from_str_radix` alone would take "+F"; only hex digits are hex.
-    if !s.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect()
 }
 
 #[cfg(test)]
@@ -282,8 +257,8 @@ mod tests {
         }
         let ok = parse(&envelope(json!({"content_encoding": "gzip"})), "ABC123").unwrap();
         assert!(ok.gzip && ok.ciphertext.len() == 32 && ok.iv[15] == 0xff);
-        assert_eq!(hex_decode("+F"), None);
-        assert_eq!(hex_decode("0aFF"), Some(vec![10, 255]));
+        assert_eq!(hex::decode("+F").ok(), None);
+        assert_eq!(hex::decode("0aFF").ok(), Some(vec![10, 255]));
     }
 
     #[test]

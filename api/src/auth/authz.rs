@@ -5,8 +5,8 @@
 //! exist, so ids cannot be probed across tenants. Does the caller's role allow the action? If
 //! not, 403/`4030`.
 
+use crate::domain::model::{Role, Tenancy};
 use crate::error::ApiError;
-use crate::model::{Role, Tenancy};
 
 /// Where a caller's authority reaches.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,8 +10,8 @@ use keyd_proto::{Secret, Status};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use crate::app::App;
 use crate::error::ApiError;
+use crate::keyd::Keyd;
 use crate::keyd::KeydError;
 
 /// A new identity key as shown to the caller once.
@@ -36,7 +36,7 @@ impl Identity {
     fn from_keyd(k: &IdentityKey) -> Self {
         Self {
             key_id: k.key_id.clone(),
-            kcv: crate::envelope::hex_upper(&k.kcv),
+            kcv: hex::encode_upper(k.kcv),
             secret: Zeroizing::new(
                 base64::engine::general_purpose::STANDARD.encode(k.secret.expose()),
             ),
@@ -63,9 +63,12 @@ fn keyd_error(e: KeydError, what: &str) -> ApiError {
 ///
 /// # Errors
 /// 400 for an unknown zone, 503 when keyd is down.
-pub async fn register_device(app: &App, device_id: &str, zone: &str) -> Result<Identity, ApiError> {
-    let created = app
-        .keyd
+pub async fn register_device(
+    keyd: &Keyd,
+    device_id: &str,
+    zone: &str,
+) -> Result<Identity, ApiError> {
+    let created = keyd
         .call(&DeviceCreate {
             device_id: device_id.into(),
             zone: zone.into(),
@@ -82,8 +85,8 @@ pub async fn register_device(app: &App, device_id: &str, zone: &str) -> Result<I
                 device_id,
                 "device already known to keyd; issuing a fresh identity"
             );
-            revoke_key_sets(app, device_id).await?;
-            rotate_identity(app, device_id).await
+            revoke_key_sets(keyd, device_id).await?;
+            rotate_identity(keyd, device_id).await
         }
         Err(e) => Err(keyd_error(e, "device registration")),
     }
@@ -94,17 +97,16 @@ pub async fn register_device(app: &App, device_id: &str, zone: &str) -> Result<I
 ///
 /// # Errors
 /// 400 naming `card.number` if keyd refuses it, 503 when keyd is down.
-pub async fn pan_fingerprint(app: &App, pan: &str) -> Result<String, ApiError> {
-    app.keyd
-        .call(&PanFingerprint {
-            pan: Secret::new(pan.as_bytes()),
-        })
-        .await
-        .map(|f| crate::envelope::hex_upper(&f.value))
-        .map_err(|e| match e {
-            KeydError::Refused(_) => ApiError::field("card.number", "not a card number"),
-            KeydError::Unavailable => KeydError::unavailable(),
-        })
+pub async fn pan_fingerprint(keyd: &Keyd, pan: &str) -> Result<String, ApiError> {
+    keyd.call(&PanFingerprint {
+        pan: Secret::new(pan.as_bytes()),
+    })
+    .await
+    .map(|f| hex::encode_upper(f.value))
+    .map_err(|e| match e {
+        KeydError::Refused(_) => ApiError::field("card.number", "not a card number"),
+        KeydError::Unavailable => KeydError::unavailable(),
+    })
 }
 
 /// keyd's keyed fingerprint of a request that may hold card data (see
@@ -112,37 +114,34 @@ pub async fn pan_fingerprint(app: &App, pan: &str) -> Result<String, ApiError> {
 ///
 /// # Errors
 /// 503 when keyd is down.
-pub async fn request_fingerprint(app: &App, data: &[u8]) -> Result<String, ApiError> {
-    app.keyd
-        .call(&RequestFingerprint {
-            data: Secret::new(data),
-        })
-        .await
-        .map(|f| crate::envelope::hex_upper(&f.value))
-        .map_err(|e| keyd_error(e, "request fingerprint"))
+pub async fn request_fingerprint(keyd: &Keyd, data: &[u8]) -> Result<String, ApiError> {
+    keyd.call(&RequestFingerprint {
+        data: Secret::new(data),
+    })
+    .await
+    .map(|f| hex::encode_upper(f.value))
+    .map_err(|e| keyd_error(e, "request fingerprint"))
 }
 
 /// Replaces a device's identity key in keyd.
 ///
 /// # Errors
 /// 503 when keyd is down.
-pub async fn rotate_identity(app: &App, device_id: &str) -> Result<Identity, ApiError> {
-    app.keyd
-        .call(&IdentityRotate {
-            device_id: device_id.into(),
-        })
-        .await
-        .map(|k| Identity::from_keyd(&k))
-        .map_err(|e| keyd_error(e, "identity rotation"))
+pub async fn rotate_identity(keyd: &Keyd, device_id: &str) -> Result<Identity, ApiError> {
+    keyd.call(&IdentityRotate {
+        device_id: device_id.into(),
+    })
+    .await
+    .map(|k| Identity::from_keyd(&k))
+    .map_err(|e| keyd_error(e, "identity rotation"))
 }
 
 /// Revokes every key set of a device (a device keyd never issued keys for has none to revoke).
 ///
 /// # Errors
 /// 503 when keyd is down.
-pub async fn revoke_key_sets(app: &App, device_id: &str) -> Result<(), ApiError> {
-    match app
-        .keyd
+pub async fn revoke_key_sets(keyd: &Keyd, device_id: &str) -> Result<(), ApiError> {
+    match keyd
         .call(&KeySetRevoke {
             device_id: device_id.into(),
         })

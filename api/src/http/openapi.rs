@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::error::Code;
-use crate::routes::{Access, ROUTES};
+use crate::http::routes::{Access, ROUTES};
 
 /// The whole document.
 pub fn document() -> Value {
@@ -74,7 +74,7 @@ pub fn document() -> Value {
     })
 }
 
-fn operation(route: &crate::routes::Route) -> Value {
+fn operation(route: &crate::http::routes::Route) -> Value {
     let mut parameters: Vec<Value> = route
         .path
         .split('/')

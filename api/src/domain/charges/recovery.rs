@@ -24,16 +24,25 @@
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use super::{Charge, ChargeStatus, processor_deadline};
-use crate::app::{App, Boot};
-use crate::db::{self, Record};
+use super::{Charge, ChargeStatus, Engine, processor_deadline};
+use crate::domain::processor::VoidRequest;
 use crate::error::{ApiError, Code};
-use crate::processor::VoidRequest;
+use crate::store::db::{self, Record};
 
 /// Seconds beyond the processor deadline before a pending charge is taken to be orphaned.
 const MARGIN: i64 = 10;
 /// Charges resolved at once.
 const PARALLEL: usize = 16;
+
+/// One start of the API process: work it leaves behind (a pending charge) names it, so a later
+/// process knows the work's owner is gone.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    /// Random, unique per start.
+    pub id: String,
+    /// Unix seconds.
+    pub started_at: i64,
+}
 
 /// Says that a charge's outcome is not written yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +51,7 @@ pub struct PendingCharge {
     pub charge_id: String,
     /// When the charge was made (Unix seconds).
     pub created_at: i64,
-    /// The API process that made it ([`crate::app::Boot`]; empty for charges made before
+    /// The API process that made it ([`Boot`]; empty for charges made before
     /// markers existed).
     #[serde(default)]
     pub boot: String,
@@ -94,12 +103,13 @@ pub(super) fn taken_over() -> ApiError {
 ///
 /// # Errors
 /// 503 if the store cannot be read.
-pub async fn recover(app: &std::sync::Arc<App>, now: i64) -> Result<usize, ApiError> {
-    let due_after = i64::try_from(processor_deadline(app).as_secs()).unwrap_or(60) + MARGIN;
+pub async fn recover(engine: &Engine, now: i64) -> Result<usize, ApiError> {
+    let due_after = i64::try_from(processor_deadline(engine).as_secs()).unwrap_or(60) + MARGIN;
     let mut due = Vec::new();
-    app.db
+    engine
+        .db
         .walk::<PendingCharge>("pending_charges", "all", |m| {
-            if m.due(&app.boot, now, due_after) {
+            if m.due(&engine.boot, now, due_after) {
                 due.push(m);
             }
             Ok(true)
@@ -110,8 +120,8 @@ pub async fn recover(app: &std::sync::Arc<App>, now: i64) -> Result<usize, ApiEr
     loop {
         while running.len() < PARALLEL {
             let Some(marker) = due.next() else { break };
-            let app = std::sync::Arc::clone(app);
-            running.spawn(async move { resolve(&app, marker, now).await });
+            let engine = engine.clone();
+            running.spawn(async move { resolve(&engine, marker, now).await });
         }
         match running.join_next().await {
             Some(Ok(Ok(true))) => resolved += 1,
@@ -126,7 +136,7 @@ pub async fn recover(app: &std::sync::Arc<App>, now: i64) -> Result<usize, ApiEr
 
 /// Resolves one charge; `false` when another writer got there first or the processor could
 /// not be reached (the next round tries again).
-async fn resolve(app: &App, marker: PendingCharge, now: i64) -> Result<bool, ApiError> {
+async fn resolve(engine: &Engine, marker: PendingCharge, now: i64) -> Result<bool, ApiError> {
     let lost = || ApiError::new(Code::Conflict, "pending charge changed");
     let mine = if marker.recovering_since.is_some() {
         marker
@@ -134,13 +144,13 @@ async fn resolve(app: &App, marker: PendingCharge, now: i64) -> Result<bool, Api
         let mut mine = marker.clone();
         mine.recovering_since = Some(now);
         let take = vec![db::expect(&marker)?, db::put(&mine)?];
-        match app.db.commit(take, lost()).await {
+        match engine.db.commit(take, lost()).await {
             Ok(()) => mine,
             Err(e) if e.code() == Code::Conflict => return Ok(false),
             Err(e) => return Err(e),
         }
     };
-    let charge = app.db.get::<Charge>(&mine.charge_id)?;
+    let charge = engine.db.get::<Charge>(&mine.charge_id)?;
     if charge
         .as_ref()
         .is_none_or(|c| c.status != ChargeStatus::Pending)
@@ -152,14 +162,14 @@ async fn resolve(app: &App, marker: PendingCharge, now: i64) -> Result<bool, Api
             db::delete::<PendingCharge>(&mine.charge_id),
         ];
         // Failing here leaves the marker for the next round.
-        let _ = app.db.commit(writes, lost()).await;
+        let _ = engine.db.commit(writes, lost()).await;
         return Ok(false);
     }
-    let void = app.processor.void(VoidRequest {
+    let void = engine.processor.void(VoidRequest {
         charge_id: mine.charge_id.clone(),
         processor_reference: String::new(),
     });
-    match tokio::time::timeout(processor_deadline(app), void).await {
+    match tokio::time::timeout(processor_deadline(engine), void).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(charge_id = %mine.charge_id, error = %e, "void of a lost charge failed; will retry");
@@ -174,7 +184,7 @@ async fn resolve(app: &App, marker: PendingCharge, now: i64) -> Result<bool, Api
         db::expect(&mine)?,
         db::delete::<PendingCharge>(&mine.charge_id),
     ];
-    if let Some(charge) = app
+    if let Some(charge) = engine
         .db
         .get::<Charge>(&mine.charge_id)?
         .filter(|c| c.status == ChargeStatus::Pending)
@@ -184,7 +194,7 @@ async fn resolve(app: &App, marker: PendingCharge, now: i64) -> Result<bool, Api
         writes.push(db::expect(&charge)?);
         writes.push(db::put(&failed)?);
     }
-    match app.db.commit(writes, lost()).await {
+    match engine.db.commit(writes, lost()).await {
         Ok(()) => {
             tracing::info!(charge_id = %mine.charge_id, "lost charge voided and failed");
             Ok(true)
@@ -198,20 +208,20 @@ async fn resolve(app: &App, marker: PendingCharge, now: i64) -> Result<bool, Api
 ///
 /// # Errors
 /// 503 if the store cannot be read or written.
-pub async fn mark_unmarked(app: &App) -> Result<usize, ApiError> {
+pub async fn mark_unmarked(engine: &Engine) -> Result<usize, ApiError> {
     const DONE: (&str, &str) = ("migration", "pending-charge-markers");
-    if app.db.owner(DONE.0, DONE.1)?.is_some() {
+    if engine.db.owner(DONE.0, DONE.1)?.is_some() {
         return Ok(0);
     }
     let mut marked = 0;
     let mut before: Option<String> = None;
     loop {
-        let batch = app.db.scan_back::<Charge>(before.as_deref(), 500)?;
+        let batch = engine.db.scan_back::<Charge>(before.as_deref(), 500)?;
         let Some(last) = batch.last() else { break };
         before = Some(last.charge_id.clone());
         let exhausted = batch.len() < 500;
         for c in batch.iter().filter(|c| c.status == ChargeStatus::Pending) {
-            if app.db.get::<PendingCharge>(&c.charge_id)?.is_some() {
+            if engine.db.get::<PendingCharge>(&c.charge_id)?.is_some() {
                 continue;
             }
             // Only while the charge is still exactly as read: a request finishing meanwhile
@@ -221,10 +231,10 @@ pub async fn mark_unmarked(app: &App) -> Result<usize, ApiError> {
                 db::absent::<PendingCharge>(&c.charge_id),
                 db::put(&PendingCharge {
                     boot: String::new(),
-                    ..PendingCharge::of(c, &app.boot)
+                    ..PendingCharge::of(c, &engine.boot)
                 })?,
             ];
-            match app
+            match engine
                 .db
                 .commit(writes, ApiError::new(Code::Conflict, "marking"))
                 .await
@@ -238,7 +248,8 @@ pub async fn mark_unmarked(app: &App) -> Result<usize, ApiError> {
             break;
         }
     }
-    app.db
+    engine
+        .db
         .commit(
             vec![db::claim(DONE.0, DONE.1, "done")],
             ApiError::new(Code::Conflict, "marking"),

@@ -527,108 +527,6 @@ fn numeric_date(
     }
 }
 
-/// An `http(s)://host[:port][/path][?query]` URL, parsed without a URL crate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Target {
-    https: bool,
-    /// Host to connect to and for SNI (IPv6 without brackets).
-    host: String,
-    port: u16,
-    /// `host[:port]` as written, for the `Host` header.
-    authority: String,
-    /// Origin-form request target (`/path?query`).
-    path: String,
-}
-
-fn parse_url(url: &str) -> Result<Target, String> {
-    let bad = |why: &str| format!("JWKS URL {url:?}: {why}");
-    let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("http://") {
-        (false, rest)
-    } else {
-        return Err(bad("must start with http:// or https://"));
-    };
-    let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest
-        .split_at_checked(end)
-        .ok_or_else(|| bad("unparsable"))?;
-    if authority.is_empty() || authority.contains('@') {
-        return Err(bad("needs a host and no user info"));
-    }
-    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-        let (host, after) = bracketed
-            .split_once(']')
-            .ok_or_else(|| bad("unclosed '['"))?;
-        let port = match after {
-            "" => None,
-            _ => Some(after.strip_prefix(':').ok_or_else(|| bad("bad port"))?),
-        };
-        (host, port)
-    } else {
-        match authority.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    let host_ok = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
-    if !host_ok {
-        return Err(bad("bad host"));
-    }
-    let port = match port {
-        None if https => 443,
-        None => 80,
-        Some(port) => match port.parse::<u16>() {
-            Ok(port) if port != 0 => port,
-            _ => return Err(bad("bad port")),
-        },
-    };
-    let path = match path {
-        "" => "/".to_owned(),
-        p if p.starts_with('?') => format!("/{p}"),
-        p => p.to_owned(),
-    };
-    if !path.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(bad("bad path"));
-    }
-    Ok(Target {
-        https,
-        host: host.to_owned(),
-        port,
-        authority: authority.to_owned(),
-        path,
-    })
-}
-
-/// A JWKS URL as the verifier will fetch it.
-///
-/// Keys fetched in clear from another host can be swapped on the way, and whoever swaps them
-/// mints any token: plain `http://` only on a loopback host.
-///
-/// # Errors
-/// A message naming what is wrong with the URL.
-pub(crate) fn jwks_target(url: &str) -> Result<Target, String> {
-    let target = parse_url(url)?;
-    if !target.https && !is_loopback_host(&target.host) {
-        return Err(format!(
-            "JWKS URL {url:?}: plain http:// is allowed only on a loopback host; use https://"
-        ));
-    }
-    Ok(target)
-}
-
-/// `localhost` or a loopback address (IPv4 `127/8`, IPv6 `::1`).
-fn is_loopback_host(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// A TLS client trusting only the CA certificates of `ca_file`.
 fn tls_connector(ca_file: &Path) -> Result<TlsConnector, String> {
     use rustls_pki_types::CertificateDer;
@@ -661,7 +559,7 @@ fn tls_connector(ca_file: &Path) -> Result<TlsConnector, String> {
 struct Remote {
     /// As configured, for logs.
     url: String,
-    target: Target,
+    target: crate::wire::url::Target,
     /// `None` for http, and for https without a CA file (then fetching fails).
     tls: Option<TlsConnector>,
     /// When the last fetch was attempted (successful or not). Held during a fetch so
@@ -794,7 +692,7 @@ impl Verifier {
                 (keys, None)
             }
             KeySource::Remote { url, ca_file } => {
-                let target = jwks_target(&url)?;
+                let target = crate::wire::url::jwks_target(&url)?;
                 let tls = match (&ca_file, target.https) {
                     (Some(file), true) => Some(tls_connector(file)?),
                     (None, true) => {
@@ -1576,53 +1474,6 @@ NiTKJTfJebkH4jYLe+ziwzh9w0l5zRaZ9TI5nbXYSs9MyYg3MnbS1fAQ
         assert_eq!(parse_jwks(&keys).len(), 2);
         let verifier = Verifier::new(RSA_ISS.into(), AUD.into(), KeySource::Static(keys)).unwrap();
         assert!(verifier.verify(RSA_TOKEN, NOW).await.is_ok());
-    }
-
-    #[test]
-    fn parses_urls() {
-        let t = parse_url("http://127.0.0.1:8080/realms/v/protocol/openid-connect/certs").unwrap();
-        assert_eq!(
-            t,
-            Target {
-                https: false,
-                host: "127.0.0.1".into(),
-                port: 8080,
-                authority: "127.0.0.1:8080".into(),
-                path: "/realms/v/protocol/openid-connect/certs".into(),
-            }
-        );
-        let t = parse_url("https://idp.example.test").unwrap();
-        assert_eq!((t.https, t.port, t.path.as_str()), (true, 443, "/"));
-        let t = parse_url("http://idp?x=1#frag").unwrap();
-        assert_eq!(
-            (t.port, t.authority.as_str(), t.path.as_str()),
-            (80, "idp", "/?x=1")
-        );
-        let t = parse_url("https://[::1]:9443/jwks").unwrap();
-        assert_eq!(
-            (t.host.as_str(), t.port, t.authority.as_str()),
-            ("::1", 9443, "[::1]:9443")
-        );
-        assert!(is_loopback_host("localhost") && is_loopback_host("127.0.0.9"));
-        assert!(is_loopback_host("::1") && !is_loopback_host("idp.example.test"));
-        assert!(!is_loopback_host("10.0.0.1") && !is_loopback_host("127.0.0.1.example.test"));
-        for bad in [
-            "ftp://idp/jwks",
-            "idp/jwks",
-            "http://",
-            "http:///jwks",
-            "http://user:pw@idp/jwks",
-            "http://idp:/jwks",
-            "http://idp:0/jwks",
-            "http://idp:65536/jwks",
-            "http://idp:80:80/jwks",
-            "http://[::1/jwks",
-            "http://[::1]x/jwks",
-            "http://id p/jwks",
-            "http://idp/a b",
-        ] {
-            assert!(parse_url(bad).is_err(), "{bad}");
-        }
     }
 
     #[cfg(unix)]

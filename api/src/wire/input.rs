@@ -45,8 +45,7 @@ pub fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 
 /// One 400/`4000` naming one field.
 pub fn field_error(field: &str, reason: &str) -> ApiError {
-    ApiError::new(Code::BodyInvalid, "body invalid")
-        .with_details(json!({"fields": [{"field": field, "reason": reason}]}))
+    ApiError::field(field, reason)
 }
 
 /// A JSON object being validated; problems pile up until [`Input::finish`].

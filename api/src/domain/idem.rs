@@ -11,9 +11,9 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::db::{self, Db, Record};
 use crate::error::{ApiError, Code};
 use crate::store::Write;
+use crate::store::db::{self, Db, Record};
 
 /// How long answers are kept.
 pub const KEEP: i64 = 86_400;
@@ -83,7 +83,7 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
         ctx.update(&(p.len() as u64).to_be_bytes());
         ctx.update(p);
     }
-    crate::envelope::hex_upper(ctx.finish().as_ref())
+    hex::encode_upper(ctx.finish().as_ref())
 }
 
 /// `Idempotency-Key`: 1-255 printable ASCII characters.

@@ -10,19 +10,19 @@ use keyd_proto::Status;
 use keyd_proto::message::{CardDecrypt, ChargeOpen, MacItem, MacVerifyBatch};
 use serde_json::{Map, Value};
 
-use crate::app::App;
-use crate::call::Call;
-use crate::charges::{self, CardInput, Charge, NewCharge};
-use crate::envelope::{self, Sealed};
+use crate::domain::charges::{self, CardInput, Charge, NewCharge};
+use crate::domain::idem::{self, Begin, Running};
+use crate::domain::model::{Device, DeviceStatus, KeySetRef, Merchant};
+use crate::domain::processor::{self, Pan};
 use crate::error::{ApiError, Code};
-use crate::idem::{self, Begin, Running};
-use crate::ids;
-use crate::input::Input;
 use crate::keyd::KeydError;
-use crate::model::{Device, DeviceStatus, KeySetRef, Merchant};
+use crate::pos::envelope::{self, Sealed};
 use crate::pos::{self, KEY_SET_GRACE, bad_signature, required, signature, timestamp};
-use crate::processor::{self, Pan};
+use crate::request::Call;
+use crate::request::Services;
 use crate::store::Write;
+use crate::wire::ids;
+use crate::wire::input::Input;
 
 /// A request whose signature, window, nonce and device state have passed.
 #[derive(Debug)]
@@ -51,7 +51,7 @@ fn headers<'c>(call: &'c Call<'_>) -> Result<Headers<'c>, ApiError> {
     })?;
     let key_id = required(call, "x-key-id", |k| (1..=128).contains(&k.len()))?;
     let ts_text = required(call, "x-timestamp", |t| timestamp(t).is_some())?;
-    let nonce = required(call, "x-nonce", crate::replay::valid_nonce)?;
+    let nonce = required(call, "x-nonce", crate::domain::replay::valid_nonce)?;
     let sig = signature(required(call, "x-signature", |s| signature(s).is_some())?)
         .ok_or_else(bad_signature)?;
     let device_id = match call.header("x-device-id") {
@@ -89,7 +89,7 @@ fn signing_set(device: &Device, key_id: &str, now: i64) -> Option<KeySetRef> {
 }
 
 async fn verify_only(
-    app: &App,
+    app: &Services,
     key_id: &str,
     message: &[u8],
     sig: [u8; 32],
@@ -113,7 +113,7 @@ async fn verify_only(
 
 /// Checks a signed POS charge call in the contract's order and opens its envelope.
 async fn signed(
-    app: &App,
+    app: &Services,
     call: &Call<'_>,
     method: &str,
     path: &str,
@@ -231,7 +231,7 @@ async fn signed(
 }
 
 /// Makes a used nonce durable when the request writes nothing else.
-async fn commit_nonce(app: &App, signed: &mut Signed) {
+async fn commit_nonce(app: &Services, signed: &mut Signed) {
     if let Some(w) = signed.nonce.take() {
         let _ = app
             .db
@@ -243,7 +243,7 @@ async fn commit_nonce(app: &App, signed: &mut Signed) {
 /// Runs a signed call's body under its `Idempotency-Key` (scoped to the terminal), seals the
 /// answer, and makes the nonce durable whatever happens.
 async fn run<'a, F, Fut>(
-    app: &'a App,
+    app: &'a Services,
     call: &Call<'_>,
     path: &str,
     mut signed: Signed,
@@ -307,7 +307,7 @@ where
 
 /// Keeps a final error under the key (with the nonce) and passes it on.
 async fn fail(
-    app: &App,
+    app: &Services,
     nonce: Option<Write>,
     running: Option<&Running<'_>>,
     e: ApiError,
@@ -329,7 +329,7 @@ async fn fail(
 }
 
 /// `POST /pos/charge`.
-pub async fn create(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let path = "/pos/charge";
     let signed = signed(app, call, "POST", path, true).await?;
     run(app, call, path, signed, |mut s, running| async move {
@@ -340,7 +340,7 @@ pub async fn create(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
             Err(e) => return fail(app, nonce, running.as_ref(), e, call.now).await,
         };
         let result = charges::create(
-            app,
+            &app.charges,
             new,
             nonce.into_iter().collect(),
             running.as_ref(),
@@ -355,7 +355,7 @@ pub async fn create(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
 
 /// Validates the decrypted charge and opens the card data in keyd.
 async fn charge_input(
-    app: &App,
+    app: &Services,
     s: &Signed,
     inner: &Map<String, Value>,
 ) -> Result<NewCharge, ApiError> {
@@ -373,21 +373,22 @@ async fn charge_input(
         let data = c.matching(
             "data",
             |d| {
-                envelope::hex_decode(d)
+                hex::decode(d)
+                    .ok()
                     .is_some_and(|b| !b.is_empty() && b.len() % 16 == 0 && b.len() <= 1024)
             },
             "hex ciphertext",
         );
         let iv = c.matching(
             "iv",
-            |v| v.len() == 32 && envelope::hex_decode(v).is_some(),
+            |v| v.len() == 32 && hex::decode(v).ok().is_some(),
             "32 hex digits",
         );
         Some((data?, iv?))
     });
     input.opt_matching(
         "emv_data",
-        |e| e.len() <= 4096 && envelope::hex_decode(e).is_some(),
+        |e| e.len() <= 4096 && hex::decode(e).ok().is_some(),
         "hex TLV",
     );
     let reference = input.opt_text("reference", 128);
@@ -402,7 +403,8 @@ async fn charge_input(
     }
     let (data, iv) = card.ok_or_else(|| ApiError::field("card", "required"))?;
     let unreadable = || ApiError::field("card.data", "cannot be decrypted or read");
-    let iv: [u8; 16] = envelope::hex_decode(&iv)
+    let iv: [u8; 16] = hex::decode(&iv)
+        .ok()
         .and_then(|v| v.try_into().ok())
         .ok_or_else(unreadable)?;
     let opened = app
@@ -410,7 +412,7 @@ async fn charge_input(
         .call(&CardDecrypt {
             tdk_key_id: s.set.tdk_key_id.clone(),
             iv,
-            ciphertext: envelope::hex_decode(&data).unwrap_or_default(),
+            ciphertext: hex::decode(&data).ok().unwrap_or_default(),
         })
         .await;
     let card = match opened {
@@ -450,7 +452,7 @@ async fn charge_input(
             pan: Pan::new(clear.pan.to_owned()),
             exp_month: clear.exp_month,
             exp_year: clear.exp_year,
-            fingerprint: envelope::hex_upper(&card.pan_fingerprint),
+            fingerprint: hex::encode_upper(card.pan_fingerprint),
             entry_mode: entry_mode.unwrap_or_default(),
         },
         reference,
@@ -462,7 +464,7 @@ async fn charge_input(
 }
 
 /// A charge of the terminal's own merchant, else 404.
-fn own_charge(app: &App, s: &Signed, id: &str) -> Result<Charge, ApiError> {
+fn own_charge(app: &Services, s: &Signed, id: &str) -> Result<Charge, ApiError> {
     if !ids::is_prefixed(id, "ch_", 20) {
         return Err(ApiError::not_found());
     }
@@ -473,7 +475,7 @@ fn own_charge(app: &App, s: &Signed, id: &str) -> Result<Charge, ApiError> {
 }
 
 /// `POST /pos/charge/{id}/refund`.
-pub async fn refund(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn refund(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let path = format!("/pos/charge/{}/refund", call.param(0));
     let signed = signed(app, call, "POST", &path, true).await?;
     run(app, call, &path, signed, |mut s, running| async move {
@@ -481,7 +483,7 @@ pub async fn refund(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
         let (inner, _) = s.inner.take().unwrap_or_default();
         let checked = (|| {
             let charge = own_charge(app, &s, call.param(0))?;
-            let (amount, reason) = charges::refund_body(&inner)?;
+            let (amount, reason) = crate::request::refund_body(&inner)?;
             Ok((charge, amount, reason))
         })();
         let (charge, amount, reason) = match checked {
@@ -489,7 +491,7 @@ pub async fn refund(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
             Err(e) => return fail(app, nonce, running.as_ref(), e, call.now).await,
         };
         let result = charges::refund(
-            app,
+            &app.charges,
             &charge.charge_id,
             amount,
             reason,
@@ -505,7 +507,7 @@ pub async fn refund(app: &App, call: &Call<'_>) -> Result<Value, ApiError> {
 }
 
 /// `POST /pos/charge/{id}/cancel` and `…/reverse` (empty body).
-pub async fn cancel(app: &App, call: &Call<'_>, verb: &str) -> Result<Value, ApiError> {
+pub async fn cancel(app: &Services, call: &Call<'_>, verb: &str) -> Result<Value, ApiError> {
     let path = format!("/pos/charge/{}/{verb}", call.param(0));
     let signed = signed(app, call, "POST", &path, false).await?;
     run(app, call, &path, signed, |mut s, running| async move {
@@ -515,7 +517,7 @@ pub async fn cancel(app: &App, call: &Call<'_>, verb: &str) -> Result<Value, Api
             Err(e) => return fail(app, nonce, running.as_ref(), e, call.now).await,
         };
         let result = charges::cancel(
-            app,
+            &app.charges,
             &charge.charge_id,
             nonce.into_iter().collect(),
             running.as_ref(),

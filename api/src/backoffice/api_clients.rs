@@ -1,0 +1,68 @@
+//! A merchant's API clients: the secret is shown once, kept salted and hashed.
+
+use super::*;
+
+/// `POST /merchants/{id}/api-clients`: the secret is in this answer and nowhere else.
+pub async fn api_client_create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
+    let obj = if call.body.is_empty() {
+        Map::new()
+    } else {
+        input::object(&call.body)?
+    };
+    let mut input = Input::new(&obj);
+    let name = input.opt_text("name", NAME_MAX);
+    input.finish()?;
+    let secret = ids::random_alnum(48)?;
+    let salt = ids::random_bytes::<16>()?;
+    let c = ApiClient {
+        client_id: ids::prefixed("cli_")?,
+        merchant_id: m.id,
+        name,
+        salt: hex::encode_upper(salt),
+        secret_hash: hex::encode_upper(secret_hash(&salt, &secret)),
+        failures: 0,
+        locked_until: 0,
+        created_at: call.now,
+    };
+    app.db
+        .commit(
+            vec![db::absent::<ApiClient>(&c.client_id), db::put(&c)?],
+            conflict("client exists"),
+        )
+        .await?;
+    let mut out = c.to_json();
+    if let Some(map) = out.as_object_mut() {
+        map.insert("client_secret".into(), secret.into());
+    }
+    Ok(out)
+}
+
+/// `GET /merchants/{id}/api-clients`.
+pub fn api_client_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let m = merchant(app, call.who()?, call.param(0), Action::Read)?;
+    let (limit, after) = call.page()?;
+    let page = app
+        .db
+        .page::<ApiClient>("api_clients", &m.id, after, limit)?;
+    let items = page.items.iter().map(ApiClient::to_json).collect();
+    Ok(list(items, page.has_more, "client_id"))
+}
+
+/// `DELETE /merchants/{id}/api-clients/{client_id}`: its tokens stop working at once.
+pub async fn api_client_delete(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
+    let c = child(app, call.param(1), ids::is_client_id, |c: &ApiClient| {
+        c.merchant_id == m.id
+    })?;
+    app.db
+        .commit(
+            vec![
+                db::delete::<ApiClient>(&c.client_id),
+                db::delete::<Session>(&c.client_id),
+            ],
+            conflict("changed"),
+        )
+        .await?;
+    Ok(deleted(&c.client_id, "api_client"))
+}

@@ -1,0 +1,435 @@
+//! The charge endpoints of the backoffice (contract sections 8 and 9): keyed card charges,
+//! retrieval and lists, refunds, cancels, settlements and the transactions list. Each handler
+//! authorises the caller, reads its body, and hands the work to the engine in
+//! `domain::charges` (or `domain::settlement`).
+
+use std::future::Future;
+
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use crate::auth::authz::{Action, Principal, Scope, authorize};
+use crate::domain::charges::{self, CardInput, Charge, NewCharge, Refund, Txn, check_total};
+use crate::domain::idem::{self, Begin, Running};
+use crate::domain::model::Merchant;
+use crate::domain::processor::{self, Pan};
+use crate::domain::settlement::{self, Settlement};
+use crate::error::{ApiError, Code};
+use crate::request::Services;
+use crate::request::{Call, list};
+use crate::wire::ids;
+use crate::wire::input::{self, Input};
+
+fn merchant_of_call(
+    app: &Services,
+    p: &Principal,
+    given: Option<&str>,
+    action: Action,
+) -> Result<Merchant, ApiError> {
+    let id = match (&p.scope, given) {
+        (_, Some(id)) => id.to_owned(),
+        (Scope::Merchant(m), None) => m.clone(),
+        _ => {
+            return Err(ApiError::field(
+                "merchant_id",
+                "required for callers above a merchant",
+            ));
+        }
+    };
+    crate::backoffice::merchant(app, p, &id, action)
+}
+
+/// Runs a keyed request through the idempotency table: a replay answers the kept answer.
+pub async fn keyed<'a, F, Fut>(
+    app: &'a Services,
+    call: &Call<'_>,
+    scope: &str,
+    path: &str,
+    request: &[u8],
+    run: F,
+) -> Result<Value, ApiError>
+where
+    F: FnOnce(Option<Running<'a>>) -> Fut,
+    Fut: Future<Output = Result<Value, ApiError>>,
+{
+    let Some(key) = idem::key_header(call.headers)? else {
+        return run(None).await;
+    };
+    match app
+        .idempotency
+        .begin(&app.db, scope, "POST", path, key, request, call.now)?
+    {
+        Begin::Replay(kept) if kept.status < 300 => Ok(kept.body),
+        Begin::Replay(kept) => Err(ApiError::from_stored(&kept.body)),
+        Begin::Run(running) => run(Some(running)).await,
+    }
+}
+
+/// `POST /charges`.
+pub async fn create_backoffice(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let obj = input::object(&call.body)?;
+    let path = "/charges";
+    let scope = p.sub.clone();
+    let request = if idem::key_header(call.headers)?.is_some() {
+        card_request_fingerprint(app, &obj).await?
+    } else {
+        String::new()
+    };
+    keyed(
+        app,
+        call,
+        &scope,
+        path,
+        request.as_bytes(),
+        |running| async move {
+            let result = create_backoffice_inner(app, call, p, &obj, running.as_ref()).await;
+            if let (Err(e), Some(r)) = (&result, &running)
+                && idem::is_final(e)
+                && e.code() != Code::ProcessorFailed
+            {
+                let _ = app
+                    .db
+                    .commit(
+                        vec![r.keep_error(e, call.now)?],
+                        ApiError::new(Code::Conflict, "x"),
+                    )
+                    .await;
+            }
+            result
+        },
+    )
+    .await
+}
+
+/// What an `Idempotency-Key` compares for `POST /charges`: keyd's keyed fingerprint of the
+/// body without the CVC.
+///
+/// A plain hash of the body would let anyone holding the database recover the card from it
+/// (with the BIN and last four digits beside it, about 10^10 guesses), and nothing derived from
+/// a CVC may outlive the authorisation (PCI DSS 3.3.1): so the CVC never enters the value, and
+/// the rest is keyed by a key only keyd holds. Two requests that differ only in their CVC are
+/// therefore the same request.
+async fn card_request_fingerprint(
+    app: &Services,
+    obj: &Map<String, Value>,
+) -> Result<String, ApiError> {
+    let mut without_cvc = obj.clone();
+    if let Some(Value::Object(card)) = without_cvc.get_mut("card") {
+        card.remove("cvc");
+    }
+    let bytes =
+        Zeroizing::new(serde_json::to_vec(&without_cvc).map_err(|e| ApiError::internal(&e))?);
+    crate::keyd::ops::request_fingerprint(&app.keyd, &bytes).await
+}
+
+async fn create_backoffice_inner(
+    app: &Services,
+    call: &Call<'_>,
+    p: &Principal,
+    obj: &Map<String, Value>,
+    running: Option<&Running<'_>>,
+) -> Result<Value, ApiError> {
+    let mut input = Input::new(obj);
+    let merchant_id = input.opt_matching("merchant_id", ids::is_uuid, "a merchant id");
+    let amount = input.money("amount", true, false, None);
+    let currency = amount.as_ref().map(|a| a.currency.clone());
+    let tip = input.money("tip", false, true, currency.as_deref());
+    let card = input.nested("card", true, |c| {
+        let number = c.matching(
+            "number",
+            processor::luhn_ok,
+            "a card number passing the Luhn check",
+        );
+        let month = c.int("exp_month", 1..=12);
+        let year = c.int("exp_year", 2000..=2099);
+        c.matching(
+            "cvc",
+            |v| (3..=4).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()),
+            "3 or 4 digits",
+        );
+        Some((
+            Zeroizing::new(number?),
+            u8::try_from(month?).ok()?,
+            u16::try_from(year?).ok()?,
+        ))
+    });
+    let location_id = input.opt_matching("location_id", ids::is_uuid, "a location id");
+    let description = input.opt_text("description", 500);
+    let metadata = input.opt_object("metadata");
+    if let Some(m) = &metadata
+        && (m.len() > 20
+            || m.iter()
+                .any(|(k, v)| k.len() > 40 || v.as_str().is_none_or(|s| s.len() > 500)))
+    {
+        input.fail("metadata", "at most 20 string pairs");
+    }
+    input.finish()?;
+    let merchant = merchant_of_call(app, p, merchant_id.as_deref(), Action::Operate)?;
+    let amount = amount.ok_or_else(|| ApiError::field("amount", "required"))?;
+    check_total(&amount, tip.as_ref())?;
+    if amount.currency != merchant.currency {
+        return Err(ApiError::field(
+            "amount.currency",
+            "must be the merchant's currency",
+        ));
+    }
+    if let Some(l) = &location_id {
+        crate::domain::model::check_location(&app.db, &merchant.id, l)?;
+    }
+    let (number, exp_month, exp_year) = card.ok_or_else(|| ApiError::field("card", "required"))?;
+    let fingerprint = crate::keyd::ops::pan_fingerprint(&app.keyd, &number).await?;
+    let charge = charges::create(
+        &app.charges,
+        NewCharge {
+            merchant,
+            amount,
+            tip,
+            card: CardInput {
+                pan: Pan::new(number.to_string()),
+                exp_month,
+                exp_year,
+                fingerprint,
+                entry_mode: "manual".into(),
+            },
+            reference: None,
+            description,
+            metadata: metadata.unwrap_or_default(),
+            location_id,
+            terminal_id: None,
+        },
+        Vec::new(),
+        running,
+        call.now,
+    )
+    .await?;
+    Ok(charge.to_json())
+}
+
+fn visible_charge(
+    app: &Services,
+    p: &Principal,
+    id: &str,
+    action: Action,
+) -> Result<Charge, ApiError> {
+    if !ids::is_prefixed(id, "ch_", 20) {
+        return Err(ApiError::not_found());
+    }
+    let c: Charge = app.db.find(id)?;
+    authorize(p, action, &c.tenancy())?;
+    Ok(c)
+}
+
+/// `GET /charges/{id}`.
+pub fn get_backoffice(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    Ok(visible_charge(app, call.who()?, call.param(0), Action::Read)?.to_json())
+}
+
+/// `GET /charges`.
+pub fn list_backoffice(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let merchant = merchant_of_call(app, p, call.query("merchant_id"), Action::Read)?;
+    let (limit, after) = call.page()?;
+    let page = app
+        .db
+        .page_filtered::<Txn>("transactions", &merchant.id, after, limit, |t| {
+            matches!(t, Txn::Charge(_))
+        })?;
+    let items = page
+        .items
+        .iter()
+        .filter_map(|t| match t {
+            Txn::Charge(c) => Some(c.to_json()),
+            Txn::Refund(_) => None,
+        })
+        .collect();
+    Ok(list(items, page.has_more, "charge_id"))
+}
+
+/// `POST /charges/{id}/refund`.
+pub async fn refund_backoffice(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let charge = visible_charge(app, p, call.param(0), Action::Operate)?;
+    let obj = if call.body.is_empty() {
+        Map::new()
+    } else {
+        input::object(&call.body)?
+    };
+    let path = format!("/charges/{}/refund", charge.charge_id);
+    keyed(app, call, &p.sub, &path, &call.body, |running| async move {
+        let (amount, reason) = match crate::request::refund_body(&obj) {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some(r) = &running {
+                    let _ = app
+                        .db
+                        .commit(
+                            vec![r.keep_error(&e, call.now)?],
+                            ApiError::new(Code::Conflict, "x"),
+                        )
+                        .await;
+                }
+                return Err(e);
+            }
+        };
+        charges::refund(
+            &app.charges,
+            &charge.charge_id,
+            amount,
+            reason,
+            Vec::new(),
+            running.as_ref(),
+            call.now,
+        )
+        .await
+        .map(|r| r.to_json())
+    })
+    .await
+}
+
+/// `POST /charges/{id}/cancel`.
+pub async fn cancel_backoffice(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let charge = visible_charge(app, p, call.param(0), Action::Operate)?;
+    let path = format!("/charges/{}/cancel", charge.charge_id);
+    keyed(app, call, &p.sub, &path, &call.body, |running| async move {
+        charges::cancel(
+            &app.charges,
+            &charge.charge_id,
+            Vec::new(),
+            running.as_ref(),
+            call.now,
+        )
+        .await
+        .map(|c| c.to_json())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settlements and transactions.
+
+/// `POST /merchants/{id}/settlements`: closes the batch.
+pub async fn settle(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::ManageMerchant)?;
+    Ok(settlement::settle(&app.charges, &merchant, call.now)
+        .await?
+        .to_json())
+}
+
+/// `GET /merchants/{id}/settlements`.
+pub fn settlements(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read)?;
+    let (limit, after) = call.page()?;
+    let page = app
+        .db
+        .page::<Settlement>("settlements", &merchant.id, after, limit)?;
+    let items = page.items.iter().map(Settlement::to_json).collect();
+    Ok(list(items, page.has_more, "settlement_id"))
+}
+
+/// `GET /merchants/{id}/transactions`.
+pub fn transactions(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read)?;
+    let (limit, after) = call.page()?;
+    let time = |name: &str| -> Result<Option<i64>, ApiError> {
+        call.query(name)
+            .map(|t| {
+                crate::wire::time::parse_rfc3339(t)
+                    .ok_or_else(|| ApiError::field(name, "an RFC 3339 time"))
+            })
+            .transpose()
+    };
+    let (from, to) = (time("from")?, time("to")?);
+    let status = call.query("status").map(str::to_owned);
+    let location = call.query("location_id").map(str::to_owned);
+    let terminal = call.query("terminal_id").map(str::to_owned);
+    // The cursor may name a charge or a refund.
+    let after = match after {
+        Some(id) if ids::is_prefixed(id, "re_", 20) => {
+            if app.db.seq::<Refund>(id)?.is_none() {
+                return Err(ApiError::field("starting_after", "unknown cursor"));
+            }
+            Some(id)
+        }
+        other => other,
+    };
+    let page = match after {
+        Some(id) if id.starts_with("re_") => {
+            let seq = app.db.seq::<Refund>(id)?.unwrap_or_default();
+            app.db
+                .page_before::<Txn>("transactions", &merchant.id, seq, limit, |t| {
+                    keep_txn(
+                        t,
+                        status.as_deref(),
+                        from,
+                        to,
+                        location.as_deref(),
+                        terminal.as_deref(),
+                    )
+                })?
+        }
+        _ => app
+            .db
+            .page_filtered::<Txn>("transactions", &merchant.id, after, limit, |t| {
+                keep_txn(
+                    t,
+                    status.as_deref(),
+                    from,
+                    to,
+                    location.as_deref(),
+                    terminal.as_deref(),
+                )
+            })?,
+    };
+    let items = page.items.iter().map(Txn::item).collect();
+    Ok(list(items, page.has_more, "id"))
+}
+
+fn keep_txn(
+    t: &Txn,
+    status: Option<&str>,
+    from: Option<i64>,
+    to: Option<i64>,
+    location: Option<&str>,
+    terminal: Option<&str>,
+) -> bool {
+    let (created, loc, term) = match t {
+        Txn::Charge(c) => (
+            c.created_at,
+            c.location_id.as_deref(),
+            c.terminal_id.as_deref(),
+        ),
+        Txn::Refund(r) => (
+            r.created_at,
+            r.location_id.as_deref(),
+            r.terminal_id.as_deref(),
+        ),
+    };
+    status.is_none_or(|s| s == t.status())
+        && from.is_none_or(|f| created >= f)
+        && to.is_none_or(|x| created < x)
+        && location.is_none_or(|l| loc == Some(l))
+        && terminal.is_none_or(|x| term == Some(x))
+}
+
+/// `GET /merchants/{id}/transactions/{id}`.
+pub fn transaction(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read)?;
+    let id = call.param(1);
+    let txn = if ids::is_prefixed(id, "re_", 20) {
+        app.db.get::<Refund>(id)?.map(|r| Txn::Refund(Box::new(r)))
+    } else if ids::is_prefixed(id, "ch_", 20) {
+        app.db.get::<Charge>(id)?.map(|c| Txn::Charge(Box::new(c)))
+    } else {
+        None
+    };
+    match txn {
+        Some(t) if t.merchant() == merchant.id => Ok(t.item()),
+        _ => Err(ApiError::not_found()),
+    }
+}

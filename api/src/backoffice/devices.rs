@@ -1,0 +1,246 @@
+//! A merchant's devices: registration with a keyd-made identity key, disable and
+//! enable, identity-key rotation, key-set rotation, terminal-parameter overrides.
+
+use super::*;
+
+/// `POST /merchants/{id}/devices`: the identity key is made in keyd; its secret is in this
+/// answer and nowhere else.
+pub async fn device_create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
+    let obj = input::object(&call.body)?;
+    let mut input = Input::new(&obj);
+    let device_id = input.matching(
+        "device_id",
+        ids::is_device_id,
+        "POS- and 8 upper-case hex digits",
+    );
+    let model = input.text("model", 100);
+    let serial = input.text("serial", 100);
+    let label = input.opt_text("label", 100);
+    let location_id = input.opt_matching("location_id", ids::is_uuid, "a location id");
+    let zone = input.opt_matching("zone", ids::is_zone, "1-64 characters of [0-9A-Za-z_.-]");
+    input.finish()?;
+    let device_id = device_id.unwrap_or_default();
+    if let Some(l) = &location_id {
+        crate::domain::model::check_location(&app.db, &m.id, l)?;
+    }
+    let zone = zone.unwrap_or_else(|| app.config.platform.default_zone.clone());
+    let taken = || conflict("a device with this device_id is already registered");
+    if app.db.owner("device_id", &device_id)?.is_some() {
+        return Err(taken());
+    }
+    // Reserve the id first, so two registrations cannot both reach keyd.
+    app.db
+        .commit(vec![db::claim("device_id", &device_id, &m.id)], taken())
+        .await?;
+    let identity = match crate::keyd::ops::register_device(&app.keyd, &device_id, &zone).await {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = app
+                .db
+                .commit(vec![db::release("device_id", &device_id)], taken())
+                .await;
+            return Err(e);
+        }
+    };
+    let d = Device {
+        device_id: device_id.clone(),
+        merchant_id: m.id,
+        model: model.unwrap_or_default(),
+        serial: serial.unwrap_or_default(),
+        label,
+        location_id,
+        zone,
+        status: DeviceStatus::Inactive,
+        terminal_id: None,
+        identity_key_id: identity.key_id.clone(),
+        identity_kcv: identity.kcv.clone(),
+        rotate_keys: false,
+        terminal_parameters: None,
+        auth_epoch: 0,
+        key_set: None,
+        previous_key_set: None,
+        pairing_code: None,
+        pairing_issued: Vec::new(),
+        created_at: call.now,
+        updated_at: call.now,
+        activated_at: None,
+    };
+    app.db
+        .commit(
+            vec![db::absent::<Device>(&device_id), db::put(&d)?],
+            taken(),
+        )
+        .await?;
+    Ok(json!({"device": d.to_json(), "identity_key": identity.to_json()}))
+}
+
+fn device(app: &Services, call: &Call<'_>, action: Action) -> Result<Device, ApiError> {
+    let m = merchant(app, call.who()?, call.param(0), action)?;
+    child(app, call.param(1), ids::is_device_id, |d: &Device| {
+        d.merchant_id == m.id
+    })
+}
+
+/// `GET /merchants/{id}/devices`.
+pub fn device_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let m = merchant(app, call.who()?, call.param(0), Action::Read)?;
+    let (limit, after) = call.page()?;
+    let page = app.db.page::<Device>("devices", &m.id, after, limit)?;
+    let items = page.items.iter().map(Device::to_json).collect();
+    Ok(list(items, page.has_more, "device_id"))
+}
+
+/// `GET /merchants/{id}/devices/{device_id}`.
+pub fn device_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    Ok(device(app, call, Action::Read)?.to_json())
+}
+
+/// `PATCH /merchants/{id}/devices/{device_id}`.
+pub async fn device_patch(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let d = device(app, call, Action::ManageMerchant)?;
+    let obj = input::object(&call.body)?;
+    let mut input = Input::new(&obj);
+    let model = input.opt_text("model", 100);
+    let serial = input.opt_text("serial", 100);
+    let label_given = obj.contains_key("label");
+    let label = input.opt_text("label", 100);
+    let location_given = obj.contains_key("location_id");
+    let location_id = input.opt_matching("location_id", ids::is_uuid, "a location id");
+    for fixed in ["device_id", "zone", "device_status", "terminal_id"] {
+        if obj.contains_key(fixed) {
+            input.fail(fixed, "cannot be changed here");
+        }
+    }
+    input.finish()?;
+    if let Some(l) = &location_id {
+        crate::domain::model::check_location(&app.db, &d.merchant_id, l)?;
+    }
+    let now = call.now;
+    let updated = app
+        .db
+        .update::<Device>(&d.device_id, |d| {
+            set(&mut d.model, &model);
+            set(&mut d.serial, &serial);
+            if label_given {
+                d.label.clone_from(&label);
+            }
+            if location_given {
+                d.location_id.clone_from(&location_id);
+            }
+            d.updated_at = now;
+            Ok(Vec::new())
+        })
+        .await?;
+    Ok(updated.to_json())
+}
+
+/// `POST …/disable`: the record first (every POS call checks it), then keyd drops the working
+/// keys. Disabling again answers the device again and repeats the revocation.
+pub async fn device_disable(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let d = device(app, call, Action::ManageMerchant)?;
+    let now = call.now;
+    let updated = app
+        .db
+        .update::<Device>(&d.device_id, |d| {
+            if d.status != DeviceStatus::Disabled {
+                d.status = DeviceStatus::Disabled;
+                d.auth_epoch += 1;
+                d.updated_at = now;
+            }
+            // keyd revokes the sets; the record forgets them, so the next delivery makes anew.
+            d.key_set = None;
+            d.previous_key_set = None;
+            Ok(Vec::new())
+        })
+        .await?;
+    crate::keyd::ops::revoke_key_sets(&app.keyd, &d.device_id).await?;
+    Ok(updated.to_json())
+}
+
+/// `POST …/enable`: back to `inactive` with keys and tokens revoked; the terminal id stays.
+pub async fn device_enable(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let d = device(app, call, Action::ManageMerchant)?;
+    if d.status != DeviceStatus::Disabled {
+        return Err(ApiError::new(
+            Code::DeviceState,
+            "only a disabled device can be enabled",
+        ));
+    }
+    crate::keyd::ops::revoke_key_sets(&app.keyd, &d.device_id).await?;
+    let now = call.now;
+    let updated = app
+        .db
+        .update::<Device>(&d.device_id, |d| {
+            if d.status != DeviceStatus::Disabled {
+                return Err(ApiError::new(
+                    Code::DeviceState,
+                    "only a disabled device can be enabled",
+                ));
+            }
+            d.status = DeviceStatus::Inactive;
+            d.auth_epoch += 1;
+            d.activated_at = None;
+            d.key_set = None;
+            d.previous_key_set = None;
+            d.updated_at = now;
+            Ok(Vec::new())
+        })
+        .await?;
+    Ok(updated.to_json())
+}
+
+/// `POST …/identity-keys`: a new identity key; the old one stops verifying at once.
+pub async fn device_identity_key(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let d = device(app, call, Action::ManageMerchant)?;
+    let identity = crate::keyd::ops::rotate_identity(&app.keyd, &d.device_id).await?;
+    let now = call.now;
+    let (key_id, kcv) = (identity.key_id.clone(), identity.kcv.clone());
+    app.db
+        .update::<Device>(&d.device_id, |d| {
+            d.identity_key_id.clone_from(&key_id);
+            d.identity_kcv.clone_from(&kcv);
+            d.updated_at = now;
+            Ok(Vec::new())
+        })
+        .await?;
+    let mut out = identity.to_json();
+    if let Some(map) = out.as_object_mut() {
+        map.insert("device_id".into(), d.device_id.into());
+    }
+    Ok(out)
+}
+
+/// `POST …/rotate-keys`: the next key delivery makes a new set.
+pub async fn device_rotate_keys(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let d = device(app, call, Action::ManageMerchant)?;
+    let now = call.now;
+    let updated = app
+        .db
+        .update::<Device>(&d.device_id, |d| {
+            d.rotate_keys = true;
+            d.updated_at = now;
+            Ok(Vec::new())
+        })
+        .await?;
+    let mut out = updated.to_json();
+    if let Some(map) = out.as_object_mut() {
+        map.insert("key_rotation".into(), "scheduled".into());
+    }
+    Ok(out)
+}
+
+/// `PUT …/devices/{device_id}/terminal-parameters`.
+pub async fn device_parameters(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let d = device(app, call, Action::ManageMerchant)?;
+    let params = input::object(&call.body)?;
+    let now = call.now;
+    app.db
+        .update::<Device>(&d.device_id, |d| {
+            d.terminal_parameters = Some(params.clone());
+            d.updated_at = now;
+            Ok(Vec::new())
+        })
+        .await?;
+    Ok(Value::Object(params))
+}

@@ -1,0 +1,171 @@
+//! Resellers: create, list, get, patch, delete, and the hierarchy with counts.
+
+use super::*;
+
+/// `POST /resellers`.
+pub async fn reseller_create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let obj = input::object(&call.body)?;
+    let mut input = Input::new(&obj);
+    let name = input.text("name", NAME_MAX);
+    let parent_id = input.opt_matching("parent_id", ids::is_uuid, "a reseller id");
+    input.finish()?;
+    let ancestors = match &parent_id {
+        Some(parent) => {
+            let parent = reseller(app, p, parent, Action::ManageReseller)?;
+            if parent.ancestors.len() >= MAX_DEPTH - 1 {
+                return Err(ApiError::field(
+                    "parent_id",
+                    "resellers nest at most 32 levels deep",
+                ));
+            }
+            parent.tenancy().resellers
+        }
+        None => {
+            allow(p, Action::ManagePlatform)?;
+            Vec::new()
+        }
+    };
+    let record = Reseller {
+        id: ids::uuid()?,
+        name: name.unwrap_or_default(),
+        parent_id,
+        ancestors,
+        branding: None,
+        portal_hosts: Vec::new(),
+        created_at: call.now,
+        updated_at: call.now,
+    };
+    app.db
+        .commit(
+            vec![db::absent::<Reseller>(&record.id), db::put(&record)?],
+            conflict("reseller exists"),
+        )
+        .await?;
+    Ok(record.to_json())
+}
+
+/// `GET /resellers`.
+pub fn reseller_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    allow(p, Action::Read)?;
+    let (limit, after) = call.page()?;
+    let page = match tree_scope(p)? {
+        None => app.db.page::<Reseller>("resellers", "", after, limit)?,
+        Some(r) => app.db.page::<Reseller>("reseller_tree", r, after, limit)?,
+    };
+    let items = page.items.iter().map(Reseller::to_json).collect();
+    Ok(list(items, page.has_more, "id"))
+}
+
+/// `GET /resellers/{id}`.
+pub fn reseller_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    Ok(reseller(app, call.who()?, call.param(0), Action::Read)?.to_json())
+}
+
+/// `PATCH /resellers/{id}`.
+pub async fn reseller_patch(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let current = reseller(app, p, call.param(0), Action::ManageReseller)?;
+    let obj = input::object(&call.body)?;
+    let mut input = Input::new(&obj);
+    let name = input.opt_text("name", NAME_MAX);
+    if obj.contains_key("parent_id") && obj.get("parent_id") != Some(&json!(current.parent_id)) {
+        input.fail("parent_id", "a reseller cannot be moved");
+    }
+    input.finish()?;
+    let now = call.now;
+    let updated = app
+        .db
+        .update::<Reseller>(&current.id, |r| {
+            if let Some(n) = &name {
+                r.name.clone_from(n);
+            }
+            r.updated_at = now;
+            Ok(Vec::new())
+        })
+        .await?;
+    Ok(updated.to_json())
+}
+
+/// `DELETE /resellers/{id}`: refused while it has merchants or sub-resellers.
+pub async fn reseller_delete(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let r = reseller(app, p, call.param(0), Action::ManageReseller)?;
+    if p.scope == Scope::Reseller(r.id.clone()) {
+        return Err(ApiError::new(
+            Code::Forbidden,
+            "a reseller admin cannot delete its own reseller",
+        ));
+    }
+    let children = app
+        .db
+        .page::<Reseller>("reseller_children", &r.id, None, 1)?;
+    let merchants = app.db.page::<Merchant>("merchant_tree", &r.id, None, 1)?;
+    if !children.items.is_empty() || !merchants.items.is_empty() {
+        return Err(conflict(
+            "the reseller still has merchants or sub-resellers",
+        ));
+    }
+    let mut writes = vec![db::delete::<Reseller>(&r.id)];
+    for host in &r.portal_hosts {
+        writes.push(db::release("portal_host", host));
+    }
+    for t in app.db.all::<FeeTemplate>("fee_templates", &r.id)? {
+        writes.push(db::delete::<FeeTemplate>(&t.id));
+    }
+    for u in app.db.all::<User>("users", &r.id)? {
+        writes.push(db::release("user_sub", &u.idp_subject));
+        writes.push(db::delete::<User>(&u.id));
+        writes.push(db::delete::<Session>(&u.idp_subject));
+    }
+    app.db.commit(writes, conflict("reseller changed")).await?;
+    Ok(deleted(&r.id, "reseller"))
+}
+
+/// `GET /resellers/{id}/hierarchy`: the subtree with merchant and device counts.
+pub fn reseller_hierarchy(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let root = reseller(app, p, call.param(0), Action::Read)?;
+    tree_scope(p)?;
+    Ok(hierarchy_node(app, &root, 0)?.0)
+}
+
+/// One node: (json, merchants below, devices below).
+fn hierarchy_node(
+    app: &Services,
+    r: &Reseller,
+    depth: usize,
+) -> Result<(Value, u64, u64), ApiError> {
+    if depth > MAX_DEPTH {
+        return Err(ApiError::internal(&"reseller tree deeper than 32"));
+    }
+    let mut merchant_count = 0u64;
+    let mut device_count = 0u64;
+    let mut merchants = Vec::new();
+    for m in app.db.all::<Merchant>("merchant_tree", &r.id)? {
+        if m.reseller_id != r.id {
+            continue;
+        }
+        let devices = app.db.all::<Device>("devices", &m.id)?.len() as u64;
+        merchant_count += 1;
+        device_count += devices;
+        merchants.push(json!({"id": m.id, "name": m.name, "device_count": devices}));
+    }
+    let mut resellers = Vec::new();
+    for child in app.db.all::<Reseller>("reseller_children", &r.id)? {
+        let (node, m, d) = hierarchy_node(app, &child, depth + 1)?;
+        merchant_count += m;
+        device_count += d;
+        resellers.push(node);
+    }
+    Ok((
+        json!({
+            "id": r.id, "name": r.name, "parent_id": r.parent_id,
+            "merchant_count": merchant_count, "device_count": device_count,
+            "resellers": resellers, "merchants": merchants,
+        }),
+        merchant_count,
+        device_count,
+    ))
+}

@@ -1,0 +1,158 @@
+//! Sessions and API-client credentials (contract section 3): `POST /session/initiate`,
+//! `POST /client/session` and its alias `POST /auth/token`.
+
+use super::*;
+
+/// `POST /session/initiate`.
+pub async fn session_initiate(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let p = call.who()?;
+    let obj = input::object(&call.body)?;
+    let mut input = Input::new(&obj);
+    let host = input.matching("host", valid_host, "a host name");
+    input.finish()?;
+    let host = host.unwrap_or_default().to_ascii_lowercase();
+    let host_reseller = if app.config.platform.hosts.contains(&host) {
+        None
+    } else {
+        let id = app
+            .db
+            .owner("portal_host", &host)?
+            .ok_or_else(ApiError::not_found)?;
+        let reseller: Reseller = app.db.find(&id)?;
+        // A reseller's portal serves only its own subtree.
+        let inside = match &p.scope {
+            Scope::Platform => true,
+            Scope::Reseller(r) => {
+                reseller.tenancy().resellers.contains(r) || {
+                    let mine: Reseller = app.db.find(r)?;
+                    mine.ancestors.contains(&reseller.id)
+                }
+            }
+            Scope::Merchant(m) => {
+                let merchant: Merchant = app.db.find(m)?;
+                merchant.resellers.contains(&reseller.id)
+            }
+        };
+        if !inside {
+            return Err(ApiError::not_found());
+        }
+        Some(reseller.id)
+    };
+    let (own_reseller, merchant_id) = match &p.scope {
+        Scope::Platform => (None, None),
+        Scope::Reseller(r) => (Some(r.clone()), None),
+        Scope::Merchant(m) => {
+            let merchant: Merchant = app.db.find(m)?;
+            (Some(merchant.reseller_id), Some(m.clone()))
+        }
+    };
+    let session = Session {
+        sub: p.sub.clone(),
+        session_id: ids::prefixed("ses_")?,
+        expires_at: p.token_exp,
+        host,
+        reseller_id: host_reseller.or(own_reseller),
+        merchant_id,
+    };
+    app.db
+        .commit(vec![db::put(&session)?], conflict("session"))
+        .await?;
+    Ok(json!({
+        "session_id": session.session_id,
+        "user": {"id": p.user_id.as_deref().unwrap_or(&p.sub), "email": p.email, "roles": p.roles},
+        "reseller_id": session.reseller_id,
+        "merchant_id": session.merchant_id,
+        "channel": "web",
+        "application": "backoffice",
+        "expires_at": crate::wire::time::rfc3339(session.expires_at),
+    }))
+}
+
+/// API-client tokens live an hour (contract section 3: `expires_in` 3600).
+const CLIENT_TOKEN_SECS: i64 = 3600;
+/// Failed attempts in a row that lock an API client.
+const LOCK_AFTER: u32 = 10;
+/// How long the lock lasts.
+const LOCK_SECS: i64 = 30 * 60;
+
+/// `POST /client/session` and `POST /auth/token`.
+pub async fn client_session(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+    let obj = input::object(&call.body)?;
+    let mut input = Input::new(&obj);
+    let client_id = input.text("client_id", 64);
+    let secret = input.text("client_secret", 256);
+    input.finish()?;
+    let (client_id, secret) = (client_id.unwrap_or_default(), secret.unwrap_or_default());
+    let bad = || ApiError::new(Code::ClientCredentials, "client credentials invalid");
+    let locked = |until: i64| {
+        ApiError::new(Code::ClientLocked, "client locked after repeated failures")
+            .with_retry_after(u64::try_from(until - call.now).unwrap_or(1).max(1))
+    };
+    if !ids::is_client_id(&client_id) {
+        return Err(bad());
+    }
+    let Some(client) = app.db.get::<ApiClient>(&client_id)? else {
+        return Err(bad());
+    };
+    if client.locked_until > call.now {
+        return Err(locked(client.locked_until));
+    }
+    let good = secret_matches(&client, &secret);
+    let now = call.now;
+    let updated = app
+        .db
+        .update::<ApiClient>(&client_id, |c| {
+            if good {
+                c.failures = 0;
+            } else {
+                c.failures = c.failures.saturating_add(1);
+                if c.failures >= LOCK_AFTER {
+                    c.failures = 0;
+                    c.locked_until = now + LOCK_SECS;
+                }
+            }
+            Ok(Vec::new())
+        })
+        .await?;
+    if !good {
+        tracing::info!(client_id = %client_id, "API client authentication failed");
+        return Err(if updated.locked_until > now {
+            locked(updated.locked_until)
+        } else {
+            bad()
+        });
+    }
+    let (token, exp) = app.auth.mint_for(
+        CLIENT_TOKEN_SECS,
+        &client_id,
+        &[Role::MerchantAdmin.as_str()],
+        now,
+        Some(json!({"merchant_id": client.merchant_id})),
+    )?;
+    let session = Session {
+        sub: client_id.clone(),
+        session_id: ids::prefixed("ses_")?,
+        expires_at: exp,
+        host: String::new(),
+        reseller_id: None,
+        merchant_id: Some(client.merchant_id.clone()),
+    };
+    app.db
+        .commit(vec![db::put(&session)?], conflict("session"))
+        .await?;
+    Ok(json!({
+        "access_token": token, "token_type": "Bearer", "expires_in": CLIENT_TOKEN_SECS,
+        "session_id": session.session_id, "merchant_id": client.merchant_id,
+    }))
+}
+
+pub(super) fn secret_matches(client: &ApiClient, secret: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let (Some(salt), Some(want)) = (
+        hex::decode(&client.salt).ok(),
+        hex::decode(&client.secret_hash).ok(),
+    ) else {
+        return false;
+    };
+    bool::from(secret_hash(&salt, secret).as_slice().ct_eq(&want))
+}

@@ -1,0 +1,11 @@
+//! What the platform does, apart from how it is asked: the records and their tenancy, the
+//! charge engine with recovery and settlement, idempotency, per-object locks, and the payment
+//! processor behind its trait.
+
+pub mod charges;
+pub mod idem;
+pub mod locks;
+pub mod model;
+pub mod processor;
+pub mod replay;
+pub mod settlement;

@@ -1,0 +1,232 @@
+//! Settlement (contract section 8): a batch closes a merchant's approved charges.
+//!
+//! A batch holds the lock of every charge it settles (refunds and cancels hold their charge's
+//! lock across the processor call and the commit), so it sees and writes each charge's latest
+//! state, and two concurrent batches never settle one charge twice.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::domain::charges::{Charge, ChargeStatus, Engine, Txn};
+use crate::domain::model::{Amount, Merchant};
+use crate::error::{ApiError, Code};
+use crate::store::db::{self, Record};
+use crate::wire::ids;
+use crate::wire::time::rfc3339;
+
+/// A settlement batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settlement {
+    /// `st_…`.
+    pub settlement_id: String,
+    /// Its merchant.
+    pub merchant_id: String,
+    /// Charges settled.
+    pub count: u64,
+    /// Σ (amount + tip − refunded).
+    pub total: Amount,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// When the batch left settleable charges for the next one (its total would have passed
+    /// the 12 digits of the money format): the creation time of the oldest left.
+    #[serde(default)]
+    pub left_from: Option<i64>,
+}
+
+impl Settlement {
+    /// The wire form. `has_more: true` says settleable charges were left for the next batch
+    /// because this one's total would have passed the 12 digits of the money format.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "settlement_id": self.settlement_id, "object": "settlement",
+            "merchant_id": self.merchant_id, "count": self.count,
+            "total": self.total.to_json(), "created_at": rfc3339(self.created_at),
+            "has_more": self.left_from.is_some(),
+        })
+    }
+
+    /// Where the next batch may stop looking back: charges older than this were settled by
+    /// this batch or could not be (still pending), unless this batch left some.
+    fn next_cutoff(&self, margin: i64) -> i64 {
+        let cut = self.created_at - margin;
+        self.left_from.map_or(cut, |left| cut.min(left))
+    }
+}
+
+/// Largest money value (12 digits): a batch's total stops short of it.
+const MAX_MONEY: u64 = 999_999_999_999;
+
+/// The charges one batch takes, oldest first, while the total stays within the money format;
+/// returns them, the total, and the creation time of the oldest charge left out.
+fn fill_batch(mut open: Vec<Charge>) -> (Vec<Charge>, u64, Option<i64>) {
+    open.sort_by(|a, b| (a.created_at, &a.charge_id).cmp(&(b.created_at, &b.charge_id)));
+    let mut total = 0u64;
+    let mut taken = Vec::with_capacity(open.len());
+    let mut left_from: Option<i64> = None;
+    for c in open {
+        let net = c.total().saturating_sub(c.amount_refunded);
+        match total.checked_add(net).filter(|t| *t <= MAX_MONEY) {
+            Some(t) => {
+                total = t;
+                taken.push(c);
+            }
+            None => {
+                left_from = Some(left_from.map_or(c.created_at, |l| l.min(c.created_at)));
+            }
+        }
+    }
+    (taken, total, left_from)
+}
+
+impl Record for Settlement {
+    const KIND: &'static str = "settlement";
+    fn id(&self) -> &str {
+        &self.settlement_id
+    }
+    fn indexes(&self) -> Vec<(String, String)> {
+        vec![("settlements".into(), self.merchant_id.clone())]
+    }
+}
+
+/// How long after a charge was created its outcome can still arrive (seconds): charges older
+/// than the newest by more than this are settled, one way or the other.
+fn outcome_window(engine: &Engine) -> i64 {
+    i64::try_from(engine.timeout.as_secs()).unwrap_or(60) + 120
+}
+
+/// Closes the merchant's batch: every settleable charge (approved or partially refunded, not
+/// yet settled) that fits the money format gets `settled_at`; approved ones become `settled`.
+///
+/// # Errors
+/// 409 if the charges changed under the batch, 503 when storage is down.
+pub async fn settle(
+    engine: &Engine,
+    merchant: &Merchant,
+    now: i64,
+) -> Result<Settlement, ApiError> {
+    // No merchant-wide lock: stripes are never nested (a settle key could share a stripe with a
+    // charge and wait on itself). Holding every candidate's stripe at once (`lock_many`, in
+    // order) serialises concurrent settlements of the same charges; the second finds them
+    // settled when it re-reads.
+    let settleable = |c: &Charge| {
+        c.settled_at.is_none()
+            && matches!(
+                c.status,
+                ChargeStatus::Approved | ChargeStatus::PartiallyRefunded
+            )
+    };
+    // Every charge older than the last batch was settled by it or could not be; only a charge
+    // still pending at that moment (its outcome came later) can be older, hence the margin.
+    let margin = outcome_window(engine);
+    let cutoff = engine
+        .db
+        .page::<Settlement>("settlements", &merchant.id, None, 1)?
+        .items
+        .first()
+        .map(|s| s.next_cutoff(margin));
+    let mut candidates: Vec<String> = Vec::new();
+    engine.db.walk::<Txn>("transactions", &merchant.id, |t| {
+        if let Txn::Charge(c) = t {
+            if cutoff.is_some_and(|cut| c.created_at < cut) {
+                return Ok(false);
+            }
+            if settleable(&c) {
+                candidates.push(c.charge_id);
+            }
+        }
+        Ok(true)
+    })?;
+    // Refunds and cancels hold their charge's lock across the processor call and the commit;
+    // holding every candidate's lock, the batch sees (and writes) each charge's latest state.
+    let _charge_guards = engine.locks.lock_many(&candidates).await;
+    let mut open = Vec::with_capacity(candidates.len());
+    for id in &candidates {
+        if let Some(c) = engine.db.get::<Charge>(id)?.filter(settleable) {
+            open.push(c);
+        }
+    }
+    // A total beyond 12 digits cannot be written as money: the batch takes the oldest charges
+    // that fit and says `has_more`; the next settlement takes the rest.
+    let (open, total, left_from) = fill_batch(open);
+    let mut writes = Vec::with_capacity(open.len() + 1);
+    for c in &open {
+        let mut c = c.clone();
+        c.settled_at = Some(now);
+        if c.status == ChargeStatus::Approved {
+            c.status = ChargeStatus::Settled;
+        }
+        writes.push(db::put(&c)?);
+    }
+    let settlement = Settlement {
+        settlement_id: ids::time_ordered("st_")?,
+        merchant_id: merchant.id.clone(),
+        count: open.len() as u64,
+        total: Amount {
+            value: total,
+            currency: merchant.currency.clone(),
+        },
+        created_at: now,
+        left_from,
+    };
+    writes.push(db::put(&settlement)?);
+    engine
+        .db
+        .commit(
+            writes,
+            ApiError::new(Code::Conflict, "charges changed; try again"),
+        )
+        .await?;
+    Ok(settlement)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn charge(id: &str, status: ChargeStatus, created_at: i64) -> Charge {
+        crate::domain::charges::tests::charge(id, status, created_at)
+    }
+
+    #[test]
+    fn a_batch_never_passes_twelve_digits() {
+        let big = |id: &str, at: i64| {
+            let mut c = charge(id, ChargeStatus::Approved, at);
+            c.amount.value = MAX_MONEY;
+            c
+        };
+        let small = charge("ch_0000000cSMALL00000000000", ChargeStatus::Approved, 30);
+        let (taken, total, left) = fill_batch(vec![
+            big("ch_0000000bBIG200000000000", 20),
+            small.clone(),
+            big("ch_0000000aBIG100000000000", 10),
+        ]);
+        let ids: Vec<_> = taken.iter().map(|c| c.charge_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["ch_0000000aBIG100000000000"],
+            "oldest first, the rest left"
+        );
+        assert_eq!((total, left), (MAX_MONEY, Some(20)));
+        let (taken, total, left) = fill_batch(vec![big("ch_0000000bBIG200000000000", 20), small]);
+        assert_eq!((taken.len(), total, left), (1, MAX_MONEY, Some(30)));
+        let s = Settlement {
+            settlement_id: "st_x".into(),
+            merchant_id: "m".into(),
+            count: 1,
+            total: Amount {
+                value: total,
+                currency: "EUR".into(),
+            },
+            created_at: 1000,
+            left_from: left,
+        };
+        assert_eq!(s.to_json()["has_more"], true);
+        assert_eq!(
+            s.next_cutoff(100),
+            30,
+            "the next batch looks back to what was left"
+        );
+        let (taken, total, left) = fill_batch(Vec::new());
+        assert_eq!((taken.len(), total, left), (0, 0, None));
+    }
+}
