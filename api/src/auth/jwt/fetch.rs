@@ -1,0 +1,128 @@
+//! Fetching a remote JWKS: one GET over hyper's connection API (TLS by rustls, trusting only
+//! the configured CA), bounded in time and size. At most one fetch a minute, so a pooled
+//! client would add nothing.
+
+use super::jwk::{KeySet, parse_jwks};
+use super::*;
+
+/// A TLS client trusting only the CA certificates of `ca_file`.
+pub(super) fn tls_connector(ca_file: &Path) -> Result<TlsConnector, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let shown = ca_file.display();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| format!("JWKS CA file {shown}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("JWKS CA file {shown}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("JWKS CA file {shown}: no certificate"));
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// A remote JWKS endpoint and its fetch bookkeeping.
+pub(super) struct Remote {
+    /// As configured, for logs.
+    pub(super) url: String,
+    pub(super) target: crate::wire::url::Target,
+    /// `None` for http, and for https without a CA file (then fetching fails).
+    pub(super) tls: Option<TlsConnector>,
+    /// When the last fetch was attempted (successful or not). Held during a fetch so
+    /// concurrent refetches coalesce into one.
+    pub(super) last_attempt: Mutex<Option<Instant>>,
+}
+
+impl Remote {
+    /// Fetches and parses the JWKS; a set without any usable key counts as a failure so a
+    /// broken answer never wipes the known keys.
+    pub(super) async fn fetch(&self) -> Result<KeySet, String> {
+        let body = tokio::time::timeout(FETCH_TIMEOUT, self.get())
+            .await
+            .map_err(|_| format!("timed out after {} s", FETCH_TIMEOUT.as_secs()))??;
+        let jwks: Value =
+            serde_json::from_slice(&body).map_err(|e| format!("answer is not JSON: {e}"))?;
+        let keys = parse_jwks(&jwks);
+        if keys.is_empty() {
+            return Err("no usable RS256/ES256 signing key in the JWKS".to_owned());
+        }
+        Ok(keys)
+    }
+
+    pub(super) async fn get(&self) -> Result<Bytes, String> {
+        let target = &self.target;
+        if target.https && self.tls.is_none() {
+            return Err("https JWKS URL but no CA file is configured to verify it".to_owned());
+        }
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(target.path.as_str())
+            .header(header::HOST, target.authority.as_str())
+            .header(header::ACCEPT, "application/json")
+            .header(header::USER_AGENT, "viopay-api")
+            .header(header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request: {e}"))?;
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            Some(connector) if target.https => {
+                let name = rustls_pki_types::ServerName::try_from(target.host.clone())
+                    .map_err(|e| format!("TLS server name: {e}"))?;
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                exchange(TokioIo::new(tls), request).await
+            }
+            _ => exchange(TokioIo::new(tcp), request).await,
+        }
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection; 200 and a bounded body required.
+pub(super) async fn exchange<T>(io: T, request: Request<Empty<Bytes>>) -> Result<Bytes, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin,
+{
+    let (mut sender, mut connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP: {e}"))?;
+    let work = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("HTTP: {e}"))?;
+        if response.status() != StatusCode::OK {
+            return Err(format!("HTTP status {}", response.status()));
+        }
+        let body = Limited::new(response.into_body(), MAX_JWKS_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?;
+        Ok(body.to_bytes())
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        result = &mut work => result,
+        closed = &mut connection => {
+            // The connection may finish once the whole answer is buffered; then read it.
+            closed.map_err(|e| format!("HTTP: {e}"))?;
+            work.await
+        }
+    }
+}
