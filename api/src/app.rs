@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::domain::charges::{Boot, Engine};
+use crate::domain::charges::{Boot, Engine, InFlight};
 use crate::domain::idem::Idempotency;
 use crate::domain::locks::Locks;
 use crate::domain::processor::Simulator;
@@ -55,6 +55,7 @@ impl Services {
                     id: crate::wire::ids::random_alnum(16)?,
                     started_at: crate::wire::time::now(),
                 },
+                in_flight: InFlight::default(),
             },
             config,
         })

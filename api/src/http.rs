@@ -178,9 +178,15 @@ fn refuse_crowding_client(stream: tokio::net::TcpStream, tls: bool) {
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt as _;
         let mut stream = stream;
+        // Answer, then read what the client sent until it closes (for a second at most):
+        // closing with unread bytes would reset the connection and lose the answer.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            use tokio::io::AsyncReadExt as _;
             stream.write_all(&answer).await?;
-            stream.shutdown().await
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<(), std::io::Error>(())
         })
         .await;
     });
@@ -210,9 +216,6 @@ async fn handle(
         // hyper sends no body to a HEAD request; the declared length must say so too, or the
         // connection's answer stream (see `answers`) would wait for bytes that never come.
         *response.body_mut() = Full::new(Bytes::new());
-        response
-            .headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
@@ -304,7 +307,11 @@ async fn read_body(
     // connection for ever.
     match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(_)) => Err(too_large()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(ApiError::new(
+            Code::BodyUnreadable,
+            "the body could not be read (malformed chunks or an aborted upload)",
+        )),
         Err(_) => Err(ApiError::new(
             Code::BodyUnreadable,
             "the body did not arrive in time",

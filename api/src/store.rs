@@ -570,6 +570,8 @@ struct Job {
 /// its connection and is joined, so the file is consistent when `drop` returns.
 pub struct SqliteStore {
     path: PathBuf,
+    /// Held for the store's life: one process per database file (see [`lock_exclusively`]).
+    _lock: nix::fcntl::Flock<std::fs::File>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     queue: Option<mpsc::Sender<Job>>,
@@ -610,6 +612,7 @@ impl SqliteStore {
     /// could silently misread or damage data written by a newer one.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         create_private(path)?;
+        let lock = lock_exclusively(path)?;
         let writer = open_writer(path)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -623,6 +626,7 @@ impl SqliteStore {
         tracing::debug!(path = %path.display(), "store opened");
         Ok(Self {
             path: path.to_owned(),
+            _lock: lock,
             readers,
             next_reader: AtomicUsize::new(0),
             queue: Some(queue),
@@ -682,6 +686,29 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
             "cannot create database file: {e}"
         ))),
     }
+}
+
+/// Takes an exclusive lock on `<database>.lock`, or fails if another process holds it.
+///
+/// One API process per database is what SQLite's single writer and the crash recovery both
+/// assume (recovery treats charges of an earlier start as orphaned); a second process on the
+/// same file would void the first one's charges in flight, so it is refused at start. The
+/// kernel drops the lock when the process ends, `kill -9` included.
+fn lock_exclusively(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, StoreError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&name)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open the lock file: {e}")))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        StoreError::Unavailable(
+            "another api process has this database open (one process per database)".into(),
+        )
+    })
 }
 
 /// Opens the write connection: WAL, `synchronous=FULL` (a COMMIT returns after the WAL is

@@ -1182,7 +1182,7 @@ fn bad_input_is_a_4xx_with_the_right_code_and_writes_nothing() {
     let metrics = p.http.call("GET", "/metrics", None, None).unwrap();
     let text = String::from_utf8(metrics.body).unwrap();
     assert!(
-        text.contains("route=\"/merchants/{merchant_id}/devices\",method=\"POST\",status=\"201\""),
+        text.contains("method=\"POST\",route=\"/merchants/{merchant_id}/devices\",status=\"201\""),
         "{text}"
     );
 }

@@ -18,7 +18,7 @@ use crate::error::{ApiError, Code};
 use crate::request::Services;
 use crate::request::{Call, list};
 use crate::wire::ids;
-use crate::wire::input::{self, Input};
+use crate::wire::input::{self, Input, Money};
 
 fn merchant_of_call(
     app: &Services,
@@ -66,13 +66,17 @@ where
 }
 
 /// `POST /charges`.
+///
+/// The body is validated before the `Idempotency-Key` is looked at: a body that fails
+/// validation was not accepted, so its 400 is answered again to a retry rather than kept
+/// (contract section 1 keeps "the first final answer given after the body was accepted").
 pub async fn create_backoffice(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let obj = input::object(&call.body)?;
+    let body = ChargeBody::read(&input::object(&call.body)?)?;
     let path = "/charges";
     let scope = p.sub.clone();
     let request = if idem::key_header(call.headers)?.is_some() {
-        card_request_fingerprint(app, &obj).await?
+        body.fingerprint(app).await?
     } else {
         String::new()
     };
@@ -83,7 +87,7 @@ pub async fn create_backoffice(app: &Services, call: &Call<'_>) -> Result<Value,
         path,
         request.as_bytes(),
         |running| async move {
-            let result = create_backoffice_inner(app, call, p, &obj, running.as_ref()).await;
+            let result = create_backoffice_inner(app, call, p, body, running.as_ref()).await;
             if let (Err(e), Some(r)) = (&result, &running)
                 && idem::is_final(e)
                 && e.code() != Code::ProcessorFailed
@@ -102,71 +106,115 @@ pub async fn create_backoffice(app: &Services, call: &Call<'_>) -> Result<Value,
     .await
 }
 
-/// What an `Idempotency-Key` compares for `POST /charges`: keyd's keyed fingerprint of the
-/// body without the CVC.
-///
-/// A plain hash of the body would let anyone holding the database recover the card from it
-/// (with the BIN and last four digits beside it, about 10^10 guesses), and nothing derived from
-/// a CVC may outlive the authorisation (PCI DSS 3.3.1): so the CVC never enters the value, and
-/// the rest is keyed by a key only keyd holds. Two requests that differ only in their CVC are
-/// therefore the same request.
-async fn card_request_fingerprint(
-    app: &Services,
-    obj: &Map<String, Value>,
-) -> Result<String, ApiError> {
-    let mut without_cvc = obj.clone();
-    if let Some(Value::Object(card)) = without_cvc.get_mut("card") {
-        card.remove("cvc");
+/// A valid `POST /charges` body. The CVC is checked and then dropped: nothing downstream
+/// needs it (the simulator, like a card-not-present processor behind a gateway that verified
+/// it, decides on the PAN) and nothing derived from it may be kept.
+#[derive(serde::Serialize)]
+struct ChargeBody {
+    merchant_id: Option<String>,
+    amount: Money,
+    tip: Option<Money>,
+    #[serde(serialize_with = "expose")]
+    number: Zeroizing<String>,
+    exp_month: u8,
+    exp_year: u16,
+    location_id: Option<String>,
+    description: Option<String>,
+    metadata: Map<String, Value>,
+}
+
+fn expose<S: serde::Serializer>(number: &Zeroizing<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(number)
+}
+
+impl ChargeBody {
+    /// Validates every field, reporting every bad one at once.
+    fn read(obj: &Map<String, Value>) -> Result<Self, ApiError> {
+        let mut input = Input::new(obj);
+        let merchant_id = input.opt_matching("merchant_id", ids::is_uuid, "a merchant id");
+        let amount = input.money("amount", true, false, None);
+        let currency = amount.as_ref().map(|a| a.currency.clone());
+        let tip = input.money("tip", false, true, currency.as_deref());
+        let card = input.nested("card", true, |c| {
+            let number = c.matching(
+                "number",
+                processor::luhn_ok,
+                "a card number passing the Luhn check",
+            );
+            let month = c.int("exp_month", 1..=12);
+            let year = c.int("exp_year", 2000..=2099);
+            c.matching(
+                "cvc",
+                |v| (3..=4).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()),
+                "3 or 4 digits",
+            );
+            Some((
+                Zeroizing::new(number?),
+                u8::try_from(month?).ok()?,
+                u16::try_from(year?).ok()?,
+            ))
+        });
+        let location_id = input.opt_matching("location_id", ids::is_uuid, "a location id");
+        let description = input.opt_text("description", 500);
+        let metadata = input.opt_object("metadata");
+        if let Some(m) = &metadata
+            && (m.len() > 20
+                || m.iter()
+                    .any(|(k, v)| k.len() > 40 || v.as_str().is_none_or(|s| s.len() > 500)))
+        {
+            input.fail("metadata", "at most 20 string pairs");
+        }
+        input.finish()?;
+        let amount = amount.ok_or_else(|| ApiError::field("amount", "required"))?;
+        let (number, exp_month, exp_year) =
+            card.ok_or_else(|| ApiError::field("card", "required"))?;
+        Ok(Self {
+            merchant_id,
+            amount,
+            tip,
+            number,
+            exp_month,
+            exp_year,
+            location_id,
+            description,
+            metadata: metadata.unwrap_or_default(),
+        })
     }
-    let bytes =
-        Zeroizing::new(serde_json::to_vec(&without_cvc).map_err(|e| ApiError::internal(&e))?);
-    crate::keyd::ops::request_fingerprint(&app.keyd, &bytes).await
+
+    /// What an `Idempotency-Key` compares for `POST /charges`: keyd's keyed fingerprint of
+    /// the validated fields (the CVC is not among them, nor any field the contract ignores).
+    ///
+    /// A plain hash of the body would let anyone holding the database recover the card from
+    /// it (with the BIN and last four digits beside it, about 10^10 guesses), and nothing
+    /// derived from a CVC may outlive the authorisation (PCI DSS 3.3.1): so the CVC never
+    /// enters the value, and the rest is keyed by a key only keyd holds. Two requests that
+    /// differ only in their CVC, in fields the contract ignores, or in the spelling of the
+    /// same JSON are therefore the same request.
+    async fn fingerprint(&self, app: &Services) -> Result<String, ApiError> {
+        let bytes = Zeroizing::new(serde_json::to_vec(self).map_err(|e| ApiError::internal(&e))?);
+        crate::keyd::ops::request_fingerprint(&app.keyd, &bytes).await
+    }
 }
 
 async fn create_backoffice_inner(
     app: &Services,
     call: &Call<'_>,
     p: &Principal,
-    obj: &Map<String, Value>,
+    body: ChargeBody,
     running: Option<&Running<'_>>,
 ) -> Result<Value, ApiError> {
-    let mut input = Input::new(obj);
-    let merchant_id = input.opt_matching("merchant_id", ids::is_uuid, "a merchant id");
-    let amount = input.money("amount", true, false, None);
-    let currency = amount.as_ref().map(|a| a.currency.clone());
-    let tip = input.money("tip", false, true, currency.as_deref());
-    let card = input.nested("card", true, |c| {
-        let number = c.matching(
-            "number",
-            processor::luhn_ok,
-            "a card number passing the Luhn check",
-        );
-        let month = c.int("exp_month", 1..=12);
-        let year = c.int("exp_year", 2000..=2099);
-        c.matching(
-            "cvc",
-            |v| (3..=4).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()),
-            "3 or 4 digits",
-        );
-        Some((
-            Zeroizing::new(number?),
-            u8::try_from(month?).ok()?,
-            u16::try_from(year?).ok()?,
-        ))
-    });
-    let location_id = input.opt_matching("location_id", ids::is_uuid, "a location id");
-    let description = input.opt_text("description", 500);
-    let metadata = input.opt_object("metadata");
-    if let Some(m) = &metadata
-        && (m.len() > 20
-            || m.iter()
-                .any(|(k, v)| k.len() > 40 || v.as_str().is_none_or(|s| s.len() > 500)))
-    {
-        input.fail("metadata", "at most 20 string pairs");
-    }
-    input.finish()?;
+    let ChargeBody {
+        merchant_id,
+        amount,
+        tip,
+        number,
+        exp_month,
+        exp_year,
+        location_id,
+        description,
+        metadata,
+    } = body;
     let merchant = merchant_of_call(app, p, merchant_id.as_deref(), Action::Operate)?;
-    let amount = amount.ok_or_else(|| ApiError::field("amount", "required"))?;
     check_total(&amount, tip.as_ref())?;
     if amount.currency != merchant.currency {
         return Err(ApiError::field(
@@ -177,7 +225,6 @@ async fn create_backoffice_inner(
     if let Some(l) = &location_id {
         crate::domain::model::check_location(&app.db, &merchant.id, l)?;
     }
-    let (number, exp_month, exp_year) = card.ok_or_else(|| ApiError::field("card", "required"))?;
     let fingerprint = crate::keyd::ops::pan_fingerprint(&app.keyd, &number).await?;
     let charge = charges::create(
         &app.charges,
@@ -194,7 +241,7 @@ async fn create_backoffice_inner(
             },
             reference: None,
             description,
-            metadata: metadata.unwrap_or_default(),
+            metadata,
             location_id,
             terminal_id: None,
         },

@@ -26,7 +26,7 @@ use crate::wire::time::rfc3339;
 
 pub mod recovery;
 
-pub use recovery::{Boot, PendingCharge};
+pub use recovery::{Boot, InFlight, PendingCharge};
 
 /// A charge's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +298,8 @@ pub struct Engine {
     pub timeout: std::time::Duration,
     /// This start of the process.
     pub boot: Boot,
+    /// The charges this process is making (recovery leaves them alone).
+    pub in_flight: InFlight,
 }
 
 /// How long the platform waits for any processor call: its own time-out and a margin, so a
@@ -367,6 +369,7 @@ pub async fn create(
     // The charge exists, as `pending`, before the processor hears of it; its marker is how
     // recovery finds it if this request is lost.
     let marker = PendingCharge::of(&charge, &engine.boot);
+    let _running = engine.in_flight.start(&charge.charge_id);
     let mut first = extra;
     first.push(db::put(&charge)?);
     first.push(db::put(&marker)?);
@@ -732,6 +735,7 @@ impl Engine {
                 id: "test-boot".into(),
                 started_at: crate::wire::time::now(),
             },
+            in_flight: InFlight::default(),
         }
     }
 }
@@ -806,8 +810,9 @@ pub(crate) mod tests {
     async fn every_lost_charge_is_resolved_however_old() {
         let app = app();
         let now = crate::wire::time::now();
-        // A day old, an hour old (far outside any window from the newest charge), and one
-        // made just now whose request may still be running.
+        // A day old and an hour old (far outside any window from the newest charge), one whose
+        // request is still running in this process, and one of an earlier start of the
+        // process made just before this one.
         lost(&app, "ch_0000000aOLD0000000000000", now - 86_400).await;
         lost(&app, "ch_0000000bHOUR000000000000", now - 3600).await;
         let approved = charge(
@@ -816,40 +821,53 @@ pub(crate) mod tests {
             now - 10,
         );
         lost(&app, "ch_0000000dNEW0000000000000", now).await;
+        let running = app.in_flight.start("ch_0000000dNEW0000000000000");
+        let earlier = charge(
+            "ch_0000000eEARLIER000000000",
+            ChargeStatus::Pending,
+            app.boot.started_at,
+        );
+        let marker = PendingCharge {
+            boot: "an-earlier-start".into(),
+            ..PendingCharge::of(&earlier, &app.boot)
+        };
+        let writes = vec![
+            db::put(&approved).unwrap(),
+            db::put(&earlier).unwrap(),
+            db::put(&marker).unwrap(),
+        ];
         app.db
-            .commit(
-                vec![db::put(&approved).unwrap()],
-                ApiError::new(Code::Conflict, "x"),
-            )
+            .commit(writes, ApiError::new(Code::Conflict, "x"))
             .await
             .unwrap();
-        assert_eq!(recovery::recover(&app, now).await.unwrap(), 2);
-        assert_eq!(
-            status(&app, "ch_0000000aOLD0000000000000"),
-            ChargeStatus::Failed
-        );
-        assert_eq!(
-            status(&app, "ch_0000000bHOUR000000000000"),
-            ChargeStatus::Failed
-        );
+        assert_eq!(recovery::recover(&app, now).await.unwrap(), 3);
+        for id in [
+            "ch_0000000aOLD0000000000000",
+            "ch_0000000bHOUR000000000000",
+            "ch_0000000eEARLIER000000000",
+        ] {
+            assert_eq!(status(&app, id), ChargeStatus::Failed, "{id}");
+        }
         assert_eq!(
             status(&app, "ch_0000000cMID0000000000000"),
             ChargeStatus::Approved
         );
-        // Visible as pending while its request may still answer; resolved once it cannot.
+        // Visible as pending while its request runs, however long; resolved once it stops.
+        assert_eq!(recovery::recover(&app, now + 3600).await.unwrap(), 0);
         assert_eq!(
             status(&app, "ch_0000000dNEW0000000000000"),
             ChargeStatus::Pending
         );
-        assert_eq!(recovery::recover(&app, now + 60).await.unwrap(), 1);
+        drop(running);
+        assert_eq!(recovery::recover(&app, now).await.unwrap(), 1);
         assert_eq!(
             status(&app, "ch_0000000dNEW0000000000000"),
             ChargeStatus::Failed
         );
-        assert_eq!(recovery::recover(&app, now + 60).await.unwrap(), 0);
+        assert_eq!(recovery::recover(&app, now).await.unwrap(), 0);
         assert!(
             app.db
-                .all::<PendingCharge>("pending_charges", "all")
+                .scan_back::<PendingCharge>(None, 10)
                 .unwrap()
                 .is_empty()
         );
@@ -925,10 +943,28 @@ pub(crate) mod tests {
             let app = app.clone();
             tokio::spawn(async move { create(&app, new, Vec::new(), None, now).await })
         };
-        // While the processor thinks, a recovery round that sees the charge as overdue (as
-        // after a stalled request) takes it over.
+        // This process's recovery leaves its own running charge alone, however old it looks.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        assert_eq!(recovery::recover(&app, now + 3600).await.unwrap(), 1);
+        assert_eq!(recovery::recover(&app, now + 3600).await.unwrap(), 0);
+        // Recovery elsewhere (another node's, once there are several) takes it over while the
+        // processor thinks; the round after that voids and fails it.
+        let marker = app
+            .db
+            .scan_back::<PendingCharge>(None, 1)
+            .unwrap()
+            .remove(0);
+        let taken = PendingCharge {
+            recovering_since: Some(now),
+            ..marker.clone()
+        };
+        app.db
+            .commit(
+                vec![db::expect(&marker).unwrap(), db::put(&taken).unwrap()],
+                ApiError::new(Code::Conflict, "x"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(recovery::recover(&app, now).await.unwrap(), 1);
         let answer = live.await.unwrap();
         assert_eq!(answer.unwrap_err().code(), Code::ProcessorFailed);
         let charges = app.db.scan_back::<Charge>(None, 10).unwrap();

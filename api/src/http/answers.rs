@@ -76,25 +76,35 @@ impl<S> Answers<S> {
         self.head.truncate(end);
         let head = std::mem::take(&mut self.head);
         let facts = Head::read(&head);
-        if facts.ours || facts.status < 400 {
+        // What follows the head: nothing for an interim answer (100 Continue), a 204 or 304,
+        // or a zero length; exactly `content-length` bytes otherwise; and for a chunked answer
+        // (we write none) everything, since its end cannot be known without decoding it.
+        let body = if facts.status < 200 || matches!(facts.status, 204 | 304) {
+            0
+        } else if facts.chunked {
+            u64::MAX
+        } else {
+            facts.length
+        };
+        let keep = facts.ours || facts.status < 400;
+        if keep {
             self.out.extend_from_slice(&head);
-            // An interim answer (100 Continue) has no body; the final one follows.
-            self.state = if facts.status < 200 {
-                State::Head
-            } else {
-                State::Body(facts.length)
-            };
         } else {
             self.out
                 .extend_from_slice(&replacement(facts.status, &facts.reason));
-            self.state = State::Skip(facts.length);
         }
+        self.state = match (body, keep) {
+            (0, _) => State::Head,
+            (n, true) => State::Body(n),
+            (n, false) => State::Skip(n),
+        };
         self.head = head;
         self.head.clear();
         end - before
     }
 
-    /// Takes bytes from hyper; returns how many were consumed.
+    /// Takes bytes from hyper; returns how many were consumed (at least one of a non-empty
+    /// `buf`: every state makes progress).
     fn take(&mut self, buf: &[u8]) -> usize {
         match self.state {
             State::Head => self.take_head(buf),
@@ -125,6 +135,7 @@ struct Head {
     status: u16,
     reason: String,
     length: u64,
+    chunked: bool,
     ours: bool,
 }
 
@@ -138,6 +149,7 @@ impl Head {
         let status = words.next().and_then(|s| s.parse().ok()).unwrap_or(0);
         let reason = words.next().unwrap_or_default().to_owned();
         let mut length = 0;
+        let mut chunked = false;
         let mut ours = false;
         for line in lines {
             let Some((name, value)) = line.split_once(':') else {
@@ -148,12 +160,15 @@ impl Head {
                 length = value.trim().parse().unwrap_or(0);
             } else if name.eq_ignore_ascii_case("x-request-id") {
                 ours = true;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.to_ascii_lowercase().contains("chunked");
             }
         }
         Self {
             status,
             reason,
             length,
+            chunked,
             ours,
         }
     }
@@ -208,6 +223,10 @@ impl<S: AsyncWrite + Unpin> Answers<S> {
         }
         self.out.clear();
         self.written = 0;
+        // A large answer (the terminal config) does not pin its buffer for the connection's life.
+        if self.out.capacity() > 4 * GATHER {
+            self.out = Vec::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -231,7 +250,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Answers<S> {
         if self.out.len() >= GATHER {
             ready!(self.poll_drain(cx))?;
         }
-        Poll::Ready(Ok(self.take(buf)))
+        let mut consumed = 0;
+        while let Some(rest) = buf.get(consumed..).filter(|r| !r.is_empty()) {
+            consumed += self.take(rest);
+            if self.out.len() >= GATHER {
+                break;
+            }
+        }
+        Poll::Ready(Ok(consumed))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -255,10 +281,21 @@ mod tests {
             let mut rest = *chunk;
             while !rest.is_empty() {
                 let n = a.take(rest);
+                assert!(n > 0, "no progress on {:?}", String::from_utf8_lossy(rest));
                 rest = rest.get(n..).unwrap_or_default();
             }
         }
         a.out
+    }
+
+    #[test]
+    fn answers_without_a_body_are_followed_by_the_next() {
+        let empty: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-request-id: r1\r\n\r\n";
+        let no_content: &[u8] = b"HTTP/1.1 204 No Content\r\nx-request-id: r2\r\n\r\n";
+        let next: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-request-id: r3\r\n\r\n{}";
+        let all = [empty, no_content, next].concat();
+        assert_eq!(through(&[empty, no_content, next]), all);
+        assert_eq!(through(&[&all]), all);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 use crate::error::{ApiError, Code};
 
 /// Money as the contract writes it: minor units as a string of digits, and an ISO 4217 code.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Money {
     /// Minor units.
     pub value: u64,

@@ -64,7 +64,7 @@ pub(super) fn split_token(token: &str) -> Result<Parts<'_>, JwtError> {
 /// `alg` (RS256/ES256 only) and `kid` from the header; `crit` is refused since no extension is
 /// understood.
 pub(super) fn parse_header(bytes: &[u8]) -> Result<(Alg, String), JwtError> {
-    let header: Value = serde_json::from_slice(bytes).map_err(|_| JwtError::Malformed)?;
+    let header = crate::wire::json::parse(bytes).map_err(|_| JwtError::Malformed)?;
     let header = header.as_object().ok_or(JwtError::Malformed)?;
     let alg = match header.get("alg").and_then(Value::as_str) {
         Some("RS256") => Alg::Rs256,
@@ -254,7 +254,7 @@ impl Verifier {
 
     /// The claim checks, on a payload whose signature has been verified.
     pub(super) fn check_claims(&self, payload: &[u8], now: i64) -> Result<Claims, JwtError> {
-        let claims: Value = serde_json::from_slice(payload).map_err(|_| JwtError::Malformed)?;
+        let claims = crate::wire::json::parse(payload).map_err(|_| JwtError::Malformed)?;
         let claims = claims.as_object().ok_or(JwtError::Malformed)?;
         if claims.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
             return Err(JwtError::Issuer);
@@ -314,6 +314,6 @@ impl Verifier {
 /// The answer is only a routing hint: the chosen verifier still checks `iss` after the signature.
 pub fn peek_issuer(token: &str) -> Option<String> {
     let parts = split_token(token).ok()?;
-    let claims: Value = serde_json::from_slice(&parts.payload).ok()?;
+    let claims = crate::wire::json::parse(&parts.payload).ok()?;
     claims.get("iss")?.as_str().map(str::to_owned)
 }

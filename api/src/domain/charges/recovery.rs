@@ -6,8 +6,8 @@
 //! marker behind, and this module resolves it:
 //!
 //! 1. A marker older than any live request can be (the processor deadline and a margin), or
-//!    one recovery already took over, is due. Markers are listed by their own index, so every
-//!    one is found, however old and however many restarts left it.
+//!    one recovery already took over, is due. Markers are listed by scanning their kind, so
+//!    every one is found, however old and however many restarts left it.
 //! 2. Recovery takes the marker over (marks it, expecting it unmarked). From then on the
 //!    request that made the charge, if it is somehow still alive, cannot write its outcome:
 //!    its commit expects the unmarked marker, fails, and it answers 502/`5020`. So a charge is
@@ -20,6 +20,9 @@
 //! Recovery runs every few seconds (see `housekeeping`), several charges at a time, and can
 //! be interrupted at any step: each step is a precondition-guarded commit, so a rerun picks up
 //! where the last one stopped.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
@@ -42,6 +45,46 @@ pub struct Boot {
     pub id: String,
     /// Unix seconds.
     pub started_at: i64,
+}
+
+/// The charges this process is making: a request that has written its pending charge and not
+/// yet its outcome. Recovery never takes one of these over, however long the request takes.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<Mutex<HashSet<String>>>);
+
+/// Holds a charge in [`InFlight`] while its request runs (also when the request is dropped
+/// half-way: then the charge becomes recovery's at once).
+#[derive(Debug)]
+pub struct Making {
+    set: InFlight,
+    charge_id: String,
+}
+
+impl InFlight {
+    /// Marks a charge as being made until the returned guard drops.
+    pub fn start(&self, charge_id: &str) -> Making {
+        self.lock().insert(charge_id.to_owned());
+        Making {
+            set: self.clone(),
+            charge_id: charge_id.to_owned(),
+        }
+    }
+
+    fn contains(&self, charge_id: &str) -> bool {
+        self.lock().contains(charge_id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for Making {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.charge_id);
+    }
 }
 
 /// Says that a charge's outcome is not written yet.
@@ -71,16 +114,22 @@ impl PendingCharge {
         }
     }
 
-    /// Whether no live request can still write this charge's outcome: recovery took it over,
-    /// or it is older than any request can wait, or the process that made it is gone.
+    /// Whether no live request can still write this charge's outcome: recovery took it over;
+    /// or this process made it and its request is no longer running (it finished without
+    /// writing, or was dropped with its connection); or another process made it before this
+    /// one started, so that process is gone.
     ///
-    /// "Gone" is judged for one API process per store (SQLite): a marker of another start,
-    /// made before this one, belongs to a process that has stopped. Several nodes on one
-    /// store will need each node's liveness (a lease) instead.
-    fn due(&self, boot: &Boot, now: i64, due_after: i64) -> bool {
-        self.recovering_since.is_some()
-            || now - self.created_at > due_after
-            || (self.boot != boot.id && self.created_at <= boot.started_at)
+    /// "Gone" holds for one API process per store, which the store's lock file enforces.
+    /// Several nodes on one store will need each node's liveness (a lease) instead; until
+    /// then a marker of another start made after this one is left to the age rule.
+    fn due(&self, boot: &Boot, in_flight: &InFlight, now: i64, due_after: i64) -> bool {
+        if self.recovering_since.is_some() {
+            return true;
+        }
+        if self.boot == boot.id {
+            return !in_flight.contains(&self.charge_id);
+        }
+        self.created_at <= boot.started_at || now - self.created_at > due_after
     }
 }
 
@@ -90,7 +139,9 @@ impl Record for PendingCharge {
         &self.charge_id
     }
     fn indexes(&self) -> Vec<(String, String)> {
-        vec![("pending_charges".into(), "all".into())]
+        // No index: markers are found by scanning their kind (ids start with their time), which
+        // keeps a charge's cost at one row written and one deleted.
+        Vec::new()
     }
 }
 
@@ -106,14 +157,22 @@ pub(super) fn taken_over() -> ApiError {
 pub async fn recover(engine: &Engine, now: i64) -> Result<usize, ApiError> {
     let due_after = i64::try_from(processor_deadline(engine).as_secs()).unwrap_or(60) + MARGIN;
     let mut due = Vec::new();
-    engine
-        .db
-        .walk::<PendingCharge>("pending_charges", "all", |m| {
-            if m.due(&engine.boot, now, due_after) {
-                due.push(m);
-            }
-            Ok(true)
-        })?;
+    let mut before: Option<String> = None;
+    loop {
+        let batch = engine
+            .db
+            .scan_back::<PendingCharge>(before.as_deref(), 500)?;
+        let exhausted = batch.len() < 500;
+        before = batch.last().map(|m| m.charge_id.clone());
+        due.extend(
+            batch
+                .into_iter()
+                .filter(|m| m.due(&engine.boot, &engine.in_flight, now, due_after)),
+        );
+        if exhausted || before.is_none() {
+            break;
+        }
+    }
     let mut resolved = 0;
     let mut running = JoinSet::new();
     let mut due = due.into_iter();
@@ -189,9 +248,10 @@ async fn resolve(engine: &Engine, marker: PendingCharge, now: i64) -> Result<boo
         .get::<Charge>(&mine.charge_id)?
         .filter(|c| c.status == ChargeStatus::Pending)
     {
-        let mut failed = charge.clone();
+        // The marker, taken over above, is the lock: the request that made the charge can no
+        // longer write it, so the charge as read now is what it is.
+        let mut failed = charge;
         failed.status = ChargeStatus::Failed;
-        writes.push(db::expect(&charge)?);
         writes.push(db::put(&failed)?);
     }
     match engine.db.commit(writes, lost()).await {
@@ -224,10 +284,9 @@ pub async fn mark_unmarked(engine: &Engine) -> Result<usize, ApiError> {
             if engine.db.get::<PendingCharge>(&c.charge_id)?.is_some() {
                 continue;
             }
-            // Only while the charge is still exactly as read: a request finishing meanwhile
-            // must not leave a marker on a charge that has its outcome.
+            // A request finishing meanwhile may leave this marker on a charge that has its
+            // outcome; recovery then sees the outcome and only removes the marker.
             let writes = vec![
-                db::expect(c)?,
                 db::absent::<PendingCharge>(&c.charge_id),
                 db::put(&PendingCharge {
                     boot: String::new(),
