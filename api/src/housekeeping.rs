@@ -23,22 +23,6 @@ pub async fn run(app: Arc<Services>) {
 }
 
 async fn recovery(app: Arc<Services>) {
-    loop {
-        match crate::domain::charges::recovery::mark_unmarked(&app.charges).await {
-            Ok(0) => break,
-            Ok(n) => {
-                tracing::warn!(
-                    count = n,
-                    "pending charges from before markers marked for recovery"
-                );
-                break;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "marking old pending charges failed; retrying");
-                tokio::time::sleep(RECOVERY_EVERY).await;
-            }
-        }
-    }
     let mut tick = tokio::time::interval(RECOVERY_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -84,6 +84,10 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         tracing::info!(listen = %config.listen, https = tls.is_some(), "api listening");
         let app = Arc::new(api::request::Services::open(config)?);
+        // This start is on record before it makes a charge (see charges::recovery).
+        api::domain::charges::recovery::register(&app.charges)
+            .await
+            .map_err(|e| e.message().to_owned())?;
         tokio::spawn(api::housekeeping::run(Arc::clone(&app)));
         api::http::serve(app, listener, tls, shutdown).await;
         tracing::info!("api stopped");

@@ -26,7 +26,7 @@ use crate::wire::time::rfc3339;
 
 pub mod recovery;
 
-pub use recovery::{Boot, InFlight, PendingCharge};
+pub use recovery::{Boot, InFlight};
 
 /// A charge's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -362,17 +362,18 @@ pub async fn create(
         },
         processor: engine.processor.name().to_owned(),
         processor_reference: None,
-        created_at: now,
+        // When it is stored, not when the request arrived: recovery's checkpoints rely on
+        // charges being no older than the moment they are made.
+        created_at: crate::wire::time::now().max(now),
         settled_at: None,
         refunds: Vec::new(),
     };
-    // The charge exists, as `pending`, before the processor hears of it; its marker is how
-    // recovery finds it if this request is lost.
-    let marker = PendingCharge::of(&charge, &engine.boot);
-    let _running = engine.in_flight.start(&charge.charge_id);
+    // The charge exists, as `pending`, before the processor hears of it; this process knows
+    // it is making it, so recovery leaves it alone until the request ends.
+    let making = engine.in_flight.start(&charge);
+    let written = charge.clone();
     let mut first = extra;
     first.push(db::put(&charge)?);
-    first.push(db::put(&marker)?);
     engine
         .db
         .commit(first, ApiError::new(Code::Conflict, "charge id collision"))
@@ -418,10 +419,9 @@ pub async fn create(
         Ok(Err(e)) => Some(e.to_string()),
         Err(_) => Some("no answer within the processor timeout".to_owned()),
     };
-    // The outcome is written only if recovery has not taken the charge over meanwhile.
+    // The outcome is written only over the pending charge as written: never over recovery's.
     let mut last = vec![
-        db::expect(&marker)?,
-        db::delete::<PendingCharge>(&charge.charge_id),
+        db::expect(&written)?,
         db::put(&charge_with_status(&charge, failed.is_some()))?,
     ];
     if failed.is_some() {
@@ -444,11 +444,15 @@ pub async fn create(
     };
     last.extend(keep(&answer)?);
     match engine.db.commit(last, recovery::taken_over()).await {
-        Ok(()) => answer.map(|_| charge),
+        Ok(()) => {
+            making.done();
+            answer.map(|_| charge)
+        }
         Err(e) if e.code() == Code::Conflict => {
-            // Recovery took the charge over: it voids whatever the processor did and stores
+            // Recovery resolved the charge: it voided whatever the processor did and stored
             // the charge failed, so that is the answer, kept like any other.
-            tracing::warn!(charge_id = %charge.charge_id, "outcome arrived after recovery took the charge over");
+            making.done();
+            tracing::warn!(charge_id = %charge.charge_id, "outcome arrived after recovery resolved the charge");
             let e = processor_failed(&charge.charge_id);
             if let Some(w) = keep(&Err(e.clone()))? {
                 let _ = engine.db.commit(vec![w], recovery::taken_over()).await;
@@ -789,121 +793,134 @@ pub(crate) mod tests {
         }
     }
 
-    /// A pending charge and its marker, as a lost request leaves them.
-    async fn lost(app: &Engine, id: &str, created_at: i64) {
+    /// A pending charge, as a lost request leaves it.
+    async fn lost(app: &Engine, id: &str, created_at: i64) -> Charge {
         let c = charge(id, ChargeStatus::Pending, created_at);
-        let writes = vec![
-            db::put(&c).unwrap(),
-            db::put(&PendingCharge::of(&c, &app.boot)).unwrap(),
-        ];
         app.db
-            .commit(writes, ApiError::new(Code::Conflict, "x"))
+            .commit(
+                vec![db::put(&c).unwrap()],
+                ApiError::new(Code::Conflict, "x"),
+            )
             .await
             .unwrap();
+        c
     }
 
     fn status(app: &Engine, id: &str) -> ChargeStatus {
         app.db.get::<Charge>(id).unwrap().unwrap().status
     }
 
-    #[tokio::test]
-    async fn every_lost_charge_is_resolved_however_old() {
-        let app = app();
-        let now = crate::wire::time::now();
-        // A day old and an hour old (far outside any window from the newest charge), one whose
-        // request is still running in this process, and one of an earlier start of the
-        // process made just before this one.
-        lost(&app, "ch_0000000aOLD0000000000000", now - 86_400).await;
-        lost(&app, "ch_0000000bHOUR000000000000", now - 3600).await;
-        let approved = charge(
-            "ch_0000000cMID0000000000000",
-            ChargeStatus::Approved,
-            now - 10,
-        );
-        lost(&app, "ch_0000000dNEW0000000000000", now).await;
-        let running = app.in_flight.start("ch_0000000dNEW0000000000000");
-        let earlier = charge(
-            "ch_0000000eEARLIER000000000",
-            ChargeStatus::Pending,
-            app.boot.started_at,
-        );
-        let marker = PendingCharge {
-            boot: "an-earlier-start".into(),
-            ..PendingCharge::of(&earlier, &app.boot)
-        };
-        let writes = vec![
-            db::put(&approved).unwrap(),
-            db::put(&earlier).unwrap(),
-            db::put(&marker).unwrap(),
-        ];
-        app.db
-            .commit(writes, ApiError::new(Code::Conflict, "x"))
-            .await
-            .unwrap();
-        assert_eq!(recovery::recover(&app, now).await.unwrap(), 3);
-        for id in [
-            "ch_0000000aOLD0000000000000",
-            "ch_0000000bHOUR000000000000",
-            "ch_0000000eEARLIER000000000",
-        ] {
-            assert_eq!(status(&app, id), ChargeStatus::Failed, "{id}");
-        }
-        assert_eq!(
-            status(&app, "ch_0000000cMID0000000000000"),
-            ChargeStatus::Approved
-        );
-        // Visible as pending while its request runs, however long; resolved once it stops.
-        assert_eq!(recovery::recover(&app, now + 3600).await.unwrap(), 0);
-        assert_eq!(
-            status(&app, "ch_0000000dNEW0000000000000"),
-            ChargeStatus::Pending
-        );
-        drop(running);
-        assert_eq!(recovery::recover(&app, now).await.unwrap(), 1);
-        assert_eq!(
-            status(&app, "ch_0000000dNEW0000000000000"),
-            ChargeStatus::Failed
-        );
-        assert_eq!(recovery::recover(&app, now).await.unwrap(), 0);
-        assert!(
-            app.db
-                .scan_back::<PendingCharge>(None, 10)
-                .unwrap()
-                .is_empty()
-        );
-    }
-
-    #[tokio::test]
-    async fn pending_charges_from_before_markers_are_found() {
-        let app = app();
-        let now = crate::wire::time::now();
-        let old = charge(
-            "ch_0000000aOLD0000000000000",
-            ChargeStatus::Pending,
-            now - 86_400,
-        );
+    async fn put<R: Record>(app: &Engine, r: &R) {
         app.db
             .commit(
-                vec![db::put(&old).unwrap()],
+                vec![db::put(r).unwrap()],
                 ApiError::new(Code::Conflict, "x"),
             )
             .await
             .unwrap();
-        assert_eq!(recovery::mark_unmarked(&app).await.unwrap(), 1);
-        assert_eq!(
-            recovery::mark_unmarked(&app).await.unwrap(),
-            0,
-            "once per store"
-        );
-        assert_eq!(recovery::recover(&app, now).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn pending_charges_from_before_checkpoints_are_found_however_old() {
+        let app = app();
+        let now = crate::wire::time::now();
+        lost(&app, "ch_0000000aOLD0000000000000", now - 86_400).await;
+        lost(&app, "ch_0000000bHOUR000000000000", now - 3600).await;
+        put(
+            &app,
+            &charge(
+                "ch_0000000cMID0000000000000",
+                ChargeStatus::Approved,
+                now - 10,
+            ),
+        )
+        .await;
+        assert_eq!(recovery::recover(&app, now).await.unwrap(), 2);
         assert_eq!(
             status(&app, "ch_0000000aOLD0000000000000"),
             ChargeStatus::Failed
         );
+        assert_eq!(
+            status(&app, "ch_0000000bHOUR000000000000"),
+            ChargeStatus::Failed
+        );
+        assert_eq!(
+            status(&app, "ch_0000000cMID0000000000000"),
+            ChargeStatus::Approved
+        );
+        // Once per store: later rounds look only where a start's checkpoint says.
+        assert!(
+            app.db
+                .owner("migration", "pending-charges-before-checkpoints")
+                .unwrap()
+                .is_some()
+        );
+        lost(&app, "ch_0000000dANCIENT000000000", now - 7 * 86_400).await;
+        assert_eq!(recovery::recover(&app, now).await.unwrap(), 0);
     }
 
-    /// A request whose processor answer comes after recovery took its charge over: the
-    /// charge ends failed (recovery voided it), and the request says so, never "approved".
+    #[tokio::test]
+    async fn a_gone_start_is_recovered_from_its_checkpoint_and_running_charges_are_left_alone() {
+        let app = app();
+        let now = crate::wire::time::now();
+        assert_eq!(recovery::recover(&app, now).await.unwrap(), 0);
+        // An earlier start of the process, gone, whose last checkpoint was a minute ago.
+        put(
+            &app,
+            &recovery::BootRecord {
+                id: "gone".into(),
+                started_at: now - 3600,
+                checkpoint: now - 60,
+            },
+        )
+        .await;
+        lost(&app, "ch_0000000aGONE1000000000000", now - 50).await;
+        lost(&app, "ch_0000000bGONE2000000000000", now - 2).await;
+        // This process is making one; another of its requests was dropped half-way.
+        let running = lost(&app, "ch_0000000cRUNNING00000000000", now).await;
+        let making = app.in_flight.start(&running);
+        let dropped = lost(&app, "ch_0000000dDROPPED00000000000", now).await;
+        drop(app.in_flight.start(&dropped));
+        assert_eq!(recovery::recover(&app, now).await.unwrap(), 3);
+        for id in [
+            "ch_0000000aGONE1000000000000",
+            "ch_0000000bGONE2000000000000",
+            "ch_0000000dDROPPED00000000000",
+        ] {
+            assert_eq!(status(&app, id), ChargeStatus::Failed, "{id}");
+        }
+        assert!(
+            app.db
+                .get::<recovery::BootRecord>("gone")
+                .unwrap()
+                .is_none()
+        );
+        // The running one stays pending however long it takes, and holds this start's
+        // checkpoint back so a crash now would still find it.
+        assert_eq!(recovery::recover(&app, now + 3600).await.unwrap(), 0);
+        assert_eq!(
+            status(&app, "ch_0000000cRUNNING00000000000"),
+            ChargeStatus::Pending
+        );
+        let mine = app
+            .db
+            .get::<recovery::BootRecord>(&app.boot.id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(mine.checkpoint, now);
+        making.done();
+        recovery::recover(&app, now + 3600).await.unwrap();
+        let mine = app
+            .db
+            .get::<recovery::BootRecord>(&app.boot.id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(mine.checkpoint, now + 3600);
+    }
+
+    /// A request whose processor answer comes after recovery resolved its charge (recovery
+    /// elsewhere, once there are several nodes): the charge stays failed, and the request
+    /// says so, never "approved".
     #[tokio::test]
     async fn a_late_outcome_never_overwrites_recovery() {
         let mut app = app();
@@ -943,33 +960,25 @@ pub(crate) mod tests {
             let app = app.clone();
             tokio::spawn(async move { create(&app, new, Vec::new(), None, now).await })
         };
-        // This process's recovery leaves its own running charge alone, however old it looks.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // This process's recovery leaves its own running charge alone, however old it looks.
         assert_eq!(recovery::recover(&app, now + 3600).await.unwrap(), 0);
-        // Recovery elsewhere (another node's, once there are several) takes it over while the
-        // processor thinks; the round after that voids and fails it.
-        let marker = app
+        let id = app
             .db
-            .scan_back::<PendingCharge>(None, 1)
+            .scan_back::<Charge>(None, 1)
             .unwrap()
-            .remove(0);
-        let taken = PendingCharge {
-            recovering_since: Some(now),
-            ..marker.clone()
-        };
+            .remove(0)
+            .charge_id;
         app.db
-            .commit(
-                vec![db::expect(&marker).unwrap(), db::put(&taken).unwrap()],
-                ApiError::new(Code::Conflict, "x"),
-            )
+            .update::<Charge>(&id, |c| {
+                c.status = ChargeStatus::Failed;
+                Ok(Vec::new())
+            })
             .await
             .unwrap();
-        assert_eq!(recovery::recover(&app, now).await.unwrap(), 1);
         let answer = live.await.unwrap();
         assert_eq!(answer.unwrap_err().code(), Code::ProcessorFailed);
-        let charges = app.db.scan_back::<Charge>(None, 10).unwrap();
-        assert_eq!(charges.len(), 1);
-        assert_eq!(charges[0].status, ChargeStatus::Failed);
+        assert_eq!(status(&app, &id), ChargeStatus::Failed);
     }
 
     #[test]

@@ -1,44 +1,49 @@
-//! Charges whose request was lost: found, taken over, voided and failed, beside live traffic.
+//! Charges whose request was lost: found, voided and failed, beside live traffic, without a
+//! row of bookkeeping per charge.
 //!
-//! A charge is written `pending` before the processor hears of it, together with a
-//! [`PendingCharge`] marker; the request that made it writes the outcome and removes the
-//! marker in one commit that *expects the marker unchanged*. A crash between the two leaves a
-//! marker behind, and this module resolves it:
+//! A charge is written `pending` before the processor hears of it, and its outcome after. What
+//! can leave it pending: the process dies in between, or the request is dropped with its
+//! connection. Each start of the process (a [`Boot`]) keeps, in memory, the charges it is
+//! making ([`InFlight`]) and those whose request ended without an outcome (orphans); and, in
+//! the store, a *checkpoint*: a time before which every charge this start made has its outcome.
+//! The checkpoint is written when the process starts and every recovery round (5 s), so a
+//! charge costs nothing extra on the hot path (an earlier design wrote and deleted a marker row
+//! per charge: about 15 % of the whole-charge throughput).
 //!
-//! 1. A marker older than any live request can be (the processor deadline and a margin), or
-//!    one recovery already took over, is due. Markers are listed by scanning their kind, so
-//!    every one is found, however old and however many restarts left it.
-//! 2. Recovery takes the marker over (marks it, expecting it unmarked). From then on the
-//!    request that made the charge, if it is somehow still alive, cannot write its outcome:
-//!    its commit expects the unmarked marker, fails, and it answers 502/`5020`. So a charge is
-//!    never both voided at the processor and stored approved.
-//! 3. The processor is asked to void whatever it may have authorised (a void of something it
-//!    never saw is harmless); if it cannot be reached, the marker stays taken over and the next
-//!    round tries again.
-//! 4. The charge becomes `failed` and the marker goes, in one commit expecting both as read.
+//! A recovery round:
+//! 1. resolves this process's orphans;
+//! 2. for every other start's record (one API process per store, which the store's lock file
+//!    enforces, so those processes are gone), scans the charges made since its checkpoint
+//!    (newest first, by time-ordered id, down to the checkpoint less a margin) and resolves
+//!    every pending one that this process is not making; then drops the record;
+//! 3. writes this process's checkpoint.
 //!
-//! Recovery runs every few seconds (see `housekeeping`), several charges at a time, and can
-//! be interrupted at any step: each step is a precondition-guarded commit, so a rerun picks up
-//! where the last one stopped.
+//! Resolving a charge: ask the processor to void whatever it may have authorised (a void of
+//! something it never saw is harmless), then store the charge `failed` if it is still pending
+//! (a read-check-write against the stored bytes). The request that made a charge writes its
+//! outcome only if the charge is still the pending one it wrote, so a late outcome can never
+//! overwrite recovery. If the processor cannot be reached, the charge stays pending and the
+//! next round tries again; every step can be interrupted and rerun.
+//!
+//! Pending charges older than this design (no start record covers them) are found once per
+//! store by a full scan.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinSet;
 
 use super::{Charge, ChargeStatus, Engine, processor_deadline};
 use crate::domain::processor::VoidRequest;
 use crate::error::{ApiError, Code};
 use crate::store::db::{self, Record};
 
-/// Seconds beyond the processor deadline before a pending charge is taken to be orphaned.
+/// Seconds scanned before a checkpoint (clock steps, second granularity).
 const MARGIN: i64 = 10;
-/// Charges resolved at once.
-const PARALLEL: usize = 16;
+/// Charges read per scan step.
+const BATCH: usize = 500;
 
-/// One start of the API process: work it leaves behind (a pending charge) names it, so a later
-/// process knows the work's owner is gone.
+/// One start of the API process.
 #[derive(Debug, Clone)]
 pub struct Boot {
     /// Random, unique per start.
@@ -47,272 +52,279 @@ pub struct Boot {
     pub started_at: i64,
 }
 
-/// The charges this process is making: a request that has written its pending charge and not
-/// yet its outcome. Recovery never takes one of these over, however long the request takes.
-#[derive(Debug, Clone, Default)]
-pub struct InFlight(Arc<Mutex<HashSet<String>>>);
+/// A start of the process as the store remembers it: every charge it made before
+/// `checkpoint` has its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootRecord {
+    /// [`Boot::id`].
+    pub id: String,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// Unix seconds (see the type).
+    pub checkpoint: i64,
+}
 
-/// Holds a charge in [`InFlight`] while its request runs (also when the request is dropped
-/// half-way: then the charge becomes recovery's at once).
+impl Record for BootRecord {
+    const KIND: &'static str = "boot";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn indexes(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Charges {
+    /// Being made: charge id → created_at.
+    making: HashMap<String, i64>,
+    /// Made by this process, request ended without an outcome: charge id → created_at.
+    orphans: HashMap<String, i64>,
+}
+
+/// The charges this process is making, and those it left without an outcome.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<Mutex<Charges>>);
+
+/// Holds a charge in [`InFlight`] while its request runs. Dropped without [`Making::done`]
+/// (the request failed or was dropped half-way), the charge becomes an orphan that the next
+/// recovery round resolves.
 #[derive(Debug)]
 pub struct Making {
     set: InFlight,
     charge_id: String,
+    done: bool,
 }
 
 impl InFlight {
     /// Marks a charge as being made until the returned guard drops.
-    pub fn start(&self, charge_id: &str) -> Making {
-        self.lock().insert(charge_id.to_owned());
+    pub fn start(&self, charge: &Charge) -> Making {
+        self.lock()
+            .making
+            .insert(charge.charge_id.clone(), charge.created_at);
         Making {
             set: self.clone(),
-            charge_id: charge_id.to_owned(),
+            charge_id: charge.charge_id.clone(),
+            done: false,
         }
     }
 
-    fn contains(&self, charge_id: &str) -> bool {
-        self.lock().contains(charge_id)
+    fn is_making(&self, charge_id: &str) -> bool {
+        self.lock().making.contains_key(charge_id)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn orphans(&self) -> Vec<String> {
+        self.lock().orphans.keys().cloned().collect()
+    }
+
+    fn forget(&self, charge_id: &str) {
+        self.lock().orphans.remove(charge_id);
+    }
+
+    /// The oldest charge not yet resolved, or `now`.
+    fn checkpoint(&self, now: i64) -> i64 {
+        let charges = self.lock();
+        charges
+            .making
+            .values()
+            .chain(charges.orphans.values())
+            .copied()
+            .fold(now, i64::min)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Charges> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Making {
+    /// The outcome is stored (or recovery has the charge): nothing left to do.
+    pub fn done(mut self) {
+        self.done = true;
     }
 }
 
 impl Drop for Making {
     fn drop(&mut self) {
-        self.set.lock().remove(&self.charge_id);
-    }
-}
-
-/// Says that a charge's outcome is not written yet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingCharge {
-    /// The charge.
-    pub charge_id: String,
-    /// When the charge was made (Unix seconds).
-    pub created_at: i64,
-    /// The API process that made it ([`Boot`]; empty for charges made before
-    /// markers existed).
-    #[serde(default)]
-    pub boot: String,
-    /// When recovery took the charge over, if it did.
-    #[serde(default)]
-    pub recovering_since: Option<i64>,
-}
-
-impl PendingCharge {
-    /// The marker of a charge being made by this process.
-    pub fn of(charge: &Charge, boot: &Boot) -> Self {
-        Self {
-            charge_id: charge.charge_id.clone(),
-            created_at: charge.created_at,
-            boot: boot.id.clone(),
-            recovering_since: None,
+        let mut charges = self.set.lock();
+        if let Some(created_at) = charges.making.remove(&self.charge_id)
+            && !self.done
+        {
+            charges.orphans.insert(self.charge_id.clone(), created_at);
         }
     }
-
-    /// Whether no live request can still write this charge's outcome: recovery took it over;
-    /// or this process made it and its request is no longer running (it finished without
-    /// writing, or was dropped with its connection); or another process made it before this
-    /// one started, so that process is gone.
-    ///
-    /// "Gone" holds for one API process per store, which the store's lock file enforces.
-    /// Several nodes on one store will need each node's liveness (a lease) instead; until
-    /// then a marker of another start made after this one is left to the age rule.
-    fn due(&self, boot: &Boot, in_flight: &InFlight, now: i64, due_after: i64) -> bool {
-        if self.recovering_since.is_some() {
-            return true;
-        }
-        if self.boot == boot.id {
-            return !in_flight.contains(&self.charge_id);
-        }
-        self.created_at <= boot.started_at || now - self.created_at > due_after
-    }
 }
 
-impl Record for PendingCharge {
-    const KIND: &'static str = "pending_charge";
-    fn id(&self) -> &str {
-        &self.charge_id
-    }
-    fn indexes(&self) -> Vec<(String, String)> {
-        // No index: markers are found by scanning their kind (ids start with their time), which
-        // keeps a charge's cost at one row written and one deleted.
-        Vec::new()
-    }
-}
-
-/// The error the outcome commit answers when recovery took the charge over meanwhile.
+/// The error the outcome commit answers when recovery resolved the charge meanwhile.
 pub(super) fn taken_over() -> ApiError {
-    ApiError::new(Code::Conflict, "charge taken over by recovery")
+    ApiError::new(Code::Conflict, "charge resolved by recovery")
 }
 
-/// One round: resolves every due pending charge; returns how many it resolved.
+/// Records this start with its checkpoint; done before the first charge is served.
 ///
 /// # Errors
-/// 503 if the store cannot be read.
+/// 503 when storage is down.
+pub async fn register(engine: &Engine) -> Result<(), ApiError> {
+    checkpoint(engine, engine.boot.started_at).await
+}
+
+async fn checkpoint(engine: &Engine, now: i64) -> Result<(), ApiError> {
+    let record = BootRecord {
+        id: engine.boot.id.clone(),
+        started_at: engine.boot.started_at,
+        checkpoint: engine.in_flight.checkpoint(now),
+    };
+    engine
+        .db
+        .commit(
+            vec![db::put(&record)?],
+            ApiError::new(Code::Conflict, "checkpoint"),
+        )
+        .await
+}
+
+/// One round; returns how many charges it resolved.
+///
+/// # Errors
+/// 503 if the store cannot be read or written.
 pub async fn recover(engine: &Engine, now: i64) -> Result<usize, ApiError> {
-    let due_after = i64::try_from(processor_deadline(engine).as_secs()).unwrap_or(60) + MARGIN;
-    let mut due = Vec::new();
+    let mut resolved = 0;
+    for id in engine.in_flight.orphans() {
+        match resolve(engine, &id).await? {
+            Outcome::Resolved => resolved += 1,
+            Outcome::NothingToDo => {}
+            Outcome::Retry => continue,
+        }
+        engine.in_flight.forget(&id);
+    }
+    if !legacy_done(engine)? {
+        let (n, complete) = resolve_since(engine, None).await?;
+        resolved += n;
+        if complete {
+            engine
+                .db
+                .commit(
+                    vec![db::claim(LEGACY.0, LEGACY.1, "done")],
+                    ApiError::new(Code::Conflict, "legacy scan"),
+                )
+                .await?;
+        }
+    }
+    let mut others = Vec::new();
     let mut before: Option<String> = None;
     loop {
         let batch = engine
             .db
-            .scan_back::<PendingCharge>(before.as_deref(), 500)?;
-        let exhausted = batch.len() < 500;
-        before = batch.last().map(|m| m.charge_id.clone());
-        due.extend(
-            batch
-                .into_iter()
-                .filter(|m| m.due(&engine.boot, &engine.in_flight, now, due_after)),
-        );
+            .scan_back::<BootRecord>(before.as_deref(), BATCH)?;
+        let exhausted = batch.len() < BATCH;
+        before = batch.last().map(|b| b.id.clone());
+        others.extend(batch.into_iter().filter(|b| b.id != engine.boot.id));
         if exhausted || before.is_none() {
             break;
         }
     }
-    let mut resolved = 0;
-    let mut running = JoinSet::new();
-    let mut due = due.into_iter();
-    loop {
-        while running.len() < PARALLEL {
-            let Some(marker) = due.next() else { break };
-            let engine = engine.clone();
-            running.spawn(async move { resolve(&engine, marker, now).await });
-        }
-        match running.join_next().await {
-            Some(Ok(Ok(true))) => resolved += 1,
-            Some(Ok(Ok(false))) => {}
-            Some(Ok(Err(e))) => tracing::warn!(error = %e, "pending charge not resolved yet"),
-            Some(Err(e)) => tracing::error!(error = %e, "pending-charge task failed"),
-            None => break,
+    if let Some(from) = others.iter().map(|b| b.checkpoint).min() {
+        let (n, complete) = resolve_since(engine, Some(from - MARGIN)).await?;
+        resolved += n;
+        if complete {
+            let gone = others
+                .iter()
+                .map(|b| db::delete::<BootRecord>(&b.id))
+                .collect();
+            engine
+                .db
+                .commit(gone, ApiError::new(Code::Conflict, "boots"))
+                .await?;
         }
     }
+    checkpoint(engine, now).await?;
     Ok(resolved)
 }
 
-/// Resolves one charge; `false` when another writer got there first or the processor could
-/// not be reached (the next round tries again).
-async fn resolve(engine: &Engine, marker: PendingCharge, now: i64) -> Result<bool, ApiError> {
-    let lost = || ApiError::new(Code::Conflict, "pending charge changed");
-    let mine = if marker.recovering_since.is_some() {
-        marker
-    } else {
-        let mut mine = marker.clone();
-        mine.recovering_since = Some(now);
-        let take = vec![db::expect(&marker)?, db::put(&mine)?];
-        match engine.db.commit(take, lost()).await {
-            Ok(()) => mine,
-            Err(e) if e.code() == Code::Conflict => return Ok(false),
-            Err(e) => return Err(e),
+const LEGACY: (&str, &str) = ("migration", "pending-charges-before-checkpoints");
+
+fn legacy_done(engine: &Engine) -> Result<bool, ApiError> {
+    Ok(engine.db.owner(LEGACY.0, LEGACY.1)?.is_some())
+}
+
+/// Resolves every pending charge made since `from` (all, for `None`) that this process is not
+/// making; returns how many it resolved and whether none is left to retry.
+async fn resolve_since(engine: &Engine, from: Option<i64>) -> Result<(usize, bool), ApiError> {
+    let mut resolved = 0;
+    let mut complete = true;
+    let mut before: Option<String> = None;
+    'scan: loop {
+        let batch = engine.db.scan_back::<Charge>(before.as_deref(), BATCH)?;
+        let exhausted = batch.len() < BATCH;
+        before = batch.last().map(|c| c.charge_id.clone());
+        for c in batch {
+            if from.is_some_and(|f| c.created_at < f) {
+                break 'scan;
+            }
+            if c.status != ChargeStatus::Pending || engine.in_flight.is_making(&c.charge_id) {
+                continue;
+            }
+            match resolve(engine, &c.charge_id).await? {
+                Outcome::Resolved => resolved += 1,
+                Outcome::NothingToDo => {}
+                Outcome::Retry => complete = false,
+            }
         }
-    };
-    let charge = engine.db.get::<Charge>(&mine.charge_id)?;
-    if charge
-        .as_ref()
+        if exhausted || before.is_none() {
+            break;
+        }
+    }
+    Ok((resolved, complete))
+}
+
+enum Outcome {
+    Resolved,
+    NothingToDo,
+    Retry,
+}
+
+/// Voids and fails one charge, if it is still pending.
+async fn resolve(engine: &Engine, charge_id: &str) -> Result<Outcome, ApiError> {
+    if engine
+        .db
+        .get::<Charge>(charge_id)?
         .is_none_or(|c| c.status != ChargeStatus::Pending)
     {
-        // The outcome is there already (or the charge is gone): nothing to void, only the
-        // marker to remove.
-        let writes = vec![
-            db::expect(&mine)?,
-            db::delete::<PendingCharge>(&mine.charge_id),
-        ];
-        // Failing here leaves the marker for the next round.
-        let _ = engine.db.commit(writes, lost()).await;
-        return Ok(false);
+        return Ok(Outcome::NothingToDo);
     }
     let void = engine.processor.void(VoidRequest {
-        charge_id: mine.charge_id.clone(),
+        charge_id: charge_id.to_owned(),
         processor_reference: String::new(),
     });
     match tokio::time::timeout(processor_deadline(engine), void).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            tracing::warn!(charge_id = %mine.charge_id, error = %e, "void of a lost charge failed; will retry");
-            return Ok(false);
+            tracing::warn!(charge_id, error = %e, "void of a lost charge failed; will retry");
+            return Ok(Outcome::Retry);
         }
         Err(_) => {
-            tracing::warn!(charge_id = %mine.charge_id, "void of a lost charge timed out; will retry");
-            return Ok(false);
+            tracing::warn!(charge_id, "void of a lost charge timed out; will retry");
+            return Ok(Outcome::Retry);
         }
     }
-    let mut writes = vec![
-        db::expect(&mine)?,
-        db::delete::<PendingCharge>(&mine.charge_id),
-    ];
-    if let Some(charge) = engine
+    let mut changed = false;
+    let result = engine
         .db
-        .get::<Charge>(&mine.charge_id)?
-        .filter(|c| c.status == ChargeStatus::Pending)
-    {
-        // The marker, taken over above, is the lock: the request that made the charge can no
-        // longer write it, so the charge as read now is what it is.
-        let mut failed = charge;
-        failed.status = ChargeStatus::Failed;
-        writes.push(db::put(&failed)?);
-    }
-    match engine.db.commit(writes, lost()).await {
-        Ok(()) => {
-            tracing::info!(charge_id = %mine.charge_id, "lost charge voided and failed");
-            Ok(true)
+        .update::<Charge>(charge_id, |c| {
+            changed = c.status == ChargeStatus::Pending;
+            if changed {
+                c.status = ChargeStatus::Failed;
+            }
+            Ok(Vec::new())
+        })
+        .await;
+    match result {
+        Ok(_) if changed => {
+            tracing::info!(charge_id, "lost charge voided and failed");
+            Ok(Outcome::Resolved)
         }
-        Err(e) if e.code() == Code::Conflict => Ok(false),
+        Ok(_) => Ok(Outcome::NothingToDo),
+        Err(e) if e.code() == Code::Conflict => Ok(Outcome::Retry),
         Err(e) => Err(e),
     }
-}
-
-/// Gives every `pending` charge written before markers existed a marker, once per store.
-///
-/// # Errors
-/// 503 if the store cannot be read or written.
-pub async fn mark_unmarked(engine: &Engine) -> Result<usize, ApiError> {
-    const DONE: (&str, &str) = ("migration", "pending-charge-markers");
-    if engine.db.owner(DONE.0, DONE.1)?.is_some() {
-        return Ok(0);
-    }
-    let mut marked = 0;
-    let mut before: Option<String> = None;
-    loop {
-        let batch = engine.db.scan_back::<Charge>(before.as_deref(), 500)?;
-        let Some(last) = batch.last() else { break };
-        before = Some(last.charge_id.clone());
-        let exhausted = batch.len() < 500;
-        for c in batch.iter().filter(|c| c.status == ChargeStatus::Pending) {
-            if engine.db.get::<PendingCharge>(&c.charge_id)?.is_some() {
-                continue;
-            }
-            // A request finishing meanwhile may leave this marker on a charge that has its
-            // outcome; recovery then sees the outcome and only removes the marker.
-            let writes = vec![
-                db::absent::<PendingCharge>(&c.charge_id),
-                db::put(&PendingCharge {
-                    boot: String::new(),
-                    ..PendingCharge::of(c, &engine.boot)
-                })?,
-            ];
-            match engine
-                .db
-                .commit(writes, ApiError::new(Code::Conflict, "marking"))
-                .await
-            {
-                Ok(()) => marked += 1,
-                Err(e) if e.code() == Code::Conflict => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if exhausted {
-            break;
-        }
-    }
-    engine
-        .db
-        .commit(
-            vec![db::claim(DONE.0, DONE.1, "done")],
-            ApiError::new(Code::Conflict, "marking"),
-        )
-        .await?;
-    Ok(marked)
 }
