@@ -1,6 +1,6 @@
 //! The API's parsers of untrusted bytes: MSK request envelopes (the JSON, the hex, the KCV
 //! check), envelope plaintexts (gzip with its 32 KiB cap, UTF-8, JSON), POS headers
-//! (User-Agent, X-Timestamp, X-Signature), RFC 3339 times and query strings. The first byte
+//! (User-Agent, X-Timestamp, X-Signature), RFC 3339 times, URLs, strict JSON and query strings. The first byte
 //! picks the parser. Must never panic.
 #![no_main]
 
@@ -13,13 +13,13 @@ fuzz_target!(|data: &[u8]| {
     let text = std::str::from_utf8(rest).ok();
     match which % 6 {
         0 => {
-            let _ = api::envelope::parse(rest, "ABC123");
+            let _ = api::pos::envelope::parse(rest, "ABC123");
         }
         1 => {
-            let _ = api::envelope::inner(rest, true);
+            let _ = api::pos::envelope::inner(rest, true);
         }
         2 => {
-            let _ = api::envelope::inner(rest, false);
+            let _ = api::pos::envelope::inner(rest, false);
         }
         3 => {
             if let Some(t) = text {
@@ -30,15 +30,17 @@ fuzz_target!(|data: &[u8]| {
         }
         4 => {
             if let Some(t) = text {
-                let _ = api::time::parse_rfc3339(t);
-                let _ = api::pos_version(t);
+                let _ = api::wire::time::parse_rfc3339(t);
+                let _ = api::wire::ids::pos_version(t);
+                let _ = api::wire::url::parse(t);
             }
         }
         _ => {
+            let _ = api::wire::json::parse(rest);
             if let Some(t) = text {
-                let _ = api::call::parse_query(Some(t));
-                if let Ok(obj) = api::input::object(rest) {
-                    let mut input = api::input::Input::new(&obj);
+                let _ = api::request::parse_query(Some(t));
+                if let Ok(obj) = api::wire::input::object(rest) {
+                    let mut input = api::wire::input::Input::new(&obj);
                     let _ = input.money("amount", true, false, None);
                     let _ = input.text("name", 10);
                     let _ = input.finish();

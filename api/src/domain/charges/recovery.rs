@@ -20,10 +20,11 @@
 //!
 //! Resolving a charge: ask the processor to void whatever it may have authorised (a void of
 //! something it never saw is harmless), then store the charge `failed` if it is still pending
-//! (a read-check-write against the stored bytes). The request that made a charge writes its
-//! outcome only if the charge is still the pending one it wrote, so a late outcome can never
-//! overwrite recovery. If the processor cannot be reached, the charge stays pending and the
-//! next round tries again; every step can be interrupted and rerun.
+//! (a read-check-write against the stored bytes). A late outcome cannot overwrite recovery
+//! because recovery never resolves a charge whose request may still run: not one this process
+//! is making, and no other process shares the store. If the processor cannot be reached, the
+//! charge stays pending and the next round tries again; every step can be interrupted and
+//! rerun.
 //!
 //! Pending charges older than this design (no start record covers them) are found once per
 //! store by a full scan.
@@ -153,11 +154,6 @@ impl Drop for Making {
             charges.orphans.insert(self.charge_id.clone(), created_at);
         }
     }
-}
-
-/// The error the outcome commit answers when recovery resolved the charge meanwhile.
-pub(super) fn taken_over() -> ApiError {
-    ApiError::new(Code::Conflict, "charge resolved by recovery")
 }
 
 /// Records this start with its checkpoint; done before the first charge is served.
