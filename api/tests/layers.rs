@@ -46,15 +46,29 @@ fn layer(module: &str) -> usize {
         .unwrap_or_else(|| panic!("module `{module}` has no layer in LAYERS"))
 }
 
-fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() {
-            sources(&path, out);
+            walk(&path, out);
         } else if path.extension().is_some_and(|e| e == "rs") {
             out.push(path);
         }
     }
+}
+
+/// Every source file of `api/src`: its path below `src` and its text.
+fn sources() -> Vec<(PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&root, &mut files);
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).unwrap();
+            (f.strip_prefix(&root).unwrap().to_owned(), text)
+        })
+        .collect()
 }
 
 /// The file's text up to its tests.
@@ -70,18 +84,10 @@ fn code_lines(text: &str) -> usize {
         .count()
 }
 
-fn src() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
-}
-
 #[test]
 fn imports_point_down_the_layers() {
-    let root = src();
-    let mut files = Vec::new();
-    sources(&root, &mut files);
     let mut wrong = BTreeMap::new();
-    for file in &files {
-        let rel = file.strip_prefix(&root).unwrap();
+    for (rel, text) in sources() {
         let first = rel
             .components()
             .next()
@@ -89,7 +95,6 @@ fn imports_point_down_the_layers() {
             .as_os_str()
             .to_string_lossy();
         let module = first.trim_end_matches(".rs").to_owned();
-        let text = std::fs::read_to_string(file).unwrap();
         for line in non_test(&text).lines() {
             if line.trim_start().starts_with("//") {
                 continue;
@@ -118,17 +123,10 @@ fn imports_point_down_the_layers() {
 
 #[test]
 fn files_stay_readable() {
-    let root = src();
-    let mut files = Vec::new();
-    sources(&root, &mut files);
     let mut long = Vec::new();
-    for file in &files {
-        let rel = file
-            .strip_prefix(&root)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let n = code_lines(&std::fs::read_to_string(file).unwrap());
+    for (rel, text) in sources() {
+        let rel = rel.to_string_lossy().into_owned();
+        let n = code_lines(&text);
         let excused = LONG_FILES.iter().any(|(f, _)| *f == rel);
         if n > MAX_CODE_LINES && !excused {
             long.push(format!("{rel}: {n} lines of code"));
