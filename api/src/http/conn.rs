@@ -77,9 +77,10 @@ impl Limits {
         Arc::clone(&self.total).acquire_owned().await.ok()
     }
 
-    /// Admits a connection from `ip` holding `permit`, or `None` when that address already
+    /// Admits a connection from `ip` holding `permit`, or `None` when that client already
     /// holds its share.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, permit: OwnedSemaphorePermit) -> Option<Admitted> {
+        let ip = client_of(ip);
         if self.max_per_client > 0 {
             let mut counts = self
                 .per_client
@@ -98,8 +99,9 @@ impl Limits {
         })
     }
 
-    /// Connections currently held by `ip`.
+    /// Connections currently held by the client `ip` counts for.
     pub fn held_by(&self, ip: IpAddr) -> usize {
+        let ip = client_of(ip);
         self.per_client
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -125,6 +127,25 @@ impl Drop for Admitted {
                 counts.remove(&self.ip);
             }
         }
+    }
+}
+
+/// The client an address counts for: an IPv4 address itself (also when written as an
+/// IPv4-mapped IPv6 address), and for IPv6 its /64, since one host is routinely given a whole
+/// /64 and could otherwise open its share from every address in it.
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                for s in segments.iter_mut().skip(4) {
+                    *s = 0;
+                }
+                IpAddr::V6(std::net::Ipv6Addr::from(segments))
+            }
+        },
     }
 }
 
@@ -215,6 +236,24 @@ mod tests {
         drop(first);
         assert_eq!(limits.held_by(a), 1);
         assert!(limits.admit(a, limits.place().await.unwrap()).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_ipv6_slash_64_is_one_client() {
+        let limits = Limits::new(10, 2);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _one = limits.admit(a, limits.place().await.unwrap()).unwrap();
+        let _two = limits.admit(b, limits.place().await.unwrap()).unwrap();
+        assert!(limits.admit(b, limits.place().await.unwrap()).is_none());
+        assert!(
+            limits
+                .admit(elsewhere, limits.place().await.unwrap())
+                .is_some()
+        );
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(client_of(mapped), IpAddr::from([127, 0, 0, 1]));
     }
 
     #[test]
