@@ -247,11 +247,7 @@ fn plain_request_hash(body: &[u8]) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(&(body.len() as u64).to_be_bytes());
     ctx.update(body);
-    ctx.finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect()
+    hex::encode_upper(ctx.finish().as_ref())
 }
 
 fn kept_requests(p: &Platform) -> Vec<String> {

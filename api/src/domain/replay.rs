@@ -34,26 +34,14 @@ impl Replay {
         let replay = Self::default();
         if let Ok(mut seen) = replay.seen.lock() {
             // Ids start with the time of use: walk back from the newest until ten minutes ago.
-            let mut before: Option<String> = None;
-            'scan: loop {
-                let batch = db.scan_back::<Nonce>(before.as_deref(), 1000)?;
-                let exhausted = batch.len() < 1000;
-                for n in batch {
-                    if now - n.at > NONCE_TTL {
-                        break 'scan;
-                    }
-                    let key =
-                        n.id.split_once(':')
-                            .map(|(_, k)| k)
-                            .unwrap_or_default()
-                            .to_owned();
-                    seen.insert(key, n.at);
-                    before = Some(n.id);
+            db.walk_back::<Nonce>(|n| {
+                if now - n.at > NONCE_TTL {
+                    return Ok(false);
                 }
-                if exhausted {
-                    break;
-                }
-            }
+                let key = n.id.split_once(':').map(|(_, k)| k).unwrap_or_default();
+                seen.insert(key.to_owned(), n.at);
+                Ok(true)
+            })?;
         }
         Ok(replay)
     }

@@ -192,6 +192,31 @@ impl Db {
         }
     }
 
+    /// Visits every record of a kind by descending id (time-ordered ids: newest first) until
+    /// `visit` says stop (returns false), reading in batches.
+    pub fn walk_back<R: Record>(
+        &self,
+        mut visit: impl FnMut(R) -> Result<bool, ApiError>,
+    ) -> Result<(), ApiError> {
+        let mut before: Option<String> = None;
+        loop {
+            let batch = self
+                .store
+                .scan_back(R::KIND, before.as_deref(), 500)
+                .map_err(|e| unavailable(&e))?;
+            let exhausted = batch.len() < 500;
+            for (id, stored) in batch {
+                if !visit(decode(&stored.body)?)? {
+                    return Ok(());
+                }
+                before = Some(id);
+            }
+            if exhausted {
+                return Ok(());
+            }
+        }
+    }
+
     /// Records of a kind by descending id (time-ordered ids: newest first), before `before`.
     pub fn scan_back<R: Record>(
         &self,

@@ -39,13 +39,8 @@ pub fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
         .map_err(|e| ApiError::new(Code::BodyUnreadable, e.to_string()))?;
     match value {
         Value::Object(map) => Ok(map),
-        _ => Err(field_error("", "the body must be a JSON object")),
+        _ => Err(ApiError::field("", "the body must be a JSON object")),
     }
-}
-
-/// One 400/`4000` naming one field.
-pub fn field_error(field: &str, reason: &str) -> ApiError {
-    ApiError::field(field, reason)
 }
 
 /// A JSON object being validated; problems pile up until [`Input::finish`].

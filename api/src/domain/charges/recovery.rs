@@ -41,8 +41,6 @@ use crate::store::db::{self, Record};
 
 /// Seconds scanned before a checkpoint (clock steps, second granularity).
 const MARGIN: i64 = 10;
-/// Charges read per scan step.
-const BATCH: usize = 500;
 
 /// One start of the API process.
 #[derive(Debug, Clone)]
@@ -207,18 +205,12 @@ pub async fn recover(engine: &Engine, now: i64) -> Result<usize, ApiError> {
         }
     }
     let mut others = Vec::new();
-    let mut before: Option<String> = None;
-    loop {
-        let batch = engine
-            .db
-            .scan_back::<BootRecord>(before.as_deref(), BATCH)?;
-        let exhausted = batch.len() < BATCH;
-        before = batch.last().map(|b| b.id.clone());
-        others.extend(batch.into_iter().filter(|b| b.id != engine.boot.id));
-        if exhausted || before.is_none() {
-            break;
+    engine.db.walk_back::<BootRecord>(|b| {
+        if b.id != engine.boot.id {
+            others.push(b);
         }
-    }
+        Ok(true)
+    })?;
     if let Some(from) = others.iter().map(|b| b.checkpoint).min() {
         let (n, complete) = resolve_since(engine, Some(from - MARGIN)).await?;
         resolved += n;
@@ -246,28 +238,23 @@ fn legacy_done(engine: &Engine) -> Result<bool, ApiError> {
 /// Resolves every pending charge made since `from` (all, for `None`) that this process is not
 /// making; returns how many it resolved and whether none is left to retry.
 async fn resolve_since(engine: &Engine, from: Option<i64>) -> Result<(usize, bool), ApiError> {
+    let mut pending = Vec::new();
+    engine.db.walk_back::<Charge>(|c| {
+        if from.is_some_and(|f| c.created_at < f) {
+            return Ok(false);
+        }
+        if c.status == ChargeStatus::Pending && !engine.in_flight.is_making(&c.charge_id) {
+            pending.push(c.charge_id);
+        }
+        Ok(true)
+    })?;
     let mut resolved = 0;
     let mut complete = true;
-    let mut before: Option<String> = None;
-    'scan: loop {
-        let batch = engine.db.scan_back::<Charge>(before.as_deref(), BATCH)?;
-        let exhausted = batch.len() < BATCH;
-        before = batch.last().map(|c| c.charge_id.clone());
-        for c in batch {
-            if from.is_some_and(|f| c.created_at < f) {
-                break 'scan;
-            }
-            if c.status != ChargeStatus::Pending || engine.in_flight.is_making(&c.charge_id) {
-                continue;
-            }
-            match resolve(engine, &c.charge_id).await? {
-                Outcome::Resolved => resolved += 1,
-                Outcome::NothingToDo => {}
-                Outcome::Retry => complete = false,
-            }
-        }
-        if exhausted || before.is_none() {
-            break;
+    for id in pending {
+        match resolve(engine, &id).await? {
+            Outcome::Resolved => resolved += 1,
+            Outcome::NothingToDo => {}
+            Outcome::Retry => complete = false,
         }
     }
     Ok((resolved, complete))
