@@ -158,7 +158,12 @@ impl KeydProcess {
             .spawn()?;
         if let Some(mut stdin) = child.stdin.take() {
             for line in lines {
-                stdin.write_all(format!("{line}\n").as_bytes())?;
+                // A command that refuses early exits before reading what follows; its exit
+                // status and standard error are the answer, not the broken pipe.
+                match stdin.write_all(format!("{line}\n").as_bytes()) {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                    other => other?,
+                }
             }
         }
         let out = child.wait_with_output()?;
