@@ -25,13 +25,16 @@ use crate::error::{ApiError, Code};
 use crate::request::Services;
 use crate::request::{Call, list};
 use crate::store::db::{self, Record};
+use crate::wire::body::{self, Nullable, Text};
+use crate::wire::fields::{
+    Colour, Country, Currency, DeviceId, Email, Host, HttpsUrl, Id, LowerHost, Mcc, MoneyOrZero,
+    Timezone, Zone,
+};
 use crate::wire::ids;
-use crate::wire::input::{self, Input, is_country, is_currency, is_mcc};
 
 const NAME_MAX: usize = 200;
 /// Deepest reseller nesting (the hierarchy answer walks it recursively).
 const MAX_DEPTH: usize = 32;
-const BRANDS: &[&str] = &["visa", "mastercard", "amex", "discover", "unknown"];
 
 fn conflict(message: &str) -> ApiError {
     ApiError::new(Code::Conflict, message)
@@ -103,27 +106,6 @@ fn set<T: Clone>(field: &mut T, value: &Option<T>) {
     }
 }
 
-fn valid_email(e: &str) -> bool {
-    e.len() <= 254
-        && !e.contains(char::is_whitespace)
-        && e.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && valid_host(domain) && domain.contains('.')
-        })
-}
-
-/// A DNS host name: labels of letters, digits and hyphens, lower-cased by the caller.
-pub fn valid_host(h: &str) -> bool {
-    (1..=253).contains(&h.len())
-        && h.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
-        })
-}
-
 /// API-client secrets are 48 random alphanumerics (285 bits) made here, so a salted SHA-256 is
 /// enough: a slow password hash protects guessable secrets, and these are not guessable.
 fn secret_hash(salt: &[u8], secret: &str) -> [u8; 32] {
@@ -140,14 +122,6 @@ fn secret_hash(salt: &[u8], secret: &str) -> [u8; 32] {
 mod tests {
     use super::sessions::secret_matches;
     use super::*;
-
-    #[test]
-    fn hosts_and_emails() {
-        assert!(valid_host("merchant.example.com") && valid_host("localhost"));
-        assert!(!valid_host("-a.com") && !valid_host("a..b") && !valid_host("a b"));
-        assert!(valid_email("ops@example.com"));
-        assert!(!valid_email("ops@localhost") && !valid_email("@example.com"));
-    }
 
     #[test]
     fn client_secrets_are_hashed_with_their_salt() {

@@ -20,8 +20,9 @@ use crate::keyd::KeydError;
 use crate::request::Call;
 use crate::request::Services;
 use crate::store::db;
+use crate::wire::body;
+use crate::wire::fields::{DeviceId, Id};
 use crate::wire::ids;
-use crate::wire::input::{self, Input};
 use crate::wire::time::rfc3339;
 
 const PAIRING_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
@@ -246,20 +247,38 @@ pub async fn pairing_code(app: &Services, call: &Call<'_>) -> Result<Value, ApiE
     Ok(json!({"pairing_code": record.code, "expires_in_sec": PAIRING_TTL}))
 }
 
+crate::string_field!(
+    /// A pairing code as a terminal shows it.
+    PairingCodeText,
+    |c: &str| c.len() == 6 && c.bytes().all(|b| PAIRING_ALPHABET.contains(&b)),
+    "six characters of the pairing alphabet",
+    {"type": "string", "pattern": "^[ABCDEFGHJKLMNPQRSTUVWXYZ23456789]{6}$"}
+);
+
+crate::body! {
+    /// `POST /pos/claim`.
+    #[derive(Debug)]
+    pub struct Claim {
+        /// The code the terminal shows.
+        pub pairing_code: PairingCodeText,
+        /// When given, must be the code's device.
+        pub device_id: Option<DeviceId>,
+        /// Where the device will stand.
+        pub location_id: Option<Id>,
+    }
+}
+
 /// `POST /pos/claim` (bearer): a merchant's user pairs a device with the code it shows.
 pub async fn claim(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let obj = input::object(&call.body)?;
-    let mut input = Input::new(&obj);
-    let code = input.matching(
-        "pairing_code",
-        |c| c.len() == 6 && c.bytes().all(|b| PAIRING_ALPHABET.contains(&b)),
-        "six characters of the pairing alphabet",
-    );
-    let device_id = input.opt_matching("device_id", ids::is_device_id, "POS- and 8 hex digits");
-    let location_id = input.opt_matching("location_id", ids::is_uuid, "a location id");
-    input.finish()?;
-    let code = code.unwrap_or_default();
+    let Claim {
+        pairing_code,
+        device_id,
+        location_id,
+    } = body::parse(&call.body)?;
+    let code = String::from(pairing_code);
+    let device_id = device_id.map(String::from);
+    let location_id = location_id.map(String::from);
     let pairing: PairingCode = app.db.find(&code)?;
     match pairing.status(call.now) {
         PairingStatus::Expired => {

@@ -17,7 +17,7 @@ use crate::domain::replay::Replay;
 use crate::error::ApiError;
 use crate::keyd::Keyd;
 use crate::store::db::Db;
-use crate::wire::input::{Input, Money};
+use crate::wire::fields::Money;
 
 /// A request, read and authenticated.
 #[derive(Debug)]
@@ -129,22 +129,37 @@ pub struct Services {
     pub charges: Engine,
 }
 
-/// A refund request's body, for the backoffice and the POS route alike.
+crate::enum_field! {
+    /// Why a charge is refunded.
+    pub enum RefundReason {
+        RequestedByCustomer = "requested_by_customer",
+        Duplicate = "duplicate",
+        Fraudulent = "fraudulent",
+        Other = "other",
+    }
+}
+
+crate::body! {
+    /// A refund, for the backoffice (`POST /charges/{id}/refund`, the body may be empty) and
+    /// the terminal (the payload of `POST /pos/charge/{id}/refund`) alike.
+    #[derive(Debug)]
+    pub struct RefundRequest {
+        /// How much; the whole remaining amount when absent.
+        pub amount: Option<Money>,
+        /// Why.
+        pub reason: Option<RefundReason>,
+    }
+}
+
+/// A refund request's members, read from its object.
 ///
 /// # Errors
 /// 400/`4000` naming the bad fields.
 pub fn refund_body(
-    obj: &serde_json::Map<String, Value>,
+    obj: serde_json::Map<String, Value>,
 ) -> Result<(Option<Money>, Option<String>), ApiError> {
-    let mut input = Input::new(obj);
-    let amount = input.money("amount", false, false, None);
-    let reason = input.one_of(
-        "reason",
-        &["requested_by_customer", "duplicate", "fraudulent", "other"],
-        false,
-    );
-    input.finish()?;
-    Ok((amount, reason))
+    let b: RefundRequest = crate::wire::body::from_value(Value::Object(obj))?;
+    Ok((b.amount, b.reason.map(|r| r.as_str().to_owned())))
 }
 
 #[cfg(test)]

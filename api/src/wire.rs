@@ -1,8 +1,9 @@
-//! Wire formats shared by every layer: identifiers, times, request-body reading, and JSON as
+//! Wire formats shared by every layer: identifiers, times, typed request bodies, and JSON as
 //! the API reads it from untrusted clients.
 
+pub mod body;
+pub mod fields;
 pub mod ids;
-pub mod input;
 pub mod json;
 pub mod time;
 pub mod url;

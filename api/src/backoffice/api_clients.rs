@@ -2,17 +2,24 @@
 
 use super::*;
 
+crate::body! {
+    /// `POST /merchants/{id}/api-clients` (the body may be empty).
+    #[derive(Debug)]
+    pub struct ApiClientCreate {
+        /// A name for people.
+        pub name: Option<Text<NAME_MAX>>,
+    }
+}
+
 /// `POST /merchants/{id}/api-clients`: the secret is in this answer and nowhere else.
 pub async fn api_client_create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
-    let obj = if call.body.is_empty() {
-        Map::new()
+    let ApiClientCreate { name } = if call.body.is_empty() {
+        ApiClientCreate { name: None }
     } else {
-        input::object(&call.body)?
+        body::parse(&call.body)?
     };
-    let mut input = Input::new(&obj);
-    let name = input.opt_text("name", NAME_MAX);
-    input.finish()?;
+    let name = name.map(String::from);
     let secret = ids::random_alnum(48)?;
     let salt = ids::random_bytes::<16>()?;
     let c = ApiClient {

@@ -2,6 +2,32 @@
 
 use super::*;
 
+crate::body! {
+    /// `PUT /resellers/{id}/branding`: replaces the whole branding.
+    #[derive(Debug)]
+    pub struct Branding {
+        /// The name people see.
+        pub display_name: Option<Text<NAME_MAX>>,
+        /// The logo's address.
+        pub logo_url: Option<HttpsUrl>,
+        /// `#RRGGBB`.
+        pub primary_color: Option<Colour>,
+        /// Where merchants ask for help.
+        pub support_email: Option<Email>,
+        /// A theme name the portal knows.
+        pub theme: Option<Text<32>>,
+    }
+}
+
+crate::body! {
+    /// `PUT /resellers/{id}/domains`: replaces the list.
+    #[derive(Debug)]
+    pub struct Domains {
+        /// Host names of the reseller's portal, lower case.
+        pub portal_hosts: body::List<LowerHost, 20>,
+    }
+}
+
 fn branding_json(r: &Reseller) -> Value {
     let b = r.branding.clone().unwrap_or_default();
     let field = |k: &str| b.get(k).cloned().unwrap_or(Value::Null);
@@ -26,40 +52,15 @@ pub fn branding_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> 
 /// `PUT /resellers/{id}/branding`.
 pub async fn branding_put(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let r = reseller(app, call.who()?, call.param(0), Action::ManageReseller)?;
-    let obj = input::object(&call.body)?;
-    let mut input = Input::new(&obj);
+    let b: Branding = body::parse(&call.body)?;
     let mut branding = Map::new();
     let fields: [(&str, Option<String>); 5] = [
-        ("display_name", input.opt_text("display_name", NAME_MAX)),
-        (
-            "logo_url",
-            input.opt_matching(
-                "logo_url",
-                |u| {
-                    u.len() <= 2048 && u.starts_with("https://") && !u.contains(char::is_whitespace)
-                },
-                "an https:// address",
-            ),
-        ),
-        (
-            "primary_color",
-            input.opt_matching(
-                "primary_color",
-                |c| {
-                    c.len() == 7
-                        && c.starts_with('#')
-                        && c.bytes().skip(1).all(|b| b.is_ascii_hexdigit())
-                },
-                "#RRGGBB",
-            ),
-        ),
-        (
-            "support_email",
-            input.opt_matching("support_email", valid_email, "an e-mail address"),
-        ),
-        ("theme", input.opt_text("theme", 32)),
+        ("display_name", b.display_name.map(String::from)),
+        ("logo_url", b.logo_url.map(String::from)),
+        ("primary_color", b.primary_color.map(String::from)),
+        ("support_email", b.support_email.map(String::from)),
+        ("theme", b.theme.map(String::from)),
     ];
-    input.finish()?;
     for (k, v) in fields {
         if let Some(v) = v {
             branding.insert(k.into(), Value::String(v));
@@ -86,19 +87,8 @@ pub fn domains_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
 /// `PUT /resellers/{id}/domains`: a host belongs to at most one reseller.
 pub async fn domains_put(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let r = reseller(app, call.who()?, call.param(0), Action::ManageReseller)?;
-    let obj = input::object(&call.body)?;
-    let mut input = Input::new(&obj);
-    if !input.has("portal_hosts") {
-        input.fail("portal_hosts", "required");
-    }
-    let hosts = input.opt_strings(
-        "portal_hosts",
-        20,
-        |h| valid_host(h) && h == h.to_ascii_lowercase(),
-        "a lower-case host name",
-    );
-    input.finish()?;
-    let mut hosts = hosts.unwrap_or_default();
+    let Domains { portal_hosts } = body::parse(&call.body)?;
+    let mut hosts: Vec<String> = portal_hosts.0.into_iter().map(String::from).collect();
     hosts.sort();
     hosts.dedup();
     if hosts.iter().any(|h| app.config.platform.hosts.contains(h)) {

@@ -12,13 +12,14 @@ use crate::auth::authz::{Action, Principal, Scope, authorize};
 use crate::domain::charges::{self, CardInput, Charge, NewCharge, Refund, Txn, check_total};
 use crate::domain::idem::{self, Begin, Running};
 use crate::domain::model::Merchant;
-use crate::domain::processor::{self, Pan};
+use crate::domain::processor::Pan;
 use crate::domain::settlement::{self, Settlement};
 use crate::error::{ApiError, Code};
 use crate::request::Services;
 use crate::request::{Call, list};
+use crate::wire::body::{self, At, Field, Int, Problems, Text};
+use crate::wire::fields::{CardNumber, Cvc, Id, Money, MoneyOrZero, tip_in_currency};
 use crate::wire::ids;
-use crate::wire::input::{self, Input, Money};
 
 fn merchant_of_call(
     app: &Services,
@@ -72,7 +73,7 @@ where
 /// (contract section 1 keeps "the first final answer given after the body was accepted").
 pub async fn create_backoffice(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let body = ChargeBody::read(&input::object(&call.body)?)?;
+    let body = ChargeBody::read(&call.body)?;
     let path = "/charges";
     let scope = p.sub.clone();
     let request = if idem::key_header(call.headers)?.is_some() {
@@ -127,57 +128,92 @@ fn expose<S: serde::Serializer>(number: &Zeroizing<String>, s: S) -> Result<S::O
     s.serialize_str(number)
 }
 
+crate::body! {
+    /// The card of a keyed charge.
+    #[derive(Debug)]
+    pub struct Card {
+        /// The card number.
+        pub number: CardNumber,
+        /// Expiry month.
+        pub exp_month: Int<1, 12>,
+        /// Expiry year, four digits.
+        pub exp_year: Int<2000, 2099>,
+        /// Checked for form, then dropped: never kept in any form.
+        pub cvc: Cvc,
+    }
+}
+
+/// Free-form pairs a merchant attaches to a charge: at most 20, names of at most 40
+/// characters, string values of at most 500.
+#[derive(Debug, Default)]
+pub struct Metadata(Map<String, Value>);
+
+impl Field for Metadata {
+    fn read(value: Value, at: &At<'_>, problems: &mut Problems) -> Option<Self> {
+        match value {
+            Value::Object(m)
+                if m.len() <= 20
+                    && m.iter().all(|(k, v)| {
+                        k.chars().count() <= 40
+                            && v.as_str().is_some_and(|s| s.chars().count() <= 500)
+                    }) =>
+            {
+                Some(Self(m))
+            }
+            _ => {
+                problems.fail(at, "at most 20 string pairs");
+                None
+            }
+        }
+    }
+
+    fn schema() -> Value {
+        serde_json::json!({
+            "type": "object",
+            "maxProperties": 20,
+            "propertyNames": {"maxLength": 40},
+            "additionalProperties": {"type": "string", "maxLength": 500},
+        })
+    }
+}
+
+crate::body! {
+    /// `POST /charges`: a keyed card charge.
+    #[derive(Debug)]
+    pub struct ChargeCreate {
+        /// The merchant charging; a merchant's own users may leave it out.
+        pub merchant_id: Option<Id>,
+        /// The amount, in the merchant's currency.
+        pub amount: Money,
+        /// A tip on top, in the same currency.
+        pub tip: Option<MoneyOrZero>,
+        /// The card.
+        pub card: Card,
+        /// Where the sale happened.
+        pub location_id: Option<Id>,
+        /// Shown in the transaction list.
+        pub description: Option<Text<500>>,
+        /// Free-form pairs kept with the charge.
+        pub metadata: Option<Metadata>,
+    }
+}
+
 impl ChargeBody {
     /// Validates every field, reporting every bad one at once.
-    fn read(obj: &Map<String, Value>) -> Result<Self, ApiError> {
-        let mut input = Input::new(obj);
-        let merchant_id = input.opt_matching("merchant_id", ids::is_uuid, "a merchant id");
-        let amount = input.money("amount", true, false, None);
-        let currency = amount.as_ref().map(|a| a.currency.clone());
-        let tip = input.money("tip", false, true, currency.as_deref());
-        let card = input.nested("card", true, |c| {
-            let number = c.matching(
-                "number",
-                processor::luhn_ok,
-                "a card number passing the Luhn check",
-            );
-            let month = c.int("exp_month", 1..=12);
-            let year = c.int("exp_year", 2000..=2099);
-            c.matching(
-                "cvc",
-                |v| (3..=4).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()),
-                "3 or 4 digits",
-            );
-            Some((
-                Zeroizing::new(number?),
-                u8::try_from(month?).ok()?,
-                u16::try_from(year?).ok()?,
-            ))
-        });
-        let location_id = input.opt_matching("location_id", ids::is_uuid, "a location id");
-        let description = input.opt_text("description", 500);
-        let metadata = input.opt_object("metadata");
-        if let Some(m) = &metadata
-            && (m.len() > 20
-                || m.iter()
-                    .any(|(k, v)| k.len() > 40 || v.as_str().is_none_or(|s| s.len() > 500)))
-        {
-            input.fail("metadata", "at most 20 string pairs");
-        }
-        input.finish()?;
-        let amount = amount.ok_or_else(|| ApiError::field("amount", "required"))?;
-        let (number, exp_month, exp_year) =
-            card.ok_or_else(|| ApiError::field("card", "required"))?;
+    fn read(bytes: &[u8]) -> Result<Self, ApiError> {
+        let b: ChargeCreate = body::parse_checked(bytes, |b: &ChargeCreate, p| {
+            tip_in_currency(&b.amount, b.tip.as_ref(), p);
+        })?;
         Ok(Self {
-            merchant_id,
-            amount,
-            tip,
-            number,
-            exp_month,
-            exp_year,
-            location_id,
-            description,
-            metadata: metadata.unwrap_or_default(),
+            merchant_id: b.merchant_id.map(String::from),
+            amount: b.amount,
+            tip: b.tip.map(|t| t.0),
+            number: b.card.number.into_inner(),
+            exp_month: u8::try_from(b.card.exp_month.0).unwrap_or_default(),
+            exp_year: u16::try_from(b.card.exp_year.0).unwrap_or_default(),
+            location_id: b.location_id.map(String::from),
+            description: b.description.map(String::from),
+            metadata: b.metadata.unwrap_or_default().0,
         })
     }
 
@@ -300,11 +336,11 @@ pub async fn refund_backoffice(app: &Services, call: &Call<'_>) -> Result<Value,
     let obj = if call.body.is_empty() {
         Map::new()
     } else {
-        input::object(&call.body)?
+        body::object(&call.body)?
     };
     let path = format!("/charges/{}/refund", charge.charge_id);
     keyed(app, call, &p.sub, &path, &call.body, |running| async move {
-        let (amount, reason) = match crate::request::refund_body(&obj) {
+        let (amount, reason) = match crate::request::refund_body(obj) {
             Ok(x) => x,
             Err(e) => {
                 if let Some(r) = &running {

@@ -3,24 +3,66 @@
 
 use super::*;
 
+crate::body! {
+    /// `POST /merchants/{id}/devices`.
+    #[derive(Debug)]
+    pub struct DeviceCreate {
+        /// The terminal's id, as printed on it.
+        pub device_id: DeviceId,
+        /// Hardware model.
+        pub model: Text<100>,
+        /// Serial number.
+        pub serial: Text<100>,
+        /// A name for people.
+        pub label: Option<Text<100>>,
+        /// Where it stands.
+        pub location_id: Option<Id>,
+        /// The zone whose ZMK the terminal was injected with (the platform's default when
+        /// absent).
+        pub zone: Option<Zone>,
+    }
+}
+
+crate::body! {
+    /// `PATCH /merchants/{id}/devices/{device_id}`.
+    #[derive(Debug)]
+    pub struct DevicePatch {
+        /// Hardware model.
+        pub model: Option<Text<100>>,
+        /// Serial number.
+        pub serial: Option<Text<100>>,
+        /// A name for people; `null` removes it.
+        pub label: Nullable<Text<100>>,
+        /// Where it stands; `null` removes it.
+        pub location_id: Nullable<Id>,
+        /// Fixed.
+        pub device_id: body::Refused,
+        /// Fixed.
+        pub zone: body::Refused,
+        /// Changed by the lifecycle, not here.
+        pub device_status: body::Refused,
+        /// Fixed.
+        pub terminal_id: body::Refused,
+    }
+}
+
 /// `POST /merchants/{id}/devices`: the identity key is made in keyd; its secret is in this
 /// answer and nowhere else.
 pub async fn device_create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
-    let obj = input::object(&call.body)?;
-    let mut input = Input::new(&obj);
-    let device_id = input.matching(
-        "device_id",
-        ids::is_device_id,
-        "POS- and 8 upper-case hex digits",
-    );
-    let model = input.text("model", 100);
-    let serial = input.text("serial", 100);
-    let label = input.opt_text("label", 100);
-    let location_id = input.opt_matching("location_id", ids::is_uuid, "a location id");
-    let zone = input.opt_matching("zone", ids::is_zone, "1-64 characters of [0-9A-Za-z_.-]");
-    input.finish()?;
-    let device_id = device_id.unwrap_or_default();
+    let DeviceCreate {
+        device_id,
+        model,
+        serial,
+        label,
+        location_id,
+        zone,
+    } = body::parse(&call.body)?;
+    let device_id = String::from(device_id);
+    let (model, serial) = (String::from(model), String::from(serial));
+    let label = label.map(String::from);
+    let location_id = location_id.map(String::from);
+    let zone = zone.map(String::from);
     if let Some(l) = &location_id {
         crate::domain::model::check_location(&app.db, &m.id, l)?;
     }
@@ -46,8 +88,8 @@ pub async fn device_create(app: &Services, call: &Call<'_>) -> Result<Value, Api
     let d = Device {
         device_id: device_id.clone(),
         merchant_id: m.id,
-        model: model.unwrap_or_default(),
-        serial: serial.unwrap_or_default(),
+        model,
+        serial,
         label,
         location_id,
         zone,
@@ -99,21 +141,17 @@ pub fn device_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
 /// `PATCH /merchants/{id}/devices/{device_id}`.
 pub async fn device_patch(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let d = device(app, call, Action::ManageMerchant)?;
-    let obj = input::object(&call.body)?;
-    let mut input = Input::new(&obj);
-    let model = input.opt_text("model", 100);
-    let serial = input.opt_text("serial", 100);
-    let label_given = obj.contains_key("label");
-    let label = input.opt_text("label", 100);
-    let location_given = obj.contains_key("location_id");
-    let location_id = input.opt_matching("location_id", ids::is_uuid, "a location id");
-    for fixed in ["device_id", "zone", "device_status", "terminal_id"] {
-        if obj.contains_key(fixed) {
-            input.fail(fixed, "cannot be changed here");
-        }
-    }
-    input.finish()?;
-    if let Some(l) = &location_id {
+    let DevicePatch {
+        model,
+        serial,
+        label,
+        location_id,
+        ..
+    } = body::parse(&call.body)?;
+    let (model, serial) = (model.map(String::from), serial.map(String::from));
+    let label = label.change().map(|l| l.map(String::from));
+    let location = location_id.change().map(|l| l.map(String::from));
+    if let Some(Some(l)) = &location {
         crate::domain::model::check_location(&app.db, &d.merchant_id, l)?;
     }
     let now = call.now;
@@ -122,11 +160,11 @@ pub async fn device_patch(app: &Services, call: &Call<'_>) -> Result<Value, ApiE
         .update::<Device>(&d.device_id, |d| {
             set(&mut d.model, &model);
             set(&mut d.serial, &serial);
-            if label_given {
-                d.label.clone_from(&label);
+            if let Some(l) = &label {
+                d.label.clone_from(l);
             }
-            if location_given {
-                d.location_id.clone_from(&location_id);
+            if let Some(l) = &location {
+                d.location_id.clone_from(l);
             }
             d.updated_at = now;
             Ok(Vec::new())
@@ -233,7 +271,7 @@ pub async fn device_rotate_keys(app: &Services, call: &Call<'_>) -> Result<Value
 /// `PUT …/devices/{device_id}/terminal-parameters`.
 pub async fn device_parameters(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let d = device(app, call, Action::ManageMerchant)?;
-    let params = input::object(&call.body)?;
+    let params = body::object(&call.body)?;
     let now = call.now;
     app.db
         .update::<Device>(&d.device_id, |d| {

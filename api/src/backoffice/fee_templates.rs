@@ -2,73 +2,93 @@
 
 use super::*;
 
-fn fee_fields(input: &mut Input<'_>, required: bool) -> Option<FeeFields> {
-    let name = if required {
-        input.text("name", NAME_MAX)
-    } else {
-        input.opt_text("name", NAME_MAX)
-    };
-    let bps = if required {
-        input.int("percent_bps", 0..=10_000)
-    } else {
-        input.opt_int("percent_bps", 0..=10_000)
-    };
-    let fixed = input.money("fixed", false, true, None);
-    let per_brand = input.nested("per_brand", false, |rows| {
-        let mut out = BTreeMap::new();
-        for brand in rows.keys() {
-            if !BRANDS.contains(&brand.as_str()) {
-                rows.fail(&brand, &format!("brand is one of {}", BRANDS.join(", ")));
-                continue;
-            }
-            let row = rows.nested(&brand, true, |row| {
-                let bps = row.int("percent_bps", 0..=10_000);
-                let fixed = row.money("fixed", false, true, None);
-                Some(BrandFee {
-                    percent_bps: u32::try_from(bps?).ok()?,
-                    fixed: fixed.map(Amount::from),
-                })
-            });
-            if let Some(row) = row {
-                out.insert(brand, row);
-            }
-        }
-        Some(out)
-    });
-    Some(FeeFields {
-        name,
-        percent_bps: bps.and_then(|b| u32::try_from(b).ok()),
-        fixed: fixed.map(Amount::from),
-        fixed_given: input.has("fixed"),
-        per_brand,
-    })
+crate::enum_field! {
+    /// A card brand with its own fee row.
+    pub enum Brand {
+        Visa = "visa",
+        Mastercard = "mastercard",
+        Amex = "amex",
+        Discover = "discover",
+        Unknown = "unknown",
+    }
 }
 
-struct FeeFields {
-    name: Option<String>,
-    percent_bps: Option<u32>,
-    fixed: Option<Amount>,
-    fixed_given: bool,
-    per_brand: Option<BTreeMap<String, BrandFee>>,
+/// A fee rate in basis points: 0 to 100 %.
+type Bps = body::Int<0, 10_000>;
+
+crate::body! {
+    /// A brand's own fee row.
+    #[derive(Debug)]
+    pub struct BrandRow {
+        /// The rate, in basis points of the amount.
+        pub percent_bps: Bps,
+        /// A fixed part, in the merchant's currency.
+        pub fixed: Option<MoneyOrZero>,
+    }
+}
+
+/// Rows by brand.
+type PerBrand = body::Keyed<Brand, BrandRow>;
+
+crate::body! {
+    /// `POST /resellers/{id}/fee-templates`.
+    #[derive(Debug)]
+    pub struct FeeTemplateCreate {
+        /// Display name.
+        pub name: Text<NAME_MAX>,
+        /// The rate, in basis points of the amount.
+        pub percent_bps: Bps,
+        /// A fixed part, in the merchant's currency.
+        pub fixed: Option<MoneyOrZero>,
+        /// Rows that replace the rate and fixed part for a brand.
+        pub per_brand: Option<PerBrand>,
+    }
+}
+
+crate::body! {
+    /// `PATCH /resellers/{id}/fee-templates/{tid}`.
+    #[derive(Debug)]
+    pub struct FeeTemplatePatch {
+        /// Display name.
+        pub name: Option<Text<NAME_MAX>>,
+        /// The rate, in basis points of the amount.
+        pub percent_bps: Option<Bps>,
+        /// A fixed part; `null` removes it.
+        pub fixed: Nullable<MoneyOrZero>,
+        /// Rows by brand, replaced whole.
+        pub per_brand: Option<PerBrand>,
+    }
+}
+
+fn rows(per_brand: PerBrand) -> BTreeMap<String, BrandFee> {
+    per_brand
+        .into_entries()
+        .into_iter()
+        .map(|(brand, row)| {
+            let fee = BrandFee {
+                percent_bps: bps(row.percent_bps),
+                fixed: row.fixed.map(|f| Amount::from(f.0)),
+            };
+            (brand.as_str().to_owned(), fee)
+        })
+        .collect()
+}
+
+fn bps(b: Bps) -> u32 {
+    u32::try_from(b.0).unwrap_or_default()
 }
 
 /// `POST /resellers/{id}/fee-templates`.
 pub async fn fee_template_create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let r = reseller(app, call.who()?, call.param(0), Action::ManageReseller)?;
-    let obj = input::object(&call.body)?;
-    let mut input = Input::new(&obj);
-    let fields = fee_fields(&mut input, true);
-    input.finish()?;
-    let Some(f) = fields else {
-        return Err(ApiError::field("", "invalid"));
-    };
+    let f: FeeTemplateCreate = body::parse(&call.body)?;
     let t = FeeTemplate {
         id: ids::uuid()?,
         reseller_id: r.id,
-        name: f.name.unwrap_or_default(),
-        percent_bps: f.percent_bps.unwrap_or_default(),
-        fixed: f.fixed,
-        per_brand: f.per_brand.unwrap_or_default(),
+        name: f.name.into(),
+        percent_bps: bps(f.percent_bps),
+        fixed: f.fixed.map(|m| Amount::from(m.0)),
+        per_brand: f.per_brand.map(rows).unwrap_or_default(),
         created_at: call.now,
         updated_at: call.now,
     };
@@ -104,27 +124,25 @@ pub fn fee_template_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiErr
 /// `PATCH /resellers/{id}/fee-templates/{tid}`.
 pub async fn fee_template_patch(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let t = fee_template(app, call, Action::ManageReseller)?;
-    let obj = input::object(&call.body)?;
-    let mut input = Input::new(&obj);
-    let fields = fee_fields(&mut input, false);
-    input.finish()?;
-    let Some(f) = fields else {
-        return Err(ApiError::field("", "invalid"));
-    };
+    let f: FeeTemplatePatch = body::parse(&call.body)?;
+    let name = f.name.map(String::from);
+    let percent_bps = f.percent_bps.map(bps);
+    let fixed = f.fixed.change().map(|m| m.map(|m| Amount::from(m.0)));
+    let per_brand = f.per_brand.map(rows);
     let now = call.now;
     let updated = app
         .db
         .update::<FeeTemplate>(&t.id, |t| {
-            if let Some(n) = &f.name {
+            if let Some(n) = &name {
                 t.name.clone_from(n);
             }
-            if let Some(b) = f.percent_bps {
+            if let Some(b) = percent_bps {
                 t.percent_bps = b;
             }
-            if f.fixed_given {
-                t.fixed.clone_from(&f.fixed);
+            if let Some(f) = &fixed {
+                t.fixed.clone_from(f);
             }
-            if let Some(rows) = &f.per_brand {
+            if let Some(rows) = &per_brand {
                 t.per_brand.clone_from(rows);
             }
             t.updated_at = now;

@@ -2,47 +2,78 @@
 
 use super::*;
 
-fn address(input: &mut Input<'_>, required: bool) -> Option<Map<String, Value>> {
-    input.nested("address", required, |a| {
-        let line1 = a.text("line1", NAME_MAX);
-        let line2 = a.opt_text("line2", NAME_MAX);
-        let city = a.text("city", NAME_MAX);
-        let postal = a.text("postal_code", 20);
-        let country = a.matching("country", is_country, "an ISO 3166-1 alpha-2 code");
-        let mut out = Map::new();
-        out.insert("line1".into(), line1?.into());
-        if let Some(l2) = line2 {
-            out.insert("line2".into(), l2.into());
-        }
-        out.insert("city".into(), city?.into());
-        out.insert("postal_code".into(), postal?.into());
-        out.insert("country".into(), country?.into());
-        Some(out)
-    })
+crate::body! {
+    /// A postal address.
+    #[derive(Debug)]
+    pub struct Address {
+        /// First line.
+        pub line1: Text<NAME_MAX>,
+        /// Second line.
+        pub line2: Option<Text<NAME_MAX>>,
+        /// City.
+        pub city: Text<NAME_MAX>,
+        /// Postal code.
+        pub postal_code: Text<20>,
+        /// Country.
+        pub country: Country,
+    }
 }
 
-fn valid_timezone(tz: &str) -> bool {
-    (1..=64).contains(&tz.len())
-        && tz
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'/' | b'_' | b'-' | b'+'))
+impl Address {
+    /// As stored and answered.
+    fn into_map(self) -> Map<String, Value> {
+        let mut out = Map::new();
+        out.insert("line1".into(), self.line1.0.into());
+        if let Some(l2) = self.line2 {
+            out.insert("line2".into(), l2.0.into());
+        }
+        out.insert("city".into(), self.city.0.into());
+        out.insert("postal_code".into(), self.postal_code.0.into());
+        out.insert("country".into(), self.country.0.into());
+        out
+    }
+}
+
+crate::body! {
+    /// `POST /merchants/{id}/locations`.
+    #[derive(Debug)]
+    pub struct LocationCreate {
+        /// Display name.
+        pub name: Text<NAME_MAX>,
+        /// Where it is.
+        pub address: Address,
+        /// Its IANA time zone.
+        pub timezone: Option<Timezone>,
+    }
+}
+
+crate::body! {
+    /// `PATCH /merchants/{id}/locations/{lid}`.
+    #[derive(Debug)]
+    pub struct LocationPatch {
+        /// Display name.
+        pub name: Option<Text<NAME_MAX>>,
+        /// Where it is (replaced whole).
+        pub address: Option<Address>,
+        /// Its IANA time zone; `null` removes it.
+        pub timezone: Nullable<Timezone>,
+    }
 }
 
 /// `POST /merchants/{id}/locations`.
 pub async fn location_create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
-    let obj = input::object(&call.body)?;
-    let mut input = Input::new(&obj);
-    let name = input.text("name", NAME_MAX);
-    let address = address(&mut input, true);
-    let timezone = input.opt_matching("timezone", valid_timezone, "an IANA time zone name");
-    input.finish()?;
+    let LocationCreate {
+        name,
+        address,
+        timezone,
+    } = body::parse(&call.body)?;
     let l = Location {
         id: ids::uuid()?,
         merchant_id: m.id,
-        name: name.unwrap_or_default(),
-        address: address.unwrap_or_default(),
-        timezone,
+        name: name.into(),
+        address: address.into_map(),
+        timezone: timezone.map(String::from),
         created_at: call.now,
         updated_at: call.now,
     };
@@ -76,21 +107,22 @@ pub fn location_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> 
 /// `PATCH /merchants/{id}/locations/{lid}`.
 pub async fn location_patch(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let l = location(app, call, Action::ManageMerchant)?;
-    let obj = input::object(&call.body)?;
-    let mut input = Input::new(&obj);
-    let name = input.opt_text("name", NAME_MAX);
-    let address = address(&mut input, false);
-    let tz_given = obj.contains_key("timezone");
-    let timezone = input.opt_matching("timezone", valid_timezone, "an IANA time zone name");
-    input.finish()?;
+    let LocationPatch {
+        name,
+        address,
+        timezone,
+    } = body::parse(&call.body)?;
+    let name = name.map(String::from);
+    let address = address.map(Address::into_map);
+    let timezone = timezone.change().map(|t| t.map(String::from));
     let now = call.now;
     let updated = app
         .db
         .update::<Location>(&l.id, |l| {
             set(&mut l.name, &name);
             set(&mut l.address, &address);
-            if tz_given {
-                l.timezone.clone_from(&timezone);
+            if let Some(t) = &timezone {
+                l.timezone.clone_from(t);
             }
             l.updated_at = now;
             Ok(Vec::new())

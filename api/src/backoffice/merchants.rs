@@ -2,43 +2,92 @@
 
 use super::*;
 
+/// Free-form merchant settings shown in every terminal's config: small enough that the config
+/// stays well inside one envelope.
+pub type Settings = body::Object<4096>;
+
+crate::body! {
+    /// `POST /merchants`.
+    #[derive(Debug)]
+    pub struct MerchantCreate {
+        /// The reseller the merchant belongs to (fixed for life).
+        pub reseller_id: Id,
+        /// Display name.
+        pub name: Text<NAME_MAX>,
+        /// Merchant category code.
+        pub mcc: Mcc,
+        /// Where the merchant trades.
+        pub country: Country,
+        /// The currency of every charge.
+        pub currency: Currency,
+        /// A fee template of a reseller above the merchant.
+        pub fee_template_id: Option<Id>,
+        /// Tip settings shown to terminals.
+        pub tip_info: Option<Settings>,
+        /// Tax settings shown to terminals.
+        pub tax_info: Option<Settings>,
+        /// Surcharge settings shown to terminals.
+        pub surcharge_info: Option<Settings>,
+    }
+}
+
+crate::body! {
+    /// `PATCH /merchants/{id}`.
+    #[derive(Debug)]
+    pub struct MerchantPatch {
+        /// Accepted only when it is the current reseller: a merchant cannot be moved.
+        pub reseller_id: Option<Id>,
+        /// Display name.
+        pub name: Option<Text<NAME_MAX>>,
+        /// Merchant category code.
+        pub mcc: Option<Mcc>,
+        /// Where the merchant trades.
+        pub country: Option<Country>,
+        /// Changes only while the merchant has no charges.
+        pub currency: Option<Currency>,
+        /// The reseller's decision: `null` removes the template.
+        pub fee_template_id: Nullable<Id>,
+        /// Tip settings shown to terminals.
+        pub tip_info: Option<Settings>,
+        /// Tax settings shown to terminals.
+        pub tax_info: Option<Settings>,
+        /// Surcharge settings shown to terminals.
+        pub surcharge_info: Option<Settings>,
+    }
+}
+
 /// `POST /merchants`.
 pub async fn merchant_create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let obj = input::object(&call.body)?;
-    let mut input = Input::new(&obj);
-    let reseller_id = input.matching("reseller_id", ids::is_uuid, "a reseller id");
-    let name = input.text("name", NAME_MAX);
-    let mcc = input.matching("mcc", is_mcc, "four digits");
-    let country = input.matching("country", is_country, "an ISO 3166-1 alpha-2 code");
-    let currency = input.matching("currency", is_currency, "an ISO 4217 code");
-    let fee_template_id = input.opt_matching("fee_template_id", ids::is_uuid, "a fee template id");
-    let tip = settings(&mut input, "tip_info");
-    let tax = settings(&mut input, "tax_info");
-    let surcharge = settings(&mut input, "surcharge_info");
-    input.finish()?;
-    let r = reseller(
-        app,
-        p,
-        &reseller_id.unwrap_or_default(),
-        Action::ManageReseller,
-    )?;
+    let MerchantCreate {
+        reseller_id,
+        name,
+        mcc,
+        country,
+        currency,
+        fee_template_id,
+        tip_info,
+        tax_info,
+        surcharge_info,
+    } = body::parse(&call.body)?;
+    let fee_template_id = fee_template_id.map(String::from);
+    let r = reseller(app, p, &reseller_id, Action::ManageReseller)?;
     let resellers = r.tenancy().resellers;
     if let Some(t) = &fee_template_id {
-        check_fee_template(app, t, &resellers, currency.as_deref().unwrap_or_default())?;
+        check_fee_template(app, t, &resellers, &currency)?;
     }
     let m = Merchant {
         id: ids::uuid()?,
         reseller_id: r.id,
         resellers,
-        name: name.unwrap_or_default(),
-        mcc: mcc.unwrap_or_default(),
-        country: country.unwrap_or_default(),
-        currency: currency.unwrap_or_default(),
+        name: name.into(),
+        mcc: mcc.into(),
+        country: country.into(),
+        currency: currency.into(),
         fee_template_id,
-        tip_info: tip.unwrap_or_default(),
-        tax_info: tax.unwrap_or_default(),
-        surcharge_info: surcharge.unwrap_or_default(),
+        tip_info: tip_info.unwrap_or_default().0,
+        tax_info: tax_info.unwrap_or_default().0,
+        surcharge_info: surcharge_info.unwrap_or_default().0,
         merchant_key: ids::prefixed("mk_")?,
         terminal_parameters: None,
         created_at: call.now,
@@ -81,17 +130,6 @@ fn check_fee_template(
     }
 }
 
-/// Free-form merchant settings shown in every terminal's config: an object of at most 4 KiB,
-/// so the config stays well inside one envelope.
-fn settings(input: &mut Input<'_>, field: &str) -> Option<Map<String, Value>> {
-    let value = input.opt_object(field)?;
-    if serde_json::to_vec(&value).map_or(usize::MAX, |v| v.len()) > 4096 {
-        input.fail(field, "at most 4096 bytes of JSON");
-        return None;
-    }
-    Some(value)
-}
-
 /// `GET /merchants`.
 pub fn merchant_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
@@ -122,21 +160,34 @@ pub fn merchant_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> 
 pub async fn merchant_patch(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let m = merchant(app, p, call.param(0), Action::ManageMerchant)?;
-    let obj = input::object(&call.body)?;
-    let mut input = Input::new(&obj);
-    let name = input.opt_text("name", NAME_MAX);
-    let mcc = input.opt_matching("mcc", is_mcc, "four digits");
-    let country = input.opt_matching("country", is_country, "an ISO 3166-1 alpha-2 code");
-    let currency = input.opt_matching("currency", is_currency, "an ISO 4217 code");
-    let fee_given = obj.contains_key("fee_template_id");
-    let fee_template_id = input.opt_matching("fee_template_id", ids::is_uuid, "a fee template id");
-    let tip = settings(&mut input, "tip_info");
-    let tax = settings(&mut input, "tax_info");
-    let surcharge = settings(&mut input, "surcharge_info");
-    if obj.contains_key("reseller_id") && obj.get("reseller_id") != Some(&json!(m.reseller_id)) {
-        input.fail("reseller_id", "a merchant cannot be moved");
-    }
-    input.finish()?;
+    let MerchantPatch {
+        name,
+        mcc,
+        country,
+        currency,
+        fee_template_id,
+        tip_info,
+        tax_info,
+        surcharge_info,
+        ..
+    } = body::parse_checked(&call.body, |b: &MerchantPatch, p| {
+        if b.reseller_id.as_deref().is_some_and(|r| r != m.reseller_id) {
+            p.fail_member("reseller_id", "a merchant cannot be moved");
+        }
+    })?;
+    let (name, mcc, country, currency) = (
+        name.map(String::from),
+        mcc.map(String::from),
+        country.map(String::from),
+        currency.map(String::from),
+    );
+    let fee_template = fee_template_id.change().map(|t| t.map(String::from));
+    let fee_given = fee_template.is_some();
+    let (tip, tax, surcharge) = (
+        tip_info.map(|s| s.0),
+        tax_info.map(|s| s.0),
+        surcharge_info.map(|s| s.0),
+    );
     if fee_given {
         allow(p, Action::ManageReseller)?;
     }
@@ -153,10 +204,9 @@ pub async fn merchant_patch(app: &Services, call: &Call<'_>) -> Result<Value, Ap
             "the merchant has charges in its currency; it cannot change",
         ));
     }
-    let template = if fee_given {
-        fee_template_id.clone()
-    } else {
-        m.fee_template_id.clone()
+    let template = match &fee_template {
+        Some(t) => t.clone(),
+        None => m.fee_template_id.clone(),
     };
     if let Some(t) = &template {
         check_fee_template(app, t, &m.resellers, new_currency)?;
@@ -169,8 +219,8 @@ pub async fn merchant_patch(app: &Services, call: &Call<'_>) -> Result<Value, Ap
             set(&mut m.mcc, &mcc);
             set(&mut m.country, &country);
             set(&mut m.currency, &currency);
-            if fee_given {
-                m.fee_template_id.clone_from(&fee_template_id);
+            if let Some(t) = &fee_template {
+                m.fee_template_id.clone_from(t);
             }
             set(&mut m.tip_info, &tip);
             set(&mut m.tax_info, &tax);
@@ -185,7 +235,7 @@ pub async fn merchant_patch(app: &Services, call: &Call<'_>) -> Result<Value, Ap
 /// `PUT /merchants/{id}/terminal-parameters`.
 pub async fn merchant_parameters(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
-    let params = input::object(&call.body)?;
+    let params = body::object(&call.body)?;
     let now = call.now;
     app.db
         .update::<Merchant>(&m.id, |m| {

@@ -2,14 +2,33 @@
 
 use super::*;
 
+crate::body! {
+    /// `POST /resellers`.
+    #[derive(Debug)]
+    pub struct ResellerCreate {
+        /// Display name.
+        pub name: Text<NAME_MAX>,
+        /// The reseller to nest under (fixed for life).
+        pub parent_id: Option<Id>,
+    }
+}
+
+crate::body! {
+    /// `PATCH /resellers/{id}`.
+    #[derive(Debug)]
+    pub struct ResellerPatch {
+        /// Display name.
+        pub name: Option<Text<NAME_MAX>>,
+        /// Accepted only when it is the current parent: a reseller cannot be moved.
+        pub parent_id: Nullable<Id>,
+    }
+}
+
 /// `POST /resellers`.
 pub async fn reseller_create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let obj = input::object(&call.body)?;
-    let mut input = Input::new(&obj);
-    let name = input.text("name", NAME_MAX);
-    let parent_id = input.opt_matching("parent_id", ids::is_uuid, "a reseller id");
-    input.finish()?;
+    let ResellerCreate { name, parent_id } = body::parse(&call.body)?;
+    let parent_id = parent_id.map(String::from);
     let ancestors = match &parent_id {
         Some(parent) => {
             let parent = reseller(app, p, parent, Action::ManageReseller)?;
@@ -28,7 +47,7 @@ pub async fn reseller_create(app: &Services, call: &Call<'_>) -> Result<Value, A
     };
     let record = Reseller {
         id: ids::uuid()?,
-        name: name.unwrap_or_default(),
+        name: name.into(),
         parent_id,
         ancestors,
         branding: None,
@@ -67,13 +86,17 @@ pub fn reseller_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> 
 pub async fn reseller_patch(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let current = reseller(app, p, call.param(0), Action::ManageReseller)?;
-    let obj = input::object(&call.body)?;
-    let mut input = Input::new(&obj);
-    let name = input.opt_text("name", NAME_MAX);
-    if obj.contains_key("parent_id") && obj.get("parent_id") != Some(&json!(current.parent_id)) {
-        input.fail("parent_id", "a reseller cannot be moved");
-    }
-    input.finish()?;
+    let ResellerPatch { name, .. } = body::parse_checked(&call.body, |b: &ResellerPatch, p| {
+        let moved = match &b.parent_id {
+            Nullable::Keep => false,
+            Nullable::Clear => current.parent_id.is_some(),
+            Nullable::Set(id) => current.parent_id.as_deref() != Some(&**id),
+        };
+        if moved {
+            p.fail_member("parent_id", "a reseller cannot be moved");
+        }
+    })?;
+    let name = name.map(String::from);
     let now = call.now;
     let updated = app
         .db

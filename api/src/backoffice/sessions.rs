@@ -3,14 +3,39 @@
 
 use super::*;
 
+crate::body! {
+    /// `POST /session/initiate`.
+    #[derive(Debug)]
+    pub struct SessionInitiate {
+        /// The host the person signed in at: the platform's own or a reseller's portal.
+        pub host: Host,
+    }
+}
+
+crate::secret_string_field!(
+    /// An API client's secret as presented.
+    ClientSecret,
+    |s: &str| (1..=256).contains(&s.chars().count()),
+    "1 to 256 characters",
+    {"type": "string", "minLength": 1, "maxLength": 256}
+);
+
+crate::body! {
+    /// `POST /client/session` and `POST /auth/token`.
+    #[derive(Debug)]
+    pub struct ClientCredentials {
+        /// `cli_…`.
+        pub client_id: Text<64>,
+        /// The secret shown once at creation.
+        pub client_secret: ClientSecret,
+    }
+}
+
 /// `POST /session/initiate`.
 pub async fn session_initiate(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let obj = input::object(&call.body)?;
-    let mut input = Input::new(&obj);
-    let host = input.matching("host", valid_host, "a host name");
-    input.finish()?;
-    let host = host.unwrap_or_default().to_ascii_lowercase();
+    let SessionInitiate { host } = body::parse(&call.body)?;
+    let host = host.to_ascii_lowercase();
     let host_reseller = if app.config.platform.hosts.contains(&host) {
         None
     } else {
@@ -77,12 +102,11 @@ const LOCK_SECS: i64 = 30 * 60;
 
 /// `POST /client/session` and `POST /auth/token`.
 pub async fn client_session(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
-    let obj = input::object(&call.body)?;
-    let mut input = Input::new(&obj);
-    let client_id = input.text("client_id", 64);
-    let secret = input.text("client_secret", 256);
-    input.finish()?;
-    let (client_id, secret) = (client_id.unwrap_or_default(), secret.unwrap_or_default());
+    let ClientCredentials {
+        client_id,
+        client_secret,
+    } = body::parse(&call.body)?;
+    let (client_id, secret) = (String::from(client_id), client_secret);
     let bad = || ApiError::new(Code::ClientCredentials, "client credentials invalid");
     let locked = |until: i64| {
         ApiError::new(Code::ClientLocked, "client locked after repeated failures")
@@ -97,7 +121,7 @@ pub async fn client_session(app: &Services, call: &Call<'_>) -> Result<Value, Ap
     if client.locked_until > call.now {
         return Err(locked(client.locked_until));
     }
-    let good = secret_matches(&client, &secret);
+    let good = secret_matches(&client, secret.expose());
     let now = call.now;
     let updated = app
         .db

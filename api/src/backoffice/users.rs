@@ -41,15 +41,145 @@ fn user_parent(
     }
 }
 
-fn roles_for(owner: UserOwner) -> &'static [&'static str] {
-    match owner {
-        UserOwner::Merchant => &["merchant_admin", "merchant_user"],
-        UserOwner::Reseller => &["reseller_admin"],
+crate::enum_field! {
+    /// The roles of a merchant's users.
+    pub enum MerchantRole { MerchantAdmin = "merchant_admin", MerchantUser = "merchant_user" }
+}
+
+crate::enum_field! {
+    /// The roles of a reseller's users.
+    pub enum ResellerRole { ResellerAdmin = "reseller_admin" }
+}
+
+/// An identity-provider subject (`sub`).
+type Subject = Text<255>;
+
+crate::body! {
+    /// `POST /merchants/{id}/users`.
+    #[derive(Debug)]
+    pub struct MerchantUserCreate {
+        /// E-mail address.
+        pub email: Email,
+        /// Display name.
+        pub name: Option<Text<NAME_MAX>>,
+        /// What the user may do.
+        pub role: MerchantRole,
+        /// The subject of the user's tokens; only a platform admin sets it.
+        pub idp_subject: Option<Subject>,
     }
 }
 
-fn valid_subject(s: &str) -> bool {
-    (1..=255).contains(&s.len()) && !s.chars().any(char::is_control)
+crate::body! {
+    /// `POST /resellers/{id}/users`.
+    #[derive(Debug)]
+    pub struct ResellerUserCreate {
+        /// E-mail address.
+        pub email: Email,
+        /// Display name.
+        pub name: Option<Text<NAME_MAX>>,
+        /// What the user may do (`reseller_admin` when absent).
+        pub role: Option<ResellerRole>,
+        /// The subject of the user's tokens; only a platform admin sets it.
+        pub idp_subject: Option<Subject>,
+    }
+}
+
+crate::body! {
+    /// `PATCH /merchants/{id}/users/{uid}`.
+    #[derive(Debug)]
+    pub struct MerchantUserPatch {
+        /// E-mail address.
+        pub email: Option<Email>,
+        /// Display name; `null` removes it.
+        pub name: Nullable<Text<NAME_MAX>>,
+        /// What the user may do.
+        pub role: Option<MerchantRole>,
+        /// The subject of the user's tokens; only a platform admin sets it.
+        pub idp_subject: Option<Subject>,
+    }
+}
+
+crate::body! {
+    /// `PATCH /resellers/{id}/users/{uid}`.
+    #[derive(Debug)]
+    pub struct ResellerUserPatch {
+        /// E-mail address.
+        pub email: Option<Email>,
+        /// Display name; `null` removes it.
+        pub name: Nullable<Text<NAME_MAX>>,
+        /// What the user may do.
+        pub role: Option<ResellerRole>,
+        /// The subject of the user's tokens; only a platform admin sets it.
+        pub idp_subject: Option<Subject>,
+    }
+}
+
+/// A user's fields from either owner's body, as optional changes.
+struct UserFields {
+    email: Option<String>,
+    name: Option<Option<String>>,
+    role: Option<Role>,
+    subject: Option<String>,
+}
+
+fn merchant_role(r: MerchantRole) -> Role {
+    match r {
+        MerchantRole::MerchantAdmin => Role::MerchantAdmin,
+        MerchantRole::MerchantUser => Role::MerchantUser,
+    }
+}
+
+fn reseller_role(r: ResellerRole) -> Role {
+    match r {
+        ResellerRole::ResellerAdmin => Role::ResellerAdmin,
+    }
+}
+
+/// Reads a create (`create`) or change body of `owner`'s users.
+fn user_fields(
+    owner: UserOwner,
+    create: bool,
+    obj: Map<String, Value>,
+) -> Result<UserFields, ApiError> {
+    let value = Value::Object(obj);
+    Ok(match (owner, create) {
+        (UserOwner::Merchant, true) => {
+            let b: MerchantUserCreate = body::from_value(value)?;
+            UserFields {
+                email: Some(b.email.into()),
+                name: Some(b.name.map(String::from)),
+                role: Some(merchant_role(b.role)),
+                subject: b.idp_subject.map(String::from),
+            }
+        }
+        (UserOwner::Reseller, true) => {
+            let b: ResellerUserCreate = body::from_value(value)?;
+            UserFields {
+                email: Some(b.email.into()),
+                name: Some(b.name.map(String::from)),
+                role: Some(b.role.map_or(Role::ResellerAdmin, reseller_role)),
+                subject: b.idp_subject.map(String::from),
+            }
+        }
+        (UserOwner::Merchant, false) => {
+            let b: MerchantUserPatch = body::from_value(value)?;
+            UserFields {
+                email: b.email.map(String::from),
+                name: b.name.change().map(|n| n.map(String::from)),
+                role: b.role.map(merchant_role),
+                subject: b.idp_subject.map(String::from),
+            }
+        }
+        (UserOwner::Reseller, false) => {
+            let b: ResellerUserPatch = body::from_value(value)?;
+            UserFields {
+                email: b.email.map(String::from),
+                name: b.name.change().map(|n| n.map(String::from)),
+                role: b.role.map(reseller_role),
+                subject: b.idp_subject.map(String::from),
+            }
+        }
+    })
 }
 
 /// Only the platform binds a user to an identity-provider subject.
@@ -75,28 +205,21 @@ pub async fn user_create(
     owner: UserOwner,
 ) -> Result<Value, ApiError> {
     let (parent, _) = user_parent(app, call, owner, true)?;
-    let obj = input::object(&call.body)?;
+    let obj = body::object(&call.body)?;
     subject_by_platform(call, &obj)?;
-    let mut input = Input::new(&obj);
-    let email = input.matching("email", valid_email, "an e-mail address");
-    let name = input.opt_text("name", NAME_MAX);
-    let role = if owner == UserOwner::Reseller && !input.has("role") {
-        Some("reseller_admin".to_owned())
-    } else {
-        input.one_of("role", roles_for(owner), true)
-    };
-    let subject = input.opt_matching("idp_subject", valid_subject, "1-255 characters");
-    input.finish()?;
+    let UserFields {
+        email,
+        name,
+        role,
+        subject,
+    } = user_fields(owner, true, obj)?;
     let id = ids::uuid()?;
     let u = User {
         idp_subject: subject.unwrap_or_else(|| id.clone()),
         id,
         email: email.unwrap_or_default(),
-        name,
-        role: role
-            .as_deref()
-            .and_then(Role::parse)
-            .unwrap_or(Role::MerchantUser),
+        name: name.flatten(),
+        role: role.unwrap_or(Role::MerchantUser),
         merchant_id: (owner == UserOwner::Merchant).then(|| parent.clone()),
         reseller_id: (owner == UserOwner::Reseller).then(|| parent.clone()),
         created_at: call.now,
@@ -139,24 +262,23 @@ pub async fn user_patch(
     owner: UserOwner,
 ) -> Result<Value, ApiError> {
     let u = user(app, call, owner, true)?;
-    let obj = input::object(&call.body)?;
+    let obj = body::object(&call.body)?;
     subject_by_platform(call, &obj)?;
-    let mut input = Input::new(&obj);
-    let email = input.opt_matching("email", valid_email, "an e-mail address");
-    let name_given = obj.contains_key("name");
-    let name = input.opt_text("name", NAME_MAX);
-    let role = input.one_of("role", roles_for(owner), false);
-    let subject = input.opt_matching("idp_subject", valid_subject, "1-255 characters");
-    input.finish()?;
+    let UserFields {
+        email,
+        name,
+        role,
+        subject,
+    } = user_fields(owner, false, obj)?;
     let now = call.now;
     let updated = app
         .db
         .update::<User>(&u.id, |u| {
             set(&mut u.email, &email);
-            if name_given {
-                u.name.clone_from(&name);
+            if let Some(n) = &name {
+                u.name.clone_from(n);
             }
-            if let Some(r) = role.as_deref().and_then(Role::parse) {
+            if let Some(r) = role {
                 u.role = r;
             }
             u.updated_at = now;

@@ -20,8 +20,8 @@ use crate::domain::processor::{
 use crate::error::{ApiError, Code};
 use crate::store::Write;
 use crate::store::db::{self, Db, Record};
+use crate::wire::fields::Money;
 use crate::wire::ids;
-use crate::wire::input::Money;
 use crate::wire::time::rfc3339;
 
 pub mod recovery;

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
 use crate::store::db::Record;
-use crate::wire::input::Money;
+use crate::wire::fields::Money;
 use crate::wire::time::rfc3339;
 
 /// Stored money (minor units and currency).

@@ -19,26 +19,7 @@ use zeroize::Zeroizing;
 /// Whether `pan` is a plausible card number: 12 to 19 ASCII digits with a valid Luhn check
 /// digit. The platform refuses anything else with 400/`4000` before a processor is asked, so
 /// a typo costs a round trip to no one.
-pub fn luhn_ok(pan: &str) -> bool {
-    if !(MIN_PAN_LEN..=MAX_PAN_LEN).contains(&pan.len()) {
-        return false;
-    }
-    let mut sum = 0u32;
-    for (i, b) in pan.bytes().rev().enumerate() {
-        if !b.is_ascii_digit() {
-            return false;
-        }
-        let mut d = u32::from(b - b'0');
-        if i % 2 == 1 {
-            d *= 2;
-            if d > 9 {
-                d -= 9;
-            }
-        }
-        sum += d;
-    }
-    sum.is_multiple_of(10)
-}
+pub use crate::wire::fields::luhn_ok;
 
 /// The card brand by BIN, as the contract names it: `4` → `visa`; `51`–`55` and
 /// `2221`–`2720` → `mastercard`; `34`, `37` → `amex`; `6011`, `65` → `discover`; anything
@@ -406,7 +387,6 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 const MIN_PAN_LEN: usize = 12;
-const MAX_PAN_LEN: usize = 19;
 const CODE_ALPHABET: &[u8; 36] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 // The simulator's special cards (contract section 8). All pass the Luhn check.
 const CARD_DO_NOT_HONOR: &str = "4000000000000002";

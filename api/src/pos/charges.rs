@@ -21,8 +21,9 @@ use crate::pos::{self, KEY_SET_GRACE, bad_signature, required, signature, timest
 use crate::request::Call;
 use crate::request::Services;
 use crate::store::Write;
+use crate::wire::body::{self, Text};
+use crate::wire::fields::{Ciphertext, EmvData, Iv, Money, MoneyOrZero, tip_in_currency};
 use crate::wire::ids;
-use crate::wire::input::Input;
 
 /// A request whose signature, window, nonce and device state have passed.
 #[derive(Debug)]
@@ -335,7 +336,7 @@ pub async fn create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> 
     run(app, call, path, signed, |mut s, running| async move {
         let nonce = s.nonce.take();
         let (inner, _) = s.inner.take().unwrap_or_default();
-        let new = match charge_input(app, &s, &inner).await {
+        let new = match charge_input(app, &s, inner).await {
             Ok(n) => n,
             Err(e) => return fail(app, nonce, running.as_ref(), e, call.now).await,
         };
@@ -353,47 +354,64 @@ pub async fn create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> 
     .await
 }
 
+crate::enum_field! {
+    /// How the card was read.
+    pub enum EntryMode {
+        Chip = "chip",
+        Contactless = "contactless",
+        Swipe = "swipe",
+        Manual = "manual",
+    }
+}
+
+crate::body! {
+    /// Card data as the terminal encrypted it under its TDK.
+    #[derive(Debug)]
+    pub struct EncryptedCard {
+        /// AES-CBC ciphertext of the card JSON, hex.
+        pub data: Ciphertext,
+        /// Its IV, hex.
+        pub iv: Iv,
+    }
+}
+
+crate::body! {
+    /// The decrypted payload of `POST /pos/charge` (contract section 8).
+    #[derive(Debug)]
+    pub struct PosCharge {
+        /// The amount, in the merchant's currency.
+        pub amount: Money,
+        /// A tip on top, in the same currency.
+        pub tip: Option<MoneyOrZero>,
+        /// How the card was read.
+        pub entry_mode: EntryMode,
+        /// The card, encrypted under the TDK.
+        pub card: EncryptedCard,
+        /// EMV data, hex TLV (checked for form only).
+        pub emv_data: Option<EmvData>,
+        /// The terminal's own reference.
+        pub reference: Option<Text<128>>,
+    }
+}
+
 /// Validates the decrypted charge and opens the card data in keyd.
 async fn charge_input(
     app: &Services,
     s: &Signed,
-    inner: &Map<String, Value>,
+    inner: Map<String, Value>,
 ) -> Result<NewCharge, ApiError> {
     let merchant: Merchant = app.db.find(&s.device.merchant_id)?;
-    let mut input = Input::new(inner);
-    let amount = input.money("amount", true, false, None);
-    let currency = amount.as_ref().map(|a| a.currency.clone());
-    let tip = input.money("tip", false, true, currency.as_deref());
-    let entry_mode = input.one_of(
-        "entry_mode",
-        &["chip", "contactless", "swipe", "manual"],
-        true,
-    );
-    let card = input.nested("card", true, |c| {
-        let data = c.matching(
-            "data",
-            |d| {
-                hex::decode(d)
-                    .ok()
-                    .is_some_and(|b| !b.is_empty() && b.len() % 16 == 0 && b.len() <= 1024)
-            },
-            "hex ciphertext",
-        );
-        let iv = c.matching(
-            "iv",
-            |v| v.len() == 32 && hex::decode(v).ok().is_some(),
-            "32 hex digits",
-        );
-        Some((data?, iv?))
-    });
-    input.opt_matching(
-        "emv_data",
-        |e| e.len() <= 4096 && hex::decode(e).ok().is_some(),
-        "hex TLV",
-    );
-    let reference = input.opt_text("reference", 128);
-    input.finish()?;
-    let amount = amount.ok_or_else(|| ApiError::field("amount", "required"))?;
+    let PosCharge {
+        amount,
+        tip,
+        entry_mode,
+        card,
+        reference,
+        ..
+    } = body::from_value_checked(Value::Object(inner), |b: &PosCharge, p| {
+        tip_in_currency(&b.amount, b.tip.as_ref(), p);
+    })?;
+    let tip = tip.map(|t| t.0);
     charges::check_total(&amount, tip.as_ref())?;
     if amount.currency != merchant.currency {
         return Err(ApiError::field(
@@ -401,9 +419,9 @@ async fn charge_input(
             "must be the merchant's currency",
         ));
     }
-    let (data, iv) = card.ok_or_else(|| ApiError::field("card", "required"))?;
+    let (data, iv) = (card.data, card.iv);
     let unreadable = || ApiError::field("card.data", "cannot be decrypted or read");
-    let iv: [u8; 16] = hex::decode(&iv)
+    let iv: [u8; 16] = hex::decode(iv.as_bytes())
         .ok()
         .and_then(|v| v.try_into().ok())
         .ok_or_else(unreadable)?;
@@ -412,7 +430,7 @@ async fn charge_input(
         .call(&CardDecrypt {
             tdk_key_id: s.set.tdk_key_id.clone(),
             iv,
-            ciphertext: hex::decode(&data).ok().unwrap_or_default(),
+            ciphertext: hex::decode(data.as_bytes()).ok().unwrap_or_default(),
         })
         .await;
     let card = match opened {
@@ -453,9 +471,9 @@ async fn charge_input(
             exp_month: clear.exp_month,
             exp_year: clear.exp_year,
             fingerprint: hex::encode_upper(card.pan_fingerprint),
-            entry_mode: entry_mode.unwrap_or_default(),
+            entry_mode: entry_mode.as_str().to_owned(),
         },
-        reference,
+        reference: reference.map(String::from),
         description: None,
         metadata: Map::new(),
         location_id: s.device.location_id.clone(),
@@ -483,7 +501,7 @@ pub async fn refund(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> 
         let (inner, _) = s.inner.take().unwrap_or_default();
         let checked = (|| {
             let charge = own_charge(app, &s, call.param(0))?;
-            let (amount, reason) = crate::request::refund_body(&inner)?;
+            let (amount, reason) = crate::request::refund_body(inner)?;
             Ok((charge, amount, reason))
         })();
         let (charge, amount, reason) = match checked {
