@@ -31,6 +31,7 @@ use crate::wire::fields::{
     Timezone, Zone,
 };
 use crate::wire::ids;
+use crate::wire::reply::{self, Shape, ShownOnce};
 
 const NAME_MAX: usize = 200;
 /// Deepest reseller nesting (the hierarchy answer walks it recursively).
@@ -40,8 +41,24 @@ fn conflict(message: &str) -> ApiError {
     ApiError::new(Code::Conflict, message)
 }
 
+crate::reply! {
+    /// What a delete answers.
+    pub struct Deleted<'a> {
+        /// The id of what is gone.
+        pub id: &'a str,
+        /// What kind of object it was.
+        pub object: &'a str,
+        /// Always `true`.
+        pub deleted: bool,
+    }
+}
+
 fn deleted(id: &str, object: &str) -> Value {
-    json!({"id": id, "object": object, "deleted": true})
+    reply::json(&Deleted {
+        id,
+        object,
+        deleted: true,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

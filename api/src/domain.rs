@@ -8,4 +8,5 @@ pub mod locks;
 pub mod model;
 pub mod processor;
 pub mod replay;
+pub mod replies;
 pub mod settlement;

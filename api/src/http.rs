@@ -55,6 +55,7 @@ pub mod conn;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod schemas;
 
 /// What the server works with: the handlers' services and its own request metrics.
 #[derive(Debug)]

@@ -4,11 +4,12 @@
 
 pub mod charges;
 pub mod envelope;
+pub mod replies;
 
 use base64::Engine;
 use keyd_proto::Status;
 use keyd_proto::message::{AttestVerify, KeySetCreate, KeySetExport};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::auth::authz::{Action, authorize};
 use crate::domain::model::{
@@ -23,6 +24,7 @@ use crate::store::db;
 use crate::wire::body;
 use crate::wire::fields::{DeviceId, Id};
 use crate::wire::ids;
+use crate::wire::reply;
 use crate::wire::time::rfc3339;
 
 const PAIRING_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
@@ -139,31 +141,35 @@ fn activation(app: &Services, call: &Call<'_>, check_version: bool) -> Result<De
 pub fn bootstrap(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = activation(app, call, false)?;
     device_state(device.status != DeviceStatus::Disabled)?;
-    Ok(json!({
-        "status": "ok",
-        "server_time": rfc3339(call.now),
-        "min_supported_version": app.config.platform.min_supported_version,
+    Ok(reply::json(&replies::BootstrapReply {
+        status: "ok",
+        server_time: reply::Time(call.now),
+        min_supported_version: &app.config.platform.min_supported_version,
     }))
 }
 
 /// `GET /pos/status`.
 pub fn status(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = activation(app, call, true)?;
+    use replies::PairingCodeStatus as S;
     let code_status = match &device.pairing_code {
-        None => "none",
+        None => S::None,
         Some(code) => match app.db.get::<PairingCode>(code)? {
             Some(c) if c.device_id == device.device_id => match c.status(call.now) {
-                PairingStatus::Pending => "pending",
-                PairingStatus::Used => "used",
-                PairingStatus::Expired => "expired",
+                PairingStatus::Pending => S::Pending,
+                PairingStatus::Used => S::Used,
+                PairingStatus::Expired => S::Expired,
             },
-            _ => "none",
+            _ => S::None,
         },
     };
-    Ok(json!({
-        "device_status": device.status.as_str(),
-        "is_claimed": matches!(device.status, DeviceStatus::Claimed | DeviceStatus::Activated),
-        "pairing_code_status": code_status,
+    Ok(reply::json(&replies::StatusReply {
+        device_status: reply::OneOf(device.status),
+        is_claimed: matches!(
+            device.status,
+            DeviceStatus::Claimed | DeviceStatus::Activated
+        ),
+        pairing_code_status: reply::OneOf(code_status),
     }))
 }
 
@@ -244,7 +250,10 @@ pub async fn pairing_code(app: &Services, call: &Call<'_>) -> Result<Value, ApiE
         })
         .await
         .map_err(|e| if e.code() == Code::Conflict { taken } else { e })?;
-    Ok(json!({"pairing_code": record.code, "expires_in_sec": PAIRING_TTL}))
+    Ok(reply::json(&replies::PairingCodeReply {
+        pairing_code: &record.code,
+        expires_in_sec: PAIRING_TTL,
+    }))
 }
 
 crate::string_field!(
@@ -344,10 +353,10 @@ pub async fn claim(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
             Code::Conflict => ApiError::new(Code::PairingUsed, "pairing code already used"),
             _ => e,
         })?;
-    Ok(json!({
-        "status": "claimed",
-        "device_id": updated.device_id,
-        "terminal_id": terminal_id,
+    Ok(reply::json(&replies::ClaimReply {
+        status: "claimed",
+        device_id: &updated.device_id,
+        terminal_id: Some(&terminal_id),
     }))
 }
 
@@ -425,10 +434,10 @@ pub async fn attest(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> 
             ApiError::new(Code::Conflict, "try again"),
         )
         .await?;
-    Ok(json!({
-        "status": "attested",
-        "attestation_token": token,
-        "expires_in_sec": ATTESTATION_TTL,
+    Ok(reply::json(&replies::AttestReply {
+        status: "attested",
+        attestation_token: reply::ShownOnce(&token),
+        expires_in_sec: ATTESTATION_TTL,
     }))
 }
 
@@ -502,33 +511,38 @@ pub async fn keys(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
         })
         .await
         .map_err(|e| keyd_failure(e, "key export"))?;
-    let mut keys = Map::new();
-    for k in &export.keys {
-        let usage = match k.kind.as_str() {
-            "tmk" | "kek" => "key-encryption",
-            "tpk" => "pin-encryption",
-            "mac" => "mac",
-            _ => "data-encryption",
-        };
-        keys.insert(
-            k.kind.clone(),
-            json!({
-                "key_id": k.key_id,
-                "key_block": base64::engine::general_purpose::STANDARD.encode(k.key_block.as_bytes()),
-                "usage": usage,
-                "kcv": hex::encode_upper(k.kcv),
-                "wrapped_under": k.wrapped_under,
-            }),
-        );
-    }
-    Ok(json!({
-        "key_set": {
-            "key_set_id": set.key_set_id,
-            "issued_at": rfc3339(set.issued_at),
-            "expires_at": rfc3339(set.expires_at),
+    let keys = export
+        .keys
+        .iter()
+        .map(|k| {
+            let usage = match k.kind.as_str() {
+                "tmk" | "kek" => "key-encryption",
+                "tpk" => "pin-encryption",
+                "mac" => "mac",
+                _ => "data-encryption",
+            };
+            let key = replies::DeliveredKey {
+                key_id: &k.key_id,
+                key_block: base64::engine::general_purpose::STANDARD.encode(k.key_block.as_bytes()),
+                usage,
+                kcv: hex::encode_upper(k.kcv),
+                wrapped_under: &k.wrapped_under,
+            };
+            (k.kind.as_str(), key)
+        })
+        .collect();
+    Ok(reply::json(&replies::KeysReply {
+        key_set: replies::KeySetInfo {
+            key_set_id: &set.key_set_id,
+            issued_at: reply::Time(set.issued_at),
+            expires_at: reply::Time(set.expires_at),
         },
-        "transport": {"format": "TR31", "encryption": "AES-256", "wrapped_under": "kek"},
-        "keys": keys,
+        transport: replies::Transport {
+            format: "TR31",
+            encryption: "AES-256",
+            wrapped_under: "kek",
+        },
+        keys: replies::DeliveredKeys(keys),
     }))
 }
 

@@ -5,5 +5,6 @@ pub mod body;
 pub mod fields;
 pub mod ids;
 pub mod json;
+pub mod reply;
 pub mod time;
 pub mod url;

@@ -116,9 +116,10 @@ fn imports_point_down_the_layers() {
                 if used.is_empty() || used == module {
                     continue;
                 }
-                // An exported macro is named from the crate root; it belongs where it is
-                // defined.
-                let is_macro = line[at + 7 + used.len()..].starts_with('!');
+                // An exported macro is named from the crate root (`crate::body!`, `use
+                // crate::reply;`); it belongs where it is defined.
+                let is_macro = line[at + 7 + used.len()..].starts_with('!')
+                    || MACROS.iter().any(|(m, _)| *m == used);
                 let used = if is_macro {
                     MACROS
                         .iter()

@@ -2,6 +2,22 @@
 
 use super::*;
 
+crate::reply! {
+    /// A new API client, its secret shown this once.
+    pub struct ApiClientCreated<'a> as "api_client" {
+        /// `cli_…`.
+        pub client_id: &'a str,
+        /// Owning merchant.
+        pub merchant_id: &'a str,
+        /// A name for people.
+        pub name: Option<&'a str>,
+        /// Created.
+        pub created_at: reply::Time,
+        /// 48 characters; only its salted hash is kept.
+        pub client_secret: ShownOnce<'a>,
+    }
+}
+
 crate::body! {
     /// `POST /merchants/{id}/api-clients` (the body may be empty).
     #[derive(Debug)]
@@ -38,11 +54,14 @@ pub async fn api_client_create(app: &Services, call: &Call<'_>) -> Result<Value,
             conflict("client exists"),
         )
         .await?;
-    let mut out = c.to_json();
-    if let Some(map) = out.as_object_mut() {
-        map.insert("client_secret".into(), secret.into());
-    }
-    Ok(out)
+    let shown = c.reply();
+    Ok(reply::json(&ApiClientCreated {
+        client_id: shown.client_id,
+        merchant_id: shown.merchant_id,
+        name: shown.name,
+        created_at: shown.created_at,
+        client_secret: ShownOnce(&secret),
+    }))
 }
 
 /// `GET /merchants/{id}/api-clients`.

@@ -28,14 +28,55 @@ crate::body! {
     }
 }
 
+crate::reply! {
+    /// A reseller's branding (`null` where unset).
+    pub struct BrandingReply<'a> {
+        /// The reseller.
+        pub reseller_id: &'a str,
+        /// The name people see.
+        pub display_name: Option<&'a str>,
+        /// The logo's address.
+        pub logo_url: Option<&'a str>,
+        /// `#RRGGBB`.
+        pub primary_color: Option<&'a str>,
+        /// Where merchants ask for help.
+        pub support_email: Option<&'a str>,
+        /// A theme name.
+        pub theme: Option<&'a str>,
+    }
+}
+
+crate::reply! {
+    /// A reseller's portal hosts.
+    pub struct DomainsReply<'a> {
+        /// The reseller.
+        pub reseller_id: &'a str,
+        /// Host names, lower case.
+        pub portal_hosts: &'a [String],
+    }
+}
+
 fn branding_json(r: &Reseller) -> Value {
-    let b = r.branding.clone().unwrap_or_default();
-    let field = |k: &str| b.get(k).cloned().unwrap_or(Value::Null);
-    json!({
-        "reseller_id": r.id,
-        "display_name": field("display_name"), "logo_url": field("logo_url"),
-        "primary_color": field("primary_color"), "support_email": field("support_email"),
-        "theme": field("theme"),
+    let field = |k: &str| {
+        r.branding
+            .as_ref()
+            .and_then(|b| b.get(k))
+            .and_then(Value::as_str)
+    };
+    reply::json(&BrandingReply {
+        reseller_id: &r.id,
+        display_name: field("display_name"),
+        logo_url: field("logo_url"),
+        primary_color: field("primary_color"),
+        support_email: field("support_email"),
+        theme: field("theme"),
+    })
+}
+
+fn domains_json(r: &Reseller) -> Value {
+    reply::json(&DomainsReply {
+        reseller_id: &r.id,
+        portal_hosts: &r.portal_hosts,
     })
 }
 
@@ -81,7 +122,7 @@ pub async fn branding_put(app: &Services, call: &Call<'_>) -> Result<Value, ApiE
 /// `GET /resellers/{id}/domains`.
 pub fn domains_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let r = reseller(app, call.who()?, call.param(0), Action::Read)?;
-    Ok(json!({"reseller_id": r.id, "portal_hosts": r.portal_hosts}))
+    Ok(domains_json(&r))
 }
 
 /// `PUT /resellers/{id}/domains`: a host belongs to at most one reseller.
@@ -119,5 +160,5 @@ pub async fn domains_put(app: &Services, call: &Call<'_>) -> Result<Value, ApiEr
                 e
             }
         })?;
-    Ok(json!({"reseller_id": updated.id, "portal_hosts": updated.portal_hosts}))
+    Ok(domains_json(&updated))
 }

@@ -468,7 +468,7 @@ pub fn transactions(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> 
                 )
             })?,
     };
-    let items = page.items.iter().map(Txn::item).collect();
+    let items = page.items.iter().map(Txn::to_json).collect();
     Ok(list(items, page.has_more, "id"))
 }
 
@@ -512,7 +512,7 @@ pub fn transaction(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
         None
     };
     match txn {
-        Some(t) if t.merchant() == merchant.id => Ok(t.item()),
+        Some(t) if t.merchant() == merchant.id => Ok(t.to_json()),
         _ => Err(ApiError::not_found()),
     }
 }

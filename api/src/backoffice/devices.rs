@@ -3,6 +3,42 @@
 
 use super::*;
 
+crate::reply! {
+    /// A new identity key, its secret shown this once.
+    pub struct IdentityKeyShown<'a> {
+        /// `idk-…`.
+        pub key_id: &'a str,
+        /// The 32-byte secret, base64.
+        pub secret: ShownOnce<'a>,
+        /// Its check value.
+        pub kcv: &'a str,
+    }
+}
+
+crate::reply! {
+    /// `POST /merchants/{id}/devices`.
+    pub struct DeviceCreated<'a> {
+        /// The device, `inactive`.
+        pub device: crate::domain::replies::DeviceReply<'a>,
+        /// Its identity key.
+        pub identity_key: IdentityKeyShown<'a>,
+    }
+}
+
+crate::reply! {
+    /// `POST …/identity-keys`: the old key is revoked.
+    pub struct IdentityKeyReplaced<'a> {
+        /// The device.
+        pub device_id: &'a str,
+        /// `idk-…`.
+        pub key_id: &'a str,
+        /// The 32-byte secret, base64.
+        pub secret: ShownOnce<'a>,
+        /// Its check value.
+        pub kcv: &'a str,
+    }
+}
+
 crate::body! {
     /// `POST /merchants/{id}/devices`.
     #[derive(Debug)]
@@ -114,7 +150,14 @@ pub async fn device_create(app: &Services, call: &Call<'_>) -> Result<Value, Api
             taken(),
         )
         .await?;
-    Ok(json!({"device": d.to_json(), "identity_key": identity.to_json()}))
+    Ok(reply::json(&DeviceCreated {
+        device: d.reply(),
+        identity_key: IdentityKeyShown {
+            key_id: &identity.key_id,
+            secret: ShownOnce(identity.secret()),
+            kcv: &identity.kcv,
+        },
+    }))
 }
 
 fn device(app: &Services, call: &Call<'_>, action: Action) -> Result<Device, ApiError> {
@@ -242,11 +285,12 @@ pub async fn device_identity_key(app: &Services, call: &Call<'_>) -> Result<Valu
             Ok(Vec::new())
         })
         .await?;
-    let mut out = identity.to_json();
-    if let Some(map) = out.as_object_mut() {
-        map.insert("device_id".into(), d.device_id.into());
-    }
-    Ok(out)
+    Ok(reply::json(&IdentityKeyReplaced {
+        device_id: &d.device_id,
+        key_id: &identity.key_id,
+        secret: ShownOnce(identity.secret()),
+        kcv: &identity.kcv,
+    }))
 }
 
 /// `POST …/rotate-keys`: the next key delivery makes a new set.
@@ -266,6 +310,15 @@ pub async fn device_rotate_keys(app: &Services, call: &Call<'_>) -> Result<Value
         map.insert("key_rotation".into(), "scheduled".into());
     }
     Ok(out)
+}
+
+/// The schema of `POST …/rotate-keys`: the device, and `"key_rotation": "scheduled"`.
+pub fn rotation_schema() -> Value {
+    reply::with_member(
+        crate::domain::replies::DeviceReply::schema(),
+        "key_rotation",
+        json!({"const": "scheduled"}),
+    )
 }
 
 /// `PUT …/devices/{device_id}/terminal-parameters`.

@@ -146,20 +146,58 @@ pub async fn reseller_delete(app: &Services, call: &Call<'_>) -> Result<Value, A
     Ok(deleted(&r.id, "reseller"))
 }
 
+crate::reply! {
+    /// A merchant in a hierarchy.
+    pub struct MerchantCount {
+        /// UUID.
+        pub id: String,
+        /// Display name.
+        pub name: String,
+        /// Its devices.
+        pub device_count: u64,
+    }
+}
+
+crate::reply! {
+    /// A reseller in a hierarchy, with its subtree.
+    pub struct HierarchyNode {
+        /// UUID.
+        pub id: String,
+        /// Display name.
+        pub name: String,
+        /// The reseller above.
+        pub parent_id: Option<String>,
+        /// Merchants in the whole subtree.
+        pub merchant_count: u64,
+        /// Devices in the whole subtree.
+        pub device_count: u64,
+        /// Sub-resellers, each with its own subtree.
+        pub resellers: Children,
+        /// The reseller's own merchants.
+        pub merchants: Vec<MerchantCount>,
+    }
+}
+
+/// Sub-resellers: described by reference, since a node contains nodes.
+#[derive(Debug, serde::Serialize)]
+pub struct Children(Vec<HierarchyNode>);
+
+impl Shape for Children {
+    fn schema() -> Value {
+        json!({"type": "array", "items": {"$ref": "#/components/schemas/ResellerNode"}})
+    }
+}
+
 /// `GET /resellers/{id}/hierarchy`: the subtree with merchant and device counts.
 pub fn reseller_hierarchy(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let root = reseller(app, p, call.param(0), Action::Read)?;
     tree_scope(p)?;
-    Ok(hierarchy_node(app, &root, 0)?.0)
+    Ok(reply::json(&hierarchy_node(app, &root, 0)?))
 }
 
-/// One node: (json, merchants below, devices below).
-fn hierarchy_node(
-    app: &Services,
-    r: &Reseller,
-    depth: usize,
-) -> Result<(Value, u64, u64), ApiError> {
+/// One node with its subtree and counts.
+fn hierarchy_node(app: &Services, r: &Reseller, depth: usize) -> Result<HierarchyNode, ApiError> {
     if depth > MAX_DEPTH {
         return Err(ApiError::internal(&"reseller tree deeper than 32"));
     }
@@ -173,22 +211,26 @@ fn hierarchy_node(
         let devices = app.db.all::<Device>("devices", &m.id)?.len() as u64;
         merchant_count += 1;
         device_count += devices;
-        merchants.push(json!({"id": m.id, "name": m.name, "device_count": devices}));
+        merchants.push(MerchantCount {
+            id: m.id,
+            name: m.name,
+            device_count: devices,
+        });
     }
     let mut resellers = Vec::new();
     for child in app.db.all::<Reseller>("reseller_children", &r.id)? {
-        let (node, m, d) = hierarchy_node(app, &child, depth + 1)?;
-        merchant_count += m;
-        device_count += d;
+        let node = hierarchy_node(app, &child, depth + 1)?;
+        merchant_count += node.merchant_count;
+        device_count += node.device_count;
         resellers.push(node);
     }
-    Ok((
-        json!({
-            "id": r.id, "name": r.name, "parent_id": r.parent_id,
-            "merchant_count": merchant_count, "device_count": device_count,
-            "resellers": resellers, "merchants": merchants,
-        }),
+    Ok(HierarchyNode {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        parent_id: r.parent_id.clone(),
         merchant_count,
         device_count,
-    ))
+        resellers: Children(resellers),
+        merchants,
+    })
 }

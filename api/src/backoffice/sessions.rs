@@ -12,6 +12,54 @@ crate::body! {
     }
 }
 
+crate::reply! {
+    /// Who a session is for.
+    pub struct SessionUser<'a> {
+        /// The user's id (the token's subject for people not yet known as users).
+        pub id: &'a str,
+        /// From the token.
+        pub email: Option<&'a str>,
+        /// From the token.
+        pub roles: &'a [String],
+    }
+}
+
+crate::reply! {
+    /// `POST /session/initiate`.
+    pub struct SessionReply<'a> {
+        /// `ses_…`.
+        pub session_id: &'a str,
+        /// Who it is for.
+        pub user: SessionUser<'a>,
+        /// The portal host's reseller, if any.
+        pub reseller_id: Option<&'a str>,
+        /// The user's merchant, if any.
+        pub merchant_id: Option<&'a str>,
+        /// Always `web`.
+        pub channel: &'a str,
+        /// Always `backoffice`.
+        pub application: &'a str,
+        /// When the session ends.
+        pub expires_at: reply::Time,
+    }
+}
+
+crate::reply! {
+    /// `POST /client/session` and `POST /auth/token`.
+    pub struct TokenReply<'a> {
+        /// A bearer token (ES256 JWT).
+        pub access_token: ShownOnce<'a>,
+        /// Always `Bearer`.
+        pub token_type: &'a str,
+        /// Seconds the token lives.
+        pub expires_in: i64,
+        /// The session the token carries.
+        pub session_id: &'a str,
+        /// The client's merchant.
+        pub merchant_id: &'a str,
+    }
+}
+
 crate::secret_string_field!(
     /// An API client's secret as presented.
     ClientSecret,
@@ -82,14 +130,18 @@ pub async fn session_initiate(app: &Services, call: &Call<'_>) -> Result<Value, 
     app.db
         .commit(vec![db::put(&session)?], conflict("session"))
         .await?;
-    Ok(json!({
-        "session_id": session.session_id,
-        "user": {"id": p.user_id.as_deref().unwrap_or(&p.sub), "email": p.email, "roles": p.roles},
-        "reseller_id": session.reseller_id,
-        "merchant_id": session.merchant_id,
-        "channel": "web",
-        "application": "backoffice",
-        "expires_at": crate::wire::time::rfc3339(session.expires_at),
+    Ok(reply::json(&SessionReply {
+        session_id: &session.session_id,
+        user: SessionUser {
+            id: p.user_id.as_deref().unwrap_or(&p.sub),
+            email: p.email.as_deref(),
+            roles: &p.roles,
+        },
+        reseller_id: session.reseller_id.as_deref(),
+        merchant_id: session.merchant_id.as_deref(),
+        channel: "web",
+        application: "backoffice",
+        expires_at: reply::Time(session.expires_at),
     }))
 }
 
@@ -164,9 +216,12 @@ pub async fn client_session(app: &Services, call: &Call<'_>) -> Result<Value, Ap
     app.db
         .commit(vec![db::put(&session)?], conflict("session"))
         .await?;
-    Ok(json!({
-        "access_token": token, "token_type": "Bearer", "expires_in": CLIENT_TOKEN_SECS,
-        "session_id": session.session_id, "merchant_id": client.merchant_id,
+    Ok(reply::json(&TokenReply {
+        access_token: ShownOnce(&token),
+        token_type: "Bearer",
+        expires_in: CLIENT_TOKEN_SECS,
+        session_id: &session.session_id,
+        merchant_id: &client.merchant_id,
     }))
 }
 

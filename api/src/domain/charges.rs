@@ -22,7 +22,6 @@ use crate::store::Write;
 use crate::store::db::{self, Db, Record};
 use crate::wire::fields::Money;
 use crate::wire::ids;
-use crate::wire::time::rfc3339;
 
 pub mod recovery;
 
@@ -107,17 +106,6 @@ pub struct Refund {
     pub created_at: i64,
 }
 
-impl Refund {
-    /// The wire form.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "refund_id": self.refund_id, "object": "refund", "charge_id": self.charge_id,
-            "status": "succeeded", "amount": self.amount.to_json(), "reason": self.reason,
-            "charge_status": self.charge_status.as_str(), "created_at": rfc3339(self.created_at),
-        })
-    }
-}
-
 impl Record for Refund {
     const KIND: &'static str = "refund";
     fn id(&self) -> &str {
@@ -189,33 +177,6 @@ impl Charge {
             resellers: self.resellers.clone(),
             merchant: Some(self.merchant_id.clone()),
         }
-    }
-
-    /// The wire form.
-    pub fn to_json(&self) -> Value {
-        let c = &self.amount.currency;
-        json!({
-            "charge_id": self.charge_id, "object": "charge", "status": self.status.as_str(),
-            "amount": self.amount.to_json(),
-            "tip": self.tip.as_ref().map_or_else(
-                || json!({"value": "0", "currency": c}),
-                Amount::to_json,
-            ),
-            "amount_refunded": {"value": self.amount_refunded.to_string(), "currency": c},
-            "authorization_code": self.authorization_code,
-            "iso_response_code": self.iso_response_code,
-            "decline_code": self.decline_code,
-            "card": {"brand": self.card.brand, "bin": self.card.bin, "last4": self.card.last4,
-                     "entry_mode": self.card.entry_mode},
-            "terminal_id": self.terminal_id, "merchant_id": self.merchant_id,
-            "location_id": self.location_id, "reference": self.reference,
-            "description": self.description, "metadata": self.metadata,
-            "fee": self.fee.to_json(),
-            "processor": {"name": self.processor, "reference": self.processor_reference},
-            "created_at": rfc3339(self.created_at),
-            "settled_at": self.settled_at.map(rfc3339),
-            "refunds": self.refunds.iter().map(Refund::to_json).collect::<Vec<_>>(),
-        })
     }
 }
 
@@ -671,24 +632,6 @@ impl Record for Txn {
 }
 
 impl Txn {
-    /// The transactions list's item.
-    pub fn item(&self) -> Value {
-        match self {
-            Self::Charge(c) => json!({
-                "id": c.charge_id, "type": "charge", "status": c.status.as_str(),
-                "amount": c.amount.to_json(), "terminal_id": c.terminal_id,
-                "location_id": c.location_id, "created_at": rfc3339(c.created_at),
-                "charge_id": c.charge_id,
-            }),
-            Self::Refund(r) => json!({
-                "id": r.refund_id, "type": "refund", "status": "succeeded",
-                "amount": r.amount.to_json(), "terminal_id": r.terminal_id,
-                "location_id": r.location_id, "created_at": rfc3339(r.created_at),
-                "charge_id": r.charge_id,
-            }),
-        }
-    }
-
     /// The status the list filters on.
     pub fn status(&self) -> &str {
         match self {

@@ -7,12 +7,11 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::store::db::Record;
 use crate::wire::fields::Money;
-use crate::wire::time::rfc3339;
 
 /// Stored money (minor units and currency).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,13 +28,6 @@ impl From<Money> for Amount {
             value: m.value,
             currency: m.currency,
         }
-    }
-}
-
-impl Amount {
-    /// The contract's money object.
-    pub fn to_json(&self) -> Value {
-        json!({"value": self.value.to_string(), "currency": self.currency})
     }
 }
 
@@ -78,14 +70,6 @@ impl Reseller {
             resellers,
             merchant: None,
         }
-    }
-
-    /// The wire form.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id, "object": "reseller", "name": self.name, "parent_id": self.parent_id,
-            "created_at": rfc3339(self.created_at), "updated_at": rfc3339(self.updated_at),
-        })
     }
 }
 
@@ -153,27 +137,6 @@ impl FeeTemplate {
             .unwrap_or(u64::MAX)
             .saturating_add(fixed)
     }
-
-    /// The wire form.
-    pub fn to_json(&self) -> Value {
-        let per_brand: Map<String, Value> = self
-            .per_brand
-            .iter()
-            .map(|(brand, row)| {
-                (
-                    brand.clone(),
-                    json!({"percent_bps": row.percent_bps,
-                           "fixed": row.fixed.as_ref().map(Amount::to_json)}),
-                )
-            })
-            .collect();
-        json!({
-            "id": self.id, "object": "fee_template", "reseller_id": self.reseller_id,
-            "name": self.name, "percent_bps": self.percent_bps,
-            "fixed": self.fixed.as_ref().map(Amount::to_json), "per_brand": per_brand,
-            "created_at": rfc3339(self.created_at), "updated_at": rfc3339(self.updated_at),
-        })
-    }
 }
 
 impl Record for FeeTemplate {
@@ -229,18 +192,6 @@ impl Merchant {
             merchant: Some(self.id.clone()),
         }
     }
-
-    /// The wire form.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id, "object": "merchant", "reseller_id": self.reseller_id,
-            "name": self.name, "mcc": self.mcc, "country": self.country,
-            "currency": self.currency, "fee_template_id": self.fee_template_id,
-            "tip_info": self.tip_info, "tax_info": self.tax_info,
-            "surcharge_info": self.surcharge_info, "merchant_key": self.merchant_key,
-            "created_at": rfc3339(self.created_at), "updated_at": rfc3339(self.updated_at),
-        })
-    }
 }
 
 impl Record for Merchant {
@@ -274,18 +225,6 @@ pub struct Location {
     pub created_at: i64,
     /// Unix seconds.
     pub updated_at: i64,
-}
-
-impl Location {
-    /// The wire form.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id, "object": "location", "location_id": self.id,
-            "merchant_id": self.merchant_id, "name": self.name, "address": self.address,
-            "timezone": self.timezone,
-            "created_at": rfc3339(self.created_at), "updated_at": rfc3339(self.updated_at),
-        })
-    }
 }
 
 impl Record for Location {
@@ -374,21 +313,6 @@ pub struct Device {
     pub updated_at: i64,
     /// Unix seconds of the first activation.
     pub activated_at: Option<i64>,
-}
-
-impl Device {
-    /// The wire form (no key material: only the identity key's id and check value).
-    pub fn to_json(&self) -> Value {
-        json!({
-            "device_id": self.device_id, "object": "device", "merchant_id": self.merchant_id,
-            "model": self.model, "serial": self.serial, "label": self.label,
-            "location_id": self.location_id, "zone": self.zone,
-            "device_status": self.status.as_str(), "terminal_id": self.terminal_id,
-            "identity_key": {"key_id": self.identity_key_id, "kcv": self.identity_kcv},
-            "created_at": rfc3339(self.created_at), "updated_at": rfc3339(self.updated_at),
-            "activated_at": self.activated_at.map(rfc3339),
-        })
-    }
 }
 
 impl Record for Device {
@@ -491,16 +415,6 @@ impl User {
             .or(self.reseller_id.as_deref())
             .unwrap_or_default()
     }
-
-    /// The wire form.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id, "object": "user", "email": self.email, "name": self.name,
-            "role": self.role.as_str(), "idp_subject": self.idp_subject,
-            "merchant_id": self.merchant_id, "reseller_id": self.reseller_id,
-            "created_at": rfc3339(self.created_at), "updated_at": rfc3339(self.updated_at),
-        })
-    }
 }
 
 impl Record for User {
@@ -532,17 +446,6 @@ pub struct ApiClient {
     pub locked_until: i64,
     /// Unix seconds.
     pub created_at: i64,
-}
-
-impl ApiClient {
-    /// The wire form (never the secret or its hash).
-    pub fn to_json(&self) -> Value {
-        json!({
-            "client_id": self.client_id, "object": "api_client",
-            "merchant_id": self.merchant_id, "name": self.name,
-            "created_at": rfc3339(self.created_at),
-        })
-    }
 }
 
 impl Record for ApiClient {

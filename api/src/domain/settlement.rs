@@ -5,14 +5,12 @@
 //! state, and two concurrent batches never settle one charge twice.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 use crate::domain::charges::{Charge, ChargeStatus, Engine, Txn};
 use crate::domain::model::{Amount, Merchant};
 use crate::error::{ApiError, Code};
 use crate::store::db::{self, Record};
 use crate::wire::ids;
-use crate::wire::time::rfc3339;
 
 /// A settlement batch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,17 +32,6 @@ pub struct Settlement {
 }
 
 impl Settlement {
-    /// The wire form. `has_more: true` says settleable charges were left for the next batch
-    /// because this one's total would have passed the 12 digits of the money format.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "settlement_id": self.settlement_id, "object": "settlement",
-            "merchant_id": self.merchant_id, "count": self.count,
-            "total": self.total.to_json(), "created_at": rfc3339(self.created_at),
-            "has_more": self.left_from.is_some(),
-        })
-    }
-
     /// Where the next batch may stop looking back: charges older than this were settled by
     /// this batch or could not be (still pending), unless this batch left some.
     fn next_cutoff(&self, margin: i64) -> i64 {

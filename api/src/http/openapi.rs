@@ -3,8 +3,11 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::domain::charges::ChargeStatus;
 use crate::error::Code;
 use crate::http::routes::{Access, ROUTES};
+use crate::http::schemas;
+use crate::wire::reply::Choices;
 
 /// The whole document.
 pub fn document() -> Value {
@@ -51,27 +54,29 @@ pub fn document() -> Value {
                         },
                     }},
                 },
-                "Money": {
-                    "type": "object",
-                    "required": ["value", "currency"],
-                    "properties": {
-                        "value": {"type": "string", "pattern": "^(0|[1-9][0-9]{0,11})$"},
-                        "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
-                    },
-                },
-                "List": {
-                    "type": "object",
-                    "required": ["object", "data", "has_more", "next_cursor"],
-                    "properties": {
-                        "object": {"const": "list"},
-                        "data": {"type": "array", "items": {"type": "object"}},
-                        "has_more": {"type": "boolean"},
-                        "next_cursor": {"type": ["string", "null"]},
-                    },
-                },
+                "ResellerNode": schemas::reseller_node(),
             },
         },
     })
+}
+
+/// The error statuses an operation can answer besides `default`: what every request can meet
+/// (a bad request, an unknown id, a full server), what its authentication adds, and what
+/// bodies add.
+fn error_statuses(route: &crate::http::routes::Route) -> Vec<u16> {
+    let mut out = vec![400, 404, 405, 414, 429, 431, 500, 503];
+    if route.access != Access::Public {
+        out.extend([401, 403, 409]);
+    }
+    if matches!(route.method, "POST" | "PUT" | "PATCH") {
+        out.extend([409, 415, 422]);
+    }
+    if route.path.starts_with("/charges") || route.path.starts_with("/pos/charge") {
+        out.push(502);
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 fn operation(route: &crate::http::routes::Route) -> Value {
@@ -92,14 +97,42 @@ fn operation(route: &crate::http::routes::Route) -> Value {
         parameters
             .push(json!({"name": "starting_after", "in": "query", "schema": {"type": "string"}}));
     }
-    let success = if is_list {
-        json!({"description": "A page of the list", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/List"}}}})
-    } else {
-        json!({"description": "Success", "content": {"application/json": {"schema": {"type": "object"}}}})
+    let text = |name: &str, description: &str| {
+        json!({"name": name, "in": "query", "description": description,
+               "schema": {"type": "string"}})
+    };
+    if route.path == "/charges" && route.method == "GET" {
+        parameters.push(text(
+            "merchant_id",
+            "The merchant (merchant users may leave it out)",
+        ));
+    }
+    if route.path.ends_with("/transactions") {
+        parameters.push(json!({"name": "status", "in": "query", "description": "The item's own status",
+                               "schema": {"type": "string", "enum": <ChargeStatus as Choices>::ALL.iter().chain(&["succeeded"]).collect::<Vec<_>>()}}));
+        parameters.push(
+            json!({"name": "from", "in": "query", "description": "Inclusive (RFC 3339)",
+                               "schema": {"type": "string", "format": "date-time"}}),
+        );
+        parameters.push(
+            json!({"name": "to", "in": "query", "description": "Exclusive (RFC 3339)",
+                               "schema": {"type": "string", "format": "date-time"}}),
+        );
+        parameters.push(text("location_id", "Only this location"));
+        parameters.push(text("terminal_id", "Only this terminal"));
+    }
+    let success = match schemas::reply(route.op) {
+        Some(schema) => json!({"description": "Success",
+                               "content": {"application/json": {"schema": schema}}}),
+        None => json!({"description": "Success",
+                       "content": {"text/plain": {"schema": {"type": "string"}}}}),
     };
     let error = json!({"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let mut responses = Map::new();
     responses.insert(route.status.to_string(), success);
+    for status in error_statuses(route) {
+        responses.insert(status.to_string(), error.clone());
+    }
     responses.insert("default".into(), error);
     let mut op = json!({
         "operationId": format!("{:?}", route.op),
@@ -109,10 +142,10 @@ fn operation(route: &crate::http::routes::Route) -> Value {
         "responses": responses,
     });
     if let Some(map) = op.as_object_mut() {
-        if matches!(route.method, "POST" | "PUT" | "PATCH") {
+        if let schemas::Request::Json { schema, required } = schemas::request(route.op) {
             map.insert(
                 "requestBody".into(),
-                json!({"required": route.method != "POST", "content": {"application/json": {"schema": {"type": "object"}}}}),
+                json!({"required": required, "content": {"application/json": {"schema": schema}}}),
             );
         }
         match route.access {
@@ -131,6 +164,7 @@ fn operation(route: &crate::http::routes::Route) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::routes::Op;
 
     #[test]
     fn every_route_is_described() {
@@ -155,5 +189,70 @@ mod tests {
             .map(|item| item.as_object().unwrap().len())
             .sum();
         assert_eq!(described, ROUTES.len());
+    }
+
+    #[test]
+    fn bodies_and_answers_have_their_types_schemas() {
+        let doc = document();
+        let op = |method: &str, path: &str| doc["paths"][path][method].clone();
+        let create = op("post", "/merchants");
+        let schema = &create["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(
+            schema["required"],
+            json!(["reseller_id", "name", "mcc", "country", "currency"])
+        );
+        assert_eq!(schema["properties"]["mcc"]["pattern"], "^[0-9]{4}$");
+        let answer = &create["responses"]["201"]["content"]["application/json"]["schema"];
+        assert_eq!(answer["properties"]["object"]["const"], "merchant");
+        assert_eq!(answer["properties"]["created_at"]["format"], "date-time");
+        let charge = op("post", "/charges");
+        let status = &charge["responses"]["200"]["content"]["application/json"]["schema"]["properties"]
+            ["status"]["enum"];
+        assert!(
+            status
+                .as_array()
+                .unwrap()
+                .contains(&json!("partially_refunded"))
+        );
+        assert!(charge["responses"]["502"].is_object());
+        // A body-less action declares no body; a list answers a page of its items.
+        assert!(
+            op(
+                "post",
+                "/merchants/{merchant_id}/devices/{device_id}/disable"
+            )
+            .get("requestBody")
+            .is_none()
+        );
+        let list = op("get", "/merchants/{merchant_id}/devices");
+        let page = &list["responses"]["200"]["content"]["application/json"]["schema"];
+        assert_eq!(
+            page["properties"]["data"]["items"]["properties"]["object"]["const"],
+            "device"
+        );
+        // The hierarchy refers to itself through a component.
+        assert_eq!(
+            doc["components"]["schemas"]["ResellerNode"]["properties"]["resellers"]["items"]["$ref"],
+            "#/components/schemas/ResellerNode"
+        );
+        // No operation answers an undescribed object.
+        for route in ROUTES {
+            let op = op(&route.method.to_ascii_lowercase(), route.path);
+            let ok = &op["responses"][route.status.to_string()]["content"];
+            let schema = ok["application/json"]["schema"].clone();
+            if route.op == Op::MerchantParameters || route.op == Op::DeviceParameters {
+                continue;
+            }
+            assert!(
+                schema.get("properties").is_some()
+                    || schema.get("oneOf").is_some()
+                    || schema.get("$ref").is_some()
+                    || ok.get("text/plain").is_some()
+                    || route.op == Op::OpenApi,
+                "{} {}: {schema}",
+                route.method,
+                route.path
+            );
+        }
     }
 }

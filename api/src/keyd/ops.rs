@@ -7,7 +7,6 @@ use keyd_proto::message::{
     DeviceCreate, IdentityKey, IdentityRotate, KeySetRevoke, PanFingerprint, RequestFingerprint,
 };
 use keyd_proto::{Secret, Status};
-use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use crate::error::ApiError;
@@ -43,9 +42,9 @@ impl Identity {
         }
     }
 
-    /// `{"key_id","secret","kcv"}`; the only place the secret is written out.
-    pub fn to_json(&self) -> Value {
-        json!({"key_id": self.key_id, "secret": self.secret.as_str(), "kcv": self.kcv})
+    /// The secret, base64, for the one reply that shows it.
+    pub fn secret(&self) -> &str {
+        &self.secret
     }
 }
 

@@ -451,6 +451,13 @@ macro_rules! enum_field {
                 ::serde_json::json!({"type": "string", "enum": [$($text),*]})
             }
         }
+
+        impl $crate::wire::reply::Choices for $name {
+            const ALL: &'static [&'static str] = &[$($text),*];
+            fn as_str(self) -> &'static str {
+                Self::as_str(self)
+            }
+        }
     };
 }
 
