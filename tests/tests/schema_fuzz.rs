@@ -37,7 +37,8 @@ use serde_json::{Value, json};
 const SCHEMATHESIS: &str = "4.32.5";
 
 /// Cases per operation in the fuzzing phase, on top of the coverage phase's own fixed set:
-/// about 3,300 requests and half a minute for today's 77 operations on the project's two cores.
+/// about 4,300 requests and under a minute for today's 76 fuzzed operations on the project's two
+/// cores.
 const MAX_EXAMPLES: u32 = 30;
 
 /// A fixed seed makes a red run repeatable on any machine; `SCHEMA_FUZZ_SEED` picks another.
@@ -139,7 +140,10 @@ fn the_live_api_answers_as_its_openapi_document_says() {
         summary.tested > 0 && summary.cases > 0,
         "schemathesis ran nothing:\n{report}"
     );
-    // Nothing is filtered out of the run, so every operation of the document is tested.
+    // Nothing is filtered out of the run, so every operation of the document is tested but
+    // one: schemathesis leaves out the operation that serves the document it was loaded from
+    // (`GET /openapi.json`), since fuzzing it would only fetch the document again.
+    let operations = operations - 1;
     assert_eq!(
         (summary.selected, summary.tested),
         (operations, operations),
@@ -342,12 +346,13 @@ impl World {
         // the public and POS operations are fuzzed as the callers they are meant for.
         writeln!(c, "[auth.openapi.bearer]\nbearer = {}\n", q(token)).unwrap();
 
-        // The checks that compare answers with the document. Left out are the checks that
-        // judge whether the API accepts what the document allows and refuses what it does not
-        // (positive_data_acceptance, negative_data_rejection, missing_required_header,
-        // ignored_auth): with today's `{"type":"object"}` bodies and one `pos` scheme for
-        // every terminal call they mostly restate that the document is looser than the API.
-        // They are worth turning on once the schemas are real.
+        // The checks that compare answers with the document, and `negative_data_rejection`:
+        // a body or parameter the document forbids must be refused. Left out:
+        // `positive_data_acceptance`, because many valid-looking requests are refused by rules
+        // a schema cannot state (an unknown cursor, a location of another merchant, a Luhn
+        // check digit, a merchant that cannot be moved, a signature), and
+        // `missing_required_header` and `ignored_auth`, because terminal calls authenticate
+        // by headers and signatures the `pos` scheme only names.
         c.push_str("[checks]\nenabled = false\n");
         for check in [
             "not_a_server_error",
@@ -355,6 +360,7 @@ impl World {
             "content_type_conformance",
             "response_schema_conformance",
             "response_headers_conformance",
+            "negative_data_rejection",
         ] {
             writeln!(c, "{check}.enabled = true").unwrap();
         }
@@ -469,21 +475,6 @@ impl World {
         )
         .unwrap();
 
-        // TODO(issue 12): GET /metrics answers Prometheus text (`text/plain; version=0.0.4`)
-        // while the document says `application/json`. Remove this once the document describes
-        // the text answer.
-        c.push_str(
-            "\n[[operations]]\ninclude-method = \"GET\"\ninclude-path = \"/metrics\"\n\
-             checks.content_type_conformance.enabled = false\n",
-        );
-        // TODO(issue 12): GET /pos/status is described as a list (a GET on a non-public path
-        // that does not end in a parameter gets the List schema) but answers the device's
-        // state, `{"device_status","is_claimed","pairing_code_status"}`. Remove this once
-        // the document describes that answer.
-        c.push_str(
-            "\n[[operations]]\ninclude-method = \"GET\"\ninclude-path = \"/pos/status\"\n\
-             checks.response_schema_conformance.enabled = false\n",
-        );
         c
     }
 }

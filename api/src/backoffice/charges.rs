@@ -9,7 +9,9 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::auth::authz::{Action, Principal, Scope, authorize};
-use crate::domain::charges::{self, CardInput, Charge, NewCharge, Refund, Txn, check_total};
+use crate::domain::charges::{
+    self, CardInput, Charge, ChargeStatus, NewCharge, Refund, Txn, check_total,
+};
 use crate::domain::idem::{self, Begin, Running};
 use crate::domain::model::Merchant;
 use crate::domain::processor::Pan;
@@ -20,6 +22,7 @@ use crate::request::{Call, list};
 use crate::wire::body::{self, At, Field, Int, Problems, Text};
 use crate::wire::fields::{CardNumber, Cvc, Id, Money, MoneyOrZero, tip_in_currency};
 use crate::wire::ids;
+use crate::wire::reply::Choices;
 
 fn merchant_of_call(
     app: &Services,
@@ -428,6 +431,12 @@ pub fn transactions(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> 
     };
     let (from, to) = (time("from")?, time("to")?);
     let status = call.query("status").map(str::to_owned);
+    if let Some(s) = &status
+        && s != "succeeded"
+        && !<ChargeStatus as Choices>::ALL.contains(&s.as_str())
+    {
+        return Err(ApiError::field("status", "a charge status or succeeded"));
+    }
     let location = call.query("location_id").map(str::to_owned);
     let terminal = call.query("terminal_id").map(str::to_owned);
     // The cursor may name a charge or a refund.

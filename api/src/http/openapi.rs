@@ -86,12 +86,11 @@ fn operation(route: &crate::http::routes::Route) -> Value {
         .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
         .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
         .collect();
-    let is_list = route.method == "GET"
-        && !route.path.ends_with('}')
-        && route.access != Access::Public
-        && !route.path.ends_with("hierarchy")
-        && !route.path.ends_with("branding")
-        && !route.path.ends_with("domains");
+    // A list is an operation that answers a page.
+    let reply = schemas::reply(route.op);
+    let is_list = reply
+        .as_ref()
+        .is_some_and(|r| r.pointer("/properties/object/const") == Some(&json!("list")));
     if is_list {
         parameters.push(json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}}));
         parameters
@@ -121,7 +120,7 @@ fn operation(route: &crate::http::routes::Route) -> Value {
         parameters.push(text("location_id", "Only this location"));
         parameters.push(text("terminal_id", "Only this terminal"));
     }
-    let success = match schemas::reply(route.op) {
+    let success = match reply {
         Some(schema) => json!({"description": "Success",
                                "content": {"application/json": {"schema": schema}}}),
         None => json!({"description": "Success",

@@ -472,8 +472,9 @@ impl<T: Field> Field for Option<T> {
         Some(None)
     }
 
+    /// `null` is accepted as "absent", so the schema says so.
     fn schema() -> Value {
-        T::schema()
+        json!({"anyOf": [T::schema(), {"type": "null"}]})
     }
 }
 
@@ -618,7 +619,8 @@ pub struct Int<const MIN: i64, const MAX: i64>(pub i64);
 impl<const MIN: i64, const MAX: i64> Field for Int<MIN, MAX> {
     fn read(value: Value, at: &At<'_>, problems: &mut Problems) -> Option<Self> {
         match value {
-            Value::Number(n) => match n.as_i64() {
+            // `372.0` is the integer 372 to JSON Schema, so it is to us too.
+            Value::Number(n) => match n.as_i64().or_else(|| whole(n.as_f64()?)) {
                 Some(v) if (MIN..=MAX).contains(&v) => Some(Self(v)),
                 _ => {
                     problems.fail(at, format!("an integer from {MIN} to {MAX}"));
@@ -635,6 +637,17 @@ impl<const MIN: i64, const MAX: i64> Field for Int<MIN, MAX> {
     fn schema() -> Value {
         json!({"type": "integer", "minimum": MIN, "maximum": MAX})
     }
+}
+
+/// A float with no fraction, as an integer (when it fits).
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::float_cmp,
+    reason = "the value is whole and inside i64's range when converted"
+)]
+fn whole(f: f64) -> Option<i64> {
+    let in_range = f.is_finite() && f.abs() < 9.0e15;
+    (in_range && f.fract() == 0.0).then_some(f as i64)
 }
 
 /// An array of at most `MAX` items.
@@ -795,6 +808,9 @@ mod tests {
 
     #[test]
     fn absent_null_and_given_members() {
+        let whole = parse::<Outer>(br#"{"name":"a","x":{"y":"b"},"missing":"m","n":2.0}"#).unwrap();
+        assert_eq!(whole.n, Some(Int(2)));
+        assert!(parse::<Outer>(br#"{"name":"a","x":{"y":"b"},"missing":"m","n":2.5}"#).is_err());
         let ok = parse::<Outer>(
             br#"{"name":"a","x":{"y":"b"},"missing":"m","n":null,"clear":null,"type":"t","extra":1}"#,
         )
@@ -829,8 +845,11 @@ mod tests {
             s["properties"]["x"]["properties"]["y"]["description"],
             "A name."
         );
-        assert_eq!(s["properties"]["colour"]["enum"], json!(["red", "green"]));
-        assert_eq!(s["properties"]["tags"]["maxItems"], 2);
+        assert_eq!(
+            s["properties"]["colour"]["anyOf"][0]["enum"],
+            json!(["red", "green"])
+        );
+        assert_eq!(s["properties"]["tags"]["anyOf"][0]["maxItems"], 2);
         assert!(s["properties"]["type"].is_object());
         assert_eq!(Colour::ALL.len(), 2);
         assert_eq!(Colour::Green.as_str(), "green");
