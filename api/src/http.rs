@@ -392,6 +392,13 @@ async fn run(
             return Err(e);
         }
     };
+    // An action that takes no body ignores an empty one or any JSON, but not bytes that are
+    // not JSON: those are a client's mistake worth telling (400/`4002`). Terminal calls judge
+    // their body in their own order.
+    if !body.is_empty() && route.access != Access::Pos && schemas::bodiless(route.op) {
+        crate::wire::json::parse(&body)
+            .map_err(|e| ApiError::new(Code::BodyUnreadable, e.to_string()))?;
+    }
     let call = Call {
         params,
         query: crate::request::parse_query(parts.uri.query()),

@@ -411,6 +411,13 @@ fn unreadable_keys_duplicated_fields_and_foreign_types_are_refused() {
     assert_contract_error(&a, 415, "4150", "a form body");
     let list = p.ok("GET", "/resellers", None).unwrap();
     assert!(!list.to_string().contains("Form"));
+    // An action that takes no body is not run on bytes that are not JSON.
+    let auth = vec![("Authorization".to_owned(), format!("Bearer {}", p.admin))];
+    let settle = format!("/merchants/{mid}/settlements");
+    let a = p.http.raw("POST", &settle, &auth, b"\x00").unwrap();
+    assert_contract_error(&a, 400, "4002", "a NUL byte as body");
+    let settlements = p.ok("GET", &settle, None).unwrap();
+    assert_eq!(settlements["data"], serde_json::json!([]), "{settlements}");
 }
 
 #[test]

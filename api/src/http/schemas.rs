@@ -56,6 +56,20 @@ fn free_object() -> Value {
                                              levels override earlier ones member by member."})
 }
 
+/// Whether an operation takes no body (computed once from [`request`], which builds schemas).
+pub fn bodiless(op: Op) -> bool {
+    static BODILESS: std::sync::OnceLock<Vec<Op>> = std::sync::OnceLock::new();
+    BODILESS
+        .get_or_init(|| {
+            crate::http::routes::ROUTES
+                .iter()
+                .map(|r| r.op)
+                .filter(|op| matches!(request(*op), Request::None))
+                .collect()
+        })
+        .contains(&op)
+}
+
 /// The request an operation takes.
 pub fn request(op: Op) -> Request {
     use Op as O;
