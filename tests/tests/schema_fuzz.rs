@@ -352,7 +352,7 @@ impl World {
         // a schema cannot state (an unknown cursor, a location of another merchant, a Luhn
         // check digit, a merchant that cannot be moved, a signature), and
         // `missing_required_header` and `ignored_auth`, because terminal calls authenticate
-        // by headers and signatures the `pos` scheme only names.
+        // by headers and signatures the `pos_*` schemes only name.
         c.push_str("[checks]\nenabled = false\n");
         for check in [
             "not_a_server_error",

@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 
 use crate::domain::charges::ChargeStatus;
 use crate::error::Code;
-use crate::http::routes::{Access, ROUTES};
+use crate::http::routes::{Access, Op, ROUTES};
 use crate::http::schemas;
 use crate::wire::reply::Choices;
 
@@ -32,12 +32,22 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-                "pos": {"type": "apiKey", "in": "header", "name": "X-Signature",
-                        "description": "Terminal calls: User-Agent Viopay-POS/x.y.z and \
-                                        X-Client-Type pos, then activation headers, an \
-                                        HMAC-SHA256 signature (X-Key-Id, X-Timestamp, X-Nonce, \
-                                        X-Signature) or Authorization: Attestation att_…, as \
-                                        contract section 4 describes."},
+                "pos_activation": {"type": "apiKey", "in": "header", "name": "X-Device-Id",
+                        "description": "Activation headers (contract section 4): the POS \
+                                        headers (User-Agent Viopay-POS/x.y.z, X-Client-Type \
+                                        pos) and the X-Device-Id of a registered device."},
+                "pos_attest": {"type": "apiKey", "in": "header", "name": "X-Signature",
+                        "description": "The identity-key signature: X-Device-Id, X-Key-Id, \
+                                        X-Timestamp, X-Nonce and X-Signature v1=<base64 \
+                                        HMAC-SHA256> over those four lines."},
+                "pos_attestation": {"type": "apiKey", "in": "header", "name": "Authorization",
+                        "description": "Authorization: Attestation att_… (from POST \
+                                        /pos/attest) and X-Device-Id."},
+                "pos_signature": {"type": "apiKey", "in": "header", "name": "X-Signature",
+                        "description": "The charge signature: X-Terminal-Id, X-Key-Id (the \
+                                        MAC key), X-Timestamp, X-Nonce and X-Signature \
+                                        v1=<base64 HMAC-SHA256> over those lines, the \
+                                        method, the path and the raw body."},
             },
             "schemas": {
                 "Error": {
@@ -58,6 +68,18 @@ pub fn document() -> Value {
             },
         },
     })
+}
+
+/// How a terminal call authenticates (contract section 4).
+fn pos_scheme(op: Op) -> &'static str {
+    match op {
+        Op::PosBootstrap | Op::PosPairingCode | Op::PosStatus => "pos_activation",
+        Op::PosAttest => "pos_attest",
+        Op::PosKeys | Op::PosConfig | Op::PosTerminalParameters | Op::PosActivate => {
+            "pos_attestation"
+        }
+        _ => "pos_signature",
+    }
 }
 
 /// The error statuses an operation can answer besides `default`: what every request can meet
@@ -150,7 +172,7 @@ fn operation(route: &crate::http::routes::Route) -> Value {
         match route.access {
             Access::Public => {}
             Access::Pos => {
-                map.insert("security".into(), json!([{"pos": []}]));
+                map.insert("security".into(), json!([{pos_scheme(route.op): []}]));
             }
             Access::Bearer | Access::BearerNoSession => {
                 map.insert("security".into(), json!([{"bearer": []}]));
@@ -163,7 +185,6 @@ fn operation(route: &crate::http::routes::Route) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::routes::Op;
 
     #[test]
     fn every_route_is_described() {
