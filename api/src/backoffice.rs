@@ -16,14 +16,19 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+use crate::auth::Auth;
 use crate::auth::authz::{Action, Principal, Scope, allow, authorize};
+use crate::config::PlatformConfig;
+use crate::domain::charges::Engine;
+use crate::domain::idem::Idempotency;
 use crate::domain::model::{
     Amount, ApiClient, BrandFee, Device, DeviceStatus, FeeTemplate, Location, Merchant, Reseller,
     Role, Session, Tenancy, User,
 };
 use crate::error::{ApiError, Code};
-use crate::request::Services;
-use crate::request::{Call, list};
+use crate::keyd::Keyd;
+use crate::request::{Call, Services, list};
+use crate::store::db::Db;
 use crate::store::db::{self, Record};
 use crate::wire::body::{self, Nullable, Text};
 use crate::wire::fields::{
@@ -32,6 +37,39 @@ use crate::wire::fields::{
 };
 use crate::wire::ids;
 use crate::wire::reply::{self, Shape, ShownOnce};
+
+/// What backoffice handlers work with: records, keyd, the token signer (for API-client
+/// tokens), the platform's settings, keyed requests and the charge engine. Terminals' nonces and
+/// locks are not here: nothing in the backoffice needs them.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoffice<'a> {
+    /// Records.
+    pub db: &'a Db,
+    /// The key service.
+    pub keyd: &'a Keyd,
+    /// Bearer tokens and the embedded signer.
+    pub auth: &'a Auth,
+    /// The platform's own settings.
+    pub platform: &'a PlatformConfig,
+    /// Keyed requests in progress.
+    pub idempotency: &'a Idempotency,
+    /// The charge engine.
+    pub charges: &'a Engine,
+}
+
+impl<'a> Backoffice<'a> {
+    /// The backoffice's part of the services.
+    pub fn of(s: &'a Services) -> Self {
+        Self {
+            db: &s.db,
+            keyd: &s.keyd,
+            auth: &s.auth,
+            platform: &s.config.platform,
+            idempotency: &s.idempotency,
+            charges: &s.charges,
+        }
+    }
+}
 
 const NAME_MAX: usize = 200;
 /// Deepest reseller nesting (the hierarchy answer walks it recursively).
@@ -64,7 +102,12 @@ fn deleted(id: &str, object: &str) -> Value {
 // ---------------------------------------------------------------------------------------------
 // Finding objects with their tenancy.
 
-fn reseller(app: &Services, p: &Principal, id: &str, action: Action) -> Result<Reseller, ApiError> {
+fn reseller(
+    app: &Backoffice<'_>,
+    p: &Principal,
+    id: &str,
+    action: Action,
+) -> Result<Reseller, ApiError> {
     let r: Reseller = if ids::is_uuid(id) {
         app.db.find(id)?
     } else {
@@ -76,7 +119,7 @@ fn reseller(app: &Services, p: &Principal, id: &str, action: Action) -> Result<R
 
 /// A merchant by id in a path, authorised for `action` (404 for a malformed id too).
 pub(crate) fn merchant(
-    app: &Services,
+    app: &Backoffice<'_>,
     p: &Principal,
     id: &str,
     action: Action,
@@ -92,7 +135,7 @@ pub(crate) fn merchant(
 
 /// A child object: found by id, and 404 unless it belongs to `parent`.
 fn child<R: Record>(
-    app: &Services,
+    app: &Backoffice<'_>,
     id: &str,
     valid: fn(&str) -> bool,
     parent: impl Fn(&R) -> bool,

@@ -6,20 +6,63 @@ pub mod charges;
 pub mod envelope;
 pub mod replies;
 
+/// What terminal handlers work with: records, keyd, used nonces, per-device locks, keyed
+/// requests, the charge engine and the platform's settings. Bearer tokens are not here: the
+/// one bearer call of the terminal protocol (`/pos/claim`) gets its principal from the
+/// request, like every other.
+#[derive(Debug, Clone, Copy)]
+pub struct Terminals<'a> {
+    /// Records.
+    pub db: &'a db::Db,
+    /// The key service.
+    pub keyd: &'a Keyd,
+    /// The platform's own settings.
+    pub platform: &'a PlatformConfig,
+    /// Used nonces.
+    pub replay: &'a Replay,
+    /// Per-device serialisation of read-check-write sequences.
+    pub locks: &'a Locks,
+    /// Keyed requests in progress.
+    pub idempotency: &'a Idempotency,
+    /// The charge engine.
+    pub charges: &'a ChargeEngine,
+}
+
+impl<'a> Terminals<'a> {
+    /// The terminal protocol's part of the services.
+    pub fn of(s: &'a Services) -> Self {
+        Self {
+            db: &s.db,
+            keyd: &s.keyd,
+            platform: &s.config.platform,
+            replay: &s.replay,
+            locks: &s.locks,
+            idempotency: &s.idempotency,
+            charges: &s.charges,
+        }
+    }
+}
+
 use base64::Engine;
 use keyd_proto::Status;
 use keyd_proto::message::{AttestVerify, KeySetCreate, KeySetExport};
 use serde_json::{Value, json};
 
 use crate::auth::authz::{Action, authorize};
+use crate::config::PlatformConfig;
+use crate::domain::charges::Engine as ChargeEngine;
+use crate::domain::idem::Idempotency;
+use crate::domain::locks::Locks;
 use crate::domain::model::{
     Attestation, Device, DeviceStatus, KeySetRef, Location, Merchant, PairingCode, PairingStatus,
     Reseller,
 };
+use crate::domain::replay::Replay;
 use crate::error::{ApiError, Code};
+use crate::keyd::Keyd;
 use crate::keyd::KeydError;
-use crate::request::Call;
-use crate::request::Services;
+use crate::request::{Call, Services};
+
 use crate::store::db;
 use crate::wire::body;
 use crate::wire::fields::{DeviceId, Id};
@@ -61,7 +104,11 @@ pub fn user_agent_version(ua: &str) -> Option<(u32, u32, u32)> {
 ///
 /// # Errors
 /// 400/`4001` for a missing or malformed header, 400/`4003` for an old app.
-pub fn pos_headers(app: &Services, call: &Call<'_>, check_version: bool) -> Result<(), ApiError> {
+pub fn pos_headers(
+    app: &Terminals<'_>,
+    call: &Call<'_>,
+    check_version: bool,
+) -> Result<(), ApiError> {
     let version = call
         .header("user-agent")
         .and_then(user_agent_version)
@@ -69,13 +116,13 @@ pub fn pos_headers(app: &Services, call: &Call<'_>, check_version: bool) -> Resu
     if call.header("x-client-type") != Some("pos") {
         return Err(header_error("X-Client-Type"));
     }
-    let min = ids::pos_version(&app.config.platform.min_supported_version).unwrap_or_default();
+    let min = ids::pos_version(&app.platform.min_supported_version).unwrap_or_default();
     if check_version && version < min {
         return Err(ApiError::new(
             Code::AppVersion,
             format!(
                 "app version below the minimum supported ({})",
-                app.config.platform.min_supported_version
+                app.platform.min_supported_version
             ),
         ));
     }
@@ -131,25 +178,29 @@ fn device_state(ok: bool) -> Result<(), ApiError> {
 }
 
 /// Activation calls: POS headers, then a registered `X-Device-Id`.
-fn activation(app: &Services, call: &Call<'_>, check_version: bool) -> Result<Device, ApiError> {
+fn activation(
+    app: &Terminals<'_>,
+    call: &Call<'_>,
+    check_version: bool,
+) -> Result<Device, ApiError> {
     pos_headers(app, call, check_version)?;
     let id = device_header(call)?;
     app.db.find(&id)
 }
 
 /// `POST /pos/bootstrap`.
-pub fn bootstrap(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn bootstrap(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = activation(app, call, false)?;
     device_state(device.status != DeviceStatus::Disabled)?;
     Ok(reply::json(&replies::BootstrapReply {
         status: "ok",
         server_time: reply::Time(call.now),
-        min_supported_version: &app.config.platform.min_supported_version,
+        min_supported_version: &app.platform.min_supported_version,
     }))
 }
 
 /// `GET /pos/status`.
-pub fn status(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn status(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = activation(app, call, true)?;
     use replies::PairingCodeStatus as S;
     let code_status = match &device.pairing_code {
@@ -174,7 +225,7 @@ pub fn status(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
 }
 
 /// `POST /pos/pairing-code`: six characters, five minutes, one pending per device, ten an hour.
-pub async fn pairing_code(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn pairing_code(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = activation(app, call, true)?;
     device_state(device.status == DeviceStatus::Inactive)?;
     let _guard = app.locks.lock(&device.device_id).await;
@@ -278,7 +329,7 @@ crate::body! {
 }
 
 /// `POST /pos/claim` (bearer): a merchant's user pairs a device with the code it shows.
-pub async fn claim(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn claim(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let Claim {
         pairing_code,
@@ -311,7 +362,7 @@ pub async fn claim(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
         ));
     }
     if let Some(l) = &location_id {
-        crate::domain::model::check_location(&app.db, &merchant.id, l)?;
+        crate::domain::model::check_location(app.db, &merchant.id, l)?;
     }
     device_state(device.status == DeviceStatus::Inactive)?;
     let _guard = app.locks.lock(&device.device_id).await;
@@ -361,7 +412,7 @@ pub async fn claim(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
 }
 
 /// A fresh `TID-` + 6 digits, claimed platform-wide for the device's life.
-async fn new_terminal_id(app: &Services, device_id: &str) -> Result<String, ApiError> {
+async fn new_terminal_id(app: &Terminals<'_>, device_id: &str) -> Result<String, ApiError> {
     for _ in 0..64 {
         let n = u32::from_be_bytes(ids::random_bytes::<4>()?) % 1_000_000;
         let tid = format!("TID-{n:06}");
@@ -385,7 +436,7 @@ async fn new_terminal_id(app: &Services, device_id: &str) -> Result<String, ApiE
 }
 
 /// `POST /pos/attest`: the identity-key signature earns a five-minute attestation token.
-pub async fn attest(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn attest(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     pos_headers(app, call, true)?;
     let device_id = device_header(call)?;
     let key_id = required(call, "x-key-id", |k| (1..=128).contains(&k.len()))?;
@@ -466,7 +517,7 @@ fn token_hash(token: &str) -> String {
 ///
 /// # Errors
 /// 4001/4003, 4014, 4092.
-pub fn attested(app: &Services, call: &Call<'_>) -> Result<Device, ApiError> {
+pub fn attested(app: &Terminals<'_>, call: &Call<'_>) -> Result<Device, ApiError> {
     pos_headers(app, call, true)?;
     let bad = || {
         ApiError::new(
@@ -500,7 +551,7 @@ pub fn attested(app: &Services, call: &Call<'_>) -> Result<Device, ApiError> {
 
 /// `POST /pos/keys`: the device's key set as TR-31 version D blocks (made on first call, after
 /// expiry, or after a scheduled rotation).
-pub async fn keys(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn keys(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = attested(app, call)?;
     let set = current_key_set(app, &device, call.now).await?;
     let export = app
@@ -559,7 +610,11 @@ fn keyd_failure(e: KeydError, what: &str) -> ApiError {
 
 /// The set to deliver: the current one, or a new one when there is none, it expired, or a
 /// rotation was scheduled. One device at a time, so two calls cannot make two sets.
-async fn current_key_set(app: &Services, device: &Device, now: i64) -> Result<KeySetRef, ApiError> {
+async fn current_key_set(
+    app: &Terminals<'_>,
+    device: &Device,
+    now: i64,
+) -> Result<KeySetRef, ApiError> {
     let _guard = app.locks.lock(&device.device_id).await;
     let device: Device = app.db.find(&device.device_id)?;
     if let Some(set) = &device.key_set
@@ -606,7 +661,7 @@ async fn current_key_set(app: &Services, device: &Device, now: i64) -> Result<Ke
 }
 
 /// The config JSON of section 7.
-fn config_json(app: &Services, device: &Device) -> Result<Value, ApiError> {
+fn config_json(app: &Terminals<'_>, device: &Device) -> Result<Value, ApiError> {
     let merchant: Merchant = app.db.find(&device.merchant_id)?;
     let reseller: Option<Reseller> = app.db.get(&merchant.reseller_id)?;
     let location = match &device.location_id {
@@ -648,10 +703,10 @@ fn need_key_set(device: &Device) -> Result<KeySetRef, ApiError> {
 }
 
 /// `POST /pos/config`.
-pub async fn config(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn config(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = attested(app, call)?;
     let set = need_key_set(&device)?;
-    envelope::seal(app, &set.msk_key_id, &config_json(app, &device)?).await
+    envelope::seal(app.keyd, &set.msk_key_id, &config_json(app, &device)?).await
 }
 
 /// Platform defaults of the terminal parameters.
@@ -694,7 +749,7 @@ pub fn merge(base: &mut Value, over: &Value) {
 }
 
 /// `POST /pos/terminal-parameters`.
-pub async fn terminal_parameters(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn terminal_parameters(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = attested(app, call)?;
     let set = need_key_set(&device)?;
     let merchant: Merchant = app.db.find(&device.merchant_id)?;
@@ -706,15 +761,15 @@ pub async fn terminal_parameters(app: &Services, call: &Call<'_>) -> Result<Valu
     if let Some(o) = &device.terminal_parameters {
         merge(&mut params, &Value::Object(o.clone()));
     }
-    envelope::seal_gzip(app, &set.msk_key_id, &params).await
+    envelope::seal_gzip(app.keyd, &set.msk_key_id, &params).await
 }
 
 /// `POST /pos/activate`: the envelope is checked in every state; the flags must all be true.
-pub async fn activate(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn activate(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = attested(app, call)?;
     let set = need_key_set(&device)?;
     let sealed = envelope::parse(&call.body, &set.msk_kcv)?;
-    let (inner, _) = envelope::open(app, &sealed, &set.msk_key_id).await?;
+    let (inner, _) = envelope::open(app.keyd, &sealed, &set.msk_key_id).await?;
     let missing: Vec<&str> = ["emv_ready", "keys_installed", "network_ok"]
         .into_iter()
         .filter(|f| inner.get(*f) != Some(&Value::Bool(true)))
@@ -752,7 +807,7 @@ pub async fn activate(app: &Services, call: &Call<'_>) -> Result<Value, ApiError
         "activated_at": updated.activated_at.map(rfc3339),
         "terminal_id": updated.terminal_id,
     });
-    envelope::seal(app, &set.msk_key_id, &answer).await
+    envelope::seal(app.keyd, &set.msk_key_id, &answer).await
 }
 
 #[cfg(test)]
@@ -847,7 +902,7 @@ mod tests {
             now,
             principal: None,
         };
-        let code = |app: &Services| attested(app, &call).err().map(|e| e.code());
+        let code = |app: &Terminals<'_>| attested(app, &call).err().map(|e| e.code());
         let conflict = ApiError::new(Code::Conflict, "x");
         app.db
             .commit(
@@ -856,7 +911,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(code(&app), None);
+        assert_eq!(code(&Terminals::of(&app)), None);
         // Expired.
         app.db
             .commit(
@@ -865,7 +920,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(code(&app), Some(Code::AttestationInvalid));
+        assert_eq!(code(&Terminals::of(&app)), Some(Code::AttestationInvalid));
         // Disabled and re-enabled since (the epoch moved on).
         app.db
             .commit(
@@ -874,7 +929,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(code(&app), Some(Code::AttestationInvalid));
+        assert_eq!(code(&Terminals::of(&app)), Some(Code::AttestationInvalid));
         // A good token on a device in the wrong state.
         app.db
             .commit(
@@ -883,7 +938,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(code(&app), Some(Code::DeviceState));
+        assert_eq!(code(&Terminals::of(&app)), Some(Code::DeviceState));
     }
 
     #[test]

@@ -105,9 +105,10 @@ pub fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
     })
 }
 
-/// Everything a handler may use: configuration, records, keyd, token verification, used
-/// nonces, locks, keyed requests in progress and the charge engine. Built once by
-/// `app::App`, which adds what only the HTTP layer needs.
+/// Everything the service holds: configuration, records, keyd, token verification, used
+/// nonces, locks, keyed requests in progress and the charge engine. Built once by `app`;
+/// handlers never see it whole: each gets its layer's part (`backoffice::Backoffice`,
+/// `pos::Terminals`), and the HTTP layer adds its own metrics.
 #[derive(Debug)]
 pub struct Services {
     /// The configuration it started with.

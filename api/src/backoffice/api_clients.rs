@@ -28,7 +28,7 @@ crate::body! {
 }
 
 /// `POST /merchants/{id}/api-clients`: the secret is in this answer and nowhere else.
-pub async fn api_client_create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn api_client_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
     let ApiClientCreate { name } = if call.body.is_empty() {
         ApiClientCreate { name: None }
@@ -65,7 +65,7 @@ pub async fn api_client_create(app: &Services, call: &Call<'_>) -> Result<Value,
 }
 
 /// `GET /merchants/{id}/api-clients`.
-pub fn api_client_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn api_client_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let m = merchant(app, call.who()?, call.param(0), Action::Read)?;
     let (limit, after) = call.page()?;
     let page = app
@@ -76,7 +76,7 @@ pub fn api_client_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiErro
 }
 
 /// `DELETE /merchants/{id}/api-clients/{client_id}`: its tokens stop working at once.
-pub async fn api_client_delete(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn api_client_delete(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
     let c = child(app, call.param(1), ids::is_client_id, |c: &ApiClient| {
         c.merchant_id == m.id

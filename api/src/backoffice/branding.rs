@@ -81,7 +81,7 @@ fn domains_json(r: &Reseller) -> Value {
 }
 
 /// `GET /resellers/{id}/branding`.
-pub fn branding_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn branding_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     Ok(branding_json(&reseller(
         app,
         call.who()?,
@@ -91,7 +91,7 @@ pub fn branding_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> 
 }
 
 /// `PUT /resellers/{id}/branding`.
-pub async fn branding_put(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn branding_put(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let r = reseller(app, call.who()?, call.param(0), Action::ManageReseller)?;
     let b: Branding = body::parse(&call.body)?;
     let mut branding = Map::new();
@@ -120,19 +120,19 @@ pub async fn branding_put(app: &Services, call: &Call<'_>) -> Result<Value, ApiE
 }
 
 /// `GET /resellers/{id}/domains`.
-pub fn domains_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn domains_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let r = reseller(app, call.who()?, call.param(0), Action::Read)?;
     Ok(domains_json(&r))
 }
 
 /// `PUT /resellers/{id}/domains`: a host belongs to at most one reseller.
-pub async fn domains_put(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn domains_put(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let r = reseller(app, call.who()?, call.param(0), Action::ManageReseller)?;
     let Domains { portal_hosts } = body::parse(&call.body)?;
     let mut hosts: Vec<String> = portal_hosts.0.into_iter().map(String::from).collect();
     hosts.sort();
     hosts.dedup();
-    if hosts.iter().any(|h| app.config.platform.hosts.contains(h)) {
+    if hosts.iter().any(|h| app.platform.hosts.contains(h)) {
         return Err(conflict("that host is one of the platform's own"));
     }
     let now = call.now;

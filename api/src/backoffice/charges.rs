@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::auth::authz::{Action, Principal, Scope, authorize};
+use crate::backoffice::Backoffice;
 use crate::domain::charges::{
     self, CardInput, Charge, ChargeStatus, NewCharge, Refund, Txn, check_total,
 };
@@ -17,7 +18,6 @@ use crate::domain::model::Merchant;
 use crate::domain::processor::Pan;
 use crate::domain::settlement::{self, Settlement};
 use crate::error::{ApiError, Code};
-use crate::request::Services;
 use crate::request::{Call, list};
 use crate::wire::body::{self, At, Field, Int, Problems, Text};
 use crate::wire::fields::{CardNumber, Cvc, Id, Money, MoneyOrZero, tip_in_currency};
@@ -25,7 +25,7 @@ use crate::wire::ids;
 use crate::wire::reply::Choices;
 
 fn merchant_of_call(
-    app: &Services,
+    app: &Backoffice<'_>,
     p: &Principal,
     given: Option<&str>,
     action: Action,
@@ -45,7 +45,7 @@ fn merchant_of_call(
 
 /// Runs a keyed request through the idempotency table: a replay answers the kept answer.
 pub async fn keyed<'a, F, Fut>(
-    app: &'a Services,
+    app: &'a Backoffice<'a>,
     call: &Call<'_>,
     scope: &str,
     path: &str,
@@ -61,7 +61,7 @@ where
     };
     match app
         .idempotency
-        .begin(&app.db, scope, "POST", path, key, request, call.now)?
+        .begin(app.db, scope, "POST", path, key, request, call.now)?
     {
         Begin::Replay(kept) if kept.status < 300 => Ok(kept.body),
         Begin::Replay(kept) => Err(ApiError::from_stored(&kept.body)),
@@ -74,7 +74,7 @@ where
 /// The body is validated before the `Idempotency-Key` is looked at: a body that fails
 /// validation was not accepted, so its 400 is answered again to a retry rather than kept
 /// (contract section 1 keeps "the first final answer given after the body was accepted").
-pub async fn create_backoffice(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn create_backoffice(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let body = ChargeBody::read(&call.body)?;
     let path = "/charges";
@@ -229,14 +229,14 @@ impl ChargeBody {
     /// enters the value, and the rest is keyed by a key only keyd holds. Two requests that
     /// differ only in their CVC, in fields the contract ignores, or in the spelling of the
     /// same JSON are therefore the same request.
-    async fn fingerprint(&self, app: &Services) -> Result<String, ApiError> {
+    async fn fingerprint(&self, app: &Backoffice<'_>) -> Result<String, ApiError> {
         let bytes = Zeroizing::new(serde_json::to_vec(self).map_err(|e| ApiError::internal(&e))?);
-        crate::keyd::ops::request_fingerprint(&app.keyd, &bytes).await
+        crate::keyd::ops::request_fingerprint(app.keyd, &bytes).await
     }
 }
 
 async fn create_backoffice_inner(
-    app: &Services,
+    app: &Backoffice<'_>,
     call: &Call<'_>,
     p: &Principal,
     body: ChargeBody,
@@ -262,11 +262,11 @@ async fn create_backoffice_inner(
         ));
     }
     if let Some(l) = &location_id {
-        crate::domain::model::check_location(&app.db, &merchant.id, l)?;
+        crate::domain::model::check_location(app.db, &merchant.id, l)?;
     }
-    let fingerprint = crate::keyd::ops::pan_fingerprint(&app.keyd, &number).await?;
+    let fingerprint = crate::keyd::ops::pan_fingerprint(app.keyd, &number).await?;
     let charge = charges::create(
-        &app.charges,
+        app.charges,
         NewCharge {
             merchant,
             amount,
@@ -293,7 +293,7 @@ async fn create_backoffice_inner(
 }
 
 fn visible_charge(
-    app: &Services,
+    app: &Backoffice<'_>,
     p: &Principal,
     id: &str,
     action: Action,
@@ -307,12 +307,12 @@ fn visible_charge(
 }
 
 /// `GET /charges/{id}`.
-pub fn get_backoffice(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn get_backoffice(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     Ok(visible_charge(app, call.who()?, call.param(0), Action::Read)?.to_json())
 }
 
 /// `GET /charges`.
-pub fn list_backoffice(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn list_backoffice(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let merchant = merchant_of_call(app, p, call.query("merchant_id"), Action::Read)?;
     let (limit, after) = call.page()?;
@@ -333,7 +333,7 @@ pub fn list_backoffice(app: &Services, call: &Call<'_>) -> Result<Value, ApiErro
 }
 
 /// `POST /charges/{id}/refund`.
-pub async fn refund_backoffice(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn refund_backoffice(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let charge = visible_charge(app, p, call.param(0), Action::Operate)?;
     let obj = if call.body.is_empty() {
@@ -359,7 +359,7 @@ pub async fn refund_backoffice(app: &Services, call: &Call<'_>) -> Result<Value,
             }
         };
         charges::refund(
-            &app.charges,
+            app.charges,
             &charge.charge_id,
             amount,
             reason,
@@ -374,13 +374,13 @@ pub async fn refund_backoffice(app: &Services, call: &Call<'_>) -> Result<Value,
 }
 
 /// `POST /charges/{id}/cancel`.
-pub async fn cancel_backoffice(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn cancel_backoffice(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let charge = visible_charge(app, p, call.param(0), Action::Operate)?;
     let path = format!("/charges/{}/cancel", charge.charge_id);
     keyed(app, call, &p.sub, &path, &call.body, |running| async move {
         charges::cancel(
-            &app.charges,
+            app.charges,
             &charge.charge_id,
             Vec::new(),
             running.as_ref(),
@@ -396,16 +396,16 @@ pub async fn cancel_backoffice(app: &Services, call: &Call<'_>) -> Result<Value,
 // Settlements and transactions.
 
 /// `POST /merchants/{id}/settlements`: closes the batch.
-pub async fn settle(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn settle(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::ManageMerchant)?;
-    Ok(settlement::settle(&app.charges, &merchant, call.now)
+    Ok(settlement::settle(app.charges, &merchant, call.now)
         .await?
         .to_json())
 }
 
 /// `GET /merchants/{id}/settlements`.
-pub fn settlements(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn settlements(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read)?;
     let (limit, after) = call.page()?;
@@ -417,7 +417,7 @@ pub fn settlements(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
 }
 
 /// `GET /merchants/{id}/transactions`.
-pub fn transactions(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn transactions(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read)?;
     let (limit, after) = call.page()?;
@@ -509,7 +509,7 @@ fn keep_txn(
 }
 
 /// `GET /merchants/{id}/transactions/{id}`.
-pub fn transaction(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn transaction(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read)?;
     let id = call.param(1);

@@ -84,7 +84,7 @@ crate::body! {
 
 /// `POST /merchants/{id}/devices`: the identity key is made in keyd; its secret is in this
 /// answer and nowhere else.
-pub async fn device_create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn device_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
     let DeviceCreate {
         device_id,
@@ -100,9 +100,9 @@ pub async fn device_create(app: &Services, call: &Call<'_>) -> Result<Value, Api
     let location_id = location_id.map(String::from);
     let zone = zone.map(String::from);
     if let Some(l) = &location_id {
-        crate::domain::model::check_location(&app.db, &m.id, l)?;
+        crate::domain::model::check_location(app.db, &m.id, l)?;
     }
-    let zone = zone.unwrap_or_else(|| app.config.platform.default_zone.clone());
+    let zone = zone.unwrap_or_else(|| app.platform.default_zone.clone());
     let taken = || conflict("a device with this device_id is already registered");
     if app.db.owner("device_id", &device_id)?.is_some() {
         return Err(taken());
@@ -111,7 +111,7 @@ pub async fn device_create(app: &Services, call: &Call<'_>) -> Result<Value, Api
     app.db
         .commit(vec![db::claim("device_id", &device_id, &m.id)], taken())
         .await?;
-    let identity = match crate::keyd::ops::register_device(&app.keyd, &device_id, &zone).await {
+    let identity = match crate::keyd::ops::register_device(app.keyd, &device_id, &zone).await {
         Ok(k) => k,
         Err(e) => {
             let _ = app
@@ -160,7 +160,7 @@ pub async fn device_create(app: &Services, call: &Call<'_>) -> Result<Value, Api
     }))
 }
 
-fn device(app: &Services, call: &Call<'_>, action: Action) -> Result<Device, ApiError> {
+fn device(app: &Backoffice<'_>, call: &Call<'_>, action: Action) -> Result<Device, ApiError> {
     let m = merchant(app, call.who()?, call.param(0), action)?;
     child(app, call.param(1), ids::is_device_id, |d: &Device| {
         d.merchant_id == m.id
@@ -168,7 +168,7 @@ fn device(app: &Services, call: &Call<'_>, action: Action) -> Result<Device, Api
 }
 
 /// `GET /merchants/{id}/devices`.
-pub fn device_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn device_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let m = merchant(app, call.who()?, call.param(0), Action::Read)?;
     let (limit, after) = call.page()?;
     let page = app.db.page::<Device>("devices", &m.id, after, limit)?;
@@ -177,12 +177,12 @@ pub fn device_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
 }
 
 /// `GET /merchants/{id}/devices/{device_id}`.
-pub fn device_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn device_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     Ok(device(app, call, Action::Read)?.to_json())
 }
 
 /// `PATCH /merchants/{id}/devices/{device_id}`.
-pub async fn device_patch(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn device_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let d = device(app, call, Action::ManageMerchant)?;
     let DevicePatch {
         model,
@@ -195,7 +195,7 @@ pub async fn device_patch(app: &Services, call: &Call<'_>) -> Result<Value, ApiE
     let label = label.change().map(|l| l.map(String::from));
     let location = location_id.change().map(|l| l.map(String::from));
     if let Some(Some(l)) = &location {
-        crate::domain::model::check_location(&app.db, &d.merchant_id, l)?;
+        crate::domain::model::check_location(app.db, &d.merchant_id, l)?;
     }
     let now = call.now;
     let updated = app
@@ -218,7 +218,7 @@ pub async fn device_patch(app: &Services, call: &Call<'_>) -> Result<Value, ApiE
 
 /// `POST …/disable`: the record first (every POS call checks it), then keyd drops the working
 /// keys. Disabling again answers the device again and repeats the revocation.
-pub async fn device_disable(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn device_disable(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let d = device(app, call, Action::ManageMerchant)?;
     let now = call.now;
     let updated = app
@@ -235,12 +235,12 @@ pub async fn device_disable(app: &Services, call: &Call<'_>) -> Result<Value, Ap
             Ok(Vec::new())
         })
         .await?;
-    crate::keyd::ops::revoke_key_sets(&app.keyd, &d.device_id).await?;
+    crate::keyd::ops::revoke_key_sets(app.keyd, &d.device_id).await?;
     Ok(updated.to_json())
 }
 
 /// `POST …/enable`: back to `inactive` with keys and tokens revoked; the terminal id stays.
-pub async fn device_enable(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn device_enable(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let d = device(app, call, Action::ManageMerchant)?;
     if d.status != DeviceStatus::Disabled {
         return Err(ApiError::new(
@@ -248,7 +248,7 @@ pub async fn device_enable(app: &Services, call: &Call<'_>) -> Result<Value, Api
             "only a disabled device can be enabled",
         ));
     }
-    crate::keyd::ops::revoke_key_sets(&app.keyd, &d.device_id).await?;
+    crate::keyd::ops::revoke_key_sets(app.keyd, &d.device_id).await?;
     let now = call.now;
     let updated = app
         .db
@@ -272,9 +272,9 @@ pub async fn device_enable(app: &Services, call: &Call<'_>) -> Result<Value, Api
 }
 
 /// `POST …/identity-keys`: a new identity key; the old one stops verifying at once.
-pub async fn device_identity_key(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn device_identity_key(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let d = device(app, call, Action::ManageMerchant)?;
-    let identity = crate::keyd::ops::rotate_identity(&app.keyd, &d.device_id).await?;
+    let identity = crate::keyd::ops::rotate_identity(app.keyd, &d.device_id).await?;
     let now = call.now;
     let (key_id, kcv) = (identity.key_id.clone(), identity.kcv.clone());
     app.db
@@ -294,7 +294,7 @@ pub async fn device_identity_key(app: &Services, call: &Call<'_>) -> Result<Valu
 }
 
 /// `POST …/rotate-keys`: the next key delivery makes a new set.
-pub async fn device_rotate_keys(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn device_rotate_keys(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let d = device(app, call, Action::ManageMerchant)?;
     let now = call.now;
     let updated = app
@@ -322,7 +322,7 @@ pub fn rotation_schema() -> Value {
 }
 
 /// `PUT …/devices/{device_id}/terminal-parameters`.
-pub async fn device_parameters(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn device_parameters(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let d = device(app, call, Action::ManageMerchant)?;
     let params = body::object(&call.body)?;
     let now = call.now;

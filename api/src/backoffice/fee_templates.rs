@@ -79,7 +79,7 @@ fn bps(b: Bps) -> u32 {
 }
 
 /// `POST /resellers/{id}/fee-templates`.
-pub async fn fee_template_create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn fee_template_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let r = reseller(app, call.who()?, call.param(0), Action::ManageReseller)?;
     let f: FeeTemplateCreate = body::parse(&call.body)?;
     let t = FeeTemplate {
@@ -98,7 +98,11 @@ pub async fn fee_template_create(app: &Services, call: &Call<'_>) -> Result<Valu
     Ok(t.to_json())
 }
 
-fn fee_template(app: &Services, call: &Call<'_>, action: Action) -> Result<FeeTemplate, ApiError> {
+fn fee_template(
+    app: &Backoffice<'_>,
+    call: &Call<'_>,
+    action: Action,
+) -> Result<FeeTemplate, ApiError> {
     let r = reseller(app, call.who()?, call.param(0), action)?;
     child(app, call.param(1), ids::is_uuid, |t: &FeeTemplate| {
         t.reseller_id == r.id
@@ -106,7 +110,7 @@ fn fee_template(app: &Services, call: &Call<'_>, action: Action) -> Result<FeeTe
 }
 
 /// `GET /resellers/{id}/fee-templates`.
-pub fn fee_template_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn fee_template_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let r = reseller(app, call.who()?, call.param(0), Action::Read)?;
     let (limit, after) = call.page()?;
     let page = app
@@ -117,12 +121,12 @@ pub fn fee_template_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiEr
 }
 
 /// `GET /resellers/{id}/fee-templates/{tid}`.
-pub fn fee_template_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn fee_template_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     Ok(fee_template(app, call, Action::Read)?.to_json())
 }
 
 /// `PATCH /resellers/{id}/fee-templates/{tid}`.
-pub async fn fee_template_patch(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn fee_template_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let t = fee_template(app, call, Action::ManageReseller)?;
     let f: FeeTemplatePatch = body::parse(&call.body)?;
     let name = f.name.map(String::from);
@@ -153,7 +157,7 @@ pub async fn fee_template_patch(app: &Services, call: &Call<'_>) -> Result<Value
 }
 
 /// `DELETE /resellers/{id}/fee-templates/{tid}`: refused while a merchant uses it.
-pub async fn fee_template_delete(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn fee_template_delete(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let t = fee_template(app, call, Action::ManageReseller)?;
     let in_use =
         app.db

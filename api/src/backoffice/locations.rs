@@ -61,7 +61,7 @@ crate::body! {
 }
 
 /// `POST /merchants/{id}/locations`.
-pub async fn location_create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn location_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
     let LocationCreate {
         name,
@@ -83,7 +83,7 @@ pub async fn location_create(app: &Services, call: &Call<'_>) -> Result<Value, A
     Ok(l.to_json())
 }
 
-fn location(app: &Services, call: &Call<'_>, action: Action) -> Result<Location, ApiError> {
+fn location(app: &Backoffice<'_>, call: &Call<'_>, action: Action) -> Result<Location, ApiError> {
     let m = merchant(app, call.who()?, call.param(0), action)?;
     child(app, call.param(1), ids::is_uuid, |l: &Location| {
         l.merchant_id == m.id
@@ -91,7 +91,7 @@ fn location(app: &Services, call: &Call<'_>, action: Action) -> Result<Location,
 }
 
 /// `GET /merchants/{id}/locations`.
-pub fn location_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn location_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let m = merchant(app, call.who()?, call.param(0), Action::Read)?;
     let (limit, after) = call.page()?;
     let page = app.db.page::<Location>("locations", &m.id, after, limit)?;
@@ -100,12 +100,12 @@ pub fn location_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiError>
 }
 
 /// `GET /merchants/{id}/locations/{lid}`.
-pub fn location_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn location_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     Ok(location(app, call, Action::Read)?.to_json())
 }
 
 /// `PATCH /merchants/{id}/locations/{lid}`.
-pub async fn location_patch(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn location_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let l = location(app, call, Action::ManageMerchant)?;
     let LocationPatch {
         name,
@@ -132,7 +132,7 @@ pub async fn location_patch(app: &Services, call: &Call<'_>) -> Result<Value, Ap
 }
 
 /// `DELETE /merchants/{id}/locations/{lid}`: refused while a device is placed there.
-pub async fn location_delete(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn location_delete(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let l = location(app, call, Action::ManageMerchant)?;
     let used = app
         .db

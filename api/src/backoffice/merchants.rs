@@ -57,7 +57,7 @@ crate::body! {
 }
 
 /// `POST /merchants`.
-pub async fn merchant_create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn merchant_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let MerchantCreate {
         reseller_id,
@@ -103,7 +103,7 @@ pub async fn merchant_create(app: &Services, call: &Call<'_>) -> Result<Value, A
 /// A fee template must belong to a reseller above (or at) the merchant, and its fixed parts
 /// must be in the merchant's currency.
 fn check_fee_template(
-    app: &Services,
+    app: &Backoffice<'_>,
     id: &str,
     resellers: &[String],
     currency: &str,
@@ -131,7 +131,7 @@ fn check_fee_template(
 }
 
 /// `GET /merchants`.
-pub fn merchant_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn merchant_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     allow(p, Action::Read)?;
     let (limit, after) = call.page()?;
@@ -152,12 +152,12 @@ pub fn merchant_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiError>
 }
 
 /// `GET /merchants/{id}`.
-pub fn merchant_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn merchant_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     Ok(merchant(app, call.who()?, call.param(0), Action::Read)?.to_json())
 }
 
 /// `PATCH /merchants/{id}`. Changing the fee template is the reseller's decision.
-pub async fn merchant_patch(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn merchant_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let m = merchant(app, p, call.param(0), Action::ManageMerchant)?;
     let MerchantPatch {
@@ -233,7 +233,7 @@ pub async fn merchant_patch(app: &Services, call: &Call<'_>) -> Result<Value, Ap
 }
 
 /// `PUT /merchants/{id}/terminal-parameters`.
-pub async fn merchant_parameters(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn merchant_parameters(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
     let params = body::object(&call.body)?;
     let now = call.now;

@@ -25,7 +25,7 @@ crate::body! {
 }
 
 /// `POST /resellers`.
-pub async fn reseller_create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn reseller_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let ResellerCreate { name, parent_id } = body::parse(&call.body)?;
     let parent_id = parent_id.map(String::from);
@@ -65,7 +65,7 @@ pub async fn reseller_create(app: &Services, call: &Call<'_>) -> Result<Value, A
 }
 
 /// `GET /resellers`.
-pub fn reseller_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn reseller_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     allow(p, Action::Read)?;
     let (limit, after) = call.page()?;
@@ -78,12 +78,12 @@ pub fn reseller_list(app: &Services, call: &Call<'_>) -> Result<Value, ApiError>
 }
 
 /// `GET /resellers/{id}`.
-pub fn reseller_get(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn reseller_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     Ok(reseller(app, call.who()?, call.param(0), Action::Read)?.to_json())
 }
 
 /// `PATCH /resellers/{id}`.
-pub async fn reseller_patch(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn reseller_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let current = reseller(app, p, call.param(0), Action::ManageReseller)?;
     let ResellerPatch { name, .. } = body::parse_checked(&call.body, |b: &ResellerPatch, p| {
@@ -112,7 +112,7 @@ pub async fn reseller_patch(app: &Services, call: &Call<'_>) -> Result<Value, Ap
 }
 
 /// `DELETE /resellers/{id}`: refused while it has merchants or sub-resellers.
-pub async fn reseller_delete(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn reseller_delete(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let r = reseller(app, p, call.param(0), Action::ManageReseller)?;
     if p.scope == Scope::Reseller(r.id.clone()) {
@@ -189,7 +189,7 @@ impl Shape for Children {
 }
 
 /// `GET /resellers/{id}/hierarchy`: the subtree with merchant and device counts.
-pub fn reseller_hierarchy(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub fn reseller_hierarchy(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let root = reseller(app, p, call.param(0), Action::Read)?;
     tree_scope(p)?;
@@ -197,7 +197,11 @@ pub fn reseller_hierarchy(app: &Services, call: &Call<'_>) -> Result<Value, ApiE
 }
 
 /// One node with its subtree and counts.
-fn hierarchy_node(app: &Services, r: &Reseller, depth: usize) -> Result<HierarchyNode, ApiError> {
+fn hierarchy_node(
+    app: &Backoffice<'_>,
+    r: &Reseller,
+    depth: usize,
+) -> Result<HierarchyNode, ApiError> {
     if depth > MAX_DEPTH {
         return Err(ApiError::internal(&"reseller tree deeper than 32"));
     }

@@ -80,11 +80,11 @@ crate::body! {
 }
 
 /// `POST /session/initiate`.
-pub async fn session_initiate(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn session_initiate(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     let SessionInitiate { host } = body::parse(&call.body)?;
     let host = host.to_ascii_lowercase();
-    let host_reseller = if app.config.platform.hosts.contains(&host) {
+    let host_reseller = if app.platform.hosts.contains(&host) {
         None
     } else {
         let id = app
@@ -153,7 +153,7 @@ const LOCK_AFTER: u32 = 10;
 const LOCK_SECS: i64 = 30 * 60;
 
 /// `POST /client/session` and `POST /auth/token`.
-pub async fn client_session(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn client_session(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let ClientCredentials {
         client_id,
         client_secret,

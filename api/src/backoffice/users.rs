@@ -13,7 +13,7 @@ pub enum UserOwner {
 }
 
 fn user_parent(
-    app: &Services,
+    app: &Backoffice<'_>,
     call: &Call<'_>,
     owner: UserOwner,
     write: bool,
@@ -200,7 +200,7 @@ fn subject_by_platform(call: &Call<'_>, obj: &Map<String, Value>) -> Result<(), 
 
 /// `POST …/users`.
 pub async fn user_create(
-    app: &Services,
+    app: &Backoffice<'_>,
     call: &Call<'_>,
     owner: UserOwner,
 ) -> Result<Value, ApiError> {
@@ -234,7 +234,12 @@ pub async fn user_create(
     Ok(u.to_json())
 }
 
-fn user(app: &Services, call: &Call<'_>, owner: UserOwner, write: bool) -> Result<User, ApiError> {
+fn user(
+    app: &Backoffice<'_>,
+    call: &Call<'_>,
+    owner: UserOwner,
+    write: bool,
+) -> Result<User, ApiError> {
     let (parent, _) = user_parent(app, call, owner, write)?;
     child(app, call.param(1), ids::is_uuid, |u: &User| {
         u.owner() == parent
@@ -242,7 +247,11 @@ fn user(app: &Services, call: &Call<'_>, owner: UserOwner, write: bool) -> Resul
 }
 
 /// `GET …/users`.
-pub fn user_list(app: &Services, call: &Call<'_>, owner: UserOwner) -> Result<Value, ApiError> {
+pub fn user_list(
+    app: &Backoffice<'_>,
+    call: &Call<'_>,
+    owner: UserOwner,
+) -> Result<Value, ApiError> {
     let (parent, _) = user_parent(app, call, owner, false)?;
     let (limit, after) = call.page()?;
     let page = app.db.page::<User>("users", &parent, after, limit)?;
@@ -251,13 +260,17 @@ pub fn user_list(app: &Services, call: &Call<'_>, owner: UserOwner) -> Result<Va
 }
 
 /// `GET …/users/{uid}`.
-pub fn user_get(app: &Services, call: &Call<'_>, owner: UserOwner) -> Result<Value, ApiError> {
+pub fn user_get(
+    app: &Backoffice<'_>,
+    call: &Call<'_>,
+    owner: UserOwner,
+) -> Result<Value, ApiError> {
     Ok(user(app, call, owner, false)?.to_json())
 }
 
 /// `PATCH …/users/{uid}`.
 pub async fn user_patch(
-    app: &Services,
+    app: &Backoffice<'_>,
     call: &Call<'_>,
     owner: UserOwner,
 ) -> Result<Value, ApiError> {
@@ -298,7 +311,7 @@ pub async fn user_patch(
 
 /// `DELETE …/users/{uid}`: the user's session ends with it.
 pub async fn user_delete(
-    app: &Services,
+    app: &Backoffice<'_>,
     call: &Call<'_>,
     owner: UserOwner,
 ) -> Result<Value, ApiError> {

@@ -17,9 +17,9 @@ use crate::domain::processor::{self, Pan};
 use crate::error::{ApiError, Code};
 use crate::keyd::KeydError;
 use crate::pos::envelope::{self, Sealed};
-use crate::pos::{self, KEY_SET_GRACE, bad_signature, required, signature, timestamp};
+use crate::pos::{self, KEY_SET_GRACE, Terminals, bad_signature, required, signature, timestamp};
 use crate::request::Call;
-use crate::request::Services;
+
 use crate::store::Write;
 use crate::wire::body::{self, Text};
 use crate::wire::fields::{Ciphertext, EmvData, Iv, Money, MoneyOrZero, tip_in_currency};
@@ -90,7 +90,7 @@ fn signing_set(device: &Device, key_id: &str, now: i64) -> Option<KeySetRef> {
 }
 
 async fn verify_only(
-    app: &Services,
+    app: &Terminals<'_>,
     key_id: &str,
     message: &[u8],
     sig: [u8; 32],
@@ -114,7 +114,7 @@ async fn verify_only(
 
 /// Checks a signed POS charge call in the contract's order and opens its envelope.
 async fn signed(
-    app: &Services,
+    app: &Terminals<'_>,
     call: &Call<'_>,
     method: &str,
     path: &str,
@@ -213,7 +213,7 @@ async fn signed(
         match parsed {
             None => Ok(None),
             Some(Err(e)) => Err(e),
-            Some(Ok(sealed)) => envelope::open(app, &sealed, &signed.set.msk_key_id)
+            Some(Ok(sealed)) => envelope::open(app.keyd, &sealed, &signed.set.msk_key_id)
                 .await
                 .map(Some),
         }
@@ -232,7 +232,7 @@ async fn signed(
 }
 
 /// Makes a used nonce durable when the request writes nothing else.
-async fn commit_nonce(app: &Services, signed: &mut Signed) {
+async fn commit_nonce(app: &Terminals<'_>, signed: &mut Signed) {
     if let Some(w) = signed.nonce.take() {
         let _ = app
             .db
@@ -244,7 +244,7 @@ async fn commit_nonce(app: &Services, signed: &mut Signed) {
 /// Runs a signed call's body under its `Idempotency-Key` (scoped to the terminal), seals the
 /// answer, and makes the nonce durable whatever happens.
 async fn run<'a, F, Fut>(
-    app: &'a Services,
+    app: &'a Terminals<'a>,
     call: &Call<'_>,
     path: &str,
     mut signed: Signed,
@@ -270,7 +270,7 @@ where
     let begin = match &key {
         None => None,
         Some(k) => match app.idempotency.begin(
-            &app.db,
+            app.db,
             &signed.terminal_id,
             "POST",
             path,
@@ -289,7 +289,7 @@ where
         Some(Begin::Replay(kept)) => {
             commit_nonce(app, &mut signed).await;
             return if kept.status < 300 {
-                envelope::seal(app, &msk, &kept.body).await
+                envelope::seal(app.keyd, &msk, &kept.body).await
             } else {
                 Err(ApiError::from_stored(&kept.body))
             };
@@ -303,12 +303,12 @@ where
             .commit(vec![w], ApiError::new(Code::Conflict, "nonce"))
             .await;
     }
-    envelope::seal(app, &msk, &answer?).await
+    envelope::seal(app.keyd, &msk, &answer?).await
 }
 
 /// Keeps a final error under the key (with the nonce) and passes it on.
 async fn fail(
-    app: &Services,
+    app: &Terminals<'_>,
     nonce: Option<Write>,
     running: Option<&Running<'_>>,
     e: ApiError,
@@ -330,7 +330,7 @@ async fn fail(
 }
 
 /// `POST /pos/charge`.
-pub async fn create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn create(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let path = "/pos/charge";
     let signed = signed(app, call, "POST", path, true).await?;
     run(app, call, path, signed, |mut s, running| async move {
@@ -341,7 +341,7 @@ pub async fn create(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> 
             Err(e) => return fail(app, nonce, running.as_ref(), e, call.now).await,
         };
         let result = charges::create(
-            &app.charges,
+            app.charges,
             new,
             nonce.into_iter().collect(),
             running.as_ref(),
@@ -396,7 +396,7 @@ crate::body! {
 
 /// Validates the decrypted charge and opens the card data in keyd.
 async fn charge_input(
-    app: &Services,
+    app: &Terminals<'_>,
     s: &Signed,
     inner: Map<String, Value>,
 ) -> Result<NewCharge, ApiError> {
@@ -482,7 +482,7 @@ async fn charge_input(
 }
 
 /// A charge of the terminal's own merchant, else 404.
-fn own_charge(app: &Services, s: &Signed, id: &str) -> Result<Charge, ApiError> {
+fn own_charge(app: &Terminals<'_>, s: &Signed, id: &str) -> Result<Charge, ApiError> {
     if !ids::is_prefixed(id, "ch_", 20) {
         return Err(ApiError::not_found());
     }
@@ -493,7 +493,7 @@ fn own_charge(app: &Services, s: &Signed, id: &str) -> Result<Charge, ApiError> 
 }
 
 /// `POST /pos/charge/{id}/refund`.
-pub async fn refund(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn refund(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let path = format!("/pos/charge/{}/refund", call.param(0));
     let signed = signed(app, call, "POST", &path, true).await?;
     run(app, call, &path, signed, |mut s, running| async move {
@@ -509,7 +509,7 @@ pub async fn refund(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> 
             Err(e) => return fail(app, nonce, running.as_ref(), e, call.now).await,
         };
         let result = charges::refund(
-            &app.charges,
+            app.charges,
             &charge.charge_id,
             amount,
             reason,
@@ -525,7 +525,7 @@ pub async fn refund(app: &Services, call: &Call<'_>) -> Result<Value, ApiError> 
 }
 
 /// `POST /pos/charge/{id}/cancel` and `…/reverse` (empty body).
-pub async fn cancel(app: &Services, call: &Call<'_>, verb: &str) -> Result<Value, ApiError> {
+pub async fn cancel(app: &Terminals<'_>, call: &Call<'_>, verb: &str) -> Result<Value, ApiError> {
     let path = format!("/pos/charge/{}/{verb}", call.param(0));
     let signed = signed(app, call, "POST", &path, false).await?;
     run(app, call, &path, signed, |mut s, running| async move {
@@ -535,7 +535,7 @@ pub async fn cancel(app: &Services, call: &Call<'_>, verb: &str) -> Result<Value
             Err(e) => return fail(app, nonce, running.as_ref(), e, call.now).await,
         };
         let result = charges::cancel(
-            &app.charges,
+            app.charges,
             &charge.charge_id,
             nonce.into_iter().collect(),
             running.as_ref(),

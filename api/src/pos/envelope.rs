@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
 use crate::error::{ApiError, Code};
+use crate::keyd::Keyd;
 use crate::keyd::KeydError;
-use crate::request::Services;
 
 /// Largest decompressed plaintext accepted in a request (32 KiB).
 pub const MAX_PLAINTEXT: usize = 32 * 1024;
@@ -109,12 +109,11 @@ pub fn inner(plaintext: &[u8], gzip: bool) -> Result<(Map<String, Value>, Vec<u8
 /// # Errors
 /// 4004 for any decryption failure (one message), 4002 for oversize, 503 without keyd.
 pub async fn open(
-    app: &Services,
+    keyd: &Keyd,
     sealed: &Sealed,
     msk_key_id: &str,
 ) -> Result<(Map<String, Value>, Vec<u8>), ApiError> {
-    let opened = app
-        .keyd
+    let opened = keyd
         .call(&EnvelopeOpen {
             msk_key_id: msk_key_id.into(),
             iv: sealed.iv,
@@ -132,10 +131,9 @@ pub async fn open(
 ///
 /// # Errors
 /// 503 without keyd.
-pub async fn seal(app: &Services, msk_key_id: &str, answer: &Value) -> Result<Value, ApiError> {
+pub async fn seal(keyd: &Keyd, msk_key_id: &str, answer: &Value) -> Result<Value, ApiError> {
     let plaintext = Zeroizing::new(answer.to_string().into_bytes());
-    let sealed = app
-        .keyd
+    let sealed = keyd
         .call(&EnvelopeSeal {
             msk_key_id: msk_key_id.into(),
             plaintext: Secret::new(&plaintext),
@@ -156,11 +154,7 @@ pub async fn seal(app: &Services, msk_key_id: &str, answer: &Value) -> Result<Va
 ///
 /// # Errors
 /// 503 without keyd.
-pub async fn seal_gzip(
-    app: &Services,
-    msk_key_id: &str,
-    answer: &Value,
-) -> Result<Value, ApiError> {
+pub async fn seal_gzip(keyd: &Keyd, msk_key_id: &str, answer: &Value) -> Result<Value, ApiError> {
     use std::io::Write;
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     encoder
@@ -168,8 +162,7 @@ pub async fn seal_gzip(
         .map_err(|e| ApiError::internal(&e))?;
     let gz = Zeroizing::new(encoder.finish().map_err(|e| ApiError::internal(&e))?);
     let pieces: Vec<Secret> = gz.chunks(PIECE).map(Secret::new).collect();
-    let sealed = app
-        .keyd
+    let sealed = keyd
         .call(&EnvelopeSealChunks {
             msk_key_id: msk_key_id.into(),
             pieces,
