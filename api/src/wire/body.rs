@@ -225,6 +225,26 @@ pub fn from_value_checked<T: Body>(
     body.ok_or_else(|| ApiError::new(Code::BodyInvalid, "body invalid"))
 }
 
+/// Reads a string member through `accept`, which keeps it or refuses it (`None`, recorded with
+/// `reason`); a value that is no string is refused as such.
+pub fn string_member<T>(
+    value: Value,
+    at: &At<'_>,
+    problems: &mut Problems,
+    reason: &str,
+    accept: impl FnOnce(String) -> Option<T>,
+) -> Option<T> {
+    let Value::String(s) = value else {
+        problems.fail(at, "must be a string");
+        return None;
+    };
+    let kept = accept(s);
+    if kept.is_none() {
+        problems.fail(at, reason);
+    }
+    kept
+}
+
 /// The JSON name of a Rust member name (`r#type` is `type`).
 pub const fn json_name(rust: &'static str) -> &'static str {
     match rust.as_bytes() {
@@ -325,17 +345,9 @@ macro_rules! string_field {
                 at: &$crate::wire::body::At<'_>,
                 problems: &mut $crate::wire::body::Problems,
             ) -> ::std::option::Option<Self> {
-                match value {
-                    ::serde_json::Value::String(s) if ($valid)(s.as_str()) => Some(Self(s)),
-                    ::serde_json::Value::String(_) => {
-                        problems.fail(at, $reason);
-                        None
-                    }
-                    _ => {
-                        problems.fail(at, "must be a string");
-                        None
-                    }
-                }
+                $crate::wire::body::string_member(value, at, problems, $reason, |s| {
+                    ($valid)(s.as_str()).then(|| Self(s))
+                })
             }
 
             fn schema() -> ::serde_json::Value {
@@ -390,21 +402,11 @@ macro_rules! secret_string_field {
                 at: &$crate::wire::body::At<'_>,
                 problems: &mut $crate::wire::body::Problems,
             ) -> ::std::option::Option<Self> {
-                match value {
-                    ::serde_json::Value::String(s) => {
-                        let s = ::zeroize::Zeroizing::new(s);
-                        if ($valid)(s.as_str()) {
-                            Some(Self(s))
-                        } else {
-                            problems.fail(at, $reason);
-                            None
-                        }
-                    }
-                    _ => {
-                        problems.fail(at, "must be a string");
-                        None
-                    }
-                }
+                $crate::wire::body::string_member(value, at, problems, $reason, |s| {
+                    // Wiped on drop whether it is kept or refused.
+                    let s = ::zeroize::Zeroizing::new(s);
+                    ($valid)(s.as_str()).then(|| Self(s))
+                })
             }
 
             fn schema() -> ::serde_json::Value {
