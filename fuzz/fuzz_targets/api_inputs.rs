@@ -1,6 +1,7 @@
 //! The API's parsers of untrusted bytes: MSK request envelopes (the JSON, the hex, the KCV
 //! check), envelope plaintexts (gzip with its 32 KiB cap, UTF-8, JSON), POS headers
-//! (User-Agent, X-Timestamp, X-Signature), RFC 3339 times, URLs, strict JSON and query strings. The first byte
+//! (User-Agent, X-Timestamp, X-Signature), RFC 3339 times, URLs, strict JSON, query strings
+//! and typed request bodies. The first byte
 //! picks the parser. Must never panic.
 #![no_main]
 
@@ -39,13 +40,15 @@ fuzz_target!(|data: &[u8]| {
             let _ = api::wire::json::parse(rest);
             if let Some(t) = text {
                 let _ = api::request::parse_query(Some(t));
-                if let Ok(obj) = api::wire::input::object(rest) {
-                    let mut input = api::wire::input::Input::new(&obj);
-                    let _ = input.money("amount", true, false, None);
-                    let _ = input.text("name", 10);
-                    let _ = input.finish();
-                }
             }
+            // The typed bodies, each reading every member and naming every problem.
+            use api::wire::body::parse;
+            let _ = parse::<api::backoffice::charges::ChargeCreate>(rest);
+            let _ = parse::<api::backoffice::merchants::MerchantCreate>(rest);
+            let _ = parse::<api::backoffice::fee_templates::FeeTemplateCreate>(rest);
+            let _ = parse::<api::backoffice::branding::Domains>(rest);
+            let _ = parse::<api::request::RefundRequest>(rest);
+            let _ = parse::<api::pos::charges::PosCharge>(rest);
         }
     }
 });
