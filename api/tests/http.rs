@@ -37,36 +37,42 @@ fn free_port() -> u16 {
 }
 
 fn start(extra: &str, keyd_socket: &Path) -> Api {
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("api-test-{port}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("api.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nkeyd_socket = \"{}\"\ndatabase = \"{}\"\n{extra}\n\
-             [auth]\nsigning_key = \"{}\"\n",
-            keyd_socket.display(),
-            dir.join("api.db").display(),
-            dir.join("jwt.p8").display(),
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_api"))
-        .arg("--config")
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
+    // A port found free can be taken by another test's process before ours binds it; ours then
+    // exits at start and is started again on another port.
+    for _ in 0..5 {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("api-test-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("api.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nkeyd_socket = \"{}\"\ndatabase = \"{}\"\n{extra}\n\
+                 [auth]\nsigning_key = \"{}\"\n",
+                keyd_socket.display(),
+                dir.join("api.db").display(),
+                dir.join("jwt.p8").display(),
+            ),
+        )
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "api did not start");
-        std::thread::sleep(Duration::from_millis(20));
+        let log = dir.join("api.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_api"))
+            .arg("--config")
+            .arg(&config)
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .unwrap();
+        match e2e::api::wait_listening(&mut child, &log, 0, port) {
+            Ok(()) => return Api { child, port, dir },
+            Err(e) if e.to_string().contains("in use") => {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            Err(e) => panic!("api did not start: {e}"),
+        }
     }
-    Api { child, port, dir }
+    panic!("no free port in five tries");
 }
 
-/// One HTTP/1.1 request on a fresh connection; returns status, headers (lower-cased), body.
 async fn request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut stream: S,
     method: &str,

@@ -42,6 +42,34 @@ pub fn free_port() -> Result<u16, Error> {
         .port())
 }
 
+/// Waits until `child` says in its log (from byte `offset` on) that it listens, and its port
+/// answers. Judged by the child's own log line, not by the port alone: a port another process
+/// took in the meantime answers too.
+///
+/// # Errors
+/// If the child exits first (with the end of its log) or 20 s pass.
+pub fn wait_listening(child: &mut Child, log: &Path, offset: u64, port: u16) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read(log).unwrap_or_default();
+        let ours = text
+            .get(usize::try_from(offset).unwrap_or(usize::MAX)..)
+            .unwrap_or_default();
+        let ours = String::from_utf8_lossy(ours);
+        if let Some(status) = child.try_wait()? {
+            let tail: Vec<&str> = ours.lines().rev().take(5).collect();
+            return Err(format!("api exited at start ({status}): {}", tail.join(" | ")).into());
+        }
+        if ours.contains("api listening") && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("api did not start within 20 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl ApiProcess {
     /// Writes a plain-HTTP loopback config (`extra_top` goes before any table, `auth` lines
     /// into the `[auth]` table, after the signing key) and starts the API.
@@ -54,31 +82,40 @@ impl ApiProcess {
         extra_top: &str,
         auth: &str,
     ) -> Result<Self, Error> {
-        let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!("api-e2e-{port}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let config = dir.join("api.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\nplain_http = true\nmetrics = true\nkeyd_socket = \"{}\"\n\
-                 database = \"{}\"\n{extra_top}\n\n[platform]\ndefault_zone = \"z1\"\n\n\
-                 [auth]\nsigning_key = \"{}\"\n{auth}\n",
-                keyd_socket.display(),
-                dir.join("api.db").display(),
-                dir.join("jwt-es256.p8").display(),
-            ),
-        )?;
-        let mut api = Self {
-            binary: binary.to_owned(),
-            dir,
-            config,
-            port,
-            child: None,
-            nofile: None,
-        };
-        api.restart()?;
-        Ok(api)
+        // A port found free can be taken by another test's process before ours binds it;
+        // ours then exits at start and is started again on another port.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = free_port()?;
+            let dir = std::env::temp_dir().join(format!("api-e2e-{port}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let config = dir.join("api.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"127.0.0.1:{port}\"\nplain_http = true\nmetrics = true\nkeyd_socket = \"{}\"\n\
+                     database = \"{}\"\n{extra_top}\n\n[platform]\ndefault_zone = \"z1\"\n\n\
+                     [auth]\nsigning_key = \"{}\"\n{auth}\n",
+                    keyd_socket.display(),
+                    dir.join("api.db").display(),
+                    dir.join("jwt-es256.p8").display(),
+                ),
+            )?;
+            let mut api = Self {
+                binary: binary.to_owned(),
+                dir,
+                config,
+                port,
+                child: None,
+                nofile: None,
+            };
+            match api.restart() {
+                Ok(()) => return Ok(api),
+                Err(e) if attempt < 5 && e.to_string().contains("in use") => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Restarts under a file-descriptor limit (soft and hard), as a unit with
@@ -97,6 +134,7 @@ impl ApiProcess {
     /// If it does not come up within 20 s.
     pub fn restart(&mut self) -> Result<(), Error> {
         self.kill();
+        let offset = std::fs::metadata(self.log_path()).map_or(0, |m| m.len());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -116,15 +154,9 @@ impl ApiProcess {
             .arg(&self.config)
             .stderr(Stdio::from(log))
             .spawn()?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if Instant::now() > deadline {
-                return Err("api did not start within 20 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+        let (log, port) = (self.log_path(), self.port);
+        let child = self.child.insert(child);
+        wait_listening(child, &log, offset, port)
     }
 
     /// Stops the process the way an operator's `systemctl restart` does (SIGTERM: it finishes
