@@ -10,6 +10,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use keyd::audit::{self, Audit};
 use keyd::officers::{Action, Officers, Password};
+use keyd_proto::message::Operation as _;
 use zeroize::Zeroizing;
 
 /// keyd: the key service of the payment platform (PKCS#11 backed, Unix socket).
@@ -163,6 +164,61 @@ enum Command {
         /// The officer doing it.
         #[arg(long)]
         officer: Option<String>,
+    },
+    /// Import a key a partner delivered as a TR-31 block under a zone's ZMK (a ZPK, ZAK, PVK,
+    /// BDK…): checked under the strict rules, stored under the LMK with a label. Prints the new
+    /// key id, the header as received and the KCV, for comparison with the sender's. One
+    /// officer.
+    Tr31Import {
+        /// The zone whose ZMK wraps the block.
+        #[arg(long)]
+        zone: String,
+        /// 1-64 printable characters, kept with the key.
+        #[arg(long)]
+        label: String,
+        /// The officer doing it.
+        #[arg(long)]
+        officer: Option<String>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The key block; `-` reads it from standard input.
+        block: String,
+    },
+    /// Export a stored key under a zone's ZMK as a version D block. Needs two officers'
+    /// approval of `export` for `<key id>@<zone>`.
+    Tr31Export {
+        /// The key.
+        #[arg(long)]
+        key: String,
+        /// The zone whose ZMK wraps the block.
+        #[arg(long)]
+        zone: String,
+        /// An approving officer (repeat).
+        #[arg(long = "approver")]
+        approvers: Vec<String>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-wrap a block from one zone's ZMK to another's (version D, same header). Needs two
+    /// officers' approval of `export` for `<KCV>@<to zone>`: the key is known between
+    /// organisations by its KCV, which this prints before it asks for approvals.
+    Tr31Translate {
+        /// The zone whose ZMK wraps the block now.
+        #[arg(long)]
+        from_zone: String,
+        /// The zone to wrap it for.
+        #[arg(long)]
+        to_zone: String,
+        /// An approving officer (repeat).
+        #[arg(long = "approver")]
+        approvers: Vec<String>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The key block; `-` reads it from standard input.
+        block: String,
     },
     /// Parse and check the configuration, then exit.
     CheckConfig,
@@ -443,6 +499,101 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                 }
             }
             Ok(())
+        }
+        Command::Tr31Import {
+            zone,
+            label,
+            officer,
+            json,
+            block,
+        } => {
+            let op = Operator::open(&config)?;
+            let officers = op.one_officer(officer.as_deref())?;
+            let block = block_argument(&block)?;
+            let header = tr31::KeyBlock::parse(&block, tr31::Profile::Strict)?.into_header();
+            let result = op.service.tr31_import(&keyd_proto::message::Tr31Import {
+                zone: zone.clone(),
+                key_block: block,
+                label: label.clone(),
+            });
+            let logged = op.record(
+                keyd_proto::message::Tr31Import::OPCODE.0,
+                &officers,
+                result.as_ref().ok().map(|k| k.key_id.as_str()),
+                result.as_ref().ok().map(|k| k.kcv),
+                &result,
+            );
+            let imported = result?;
+            let kcv = keyd::kcv_hex(imported.kcv);
+            if json {
+                let out = serde_json::json!({
+                    "key_id": imported.key_id, "label": label, "zone": zone,
+                    "header": header_json(&header), "kcv": kcv,
+                });
+                println!("{out}");
+            } else {
+                println!("key {} ({label})", imported.key_id);
+                println!("header {}", header_text(&header));
+                println!("KCV {kcv}");
+            }
+            logged
+        }
+        Command::Tr31Export {
+            key,
+            zone,
+            approvers,
+            json,
+        } => {
+            let op = Operator::open(&config)?;
+            let officers = op.approvals(&approvers, Action::Export, &format!("{key}@{zone}"))?;
+            let result = op.service.tr31_export(&keyd_proto::message::Tr31Export {
+                key_id: key.clone(),
+                zone: zone.clone(),
+            });
+            let subject = format!("{key}@{zone}");
+            let logged = op.record(
+                keyd_proto::message::Tr31Export::OPCODE.0,
+                &officers,
+                Some(&subject),
+                result.as_ref().ok().map(|b| b.kcv),
+                &result,
+            );
+            print_block(&result?, &zone, json);
+            logged
+        }
+        Command::Tr31Translate {
+            from_zone,
+            to_zone,
+            approvers,
+            json,
+            block,
+        } => {
+            let op = Operator::open(&config)?;
+            let block = block_argument(&block)?;
+            let (header, kcv) = op.service.tr31_inspect(&from_zone, &block)?;
+            let subject = format!("{}@{to_zone}", keyd::kcv_hex(kcv));
+            eprintln!(
+                "keyd: the block holds {} with KCV {}; moving it to {to_zone} is `export {subject}`",
+                header_text(&header),
+                keyd::kcv_hex(kcv)
+            );
+            let officers = op.approvals(&approvers, Action::Export, &subject)?;
+            let result = op
+                .service
+                .tr31_translate(&keyd_proto::message::Tr31Translate {
+                    from_zone,
+                    to_zone: to_zone.clone(),
+                    key_block: block,
+                });
+            let logged = op.record(
+                keyd_proto::message::Tr31Translate::OPCODE.0,
+                &officers,
+                Some(&subject),
+                Some(kcv),
+                &result,
+            );
+            print_block(&result?, &to_zone, json);
+            logged
         }
         Command::KeyDisable { key_id, officer } => key_state(
             &config,
@@ -916,6 +1067,69 @@ impl Operator {
             return Err(keyd::Error::Conflict("the zone has a ZMK already"));
         }
         Ok(())
+    }
+}
+
+/// A key block from the command line, or from standard input for `-` (blocks are wrapped, so
+/// the command line is no leak; standard input suits scripts and long blocks).
+fn block_argument(arg: &str) -> Result<String, keyd::Error> {
+    if arg != "-" {
+        return Ok(arg.trim().to_owned());
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim().to_owned())
+}
+
+/// A header for people: `D P0 T E 00 E` and its optional blocks' ids.
+fn header_text(h: &tr31::Header) -> String {
+    let blocks: Vec<String> = h
+        .optional_blocks
+        .iter()
+        .map(|b| b.id().as_str().to_owned())
+        .collect();
+    format!(
+        "version {} usage {} algorithm {} mode {} key version {} exportability {}{}",
+        h.version,
+        h.key_usage,
+        h.algorithm,
+        h.mode_of_use,
+        h.key_version.as_str(),
+        h.exportability,
+        if blocks.is_empty() {
+            String::new()
+        } else {
+            format!(" blocks {}", blocks.join(","))
+        }
+    )
+}
+
+/// A header for scripts, with the member names of the `tr31` command.
+fn header_json(h: &tr31::Header) -> serde_json::Value {
+    serde_json::json!({
+        "version": h.version.to_string(), "key_usage": h.key_usage.as_str(),
+        "algorithm": h.algorithm.to_string(), "mode_of_use": h.mode_of_use.to_string(),
+        "key_version": h.key_version.as_str(), "exportability": h.exportability.to_string(),
+        "optional_blocks": h
+            .optional_blocks
+            .iter()
+            .map(|b| b.id().as_str().to_owned())
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// Prints an exported or translated block and its KCV.
+#[allow(clippy::print_stdout, reason = "the block is the command's result")]
+fn print_block(out: &keyd_proto::message::KeyBlockOut, zone: &str, json: bool) {
+    let kcv = keyd::kcv_hex(out.kcv);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"key_block": out.key_block, "kcv": kcv, "zone": zone})
+        );
+    } else {
+        println!("{}", out.key_block);
+        println!("KCV {kcv} under zone {zone}");
     }
 }
 

@@ -413,6 +413,25 @@ impl Service {
         self.zmk_import(req)
     }
 
+    /// The header and KCV of a block under a zone's ZMK, without exporting anything: what
+    /// officers compare with the sender before they approve moving the key (a KCV is no
+    /// secret; the key never leaves).
+    ///
+    /// # Errors
+    /// As [`Service::tr31_translate`] for the source side.
+    pub fn tr31_inspect(
+        &self,
+        zone: &str,
+        key_block: &str,
+    ) -> Result<(tr31::Header, [u8; 3]), Error> {
+        let zmk = self.zmk(zone)?;
+        let opened =
+            KeyBlock::parse(key_block, Profile::Strict)?.open_external(&Memo::new(&zmk))?;
+        let kcv = tr31::kcv::for_algorithm(opened.header.algorithm, opened.key.expose_secret())
+            .unwrap_or_default();
+        Ok((opened.header, kcv))
+    }
+
     /// Re-wraps a key block from one zone's ZMK to another's, honouring its exportability.
     ///
     /// # Errors

@@ -663,3 +663,171 @@ async fn an_lmk_formed_from_components_lets_a_second_token_open_the_same_key_sto
         assert!(!log.contains(component));
     }
 }
+
+#[test]
+fn partners_keys_come_and_go_as_tr31_blocks_on_the_command_line() {
+    let k = keyd_with(r#""data""#, "");
+    let [(a, a_password), (b, b_password)] = OFFICERS;
+    // A second zone, for a partner: formed from two components like any other.
+    let z2_key = [0x5Cu8; 32];
+    let c1 = [0x11u8; 32];
+    let c2: Vec<u8> = z2_key.iter().zip(c1).map(|(x, y)| x ^ y).collect();
+    let upper = |bytes: &[u8]| bytes.iter().map(|x| format!("{x:02X}")).collect::<String>();
+    k.run(
+        &[
+            "zmk-import",
+            "--zone",
+            "z2",
+            "--approver",
+            a,
+            "--approver",
+            b,
+        ],
+        &[a_password, b_password, &upper(&c1), &upper(&c2)],
+    )
+    .unwrap();
+
+    // A partner's BDK arrives under z1's ZMK.
+    let z1 = tr31::Kbpk::new(&hex(ZMK_HEX)).unwrap();
+    let bdk = [0x42u8; 32];
+    let header = tr31::Header::parse("D0000B0AX01E0000", tr31::Profile::Strict).unwrap();
+    let block = tr31::seal(
+        &z1,
+        &header,
+        &tr31::Key::new(&bdk).unwrap(),
+        &tr31::SealOptions::default(),
+        tr31::Padding::Random(&mut tr31::OsRandom),
+    )
+    .unwrap();
+    let bdk_kcv = kcv_hex(&bdk);
+
+    // Import: one officer, the header as received and the KCV to compare with the sender's.
+    let refused = k
+        .run(
+            &[
+                "tr31-import",
+                "--zone",
+                "z1",
+                "--label",
+                "partner bdk",
+                &block,
+            ],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("--officer"), "{refused}");
+    let out = k
+        .run(
+            &[
+                "tr31-import",
+                "--zone",
+                "z1",
+                "--label",
+                "partner bdk",
+                "--officer",
+                a,
+                "--json",
+                "-",
+            ],
+            &[a_password, &block],
+        )
+        .unwrap();
+    let imported: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(imported["kcv"], bdk_kcv.as_str(), "{out}");
+    assert_eq!(imported["header"]["key_usage"], "B0");
+    assert_eq!(imported["header"]["algorithm"], "A");
+    let key_id = imported["key_id"].as_str().unwrap().to_owned();
+    assert!(key_id.starts_with("imp-"), "{key_id}");
+    // The same block under the wrong zone opens nowhere, with the one detail-free error.
+    assert!(
+        k.run(
+            &[
+                "tr31-import",
+                "--zone",
+                "z2",
+                "--label",
+                "x",
+                "--officer",
+                a,
+                &block
+            ],
+            &[a_password],
+        )
+        .is_err()
+    );
+
+    // Export to the partner's zone: two officers approve this key to this zone.
+    let subject = format!("{key_id}@z2");
+    let refused = k
+        .run(&["tr31-export", "--key", &key_id, "--zone", "z2"], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains(&subject), "{refused}");
+    let out = k
+        .run(
+            &[
+                "tr31-export",
+                "--key",
+                &key_id,
+                "--zone",
+                "z2",
+                "--approver",
+                a,
+                "--approver",
+                b,
+                "--json",
+            ],
+            &[a_password, b_password],
+        )
+        .unwrap();
+    let exported: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(exported["kcv"], bdk_kcv.as_str());
+    let z2 = tr31::Kbpk::new(&z2_key).unwrap();
+    let opened = tr31::KeyBlock::parse(
+        exported["key_block"].as_str().unwrap(),
+        tr31::Profile::Strict,
+    )
+    .unwrap()
+    .open(&z2)
+    .unwrap();
+    assert_eq!(opened.key.expose_secret(), &bdk[..]);
+
+    // Translate z1 → z2 without storing: approved by the key's KCV and the destination.
+    let out = k
+        .run(
+            &[
+                "tr31-translate",
+                "--from-zone",
+                "z1",
+                "--to-zone",
+                "z2",
+                "--approver",
+                a,
+                "--approver",
+                b,
+                &block,
+            ],
+            &[a_password, b_password],
+        )
+        .unwrap();
+    let translated = out.lines().next().unwrap();
+    assert!(
+        out.contains(&format!("KCV {bdk_kcv} under zone z2")),
+        "{out}"
+    );
+    let opened = tr31::KeyBlock::parse(translated, tr31::Profile::Strict)
+        .unwrap()
+        .open(&z2)
+        .unwrap();
+    assert_eq!(opened.key.expose_secret(), &bdk[..]);
+    assert_eq!(opened.header.key_usage.as_str(), "B0");
+
+    // Every step is on the audit log with its officers and the key's KCV; no key is.
+    let log = audit_log(&k);
+    for op in ["0x0302", "0x0303", "0x0304"] {
+        assert!(log.contains(&format!("\"op\":\"{op}\"")), "{op}: {log}");
+    }
+    assert!(log.contains(&bdk_kcv));
+    assert!(!log.contains(&upper(&bdk)) && !log.contains(&upper(&z2_key)));
+}
