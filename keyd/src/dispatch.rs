@@ -94,6 +94,11 @@ fn route(
             call(body, out, |r| service.request_fingerprint(r))
         }
         o if o == m::KeyCheck::OPCODE => call(body, out, |r| service.key_check(r)),
+        o if o == m::PinTranslate::OPCODE => call(body, out, |r| service.pin_translate(r)),
+        o if o == m::RetailMac::OPCODE => call(body, out, |r| service.retail_mac(r)),
+        o if o == m::RetailMacVerify::OPCODE => call(body, out, |r| service.retail_mac_verify(r)),
+        o if o == m::PvvGenerate::OPCODE => call(body, out, |r| service.pvv_generate(r)),
+        o if o == m::PvvVerify::OPCODE => call(body, out, |r| service.pvv_verify(r)),
         o if o == m::ZmkImport::OPCODE => call(body, out, |r| service.zmk_import_remote(r)),
         o if o == m::Tr31Translate::OPCODE => call(body, out, |r| service.tr31_translate(r)),
         o if o == m::Tr31Export::OPCODE => call(body, out, |r| service.tr31_export(r)),

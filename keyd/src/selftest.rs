@@ -4,7 +4,7 @@
 //! The vectors are published ones: NIST SP 800-38A F.2.5 (AES-256-CBC), NIST SP 800-38B D.3
 //! (AES-256-CMAC), RFC 4231 test case 2 (HMAC-SHA-256) and TR-31:2018 A.7.4 (a version D key
 //! block under an AES-256 KBPK), the last exercising the `tr31` library's key derivation, CMAC
-//! and CBC together. `KEYD_SELF_TEST_FAIL=<name>` corrupts one expected value, so a test can
+//! and CBC together; then `paycrypto`'s known answers for PIN blocks, the retail MAC and the PVV. `KEYD_SELF_TEST_FAIL=<name>` corrupts one expected value, so a test can
 //! watch keyd refuse to start; it can only ever make keyd stop.
 
 use cmac::Mac as _;
@@ -12,7 +12,13 @@ use cmac::Mac as _;
 use crate::Error;
 
 /// The tests, by name.
-pub const NAMES: [&str; 4] = ["aes-cbc", "aes-cmac", "hmac-sha256", "tr31-unwrap"];
+pub const NAMES: [&str; 5] = [
+    "aes-cbc",
+    "aes-cmac",
+    "hmac-sha256",
+    "tr31-unwrap",
+    "payments",
+];
 
 fn unhex(s: &str) -> Vec<u8> {
     (0..s.len())
@@ -100,6 +106,13 @@ pub fn run() -> Result<(), Error> {
         opened.key.expose_secret(),
         &expected("tr31-unwrap", "3F419E1CB7079442AA37474C2EFBF8B8"),
     )?;
+
+    // ISO 9564-1 formats 0 and 4, the retail MAC and the Visa PVV: `paycrypto`'s own
+    // published known answers (its sources are in its `tests/vectors.toml`).
+    let forced = std::env::var("KEYD_SELF_TEST_FAIL").is_ok_and(|v| v == "payments");
+    if forced || paycrypto::self_test().is_err() {
+        return Err(Error::SelfTest("payments"));
+    }
     Ok(())
 }
 

@@ -134,6 +134,8 @@ const CHUNK: usize = 4096;
 
 use crate::unix_now as now;
 
+mod payments;
+
 impl Service {
     /// A service over an initialised HSM (one with an LMK) and a store.
     ///

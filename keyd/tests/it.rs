@@ -800,3 +800,210 @@ async fn no_key_component_or_pin_reaches_any_output_at_the_most_verbose_level() 
         );
     }
 }
+
+/// A partner's key as it would arrive: a version D block under zone z1's ZMK.
+fn partner_block(header: &str, key: &[u8; 16]) -> String {
+    let z1 = tr31::Kbpk::new(&hex(ZMK_HEX)).unwrap();
+    tr31::seal(
+        &z1,
+        &tr31::Header::parse(header, tr31::Profile::Strict).unwrap(),
+        &tr31::Key::new(key).unwrap(),
+        &tr31::SealOptions::default(),
+        tr31::Padding::Random(&mut tr31::OsRandom),
+    )
+    .unwrap()
+}
+
+async fn payment_hsm_operations(placement: &str) {
+    let mut keyd = keyd(r#""data", "devices", "admin""#, placement);
+    keyd.start().unwrap();
+    let client = Client::connect(keyd.socket()).await.unwrap();
+    client
+        .call(&m::DeviceCreate {
+            device_id: "POS-0000F1F1".into(),
+            zone: "z1".into(),
+        })
+        .await
+        .unwrap();
+    let set = client
+        .call(&m::KeySetCreate {
+            device_id: "POS-0000F1F1".into(),
+        })
+        .await
+        .unwrap();
+    let export = client
+        .call(&m::KeySetExport {
+            device_id: "POS-0000F1F1".into(),
+            key_set_id: set.key_set_id,
+        })
+        .await
+        .unwrap();
+    let tpk_id = export
+        .keys
+        .iter()
+        .find(|k| k.kind == "tpk")
+        .unwrap()
+        .key_id
+        .clone();
+    let tpk = paycrypto::AesKey::new(&unwrap_set(&export)["tpk"]).unwrap();
+
+    // The acquirer's keys arrive as TR-31 blocks and are imported with their headers.
+    let (zpk, zak, pvk) = (
+        *b"0123456789ABCDEF",
+        *b"FEDCBA9876543210",
+        *b"13579BDF02468ACE",
+    );
+    let import = |header: &'static str, key: [u8; 16], label: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .call(&m::Tr31Import {
+                    zone: "z1".into(),
+                    key_block: partner_block(header, &key),
+                    label: label.into(),
+                })
+                .await
+                .unwrap()
+                .key_id
+        }
+    };
+    // The simulator's ZPK both enciphers (translation to it) and deciphers (PVV checks): `B`.
+    let zpk_id = import("D0000P0TB00E0000", zpk, "acquirer ZPK").await;
+    let zpk_encrypt_only = import("D0000P0TE00E0000", zpk, "encrypt-only ZPK").await;
+    let zak_id = import("D0000M3TC00E0000", zak, "acquirer ZAK").await;
+    let pvk_id = import("D0000V2TC00E0000", pvk, "issuer PVK").await;
+    let zpk = paycrypto::TdesKey::new(&zpk).unwrap();
+
+    // A terminal's format 4 block becomes the acquirer's format 0 block for the same PIN.
+    let pan_text = "4761739001010119";
+    let pan = paycrypto::Pan::new(pan_text).unwrap();
+    let pin = paycrypto::Pin::new("1234").unwrap();
+    let from_terminal = paycrypto::encipher_format4(&tpk, &pin, &pan, &[0x5A; 8]);
+    let translate = |block: Vec<u8>, pan: &str, to: &str| m::PinTranslate {
+        from_key_id: tpk_id.clone(),
+        to_key_id: to.to_owned(),
+        pan: Secret::new(pan.as_bytes()),
+        pin_block: block,
+    };
+    let out = client
+        .call(&translate(from_terminal.to_vec(), pan_text, &zpk_id))
+        .await
+        .unwrap();
+    let block0: [u8; 8] = out.pin_block.as_slice().try_into().unwrap();
+    assert!(paycrypto::decipher_format0(&zpk, &block0, &pan).unwrap() == pin);
+    // A block bound to another card, a damaged block, a MAC key as PIN key: one refusal.
+    for (block, pan, to) in [
+        (from_terminal.to_vec(), "4761739001010127", zpk_id.as_str()),
+        (vec![0u8; 16], pan_text, zpk_id.as_str()),
+        (from_terminal[..8].to_vec(), pan_text, zpk_id.as_str()),
+        (from_terminal.to_vec(), pan_text, zak_id.as_str()),
+        (from_terminal.to_vec(), pan_text, "imp-unknown"),
+    ] {
+        assert!(
+            matches!(
+                client.call(&translate(block, pan, to)).await,
+                Err(ClientError::Status(Status::AUTH_FAILED))
+            ),
+            "{to}"
+        );
+    }
+
+    // The retail MAC under the ZAK, as the acquirer computes it; a ZPK does not MAC.
+    let message = b"0200F23A40010AE0800000000000000000001".to_vec();
+    let mac = client
+        .call(&m::RetailMac {
+            key_id: zak_id.clone(),
+            message: message.clone(),
+        })
+        .await
+        .unwrap()
+        .mac;
+    let zak = paycrypto::TdesKey::new(&zak).unwrap();
+    assert_eq!(mac, paycrypto::retail_mac(&zak, &message));
+    let verify = |mac: [u8; 8]| m::RetailMacVerify {
+        key_id: zak_id.clone(),
+        message: message.clone(),
+        mac,
+    };
+    client.call(&verify(mac)).await.unwrap();
+    let mut bad = mac;
+    bad[7] ^= 1;
+    assert!(matches!(
+        client.call(&verify(bad)).await,
+        Err(ClientError::Status(Status::AUTH_FAILED))
+    ));
+    assert!(matches!(
+        client
+            .call(&m::RetailMac {
+                key_id: zpk_id.clone(),
+                message: message.clone()
+            })
+            .await,
+        Err(ClientError::Status(Status::AUTH_FAILED))
+    ));
+
+    // The issuer's PVV of PIN 1234, and the PIN verified against it; PIN 9999 is not.
+    let pvv = client
+        .call(&m::PvvGenerate {
+            pvk_key_id: pvk_id.clone(),
+            zpk_key_id: zpk_id.clone(),
+            pan: Secret::new(pan_text.as_bytes()),
+            pin_block: block0,
+            pvki: 1,
+        })
+        .await
+        .unwrap()
+        .pvv;
+    let pvk = paycrypto::TdesKey::new(&pvk).unwrap();
+    assert_eq!(pvv, paycrypto::pvv(&pvk, &pan, 1, &pin).unwrap());
+    let check = |block: [u8; 8]| m::PvvVerify {
+        pvk_key_id: pvk_id.clone(),
+        zpk_key_id: zpk_id.clone(),
+        pan: Secret::new(pan_text.as_bytes()),
+        pin_block: block,
+        pvki: 1,
+        pvv,
+    };
+    client.call(&check(block0)).await.unwrap();
+    // A ZPK whose header says "encipher only" cannot open the block for the check.
+    let mut by_encrypt_only = check(block0);
+    by_encrypt_only.zpk_key_id = zpk_encrypt_only;
+    assert!(matches!(
+        client.call(&by_encrypt_only).await,
+        Err(ClientError::Status(Status::AUTH_FAILED))
+    ));
+    let wrong = paycrypto::encipher_format0(&zpk, &paycrypto::Pin::new("9999").unwrap(), &pan);
+    assert!(matches!(
+        client.call(&check(wrong)).await,
+        Err(ClientError::Status(Status::AUTH_FAILED))
+    ));
+
+    // Nothing of the card, the PIN or a key reaches the audit log.
+    drop(client);
+    keyd.stop();
+    let log = std::fs::read_to_string(keyd.hsm().dir().join("keys.audit.log")).unwrap();
+    assert!(
+        log.contains("\"op\":\"0x020c\"") || log.contains("\"op\":\"0x020C\""),
+        "{log}"
+    );
+    // (The PIN itself never travels in clear, so there is nothing of it to look for.)
+    let key_hex = |k: &[u8]| k.iter().map(|b| format!("{b:02X}")).collect::<String>();
+    for secret in [
+        pan_text.to_owned(),
+        key_hex(b"0123456789ABCDEF"),
+        key_hex(b"FEDCBA9876543210"),
+        key_hex(&block0),
+    ] {
+        assert!(!log.to_uppercase().contains(&secret), "{secret}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_hsm_operations_over_the_socket_on_softhsm_memory_placement() {
+    payment_hsm_operations("memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_hsm_operations_over_the_socket_on_softhsm_token_placement() {
+    payment_hsm_operations("token").await;
+}

@@ -369,6 +369,45 @@ message! {
     EnvelopeOpenChunks { msk_key_id: String, chunks: Vec<SealedChunk> }
 }
 
+message! {
+    /// Translates a PIN block from one PIN key to another inside keyd (contract section 12.2):
+    /// ISO 9564-1 format 4 under an AES key (a device's TPK), format 0 under a double-length
+    /// TDES key (a ZPK imported from an acquirer). The PAN binds the block; neither the PIN nor
+    /// a clear block ever leaves keyd. Every block that does not open is the one refusal
+    /// `AUTH_FAILED`.
+    PinTranslate { from_key_id: String, to_key_id: String, pan: Secret, pin_block: Vec<u8> }
+}
+message! {
+    /// A PIN block under the destination key (16 bytes for format 4, 8 for format 0).
+    PinBlock { pin_block: Vec<u8> }
+}
+message! {
+    /// ISO/IEC 9797-1 MAC algorithm 3 (the retail MAC, padding method 1) under a ZAK.
+    RetailMac { key_id: String, message: Vec<u8> }
+}
+message! {
+    /// An 8-byte MAC.
+    MacValue { mac: [u8; 8] }
+}
+message! {
+    /// Verifies a retail MAC under a ZAK: `AUTH_FAILED` when it does not match.
+    RetailMacVerify { key_id: String, message: Vec<u8>, mac: [u8; 8] }
+}
+message! {
+    /// The Visa PVV of the PIN in a format 0 block under a ZPK, with a PVK (PVKI 1-6): what an
+    /// issuer stores at PIN selection.
+    PvvGenerate { pvk_key_id: String, zpk_key_id: String, pan: Secret, pin_block: [u8; 8], pvki: u8 }
+}
+message! {
+    /// Four PVV digits (ASCII).
+    PvvValue { pvv: [u8; 4] }
+}
+message! {
+    /// Verifies the PIN in a format 0 block under a ZPK against a PVV (payShield `EC`, AWS
+    /// `VerifyPinData`): `AUTH_FAILED` for a wrong PIN and for a block that does not open.
+    PvvVerify { pvk_key_id: String, zpk_key_id: String, pan: Secret, pin_block: [u8; 8], pvki: u8, pvv: [u8; 4] }
+}
+
 operation!(Hello, 0x0001, Session, HelloResponse);
 operation!(Ping, 0x0002, Session, Empty);
 operation!(DeviceCreate, 0x0101, Devices, IdentityKey);
@@ -388,6 +427,11 @@ operation!(RequestFingerprint, 0x020B, Data, Fingerprint);
 operation!(KeyCheck, 0x0207, Data, CheckValue);
 operation!(EnvelopeSealChunks, 0x0208, Data, SealedChunks);
 operation!(EnvelopeOpenChunks, 0x0209, Data, Plaintext);
+operation!(PinTranslate, 0x020C, Data, PinBlock);
+operation!(RetailMac, 0x020D, Data, MacValue);
+operation!(RetailMacVerify, 0x020E, Data, Empty);
+operation!(PvvGenerate, 0x020F, Data, PvvValue);
+operation!(PvvVerify, 0x0210, Data, Empty);
 operation!(ZmkImport, 0x0301, Admin, ZoneInfo);
 operation!(Tr31Translate, 0x0302, Admin, KeyBlockOut);
 operation!(Tr31Export, 0x0303, Admin, KeyBlockOut);
@@ -399,7 +443,7 @@ impl Opcode {
         Some(match self.0 {
             0x0001 | 0x0002 => Group::Session,
             0x0101..=0x0106 => Group::Devices,
-            0x0201..=0x020B => Group::Data,
+            0x0201..=0x0210 => Group::Data,
             0x0301..=0x0304 => Group::Admin,
             _ => return None,
         })

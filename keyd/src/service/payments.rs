@@ -1,0 +1,252 @@
+//! The payment-HSM operations of contract section 12, on the primitives of `paycrypto`: PIN
+//! translation between a device's TPK (ISO 9564-1 format 4, AES) and zone PIN keys (format 0,
+//! TDES), the retail MAC under a ZAK, and Visa PVV generation and verification under a PVK.
+//!
+//! Partners' keys (ZPK, ZAK, PVK) are imported keys (`imp-…`, TR-31 blocks under the LMK
+//! with the header they arrived with); the header decides what a key may do, as a payment HSM
+//! enforces key usage: a ZAK cannot decrypt a PIN block, a ZPK cannot MAC, a key whose mode
+//! says "verify only" cannot generate. Every PIN block that does not open, and every key that
+//! is unknown or unfit, is the one refusal `Error::Auth`, so nothing tells a caller which check
+//! failed.
+
+use keyd_proto::message as m;
+use paycrypto::{AesKey, Pan, TdesKey};
+use tr31::{KeyBlock, Profile};
+use zeroize::Zeroizing;
+
+use super::{Material, Service};
+use crate::Error;
+use crate::hsm::Lmk;
+use crate::keys::KeyKind;
+
+/// A key that encrypts PIN blocks, with the format its algorithm implies.
+enum PinKey {
+    /// A device's TPK or an AES zone PIN key: format 4.
+    Aes(AesKey),
+    /// A double-length TDES ZPK: format 0.
+    Tdes(TdesKey),
+}
+
+/// What an operation needs a key to be allowed to do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// Encipher (PIN blocks) or generate (MACs, PVVs).
+    Make,
+    /// Decipher (PIN blocks) or verify (MACs, PVVs).
+    Check,
+}
+
+/// Whether a TR-31 mode of use allows `want`: `B`/`C` both ways, `E`/`G` making only,
+/// `D`/`V` checking only.
+fn mode_allows(mode: tr31::ModeOfUse, want: Use) -> bool {
+    match mode.to_string().as_str() {
+        "B" | "C" => true,
+        "E" | "G" => want == Use::Make,
+        "D" | "V" => want == Use::Check,
+        _ => false,
+    }
+}
+
+/// A double-length TDES key from stored bytes (anything else is unfit).
+fn tdes(bytes: &[u8]) -> Result<TdesKey, Error> {
+    let bytes: &[u8; 16] = bytes.try_into().map_err(|_| Error::Auth)?;
+    TdesKey::new(bytes).map_err(|_| Error::Auth)
+}
+
+fn pan(secret: &keyd_proto::Secret) -> Result<Pan, Error> {
+    let text = std::str::from_utf8(secret.expose())
+        .map_err(|_| Error::BadRequest("a PAN is 12-19 digits".into()))?;
+    Pan::new(text).map_err(|_| Error::BadRequest("a PAN is 12-19 digits".into()))
+}
+
+impl Service {
+    /// An imported key opened under the LMK, if its header has `usage` and algorithm `T` (or
+    /// `A` where `aes_ok`) and its mode allows `want`.
+    fn partner_key(
+        &self,
+        key_id: &str,
+        usage: &str,
+        aes_ok: bool,
+        want: Use,
+    ) -> Result<(tr31::Header, Zeroizing<Vec<u8>>), Error> {
+        let record = self.store.imported(key_id)?.ok_or(Error::Auth)?;
+        self.require_active(&record.key_id)
+            .map_err(|_| Error::Auth)?;
+        let opened =
+            KeyBlock::parse(&record.block, Profile::Strict)?.open_external(&Lmk(&*self.hsm))?;
+        let bound = opened
+            .header
+            .optional_block(tr31::BlockId::LB)
+            .map(tr31::OptionalBlock::data);
+        if bound != Some(record.key_id.as_str()) {
+            return Err(Error::Store(format!(
+                "stored block of {} does not match its record",
+                record.key_id
+            )));
+        }
+        let h = &opened.header;
+        let algorithm = h.algorithm.to_string();
+        let fits = h.key_usage.as_str() == usage
+            && (algorithm == "T" || (aes_ok && algorithm == "A"))
+            && mode_allows(h.mode_of_use, want);
+        if !fits {
+            return Err(Error::Auth);
+        }
+        Ok((
+            opened.header,
+            Zeroizing::new(opened.key.expose_secret().to_vec()),
+        ))
+    }
+
+    /// A device's TPK (format 4) or an imported zone PIN key (`P0`: format 0 under TDES,
+    /// format 4 under AES).
+    fn pin_key(&self, key_id: &str, want: Use) -> Result<PinKey, Error> {
+        if key_id.starts_with("imp-") {
+            let (header, key) = self.partner_key(key_id, "P0", true, want)?;
+            return if header.algorithm.to_string() == "A" {
+                AesKey::new(&key).map(PinKey::Aes).map_err(|_| Error::Auth)
+            } else {
+                tdes(&key).map(PinKey::Tdes)
+            };
+        }
+        let working = self.working_key(key_id, KeyKind::Tpk)?;
+        let bytes = match &working.material {
+            Material::Memory(bytes) => Zeroizing::new(bytes.to_vec()),
+            // In `token` placement the working copy lives in the token, where PKCS#11 offers
+            // no ISO 9564 format; the stored block is opened for this call and wiped after.
+            Material::Token { .. } => {
+                let record = self.store.key(key_id)?.ok_or(Error::Auth)?;
+                let key = self.open_stored(&Lmk(&*self.hsm), &record)?;
+                Zeroizing::new(key.expose_secret().to_vec())
+            }
+        };
+        AesKey::new(&bytes)
+            .map(PinKey::Aes)
+            .map_err(|_| Error::Auth)
+    }
+
+    /// Translates a PIN block between two PIN keys (4→0, 0→0, 4→4, 0→4).
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for a block that does not open, or an unknown or unfit key;
+    /// [`Error::BadRequest`] for a PAN that is not 12-19 digits.
+    pub fn pin_translate(&self, req: &m::PinTranslate) -> Result<m::PinBlock, Error> {
+        let pan = pan(&req.pan)?;
+        let from = self.pin_key(&req.from_key_id, Use::Check)?;
+        let to = self.pin_key(&req.to_key_id, Use::Make)?;
+        let pin = match &from {
+            PinKey::Aes(k) => {
+                let block: [u8; 16] = req
+                    .pin_block
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Auth)?;
+                paycrypto::decipher_format4(k, &block, &pan)
+            }
+            PinKey::Tdes(k) => {
+                let block: [u8; 8] = req
+                    .pin_block
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Auth)?;
+                paycrypto::decipher_format0(k, &block, &pan)
+            }
+        }
+        .map_err(|_| Error::Auth)?;
+        let pin_block = match &to {
+            PinKey::Tdes(k) => paycrypto::encipher_format0(k, &pin, &pan).to_vec(),
+            PinKey::Aes(k) => {
+                let mut fill = Zeroizing::new([0u8; 8]);
+                self.hsm.random(&mut fill[..])?;
+                paycrypto::encipher_format4(k, &pin, &pan, &fill).to_vec()
+            }
+        };
+        Ok(m::PinBlock { pin_block })
+    }
+
+    /// The retail MAC of a message under a ZAK (`M3`, TDES, mode `C` or `G`).
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for an unknown or unfit key.
+    pub fn retail_mac(&self, req: &m::RetailMac) -> Result<m::MacValue, Error> {
+        let (_, key) = self.partner_key(&req.key_id, "M3", false, Use::Make)?;
+        let key = tdes(&key)?;
+        Ok(m::MacValue {
+            mac: paycrypto::retail_mac(&key, &req.message),
+        })
+    }
+
+    /// Verifies a retail MAC under a ZAK (`M3`, TDES, mode `C` or `V`).
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for a MAC that does not match, or an unknown or unfit key.
+    pub fn retail_mac_verify(&self, req: &m::RetailMacVerify) -> Result<m::Empty, Error> {
+        let (_, key) = self.partner_key(&req.key_id, "M3", false, Use::Check)?;
+        let key = tdes(&key)?;
+        if paycrypto::verify_retail_mac(&key, &req.message, &req.mac) {
+            Ok(m::Empty {})
+        } else {
+            Err(Error::Auth)
+        }
+    }
+
+    /// The PIN in a format 0 block under a ZPK, and the PVK (`V2`, TDES) to work with it.
+    fn pvv_inputs(
+        &self,
+        pvk_key_id: &str,
+        zpk_key_id: &str,
+        pan: &Pan,
+        block: &[u8; 8],
+        want: Use,
+    ) -> Result<(TdesKey, paycrypto::Pin), Error> {
+        let (_, pvk) = self.partner_key(pvk_key_id, "V2", false, want)?;
+        let pvk = tdes(&pvk)?;
+        let PinKey::Tdes(zpk) = self.pin_key(zpk_key_id, Use::Check)? else {
+            return Err(Error::Auth);
+        };
+        let pin = paycrypto::decipher_format0(&zpk, block, pan).map_err(|_| Error::Auth)?;
+        Ok((pvk, pin))
+    }
+
+    /// The Visa PVV of the PIN in a format 0 block.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for a block that does not open or an unfit key; [`Error::BadRequest`]
+    /// for a bad PAN or a PVKI outside 1-6.
+    pub fn pvv_generate(&self, req: &m::PvvGenerate) -> Result<m::PvvValue, Error> {
+        let pan = pan(&req.pan)?;
+        let (pvk, pin) = self.pvv_inputs(
+            &req.pvk_key_id,
+            &req.zpk_key_id,
+            &pan,
+            &req.pin_block,
+            Use::Make,
+        )?;
+        let pvv = paycrypto::pvv(&pvk, &pan, req.pvki, &pin)
+            .map_err(|_| Error::BadRequest("the PVKI is 1-6".into()))?;
+        Ok(m::PvvValue { pvv })
+    }
+
+    /// Verifies the PIN in a format 0 block against a PVV.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for a wrong PIN, a block that does not open or an unfit key;
+    /// [`Error::BadRequest`] for a bad PAN or a PVKI outside 1-6.
+    pub fn pvv_verify(&self, req: &m::PvvVerify) -> Result<m::Empty, Error> {
+        let pan = pan(&req.pan)?;
+        let (pvk, pin) = self.pvv_inputs(
+            &req.pvk_key_id,
+            &req.zpk_key_id,
+            &pan,
+            &req.pin_block,
+            Use::Check,
+        )?;
+        let ok = paycrypto::verify_pvv(&pvk, &pan, req.pvki, &pin, &req.pvv)
+            .map_err(|_| Error::BadRequest("the PVKI is 1-6".into()))?;
+        if ok {
+            Ok(m::Empty {})
+        } else {
+            Err(Error::Auth)
+        }
+    }
+}
