@@ -225,8 +225,13 @@ impl Service {
     /// Empties the working-key cache; keys being loaded concurrently are not added to it.
     fn forget_all(&self) {
         let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+        let mut partners = self
+            .partners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         self.cache_generation.fetch_add(1, Ordering::AcqRel);
         cache.clear();
+        partners.clear();
     }
 
     /// Tells every running keyd that root keys or key states changed (a command formed a
@@ -240,8 +245,13 @@ impl Service {
 
     fn forget_key(&self, key_id: &str) {
         let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+        let mut partners = self
+            .partners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         self.cache_generation.fetch_add(1, Ordering::AcqRel);
         cache.remove(key_id);
+        partners.remove(key_id);
     }
 }
 

@@ -77,6 +77,9 @@ pub struct Service {
     pub(crate) store: Arc<dyn KeyStore>,
     placement: Placement,
     pub(crate) cache: RwLock<HashMap<String, Arc<WorkingKey>>>,
+    /// Partners' keys (imported ZPKs, ZAKs, PVKs) opened from their storage blocks, under the
+    /// same generation rule as `cache`.
+    pub(crate) partners: RwLock<HashMap<String, Arc<payments::PartnerKey>>>,
     capacity: usize,
     grace: u64,
     fingerprint_key: Zeroizing<[u8; 32]>,
@@ -162,6 +165,7 @@ impl Service {
             store,
             placement,
             cache: RwLock::new(HashMap::new()),
+            partners: RwLock::new(HashMap::new()),
             capacity,
             grace,
             fingerprint_key,

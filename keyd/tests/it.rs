@@ -978,6 +978,21 @@ async fn payment_hsm_operations(placement: &str) {
         Err(ClientError::Status(Status::AUTH_FAILED))
     ));
 
+    // An officer disables the ZAK while keyd serves: the cached key stops working too.
+    keyd.run(
+        &["key-disable", &zak_id, "--officer", OFFICERS[0].0],
+        &[OFFICERS[0].1],
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    while client.call(&verify(mac)).await.is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the disabled ZAK still verifies"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Nothing of the card, the PIN or a key reaches the audit log.
     drop(client);
     keyd.stop();

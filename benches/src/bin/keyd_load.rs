@@ -1,5 +1,8 @@
 //! keyd under load: key-set issuance, then charge verify-and-open of MSK envelopes over the
-//! socket (pipelined), next to the in-process ceiling of the same operation.
+//! socket (pipelined), next to the in-process ceiling of the same operation. `--op
+//! pin-translate` and `--op mac-verify` load the payment-HSM operations instead: each device's
+//! format 4 PIN block translated to an acquirer's ZPK, or a 512-byte ISO 8583-sized message's
+//! retail MAC verified under its ZAK.
 //!
 //! `cargo build --release -p keyd -p benches && target/release/keyd-load`
 //! It starts its own keyd on a throw-away SoftHSM token (loopback only, bounded in time).
@@ -51,13 +54,57 @@ struct Args {
     /// size, to see that lookups stay flat as it grows.
     #[arg(long, default_value_t = 0)]
     preload: usize,
+    /// What to load: `charge` (HMAC verify + envelope open), `pin-translate` (format 4 under the
+    /// device's TPK to format 0 under a ZPK) or `mac-verify` (retail MAC under a ZAK).
+    #[arg(long, default_value = "charge")]
+    op: String,
     /// Internal: run the bare cryptoki loop (in a child process that sees the token).
     #[arg(long, hide = true)]
     bare_loop: Option<String>,
 }
 
+/// The request one device sends under load.
+enum Request {
+    Charge(m::ChargeOpen),
+    Pin(m::PinTranslate),
+    Mac(m::RetailMacVerify),
+}
+
 struct Device {
-    charge: m::ChargeOpen,
+    request: Request,
+}
+
+/// Sends one request and checks its answer.
+async fn send(conn: &Client, request: &Request) {
+    match request {
+        Request::Charge(r) => assert!(!conn.call(r).await.unwrap().plaintext.expose().is_empty()),
+        Request::Pin(r) => assert_eq!(conn.call(r).await.unwrap().pin_block.len(), 8),
+        Request::Mac(r) => {
+            conn.call(r).await.unwrap();
+        }
+    }
+}
+
+/// A partner's TDES key imported as a TR-31 block under z1's ZMK; its key id.
+async fn import(client: &Client, header: &str, key: &[u8; 16]) -> String {
+    let z1 = tr31::Kbpk::new(&e2e::hex(e2e::ZMK_HEX)).unwrap();
+    let block = tr31::seal(
+        &z1,
+        &tr31::Header::parse(header, tr31::Profile::Strict).unwrap(),
+        &tr31::Key::new(key).unwrap(),
+        &tr31::SealOptions::default(),
+        tr31::Padding::Random(&mut tr31::OsRandom),
+    )
+    .unwrap();
+    client
+        .call(&m::Tr31Import {
+            zone: "z1".into(),
+            key_block: block,
+            label: "keyd-load".into(),
+        })
+        .await
+        .unwrap()
+        .key_id
 }
 
 fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
@@ -116,8 +163,16 @@ async fn main() {
         bare_cryptoki_loop(label, args.envelope_bytes, args.seconds);
         return;
     }
-    let mut keyd =
-        e2e::KeydProcess::new(&keyd_binary(), r#""data", "devices""#, &args.placement).unwrap();
+    assert!(
+        matches!(args.op.as_str(), "charge" | "pin-translate" | "mac-verify"),
+        "--op is charge, pin-translate or mac-verify"
+    );
+    let mut keyd = e2e::KeydProcess::new(
+        &keyd_binary(),
+        r#""data", "devices", "admin""#,
+        &args.placement,
+    )
+    .unwrap();
     keyd.start().unwrap();
     let client = Client::connect(keyd.socket()).await.unwrap();
     println!(
@@ -175,6 +230,11 @@ async fn main() {
         issue.as_secs_f64()
     );
 
+    // The acquirer's keys for the payment-HSM operations.
+    let zpk_id = import(&client, "D0000P0TE00E0000", b"0123456789ABCDEF").await;
+    let zak_id = import(&client, "D0000M3TC00E0000", b"FEDCBA9876543210").await;
+    let zak = paycrypto::TdesKey::new(b"FEDCBA9876543210").unwrap();
+
     // Deliver each set and unwrap it the way the device would, to sign and encrypt charges.
     let mut devices = Vec::new();
     for (device_id, key_set_id) in &sets {
@@ -186,9 +246,35 @@ async fn main() {
             .await
             .unwrap();
         let keys = e2e::device::unwrap_key_set(&export, &e2e::hex(e2e::ZMK_HEX)).unwrap();
-        devices.push(Device {
-            charge: charge(&keys, args.envelope_bytes),
-        });
+        let request = match args.op.as_str() {
+            "pin-translate" => {
+                let delivered = keys.get("tpk").expect("a TPK in every key set");
+                let tpk = paycrypto::AesKey::new(&delivered.key).unwrap();
+                let pan = "4761739001010119";
+                let block = paycrypto::encipher_format4(
+                    &tpk,
+                    &paycrypto::Pin::new("1234").unwrap(),
+                    &paycrypto::Pan::new(pan).unwrap(),
+                    &[0x5A; 8],
+                );
+                Request::Pin(m::PinTranslate {
+                    from_key_id: delivered.key_id.clone(),
+                    to_key_id: zpk_id.clone(),
+                    pan: Secret::new(pan.as_bytes()),
+                    pin_block: block.to_vec(),
+                })
+            }
+            "mac-verify" => {
+                let message = format!("0200{device_id}").repeat(32).into_bytes();
+                Request::Mac(m::RetailMacVerify {
+                    key_id: zak_id.clone(),
+                    mac: paycrypto::retail_mac(&zak, &message),
+                    message,
+                })
+            }
+            _ => Request::Charge(charge(&keys, args.envelope_bytes)),
+        };
+        devices.push(Device { request });
     }
     let devices = Arc::new(devices);
 
@@ -210,9 +296,8 @@ async fn main() {
                     };
                     i += 1;
                     let t = Instant::now();
-                    let answer = conn.call(&d.charge).await.unwrap();
+                    send(&conn, &d.request).await;
                     latencies.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
-                    assert!(!answer.plaintext.expose().is_empty());
                 }
                 latencies
             }));
@@ -230,9 +315,14 @@ async fn main() {
     let ops = latencies.len() as f64 / elapsed;
     let p = benches::percentiles(&mut latencies);
     println!(
-        "socket, {} placement: {} charge verify-and-open in {elapsed:.1} s = {ops:.0} ops/s; latency p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
+        "socket, {} placement: {} {} in {elapsed:.1} s = {ops:.0} ops/s; latency p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
         args.placement,
         latencies.len(),
+        match args.op.as_str() {
+            "pin-translate" => "PIN translations (format 4 to 0)",
+            "mac-verify" => "retail MAC verifications",
+            _ => "charge verify-and-open",
+        },
         p.p50,
         p.p90,
         p.p99,
@@ -241,6 +331,9 @@ async fn main() {
     drop(client);
     keyd.stop();
 
+    if args.op != "charge" {
+        return;
+    }
     if args.placement == "token" {
         // SoftHSM reads its configuration when the module is initialised, so the loop runs in a
         // child process started with the token's environment.

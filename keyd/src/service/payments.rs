@@ -9,6 +9,9 @@
 //! is unknown or unfit, is the one refusal `Error::Auth`, so nothing tells a caller which check
 //! failed.
 
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+
 use keyd_proto::message as m;
 use paycrypto::{AesKey, Pan, TdesKey};
 use tr31::{KeyBlock, Profile};
@@ -18,6 +21,14 @@ use super::{Material, Service};
 use crate::Error;
 use crate::hsm::Lmk;
 use crate::keys::KeyKind;
+
+/// A partner's key opened from its storage block: what its header allows, and the key.
+pub(crate) struct PartnerKey {
+    usage: String,
+    algorithm: String,
+    mode: String,
+    key: Zeroizing<Vec<u8>>,
+}
 
 /// A key that encrypts PIN blocks, with the format its algorithm implies.
 enum PinKey {
@@ -38,8 +49,8 @@ enum Use {
 
 /// Whether a TR-31 mode of use allows `want`: `B`/`C` both ways, `E`/`G` making only,
 /// `D`/`V` checking only.
-fn mode_allows(mode: tr31::ModeOfUse, want: Use) -> bool {
-    match mode.to_string().as_str() {
+fn mode_allows(mode: &str, want: Use) -> bool {
+    match mode {
         "B" | "C" => true,
         "E" | "G" => want == Use::Make,
         "D" | "V" => want == Use::Check,
@@ -60,22 +71,40 @@ fn pan(secret: &keyd_proto::Secret) -> Result<Pan, Error> {
 }
 
 impl Service {
-    /// An imported key opened under the LMK, if its header has `usage` and algorithm `T` (or
-    /// `A` where `aes_ok`) and its mode allows `want`.
+    /// An imported key opened under the LMK (or from the cache), if its header has `usage`
+    /// and algorithm `T` (or `A` where `aes_ok`) and its mode allows `want`.
     fn partner_key(
         &self,
         key_id: &str,
         usage: &str,
         aes_ok: bool,
         want: Use,
-    ) -> Result<(tr31::Header, Zeroizing<Vec<u8>>), Error> {
+    ) -> Result<Arc<PartnerKey>, Error> {
+        let cached = self
+            .partners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key_id)
+            .cloned();
+        let key = match cached {
+            Some(k) => k,
+            None => self.load_partner_key(key_id)?,
+        };
+        let fits = key.usage == usage
+            && (key.algorithm == "T" || (aes_ok && key.algorithm == "A"))
+            && mode_allows(&key.mode, want);
+        if fits { Ok(key) } else { Err(Error::Auth) }
+    }
+
+    fn load_partner_key(&self, key_id: &str) -> Result<Arc<PartnerKey>, Error> {
+        let generation = self.cache_generation.load(Ordering::Acquire);
         let record = self.store.imported(key_id)?.ok_or(Error::Auth)?;
         self.require_active(&record.key_id)
             .map_err(|_| Error::Auth)?;
         let opened =
             KeyBlock::parse(&record.block, Profile::Strict)?.open_external(&Lmk(&*self.hsm))?;
-        let bound = opened
-            .header
+        let h = &opened.header;
+        let bound = h
             .optional_block(tr31::BlockId::LB)
             .map(tr31::OptionalBlock::data);
         if bound != Some(record.key_id.as_str()) {
@@ -84,29 +113,37 @@ impl Service {
                 record.key_id
             )));
         }
-        let h = &opened.header;
-        let algorithm = h.algorithm.to_string();
-        let fits = h.key_usage.as_str() == usage
-            && (algorithm == "T" || (aes_ok && algorithm == "A"))
-            && mode_allows(h.mode_of_use, want);
-        if !fits {
-            return Err(Error::Auth);
+        let key = Arc::new(PartnerKey {
+            usage: h.key_usage.as_str().to_owned(),
+            algorithm: h.algorithm.to_string(),
+            mode: h.mode_of_use.to_string(),
+            key: Zeroizing::new(opened.key.expose_secret().to_vec()),
+        });
+        let mut cache = self
+            .partners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // A key disabled while it was being loaded is used for this request, not kept.
+        if self.cache_generation.load(Ordering::Acquire) == generation {
+            if cache.len() >= self.capacity {
+                cache.clear();
+            }
+            cache.insert(key_id.to_owned(), Arc::clone(&key));
         }
-        Ok((
-            opened.header,
-            Zeroizing::new(opened.key.expose_secret().to_vec()),
-        ))
+        Ok(key)
     }
 
     /// A device's TPK (format 4) or an imported zone PIN key (`P0`: format 0 under TDES,
     /// format 4 under AES).
     fn pin_key(&self, key_id: &str, want: Use) -> Result<PinKey, Error> {
         if key_id.starts_with("imp-") {
-            let (header, key) = self.partner_key(key_id, "P0", true, want)?;
-            return if header.algorithm.to_string() == "A" {
-                AesKey::new(&key).map(PinKey::Aes).map_err(|_| Error::Auth)
+            let partner = self.partner_key(key_id, "P0", true, want)?;
+            return if partner.algorithm == "A" {
+                AesKey::new(&partner.key)
+                    .map(PinKey::Aes)
+                    .map_err(|_| Error::Auth)
             } else {
-                tdes(&key).map(PinKey::Tdes)
+                tdes(&partner.key).map(PinKey::Tdes)
             };
         }
         let working = self.working_key(key_id, KeyKind::Tpk)?;
@@ -169,8 +206,7 @@ impl Service {
     /// # Errors
     /// [`Error::Auth`] for an unknown or unfit key.
     pub fn retail_mac(&self, req: &m::RetailMac) -> Result<m::MacValue, Error> {
-        let (_, key) = self.partner_key(&req.key_id, "M3", false, Use::Make)?;
-        let key = tdes(&key)?;
+        let key = tdes(&self.partner_key(&req.key_id, "M3", false, Use::Make)?.key)?;
         Ok(m::MacValue {
             mac: paycrypto::retail_mac(&key, &req.message),
         })
@@ -181,8 +217,7 @@ impl Service {
     /// # Errors
     /// [`Error::Auth`] for a MAC that does not match, or an unknown or unfit key.
     pub fn retail_mac_verify(&self, req: &m::RetailMacVerify) -> Result<m::Empty, Error> {
-        let (_, key) = self.partner_key(&req.key_id, "M3", false, Use::Check)?;
-        let key = tdes(&key)?;
+        let key = tdes(&self.partner_key(&req.key_id, "M3", false, Use::Check)?.key)?;
         if paycrypto::verify_retail_mac(&key, &req.message, &req.mac) {
             Ok(m::Empty {})
         } else {
@@ -199,8 +234,7 @@ impl Service {
         block: &[u8; 8],
         want: Use,
     ) -> Result<(TdesKey, paycrypto::Pin), Error> {
-        let (_, pvk) = self.partner_key(pvk_key_id, "V2", false, want)?;
-        let pvk = tdes(&pvk)?;
+        let pvk = tdes(&self.partner_key(pvk_key_id, "V2", false, want)?.key)?;
         let PinKey::Tdes(zpk) = self.pin_key(zpk_key_id, Use::Check)? else {
             return Err(Error::Auth);
         };
