@@ -55,6 +55,8 @@ pub mod op {
     pub const KEY_RESTORE: u16 = 0x0333;
     /// A key's block erased when its window ended.
     pub const KEY_ERASED: u16 = 0x0334;
+    /// An officer generated a partner's key (`key-generate`).
+    pub const KEY_GENERATE: u16 = 0x0335;
     /// keyd started, or a command ran, with dual control off.
     pub const DUAL_CONTROL_OFF: u16 = 0x03FE;
 }

@@ -220,6 +220,25 @@ enum Command {
         /// The key block; `-` reads it from standard input.
         block: String,
     },
+    /// Generate a key for a partner in the token's RNG (an AWS `CreateKey` analogue) and store
+    /// it under the LMK like an imported one: the header gives usage, algorithm (`T`,
+    /// double-length TDES, or `A`, AES-256), mode and exportability, e.g. `D0000P0TB00E0000`
+    /// for a ZPK. Prints the new key id and KCV; `tr31-export` then sends it under the
+    /// partner's zone. One officer.
+    KeyGenerate {
+        /// A TR-31 header (its length field is ignored).
+        #[arg(long)]
+        header: String,
+        /// 1-64 printable characters, kept with the key.
+        #[arg(long)]
+        label: String,
+        /// The officer doing it.
+        #[arg(long)]
+        officer: Option<String>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Parse and check the configuration, then exit.
     CheckConfig,
     /// Walk the audit log's hash chain; name the first broken record if there is one.
@@ -533,6 +552,38 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                 println!("{out}");
             } else {
                 println!("key {} ({label})", imported.key_id);
+                println!("header {}", header_text(&header));
+                println!("KCV {kcv}");
+            }
+            logged
+        }
+        Command::KeyGenerate {
+            header,
+            label,
+            officer,
+            json,
+        } => {
+            let header = tr31::Header::parse(&header, tr31::Profile::Strict)?;
+            let op = Operator::open(&config)?;
+            let officers = op.one_officer(officer.as_deref())?;
+            let result = op.service.key_generate(&header, &label);
+            let logged = op.record(
+                audit::op::KEY_GENERATE,
+                &officers,
+                result.as_ref().ok().map(|k| k.key_id.as_str()),
+                result.as_ref().ok().map(|k| k.kcv),
+                &result,
+            );
+            let made = result?;
+            let kcv = keyd::kcv_hex(made.kcv);
+            if json {
+                let out = serde_json::json!({
+                    "key_id": made.key_id, "label": label,
+                    "header": header_json(&header), "kcv": kcv,
+                });
+                println!("{out}");
+            } else {
+                println!("key {} ({label})", made.key_id);
                 println!("header {}", header_text(&header));
                 println!("KCV {kcv}");
             }

@@ -121,6 +121,16 @@ fn seal_random(
 
 /// Keys leave keyd only if their own header allows it: `E` (into key blocks, which is all keyd
 /// writes) or `S`; never `N`.
+/// Labels of partners' keys: 1-64 printable ASCII characters.
+fn check_label(label: &str) -> Result<(), Error> {
+    if label.is_empty() || label.len() > 64 || !label.bytes().all(|c| (0x20..0x7F).contains(&c)) {
+        return Err(Error::BadRequest(
+            "labels are 1-64 printable ASCII characters".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn require_exportable(header: &tr31::Header) -> Result<(), Error> {
     if matches!(
         header.exportability,
@@ -497,19 +507,55 @@ impl Service {
     /// [`Error::NotFound`] for an unknown zone; [`Error::BadRequest`] for a bad label;
     /// [`Error::Tr31`] for a block that is malformed, breaks the strict rules or does not open.
     pub fn tr31_import(&self, req: &m::Tr31Import) -> Result<m::ImportedKey, Error> {
-        if req.label.is_empty()
-            || req.label.len() > 64
-            || !req.label.bytes().all(|c| (0x20..0x7F).contains(&c))
-        {
-            return Err(Error::BadRequest(
-                "labels are 1-64 printable ASCII characters".into(),
-            ));
-        }
+        check_label(&req.label)?;
         let zmk = self.zmk(&req.zone)?;
         let opened =
             KeyBlock::parse(&req.key_block, Profile::Strict)?.open_external(&Memo::new(&zmk))?;
+        self.store_partner_key(opened.header, &opened.key, &req.label)
+    }
+
+    /// Generates a key in the token's RNG for a header (an AWS `CreateKey` analogue: a ZPK,
+    /// ZAK or PVK to send to a partner) and stores it like an imported one.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] for a bad label or an algorithm other than `T` (double-length
+    /// TDES) or `A` (AES-256); [`Error::Tr31`] for a header the strict rules refuse.
+    pub fn key_generate(
+        &self,
+        header: &tr31::Header,
+        label: &str,
+    ) -> Result<m::ImportedKey, Error> {
+        check_label(label)?;
+        let len = match header.algorithm.to_string().as_str() {
+            "T" => 16,
+            "A" => 32,
+            _ => {
+                return Err(Error::BadRequest(
+                    "keys are generated as T (double-length TDES) or A (AES-256)".into(),
+                ));
+            }
+        };
+        let mut bytes = Zeroizing::new(vec![0u8; len]);
+        loop {
+            self.hsm.random(&mut bytes[..])?;
+            // Two equal halves make a TDES key single DES in disguise: draw again.
+            if len != 16 || bytes.get(..8) != bytes.get(8..) {
+                break;
+            }
+        }
+        let key = tr31::Key::new(&bytes)?;
+        self.store_partner_key(header.clone(), &key, label)
+    }
+
+    /// Stores a partner's key under the LMK with its header (version D, storage context, its
+    /// id bound in an `LB` block) and its label.
+    fn store_partner_key(
+        &self,
+        mut header: tr31::Header,
+        key: &tr31::Key,
+        label: &str,
+    ) -> Result<m::ImportedKey, Error> {
         let key_id = keys::new_id("imp", &*self.hsm)?;
-        let mut header = opened.header;
         header.version = tr31::Version::D;
         header.key_context = tr31::KeyContext::STORAGE;
         header.optional_blocks.retain(|b| {
@@ -523,12 +569,12 @@ impl Service {
             key_id.as_str(),
         )?);
         let lmk = Lmk(&*self.hsm);
-        let block = seal_random(&Memo::new(&lmk), &header, &opened.key)?;
-        let kcv = tr31::kcv::for_algorithm(header.algorithm, opened.key.expose_secret())
-            .unwrap_or_default();
+        let block = seal_random(&Memo::new(&lmk), &header, key)?;
+        let kcv =
+            tr31::kcv::for_algorithm(header.algorithm, key.expose_secret()).unwrap_or_default();
         self.store.insert_imported(&ImportedRecord {
             key_id: key_id.clone(),
-            label: req.label.clone(),
+            label: label.to_owned(),
             kcv,
             block,
             created_at: now(),

@@ -823,8 +823,77 @@ fn partners_keys_come_and_go_as_tr31_blocks_on_the_command_line() {
     assert_eq!(opened.key.expose_secret(), &bdk[..]);
     assert_eq!(opened.header.key_usage.as_str(), "B0");
 
+    // A ZPK made here for the partner: generated in the token, stored, then sent under z2.
+    let out = k
+        .run(
+            &[
+                "key-generate",
+                "--header",
+                "D0000P0TB00E0000",
+                "--label",
+                "zpk for partner",
+                "--officer",
+                a,
+                "--json",
+            ],
+            &[a_password],
+        )
+        .unwrap();
+    let made: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let zpk_id = made["key_id"].as_str().unwrap().to_owned();
+    assert_eq!(made["header"]["algorithm"], "T", "{out}");
+    let out = k
+        .run(
+            &[
+                "tr31-export",
+                "--key",
+                &zpk_id,
+                "--zone",
+                "z2",
+                "--approver",
+                a,
+                "--approver",
+                b,
+                "--json",
+            ],
+            &[a_password, b_password],
+        )
+        .unwrap();
+    let sent: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let opened = tr31::KeyBlock::parse(sent["key_block"].as_str().unwrap(), tr31::Profile::Strict)
+        .unwrap()
+        .open(&z2)
+        .unwrap();
+    assert_eq!(opened.key.expose_secret().len(), 16);
+    assert_eq!(opened.header.key_usage.as_str(), "P0");
+    let legacy =
+        tr31::kcv::for_algorithm(opened.header.algorithm, opened.key.expose_secret()).unwrap();
+    let legacy = legacy
+        .iter()
+        .map(|x| format!("{x:02X}"))
+        .collect::<String>();
+    assert_eq!(made["kcv"], legacy.as_str());
+    assert_eq!(sent["kcv"], legacy.as_str());
+    // A header the strict rules refuse (a PIN key for MACs) is refused before anything is made.
+    assert!(
+        k.run(
+            &[
+                "key-generate",
+                "--header",
+                "D0000P0TC00E0000",
+                "--label",
+                "x",
+                "--officer",
+                a
+            ],
+            &[a_password],
+        )
+        .is_err()
+    );
+
     // Every step is on the audit log with its officers and the key's KCV; no key is.
     let log = audit_log(&k);
+    assert!(log.contains("\"op\":\"0x0335\""), "{log}");
     for op in ["0x0302", "0x0303", "0x0304"] {
         assert!(log.contains(&format!("\"op\":\"{op}\"")), "{op}: {log}");
     }
