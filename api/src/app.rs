@@ -61,7 +61,7 @@ impl Services {
         })
     }
 
-    /// The services on the in-memory store with a fresh signing key and a keyd that is not
+    /// The services on a temporary store with a fresh signing key and a keyd that is not
     /// there (unit tests of handlers and engines).
     #[cfg(test)]
     pub(crate) fn for_tests() -> Self {
@@ -74,7 +74,9 @@ impl Services {
             .0;
         let auth =
             Auth::with_signer(&config.auth, signer).unwrap_or_else(|e| unreachable!("auth: {e}"));
-        Self::with_parts(config, Arc::new(crate::store::MemoryStore::new()), auth)
+        let store = SqliteStore::temporary()
+            .unwrap_or_else(|e| unreachable!("test store: {e}"));
+        Self::with_parts(config, Arc::new(store), auth)
             .unwrap_or_else(|e| unreachable!("app: {e}"))
     }
 }

@@ -253,10 +253,10 @@ pub async fn pairing_code(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value,
             .filter_map(|b| PAIRING_ALPHABET.get(usize::from(b % 32)))
             .map(|&c| char::from(c))
             .collect();
-        let previous = app.db.get::<PairingCode>(&code)?;
+        let previous = app.db.get_versioned::<PairingCode>(&code)?;
         let free = previous
             .as_ref()
-            .is_none_or(|p| p.ended(now).is_some_and(|ended| now - ended >= 86_400));
+            .is_none_or(|(p, _)| p.ended(now).is_some_and(|ended| now - ended >= 86_400));
         if free {
             chosen = Some((code, previous));
             break;
@@ -273,11 +273,7 @@ pub async fn pairing_code(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value,
     };
     let mut writes = vec![match &previous {
         None => db::absent::<PairingCode>(&code),
-        Some(p) => crate::store::Write::Expect {
-            kind: "pairing_code".into(),
-            id: code.clone(),
-            body: Some(serde_json::to_vec(p).map_err(|e| ApiError::internal(&e))?),
-        },
+        Some((_, version)) => db::expect::<PairingCode>(&code, *version),
     }];
     writes.push(db::put(&record)?);
     if let Some(old) = &device.pairing_code
@@ -339,7 +335,10 @@ pub async fn claim(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiErr
     let code = String::from(pairing_code);
     let device_id = device_id.map(String::from);
     let location_id = location_id.map(String::from);
-    let pairing: PairingCode = app.db.find(&code)?;
+    let (pairing, version) = app
+        .db
+        .get_versioned::<PairingCode>(&code)?
+        .ok_or_else(ApiError::not_found)?;
     match pairing.status(call.now) {
         PairingStatus::Expired => {
             return Err(ApiError::new(Code::PairingExpired, "pairing code expired"));
@@ -374,11 +373,7 @@ pub async fn claim(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiErr
     let mut used = pairing.clone();
     used.status = PairingStatus::Used;
     used.ended_at = Some(now);
-    let expect_code = crate::store::Write::Expect {
-        kind: "pairing_code".into(),
-        id: pairing.code.clone(),
-        body: Some(serde_json::to_vec(&pairing).map_err(|e| ApiError::internal(&e))?),
-    };
+    let expect_code = db::expect::<PairingCode>(&pairing.code, version);
     let put_code = db::put(&used)?;
     let tid = terminal_id.clone();
     let updated = app

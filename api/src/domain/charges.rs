@@ -653,11 +653,14 @@ impl Txn {
 
 #[cfg(test)]
 impl Engine {
-    /// An engine on the in-memory store with the simulator answering at once.
+    /// An engine on a temporary store with the simulator answering at once.
     pub(crate) fn for_tests() -> Self {
         let timeout = std::time::Duration::from_secs(10);
         Self {
-            db: Db::new(Arc::new(crate::store::MemoryStore::new())),
+            db: Db::new(Arc::new(
+                crate::store::SqliteStore::temporary()
+                    .unwrap_or_else(|e| unreachable!("test store: {e}")),
+            )),
             processor: Arc::new(processor::Simulator::new(
                 std::time::Duration::ZERO,
                 timeout,

@@ -246,11 +246,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::store::SqliteStore;
 
     #[tokio::test]
     async fn same_request_replays_other_request_conflicts() {
-        let db = Db::new(Arc::new(MemoryStore::new()));
+        let db = Db::new(Arc::new(SqliteStore::temporary().unwrap()));
         let t = Idempotency::default();
         let Begin::Run(first) = t
             .begin(&db, "T1", "POST", "/pos/charge", "k1", b"a", 100)

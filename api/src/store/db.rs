@@ -1,22 +1,25 @@
-//! Typed records over the generic [`Store`]: what each record is called, how it is indexed, and
-//! the read-modify-write loop every update goes through.
+//! Typed records over the [`Store`]: what each record is called, which lists it is in, and the
+//! read-modify-write loop every update goes through.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
 use crate::error::{ApiError, Code};
 use crate::store::{Store, StoreError, Write};
 
 /// A record kind the API keeps.
 pub trait Record: Serialize + DeserializeOwned {
-    /// The store's kind name.
+    /// The store's kind name (its table: [`crate::store::tables::TABLES`]).
     const KIND: &'static str;
     /// The record's id.
     fn id(&self) -> &str;
-    /// Index entries written when the record is created; fixed for its life, so every field
-    /// used here must be immutable after creation.
+    /// The lists the record is in, `(index, key)` ([`crate::store::tables::LISTS`]); fixed for
+    /// its life, so every field used here must be immutable after creation. Most are its
+    /// columns; the multi-valued ones (a record under each reseller above it) are join rows
+    /// written when it is created.
     fn indexes(&self) -> Vec<(String, String)>;
 }
 
@@ -64,7 +67,15 @@ impl Db {
         let Some(stored) = self.store.get(R::KIND, id).map_err(|e| unavailable(&e))? else {
             return Ok(None);
         };
-        decode(&stored.body).map(Some)
+        decode(stored.body).map(Some)
+    }
+
+    /// One record with its version (for [`expect`] in a later commit), or `None`.
+    pub fn get_versioned<R: Record>(&self, id: &str) -> Result<Option<(R, u64)>, ApiError> {
+        let Some(stored) = self.store.get(R::KIND, id).map_err(|e| unavailable(&e))? else {
+            return Ok(None);
+        };
+        Ok(Some((decode(stored.body)?, stored.version)))
     }
 
     /// One record, or 404/`4040`.
@@ -144,9 +155,9 @@ impl Db {
                 .list(index, key, before, 200)
                 .map_err(|e| unavailable(&e))?;
             let exhausted = batch.len() < 200;
-            for (_, stored) in &batch {
+            for (_, stored) in batch {
                 before = Some(stored.seq);
-                let record: R = decode(&stored.body)?;
+                let record: R = decode(stored.body)?;
                 if keep(&record) {
                     if items.len() == limit {
                         return Ok(Page {
@@ -182,7 +193,7 @@ impl Db {
             let exhausted = batch.len() < 200;
             for (_, stored) in batch {
                 before = Some(stored.seq);
-                if !visit(decode(&stored.body)?)? {
+                if !visit(decode(stored.body)?)? {
                     return Ok(());
                 }
             }
@@ -206,7 +217,7 @@ impl Db {
                 .map_err(|e| unavailable(&e))?;
             let exhausted = batch.len() < 500;
             for (id, stored) in batch {
-                if !visit(decode(&stored.body)?)? {
+                if !visit(decode(stored.body)?)? {
                     return Ok(());
                 }
                 before = Some(id);
@@ -226,8 +237,8 @@ impl Db {
         self.store
             .scan_back(R::KIND, before, limit)
             .map_err(|e| unavailable(&e))?
-            .iter()
-            .map(|(_, s)| decode(&s.body))
+            .into_iter()
+            .map(|(_, s)| decode(s.body))
             .collect()
     }
 
@@ -280,11 +291,11 @@ impl Db {
             let Some(stored) = self.store.get(R::KIND, id).map_err(|e| unavailable(&e))? else {
                 return Err(ApiError::not_found());
             };
-            let mut record: R = decode(&stored.body)?;
+            let mut record: R = decode(stored.body)?;
             let mut writes = vec![Write::Expect {
                 kind: R::KIND.into(),
                 id: id.into(),
-                body: Some(stored.body),
+                version: Some(stored.version),
             }];
             writes.extend(change(&mut record)?);
             writes.push(put(&record)?);
@@ -306,31 +317,37 @@ impl Db {
     }
 }
 
-fn decode<R: DeserializeOwned>(body: &[u8]) -> Result<R, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::internal(&format!("stored record: {e}")))
+fn decode<R: DeserializeOwned>(body: Map<String, Value>) -> Result<R, ApiError> {
+    serde_json::from_value(Value::Object(body))
+        .map_err(|e| ApiError::internal(&format!("stored record: {e}")))
 }
 
-/// The write that stores a record (its index entries count only when it is new).
+/// A record's fields (its serde form, an object).
+fn fields<R: Record>(record: &R) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::to_value(record).map_err(|e| ApiError::internal(&e))? {
+        Value::Object(m) => Ok(m),
+        _ => Err(ApiError::internal(&"a record is not an object")),
+    }
+}
+
+/// The write that stores a record (its join rows count only when it is new).
 pub fn put<R: Record>(record: &R) -> Result<Write, ApiError> {
     Ok(Write::Put {
         kind: R::KIND.into(),
         id: record.id().into(),
-        body: serde_json::to_vec(record).map_err(|e| ApiError::internal(&e))?,
+        body: fields(record)?,
         indexes: record.indexes(),
     })
 }
 
-/// The write that requires a record to be exactly as given (optimistic concurrency on a record
-/// the caller wrote or read: serialisation is deterministic, so equal records are equal bytes).
-///
-/// # Errors
-/// 500 if the record cannot be serialised.
-pub fn expect<R: Record>(record: &R) -> Result<Write, ApiError> {
-    Ok(Write::Expect {
+/// The write that requires a record to be still at `version` (as read with
+/// [`Db::get_versioned`]): optimistic concurrency on a record the caller read.
+pub fn expect<R: Record>(id: &str, version: u64) -> Write {
+    Write::Expect {
         kind: R::KIND.into(),
-        id: record.id().into(),
-        body: Some(serde_json::to_vec(record).map_err(|e| ApiError::internal(&e))?),
-    })
+        id: id.into(),
+        version: Some(version),
+    }
 }
 
 /// The write that requires a record to be absent (creation races).
@@ -338,7 +355,7 @@ pub fn absent<R: Record>(id: &str) -> Write {
     Write::Expect {
         kind: R::KIND.into(),
         id: id.into(),
-        body: None,
+        version: None,
     }
 }
 

@@ -1,0 +1,656 @@
+//! The SQLite store: typed tables in one WAL file, one group-commit writer thread, a pool of
+//! read connections.
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::ErrorKind;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError, TryLockError, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+use super::tables::{self, Statements};
+use super::{Commit, Store, StoreError, Stored, Write};
+
+/// Schema migrations, applied in order, each in its own transaction; migration `i` (0-based)
+/// is schema version `i + 1`. Append only: never edit an applied migration.
+pub(super) const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_generic_records.sql"),
+    include_str!("../../migrations/sqlite/0002_typed_tables.sql"),
+];
+
+/// Read connections. Four covers a 2-core machine with headroom; reads are short.
+const READERS: usize = 4;
+
+/// The most jobs one group commit takes. Bounds the latency a job waits behind others and the
+/// size of one transaction.
+const MAX_BATCH: usize = 512;
+
+/// How long a connection waits on a lock held by another process (e.g. a backup tool) before
+/// failing with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A commit request for the writer thread.
+#[derive(Debug)]
+pub(super) struct Job {
+    pub writes: Vec<Write>,
+    pub reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The production store: one SQLite file in WAL mode.
+///
+/// * **Writes** go through one writer thread that owns the only write connection. It does
+///   *group commit*: it takes every job already queued (up to 512), runs them in one
+///   transaction, each inside its own savepoint (a job whose `Expect`/`Claim` fails is rolled
+///   back alone), and commits once. With `synchronous=FULL` that is one fsync for the whole
+///   group, so throughput grows with concurrency instead of being capped at one fsync per
+///   request. Jobs are answered only after the COMMIT returned.
+/// * **Reads** use a small pool of read-only connections; WAL lets them run beside the writer
+///   and always see the last committed state.
+///
+/// Dropping the store closes the queue; the writer finishes the jobs already queued, closes
+/// its connection and is joined, so the file is consistent when `drop` returns.
+pub struct SqliteStore {
+    path: PathBuf,
+    /// A temporary store's directory, removed on drop.
+    temporary: Option<PathBuf>,
+    /// Held for the store's life: one process per database file (see [`lock_exclusively`]).
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    queue: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+/// Maps a SQLite error to `Unavailable`. rusqlite messages name tables and columns, not values.
+fn sql_error(context: &str, err: &rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("{context}: {err}"))
+}
+
+/// A row as read: `(id, seq, version, fields)`.
+type Row = (String, i64, i64, Map<String, Value>);
+
+/// Rows as `(id, Stored)` pairs.
+fn stored_rows(rows: Vec<Row>) -> Result<Vec<(String, Stored)>, StoreError> {
+    rows.into_iter()
+        .map(|(id, seq, version, body)| {
+            Ok((
+                id,
+                Stored {
+                    seq: from_sql(seq)?,
+                    version: from_sql(version)?,
+                    body,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Converts a stored seq or version (SQLite integers are signed) to the API's `u64`.
+fn from_sql(n: i64) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError::Unavailable("negative seq in database".to_owned()))
+}
+
+fn unknown(kind: &str) -> StoreError {
+    StoreError::Unavailable(format!("no table for record kind {kind}"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the store at `path`, migrates its schema and starts the
+    /// writer thread.
+    ///
+    /// A new file is created with mode 0600 (the records hold personal and account data; SQLite gives its `-wal` and `-shm` files the same mode). A file whose schema
+    /// is newer than this build knows is refused rather than used, because an older binary
+    /// could silently misread or damage data written by a newer one.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, "FULL", None)
+    }
+
+    /// A store on a fresh file in a new temporary directory, removed when the store is dropped
+    /// (unit tests: the same SQL as production, without fsync).
+    pub fn temporary() -> Result<Self, StoreError> {
+        let mut name = [0_u8; 8];
+        getrandom::fill(&mut name)
+            .map_err(|e| StoreError::Unavailable(format!("random name: {e}")))?;
+        let dir = std::env::temp_dir().join(format!("api-store-{}", hex::encode(name)));
+        std::fs::create_dir(&dir)
+            .map_err(|e| StoreError::Unavailable(format!("temporary directory: {e}")))?;
+        Self::open_with(&dir.join("api.db"), "OFF", Some(dir.clone())).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+    }
+
+    fn open_with(
+        path: &Path,
+        synchronous: &str,
+        temporary: Option<PathBuf>,
+    ) -> Result<Self, StoreError> {
+        create_private(path)?;
+        let lock = lock_exclusively(path)?;
+        let writer = open_writer(path, synchronous)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(Mutex::new(open_reader(path)?));
+        }
+        let (queue, jobs) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("store-writer".to_owned())
+            .spawn(move || writer_loop(writer, &jobs))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
+        tracing::debug!(path = %path.display(), "store opened");
+        Ok(Self {
+            path: path.to_owned(),
+            temporary,
+            _lock: lock,
+            readers,
+            next_reader: AtomicUsize::new(0),
+            queue: Some(queue),
+            writer: Some(writer),
+        })
+    }
+
+    /// Runs `f` on a read connection: the first free one starting from a round-robin position,
+    /// else waits for the one at that position.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let n = self.readers.len();
+        let start = self
+            .next_reader
+            .fetch_add(1, Ordering::Relaxed)
+            .checked_rem(n)
+            .unwrap_or(0);
+        let mut chosen = None;
+        for reader in self.readers.iter().cycle().skip(start).take(n) {
+            match reader.try_lock() {
+                Ok(conn) => {
+                    chosen = Some(conn);
+                    break;
+                }
+                // A panic while reading cannot leave a connection half-written; reuse it.
+                Err(TryLockError::Poisoned(poisoned)) => {
+                    chosen = Some(poisoned.into_inner());
+                    break;
+                }
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        let conn = match chosen {
+            Some(conn) => conn,
+            None => self
+                .readers
+                .get(start)
+                .ok_or_else(|| StoreError::Unavailable("no read connection".to_owned()))?
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        };
+        f(&conn).map_err(|e| sql_error("read", &e))
+    }
+}
+
+/// Creates `path` with mode 0600 if it does not exist. Done before SQLite opens it because
+/// SQLite would create it with the umask's default mode (often world-readable).
+pub(super) fn create_private(path: &Path) -> Result<(), StoreError> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create database file: {e}"
+        ))),
+    }
+}
+
+/// Takes an exclusive lock on `<database>.lock`, or fails if another process holds it.
+///
+/// One API process per database is what SQLite's single writer and the crash recovery both
+/// assume (recovery treats charges of an earlier start as orphaned); a second process on the
+/// same file would void the first one's charges in flight, so it is refused at start. The
+/// kernel drops the lock when the process ends, `kill -9` included.
+fn lock_exclusively(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, StoreError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&name)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open the lock file: {e}")))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        StoreError::Unavailable(
+            "another api process has this database open (one process per database)".into(),
+        )
+    })
+}
+
+/// Opens the write connection: WAL, `synchronous=FULL` (a COMMIT returns after the WAL is
+/// fsync'd), busy timeout, then migrations.
+pub(super) fn open_writer(path: &Path, synchronous: &str) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open(path).map_err(|e| sql_error("open", &e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| sql_error("busy_timeout", &e))?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(|e| sql_error("journal_mode", &e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable(format!(
+            "journal_mode is {mode}, WAL required"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(|e| sql_error("synchronous", &e))?;
+    migrate(&mut conn, MIGRATIONS)?;
+    // After the migrations: they move rows between tables in an order foreign keys would stop.
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(|e| sql_error("foreign_keys", &e))?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection (it cannot write even by mistake).
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(|e| sql_error("open reader", &e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| sql_error("busy_timeout", &e))?;
+    Ok(conn)
+}
+
+/// Applies the migrations not yet recorded in `schema_migrations`, each in its own
+/// `BEGIN IMMEDIATE` transaction (the check is repeated inside it, so two processes opening the
+/// same file cannot both apply one). Refuses a file with a newer schema than `migrations`.
+fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY,
+            applied_at TEXT
+        )",
+    )
+    .map_err(|e| sql_error("schema_migrations", &e))?;
+    let known = i64::try_from(migrations.len())
+        .map_err(|_| StoreError::Unavailable("too many migrations".to_owned()))?;
+    let current: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| sql_error("schema version", &e))?;
+    if current > known {
+        return Err(StoreError::Unavailable(format!(
+            "database schema version {current} is newer than this build supports ({known}); \
+             refusing to open it (upgrade the binary)"
+        )));
+    }
+    for (version, sql) in (1_i64..).zip(migrations) {
+        // Dropping the transaction on an error rolls the migration back.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sql_error("begin migration", &e))?;
+        let applied = apply_migration(&tx, version, sql)?;
+        tx.commit().map_err(|e| sql_error("commit migration", &e))?;
+        if applied {
+            tracing::info!(version, "store schema migration applied");
+        }
+    }
+    Ok(())
+}
+
+/// Applies migration `version` inside the open transaction unless already recorded; returns
+/// whether it was applied.
+fn apply_migration(conn: &Connection, version: i64, sql: &str) -> Result<bool, StoreError> {
+    let done = conn
+        .query_row(
+            "SELECT 1 FROM schema_migrations WHERE version = ?1",
+            [version],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(|e| sql_error("schema version", &e))?
+        .is_some();
+    if done {
+        return Ok(false);
+    }
+    conn.execute_batch(sql)
+        .map_err(|e| sql_error(&format!("migration {version}"), &e))?;
+    conn.execute(
+        "INSERT INTO schema_migrations (version, applied_at)
+         VALUES (?1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+        [version],
+    )
+    .map_err(|e| sql_error("record migration", &e))?;
+    Ok(true)
+}
+
+/// The writer thread: waits for a job, drains what else is already queued, commits the group.
+/// Ends when every sender is gone (the store was dropped) and the queue is empty.
+fn writer_loop(mut conn: Connection, jobs: &mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, batch);
+    }
+    tracing::debug!("store writer stopped");
+}
+
+/// Runs one group commit and answers every job of it.
+pub(super) fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
+    match apply_batch(conn, &batch) {
+        Ok(results) => {
+            for (job, result) in batch.into_iter().zip(results) {
+                // The caller may have dropped its future; the write stands regardless.
+                let _ = job.reply.send(result);
+            }
+        }
+        Err(err) => {
+            tracing::error!(jobs = batch.len(), error = %err, "store group commit failed");
+            for job in batch {
+                let _ = job.reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+/// One transaction for the whole batch, one savepoint per job. Returns each job's result, or
+/// an error for the whole batch when the transaction itself failed (then nothing was written).
+fn apply_batch(
+    conn: &mut Connection,
+    batch: &[Job],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_error("begin", &e))?;
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let mut sp = tx.savepoint().map_err(|e| sql_error("savepoint", &e))?;
+        let result = apply_writes(&sp, &job.writes);
+        if result.is_err() {
+            sp.rollback()
+                .map_err(|e| sql_error("rollback to savepoint", &e))?;
+        }
+        sp.commit()
+            .map_err(|e| sql_error("release savepoint", &e))?;
+        if tx.is_autocommit() {
+            // SQLite rolled the whole transaction back (e.g. disk full): nothing of the batch
+            // is left to commit.
+            return Err(StoreError::Unavailable(
+                "transaction aborted by SQLite".to_owned(),
+            ));
+        }
+        if let Err(StoreError::Unavailable(msg)) = &result {
+            tracing::warn!(error = %msg, "store job failed; rolled back alone");
+        }
+        results.push(result);
+    }
+    tx.commit().map_err(|e| sql_error("commit", &e))?;
+    Ok(results)
+}
+
+/// Runs one job's writes in order on the open savepoint.
+fn apply_writes(conn: &Connection, writes: &[Write]) -> Result<(), StoreError> {
+    for write in writes {
+        apply_write(conn, write).map_err(|e| match e {
+            WriteError::Conflict(what) => StoreError::Conflict(what),
+            WriteError::Sql(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                // A UNIQUE or foreign key of the schema: the data conflicts (the message, which
+                // may name a value, stays out of the error).
+                StoreError::Conflict("constraint".to_owned())
+            }
+            WriteError::Sql(e) => sql_error("write", &e),
+            WriteError::Other(e) => e,
+        })?;
+    }
+    Ok(())
+}
+
+/// A write's failure before mapping, so SQL errors can use `?`.
+enum WriteError {
+    Conflict(String),
+    Sql(rusqlite::Error),
+    Other(StoreError),
+}
+
+impl From<StoreError> for WriteError {
+    fn from(e: StoreError) -> Self {
+        Self::Other(e)
+    }
+}
+
+impl From<rusqlite::Error> for WriteError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(e)
+    }
+}
+
+fn apply_write(conn: &Connection, write: &Write) -> Result<(), WriteError> {
+    match write {
+        Write::Put {
+            kind,
+            id,
+            body,
+            indexes,
+        } => {
+            let st = tables::of(kind).ok_or_else(|| unknown(kind))?;
+            let mut values = tables::bind(st.table, body).map_err(StoreError::Unavailable)?;
+            let existing: Option<i64> = conn
+                .prepare_cached(&st.version)?
+                .query_row([id], |r| r.get(0))
+                .optional()?;
+            if existing.is_some() {
+                values.insert(0, id.clone().into());
+                conn.prepare_cached(&st.update)?
+                    .execute(rusqlite::params_from_iter(&values))?;
+                return Ok(());
+            }
+            let seq: i64 = conn
+                .prepare_cached("UPDATE counter SET seq = seq + 1 WHERE id = 0 RETURNING seq")?
+                .query_row([], |r| r.get(0))?;
+            values.splice(0..0, [id.clone().into(), seq.into(), 1_i64.into()]);
+            conn.prepare_cached(&st.insert)?
+                .execute(rusqlite::params_from_iter(&values))?;
+            for (name, key) in indexes {
+                if let Some((_, sql)) = tables::JOIN_ROWS.iter().find(|(n, _)| n == name) {
+                    conn.prepare_cached(sql)?.execute(params![key, id])?;
+                }
+            }
+        }
+        Write::Delete { kind, id } => {
+            let st = tables::of(kind).ok_or_else(|| unknown(kind))?;
+            // Join rows go with the record (ON DELETE CASCADE).
+            conn.prepare_cached(&st.delete)?.execute([id])?;
+        }
+        Write::Claim { ns, value, owner } => {
+            let unique = tables::unique(ns);
+            let holder: Option<String> = match unique {
+                Some(u) => conn.prepare_cached(u.owner)?.query_row([value], |r| r.get(0)),
+                None => conn
+                    .prepare_cached(tables::CLAIM_OWNER)?
+                    .query_row(params![ns, value], |r| r.get(0)),
+            }
+            .optional()?;
+            match holder {
+                Some(holder) if holder != *owner => return Err(WriteError::Conflict(ns.clone())),
+                Some(_) => {}
+                None => match unique {
+                    Some(u) => {
+                        if let Some(sql) = u.insert {
+                            conn.prepare_cached(sql)?.execute(params![value, owner])?;
+                        }
+                    }
+                    None => {
+                        conn.prepare_cached(tables::CLAIM_INSERT)?
+                            .execute(params![ns, value, owner])?;
+                    }
+                },
+            }
+        }
+        Write::Release { ns, value } => match tables::unique(ns) {
+            Some(u) => {
+                if let Some(sql) = u.delete {
+                    conn.prepare_cached(sql)?.execute([value])?;
+                }
+            }
+            None => {
+                conn.prepare_cached(tables::CLAIM_DELETE)?
+                    .execute(params![ns, value])?;
+            }
+        },
+        Write::Expect { kind, id, version } => {
+            let st = tables::of(kind).ok_or_else(|| unknown(kind))?;
+            let current: Option<i64> = conn
+                .prepare_cached(&st.version)?
+                .query_row([id], |r| r.get(1))
+                .optional()?;
+            let current = current.map(from_sql).transpose()?;
+            if current != *version {
+                return Err(WriteError::Conflict(format!("expect:{kind}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("readers", &self.readers.len())
+            .field(
+                "writer_running",
+                &self.writer.as_ref().is_some_and(|w| !w.is_finished()),
+            )
+            .finish()
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Readers first, so the writer's connection is the last one and its close checkpoints
+        // the WAL into the main file.
+        self.readers.clear();
+        drop(self.queue.take());
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("store writer thread panicked");
+        }
+        if let Some(dir) = self.temporary.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Reads rows of one table.
+fn query(
+    conn: &Connection,
+    st: &Statements,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<Row>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |r| tables::row(st.table, r))?;
+    rows.collect()
+}
+
+impl Store for SqliteStore {
+    fn get(&self, kind: &str, id: &str) -> Result<Option<Stored>, StoreError> {
+        let st = tables::of(kind).ok_or_else(|| unknown(kind))?;
+        let rows = self.read(|conn| query(conn, st, &st.get, [id]))?;
+        Ok(stored_rows(rows)?.pop().map(|(_, s)| s))
+    }
+
+    fn owner(&self, ns: &str, value: &str) -> Result<Option<String>, StoreError> {
+        self.read(|conn| {
+            match tables::unique(ns) {
+                Some(u) => conn.prepare_cached(u.owner)?.query_row([value], |r| r.get(0)),
+                None => conn
+                    .prepare_cached(tables::CLAIM_OWNER)?
+                    .query_row(params![ns, value], |r| r.get(0)),
+            }
+            .optional()
+        })
+    }
+
+    fn list(
+        &self,
+        index: &str,
+        key: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, StoreError> {
+        // Seqs are positive i64s, so clamping the bounds loses nothing.
+        let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+        let n = i64::try_from(limit).unwrap_or(i64::MAX);
+        let lists = tables::lists(index);
+        if lists.is_empty() {
+            return Err(StoreError::Unavailable(format!("no list {index}")));
+        }
+        let mut rows = Vec::new();
+        for (st, sql) in &lists {
+            rows.extend(self.read(|conn| query(conn, st, sql, params![key, before, n]))?);
+        }
+        if lists.len() > 1 {
+            // Several kinds in one list: merge by seq, newest first.
+            rows.sort_by(|a, b| b.1.cmp(&a.1));
+            rows.truncate(limit);
+        }
+        stored_rows(rows)
+    }
+
+    fn scan_back(
+        &self,
+        kind: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, StoreError> {
+        let st = tables::of(kind).ok_or_else(|| unknown(kind))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Ids are text; "\u{10FFFF}" sorts after any id, standing for "no upper bound".
+        let before = before.unwrap_or("\u{10FFFF}");
+        let rows = self.read(|conn| query(conn, st, &st.scan_back, params![before, limit]))?;
+        stored_rows(rows)
+    }
+
+    fn commit(&self, writes: Vec<Write>) -> Commit {
+        let gone = || StoreError::Unavailable("store writer thread gone".to_owned());
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .queue
+            .as_ref()
+            .is_some_and(|q| q.send(Job { writes, reply }).is_ok());
+        if !sent {
+            return Box::pin(std::future::ready(Err(gone())));
+        }
+        Box::pin(async move { answer.await.unwrap_or_else(|_| Err(gone())) })
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.writer.as_ref().is_none_or(JoinHandle::is_finished) {
+            return Err(StoreError::Unavailable(
+                "store writer thread gone".to_owned(),
+            ));
+        }
+        self.read(|conn| {
+            conn.prepare_cached("SELECT 1")?
+                .query_row([], |r| r.get::<_, i64>(0))
+        })
+        .map(drop)
+    }
+}
+

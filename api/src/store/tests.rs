@@ -1,0 +1,650 @@
+//! The store's contract, its durability and group commit, and the move of a version-1
+//! (generic records) database into the typed tables.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use rusqlite::Connection;
+use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
+
+use super::sqlite::{Job, MIGRATIONS, create_private, open_writer, run_batch};
+use super::tables::{TABLES, Ty};
+use super::*;
+
+fn obj(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("not an object"),
+    }
+}
+
+fn put(kind: &str, id: &str, body: Value, indexes: &[(&str, &str)]) -> Write {
+    Write::Put {
+        kind: kind.to_owned(),
+        id: id.to_owned(),
+        body: obj(body),
+        indexes: indexes
+            .iter()
+            .map(|(n, k)| ((*n).to_owned(), (*k).to_owned()))
+            .collect(),
+    }
+}
+
+/// A location of merchant `m` (a record with a list by merchant).
+fn location(id: &str, m: &str, name: &str) -> Write {
+    put(
+        "location",
+        id,
+        json!({"id": id, "merchant_id": m, "name": name, "address": {"city": "X"},
+               "timezone": null, "created_at": 1, "updated_at": 2}),
+        &[("locations", m)],
+    )
+}
+
+fn reseller(id: &str, ancestors: &[&str]) -> Write {
+    let mut tree: Vec<(&str, &str)> = ancestors.iter().map(|a| ("reseller_tree", *a)).collect();
+    tree.push(("reseller_tree", id));
+    put(
+        "reseller",
+        id,
+        json!({"id": id, "name": id, "parent_id": ancestors.last(), "ancestors": ancestors,
+               "branding": null, "portal_hosts": [], "created_at": 1, "updated_at": 1}),
+        &tree,
+    )
+}
+
+fn merchant(id: &str, resellers: &[&str]) -> Write {
+    let tree: Vec<(&str, &str)> = resellers.iter().map(|r| ("merchant_tree", *r)).collect();
+    put(
+        "merchant",
+        id,
+        json!({"id": id, "reseller_id": resellers.last(), "resellers": resellers, "name": id,
+               "mcc": "5812", "country": "DE", "currency": "EUR", "fee_template_id": null,
+               "tip_info": {}, "tax_info": {}, "surcharge_info": {}, "merchant_key": "k",
+               "terminal_parameters": null, "created_at": 1, "updated_at": 1}),
+        &tree,
+    )
+}
+
+fn user(id: &str, sub: &str) -> Write {
+    put(
+        "user",
+        id,
+        json!({"id": id, "email": "a@b", "name": null, "role": "platform_admin",
+               "idp_subject": sub, "merchant_id": null, "reseller_id": null,
+               "created_at": 1, "updated_at": 1}),
+        &[("users", "")],
+    )
+}
+
+fn nonce(id: &str, at: i64) -> Write {
+    put("nonce", id, json!({"id": id, "at": at}), &[])
+}
+
+fn del(kind: &str, id: &str) -> Write {
+    Write::Delete {
+        kind: kind.to_owned(),
+        id: id.to_owned(),
+    }
+}
+
+fn claim(ns: &str, value: &str, owner: &str) -> Write {
+    Write::Claim {
+        ns: ns.to_owned(),
+        value: value.to_owned(),
+        owner: owner.to_owned(),
+    }
+}
+
+fn release(ns: &str, value: &str) -> Write {
+    Write::Release {
+        ns: ns.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
+fn expect(kind: &str, id: &str, version: Option<u64>) -> Write {
+    Write::Expect {
+        kind: kind.to_owned(),
+        id: id.to_owned(),
+        version,
+    }
+}
+
+fn conflict(what: &str) -> Result<(), StoreError> {
+    Err(StoreError::Conflict(what.to_owned()))
+}
+
+fn get(store: &dyn Store, kind: &str, id: &str) -> Option<Stored> {
+    store.get(kind, id).unwrap()
+}
+
+fn seq(store: &dyn Store, kind: &str, id: &str) -> u64 {
+    get(store, kind, id).unwrap().seq
+}
+
+fn ids(store: &dyn Store, index: &str, key: &str) -> Vec<String> {
+    store
+        .list(index, key, None, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// The contract every implementation must meet.
+async fn contract(store: &dyn Store) {
+    store.check().unwrap();
+
+    // Put, get, replace: seq kept, version counted, fields as given.
+    assert_eq!(get(store, "location", "l1"), None);
+    store
+        .commit(vec![location("l1", "m1", "one")])
+        .await
+        .unwrap();
+    let l1 = get(store, "location", "l1").unwrap();
+    assert_eq!(l1.version, 1);
+    assert_eq!(l1.body["name"], "one");
+    assert_eq!(l1.body["address"], json!({"city": "X"}));
+    assert_eq!(l1.body["timezone"], Value::Null);
+    assert_eq!(get(store, "device", "l1"), None, "kind is part of the address");
+    store
+        .commit(vec![location("l1", "m1", "two")])
+        .await
+        .unwrap();
+    let l1b = get(store, "location", "l1").unwrap();
+    assert_eq!((l1b.seq, l1b.version), (l1.seq, 2), "replace keeps seq");
+    assert_eq!(l1b.body["name"], "two");
+
+    // Lists: newest first, cursor, limit, delete.
+    store
+        .commit(vec![
+            location("l2", "m1", "a"),
+            location("l3", "m2", "b"),
+            location("l4", "m1", "c"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ids(store, "locations", "m1"), ["l4", "l2", "l1"]);
+    let page = store
+        .list("locations", "m1", Some(seq(store, "location", "l4")), 1)
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].0, "l2");
+    store.commit(vec![del("location", "l2")]).await.unwrap();
+    store.commit(vec![del("location", "l2")]).await.unwrap();
+    assert_eq!(ids(store, "locations", "m1"), ["l4", "l1"]);
+    assert!(seq(store, "location", "l4") > seq(store, "location", "l3"));
+
+    // Join rows: the tree lists.
+    store
+        .commit(vec![
+            reseller("r1", &[]),
+            reseller("r2", &["r1"]),
+            merchant("mA", &["r1"]),
+            merchant("mB", &["r1", "r2"]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ids(store, "reseller_tree", "r1"), ["r2", "r1"]);
+    assert_eq!(ids(store, "reseller_children", "r1"), ["r2"]);
+    assert_eq!(ids(store, "reseller_children", ""), ["r1"]);
+    assert_eq!(ids(store, "merchant_tree", "r1"), ["mB", "mA"]);
+    assert_eq!(ids(store, "merchant_tree", "r2"), ["mB"]);
+    assert_eq!(ids(store, "merchants", ""), ["mB", "mA"]);
+
+    // Unique values: a table of their own, a column, and the generic claims.
+    store
+        .commit(vec![claim("portal_host", "a.example", "r1")])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.commit(vec![claim("portal_host", "a.example", "r2")]).await,
+        conflict("portal_host")
+    );
+    store
+        .commit(vec![claim("portal_host", "a.example", "r1")])
+        .await
+        .unwrap();
+    store
+        .commit(vec![
+            release("portal_host", "a.example"),
+            claim("portal_host", "a.example", "r2"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.owner("portal_host", "a.example").unwrap().as_deref(),
+        Some("r2")
+    );
+    store
+        .commit(vec![claim("user_sub", "s1", "u1"), user("u1", "s1")])
+        .await
+        .unwrap();
+    assert_eq!(store.owner("user_sub", "s1").unwrap().as_deref(), Some("u1"));
+    assert_eq!(
+        store.commit(vec![claim("user_sub", "s1", "u2"), user("u2", "s1")]).await,
+        conflict("user_sub")
+    );
+    assert_eq!(
+        store.commit(vec![user("u2", "s1")]).await,
+        conflict("constraint"),
+        "the UNIQUE column holds without a claim"
+    );
+    assert_eq!(get(store, "user", "u2"), None);
+    store
+        .commit(vec![claim("migration", "x", "done")])
+        .await
+        .unwrap();
+    assert_eq!(store.owner("migration", "x").unwrap().as_deref(), Some("done"));
+    store
+        .commit(vec![release("migration", "x")])
+        .await
+        .unwrap();
+    assert_eq!(store.owner("migration", "x").unwrap(), None);
+
+    // Expect: version or absence; a failure rolls back the whole batch.
+    store
+        .commit(vec![expect("location", "l1", Some(2)), location("l1", "m1", "3")])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .commit(vec![location("l9", "m1", "x"), expect("location", "l1", Some(2))])
+            .await,
+        conflict("expect:location")
+    );
+    assert_eq!(get(store, "location", "l9"), None, "all or nothing");
+    assert_eq!(
+        store.commit(vec![expect("location", "l1", None)]).await,
+        conflict("expect:location")
+    );
+    store
+        .commit(vec![location("l9", "m1", "x"), expect("location", "l9", Some(1))])
+        .await
+        .unwrap();
+
+    // Scan back by id; amounts, booleans and JSON round trip.
+    store
+        .commit(vec![nonce("0003:a", 3), nonce("0001:a", 1), nonce("0002:a", 2)])
+        .await
+        .unwrap();
+    let back: Vec<String> = store
+        .scan_back("nonce", Some("0003:a"), 10)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(back, ["0002:a", "0001:a"]);
+    for (kind, body) in samples() {
+        let id = body[key_of(kind)].as_str().unwrap().to_owned();
+        store
+            .commit(vec![put(kind, &id, Value::Object(body.clone()), &[])])
+            .await
+            .unwrap();
+        assert_eq!(get(store, kind, &id).unwrap().body, body, "{kind}");
+    }
+    assert!(!format!("{store:?}").contains("a.example"), "Debug shows no contents");
+}
+
+fn key_of(kind: &str) -> &'static str {
+    TABLES.iter().find(|t| t.kind == kind).unwrap().key
+}
+
+/// A body for every kind with every field set (`Text` "x-…", `Int` 7, `Bool` true, JSON, amounts)
+/// and one with every nullable field null.
+fn samples() -> Vec<(&'static str, Map<String, Value>)> {
+    let mut out = Vec::new();
+    for t in TABLES {
+        let mut body = Map::new();
+        body.insert(t.key.to_owned(), json!(format!("id-{}", t.kind)));
+        for (name, ty) in t.cols {
+            let v = match ty {
+                Ty::Text => json!(format!("x-{name}")),
+                Ty::Int => json!(7),
+                Ty::Bool => json!(true),
+                Ty::Json => json!({"k": [1, "a", {"n": null}], "s": "q\"uote"}),
+                Ty::Money => json!({"value": 1234, "currency": "EUR"}),
+            };
+            body.insert((*name).to_owned(), v);
+        }
+        out.push((t.kind, body));
+    }
+    out
+}
+
+#[tokio::test]
+async fn temporary_contract() {
+    let store = SqliteStore::temporary().unwrap();
+    contract(&store).await;
+}
+
+#[tokio::test]
+async fn file_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    contract(&store).await;
+}
+
+#[tokio::test]
+async fn durable_across_reopen_and_migrations_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .commit(vec![location("l1", "m", "1"), claim("ns", "v", "l1")])
+        .await
+        .unwrap();
+    // A commit whose future is dropped still happens, before later commits.
+    drop(store.commit(vec![location("l2", "m", "2")]));
+    store
+        .commit(vec![location("l3", "n", "3")])
+        .await
+        .unwrap();
+    let l1 = get(&store, "location", "l1").unwrap();
+    assert!(format!("{store:?}").contains("api.db"));
+    drop(store);
+
+    for _ in 0..2 {
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(get(&store, "location", "l1"), Some(l1.clone()));
+        assert_eq!(ids(&store, "locations", "m"), ["l2", "l1"]);
+        assert_eq!(store.owner("ns", "v").unwrap().as_deref(), Some("l1"));
+        store.check().unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .commit(vec![location("l4", "m", "4")])
+        .await
+        .unwrap();
+    assert!(seq(&store, "location", "l4") > seq(&store, "location", "l3"));
+    drop(store);
+
+    let conn = Connection::open(&path).unwrap();
+    let versions: Vec<i64> = conn
+        .prepare("SELECT version FROM schema_migrations ORDER BY version")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let expected: Vec<i64> = (1..=i64::try_from(MIGRATIONS.len()).unwrap()).collect();
+    assert_eq!(versions, expected);
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = Connection::open(&path).unwrap();
+    let future = i64::try_from(MIGRATIONS.len() + 1).unwrap();
+    conn.execute(
+        "INSERT INTO schema_migrations (version) VALUES (?1)",
+        [future],
+    )
+    .unwrap();
+    drop(conn);
+    match SqliteStore::open(&path) {
+        Err(StoreError::Unavailable(msg)) => assert!(msg.contains("newer"), "{msg}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn wrong_path_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing").join("api.db");
+    assert!(matches!(
+        SqliteStore::open(&path),
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_under_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("api.db")).unwrap());
+    // Tasks i and i + 100 reserve the same device id for different merchants with a location
+    // each: exactly one of each pair must win, and only the winner's location may be stored.
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("m{i}");
+            let device = format!("dev{}", i % 100);
+            let result = store
+                .commit(vec![
+                    location(&owner, "all", "x"),
+                    claim("device_id", &device, &owner),
+                ])
+                .await;
+            // A second wave that lands in whatever groups the first one left behind.
+            let logged = store.commit(vec![location(&format!("e{i}"), "events", "e")]);
+            (result, logged.await)
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        let (result, logged) = task.await.unwrap();
+        logged.unwrap();
+        results.push(result);
+    }
+    for i in 0..100 {
+        let (a, b) = (&results[i], &results[i + 100]);
+        let winner = match (a, b) {
+            (Ok(()), Err(StoreError::Conflict(ns))) if ns == "device_id" => i,
+            (Err(StoreError::Conflict(ns)), Ok(())) if ns == "device_id" => i + 100,
+            other => panic!("pair {i}: {other:?}"),
+        };
+        let loser = if winner == i { i + 100 } else { i };
+        let owner = store.owner("device_id", &format!("dev{i}")).unwrap();
+        assert_eq!(owner, Some(format!("m{winner}")));
+        assert!(get(&*store, "location", &format!("m{winner}")).is_some());
+        assert_eq!(get(&*store, "location", &format!("m{loser}")), None);
+    }
+    let events = store.list("locations", "events", None, 1000).unwrap();
+    assert_eq!(events.len(), 200);
+    let winners = store.list("locations", "all", None, 1000).unwrap();
+    assert_eq!(winners.len(), 100);
+    let mut seqs: Vec<u64> = winners.iter().chain(&events).map(|(_, s)| s.seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 300, "distinct seqs");
+    // Losers' rolled-back puts took no seq: the 300 stored records use 300 consecutive seqs.
+    assert_eq!(seqs.last().unwrap() - seqs.first().unwrap(), 299);
+}
+
+#[test]
+fn conflicting_job_in_a_group_does_not_roll_back_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.db");
+    create_private(&path).unwrap();
+    let mut conn = open_writer(&path, "FULL").unwrap();
+    let job = |writes| {
+        let (reply, answer) = oneshot::channel();
+        (Job { writes, reply }, answer)
+    };
+
+    let (held, mut held_answer) = job(vec![claim("device_id", "SN-1", "x")]);
+    run_batch(&mut conn, vec![held]);
+    assert_eq!(held_answer.try_recv().unwrap(), Ok(()));
+
+    // One group: A succeeds, B conflicts on its claim, C fails its Expect, D succeeds and
+    // sees A's write.
+    let (a, mut a_answer) = job(vec![
+        location("a", "d", "A"),
+        claim("device_id", "SN-2", "a"),
+    ]);
+    let (b, mut b_answer) = job(vec![
+        location("b", "d", "B"),
+        claim("device_id", "SN-1", "b"),
+    ]);
+    let (c, mut c_answer) = job(vec![
+        location("c", "d", "C"),
+        expect("location", "a", None),
+    ]);
+    let (d, mut d_answer) = job(vec![
+        expect("location", "a", Some(1)),
+        location("d", "d", "D"),
+        release("device_id", "SN-1"),
+    ]);
+    run_batch(&mut conn, vec![a, b, c, d]);
+    assert_eq!(a_answer.try_recv().unwrap(), Ok(()));
+    assert_eq!(b_answer.try_recv().unwrap(), conflict("device_id"));
+    assert_eq!(c_answer.try_recv().unwrap(), conflict("expect:location"));
+    assert_eq!(d_answer.try_recv().unwrap(), Ok(()));
+    drop(conn);
+
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(ids(&store, "locations", "d"), ["d", "a"]);
+    assert_eq!(get(&store, "location", "b"), None);
+    assert_eq!(get(&store, "location", "c"), None);
+    assert_eq!(seq(&store, "location", "d"), seq(&store, "location", "a") + 1);
+    assert_eq!(
+        store.owner("device_id", "SN-2").unwrap().as_deref(),
+        Some("a")
+    );
+    assert_eq!(store.owner("device_id", "SN-1").unwrap(), None);
+}
+
+/// A database written by the generic store (schema version 1) opens with every record, list
+/// entry and unique value in the typed tables.
+#[tokio::test]
+async fn version_1_database_moves_into_typed_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT);
+             INSERT INTO schema_migrations (version) VALUES (1);",
+        )
+        .unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        let mut seq = 0_i64;
+        let mut insert = |kind: &str, id: &str, body: &Value, idx: &[(&str, &str)]| {
+            seq += 1;
+            conn.execute(
+                "INSERT INTO records (kind, id, seq, body) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![kind, id, seq, serde_json::to_vec(body).unwrap()],
+            )
+            .unwrap();
+            for (name, key) in idx {
+                conn.execute(
+                    "INSERT INTO idx (name, key, seq, kind, id) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    rusqlite::params![name, key, seq, kind, id],
+                )
+                .unwrap();
+            }
+            conn.execute("UPDATE counter SET seq = ?1", [seq]).unwrap();
+        };
+        // Every kind with every field set, then realistic records with lists and nulls.
+        for (kind, body) in samples() {
+            let id = body[key_of(kind)].as_str().unwrap().to_owned();
+            insert(kind, &id, &Value::Object(body), &[]);
+        }
+        for w in [
+            reseller("r1", &[]),
+            reseller("r2", &["r1"]),
+            merchant("m1", &["r1", "r2"]),
+            location("l1", "m1", "shop"),
+            user("u1", "sub-1"),
+            put(
+                "idempotency",
+                "k1",
+                json!({"id": "k1", "request": "h", "status": 201, "body": "text answer",
+                       "created_at": 7200}),
+                &[("idempotency_hour", "2")],
+            ),
+            // Written before `auth_epoch` and the key-set fields existed (serde defaults).
+            put(
+                "device",
+                "d1",
+                json!({"device_id": "d1", "merchant_id": "m1", "model": "P", "serial": "S",
+                       "label": null, "location_id": null, "zone": "z", "status": "inactive",
+                       "terminal_id": null, "identity_key_id": "i", "identity_kcv": "K",
+                       "rotate_keys": false, "terminal_parameters": null,
+                       "created_at": 1, "updated_at": 1, "activated_at": null}),
+                &[("devices", "m1")],
+            ),
+        ] {
+            let Write::Put {
+                kind,
+                id,
+                body,
+                indexes,
+            } = w
+            else {
+                unreachable!()
+            };
+            let idx: Vec<(&str, &str)> =
+                indexes.iter().map(|(n, k)| (n.as_str(), k.as_str())).collect();
+            insert(&kind, &id, &Value::Object(body), &idx);
+        }
+        for (ns, value, owner) in [
+            ("portal_host", "p.example", "r1"),
+            ("device_id", "d1", "m1"),
+            ("terminal_id", "TID-000001", "d1"),
+            ("user_sub", "sub-1", "u1"),
+            ("migration", "pending-charges-before-checkpoints", "done"),
+        ] {
+            conn.execute(
+                "INSERT INTO uniq (ns, value, owner) VALUES (?1, ?2, ?3)",
+                [ns, value, owner],
+            )
+            .unwrap();
+        }
+    }
+
+    let store = SqliteStore::open(&path).unwrap();
+    for (i, (kind, body)) in samples().into_iter().enumerate() {
+        let id = body[key_of(kind)].as_str().unwrap().to_owned();
+        let got = get(&store, kind, &id).unwrap();
+        assert_eq!(got.body, body, "{kind}");
+        assert_eq!((got.seq, got.version), (u64::try_from(i).unwrap() + 1, 1));
+    }
+    assert_eq!(ids(&store, "reseller_tree", "r1"), ["r2", "r1"]);
+    assert_eq!(ids(&store, "reseller_children", "r1"), ["r2"]);
+    assert_eq!(ids(&store, "merchant_tree", "r2"), ["m1"]);
+    assert_eq!(ids(&store, "locations", "m1"), ["l1"]);
+    assert_eq!(ids(&store, "devices", "m1"), ["d1"]);
+    assert_eq!(ids(&store, "users", ""), ["u1"]);
+    assert_eq!(ids(&store, "idempotency_hour", "2"), ["k1"]);
+    let kept = get(&store, "idempotency", "k1").unwrap().body;
+    assert_eq!(kept["body"], "text answer");
+    let device = get(&store, "device", "d1").unwrap().body;
+    assert_eq!(device["auth_epoch"], 0);
+    assert_eq!(device["pairing_issued"], json!([]));
+    assert_eq!(device["rotate_keys"], false);
+    for (ns, value, owner) in [
+        ("portal_host", "p.example", "r1"),
+        ("device_id", "d1", "m1"),
+        ("terminal_id", "TID-000001", "d1"),
+        ("user_sub", "sub-1", "u1"),
+        ("migration", "pending-charges-before-checkpoints", "done"),
+    ] {
+        assert_eq!(store.owner(ns, value).unwrap().as_deref(), Some(owner), "{ns}");
+    }
+    // New records continue the sequence after the moved ones.
+    store
+        .commit(vec![location("l2", "m1", "new")])
+        .await
+        .unwrap();
+    assert_eq!(ids(&store, "locations", "m1"), ["l2", "l1"]);
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    let old: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_schema WHERE name IN ('records', 'idx', 'uniq')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(old, 0, "the generic tables are gone");
+}
