@@ -256,15 +256,11 @@ fn kept_requests(p: &Platform) -> Vec<String> {
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .unwrap();
-    let mut q = db
-        .prepare("SELECT body FROM records WHERE kind = 'idempotency'")
-        .unwrap();
-    q.query_map([], |row| row.get::<_, Vec<u8>>(0))
+    // The store's own table of kept answers (typed tables, issue 12).
+    let mut q = db.prepare("SELECT request FROM idempotency").unwrap();
+    q.query_map([], |row| row.get::<_, String>(0))
         .unwrap()
-        .map(|b| {
-            let v: Value = serde_json::from_slice(&b.unwrap()).unwrap();
-            v["request"].as_str().unwrap().to_owned()
-        })
+        .map(Result::unwrap)
         .collect()
 }
 
