@@ -74,9 +74,7 @@ impl Services {
             .0;
         let auth =
             Auth::with_signer(&config.auth, signer).unwrap_or_else(|e| unreachable!("auth: {e}"));
-        let store = SqliteStore::temporary()
-            .unwrap_or_else(|e| unreachable!("test store: {e}"));
-        Self::with_parts(config, Arc::new(store), auth)
-            .unwrap_or_else(|e| unreachable!("app: {e}"))
+        let store = SqliteStore::temporary().unwrap_or_else(|e| unreachable!("test store: {e}"));
+        Self::with_parts(config, Arc::new(store), auth).unwrap_or_else(|e| unreachable!("app: {e}"))
     }
 }

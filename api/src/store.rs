@@ -199,4 +199,3 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Cheap liveness check for `/health/ready`.
     fn check(&self) -> Result<(), StoreError>;
 }
-

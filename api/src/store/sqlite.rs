@@ -478,7 +478,9 @@ fn apply_write(conn: &Connection, write: &Write) -> Result<(), WriteError> {
         Write::Claim { ns, value, owner } => {
             let unique = tables::unique(ns);
             let holder: Option<String> = match unique {
-                Some(u) => conn.prepare_cached(u.owner)?.query_row([value], |r| r.get(0)),
+                Some(u) => conn
+                    .prepare_cached(u.owner)?
+                    .query_row([value], |r| r.get(0)),
                 None => conn
                     .prepare_cached(tables::CLAIM_OWNER)?
                     .query_row(params![ns, value], |r| r.get(0)),
@@ -578,7 +580,9 @@ impl Store for SqliteStore {
     fn owner(&self, ns: &str, value: &str) -> Result<Option<String>, StoreError> {
         self.read(|conn| {
             match tables::unique(ns) {
-                Some(u) => conn.prepare_cached(u.owner)?.query_row([value], |r| r.get(0)),
+                Some(u) => conn
+                    .prepare_cached(u.owner)?
+                    .query_row([value], |r| r.get(0)),
                 None => conn
                     .prepare_cached(tables::CLAIM_OWNER)?
                     .query_row(params![ns, value], |r| r.get(0)),
@@ -607,7 +611,7 @@ impl Store for SqliteStore {
         }
         if lists.len() > 1 {
             // Several kinds in one list: merge by seq, newest first.
-            rows.sort_by(|a, b| b.1.cmp(&a.1));
+            rows.sort_by_key(|r| std::cmp::Reverse(r.1));
             rows.truncate(limit);
         }
         stored_rows(rows)
@@ -653,4 +657,3 @@ impl Store for SqliteStore {
         .map(drop)
     }
 }
-

@@ -425,7 +425,10 @@ fn columns(t: &Table) -> Vec<String> {
 fn statements(t: &'static Table) -> Statements {
     let cols = columns(t);
     let (name, key) = (t.name, t.key);
-    let select = format!("SELECT {key}, seq, version, {} FROM {name}", cols.join(", "));
+    let select = format!(
+        "SELECT {key}, seq, version, {} FROM {name}",
+        cols.join(", ")
+    );
     let placeholders: Vec<String> = (4..cols.len() + 4).map(|i| format!("?{i}")).collect();
     let sets: Vec<String> = cols
         .iter()
@@ -469,7 +472,10 @@ pub(crate) fn lists(index: &str) -> Vec<(&'static Statements, String)> {
             let st = of(kind)?;
             Some((
                 st,
-                format!("{} WHERE ({filter}) AND seq < ?2 ORDER BY seq DESC LIMIT ?3", st.select),
+                format!(
+                    "{} WHERE ({filter}) AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+                    st.select
+                ),
             ))
         })
         .collect()
@@ -513,9 +519,9 @@ fn scalar(v: &Value, name: &str) -> Result<Sql, String> {
         Value::Bool(b) => Sql::Integer(i64::from(*b)),
         Value::Number(n) => match (n.as_i64(), n.as_u64()) {
             (Some(i), _) => Sql::Integer(i),
-            (None, Some(u)) => Sql::Integer(
-                i64::try_from(u).map_err(|_| format!("{name}: number out of range"))?,
-            ),
+            (None, Some(u)) => {
+                Sql::Integer(i64::try_from(u).map_err(|_| format!("{name}: number out of range"))?)
+            }
             _ => Sql::Real(n.as_f64().unwrap_or_default()),
         },
         Value::String(s) => Sql::Text(s.clone()),

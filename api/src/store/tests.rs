@@ -149,7 +149,11 @@ async fn contract(store: &dyn Store) {
     assert_eq!(l1.body["name"], "one");
     assert_eq!(l1.body["address"], json!({"city": "X"}));
     assert_eq!(l1.body["timezone"], Value::Null);
-    assert_eq!(get(store, "device", "l1"), None, "kind is part of the address");
+    assert_eq!(
+        get(store, "device", "l1"),
+        None,
+        "kind is part of the address"
+    );
     store
         .commit(vec![location("l1", "m1", "two")])
         .await
@@ -201,7 +205,9 @@ async fn contract(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(
-        store.commit(vec![claim("portal_host", "a.example", "r2")]).await,
+        store
+            .commit(vec![claim("portal_host", "a.example", "r2")])
+            .await,
         conflict("portal_host")
     );
     store
@@ -223,9 +229,14 @@ async fn contract(store: &dyn Store) {
         .commit(vec![claim("user_sub", "s1", "u1"), user("u1", "s1")])
         .await
         .unwrap();
-    assert_eq!(store.owner("user_sub", "s1").unwrap().as_deref(), Some("u1"));
     assert_eq!(
-        store.commit(vec![claim("user_sub", "s1", "u2"), user("u2", "s1")]).await,
+        store.owner("user_sub", "s1").unwrap().as_deref(),
+        Some("u1")
+    );
+    assert_eq!(
+        store
+            .commit(vec![claim("user_sub", "s1", "u2"), user("u2", "s1")])
+            .await,
         conflict("user_sub")
     );
     assert_eq!(
@@ -238,21 +249,27 @@ async fn contract(store: &dyn Store) {
         .commit(vec![claim("migration", "x", "done")])
         .await
         .unwrap();
-    assert_eq!(store.owner("migration", "x").unwrap().as_deref(), Some("done"));
-    store
-        .commit(vec![release("migration", "x")])
-        .await
-        .unwrap();
+    assert_eq!(
+        store.owner("migration", "x").unwrap().as_deref(),
+        Some("done")
+    );
+    store.commit(vec![release("migration", "x")]).await.unwrap();
     assert_eq!(store.owner("migration", "x").unwrap(), None);
 
     // Expect: version or absence; a failure rolls back the whole batch.
     store
-        .commit(vec![expect("location", "l1", Some(2)), location("l1", "m1", "3")])
+        .commit(vec![
+            expect("location", "l1", Some(2)),
+            location("l1", "m1", "3"),
+        ])
         .await
         .unwrap();
     assert_eq!(
         store
-            .commit(vec![location("l9", "m1", "x"), expect("location", "l1", Some(2))])
+            .commit(vec![
+                location("l9", "m1", "x"),
+                expect("location", "l1", Some(2))
+            ])
             .await,
         conflict("expect:location")
     );
@@ -262,13 +279,20 @@ async fn contract(store: &dyn Store) {
         conflict("expect:location")
     );
     store
-        .commit(vec![location("l9", "m1", "x"), expect("location", "l9", Some(1))])
+        .commit(vec![
+            location("l9", "m1", "x"),
+            expect("location", "l9", Some(1)),
+        ])
         .await
         .unwrap();
 
     // Scan back by id; amounts, booleans and JSON round trip.
     store
-        .commit(vec![nonce("0003:a", 3), nonce("0001:a", 1), nonce("0002:a", 2)])
+        .commit(vec![
+            nonce("0003:a", 3),
+            nonce("0001:a", 1),
+            nonce("0002:a", 2),
+        ])
         .await
         .unwrap();
     let back: Vec<String> = store
@@ -286,7 +310,10 @@ async fn contract(store: &dyn Store) {
             .unwrap();
         assert_eq!(get(store, kind, &id).unwrap().body, body, "{kind}");
     }
-    assert!(!format!("{store:?}").contains("a.example"), "Debug shows no contents");
+    assert!(
+        !format!("{store:?}").contains("a.example"),
+        "Debug shows no contents"
+    );
 }
 
 fn key_of(kind: &str) -> &'static str {
@@ -342,10 +369,7 @@ async fn durable_across_reopen_and_migrations_idempotent() {
         .unwrap();
     // A commit whose future is dropped still happens, before later commits.
     drop(store.commit(vec![location("l2", "m", "2")]));
-    store
-        .commit(vec![location("l3", "n", "3")])
-        .await
-        .unwrap();
+    store.commit(vec![location("l3", "n", "3")]).await.unwrap();
     let l1 = get(&store, "location", "l1").unwrap();
     assert!(format!("{store:?}").contains("api.db"));
     drop(store);
@@ -358,10 +382,7 @@ async fn durable_across_reopen_and_migrations_idempotent() {
         store.check().unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
-    store
-        .commit(vec![location("l4", "m", "4")])
-        .await
-        .unwrap();
+    store.commit(vec![location("l4", "m", "4")]).await.unwrap();
     assert!(seq(&store, "location", "l4") > seq(&store, "location", "l3"));
     drop(store);
 
@@ -485,10 +506,7 @@ fn conflicting_job_in_a_group_does_not_roll_back_neighbours() {
         location("b", "d", "B"),
         claim("device_id", "SN-1", "b"),
     ]);
-    let (c, mut c_answer) = job(vec![
-        location("c", "d", "C"),
-        expect("location", "a", None),
-    ]);
+    let (c, mut c_answer) = job(vec![location("c", "d", "C"), expect("location", "a", None)]);
     let (d, mut d_answer) = job(vec![
         expect("location", "a", Some(1)),
         location("d", "d", "D"),
@@ -505,7 +523,10 @@ fn conflicting_job_in_a_group_does_not_roll_back_neighbours() {
     assert_eq!(ids(&store, "locations", "d"), ["d", "a"]);
     assert_eq!(get(&store, "location", "b"), None);
     assert_eq!(get(&store, "location", "c"), None);
-    assert_eq!(seq(&store, "location", "d"), seq(&store, "location", "a") + 1);
+    assert_eq!(
+        seq(&store, "location", "d"),
+        seq(&store, "location", "a") + 1
+    );
     assert_eq!(
         store.owner("device_id", "SN-2").unwrap().as_deref(),
         Some("a")
@@ -583,8 +604,10 @@ async fn version_1_database_moves_into_typed_tables() {
             else {
                 unreachable!()
             };
-            let idx: Vec<(&str, &str)> =
-                indexes.iter().map(|(n, k)| (n.as_str(), k.as_str())).collect();
+            let idx: Vec<(&str, &str)> = indexes
+                .iter()
+                .map(|(n, k)| (n.as_str(), k.as_str()))
+                .collect();
             insert(&kind, &id, &Value::Object(body), &idx);
         }
         for (ns, value, owner) in [
@@ -629,7 +652,11 @@ async fn version_1_database_moves_into_typed_tables() {
         ("user_sub", "sub-1", "u1"),
         ("migration", "pending-charges-before-checkpoints", "done"),
     ] {
-        assert_eq!(store.owner(ns, value).unwrap().as_deref(), Some(owner), "{ns}");
+        assert_eq!(
+            store.owner(ns, value).unwrap().as_deref(),
+            Some(owner),
+            "{ns}"
+        );
     }
     // New records continue the sequence after the moved ones.
     store
