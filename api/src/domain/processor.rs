@@ -645,7 +645,9 @@ mod tests {
         let s = sim();
         let first = tokio::time::timeout(Duration::ZERO, s.authorize(req("4242424242424242", 1)));
         assert!(first.await.is_ok());
-        let slow = Simulator::new(Duration::from_millis(1), Duration::ZERO);
+        // Long enough that no scheduling delay between creating its sleep and polling it can
+        // make the sleep look over on the first poll (1 ms once did, on a loaded machine).
+        let slow = Simulator::new(Duration::from_secs(10), Duration::ZERO);
         let first =
             tokio::time::timeout(Duration::ZERO, slow.authorize(req("4242424242424242", 1)));
         assert!(first.await.is_err());
