@@ -236,7 +236,7 @@ pub struct NewCharge {
 /// 400 naming `tip.value`.
 pub fn check_total(amount: &Money, tip: Option<&Money>) -> Result<(), ApiError> {
     let total = amount.value.saturating_add(tip.map_or(0, |t| t.value));
-    if total > 999_999_999_999 {
+    if total > crate::wire::fields::MAX_MINOR {
         return Err(ApiError::field(
             "tip.value",
             "amount plus tip must be at most 12 digits",

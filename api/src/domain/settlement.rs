@@ -10,6 +10,7 @@ use crate::domain::charges::{Charge, ChargeStatus, Engine, Txn};
 use crate::domain::model::{Amount, Merchant};
 use crate::error::{ApiError, Code};
 use crate::store::db::{self, Record};
+use crate::wire::fields::MAX_MINOR;
 use crate::wire::ids;
 
 /// A settlement batch.
@@ -40,9 +41,6 @@ impl Settlement {
     }
 }
 
-/// Largest money value (12 digits): a batch's total stops short of it.
-const MAX_MONEY: u64 = 999_999_999_999;
-
 /// The charges one batch takes, oldest first, while the total stays within the money format;
 /// returns them, the total, and the creation time of the oldest charge left out.
 fn fill_batch(mut open: Vec<Charge>) -> (Vec<Charge>, u64, Option<i64>) {
@@ -52,7 +50,7 @@ fn fill_batch(mut open: Vec<Charge>) -> (Vec<Charge>, u64, Option<i64>) {
     let mut left_from: Option<i64> = None;
     for c in open {
         let net = c.total().saturating_sub(c.amount_refunded);
-        match total.checked_add(net).filter(|t| *t <= MAX_MONEY) {
+        match total.checked_add(net).filter(|t| *t <= MAX_MINOR) {
             Some(t) => {
                 total = t;
                 taken.push(c);
@@ -178,7 +176,7 @@ mod tests {
     fn a_batch_never_passes_twelve_digits() {
         let big = |id: &str, at: i64| {
             let mut c = charge(id, ChargeStatus::Approved, at);
-            c.amount.value = MAX_MONEY;
+            c.amount.value = MAX_MINOR;
             c
         };
         let small = charge("ch_0000000cSMALL00000000000", ChargeStatus::Approved, 30);
@@ -193,9 +191,9 @@ mod tests {
             ["ch_0000000aBIG100000000000"],
             "oldest first, the rest left"
         );
-        assert_eq!((total, left), (MAX_MONEY, Some(20)));
+        assert_eq!((total, left), (MAX_MINOR, Some(20)));
         let (taken, total, left) = fill_batch(vec![big("ch_0000000bBIG200000000000", 20), small]);
-        assert_eq!((taken.len(), total, left), (1, MAX_MONEY, Some(30)));
+        assert_eq!((taken.len(), total, left), (1, MAX_MINOR, Some(30)));
         let s = Settlement {
             settlement_id: "st_x".into(),
             merchant_id: "m".into(),

@@ -19,19 +19,6 @@ pub struct Money {
 }
 
 impl Money {
-    /// `{"value": "1500", "currency": "EUR"}`.
-    pub fn to_json(&self) -> Value {
-        json!({"value": self.value.to_string(), "currency": self.currency})
-    }
-
-    /// Zero of a currency.
-    pub fn zero(currency: &str) -> Self {
-        Self {
-            value: 0,
-            currency: currency.to_owned(),
-        }
-    }
-
     fn read(value: Value, at: &At<'_>, problems: &mut Problems, allow_zero: bool) -> Option<Self> {
         let Value::Object(mut obj) = value else {
             problems.fail(at, "must be an object");
@@ -104,7 +91,8 @@ pub fn tip_in_currency(amount: &Money, tip: Option<&MoneyOrZero>, problems: &mut
     }
 }
 
-/// The largest amount money can carry: 12 digits.
+/// The largest amount money can carry: 12 digits (the body readers, the total of a charge and
+/// a settlement's sum all hold to it).
 pub const MAX_MINOR: u64 = 999_999_999_999;
 
 /// Minor units: digits, no leading zeros, at most 12.

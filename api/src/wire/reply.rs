@@ -118,14 +118,6 @@ pub fn json<T: Serialize>(reply: &T) -> Value {
     serde_json::to_value(reply).unwrap_or(Value::Null)
 }
 
-/// Serialises a reply into the value handlers answer with.
-///
-/// # Errors
-/// Never in practice (replies hold strings, numbers and maps); reported as 500 if it did.
-pub fn to_value<T: Serialize>(reply: &T) -> Result<Value, crate::error::ApiError> {
-    serde_json::to_value(reply).map_err(|e| crate::error::ApiError::internal(&e))
-}
-
 impl Shape for &str {
     fn schema() -> Value {
         json!({"type": "string"})
@@ -353,7 +345,7 @@ mod tests {
             label: None,
             r#type: "x",
         };
-        let v = to_value(&t).unwrap();
+        let v = json(&t);
         assert_eq!(
             v,
             json!({"object": "thing", "id": "t1", "created_at": "1970-01-01T00:00:00Z",
@@ -373,7 +365,7 @@ mod tests {
             has_more: false,
             next_cursor: None,
         };
-        assert_eq!(to_value(&page).unwrap()["data"][0]["id"], "t1");
+        assert_eq!(json(&page)["data"][0]["id"], "t1");
         assert_eq!(
             Page::<Thing<'_>>::schema()["properties"]["data"]["items"]["required"][0],
             "object"
