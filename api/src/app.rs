@@ -22,23 +22,29 @@ impl Services {
     ///
     /// # Errors
     /// A message naming what could not be opened.
-    pub fn open(config: Config) -> Result<Self, String> {
+    pub async fn open(config: Config) -> Result<Self, String> {
         let store = SqliteStore::open(&config.database)
             .map_err(|e| format!("database {}: {e}", config.database.display()))?;
         let auth = Auth::new(&config.auth)?;
-        Self::with_parts(config, Arc::new(store), auth).map_err(|e| e.message().to_owned())
+        Self::with_parts(config, Arc::new(store), auth)
+            .await
+            .map_err(|e| e.message().to_owned())
     }
 
-    /// The services over given parts (tests use the in-memory store).
+    /// The services over given parts (tests use a temporary store).
     ///
     /// # Errors
     /// If the used nonces cannot be loaded.
-    pub fn with_parts(config: Config, store: Arc<dyn Store>, auth: Auth) -> Result<Self, ApiError> {
+    pub async fn with_parts(
+        config: Config,
+        store: Arc<dyn Store>,
+        auth: Auth,
+    ) -> Result<Self, ApiError> {
         let db = Db::new(store);
         let locks = Arc::new(Locks::default());
         Ok(Self {
             keyd: Keyd::new(config.keyd_socket.clone()),
-            replay: Replay::load(&db, crate::wire::time::now())?,
+            replay: Replay::load(&db, crate::wire::time::now()).await?,
             db: db.clone(),
             auth,
             locks: Arc::clone(&locks),
@@ -64,7 +70,7 @@ impl Services {
     /// The services on a temporary store with a fresh signing key and a keyd that is not
     /// there (unit tests of handlers and engines).
     #[cfg(test)]
-    pub(crate) fn for_tests() -> Self {
+    pub(crate) async fn for_tests() -> Self {
         let config = Config::parse(
             "listen = \"127.0.0.1:1\"\nplain_http = true\nkeyd_socket = \"/nonexistent\"\n",
         )
@@ -75,6 +81,8 @@ impl Services {
         let auth =
             Auth::with_signer(&config.auth, signer).unwrap_or_else(|e| unreachable!("auth: {e}"));
         let store = SqliteStore::temporary().unwrap_or_else(|e| unreachable!("test store: {e}"));
-        Self::with_parts(config, Arc::new(store), auth).unwrap_or_else(|e| unreachable!("app: {e}"))
+        Self::with_parts(config, Arc::new(store), auth)
+            .await
+            .unwrap_or_else(|e| unreachable!("app: {e}"))
     }
 }

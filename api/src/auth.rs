@@ -171,10 +171,10 @@ impl Auth {
 /// # Errors
 /// 401/`4010` for a deleted API client; 403/`4030` when no user record backs the token or the
 /// token does not carry the record's role.
-pub fn principal(auth: &Auth, db: &Db, claims: &Claims) -> Result<Principal, ApiError> {
+pub async fn principal(auth: &Auth, db: &Db, claims: &Claims) -> Result<Principal, ApiError> {
     let has = |role: Role| claims.roles.iter().any(|r| r == role.as_str());
     if crate::wire::ids::is_client_id(&claims.sub) && auth.is_embedded(claims) {
-        let client: ApiClient = db.get(&claims.sub)?.ok_or_else(unauthenticated)?;
+        let client: ApiClient = db.get(&claims.sub).await?.ok_or_else(unauthenticated)?;
         if !has(Role::MerchantAdmin) {
             return Err(ApiError::forbidden());
         }
@@ -203,8 +203,8 @@ pub fn principal(auth: &Auth, db: &Db, claims: &Claims) -> Result<Principal, Api
             token_exp: claims.exp,
         });
     }
-    let user: User = match db.owner("user_sub", &claims.sub)? {
-        Some(id) => db.get(&id)?,
+    let user: User = match db.owner("user_sub", &claims.sub).await? {
+        Some(id) => db.get(&id).await?,
         None => None,
     }
     .ok_or_else(|| {
@@ -243,8 +243,8 @@ pub fn principal(auth: &Auth, db: &Db, claims: &Claims) -> Result<Principal, Api
 ///
 /// # Errors
 /// 401/`4015`.
-pub fn require_session(db: &Db, p: &Principal, now: i64) -> Result<Session, ApiError> {
-    match db.get::<Session>(&p.sub)? {
+pub async fn require_session(db: &Db, p: &Principal, now: i64) -> Result<Session, ApiError> {
+    match db.get::<Session>(&p.sub).await? {
         Some(s) if s.expires_at >= now => Ok(s),
         _ => Err(ApiError::new(
             Code::NoSession,

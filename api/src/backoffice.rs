@@ -102,14 +102,14 @@ fn deleted(id: &str, object: &str) -> Value {
 // ---------------------------------------------------------------------------------------------
 // Finding objects with their tenancy.
 
-fn reseller(
+async fn reseller(
     app: &Backoffice<'_>,
     p: &Principal,
     id: &str,
     action: Action,
 ) -> Result<Reseller, ApiError> {
     let r: Reseller = if ids::is_uuid(id) {
-        app.db.find(id)?
+        app.db.find(id).await?
     } else {
         return Err(ApiError::not_found());
     };
@@ -118,14 +118,14 @@ fn reseller(
 }
 
 /// A merchant by id in a path, authorised for `action` (404 for a malformed id too).
-pub(crate) fn merchant(
+pub(crate) async fn merchant(
     app: &Backoffice<'_>,
     p: &Principal,
     id: &str,
     action: Action,
 ) -> Result<Merchant, ApiError> {
     let m: Merchant = if ids::is_uuid(id) {
-        app.db.find(id)?
+        app.db.find(id).await?
     } else {
         return Err(ApiError::not_found());
     };
@@ -134,7 +134,7 @@ pub(crate) fn merchant(
 }
 
 /// A child object: found by id, and 404 unless it belongs to `parent`.
-fn child<R: Record>(
+async fn child<R: Record>(
     app: &Backoffice<'_>,
     id: &str,
     valid: fn(&str) -> bool,
@@ -143,7 +143,7 @@ fn child<R: Record>(
     if !valid(id) {
         return Err(ApiError::not_found());
     }
-    let record: R = app.db.find(id)?;
+    let record: R = app.db.find(id).await?;
     if parent(&record) {
         Ok(record)
     } else {

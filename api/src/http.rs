@@ -367,9 +367,9 @@ async fn run(
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
             let claims = app.auth.verify(authorization, now).await?;
-            let principal = auth::principal(&app.auth, &app.db, &claims)?;
+            let principal = auth::principal(&app.auth, &app.db, &claims).await?;
             if route.access == Access::Bearer {
-                auth::require_session(&app.db, &principal, now)?;
+                auth::require_session(&app.db, &principal, now).await?;
             }
             Some(principal)
         }
@@ -435,7 +435,8 @@ async fn run(
     let path = parts.uri.path();
     let running = match app
         .idempotency
-        .begin(&app.db, &p.sub, "POST", path, key, &call.body, now)?
+        .begin(&app.db, &p.sub, "POST", path, key, &call.body, now)
+        .await?
     {
         crate::domain::idem::Begin::Replay(kept) if kept.status < 300 => {
             let status = StatusCode::from_u16(kept.status).unwrap_or(StatusCode::OK);
@@ -507,38 +508,38 @@ async fn dispatch(app: &Served, op: Op, call: &Call<'_>) -> Result<Reply, ApiErr
         Op::SessionInitiate => b::sessions::session_initiate(bo, call).await?,
         Op::ClientSession | Op::AuthToken => b::sessions::client_session(bo, call).await?,
         Op::ResellerCreate => b::resellers::reseller_create(bo, call).await?,
-        Op::ResellerList => b::resellers::reseller_list(bo, call)?,
-        Op::ResellerGet => b::resellers::reseller_get(bo, call)?,
+        Op::ResellerList => b::resellers::reseller_list(bo, call).await?,
+        Op::ResellerGet => b::resellers::reseller_get(bo, call).await?,
         Op::ResellerPatch => b::resellers::reseller_patch(bo, call).await?,
         Op::ResellerDelete => b::resellers::reseller_delete(bo, call).await?,
-        Op::ResellerHierarchy => b::resellers::reseller_hierarchy(bo, call)?,
+        Op::ResellerHierarchy => b::resellers::reseller_hierarchy(bo, call).await?,
         Op::FeeTemplateCreate => b::fee_templates::fee_template_create(bo, call).await?,
-        Op::FeeTemplateList => b::fee_templates::fee_template_list(bo, call)?,
-        Op::FeeTemplateGet => b::fee_templates::fee_template_get(bo, call)?,
+        Op::FeeTemplateList => b::fee_templates::fee_template_list(bo, call).await?,
+        Op::FeeTemplateGet => b::fee_templates::fee_template_get(bo, call).await?,
         Op::FeeTemplatePatch => b::fee_templates::fee_template_patch(bo, call).await?,
         Op::FeeTemplateDelete => b::fee_templates::fee_template_delete(bo, call).await?,
-        Op::BrandingGet => b::branding::branding_get(bo, call)?,
+        Op::BrandingGet => b::branding::branding_get(bo, call).await?,
         Op::BrandingPut => b::branding::branding_put(bo, call).await?,
-        Op::DomainsGet => b::branding::domains_get(bo, call)?,
+        Op::DomainsGet => b::branding::domains_get(bo, call).await?,
         Op::DomainsPut => b::branding::domains_put(bo, call).await?,
         Op::ResellerUserCreate => b::users::user_create(bo, call, Reseller).await?,
-        Op::ResellerUserList => b::users::user_list(bo, call, Reseller)?,
-        Op::ResellerUserGet => b::users::user_get(bo, call, Reseller)?,
+        Op::ResellerUserList => b::users::user_list(bo, call, Reseller).await?,
+        Op::ResellerUserGet => b::users::user_get(bo, call, Reseller).await?,
         Op::ResellerUserPatch => b::users::user_patch(bo, call, Reseller).await?,
         Op::ResellerUserDelete => b::users::user_delete(bo, call, Reseller).await?,
         Op::MerchantCreate => b::merchants::merchant_create(bo, call).await?,
-        Op::MerchantList => b::merchants::merchant_list(bo, call)?,
-        Op::MerchantGet => b::merchants::merchant_get(bo, call)?,
+        Op::MerchantList => b::merchants::merchant_list(bo, call).await?,
+        Op::MerchantGet => b::merchants::merchant_get(bo, call).await?,
         Op::MerchantPatch => b::merchants::merchant_patch(bo, call).await?,
         Op::MerchantParameters => b::merchants::merchant_parameters(bo, call).await?,
         Op::LocationCreate => b::locations::location_create(bo, call).await?,
-        Op::LocationList => b::locations::location_list(bo, call)?,
-        Op::LocationGet => b::locations::location_get(bo, call)?,
+        Op::LocationList => b::locations::location_list(bo, call).await?,
+        Op::LocationGet => b::locations::location_get(bo, call).await?,
         Op::LocationPatch => b::locations::location_patch(bo, call).await?,
         Op::LocationDelete => b::locations::location_delete(bo, call).await?,
         Op::DeviceCreate => b::devices::device_create(bo, call).await?,
-        Op::DeviceList => b::devices::device_list(bo, call)?,
-        Op::DeviceGet => b::devices::device_get(bo, call)?,
+        Op::DeviceList => b::devices::device_list(bo, call).await?,
+        Op::DeviceGet => b::devices::device_get(bo, call).await?,
         Op::DevicePatch => b::devices::device_patch(bo, call).await?,
         Op::DeviceDisable => b::devices::device_disable(bo, call).await?,
         Op::DeviceEnable => b::devices::device_enable(bo, call).await?,
@@ -546,16 +547,16 @@ async fn dispatch(app: &Served, op: Op, call: &Call<'_>) -> Result<Reply, ApiErr
         Op::DeviceRotateKeys => b::devices::device_rotate_keys(bo, call).await?,
         Op::DeviceParameters => b::devices::device_parameters(bo, call).await?,
         Op::UserCreate => b::users::user_create(bo, call, Merchant).await?,
-        Op::UserList => b::users::user_list(bo, call, Merchant)?,
-        Op::UserGet => b::users::user_get(bo, call, Merchant)?,
+        Op::UserList => b::users::user_list(bo, call, Merchant).await?,
+        Op::UserGet => b::users::user_get(bo, call, Merchant).await?,
         Op::UserPatch => b::users::user_patch(bo, call, Merchant).await?,
         Op::UserDelete => b::users::user_delete(bo, call, Merchant).await?,
         Op::ApiClientCreate => b::api_clients::api_client_create(bo, call).await?,
-        Op::ApiClientList => b::api_clients::api_client_list(bo, call)?,
+        Op::ApiClientList => b::api_clients::api_client_list(bo, call).await?,
         Op::ApiClientDelete => b::api_clients::api_client_delete(bo, call).await?,
-        Op::PosBootstrap => crate::pos::bootstrap(terminals, call)?,
+        Op::PosBootstrap => crate::pos::bootstrap(terminals, call).await?,
         Op::PosPairingCode => crate::pos::pairing_code(terminals, call).await?,
-        Op::PosStatus => crate::pos::status(terminals, call)?,
+        Op::PosStatus => crate::pos::status(terminals, call).await?,
         Op::PosClaim => crate::pos::claim(terminals, call).await?,
         Op::PosAttest => crate::pos::attest(terminals, call).await?,
         Op::PosKeys => crate::pos::keys(terminals, call).await?,
@@ -567,14 +568,14 @@ async fn dispatch(app: &Served, op: Op, call: &Call<'_>) -> Result<Reply, ApiErr
         Op::PosCancel => crate::pos::charges::cancel(terminals, call, "cancel").await?,
         Op::PosReverse => crate::pos::charges::cancel(terminals, call, "reverse").await?,
         Op::ChargeCreate => b::charges::create_backoffice(bo, call).await?,
-        Op::ChargeList => b::charges::list_backoffice(bo, call)?,
-        Op::ChargeGet => b::charges::get_backoffice(bo, call)?,
+        Op::ChargeList => b::charges::list_backoffice(bo, call).await?,
+        Op::ChargeGet => b::charges::get_backoffice(bo, call).await?,
         Op::ChargeRefund => b::charges::refund_backoffice(bo, call).await?,
         Op::ChargeCancel => b::charges::cancel_backoffice(bo, call).await?,
         Op::SettlementCreate => b::charges::settle(bo, call).await?,
-        Op::SettlementList => b::charges::settlements(bo, call)?,
-        Op::TransactionList => b::charges::transactions(bo, call)?,
-        Op::TransactionGet => b::charges::transaction(bo, call)?,
+        Op::SettlementList => b::charges::settlements(bo, call).await?,
+        Op::TransactionList => b::charges::transactions(bo, call).await?,
+        Op::TransactionGet => b::charges::transaction(bo, call).await?,
     };
     Ok(json(value))
 }
@@ -639,7 +640,7 @@ fn new_request_id() -> String {
 
 /// Ready when the store answers and keyd answers a ping within two seconds.
 async fn ready(app: &Served) -> Result<Value, ApiError> {
-    let storage = app.db.store().check().is_ok();
+    let storage = app.db.store().check().await.is_ok();
     let keyd = tokio::time::timeout(
         Duration::from_secs(2),
         app.keyd.call(&keyd_proto::message::Ping {}),

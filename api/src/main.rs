@@ -83,7 +83,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         let shutdown = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         tracing::info!(listen = %config.listen, https = tls.is_some(), "api listening");
-        let app = Arc::new(api::request::Services::open(config)?);
+        let app = Arc::new(api::request::Services::open(config).await?);
         // This start is on record before it makes a charge (see charges::recovery).
         api::domain::charges::recovery::register(&app.charges)
             .await

@@ -178,19 +178,19 @@ fn device_state(ok: bool) -> Result<(), ApiError> {
 }
 
 /// Activation calls: POS headers, then a registered `X-Device-Id`.
-fn activation(
+async fn activation(
     app: &Terminals<'_>,
     call: &Call<'_>,
     check_version: bool,
 ) -> Result<Device, ApiError> {
     pos_headers(app, call, check_version)?;
     let id = device_header(call)?;
-    app.db.find(&id)
+    app.db.find(&id).await
 }
 
 /// `POST /pos/bootstrap`.
-pub fn bootstrap(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let device = activation(app, call, false)?;
+pub async fn bootstrap(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+    let device = activation(app, call, false).await?;
     device_state(device.status != DeviceStatus::Disabled)?;
     Ok(reply::json(&replies::BootstrapReply {
         status: "ok",
@@ -200,12 +200,12 @@ pub fn bootstrap(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError
 }
 
 /// `GET /pos/status`.
-pub fn status(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let device = activation(app, call, true)?;
+pub async fn status(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+    let device = activation(app, call, true).await?;
     use replies::PairingCodeStatus as S;
     let code_status = match &device.pairing_code {
         None => S::None,
-        Some(code) => match app.db.get::<PairingCode>(code)? {
+        Some(code) => match app.db.get::<PairingCode>(code).await? {
             Some(c) if c.device_id == device.device_id => match c.status(call.now) {
                 PairingStatus::Pending => S::Pending,
                 PairingStatus::Used => S::Used,
@@ -226,10 +226,10 @@ pub fn status(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
 
 /// `POST /pos/pairing-code`: six characters, five minutes, one pending per device, ten an hour.
 pub async fn pairing_code(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let device = activation(app, call, true)?;
+    let device = activation(app, call, true).await?;
     device_state(device.status == DeviceStatus::Inactive)?;
     let _guard = app.locks.lock(&device.device_id).await;
-    let device: Device = app.db.find(&device.device_id)?;
+    let device: Device = app.db.find(&device.device_id).await?;
     device_state(device.status == DeviceStatus::Inactive)?;
     let now = call.now;
     let recent: Vec<i64> = device
@@ -253,7 +253,7 @@ pub async fn pairing_code(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value,
             .filter_map(|b| PAIRING_ALPHABET.get(usize::from(b % 32)))
             .map(|&c| char::from(c))
             .collect();
-        let previous = app.db.get_versioned::<PairingCode>(&code)?;
+        let previous = app.db.get_versioned::<PairingCode>(&code).await?;
         let free = previous
             .as_ref()
             .is_none_or(|(p, _)| p.ended(now).is_some_and(|ended| now - ended >= 86_400));
@@ -277,7 +277,7 @@ pub async fn pairing_code(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value,
     }];
     writes.push(db::put(&record)?);
     if let Some(old) = &device.pairing_code
-        && let Some(mut old) = app.db.get::<PairingCode>(old)?
+        && let Some(mut old) = app.db.get::<PairingCode>(old).await?
         && old.device_id == device.device_id
         && old.status(now) == PairingStatus::Pending
     {
@@ -337,7 +337,8 @@ pub async fn claim(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiErr
     let location_id = location_id.map(String::from);
     let (pairing, version) = app
         .db
-        .get_versioned::<PairingCode>(&code)?
+        .get_versioned::<PairingCode>(&code)
+        .await?
         .ok_or_else(ApiError::not_found)?;
     match pairing.status(call.now) {
         PairingStatus::Expired => {
@@ -351,8 +352,8 @@ pub async fn claim(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiErr
         }
         PairingStatus::Pending => {}
     }
-    let device: Device = app.db.find(&pairing.device_id)?;
-    let merchant: Merchant = app.db.find(&device.merchant_id)?;
+    let device: Device = app.db.find(&pairing.device_id).await?;
+    let merchant: Merchant = app.db.find(&device.merchant_id).await?;
     authorize(p, Action::Operate, &merchant.tenancy())?;
     if device_id.as_deref().is_some_and(|d| d != device.device_id) {
         return Err(ApiError::field(
@@ -361,7 +362,7 @@ pub async fn claim(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiErr
         ));
     }
     if let Some(l) = &location_id {
-        crate::domain::model::check_location(app.db, &merchant.id, l)?;
+        crate::domain::model::check_location(app.db, &merchant.id, l).await?;
     }
     device_state(device.status == DeviceStatus::Inactive)?;
     let _guard = app.locks.lock(&device.device_id).await;
@@ -411,7 +412,7 @@ async fn new_terminal_id(app: &Terminals<'_>, device_id: &str) -> Result<String,
     for _ in 0..64 {
         let n = u32::from_be_bytes(ids::random_bytes::<4>()?) % 1_000_000;
         let tid = format!("TID-{n:06}");
-        if app.db.owner("terminal_id", &tid)?.is_some() {
+        if app.db.owner("terminal_id", &tid).await?.is_some() {
             continue;
         }
         let claimed = app
@@ -439,7 +440,7 @@ pub async fn attest(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiEr
     let nonce = required(call, "x-nonce", crate::domain::replay::valid_nonce)?;
     let sig = signature(required(call, "x-signature", |s| signature(s).is_some())?)
         .ok_or_else(|| header_error("X-Signature"))?;
-    let device: Device = app.db.find(&device_id)?;
+    let device: Device = app.db.find(&device_id).await?;
     device_state(matches!(
         device.status,
         DeviceStatus::Claimed | DeviceStatus::Activated
@@ -512,7 +513,7 @@ fn token_hash(token: &str) -> String {
 ///
 /// # Errors
 /// 4001/4003, 4014, 4092.
-pub fn attested(app: &Terminals<'_>, call: &Call<'_>) -> Result<Device, ApiError> {
+pub async fn attested(app: &Terminals<'_>, call: &Call<'_>) -> Result<Device, ApiError> {
     pos_headers(app, call, true)?;
     let bad = || {
         ApiError::new(
@@ -529,12 +530,14 @@ pub fn attested(app: &Terminals<'_>, call: &Call<'_>) -> Result<Device, ApiError
     let device_id = device_header(call)?;
     let record = app
         .db
-        .get::<Attestation>(&token_hash(token))?
+        .get::<Attestation>(&token_hash(token))
+        .await?
         .filter(|a| a.expires_at > call.now && a.device_id == device_id)
         .ok_or_else(bad)?;
     let device = app
         .db
-        .get::<Device>(&device_id)?
+        .get::<Device>(&device_id)
+        .await?
         .filter(|d| d.auth_epoch == record.epoch)
         .ok_or_else(bad)?;
     device_state(matches!(
@@ -547,7 +550,7 @@ pub fn attested(app: &Terminals<'_>, call: &Call<'_>) -> Result<Device, ApiError
 /// `POST /pos/keys`: the device's key set as TR-31 version D blocks (made on first call, after
 /// expiry, or after a scheduled rotation).
 pub async fn keys(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let device = attested(app, call)?;
+    let device = attested(app, call).await?;
     let set = current_key_set(app, &device, call.now).await?;
     let export = app
         .keyd
@@ -611,7 +614,7 @@ async fn current_key_set(
     now: i64,
 ) -> Result<KeySetRef, ApiError> {
     let _guard = app.locks.lock(&device.device_id).await;
-    let device: Device = app.db.find(&device.device_id)?;
+    let device: Device = app.db.find(&device.device_id).await?;
     if let Some(set) = &device.key_set
         && set.expires_at > now
         && !device.rotate_keys
@@ -656,11 +659,11 @@ async fn current_key_set(
 }
 
 /// The config JSON of section 7.
-fn config_json(app: &Terminals<'_>, device: &Device) -> Result<Value, ApiError> {
-    let merchant: Merchant = app.db.find(&device.merchant_id)?;
-    let reseller: Option<Reseller> = app.db.get(&merchant.reseller_id)?;
+async fn config_json(app: &Terminals<'_>, device: &Device) -> Result<Value, ApiError> {
+    let merchant: Merchant = app.db.find(&device.merchant_id).await?;
+    let reseller: Option<Reseller> = app.db.get(&merchant.reseller_id).await?;
     let location = match &device.location_id {
-        Some(l) => app.db.get::<Location>(l)?.map(|l| {
+        Some(l) => app.db.get::<Location>(l).await?.map(|l| {
             json!({"location_id": l.id, "name": l.name, "address": l.address,
                    "timezone": l.timezone})
         }),
@@ -699,9 +702,9 @@ fn need_key_set(device: &Device) -> Result<KeySetRef, ApiError> {
 
 /// `POST /pos/config`.
 pub async fn config(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let device = attested(app, call)?;
+    let device = attested(app, call).await?;
     let set = need_key_set(&device)?;
-    envelope::seal(app.keyd, &set.msk_key_id, &config_json(app, &device)?).await
+    envelope::seal(app.keyd, &set.msk_key_id, &config_json(app, &device).await?).await
 }
 
 /// Platform defaults of the terminal parameters.
@@ -745,9 +748,9 @@ pub fn merge(base: &mut Value, over: &Value) {
 
 /// `POST /pos/terminal-parameters`.
 pub async fn terminal_parameters(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let device = attested(app, call)?;
+    let device = attested(app, call).await?;
     let set = need_key_set(&device)?;
-    let merchant: Merchant = app.db.find(&device.merchant_id)?;
+    let merchant: Merchant = app.db.find(&device.merchant_id).await?;
     let mut params = platform_parameters();
     merge(&mut params, &model_parameters(&device.model));
     if let Some(o) = &merchant.terminal_parameters {
@@ -761,7 +764,7 @@ pub async fn terminal_parameters(app: &Terminals<'_>, call: &Call<'_>) -> Result
 
 /// `POST /pos/activate`: the envelope is checked in every state; the flags must all be true.
 pub async fn activate(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let device = attested(app, call)?;
+    let device = attested(app, call).await?;
     let set = need_key_set(&device)?;
     let sealed = envelope::parse(&call.body, &set.msk_kcv)?;
     let (inner, _) = envelope::open(app.keyd, &sealed, &set.msk_key_id).await?;
@@ -834,8 +837,8 @@ mod tests {
         assert_eq!(signature("v1=AAAA"), None);
     }
 
-    fn app() -> Services {
-        Services::for_tests()
+    async fn app() -> Services {
+        Services::for_tests().await
     }
 
     fn device(status: DeviceStatus, epoch: u64) -> Device {
@@ -866,7 +869,7 @@ mod tests {
 
     #[tokio::test]
     async fn attestation_tokens_expire_and_die_with_the_epoch() {
-        let app = app();
+        let app = app().await;
         let now = crate::wire::time::now();
         let token = format!("att_{}", "A".repeat(43));
         let put = |d: Device, expires_at: i64, epoch: u64| {
@@ -897,7 +900,6 @@ mod tests {
             now,
             principal: None,
         };
-        let code = |app: &Terminals<'_>| attested(app, &call).err().map(|e| e.code());
         let conflict = ApiError::new(Code::Conflict, "x");
         app.db
             .commit(
@@ -906,7 +908,13 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(code(&Terminals::of(&app)), None);
+        assert_eq!(
+            attested(&Terminals::of(&app), &call)
+                .await
+                .err()
+                .map(|e| e.code()),
+            None
+        );
         // Expired.
         app.db
             .commit(
@@ -915,7 +923,13 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(code(&Terminals::of(&app)), Some(Code::AttestationInvalid));
+        assert_eq!(
+            attested(&Terminals::of(&app), &call)
+                .await
+                .err()
+                .map(|e| e.code()),
+            Some(Code::AttestationInvalid)
+        );
         // Disabled and re-enabled since (the epoch moved on).
         app.db
             .commit(
@@ -924,7 +938,13 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(code(&Terminals::of(&app)), Some(Code::AttestationInvalid));
+        assert_eq!(
+            attested(&Terminals::of(&app), &call)
+                .await
+                .err()
+                .map(|e| e.code()),
+            Some(Code::AttestationInvalid)
+        );
         // A good token on a device in the wrong state.
         app.db
             .commit(
@@ -933,7 +953,13 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(code(&Terminals::of(&app)), Some(Code::DeviceState));
+        assert_eq!(
+            attested(&Terminals::of(&app), &call)
+                .await
+                .err()
+                .map(|e| e.code()),
+            Some(Code::DeviceState)
+        );
     }
 
     #[test]

@@ -151,17 +151,29 @@ impl std::error::Error for StoreError {}
 /// than one that happened unobserved, and the store cannot un-queue it atomically anyway).
 pub type Commit = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
 
+/// A pending read.
+///
+/// The query is queued when the method is called and runs on the store's own threads (SQLite)
+/// or connection pool (PostgreSQL), never on the caller's async worker: a read that waits on
+/// the disk, a lock or the network must not stall every other request that worker serves.
+/// Dropping the future abandons the answer, not the query (reads have no effects).
+pub type Read<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// Rows of a listing or scan: `(id, record)` pairs.
+pub type Rows = Vec<(String, Stored)>;
+
 /// The store interface ([`SqliteStore`]; PostgreSQL next).
 ///
-/// Reads are synchronous because they are short indexed lookups on a pool of connections that
-/// no writer blocks (WAL); calling them from async code is intended (see ARCHITECTURE.md). Writes are asynchronous because durability (fsync) takes milliseconds and is
-/// shared between concurrent callers (group commit).
+/// Every operation is asynchronous and takes owned copies of its arguments, so that the work
+/// happens off the caller's thread: writes because durability (fsync) takes milliseconds and is
+/// shared between concurrent callers (group commit), reads because even an indexed lookup can
+/// wait on the disk or on a lock held by another process.
 pub trait Store: Send + Sync + fmt::Debug {
     /// The record `(kind, id)`, if present.
-    fn get(&self, kind: &str, id: &str) -> Result<Option<Stored>, StoreError>;
+    fn get(&self, kind: &str, id: &str) -> Read<Option<Stored>>;
 
     /// Who holds `value` in `ns`.
-    fn owner(&self, ns: &str, value: &str) -> Result<Option<String>, StoreError>;
+    fn owner(&self, ns: &str, value: &str) -> Read<Option<String>>;
 
     /// Records in index `(index, key)`, newest first (descending seq), only those with
     /// `seq < before` when given, at most `limit`. Returns `(id, Stored)` pairs.
@@ -169,25 +181,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Used for cursor pagination: the next page is asked with `before` = the seq of the last
     /// record of the previous page, which stays correct while records are added (they get
     /// larger seqs) or removed. One index may hold records of several kinds.
-    fn list(
-        &self,
-        index: &str,
-        key: &str,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<(String, Stored)>, StoreError>;
+    fn list(&self, index: &str, key: &str, before: Option<u64>, limit: usize) -> Read<Rows>;
 
     /// Records of one kind by descending id, only ids `< before` when given, at most `limit`.
     ///
     /// With ids that start with their creation time this reads the newest records first, which
     /// is what crash recovery needs (the work a crash interrupted is the newest) without an
     /// index entry per record.
-    fn scan_back(
-        &self,
-        kind: &str,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Stored)>, StoreError>;
+    fn scan_back(&self, kind: &str, before: Option<&str>, limit: usize) -> Read<Rows>;
 
     /// Applies all writes atomically and durably.
     ///
@@ -196,6 +197,6 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// disk (fsync'd), so an acknowledged write survives kill -9.
     fn commit(&self, writes: Vec<Write>) -> Commit;
 
-    /// Cheap liveness check for `/health/ready`.
-    fn check(&self) -> Result<(), StoreError>;
+    /// Cheap liveness check for `/health/ready`: the writer is running and a read answers.
+    fn check(&self) -> Read<()>;
 }

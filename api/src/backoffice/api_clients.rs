@@ -29,7 +29,7 @@ crate::body! {
 
 /// `POST /merchants/{id}/api-clients`: the secret is in this answer and nowhere else.
 pub async fn api_client_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
+    let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant).await?;
     let ApiClientCreate { name } = if call.body.is_empty() {
         ApiClientCreate { name: None }
     } else {
@@ -65,22 +65,24 @@ pub async fn api_client_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<
 }
 
 /// `GET /merchants/{id}/api-clients`.
-pub fn api_client_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let m = merchant(app, call.who()?, call.param(0), Action::Read)?;
+pub async fn api_client_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+    let m = merchant(app, call.who()?, call.param(0), Action::Read).await?;
     let (limit, after) = call.page()?;
     let page = app
         .db
-        .page::<ApiClient>("api_clients", &m.id, after, limit)?;
+        .page::<ApiClient>("api_clients", &m.id, after, limit)
+        .await?;
     let items = page.items.iter().map(ApiClient::to_json).collect();
     Ok(list(items, page.has_more, "client_id"))
 }
 
 /// `DELETE /merchants/{id}/api-clients/{client_id}`: its tokens stop working at once.
 pub async fn api_client_delete(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
+    let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant).await?;
     let c = child(app, call.param(1), ids::is_client_id, |c: &ApiClient| {
         c.merchant_id == m.id
-    })?;
+    })
+    .await?;
     app.db
         .commit(
             vec![

@@ -81,18 +81,15 @@ fn domains_json(r: &Reseller) -> Value {
 }
 
 /// `GET /resellers/{id}/branding`.
-pub fn branding_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    Ok(branding_json(&reseller(
-        app,
-        call.who()?,
-        call.param(0),
-        Action::Read,
-    )?))
+pub async fn branding_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+    Ok(branding_json(
+        &reseller(app, call.who()?, call.param(0), Action::Read).await?,
+    ))
 }
 
 /// `PUT /resellers/{id}/branding`.
 pub async fn branding_put(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let r = reseller(app, call.who()?, call.param(0), Action::ManageReseller)?;
+    let r = reseller(app, call.who()?, call.param(0), Action::ManageReseller).await?;
     let b: Branding = body::parse(&call.body)?;
     let mut branding = Map::new();
     let fields: [(&str, Option<String>); 5] = [
@@ -120,14 +117,14 @@ pub async fn branding_put(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value
 }
 
 /// `GET /resellers/{id}/domains`.
-pub fn domains_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let r = reseller(app, call.who()?, call.param(0), Action::Read)?;
+pub async fn domains_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+    let r = reseller(app, call.who()?, call.param(0), Action::Read).await?;
     Ok(domains_json(&r))
 }
 
 /// `PUT /resellers/{id}/domains`: a host belongs to at most one reseller.
 pub async fn domains_put(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let r = reseller(app, call.who()?, call.param(0), Action::ManageReseller)?;
+    let r = reseller(app, call.who()?, call.param(0), Action::ManageReseller).await?;
     let Domains { portal_hosts } = body::parse(&call.body)?;
     let mut hosts: Vec<String> = portal_hosts.0.into_iter().map(String::from).collect();
     hosts.sort();

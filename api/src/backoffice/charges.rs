@@ -24,7 +24,7 @@ use crate::wire::fields::{CardNumber, Cvc, Id, Money, MoneyOrZero, tip_in_curren
 use crate::wire::ids;
 use crate::wire::reply::Choices;
 
-fn merchant_of_call(
+async fn merchant_of_call(
     app: &Backoffice<'_>,
     p: &Principal,
     given: Option<&str>,
@@ -40,7 +40,7 @@ fn merchant_of_call(
             ));
         }
     };
-    crate::backoffice::merchant(app, p, &id, action)
+    crate::backoffice::merchant(app, p, &id, action).await
 }
 
 /// Runs a keyed request through the idempotency table: a replay answers the kept answer.
@@ -61,7 +61,8 @@ where
     };
     match app
         .idempotency
-        .begin(app.db, scope, "POST", path, key, request, call.now)?
+        .begin(app.db, scope, "POST", path, key, request, call.now)
+        .await?
     {
         Begin::Replay(kept) if kept.status < 300 => Ok(kept.body),
         Begin::Replay(kept) => Err(ApiError::from_stored(&kept.body)),
@@ -253,7 +254,7 @@ async fn create_backoffice_inner(
         description,
         metadata,
     } = body;
-    let merchant = merchant_of_call(app, p, merchant_id.as_deref(), Action::Operate)?;
+    let merchant = merchant_of_call(app, p, merchant_id.as_deref(), Action::Operate).await?;
     check_total(&amount, tip.as_ref())?;
     if amount.currency != merchant.currency {
         return Err(ApiError::field(
@@ -262,7 +263,7 @@ async fn create_backoffice_inner(
         ));
     }
     if let Some(l) = &location_id {
-        crate::domain::model::check_location(app.db, &merchant.id, l)?;
+        crate::domain::model::check_location(app.db, &merchant.id, l).await?;
     }
     let fingerprint = crate::keyd::ops::pan_fingerprint(app.keyd, &number).await?;
     let charge = charges::create(
@@ -292,7 +293,7 @@ async fn create_backoffice_inner(
     Ok(charge.to_json())
 }
 
-fn visible_charge(
+async fn visible_charge(
     app: &Backoffice<'_>,
     p: &Principal,
     id: &str,
@@ -301,26 +302,31 @@ fn visible_charge(
     if !ids::is_prefixed(id, "ch_", 20) {
         return Err(ApiError::not_found());
     }
-    let c: Charge = app.db.find(id)?;
+    let c: Charge = app.db.find(id).await?;
     authorize(p, action, &c.tenancy())?;
     Ok(c)
 }
 
 /// `GET /charges/{id}`.
-pub fn get_backoffice(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    Ok(visible_charge(app, call.who()?, call.param(0), Action::Read)?.to_json())
+pub async fn get_backoffice(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+    Ok(
+        visible_charge(app, call.who()?, call.param(0), Action::Read)
+            .await?
+            .to_json(),
+    )
 }
 
 /// `GET /charges`.
-pub fn list_backoffice(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn list_backoffice(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let merchant = merchant_of_call(app, p, call.query("merchant_id"), Action::Read)?;
+    let merchant = merchant_of_call(app, p, call.query("merchant_id"), Action::Read).await?;
     let (limit, after) = call.page()?;
     let page = app
         .db
         .page_filtered::<Txn>("transactions", &merchant.id, after, limit, |t| {
             matches!(t, Txn::Charge(_))
-        })?;
+        })
+        .await?;
     let items = page
         .items
         .iter()
@@ -335,7 +341,7 @@ pub fn list_backoffice(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, A
 /// `POST /charges/{id}/refund`.
 pub async fn refund_backoffice(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let charge = visible_charge(app, p, call.param(0), Action::Operate)?;
+    let charge = visible_charge(app, p, call.param(0), Action::Operate).await?;
     let obj = if call.body.is_empty() {
         Map::new()
     } else {
@@ -376,7 +382,7 @@ pub async fn refund_backoffice(app: &Backoffice<'_>, call: &Call<'_>) -> Result<
 /// `POST /charges/{id}/cancel`.
 pub async fn cancel_backoffice(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let charge = visible_charge(app, p, call.param(0), Action::Operate)?;
+    let charge = visible_charge(app, p, call.param(0), Action::Operate).await?;
     let path = format!("/charges/{}/cancel", charge.charge_id);
     keyed(app, call, &p.sub, &path, &call.body, |running| async move {
         charges::cancel(
@@ -398,28 +404,29 @@ pub async fn cancel_backoffice(app: &Backoffice<'_>, call: &Call<'_>) -> Result<
 /// `POST /merchants/{id}/settlements`: closes the batch.
 pub async fn settle(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::ManageMerchant)?;
+    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::ManageMerchant).await?;
     Ok(settlement::settle(app.charges, &merchant, call.now)
         .await?
         .to_json())
 }
 
 /// `GET /merchants/{id}/settlements`.
-pub fn settlements(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn settlements(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read)?;
+    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read).await?;
     let (limit, after) = call.page()?;
     let page = app
         .db
-        .page::<Settlement>("settlements", &merchant.id, after, limit)?;
+        .page::<Settlement>("settlements", &merchant.id, after, limit)
+        .await?;
     let items = page.items.iter().map(Settlement::to_json).collect();
     Ok(list(items, page.has_more, "settlement_id"))
 }
 
 /// `GET /merchants/{id}/transactions`.
-pub fn transactions(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn transactions(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read)?;
+    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read).await?;
     let (limit, after) = call.page()?;
     let time = |name: &str| -> Result<Option<i64>, ApiError> {
         call.query(name)
@@ -442,7 +449,7 @@ pub fn transactions(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiE
     // The cursor may name a charge or a refund.
     let after = match after {
         Some(id) if ids::is_prefixed(id, "re_", 20) => {
-            if app.db.seq::<Refund>(id)?.is_none() {
+            if app.db.seq::<Refund>(id).await?.is_none() {
                 return Err(ApiError::field("starting_after", "unknown cursor"));
             }
             Some(id)
@@ -451,7 +458,7 @@ pub fn transactions(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiE
     };
     let page = match after {
         Some(id) if id.starts_with("re_") => {
-            let seq = app.db.seq::<Refund>(id)?.unwrap_or_default();
+            let seq = app.db.seq::<Refund>(id).await?.unwrap_or_default();
             app.db
                 .page_before::<Txn>("transactions", &merchant.id, seq, limit, |t| {
                     keep_txn(
@@ -462,20 +469,23 @@ pub fn transactions(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiE
                         location.as_deref(),
                         terminal.as_deref(),
                     )
-                })?
+                })
+                .await?
         }
-        _ => app
-            .db
-            .page_filtered::<Txn>("transactions", &merchant.id, after, limit, |t| {
-                keep_txn(
-                    t,
-                    status.as_deref(),
-                    from,
-                    to,
-                    location.as_deref(),
-                    terminal.as_deref(),
-                )
-            })?,
+        _ => {
+            app.db
+                .page_filtered::<Txn>("transactions", &merchant.id, after, limit, |t| {
+                    keep_txn(
+                        t,
+                        status.as_deref(),
+                        from,
+                        to,
+                        location.as_deref(),
+                        terminal.as_deref(),
+                    )
+                })
+                .await?
+        }
     };
     let items = page.items.iter().map(Txn::to_json).collect();
     Ok(list(items, page.has_more, "id"))
@@ -509,14 +519,20 @@ fn keep_txn(
 }
 
 /// `GET /merchants/{id}/transactions/{id}`.
-pub fn transaction(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn transaction(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read)?;
+    let merchant = merchant_of_call(app, p, Some(call.param(0)), Action::Read).await?;
     let id = call.param(1);
     let txn = if ids::is_prefixed(id, "re_", 20) {
-        app.db.get::<Refund>(id)?.map(|r| Txn::Refund(Box::new(r)))
+        app.db
+            .get::<Refund>(id)
+            .await?
+            .map(|r| Txn::Refund(Box::new(r)))
     } else if ids::is_prefixed(id, "ch_", 20) {
-        app.db.get::<Charge>(id)?.map(|c| Txn::Charge(Box::new(c)))
+        app.db
+            .get::<Charge>(id)
+            .await?
+            .map(|c| Txn::Charge(Box::new(c)))
     } else {
         None
     };

@@ -85,7 +85,7 @@ crate::body! {
 /// `POST /merchants/{id}/devices`: the identity key is made in keyd; its secret is in this
 /// answer and nowhere else.
 pub async fn device_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
+    let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant).await?;
     let DeviceCreate {
         device_id,
         model,
@@ -100,11 +100,11 @@ pub async fn device_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Valu
     let location_id = location_id.map(String::from);
     let zone = zone.map(String::from);
     if let Some(l) = &location_id {
-        crate::domain::model::check_location(app.db, &m.id, l)?;
+        crate::domain::model::check_location(app.db, &m.id, l).await?;
     }
     let zone = zone.unwrap_or_else(|| app.platform.default_zone.clone());
     let taken = || conflict("a device with this device_id is already registered");
-    if app.db.owner("device_id", &device_id)?.is_some() {
+    if app.db.owner("device_id", &device_id).await?.is_some() {
         return Err(taken());
     }
     // Reserve the id first, so two registrations cannot both reach keyd.
@@ -160,30 +160,34 @@ pub async fn device_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Valu
     }))
 }
 
-fn device(app: &Backoffice<'_>, call: &Call<'_>, action: Action) -> Result<Device, ApiError> {
-    let m = merchant(app, call.who()?, call.param(0), action)?;
+async fn device(app: &Backoffice<'_>, call: &Call<'_>, action: Action) -> Result<Device, ApiError> {
+    let m = merchant(app, call.who()?, call.param(0), action).await?;
     child(app, call.param(1), ids::is_device_id, |d: &Device| {
         d.merchant_id == m.id
     })
+    .await
 }
 
 /// `GET /merchants/{id}/devices`.
-pub fn device_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let m = merchant(app, call.who()?, call.param(0), Action::Read)?;
+pub async fn device_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+    let m = merchant(app, call.who()?, call.param(0), Action::Read).await?;
     let (limit, after) = call.page()?;
-    let page = app.db.page::<Device>("devices", &m.id, after, limit)?;
+    let page = app
+        .db
+        .page::<Device>("devices", &m.id, after, limit)
+        .await?;
     let items = page.items.iter().map(Device::to_json).collect();
     Ok(list(items, page.has_more, "device_id"))
 }
 
 /// `GET /merchants/{id}/devices/{device_id}`.
-pub fn device_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    Ok(device(app, call, Action::Read)?.to_json())
+pub async fn device_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+    Ok(device(app, call, Action::Read).await?.to_json())
 }
 
 /// `PATCH /merchants/{id}/devices/{device_id}`.
 pub async fn device_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let d = device(app, call, Action::ManageMerchant)?;
+    let d = device(app, call, Action::ManageMerchant).await?;
     let DevicePatch {
         model,
         serial,
@@ -195,7 +199,7 @@ pub async fn device_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value
     let label = label.change().map(|l| l.map(String::from));
     let location = location_id.change().map(|l| l.map(String::from));
     if let Some(Some(l)) = &location {
-        crate::domain::model::check_location(app.db, &d.merchant_id, l)?;
+        crate::domain::model::check_location(app.db, &d.merchant_id, l).await?;
     }
     let now = call.now;
     let updated = app
@@ -219,7 +223,7 @@ pub async fn device_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value
 /// `POST …/disable`: the record first (every POS call checks it), then keyd drops the working
 /// keys. Disabling again answers the device again and repeats the revocation.
 pub async fn device_disable(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let d = device(app, call, Action::ManageMerchant)?;
+    let d = device(app, call, Action::ManageMerchant).await?;
     let now = call.now;
     let updated = app
         .db
@@ -241,7 +245,7 @@ pub async fn device_disable(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Val
 
 /// `POST …/enable`: back to `inactive` with keys and tokens revoked; the terminal id stays.
 pub async fn device_enable(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let d = device(app, call, Action::ManageMerchant)?;
+    let d = device(app, call, Action::ManageMerchant).await?;
     if d.status != DeviceStatus::Disabled {
         return Err(ApiError::new(
             Code::DeviceState,
@@ -273,7 +277,7 @@ pub async fn device_enable(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Valu
 
 /// `POST …/identity-keys`: a new identity key; the old one stops verifying at once.
 pub async fn device_identity_key(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let d = device(app, call, Action::ManageMerchant)?;
+    let d = device(app, call, Action::ManageMerchant).await?;
     let identity = crate::keyd::ops::rotate_identity(app.keyd, &d.device_id).await?;
     let now = call.now;
     let (key_id, kcv) = (identity.key_id.clone(), identity.kcv.clone());
@@ -295,7 +299,7 @@ pub async fn device_identity_key(app: &Backoffice<'_>, call: &Call<'_>) -> Resul
 
 /// `POST …/rotate-keys`: the next key delivery makes a new set.
 pub async fn device_rotate_keys(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let d = device(app, call, Action::ManageMerchant)?;
+    let d = device(app, call, Action::ManageMerchant).await?;
     let now = call.now;
     let updated = app
         .db
@@ -323,7 +327,7 @@ pub fn rotation_schema() -> Value {
 
 /// `PUT …/devices/{device_id}/terminal-parameters`.
 pub async fn device_parameters(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let d = device(app, call, Action::ManageMerchant)?;
+    let d = device(app, call, Action::ManageMerchant).await?;
     let params = body::object(&call.body)?;
     let now = call.now;
     app.db

@@ -80,7 +80,7 @@ fn bps(b: Bps) -> u32 {
 
 /// `POST /resellers/{id}/fee-templates`.
 pub async fn fee_template_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let r = reseller(app, call.who()?, call.param(0), Action::ManageReseller)?;
+    let r = reseller(app, call.who()?, call.param(0), Action::ManageReseller).await?;
     let f: FeeTemplateCreate = body::parse(&call.body)?;
     let t = FeeTemplate {
         id: ids::uuid()?,
@@ -98,36 +98,38 @@ pub async fn fee_template_create(app: &Backoffice<'_>, call: &Call<'_>) -> Resul
     Ok(t.to_json())
 }
 
-fn fee_template(
+async fn fee_template(
     app: &Backoffice<'_>,
     call: &Call<'_>,
     action: Action,
 ) -> Result<FeeTemplate, ApiError> {
-    let r = reseller(app, call.who()?, call.param(0), action)?;
+    let r = reseller(app, call.who()?, call.param(0), action).await?;
     child(app, call.param(1), ids::is_uuid, |t: &FeeTemplate| {
         t.reseller_id == r.id
     })
+    .await
 }
 
 /// `GET /resellers/{id}/fee-templates`.
-pub fn fee_template_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let r = reseller(app, call.who()?, call.param(0), Action::Read)?;
+pub async fn fee_template_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+    let r = reseller(app, call.who()?, call.param(0), Action::Read).await?;
     let (limit, after) = call.page()?;
     let page = app
         .db
-        .page::<FeeTemplate>("fee_templates", &r.id, after, limit)?;
+        .page::<FeeTemplate>("fee_templates", &r.id, after, limit)
+        .await?;
     let items = page.items.iter().map(FeeTemplate::to_json).collect();
     Ok(list(items, page.has_more, "id"))
 }
 
 /// `GET /resellers/{id}/fee-templates/{tid}`.
-pub fn fee_template_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    Ok(fee_template(app, call, Action::Read)?.to_json())
+pub async fn fee_template_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+    Ok(fee_template(app, call, Action::Read).await?.to_json())
 }
 
 /// `PATCH /resellers/{id}/fee-templates/{tid}`.
 pub async fn fee_template_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let t = fee_template(app, call, Action::ManageReseller)?;
+    let t = fee_template(app, call, Action::ManageReseller).await?;
     let f: FeeTemplatePatch = body::parse(&call.body)?;
     let name = f.name.map(String::from);
     let percent_bps = f.percent_bps.map(bps);
@@ -158,12 +160,13 @@ pub async fn fee_template_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result
 
 /// `DELETE /resellers/{id}/fee-templates/{tid}`: refused while a merchant uses it.
 pub async fn fee_template_delete(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let t = fee_template(app, call, Action::ManageReseller)?;
-    let in_use =
-        app.db
-            .page_filtered::<Merchant>("merchant_tree", &t.reseller_id, None, 1, |m| {
-                m.fee_template_id.as_deref() == Some(t.id.as_str())
-            })?;
+    let t = fee_template(app, call, Action::ManageReseller).await?;
+    let in_use = app
+        .db
+        .page_filtered::<Merchant>("merchant_tree", &t.reseller_id, None, 1, |m| {
+            m.fee_template_id.as_deref() == Some(t.id.as_str())
+        })
+        .await?;
     if !in_use.items.is_empty() {
         return Err(conflict("a merchant still uses this fee template"));
     }

@@ -62,7 +62,7 @@ crate::body! {
 
 /// `POST /merchants/{id}/locations`.
 pub async fn location_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
+    let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant).await?;
     let LocationCreate {
         name,
         address,
@@ -83,30 +83,38 @@ pub async fn location_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Va
     Ok(l.to_json())
 }
 
-fn location(app: &Backoffice<'_>, call: &Call<'_>, action: Action) -> Result<Location, ApiError> {
-    let m = merchant(app, call.who()?, call.param(0), action)?;
+async fn location(
+    app: &Backoffice<'_>,
+    call: &Call<'_>,
+    action: Action,
+) -> Result<Location, ApiError> {
+    let m = merchant(app, call.who()?, call.param(0), action).await?;
     child(app, call.param(1), ids::is_uuid, |l: &Location| {
         l.merchant_id == m.id
     })
+    .await
 }
 
 /// `GET /merchants/{id}/locations`.
-pub fn location_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let m = merchant(app, call.who()?, call.param(0), Action::Read)?;
+pub async fn location_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+    let m = merchant(app, call.who()?, call.param(0), Action::Read).await?;
     let (limit, after) = call.page()?;
-    let page = app.db.page::<Location>("locations", &m.id, after, limit)?;
+    let page = app
+        .db
+        .page::<Location>("locations", &m.id, after, limit)
+        .await?;
     let items = page.items.iter().map(Location::to_json).collect();
     Ok(list(items, page.has_more, "id"))
 }
 
 /// `GET /merchants/{id}/locations/{lid}`.
-pub fn location_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    Ok(location(app, call, Action::Read)?.to_json())
+pub async fn location_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+    Ok(location(app, call, Action::Read).await?.to_json())
 }
 
 /// `PATCH /merchants/{id}/locations/{lid}`.
 pub async fn location_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let l = location(app, call, Action::ManageMerchant)?;
+    let l = location(app, call, Action::ManageMerchant).await?;
     let LocationPatch {
         name,
         address,
@@ -133,12 +141,13 @@ pub async fn location_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Val
 
 /// `DELETE /merchants/{id}/locations/{lid}`: refused while a device is placed there.
 pub async fn location_delete(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let l = location(app, call, Action::ManageMerchant)?;
+    let l = location(app, call, Action::ManageMerchant).await?;
     let used = app
         .db
         .page_filtered::<Device>("devices", &l.merchant_id, None, 1, |d| {
             d.location_id.as_deref() == Some(l.id.as_str())
-        })?;
+        })
+        .await?;
     if !used.items.is_empty() {
         return Err(conflict("a device is still placed at this location"));
     }

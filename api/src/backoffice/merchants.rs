@@ -71,10 +71,10 @@ pub async fn merchant_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Va
         surcharge_info,
     } = body::parse(&call.body)?;
     let fee_template_id = fee_template_id.map(String::from);
-    let r = reseller(app, p, &reseller_id, Action::ManageReseller)?;
+    let r = reseller(app, p, &reseller_id, Action::ManageReseller).await?;
     let resellers = r.tenancy().resellers;
     if let Some(t) = &fee_template_id {
-        check_fee_template(app, t, &resellers, &currency)?;
+        check_fee_template(app, t, &resellers, &currency).await?;
     }
     let m = Merchant {
         id: ids::uuid()?,
@@ -102,13 +102,13 @@ pub async fn merchant_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Va
 /// A fee template must belong to a reseller above (or at) the merchant.
 /// A fee template must belong to a reseller above (or at) the merchant, and its fixed parts
 /// must be in the merchant's currency.
-fn check_fee_template(
+async fn check_fee_template(
     app: &Backoffice<'_>,
     id: &str,
     resellers: &[String],
     currency: &str,
 ) -> Result<(), ApiError> {
-    match app.db.get::<FeeTemplate>(id)? {
+    match app.db.get::<FeeTemplate>(id).await? {
         Some(t) if resellers.contains(&t.reseller_id) => {
             let fixed = t
                 .fixed
@@ -131,15 +131,23 @@ fn check_fee_template(
 }
 
 /// `GET /merchants`.
-pub fn merchant_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn merchant_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     allow(p, Action::Read)?;
     let (limit, after) = call.page()?;
     let page = match &p.scope {
-        Scope::Platform => app.db.page::<Merchant>("merchants", "", after, limit)?,
-        Scope::Reseller(r) => app.db.page::<Merchant>("merchant_tree", r, after, limit)?,
+        Scope::Platform => {
+            app.db
+                .page::<Merchant>("merchants", "", after, limit)
+                .await?
+        }
+        Scope::Reseller(r) => {
+            app.db
+                .page::<Merchant>("merchant_tree", r, after, limit)
+                .await?
+        }
         Scope::Merchant(m) => {
-            let mine: Merchant = app.db.find(m)?;
+            let mine: Merchant = app.db.find(m).await?;
             let show = after.is_none();
             db::Page {
                 items: if show { vec![mine] } else { Vec::new() },
@@ -152,14 +160,16 @@ pub fn merchant_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, Api
 }
 
 /// `GET /merchants/{id}`.
-pub fn merchant_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    Ok(merchant(app, call.who()?, call.param(0), Action::Read)?.to_json())
+pub async fn merchant_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+    Ok(merchant(app, call.who()?, call.param(0), Action::Read)
+        .await?
+        .to_json())
 }
 
 /// `PATCH /merchants/{id}`. Changing the fee template is the reseller's decision.
 pub async fn merchant_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let m = merchant(app, p, call.param(0), Action::ManageMerchant)?;
+    let m = merchant(app, p, call.param(0), Action::ManageMerchant).await?;
     let MerchantPatch {
         name,
         mcc,
@@ -197,6 +207,7 @@ pub async fn merchant_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Val
             .db
             .store()
             .list("transactions", &m.id, None, 1)
+            .await
             .map_err(|_| ApiError::new(Code::Unavailable, "storage unavailable"))?
             .is_empty()
     {
@@ -209,7 +220,7 @@ pub async fn merchant_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Val
         None => m.fee_template_id.clone(),
     };
     if let Some(t) = &template {
-        check_fee_template(app, t, &m.resellers, new_currency)?;
+        check_fee_template(app, t, &m.resellers, new_currency).await?;
     }
     let now = call.now;
     let updated = app
@@ -234,7 +245,7 @@ pub async fn merchant_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Val
 
 /// `PUT /merchants/{id}/terminal-parameters`.
 pub async fn merchant_parameters(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant)?;
+    let m = merchant(app, call.who()?, call.param(0), Action::ManageMerchant).await?;
     let params = body::object(&call.body)?;
     let now = call.now;
     app.db

@@ -31,7 +31,7 @@ pub async fn reseller_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Va
     let parent_id = parent_id.map(String::from);
     let ancestors = match &parent_id {
         Some(parent) => {
-            let parent = reseller(app, p, parent, Action::ManageReseller)?;
+            let parent = reseller(app, p, parent, Action::ManageReseller).await?;
             if parent.ancestors.len() >= MAX_DEPTH - 1 {
                 return Err(ApiError::field(
                     "parent_id",
@@ -65,27 +65,37 @@ pub async fn reseller_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Va
 }
 
 /// `GET /resellers`.
-pub fn reseller_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn reseller_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
     allow(p, Action::Read)?;
     let (limit, after) = call.page()?;
     let page = match tree_scope(p)? {
-        None => app.db.page::<Reseller>("resellers", "", after, limit)?,
-        Some(r) => app.db.page::<Reseller>("reseller_tree", r, after, limit)?,
+        None => {
+            app.db
+                .page::<Reseller>("resellers", "", after, limit)
+                .await?
+        }
+        Some(r) => {
+            app.db
+                .page::<Reseller>("reseller_tree", r, after, limit)
+                .await?
+        }
     };
     let items = page.items.iter().map(Reseller::to_json).collect();
     Ok(list(items, page.has_more, "id"))
 }
 
 /// `GET /resellers/{id}`.
-pub fn reseller_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
-    Ok(reseller(app, call.who()?, call.param(0), Action::Read)?.to_json())
+pub async fn reseller_get(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+    Ok(reseller(app, call.who()?, call.param(0), Action::Read)
+        .await?
+        .to_json())
 }
 
 /// `PATCH /resellers/{id}`.
 pub async fn reseller_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let current = reseller(app, p, call.param(0), Action::ManageReseller)?;
+    let current = reseller(app, p, call.param(0), Action::ManageReseller).await?;
     let ResellerPatch { name, .. } = body::parse_checked(&call.body, |b: &ResellerPatch, p| {
         let moved = match &b.parent_id {
             Nullable::Keep => false,
@@ -114,7 +124,7 @@ pub async fn reseller_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Val
 /// `DELETE /resellers/{id}`: refused while it has merchants or sub-resellers.
 pub async fn reseller_delete(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let r = reseller(app, p, call.param(0), Action::ManageReseller)?;
+    let r = reseller(app, p, call.param(0), Action::ManageReseller).await?;
     if p.scope == Scope::Reseller(r.id.clone()) {
         return Err(ApiError::new(
             Code::Forbidden,
@@ -123,8 +133,12 @@ pub async fn reseller_delete(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Va
     }
     let children = app
         .db
-        .page::<Reseller>("reseller_children", &r.id, None, 1)?;
-    let merchants = app.db.page::<Merchant>("merchant_tree", &r.id, None, 1)?;
+        .page::<Reseller>("reseller_children", &r.id, None, 1)
+        .await?;
+    let merchants = app
+        .db
+        .page::<Merchant>("merchant_tree", &r.id, None, 1)
+        .await?;
     if !children.items.is_empty() || !merchants.items.is_empty() {
         return Err(conflict(
             "the reseller still has merchants or sub-resellers",
@@ -134,10 +148,10 @@ pub async fn reseller_delete(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Va
     for host in &r.portal_hosts {
         writes.push(db::release("portal_host", host));
     }
-    for t in app.db.all::<FeeTemplate>("fee_templates", &r.id)? {
+    for t in app.db.all::<FeeTemplate>("fee_templates", &r.id).await? {
         writes.push(db::delete::<FeeTemplate>(&t.id));
     }
-    for u in app.db.all::<User>("users", &r.id)? {
+    for u in app.db.all::<User>("users", &r.id).await? {
         writes.push(db::release("user_sub", &u.idp_subject));
         writes.push(db::delete::<User>(&u.id));
         writes.push(db::delete::<Session>(&u.idp_subject));
@@ -189,15 +203,15 @@ impl Shape for Children {
 }
 
 /// `GET /resellers/{id}/hierarchy`: the subtree with merchant and device counts.
-pub fn reseller_hierarchy(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
+pub async fn reseller_hierarchy(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
-    let root = reseller(app, p, call.param(0), Action::Read)?;
+    let root = reseller(app, p, call.param(0), Action::Read).await?;
     tree_scope(p)?;
-    Ok(reply::json(&hierarchy_node(app, &root, 0)?))
+    Ok(reply::json(&hierarchy_node(app, &root, 0).await?))
 }
 
 /// One node with its subtree and counts.
-fn hierarchy_node(
+async fn hierarchy_node(
     app: &Backoffice<'_>,
     r: &Reseller,
     depth: usize,
@@ -208,11 +222,11 @@ fn hierarchy_node(
     let mut merchant_count = 0u64;
     let mut device_count = 0u64;
     let mut merchants = Vec::new();
-    for m in app.db.all::<Merchant>("merchant_tree", &r.id)? {
+    for m in app.db.all::<Merchant>("merchant_tree", &r.id).await? {
         if m.reseller_id != r.id {
             continue;
         }
-        let devices = app.db.all::<Device>("devices", &m.id)?.len() as u64;
+        let devices = app.db.all::<Device>("devices", &m.id).await?.len() as u64;
         merchant_count += 1;
         device_count += devices;
         merchants.push(MerchantCount {
@@ -222,8 +236,9 @@ fn hierarchy_node(
         });
     }
     let mut resellers = Vec::new();
-    for child in app.db.all::<Reseller>("reseller_children", &r.id)? {
-        let node = hierarchy_node(app, &child, depth + 1)?;
+    for child in app.db.all::<Reseller>("reseller_children", &r.id).await? {
+        // Boxed: an async fn cannot hold its own future inline.
+        let node = Box::pin(hierarchy_node(app, &child, depth + 1)).await?;
         merchant_count += node.merchant_count;
         device_count += node.device_count;
         resellers.push(node);

@@ -89,20 +89,21 @@ pub async fn session_initiate(app: &Backoffice<'_>, call: &Call<'_>) -> Result<V
     } else {
         let id = app
             .db
-            .owner("portal_host", &host)?
+            .owner("portal_host", &host)
+            .await?
             .ok_or_else(ApiError::not_found)?;
-        let reseller: Reseller = app.db.find(&id)?;
+        let reseller: Reseller = app.db.find(&id).await?;
         // A reseller's portal serves only its own subtree.
         let inside = match &p.scope {
             Scope::Platform => true,
             Scope::Reseller(r) => {
                 reseller.tenancy().resellers.contains(r) || {
-                    let mine: Reseller = app.db.find(r)?;
+                    let mine: Reseller = app.db.find(r).await?;
                     mine.ancestors.contains(&reseller.id)
                 }
             }
             Scope::Merchant(m) => {
-                let merchant: Merchant = app.db.find(m)?;
+                let merchant: Merchant = app.db.find(m).await?;
                 merchant.resellers.contains(&reseller.id)
             }
         };
@@ -115,7 +116,7 @@ pub async fn session_initiate(app: &Backoffice<'_>, call: &Call<'_>) -> Result<V
         Scope::Platform => (None, None),
         Scope::Reseller(r) => (Some(r.clone()), None),
         Scope::Merchant(m) => {
-            let merchant: Merchant = app.db.find(m)?;
+            let merchant: Merchant = app.db.find(m).await?;
             (Some(merchant.reseller_id), Some(m.clone()))
         }
     };
@@ -167,7 +168,7 @@ pub async fn client_session(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Val
     if !ids::is_client_id(&client_id) {
         return Err(bad());
     }
-    let Some(client) = app.db.get::<ApiClient>(&client_id)? else {
+    let Some(client) = app.db.get::<ApiClient>(&client_id).await? else {
         return Err(bad());
     };
     if client.locked_until > call.now {

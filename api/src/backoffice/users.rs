@@ -12,7 +12,7 @@ pub enum UserOwner {
     Reseller,
 }
 
-fn user_parent(
+async fn user_parent(
     app: &Backoffice<'_>,
     call: &Call<'_>,
     owner: UserOwner,
@@ -26,7 +26,7 @@ fn user_parent(
             } else {
                 Action::Read
             };
-            let m = merchant(app, p, call.param(0), action)?;
+            let m = merchant(app, p, call.param(0), action).await?;
             Ok((m.id.clone(), m.tenancy()))
         }
         UserOwner::Reseller => {
@@ -35,7 +35,7 @@ fn user_parent(
             } else {
                 Action::Read
             };
-            let r = reseller(app, p, call.param(0), action)?;
+            let r = reseller(app, p, call.param(0), action).await?;
             Ok((r.id.clone(), r.tenancy()))
         }
     }
@@ -204,7 +204,7 @@ pub async fn user_create(
     call: &Call<'_>,
     owner: UserOwner,
 ) -> Result<Value, ApiError> {
-    let (parent, _) = user_parent(app, call, owner, true)?;
+    let (parent, _) = user_parent(app, call, owner, true).await?;
     let obj = body::object(&call.body)?;
     subject_by_platform(call, &obj)?;
     let UserFields {
@@ -234,38 +234,39 @@ pub async fn user_create(
     Ok(u.to_json())
 }
 
-fn user(
+async fn user(
     app: &Backoffice<'_>,
     call: &Call<'_>,
     owner: UserOwner,
     write: bool,
 ) -> Result<User, ApiError> {
-    let (parent, _) = user_parent(app, call, owner, write)?;
+    let (parent, _) = user_parent(app, call, owner, write).await?;
     child(app, call.param(1), ids::is_uuid, |u: &User| {
         u.owner() == parent
     })
+    .await
 }
 
 /// `GET …/users`.
-pub fn user_list(
+pub async fn user_list(
     app: &Backoffice<'_>,
     call: &Call<'_>,
     owner: UserOwner,
 ) -> Result<Value, ApiError> {
-    let (parent, _) = user_parent(app, call, owner, false)?;
+    let (parent, _) = user_parent(app, call, owner, false).await?;
     let (limit, after) = call.page()?;
-    let page = app.db.page::<User>("users", &parent, after, limit)?;
+    let page = app.db.page::<User>("users", &parent, after, limit).await?;
     let items = page.items.iter().map(User::to_json).collect();
     Ok(list(items, page.has_more, "id"))
 }
 
 /// `GET …/users/{uid}`.
-pub fn user_get(
+pub async fn user_get(
     app: &Backoffice<'_>,
     call: &Call<'_>,
     owner: UserOwner,
 ) -> Result<Value, ApiError> {
-    Ok(user(app, call, owner, false)?.to_json())
+    Ok(user(app, call, owner, false).await?.to_json())
 }
 
 /// `PATCH …/users/{uid}`.
@@ -274,7 +275,7 @@ pub async fn user_patch(
     call: &Call<'_>,
     owner: UserOwner,
 ) -> Result<Value, ApiError> {
-    let u = user(app, call, owner, true)?;
+    let u = user(app, call, owner, true).await?;
     let obj = body::object(&call.body)?;
     subject_by_platform(call, &obj)?;
     let UserFields {
@@ -315,7 +316,7 @@ pub async fn user_delete(
     call: &Call<'_>,
     owner: UserOwner,
 ) -> Result<Value, ApiError> {
-    let u = user(app, call, owner, true)?;
+    let u = user(app, call, owner, true).await?;
     app.db
         .commit(
             vec![

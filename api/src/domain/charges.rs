@@ -269,11 +269,17 @@ pub(crate) fn processor_deadline(engine: &Engine) -> std::time::Duration {
     engine.timeout + std::time::Duration::from_secs(5)
 }
 
-fn fee(engine: &Engine, merchant: &Merchant, amount: u64, brand: &str) -> Result<u64, ApiError> {
+async fn fee(
+    engine: &Engine,
+    merchant: &Merchant,
+    amount: u64,
+    brand: &str,
+) -> Result<u64, ApiError> {
     Ok(match &merchant.fee_template_id {
         Some(id) => engine
             .db
-            .get::<FeeTemplate>(id)?
+            .get::<FeeTemplate>(id)
+            .await?
             .map_or(0, |t| t.fee(amount, brand)),
         None => 0,
     })
@@ -293,7 +299,7 @@ pub async fn create(
 ) -> Result<Charge, ApiError> {
     let brand = processor::brand(new.card.pan.expose()).to_owned();
     let currency = new.amount.currency.clone();
-    let fee_value = fee(engine, &new.merchant, new.amount.value, &brand)?;
+    let fee_value = fee(engine, &new.merchant, new.amount.value, &brand).await?;
     let mut charge = Charge {
         charge_id: ids::time_ordered("ch_")?,
         merchant_id: new.merchant.id.clone(),
@@ -482,7 +488,7 @@ async fn refund_locked(
     reason: Option<String>,
     now: i64,
 ) -> Result<(Charge, Refund), ApiError> {
-    let mut charge: Charge = engine.db.find(charge_id)?;
+    let mut charge: Charge = engine.db.find(charge_id).await?;
     if !matches!(
         charge.status,
         ChargeStatus::Approved | ChargeStatus::Settled | ChargeStatus::PartiallyRefunded
@@ -560,7 +566,7 @@ pub async fn cancel(
     now: i64,
 ) -> Result<Charge, ApiError> {
     let _guard = engine.locks.lock(charge_id).await;
-    let mut charge: Charge = engine.db.find(charge_id)?;
+    let mut charge: Charge = engine.db.find(charge_id).await?;
     let result = match charge.status {
         ChargeStatus::Cancelled => Ok(false),
         _ if charge.settled_at.is_some() || !charge.refunds.is_empty() => Err(ApiError::new(
@@ -737,8 +743,8 @@ pub(crate) mod tests {
         c
     }
 
-    fn status(app: &Engine, id: &str) -> ChargeStatus {
-        app.db.get::<Charge>(id).unwrap().unwrap().status
+    async fn status(app: &Engine, id: &str) -> ChargeStatus {
+        app.db.get::<Charge>(id).await.unwrap().unwrap().status
     }
 
     async fn put<R: Record>(app: &Engine, r: &R) {
@@ -768,21 +774,22 @@ pub(crate) mod tests {
         .await;
         assert_eq!(recovery::recover(&app, now).await.unwrap(), 2);
         assert_eq!(
-            status(&app, "ch_0000000aOLD0000000000000"),
+            status(&app, "ch_0000000aOLD0000000000000").await,
             ChargeStatus::Failed
         );
         assert_eq!(
-            status(&app, "ch_0000000bHOUR000000000000"),
+            status(&app, "ch_0000000bHOUR000000000000").await,
             ChargeStatus::Failed
         );
         assert_eq!(
-            status(&app, "ch_0000000cMID0000000000000"),
+            status(&app, "ch_0000000cMID0000000000000").await,
             ChargeStatus::Approved
         );
         // Once per store: later rounds look only where a start's checkpoint says.
         assert!(
             app.db
                 .owner("migration", "pending-charges-before-checkpoints")
+                .await
                 .unwrap()
                 .is_some()
         );
@@ -818,11 +825,12 @@ pub(crate) mod tests {
             "ch_0000000bGONE2000000000000",
             "ch_0000000dDROPPED00000000000",
         ] {
-            assert_eq!(status(&app, id), ChargeStatus::Failed, "{id}");
+            assert_eq!(status(&app, id).await, ChargeStatus::Failed, "{id}");
         }
         assert!(
             app.db
                 .get::<recovery::BootRecord>("gone")
+                .await
                 .unwrap()
                 .is_none()
         );
@@ -830,12 +838,13 @@ pub(crate) mod tests {
         // checkpoint back so a crash now would still find it.
         assert_eq!(recovery::recover(&app, now + 3600).await.unwrap(), 0);
         assert_eq!(
-            status(&app, "ch_0000000cRUNNING00000000000"),
+            status(&app, "ch_0000000cRUNNING00000000000").await,
             ChargeStatus::Pending
         );
         let mine = app
             .db
             .get::<recovery::BootRecord>(&app.boot.id)
+            .await
             .unwrap()
             .unwrap();
         assert_eq!(mine.checkpoint, now);
@@ -844,6 +853,7 @@ pub(crate) mod tests {
         let mine = app
             .db
             .get::<recovery::BootRecord>(&app.boot.id)
+            .await
             .unwrap()
             .unwrap();
         assert_eq!(mine.checkpoint, now + 3600);

@@ -130,7 +130,7 @@ impl Idempotency {
     ///
     /// # Errors
     /// 409/`4093` while the same request runs; 422/`4220` for a different request.
-    pub fn begin<'a>(
+    pub async fn begin<'a>(
         &'a self,
         db: &Db,
         scope: &str,
@@ -153,30 +153,39 @@ impl Idempotency {
                 "Idempotency-Key reused with a different request",
             )
         };
-        let mut running = self
-            .running
-            .lock()
-            .map_err(|_| ApiError::internal(&"idempotency table"))?;
-        if let Some(other) = running.get(&id) {
-            return Err(if *other == hash {
-                ApiError::new(Code::InProgress, "the same request is still in progress")
-            } else {
-                mismatch()
-            });
+        // Reserve the key first, then look for a kept answer: a request that finished just
+        // before the reservation has written its answer by then (it keeps the answer before
+        // it lets go of the key), so the read below sees it. Reading first and reserving after
+        // would let such a request slip between the two and run a second time.
+        {
+            let mut running = self
+                .running
+                .lock()
+                .map_err(|_| ApiError::internal(&"idempotency table"))?;
+            if let Some(other) = running.get(&id) {
+                return Err(if *other == hash {
+                    ApiError::new(Code::InProgress, "the same request is still in progress")
+                } else {
+                    mismatch()
+                });
+            }
+            running.insert(id.clone(), hash.clone());
         }
-        if let Some(kept) = db.get::<Kept>(&id)?.filter(|k| now - k.created_at < KEEP) {
-            return if kept.request == hash {
-                Ok(Begin::Replay(kept))
-            } else {
-                Err(mismatch())
-            };
-        }
-        running.insert(id.clone(), hash.clone());
-        Ok(Begin::Run(Running {
+        let reserved = Running {
             table: self,
             id,
             request: hash,
-        }))
+        };
+        match db.get::<Kept>(&reserved.id).await? {
+            Some(kept) if now - kept.created_at < KEEP => {
+                if kept.request == reserved.request {
+                    Ok(Begin::Replay(kept))
+                } else {
+                    Err(mismatch())
+                }
+            }
+            _ => Ok(Begin::Run(reserved)),
+        }
     }
 }
 
@@ -254,6 +263,7 @@ mod tests {
         let t = Idempotency::default();
         let Begin::Run(first) = t
             .begin(&db, "T1", "POST", "/pos/charge", "k1", b"a", 100)
+            .await
             .unwrap()
         else {
             panic!("fresh key replayed")
@@ -261,15 +271,18 @@ mod tests {
         // While it runs: same request 4093, another 4220.
         let e = t
             .begin(&db, "T1", "POST", "/pos/charge", "k1", b"a", 100)
+            .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InProgress);
         let e = t
             .begin(&db, "T1", "POST", "/pos/charge", "k1", b"b", 100)
+            .await
             .unwrap_err();
         assert_eq!(e.code(), Code::IdempotencyMismatch);
         // Another scope or path is another key.
         assert!(matches!(
             t.begin(&db, "T2", "POST", "/pos/charge", "k1", b"a", 100)
+                .await
                 .unwrap(),
             Begin::Run(_)
         ));
@@ -282,6 +295,7 @@ mod tests {
         drop(first);
         match t
             .begin(&db, "T1", "POST", "/pos/charge", "k1", b"a", 200)
+            .await
             .unwrap()
         {
             Begin::Replay(k) => assert_eq!(
@@ -292,11 +306,13 @@ mod tests {
         }
         let e = t
             .begin(&db, "T1", "POST", "/pos/charge", "k1", b"b", 200)
+            .await
             .unwrap_err();
         assert_eq!(e.code(), Code::IdempotencyMismatch);
         // A day later the key is free again.
         assert!(matches!(
             t.begin(&db, "T1", "POST", "/pos/charge", "k1", b"b", 100 + KEEP)
+                .await
                 .unwrap(),
             Begin::Run(_)
         ));

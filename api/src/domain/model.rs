@@ -592,12 +592,12 @@ impl Record for Nonce {
 ///
 /// # Errors
 /// 400 naming `location_id`; 503 when storage is down.
-pub fn check_location(
+pub async fn check_location(
     db: &crate::store::db::Db,
     merchant_id: &str,
     id: &str,
 ) -> Result<(), ApiError> {
-    match db.get::<Location>(id)? {
+    match db.get::<Location>(id).await? {
         Some(l) if l.merchant_id == merchant_id => Ok(()),
         _ => Err(ApiError::field(
             "location_id",

@@ -30,19 +30,21 @@ impl Replay {
     ///
     /// # Errors
     /// 503 if the store cannot be read.
-    pub fn load(db: &Db, now: i64) -> Result<Self, ApiError> {
-        let replay = Self::default();
-        if let Ok(mut seen) = replay.seen.lock() {
-            // Ids start with the time of use: walk back from the newest until ten minutes ago.
-            db.walk_back::<Nonce>(|n| {
-                if now - n.at > NONCE_TTL {
-                    return Ok(false);
-                }
-                let key = n.id.split_once(':').map(|(_, k)| k).unwrap_or_default();
-                seen.insert(key.to_owned(), n.at);
-                Ok(true)
-            })?;
-        }
+    pub async fn load(db: &Db, now: i64) -> Result<Self, ApiError> {
+        // Ids start with the time of use: walk back from the newest until ten minutes ago.
+        let mut seen = HashMap::new();
+        db.walk_back::<Nonce>(|n| {
+            if now - n.at > NONCE_TTL {
+                return Ok(false);
+            }
+            let key = n.id.split_once(':').map(|(_, k)| k).unwrap_or_default();
+            seen.insert(key.to_owned(), n.at);
+            Ok(true)
+        })
+        .await?;
+        let replay = Self {
+            seen: Mutex::new(seen),
+        };
         Ok(replay)
     }
 
@@ -85,7 +87,7 @@ impl Replay {
         }
         let cutoff = format!("{:012}", now - NONCE_TTL - 1);
         loop {
-            let Ok(old) = db.scan_back::<Nonce>(Some(&cutoff), 1000) else {
+            let Ok(old) = db.scan_back::<Nonce>(Some(&cutoff), 1000).await else {
                 return;
             };
             if old.is_empty() {

@@ -105,28 +105,32 @@ pub async fn settle(
     let margin = outcome_window(engine);
     let cutoff = engine
         .db
-        .page::<Settlement>("settlements", &merchant.id, None, 1)?
+        .page::<Settlement>("settlements", &merchant.id, None, 1)
+        .await?
         .items
         .first()
         .map(|s| s.next_cutoff(margin));
     let mut candidates: Vec<String> = Vec::new();
-    engine.db.walk::<Txn>("transactions", &merchant.id, |t| {
-        if let Txn::Charge(c) = t {
-            if cutoff.is_some_and(|cut| c.created_at < cut) {
-                return Ok(false);
+    engine
+        .db
+        .walk::<Txn>("transactions", &merchant.id, |t| {
+            if let Txn::Charge(c) = t {
+                if cutoff.is_some_and(|cut| c.created_at < cut) {
+                    return Ok(false);
+                }
+                if settleable(&c) {
+                    candidates.push(c.charge_id);
+                }
             }
-            if settleable(&c) {
-                candidates.push(c.charge_id);
-            }
-        }
-        Ok(true)
-    })?;
+            Ok(true)
+        })
+        .await?;
     // Refunds and cancels hold their charge's lock across the processor call and the commit;
     // holding every candidate's lock, the batch sees (and writes) each charge's latest state.
     let _charge_guards = engine.locks.lock_many(&candidates).await;
     let mut open = Vec::with_capacity(candidates.len());
     for id in &candidates {
-        if let Some(c) = engine.db.get::<Charge>(id)?.filter(settleable) {
+        if let Some(c) = engine.db.get::<Charge>(id).await?.filter(settleable) {
             open.push(c);
         }
     }

@@ -122,13 +122,10 @@ async fn signed(
 ) -> Result<Signed, ApiError> {
     pos::pos_headers(app, call, true)?;
     let h = headers(call)?;
-    let device: Device = app
-        .db
-        .owner("terminal_id", h.terminal_id)?
-        .map(|d| app.db.get::<Device>(&d))
-        .transpose()?
-        .flatten()
-        .ok_or_else(bad_signature)?;
+    let Some(device_id) = app.db.owner("terminal_id", h.terminal_id).await? else {
+        return Err(bad_signature());
+    };
+    let device: Device = app.db.get(&device_id).await?.ok_or_else(bad_signature)?;
     if h.device_id.is_some_and(|d| d != device.device_id) {
         return Err(bad_signature());
     }
@@ -269,15 +266,19 @@ where
         .unwrap_or_default();
     let begin = match &key {
         None => None,
-        Some(k) => match app.idempotency.begin(
-            app.db,
-            &signed.terminal_id,
-            "POST",
-            path,
-            k,
-            &plaintext,
-            call.now,
-        ) {
+        Some(k) => match app
+            .idempotency
+            .begin(
+                app.db,
+                &signed.terminal_id,
+                "POST",
+                path,
+                k,
+                &plaintext,
+                call.now,
+            )
+            .await
+        {
             Ok(b) => Some(b),
             Err(e) => {
                 commit_nonce(app, &mut signed).await;
@@ -400,7 +401,7 @@ async fn charge_input(
     s: &Signed,
     inner: Map<String, Value>,
 ) -> Result<NewCharge, ApiError> {
-    let merchant: Merchant = app.db.find(&s.device.merchant_id)?;
+    let merchant: Merchant = app.db.find(&s.device.merchant_id).await?;
     let PosCharge {
         amount,
         tip,
@@ -482,11 +483,11 @@ async fn charge_input(
 }
 
 /// A charge of the terminal's own merchant, else 404.
-fn own_charge(app: &Terminals<'_>, s: &Signed, id: &str) -> Result<Charge, ApiError> {
+async fn own_charge(app: &Terminals<'_>, s: &Signed, id: &str) -> Result<Charge, ApiError> {
     if !ids::is_prefixed(id, "ch_", 20) {
         return Err(ApiError::not_found());
     }
-    match app.db.get::<Charge>(id)? {
+    match app.db.get::<Charge>(id).await? {
         Some(c) if c.merchant_id == s.device.merchant_id => Ok(c),
         _ => Err(ApiError::not_found()),
     }
@@ -499,11 +500,12 @@ pub async fn refund(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiEr
     run(app, call, &path, signed, |mut s, running| async move {
         let nonce = s.nonce.take();
         let (inner, _) = s.inner.take().unwrap_or_default();
-        let checked = (|| {
-            let charge = own_charge(app, &s, call.param(0))?;
+        let checked = async {
+            let charge = own_charge(app, &s, call.param(0)).await?;
             let (amount, reason) = crate::request::refund_body(inner)?;
             Ok((charge, amount, reason))
-        })();
+        }
+        .await;
         let (charge, amount, reason) = match checked {
             Ok(x) => x,
             Err(e) => return fail(app, nonce, running.as_ref(), e, call.now).await,
@@ -530,7 +532,7 @@ pub async fn cancel(app: &Terminals<'_>, call: &Call<'_>, verb: &str) -> Result<
     let signed = signed(app, call, "POST", &path, false).await?;
     run(app, call, &path, signed, |mut s, running| async move {
         let nonce = s.nonce.take();
-        let charge = match own_charge(app, &s, call.param(0)) {
+        let charge = match own_charge(app, &s, call.param(0)).await {
             Ok(c) => c,
             Err(e) => return fail(app, nonce, running.as_ref(), e, call.now).await,
         };

@@ -63,54 +63,68 @@ impl Db {
     }
 
     /// One record, or `None`.
-    pub fn get<R: Record>(&self, id: &str) -> Result<Option<R>, ApiError> {
-        let Some(stored) = self.store.get(R::KIND, id).map_err(|e| unavailable(&e))? else {
+    pub async fn get<R: Record>(&self, id: &str) -> Result<Option<R>, ApiError> {
+        let Some(stored) = self
+            .store
+            .get(R::KIND, id)
+            .await
+            .map_err(|e| unavailable(&e))?
+        else {
             return Ok(None);
         };
         decode(stored.body).map(Some)
     }
 
     /// One record with its version (for [`expect`] in a later commit), or `None`.
-    pub fn get_versioned<R: Record>(&self, id: &str) -> Result<Option<(R, u64)>, ApiError> {
-        let Some(stored) = self.store.get(R::KIND, id).map_err(|e| unavailable(&e))? else {
+    pub async fn get_versioned<R: Record>(&self, id: &str) -> Result<Option<(R, u64)>, ApiError> {
+        let Some(stored) = self
+            .store
+            .get(R::KIND, id)
+            .await
+            .map_err(|e| unavailable(&e))?
+        else {
             return Ok(None);
         };
         Ok(Some((decode(stored.body)?, stored.version)))
     }
 
     /// One record, or 404/`4040`.
-    pub fn find<R: Record>(&self, id: &str) -> Result<R, ApiError> {
-        self.get(id)?.ok_or_else(ApiError::not_found)
+    pub async fn find<R: Record>(&self, id: &str) -> Result<R, ApiError> {
+        self.get(id).await?.ok_or_else(ApiError::not_found)
     }
 
     /// The creation sequence of a record (cursor positions).
-    pub fn seq<R: Record>(&self, id: &str) -> Result<Option<u64>, ApiError> {
+    pub async fn seq<R: Record>(&self, id: &str) -> Result<Option<u64>, ApiError> {
         Ok(self
             .store
             .get(R::KIND, id)
+            .await
             .map_err(|e| unavailable(&e))?
             .map(|s| s.seq))
     }
 
     /// Who holds a unique value.
-    pub fn owner(&self, ns: &str, value: &str) -> Result<Option<String>, ApiError> {
-        self.store.owner(ns, value).map_err(|e| unavailable(&e))
+    pub async fn owner(&self, ns: &str, value: &str) -> Result<Option<String>, ApiError> {
+        self.store
+            .owner(ns, value)
+            .await
+            .map_err(|e| unavailable(&e))
     }
 
     /// A page of an index, newest first, starting after the record `after` (a cursor that is
     /// not a record of this kind is a 400 naming `starting_after`).
-    pub fn page<R: Record>(
+    pub async fn page<R: Record>(
         &self,
         index: &str,
         key: &str,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page<R>, ApiError> {
-        self.page_filtered(index, key, after, limit, |_| true)
+        self.page_filtered(index, key, after, limit, |_| true).await
     }
 
     /// Like [`Db::page`], keeping only records `keep` accepts (filters on mutable fields).
-    pub fn page_filtered<R: Record>(
+    pub async fn page_filtered<R: Record>(
         &self,
         index: &str,
         key: &str,
@@ -121,15 +135,16 @@ impl Db {
         let before = match after {
             None => None,
             Some(id) => Some(
-                self.seq::<R>(id)?
+                self.seq::<R>(id)
+                    .await?
                     .ok_or_else(|| ApiError::field("starting_after", "unknown cursor"))?,
             ),
         };
-        self.page_from(index, key, before, limit, keep)
+        self.page_from(index, key, before, limit, keep).await
     }
 
     /// Like [`Db::page_filtered`] from a sequence number (a cursor of another kind).
-    pub fn page_before<R: Record>(
+    pub async fn page_before<R: Record>(
         &self,
         index: &str,
         key: &str,
@@ -137,10 +152,10 @@ impl Db {
         limit: usize,
         keep: impl Fn(&R) -> bool,
     ) -> Result<Page<R>, ApiError> {
-        self.page_from(index, key, Some(before), limit, keep)
+        self.page_from(index, key, Some(before), limit, keep).await
     }
 
-    fn page_from<R: Record>(
+    async fn page_from<R: Record>(
         &self,
         index: &str,
         key: &str,
@@ -153,6 +168,7 @@ impl Db {
             let batch = self
                 .store
                 .list(index, key, before, 200)
+                .await
                 .map_err(|e| unavailable(&e))?;
             let exhausted = batch.len() < 200;
             for (_, stored) in batch {
@@ -178,7 +194,7 @@ impl Db {
     }
 
     /// Visits an index newest first until `visit` says stop (returns false).
-    pub fn walk<R: Record>(
+    pub async fn walk<R: Record>(
         &self,
         index: &str,
         key: &str,
@@ -189,6 +205,7 @@ impl Db {
             let batch = self
                 .store
                 .list(index, key, before, 200)
+                .await
                 .map_err(|e| unavailable(&e))?;
             let exhausted = batch.len() < 200;
             for (_, stored) in batch {
@@ -205,7 +222,7 @@ impl Db {
 
     /// Visits every record of a kind by descending id (time-ordered ids: newest first) until
     /// `visit` says stop (returns false), reading in batches.
-    pub fn walk_back<R: Record>(
+    pub async fn walk_back<R: Record>(
         &self,
         mut visit: impl FnMut(R) -> Result<bool, ApiError>,
     ) -> Result<(), ApiError> {
@@ -214,6 +231,7 @@ impl Db {
             let batch = self
                 .store
                 .scan_back(R::KIND, before.as_deref(), 500)
+                .await
                 .map_err(|e| unavailable(&e))?;
             let exhausted = batch.len() < 500;
             for (id, stored) in batch {
@@ -229,13 +247,14 @@ impl Db {
     }
 
     /// Records of a kind by descending id (time-ordered ids: newest first), before `before`.
-    pub fn scan_back<R: Record>(
+    pub async fn scan_back<R: Record>(
         &self,
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<R>, ApiError> {
         self.store
             .scan_back(R::KIND, before, limit)
+            .await
             .map_err(|e| unavailable(&e))?
             .into_iter()
             .map(|(_, s)| decode(s.body))
@@ -248,7 +267,7 @@ impl Db {
     pub async fn delete_buckets<R: Record>(&self, index: &str, from: i64, to: i64) -> i64 {
         let mut bucket = from;
         while bucket <= to {
-            let Ok(old) = self.all::<R>(index, &bucket.to_string()) else {
+            let Ok(old) = self.all::<R>(index, &bucket.to_string()).await else {
                 return bucket;
             };
             if !old.is_empty() {
@@ -267,8 +286,8 @@ impl Db {
     }
 
     /// Every record of an index (small lists: a merchant's locations, a reseller's subtree).
-    pub fn all<R: Record>(&self, index: &str, key: &str) -> Result<Vec<R>, ApiError> {
-        Ok(self.page(index, key, None, usize::MAX)?.items)
+    pub async fn all<R: Record>(&self, index: &str, key: &str) -> Result<Vec<R>, ApiError> {
+        Ok(self.page(index, key, None, usize::MAX).await?.items)
     }
 
     /// Applies writes atomically and durably; a conflict answers `conflict`.
@@ -288,7 +307,12 @@ impl Db {
         mut change: impl FnMut(&mut R) -> Result<Vec<Write>, ApiError>,
     ) -> Result<R, ApiError> {
         for _ in 0..8 {
-            let Some(stored) = self.store.get(R::KIND, id).map_err(|e| unavailable(&e))? else {
+            let Some(stored) = self
+                .store
+                .get(R::KIND, id)
+                .await
+                .map_err(|e| unavailable(&e))?
+            else {
                 return Err(ApiError::not_found());
             };
             let mut record: R = decode(stored.body)?;

@@ -5,9 +5,9 @@ use std::fmt;
 use std::fs::OpenOptions;
 use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError, TryLockError, mpsc};
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use super::tables::{self, Statements};
-use super::{Commit, Store, StoreError, Stored, Write};
+use super::{Commit, Read, Rows, Store, StoreError, Stored, Write};
 
 /// Schema migrations, applied in order, each in its own transaction; migration `i` (0-based)
 /// is schema version `i + 1`. Append only: never edit an applied migration.
@@ -25,8 +25,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_typed_tables.sql"),
 ];
 
-/// Read connections. Four covers a 2-core machine with headroom; reads are short.
-const READERS: usize = 4;
+/// Reader threads, each with its own read-only connection. Reads are short indexed lookups,
+/// so a few threads keep up with many async callers; more would only add context switches.
+const READERS: usize = 2;
+
+/// The most reads one reader thread takes from the queue at a time: it then answers them
+/// one after the other without going back to sleep in between (fewer wake-ups under load,
+/// and a bounded wait for the reads behind them).
+const READ_BATCH: usize = 8;
 
 /// The most jobs one group commit takes. Bounds the latency a job waits behind others and the
 /// size of one transaction.
@@ -35,6 +41,9 @@ const MAX_BATCH: usize = 512;
 /// How long a connection waits on a lock held by another process (e.g. a backup tool) before
 /// failing with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A read for a reader thread: runs a query on the thread's connection and sends the answer.
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 /// A commit request for the writer thread.
 #[derive(Debug)]
@@ -51,19 +60,21 @@ pub(super) struct Job {
 ///   back alone), and commits once. With `synchronous=FULL` that is one fsync for the whole
 ///   group, so throughput grows with concurrency instead of being capped at one fsync per
 ///   request. Jobs are answered only after the COMMIT returned.
-/// * **Reads** use a small pool of read-only connections; WAL lets them run beside the writer
-///   and always see the last committed state.
+/// * **Reads** are queued to a few reader threads, each owning a read-only connection; WAL lets
+///   them run beside the writer and always see the last committed state. The async caller only
+///   awaits the answer, so no SQLite call ever runs on an async worker thread.
 ///
-/// Dropping the store closes the queue; the writer finishes the jobs already queued, closes
-/// its connection and is joined, so the file is consistent when `drop` returns.
+/// Dropping the store closes both queues; the readers and the writer finish the jobs already
+/// queued, close their connections and are joined, so the file is consistent when `drop`
+/// returns.
 pub struct SqliteStore {
     path: PathBuf,
     /// A temporary store's directory, removed on drop.
     temporary: Option<PathBuf>,
     /// Held for the store's life: one process per database file (see [`lock_exclusively`]).
     _lock: nix::fcntl::Flock<std::fs::File>,
-    readers: Vec<Mutex<Connection>>,
-    next_reader: AtomicUsize,
+    reads: Option<mpsc::Sender<ReadJob>>,
+    readers: Vec<JoinHandle<()>>,
     queue: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
 }
@@ -134,9 +145,20 @@ impl SqliteStore {
         create_private(path)?;
         let lock = lock_exclusively(path)?;
         let writer = open_writer(path, synchronous)?;
+        let (reads, read_jobs) = mpsc::channel();
+        let read_jobs = std::sync::Arc::new(Mutex::new(read_jobs));
         let mut readers = Vec::with_capacity(READERS);
-        for _ in 0..READERS {
-            readers.push(Mutex::new(open_reader(path)?));
+        for n in 0..READERS {
+            let conn = open_reader(path)?;
+            let jobs = std::sync::Arc::clone(&read_jobs);
+            readers.push(
+                std::thread::Builder::new()
+                    .name(format!("store-reader-{n}"))
+                    .spawn(move || reader_loop(&conn, &jobs))
+                    .map_err(|e| {
+                        StoreError::Unavailable(format!("cannot start reader thread: {e}"))
+                    })?,
+            );
         }
         let (queue, jobs) = mpsc::channel();
         let writer = std::thread::Builder::new()
@@ -148,47 +170,57 @@ impl SqliteStore {
             path: path.to_owned(),
             temporary,
             _lock: lock,
+            reads: Some(reads),
             readers,
-            next_reader: AtomicUsize::new(0),
             queue: Some(queue),
             writer: Some(writer),
         })
     }
 
-    /// Runs `f` on a read connection: the first free one starting from a round-robin position,
-    /// else waits for the one at that position.
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        let n = self.readers.len();
-        let start = self
-            .next_reader
-            .fetch_add(1, Ordering::Relaxed)
-            .checked_rem(n)
-            .unwrap_or(0);
-        let mut chosen = None;
-        for reader in self.readers.iter().cycle().skip(start).take(n) {
-            match reader.try_lock() {
-                Ok(conn) => {
-                    chosen = Some(conn);
-                    break;
+    /// Queues `f` for a reader thread and returns the future of its answer.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Read<T> {
+        let gone = || StoreError::Unavailable("store reader threads gone".to_owned());
+        let (reply, answer) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            // The caller may have stopped waiting; the answer is then simply dropped.
+            let _ = reply.send(f(conn));
+        });
+        if self.reads.as_ref().is_none_or(|q| q.send(job).is_err()) {
+            return Box::pin(std::future::ready(Err(gone())));
+        }
+        Box::pin(async move { answer.await.unwrap_or_else(|_| Err(gone())) })
+    }
+}
+
+/// A reader thread: takes up to [`READ_BATCH`] queued reads (waiting for the first), answers
+/// them, and goes back for more until the store is dropped.
+///
+/// Whoever holds the queue's lock is the one thread waiting on it; the others wait for the
+/// lock. A read that panics loses its answer (its caller sees `Unavailable`), not the thread.
+fn reader_loop(conn: &Connection, jobs: &Mutex<mpsc::Receiver<ReadJob>>) {
+    let mut batch: Vec<ReadJob> = Vec::with_capacity(READ_BATCH);
+    loop {
+        {
+            let queue = jobs.lock().unwrap_or_else(PoisonError::into_inner);
+            match queue.recv() {
+                Ok(job) => batch.push(job),
+                Err(mpsc::RecvError) => return,
+            }
+            while batch.len() < READ_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
                 }
-                // A panic while reading cannot leave a connection half-written; reuse it.
-                Err(TryLockError::Poisoned(poisoned)) => {
-                    chosen = Some(poisoned.into_inner());
-                    break;
-                }
-                Err(TryLockError::WouldBlock) => {}
             }
         }
-        let conn = match chosen {
-            Some(conn) => conn,
-            None => self
-                .readers
-                .get(start)
-                .ok_or_else(|| StoreError::Unavailable("no read connection".to_owned()))?
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        };
-        f(&conn).map_err(|e| sql_error("read", &e))
+        for job in batch.drain(..) {
+            if std::panic::catch_unwind(AssertUnwindSafe(|| job(conn))).is_err() {
+                tracing::error!("a store read panicked");
+            }
+        }
     }
 }
 
@@ -545,7 +577,12 @@ impl Drop for SqliteStore {
     fn drop(&mut self) {
         // Readers first, so the writer's connection is the last one and its close checkpoints
         // the WAL into the main file.
-        self.readers.clear();
+        drop(self.reads.take());
+        for reader in self.readers.drain(..) {
+            if reader.join().is_err() {
+                tracing::error!("store reader thread panicked");
+            }
+        }
         drop(self.queue.take());
         if let Some(writer) = self.writer.take()
             && writer.join().is_err()
@@ -571,64 +608,72 @@ fn query(
 }
 
 impl Store for SqliteStore {
-    fn get(&self, kind: &str, id: &str) -> Result<Option<Stored>, StoreError> {
-        let st = tables::of(kind).ok_or_else(|| unknown(kind))?;
-        let rows = self.read(|conn| query(conn, st, &st.get, [id]))?;
-        Ok(stored_rows(rows)?.pop().map(|(_, s)| s))
-    }
-
-    fn owner(&self, ns: &str, value: &str) -> Result<Option<String>, StoreError> {
-        self.read(|conn| {
-            match tables::unique(ns) {
-                Some(u) => conn
-                    .prepare_cached(u.owner)?
-                    .query_row([value], |r| r.get(0)),
-                None => conn
-                    .prepare_cached(tables::CLAIM_OWNER)?
-                    .query_row(params![ns, value], |r| r.get(0)),
-            }
-            .optional()
+    fn get(&self, kind: &str, id: &str) -> Read<Option<Stored>> {
+        let Some(st) = tables::of(kind) else {
+            return Box::pin(std::future::ready(Err(unknown(kind))));
+        };
+        let id = id.to_owned();
+        self.read(move |conn| {
+            let rows = query(conn, st, &st.get, [id]).map_err(|e| sql_error("read", &e))?;
+            Ok(stored_rows(rows)?.pop().map(|(_, s)| s))
         })
     }
 
-    fn list(
-        &self,
-        index: &str,
-        key: &str,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<(String, Stored)>, StoreError> {
+    fn owner(&self, ns: &str, value: &str) -> Read<Option<String>> {
+        let (ns, value) = (ns.to_owned(), value.to_owned());
+        self.read(move |conn| {
+            let found: rusqlite::Result<Option<String>> = match tables::unique(&ns) {
+                Some(u) => conn
+                    .prepare_cached(u.owner)
+                    .and_then(|mut st| st.query_row([&value], |r| r.get(0)).optional()),
+                None => conn
+                    .prepare_cached(tables::CLAIM_OWNER)
+                    .and_then(|mut st| st.query_row(params![ns, value], |r| r.get(0)).optional()),
+            };
+            found.map_err(|e| sql_error("read", &e))
+        })
+    }
+
+    fn list(&self, index: &str, key: &str, before: Option<u64>, limit: usize) -> Read<Rows> {
         // Seqs are positive i64s, so clamping the bounds loses nothing.
         let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
         let n = i64::try_from(limit).unwrap_or(i64::MAX);
         let lists = tables::lists(index);
         if lists.is_empty() {
-            return Err(StoreError::Unavailable(format!("no list {index}")));
+            return Box::pin(std::future::ready(Err(StoreError::Unavailable(format!(
+                "no list {index}"
+            )))));
         }
-        let mut rows = Vec::new();
-        for (st, sql) in &lists {
-            rows.extend(self.read(|conn| query(conn, st, sql, params![key, before, n]))?);
-        }
-        if lists.len() > 1 {
-            // Several kinds in one list: merge by seq, newest first.
-            rows.sort_by_key(|r| std::cmp::Reverse(r.1));
-            rows.truncate(limit);
-        }
-        stored_rows(rows)
+        let key = key.to_owned();
+        self.read(move |conn| {
+            let mut rows = Vec::new();
+            for (st, sql) in &lists {
+                rows.extend(
+                    query(conn, st, sql, params![key, before, n])
+                        .map_err(|e| sql_error("read", &e))?,
+                );
+            }
+            if lists.len() > 1 {
+                // Several kinds in one list: merge by seq, newest first.
+                rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+                rows.truncate(limit);
+            }
+            stored_rows(rows)
+        })
     }
 
-    fn scan_back(
-        &self,
-        kind: &str,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Stored)>, StoreError> {
-        let st = tables::of(kind).ok_or_else(|| unknown(kind))?;
+    fn scan_back(&self, kind: &str, before: Option<&str>, limit: usize) -> Read<Rows> {
+        let Some(st) = tables::of(kind) else {
+            return Box::pin(std::future::ready(Err(unknown(kind))));
+        };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // Ids are text; "\u{10FFFF}" sorts after any id, standing for "no upper bound".
-        let before = before.unwrap_or("\u{10FFFF}");
-        let rows = self.read(|conn| query(conn, st, &st.scan_back, params![before, limit]))?;
-        stored_rows(rows)
+        let before = before.unwrap_or("\u{10FFFF}").to_owned();
+        self.read(move |conn| {
+            let rows = query(conn, st, &st.scan_back, params![before, limit])
+                .map_err(|e| sql_error("read", &e))?;
+            stored_rows(rows)
+        })
     }
 
     fn commit(&self, writes: Vec<Write>) -> Commit {
@@ -644,16 +689,17 @@ impl Store for SqliteStore {
         Box::pin(async move { answer.await.unwrap_or_else(|_| Err(gone())) })
     }
 
-    fn check(&self) -> Result<(), StoreError> {
+    fn check(&self) -> Read<()> {
         if self.writer.as_ref().is_none_or(JoinHandle::is_finished) {
-            return Err(StoreError::Unavailable(
+            return Box::pin(std::future::ready(Err(StoreError::Unavailable(
                 "store writer thread gone".to_owned(),
-            ));
+            ))));
         }
         self.read(|conn| {
-            conn.prepare_cached("SELECT 1")?
-                .query_row([], |r| r.get::<_, i64>(0))
+            conn.prepare_cached("SELECT 1")
+                .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
+                .map(drop)
+                .map_err(|e| sql_error("read", &e))
         })
-        .map(drop)
     }
 }

@@ -117,17 +117,18 @@ fn conflict(what: &str) -> Result<(), StoreError> {
     Err(StoreError::Conflict(what.to_owned()))
 }
 
-fn get(store: &dyn Store, kind: &str, id: &str) -> Option<Stored> {
-    store.get(kind, id).unwrap()
+async fn get(store: &dyn Store, kind: &str, id: &str) -> Option<Stored> {
+    store.get(kind, id).await.unwrap()
 }
 
-fn seq(store: &dyn Store, kind: &str, id: &str) -> u64 {
-    get(store, kind, id).unwrap().seq
+async fn seq(store: &dyn Store, kind: &str, id: &str) -> u64 {
+    get(store, kind, id).await.unwrap().seq
 }
 
-fn ids(store: &dyn Store, index: &str, key: &str) -> Vec<String> {
+async fn ids(store: &dyn Store, index: &str, key: &str) -> Vec<String> {
     store
         .list(index, key, None, usize::MAX)
+        .await
         .unwrap()
         .into_iter()
         .map(|(id, _)| id)
@@ -136,21 +137,21 @@ fn ids(store: &dyn Store, index: &str, key: &str) -> Vec<String> {
 
 /// The contract every implementation must meet.
 async fn contract(store: &dyn Store) {
-    store.check().unwrap();
+    store.check().await.unwrap();
 
     // Put, get, replace: seq kept, version counted, fields as given.
-    assert_eq!(get(store, "location", "l1"), None);
+    assert_eq!(get(store, "location", "l1").await, None);
     store
         .commit(vec![location("l1", "m1", "one")])
         .await
         .unwrap();
-    let l1 = get(store, "location", "l1").unwrap();
+    let l1 = get(store, "location", "l1").await.unwrap();
     assert_eq!(l1.version, 1);
     assert_eq!(l1.body["name"], "one");
     assert_eq!(l1.body["address"], json!({"city": "X"}));
     assert_eq!(l1.body["timezone"], Value::Null);
     assert_eq!(
-        get(store, "device", "l1"),
+        get(store, "device", "l1").await,
         None,
         "kind is part of the address"
     );
@@ -158,7 +159,7 @@ async fn contract(store: &dyn Store) {
         .commit(vec![location("l1", "m1", "two")])
         .await
         .unwrap();
-    let l1b = get(store, "location", "l1").unwrap();
+    let l1b = get(store, "location", "l1").await.unwrap();
     assert_eq!((l1b.seq, l1b.version), (l1.seq, 2), "replace keeps seq");
     assert_eq!(l1b.body["name"], "two");
 
@@ -171,16 +172,22 @@ async fn contract(store: &dyn Store) {
         ])
         .await
         .unwrap();
-    assert_eq!(ids(store, "locations", "m1"), ["l4", "l2", "l1"]);
+    assert_eq!(ids(store, "locations", "m1").await, ["l4", "l2", "l1"]);
     let page = store
-        .list("locations", "m1", Some(seq(store, "location", "l4")), 1)
+        .list(
+            "locations",
+            "m1",
+            Some(seq(store, "location", "l4").await),
+            1,
+        )
+        .await
         .unwrap();
     assert_eq!(page.len(), 1);
     assert_eq!(page[0].0, "l2");
     store.commit(vec![del("location", "l2")]).await.unwrap();
     store.commit(vec![del("location", "l2")]).await.unwrap();
-    assert_eq!(ids(store, "locations", "m1"), ["l4", "l1"]);
-    assert!(seq(store, "location", "l4") > seq(store, "location", "l3"));
+    assert_eq!(ids(store, "locations", "m1").await, ["l4", "l1"]);
+    assert!(seq(store, "location", "l4").await > seq(store, "location", "l3").await);
 
     // Join rows: the tree lists.
     store
@@ -192,12 +199,12 @@ async fn contract(store: &dyn Store) {
         ])
         .await
         .unwrap();
-    assert_eq!(ids(store, "reseller_tree", "r1"), ["r2", "r1"]);
-    assert_eq!(ids(store, "reseller_children", "r1"), ["r2"]);
-    assert_eq!(ids(store, "reseller_children", ""), ["r1"]);
-    assert_eq!(ids(store, "merchant_tree", "r1"), ["mB", "mA"]);
-    assert_eq!(ids(store, "merchant_tree", "r2"), ["mB"]);
-    assert_eq!(ids(store, "merchants", ""), ["mB", "mA"]);
+    assert_eq!(ids(store, "reseller_tree", "r1").await, ["r2", "r1"]);
+    assert_eq!(ids(store, "reseller_children", "r1").await, ["r2"]);
+    assert_eq!(ids(store, "reseller_children", "").await, ["r1"]);
+    assert_eq!(ids(store, "merchant_tree", "r1").await, ["mB", "mA"]);
+    assert_eq!(ids(store, "merchant_tree", "r2").await, ["mB"]);
+    assert_eq!(ids(store, "merchants", "").await, ["mB", "mA"]);
 
     // Unique values: a table of their own, a column, and the generic claims.
     store
@@ -222,7 +229,11 @@ async fn contract(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(
-        store.owner("portal_host", "a.example").unwrap().as_deref(),
+        store
+            .owner("portal_host", "a.example")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("r2")
     );
     store
@@ -230,7 +241,7 @@ async fn contract(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(
-        store.owner("user_sub", "s1").unwrap().as_deref(),
+        store.owner("user_sub", "s1").await.unwrap().as_deref(),
         Some("u1")
     );
     assert_eq!(
@@ -244,17 +255,17 @@ async fn contract(store: &dyn Store) {
         conflict("constraint"),
         "the UNIQUE column holds without a claim"
     );
-    assert_eq!(get(store, "user", "u2"), None);
+    assert_eq!(get(store, "user", "u2").await, None);
     store
         .commit(vec![claim("migration", "x", "done")])
         .await
         .unwrap();
     assert_eq!(
-        store.owner("migration", "x").unwrap().as_deref(),
+        store.owner("migration", "x").await.unwrap().as_deref(),
         Some("done")
     );
     store.commit(vec![release("migration", "x")]).await.unwrap();
-    assert_eq!(store.owner("migration", "x").unwrap(), None);
+    assert_eq!(store.owner("migration", "x").await.unwrap(), None);
 
     // Expect: version or absence; a failure rolls back the whole batch.
     store
@@ -273,7 +284,7 @@ async fn contract(store: &dyn Store) {
             .await,
         conflict("expect:location")
     );
-    assert_eq!(get(store, "location", "l9"), None, "all or nothing");
+    assert_eq!(get(store, "location", "l9").await, None, "all or nothing");
     assert_eq!(
         store.commit(vec![expect("location", "l1", None)]).await,
         conflict("expect:location")
@@ -297,6 +308,7 @@ async fn contract(store: &dyn Store) {
         .unwrap();
     let back: Vec<String> = store
         .scan_back("nonce", Some("0003:a"), 10)
+        .await
         .unwrap()
         .into_iter()
         .map(|(id, _)| id)
@@ -308,7 +320,7 @@ async fn contract(store: &dyn Store) {
             .commit(vec![put(kind, &id, Value::Object(body.clone()), &[])])
             .await
             .unwrap();
-        assert_eq!(get(store, kind, &id).unwrap().body, body, "{kind}");
+        assert_eq!(get(store, kind, &id).await.unwrap().body, body, "{kind}");
     }
     assert!(
         !format!("{store:?}").contains("a.example"),
@@ -370,20 +382,20 @@ async fn durable_across_reopen_and_migrations_idempotent() {
     // A commit whose future is dropped still happens, before later commits.
     drop(store.commit(vec![location("l2", "m", "2")]));
     store.commit(vec![location("l3", "n", "3")]).await.unwrap();
-    let l1 = get(&store, "location", "l1").unwrap();
+    let l1 = get(&store, "location", "l1").await.unwrap();
     assert!(format!("{store:?}").contains("api.db"));
     drop(store);
 
     for _ in 0..2 {
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(get(&store, "location", "l1"), Some(l1.clone()));
-        assert_eq!(ids(&store, "locations", "m"), ["l2", "l1"]);
-        assert_eq!(store.owner("ns", "v").unwrap().as_deref(), Some("l1"));
-        store.check().unwrap();
+        assert_eq!(get(&store, "location", "l1").await, Some(l1.clone()));
+        assert_eq!(ids(&store, "locations", "m").await, ["l2", "l1"]);
+        assert_eq!(store.owner("ns", "v").await.unwrap().as_deref(), Some("l1"));
+        store.check().await.unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
     store.commit(vec![location("l4", "m", "4")]).await.unwrap();
-    assert!(seq(&store, "location", "l4") > seq(&store, "location", "l3"));
+    assert!(seq(&store, "location", "l4").await > seq(&store, "location", "l3").await);
     drop(store);
 
     let conn = Connection::open(&path).unwrap();
@@ -464,14 +476,18 @@ async fn group_commit_under_concurrency() {
             other => panic!("pair {i}: {other:?}"),
         };
         let loser = if winner == i { i + 100 } else { i };
-        let owner = store.owner("device_id", &format!("dev{i}")).unwrap();
+        let owner = store.owner("device_id", &format!("dev{i}")).await.unwrap();
         assert_eq!(owner, Some(format!("m{winner}")));
-        assert!(get(&*store, "location", &format!("m{winner}")).is_some());
-        assert_eq!(get(&*store, "location", &format!("m{loser}")), None);
+        assert!(
+            get(&*store, "location", &format!("m{winner}"))
+                .await
+                .is_some()
+        );
+        assert_eq!(get(&*store, "location", &format!("m{loser}")).await, None);
     }
-    let events = store.list("locations", "events", None, 1000).unwrap();
+    let events = store.list("locations", "events", None, 1000).await.unwrap();
     assert_eq!(events.len(), 200);
-    let winners = store.list("locations", "all", None, 1000).unwrap();
+    let winners = store.list("locations", "all", None, 1000).await.unwrap();
     assert_eq!(winners.len(), 100);
     let mut seqs: Vec<u64> = winners.iter().chain(&events).map(|(_, s)| s.seq).collect();
     seqs.sort_unstable();
@@ -481,8 +497,8 @@ async fn group_commit_under_concurrency() {
     assert_eq!(seqs.last().unwrap() - seqs.first().unwrap(), 299);
 }
 
-#[test]
-fn conflicting_job_in_a_group_does_not_roll_back_neighbours() {
+#[tokio::test]
+async fn conflicting_job_in_a_group_does_not_roll_back_neighbours() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("api.db");
     create_private(&path).unwrap();
@@ -520,18 +536,18 @@ fn conflicting_job_in_a_group_does_not_roll_back_neighbours() {
     drop(conn);
 
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(ids(&store, "locations", "d"), ["d", "a"]);
-    assert_eq!(get(&store, "location", "b"), None);
-    assert_eq!(get(&store, "location", "c"), None);
+    assert_eq!(ids(&store, "locations", "d").await, ["d", "a"]);
+    assert_eq!(get(&store, "location", "b").await, None);
+    assert_eq!(get(&store, "location", "c").await, None);
     assert_eq!(
-        seq(&store, "location", "d"),
-        seq(&store, "location", "a") + 1
+        seq(&store, "location", "d").await,
+        seq(&store, "location", "a").await + 1
     );
     assert_eq!(
-        store.owner("device_id", "SN-2").unwrap().as_deref(),
+        store.owner("device_id", "SN-2").await.unwrap().as_deref(),
         Some("a")
     );
-    assert_eq!(store.owner("device_id", "SN-1").unwrap(), None);
+    assert_eq!(store.owner("device_id", "SN-1").await.unwrap(), None);
 }
 
 /// A database written by the generic store (schema version 1) opens with every record, list
@@ -628,20 +644,20 @@ async fn version_1_database_moves_into_typed_tables() {
     let store = SqliteStore::open(&path).unwrap();
     for (i, (kind, body)) in samples().into_iter().enumerate() {
         let id = body[key_of(kind)].as_str().unwrap().to_owned();
-        let got = get(&store, kind, &id).unwrap();
+        let got = get(&store, kind, &id).await.unwrap();
         assert_eq!(got.body, body, "{kind}");
         assert_eq!((got.seq, got.version), (u64::try_from(i).unwrap() + 1, 1));
     }
-    assert_eq!(ids(&store, "reseller_tree", "r1"), ["r2", "r1"]);
-    assert_eq!(ids(&store, "reseller_children", "r1"), ["r2"]);
-    assert_eq!(ids(&store, "merchant_tree", "r2"), ["m1"]);
-    assert_eq!(ids(&store, "locations", "m1"), ["l1"]);
-    assert_eq!(ids(&store, "devices", "m1"), ["d1"]);
-    assert_eq!(ids(&store, "users", ""), ["u1"]);
-    assert_eq!(ids(&store, "idempotency_hour", "2"), ["k1"]);
-    let kept = get(&store, "idempotency", "k1").unwrap().body;
+    assert_eq!(ids(&store, "reseller_tree", "r1").await, ["r2", "r1"]);
+    assert_eq!(ids(&store, "reseller_children", "r1").await, ["r2"]);
+    assert_eq!(ids(&store, "merchant_tree", "r2").await, ["m1"]);
+    assert_eq!(ids(&store, "locations", "m1").await, ["l1"]);
+    assert_eq!(ids(&store, "devices", "m1").await, ["d1"]);
+    assert_eq!(ids(&store, "users", "").await, ["u1"]);
+    assert_eq!(ids(&store, "idempotency_hour", "2").await, ["k1"]);
+    let kept = get(&store, "idempotency", "k1").await.unwrap().body;
     assert_eq!(kept["body"], "text answer");
-    let device = get(&store, "device", "d1").unwrap().body;
+    let device = get(&store, "device", "d1").await.unwrap().body;
     assert_eq!(device["auth_epoch"], 0);
     assert_eq!(device["pairing_issued"], json!([]));
     assert_eq!(device["rotate_keys"], false);
@@ -653,7 +669,7 @@ async fn version_1_database_moves_into_typed_tables() {
         ("migration", "pending-charges-before-checkpoints", "done"),
     ] {
         assert_eq!(
-            store.owner(ns, value).unwrap().as_deref(),
+            store.owner(ns, value).await.unwrap().as_deref(),
             Some(owner),
             "{ns}"
         );
@@ -663,7 +679,7 @@ async fn version_1_database_moves_into_typed_tables() {
         .commit(vec![location("l2", "m1", "new")])
         .await
         .unwrap();
-    assert_eq!(ids(&store, "locations", "m1"), ["l2", "l1"]);
+    assert_eq!(ids(&store, "locations", "m1").await, ["l2", "l1"]);
     drop(store);
     let conn = Connection::open(&path).unwrap();
     let old: i64 = conn

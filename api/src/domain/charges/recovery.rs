@@ -191,7 +191,7 @@ pub async fn recover(engine: &Engine, now: i64) -> Result<usize, ApiError> {
         }
         engine.in_flight.forget(&id);
     }
-    if !legacy_done(engine)? {
+    if !legacy_done(engine).await? {
         let (n, complete) = resolve_since(engine, None).await?;
         resolved += n;
         if complete {
@@ -205,12 +205,15 @@ pub async fn recover(engine: &Engine, now: i64) -> Result<usize, ApiError> {
         }
     }
     let mut others = Vec::new();
-    engine.db.walk_back::<BootRecord>(|b| {
-        if b.id != engine.boot.id {
-            others.push(b);
-        }
-        Ok(true)
-    })?;
+    engine
+        .db
+        .walk_back::<BootRecord>(|b| {
+            if b.id != engine.boot.id {
+                others.push(b);
+            }
+            Ok(true)
+        })
+        .await?;
     if let Some(from) = others.iter().map(|b| b.checkpoint).min() {
         let (n, complete) = resolve_since(engine, Some(from - MARGIN)).await?;
         resolved += n;
@@ -231,23 +234,26 @@ pub async fn recover(engine: &Engine, now: i64) -> Result<usize, ApiError> {
 
 const LEGACY: (&str, &str) = ("migration", "pending-charges-before-checkpoints");
 
-fn legacy_done(engine: &Engine) -> Result<bool, ApiError> {
-    Ok(engine.db.owner(LEGACY.0, LEGACY.1)?.is_some())
+async fn legacy_done(engine: &Engine) -> Result<bool, ApiError> {
+    Ok(engine.db.owner(LEGACY.0, LEGACY.1).await?.is_some())
 }
 
 /// Resolves every pending charge made since `from` (all, for `None`) that this process is not
 /// making; returns how many it resolved and whether none is left to retry.
 async fn resolve_since(engine: &Engine, from: Option<i64>) -> Result<(usize, bool), ApiError> {
     let mut pending = Vec::new();
-    engine.db.walk_back::<Charge>(|c| {
-        if from.is_some_and(|f| c.created_at < f) {
-            return Ok(false);
-        }
-        if c.status == ChargeStatus::Pending && !engine.in_flight.is_making(&c.charge_id) {
-            pending.push(c.charge_id);
-        }
-        Ok(true)
-    })?;
+    engine
+        .db
+        .walk_back::<Charge>(|c| {
+            if from.is_some_and(|f| c.created_at < f) {
+                return Ok(false);
+            }
+            if c.status == ChargeStatus::Pending && !engine.in_flight.is_making(&c.charge_id) {
+                pending.push(c.charge_id);
+            }
+            Ok(true)
+        })
+        .await?;
     let mut resolved = 0;
     let mut complete = true;
     for id in pending {
@@ -270,7 +276,8 @@ enum Outcome {
 async fn resolve(engine: &Engine, charge_id: &str) -> Result<Outcome, ApiError> {
     if engine
         .db
-        .get::<Charge>(charge_id)?
+        .get::<Charge>(charge_id)
+        .await?
         .is_none_or(|c| c.status != ChargeStatus::Pending)
     {
         return Ok(Outcome::NothingToDo);
