@@ -194,8 +194,8 @@ impl Host {
             tracing::info!(
                 connection,
                 %mti,
-                stan = entry.stan.as_deref().unwrap_or("-"),
-                de39 = entry.response_code.as_deref().unwrap_or("-"),
+                stan = %entry.stan.as_deref().unwrap_or("-"),
+                de39 = %entry.response_code.as_deref().unwrap_or("-"),
                 ?delivery,
                 "request"
             );
