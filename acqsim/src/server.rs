@@ -216,6 +216,20 @@ impl Simulator {
             .collect()
     }
 
+    /// The journal entries of requests with this RRN (DE 37, the platform's
+    /// `processor.reference`): a purchase and its reversals. Trailing spaces do not matter.
+    pub fn entries_for_rrn(&self, rrn: &str) -> Vec<Entry> {
+        let rrn = rrn.trim_end();
+        self.host
+            .state()
+            .record
+            .entries
+            .iter()
+            .filter(|e| e.rrn.as_deref().map(str::trim_end) == Some(rrn))
+            .cloned()
+            .collect()
+    }
+
     /// The running totals.
     pub fn counters(&self) -> Counters {
         self.host.state().record.counters

@@ -286,3 +286,27 @@ async fn wait_until_sees_a_reversal_that_arrives_later() {
             .await
     );
 }
+
+#[tokio::test]
+async fn a_lost_0410_is_recovered_by_the_0401_repeat() {
+    let (sim, mut client) = start().await;
+    let original = purchase(1, "5555555555554444", 2500);
+    assert_eq!(code(&ask(&mut client, &original).await), "00");
+    sim.drop_next(1);
+    client.send(&reversal(&original, 2, false)).await.unwrap();
+    silence(&mut client).await;
+    // The host did reverse it; the platform repeats as 0401 until it hears so.
+    assert!(sim.is_reversed(&rrn(1)));
+    let answer = ask(&mut client, &reversal(&original, 2, true)).await;
+    assert_eq!((answer.mti(), code(&answer)), (Mti::ReversalResponse, "00"));
+    assert_eq!(sim.reversals()[0].requests, 2);
+    let deliveries: Vec<Delivery> = sim
+        .entries_for_rrn(&rrn(1))
+        .iter()
+        .map(|e| e.delivery)
+        .collect();
+    assert_eq!(
+        deliveries,
+        [Delivery::Answered, Delivery::Dropped, Delivery::Answered]
+    );
+}

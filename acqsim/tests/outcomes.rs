@@ -345,3 +345,31 @@ async fn a_request_whose_mac_fails_is_counted_and_never_answered() {
     assert_eq!(code(&ask(&mut client, &request).await), "00");
     assert_eq!(sim.counters().answered, 1);
 }
+
+#[tokio::test]
+async fn format_errors_and_requests_that_cannot_be_matched() {
+    let (sim, mut client) = start().await;
+    // A purchase without the card number: format error.
+    let mut no_pan = purchase(1, "4242424242424242", 1500);
+    no_pan.remove(De::Pan);
+    assert_eq!(code(&ask(&mut client, &no_pan).await), "30");
+    // Without DE 41 (or DE 11) no answer could be matched to its request (12.3): none is sent.
+    let mut no_terminal = purchase(2, "4242424242424242", 1500);
+    no_terminal.remove(De::TerminalId);
+    client.send(&no_terminal).await.unwrap();
+    let mut no_stan = purchase(3, "4242424242424242", 1500);
+    no_stan.remove(De::Stan);
+    client.send(&no_stan).await.unwrap();
+    silence(&mut client).await;
+    let journal = sim.journal();
+    assert_eq!(journal.len(), 3);
+    assert!(
+        journal[1..]
+            .iter()
+            .all(|e| e.delivery == Delivery::Unanswerable)
+    );
+    // Found again by its RRN, as the platform's charge names it.
+    let by_rrn = sim.entries_for_rrn(&rrn(1));
+    assert_eq!(by_rrn.len(), 1);
+    assert_eq!(by_rrn[0].response_code.as_deref(), Some("30"));
+}
