@@ -44,6 +44,7 @@ mod field;
 mod frame;
 mod link;
 mod message;
+pub mod testcards;
 
 pub use error::Error;
 pub use field::De;

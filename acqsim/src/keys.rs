@@ -10,15 +10,11 @@ use std::fmt;
 use paycrypto::TdesKey;
 use paycrypto::zeroize::Zeroizing;
 
-/// The test ZPK (zone PIN key): the classic `0123456789ABCDEF` left half with a byte-reversed
-/// right half, every byte of odd parity (as an HSM that checks DES parity wants). KCV `8B913F`.
-pub const TEST_ZPK_HEX: &str = "0123456789ABCDEFEFCDAB8967452301";
-/// The test ZAK (zone MAC key): the same bytes rotated, odd parity. KCV `EB7A8D`.
-pub const TEST_ZAK_HEX: &str = "89ABCDEF0123456776543210FEDCBA98";
-/// The test PVK (PIN verification key): the published test key of the psec Visa PVV vectors
-/// (`paycrypto/tests/vectors.toml`, `[[pvv]]`), so the PVV method itself is anchored to a
-/// published answer. KCV `08D7B4`.
-pub const TEST_PVK_HEX: &str = "0123456789ABCDEFFEDCBA9876543210";
+/// The published test keys ([`paycrypto::published`]): ZPK (KCV `8B913F`), ZAK (`EB7A8D`),
+/// PVK (`08D7B4`).
+pub use paycrypto::published::{
+    PVK_HEX as TEST_PVK_HEX, ZAK_HEX as TEST_ZAK_HEX, ZPK_HEX as TEST_ZPK_HEX,
+};
 
 /// Why a key could not be loaded. Never holds the key text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

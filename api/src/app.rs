@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::domain::charges::{Boot, Engine, InFlight};
 use crate::domain::idem::Idempotency;
 use crate::domain::locks::Locks;
-use crate::domain::processor::Simulator;
+use crate::domain::processor::{IssuerKeys, Simulator};
 use crate::domain::replay::Replay;
 use crate::error::ApiError;
 use crate::keyd::Keyd;
@@ -51,10 +51,7 @@ impl Services {
             idempotency: Idempotency::default(),
             charges: Engine {
                 db,
-                processor: Arc::new(Simulator::new(
-                    std::time::Duration::from_millis(config.processor.latency_ms),
-                    config.processor.timeout(),
-                )),
+                processor: Arc::new(simulator(&config)),
                 locks,
                 timeout: config.processor.timeout(),
                 boot: Boot {
@@ -84,5 +81,19 @@ impl Services {
         Self::with_parts(config, Arc::new(store), auth)
             .await
             .unwrap_or_else(|e| unreachable!("app: {e}"))
+    }
+}
+
+/// The embedded simulator, acting as issuer for PINs when its keys in keyd are configured.
+fn simulator(config: &Config) -> Simulator {
+    let p = &config.processor;
+    let sim = Simulator::new(std::time::Duration::from_millis(p.latency_ms), p.timeout());
+    match (&p.pin_zpk, &p.pin_pvk) {
+        (Some(zpk), Some(pvk)) => sim.with_issuer(IssuerKeys {
+            keyd: Keyd::new(config.keyd_socket.clone()),
+            zpk: zpk.clone(),
+            pvk: pvk.clone(),
+        }),
+        _ => sim,
     }
 }

@@ -62,6 +62,14 @@ pub struct ProcessorConfig {
     /// time-out card waits exactly this long).
     #[serde(default = "default_processor_timeout")]
     pub timeout_ms: u64,
+    /// The keyd key id of the simulator's zone PIN key (`keyd simulator-keys` prints it).
+    /// With `pin_pvk`, the simulator takes PINs and checks them as an issuer would (spec
+    /// 12.7); without both, a charge that carries a PIN is refused.
+    #[serde(default)]
+    pub pin_zpk: Option<String>,
+    /// The keyd key id of the simulator's PIN verification key.
+    #[serde(default)]
+    pub pin_pvk: Option<String>,
 }
 
 impl Default for ProcessorConfig {
@@ -69,6 +77,8 @@ impl Default for ProcessorConfig {
         Self {
             latency_ms: 0,
             timeout_ms: default_processor_timeout(),
+            pin_zpk: None,
+            pin_pvk: None,
         }
     }
 }
@@ -274,6 +284,22 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        let key_id = |k: &Option<String>| {
+            k.as_deref().is_none_or(|k| {
+                (5..=64).contains(&k.len())
+                    && k.starts_with("imp-")
+                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+        };
+        if config.processor.pin_zpk.is_some() != config.processor.pin_pvk.is_some()
+            || !key_id(&config.processor.pin_zpk)
+            || !key_id(&config.processor.pin_pvk)
+        {
+            return Err(ConfigError(
+                "processor.pin_zpk and processor.pin_pvk go together, each a keyd key id (imp-…)"
+                    .into(),
+            ));
         }
         if config.max_body_bytes == 0 || config.max_body_bytes > 1 << 20 {
             return Err(ConfigError("max_body_bytes must be 1 to 1048576".into()));

@@ -634,7 +634,7 @@ async fn current_key_set(
             .find(|k| k.kind == kind)
             .ok_or_else(|| ApiError::internal(&format!("keyd key set without {kind}")))
     };
-    let (mac, msk, tdk) = (find("mac")?, find("msk")?, find("tdk")?);
+    let (mac, msk, tdk, tpk) = (find("mac")?, find("msk")?, find("tdk")?, find("tpk")?);
     let set = KeySetRef {
         key_set_id: info.key_set_id.clone(),
         issued_at: now,
@@ -644,6 +644,7 @@ async fn current_key_set(
         msk_key_id: msk.key_id.clone(),
         msk_kcv: hex::encode_upper(msk.kcv),
         tdk_key_id: tdk.key_id.clone(),
+        tpk_key_id: Some(tpk.key_id.clone()),
     };
     let new = set.clone();
     app.db
@@ -683,7 +684,7 @@ async fn config_json(app: &Terminals<'_>, device: &Device) -> Result<Value, ApiE
         "location": location,
         "emv": {"aids": ["A0000000031010", "A0000000041010", "A000000025010801", "A0000001524010"],
                 "terminal_capabilities": "E0F8C8", "terminal_type": "22"},
-        "security": {"pin_required_above": money(5_000), "contactless_limit": money(5_000),
+        "security": {"pin_required_above": money(5_000), "contactless_limit": money(crate::domain::charges::CONTACTLESS_LIMIT),
                      "fallback_allowed": false},
         "branding": {"theme": field("theme"), "logo_url": field("logo_url"),
                      "primary_color": field("primary_color")},

@@ -57,6 +57,9 @@ pub mod op {
     pub const KEY_ERASED: u16 = 0x0334;
     /// An officer generated a partner's key (`key-generate`).
     pub const KEY_GENERATE: u16 = 0x0335;
+    /// An officer stored the simulators' published test keys (`simulator-keys`), one record
+    /// per key.
+    pub const SIMULATOR_KEYS: u16 = 0x0336;
     /// keyd started, or a command ran, with dual control off.
     pub const DUAL_CONTROL_OFF: u16 = 0x03FE;
 }

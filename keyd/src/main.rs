@@ -239,6 +239,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Store the simulators' published test keys (spec 12.7): the ZPK and PVK with which the
+    /// API's embedded simulator verifies PINs, and the ZAK of the acquirer host simulator's
+    /// link. For test and demo installs only: the keys are public. Prints each key's id and
+    /// KCV (the API's `[processor]` settings take the ids). One officer.
+    SimulatorKeys {
+        /// The officer doing it.
+        #[arg(long)]
+        officer: Option<String>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Parse and check the configuration, then exit.
     CheckConfig,
     /// Walk the audit log's hash chain; name the first broken record if there is one.
@@ -542,19 +554,7 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                 result.as_ref().ok().map(|k| k.kcv),
                 &result,
             );
-            let imported = result?;
-            let kcv = keyd::kcv_hex(imported.kcv);
-            if json {
-                let out = serde_json::json!({
-                    "key_id": imported.key_id, "label": label, "zone": zone,
-                    "header": header_json(&header), "kcv": kcv,
-                });
-                println!("{out}");
-            } else {
-                println!("key {} ({label})", imported.key_id);
-                println!("header {}", header_text(&header));
-                println!("KCV {kcv}");
-            }
+            print_key(&result?, &label, Some(&zone), &header, json);
             logged
         }
         Command::KeyGenerate {
@@ -574,18 +574,28 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                 result.as_ref().ok().map(|k| k.kcv),
                 &result,
             );
-            let made = result?;
-            let kcv = keyd::kcv_hex(made.kcv);
-            if json {
-                let out = serde_json::json!({
-                    "key_id": made.key_id, "label": label,
-                    "header": header_json(&header), "kcv": kcv,
-                });
-                println!("{out}");
-            } else {
-                println!("key {} ({label})", made.key_id);
-                println!("header {}", header_text(&header));
-                println!("KCV {kcv}");
+            print_key(&result?, &label, None, &header, json);
+            logged
+        }
+        Command::SimulatorKeys { officer, json } => {
+            let op = Operator::open(&config)?;
+            let officers = op.one_officer(officer.as_deref())?;
+            let result = op.service.simulator_keys();
+            let mut logged = Ok(());
+            for (_, _, key) in result.as_deref().unwrap_or_default() {
+                logged = logged.and(op.record(
+                    audit::op::SIMULATOR_KEYS,
+                    &officers,
+                    Some(&key.key_id),
+                    Some(key.kcv),
+                    &result,
+                ));
+            }
+            if result.is_err() {
+                logged = op.record(audit::op::SIMULATOR_KEYS, &officers, None, None, &result);
+            }
+            for (label, header, key) in result? {
+                print_key(&key, label, None, &header, json);
             }
             logged
         }
@@ -1133,6 +1143,36 @@ fn block_argument(arg: &str) -> Result<String, keyd::Error> {
 }
 
 /// A header for people: `D P0 T E 00 E` and its optional blocks' ids.
+/// Prints a stored partner key: its id, label, zone (when it came under one), header and KCV,
+/// as text or one JSON object.
+#[allow(
+    clippy::print_stdout,
+    reason = "the key's id and KCV are the command's result"
+)]
+fn print_key(
+    key: &keyd_proto::message::ImportedKey,
+    label: &str,
+    zone: Option<&str>,
+    header: &tr31::Header,
+    json: bool,
+) {
+    let kcv = keyd::kcv_hex(key.kcv);
+    if json {
+        let mut out = serde_json::json!({
+            "key_id": key.key_id, "label": label,
+            "header": header_json(header), "kcv": kcv,
+        });
+        if let (Some(zone), Some(obj)) = (zone, out.as_object_mut()) {
+            obj.insert("zone".into(), zone.into());
+        }
+        println!("{out}");
+    } else {
+        println!("key {} ({label})", key.key_id);
+        println!("header {}", header_text(header));
+        println!("KCV {kcv}");
+    }
+}
+
 fn header_text(h: &tr31::Header) -> String {
     let blocks: Vec<String> = h
         .optional_blocks

@@ -547,6 +547,49 @@ impl Service {
         self.store_partner_key(header.clone(), &key, label)
     }
 
+    /// Stores the simulators' published test keys ([`paycrypto::published`]) like imported
+    /// ones: the ZPK (`P0`, mode `B`) and PVK (`V2`, mode `C`) the embedded simulator verifies
+    /// PINs with (spec 12.7), and the ZAK (`M3`, mode `C`) of the acquirer host simulator's
+    /// link. Labelled `simulator-zpk`, `simulator-pvk`, `simulator-zak`; not exportable.
+    ///
+    /// Only these constants can be stored this way: there is no path that takes a clear key
+    /// from outside, so the command cannot be turned into a clear-key import.
+    ///
+    /// # Errors
+    /// As [`Service::key_generate`].
+    pub fn simulator_keys(
+        &self,
+    ) -> Result<Vec<(&'static str, tr31::Header, m::ImportedKey)>, Error> {
+        let keys = [
+            (
+                "simulator-zpk",
+                "D0000P0TB00N0000",
+                paycrypto::published::ZPK_HEX,
+            ),
+            (
+                "simulator-pvk",
+                "D0000V2TC00N0000",
+                paycrypto::published::PVK_HEX,
+            ),
+            (
+                "simulator-zak",
+                "D0000M3TC00N0000",
+                paycrypto::published::ZAK_HEX,
+            ),
+        ];
+        let mut stored = Vec::with_capacity(keys.len());
+        for (label, header, hex_key) in keys {
+            let header = tr31::Header::parse(header, Profile::Strict)?;
+            let bytes = Zeroizing::new(
+                hex::decode(hex_key).map_err(|_| Error::BadRequest("test key".into()))?,
+            );
+            let key = tr31::Key::new(&bytes)?;
+            let made = self.store_partner_key(header.clone(), &key, label)?;
+            stored.push((label, header, made));
+        }
+        Ok(stored)
+    }
+
     /// Stores a partner's key under the LMK with its header (version D, storage context, its
     /// id bound in an `LB` block) and its label.
     fn store_partner_key(

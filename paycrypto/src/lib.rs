@@ -42,6 +42,7 @@ mod nibbles;
 mod pan;
 mod pin;
 mod pinblock;
+pub mod published;
 mod pvv;
 mod selftest;
 

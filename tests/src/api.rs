@@ -397,13 +397,42 @@ impl Platform {
     /// # Errors
     /// If a process does not start or the admin session cannot be initiated.
     pub fn start(api_binary: &Path, auth: &str) -> Result<Self, Error> {
+        Self::start_with(api_binary, auth, false)
+    }
+
+    /// Like [`Platform::start`], with the simulator acting as issuer for PINs: the published
+    /// test keys stored in keyd (`keyd simulator-keys`) and named in a `[processor]` table
+    /// that also holds `processor` (lines of that table, e.g. `timeout_ms = 300`). `auth` must
+    /// then not open a `[processor]` table of its own.
+    ///
+    /// # Errors
+    /// As [`Platform::start`], and if the keys cannot be stored.
+    pub fn start_with_issuer(
+        api_binary: &Path,
+        auth: &str,
+        processor: &str,
+    ) -> Result<Self, Error> {
+        Self::start_with(
+            api_binary,
+            &format!("{auth}\n[processor]\n{processor}\n"),
+            true,
+        )
+    }
+
+    fn start_with(api_binary: &Path, auth: &str, issuer: bool) -> Result<Self, Error> {
         let mut keyd = crate::KeydProcess::new(
             &api_binary.with_file_name("keyd"),
             r#""data", "devices""#,
             "memory",
         )?;
         keyd.start()?;
-        let api = ApiProcess::start(api_binary, keyd.socket(), "", auth)?;
+        let auth = if issuer {
+            let (zpk, pvk, _) = keyd.simulator_keys()?;
+            format!("{auth}pin_zpk = \"{zpk}\"\npin_pvk = \"{pvk}\"\n")
+        } else {
+            auth.to_owned()
+        };
+        let api = ApiProcess::start(api_binary, keyd.socket(), "", &auth)?;
         let http = api.client();
         let admin = api.token("ops", "platform_admin")?;
         let platform = Self {

@@ -200,6 +200,36 @@ impl KeydProcess {
         Ok(())
     }
 
+    /// Stores the simulators' published test keys (`keyd simulator-keys`, first harness
+    /// officer) and returns their key ids: `(zpk, pvk, zak)`.
+    ///
+    /// # Errors
+    /// If the command fails or prints something else.
+    pub fn simulator_keys(&self) -> Result<(String, String, String), Error> {
+        let (name, password) = OFFICERS[0];
+        let out = self.run(
+            &["simulator-keys", "--officer", name, "--json"],
+            &[password],
+        )?;
+        let mut ids = std::collections::HashMap::new();
+        for line in out.lines().filter(|l| l.starts_with('{')) {
+            let key: serde_json::Value = serde_json::from_str(line)?;
+            let text = |k: &str| key.get(k).and_then(serde_json::Value::as_str);
+            if let (Some(label), Some(id)) = (text("label"), text("key_id")) {
+                ids.insert(label.to_owned(), id.to_owned());
+            }
+        }
+        let mut take = |label: &str| {
+            ids.remove(label)
+                .ok_or_else(|| format!("simulator-keys printed no {label}: {out}"))
+        };
+        Ok((
+            take("simulator-zpk")?,
+            take("simulator-pvk")?,
+            take("simulator-zak")?,
+        ))
+    }
+
     /// A `keyd` command with this instance's config and token environment.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.binary);

@@ -199,6 +199,8 @@ crate::body! {
         pub description: Option<Text<500>>,
         /// Free-form pairs kept with the charge.
         pub metadata: Option<Metadata>,
+        /// Never given (spec 12.2).
+        pub pin_block: body::NoPin,
     }
 }
 
@@ -278,6 +280,7 @@ async fn create_backoffice_inner(
                 exp_year,
                 fingerprint,
                 entry_mode: "manual".into(),
+                pin_block: None,
             },
             reference: None,
             description,

@@ -15,7 +15,7 @@ use crate::domain::idem::{self, Running};
 use crate::domain::locks::Locks;
 use crate::domain::model::{Amount, FeeTemplate, Merchant};
 use crate::domain::processor::{
-    self, AuthorizationRequest, Outcome, Pan, Processor, RefundRequest, VoidRequest,
+    self, AuthorizationRequest, Outcome, Pan, PinBlock, Processor, RefundRequest, VoidRequest,
 };
 use crate::error::{ApiError, Code};
 use crate::store::Write;
@@ -205,7 +205,14 @@ pub struct CardInput {
     pub fingerprint: String,
     /// Entry mode.
     pub entry_mode: String,
+    /// The PIN, already under the processor's zone PIN key (see [`AuthorizationRequest`]).
+    pub pin_block: Option<PinBlock>,
 }
+
+/// The contactless CVM limit in minor units, as terminals are configured with it
+/// (`security.contactless_limit`): a contactless charge may carry a PIN only above it
+/// (spec 12.2).
+pub const CONTACTLESS_LIMIT: u64 = 5_000;
 
 /// A charge to make.
 #[derive(Debug)]
@@ -354,6 +361,7 @@ pub async fn create(
         currency,
         merchant_id: charge.merchant_id.clone(),
         entry_mode: new.card.entry_mode,
+        pin_block: new.card.pin_block,
     };
     let outcome = tokio::time::timeout(
         processor_deadline(engine),

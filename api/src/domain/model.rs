@@ -344,6 +344,10 @@ pub struct KeySetRef {
     pub msk_kcv: String,
     /// The TDK of card data.
     pub tdk_key_id: String,
+    /// The TPK of PIN blocks (absent from sets issued before online PIN: such a device
+    /// fetches its keys again before it can send a PIN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpk_key_id: Option<String>,
 }
 
 /// A platform role (`realm_access.roles`).

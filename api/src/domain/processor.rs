@@ -14,7 +14,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use acqlink::testcards::{self, CardRule};
+use keyd_proto::Status;
+use keyd_proto::message::PvvVerify;
 use zeroize::Zeroizing;
+
+use crate::keyd::{Keyd, KeydError};
 
 /// Whether `pan` is a plausible card number: 12 to 19 ASCII digits with a valid Luhn check
 /// digit. The platform refuses anything else with 400/`4000` before a processor is asked, so
@@ -134,6 +141,34 @@ pub struct AuthorizationRequest {
     pub merchant_id: String,
     /// `chip`, `contactless`, `swipe` or `manual`.
     pub entry_mode: String,
+    /// The cardholder's PIN, when the terminal took one: an ISO 9564-1 format 0 block under
+    /// this processor's zone PIN key ([`Processor::pin_key`]), translated by keyd from the
+    /// terminal's format 4 block. Never a clear PIN.
+    pub pin_block: Option<PinBlock>,
+}
+
+/// A format 0 PIN block under a processor's ZPK, as keyd translated it. Wiped on drop, redacted
+/// in `Debug`, not `Clone`: enciphered, but the PIN of a card whose number travels beside it.
+pub struct PinBlock(Zeroizing<[u8; 8]>);
+
+impl PinBlock {
+    /// Wraps the block keyd returned; `None` unless it is 8 bytes (format 0).
+    pub fn new(bytes: &[u8]) -> Option<Self> {
+        <[u8; 8]>::try_from(bytes)
+            .ok()
+            .map(|b| Self(Zeroizing::new(b)))
+    }
+
+    /// The block's bytes (for keyd and for DE 52).
+    pub fn expose(&self) -> &[u8; 8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PinBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PinBlock(…)")
+    }
 }
 
 /// The answer to an authorization that reached a decision. A processor failure is not an
@@ -230,6 +265,13 @@ pub trait Processor: Send + Sync + fmt::Debug {
     /// The name the charge object shows under `processor.name`.
     fn name(&self) -> &'static str;
 
+    /// The keyd key id of the zone PIN key this processor takes PIN blocks under (spec 12.2:
+    /// keyd translates the terminal's block to it before the call), or `None` when it takes
+    /// no PIN, so that a charge with a PIN is refused before it is recorded.
+    fn pin_key(&self) -> Option<&str> {
+        None
+    }
+
     /// Authorizes and captures a charge. Takes the request by value so the PAN is dropped
     /// (and zeroized) as soon as the call is over.
     fn authorize(
@@ -257,17 +299,57 @@ pub trait Processor: Send + Sync + fmt::Debug {
 pub struct Simulator {
     latency: Duration,
     timeout: Duration,
+    issuer: Option<Arc<IssuerKeys>>,
+}
+
+/// The simulator's issuer keys in keyd (spec 12.7), stored there by `keyd simulator-keys`:
+/// its zone PIN key, which terminals' PIN blocks are translated to, and its PVK, with which
+/// keyd checks the PIN against the PVV of the card. The simulator never sees a PIN.
+#[derive(Debug)]
+pub struct IssuerKeys {
+    /// keyd, for `PvvVerify`.
+    pub keyd: Keyd,
+    /// The ZPK's key id in keyd.
+    pub zpk: String,
+    /// The PVK's key id in keyd.
+    pub pvk: String,
+}
+
+/// The contract's decline word for an ISO response code (spec 12.6), `other` for any code it
+/// does not name.
+pub fn decline_code(iso: &str) -> &'static str {
+    match iso {
+        "05" => "do_not_honor",
+        "51" => "insufficient_funds",
+        "54" => "expired_card",
+        "55" => "incorrect_pin",
+        "75" => "pin_tries_exceeded",
+        "91" => "issuer_unavailable",
+        _ => "other",
+    }
 }
 
 impl Simulator {
     /// A simulator that waits `latency` before every answer (zero: answers at once) and whose
     /// timeout card waits `timeout` before reporting [`ProcessorError::Timeout`].
     pub fn new(latency: Duration, timeout: Duration) -> Self {
-        Self { latency, timeout }
+        Self {
+            latency,
+            timeout,
+            issuer: None,
+        }
     }
 
-    /// The decision for a request, after the latency. Separate from the trait method so the
-    /// rules read as one table.
+    /// The same simulator acting as issuer for PINs: without issuer keys it takes no PIN.
+    #[must_use]
+    pub fn with_issuer(mut self, keys: IssuerKeys) -> Self {
+        self.issuer = Some(Arc::new(keys));
+        self
+    }
+
+    /// The decision for a request, after the latency, in the order an issuer takes them
+    /// (the same as the acquirer host simulator's): the cards that fail or time out, then the
+    /// PIN, then the card's own decline, then the amount rule.
     async fn decide(&self, req: AuthorizationRequest) -> Result<Outcome, ProcessorError> {
         pause(self.latency).await;
         let pan = req.pan.expose();
@@ -276,28 +358,78 @@ impl Simulator {
             return Err(ProcessorError::Failed("invalid card".to_owned()));
         }
         let (code, reference) = authorization_ids(&req.charge_id);
-        let decline = |iso: &str, word: &str| Outcome::Declined {
+        let decline = |iso: &str| Outcome::Declined {
             iso_response_code: iso.to_owned(),
-            decline_code: word.to_owned(),
+            decline_code: decline_code(iso).to_owned(),
             reference: reference.clone(),
         };
-        match pan {
-            CARD_DO_NOT_HONOR => Ok(decline("05", "do_not_honor")),
-            CARD_INSUFFICIENT_FUNDS => Ok(decline("51", "insufficient_funds")),
-            CARD_EXPIRED => Ok(decline("54", "expired_card")),
-            CARD_PROCESSOR_ERROR => Err(ProcessorError::Failed(
-                "simulated processor error".to_owned(),
-            )),
-            CARD_TIMEOUT => {
-                pause(self.timeout).await;
-                Err(ProcessorError::Timeout)
+        let rule = testcards::rule(pan);
+        match rule {
+            CardRule::ProcessorError => {
+                return Err(ProcessorError::Failed(
+                    "simulated processor error".to_owned(),
+                ));
             }
+            CardRule::Timeout => {
+                pause(self.timeout).await;
+                return Err(ProcessorError::Timeout);
+            }
+            CardRule::Approve | CardRule::Decline(_) => {}
+        }
+        if let Some(block) = &req.pin_block
+            && let Some(iso) = self.check_pin(&req.pan, block).await?
+        {
+            return Ok(decline(iso));
+        }
+        match rule {
+            CardRule::Decline(iso) => Ok(decline(iso)),
             // Every other valid card would approve; the amount rule can still decline it.
-            _ if req.base_amount % 100 == 91 => Ok(decline("91", "issuer_unavailable")),
+            _ if testcards::amount_declines(req.base_amount) => Ok(decline("91")),
             _ => Ok(Outcome::Approved {
                 authorization_code: code,
                 reference,
             }),
+        }
+    }
+
+    /// The issuer's PIN check: `None` when the PIN is right, else the decline code (`55` for
+    /// a wrong PIN or a card it holds no PVV for, `75` on the card whose tries are used up).
+    async fn check_pin(
+        &self,
+        pan: &Pan,
+        block: &PinBlock,
+    ) -> Result<Option<&'static str>, ProcessorError> {
+        let Some(issuer) = &self.issuer else {
+            // The engine only sends a PIN to a processor that named a PIN key.
+            return Err(ProcessorError::Failed("no issuer keys".to_owned()));
+        };
+        if pan.expose() == testcards::PIN_BLOCKED_PAN {
+            return Ok(Some("75"));
+        }
+        let Some(pvv) = testcards::TEST_CARDS
+            .iter()
+            .find(|(p, _)| *p == pan.expose())
+            .and_then(|(_, pvv)| <[u8; 4]>::try_from(pvv.as_bytes()).ok())
+        else {
+            return Ok(Some("55"));
+        };
+        let verified = issuer
+            .keyd
+            .call(&PvvVerify {
+                pvk_key_id: issuer.pvk.clone(),
+                zpk_key_id: issuer.zpk.clone(),
+                pan: keyd_proto::Secret::new(pan.expose().as_bytes()),
+                pin_block: *block.expose(),
+                pvki: testcards::PVKI,
+                pvv,
+            })
+            .await;
+        match verified {
+            Ok(_) => Ok(None),
+            Err(KeydError::Refused(Status::AUTH_FAILED)) => Ok(Some("55")),
+            Err(_) => Err(ProcessorError::Failed(
+                "the issuer's PIN check is unavailable".to_owned(),
+            )),
         }
     }
 }
@@ -305,6 +437,10 @@ impl Simulator {
 impl Processor for Simulator {
     fn name(&self) -> &'static str {
         "simulator"
+    }
+
+    fn pin_key(&self) -> Option<&str> {
+        self.issuer.as_ref().map(|i| i.zpk.as_str())
     }
 
     fn authorize(
@@ -388,12 +524,6 @@ fn hex(bytes: &[u8]) -> String {
 
 const MIN_PAN_LEN: usize = 12;
 const CODE_ALPHABET: &[u8; 36] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-// The simulator's special cards (contract section 8). All pass the Luhn check.
-const CARD_DO_NOT_HONOR: &str = "4000000000000002";
-const CARD_INSUFFICIENT_FUNDS: &str = "4000000000009995";
-const CARD_EXPIRED: &str = "4000000000000069";
-const CARD_PROCESSOR_ERROR: &str = "4000000000000119";
-const CARD_TIMEOUT: &str = "4000000000000259";
 
 #[cfg(test)]
 mod tests {
@@ -411,6 +541,7 @@ mod tests {
             currency: "EUR".to_owned(),
             merchant_id: "m_1".to_owned(),
             entry_mode: "chip".to_owned(),
+            pin_block: None,
         }
     }
 
@@ -698,7 +829,7 @@ mod tests {
 
     #[test]
     fn usable_as_a_trait_object() {
-        let p: std::sync::Arc<dyn Processor> = std::sync::Arc::new(sim());
+        let p: Arc<dyn Processor> = Arc::new(sim());
         assert_eq!(p.name(), "simulator");
         assert!(format!("{p:?}").contains("Simulator"));
     }

@@ -7,13 +7,13 @@
 //! whatever else is wrong.
 
 use keyd_proto::Status;
-use keyd_proto::message::{CardDecrypt, ChargeOpen, MacItem, MacVerifyBatch};
+use keyd_proto::message::{CardDecrypt, ChargeOpen, MacItem, MacVerifyBatch, PinTranslate};
 use serde_json::{Map, Value};
 
 use crate::domain::charges::{self, CardInput, Charge, NewCharge};
 use crate::domain::idem::{self, Begin, Running};
 use crate::domain::model::{Device, DeviceStatus, KeySetRef, Merchant};
-use crate::domain::processor::{self, Pan};
+use crate::domain::processor::{self, Pan, PinBlock};
 use crate::error::{ApiError, Code};
 use crate::keyd::KeydError;
 use crate::pos::envelope::{self, Sealed};
@@ -22,7 +22,9 @@ use crate::request::Call;
 
 use crate::store::Write;
 use crate::wire::body::{self, Text};
-use crate::wire::fields::{Ciphertext, EmvData, Iv, Money, MoneyOrZero, tip_in_currency};
+use crate::wire::fields::{
+    Ciphertext, EmvData, Iv, Money, MoneyOrZero, PinBlockHex, tip_in_currency,
+};
 use crate::wire::ids;
 
 /// A request whose signature, window, nonce and device state have passed.
@@ -392,7 +394,26 @@ crate::body! {
         pub emv_data: Option<EmvData>,
         /// The terminal's own reference.
         pub reference: Option<Text<128>>,
+        /// The cardholder's PIN: ISO 9564-1 format 4 under the terminal's TPK (spec 12.2).
+        pub pin_block: Option<PinBlockHex>,
     }
+}
+
+/// Spec 12.2: chip and swipe may carry a PIN; contactless only above the contactless limit;
+/// manual entry never.
+fn pin_allowed(charge: &PosCharge, problems: &mut body::Problems) {
+    if charge.pin_block.is_none() {
+        return;
+    }
+    let why = match charge.entry_mode {
+        EntryMode::Chip | EntryMode::Swipe => return,
+        EntryMode::Contactless if charge.amount.value > charges::CONTACTLESS_LIMIT => return,
+        EntryMode::Contactless => {
+            "a contactless charge carries a PIN only above the contactless limit"
+        }
+        EntryMode::Manual => "a manually entered card carries no PIN",
+    };
+    problems.fail_member("pin_block", why);
 }
 
 /// Validates the decrypted charge and opens the card data in keyd.
@@ -408,9 +429,11 @@ async fn charge_input(
         entry_mode,
         card,
         reference,
+        pin_block,
         ..
     } = body::from_value_checked(Value::Object(inner), |b: &PosCharge, p| {
         tip_in_currency(&b.amount, b.tip.as_ref(), p);
+        pin_allowed(b, p);
     })?;
     let tip = tip.map(|t| t.0);
     charges::check_total(&amount, tip.as_ref())?;
@@ -463,6 +486,10 @@ async fn charge_input(
     if !processor::luhn_ok(clear.pan) {
         return Err(ApiError::field("card.pan", "fails the Luhn check"));
     }
+    let pin_block = match pin_block {
+        Some(block) => Some(translate_pin(app, s, &block, clear.pan).await?),
+        None => None,
+    };
     Ok(NewCharge {
         merchant,
         amount,
@@ -473,6 +500,7 @@ async fn charge_input(
             exp_year: clear.exp_year,
             fingerprint: hex::encode_upper(card.pan_fingerprint),
             entry_mode: entry_mode.as_str().to_owned(),
+            pin_block,
         },
         reference: reference.map(String::from),
         description: None,
@@ -480,6 +508,51 @@ async fn charge_input(
         location_id: s.device.location_id.clone(),
         terminal_id: Some(s.terminal_id.clone()),
     })
+}
+
+/// The terminal's format 4 block translated by keyd to the processor's zone PIN key (format 0,
+/// bound to the same PAN), before anything is recorded. Every way the block can fail (not
+/// under this terminal's TPK, not a format 4 PIN field, bound to another card) is the one
+/// answer 400 on `pin_block`, as keyd gives one answer for all of them.
+async fn translate_pin(
+    app: &Terminals<'_>,
+    s: &Signed,
+    block: &PinBlockHex,
+    pan: &str,
+) -> Result<PinBlock, ApiError> {
+    let unreadable = || ApiError::field("pin_block", "is not a PIN block for this card");
+    let Some(zpk) = app.charges.processor.pin_key() else {
+        return Err(ApiError::field(
+            "pin_block",
+            "the configured processor takes no PIN",
+        ));
+    };
+    let Some(tpk) = &s.set.tpk_key_id else {
+        return Err(ApiError::new(
+            Code::DeviceState,
+            "the device's key set has no PIN key; fetch keys again (POST /pos/keys)",
+        ));
+    };
+    let bytes = hex::decode(block.expose().as_bytes()).map_err(|_| unreadable())?;
+    let translated = app
+        .keyd
+        .call(&PinTranslate {
+            from_key_id: tpk.clone(),
+            to_key_id: zpk.to_owned(),
+            pan: keyd_proto::Secret::new(pan.as_bytes()),
+            pin_block: bytes,
+        })
+        .await;
+    match translated {
+        Ok(t) => PinBlock::new(&t.pin_block).ok_or_else(|| {
+            ApiError::internal(&"keyd translated a PIN block to something not format 0")
+        }),
+        Err(KeydError::Refused(Status::AUTH_FAILED | Status::BAD_REQUEST)) => Err(unreadable()),
+        Err(KeydError::Refused(st)) => Err(ApiError::internal(&format!(
+            "keyd refused PIN translation: {st}"
+        ))),
+        Err(KeydError::Unavailable) => Err(KeydError::unavailable()),
+    }
 }
 
 /// A charge of the terminal's own merchant, else 404.

@@ -561,6 +561,28 @@ impl Field for Refused {
     }
 }
 
+/// `pin_block` where no PIN may come (spec 12.2: a card typed in, as on a backoffice charge,
+/// carries none): any value but `null` is refused, so a PIN is never silently dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoPin;
+
+impl Field for NoPin {
+    const REQUIRED: bool = false;
+
+    fn read(_: Value, at: &At<'_>, problems: &mut Problems) -> Option<Self> {
+        problems.fail(at, "a card entered by hand carries no PIN");
+        None
+    }
+
+    fn absent() -> Option<Self> {
+        Some(Self)
+    }
+
+    fn schema() -> Value {
+        json!({"not": {}, "description": "Never given: a card entered by hand carries no PIN."})
+    }
+}
+
 /// Whether a character is refused in free text (C0, DEL and C1 controls).
 fn is_control(c: char) -> bool {
     c.is_control()

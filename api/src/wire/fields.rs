@@ -280,6 +280,13 @@ string_field!(
     {"type": "string", "pattern": "^[0-9A-Fa-f]{32}$"}
 );
 
+secret_string_field!(
+    /// A PIN block as the terminal sends it: ISO 9564-1 format 4 under its TPK, 16 bytes in hex.
+    /// Enciphered, but still the cardholder's PIN under a key: redacted like card data.
+    PinBlockHex, |v: &str| v.len() == 32 && is_hex(v), "32 hex digits",
+    {"type": "string", "pattern": "^[0-9A-Fa-f]{32}$"}
+);
+
 string_field!(
     /// EMV data (TLV) in hex, at most 2 KiB.
     EmvData, |e: &str| e.len() <= 4096 && is_hex(e), "hex TLV",
