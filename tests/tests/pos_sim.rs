@@ -240,6 +240,50 @@ fn every_outcome_of_the_processor_simulator_through_pos_sim() {
 }
 
 #[test]
+fn pos_sim_enters_a_pin_and_the_simulator_checks_it_as_issuer() {
+    let p = e2e::api::Platform::start_with_issuer(&api_bin(), "", "").unwrap();
+    let (_, key_id, secret) = merchant_and_device(&p, "POS-0000A1B2");
+    let mut runs = Vec::new();
+    for pin in ["1234", "9876"] {
+        let args = [
+            "--zmk-component",
+            e2e::ZMK_COMPONENTS[0],
+            "--zmk-component",
+            e2e::ZMK_COMPONENTS[1],
+            "run",
+            "--device-id",
+            "POS-0000A1B2",
+            "--identity-key-id",
+            &key_id,
+            "--identity-secret",
+            "-",
+            "--claim-token",
+            &p.admin,
+            "--card",
+            "4242424242424242:1500",
+            "--pin",
+            pin,
+        ];
+        let (ok, out) = pos_sim(p.api.port(), &args, &format!("{secret}\n"));
+        assert!(ok, "{out}");
+        assert!(!out.contains(pin), "the PIN is never printed: {out}");
+        runs.push(out);
+    }
+    let charge = |out: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with("charge 1:"))
+            .unwrap_or_else(|| panic!("no charge: {out}"))
+            .to_owned()
+    };
+    assert!(charge(&runs[0]).contains("approved 00"), "{}", runs[0]);
+    assert!(
+        charge(&runs[1]).contains("declined 55 incorrect_pin"),
+        "{}",
+        runs[1]
+    );
+}
+
+#[test]
 fn an_api_restart_in_the_middle_of_a_pos_sim_load_loses_nothing() {
     let mut p = e2e::api::Platform::start(&api_bin(), "").unwrap();
     let (mid, _, _) = merchant_and_device(&p, "POS-00000001");

@@ -94,8 +94,12 @@ fn run() -> Result<(), Error> {
         );
     }
 
+    let (zpk, pvk, _) = keyd.simulator_keys()?;
+    println!("   `keyd simulator-keys`: the simulator's published test ZPK {zpk} and PVK {pvk}");
+
     println!("== the API on loopback (SQLite file, embedded token issuer, simulated processor)");
-    let api = ApiProcess::start(&api_bin, keyd.socket(), "", "")?;
+    let processor = format!("\n[processor]\npin_zpk = \"{zpk}\"\npin_pvk = \"{pvk}\"\n");
+    let api = ApiProcess::start(&api_bin, keyd.socket(), "", &processor)?;
     let http = api.client();
     println!("   listening on http://127.0.0.1:{}", api.port());
     let admin = api.token("demo-operator", "platform_admin")?;
@@ -252,6 +256,14 @@ fn run() -> Result<(), Error> {
     ] {
         let (a, v) = t.charge(pan, amount, "EUR", None)?;
         println!("   {label}: {}", show(&a, v.as_ref()));
+    }
+    println!("== online PIN (format 4 under the TPK; keyd translates it and checks the PVV)");
+    for (pin, label) in [("1234", "the right PIN"), ("4321", "a wrong PIN")] {
+        let inner = json!({"amount": {"value": "6000", "currency": "EUR"}, "entry_mode": "chip",
+                           "card": t.card_blob("4242424242424242")?,
+                           "pin_block": t.pin_block(pin, "4242424242424242")?});
+        let (a, v) = t.charge_with(&inner, None)?;
+        println!("   visa 60.00 EUR with {label}: {}", show(&a, v.as_ref()));
     }
     let id = approved["charge_id"]
         .as_str()

@@ -82,6 +82,10 @@ enum Command {
         /// (repeat it, e.g. once per outcome of the processor simulator).
         #[arg(long = "card", value_parser = card)]
         cards: Vec<(String, u64)>,
+        /// The cardholder's PIN, entered on every charge: sent as an ISO 9564-1 format 4
+        /// block under the delivered TPK (the simulator approves `1234`, spec 12.7).
+        #[arg(long)]
+        pin: Option<String>,
     },
     /// Many terminals of one merchant, charging in parallel.
     Load {
@@ -193,6 +197,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             currency,
             pan,
             cards,
+            pin,
         } => {
             let secret = secret(&identity_secret, "identity secret")?;
             let cards = if cards.is_empty() {
@@ -201,7 +206,12 @@ fn run(cli: Cli) -> Result<(), Error> {
                 cards
             };
             let mut t = Terminal::new(http, &device_id, &identity_key_id, &secret, &zmk)?;
-            one_terminal(http, &mut t, claim_token.as_deref(), &cards, &currency)
+            let charges = Charges {
+                cards: &cards,
+                currency: &currency,
+                pin: pin.as_deref(),
+            };
+            one_terminal(http, &mut t, claim_token.as_deref(), &charges)
         }
         Command::Load {
             token,
@@ -267,12 +277,21 @@ fn card(text: &str) -> Result<(String, u64), String> {
     Ok((pan.to_owned(), amount))
 }
 
+/// What one terminal charges after activation.
+struct Charges<'a> {
+    /// `(PAN, amount)` per charge, in order.
+    cards: &'a [(String, u64)],
+    /// The merchant's currency.
+    currency: &'a str,
+    /// The PIN entered on every charge, if any.
+    pin: Option<&'a str>,
+}
+
 fn one_terminal(
     http: Client,
     t: &mut Terminal,
     claim_token: Option<&str>,
-    cards: &[(String, u64)],
-    currency: &str,
+    charges: &Charges<'_>,
 ) -> Result<(), Error> {
     println!("== {}", t.device_id());
     let boot = t.bootstrap()?;
@@ -371,8 +390,17 @@ fn one_terminal(
             .as_str()
             .unwrap_or("")
     );
-    for (i, (pan, amount)) in (1..).zip(cards) {
-        let (a, v) = t.charge(pan, *amount, currency, Some(&format!("sim-{i}")))?;
+    for (i, (pan, amount)) in (1..).zip(charges.cards) {
+        let reference = format!("sim-{i}");
+        let (a, v) = match charges.pin {
+            None => t.charge(pan, *amount, charges.currency, Some(&reference))?,
+            Some(pin) => {
+                let inner = json!({"amount": {"value": amount.to_string(), "currency": charges.currency},
+                                   "entry_mode": "chip", "card": t.card_blob(pan)?,
+                                   "reference": reference, "pin_block": t.pin_block(pin, pan)?});
+                t.charge_with(&inner, None)?
+            }
+        };
         match v {
             Some(c) => println!(
                 "   charge {i}: {} {} {} {}",
