@@ -37,6 +37,22 @@ pub struct Config {
     /// Officer accounts, dual control, key destruction.
     #[serde(default)]
     pub officers: crate::officers::Policy,
+    /// Most connections served at once; beyond it new ones wait in the socket's listen queue.
+    /// Lowered at start to what `RLIMIT_NOFILE` allows (a warning names `LimitNOFILE`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection with no request and no answer pending for this long is closed (0: never).
+    /// A client that holds connections open and idle costs a descriptor each.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+}
+
+const fn default_max_connections() -> usize {
+    256
+}
+
+const fn default_idle_timeout() -> u64 {
+    600
 }
 
 const fn default_grace() -> u64 {
@@ -222,10 +238,20 @@ impl Config {
 
     /// The groups a peer may call: the union of the rules naming its uid or gid. Hello and ping
     /// are always allowed.
+    ///
+    /// A peer that no `[[access]]` rule names gets nothing, not even the session operations
+    /// (`Hello`, `Ping`): the socket's file mode decides who may connect, the rules decide who
+    /// may ask anything, and a stranger has no business even pinging.
     pub fn groups_for(&self, uid: u32, gid: u32) -> u32 {
-        self.access
+        let mut rules = self
+            .access
             .iter()
             .filter(|r| r.uid == Some(uid) || r.gid == Some(gid))
+            .peekable();
+        if rules.peek().is_none() {
+            return 0;
+        }
+        rules
             .flat_map(|r| r.groups.iter())
             .fold(Group::Session.bit(), |acc, g| acc | g.group().bit())
     }
@@ -267,7 +293,10 @@ groups = ["admin"]
             c.groups_for(7, 50),
             Group::Session.bit() | Group::Admin.bit()
         );
-        assert_eq!(c.groups_for(7, 7), Group::Session.bit());
+        // A peer no rule names may not even ping.
+        assert_eq!(c.groups_for(7, 7), 0);
+        assert_eq!(c.max_connections, 256);
+        assert_eq!(c.idle_timeout_secs, 600);
     }
 
     #[test]

@@ -57,16 +57,46 @@ pub async fn serve(
     let hsm_worker = (service.placement() == Placement::Token)
         .then(|| spawn_hsm_worker(Arc::clone(&service), Arc::clone(&audit)));
     let keeper = tokio::spawn(housekeeping(Arc::clone(&service), Arc::clone(&audit)));
+    let places = Arc::new(tokio::sync::Semaphore::new(
+        netlimits::fit_to_fd_limit(config.max_connections, RESERVED_FDS).max(1),
+    ));
+    let mut backoff = netlimits::AcceptBackoff::default();
     loop {
-        tokio::select! {
+        // A place first, then accept: beyond the cap, connections wait in the listen queue
+        // instead of taking descriptors.
+        let place = tokio::select! {
+            () = &mut shutdown => break,
+            place = Arc::clone(&places).acquire_owned() => match place {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(connection(stream, Arc::clone(&service), Arc::clone(&config), Arc::clone(&audit), hsm_worker.clone()));
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    let pause = backoff.failed(&e, std::time::Instant::now());
+                    drop(place);
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(pause) => continue,
+                    }
                 }
-                Err(e) => tracing::warn!(error = %e, "accept failed"),
             },
-        }
+        };
+        backoff.succeeded();
+        let work = connection(
+            stream,
+            Arc::clone(&service),
+            Arc::clone(&config),
+            Arc::clone(&audit),
+            hsm_worker.clone(),
+        );
+        tokio::spawn(async move {
+            work.await;
+            drop(place);
+        });
     }
     keeper.abort();
 }
@@ -105,14 +135,26 @@ async fn housekeeping(service: Arc<Service>, audit: Arc<Audit>) {
     }
 }
 
+/// Descriptors kept for everything that is not a peer's connection: the store, the audit log,
+/// the token's files and sockets, the listener.
+const RESERVED_FDS: u64 = 64;
+
 /// Answers waiting to be written. The reader appends frames straight into it and the writer
 /// task sends everything queued in one write, so a pipelined connection costs few system calls
 /// and no per-answer buffer.
 #[derive(Default)]
 struct Outbox {
     buf: std::sync::Mutex<Vec<u8>>,
+    /// The reader has queued something (or is done).
     ready: tokio::sync::Notify,
+    /// The writer has sent a batch (or stopped): a reader held back by a full outbox looks
+    /// again.
+    drained: tokio::sync::Notify,
+    /// The reader is done: the writer sends what is left and stops.
     closed: std::sync::atomic::AtomicBool,
+    /// The writer stopped (the peer is gone or stopped reading for good): nothing queued for
+    /// this connection will be sent, so its work is dropped.
+    gone: std::sync::atomic::AtomicBool,
 }
 
 /// Most answer bytes queued before the reader waits for the writer.
@@ -128,6 +170,25 @@ impl Outbox {
     fn push(&self, f: impl FnOnce(&mut Vec<u8>)) {
         f(&mut self.lock());
         self.ready.notify_one();
+    }
+
+    fn is_gone(&self) -> bool {
+        self.gone.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits, without spinning, until the queued answers are under [`OUTBOX_LIMIT`]; `false`
+    /// when the writer stopped instead, so the reader stops too.
+    async fn room(&self) -> bool {
+        loop {
+            let drained = self.drained.notified();
+            if self.is_gone() {
+                return false;
+            }
+            if self.lock().len() <= OUTBOX_LIMIT {
+                return true;
+            }
+            drained.await;
+        }
     }
 }
 
@@ -153,7 +214,12 @@ async fn write_loop(
         }
         spare = batch;
         spare.clear();
+        outbox.drained.notify_one();
     }
+    outbox
+        .gone
+        .store(true, std::sync::atomic::Ordering::Release);
+    outbox.drained.notify_one();
 }
 
 /// A data request for the HSM thread: everything it needs to answer into the right outbox.
@@ -167,15 +233,19 @@ struct HsmJob {
     started: std::time::Instant,
 }
 
-fn spawn_hsm_worker(
-    service: Arc<Service>,
-    audit: Arc<Audit>,
-) -> std::sync::mpsc::SyncSender<HsmJob> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<HsmJob>(8192);
+/// The HSM thread and its queue. The queue is tokio's, so a full queue makes the socket
+/// reader wait asynchronously instead of blocking an I/O thread; the HSM thread, a plain
+/// thread, receives with `blocking_recv`.
+fn spawn_hsm_worker(service: Arc<Service>, audit: Arc<Audit>) -> tokio::sync::mpsc::Sender<HsmJob> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<HsmJob>(8192);
     let spawned = std::thread::Builder::new()
         .name("keyd-hsm".into())
         .spawn(move || {
-            while let Ok(job) = rx.recv() {
+            while let Some(job) = rx.blocking_recv() {
+                // Its peer is gone: nobody will read the answer.
+                if job.outbox.is_gone() {
+                    continue;
+                }
                 job.outbox.push(|out| {
                     let mut status = Status::INTERNAL;
                     frame::encode_with(Kind::Response, job.opcode, job.id, out, |out| {
@@ -253,7 +323,7 @@ async fn connection(
     service: Arc<Service>,
     config: Arc<Config>,
     audit: Arc<Audit>,
-    hsm_worker: Option<std::sync::mpsc::SyncSender<HsmJob>>,
+    hsm_worker: Option<tokio::sync::mpsc::Sender<HsmJob>>,
 ) {
     let (groups, peer): (u32, Arc<str>) = match stream.peer_cred() {
         Ok(cred) => (
@@ -265,6 +335,13 @@ async fn connection(
             return;
         }
     };
+    if groups == 0 {
+        // Allowed to connect by the socket's mode, but named by no access rule.
+        tracing::debug!(peer = %peer, "peer has no operation group; closing");
+        return;
+    }
+    let idle = (config.idle_timeout_secs > 0)
+        .then(|| std::time::Duration::from_secs(config.idle_timeout_secs));
     let (mut read, write) = stream.into_split();
     let outbox = Arc::new(Outbox::default());
     let writer = tokio::spawn(write_loop(write, Arc::clone(&outbox), Arc::clone(&audit)));
@@ -274,7 +351,16 @@ async fn connection(
         if buf.capacity() - buf.len() < 16 * 1024 {
             buf.reserve(64 * 1024);
         }
-        match read.read_buf(&mut buf).await {
+        let got = match idle {
+            None => read.read_buf(&mut buf).await,
+            Some(limit) => match tokio::time::timeout(limit, read.read_buf(&mut buf)).await {
+                Ok(got) => got,
+                // Nothing asked for a long time and nothing left to answer: let it go.
+                Err(_) if outbox.lock().is_empty() => break,
+                Err(_) => continue,
+            },
+        };
+        match got {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
@@ -343,7 +429,7 @@ async fn connection(
                     peer: Arc::clone(&peer),
                     started,
                 };
-                if worker.send(job).is_err() {
+                if worker.send(job).await.is_err() {
                     break 'read;
                 }
             } else {
@@ -358,8 +444,10 @@ async fn connection(
             }
         }
         buf.drain(..used);
-        while outbox.lock().len() > OUTBOX_LIMIT {
-            tokio::task::yield_now().await;
+        // A peer that asks without reading the answers is held here (the writer is blocked
+        // on its socket) until it reads, or until it goes away and the writer stops.
+        if !outbox.room().await {
+            break;
         }
     }
     outbox

@@ -250,12 +250,63 @@ impl KeydProcess {
         &self.socket
     }
 
+    /// The configuration file (tests that need a setting the harness does not write edit it
+    /// before [`KeydProcess::start`]).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Adds top-level settings (`max_connections = 8`...) to the configuration; they must come
+    /// before its first table, so they go at the top.
+    ///
+    /// # Errors
+    /// If the file cannot be rewritten.
+    pub fn prepend_config(&self, lines: &str) -> Result<(), Error> {
+        let old = std::fs::read_to_string(&self.config)?;
+        std::fs::write(&self.config, format!("{lines}\n{old}"))?;
+        Ok(())
+    }
+
     /// Starts `keyd serve` and waits for its socket.
     ///
     /// # Errors
     /// If it does not come up within 20 s.
     pub fn start(&mut self) -> Result<(), Error> {
-        let child = self.command(&["serve"]).stderr(Stdio::null()).spawn()?;
+        self.start_with(None, None)
+    }
+
+    /// Starts `keyd serve` under a descriptor limit (soft and hard, as a unit with
+    /// `LimitNOFILE=n` would run it) and/or with its log appended to a file, and waits for its
+    /// socket.
+    ///
+    /// # Errors
+    /// If it does not come up within 20 s.
+    pub fn start_with(&mut self, nofile: Option<u64>, log: Option<&Path>) -> Result<(), Error> {
+        let mut command = match nofile {
+            None => Command::new(&self.binary),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(&self.binary);
+                sh
+            }
+        };
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .envs(self.hsm.env());
+        let stderr = match log {
+            None => Stdio::null(),
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        let child = command.stderr(stderr).spawn()?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.socket.exists() {
