@@ -119,6 +119,21 @@ fn seal_random(
     )?)
 }
 
+/// Opens a key block a caller sent (a partner's delivery, a block to translate or inspect)
+/// under a KBPK keyd holds. Whatever is wrong with it is the caller's input, not a fault of
+/// keyd: a block that is malformed, breaks the strict rules or does not fit the KBPK is
+/// `BAD_REQUEST`; one whose MAC fails stays the one `AUTH_FAILED`. Only a failing random source
+/// remains internal.
+fn open_sent(block: &str, kbpk: &dyn tr31::ExternalKbpk) -> Result<tr31::Opened, Error> {
+    KeyBlock::parse(block, Profile::Strict)
+        .and_then(|b| b.open_external(kbpk))
+        .map_err(|e| match e {
+            tr31::Error::Authentication => Error::Auth,
+            tr31::Error::Random => Error::Tr31(e),
+            other => Error::BadRequest(format!("key block: {other}")),
+        })
+}
+
 /// Keys leave keyd only if their own header allows it: `E` (into key blocks, which is all keyd
 /// writes) or `S`; never `N`.
 /// Labels of partners' keys: 1-64 printable ASCII characters.
@@ -441,8 +456,7 @@ impl Service {
         key_block: &str,
     ) -> Result<(tr31::Header, [u8; 3]), Error> {
         let zmk = self.zmk(zone)?;
-        let opened =
-            KeyBlock::parse(key_block, Profile::Strict)?.open_external(&Memo::new(&zmk))?;
+        let opened = open_sent(key_block, &Memo::new(&zmk))?;
         let kcv = tr31::kcv::for_algorithm(opened.header.algorithm, opened.key.expose_secret())
             .unwrap_or_default();
         Ok((opened.header, kcv))
@@ -457,7 +471,7 @@ impl Service {
     pub fn tr31_translate(&self, req: &m::Tr31Translate) -> Result<m::KeyBlockOut, Error> {
         let from = self.zmk(&req.from_zone)?;
         let from = Memo::new(&from);
-        let opened = KeyBlock::parse(&req.key_block, Profile::Strict)?.open_external(&from)?;
+        let opened = open_sent(&req.key_block, &from)?;
         let mut header = opened.header;
         require_exportable(&header)?;
         header.version = tr31::Version::D;
@@ -509,8 +523,7 @@ impl Service {
     pub fn tr31_import(&self, req: &m::Tr31Import) -> Result<m::ImportedKey, Error> {
         check_label(&req.label)?;
         let zmk = self.zmk(&req.zone)?;
-        let opened =
-            KeyBlock::parse(&req.key_block, Profile::Strict)?.open_external(&Memo::new(&zmk))?;
+        let opened = open_sent(&req.key_block, &Memo::new(&zmk))?;
         self.store_partner_key(opened.header, &opened.key, &req.label)
     }
 

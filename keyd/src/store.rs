@@ -363,19 +363,34 @@ fn connect(path: &Path) -> Result<Connection, Error> {
     Ok(conn)
 }
 
+/// Creates the store file with mode 0600 if it does not exist yet. Done before SQLite opens it:
+/// SQLite would create it with the umask's mode, and a chmod afterwards leaves a moment in which
+/// another user can open it and keep the descriptor. SQLite gives its `-wal` and `-shm` files
+/// the database file's mode.
+fn create_private(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl SqliteStore {
     /// Opens (or creates) the store at `path`. The file is readable by its owner only.
     ///
     /// # Errors
     /// [`Error::Store`].
     pub fn open(path: &Path) -> Result<Self, Error> {
+        create_private(path)?;
         let mut writer_conn = connect(path)?;
         writer_conn.execute_batch(SCHEMA)?;
         writer_conn.execute_batch(admin::SCHEMA)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        }
         let reader = connect(path)?;
         let (writer, jobs) = std::sync::mpsc::sync_channel::<Job>(4096);
         std::thread::Builder::new()
@@ -865,6 +880,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.db");
         let store = SqliteStore::open(&path).unwrap();
+        // The write-ahead log holds key blocks too, and SQLite creates it (on the first write,
+        // inside `open`) with the mode the database file had then: that must already be 0600,
+        // whatever the umask (the common 022 would make it world-readable).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for file in ["keys.db", "keys.db-wal", "keys.db-shm"] {
+                let mode = std::fs::metadata(dir.path().join(file))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(mode & 0o077, 0, "{file} is {mode:o}");
+            }
+        }
         exercise(&store);
         admin::exercise(&store);
         drop(store);

@@ -376,11 +376,49 @@ async fn admin_import_export_and_translate_on_softhsm() {
     let imported = client
         .call(&m::Tr31Import {
             zone: "z1".into(),
-            key_block: block,
+            key_block: block.clone(),
             label: "acquirer BDK".into(),
         })
         .await
         .unwrap();
+    // A block that is junk, empty or breaks the rules is the caller's mistake (BAD_REQUEST);
+    // one whose MAC fails is AUTH_FAILED; neither is keyd's INTERNAL.
+    let import = |key_block: &str| m::Tr31Import {
+        zone: "z1".into(),
+        key_block: key_block.into(),
+        label: "junk".into(),
+    };
+    fn status<T>(r: Result<T, ClientError>) -> Status {
+        match r {
+            Err(ClientError::Status(s)) => s,
+            Err(e) => panic!("expected a refusal, got {e}"),
+            Ok(_) => panic!("expected a refusal, got an answer"),
+        }
+    }
+    for junk in ["", "junk", "D0112P0AE00E0000", &block[..block.len() - 2]] {
+        assert_eq!(
+            status(client.call(&import(junk)).await),
+            Status::BAD_REQUEST,
+            "{junk:?}"
+        );
+        let translate = m::Tr31Translate {
+            from_zone: "z1".into(),
+            to_zone: "z2".into(),
+            key_block: junk.into(),
+        };
+        assert_eq!(status(client.call(&translate).await), Status::BAD_REQUEST);
+    }
+    let last = block.chars().last().unwrap();
+    let flipped = format!(
+        "{}{}",
+        &block[..block.len() - 1],
+        if last == '0' { '1' } else { '0' }
+    );
+    assert_eq!(
+        status(client.call(&import(&flipped)).await),
+        Status::AUTH_FAILED
+    );
+
     keyd.approve("export", &format!("{}@z2", imported.key_id))
         .unwrap();
     let out = client
