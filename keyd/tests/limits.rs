@@ -168,3 +168,46 @@ fn out_of_descriptors_keyd_waits_instead_of_spinning() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Peak virtual memory of a process so far, in KiB (`VmPeak`): a reservation counts even if
+/// its pages are never touched, which is what a decoder's `with_capacity` makes.
+fn vm_peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmPeak:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_list_count_the_frame_cannot_hold_reserves_nothing() {
+    let mut keyd = keyd();
+    keyd.start().unwrap();
+    let pid = keyd.pid().unwrap();
+    assert!(ping_works(keyd.socket()));
+    let before = vm_peak_kib(pid);
+    // A batch claiming a million MAC items in a frame of just under 1 MiB of zeros (each item
+    // is at least 40 bytes: two empty strings and a 32-byte signature).
+    let mut body = 1_000_000u32.to_be_bytes().to_vec();
+    body.resize((1 << 20) - 64, 0);
+    let mut request = Vec::new();
+    frame::encode(
+        Kind::Request,
+        m::MacVerifyBatch::OPCODE,
+        Status::OK,
+        7,
+        &body,
+        &mut request,
+    );
+    let mut peer = UnixStream::connect(keyd.socket()).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    peer.write_all(&request).unwrap();
+    let mut header = [0u8; frame::HEADER_LEN];
+    peer.read_exact(&mut header).unwrap();
+    let (answer, _) = frame::decode(&header, 1 << 20).unwrap().unwrap();
+    assert_eq!(answer.header.status, Status::BAD_REQUEST);
+    let grown = vm_peak_kib(pid).saturating_sub(before);
+    assert!(
+        grown < 16 * 1024,
+        "decoding a 1 MiB frame reserved {grown} KiB more"
+    );
+}

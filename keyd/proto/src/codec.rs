@@ -103,6 +103,10 @@ impl<'a> Reader<'a> {
 
 /// A value that can be a field of a message.
 pub trait Field: Sized {
+    /// The fewest bytes an encoded value takes. Lets a list refuse a count its remaining bytes
+    /// cannot hold before it reserves memory for it, so a decoder never allocates more than a
+    /// small multiple of the frame it reads.
+    const MIN_WIRE: usize;
     /// Appends the value.
     fn put(&self, w: &mut Writer);
     /// Reads the value.
@@ -115,6 +119,7 @@ pub trait Field: Sized {
 macro_rules! int_field {
     ($($t:ty),*) => {$(
         impl Field for $t {
+            const MIN_WIRE: usize = core::mem::size_of::<$t>();
             fn put(&self, w: &mut Writer) {
                 w.raw(&self.to_be_bytes());
             }
@@ -128,6 +133,7 @@ macro_rules! int_field {
 int_field!(u8, u16, u32, u64);
 
 impl Field for bool {
+    const MIN_WIRE: usize = 1;
     fn put(&self, w: &mut Writer) {
         w.raw(&[u8::from(*self)]);
     }
@@ -141,6 +147,7 @@ impl Field for bool {
 }
 
 impl<const N: usize> Field for [u8; N] {
+    const MIN_WIRE: usize = N;
     fn put(&self, w: &mut Writer) {
         w.raw(self);
     }
@@ -151,6 +158,7 @@ impl<const N: usize> Field for [u8; N] {
 
 /// Byte strings carry a 4-byte length.
 impl Field for Vec<u8> {
+    const MIN_WIRE: usize = 4;
     fn put(&self, w: &mut Writer) {
         put_len(w, self.len());
         w.raw(self);
@@ -163,6 +171,7 @@ impl Field for Vec<u8> {
 
 /// Strings carry a 4-byte length and must be UTF-8.
 impl Field for String {
+    const MIN_WIRE: usize = 4;
     fn put(&self, w: &mut Writer) {
         put_len(w, self.len());
         w.raw(self.as_bytes());
@@ -185,6 +194,7 @@ impl Element for Secret {}
 
 /// Lists carry a 4-byte count; each element is checked to fit before it is read.
 impl<T: Element> Field for Vec<T> {
+    const MIN_WIRE: usize = 4;
     fn put(&self, w: &mut Writer) {
         put_len(w, self.len());
         for item in self {
@@ -193,9 +203,11 @@ impl<T: Element> Field for Vec<T> {
     }
     fn get(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let n = get_len(r)?;
-        // Every element takes at least one byte, so a count beyond the remaining bytes is a lie;
-        // refusing it first bounds the allocation by the body size.
-        if n > r.buf.len() {
+        // Every element takes at least `MIN_WIRE` bytes (one, for elements that can be empty),
+        // so a count the remaining bytes cannot hold is a lie; refusing it first bounds the
+        // allocation by the body size times the ratio of an element's size in memory to its
+        // smallest encoding.
+        if n > r.buf.len() / T::MIN_WIRE.max(1) {
             return Err(DecodeError::Truncated);
         }
         let mut out = Self::with_capacity(n);
@@ -207,6 +219,7 @@ impl<T: Element> Field for Vec<T> {
 }
 
 impl<T: Field> Field for Option<T> {
+    const MIN_WIRE: usize = 1;
     fn put(&self, w: &mut Writer) {
         match self {
             None => false.put(w),
@@ -255,6 +268,7 @@ impl PartialEq for Secret {
 }
 
 impl Field for Secret {
+    const MIN_WIRE: usize = 4;
     fn put(&self, w: &mut Writer) {
         put_len(w, self.0.len());
         w.raw(&self.0);

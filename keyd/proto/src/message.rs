@@ -145,6 +145,7 @@ macro_rules! message {
         impl crate::codec::Element for $name {}
 
         impl Field for $name {
+            const MIN_WIRE: usize = 0 $( + <$ty as Field>::MIN_WIRE )*;
             #[allow(unused_variables, reason = "empty messages have no fields")]
             fn put(&self, w: &mut Writer) {
                 $( Field::put(&self.$field, w); )*
