@@ -282,6 +282,11 @@ fn main() -> ExitCode {
 )]
 fn run(cli: Cli) -> Result<(), keyd::Error> {
     let config = keyd::Config::load(&cli.config)?;
+    // Every command that opens the token or reads a password or a component holds secrets in
+    // memory: no core dump, no ptrace by others, no swap for any of them, not only for `serve`.
+    if !matches!(cli.command, Command::CheckConfig | Command::AuditVerify) {
+        keyd::harden::process()?;
+    }
     match cli.command {
         Command::CheckConfig => {
             eprintln!("keyd: {} is valid", cli.config.display());
@@ -699,7 +704,6 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             logged
         }
         Command::Serve => {
-            keyd::harden::process()?;
             // The socket is made 0660 by `bind`; the PIN file is checked with the config.
             keyd::harden::not_world_accessible(&config.store)?;
             keyd::harden::not_world_accessible(&config.audit_path())?;

@@ -1620,10 +1620,7 @@ mod tests {
             to_zone: "z1".into(),
             key_block: block,
         });
-        assert!(matches!(
-            wrong,
-            Err(Error::Tr31(tr31::Error::Authentication))
-        ));
+        assert!(matches!(wrong, Err(Error::Auth)));
         // Identity keys never leave.
         let idk = s.tr31_export(&m::Tr31Export {
             key_id: identity.key_id,
