@@ -45,6 +45,15 @@ pub struct Config {
     /// A client that holds connections open and idle costs a descriptor each.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u64,
+    /// `PanFingerprint` calls allowed a second on average (bursts of ten seconds' worth): the
+    /// operation answers for any PAN the caller picks, so it is rationed (see
+    /// `Service::pan_fingerprint`).
+    #[serde(default = "default_fingerprint_rate")]
+    pub pan_fingerprint_rate: u32,
+}
+
+const fn default_fingerprint_rate() -> u32 {
+    crate::service::DEFAULT_FINGERPRINT_RATE
 }
 
 const fn default_max_connections() -> usize {

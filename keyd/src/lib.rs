@@ -136,6 +136,7 @@ pub fn service_on(config: &Config, hsm: Arc<dyn Hsm>) -> Result<Arc<Service>, Er
         config.key_set_grace_secs,
         config.cache_capacity,
     )?
-    .with_policy(config.officers.clone())?;
+    .with_policy(config.officers.clone())?
+    .with_fingerprint_rate(config.pan_fingerprint_rate);
     Ok(Arc::new(service))
 }

@@ -83,6 +83,8 @@ pub struct Service {
     capacity: usize,
     grace: u64,
     fingerprint_key: Zeroizing<[u8; 32]>,
+    /// Bounds `PanFingerprint` (see [`Service::pan_fingerprint`]).
+    fingerprint_budget: std::sync::Mutex<Budget>,
     /// Keys request fingerprints (a key apart from the PAN's, so neither value can stand in
     /// for the other).
     request_key: Zeroizing<[u8; 32]>,
@@ -100,6 +102,56 @@ impl std::fmt::Debug for Service {
             .field("capacity", &self.capacity)
             .field("grace", &self.grace)
             .finish_non_exhaustive()
+    }
+}
+
+/// PAN fingerprints a second when the config does not say.
+pub(crate) const DEFAULT_FINGERPRINT_RATE: u32 = 20;
+
+/// A token bucket: `rate` tokens a second, at most ten seconds' worth saved up. A refusal is
+/// logged once per ten seconds with how many were refused.
+#[derive(Debug)]
+struct Budget {
+    rate: f64,
+    tokens: f64,
+    last: std::time::Instant,
+    refused: u64,
+    logged: Option<std::time::Instant>,
+}
+
+impl Budget {
+    fn new(per_sec: u32) -> Self {
+        let rate = f64::from(per_sec.max(1));
+        Self {
+            rate,
+            tokens: rate * 10.0,
+            last: std::time::Instant::now(),
+            refused: 0,
+            logged: None,
+        }
+    }
+
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate * 10.0);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return true;
+        }
+        self.refused += 1;
+        if self
+            .logged
+            .is_none_or(|t| now.saturating_duration_since(t).as_secs() >= 10)
+        {
+            tracing::warn!(
+                refused = self.refused,
+                "PAN fingerprints refused: more asked than the configured rate"
+            );
+            self.logged = Some(now);
+            self.refused = 0;
+        }
+        false
     }
 }
 
@@ -194,6 +246,7 @@ impl Service {
             capacity,
             grace,
             fingerprint_key,
+            fingerprint_budget: std::sync::Mutex::new(Budget::new(DEFAULT_FINGERPRINT_RATE)),
             request_key,
             officers,
             seen_version,
@@ -209,6 +262,17 @@ impl Service {
     pub fn with_policy(mut self, policy: Policy) -> Result<Self, Error> {
         self.officers.set_policy(policy);
         Ok(self)
+    }
+
+    /// The same service allowing `per_sec` PAN fingerprints a second on average (bursts up to
+    /// ten seconds' worth).
+    #[must_use]
+    pub fn with_fingerprint_rate(self, per_sec: u32) -> Self {
+        *self
+            .fingerprint_budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Budget::new(per_sec);
+        self
     }
 
     /// Where working keys live.
@@ -830,10 +894,29 @@ impl Service {
     ///
     /// # Errors
     /// [`Error::BadRequest`] for anything that is not a PAN.
+    ///
+    /// The fingerprint of a PAN the caller chose is an oracle: with the BIN and last four
+    /// digits stored beside a fingerprint, about 10^5 guesses recover the card. The API needs
+    /// it only for cards typed into the backoffice (terminal cards get theirs from
+    /// `CardDecrypt`, which reveals nothing the caller did not already send encrypted), so the
+    /// operation is rationed: a token bucket of `pan_fingerprint_rate` a second, with bursts of
+    /// ten seconds' worth. At the default 20 a second a single card takes over an hour of
+    /// guessing, every call is on the audit log, and the refusals are logged. A per-merchant
+    /// key would not help: the attacker asks under the victim's merchant.
+    ///
+    /// [`Error::Policy`] once the budget is spent.
     pub fn pan_fingerprint(&self, req: &m::PanFingerprint) -> Result<m::Fingerprint, Error> {
         let pan = req.pan.expose();
         if !(12..=19).contains(&pan.len()) || !pan.iter().all(u8::is_ascii_digit) {
             return Err(Error::BadRequest("a PAN is 12-19 digits".into()));
+        }
+        if !self
+            .fingerprint_budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(std::time::Instant::now())
+        {
+            return Err(Error::Policy("PAN fingerprint rate exceeded"));
         }
         Ok(m::Fingerprint {
             value: crypto::hmac(&self.fingerprint_key[..], pan)?,
@@ -1647,5 +1730,19 @@ mod tests {
         let lmk = Lmk(&*s.hsm);
         assert!(matches!(s.open_stored(&lmk, &forged), Err(Error::Store(_))));
         assert!(s.open_stored(&lmk, msk).is_ok());
+    }
+
+    #[test]
+    fn pan_fingerprints_are_rationed() {
+        let mut budget = Budget::new(2);
+        let start = std::time::Instant::now();
+        // Ten seconds' worth at once, then nothing until time passes.
+        assert!((0..20).all(|_| budget.take(start)));
+        assert!(!budget.take(start));
+        assert!(budget.take(start + std::time::Duration::from_millis(500)));
+        assert!(!budget.take(start + std::time::Duration::from_millis(500)));
+        // Saved-up tokens stop at ten seconds' worth.
+        let later = start + std::time::Duration::from_secs(3600);
+        assert_eq!((0..30).filter(|_| budget.take(later)).count(), 20);
     }
 }

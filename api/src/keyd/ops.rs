@@ -9,7 +9,7 @@ use keyd_proto::message::{
 use keyd_proto::{Secret, Status};
 use zeroize::Zeroizing;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::keyd::Keyd;
 use crate::keyd::KeydError;
 
@@ -95,7 +95,9 @@ pub async fn register_device(
 /// terminal card data), as hex.
 ///
 /// # Errors
-/// 400 naming `card.number` if keyd refuses it, 503 when keyd is down.
+/// 400 naming `card.number` if keyd refuses it, 429/`4290` when keyd's ration of PAN
+/// fingerprints is spent (typed-in cards faster than any desk types them), 503 when keyd is
+/// down.
 pub async fn pan_fingerprint(keyd: &Keyd, pan: &str) -> Result<String, ApiError> {
     keyd.call(&PanFingerprint {
         pan: Secret::new(pan.as_bytes()),
@@ -103,6 +105,10 @@ pub async fn pan_fingerprint(keyd: &Keyd, pan: &str) -> Result<String, ApiError>
     .await
     .map(|f| hex::encode_upper(f.value))
     .map_err(|e| match e {
+        KeydError::Refused(Status::POLICY) => ApiError::new(
+            Code::RateLimited,
+            "too many typed-in cards at once; try again shortly",
+        ),
         KeydError::Refused(_) => ApiError::field("card.number", "not a card number"),
         KeydError::Unavailable => KeydError::unavailable(),
     })
