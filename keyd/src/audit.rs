@@ -1,10 +1,26 @@
-//! The audit log: one line per operation, each line chained to the one before by SHA-256, so
-//! that editing, removing or reordering a record breaks the chain at that record.
+//! The audit log: one line per operation, each line chained to the one before, so that editing,
+//! removing or reordering a record breaks the chain at that record.
 //!
 //! A line is `{"seq":…,"at":…,"peer":…,"op":"0x0205","subject":…,"kcv":…,"status":…,"micros":…,
-//! "prev":"<hex>","hash":"<hex>"}`, where `hash` is SHA-256 of the previous record's hash and
-//! the line's text up to (not including) `,"hash"`. Only ids, check values, statuses and
-//! timings are written: never key bytes, PANs, secrets or plaintext.
+//! "prev":"<hex>","mac":"<hex>"}`, where `mac` is HMAC-SHA-256, under a key derived in the token
+//! from the LMK ([`AuditKey`]), of the previous record's MAC and the line's text up to (not
+//! including) `,"mac"`. Someone who can edit the file but not use the token cannot make a
+//! record, or recompute the chain after an edit. Only ids, check values, statuses and timings
+//! are written: never key bytes, PANs, secrets or plaintext.
+//!
+//! `keyd init` writes its first records before the LMK exists: they are chained by plain
+//! SHA-256 and end in `"hash"` instead of `"mac"`, and once the LMK is there init writes the
+//! first keyed record ([`op::AUDIT_KEYED`]), which covers them. Unkeyed records may only open a
+//! log and only be init's (`INIT`, `DUAL_CONTROL_OFF`); a log with no keyed record at all does
+//! not verify under a key. So a log rewritten without the token, even as an unkeyed chain, is
+//! refused. (A log written by a keyd from before the chain was keyed is refused too: verify it
+//! with that version's `audit-verify`, then move it aside.)
+//!
+//! A log can still be cut: its tail removed. [`Audit::open`] takes an optional checkpoint file
+//! (on another mount, or a pipe to a log collector) to which keyd appends the record count and
+//! the last MAC every [`CHECKPOINT_EVERY`] records and at every synced flush;
+//! [`verify_checkpoints`] then finds a log shorter than, or different from, what was checked
+//! in.
 //!
 //! Records are appended in memory under a lock, then chained and written to the file under an
 //! exclusive advisory lock on it before the answers they describe leave keyd (the socket writer
@@ -60,6 +76,8 @@ pub mod op {
     /// An officer stored the simulators' published test keys (`simulator-keys`), one record
     /// per key.
     pub const SIMULATOR_KEYS: u16 = 0x0336;
+    /// The first keyed record of a log: written by `keyd init` once the LMK exists.
+    pub const AUDIT_KEYED: u16 = 0x03FD;
     /// keyd started, or a command ran, with dual control off.
     pub const DUAL_CONTROL_OFF: u16 = 0x03FE;
 }
@@ -89,14 +107,21 @@ struct State {
     pending: String,
     prev: [u8; 32],
     seq: u64,
+    /// Whether the last record is keyed (then every later one must be).
+    keyed: bool,
     /// The file's length after this process last wrote it: a different length at the next
     /// write means another keyd process (an operator command beside `serve`) appended.
     len: u64,
+    /// Where checkpoints go, and the record the last one covered.
+    checkpoints: Option<File>,
+    checkpointed: u64,
 }
 
 /// The open log.
 pub struct Audit {
     state: Mutex<State>,
+    /// `None` only for `keyd init` before the LMK exists.
+    key: Option<AuditKey>,
     failed: AtomicBool,
     /// Highest sequence number known to be on disk; held while syncing, so concurrent syncs
     /// wait for one `fdatasync` and find their records already covered (group sync).
@@ -120,11 +145,68 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-fn chain(prev: &[u8; 32], body: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(prev);
-    h.update(body.as_bytes());
-    h.finalize().into()
+/// The key of the chain: 32 bytes derived in the token from the LMK (`keyd audit chain key`),
+/// so that every keyd process on a token holding that LMK (serve, officers' commands, a
+/// standby formed from the same components) writes and checks the same chain, and no one
+/// without the token can. Wiped on drop, not printable.
+pub struct AuditKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl AuditKey {
+    /// The key of the chain for the LMK in `hsm`.
+    ///
+    /// # Errors
+    /// [`Error::Hsm`] when the token cannot compute it (no LMK).
+    pub fn derive(hsm: &dyn crate::hsm::Hsm) -> Result<Self, Error> {
+        crate::derive_from_lmk(hsm, "keyd audit chain key").map(Self)
+    }
+
+    /// A key from bytes (tests).
+    #[cfg(test)]
+    fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(zeroize::Zeroizing::new(bytes))
+    }
+}
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(…)")
+    }
+}
+
+/// The link of a record: HMAC-SHA-256 under the key, or SHA-256 for the unkeyed records that
+/// may open a log.
+fn chain(key: Option<&AuditKey>, prev: &[u8; 32], body: &str) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    match key {
+        Some(key) => {
+            let Ok(mut mac) = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&key.0[..]) else {
+                return [0u8; 32];
+            };
+            mac.update(prev);
+            mac.update(body.as_bytes());
+            mac.finalize().into_bytes().into()
+        }
+        None => {
+            let mut h = Sha256::new();
+            h.update(prev);
+            h.update(body.as_bytes());
+            h.finalize().into()
+        }
+    }
+}
+
+/// Records between two checkpoints at most.
+pub const CHECKPOINT_EVERY: u64 = 1000;
+
+/// What a walk of the chain found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// Records in the log.
+    pub records: u64,
+    /// Of them, the unkeyed ones at its start.
+    pub unkeyed: u64,
+    /// The last record's MAC (or hash, if no record is keyed).
+    pub last: [u8; 32],
 }
 
 /// Why `verify` stopped.
@@ -142,31 +224,57 @@ impl std::fmt::Display for Broken {
     }
 }
 
-/// Walks the whole chain. `Ok` gives the number of records and the last hash.
+/// Walks the whole chain under `key` (without it, a log with keyed records does not verify).
 ///
 /// # Errors
 /// [`Broken`] naming the first record that does not verify.
-pub fn verify(path: &Path) -> Result<(u64, [u8; 32]), Broken> {
-    verify_prefix(path, u64::MAX)
+pub fn verify(path: &Path, key: Option<&AuditKey>) -> Result<Verified, Broken> {
+    let verified = verify_prefix(path, u64::MAX, key, |_, _| {})?;
+    keyed_once_the_lmk_exists(&verified, key)?;
+    Ok(verified)
+}
+
+/// Under a key (the LMK exists), a log must have a keyed record: init writes one as soon as the
+/// LMK is made, so an unkeyed-only log was cut back to its head, or rewritten.
+fn keyed_once_the_lmk_exists(v: &Verified, key: Option<&AuditKey>) -> Result<(), Broken> {
+    if key.is_some() && v.records > 0 && v.unkeyed == v.records {
+        return Err(Broken {
+            line: v.records,
+            reason: "no keyed record although the LMK exists: cut back to init's records, or \
+                     rewritten",
+        });
+    }
+    Ok(())
 }
 
 /// [`verify`] of the first `len` bytes: what was complete when the length was taken (writers
-/// append whole records under the file lock, and never rewrite).
-fn verify_prefix(path: &Path, len: u64) -> Result<(u64, [u8; 32]), Broken> {
+/// append whole records under the file lock, and never rewrite). `seen` gets every record's
+/// sequence number and link.
+fn verify_prefix(
+    path: &Path,
+    len: u64,
+    key: Option<&AuditKey>,
+    mut seen: impl FnMut(u64, &[u8; 32]),
+) -> Result<Verified, Broken> {
     let file = File::open(path).map_err(|_| Broken {
         line: 0,
         reason: "the log cannot be opened",
     })?;
     let mut prev = [0u8; 32];
     let mut n = 0u64;
+    let mut unkeyed = 0u64;
     for line in BufReader::new(std::io::Read::take(file, len)).lines() {
         n += 1;
         let broken = |reason| Broken { line: n, reason };
         let line = line.map_err(|_| broken("not text"))?;
-        let (body, rest) = line
-            .split_once(",\"hash\":\"")
-            .ok_or_else(|| broken("no hash"))?;
-        let hash = rest
+        let (body, rest, keyed) = match line.split_once(",\"mac\":\"") {
+            Some((body, rest)) => (body, rest, true),
+            None => match line.split_once(",\"hash\":\"") {
+                Some((body, rest)) => (body, rest, false),
+                None => return Err(broken("no MAC")),
+            },
+        };
+        let link = rest
             .strip_suffix("\"}")
             .ok_or_else(|| broken("malformed"))?;
         let want_prev = format!(",\"prev\":\"{}\"", hex(&prev));
@@ -176,22 +284,101 @@ fn verify_prefix(path: &Path, len: u64) -> Result<(u64, [u8; 32]), Broken> {
         if !body.starts_with(&format!("{{\"seq\":{n},")) {
             return Err(broken("out of sequence"));
         }
-        let computed = chain(&prev, body);
-        if hex(&computed) != hash {
-            return Err(broken("its hash does not match its contents"));
+        let computed = if keyed {
+            let key = key.ok_or_else(|| broken("keyed: checking it needs the token's LMK"))?;
+            chain(Some(key), &prev, body)
+        } else {
+            if unkeyed + 1 != n {
+                return Err(broken("an unkeyed record after keyed ones"));
+            }
+            let init_op = [op::INIT, op::DUAL_CONTROL_OFF]
+                .iter()
+                .any(|code| body.contains(&format!(",\"op\":\"0x{code:04x}\",")));
+            if !init_op {
+                return Err(broken(
+                    "unkeyed, and not one of keyd init's records: rewritten, or written by a keyd \
+                     from before the chain was keyed",
+                ));
+            }
+            unkeyed += 1;
+            chain(None, &prev, body)
+        };
+        if hex(&computed) != link {
+            return Err(broken("its MAC does not match its contents"));
         }
+        seen(n, &computed);
         prev = computed;
     }
-    Ok((n, prev))
+    Ok(Verified {
+        records: n,
+        unkeyed,
+        last: prev,
+    })
 }
 
-/// The sequence number and hash of the log's last record, read from the end of the file.
-/// Used when another process appended since this one last wrote: its records were chained by
-/// the same rules under the same lock, so the tail is where the chain continues.
-fn tail(file: &File, len: u64) -> Option<(u64, [u8; 32])> {
+/// Checks a log against the checkpoints keyd wrote for it (lines `{"at":…,"seq":N,"mac":"…"}`):
+/// every checkpoint must name a record the log has, with the same MAC. A log cut after a
+/// checkpoint, or rewritten by someone holding the token, fails here even when its own chain is
+/// intact. Returns the number of checkpoints checked and the highest record they cover.
+///
+/// # Errors
+/// A message naming the first checkpoint the log does not match.
+pub fn verify_checkpoints(
+    path: &Path,
+    checkpoints: &Path,
+    key: Option<&AuditKey>,
+) -> Result<(usize, u64), String> {
+    let text = std::fs::read_to_string(checkpoints)
+        .map_err(|e| format!("{}: {e}", checkpoints.display()))?;
+    let mut wanted = std::collections::BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let field = |name: &str| {
+            line.split_once(&format!("\"{name}\":"))
+                .map(|(_, rest)| rest.trim_start_matches('"'))
+                .and_then(|rest| rest.split(['"', ',', '}']).next())
+        };
+        let seq = field("seq").and_then(|v| v.parse::<u64>().ok());
+        let (Some(seq), Some(mac)) = (seq, field("mac")) else {
+            return Err(format!("checkpoint line {} is malformed", i + 1));
+        };
+        wanted.insert(seq, mac.to_owned());
+    }
+    let mut found = std::collections::BTreeMap::new();
+    let verified = verify_prefix(path, u64::MAX, key, |seq, link| {
+        if wanted.contains_key(&seq) {
+            found.insert(seq, hex(link));
+        }
+    })
+    .map_err(|b| format!("{}: {b}", path.display()))?;
+    for (seq, mac) in &wanted {
+        match found.get(seq) {
+            None => {
+                return Err(format!(
+                    "the log ends at record {} but a checkpoint covers record {seq}: its tail was cut",
+                    verified.records
+                ));
+            }
+            Some(have) if have != mac => {
+                return Err(format!(
+                    "record {seq} is not the one checkpointed: the log was rewritten"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok((
+        wanted.len(),
+        wanted.keys().next_back().copied().unwrap_or(0),
+    ))
+}
+
+/// The sequence number, link and keyedness of the log's last record, read from the end of the
+/// file. Used when another process appended since this one last wrote: its records were
+/// chained by the same rules under the same lock, so the tail is where the chain continues.
+fn tail(file: &File, len: u64) -> Option<(u64, [u8; 32], bool)> {
     use std::os::unix::fs::FileExt;
     if len == 0 {
-        return Some((0, [0u8; 32]));
+        return Some((0, [0u8; 32], false));
     }
     let start = len.saturating_sub(4096);
     let mut buf = vec![0u8; usize::try_from(len - start).ok()?];
@@ -204,20 +391,26 @@ fn tail(file: &File, len: u64) -> Option<(u64, [u8; 32])> {
         .next()?
         .parse()
         .ok()?;
-    let hash_hex = last.split_once(",\"hash\":\"")?.1.strip_suffix("\"}")?;
-    if hash_hex.len() != 64 {
+    let (link_hex, keyed) = match last.split_once(",\"mac\":\"") {
+        Some((_, rest)) => (rest, true),
+        None => (last.split_once(",\"hash\":\"")?.1, false),
+    };
+    let link_hex = link_hex.strip_suffix("\"}")?;
+    if link_hex.len() != 64 {
         return None;
     }
-    let mut hash = [0u8; 32];
-    for (i, byte) in hash.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hash_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    let mut link = [0u8; 32];
+    for (i, byte) in link.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(link_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
-    Some((seq, hash))
+    Some((seq, link, keyed))
 }
 
 impl Audit {
-    /// Opens (or creates, 0600) the log, verifying the existing chain first: keyd does not
-    /// append to a log someone has edited.
+    /// Opens (or creates, 0600) the log, verifying the existing chain first under `key`: keyd
+    /// does not append to a log someone has edited. Records are keyed from now on when `key`
+    /// is given; `None` (only `keyd init`, before the LMK exists) writes unkeyed records and
+    /// cannot continue a keyed log. Checkpoints are appended to `checkpoints` when given.
     ///
     /// Several keyd processes may have the log open at once (`serve` and an officer's
     /// command): every write takes an exclusive advisory lock on the file and continues the
@@ -225,7 +418,46 @@ impl Audit {
     ///
     /// # Errors
     /// [`Error::Config`] when the chain is broken, [`Error::Io`] when the file cannot be opened.
-    pub fn open(path: &Path) -> Result<Self, Error> {
+    pub fn open(
+        path: &Path,
+        key: Option<AuditKey>,
+        checkpoints: Option<&Path>,
+    ) -> Result<Self, Error> {
+        Self::open_with(path, key, checkpoints, false)
+    }
+
+    /// [`Audit::open`] for `keyd init` once it has made the LMK: the log holds only init's
+    /// unkeyed records, and the first keyed record ([`op::AUDIT_KEYED`]) is written now.
+    ///
+    /// # Errors
+    /// As [`Audit::open`].
+    pub fn open_first_keyed(
+        path: &Path,
+        key: AuditKey,
+        checkpoints: Option<&Path>,
+    ) -> Result<Self, Error> {
+        let log = Self::open_with(path, Some(key), checkpoints, true)?;
+        let keyed = log.state.lock().map(|s| s.keyed).unwrap_or(false);
+        if !keyed {
+            log.record(&Entry {
+                peer: "keyd",
+                opcode: op::AUDIT_KEYED,
+                subject: None,
+                kcv: None,
+                status: Status::OK,
+                micros: 0,
+            });
+            log.flush(true)?;
+        }
+        Ok(log)
+    }
+
+    fn open_with(
+        path: &Path,
+        key: Option<AuditKey>,
+        checkpoints: Option<&Path>,
+        first_keyed: bool,
+    ) -> Result<Self, Error> {
         let file = OpenOptions::new()
             .create(true)
             .read(true)
@@ -240,16 +472,36 @@ impl Audit {
         let file = locked
             .unlock()
             .map_err(|(_, e)| Error::Io(std::io::Error::from(e)))?;
-        let (seq, prev) = verify_prefix(path, len)
+        let verified = verify_prefix(path, len, key.as_ref(), |_, _| {})
+            .and_then(|v| {
+                if !first_keyed {
+                    keyed_once_the_lmk_exists(&v, key.as_ref())?;
+                }
+                Ok(v)
+            })
             .map_err(|b| Error::Config(format!("audit log {}: {b}", path.display())))?;
+        let checkpoints = checkpoints
+            .map(|p| {
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(p)
+            })
+            .transpose()?;
+        let seq = verified.records;
         Ok(Self {
             state: Mutex::new(State {
                 file: Some(file),
                 pending: String::with_capacity(64 * 1024),
-                prev,
+                prev: verified.last,
                 seq,
+                keyed: verified.unkeyed < seq,
                 len,
+                checkpoints,
+                checkpointed: seq,
             }),
+            key,
             failed: AtomicBool::new(false),
             synced: Mutex::new(seq),
         })
@@ -311,25 +563,40 @@ impl Audit {
         let written = (|| -> Result<(), std::io::Error> {
             let len = locked.metadata()?.len();
             if len != s.len {
-                let (seq, prev) = tail(&locked, len)
+                let (seq, prev, keyed) = tail(&locked, len)
                     .ok_or_else(|| std::io::Error::other("the log's last record cannot be read"))?;
                 s.seq = seq;
                 s.prev = prev;
+                s.keyed = keyed;
             }
+            if s.keyed && self.key.is_none() {
+                return Err(std::io::Error::other(
+                    "the log is keyed and this process has no key to continue it",
+                ));
+            }
+            let field = if self.key.is_some() { "mac" } else { "hash" };
             let mut out = String::with_capacity(s.pending.len() * 2);
-            // Each record's hash, in hex, is the next one's `prev`: encoded once.
+            // Each record's link, in hex, is the next one's `prev`: encoded once.
             let mut prev_hex = hex(&s.prev);
             for middle in s.pending.lines() {
                 s.seq += 1;
                 let start = out.len();
                 let _ = write!(out, "{{\"seq\":{},{middle},\"prev\":\"{prev_hex}\"", s.seq);
-                let hash = chain(&s.prev, out.get(start..).unwrap_or_default());
-                s.prev = hash;
-                prev_hex = hex(&hash);
-                let _ = writeln!(out, ",\"hash\":\"{prev_hex}\"}}");
+                let link = chain(
+                    self.key.as_ref(),
+                    &s.prev,
+                    out.get(start..).unwrap_or_default(),
+                );
+                s.prev = link;
+                prev_hex = hex(&link);
+                let _ = writeln!(out, ",\"{field}\":\"{prev_hex}\"}}");
             }
+            s.keyed |= self.key.is_some();
             locked.write_all(out.as_bytes())?;
             s.len = len + out.len() as u64;
+            if s.seq - s.checkpointed >= CHECKPOINT_EVERY {
+                checkpoint(s)?;
+            }
             Ok(())
         })();
         s.pending.clear();
@@ -394,8 +661,34 @@ impl Audit {
             Error::Io(e)
         })?;
         *synced = target;
+        // What is on disk now is checked in outside it.
+        let mut s = self.state.lock().map_err(|_| poisoned())?;
+        if s.checkpointed < s.seq {
+            checkpoint(&mut s).map_err(|e| {
+                self.fail(&e);
+                Error::Io(e)
+            })?;
+        }
         Ok(())
     }
+}
+
+/// Appends a checkpoint of the last record written (its number and link) to the checkpoint
+/// file, if there is one.
+fn checkpoint(s: &mut State) -> Result<(), std::io::Error> {
+    if let Some(file) = s.checkpoints.as_mut() {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        writeln!(
+            file,
+            "{{\"at\":{at},\"seq\":{},\"mac\":\"{}\"}}",
+            s.seq,
+            hex(&s.prev)
+        )?;
+    }
+    s.checkpointed = s.seq;
+    Ok(())
 }
 
 /// Appends `s` as an id or peer: short tokens; anything else is replaced so a line stays one
@@ -425,13 +718,25 @@ mod tests {
         }
     }
 
+    fn key() -> AuditKey {
+        AuditKey::from_bytes([0x5A; 32])
+    }
+
+    fn open(path: &Path) -> Audit {
+        Audit::open(path, Some(key()), None).unwrap()
+    }
+
+    fn records(path: &Path) -> u64 {
+        verify(path, Some(&key())).unwrap().records
+    }
+
     #[test]
     fn two_processes_appending_share_one_chain() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         // Two handles stand for `keyd serve` and an officer's command running beside it.
-        let serve = Audit::open(&path).unwrap();
-        let officer = Audit::open(&path).unwrap();
+        let serve = open(&path);
+        let officer = open(&path);
         for round in 0..4 {
             serve.record(&entry(&format!("serve-{round}")));
             serve.record(&entry(&format!("serve-{round}b")));
@@ -439,35 +744,34 @@ mod tests {
             officer.record(&entry(&format!("officer-{round}")));
             officer.flush(true).unwrap();
         }
-        let (records, _) = verify(&path).unwrap();
-        assert_eq!(records, 12);
+        assert_eq!(records(&path), 12);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.find("officer-0").unwrap() < text.find("serve-1").unwrap());
         // A third opener continues it too.
         drop(serve);
-        let later = Audit::open(&path).unwrap();
+        let later = open(&path);
         later.record(&entry("later"));
         later.flush(true).unwrap();
-        assert_eq!(verify(&path).unwrap().0, 13);
+        assert_eq!(records(&path), 13);
     }
 
     #[test]
     fn the_chain_catches_edits_removals_and_reorders() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let log = Audit::open(&path).unwrap();
+        let log = open(&path);
         for i in 0..5 {
             log.record(&entry(&format!("mac-{i}")));
         }
         log.flush(true).unwrap();
         drop(log);
-        assert_eq!(verify(&path).unwrap().0, 5);
+        assert_eq!(records(&path), 5);
         // Reopening continues the chain.
-        let log = Audit::open(&path).unwrap();
+        let log = open(&path);
         log.record(&entry("mac-5\"},{\"evil\":1"));
         log.flush(false).unwrap();
         drop(log);
-        assert_eq!(verify(&path).unwrap().0, 6);
+        assert_eq!(records(&path), 6);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("evil\":1"), "subjects cannot inject JSON");
         let lines: Vec<&str> = text.lines().collect();
@@ -477,23 +781,169 @@ mod tests {
         let mut edited = owned.clone();
         edited[2] = edited[2].replace("\"micros\":12", "\"micros\":13");
         write(&edited);
-        assert_eq!(verify(&path).unwrap_err().line, 3);
+        assert_eq!(verify(&path, Some(&key())).unwrap_err().line, 3);
         assert!(
-            Audit::open(&path).is_err(),
+            Audit::open(&path, Some(key()), None).is_err(),
             "keyd does not append to an edited log"
         );
         // A removed record.
         let mut removed = owned.clone();
         removed.remove(3);
         write(&removed);
-        assert_eq!(verify(&path).unwrap_err().line, 4);
+        assert_eq!(verify(&path, Some(&key())).unwrap_err().line, 4);
         // Two records swapped.
         let mut swapped = owned.clone();
         swapped.swap(1, 2);
         write(&swapped);
-        assert_eq!(verify(&path).unwrap_err().line, 2);
+        assert_eq!(verify(&path, Some(&key())).unwrap_err().line, 2);
         // The original verifies again.
         write(&owned);
-        assert_eq!(verify(&path).unwrap().0, 6);
+        assert_eq!(records(&path), 6);
+    }
+
+    /// Rewrites a log as someone who can edit the file but not use the token would: change a
+    /// record, then recompute every later link with what they have (SHA-256, or HMAC under a
+    /// key they guess).
+    fn forge(path: &Path, at: usize, forged_key: Option<&AuditKey>) {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut prev = [0u8; 32];
+        let mut out = String::new();
+        for (i, line) in text.lines().enumerate() {
+            let (body, _) = line
+                .split_once(",\"mac\":\"")
+                .or_else(|| line.split_once(",\"hash\":\""))
+                .unwrap();
+            let body = body.split_once(",\"prev\":\"").unwrap().0;
+            let body = if i == at {
+                body.replace("\"micros\":12", "\"micros\":1")
+            } else {
+                body.to_owned()
+            };
+            let body = format!("{body},\"prev\":\"{}\"", hex(&prev));
+            let link = chain(forged_key, &prev, &body);
+            let field = if forged_key.is_some() { "mac" } else { "hash" };
+            out.push_str(&format!("{body},\"{field}\":\"{}\"}}\n", hex(&link)));
+            prev = link;
+        }
+        std::fs::write(path, out).unwrap();
+    }
+
+    #[test]
+    fn an_edit_with_every_link_recomputed_is_still_caught_without_the_key() {
+        for forged_key in [None, Some(AuditKey::from_bytes([0x11; 32]))] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.log");
+            let log = open(&path);
+            for i in 0..4 {
+                log.record(&entry(&format!("k-{i}")));
+            }
+            log.flush(true).unwrap();
+            drop(log);
+            forge(&path, 1, forged_key.as_ref());
+            // An unkeyed SHA-256 chain would now verify; the keyed one does not.
+            assert!(
+                verify(&path, Some(&key())).is_err(),
+                "forged with {forged_key:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unkeyed_records_may_only_open_the_log_and_are_covered_by_the_first_keyed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        // `keyd init`, before the LMK: unkeyed.
+        let init = Audit::open(&path, None, None).unwrap();
+        let init_entry = |opcode| Entry {
+            opcode,
+            subject: None,
+            ..entry("")
+        };
+        init.record(&init_entry(op::DUAL_CONTROL_OFF));
+        init.record(&init_entry(op::INIT));
+        init.flush(true).unwrap();
+        drop(init);
+        // Until init's keyed record, a keyed process does not take the log: it could be a
+        // log cut back to its head.
+        assert!(Audit::open(&path, Some(key()), None).is_err());
+        assert!(verify(&path, Some(&key())).is_err());
+        let first = Audit::open_first_keyed(&path, key(), None).unwrap();
+        drop(first);
+        let log = open(&path);
+        log.record(&entry("serve"));
+        log.flush(true).unwrap();
+        drop(log);
+        let v = verify(&path, Some(&key())).unwrap();
+        assert_eq!((v.records, v.unkeyed), (4, 2));
+        // Without the key, the keyed part cannot be checked, and cannot be continued.
+        assert!(verify(&path, None).is_err());
+        assert!(Audit::open(&path, None, None).is_err());
+        // An edit of the unkeyed head, its links recomputed, breaks the first keyed record.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let head = lines[..2].join("\n") + "\n";
+        std::fs::write(&path, &head).unwrap();
+        forge(&path, 0, None);
+        let forged = std::fs::read_to_string(&path).unwrap() + &lines[2..].join("\n") + "\n";
+        std::fs::write(&path, forged).unwrap();
+        assert_eq!(verify(&path, Some(&key())).unwrap_err().line, 3);
+        // A log cut back to init's records.
+        std::fs::write(&path, &head).unwrap();
+        assert!(verify(&path, Some(&key())).is_err());
+        // An unkeyed record after keyed ones is refused.
+        std::fs::write(&path, text.clone()).unwrap();
+        let mut tail = String::new();
+        let prev = verify(&path, Some(&key())).unwrap().last;
+        let body = format!(
+            "{{\"seq\":5,\"at\":1,\"peer\":\"x\",\"op\":\"0x0300\",\"status\":\"ok\",\"micros\":1,\"prev\":\"{}\"",
+            hex(&prev)
+        );
+        tail.push_str(&format!(
+            "{body},\"hash\":\"{}\"}}\n",
+            hex(&chain(None, &prev, &body))
+        ));
+        std::fs::write(&path, text + &tail).unwrap();
+        assert_eq!(verify(&path, Some(&key())).unwrap_err().line, 5);
+    }
+
+    #[test]
+    fn checkpoints_find_a_cut_tail_and_a_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let marks = dir.path().join("elsewhere.checkpoints");
+        let log = Audit::open(&path, Some(key()), Some(&marks)).unwrap();
+        for i in 0..3 {
+            log.record(&entry(&format!("c-{i}")));
+        }
+        log.flush(true).unwrap();
+        for i in 0..(CHECKPOINT_EVERY + 5) {
+            log.record(&entry(&format!("bulk-{i}")));
+        }
+        log.flush(false).unwrap();
+        log.record(&entry("last"));
+        log.flush(true).unwrap();
+        drop(log);
+        let total = 3 + CHECKPOINT_EVERY + 5 + 1;
+        assert_eq!(
+            verify_checkpoints(&path, &marks, Some(&key())).unwrap(),
+            (3, total)
+        );
+        // The tail cut after the last checkpoint: the chain alone still verifies.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cut: String = text.lines().take(10).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, &cut).unwrap();
+        assert_eq!(records(&path), 10);
+        let e = verify_checkpoints(&path, &marks, Some(&key())).unwrap_err();
+        assert!(e.contains("tail was cut"), "{e}");
+        // A different log of the same length (rewritten with the key) does not match either.
+        std::fs::write(&path, "").unwrap();
+        let other = open(&path);
+        for i in 0..total {
+            other.record(&entry(&format!("other-{i}")));
+        }
+        other.flush(true).unwrap();
+        drop(other);
+        let e = verify_checkpoints(&path, &marks, Some(&key())).unwrap_err();
+        assert!(e.contains("rewritten"), "{e}");
     }
 }

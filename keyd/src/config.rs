@@ -34,6 +34,11 @@ pub struct Config {
     /// The hash-chained audit log (default: the store's path with `.audit.log`).
     #[serde(default)]
     pub audit_log: Option<PathBuf>,
+    /// Where checkpoints of the audit log (record count and last MAC) are appended: a file on
+    /// another mount, or a FIFO read by a log collector. A log cut after a checkpoint is then
+    /// found by `audit-verify`. None by default.
+    #[serde(default)]
+    pub audit_checkpoints: Option<PathBuf>,
     /// Officer accounts, dual control, key destruction.
     #[serde(default)]
     pub officers: crate::officers::Policy,
@@ -245,8 +250,8 @@ impl Config {
             .unwrap_or_else(|| self.store.with_extension("audit.log"))
     }
 
-    /// The groups a peer may call: the union of the rules naming its uid or gid. Hello and ping
-    /// are always allowed.
+    /// The groups a peer may call: the union of the rules naming its uid or gid, with Hello and
+    /// Ping for any peer a rule names.
     ///
     /// A peer that no `[[access]]` rule names gets nothing, not even the session operations
     /// (`Hello`, `Ping`): the socket's file mode decides who may connect, the rules decide who

@@ -253,8 +253,13 @@ enum Command {
     },
     /// Parse and check the configuration, then exit.
     CheckConfig,
-    /// Walk the audit log's hash chain; name the first broken record if there is one.
-    AuditVerify,
+    /// Walk the audit log's chain under the token's key; name the first broken record if there
+    /// is one, and check the log against its checkpoints (a cut tail is found there).
+    AuditVerify {
+        /// The checkpoint file (default: `audit_checkpoints` of the config, if set).
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -284,7 +289,7 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
     let config = keyd::Config::load(&cli.config)?;
     // Every command that opens the token or reads a password or a component holds secrets in
     // memory: no core dump, no ptrace by others, no swap for any of them, not only for `serve`.
-    if !matches!(cli.command, Command::CheckConfig | Command::AuditVerify) {
+    if !matches!(cli.command, Command::CheckConfig) {
         keyd::harden::process()?;
     }
     match cli.command {
@@ -292,19 +297,37 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             eprintln!("keyd: {} is valid", cli.config.display());
             Ok(())
         }
-        Command::AuditVerify => {
+        Command::AuditVerify { checkpoints } => {
             let path = config.audit_path();
-            match audit::verify(&path) {
-                Ok((records, last)) => {
-                    let last: String = last.iter().map(|b| format!("{b:02x}")).collect();
-                    println!(
-                        "{}: {records} records, chain intact, last hash {last}",
-                        path.display()
-                    );
-                    Ok(())
-                }
-                Err(broken) => Err(keyd::Error::Config(format!("{}: {broken}", path.display()))),
+            let hsm = keyd::open_hsm(&config)?;
+            let key = hsm
+                .has_lmk()
+                .then(|| audit::AuditKey::derive(&*hsm))
+                .transpose()?;
+            let verified = audit::verify(&path, key.as_ref())
+                .map_err(|broken| keyd::Error::Config(format!("{}: {broken}", path.display())))?;
+            let last: String = verified.last.iter().map(|b| format!("{b:02x}")).collect();
+            println!(
+                "{}: {} records, chain intact, last MAC {last}",
+                path.display(),
+                verified.records
+            );
+            if verified.unkeyed > 0 {
+                println!(
+                    "  records 1-{} are unkeyed (written before the LMK existed, or by an older keyd); \
+                     the first keyed record covers them",
+                    verified.unkeyed
+                );
             }
+            if let Some(file) = checkpoints.or_else(|| config.audit_checkpoints.clone()) {
+                let (n, upto) = audit::verify_checkpoints(&path, &file, key.as_ref())
+                    .map_err(keyd::Error::Config)?;
+                println!(
+                    "  {n} checkpoints in {} match, up to record {upto}",
+                    file.display()
+                );
+            }
+            Ok(())
         }
         Command::Init {
             officers,
@@ -707,10 +730,10 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             // The socket is made 0660 by `bind`; the PIN file is checked with the config.
             keyd::harden::not_world_accessible(&config.store)?;
             keyd::harden::not_world_accessible(&config.audit_path())?;
-            let audit = Arc::new(Audit::open(&config.audit_path())?);
             keyd::selftest::run()?;
             tracing::info!(tests = ?keyd::selftest::NAMES, "known-answer self-tests passed");
             let service = keyd::open_service(&config)?;
+            let audit = Arc::new(open_audit(&config, &service)?);
             if !config.officers.dual() {
                 dual_control_off_warning(&audit, "keyd")?;
             }
@@ -850,15 +873,21 @@ fn init(
     for name in names {
         passwords.push(new_password(name)?);
     }
-    let audit = Audit::open(&config.audit_path())?;
+    let hsm = keyd::open_hsm(config)?;
+    if hsm.has_lmk() {
+        return Err(keyd::Error::Conflict("the LMK exists already"));
+    }
+    // Before the LMK exists nothing can key the chain: these records are the unkeyed head
+    // that the first keyed record will cover.
+    let audit = Audit::open(
+        &config.audit_path(),
+        None,
+        config.audit_checkpoints.as_deref(),
+    )?;
     let started = std::time::Instant::now();
     let peer = operator_peer(&[]);
     if !config.officers.dual() {
         dual_control_off_warning(&audit, &peer)?;
-    }
-    let hsm = keyd::open_hsm(config)?;
-    if hsm.has_lmk() {
-        return Err(keyd::Error::Conflict("the LMK exists already"));
     }
     let result = match components {
         Some(n) => read_components("the LMK", n).and_then(|lmk| hsm.import_lmk(&lmk[..])),
@@ -871,6 +900,14 @@ fn init(
         .map(|mac| keyd::kcv_of_cmac(&mac));
     record(&audit, &peer, audit::op::INIT, None, kcv, &result, started)?;
     result?;
+    // The LMK exists: from here the chain is keyed, starting with a record that covers the
+    // unkeyed ones above.
+    drop(audit);
+    let audit = Audit::open_first_keyed(
+        &config.audit_path(),
+        audit::AuditKey::derive(&*hsm)?,
+        config.audit_checkpoints.as_deref(),
+    )?;
     println!("LMK KCV {}", keyd::kcv_hex(kcv.unwrap_or_default()));
     eprintln!(
         "keyd: LMK {} in the token",
@@ -964,6 +1001,15 @@ fn record<T>(
     audit.flush(true)
 }
 
+/// The audit log, keyed by the token's LMK.
+fn open_audit(config: &keyd::Config, service: &keyd::Service) -> Result<Audit, keyd::Error> {
+    Audit::open(
+        &config.audit_path(),
+        Some(audit::AuditKey::derive(service.hsm())?),
+        config.audit_checkpoints.as_deref(),
+    )
+}
+
 /// An officer's command: the audit log, the service, and when it started.
 struct Operator {
     audit: Audit,
@@ -973,9 +1019,9 @@ struct Operator {
 
 impl Operator {
     fn open(config: &keyd::Config) -> Result<Self, keyd::Error> {
-        let audit = Audit::open(&config.audit_path())?;
         let started = std::time::Instant::now();
         let service = keyd::open_service(config)?;
+        let audit = open_audit(config, &service)?;
         if !config.officers.dual() {
             dual_control_off_warning(&audit, &operator_peer(&[]))?;
         }
