@@ -5,10 +5,11 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use keyd_proto::Status;
+use keyd_proto::{Status, buffer};
 use keyd_proto::frame::{self, Kind, MAX_BODY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::audit::{Audit, Entry};
 use crate::config::{Config, Placement};
@@ -168,7 +169,13 @@ impl Outbox {
     }
 
     fn push(&self, f: impl FnOnce(&mut Vec<u8>)) {
-        f(&mut self.lock());
+        let mut buf = self.lock();
+        // Room for a typical answer, moved (and the old allocation wiped) here rather than by
+        // the encoder growing the vector (an answer above this still grows it once, leaving
+        // the smaller copy in freed memory).
+        buffer::reserve(&mut buf, 64 * 1024);
+        f(&mut buf);
+        drop(buf);
         self.ready.notify_one();
     }
 
@@ -199,7 +206,7 @@ async fn write_loop(
 ) {
     let mut spare = Vec::with_capacity(64 * 1024);
     loop {
-        let batch = std::mem::replace(&mut *outbox.lock(), std::mem::take(&mut spare));
+        let mut batch = std::mem::replace(&mut *outbox.lock(), std::mem::take(&mut spare));
         if batch.is_empty() {
             if outbox.closed.load(std::sync::atomic::Ordering::Acquire) {
                 break;
@@ -210,16 +217,30 @@ async fn write_loop(
         }
         // The records of these answers reach the log before the answers reach the peer.
         if audit.flush(false).is_err() || write.write_all(&batch).await.is_err() {
+            batch.zeroize();
             break;
         }
         spare = batch;
-        spare.clear();
+        // Answers hold plaintexts and card data: wiped, not only cleared, before the
+        // allocation is reused.
+        spare.zeroize();
         outbox.drained.notify_one();
     }
+    spare.zeroize();
     outbox
         .gone
         .store(true, std::sync::atomic::Ordering::Release);
     outbox.drained.notify_one();
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // Answers never sent (the peer left) are wiped with the connection.
+        self.buf
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .zeroize();
+    }
 }
 
 /// A data request for the HSM thread: everything it needs to answer into the right outbox.
@@ -227,7 +248,7 @@ struct HsmJob {
     opcode: keyd_proto::Opcode,
     id: u64,
     groups: u32,
-    body: Vec<u8>,
+    body: Zeroizing<Vec<u8>>,
     outbox: Arc<Outbox>,
     peer: Arc<str>,
     started: std::time::Instant,
@@ -346,14 +367,14 @@ async fn connection(
     let outbox = Arc::new(Outbox::default());
     let writer = tokio::spawn(write_loop(write, Arc::clone(&outbox), Arc::clone(&audit)));
 
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    // Requests hold plaintexts, PANs and components: read through a buffer that wipes what
+    // it consumes and what it leaves when it grows (`keyd_proto::buffer`).
+    let mut buf = Zeroizing::new(Vec::<u8>::with_capacity(64 * 1024));
     'read: loop {
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
-        }
+        buffer::reserve(&mut buf, 16 * 1024);
         let got = match idle {
-            None => read.read_buf(&mut buf).await,
-            Some(limit) => match tokio::time::timeout(limit, read.read_buf(&mut buf)).await {
+            None => read.read_buf(&mut *buf).await,
+            Some(limit) => match tokio::time::timeout(limit, read.read_buf(&mut *buf)).await {
                 Ok(got) => got,
                 // Nothing asked for a long time and nothing left to answer: let it go.
                 Err(_) if outbox.lock().is_empty() => break,
@@ -389,13 +410,13 @@ async fn connection(
                 continue;
             }
             if dispatch::is_slow(opcode) {
-                let body = frame.body.to_vec();
+                let body = Zeroizing::new(frame.body.to_vec());
                 let service = Arc::clone(&service);
                 let outbox = Arc::clone(&outbox);
                 let (audit, peer) = (Arc::clone(&audit), Arc::clone(&peer));
                 tokio::spawn(async move {
                     let answer = tokio::task::spawn_blocking(move || {
-                        let mut out = Vec::new();
+                        let mut out = Zeroizing::new(Vec::new());
                         let mut status = Status::INTERNAL;
                         frame::encode_with(Kind::Response, opcode, id, &mut out, |out| {
                             status = dispatch::handle_into(&service, groups, opcode, &body, out);
@@ -413,7 +434,7 @@ async fn connection(
                     })
                     .await
                     .unwrap_or_else(|_| {
-                        let mut out = Vec::new();
+                        let mut out = Zeroizing::new(Vec::new());
                         frame::encode(Kind::Response, opcode, Status::INTERNAL, id, &[], &mut out);
                         out
                     });
@@ -424,7 +445,7 @@ async fn connection(
                     opcode,
                     id,
                     groups,
-                    body: frame.body.to_vec(),
+                    body: Zeroizing::new(frame.body.to_vec()),
                     outbox: Arc::clone(&outbox),
                     peer: Arc::clone(&peer),
                     started,
@@ -443,7 +464,7 @@ async fn connection(
                 });
             }
         }
-        buf.drain(..used);
+        buffer::consume(&mut buf, used);
         // A peer that asks without reading the answers is held here (the writer is blocked
         // on its socket) until it reads, or until it goes away and the writer stops.
         if !outbox.room().await {

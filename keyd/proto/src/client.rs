@@ -11,7 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::oneshot;
+use zeroize::{Zeroize, Zeroizing};
 
+use crate::buffer;
 use crate::frame::{self, FrameError, HEADER_LEN, Kind, MAX_BODY};
 use crate::message::{Hello, HelloResponse, Message, Operation};
 use crate::{DecodeError, PROTOCOL_VERSION, Status};
@@ -45,7 +47,7 @@ impl std::fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-type Answer = Result<(Status, Vec<u8>), ClientError>;
+type Answer = Result<(Status, Zeroizing<Vec<u8>>), ClientError>;
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Answer>>>>>;
 
 /// A connection to keyd. Cheap to clone; clones share the connection.
@@ -53,7 +55,7 @@ type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Answer>>>>>;
 pub struct Client {
     /// Frames go to one writer task, which sends whatever is queued in one write: with many
     /// calls in flight, one system call carries many requests.
-    writer: tokio::sync::mpsc::Sender<Vec<u8>>,
+    writer: tokio::sync::mpsc::Sender<Zeroizing<Vec<u8>>>,
     pending: Pending,
     next_id: Arc<AtomicU64>,
     groups: u32,
@@ -117,7 +119,7 @@ impl Client {
         &self,
         opcode: crate::Opcode,
         body: &[u8],
-    ) -> Result<(Status, Vec<u8>), ClientError> {
+    ) -> Result<(Status, Zeroizing<Vec<u8>>), ClientError> {
         self.send(opcode, |out| out.extend_from_slice(body)).await
     }
 
@@ -125,7 +127,7 @@ impl Client {
         &self,
         opcode: crate::Opcode,
         body: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<(Status, Vec<u8>), ClientError> {
+    ) -> Result<(Status, Zeroizing<Vec<u8>>), ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -135,7 +137,10 @@ impl Client {
                 None => return Err(ClientError::Closed),
             };
         }
-        let mut frame = Vec::with_capacity(HEADER_LEN + 256);
+        // Requests carry plaintexts and PANs: the frame is wiped when dropped. (A body larger
+        // than this first allocation makes the encoder move it once, leaving the smaller copy
+        // in freed memory: the hot path's bodies fit.)
+        let mut frame = Zeroizing::new(Vec::with_capacity(HEADER_LEN + 1024));
         frame::encode_with(Kind::Request, opcode, id, &mut frame, |out| {
             body(out);
             Status::OK
@@ -165,30 +170,37 @@ impl Client {
     }
 }
 
-async fn write_loop(mut write: OwnedWriteHalf, mut queue: tokio::sync::mpsc::Receiver<Vec<u8>>) {
-    let mut batch = Vec::with_capacity(64 * 1024);
+async fn write_loop(
+    mut write: OwnedWriteHalf,
+    mut queue: tokio::sync::mpsc::Receiver<Zeroizing<Vec<u8>>>,
+) {
+    let mut batch = Zeroizing::new(Vec::with_capacity(64 * 1024));
     while let Some(frame) = queue.recv().await {
-        batch.clear();
+        buffer::reserve(&mut batch, frame.len());
         batch.extend_from_slice(&frame);
         while batch.len() < 256 * 1024 {
             match queue.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
+                Ok(more) => {
+                    buffer::reserve(&mut batch, more.len());
+                    batch.extend_from_slice(&more);
+                }
                 Err(_) => break,
             }
         }
-        if write.write_all(&batch).await.is_err() {
+        let sent = write.write_all(&batch).await;
+        // Wiped, not only cleared: the next batch reuses the allocation.
+        batch.zeroize();
+        if sent.is_err() {
             break;
         }
     }
 }
 
 async fn read_loop(mut read: tokio::net::unix::OwnedReadHalf, pending: Pending) {
-    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut buf = Zeroizing::new(Vec::with_capacity(64 * 1024));
     let failure = loop {
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
-        }
-        match read.read_buf(&mut buf).await {
+        buffer::reserve(&mut buf, 16 * 1024);
+        match read.read_buf(&mut *buf).await {
             Ok(0) => break ClientError::Closed,
             Ok(_) => {}
             Err(e) => break ClientError::Io(e),
@@ -204,14 +216,14 @@ async fn read_loop(mut read: tokio::net::unix::OwnedReadHalf, pending: Pending) 
                         .as_mut()
                         .and_then(|m| m.remove(&f.header.request_id));
                     if let Some(tx) = waiter {
-                        let _ = tx.send(Ok((f.header.status, f.body.to_vec())));
+                        let _ = tx.send(Ok((f.header.status, Zeroizing::new(f.body.to_vec()))));
                     }
                 }
                 Ok(None) => break None,
                 Err(e) => break Some(e),
             }
         };
-        buf.drain(..used);
+        buffer::consume(&mut buf, used);
         if let Some(e) = broken {
             break ClientError::Frame(e);
         }

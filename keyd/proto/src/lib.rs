@@ -13,6 +13,7 @@
 
 extern crate alloc;
 
+pub mod buffer;
 #[cfg(feature = "client")]
 mod client;
 pub mod codec;
