@@ -217,16 +217,16 @@ async fn write_loop(
         }
         // The records of these answers reach the log before the answers reach the peer.
         if audit.flush(false).is_err() || write.write_all(&batch).await.is_err() {
-            batch.zeroize();
+            buffer::wipe(&mut batch);
             break;
         }
         spare = batch;
         // Answers hold plaintexts and card data: wiped, not only cleared, before the
         // allocation is reused.
-        spare.zeroize();
+        buffer::wipe(&mut spare);
         outbox.drained.notify_one();
     }
-    spare.zeroize();
+    buffer::wipe(&mut spare);
     outbox
         .gone
         .store(true, std::sync::atomic::Ordering::Release);

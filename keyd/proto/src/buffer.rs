@@ -22,9 +22,17 @@ pub fn reserve(buf: &mut Vec<u8>, additional: usize) {
         .max(buf.capacity().saturating_mul(2));
     let mut moved = Vec::with_capacity(wanted);
     moved.extend_from_slice(buf);
-    // Zeroes the whole old allocation, spare capacity included, then empties it.
-    buf.zeroize();
+    wipe(buf);
     *buf = moved;
+}
+
+/// Zeroes the bytes in use and empties the buffer, keeping its allocation. Only `len` bytes are
+/// written over: in buffers used through this module nothing past `len` holds data (consumed
+/// positions are wiped by [`consume`], and fresh capacity never held any), and zeroing the
+/// whole capacity of a buffer that once grew large would cost a full memset per use.
+pub fn wipe(buf: &mut Vec<u8>) {
+    buf.as_mut_slice().zeroize();
+    buf.clear();
 }
 
 /// Removes the first `used` bytes (frames already handled), moving the rest to the front, and

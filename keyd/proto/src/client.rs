@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::oneshot;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::buffer;
 use crate::frame::{self, FrameError, HEADER_LEN, Kind, MAX_BODY};
@@ -189,7 +189,7 @@ async fn write_loop(
         }
         let sent = write.write_all(&batch).await;
         // Wiped, not only cleared: the next batch reuses the allocation.
-        batch.zeroize();
+        buffer::wipe(&mut batch);
         if sent.is_err() {
             break;
         }
