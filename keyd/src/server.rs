@@ -5,8 +5,8 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use keyd_proto::{Status, buffer};
 use keyd_proto::frame::{self, Kind, MAX_BODY};
+use keyd_proto::{Status, buffer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use zeroize::{Zeroize, Zeroizing};

@@ -25,20 +25,11 @@ fn keyd() -> KeydProcess {
     KeydProcess::new(Path::new(env!("CARGO_BIN_EXE_keyd")), r#""data""#, "memory").unwrap()
 }
 
-/// User plus system CPU seconds of a process so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
-}
-
 /// CPU seconds keyd uses over the next `secs` seconds.
 fn cpu_over(pid: u32, secs: u64) -> f64 {
-    let before = cpu_seconds(pid);
+    let before = e2e::proc::cpu_seconds(pid).unwrap();
     std::thread::sleep(Duration::from_secs(secs));
-    cpu_seconds(pid) - before
+    e2e::proc::cpu_seconds(pid).unwrap() - before
 }
 
 fn ping_works(socket: &Path) -> bool {
@@ -172,9 +163,7 @@ fn out_of_descriptors_keyd_waits_instead_of_spinning() {
 /// Peak virtual memory of a process so far, in KiB (`VmPeak`): a reservation counts even if
 /// its pages are never touched, which is what a decoder's `with_capacity` makes.
 fn vm_peak_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmPeak:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    e2e::proc::status_kib(pid, "VmPeak").unwrap()
 }
 
 #[test]

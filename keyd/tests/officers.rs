@@ -903,9 +903,7 @@ fn partners_keys_come_and_go_as_tr31_blocks_on_the_command_line() {
 
 /// Kilobytes of a process's memory locked in RAM (`VmLck`).
 fn locked_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmLck:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    e2e::proc::status_kib(pid, "VmLck").unwrap()
 }
 
 #[test]

@@ -141,13 +141,7 @@ impl ApiProcess {
             .open(self.log_path())?;
         let mut command = match self.nofile {
             None => Command::new(&self.binary),
-            Some(n) => {
-                let mut sh = Command::new("sh");
-                sh.arg("-c")
-                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
-                    .arg(&self.binary);
-                sh
-            }
+            Some(n) => crate::proc::with_nofile(&self.binary, n),
         };
         let child = command
             .arg("--config")

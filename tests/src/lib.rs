@@ -7,6 +7,7 @@
 pub mod api;
 pub mod load;
 pub mod pos;
+pub mod proc;
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -284,13 +285,7 @@ impl KeydProcess {
     pub fn start_with(&mut self, nofile: Option<u64>, log: Option<&Path>) -> Result<(), Error> {
         let mut command = match nofile {
             None => Command::new(&self.binary),
-            Some(n) => {
-                let mut sh = Command::new("sh");
-                sh.arg("-c")
-                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
-                    .arg(&self.binary);
-                sh
-            }
+            Some(n) => proc::with_nofile(&self.binary, n),
         };
         command
             .arg("--config")

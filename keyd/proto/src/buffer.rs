@@ -65,7 +65,11 @@ mod tests {
         let kept = shift_wiping(&mut buf, 12);
         assert_eq!(kept, 4);
         assert_eq!(&buf[..4], b"REST");
-        assert_eq!(&buf[4..], &[0u8; 12], "the secret and the moved copy are gone");
+        assert_eq!(
+            &buf[4..],
+            &[0u8; 12],
+            "the secret and the moved copy are gone"
+        );
         let mut buf = b"SECRETsecretREST".to_vec();
         consume(&mut buf, 12);
         assert_eq!(buf, b"REST");
