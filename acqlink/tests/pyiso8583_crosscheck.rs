@@ -26,9 +26,7 @@
 )]
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use acqlink::{De, Mac, Message, Mti};
@@ -48,9 +46,9 @@ const SCRIPT: &str = include_str!("pyiso8583_crosscheck.py");
 #[test]
 fn acqlink_agrees_with_pyiso8583() {
     let python = pyiso8583_python();
-    let seed = env_or("PYISO8583_CROSSCHECK_SEED", SEED);
-    let cases = env_or("PYISO8583_CROSSCHECK_CASES", CASES);
-    let mut rng = SplitMix(seed);
+    let seed = pyvenv::env_or("PYISO8583_CROSSCHECK_SEED", SEED);
+    let cases = pyvenv::env_or("PYISO8583_CROSSCHECK_CASES", CASES);
+    let mut rng = pyvenv::SplitMix(seed);
 
     let mut requests = String::new();
     let mut messages = Vec::new();
@@ -125,7 +123,7 @@ fn field_words(m: &Message) -> String {
 
 /// A message with each field present at one chance in two, with values of its format (written
 /// from the spec's table, not the crate's).
-fn random_message(rng: &mut SplitMix) -> Message {
+fn random_message(rng: &mut pyvenv::SplitMix) -> Message {
     let mti = Mti::ALL[rng.below(Mti::ALL.len() as u64) as usize];
     let mut m = Message::new(mti);
     for de in De::all() {
@@ -156,7 +154,7 @@ fn random_message(rng: &mut SplitMix) -> Message {
         m.set(de, &value).unwrap();
     }
     if rng.below(3) != 0 {
-        m.set_mac(Some(Mac(rng.next().to_be_bytes())));
+        m.set_mac(Some(Mac(rng.next_u64().to_be_bytes())));
     }
     m
 }
@@ -169,138 +167,22 @@ fn printable() -> Vec<u8> {
 
 /// Feeds the requests to the script and returns its answer lines.
 fn run_script(python: &Path, requests: &str) -> Vec<String> {
-    let mut child = Command::new(python)
-        .arg("-c")
-        .arg(SCRIPT)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
-    // Written from a thread so that a full stdout pipe cannot stall the writer.
-    let mut stdin = child.stdin.take().unwrap();
-    let input = requests.to_owned();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(
-        out.status.success(),
-        "the pyiso8583 script failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    pyvenv::run_script(python, SCRIPT, requests)
 }
 
-/// The virtualenv's python with pyiso8583 [`PYISO8583`] installed; made on first use under the
-/// cargo target directory, in a scratch directory renamed into place only once the install
-/// worked (a half-made one is never taken for a finished one).
+/// The virtualenv's python with pyiso8583 [`PYISO8583`] installed (made once per pin under the
+/// cargo target directory).
 fn pyiso8583_python() -> PathBuf {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let name = format!("py-pyiso8583-{PYISO8583}");
-    let venv = target.join(&name);
-    let python = venv.join("bin/python");
-    if reports_version(&python) {
-        return python;
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    let scratch = target.join(format!("{name}.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(target).unwrap();
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&scratch)
-        .output()
-        .unwrap_or_else(|e| panic!("python3 is needed for the pyiso8583 cross-check: {e}"));
-    assert!(
-        made.status.success(),
-        "`python3 -m venv` failed (Debian: apt-get install python3-venv):\n{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    println!("installing pyiso8583=={PYISO8583} into {}", venv.display());
-    let pip = Command::new(scratch.join("bin/python"))
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--quiet",
-            // Fail within a minute or so when PyPI is unreachable, not after pip's long retries.
-            "--retries",
-            "2",
-            "--timeout",
-            "20",
-        ])
-        .arg(format!("pyiso8583=={PYISO8583}"))
-        .output()
-        .unwrap();
-    if !pip.status.success() {
-        let _ = std::fs::remove_dir_all(&scratch);
-        panic!(
-            "could not install pyiso8583=={PYISO8583} from PyPI into a virtualenv; this test \
-             needs it (and PyPI once, after which {} is reused). It does not skip: the \
-             cross-check is part of the crate's tests.\n{}",
-            venv.display(),
-            String::from_utf8_lossy(&pip.stderr)
-        );
-    }
-    // Another test run may have finished first; either copy will do.
-    if std::fs::rename(&scratch, &venv).is_err() {
-        let _ = std::fs::remove_dir_all(&scratch);
-    }
-    assert!(
-        reports_version(&python),
-        "pyiso8583=={PYISO8583} installed but does not import from {}",
-        venv.display()
-    );
-    python
-}
-
-/// Whether this python imports pyiso8583 [`PYISO8583`].
-fn reports_version(python: &Path) -> bool {
-    Command::new(python)
-        .args([
-            "-c",
-            "import importlib.metadata as m, iso8583; print(m.version('pyiso8583'))",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == PYISO8583)
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
-        Err(_) => default,
-    }
-}
-
-/// SplitMix64: a small, seeded generator for test cases.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn text(&mut self, alphabet: &[u8], min: usize, max: usize) -> String {
-        let len = min + self.below((max - min + 1) as u64) as usize;
-        (0..len)
-            .map(|_| char::from(alphabet[self.below(alphabet.len() as u64) as usize]))
-            .collect()
-    }
+    pyvenv::python(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &format!("py-pyiso8583-{PYISO8583}"),
+        &[&format!("pyiso8583=={PYISO8583}")],
+        |python| {
+            pyvenv::prints(
+                python,
+                "import importlib.metadata as m, iso8583; print(m.version('pyiso8583'))",
+                PYISO8583,
+            )
+        },
+    )
 }

@@ -29,9 +29,7 @@
 )]
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use paycrypto::{AesKey, Pan, Pin, TdesKey};
@@ -54,9 +52,9 @@ const SCRIPT: &str = include_str!("psec_crosscheck.py");
 #[test]
 fn paycrypto_agrees_with_psec() {
     let python = psec_python();
-    let seed = env_or("PSEC_CROSSCHECK_SEED", SEED);
-    let cases = env_or("PSEC_CROSSCHECK_CASES", CASES);
-    let mut rng = SplitMix(seed);
+    let seed = pyvenv::env_or("PSEC_CROSSCHECK_SEED", SEED);
+    let cases = pyvenv::env_or("PSEC_CROSSCHECK_CASES", CASES);
+    let mut rng = pyvenv::SplitMix(seed);
 
     // Each request goes with what paycrypto says the answer is.
     let mut requests = String::new();
@@ -146,7 +144,7 @@ fn paycrypto_agrees_with_psec() {
 
         // Retail MAC, empty messages included.
         let len = rng.below(41) as usize;
-        let message: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let message: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         let message_hex = if message.is_empty() {
             "-".to_owned()
         } else {
@@ -213,155 +211,39 @@ fn digits_text(pin: &Pin) -> String {
 
 /// Feeds the requests to the script and returns its answer lines.
 fn run_psec(python: &Path, requests: &str) -> Vec<String> {
-    let mut child = Command::new(python)
-        .arg("-c")
-        .arg(SCRIPT)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
-    // Written from a thread so that a full stdout pipe cannot stall the writer.
-    let mut stdin = child.stdin.take().unwrap();
-    let input = requests.to_owned();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(
-        out.status.success(),
-        "the psec script failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    pyvenv::run_script(python, SCRIPT, requests)
 }
 
-/// The virtualenv's python with psec [`PSEC`] installed; made on first use under the cargo
-/// target directory, in a scratch directory renamed into place only once the install worked (a
-/// half-made one is never taken for a finished one).
+/// The virtualenv's python with psec [`PSEC`] on cryptography [`CRYPTOGRAPHY`] (made once per
+/// pin under the cargo target directory).
 fn psec_python() -> PathBuf {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let name = format!("py-psec-{PSEC}-cryptography-{CRYPTOGRAPHY}");
-    let venv = target.join(&name);
-    let python = venv.join("bin/python");
-    if reports_versions(&python) {
-        return python;
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    let scratch = target.join(format!("{name}.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(target).unwrap();
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&scratch)
-        .output()
-        .unwrap_or_else(|e| panic!("python3 is needed for the psec cross-check: {e}"));
-    assert!(
-        made.status.success(),
-        "`python3 -m venv` failed (Debian: apt-get install python3-venv):\n{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    println!(
-        "installing psec=={PSEC} (cryptography=={CRYPTOGRAPHY}) into {}",
-        venv.display()
-    );
-    let pip = Command::new(scratch.join("bin/python"))
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--quiet",
-            // Fail within a minute or so when PyPI is unreachable, not after pip's long retries.
-            "--retries",
-            "2",
-            "--timeout",
-            "20",
-        ])
-        .arg(format!("psec=={PSEC}"))
-        .arg(format!("cryptography=={CRYPTOGRAPHY}"))
-        .output()
-        .unwrap();
-    if !pip.status.success() {
-        let _ = std::fs::remove_dir_all(&scratch);
-        panic!(
-            "could not install psec=={PSEC} and cryptography=={CRYPTOGRAPHY} from PyPI into a \
-             virtualenv; this test needs them (and PyPI once, after which {} is reused). It \
-             does not skip: the cross-check is part of the crate's tests.\n{}",
-            venv.display(),
-            String::from_utf8_lossy(&pip.stderr)
-        );
-    }
-    // Another test run may have finished first; either copy will do.
-    if std::fs::rename(&scratch, &venv).is_err() {
-        let _ = std::fs::remove_dir_all(&scratch);
-    }
-    assert!(
-        reports_versions(&python),
-        "psec=={PSEC} installed but does not import from {}",
-        venv.display()
-    );
-    python
+    pyvenv::python(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &format!("py-psec-{PSEC}-cryptography-{CRYPTOGRAPHY}"),
+        &[
+            &format!("psec=={PSEC}"),
+            &format!("cryptography=={CRYPTOGRAPHY}"),
+        ],
+        |python| {
+            pyvenv::prints(
+                python,
+                "import psec, cryptography; print(psec.__version__, cryptography.__version__)",
+                &format!("{PSEC} {CRYPTOGRAPHY}"),
+            )
+        },
+    )
 }
 
-/// Whether this python imports psec [`PSEC`] on cryptography [`CRYPTOGRAPHY`].
-fn reports_versions(python: &Path) -> bool {
-    Command::new(python)
-        .args([
-            "-c",
-            "import psec, cryptography; print(psec.__version__, cryptography.__version__)",
-        ])
-        .output()
-        .is_ok_and(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout).trim() == format!("{PSEC} {CRYPTOGRAPHY}")
-        })
+/// Keys for the cases: AES of the three lengths, and double-length TDES keys paycrypto accepts.
+trait CaseKeys {
+    fn aes_key(&mut self) -> Vec<u8>;
+    fn tdes_key(&mut self) -> [u8; 16];
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
-        Err(_) => default,
-    }
-}
-
-/// SplitMix64: a small, seeded generator for test cases (not for keys in use).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        std::array::from_fn(|_| self.next() as u8)
-    }
-
-    fn digits(&mut self, min: usize, max: usize) -> String {
-        let len = min + self.below((max - min + 1) as u64) as usize;
-        (0..len)
-            .map(|_| char::from(b'0' + self.below(10) as u8))
-            .collect()
-    }
-
+impl CaseKeys for pyvenv::SplitMix {
     fn aes_key(&mut self) -> Vec<u8> {
         let len = [16, 24, 32][self.below(3) as usize];
-        (0..len).map(|_| self.next() as u8).collect()
+        (0..len).map(|_| self.next_u64() as u8).collect()
     }
 
     fn tdes_key(&mut self) -> [u8; 16] {

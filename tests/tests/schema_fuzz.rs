@@ -69,8 +69,8 @@ fn the_live_api_answers_as_its_openapi_document_says() {
     let world = World::seed(&p, &token);
     let operations = document_operations(&p);
 
-    let seed = env_or("SCHEMA_FUZZ_SEED", SEED);
-    let max_examples = env_or("SCHEMA_FUZZ_MAX_EXAMPLES", MAX_EXAMPLES);
+    let seed = pyvenv::env_or("SCHEMA_FUZZ_SEED", SEED);
+    let max_examples = pyvenv::env_or("SCHEMA_FUZZ_MAX_EXAMPLES", MAX_EXAMPLES);
     let dir = p.api.dir().join("schemathesis");
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("schemathesis.toml");
@@ -548,93 +548,26 @@ fn run_bounded(
     )
 }
 
-/// The virtualenv's python, with schemathesis [`SCHEMATHESIS`] installed; made on first use
-/// under the cargo target directory and reused after.
-///
-/// It is built in a scratch directory and renamed into place only once the install worked, so
-/// a half-made one (an interrupted run, PyPI unreachable) is never taken for a finished one. It
-/// is run as `python -m schemathesis.cli`, not through pip's console script, whose first line
-/// names the scratch path. The version is in the directory name so that changing the pin makes
-/// a new one.
+/// The virtualenv's python with schemathesis [`SCHEMATHESIS`], made once per pin under the
+/// target directory. It is run as `python -m schemathesis.cli`, not through pip's console
+/// script, whose first line names the scratch path the virtualenv was built in.
 fn schemathesis_python() -> PathBuf {
-    let target = target_dir();
-    let venv = target.join(format!("py-schemathesis-{SCHEMATHESIS}"));
-    let python = venv.join("bin/python");
-    if reports_version(&python) {
-        return python;
-    }
-    // A stale one: made by a python that is gone, or broken by hand.
-    let _ = std::fs::remove_dir_all(&venv);
-
-    let scratch = target.join(format!(
-        "py-schemathesis-{SCHEMATHESIS}.{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&scratch);
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&scratch)
-        .output()
-        .unwrap_or_else(|e| panic!("python3 is needed for the schemathesis run: {e}"));
-    assert!(
-        made.status.success(),
-        "`python3 -m venv` failed (Debian: apt-get install python3-venv; scripts/test-all \
-         does this when run as root):\n{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    println!(
-        "installing schemathesis=={SCHEMATHESIS} into {}",
-        venv.display()
-    );
-    let pip = Command::new(scratch.join("bin/python"))
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--quiet",
-            // Fail within a minute or so when PyPI is unreachable, not after pip's long retries.
-            "--retries",
-            "2",
-            "--timeout",
-            "20",
-        ])
-        .arg(format!("schemathesis=={SCHEMATHESIS}"))
-        .output()
-        .unwrap();
-    if !pip.status.success() {
-        let _ = std::fs::remove_dir_all(&scratch);
-        panic!(
-            "could not install schemathesis=={SCHEMATHESIS} from PyPI into a virtualenv; this \
-             test needs it (and PyPI once, after which {} is reused):\n{}",
-            venv.display(),
-            String::from_utf8_lossy(&pip.stderr)
-        );
-    }
-    // Another test run may have finished first; either copy will do.
-    if std::fs::rename(&scratch, &venv).is_err() {
-        let _ = std::fs::remove_dir_all(&scratch);
-    }
-    assert!(
-        reports_version(&python),
-        "schemathesis=={SCHEMATHESIS} installed but does not run from {}",
-        venv.display()
-    );
-    python
-}
-
-/// Whether this python runs schemathesis [`SCHEMATHESIS`].
-fn reports_version(python: &Path) -> bool {
-    Command::new(python)
-        .args(["-m", "schemathesis.cli", "--version"])
-        .output()
-        .is_ok_and(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout)
-                    .trim_end()
-                    .ends_with(&format!("version {SCHEMATHESIS}"))
-        })
+    pyvenv::python(
+        &target_dir(),
+        &format!("py-schemathesis-{SCHEMATHESIS}"),
+        &[&format!("schemathesis=={SCHEMATHESIS}")],
+        |python| {
+            Command::new(python)
+                .args(["-m", "schemathesis.cli", "--version"])
+                .output()
+                .is_ok_and(|o| {
+                    o.status.success()
+                        && String::from_utf8_lossy(&o.stdout)
+                            .trim_end()
+                            .ends_with(&format!("version {SCHEMATHESIS}"))
+                })
+        },
+    )
 }
 
 /// The cargo target directory (`CARGO_TARGET_DIR` or `target/`): the binaries live in its
@@ -645,14 +578,4 @@ fn target_dir() -> PathBuf {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .expect("the binaries live in <target>/<profile>/")
-}
-
-/// A number from the environment, or the default.
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
-        Err(_) => default,
-    }
 }
