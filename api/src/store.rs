@@ -14,8 +14,10 @@
 //!   still at the version read), so that a read-modify-write is safe without holding locks
 //!   across awaits.
 //!
-//! [`SqliteStore`] is the implementation (a PostgreSQL one is to follow with its own SQL over
-//! the same tables); unit tests run it on a temporary file ([`SqliteStore::temporary`]).
+//! [`SqliteStore`] is the embedded implementation (one process, one file); [`PgStore`] keeps
+//! the same tables in PostgreSQL, with its own SQL from the same column lists, so that several
+//! API nodes can share one database. Unit tests run SQLite on a temporary file
+//! ([`SqliteStore::temporary`]) and the same contract on a throw-away PostgreSQL cluster.
 //!
 //! # Batch semantics
 //!
@@ -26,6 +28,9 @@
 //! batch is applied. Batches are serialised: one batch never sees half of another.
 
 pub mod db;
+#[cfg(test)]
+mod pg_tests;
+mod postgres;
 mod sqlite;
 pub mod tables;
 #[cfg(test)]
@@ -37,6 +42,7 @@ use std::pin::Pin;
 
 use serde_json::{Map, Value};
 
+pub use postgres::{PgOptions, PgStore, PgTls};
 pub use sqlite::SqliteStore;
 
 /// A record as stored: its creation sequence number, its version and its fields.
@@ -162,7 +168,7 @@ pub type Read<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 /// Rows of a listing or scan: `(id, record)` pairs.
 pub type Rows = Vec<(String, Stored)>;
 
-/// The store interface ([`SqliteStore`]; PostgreSQL next).
+/// The store interface ([`SqliteStore`], [`PgStore`]).
 ///
 /// Every operation is asynchronous and takes owned copies of its arguments, so that the work
 /// happens off the caller's thread: writes because durability (fsync) takes milliseconds and is

@@ -479,7 +479,8 @@ fn apply_write(conn: &Connection, write: &Write) -> Result<(), WriteError> {
             indexes,
         } => {
             let st = tables::of(kind).ok_or_else(|| unknown(kind))?;
-            let mut values = tables::bind(st.table, body).map_err(StoreError::Unavailable)?;
+            let mut values =
+                tables::bind_sqlite(st.table, body).map_err(StoreError::Unavailable)?;
             let existing: Option<i64> = conn
                 .prepare_cached(&st.version)?
                 .query_row([id], |r| r.get(0))

@@ -1,14 +1,20 @@
 //! The typed tables: which table holds each record kind and with which columns, which SQL
-//! answers each list, and where each unique value lives. The schema itself is hand-written in
-//! `api/migrations/sqlite/`; this file is the map from the [`super::Store`] operations to it.
+//! answers each list, and where each unique value lives. The schemas themselves are
+//! hand-written, per database: `api/migrations/sqlite/` and `api/migrations/postgres/`; this file
+//! is the map from the [`super::Store`] operations to them, shared by both stores.
 //!
 //! A record crosses the store as a JSON object (the domain's serde form). Each top-level field
-//! is a column of the same name, converted by its [`Ty`]: text, integer, 0/1 boolean, JSON text
+//! is a column of the same name, converted by its [`Ty`]: text, integer, boolean, JSON text
 //! for nested values read whole, or an amount split into `<field>_value` / `<field>_currency`.
 //! Every table also has its key column (the record's id field), `seq` and `version`.
 //!
-//! The SQL below is SQLite's; a PostgreSQL store would keep the same tables and lists with its
-//! own placeholders (`$1`) and types (`BIGINT`, `JSONB`, `BOOLEAN`).
+//! What both databases share lives here: the tables and their columns ([`TABLES`],
+//! [`columns`]), the lists' `WHERE` clauses ([`LISTS`]), the join rows and unique values, and the
+//! conversion of a record's fields to column values ([`bind`], to neutral [`Field`]s) and back
+//! ([`body`]). The statements are SQLite's below (`?1` placeholders); the PostgreSQL store builds
+//! its own from the same column lists and turns `?N` into `$N` ([`numbered`]). The shared SQL is
+//! written to mean the same in both (`ON CONFLICT DO NOTHING`, `CAST`s that keep a parameter
+//! text for PostgreSQL's type inference).
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -280,6 +286,11 @@ pub(crate) static TABLES: &[Table] = &[
 /// The lists the API runs: `(index name, record kind, the WHERE clause selecting one key's
 /// records; ?1 is the key)`. Every list reads newest first by `seq` below a cursor (`?2`).
 /// One index may list two kinds (`transactions`: charges and refunds, merged by `seq`).
+///
+/// The key is always bound as text. The time buckets cast it to a number through
+/// `CAST(CAST(?1 AS TEXT) AS BIGINT)`: PostgreSQL infers a parameter's type from its first use
+/// (a bare `CAST(?1 AS BIGINT)` would make it a number it cannot bind text to), SQLite reads the
+/// same expression as before, and BIGINT keeps `minute * 60` from overflowing 32 bits in 2038.
 pub(crate) static LISTS: &[(&str, &str, &str)] = &[
     ("resellers", "reseller", "?1 = ''"),
     (
@@ -313,13 +324,14 @@ pub(crate) static LISTS: &[(&str, &str, &str)] = &[
     (
         "attestation_minute",
         "attestation",
-        "expires_at >= CAST(?1 AS INTEGER) * 60 AND expires_at < (CAST(?1 AS INTEGER) + 1) * 60",
+        "expires_at >= CAST(CAST(?1 AS TEXT) AS BIGINT) * 60 \
+         AND expires_at < (CAST(CAST(?1 AS TEXT) AS BIGINT) + 1) * 60",
     ),
     (
         "idempotency_hour",
         "idempotency",
-        "created_at >= CAST(?1 AS INTEGER) * 3600 \
-         AND created_at < (CAST(?1 AS INTEGER) + 1) * 3600",
+        "created_at >= CAST(CAST(?1 AS TEXT) AS BIGINT) * 3600 \
+         AND created_at < (CAST(CAST(?1 AS TEXT) AS BIGINT) + 1) * 3600",
     ),
 ];
 
@@ -329,11 +341,13 @@ pub(crate) static LISTS: &[(&str, &str, &str)] = &[
 pub(crate) static JOIN_ROWS: &[(&str, &str)] = &[
     (
         "reseller_tree",
-        "INSERT OR IGNORE INTO reseller_ancestors (ancestor_id, reseller_id) VALUES (?1, ?2)",
+        "INSERT INTO reseller_ancestors (ancestor_id, reseller_id) VALUES (?1, ?2) \
+         ON CONFLICT DO NOTHING",
     ),
     (
         "merchant_tree",
-        "INSERT OR IGNORE INTO merchant_resellers (reseller_id, merchant_id) VALUES (?1, ?2)",
+        "INSERT INTO merchant_resellers (reseller_id, merchant_id) VALUES (?1, ?2) \
+         ON CONFLICT DO NOTHING",
     ),
 ];
 
@@ -408,22 +422,29 @@ pub(crate) struct Statements {
     pub delete: String,
 }
 
-/// The SQL column names of a table's fields.
-fn columns(t: &Table) -> Vec<String> {
+/// The SQL columns of a table's fields, in order, with how each is read: an amount is two
+/// columns, its value ([`Ty::Int`]) and its currency ([`Ty::Text`]). Both stores build their
+/// statements from this list, and [`bind`] and [`body`] walk it in the same order.
+pub(crate) fn columns(t: &Table) -> Vec<(String, Ty)> {
     let mut out = Vec::new();
     for (name, ty) in t.cols {
         if *ty == Money {
-            out.push(format!("{name}_value"));
-            out.push(format!("{name}_currency"));
+            out.push((format!("{name}_value"), Int));
+            out.push((format!("{name}_currency"), Text));
         } else {
-            out.push((*name).to_owned());
+            out.push(((*name).to_owned(), *ty));
         }
     }
     out
 }
 
+/// The column names alone.
+pub(crate) fn column_names(t: &Table) -> Vec<String> {
+    columns(t).into_iter().map(|(name, _)| name).collect()
+}
+
 fn statements(t: &'static Table) -> Statements {
-    let cols = columns(t);
+    let cols = column_names(t);
     let (name, key) = (t.name, t.key);
     let select = format!(
         "SELECT {key}, seq, version, {} FROM {name}",
@@ -486,16 +507,38 @@ pub(crate) fn unique(ns: &str) -> Option<&'static Unique> {
     UNIQUES.iter().find(|u| u.ns == ns)
 }
 
-/// The bound values of a record's fields, in column order (after key, seq, version).
-pub(crate) fn bind(t: &Table, body: &Map<String, Value>) -> Result<Vec<Sql>, String> {
+/// Turns the shared SQL's `?N` placeholders into PostgreSQL's `$N` (the shared SQL has no `?`
+/// anywhere else: no string literal holds one).
+pub(crate) fn numbered(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+/// A column value as the record gives it, before either database's own type: what [`bind`]
+/// produces. SQLite stores `Bool` as 0/1; PostgreSQL checks each against its column's type.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Field {
+    /// SQL NULL (an absent or `null` field).
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A number that is not an integer (no column holds one; kept as SQLite always did).
+    Real(f64),
+    /// Text: a string, or a nested value as JSON text.
+    Text(String),
+}
+
+/// The values of a record's fields, in [`columns`] order (after key, seq, version).
+pub(crate) fn bind(t: &Table, body: &Map<String, Value>) -> Result<Vec<Field>, String> {
     let mut out = Vec::with_capacity(t.cols.len() + 4);
     for (name, ty) in t.cols {
         let v = body.get(*name).unwrap_or(&Value::Null);
         match ty {
             Money => match v {
                 Value::Null => {
-                    out.push(Sql::Null);
-                    out.push(Sql::Null);
+                    out.push(Field::Null);
+                    out.push(Field::Null);
                 }
                 Value::Object(m) => {
                     out.push(scalar(m.get("value").unwrap_or(&Value::Null), name)?);
@@ -504,8 +547,8 @@ pub(crate) fn bind(t: &Table, body: &Map<String, Value>) -> Result<Vec<Sql>, Str
                 _ => return Err(format!("{}.{name}: not an amount", t.name)),
             },
             Json => out.push(match v {
-                Value::Null => Sql::Null,
-                v => Sql::Text(v.to_string()),
+                Value::Null => Field::Null,
+                v => Field::Text(v.to_string()),
             }),
             Text | Int | Bool => out.push(scalar(v, name)?),
         }
@@ -513,36 +556,38 @@ pub(crate) fn bind(t: &Table, body: &Map<String, Value>) -> Result<Vec<Sql>, Str
     Ok(out)
 }
 
-fn scalar(v: &Value, name: &str) -> Result<Sql, String> {
+fn scalar(v: &Value, name: &str) -> Result<Field, String> {
     Ok(match v {
-        Value::Null => Sql::Null,
-        Value::Bool(b) => Sql::Integer(i64::from(*b)),
+        Value::Null => Field::Null,
+        Value::Bool(b) => Field::Bool(*b),
         Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => Sql::Integer(i),
+            (Some(i), _) => Field::Int(i),
             (None, Some(u)) => {
-                Sql::Integer(i64::try_from(u).map_err(|_| format!("{name}: number out of range"))?)
+                Field::Int(i64::try_from(u).map_err(|_| format!("{name}: number out of range"))?)
             }
-            _ => Sql::Real(n.as_f64().unwrap_or_default()),
+            _ => Field::Real(n.as_f64().unwrap_or_default()),
         },
-        Value::String(s) => Sql::Text(s.clone()),
+        Value::String(s) => Field::Text(s.clone()),
         Value::Array(_) | Value::Object(_) => return Err(format!("{name}: nested value")),
     })
 }
 
-/// A row read with [`Statements::select`]: `(id, seq, version, body)`.
-pub(crate) fn row(
+/// A record's fields from a row: `read(i, ty)` gives column `i` (counted from 0 at the key;
+/// the fields start at 3, after seq and version) as JSON, by the column's [`Ty`] (an amount's
+/// two columns are read as `Int` and `Text`). The key becomes the id field.
+pub(crate) fn body<E>(
     t: &Table,
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(String, i64, i64, Map<String, Value>)> {
-    let id: String = r.get(0)?;
+    id: &str,
+    mut read: impl FnMut(usize, Ty) -> Result<Value, E>,
+) -> Result<Map<String, Value>, E> {
     let mut body = Map::new();
-    body.insert(t.key.to_owned(), Value::String(id.clone()));
+    body.insert(t.key.to_owned(), Value::String(id.to_owned()));
     let mut i = 3;
     for (name, ty) in t.cols {
         let v = match ty {
             Money => {
-                let value = json_of(r.get_ref(i)?, Int, i)?;
-                let currency = json_of(r.get_ref(i + 1)?, Text, i + 1)?;
+                let value = read(i, Int)?;
+                let currency = read(i + 1, Text)?;
                 i += 1;
                 if value.is_null() {
                     Value::Null
@@ -553,11 +598,38 @@ pub(crate) fn row(
                     Value::Object(m)
                 }
             }
-            ty => json_of(r.get_ref(i)?, *ty, i)?,
+            ty => read(i, *ty)?,
         };
         i += 1;
         body.insert((*name).to_owned(), v);
     }
+    Ok(body)
+}
+
+impl From<Field> for Sql {
+    fn from(f: Field) -> Self {
+        match f {
+            Field::Null => Self::Null,
+            Field::Bool(b) => Self::Integer(i64::from(b)),
+            Field::Int(i) => Self::Integer(i),
+            Field::Real(r) => Self::Real(r),
+            Field::Text(t) => Self::Text(t),
+        }
+    }
+}
+
+/// [`bind`] as SQLite values.
+pub(crate) fn bind_sqlite(t: &Table, body: &Map<String, Value>) -> Result<Vec<Sql>, String> {
+    Ok(bind(t, body)?.into_iter().map(Sql::from).collect())
+}
+
+/// A SQLite row read with [`Statements::select`]: `(id, seq, version, body)`.
+pub(crate) fn row(
+    t: &Table,
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(String, i64, i64, Map<String, Value>)> {
+    let id: String = r.get(0)?;
+    let body = body(t, &id, |i, ty| json_of(r.get_ref(i)?, ty, i))?;
     Ok((id, r.get(1)?, r.get(2)?, body))
 }
 

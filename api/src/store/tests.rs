@@ -13,14 +13,14 @@ use super::sqlite::{Job, MIGRATIONS, create_private, open_writer, run_batch};
 use super::tables::{TABLES, Ty};
 use super::*;
 
-fn obj(v: Value) -> Map<String, Value> {
+pub(super) fn obj(v: Value) -> Map<String, Value> {
     match v {
         Value::Object(m) => m,
         _ => unreachable!("not an object"),
     }
 }
 
-fn put(kind: &str, id: &str, body: Value, indexes: &[(&str, &str)]) -> Write {
+pub(super) fn put(kind: &str, id: &str, body: Value, indexes: &[(&str, &str)]) -> Write {
     Write::Put {
         kind: kind.to_owned(),
         id: id.to_owned(),
@@ -33,7 +33,7 @@ fn put(kind: &str, id: &str, body: Value, indexes: &[(&str, &str)]) -> Write {
 }
 
 /// A location of merchant `m` (a record with a list by merchant).
-fn location(id: &str, m: &str, name: &str) -> Write {
+pub(super) fn location(id: &str, m: &str, name: &str) -> Write {
     put(
         "location",
         id,
@@ -43,7 +43,7 @@ fn location(id: &str, m: &str, name: &str) -> Write {
     )
 }
 
-fn reseller(id: &str, ancestors: &[&str]) -> Write {
+pub(super) fn reseller(id: &str, ancestors: &[&str]) -> Write {
     let mut tree: Vec<(&str, &str)> = ancestors.iter().map(|a| ("reseller_tree", *a)).collect();
     tree.push(("reseller_tree", id));
     put(
@@ -55,7 +55,7 @@ fn reseller(id: &str, ancestors: &[&str]) -> Write {
     )
 }
 
-fn merchant(id: &str, resellers: &[&str]) -> Write {
+pub(super) fn merchant(id: &str, resellers: &[&str]) -> Write {
     let tree: Vec<(&str, &str)> = resellers.iter().map(|r| ("merchant_tree", *r)).collect();
     put(
         "merchant",
@@ -68,7 +68,7 @@ fn merchant(id: &str, resellers: &[&str]) -> Write {
     )
 }
 
-fn user(id: &str, sub: &str) -> Write {
+pub(super) fn user(id: &str, sub: &str) -> Write {
     put(
         "user",
         id,
@@ -79,18 +79,18 @@ fn user(id: &str, sub: &str) -> Write {
     )
 }
 
-fn nonce(id: &str, at: i64) -> Write {
+pub(super) fn nonce(id: &str, at: i64) -> Write {
     put("nonce", id, json!({"id": id, "at": at}), &[])
 }
 
-fn del(kind: &str, id: &str) -> Write {
+pub(super) fn del(kind: &str, id: &str) -> Write {
     Write::Delete {
         kind: kind.to_owned(),
         id: id.to_owned(),
     }
 }
 
-fn claim(ns: &str, value: &str, owner: &str) -> Write {
+pub(super) fn claim(ns: &str, value: &str, owner: &str) -> Write {
     Write::Claim {
         ns: ns.to_owned(),
         value: value.to_owned(),
@@ -98,14 +98,14 @@ fn claim(ns: &str, value: &str, owner: &str) -> Write {
     }
 }
 
-fn release(ns: &str, value: &str) -> Write {
+pub(super) fn release(ns: &str, value: &str) -> Write {
     Write::Release {
         ns: ns.to_owned(),
         value: value.to_owned(),
     }
 }
 
-fn expect(kind: &str, id: &str, version: Option<u64>) -> Write {
+pub(super) fn expect(kind: &str, id: &str, version: Option<u64>) -> Write {
     Write::Expect {
         kind: kind.to_owned(),
         id: id.to_owned(),
@@ -113,19 +113,19 @@ fn expect(kind: &str, id: &str, version: Option<u64>) -> Write {
     }
 }
 
-fn conflict(what: &str) -> Result<(), StoreError> {
+pub(super) fn conflict(what: &str) -> Result<(), StoreError> {
     Err(StoreError::Conflict(what.to_owned()))
 }
 
-async fn get(store: &dyn Store, kind: &str, id: &str) -> Option<Stored> {
+pub(super) async fn get(store: &dyn Store, kind: &str, id: &str) -> Option<Stored> {
     store.get(kind, id).await.unwrap()
 }
 
-async fn seq(store: &dyn Store, kind: &str, id: &str) -> u64 {
+pub(super) async fn seq(store: &dyn Store, kind: &str, id: &str) -> u64 {
     get(store, kind, id).await.unwrap().seq
 }
 
-async fn ids(store: &dyn Store, index: &str, key: &str) -> Vec<String> {
+pub(super) async fn ids(store: &dyn Store, index: &str, key: &str) -> Vec<String> {
     store
         .list(index, key, None, usize::MAX)
         .await
@@ -136,7 +136,7 @@ async fn ids(store: &dyn Store, index: &str, key: &str) -> Vec<String> {
 }
 
 /// The contract every implementation must meet.
-async fn contract(store: &dyn Store) {
+pub(super) async fn contract(store: &dyn Store) {
     store.check().await.unwrap();
 
     // Put, get, replace: seq kept, version counted, fields as given.
