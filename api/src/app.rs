@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::auth::Auth;
-use crate::config::Config;
+use crate::config::{Config, Database, SslMode};
 use crate::domain::charges::{Boot, Engine, InFlight};
 use crate::domain::idem::Idempotency;
 use crate::domain::locks::Locks;
@@ -15,7 +15,38 @@ use crate::error::ApiError;
 use crate::keyd::Keyd;
 use crate::request::Services;
 use crate::store::db::Db;
-use crate::store::{SqliteStore, Store};
+use crate::store::{PgOptions, PgStore, PgTls, SqliteStore, Store};
+
+/// The configured store: the SQLite file, or a pool on the PostgreSQL database (whose password
+/// is read here, from its file or variable, and kept only inside the pool's settings).
+async fn open_store(database: &Database) -> Result<Arc<dyn Store>, String> {
+    match database {
+        Database::Sqlite(path) => SqliteStore::open(path)
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| format!("database {}: {e}", path.display())),
+        Database::Postgres(pg) => {
+            let options = PgOptions {
+                url: pg.url.clone(),
+                password: pg.password().map_err(|e| e.to_string())?,
+                tls: match (pg.sslmode, &pg.ca_file) {
+                    (SslMode::VerifyFull, Some(ca_file)) => PgTls::VerifyFull {
+                        ca_file: ca_file.clone(),
+                    },
+                    (SslMode::VerifyFull, None) => {
+                        return Err("database: verify-full needs ca_file".to_owned());
+                    }
+                    (SslMode::Disable, _) => PgTls::Disable,
+                },
+                pool_size: pg.pool_size,
+                exclusive: true,
+            };
+            PgStore::open(&options)
+                .await
+                .map(|s| Arc::new(s) as Arc<dyn Store>)
+                .map_err(|e| format!("database (PostgreSQL): {e}"))
+        }
+    }
+}
 
 impl Services {
     /// Opens the configured database and signing key.
@@ -23,10 +54,9 @@ impl Services {
     /// # Errors
     /// A message naming what could not be opened.
     pub async fn open(config: Config) -> Result<Self, String> {
-        let store = SqliteStore::open(&config.database)
-            .map_err(|e| format!("database {}: {e}", config.database.display()))?;
+        let store = open_store(&config.database).await?;
         let auth = Auth::new(&config.auth)?;
-        Self::with_parts(config, Arc::new(store), auth)
+        Self::with_parts(config, store, auth)
             .await
             .map_err(|e| e.message().to_owned())
     }

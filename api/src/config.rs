@@ -33,9 +33,10 @@ pub struct Config {
     /// load balancer whose address every connection shares).
     #[serde(default = "default_max_connections_per_client")]
     pub max_connections_per_client: usize,
-    /// The SQLite database file (created on first start).
+    /// Where the records are kept: a SQLite file (`database = "path"`, created on first start;
+    /// the default) or PostgreSQL (`[database] url = …`).
     #[serde(default = "default_database")]
-    pub database: PathBuf,
+    pub database: Database,
     /// Backoffice authentication.
     #[serde(default)]
     pub auth: AuthConfig,
@@ -180,8 +181,8 @@ impl Default for PlatformConfig {
     }
 }
 
-fn default_database() -> PathBuf {
-    "/var/lib/viopay/api.db".into()
+fn default_database() -> Database {
+    Database::Sqlite("/var/lib/viopay/api.db".into())
 }
 
 fn default_issuer() -> String {
@@ -210,6 +211,159 @@ fn default_zone() -> String {
 
 fn default_min_version() -> String {
     "1.0.0".into()
+}
+
+/// Where the API keeps its records.
+///
+/// Written `database = "/path/api.db"` for SQLite (the embedded default, one process per file)
+/// or as a `[database]` table with a `url` for PostgreSQL (any number of API nodes on one
+/// database), so every existing config keeps meaning what it meant.
+#[derive(Debug)]
+pub enum Database {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database.
+    Postgres(PostgresConfig),
+}
+
+impl<'de> Deserialize<'de> for Database {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = Database;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a SQLite file path, or a [database] table with a PostgreSQL url")
+            }
+            fn visit_str<E: serde::de::Error>(self, path: &str) -> Result<Database, E> {
+                Ok(Database::Sqlite(path.into()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Database, A::Error> {
+                PostgresConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Database::Postgres)
+            }
+        }
+        d.deserialize_any(Either)
+    }
+}
+
+/// PostgreSQL settings (`[database]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:port/dbname` (or libpq's `key=value` form). No password: it would
+    /// end up wherever the config is copied or shown.
+    pub url: String,
+    /// A file holding the password (one line; readable by its owner only).
+    pub password_file: Option<PathBuf>,
+    /// The name of an environment variable holding the password (e.g. from a secrets manager
+    /// or systemd's `LoadCredential`), instead of `password_file`.
+    pub password_env: Option<String>,
+    /// TLS to the server: `verify-full` (the default: TLS, the server's certificate must chain
+    /// to `ca_file` and name the host) or `disable` (only for loopback hosts and Unix sockets).
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// CA certificate(s) (PEM) the server's certificate must chain to, for `verify-full`.
+    pub ca_file: Option<PathBuf>,
+    /// Connections in this node's pool (the server's `max_connections` must cover every
+    /// node's pool).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+/// TLS to PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// TLS, certificate chain and host name checked.
+    #[default]
+    VerifyFull,
+    /// No TLS (loopback and Unix sockets only).
+    Disable,
+}
+
+const fn default_pool_size() -> usize {
+    16
+}
+
+impl PostgresConfig {
+    /// The password, from `password_file` or `password_env` (or none, e.g. for peer or trust
+    /// authentication over a Unix socket).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or variable (never the password): unreadable, missing,
+    /// empty, or a file readable by group or others.
+    pub fn password(&self) -> Result<Option<zeroize::Zeroizing<String>>, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let text = match (&self.password_file, &self.password_env) {
+            (Some(file), None) => {
+                let shown = file.display();
+                let mode = std::fs::metadata(file)
+                    .map_err(|e| ConfigError(format!("database.password_file {shown}: {e}")))?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    return Err(ConfigError(format!(
+                        "database.password_file {shown} is readable by group or others \
+                         (chmod 600 it)"
+                    )));
+                }
+                zeroize::Zeroizing::new(
+                    std::fs::read_to_string(file)
+                        .map_err(|e| ConfigError(format!("database.password_file {shown}: {e}")))?,
+                )
+            }
+            (None, Some(var)) => zeroize::Zeroizing::new(std::env::var(var).map_err(|_| {
+                ConfigError(format!(
+                    "database.password_env: ${var} is not set (or not UTF-8)"
+                ))
+            })?),
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "database: give password_file or password_env, not both".into(),
+                ));
+            }
+        };
+        let password = text.trim_end_matches(['\n', '\r']);
+        if password.is_empty() {
+            return Err(ConfigError("database: the password is empty".into()));
+        }
+        Ok(Some(zeroize::Zeroizing::new(password.to_owned())))
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let url = self.url.trim_start();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError(
+                "database.url must be a postgres:// URL (a SQLite file is `database = \"path\"`)"
+                    .into(),
+            ));
+        }
+        if self.password_file.is_some() && self.password_env.is_some() {
+            return Err(ConfigError(
+                "database: give password_file or password_env, not both".into(),
+            ));
+        }
+        match (self.sslmode, &self.ca_file) {
+            (SslMode::VerifyFull, None) => {
+                return Err(ConfigError(
+                    "database: sslmode = \"verify-full\" needs ca_file (or sslmode = \"disable\" \
+                     for a server on loopback)"
+                        .into(),
+                ));
+            }
+            (SslMode::Disable, Some(_)) => {
+                return Err(ConfigError(
+                    "database: ca_file is given but sslmode is \"disable\"".into(),
+                ));
+            }
+            _ => {}
+        }
+        if !(1..=1024).contains(&self.pool_size) {
+            return Err(ConfigError("database.pool_size must be 1 to 1024".into()));
+        }
+        Ok(())
+    }
 }
 
 /// HTTPS certificate and key files.
@@ -325,6 +479,9 @@ impl Config {
             }
             _ => {}
         }
+        if let Database::Postgres(pg) = &config.database {
+            pg.check()?;
+        }
         if !(60..=86_400).contains(&config.auth.token_ttl_secs) {
             return Err(ConfigError(
                 "auth.token_ttl_secs must be 60 to 86400".into(),
@@ -378,5 +535,93 @@ mod tests {
                 .0
                 .contains("unknown field")
         );
+    }
+
+    #[test]
+    fn database_is_a_sqlite_path_or_a_postgres_table() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = "listen = \"127.0.0.1:8080\"\nplain_http = true\nkeyd_socket = \"/k\"\n";
+        let sqlite = |c: Config| match c.database {
+            Database::Sqlite(p) => p,
+            Database::Postgres(_) => panic!("not SQLite"),
+        };
+        assert_eq!(
+            sqlite(Config::parse(top).unwrap()),
+            PathBuf::from("/var/lib/viopay/api.db")
+        );
+        let file = format!("{top}database = \"/tmp/x.db\"\n");
+        assert_eq!(
+            sqlite(Config::parse(&file).unwrap()),
+            PathBuf::from("/tmp/x.db")
+        );
+
+        let pg = |lines: &str| Config::parse(&format!("{top}[database]\n{lines}"));
+        let url = "url = \"postgres://api@127.0.0.1:5432/viopay\"\n";
+        let Database::Postgres(p) = pg(&format!("{url}sslmode = \"disable\"\n"))
+            .unwrap()
+            .database
+        else {
+            panic!("not PostgreSQL")
+        };
+        assert_eq!((p.pool_size, p.sslmode), (16, SslMode::Disable));
+        assert!(p.password().unwrap().is_none());
+        let full = pg(&format!("{url}ca_file = \"/ca.pem\"\npool_size = 4\n")).unwrap();
+        assert!(matches!(full.database, Database::Postgres(p) if p.sslmode == SslMode::VerifyFull));
+        for (lines, says) in [
+            (url.to_owned(), "ca_file"),
+            (
+                format!("{url}sslmode = \"disable\"\nca_file = \"/ca\"\n"),
+                "disable",
+            ),
+            (format!("{url}sslmode = \"require\"\n"), "unknown variant"),
+            (format!("{url}password = \"x\"\n"), "unknown field"),
+            (
+                format!(
+                    "{url}sslmode = \"disable\"\npassword_file = \"/p\"\npassword_env = \"P\"\n"
+                ),
+                "not both",
+            ),
+            (
+                "url = \"mysql://x\"\nsslmode = \"disable\"\n".to_owned(),
+                "postgres://",
+            ),
+            (
+                format!("{url}sslmode = \"disable\"\npool_size = 0\n"),
+                "pool_size",
+            ),
+        ] {
+            let e = pg(&lines).unwrap_err();
+            assert!(e.0.contains(says), "{lines}: {e}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let with_file = |path: &Path| PostgresConfig {
+            url: "postgres://a@127.0.0.1/b".into(),
+            password_file: Some(path.to_owned()),
+            password_env: None,
+            sslmode: SslMode::Disable,
+            ca_file: None,
+            pool_size: 1,
+        };
+        let e = with_file(&file).password().unwrap_err();
+        assert!(
+            e.0.contains("group or others") && !e.0.contains("s3cret"),
+            "{e}"
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            with_file(&file).password().unwrap().unwrap().as_str(),
+            "s3cret"
+        );
+        let missing = PostgresConfig {
+            password_file: None,
+            password_env: Some("VIOPAY_TEST_UNSET_PASSWORD".into()),
+            ..with_file(&file)
+        };
+        let e = missing.password().unwrap_err();
+        assert!(e.0.contains("VIOPAY_TEST_UNSET_PASSWORD"), "{e}");
     }
 }

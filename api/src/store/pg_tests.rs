@@ -30,6 +30,7 @@ fn options(cluster: &Cluster, db: &str) -> PgOptions {
         password: Some(Zeroizing::new(cluster.password().to_owned())),
         tls: PgTls::Disable,
         pool_size: 4,
+        exclusive: false,
     }
 }
 
@@ -214,6 +215,26 @@ async fn postgres_migrations_run_once_and_newer_schema_is_refused() {
     drop(a);
     let again = PgStore::open(&opts).await.unwrap();
     assert_eq!(ids(&again, "locations", "m").await, ["l1"]);
+    // One process per database when exclusive: a second is refused while the first runs.
+    let exclusive = PgOptions {
+        exclusive: true,
+        ..options(&cluster, "api")
+    };
+    let first = PgStore::open(&exclusive).await.unwrap();
+    match PgStore::open(&exclusive).await {
+        Err(StoreError::Unavailable(msg)) => assert!(msg.contains("another api process"), "{msg}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..50 {
+        if let Ok(store) = PgStore::open(&exclusive).await {
+            reopened = Some(store);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(reopened.is_some(), "the lock is released with its session");
     let versions = cluster
         .psql(
             "api",
@@ -294,6 +315,7 @@ async fn postgres_options_refused() {
             password: None,
             tls,
             pool_size: 1,
+            exclusive: false,
         };
         async move { PgStore::open(&options).await }
     };

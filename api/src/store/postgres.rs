@@ -87,6 +87,8 @@ pub struct PgOptions {
     pub tls: PgTls,
     /// Connections in the pool.
     pub pool_size: usize,
+    /// Hold the database for this process alone (see [`PgStore::open`]).
+    pub exclusive: bool,
 }
 
 impl fmt::Debug for PgOptions {
@@ -96,6 +98,7 @@ impl fmt::Debug for PgOptions {
             .field("password", &self.password.as_ref().map(|_| "(set)"))
             .field("tls", &self.tls)
             .field("pool_size", &self.pool_size)
+            .field("exclusive", &self.exclusive)
             .finish()
     }
 }
@@ -119,6 +122,8 @@ pub struct PgStore {
     /// `host:port/db`, for Debug and logs (never a password: the URL holds none).
     target: String,
     runtime: tokio::runtime::Handle,
+    /// The session holding the process lock, when exclusive (closing it releases the lock).
+    _holder: Option<tokio_postgres::Client>,
 }
 
 impl fmt::Debug for PgStore {
@@ -250,6 +255,11 @@ impl PgStore {
             .connect_timeout(POOL_WAIT)
             .keepalives_idle(Duration::from_secs(30));
         let target = target(&config);
+        let holder = if options.exclusive {
+            Some(hold_exclusively(&config, tls.clone()).await?)
+        } else {
+            None
+        };
         let manager = Manager::from_config(
             config,
             tls,
@@ -285,8 +295,43 @@ impl PgStore {
             pool,
             target,
             runtime: tokio::runtime::Handle::current(),
+            _holder: holder,
         })
     }
+}
+
+/// Takes the process lock on a session of its own, kept for the store's life, or fails if
+/// another process holds it.
+///
+/// Until the API's own coordination across nodes exists (crash recovery treats the pending
+/// charges of every other start as orphans and voids them; used nonces and idempotency
+/// reservations are also held in the process), one API process per database is what the rest
+/// of the API assumes, as SQLite's lock file enforces; this is the same guard for PostgreSQL.
+/// The server releases a session lock when the session ends, `kill -9` of the process included.
+async fn hold_exclusively(
+    config: &tokio_postgres::Config,
+    tls: tls::Rustls,
+) -> Result<tokio_postgres::Client, StoreError> {
+    let (client, connection) = config
+        .connect(tls)
+        .await
+        .map_err(|e| unavailable("connect", &e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %unavailable("process lock session", &e), "database process lock lost");
+        }
+    });
+    let held: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&sql::PROCESS_LOCK])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| unavailable("process lock", &e))?;
+    if !held {
+        return Err(StoreError::Unavailable(
+            "another api process has this database open (one process per database)".into(),
+        ));
+    }
+    Ok(client)
 }
 
 /// Whether a host is this machine: a Unix socket directory or a loopback address.

@@ -101,6 +101,9 @@ pub(super) const LOCK_KEYS: &str = "SELECT pg_advisory_xact_lock(k) FROM unnest(
 /// same space, and a collision would only make a batch wait for a migration).
 pub(super) const MIGRATION_LOCK: i64 = 0x7669_6f70_6179_0001;
 
+/// The session advisory lock an exclusive store holds for its life.
+pub(super) const PROCESS_LOCK: i64 = 0x7669_6f70_6179_0002;
+
 /// The key of the advisory lock on a record or a unique value: the first 8 bytes of SHA-256
 /// over `(what, name, id)`. A hash that is the same in every build (Rust's own hasher may change
 /// between compiler versions, and two api nodes built apart must agree); a collision between
