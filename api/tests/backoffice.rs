@@ -1,6 +1,8 @@
 //! The backoffice over real HTTP: a real `api` process on a SQLite file, a real keyd on a
 //! SoftHSM token. Tenancy, roles, sessions, client credentials, devices with keyd-made identity
-//! keys, and bad input on every endpoint.
+//! keys, and bad input on every endpoint. Each test runs again as `postgres_*` with the API on a
+//! throw-away PostgreSQL cluster (skipped with a message where PostgreSQL is not installed and
+//! `CI` is not set).
 
 #![allow(
     clippy::unwrap_used,
@@ -13,11 +15,20 @@
 use std::path::Path;
 
 use base64::Engine;
-use e2e::api::{Answer, Platform};
+use e2e::api::{Answer, Database, Platform};
 use serde_json::{Value, json};
 
 fn platform() -> Platform {
     Platform::start(Path::new(env!("CARGO_BIN_EXE_api")), "").unwrap()
+}
+
+/// The same platform with the API on a throw-away PostgreSQL cluster (returned too, to outlive
+/// the API), or `None` when the test is skipped (PostgreSQL not installed, `CI` not set).
+fn postgres_platform(test: &str) -> Option<(pgcluster::Cluster, Platform)> {
+    let cluster = pgcluster::Cluster::for_tests(test).unwrap()?;
+    let database = Database::postgres(&cluster, "api").unwrap();
+    let p = Platform::start_on(Path::new(env!("CARGO_BIN_EXE_api")), "", &database).unwrap();
+    Some((cluster, p))
 }
 
 /// Calls with any token, failing loudly.
@@ -62,7 +73,19 @@ fn id(v: &Value) -> String {
 
 #[test]
 fn sessions_tokens_and_client_credentials() {
-    let p = platform();
+    sessions_tokens_and_client_credentials_on(platform());
+}
+
+#[test]
+fn postgres_sessions_tokens_and_client_credentials() {
+    let Some((_cluster, p)) = postgres_platform("postgres_sessions_tokens_and_client_credentials")
+    else {
+        return;
+    };
+    sessions_tokens_and_client_credentials_on(p);
+}
+
+fn sessions_tokens_and_client_credentials_on(p: Platform) {
     // No token, a garbage token, a token signed by someone else: 4010.
     let a = p.http.call("GET", "/merchants", None, None).unwrap();
     assert_eq!((a.status, a.code()), (401, "4010"));
@@ -260,7 +283,19 @@ fn sessions_tokens_and_client_credentials() {
 
 #[test]
 fn devices_get_identity_keys_from_keyd() {
-    let p = platform();
+    devices_get_identity_keys_from_keyd_on(platform());
+}
+
+#[test]
+fn postgres_devices_get_identity_keys_from_keyd() {
+    let Some((_cluster, p)) = postgres_platform("postgres_devices_get_identity_keys_from_keyd")
+    else {
+        return;
+    };
+    devices_get_identity_keys_from_keyd_on(p);
+}
+
+fn devices_get_identity_keys_from_keyd_on(p: Platform) {
     let admin = p.session("ops", "platform_admin");
     let r = p.created(&admin, "/resellers", &json!({"name": "R"}));
     let m = p.created(
@@ -524,7 +559,20 @@ struct World {
 
 #[test]
 fn authorization_matrix_every_role_every_endpoint_own_and_foreign() {
-    let p = platform();
+    authorization_matrix_every_role_every_endpoint_own_and_foreign_on(platform());
+}
+
+#[test]
+fn postgres_authorization_matrix_every_role_every_endpoint_own_and_foreign() {
+    let Some((_cluster, p)) = postgres_platform(
+        "postgres_authorization_matrix_every_role_every_endpoint_own_and_foreign",
+    ) else {
+        return;
+    };
+    authorization_matrix_every_role_every_endpoint_own_and_foreign_on(p);
+}
+
+fn authorization_matrix_every_role_every_endpoint_own_and_foreign_on(p: Platform) {
     let admin = p.session("ops", "platform_admin");
     let r1 = id(&p.created(&admin, "/resellers", &json!({"name": "R1"})));
     let r2 = id(&p.created(
@@ -1050,7 +1098,20 @@ fn make(p: &Platform, admin: &str, fresh: Fresh, w: &World, own: bool, n: &mut u
 
 #[test]
 fn bad_input_is_a_4xx_with_the_right_code_and_writes_nothing() {
-    let p = platform();
+    bad_input_is_a_4xx_with_the_right_code_and_writes_nothing_on(platform());
+}
+
+#[test]
+fn postgres_bad_input_is_a_4xx_with_the_right_code_and_writes_nothing() {
+    let Some((_cluster, p)) =
+        postgres_platform("postgres_bad_input_is_a_4xx_with_the_right_code_and_writes_nothing")
+    else {
+        return;
+    };
+    bad_input_is_a_4xx_with_the_right_code_and_writes_nothing_on(p);
+}
+
+fn bad_input_is_a_4xx_with_the_right_code_and_writes_nothing_on(p: Platform) {
     let admin = p.session("ops", "platform_admin");
     let r = id(&p.created(&admin, "/resellers", &json!({"name": "R"})));
     let m = id(&p.created(

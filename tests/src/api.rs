@@ -32,6 +32,33 @@ impl std::fmt::Debug for ApiProcess {
     }
 }
 
+/// The store an [`ApiProcess`] runs on.
+#[derive(Debug, Clone, Default)]
+pub enum Database {
+    /// A SQLite file in the process's temporary directory (the embedded default).
+    #[default]
+    Sqlite,
+    /// PostgreSQL: the lines of the config's `[database]` table.
+    Postgres(String),
+}
+
+impl Database {
+    /// A new database `name` on a throw-away cluster, reached as its superuser over TCP on
+    /// loopback without TLS, the password in a 0600 file (as an operator would give it).
+    ///
+    /// # Errors
+    /// If the database or the password file cannot be made.
+    pub fn postgres(cluster: &pgcluster::Cluster, name: &str) -> Result<Self, Error> {
+        cluster.create_database(name)?;
+        let password = cluster.write_password_file()?;
+        Ok(Self::Postgres(format!(
+            "url = \"{}\"\nsslmode = \"disable\"\npassword_file = \"{}\"\n",
+            cluster.url(name),
+            password.display()
+        )))
+    }
+}
+
 /// A free TCP port on loopback.
 ///
 /// # Errors
@@ -82,6 +109,20 @@ impl ApiProcess {
         extra_top: &str,
         auth: &str,
     ) -> Result<Self, Error> {
+        Self::start_on(binary, keyd_socket, &Database::Sqlite, extra_top, auth)
+    }
+
+    /// As [`ApiProcess::start`], on the given store.
+    ///
+    /// # Errors
+    /// If it does not come up within 20 s.
+    pub fn start_on(
+        binary: &Path,
+        keyd_socket: &Path,
+        database: &Database,
+        extra_top: &str,
+        auth: &str,
+    ) -> Result<Self, Error> {
         // A port found free can be taken by another test's process before ours binds it;
         // ours then exits at start and is started again on another port.
         let mut attempt = 0;
@@ -91,14 +132,20 @@ impl ApiProcess {
             let dir = std::env::temp_dir().join(format!("api-e2e-{port}-{}", std::process::id()));
             std::fs::create_dir_all(&dir)?;
             let config = dir.join("api.toml");
+            let (top, table) = match database {
+                Database::Sqlite => (
+                    format!("database = \"{}\"\n", dir.join("api.db").display()),
+                    String::new(),
+                ),
+                Database::Postgres(lines) => (String::new(), format!("[database]\n{lines}\n")),
+            };
             std::fs::write(
                 &config,
                 format!(
                     "listen = \"127.0.0.1:{port}\"\nplain_http = true\nmetrics = true\nkeyd_socket = \"{}\"\n\
-                     database = \"{}\"\n{extra_top}\n\n[platform]\ndefault_zone = \"z1\"\n\n\
+                     {top}{extra_top}\n\n{table}[platform]\ndefault_zone = \"z1\"\n\n\
                      [auth]\nsigning_key = \"{}\"\n{auth}\n",
                     keyd_socket.display(),
-                    dir.join("api.db").display(),
                     dir.join("jwt-es256.p8").display(),
                 ),
             )?;
@@ -391,7 +438,15 @@ impl Platform {
     /// # Errors
     /// If a process does not start or the admin session cannot be initiated.
     pub fn start(api_binary: &Path, auth: &str) -> Result<Self, Error> {
-        Self::start_with(api_binary, auth, false)
+        Self::start_on(api_binary, auth, &Database::Sqlite)
+    }
+
+    /// As [`Platform::start`], with the API on the given store.
+    ///
+    /// # Errors
+    /// As [`Platform::start`].
+    pub fn start_on(api_binary: &Path, auth: &str, database: &Database) -> Result<Self, Error> {
+        Self::start_with(api_binary, auth, database, false)
     }
 
     /// Like [`Platform::start`], with the simulator acting as issuer for PINs: the published
@@ -409,11 +464,17 @@ impl Platform {
         Self::start_with(
             api_binary,
             &format!("{auth}\n[processor]\n{processor}\n"),
+            &Database::Sqlite,
             true,
         )
     }
 
-    fn start_with(api_binary: &Path, auth: &str, issuer: bool) -> Result<Self, Error> {
+    fn start_with(
+        api_binary: &Path,
+        auth: &str,
+        database: &Database,
+        issuer: bool,
+    ) -> Result<Self, Error> {
         let mut keyd = crate::KeydProcess::new(
             &api_binary.with_file_name("keyd"),
             r#""data", "devices""#,
@@ -426,7 +487,7 @@ impl Platform {
         } else {
             auth.to_owned()
         };
-        let api = ApiProcess::start(api_binary, keyd.socket(), "", &auth)?;
+        let api = ApiProcess::start_on(api_binary, keyd.socket(), database, "", &auth)?;
         let http = api.client();
         let admin = api.token("ops", "platform_admin")?;
         let platform = Self {

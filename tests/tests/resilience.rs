@@ -1,6 +1,9 @@
 //! The platform under charge load while its processes die: a `kill -9` of the API (every charge
 //! the client saw acknowledged is stored exactly once, nothing is left pending) and a restart of
-//! keyd (charges fail with 503 while it is gone and resume when it is back, nothing lost).
+//! keyd (charges fail with 503 while it is gone and resume when it is back, nothing lost). The
+//! `postgres_*` tests do the same with the API on a throw-away PostgreSQL cluster, and restart
+//! the database server itself under load (skipped with a message where PostgreSQL is not
+//! installed and `CI` is not set).
 
 #![allow(
     clippy::unwrap_used,
@@ -12,16 +15,31 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use e2e::api::Platform;
+use e2e::api::{Database, Platform};
 use serde_json::{Value, json};
 
-fn platform() -> (Platform, String, Vec<e2e::pos::Terminal>) {
+/// The platform, the merchant's id and its activated terminals.
+type World = (Platform, String, Vec<e2e::pos::Terminal>);
+
+fn platform() -> World {
+    platform_on(&Database::Sqlite)
+}
+
+/// A throw-away PostgreSQL cluster and the platform on it, or `None` when skipped.
+fn postgres(test: &str) -> Option<(pgcluster::Cluster, World)> {
+    let cluster = pgcluster::Cluster::for_tests(test).unwrap()?;
+    let database = Database::postgres(&cluster, "api").unwrap();
+    let platform = platform_on(&database);
+    Some((cluster, platform))
+}
+
+fn platform_on(database: &Database) -> World {
     let api_bin = PathBuf::from(env!("CARGO_BIN_EXE_pos-sim")).with_file_name("api");
     assert!(
         api_bin.exists(),
         "api is built with the workspace: cargo test --workspace"
     );
-    let p = Platform::start(&api_bin, "").unwrap();
+    let p = Platform::start_on(&api_bin, "", database).unwrap();
     let r = p
         .ok("POST", "/resellers", Some(&json!({"name": "R"})))
         .unwrap();
@@ -97,7 +115,48 @@ fn check_outcomes(p: &Platform, charges: &[Value], report: &e2e::load::Report) {
 
 #[test]
 fn kill_9_of_the_api_under_load_loses_no_acknowledged_charge() {
-    let (mut p, mid, terminals) = platform();
+    kill_9_under_load(platform());
+}
+
+#[test]
+fn postgres_kill_9_of_the_api_under_load_loses_no_acknowledged_charge() {
+    let Some((_cluster, platform)) = postgres("postgres_kill_9_of_the_api_under_load") else {
+        return;
+    };
+    kill_9_under_load(platform);
+}
+
+/// PostgreSQL restarted under charge load: while it is down the API answers 503 and keeps
+/// serving, afterwards its pool reconnects; every acknowledged charge is stored and nothing
+/// stays pending.
+#[test]
+fn postgres_a_database_restart_under_load_fails_cleanly_and_recovers() {
+    let Some((mut cluster, (p, mid, terminals))) =
+        postgres("postgres_a_database_restart_under_load")
+    else {
+        return;
+    };
+    let port = p.api.port();
+    let mut probe = terminals[0].clone();
+    let load = std::thread::spawn(move || e2e::load::run(port, &terminals, &options(4)));
+    std::thread::sleep(Duration::from_millis(1000));
+    cluster.stop().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.start_server().unwrap();
+    let report = load.join().unwrap();
+    assert!(
+        !report.failed.is_empty(),
+        "the database was away: some charges must have failed"
+    );
+    let (a, v) = probe.charge("4242424242424242", 1234, "EUR", None).unwrap();
+    assert_eq!(a.status, 200, "{}", a.json);
+    assert_eq!(v.unwrap()["status"], "approved");
+    let health = p.http.call("GET", "/health/ready", None, None).unwrap();
+    assert_eq!(health.status, 200, "{}", health.json);
+    check_outcomes(&p, &resolved(&p, &mid), &report);
+}
+
+fn kill_9_under_load((mut p, mid, terminals): World) {
     let port = p.api.port();
     let load = std::thread::spawn(move || e2e::load::run(port, &terminals, &options(3)));
     std::thread::sleep(Duration::from_millis(1500));
