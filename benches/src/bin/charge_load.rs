@@ -2,6 +2,8 @@
 //! delegates every crypto step to keyd on a SoftHSM token), over keep-alive HTTP on loopback.
 //!
 //! `cargo build --release -p keyd -p api -p benches && target/release/charge-load`
+//! (`--database postgres`: the API on a throw-away PostgreSQL cluster on loopback, with
+//! PostgreSQL's durable defaults, instead of a SQLite file).
 //!
 //! It starts keyd and the API on throw-away state, registers and activates `--terminals`
 //! terminals through the real lifecycle, then drives charges from `--connections` threads for
@@ -21,8 +23,17 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use e2e::api::ApiProcess;
+use e2e::api::{ApiProcess, Database};
 use serde_json::{Value, json};
+
+/// The API's store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    /// A SQLite file.
+    Sqlite,
+    /// A throw-away PostgreSQL cluster.
+    Postgres,
+}
 
 /// Charge load driver.
 #[derive(Debug, Parser)]
@@ -45,6 +56,14 @@ struct Args {
     /// keyd's working-key placement: memory or token.
     #[arg(long, default_value = "memory")]
     placement: String,
+    /// The API's store: sqlite (a file, synchronous=FULL) or postgres (a throw-away cluster
+    /// started with Debian's initdb/pg_ctl, fsync and synchronous_commit on, over TCP on
+    /// loopback with its password).
+    #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
+    database: Backend,
+    /// Connections in the API's PostgreSQL pool.
+    #[arg(long, default_value_t = 16)]
+    pool_size: usize,
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -61,9 +80,21 @@ fn main() {
     let mut keyd =
         e2e::KeydProcess::new(&sibling("keyd"), r#""data", "devices""#, &args.placement).unwrap();
     keyd.start().unwrap();
-    let api = ApiProcess::start(
+    let cluster =
+        (args.database == Backend::Postgres).then(|| pgcluster::Cluster::start_durable().unwrap());
+    let database = match &cluster {
+        None => Database::Sqlite,
+        Some(cluster) => match Database::postgres(cluster, "api").unwrap() {
+            Database::Postgres(lines) => {
+                Database::Postgres(format!("{lines}pool_size = {}\n", args.pool_size))
+            }
+            Database::Sqlite => unreachable!(),
+        },
+    };
+    let api = ApiProcess::start_on(
         &sibling("api"),
         keyd.socket(),
+        &database,
         "",
         &format!(
             "\n[processor]\nlatency_ms = {}\n",
@@ -103,7 +134,7 @@ fn main() {
     )
     .unwrap();
     println!(
-        "charge-load: {} terminals activated in {:.1} s; {} connections, {} s, rate {}, processor latency {} ms, keyd placement {}",
+        "charge-load: {} terminals activated in {:.1} s; {} connections, {} s, rate {}, processor latency {} ms, keyd placement {}, database {}",
         args.terminals,
         setup.elapsed().as_secs_f64(),
         args.connections,
@@ -115,6 +146,11 @@ fn main() {
         },
         args.processor_latency_ms,
         args.placement,
+        if cluster.is_some() {
+            format!("postgres (pool {})", args.pool_size)
+        } else {
+            "sqlite".to_owned()
+        },
     );
     let mut report = e2e::load::run(
         api.port(),
