@@ -33,6 +33,7 @@ pub struct Cluster {
     password: String,
     owner: Option<(u32, u32)>,
     durable: bool,
+    tls: bool,
     running: bool,
 }
 
@@ -95,7 +96,7 @@ impl Cluster {
     /// # Errors
     /// [`Error`] if PostgreSQL is missing or the cluster does not start.
     pub fn start() -> Result<Self, Error> {
-        Self::start_with(false)
+        Self::start_with(false, None)
     }
 
     /// A cluster with PostgreSQL's durable defaults (`fsync`, `synchronous_commit`, full page
@@ -104,7 +105,7 @@ impl Cluster {
     /// # Errors
     /// As [`Cluster::start`].
     pub fn start_durable() -> Result<Self, Error> {
-        Self::start_with(true)
+        Self::start_with(true, None)
     }
 
     /// A cluster for the test `name`, or `None` (with a line on stderr saying the test is
@@ -113,7 +114,20 @@ impl Cluster {
     /// # Errors
     /// [`Error::NotInstalled`] under `CI` (there the tests must run), or any other failure.
     pub fn for_tests(name: &str) -> Result<Option<Self>, Error> {
-        match Self::start() {
+        Self::skip_if_missing(name, Self::start())
+    }
+
+    /// As [`Cluster::for_tests`], with TLS on (`ssl = on`) with the given certificate chain and
+    /// key (PEM); clients may still connect without it.
+    ///
+    /// # Errors
+    /// As [`Cluster::for_tests`].
+    pub fn for_tests_with_tls(name: &str, cert: &Path, key: &Path) -> Result<Option<Self>, Error> {
+        Self::skip_if_missing(name, Self::start_with(false, Some((cert, key))))
+    }
+
+    fn skip_if_missing(name: &str, started: Result<Self, Error>) -> Result<Option<Self>, Error> {
+        match started {
             Err(Error::NotInstalled) if std::env::var_os("CI").is_none() => {
                 // Straight to stderr: the test harness captures `eprintln!`, and a skip must
                 // be seen.
@@ -128,7 +142,7 @@ impl Cluster {
         }
     }
 
-    fn start_with(durable: bool) -> Result<Self, Error> {
+    fn start_with(durable: bool, tls: Option<(&Path, &Path)>) -> Result<Self, Error> {
         let bin = binaries()?;
         let owner = server_owner()?;
         let dir = tempfile::Builder::new().prefix("pgcluster-").tempdir()?;
@@ -148,8 +162,19 @@ impl Cluster {
             password,
             owner,
             durable,
+            tls: tls.is_some(),
             running: false,
         };
+        if let Some((cert, key)) = tls {
+            // The server insists on a key only its owner can read.
+            for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+                let to = cluster.dir.path().join(to);
+                write_private(&to, &fs::read_to_string(from)?)?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(&to, Some(uid), Some(gid))?;
+                }
+            }
+        }
         let data = cluster.data_dir();
         let init = cluster
             .server_command("initdb")
@@ -188,6 +213,12 @@ impl Cluster {
         );
         if !self.durable {
             options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
+        if self.tls {
+            let dir = self.dir.path().display();
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key"
+            ));
         }
         let out = self
             .server_command("pg_ctl")

@@ -259,6 +259,28 @@ async fn postgres_migrations_run_once_and_newer_schema_is_refused() {
     }
 }
 
+/// A schema of its own, named in the URL's options: the tables are made there, not in `public`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_from_the_url() {
+    let Some(cluster) = cluster("postgres_schema_from_the_url") else {
+        return;
+    };
+    cluster.psql("api", "CREATE SCHEMA viopay").unwrap();
+    let opts = PgOptions {
+        url: format!("{}?options=-c%20search_path%3Dviopay", cluster.url("api")),
+        ..options(&cluster, "api")
+    };
+    let store = PgStore::open(&opts).await.unwrap();
+    store.commit(vec![location("l1", "m", "1")]).await.unwrap();
+    let schema = cluster
+        .psql(
+            "api",
+            "SELECT table_schema FROM information_schema.tables WHERE table_name = 'locations'",
+        )
+        .unwrap();
+    assert_eq!(schema, "viopay");
+}
+
 const MIGRATIONS_PG: usize = postgres::MIGRATIONS.len();
 
 /// Losing the server: every operation is `Unavailable` with no values in its message, and the
@@ -304,6 +326,56 @@ async fn postgres_server_lost_and_back() {
         "secret-name"
     );
     assert_eq!(get(&store, "location", "l2").await, None);
+}
+
+/// TLS to the server: verify-full with the CA that signed the server's certificate connects (by
+/// IP address and by name); another CA, or a name the certificate does not hold, does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_verify_full() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let Some(cluster) = Cluster::for_tests_with_tls(
+        "postgres_tls_verify_full",
+        &data.join("test-cert.pem"),
+        &data.join("test-key.pem"),
+    )
+    .unwrap() else {
+        return;
+    };
+    cluster.create_database("api").unwrap();
+    let tls = |ca: &str| PgTls::VerifyFull {
+        ca_file: data.join(ca),
+    };
+    let with = |url: String, tls: PgTls| PgOptions {
+        url,
+        tls,
+        ..options(&cluster, "api")
+    };
+    let port = cluster.port();
+    for host in ["127.0.0.1", "localhost"] {
+        let url = format!("postgres://{}@{host}:{port}/api", pgcluster::SUPERUSER);
+        let store = PgStore::open(&with(url, tls("ca-cert.pem"))).await.unwrap();
+        store.commit(vec![location("l1", "m", host)]).await.unwrap();
+        let ssl = cluster
+            .psql("api", "SELECT count(*) FROM pg_stat_ssl WHERE ssl")
+            .unwrap();
+        assert_ne!(ssl, "0", "{host}: the store's connections use TLS");
+    }
+    // The leaf is no CA of itself: the chain does not verify.
+    let wrong = PgStore::open(&with(cluster.url("api"), tls("test-cert.pem"))).await;
+    assert!(
+        matches!(wrong, Err(StoreError::Unavailable(_))),
+        "{wrong:?}"
+    );
+    // The right server, under a name its certificate does not hold.
+    let url = format!(
+        "postgres://{}@db.example.test:{port}/api?hostaddr=127.0.0.1",
+        pgcluster::SUPERUSER
+    );
+    let wrong = PgStore::open(&with(url, tls("ca-cert.pem"))).await;
+    assert!(
+        matches!(wrong, Err(StoreError::Unavailable(_))),
+        "{wrong:?}"
+    );
 }
 
 /// What is refused before connecting: a password in the URL, TLS off towards another host.
