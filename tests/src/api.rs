@@ -560,29 +560,41 @@ impl Platform {
 /// Transport failures or an unsuccessful page.
 pub fn merchant_charges(http: Client, token: &str, merchant_id: &str) -> Result<Vec<Value>, Error> {
     let mut all = Vec::new();
+    each_charge(http, token, merchant_id, |c| all.push(c))?;
+    Ok(all)
+}
+
+/// Walks a merchant's charges page by page, handing each to `visit` and keeping none: a soak
+/// run's millions of charges are checked in the memory of one page.
+///
+/// # Errors
+/// Transport failures or a refused page.
+pub fn each_charge(
+    http: Client,
+    token: &str,
+    merchant_id: &str,
+    mut visit: impl FnMut(Value),
+) -> Result<(), Error> {
     let mut after = String::new();
     loop {
         let path = format!("/charges?merchant_id={merchant_id}&limit=100{after}");
-        let page = http.call("GET", &path, Some(token), None)?;
+        let mut page = http.call("GET", &path, Some(token), None)?;
         if page.status != 200 {
             return Err(format!("GET {path}: {} {}", page.status, page.json).into());
         }
-        all.extend(
-            page.json
-                .get("data")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .cloned(),
-        );
-        if page.json.get("has_more") != Some(&Value::Bool(true)) {
-            return Ok(all);
-        }
+        let more = page.json.get("has_more") == Some(&Value::Bool(true));
         let cursor = page
             .json
             .get("next_cursor")
             .and_then(Value::as_str)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(Value::Array(data)) = page.json.get_mut("data").map(Value::take) {
+            data.into_iter().for_each(&mut visit);
+        }
+        if !more {
+            return Ok(());
+        }
         after = format!("&starting_after={cursor}");
     }
 }

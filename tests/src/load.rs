@@ -388,6 +388,9 @@ pub fn run(port: u16, terminals: &[Terminal], options: &Options) -> Report {
 /// # Errors
 /// Transport failures or a refused listing.
 pub fn count_approved(http: Client, admin: &str, merchant_id: &str) -> Result<u64, Error> {
-    let charges = crate::api::merchant_charges(http, admin, merchant_id)?;
-    Ok(charges.iter().filter(|c| c["status"] == "approved").count() as u64)
+    let mut approved = 0u64;
+    crate::api::each_charge(http, admin, merchant_id, |c| {
+        approved += u64::from(c.get("status").and_then(Value::as_str) == Some("approved"));
+    })?;
+    Ok(approved)
 }
