@@ -33,7 +33,7 @@ pub use dispatch::handle;
 pub use error::Error;
 pub use hsm::{Hsm, SoftwareHsm, TokenKey, TokenKind};
 pub use keys::KeyKind;
-pub use manage::{KeyView, ZoneView};
+pub use manage::{KeyView, PeriodRow, ZoneView};
 pub use pkcs11::Pkcs11Hsm;
 pub use server::{bind, serve};
 pub use service::Service;

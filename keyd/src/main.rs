@@ -121,6 +121,18 @@ enum Command {
         /// Page size.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
+        /// Only keys made longer ago than this (`90d`, `12h`, `2y`; units s, m, h, d, y): those
+        /// past a crypto-period.
+        #[arg(long, value_parser = age)]
+        older_than: Option<u64>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The crypto-period report for assessors: keys still in use by type (device key kind, or
+    /// a partner key's TR-31 usage) and age (under 30 days, 30-90 days, 90 days to a year, a
+    /// year or more), with the oldest of each.
+    CryptoPeriods {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
@@ -500,6 +512,7 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             state,
             after,
             limit,
+            older_than,
             json,
         } => {
             let op = Operator::open(&config)?;
@@ -508,6 +521,7 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                 state: state.as_deref(),
                 after: &after,
                 limit: usize::try_from(limit).unwrap_or(100),
+                created_before: older_than.map(|age| keyd::unix_now().saturating_sub(age)),
             })?;
             if !json {
                 println!(
@@ -538,6 +552,32 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                 && keys.len() == usize::try_from(limit).unwrap_or(usize::MAX)
             {
                 eprintln!("keyd: more keys follow: --after {}", last.key_id);
+            }
+            Ok(())
+        }
+        Command::CryptoPeriods { json } => {
+            let op = Operator::open(&config)?;
+            let rows = op.service.crypto_periods(keyd::unix_now())?;
+            if !json {
+                println!(
+                    "{:<10} {:>8} {:>8} {:>8} {:>8}  OLDEST",
+                    "TYPE", "<30d", "30-90d", "90d-1y", ">=1y"
+                );
+            }
+            for r in &rows {
+                if json {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                } else {
+                    println!(
+                        "{:<10} {:>8} {:>8} {:>8} {:>8}  {}",
+                        r.key_type,
+                        r.under_30_days,
+                        r.under_90_days,
+                        r.under_1_year,
+                        r.over_1_year,
+                        utc(r.oldest)
+                    );
+                }
             }
             Ok(())
         }
@@ -1359,4 +1399,40 @@ fn decode_hex(text: &str) -> Option<Zeroizing<[u8; 32]>> {
         *byte = u8::try_from(digit(*pair.first()?)? * 16 + digit(*pair.get(1)?)?).ok()?;
     }
     Some(key)
+}
+
+/// A duration as operators write it: a number and a unit (`s`, `m`, `h`, `d`, `y` of 365
+/// days), in seconds.
+fn age(text: &str) -> Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or("give a unit: s, m, h, d or y (e.g. 90d)")?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text}: not a number of units"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "y" => 365 * 86_400,
+        _ => return Err(format!("{text}: units are s, m, h, d, y")),
+    };
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("{text}: too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ages_are_a_number_and_a_unit() {
+        assert_eq!(super::age("90d"), Ok(90 * 86_400));
+        assert_eq!(super::age("12h"), Ok(12 * 3600));
+        assert_eq!(super::age("2y"), Ok(2 * 365 * 86_400));
+        assert_eq!(super::age("30s"), Ok(30));
+        for bad in ["90", "d", "9x", "-1d", "99999999999999999999y"] {
+            assert!(super::age(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -85,7 +85,80 @@ fn view(listed: Listed) -> KeyView {
     }
 }
 
+/// Keys of one type by age, for assessors: how many of each are within which crypto-period.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PeriodRow {
+    /// The key type: a device key's kind (`tmk`, `kek`, `msk`, `tpk`, `tdk`, `mac`,
+    /// `identity`), or a partner key's TR-31 usage (`P0` ZPK, `M3` ZAK, `V2` PVK...).
+    pub key_type: String,
+    /// Keys made less than 30 days ago.
+    pub under_30_days: u64,
+    /// 30 to 90 days.
+    pub under_90_days: u64,
+    /// 90 days to a year.
+    pub under_1_year: u64,
+    /// A year or more.
+    pub over_1_year: u64,
+    /// When the oldest was made (Unix seconds).
+    pub oldest: u64,
+}
+
+/// Days to seconds.
+const DAY: u64 = 86_400;
+
 impl Service {
+    /// The crypto-period report: every key still in use (active or disabled; not destroyed or
+    /// being destroyed, not revoked) counted by type and age, oldest first within each type.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn crypto_periods(&self, now: u64) -> Result<Vec<PeriodRow>, Error> {
+        let mut rows: std::collections::BTreeMap<String, PeriodRow> =
+            std::collections::BTreeMap::new();
+        let mut after = String::new();
+        loop {
+            let page = self.store.list_keys(&ListQuery {
+                after: &after,
+                limit: 10_000,
+                ..ListQuery::default()
+            })?;
+            for listed in &page {
+                let in_use = !listed.revoked
+                    && matches!(listed.state, KeyState::Active | KeyState::Disabled);
+                if !in_use {
+                    continue;
+                }
+                let key_type = match listed.kind {
+                    Some(kind) => kind.name().to_owned(),
+                    None => KeyBlock::parse(&listed.block, Profile::Strict)
+                        .map(|b| b.into_header().key_usage.to_string())
+                        .unwrap_or_else(|_| "imported".to_owned()),
+                };
+                let row = rows.entry(key_type.clone()).or_insert_with(|| PeriodRow {
+                    key_type,
+                    under_30_days: 0,
+                    under_90_days: 0,
+                    under_1_year: 0,
+                    over_1_year: 0,
+                    oldest: listed.created_at,
+                });
+                let age = now.saturating_sub(listed.created_at);
+                match age {
+                    a if a < 30 * DAY => row.under_30_days += 1,
+                    a if a < 90 * DAY => row.under_90_days += 1,
+                    a if a < 365 * DAY => row.under_1_year += 1,
+                    _ => row.over_1_year += 1,
+                }
+                row.oldest = row.oldest.min(listed.created_at);
+            }
+            match page.last() {
+                Some(last) if page.len() == 10_000 => after.clone_from(&last.key_id),
+                _ => break,
+            }
+        }
+        Ok(rows.into_values().collect())
+    }
+
     /// Officer accounts and approvals.
     pub fn officers(&self) -> &Officers {
         &self.officers
@@ -431,5 +504,58 @@ mod tests {
         assert_eq!(zones.len(), 1);
         assert_eq!(zones[0].kcv, kcv_hex(crate::aes_kcv(&[0x5A; 32])));
         assert_eq!(s.lmk_kcv().unwrap().len(), 6);
+    }
+    #[test]
+    fn crypto_periods_count_keys_in_use_by_type_and_age() {
+        let s = service(0);
+        let _ = device(&s);
+        s.key_set_create(&m::KeySetCreate {
+            device_id: "POS-00000001".into(),
+        })
+        .unwrap();
+        s.simulator_keys().unwrap();
+        let now = now();
+        let types = |rows: &[PeriodRow]| -> Vec<String> {
+            rows.iter().map(|r| r.key_type.clone()).collect()
+        };
+        let today = s.crypto_periods(now).unwrap();
+        for t in ["tmk", "kek", "msk", "tpk", "tdk", "mac", "P0", "V2", "M3"] {
+            assert!(types(&today).iter().any(|k| k == t), "{t} in {today:?}");
+        }
+        assert!(
+            today
+                .iter()
+                .all(|r| r.under_30_days > 0 && r.over_1_year == 0)
+        );
+        let later = s.crypto_periods(now + 100 * DAY).unwrap();
+        assert!(
+            later
+                .iter()
+                .all(|r| r.under_1_year > 0 && r.under_30_days == 0)
+        );
+        let much_later = s.crypto_periods(now + 400 * DAY).unwrap();
+        assert!(
+            much_later
+                .iter()
+                .all(|r| r.over_1_year > 0 && r.oldest <= now)
+        );
+        // `keys --older-than`: nothing was made before the epoch; everything before now + 1.
+        let query = |before| ListQuery {
+            limit: 1000,
+            created_before: Some(before),
+            ..ListQuery::default()
+        };
+        assert!(s.list_keys(&query(0)).unwrap().is_empty());
+        let all = s.list_keys(&query(now + 1)).unwrap().len();
+        assert_eq!(
+            all,
+            s.list_keys(&ListQuery {
+                limit: 1000,
+                ..ListQuery::default()
+            })
+            .unwrap()
+            .len()
+        );
+        assert!(all >= 10);
     }
 }

@@ -102,6 +102,8 @@ pub struct ListQuery<'a> {
     pub after: &'a str,
     /// Page size.
     pub limit: usize,
+    /// Only keys made before this time (Unix seconds): those past a crypto-period.
+    pub created_before: Option<u64>,
 }
 
 /// An officer account. The credential is a salted, peppered PBKDF2 hash (see `officers`).
@@ -404,11 +406,15 @@ impl AdminStore for SqliteStore {
                    SELECT key_id, label, NULL, kcv, block, created_at, 0
                    FROM imported_keys WHERE key_id > ?1 AND ?2 IS NULL) u
              LEFT JOIN key_states s ON s.key_id = u.key_id
-             WHERE ?3 IS NULL OR COALESCE(s.state, 'active') = ?3
+             WHERE (?3 IS NULL OR COALESCE(s.state, 'active') = ?3)
+               AND (?5 IS NULL OR u.created_at < ?5)
              ORDER BY u.key_id LIMIT ?4",
         )?;
         let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-        let rows = stmt.query_map(params![q.after, q.device, q.state, limit], |r| {
+        let before = q
+            .created_before
+            .map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+        let rows = stmt.query_map(params![q.after, q.device, q.state, limit, before], |r| {
             let kind: Option<String> = r.get(2)?;
             let state: Option<String> = r.get(7)?;
             Ok(Listed {
@@ -710,6 +716,7 @@ impl AdminStore for MemoryStore {
             .chain(imported)
             .filter(|l| l.key_id.as_str() > q.after)
             .filter(|l| q.state.is_none_or(|s| s == l.state.name()))
+            .filter(|l| q.created_before.is_none_or(|t| l.created_at < t))
             .collect();
         all.sort_by(|a, b| a.key_id.cmp(&b.key_id));
         all.truncate(q.limit);
