@@ -88,6 +88,9 @@ pub struct Service {
     /// Keys request fingerprints (a key apart from the PAN's, so neither value can stand in
     /// for the other).
     request_key: Zeroizing<[u8; 32]>,
+    /// Seals PANs kept for later acquirer messages (`PanSeal`): AES-256 encryption key, then
+    /// the HMAC key over its output, each derived apart from every other key.
+    pub(crate) pan_seal_keys: (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>),
     pub(crate) officers: Officers,
     /// The store's key-state version this process's cache reflects.
     pub(crate) seen_version: std::sync::atomic::AtomicU64,
@@ -235,6 +238,10 @@ impl Service {
         }
         let fingerprint_key = crate::derive_from_lmk(&*hsm, "keyd pan fingerprint key")?;
         let request_key = crate::derive_from_lmk(&*hsm, "keyd request fingerprint key")?;
+        let pan_seal_keys = (
+            crate::derive_from_lmk(&*hsm, "keyd pan storage encryption key")?,
+            crate::derive_from_lmk(&*hsm, "keyd pan storage mac key")?,
+        );
         let officers = Officers::new(Arc::clone(&store), &*hsm, Policy::default())?;
         let seen_version = std::sync::atomic::AtomicU64::new(store.state_version()?);
         Ok(Self {
@@ -248,6 +255,7 @@ impl Service {
             fingerprint_key,
             fingerprint_budget: std::sync::Mutex::new(Budget::new(DEFAULT_FINGERPRINT_RATE)),
             request_key,
+            pan_seal_keys,
             officers,
             seen_version,
             cache_generation: std::sync::atomic::AtomicU64::new(0),
@@ -1544,6 +1552,37 @@ mod tests {
         .unwrap();
         assert!(matches!(
             s.key_check(&m::KeyCheck { key_id: old_mac }),
+            Err(Error::Auth)
+        ));
+    }
+
+    #[test]
+    fn sealed_pans_open_only_unaltered_and_differ_each_time() {
+        let s = service();
+        let seal = |pan: &[u8]| {
+            s.pan_seal(&m::PanSeal {
+                pan: Secret::new(pan),
+            })
+        };
+        let a = seal(b"4242424242424242").unwrap().sealed;
+        let b = seal(b"4242424242424242").unwrap().sealed;
+        assert_ne!(a, b, "a fresh IV each time");
+        assert!(!a.windows(16).any(|w| w == b"4242424242424242"));
+        let open = |sealed: Vec<u8>| s.pan_open(&m::PanOpen { sealed });
+        assert_eq!(open(a.clone()).unwrap().pan.expose(), b"4242424242424242");
+        for i in [0, 17, a.len() - 1] {
+            let mut bad = a.clone();
+            bad[i] ^= 1;
+            assert!(matches!(open(bad), Err(Error::Auth)), "byte {i}");
+        }
+        assert!(matches!(open(a[..40].to_vec()), Err(Error::Auth)));
+        assert!(matches!(open(Vec::new()), Err(Error::Auth)));
+        for not_a_pan in [&b"12345"[..], b"42424242424242424242", b"424242424242424x"] {
+            assert!(matches!(seal(not_a_pan), Err(Error::BadRequest(_))));
+        }
+        // Another LMK, another sealing key: a blob does not open elsewhere.
+        assert!(matches!(
+            service().pan_open(&m::PanOpen { sealed: a }),
             Err(Error::Auth)
         ));
     }

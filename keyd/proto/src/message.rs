@@ -408,6 +408,26 @@ message! {
     /// `VerifyPinData`): `AUTH_FAILED` for a wrong PIN and for a block that does not open.
     PvvVerify { pvk_key_id: String, zpk_key_id: String, pan: Secret, pin_block: [u8; 8], pvki: u8, pvv: [u8; 4] }
 }
+message! {
+    /// Seals a PAN for storage under a key of keyd's own (derived from the LMK, never leaving
+    /// keyd): what the platform must keep to reverse or refund a charge on an acquirer link
+    /// long after the request that carried the card (contract section 12.6), without holding
+    /// the number in clear or any key. AES-256-CBC with a random IV, then HMAC-SHA-256 over IV
+    /// and ciphertext (encrypt-then-MAC).
+    PanSeal { pan: Secret }
+}
+message! {
+    /// A sealed PAN: IV, ciphertext and tag, opaque to the caller.
+    SealedPan { sealed: Vec<u8> }
+}
+message! {
+    /// Opens a PAN sealed by [`PanSeal`]; every blob that does not open is `AUTH_FAILED`.
+    PanOpen { sealed: Vec<u8> }
+}
+message! {
+    /// A PAN opened from its sealed form.
+    PanValue { pan: Secret }
+}
 
 operation!(Hello, 0x0001, Session, HelloResponse);
 operation!(Ping, 0x0002, Session, Empty);
@@ -433,6 +453,8 @@ operation!(RetailMac, 0x020D, Data, MacValue);
 operation!(RetailMacVerify, 0x020E, Data, Empty);
 operation!(PvvGenerate, 0x020F, Data, PvvValue);
 operation!(PvvVerify, 0x0210, Data, Empty);
+operation!(PanSeal, 0x0211, Data, SealedPan);
+operation!(PanOpen, 0x0212, Data, PanValue);
 operation!(ZmkImport, 0x0301, Admin, ZoneInfo);
 operation!(Tr31Translate, 0x0302, Admin, KeyBlockOut);
 operation!(Tr31Export, 0x0303, Admin, KeyBlockOut);
@@ -444,7 +466,7 @@ impl Opcode {
         Some(match self.0 {
             0x0001 | 0x0002 => Group::Session,
             0x0101..=0x0106 => Group::Devices,
-            0x0201..=0x0210 => Group::Data,
+            0x0201..=0x0212 => Group::Data,
             0x0301..=0x0304 => Group::Admin,
             _ => return None,
         })
@@ -521,6 +543,13 @@ mod tests {
         check::<Tr31Translate>();
         check::<Tr31Export>();
         check::<Tr31Import>();
+        check::<PinTranslate>();
+        check::<RetailMac>();
+        check::<RetailMacVerify>();
+        check::<PvvGenerate>();
+        check::<PvvVerify>();
+        check::<PanSeal>();
+        check::<PanOpen>();
         assert_eq!(Opcode(0x7777).group(), None);
     }
 }

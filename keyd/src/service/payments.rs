@@ -283,4 +283,40 @@ impl Service {
             Err(Error::Auth)
         }
     }
+
+    /// Seals a PAN for storage (`PanSeal`): IV (16) ‖ AES-256-CBC ciphertext ‖ HMAC-SHA-256
+    /// tag (32) over IV and ciphertext, under keys derived from the LMK for this use alone.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] for anything that is not 12-19 digits.
+    pub fn pan_seal(&self, req: &m::PanSeal) -> Result<m::SealedPan, Error> {
+        pan(&req.pan)?;
+        let (enc, mac) = &self.pan_seal_keys;
+        let mut iv = [0u8; 16];
+        self.hsm.random(&mut iv)?;
+        let ciphertext = crate::crypto::cbc_encrypt(&enc[..], &iv, req.pan.expose())?;
+        let mut sealed = Vec::with_capacity(16 + ciphertext.len() + 32);
+        sealed.extend_from_slice(&iv);
+        sealed.extend_from_slice(&ciphertext);
+        let tag = crate::crypto::hmac(&mac[..], &sealed)?;
+        sealed.extend_from_slice(&tag);
+        Ok(m::SealedPan { sealed })
+    }
+
+    /// Opens a PAN sealed by [`Self::pan_seal`]. The tag is checked (in constant time) before
+    /// anything is decrypted.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for every blob that does not open to a PAN.
+    pub fn pan_open(&self, req: &m::PanOpen) -> Result<m::PanValue, Error> {
+        let (enc, mac) = &self.pan_seal_keys;
+        let split = req.sealed.len().checked_sub(32).ok_or(Error::Auth)?;
+        let (body, tag) = req.sealed.split_at(split);
+        crate::crypto::verify_hmac(&mac[..], body, tag)?;
+        let (iv, ciphertext) = body.split_first_chunk::<16>().ok_or(Error::Auth)?;
+        let clear = crate::crypto::cbc_decrypt(&enc[..], iv, ciphertext)?;
+        let secret = keyd_proto::Secret::new(&clear);
+        pan(&secret).map_err(|_| Error::Auth)?;
+        Ok(m::PanValue { pan: secret })
+    }
 }
