@@ -136,6 +136,30 @@ fn sessions_tokens_and_client_credentials_on(p: Platform) {
         "/merchants",
         &json!({"reseller_id": id(&r), "name": "M", "mcc": "5812", "country": "DE", "currency": "EUR"}),
     );
+    // Each merchant gets its own 15-digit acquirer id (DE 42), which nothing changes.
+    let mid = m["acquirer_mid"].as_str().unwrap().to_owned();
+    assert!(
+        mid.len() == 15 && mid.bytes().all(|b| b.is_ascii_digit()),
+        "{mid}"
+    );
+    let other = p.created(
+        &admin,
+        "/merchants",
+        &json!({"reseller_id": id(&r), "name": "M2", "mcc": "5812", "country": "DE", "currency": "EUR"}),
+    );
+    assert_ne!(other["acquirer_mid"], m["acquirer_mid"]);
+    let patched = p.send(
+        "PATCH",
+        &admin,
+        &format!("/merchants/{}", id(&m)),
+        Some(&json!({"name": "M renamed", "acquirer_mid": "000000000000001"})),
+    );
+    assert_eq!(patched.status, 200, "{}", patched.json);
+    assert_eq!(patched.json["acquirer_mid"], mid.as_str());
+    assert_eq!(
+        p.get(&admin, &format!("/merchants/{}", id(&m))).json["acquirer_mid"],
+        mid.as_str()
+    );
     let c = p.created(
         &admin,
         &format!("/merchants/{}/api-clients", id(&m)),

@@ -56,6 +56,9 @@ crate::body! {
     }
 }
 
+/// Digits of a merchant's `acquirer_mid` (DE 42 is ans15).
+const ACQUIRER_MID_DIGITS: usize = 15;
+
 /// `POST /merchants`.
 pub async fn merchant_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let p = call.who()?;
@@ -76,7 +79,7 @@ pub async fn merchant_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Va
     if let Some(t) = &fee_template_id {
         check_fee_template(app, t, &resellers, &currency).await?;
     }
-    let m = Merchant {
+    let mut m = Merchant {
         id: ids::uuid()?,
         reseller_id: r.id,
         resellers,
@@ -92,11 +95,27 @@ pub async fn merchant_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Va
         terminal_parameters: None,
         created_at: call.now,
         updated_at: call.now,
+        acquirer_mid: ids::random_digits(ACQUIRER_MID_DIGITS)?,
     };
-    app.db
-        .commit(vec![db::put(&m)?], conflict("merchant exists"))
-        .await?;
-    Ok(m.to_json())
+    // The acquirer id is random, so two merchants may draw the same one; the column's UNIQUE
+    // index refuses the second, which then draws again (at 10^15 values, a handful of tries
+    // is plenty even with millions of merchants).
+    let mut tries = 0;
+    loop {
+        match app
+            .db
+            .commit(vec![db::put(&m)?], conflict("merchant exists"))
+            .await
+        {
+            Ok(()) => return Ok(m.to_json()),
+            Err(e) if e.code() == Code::Conflict && tries < 5 => {
+                tries += 1;
+                m.id = ids::uuid()?;
+                m.acquirer_mid = ids::random_digits(ACQUIRER_MID_DIGITS)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A fee template must belong to a reseller above (or at) the merchant.

@@ -182,6 +182,9 @@ pub struct Merchant {
     pub created_at: i64,
     /// Unix seconds.
     pub updated_at: i64,
+    /// Its card acceptor id on the acquirer link (DE 42, spec 12.4): 15 digits drawn at
+    /// creation, unique (a UNIQUE column), never changed.
+    pub acquirer_mid: String,
 }
 
 impl Merchant {

@@ -191,6 +191,9 @@ reply! {
         pub surcharge_info: &'a Map<String, Value>,
         /// The merchant's public key name (`mk_…`).
         pub merchant_key: &'a str,
+        /// Its card acceptor id on the acquirer link (DE 42): 15 digits assigned at creation,
+        /// unique, never changed.
+        pub acquirer_mid: &'a str,
         /// Created.
         pub created_at: Time,
         /// Last changed.
@@ -213,6 +216,7 @@ impl Merchant {
             tax_info: &self.tax_info,
             surcharge_info: &self.surcharge_info,
             merchant_key: &self.merchant_key,
+            acquirer_mid: &self.acquirer_mid,
             created_at: Time(self.created_at),
             updated_at: Time(self.updated_at),
         }

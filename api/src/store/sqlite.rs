@@ -23,6 +23,7 @@ use super::{Commit, Read, Rows, Store, StoreError, Stored, Write};
 pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_generic_records.sql"),
     include_str!("../../migrations/sqlite/0002_typed_tables.sql"),
+    include_str!("../../migrations/sqlite/0003_acquirer_link.sql"),
 ];
 
 /// Reader threads, each with its own read-only connection. Reads are short indexed lookups,

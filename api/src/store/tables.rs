@@ -52,7 +52,7 @@ pub(crate) struct Table {
 
 use Ty::{Bool, Int, Json, Money, Text};
 
-/// Every record kind and its table (schema: `0002_typed_tables.sql`).
+/// Every record kind and its table (schema: `0002_typed_tables.sql`, `0003_acquirer_link.sql`).
 pub(crate) static TABLES: &[Table] = &[
     Table {
         kind: "reseller",
@@ -101,6 +101,7 @@ pub(crate) static TABLES: &[Table] = &[
             ("terminal_parameters", Json),
             ("created_at", Int),
             ("updated_at", Int),
+            ("acquirer_mid", Text),
         ],
     },
     Table {
@@ -234,6 +235,7 @@ pub(crate) static TABLES: &[Table] = &[
             ("created_at", Int),
             ("settled_at", Int),
             ("refunds", Json),
+            ("processor_data", Json),
         ],
     },
     Table {
@@ -280,6 +282,21 @@ pub(crate) static TABLES: &[Table] = &[
         name: "boots",
         key: "id",
         cols: &[("started_at", Int), ("checkpoint", Int)],
+    },
+    Table {
+        kind: "reversal",
+        name: "reversals",
+        key: "id",
+        cols: &[
+            ("charge_id", Text),
+            ("reason", Text),
+            ("original", Json),
+            ("stan", Text),
+            ("transmission", Text),
+            ("attempts", Int),
+            ("sent_at", Int),
+            ("created_at", Int),
+        ],
     },
 ];
 

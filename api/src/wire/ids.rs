@@ -28,6 +28,20 @@ pub fn random_alnum(len: usize) -> Result<String, crate::error::ApiError> {
     Ok(out)
 }
 
+/// `len` uniformly drawn decimal digits (rejection sampling, as [`random_alnum`]): a
+/// merchant's `acquirer_mid` is 15 of them.
+pub fn random_digits(len: usize) -> Result<String, crate::error::ApiError> {
+    let mut out = String::with_capacity(len);
+    while out.len() < len {
+        for b in random_bytes::<32>()? {
+            if b < 250 && out.len() < len {
+                out.push(char::from(b'0' + b % 10));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A prefixed random id: `ch_` + 24 characters is 142 bits.
 pub fn prefixed(prefix: &str) -> Result<String, crate::error::ApiError> {
     Ok(format!("{prefix}{}", random_alnum(24)?))
