@@ -1,5 +1,6 @@
-//! Work the API does on its own: resolving charges whose request was lost, and sweeping
-//! expired nonces, idempotent answers and attestation tokens.
+//! Work the API does on its own: resolving charges whose request was lost, the processor's
+//! own work (an acquirer link's pending reversals), and sweeping expired nonces, idempotent
+//! answers and attestation tokens.
 //!
 //! Recovery runs every few seconds from the start, beside live traffic (it is safe there: see
 //! `charges::recovery`), so a charge left `pending` by a crash is resolved within the
@@ -27,6 +28,9 @@ async fn recovery(app: Arc<Services>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // The processor's own work first (an acquirer link resends pending reversals), so a
+        // start picks up what the last one left before it resolves lost charges.
+        app.charges.processor.housekeeping().await;
         match crate::domain::charges::recovery::recover(&app.charges, crate::wire::time::now())
             .await
         {

@@ -287,6 +287,7 @@ async fn create_backoffice_inner(
             metadata,
             location_id,
             terminal_id: None,
+            emv_data: None,
         },
         Vec::new(),
         running,

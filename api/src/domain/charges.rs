@@ -15,7 +15,8 @@ use crate::domain::idem::{self, Running};
 use crate::domain::locks::Locks;
 use crate::domain::model::{Amount, FeeTemplate, Merchant};
 use crate::domain::processor::{
-    self, AuthorizationRequest, Outcome, Pan, PinBlock, Processor, RefundRequest, VoidRequest,
+    self, AuthorizationRequest, Outcome, Pan, PinBlock, Processor, ProcessorError, RefundRequest,
+    VoidReason, VoidRequest,
 };
 use crate::error::{ApiError, Code};
 use crate::store::Write;
@@ -163,6 +164,10 @@ pub struct Charge {
     pub settled_at: Option<i64>,
     /// Refunds, oldest first.
     pub refunds: Vec<Refund>,
+    /// What the processor keeps to reverse or refund the charge later
+    /// ([`processor::Prepared::data`]); never shown.
+    #[serde(default)]
+    pub processor_data: Option<Value>,
 }
 
 impl Charge {
@@ -235,6 +240,8 @@ pub struct NewCharge {
     pub location_id: Option<String>,
     /// Terminal.
     pub terminal_id: Option<String>,
+    /// The terminal's EMV data (hex TLV), passed to the processor as given.
+    pub emv_data: Option<String>,
 }
 
 /// Amount plus tip must itself be a contract money value (at most 12 digits).
@@ -341,17 +348,9 @@ pub async fn create(
         created_at: crate::wire::time::now().max(now),
         settled_at: None,
         refunds: Vec::new(),
+        processor_data: None,
     };
-    // The charge exists, as `pending`, before the processor hears of it; this process knows
-    // it is making it, so recovery leaves it alone until the request ends.
-    let making = engine.in_flight.start(&charge);
-    let mut first = extra;
-    first.push(db::put(&charge)?);
-    engine
-        .db
-        .commit(first, ApiError::new(Code::Conflict, "charge id collision"))
-        .await?;
-    let request = AuthorizationRequest {
+    let mut request = AuthorizationRequest {
         charge_id: charge.charge_id.clone(),
         pan: new.card.pan,
         exp_month: new.card.exp_month,
@@ -362,12 +361,42 @@ pub async fn create(
         merchant_id: charge.merchant_id.clone(),
         entry_mode: new.card.entry_mode,
         pin_block: new.card.pin_block,
+        terminal_id: charge.terminal_id.clone(),
+        acquirer_mid: new.merchant.acquirer_mid,
+        emv_data: new.emv_data,
+        prepared: processor::Prepared::default(),
     };
-    let outcome = tokio::time::timeout(
-        processor_deadline(engine),
-        engine.processor.authorize(request),
-    )
-    .await;
+    // What the processor needs to void the charge goes into the same write as the pending
+    // charge, so whatever becomes of this request, recovery can void it.
+    let prepared = match engine.processor.prepare(&request).await {
+        Err(ProcessorError::Invalid { field, reason }) => {
+            return Err(ApiError::field(field, &reason));
+        }
+        prepared => prepared,
+    };
+    if let Ok(p) = &prepared {
+        charge.processor_data.clone_from(&p.data);
+    }
+    // The charge exists, as `pending`, before the processor hears of it; this process knows
+    // it is making it, so recovery leaves it alone until the request ends.
+    let making = engine.in_flight.start(&charge);
+    let mut first = extra;
+    first.push(db::put(&charge)?);
+    engine
+        .db
+        .commit(first, ApiError::new(Code::Conflict, "charge id collision"))
+        .await?;
+    let outcome = match prepared {
+        Ok(p) => {
+            request.prepared = p;
+            tokio::time::timeout(
+                processor_deadline(engine),
+                engine.processor.authorize(request),
+            )
+            .await
+        }
+        Err(e) => Ok(Err(e)),
+    };
     let failed = match outcome {
         Ok(Ok(Outcome::Approved {
             authorization_code,
@@ -531,6 +560,7 @@ async fn refund_locked(
             processor_reference: charge.processor_reference.clone().unwrap_or_default(),
             amount: value,
             currency: charge.amount.currency.clone(),
+            processor_data: charge.processor_data.clone(),
         }),
     )
     .await
@@ -587,6 +617,8 @@ pub async fn cancel(
                 engine.processor.void(VoidRequest {
                     charge_id: charge.charge_id.clone(),
                     processor_reference: charge.processor_reference.clone().unwrap_or_default(),
+                    processor_data: charge.processor_data.clone(),
+                    reason: VoidReason::Cancel,
                 }),
             )
             .await;
@@ -735,6 +767,7 @@ pub(crate) mod tests {
             created_at,
             settled_at: None,
             refunds: Vec::new(),
+            processor_data: None,
         }
     }
 

@@ -145,6 +145,27 @@ pub struct AuthorizationRequest {
     /// this processor's zone PIN key ([`Processor::pin_key`]), translated by keyd from the
     /// terminal's format 4 block. Never a clear PIN.
     pub pin_block: Option<PinBlock>,
+    /// The terminal (`TID-…`), `None` for a backoffice charge.
+    pub terminal_id: Option<String>,
+    /// The merchant's card acceptor id on an acquirer link (DE 42).
+    pub acquirer_mid: String,
+    /// The terminal's EMV data (hex TLV) as it sent it, for an acquirer that takes it (DE 55).
+    pub emv_data: Option<String>,
+    /// What [`Processor::prepare`] fixed before the charge was recorded.
+    pub prepared: Prepared,
+}
+
+/// What a processor fixes about an authorization before the engine records the charge
+/// ([`Processor::prepare`]): the data it needs to reverse or refund the charge later (stored
+/// with the charge, never shown), and whatever it holds for the request until it ends.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Stored with the charge as `processor_data` and handed back in [`RefundRequest`] and
+    /// [`VoidRequest`]. Opaque to the engine; never card data in clear.
+    pub data: Option<serde_json::Value>,
+    /// Held for the request's life and dropped with it (an acquirer link's STAN reservation),
+    /// so a request the engine abandons releases it.
+    pub hold: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// A format 0 PIN block under a processor's ZPK, as keyd translated it. Wiped on drop, redacted
@@ -221,6 +242,15 @@ pub enum ProcessorError {
     Failed(String),
     /// The processor did not answer in time.
     Timeout,
+    /// The request cannot be put to this processor as it is (an EMV block too long for the
+    /// link, a currency it does not know): 400 naming `field`, before anything is recorded.
+    /// Only [`Processor::prepare`] answers it.
+    Invalid {
+        /// The request field at fault.
+        field: &'static str,
+        /// Why, for the caller.
+        reason: String,
+    },
 }
 
 impl fmt::Display for ProcessorError {
@@ -228,6 +258,7 @@ impl fmt::Display for ProcessorError {
         match self {
             Self::Failed(why) => write!(f, "processor failed: {why}"),
             Self::Timeout => f.write_str("processor timed out"),
+            Self::Invalid { field, reason } => write!(f, "{field}: {reason}"),
         }
     }
 }
@@ -246,15 +277,34 @@ pub struct RefundRequest {
     pub amount: u64,
     /// ISO 4217 code; the charge's currency.
     pub currency: String,
+    /// What [`Processor::prepare`] kept with the charge.
+    pub processor_data: Option<serde_json::Value>,
 }
 
-/// Cancelling (reversing) an approved, unsettled charge.
+/// Cancelling (reversing) a charge: an approved, unsettled one, or one whose outcome was lost.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VoidRequest {
     /// The platform's charge id.
     pub charge_id: String,
-    /// The reference the processor gave the charge ([`Outcome::reference`]).
+    /// The reference the processor gave the charge ([`Outcome::reference`]); empty when the
+    /// outcome was lost.
     pub processor_reference: String,
+    /// What [`Processor::prepare`] kept with the charge.
+    pub processor_data: Option<serde_json::Value>,
+    /// Why.
+    pub reason: VoidReason,
+}
+
+/// Why a charge is voided, which decides what the caller needs to hear back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VoidReason {
+    /// The merchant cancels an approved charge: it becomes `cancelled` only once the processor
+    /// has acknowledged the void.
+    Cancel,
+    /// Recovery resolves a charge whose outcome was never stored (the process died, or the
+    /// store failed, after the processor may have approved it): the void only has to be sure
+    /// to happen, so a processor that delivers voids durably may answer once it has recorded it.
+    Lost,
 }
 
 /// A payment processor connector: the one seam between the charge engine and the outside
@@ -270,6 +320,22 @@ pub trait Processor: Send + Sync + fmt::Debug {
     /// no PIN, so that a charge with a PIN is refused before it is recorded.
     fn pin_key(&self) -> Option<&str> {
         None
+    }
+
+    /// Fixes what the processor needs about an authorization before the engine records the
+    /// charge (see [`Prepared`]), so that a charge left `pending` by a crash can still be
+    /// voided. The default needs nothing.
+    fn prepare<'a>(
+        &'a self,
+        _req: &'a AuthorizationRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<Prepared, ProcessorError>> + Send + 'a>> {
+        Box::pin(async { Ok(Prepared::default()) })
+    }
+
+    /// Work the processor does on its own, run by housekeeping every few seconds from the
+    /// start (an acquirer link resends the reversals a previous start left unacknowledged).
+    fn housekeeping(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
     }
 
     /// Authorizes and captures a charge. Takes the request by value so the PAN is dropped
@@ -542,6 +608,10 @@ mod tests {
             merchant_id: "m_1".to_owned(),
             entry_mode: "chip".to_owned(),
             pin_block: None,
+            terminal_id: None,
+            acquirer_mid: "900000000000001".to_owned(),
+            emv_data: None,
+            prepared: Prepared::default(),
         }
     }
 
@@ -757,6 +827,7 @@ mod tests {
             processor_reference: "sim_00".to_owned(),
             amount: 100,
             currency: "EUR".to_owned(),
+            processor_data: None,
         };
         s.refund(refund).await.unwrap();
         assert!(start.elapsed() >= latency);
@@ -764,6 +835,8 @@ mod tests {
         let void = VoidRequest {
             charge_id: "ch_1".to_owned(),
             processor_reference: "sim_00".to_owned(),
+            processor_data: None,
+            reason: VoidReason::Cancel,
         };
         s.void(void).await.unwrap();
         assert!(start.elapsed() >= latency);
@@ -785,6 +858,8 @@ mod tests {
         let void = VoidRequest {
             charge_id: "ch_1".to_owned(),
             processor_reference: "sim_00".to_owned(),
+            processor_data: None,
+            reason: VoidReason::Cancel,
         };
         assert!(
             tokio::time::timeout(Duration::ZERO, s.void(void))
@@ -802,6 +877,7 @@ mod tests {
             processor_reference: "sim_00".to_owned(),
             amount: 100,
             currency: "EUR".to_owned(),
+            processor_data: None,
         };
         let a = s.refund(refund()).await.unwrap();
         let b = s.refund(refund()).await.unwrap();
@@ -810,6 +886,8 @@ mod tests {
         let void = VoidRequest {
             charge_id: "ch_1".to_owned(),
             processor_reference: "sim_00".to_owned(),
+            processor_data: None,
+            reason: VoidReason::Cancel,
         };
         assert_eq!(s.void(void).await, Ok(()));
     }

@@ -430,7 +430,7 @@ async fn charge_input(
         card,
         reference,
         pin_block,
-        ..
+        emv_data,
     } = body::from_value_checked(Value::Object(inner), |b: &PosCharge, p| {
         tip_in_currency(&b.amount, b.tip.as_ref(), p);
         pin_allowed(b, p);
@@ -507,6 +507,7 @@ async fn charge_input(
         metadata: Map::new(),
         location_id: s.device.location_id.clone(),
         terminal_id: Some(s.terminal_id.clone()),
+        emv_data: emv_data.map(String::from),
     })
 }
 

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde::{Deserialize, Serialize};
 
 use super::{Charge, ChargeStatus, Engine, processor_deadline};
-use crate::domain::processor::VoidRequest;
+use crate::domain::processor::{VoidReason, VoidRequest};
 use crate::error::{ApiError, Code};
 use crate::store::db::{self, Record};
 
@@ -274,17 +274,15 @@ enum Outcome {
 
 /// Voids and fails one charge, if it is still pending.
 async fn resolve(engine: &Engine, charge_id: &str) -> Result<Outcome, ApiError> {
-    if engine
-        .db
-        .get::<Charge>(charge_id)
-        .await?
-        .is_none_or(|c| c.status != ChargeStatus::Pending)
-    {
-        return Ok(Outcome::NothingToDo);
-    }
+    let charge = match engine.db.get::<Charge>(charge_id).await? {
+        Some(c) if c.status == ChargeStatus::Pending => c,
+        _ => return Ok(Outcome::NothingToDo),
+    };
     let void = engine.processor.void(VoidRequest {
         charge_id: charge_id.to_owned(),
         processor_reference: String::new(),
+        processor_data: charge.processor_data,
+        reason: VoidReason::Lost,
     });
     match tokio::time::timeout(processor_deadline(engine), void).await {
         Ok(Ok(())) => {}
