@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use crate::auth::Auth;
-use crate::config::{Config, Database, SslMode};
+use crate::config::{Config, Database, ProcessorKind, SslMode};
 use crate::domain::charges::{Boot, Engine, InFlight};
 use crate::domain::idem::Idempotency;
 use crate::domain::locks::Locks;
-use crate::domain::processor::{IssuerKeys, Simulator};
+use crate::domain::processor::iso8583::{Iso8583, Settings};
+use crate::domain::processor::{IssuerKeys, Processor, Simulator};
 use crate::domain::replay::Replay;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::keyd::Keyd;
 use crate::request::Services;
 use crate::store::db::Db;
@@ -72,6 +73,13 @@ impl Services {
     ) -> Result<Self, ApiError> {
         let db = Db::new(store);
         let locks = Arc::new(Locks::default());
+        let processor: Arc<dyn Processor> = match config.processor.kind {
+            ProcessorKind::Simulator => Arc::new(simulator(&config)),
+            ProcessorKind::Iso8583 => Arc::new(
+                acquirer_link(&config, db.clone(), Arc::clone(&locks))
+                    .map_err(|e| ApiError::new(Code::Internal, format!("acquirer link: {e}")))?,
+            ),
+        };
         Ok(Self {
             keyd: Keyd::new(config.keyd_socket.clone()),
             replay: Replay::load(&db, crate::wire::time::now()).await?,
@@ -81,7 +89,7 @@ impl Services {
             idempotency: Idempotency::default(),
             charges: Engine {
                 db,
-                processor: Arc::new(simulator(&config)),
+                processor,
                 locks,
                 timeout: config.processor.timeout(),
                 boot: Boot {
@@ -126,4 +134,29 @@ fn simulator(config: &Config) -> Simulator {
         }),
         _ => sim,
     }
+}
+
+/// The ISO 8583 acquirer link of `[processor]` (its connection task starts now).
+fn acquirer_link(config: &Config, db: Db, locks: Arc<Locks>) -> Result<Iso8583, String> {
+    let p = &config.processor;
+    let ms = std::time::Duration::from_millis;
+    // `Config::parse` has checked that these are present for kind = "iso8583".
+    let missing = || "[processor] kind = \"iso8583\" needs host, port, zak and zpk".to_owned();
+    Iso8583::start(
+        Settings {
+            host: p.host.clone().ok_or_else(missing)?,
+            port: p.port.ok_or_else(missing)?,
+            ca_file: p.ca_file.clone(),
+            zak: p.zak.clone().ok_or_else(missing)?,
+            zpk: p.zpk.clone().ok_or_else(missing)?,
+            timeout: p.timeout(),
+            connect_timeout: ms(p.connect_timeout_ms),
+            echo_every: std::time::Duration::from_secs(p.echo_interval_secs),
+            retry_first: ms(p.reversal_retry_ms),
+            retry_max: ms(p.reversal_retry_max_ms),
+        },
+        config.keyd_socket.clone(),
+        db,
+        locks,
+    )
 }

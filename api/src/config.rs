@@ -52,15 +52,30 @@ pub struct Config {
     pub processor: ProcessorConfig,
 }
 
-/// The payment processor: the embedded simulator (the only connector so far).
+/// Which processor connector charges go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessorKind {
+    /// The embedded simulator (contract section 8).
+    #[default]
+    Simulator,
+    /// An acquirer host over the ISO 8583 link (spec `acquirer-link.md`, section 12).
+    Iso8583,
+}
+
+/// The payment processor: the embedded simulator (the default) or an ISO 8583 acquirer link.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessorConfig {
+    /// `simulator` (default) or `iso8583`.
+    #[serde(default)]
+    pub kind: ProcessorKind,
     /// Added to every simulator call, in milliseconds.
     #[serde(default)]
     pub latency_ms: u64,
     /// How long a processor call may take before the charge is `failed` (the simulator's
-    /// time-out card waits exactly this long).
+    /// time-out card waits exactly this long; on the acquirer link, how long a `0210` or
+    /// `0410` is waited for).
     #[serde(default = "default_processor_timeout")]
     pub timeout_ms: u64,
     /// The keyd key id of the simulator's zone PIN key (`keyd simulator-keys` prints it).
@@ -71,15 +86,54 @@ pub struct ProcessorConfig {
     /// The keyd key id of the simulator's PIN verification key.
     #[serde(default)]
     pub pin_pvk: Option<String>,
+    /// `iso8583`: the acquirer host's name or address.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `iso8583`: its TCP port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `iso8583`: the CA certificate(s) (PEM) the acquirer's TLS certificate must chain to.
+    /// Required unless `host` is a loopback address, where plain TCP is allowed.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `iso8583`: the keyd key id (`imp-…`) of the zone MAC key every message is MAC'd under.
+    #[serde(default)]
+    pub zak: Option<String>,
+    /// `iso8583`: the keyd key id (`imp-…`) of the zone PIN key PIN blocks go under (DE 52).
+    #[serde(default)]
+    pub zpk: Option<String>,
+    /// `iso8583`: how long one connection attempt may take.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// `iso8583`: an `0800` echo test after this long without traffic.
+    #[serde(default = "default_echo_interval")]
+    pub echo_interval_secs: u64,
+    /// `iso8583`: the wait before the first `0401` repeat of an unanswered reversal; each
+    /// later wait doubles, up to `reversal_retry_max_ms`.
+    #[serde(default = "default_reversal_retry")]
+    pub reversal_retry_ms: u64,
+    /// `iso8583`: the longest wait between reversal repeats.
+    #[serde(default = "default_reversal_retry_max")]
+    pub reversal_retry_max_ms: u64,
 }
 
 impl Default for ProcessorConfig {
     fn default() -> Self {
         Self {
+            kind: ProcessorKind::Simulator,
             latency_ms: 0,
             timeout_ms: default_processor_timeout(),
             pin_zpk: None,
             pin_pvk: None,
+            host: None,
+            port: None,
+            ca_file: None,
+            zak: None,
+            zpk: None,
+            connect_timeout_ms: default_connect_timeout(),
+            echo_interval_secs: default_echo_interval(),
+            reversal_retry_ms: default_reversal_retry(),
+            reversal_retry_max_ms: default_reversal_retry_max(),
         }
     }
 }
@@ -89,6 +143,105 @@ impl ProcessorConfig {
     pub const fn timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.timeout_ms)
     }
+
+    /// The checks of the `[processor]` table, as a message naming the problem.
+    fn check(&self) -> Result<(), String> {
+        let key_id = |k: &Option<String>| {
+            k.as_deref().is_none_or(|k| {
+                (5..=64).contains(&k.len())
+                    && k.starts_with("imp-")
+                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+        };
+        if !key_id(&self.pin_zpk)
+            || !key_id(&self.pin_pvk)
+            || !key_id(&self.zak)
+            || !key_id(&self.zpk)
+        {
+            return Err("processor key ids are keyd key ids (imp-…)".into());
+        }
+        if self.timeout_ms == 0 {
+            return Err("processor.timeout_ms must be above 0".into());
+        }
+        let link = [
+            ("host", self.host.is_some()),
+            ("port", self.port.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+            ("zak", self.zak.is_some()),
+            ("zpk", self.zpk.is_some()),
+        ];
+        match self.kind {
+            ProcessorKind::Simulator => {
+                if let Some((name, _)) = link.iter().find(|(_, set)| *set) {
+                    return Err(format!("processor.{name} is for kind = \"iso8583\""));
+                }
+                if self.pin_zpk.is_some() != self.pin_pvk.is_some() {
+                    return Err("processor.pin_zpk and processor.pin_pvk go together".into());
+                }
+            }
+            ProcessorKind::Iso8583 => {
+                if let Some((name, _)) = link.iter().find(|(name, set)| !*set && *name != "ca_file")
+                {
+                    return Err(format!("kind = \"iso8583\" needs processor.{name}"));
+                }
+                if self.pin_zpk.is_some() || self.pin_pvk.is_some() || self.latency_ms != 0 {
+                    return Err(
+                        "processor.pin_zpk, pin_pvk and latency_ms are the simulator's".into(),
+                    );
+                }
+                let host = self.host.as_deref().unwrap_or_default();
+                if self.ca_file.is_none() && !is_loopback_host(host) {
+                    return Err(
+                        "the acquirer link needs TLS (processor.ca_file) unless the host is loopback"
+                            .into(),
+                    );
+                }
+                if self.port == Some(0) || host.is_empty() {
+                    return Err("processor.host and port name the acquirer".into());
+                }
+                if !(1..=3600).contains(&self.echo_interval_secs)
+                    || self.connect_timeout_ms == 0
+                    || self.reversal_retry_ms == 0
+                    || self.reversal_retry_max_ms < self.reversal_retry_ms
+                {
+                    return Err(
+                        "processor.echo_interval_secs is 1-3600; connect_timeout_ms and \
+                                reversal_retry_ms above 0; reversal_retry_max_ms at least \
+                                reversal_retry_ms"
+                            .into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `host` is a loopback name or address (`localhost`, `127.0.0.0/8`, `::1`): the one
+/// place the acquirer link may run without TLS, since nothing crosses a network.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+const fn default_connect_timeout() -> u64 {
+    5_000
+}
+
+const fn default_echo_interval() -> u64 {
+    60
+}
+
+const fn default_reversal_retry() -> u64 {
+    5_000
+}
+
+const fn default_reversal_retry_max() -> u64 {
+    300_000
 }
 
 const fn default_processor_timeout() -> u64 {
@@ -439,22 +592,7 @@ impl Config {
             }
             _ => {}
         }
-        let key_id = |k: &Option<String>| {
-            k.as_deref().is_none_or(|k| {
-                (5..=64).contains(&k.len())
-                    && k.starts_with("imp-")
-                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            })
-        };
-        if config.processor.pin_zpk.is_some() != config.processor.pin_pvk.is_some()
-            || !key_id(&config.processor.pin_zpk)
-            || !key_id(&config.processor.pin_pvk)
-        {
-            return Err(ConfigError(
-                "processor.pin_zpk and processor.pin_pvk go together, each a keyd key id (imp-…)"
-                    .into(),
-            ));
-        }
+        config.processor.check().map_err(ConfigError)?;
         if config.max_body_bytes == 0 || config.max_body_bytes > 1 << 20 {
             return Err(ConfigError("max_body_bytes must be 1 to 1048576".into()));
         }
@@ -528,6 +666,47 @@ mod tests {
         assert!(Config::parse(&keycloak("https://sso.example.test/certs")).is_ok());
         let e = Config::parse(&keycloak("http://sso.example.test/certs")).unwrap_err();
         assert!(e.0.contains("loopback"), "{e}");
+        let link = |lines: &str| Config::parse(&format!("{ok}[processor]\n{lines}"));
+        let keys = "zak = \"imp-zak1\"\nzpk = \"imp-zpk1\"\n";
+        assert!(
+            link(&format!(
+                "kind = \"iso8583\"\nhost = \"127.0.0.1\"\nport = 5800\n{keys}"
+            ))
+            .is_ok()
+        );
+        assert!(
+            link(&format!(
+                "kind = \"iso8583\"\nhost = \"localhost\"\nport = 5800\n{keys}"
+            ))
+            .is_ok()
+        );
+        let e = link(&format!(
+            "kind = \"iso8583\"\nhost = \"acq.example\"\nport = 5800\n{keys}"
+        ))
+        .unwrap_err();
+        assert!(e.0.contains("TLS"), "{e}");
+        assert!(
+            link(&format!(
+                "kind = \"iso8583\"\nhost = \"acq.example\"\nport = 5800\nca_file = \"/ca.pem\"\n{keys}"
+            ))
+            .is_ok()
+        );
+        let e = link(&format!("kind = \"iso8583\"\nhost = \"127.0.0.1\"\n{keys}")).unwrap_err();
+        assert!(e.0.contains("processor.port"), "{e}");
+        let e = link(
+            "kind = \"iso8583\"\nhost = \"127.0.0.1\"\nport = 1\nzak = \"zak\"\nzpk = \"imp-z\"\n",
+        )
+        .unwrap_err();
+        assert!(e.0.contains("imp-"), "{e}");
+        let e = link(&format!("host = \"127.0.0.1\"\n{keys}")).unwrap_err();
+        assert!(e.0.contains("iso8583"), "{e}");
+        let e = link(&format!(
+            "kind = \"iso8583\"\nhost = \"::1\"\nport = 1\n{keys}latency_ms = 5\n"
+        ))
+        .unwrap_err();
+        assert!(e.0.contains("simulator"), "{e}");
+        assert!(is_loopback_host("127.9.9.9") && is_loopback_host("[::1]"));
+        assert!(!is_loopback_host("10.0.0.1") && !is_loopback_host("localhost.example"));
         let unknown = format!("{ok}bogus = 1\n");
         assert!(
             Config::parse(&unknown)

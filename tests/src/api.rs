@@ -431,6 +431,9 @@ impl std::fmt::Debug for Platform {
     }
 }
 
+/// Config lines made from the ids of the published test keys in keyd: `(zpk, pvk, zak)`.
+pub type KeyLines<'a> = dyn Fn(&str, &str, &str) -> String + 'a;
+
 impl Platform {
     /// Starts keyd (next to `api_binary`) and the API; `auth` lines go into the API's `[auth]`
     /// table (further tables may follow them).
@@ -446,7 +449,7 @@ impl Platform {
     /// # Errors
     /// As [`Platform::start`].
     pub fn start_on(api_binary: &Path, auth: &str, database: &Database) -> Result<Self, Error> {
-        Self::start_with(api_binary, auth, database, false)
+        Self::start_with(api_binary, auth, database, None)
     }
 
     /// Like [`Platform::start`], with the simulator acting as issuer for PINs: the published
@@ -465,15 +468,38 @@ impl Platform {
             api_binary,
             &format!("{auth}\n[processor]\n{processor}\n"),
             &Database::Sqlite,
-            true,
+            Some(&|zpk, pvk, _| format!("pin_zpk = \"{zpk}\"\npin_pvk = \"{pvk}\"\n")),
         )
     }
 
+    /// Like [`Platform::start`], with a `[processor]` table whose lines `processor` makes from
+    /// the ids of the published test keys once keyd stores them (`keyd simulator-keys`: ZPK,
+    /// PVK, ZAK, the keys `acqsim` uses by default): an `iso8583` processor pointed at an
+    /// acquirer host simulator, say. `auth` must then not open a `[processor]` table of its own.
+    ///
+    /// # Errors
+    /// As [`Platform::start`], and if the keys cannot be stored.
+    pub fn start_with_processor(
+        api_binary: &Path,
+        auth: &str,
+        processor: &KeyLines<'_>,
+    ) -> Result<Self, Error> {
+        Self::start_with(
+            api_binary,
+            &format!("{auth}\n[processor]\n"),
+            &Database::Sqlite,
+            Some(processor),
+        )
+    }
+
+    /// Starts keyd and the API on `database`; with `keys`, the published test keys are stored
+    /// in keyd and `keys(zpk, pvk, zak)` gives lines appended to the config (inside the table
+    /// `auth` ends with).
     fn start_with(
         api_binary: &Path,
         auth: &str,
         database: &Database,
-        issuer: bool,
+        keys: Option<&KeyLines<'_>>,
     ) -> Result<Self, Error> {
         let mut keyd = crate::KeydProcess::new(
             &api_binary.with_file_name("keyd"),
@@ -481,11 +507,12 @@ impl Platform {
             "memory",
         )?;
         keyd.start()?;
-        let auth = if issuer {
-            let (zpk, pvk, _) = keyd.simulator_keys()?;
-            format!("{auth}pin_zpk = \"{zpk}\"\npin_pvk = \"{pvk}\"\n")
-        } else {
-            auth.to_owned()
+        let auth = match keys {
+            Some(lines) => {
+                let (zpk, pvk, zak) = keyd.simulator_keys()?;
+                format!("{auth}{}", lines(&zpk, &pvk, &zak))
+            }
+            None => auth.to_owned(),
         };
         let api = ApiProcess::start_on(api_binary, keyd.socket(), database, "", &auth)?;
         let http = api.client();

@@ -376,6 +376,7 @@ pub async fn create(
     };
     if let Ok(p) = &prepared {
         charge.processor_data.clone_from(&p.data);
+        charge.processor_reference.clone_from(&p.reference);
     }
     // The charge exists, as `pending`, before the processor hears of it; this process knows
     // it is making it, so recovery leaves it alone until the request ends.

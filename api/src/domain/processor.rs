@@ -23,6 +23,8 @@ use zeroize::Zeroizing;
 
 use crate::keyd::{Keyd, KeydError};
 
+pub mod iso8583;
+
 /// Whether `pan` is a plausible card number: 12 to 19 ASCII digits with a valid Luhn check
 /// digit. The platform refuses anything else with 400/`4000` before a processor is asked, so
 /// a typo costs a round trip to no one.
@@ -163,6 +165,10 @@ pub struct Prepared {
     /// Stored with the charge as `processor_data` and handed back in [`RefundRequest`] and
     /// [`VoidRequest`]. Opaque to the engine; never card data in clear.
     pub data: Option<serde_json::Value>,
+    /// The processor's reference for the request, when it is fixed before the request is
+    /// sent (an acquirer link's RRN): the charge shows it even when no answer came, so a
+    /// failed charge can be traced at the acquirer.
+    pub reference: Option<String>,
     /// Held for the request's life and dropped with it (an acquirer link's STAN reservation),
     /// so a request the engine abandons releases it.
     pub hold: Option<Box<dyn std::any::Any + Send + Sync>>,

@@ -316,3 +316,44 @@ async fn resolve(engine: &Engine, charge_id: &str) -> Result<Outcome, ApiError> 
         Err(e) => Err(e),
     }
 }
+
+/// A cancel whose reversal the processor acknowledged only after the cancel request had given
+/// up (answered 502, charge left `approved`): the charge becomes `cancelled` now, under its
+/// lock like any cancel. A charge that moved on meanwhile (refunded, settled) is left as it is
+/// and logged for reconciliation: the acquirer has reversed what the platform still counts.
+///
+/// # Errors
+/// 503 when storage is down (the caller retries).
+pub async fn cancel_reversed(
+    db: &db::Db,
+    locks: &crate::domain::locks::Locks,
+    charge_id: &str,
+) -> Result<(), ApiError> {
+    let _guard = locks.lock(charge_id).await;
+    let Some(charge) = db.get::<Charge>(charge_id).await? else {
+        return Ok(());
+    };
+    match charge.status {
+        ChargeStatus::Cancelled => Ok(()),
+        ChargeStatus::Approved if charge.settled_at.is_none() && charge.refunds.is_empty() => {
+            db.update::<Charge>(charge_id, |c| {
+                c.status = ChargeStatus::Cancelled;
+                Ok(Vec::new())
+            })
+            .await?;
+            tracing::info!(
+                charge_id,
+                "charge cancelled by a late reversal acknowledgement"
+            );
+            Ok(())
+        }
+        status => {
+            tracing::error!(
+                charge_id,
+                status = status.as_str(),
+                "the acquirer acknowledged a cancel of a charge that has moved on; reconcile"
+            );
+            Ok(())
+        }
+    }
+}
