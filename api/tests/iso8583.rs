@@ -33,14 +33,23 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// The platform with its processor pointed at `sim`; `extra` lines go into `[processor]`.
+/// The platform with its processor pointed at `sim` (time-out 1 s); `extra` lines go into
+/// `[processor]`.
 fn platform(sim: &Simulator, extra: &str) -> Platform {
-    let port = sim.addr().port();
+    platform_at(
+        "127.0.0.1",
+        sim.addr().port(),
+        &format!("timeout_ms = 1000\n{extra}"),
+    )
+}
+
+/// The platform with its processor pointed at `host:port`, quick reversal repeats, and
+/// `extra` lines in `[processor]`.
+fn platform_at(host: &str, port: u16, extra: &str) -> Platform {
     Platform::start_with_processor(Path::new(API), "", &|zpk, _pvk, zak| {
         format!(
-            "kind = \"iso8583\"\nhost = \"127.0.0.1\"\nport = {port}\nzak = \"{zak}\"\n\
-             zpk = \"{zpk}\"\ntimeout_ms = 1000\nreversal_retry_ms = 300\n\
-             reversal_retry_max_ms = 1000\n{extra}\n"
+            "kind = \"iso8583\"\nhost = \"{host}\"\nport = {port}\nzak = \"{zak}\"\n\
+             zpk = \"{zpk}\"\nreversal_retry_ms = 300\nreversal_retry_max_ms = 1000\n{extra}\n"
         )
     })
     .unwrap()
@@ -442,4 +451,110 @@ fn time_outs_and_bad_macs_are_reversed_until_acknowledged_across_a_restart() {
     assert_eq!(c["status"], "approved");
     assert_eq!(p.charges(&mid).unwrap().len(), 7);
     log_is_clean(&p, &[visa, "4000000000000259", "4000000000000119"]);
+}
+
+#[test]
+fn a_charge_in_flight_when_the_api_dies_is_reversed_by_the_next_start() {
+    let rt = runtime();
+    let sim = rt.block_on(Simulator::start_default()).unwrap();
+    let mut p = platform_at(
+        "127.0.0.1",
+        sim.addr().port(),
+        "timeout_ms = 5000\necho_interval_secs = 3600",
+    );
+    let (mid, mut t) = terminal(&p, "POS-0000C003");
+    // The acquirer decides at once but answers late; the API dies while it waits, leaving
+    // the charge pending with what its reversal needs.
+    sim.set_latency(Duration::from_secs(30));
+    let request = std::thread::spawn(move || {
+        let _ = t.charge("4242424242424242", 1500, "EUR", None);
+    });
+    assert!(rt.block_on(sim.wait_until(Duration::from_secs(10), |s| {
+        s.journal().iter().any(|e| e.mti == Mti::FinancialRequest)
+    })));
+    p.api.kill();
+    request.join().unwrap();
+    let purchase = last_financial(&sim);
+    assert_eq!(
+        purchase.response_code.as_deref(),
+        Some("00"),
+        "the acquirer approved it"
+    );
+    let rrn = purchase.rrn.unwrap();
+    assert!(!sim.is_reversed(&rrn));
+    sim.set_latency(Duration::ZERO);
+    p.api.restart().unwrap();
+    // Recovery voids the lost charge: a reversal from what was stored with it, then failed.
+    assert!(eventually(15, || sim.is_reversed(&rrn)));
+    let charges = p.charges(&mid).unwrap();
+    assert_eq!(charges.len(), 1);
+    assert!(eventually(10, || get_charge(
+        &p,
+        charges[0]["charge_id"].as_str().unwrap()
+    )["status"]
+        == "failed"));
+    assert_eq!(charges[0]["processor"]["reference"], rrn.as_str());
+}
+
+/// A TLS front for the simulator, as an acquirer's endpoint would be: the test leaf
+/// certificate for `localhost` (signed by `tests/data/ca-cert.pem`), plain TCP behind it.
+async fn tls_front(behind: std::net::SocketAddr) -> std::net::SocketAddr {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let certs = CertificateDer::pem_file_iter(data.join("test-cert.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(data.join("test-key.pem")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(behind).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_link_runs_over_tls_to_a_host_that_is_not_trusted_in_clear() {
+    let rt = runtime();
+    let sim = rt.block_on(Simulator::start_default()).unwrap();
+    let front = rt.block_on(tls_front(sim.addr()));
+    let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ca-cert.pem");
+    let p = platform_at(
+        "localhost",
+        front.port(),
+        &format!("timeout_ms = 2000\nca_file = \"{}\"", ca.display()),
+    );
+    let (_, mut t) = terminal(&p, "POS-0000C004");
+    let c = charged(t.charge("4242424242424242", 1500, "EUR", None).unwrap());
+    assert_eq!(c["status"], "approved");
+    let rrn = c["processor"]["reference"].as_str().unwrap();
+    assert_eq!(
+        trail(&sim, rrn),
+        [(Mti::FinancialRequest, Delivery::Answered)]
+    );
 }

@@ -901,6 +901,130 @@ pub(crate) mod tests {
         assert_eq!(mine.checkpoint, now + 3600);
     }
 
+    /// A processor that prepares `{"link": 1}` with reference `ref-1`, times out every
+    /// authorization, refuses EMV data, and records its voids.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        voids: std::sync::Mutex<Vec<VoidRequest>>,
+    }
+
+    type Boxed<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+    impl Processor for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn prepare<'a>(
+            &'a self,
+            req: &'a AuthorizationRequest,
+        ) -> Boxed<'a, Result<processor::Prepared, ProcessorError>> {
+            Box::pin(async move {
+                if req.emv_data.is_some() {
+                    return Err(ProcessorError::Invalid {
+                        field: "emv_data",
+                        reason: "too long".into(),
+                    });
+                }
+                Ok(processor::Prepared {
+                    data: Some(json!({"link": 1})),
+                    reference: Some("ref-1".into()),
+                    hold: None,
+                })
+            })
+        }
+        fn authorize(&self, _: AuthorizationRequest) -> Boxed<'_, Result<Outcome, ProcessorError>> {
+            Box::pin(async { Err(ProcessorError::Timeout) })
+        }
+        fn refund(&self, _: RefundRequest) -> Boxed<'_, Result<String, ProcessorError>> {
+            Box::pin(async { Err(ProcessorError::Timeout) })
+        }
+        fn void(&self, req: VoidRequest) -> Boxed<'_, Result<(), ProcessorError>> {
+            self.voids.lock().unwrap().push(req);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn new_charge(emv_data: Option<&str>) -> NewCharge {
+        let merchant: Merchant = serde_json::from_value(json!({
+            "id": "m", "reseller_id": "r", "resellers": ["r"], "name": "M", "mcc": "5812",
+            "country": "DE", "currency": "EUR", "fee_template_id": null, "tip_info": {},
+            "tax_info": {}, "surcharge_info": {}, "merchant_key": "mk_1",
+            "terminal_parameters": null, "created_at": 1, "updated_at": 1,
+            "acquirer_mid": "900000000000001"}))
+        .unwrap();
+        NewCharge {
+            merchant,
+            amount: Money {
+                value: 1500,
+                currency: "EUR".into(),
+            },
+            tip: None,
+            card: CardInput {
+                pan: Pan::new("4242424242424242".into()),
+                exp_month: 12,
+                exp_year: 2030,
+                fingerprint: "F".into(),
+                entry_mode: "chip".into(),
+                pin_block: None,
+            },
+            reference: None,
+            description: None,
+            metadata: Map::new(),
+            location_id: None,
+            terminal_id: Some("TID-000001".into()),
+            emv_data: emv_data.map(str::to_owned),
+        }
+    }
+
+    #[tokio::test]
+    async fn what_the_processor_prepares_is_kept_and_a_lost_outcome_is_voided_with_it() {
+        let recorder = Arc::new(Recorder::default());
+        let app = Engine {
+            processor: Arc::clone(&recorder) as Arc<dyn Processor>,
+            ..Engine::for_tests()
+        };
+        let now = crate::wire::time::now();
+        // Refused while preparing: 400 on the field, nothing recorded.
+        let e = create(&app, new_charge(Some("9F26")), Vec::new(), None, now)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::BodyInvalid);
+        let mut seen = 0;
+        app.db
+            .walk_back::<Charge>(|_| {
+                seen += 1;
+                Ok(true)
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen, 0);
+        // Timed out: failed, with the prepared data and reference kept (never shown).
+        let e = create(&app, new_charge(None), Vec::new(), None, now)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::ProcessorFailed);
+        let id = e.stored()["details"]["charge_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let failed: Charge = app.db.find(&id).await.unwrap();
+        assert_eq!(failed.status, ChargeStatus::Failed);
+        assert_eq!(failed.processor_data, Some(json!({"link": 1})));
+        assert_eq!(failed.processor_reference.as_deref(), Some("ref-1"));
+        assert_eq!(failed.to_json()["processor"]["reference"], "ref-1");
+        assert!(failed.to_json().get("processor_data").is_none());
+        // A pending charge whose outcome was lost is voided with what was kept with it.
+        let mut c = charge("ch_0000000aLOST0000000000000", ChargeStatus::Pending, now);
+        c.processor_data = Some(json!({"link": 2}));
+        put(&app, &c).await;
+        assert_eq!(recovery::recover(&app, now).await.unwrap(), 1);
+        let voids = recorder.voids.lock().unwrap().clone();
+        assert_eq!(voids.len(), 1);
+        assert_eq!(voids[0].reason, VoidReason::Lost);
+        assert_eq!(voids[0].processor_data, Some(json!({"link": 2})));
+        assert_eq!(status(&app, &c.charge_id).await, ChargeStatus::Failed);
+    }
+
     #[test]
     fn totals_stay_within_twelve_digits() {
         let m = |v| Money {

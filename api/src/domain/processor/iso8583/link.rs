@@ -492,3 +492,153 @@ impl Link {
 /// A connection, plain or TLS.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Arc<Link> {
+        Arc::new(
+            Link::new(
+                Endpoint {
+                    host: "127.0.0.1".into(),
+                    port: 1,
+                    tls: None,
+                    connect_timeout: Duration::from_secs(1),
+                },
+                Arc::new(Keyd::new("/nonexistent/keyd.sock".into())),
+                "imp-zak".into(),
+                Duration::from_millis(200),
+                Duration::from_secs(60),
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn stans_are_held_until_dropped_and_wrap_past_held_ones() {
+        let l = link();
+        let a = l.hold_new().unwrap();
+        let b = l.hold_new().unwrap();
+        assert_eq!(b.stan(), a.stan().next());
+        assert!(l.hold(a.stan()).is_none(), "a held STAN is not handed out");
+        let s = a.stan();
+        drop(a);
+        let again = l.hold(s).unwrap();
+        assert_eq!(again.stan(), s);
+        drop((again, b));
+        // At the end of the range the counter wraps to 000001, skipping what is held.
+        l.stans().counter = StanCounter::after(Stan::new(999_998).unwrap());
+        let one = l.hold(Stan::FIRST).unwrap();
+        let last = l.hold_new().unwrap();
+        assert_eq!(last.stan(), Stan::LAST);
+        assert_eq!(l.hold_new().unwrap().stan(), Stan::new(2).unwrap());
+        drop(one);
+        assert!(l.stans().slots.len() <= 2);
+    }
+
+    fn answer(mti: Mti, stan: &str, terminal: Option<&str>, when: &str) -> Message {
+        let mut m = Message::new(mti)
+            .with(De::Stan, stan)
+            .unwrap()
+            .with(De::TransmissionDateTime, when)
+            .unwrap()
+            .with(De::ResponseCode, "00")
+            .unwrap();
+        if let Some(t) = terminal {
+            m.set(De::TerminalId, t).unwrap();
+        }
+        m
+    }
+
+    #[tokio::test]
+    async fn an_answer_reaches_only_the_request_that_waits_for_it() {
+        let l = link();
+        let hold = l.hold_new().unwrap();
+        let stan = hold.stan().to_string();
+        let (reply, mut answered) = oneshot::channel();
+        l.stans().slots.insert(
+            hold.stan(),
+            Slot::Waiting(Waiting {
+                terminal: Some("VP004812".into()),
+                transmission: Some("1127093015".into()),
+                response: Mti::FinancialResponse,
+                reply,
+            }),
+        );
+        // Another terminal, another message type, another DE 7, another STAN: not ours.
+        l.deliver(answer(
+            Mti::FinancialResponse,
+            &stan,
+            Some("VP004813"),
+            "1127093015",
+        ));
+        l.deliver(answer(
+            Mti::ReversalResponse,
+            &stan,
+            Some("VP004812"),
+            "1127093015",
+        ));
+        l.deliver(answer(
+            Mti::FinancialResponse,
+            &stan,
+            Some("VP004812"),
+            "1127093016",
+        ));
+        let other = hold.stan().next().to_string();
+        l.deliver(answer(
+            Mti::FinancialResponse,
+            &other,
+            Some("VP004812"),
+            "1127093015",
+        ));
+        assert!(answered.try_recv().is_err());
+        let ours = answer(
+            Mti::FinancialResponse,
+            &stan,
+            Some("VP004812"),
+            "1127093015",
+        );
+        l.deliver(ours.clone());
+        assert_eq!(answered.try_recv().unwrap(), ours);
+        // Answered once: the STAN stays held by its owner, a duplicate goes nowhere.
+        assert!(matches!(
+            l.stans().slots.get(&hold.stan()),
+            Some(Slot::Held)
+        ));
+        l.deliver(ours);
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_lets_waiting_requests_go_at_once() {
+        let l = link();
+        let hold = l.hold_new().unwrap();
+        let (reply, answered) = oneshot::channel();
+        l.stans().slots.insert(
+            hold.stan(),
+            Slot::Waiting(Waiting {
+                terminal: None,
+                transmission: None,
+                response: Mti::NetworkResponse,
+                reply,
+            }),
+        );
+        l.release_waiting();
+        assert!(
+            answered.await.is_err(),
+            "the sender is gone: no answer will come"
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_goes_out_that_keyd_did_not_mac() {
+        let l = link();
+        let hold = l.hold_new().unwrap();
+        let echo = messages::echo(hold.stan(), &Clock::now()).unwrap();
+        let deadline = Instant::now() + Duration::from_millis(200);
+        assert_eq!(
+            l.exchange(&hold, echo, deadline).await,
+            Err(NoAnswer::NotSent("keyd cannot MAC the message"))
+        );
+    }
+}
