@@ -160,7 +160,8 @@ pub struct AuthorizationRequest {
 /// What a processor fixes about an authorization before the engine records the charge
 /// ([`Processor::prepare`]): the data it needs to reverse or refund the charge later (stored
 /// with the charge, never shown), and whatever it holds for the request until it ends.
-#[derive(Debug, Default)]
+/// `Debug` leaves the data out (an acquirer link's holds the card's expiry and sealed PAN).
+#[derive(Default)]
 pub struct Prepared {
     /// Stored with the charge as `processor_data` and handed back in [`RefundRequest`] and
     /// [`VoidRequest`]. Opaque to the engine; never card data in clear.
@@ -172,6 +173,16 @@ pub struct Prepared {
     /// Held for the request's life and dropped with it (an acquirer link's STAN reservation),
     /// so a request the engine abandons releases it.
     pub hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("data", &self.data.as_ref().map(|_| "…"))
+            .field("reference", &self.reference)
+            .field("hold", &self.hold.is_some())
+            .finish()
+    }
 }
 
 /// A format 0 PIN block under a processor's ZPK, as keyd translated it. Wiped on drop, redacted
@@ -909,6 +920,17 @@ mod tests {
         assert_eq!(r.pan.last4(), "9995");
         assert_eq!(r.pan.bin(), "400000");
         assert_eq!(r.pan.expose(), "4000000000009995");
+        let mut r = req("4000000000009995", 1500);
+        r.prepared = Prepared {
+            data: Some(serde_json::json!({"sealed_pan": "C0FFEE", "expiry": "3012"})),
+            reference: Some("633109000017".into()),
+            hold: None,
+        };
+        let shown = format!("{r:?}");
+        assert!(
+            !shown.contains("C0FFEE") && !shown.contains("3012"),
+            "{shown}"
+        );
     }
 
     #[test]

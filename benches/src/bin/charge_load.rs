@@ -5,6 +5,12 @@
 //! (`--database postgres`: the API on a throw-away PostgreSQL cluster on loopback, with
 //! PostgreSQL's durable defaults, instead of a SQLite file).
 //!
+//! With `--processor iso8583` the API's processor is the ISO 8583 acquirer link (spec 12),
+//! pointed at an `acqsim` acquirer host started inside this driver on a loopback port (with
+//! `--processor-latency-ms` as its answer latency), keyd holding the published test ZAK and ZPK
+//! (`keyd simulator-keys`): each charge then also costs keyd a PAN seal, a MAC and a MAC check,
+//! and the API a round trip over the link.
+//!
 //! It starts keyd and the API on throw-away state, registers and activates `--terminals`
 //! terminals through the real lifecycle, then drives charges from `--connections` threads for
 //! `--seconds`, flat out or at `--rate`. At the end it counts the merchant's charges through the
@@ -16,6 +22,7 @@
     clippy::expect_used,
     clippy::print_stdout,
     clippy::indexing_slicing,
+    clippy::panic,
     reason = "a benchmark driver reports and fails loudly"
 )]
 
@@ -64,6 +71,10 @@ struct Args {
     /// Connections in the API's PostgreSQL pool.
     #[arg(long, default_value_t = 16)]
     pool_size: usize,
+    /// The API's processor: `simulator` (embedded) or `iso8583` (an acquirer host simulator
+    /// over the ISO 8583 link, in this process).
+    #[arg(long, default_value = "simulator")]
+    processor: String,
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -91,15 +102,39 @@ fn main() {
             Database::Sqlite => unreachable!(),
         },
     };
+    // The acquirer host, when there is one, runs on this runtime's threads for the run.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (processor, acquirer) = match args.processor.as_str() {
+        "simulator" => (
+            format!("latency_ms = {}\n", args.processor_latency_ms),
+            None,
+        ),
+        "iso8583" => {
+            let sim = runtime
+                .block_on(acqsim::Simulator::start_default())
+                .unwrap();
+            sim.set_latency(Duration::from_millis(args.processor_latency_ms));
+            let (zpk, _pvk, zak) = keyd.simulator_keys().unwrap();
+            (
+                format!(
+                    "kind = \"iso8583\"\nhost = \"127.0.0.1\"\nport = {}\nzak = \"{zak}\"\nzpk = \"{zpk}\"\n",
+                    sim.addr().port()
+                ),
+                Some(sim),
+            )
+        }
+        other => panic!("--processor is simulator or iso8583, not {other}"),
+    };
     let api = ApiProcess::start_on(
         &sibling("api"),
         keyd.socket(),
         &database,
         "",
-        &format!(
-            "\n[processor]\nlatency_ms = {}\n",
-            args.processor_latency_ms
-        ),
+        &format!("\n[processor]\n{processor}"),
     )
     .unwrap();
     let http = api.client();
@@ -134,7 +169,7 @@ fn main() {
     )
     .unwrap();
     println!(
-        "charge-load: {} terminals activated in {:.1} s; {} connections, {} s, rate {}, processor latency {} ms, keyd placement {}, database {}",
+        "charge-load: {} terminals activated in {:.1} s; {} connections, {} s, rate {}, processor {} latency {} ms, keyd placement {}, database {}",
         args.terminals,
         setup.elapsed().as_secs_f64(),
         args.connections,
@@ -144,6 +179,7 @@ fn main() {
         } else {
             format!("{}/s", args.rate)
         },
+        args.processor,
         args.processor_latency_ms,
         args.placement,
         if cluster.is_some() {
@@ -173,4 +209,12 @@ fn main() {
         report.approved
     );
     assert_eq!(stored, report.approved, "an acknowledged charge is missing");
+    if let Some(sim) = acquirer {
+        let c = sim.counters();
+        println!(
+            "acquirer: {} requests, {} answered, {} MAC failures",
+            c.received, c.answered, c.mac_failures
+        );
+        assert_eq!(c.mac_failures, 0, "a message the API sent did not verify");
+    }
 }
