@@ -60,9 +60,10 @@ use sql::Statements;
 
 /// Schema migrations, applied in order in one transaction at open; migration `i` (0-based) is
 /// schema version `i + 1`. Append only: never edit an applied migration.
-pub(super) const MIGRATIONS: &[&str] = &[include_str!(
-    "../../migrations/postgres/0001_typed_tables.sql"
-)];
+pub(super) const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_typed_tables.sql"),
+    include_str!("../../migrations/postgres/0002_acquirer_link.sql"),
+];
 
 /// How often a batch that PostgreSQL rolled back for a deadlock or a serialisation failure is
 /// run again before the caller gets `Unavailable`.
