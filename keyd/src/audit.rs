@@ -136,20 +136,16 @@ impl std::fmt::Debug for Audit {
     }
 }
 
+/// Lower-case hex (a table lookup per byte, not `format!`: two links per record, every request).
 fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    hex::encode(bytes)
 }
 
 /// The key of the chain: 32 bytes derived in the token from the LMK (`keyd audit chain key`),
 /// so that every keyd process on a token holding that LMK (serve, officers' commands, a
 /// standby formed from the same components) writes and checks the same chain, and no one
 /// without the token can. Wiped on drop, not printable.
-pub struct AuditKey(zeroize::Zeroizing<[u8; 32]>);
+pub struct AuditKey(hmac::Hmac<Sha256>);
 
 impl AuditKey {
     /// The key of the chain for the LMK in `hsm`.
@@ -157,13 +153,23 @@ impl AuditKey {
     /// # Errors
     /// [`Error::Hsm`] when the token cannot compute it (no LMK).
     pub fn derive(hsm: &dyn crate::hsm::Hsm) -> Result<Self, Error> {
-        crate::derive_from_lmk(hsm, "keyd audit chain key").map(Self)
+        let key = crate::derive_from_lmk(hsm, "keyd audit chain key")?;
+        Self::new(&key[..])
+    }
+
+    /// The HMAC with its key already absorbed: each record clones it instead of hashing the
+    /// key again (keyd writes a record for every request).
+    fn new(key: &[u8]) -> Result<Self, Error> {
+        use hmac::KeyInit;
+        <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key)
+            .map(Self)
+            .map_err(|_| Error::Config("audit chain key".into()))
     }
 
     /// A key from bytes (tests).
     #[cfg(test)]
     fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(zeroize::Zeroizing::new(bytes))
+        Self::new(&bytes).unwrap_or_else(|_| unreachable!("32 bytes make an HMAC key"))
     }
 }
 
@@ -176,12 +182,10 @@ impl std::fmt::Debug for AuditKey {
 /// The link of a record: HMAC-SHA-256 under the key, or SHA-256 for the unkeyed records that
 /// may open a log.
 fn chain(key: Option<&AuditKey>, prev: &[u8; 32], body: &str) -> [u8; 32] {
-    use hmac::{KeyInit, Mac};
+    use hmac::Mac;
     match key {
         Some(key) => {
-            let Ok(mut mac) = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&key.0[..]) else {
-                return [0u8; 32];
-            };
+            let mut mac = key.0.clone();
             mac.update(prev);
             mac.update(body.as_bytes());
             mac.finalize().into_bytes().into()
