@@ -7,4 +7,5 @@ pub mod ids;
 pub mod json;
 pub mod reply;
 pub mod time;
+pub mod tls;
 pub mod url;

@@ -102,27 +102,5 @@ impl AsyncWrite for Stream {
 pub(super) fn client_config(
     ca_file: &std::path::Path,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject as _;
-    let shown = ca_file.display();
-    let certs = CertificateDer::pem_file_iter(ca_file)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| format!("database CA file {shown}: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs {
-        roots
-            .add(cert)
-            .map_err(|e| format!("database CA file {shown}: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("database CA file {shown}: no certificate"));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
+    crate::wire::tls::client_config(ca_file, "database")
 }

@@ -66,29 +66,7 @@ impl std::fmt::Debug for Endpoint {
 /// # Errors
 /// A message naming the file and the problem.
 pub(crate) fn tls_connector(ca_file: &Path) -> Result<tokio_rustls::TlsConnector, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject as _;
-    let shown = ca_file.display();
-    let certs = CertificateDer::pem_file_iter(ca_file)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| format!("acquirer CA file {shown}: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs {
-        roots
-            .add(cert)
-            .map_err(|e| format!("acquirer CA file {shown}: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("acquirer CA file {shown}: no certificate"));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    crate::wire::tls::client_config(ca_file, "acquirer").map(tokio_rustls::TlsConnector::from)
 }
 
 /// Why an exchange produced no answer.
