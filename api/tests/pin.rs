@@ -20,61 +20,9 @@ use serde_json::{Value, json};
 
 const API: &str = env!("CARGO_BIN_EXE_api");
 
-/// A merchant in EUR with one activated terminal.
+/// A merchant in EUR with one activated terminal: `(merchant id, terminal)`.
 fn terminal(p: &Platform, device_id: &str) -> (String, Terminal) {
-    let r = p
-        .ok("POST", "/resellers", Some(&json!({"name": "R-pin"})))
-        .unwrap();
-    let t = p
-        .ok(
-            "POST",
-            &format!("/resellers/{}/fee-templates", r["id"].as_str().unwrap()),
-            Some(&json!({"name": "std", "percent_bps": 150,
-                         "fixed": {"value": "20", "currency": "EUR"}})),
-        )
-        .unwrap();
-    let m = p
-        .ok(
-            "POST",
-            "/merchants",
-            Some(
-                &json!({"reseller_id": r["id"], "name": "PIN shop", "mcc": "5812",
-                         "country": "DE", "currency": "EUR", "fee_template_id": t["id"]}),
-            ),
-        )
-        .unwrap();
-    let mid = m["id"].as_str().unwrap().to_owned();
-    let d = p
-        .ok(
-            "POST",
-            &format!("/merchants/{mid}/devices"),
-            Some(&json!({"device_id": device_id, "model": "A920", "serial": device_id})),
-        )
-        .unwrap();
-    let key = &d["identity_key"];
-    let mut t = Terminal::new(
-        p.http,
-        device_id,
-        key["key_id"].as_str().unwrap(),
-        key["secret"].as_str().unwrap(),
-        &e2e::hex(e2e::ZMK_HEX),
-    )
-    .unwrap();
-    assert_eq!(t.bootstrap().unwrap().status, 200);
-    let code = t.pairing_code().unwrap();
-    let claim = p
-        .call(
-            "POST",
-            "/pos/claim",
-            Some(&json!({"pairing_code": code.json["pairing_code"], "device_id": device_id})),
-        )
-        .unwrap();
-    assert_eq!(claim.status, 200, "{}", claim.json);
-    t.set_terminal_id(claim.json["terminal_id"].as_str().unwrap());
-    assert_eq!(t.attest().unwrap().status, 200);
-    assert_eq!(t.keys().unwrap().status, 200);
-    assert_eq!(t.activate().unwrap().0.status, 200);
-    (mid, t)
+    p.activated_terminal(device_id).unwrap()
 }
 
 /// A charge body: `amount` in EUR cents, the card, and a PIN block when given.

@@ -572,6 +572,83 @@ impl Platform {
         Ok(a.json)
     }
 
+    /// A new reseller and merchant (EUR) with one terminal taken through its whole
+    /// lifecycle (registration, pairing, claim, attestation, keys, activation):
+    /// `(merchant id, terminal)`, ready to charge.
+    ///
+    /// # Errors
+    /// Any step the API refuses, or transport failures.
+    pub fn activated_terminal(
+        &self,
+        device_id: &str,
+    ) -> Result<(String, crate::pos::Terminal), Error> {
+        let r = self.ok(
+            "POST",
+            "/resellers",
+            Some(&serde_json::json!({"name": format!("R-{device_id}")})),
+        )?;
+        let m = self.ok(
+            "POST",
+            "/merchants",
+            Some(
+                &serde_json::json!({"reseller_id": r.get("id"), "name": format!("Shop {device_id}"),
+                                     "mcc": "5812", "country": "DE", "currency": "EUR"}),
+            ),
+        )?;
+        let mid = m
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or("merchant without id")?
+            .to_owned();
+        let d = self.ok(
+            "POST",
+            &format!("/merchants/{mid}/devices"),
+            Some(
+                &serde_json::json!({"device_id": device_id, "model": "A920", "serial": device_id}),
+            ),
+        )?;
+        let key = |k: &str| {
+            d.get("identity_key")
+                .and_then(|i| i.get(k))
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("registration without identity_key.{k}"))
+        };
+        let mut t = crate::pos::Terminal::new(
+            self.http,
+            device_id,
+            key("key_id")?,
+            key("secret")?,
+            &crate::hex(crate::ZMK_HEX),
+        )?;
+        let step = |what: &str, a: &Answer| -> Result<(), Error> {
+            if a.status == 200 {
+                Ok(())
+            } else {
+                Err(format!("{what}: {} {}", a.status, a.json).into())
+            }
+        };
+        step("bootstrap", &t.bootstrap()?)?;
+        let code = t.pairing_code()?;
+        step("pairing code", &code)?;
+        let claim = self.call(
+            "POST",
+            "/pos/claim",
+            Some(&serde_json::json!({"pairing_code": code.json.get("pairing_code"), "device_id": device_id})),
+        )?;
+        step("claim", &claim)?;
+        t.set_terminal_id(
+            claim
+                .json
+                .get("terminal_id")
+                .and_then(Value::as_str)
+                .ok_or("no terminal id")?,
+        );
+        step("attest", &t.attest()?)?;
+        step("keys", &t.keys()?)?;
+        step("activate", &t.activate()?.0)?;
+        Ok((mid, t))
+    }
+
     /// Every stored charge of a merchant (all pages), in the API's order.
     ///
     /// # Errors
