@@ -64,15 +64,7 @@ impl Db {
 
     /// One record, or `None`.
     pub async fn get<R: Record>(&self, id: &str) -> Result<Option<R>, ApiError> {
-        let Some(stored) = self
-            .store
-            .get(R::KIND, id)
-            .await
-            .map_err(|e| unavailable(&e))?
-        else {
-            return Ok(None);
-        };
-        decode(stored.body).map(Some)
+        Ok(self.get_versioned(id).await?.map(|(record, _)| record))
     }
 
     /// One record with its version (for [`expect`] in a later commit), or `None`.

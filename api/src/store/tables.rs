@@ -503,18 +503,28 @@ pub(crate) fn of(kind: &str) -> Option<&'static Statements> {
 /// The list queries of an index: `(statements of the kind, full SELECT with ?1 = key,
 /// ?2 = seq bound, ?3 = limit)`.
 pub(crate) fn lists(index: &str) -> Vec<(&'static Statements, String)> {
+    list_queries(index, of, |st| &st.select, |filter| filter.to_owned())
+}
+
+/// The list queries of an index for either database: for each kind in the list, its
+/// statements (`of`) and `<its SELECT> WHERE (<filter>) AND seq < ?2 ORDER BY seq DESC LIMIT ?3`
+/// with the placeholders written by `placeholders` (SQLite keeps `?N`, PostgreSQL `$N`).
+pub(crate) fn list_queries<S: 'static>(
+    index: &str,
+    of: impl Fn(&str) -> Option<&'static S>,
+    select: impl Fn(&S) -> &str,
+    placeholders: impl Fn(&str) -> String,
+) -> Vec<(&'static S, String)> {
     LISTS
         .iter()
         .filter(|(name, _, _)| *name == index)
         .filter_map(|(_, kind, filter)| {
             let st = of(kind)?;
-            Some((
-                st,
-                format!(
-                    "{} WHERE ({filter}) AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-                    st.select
-                ),
-            ))
+            let sql = format!(
+                "{} WHERE ({filter}) AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+                select(st)
+            );
+            Some((st, placeholders(&sql)))
         })
         .collect()
 }

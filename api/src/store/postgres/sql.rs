@@ -75,21 +75,7 @@ pub(super) fn of(kind: &str) -> Option<&'static Statements> {
 /// The list queries of an index: `(statements of the kind, SELECT with $1 = key, $2 = seq
 /// bound, $3 = limit)`.
 pub(super) fn lists(index: &str) -> Vec<(&'static Statements, String)> {
-    tables::LISTS
-        .iter()
-        .filter(|(name, _, _)| *name == index)
-        .filter_map(|(_, kind, filter)| {
-            let st = of(kind)?;
-            Some((
-                st,
-                format!(
-                    "{} WHERE ({}) AND seq < $2 ORDER BY seq DESC LIMIT $3",
-                    st.select,
-                    tables::numbered(filter)
-                ),
-            ))
-        })
-        .collect()
+    tables::list_queries(index, of, |st| &st.select, tables::numbered)
 }
 
 /// Takes the batch's advisory locks (`$1`: their keys, sorted), each held to the end of the
