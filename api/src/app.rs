@@ -39,7 +39,8 @@ async fn open_store(database: &Database) -> Result<Arc<dyn Store>, String> {
                     (SslMode::Disable, _) => PgTls::Disable,
                 },
                 pool_size: pg.pool_size,
-                exclusive: true,
+                // Any number of API nodes share the database: they coordinate through it.
+                exclusive: false,
             };
             PgStore::open(&options)
                 .await
@@ -71,8 +72,24 @@ impl Services {
         store: Arc<dyn Store>,
         auth: Auth,
     ) -> Result<Self, ApiError> {
+        let shared = store.shared();
         let db = Db::new(store);
-        let locks = Arc::new(Locks::default());
+        let boot = Boot {
+            id: crate::wire::ids::random_alnum(16)?,
+            started_at: crate::wire::time::now(),
+        };
+        // What a node holds in the store for others to see (an object's lease, a key's
+        // reservation) outlives the node that dies holding it by this long: longer than any
+        // request runs, the processor's deadline being the longest part of one.
+        let hold = i64::try_from(config.processor.timeout().as_secs())
+            .unwrap_or(i64::MAX / 4)
+            .saturating_mul(2)
+            .saturating_add(60);
+        let locks = Arc::new(if shared {
+            Locks::shared(db.clone(), boot.id.clone(), hold)
+        } else {
+            Locks::default()
+        });
         let processor: Arc<dyn Processor> = match config.processor.kind {
             ProcessorKind::Simulator => Arc::new(simulator(&config)),
             ProcessorKind::Iso8583 => Arc::new(
@@ -86,16 +103,17 @@ impl Services {
             db: db.clone(),
             auth,
             locks: Arc::clone(&locks),
-            idempotency: Idempotency::default(),
+            idempotency: if shared {
+                Idempotency::shared(hold)
+            } else {
+                Idempotency::default()
+            },
             charges: Engine {
                 db,
                 processor,
                 locks,
                 timeout: config.processor.timeout(),
-                boot: Boot {
-                    id: crate::wire::ids::random_alnum(16)?,
-                    started_at: crate::wire::time::now(),
-                },
+                boot,
                 in_flight: InFlight::default(),
             },
             config,

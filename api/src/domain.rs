@@ -4,6 +4,7 @@
 
 pub mod charges;
 pub mod idem;
+pub mod lease;
 pub mod locks;
 pub mod model;
 pub mod processor;

@@ -6,34 +6,60 @@
 //! `charges::recovery`), so a charge left `pending` by a crash is resolved within the
 //! processor deadline and a few seconds, however many restarts it took. The sweeps run every
 //! minute.
+//!
+//! Every node resolves its own lost charges and writes its own checkpoint. The rest — other
+//! nodes' lost charges, the processor's work, the sweeps — is done by one node at a time: the
+//! one holding the `housekeeping` lease ([`crate::domain::lease`]), renewed every round. A
+//! leader that dies stops renewing it, and another node takes over within [`LEAD_FOR`] and a
+//! round. On a store of its own (SQLite) there is no one to take turns with: the process does
+//! it all, from its first round — a restart must not wait out its dead predecessor's lease.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::domain::lease;
 use crate::request::Services;
 
 /// How often recovery looks for lost charges.
 const RECOVERY_EVERY: Duration = Duration::from_secs(5);
 /// How often the sweeps run.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How long the housekeeping lease lasts unless renewed (seconds): a few rounds.
+pub const LEAD_FOR: i64 = 15;
+/// The lease's name.
+const LEASE: &str = "housekeeping";
 
 /// Runs for the life of the process.
 pub async fn run(app: Arc<Services>) {
-    tokio::spawn(recovery(Arc::clone(&app)));
-    sweeps(app).await;
+    let leading = Arc::new(AtomicBool::new(false));
+    tokio::spawn(recovery(Arc::clone(&app), Arc::clone(&leading)));
+    sweeps(app, leading).await;
 }
 
-async fn recovery(app: Arc<Services>) {
+async fn recovery(app: Arc<Services>, leading: Arc<AtomicBool>) {
     let mut tick = tokio::time::interval(RECOVERY_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let now = crate::wire::time::now();
+        let lead = !app.db.store().shared()
+            || match lease::acquire(&app.db, &[LEASE], &app.charges.boot.id, now, LEAD_FOR).await {
+                Ok(held) => held.is_some(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "housekeeping lease not read");
+                    false
+                }
+            };
+        if lead != leading.swap(lead, Ordering::Relaxed) {
+            tracing::info!(leading = lead, "housekeeping lease");
+        }
         // The processor's own work first (an acquirer link resends pending reversals), so a
         // start picks up what the last one left before it resolves lost charges.
-        app.charges.processor.housekeeping().await;
-        match crate::domain::charges::recovery::recover(&app.charges, crate::wire::time::now())
-            .await
-        {
+        if lead {
+            app.charges.processor.housekeeping().await;
+        }
+        match crate::domain::charges::recovery::recover(&app.charges, now, lead).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
                 count = n,
@@ -44,12 +70,17 @@ async fn recovery(app: Arc<Services>) {
     }
 }
 
-async fn sweeps(app: Arc<Services>) {
+async fn sweeps(app: Arc<Services>, leading: Arc<AtomicBool>) {
     let (mut hour, mut minute) = (0, 0);
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     loop {
         tick.tick().await;
         let now = crate::wire::time::now();
+        // Every node forgets old nonces in memory; one deletes them from the store.
+        app.replay.forget(now);
+        if !leading.load(Ordering::Relaxed) {
+            continue;
+        }
         app.replay.sweep(&app.db, now).await;
         hour = crate::domain::idem::sweep(&app.db, hour, now).await;
         minute = crate::pos::sweep_attestations(&app.db, minute, now).await;

@@ -228,7 +228,7 @@ pub async fn status(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiEr
 pub async fn pairing_code(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let device = activation(app, call, true).await?;
     device_state(device.status == DeviceStatus::Inactive)?;
-    let _guard = app.locks.lock(&device.device_id).await;
+    let _guard = app.locks.lock(&device.device_id).await?;
     let device: Device = app.db.find(&device.device_id).await?;
     device_state(device.status == DeviceStatus::Inactive)?;
     let now = call.now;
@@ -293,7 +293,9 @@ pub async fn pairing_code(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value,
             device_state(d.status == DeviceStatus::Inactive)?;
             d.pairing_code = Some(code.clone());
             d.pairing_issued.clone_from(&recent);
-            Ok(std::mem::take(&mut writes))
+            // Cloned, not taken: a retry after another writer changed the device must write
+            // the pairing code again, or the device would name a code never stored.
+            Ok(writes.clone())
         })
         .await
         .map_err(|e| if e.code() == Code::Conflict { taken } else { e })?;
@@ -365,7 +367,7 @@ pub async fn claim(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiErr
         crate::domain::model::check_location(app.db, &merchant.id, l).await?;
     }
     device_state(device.status == DeviceStatus::Inactive)?;
-    let _guard = app.locks.lock(&device.device_id).await;
+    let _guard = app.locks.lock(&device.device_id).await?;
     let terminal_id = match &device.terminal_id {
         Some(t) => t.clone(),
         None => new_terminal_id(app, &device.device_id).await?,
@@ -477,7 +479,7 @@ pub async fn attest(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiEr
     };
     app.db
         .commit(
-            vec![nonce_write, db::put(&record)?],
+            [Vec::from(nonce_write), vec![db::put(&record)?]].concat(),
             ApiError::new(Code::Conflict, "try again"),
         )
         .await?;
@@ -613,7 +615,7 @@ async fn current_key_set(
     device: &Device,
     now: i64,
 ) -> Result<KeySetRef, ApiError> {
-    let _guard = app.locks.lock(&device.device_id).await;
+    let _guard = app.locks.lock(&device.device_id).await?;
     let device: Device = app.db.find(&device.device_id).await?;
     if let Some(set) = &device.key_set
         && set.expires_at > now

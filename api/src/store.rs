@@ -205,4 +205,13 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Cheap liveness check for `/health/ready`: the writer is running and a read answers.
     fn check(&self) -> Read<()>;
+
+    /// Whether other processes may write this store at the same time (several API nodes on
+    /// one PostgreSQL database). A store that is not shared is this process's alone, as an
+    /// SQLite file is under its lock, so what the process keeps in memory (requests in
+    /// progress, the charges it is making) is all there is to know; a shared one makes the
+    /// API coordinate through the store instead (leases, reservations: see `domain::lease`).
+    fn shared(&self) -> bool {
+        false
+    }
 }

@@ -200,6 +200,42 @@ impl ApiProcess {
         wait_listening(child, &log, offset, port)
     }
 
+    /// Another API node beside this one: the same configuration (database, keyd, signing key,
+    /// processor) on another port, with its own directory and log. On a PostgreSQL store the
+    /// two share the database, as nodes behind a load balancer do.
+    ///
+    /// # Errors
+    /// If it does not come up within 20 s.
+    pub fn another_node(&self) -> Result<Self, Error> {
+        let config = std::fs::read_to_string(&self.config)?;
+        let listen = format!("listen = \"127.0.0.1:{}\"", self.port);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = free_port()?;
+            let dir = std::env::temp_dir().join(format!("api-e2e-{port}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let path = dir.join("api.toml");
+            std::fs::write(
+                &path,
+                config.replacen(&listen, &format!("listen = \"127.0.0.1:{port}\""), 1),
+            )?;
+            let mut node = Self {
+                binary: self.binary.clone(),
+                dir,
+                config: path,
+                port,
+                child: None,
+                nofile: self.nofile,
+            };
+            match node.restart() {
+                Ok(()) => return Ok(node),
+                Err(e) if attempt < 5 && e.to_string().contains("in use") => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Stops the process the way an operator's `systemctl restart` does (SIGTERM: it finishes
     /// the requests it has and exits); SIGKILL after 10 s.
     pub fn terminate(&mut self) {

@@ -264,6 +264,12 @@ impl Report {
 
 /// Sends charges from `options.connections` threads for `options.duration`.
 pub fn run(port: u16, terminals: &[Terminal], options: &Options) -> Report {
+    run_on(&[port], terminals, options)
+}
+
+/// As [`run`], the connections spread round-robin over several API nodes' ports (as a load
+/// balancer would spread them).
+pub fn run_on(ports: &[u16], terminals: &[Terminal], options: &Options) -> Report {
     let stop = Arc::new(AtomicBool::new(false));
     let approved = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(Mutex::new(BTreeMap::<u16, u64>::new()));
@@ -274,8 +280,11 @@ pub fn run(port: u16, terminals: &[Terminal], options: &Options) -> Report {
     let interval = (options.rate > 0)
         .then(|| Duration::from_secs_f64(options.connections as f64 / options.rate as f64));
     let threads: Vec<_> = (0..options.connections)
-        .filter_map(|i| terminals.get(i % terminals.len().max(1)).cloned())
-        .map(|t| {
+        .filter_map(|i| {
+            let t = terminals.get(i % terminals.len().max(1)).cloned()?;
+            Some((t, *ports.get(i % ports.len().max(1))?))
+        })
+        .map(|(t, port)| {
             let (stop, approved, failed, latencies, acknowledged) = (
                 stop.clone(),
                 approved.clone(),

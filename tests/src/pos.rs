@@ -144,6 +144,11 @@ impl Terminal {
         })
     }
 
+    /// Sends this terminal's requests to another API node from now on.
+    pub fn set_client(&mut self, client: Client) {
+        self.client = client;
+    }
+
     /// The same terminal with another app version (`User-Agent: Viopay-POS/{v} (e2e)`).
     #[must_use]
     pub fn with_version(mut self, v: &str) -> Self {

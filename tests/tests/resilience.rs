@@ -71,9 +71,12 @@ fn stored(p: &Platform, mid: &str) -> Vec<Value> {
 }
 
 /// The merchant's charges once recovery has resolved every pending one (pending charges are
-/// listed, so a charge whose request was lost is seen until it is resolved).
+/// listed, so a charge whose request was lost is seen until it is resolved). On PostgreSQL a
+/// new start resolves another start's charges only once they are older than the processor
+/// deadline (10 s) and `recovery::OUTLIVE` (30 s), after the old start's housekeeping lease
+/// expired: well within two minutes.
 fn resolved(p: &Platform, mid: &str) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let charges = stored(p, mid);
         let pending = charges.iter().filter(|c| c["status"] == "pending").count();

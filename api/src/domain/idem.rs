@@ -4,9 +4,19 @@
 //!
 //! The record of the answer goes into the same commit as the write it answers (a charge, a
 //! refund), so a crash cannot leave a charge without its answer or an answer without its charge.
+//!
+//! "Still running" is known in memory on one node. When several nodes share the store
+//! ([`Idempotency::shared`]), a request also reserves its key in the store before it runs: a
+//! row with status 0 and the request's hash, written only if the key has no row (or an
+//! expired one), so of two retries sent to two nodes at once one runs and the other is told
+//! it is in progress. The reservation is replaced by the kept answer in the answer's commit,
+//! or deleted when the request ends without one; a node that dies leaves it to expire after
+//! the time to live it was given (longer than any request runs), after which a retry runs
+//! anew, as after a restart on one node.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -18,7 +28,11 @@ use crate::store::db::{self, Db, Record};
 /// How long answers are kept.
 pub const KEEP: i64 = 86_400;
 
-/// A kept answer. Id: hex SHA-256 of scope, method, path and key.
+/// The status of a reservation: a request running on some node, not an answer.
+const RUNNING: u16 = 0;
+
+/// A kept answer, or a reservation (status [`RUNNING`]). Id: hex SHA-256 of scope, method,
+/// path and key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Kept {
     /// Record id.
@@ -50,6 +64,8 @@ impl Record for Kept {
 #[derive(Debug, Default)]
 pub struct Idempotency {
     running: Mutex<HashMap<String, String>>,
+    /// With several nodes on the store: how long a reservation holds (seconds).
+    shared: Option<i64>,
 }
 
 /// What to do with a request that carries a key.
@@ -67,12 +83,34 @@ pub struct Running<'a> {
     table: &'a Idempotency,
     id: String,
     request: String,
+    /// The reservation in a shared store, and its version: deleted on drop unless an answer
+    /// was kept over it.
+    reserved: Option<(Db, u64)>,
+    /// An answer's write was handed out ([`Running::keep`]).
+    kept: AtomicBool,
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         if let Ok(mut running) = self.table.running.lock() {
             running.remove(&self.id);
+        }
+        let Some((db, version)) = self.reserved.take() else {
+            return;
+        };
+        if self.kept.load(Ordering::Relaxed) {
+            return;
+        }
+        let id = std::mem::take(&mut self.id);
+        // In the background, and only the reservation this request wrote (its version): a
+        // failure leaves it to expire.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let writes = vec![db::expect::<Kept>(&id, version), db::delete::<Kept>(&id)];
+                let _ = db
+                    .commit(writes, ApiError::new(Code::Conflict, "reservation"))
+                    .await;
+            });
         }
     }
 }
@@ -122,6 +160,15 @@ pub fn key_header(headers: &hyper::HeaderMap) -> Result<Option<&str>, ApiError> 
 }
 
 impl Idempotency {
+    /// The table for several nodes on one store: requests also reserve their keys in the
+    /// store, for `ttl` seconds at most.
+    pub fn shared(ttl: i64) -> Self {
+        Self {
+            shared: Some(ttl),
+            ..Self::default()
+        }
+    }
+
     /// Looks a keyed request up.
     #[allow(
         clippy::too_many_arguments,
@@ -171,21 +218,62 @@ impl Idempotency {
             }
             running.insert(id.clone(), hash.clone());
         }
-        let reserved = Running {
+        let mut reserved = Running {
             table: self,
             id,
             request: hash,
+            reserved: None,
+            kept: AtomicBool::new(false),
         };
-        match db.get::<Kept>(&reserved.id).await? {
-            Some(kept) if now - kept.created_at < KEEP => {
-                if kept.request == reserved.request {
-                    Ok(Begin::Replay(kept))
-                } else {
-                    Err(mismatch())
+        // Twice at most: a reservation another node wrote between our read and our commit is
+        // read back and answered like one found at once.
+        for _ in 0..2 {
+            let found = db.get_versioned::<Kept>(&reserved.id).await?;
+            let expect = match found {
+                Some((kept, _)) if kept.status != RUNNING && now - kept.created_at < KEEP => {
+                    return if kept.request == reserved.request {
+                        Ok(Begin::Replay(kept))
+                    } else {
+                        Err(mismatch())
+                    };
                 }
+                Some((kept, _))
+                    if kept.status == RUNNING
+                        && self.shared.is_some_and(|ttl| now - kept.created_at < ttl) =>
+                {
+                    return Err(if kept.request == reserved.request {
+                        ApiError::new(Code::InProgress, "the same request is still in progress")
+                    } else {
+                        mismatch()
+                    });
+                }
+                Some((_, version)) => (db::expect::<Kept>(&reserved.id, version), version + 1),
+                None => (db::absent::<Kept>(&reserved.id), 1),
+            };
+            if self.shared.is_none() {
+                return Ok(Begin::Run(reserved));
             }
-            _ => Ok(Begin::Run(reserved)),
+            let row = Kept {
+                id: reserved.id.clone(),
+                request: reserved.request.clone(),
+                status: RUNNING,
+                body: Value::Null,
+                created_at: now,
+            };
+            let lost = ApiError::new(Code::Conflict, "reserved meanwhile");
+            match db.commit(vec![expect.0, db::put(&row)?], lost).await {
+                Ok(()) => {
+                    reserved.reserved = Some((db.clone(), expect.1));
+                    return Ok(Begin::Run(reserved));
+                }
+                Err(e) if e.code() == Code::Conflict => {}
+                Err(e) => return Err(e),
+            }
         }
+        Err(ApiError::new(
+            Code::InProgress,
+            "the same request is still in progress",
+        ))
     }
 }
 
@@ -195,6 +283,7 @@ impl Running<'_> {
     /// # Errors
     /// 500 if it cannot be serialised.
     pub fn keep(&self, status: u16, body: Value, now: i64) -> Result<Write, ApiError> {
+        self.kept.store(true, Ordering::Relaxed);
         db::put(&Kept {
             id: self.id.clone(),
             request: self.request.clone(),

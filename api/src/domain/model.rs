@@ -575,13 +575,17 @@ impl Record for Attestation {
     }
 }
 
-/// A used nonce (replay protection survives a restart). Id: `{time}:{scope}:{nonce}`.
+/// A used nonce (replay protection survives a restart and holds across nodes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Nonce {
-    /// Scope and nonce.
+    /// `{time:012}:{random}`: time first, so the oldest are found first; random after, so two
+    /// nodes taking the same nonce in the same second write two different rows and the
+    /// database's unique `key` refuses the second.
     pub id: String,
     /// Unix seconds when it was used.
     pub at: i64,
+    /// `{scope}:{nonce}`, unique in the store.
+    pub key: String,
 }
 
 impl Record for Nonce {

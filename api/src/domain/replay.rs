@@ -1,7 +1,15 @@
 //! Replay protection: a nonce is good once per scope (device or terminal) for ten minutes.
 //! Used nonces are kept in memory for the fast check and written to the store with the
-//! request's own write, so a restart does not reopen the window; at start the last ten
+//! request's own first write, so a restart does not reopen the window; at start the last ten
 //! minutes are loaded back.
+//!
+//! The memory of one node does not see the nonces another node took. What does is the store:
+//! each used nonce claims `{scope}:{nonce}` in the namespace `nonce` (a unique column), in
+//! the same commit as the request's first write, so of two nodes taking the same nonce exactly
+//! one commits and the other's request fails whole with 4013 before it has done anything a
+//! commit did not record (for a charge: before the processor hears of it). The claim lasts
+//! until the sweep deletes the row, a minute or so after the ten minutes: a nonce reused just
+//! after its window may still be refused, never one reused inside it accepted.
 //!
 //! The window holds ten minutes of traffic (six million nonces at 10,000 charges a second), so
 //! what it keeps per nonce is fixed and small: a 128-bit keyed digest of scope and nonce (two
@@ -23,6 +31,12 @@ pub const NONCE_TTL: i64 = 600;
 
 /// A used nonce in the window: the keyed digest of `scope:nonce`.
 type Slot = (u64, u64);
+
+/// The writes that make a nonce used in the store: the claim of its key, and its row.
+pub type NonceWrites = [Write; 2];
+
+/// The namespace of used nonces in the store (a conflict in it is 4013).
+pub const NAMESPACE: &str = "nonce";
 
 /// The used nonces.
 #[derive(Debug, Default)]
@@ -69,8 +83,7 @@ impl Replay {
             if now - n.at > NONCE_TTL {
                 return Ok(false);
             }
-            let key = n.id.split_once(':').map(|(_, k)| k).unwrap_or_default();
-            seen.insert(replay.slot(&[key.as_bytes()]), n.at);
+            seen.insert(replay.slot(&[n.key.as_bytes()]), n.at);
             Ok(true)
         })
         .await?;
@@ -92,11 +105,12 @@ impl Replay {
     }
 
     /// Marks a nonce used: 401/`4013` if it already was (a concurrent request won). Returns the
-    /// write that makes it durable, to be committed with the request's own writes.
+    /// writes that make it durable and unique in the store, to be committed with the request's
+    /// own first writes (their commit fails with 4013 if another node took it first).
     ///
     /// # Errors
-    /// 4013.
-    pub fn take(&self, scope: &str, nonce: &str, now: i64) -> Result<Write, ApiError> {
+    /// 4013; 500 if no random id can be drawn.
+    pub fn take(&self, scope: &str, nonce: &str, now: i64) -> Result<NonceWrites, ApiError> {
         let slot = self.slot_of(scope, nonce);
         let mut seen = self
             .seen
@@ -109,17 +123,22 @@ impl Replay {
         drop(seen);
         let key = format!("{scope}:{nonce}");
         // Stored under a time-first id: appended, not scattered (see `ids::time_ordered`).
-        db::put(&Nonce {
-            id: format!("{now:012}:{key}"),
-            at: now,
-        })
+        let id = format!("{now:012}:{}", crate::wire::ids::random_alnum(12)?);
+        Ok([
+            db::claim(NAMESPACE, &key, &id),
+            db::put(&Nonce { id, at: now, key })?,
+        ])
     }
 
-    /// Forgets what is older than ten minutes, in memory and in the store (every minute).
-    pub async fn sweep(&self, db: &Db, now: i64) {
+    /// Forgets in memory what is older than ten minutes (every node, every minute).
+    pub fn forget(&self, now: i64) {
         if let Ok(mut seen) = self.seen.lock() {
             seen.retain(|_, at| now - *at <= NONCE_TTL);
         }
+    }
+
+    /// Deletes from the store what is older than ten minutes (one node, every minute).
+    pub async fn sweep(&self, db: &Db, now: i64) {
         let cutoff = format!("{:012}", now - NONCE_TTL - 1);
         loop {
             let Ok(old) = db.scan_back::<Nonce>(Some(&cutoff), 1000).await else {
@@ -176,8 +195,8 @@ mod tests {
             crate::store::SqliteStore::temporary().unwrap(),
         ));
         let before = Replay::default();
-        let write = before.take("TID-000001", "nonce0000001", 1000).unwrap();
-        db.commit(vec![write], ApiError::new(Code::Conflict, "x"))
+        let writes = before.take("TID-000001", "nonce0000001", 1000).unwrap();
+        db.commit(writes.into(), ApiError::new(Code::Conflict, "x"))
             .await
             .unwrap();
         // Another process (new digest keys) finds it used; an old one has left the window.

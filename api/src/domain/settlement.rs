@@ -127,18 +127,27 @@ pub async fn settle(
         .await?;
     // Refunds and cancels hold their charge's lock across the processor call and the commit;
     // holding every candidate's lock, the batch sees (and writes) each charge's latest state.
-    let _charge_guards = engine.locks.lock_many(&candidates).await;
+    let _charge_guards = engine.locks.lock_many(&candidates).await?;
     let mut open = Vec::with_capacity(candidates.len());
+    let mut versions = std::collections::HashMap::with_capacity(candidates.len());
     for id in &candidates {
-        if let Some(c) = engine.db.get::<Charge>(id).await?.filter(settleable) {
+        if let Some((c, version)) = engine.db.get_versioned::<Charge>(id).await?
+            && settleable(&c)
+        {
+            versions.insert(c.charge_id.clone(), version);
             open.push(c);
         }
     }
     // A total beyond 12 digits cannot be written as money: the batch takes the oldest charges
     // that fit and says `has_more`; the next settlement takes the rest.
     let (open, total, left_from) = fill_batch(open);
-    let mut writes = Vec::with_capacity(open.len() + 1);
+    let mut writes = Vec::with_capacity(open.len() * 2 + 1);
     for c in &open {
+        // Written over the version read under the locks: should a lock have been lost (a
+        // node paused past its lease), the batch fails rather than settle a changed charge.
+        if let Some(v) = versions.get(&c.charge_id) {
+            writes.push(db::expect::<Charge>(&c.charge_id, *v));
+        }
         let mut c = c.clone();
         c.settled_at = Some(now);
         if c.status == ChargeStatus::Approved {

@@ -14,6 +14,7 @@ use crate::domain::charges::{self, CardInput, Charge, NewCharge};
 use crate::domain::idem::{self, Begin, Running};
 use crate::domain::model::{Device, DeviceStatus, KeySetRef, Merchant};
 use crate::domain::processor::{self, Pan, PinBlock};
+use crate::domain::replay::NonceWrites;
 use crate::error::{ApiError, Code};
 use crate::keyd::KeydError;
 use crate::pos::envelope::{self, Sealed};
@@ -34,7 +35,7 @@ struct Signed {
     set: KeySetRef,
     terminal_id: String,
     /// The nonce's durable record, committed with the request's writes (or alone).
-    nonce: Option<Write>,
+    nonce: Option<NonceWrites>,
     /// The opened envelope, for calls with a body.
     inner: Option<(Map<String, Value>, Vec<u8>)>,
 }
@@ -235,7 +236,7 @@ async fn commit_nonce(app: &Terminals<'_>, signed: &mut Signed) {
     if let Some(w) = signed.nonce.take() {
         let _ = app
             .db
-            .commit(vec![w], ApiError::new(Code::Conflict, "nonce"))
+            .commit(w.into(), ApiError::new(Code::Conflict, "nonce"))
             .await;
     }
 }
@@ -312,12 +313,12 @@ where
 /// Keeps a final error under the key (with the nonce) and passes it on.
 async fn fail(
     app: &Terminals<'_>,
-    nonce: Option<Write>,
+    nonce: Option<NonceWrites>,
     running: Option<&Running<'_>>,
     e: ApiError,
     now: i64,
 ) -> (Option<Write>, Result<Value, ApiError>) {
-    let mut writes: Vec<Write> = nonce.into_iter().collect();
+    let mut writes: Vec<Write> = nonce.into_iter().flatten().collect();
     if let Some(r) = running.filter(|_| idem::is_final(&e))
         && let Ok(w) = r.keep_error(&e, now)
     {
@@ -346,7 +347,7 @@ pub async fn create(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiEr
         let result = charges::create(
             app.charges,
             new,
-            nonce.into_iter().collect(),
+            nonce.into_iter().flatten().collect(),
             running.as_ref(),
             call.now,
         )
@@ -589,7 +590,7 @@ pub async fn refund(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiEr
             &charge.charge_id,
             amount,
             reason,
-            nonce.into_iter().collect(),
+            nonce.into_iter().flatten().collect(),
             running.as_ref(),
             call.now,
         )
@@ -613,7 +614,7 @@ pub async fn cancel(app: &Terminals<'_>, call: &Call<'_>, verb: &str) -> Result<
         let result = charges::cancel(
             app.charges,
             &charge.charge_id,
-            nonce.into_iter().collect(),
+            nonce.into_iter().flatten().collect(),
             running.as_ref(),
             call.now,
         )

@@ -43,9 +43,14 @@ fn unavailable(e: &StoreError) -> ApiError {
     ApiError::new(Code::Unavailable, "storage unavailable")
 }
 
-/// Maps a store error to the wire: a conflict becomes `conflict`, the rest 503/`5030`.
+/// Maps a store error to the wire: a conflict becomes `conflict`, the rest 503/`5030`; except
+/// a nonce another node took first, which is 401/`4013` whatever the batch was for (the nonce
+/// rides in the first commit of every signed request).
 pub fn store_error(e: &StoreError, conflict: ApiError) -> ApiError {
     match e {
+        StoreError::Conflict(ns) if ns == crate::domain::replay::NAMESPACE => {
+            ApiError::new(Code::NonceReused, "nonce already used")
+        }
         StoreError::Conflict(_) => conflict,
         StoreError::Unavailable(_) => unavailable(e),
     }

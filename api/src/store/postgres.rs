@@ -63,6 +63,7 @@ use sql::Statements;
 pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_typed_tables.sql"),
     include_str!("../../migrations/postgres/0002_acquirer_link.sql"),
+    include_str!("../../migrations/postgres/0003_several_nodes.sql"),
 ];
 
 /// How often a batch that PostgreSQL rolled back for a deadlock or a serialisation failure is
@@ -124,7 +125,7 @@ pub struct PgStore {
     target: String,
     runtime: tokio::runtime::Handle,
     /// The session holding the process lock, when exclusive (closing it releases the lock).
-    _holder: Option<tokio_postgres::Client>,
+    holder: Option<tokio_postgres::Client>,
 }
 
 impl fmt::Debug for PgStore {
@@ -296,7 +297,7 @@ impl PgStore {
             pool,
             target,
             runtime: tokio::runtime::Handle::current(),
-            _holder: holder,
+            holder,
         })
     }
 }
@@ -582,5 +583,9 @@ impl Store for PgStore {
     fn check(&self) -> Read<()> {
         let pool = self.pool.clone();
         Box::pin(async move { query(&pool, "SELECT 1", &[]).await.map(drop) })
+    }
+
+    fn shared(&self) -> bool {
+        self.holder.is_none()
     }
 }

@@ -52,7 +52,8 @@ pub(crate) struct Table {
 
 use Ty::{Bool, Int, Json, Money, Text};
 
-/// Every record kind and its table (schema: `0002_typed_tables.sql`, `0003_acquirer_link.sql`).
+/// Every record kind and its table (schema: `0002_typed_tables.sql`, `0003_acquirer_link.sql`,
+/// `0004_several_nodes.sql`).
 pub(crate) static TABLES: &[Table] = &[
     Table {
         kind: "reseller",
@@ -207,7 +208,7 @@ pub(crate) static TABLES: &[Table] = &[
         kind: "nonce",
         name: "nonces",
         key: "id",
-        cols: &[("at", Int)],
+        cols: &[("at", Int), ("key", Text)],
     },
     Table {
         kind: "charge",
@@ -281,7 +282,13 @@ pub(crate) static TABLES: &[Table] = &[
         kind: "boot",
         name: "boots",
         key: "id",
-        cols: &[("started_at", Int), ("checkpoint", Int)],
+        cols: &[("started_at", Int), ("checkpoint", Int), ("seen_at", Int)],
+    },
+    Table {
+        kind: "lease",
+        name: "leases",
+        key: "name",
+        cols: &[("holder", Text), ("expires_at", Int)],
     },
     Table {
         kind: "reversal",
@@ -402,6 +409,12 @@ pub(crate) static UNIQUES: &[Unique] = &[
         owner: "SELECT device_id FROM terminal_ids WHERE terminal_id = ?1",
         insert: Some("INSERT INTO terminal_ids (terminal_id, device_id) VALUES (?1, ?2)"),
         delete: Some("DELETE FROM terminal_ids WHERE terminal_id = ?1"),
+    },
+    Unique {
+        ns: "nonce",
+        owner: "SELECT id FROM nonces WHERE key = ?1",
+        insert: None,
+        delete: None,
     },
     Unique {
         ns: "user_sub",

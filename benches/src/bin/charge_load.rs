@@ -5,6 +5,10 @@
 //! (`--database postgres`: the API on a throw-away PostgreSQL cluster on loopback, with
 //! PostgreSQL's durable defaults, instead of a SQLite file).
 //!
+//! `--nodes 2` runs a second API node on the same PostgreSQL database and spreads the
+//! connections over both; `--extra-devices 1000000` writes that many more devices into it
+//! first, for the cost of a large store.
+//!
 //! With `--processor iso8583` the API's processor is the ISO 8583 acquirer link (spec 12),
 //! pointed at an `acqsim` acquirer host started inside this driver on a loopback port (with
 //! `--processor-latency-ms` as its answer latency), keyd holding the published test ZAK and ZPK
@@ -75,6 +79,40 @@ struct Args {
     /// over the ISO 8583 link, in this process).
     #[arg(long, default_value = "simulator")]
     processor: String,
+    /// API nodes on the one database (more than one needs `--database postgres`); the
+    /// connections are spread over them round-robin, as a load balancer would.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Devices (with terminal ids) written straight into the PostgreSQL store before the run,
+    /// besides the activated terminals: the cost of a large store (`--database postgres`).
+    #[arg(long, default_value_t = 0)]
+    extra_devices: u64,
+}
+
+/// Writes `n` activated-looking devices of a merchant of their own into the `api` database in
+/// one statement per table (`generate_series`), then refreshes the planner's statistics.
+fn bulk_devices(cluster: &pgcluster::Cluster, n: u64) {
+    let started = Instant::now();
+    let sql = format!(
+        "INSERT INTO devices (device_id, version, merchant_id, model, serial, zone, status, \
+           terminal_id, identity_key_id, identity_kcv, rotate_keys, auth_epoch, pairing_issued, \
+           created_at, updated_at, activated_at) \
+         SELECT 'POS-' || upper(lpad(to_hex(268435456 + g), 8, '0')), 1, 'm_bulk', 'bulk', \
+           'BULK-' || g, 'z1', 'activated', 'BULK-' || g, 'idk-bulk-' || g, 'ABCD', false, 0, '[]', \
+           0, 0, 0 FROM generate_series(1, {n}) AS g; \
+         INSERT INTO device_ids (device_id, merchant_id) \
+           SELECT 'POS-' || upper(lpad(to_hex(268435456 + g), 8, '0')), 'm_bulk' \
+           FROM generate_series(1, {n}) AS g; \
+         INSERT INTO terminal_ids (terminal_id, device_id) \
+           SELECT 'BULK-' || g, 'POS-' || upper(lpad(to_hex(268435456 + g), 8, '0')) \
+           FROM generate_series(1, {n}) AS g; \
+         ANALYZE;"
+    );
+    cluster.psql("api", &sql).unwrap();
+    println!(
+        "charge-load: {n} more devices written in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -129,6 +167,10 @@ fn main() {
         }
         other => panic!("--processor is simulator or iso8583, not {other}"),
     };
+    assert!(
+        args.nodes >= 1 && (args.nodes == 1 || cluster.is_some()),
+        "--nodes above 1 needs --database postgres"
+    );
     let api = ApiProcess::start_on(
         &sibling("api"),
         keyd.socket(),
@@ -137,6 +179,17 @@ fn main() {
         &format!("\n[processor]\n{processor}"),
     )
     .unwrap();
+    let others: Vec<ApiProcess> = (1..args.nodes)
+        .map(|_| api.another_node().unwrap())
+        .collect();
+    if args.extra_devices > 0 {
+        bulk_devices(
+            cluster
+                .as_ref()
+                .expect("--extra-devices needs --database postgres"),
+            args.extra_devices,
+        );
+    }
     let http = api.client();
     let admin = api.token("load", "platform_admin").unwrap();
     let call = |method: &str, path: &str, body: Option<&Value>| -> Value {
@@ -169,7 +222,7 @@ fn main() {
     )
     .unwrap();
     println!(
-        "charge-load: {} terminals activated in {:.1} s; {} connections, {} s, rate {}, processor {} latency {} ms, keyd placement {}, database {}",
+        "charge-load: {} terminals activated in {:.1} s; {} connections, {} s, rate {}, processor {} latency {} ms, keyd placement {}, database {}, {} API node(s)",
         args.terminals,
         setup.elapsed().as_secs_f64(),
         args.connections,
@@ -187,9 +240,13 @@ fn main() {
         } else {
             "sqlite".to_owned()
         },
+        args.nodes,
     );
-    let mut report = e2e::load::run(
-        api.port(),
+    let ports: Vec<u16> = std::iter::once(api.port())
+        .chain(others.iter().map(ApiProcess::port))
+        .collect();
+    let mut report = e2e::load::run_on(
+        &ports,
         &terminals,
         &e2e::load::Options {
             connections: args.connections,

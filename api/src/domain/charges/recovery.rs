@@ -5,26 +5,36 @@
 //! can leave it pending: the process dies in between, or the request is dropped with its
 //! connection. Each start of the process (a [`Boot`]) keeps, in memory, the charges it is
 //! making ([`InFlight`]) and those whose request ended without an outcome (orphans); and, in
-//! the store, a *checkpoint*: a time before which every charge this start made has its outcome.
-//! The checkpoint is written when the process starts and every recovery round (5 s), so a
-//! charge costs nothing extra on the hot path (an earlier design wrote and deleted a marker row
-//! per charge: about 15 % of the whole-charge throughput).
+//! the store, a *checkpoint*: a time before which every charge this start made has its outcome,
+//! with the time it last wrote it (`seen_at`). The checkpoint is written when the process
+//! starts and every recovery round (5 s), so a charge costs nothing extra on the hot path (an
+//! earlier design wrote and deleted a marker row per charge: about 15 % of the whole-charge
+//! throughput).
 //!
 //! A recovery round:
 //! 1. resolves this process's orphans;
-//! 2. for every other start's record (one API process per store, which the store's lock file
-//!    enforces, so those processes are gone), scans the charges made since its checkpoint
-//!    (newest first, by time-ordered id, down to the checkpoint less a margin) and resolves
-//!    every pending one that this process is not making; then drops the record;
+//! 2. when asked to look at the others (one node at a time does: the caller holds the
+//!    `recovery` lease), scans the charges made since the oldest checkpoint of every other
+//!    start (newest first, by time-ordered id, down to the checkpoint less a margin) and
+//!    resolves every pending one that this process is not making and that no live request can
+//!    still be making; then drops the records of the starts that are gone;
 //! 3. writes this process's checkpoint.
+//!
+//! Which pending charges may be another live request's: on a store of its own (SQLite, under
+//! its lock file) none — every other start is a process that is gone. On a store shared by
+//! several nodes, any charge younger than the processor deadline and [`OUTLIVE`], since the
+//! charge's node may be alive and still waiting for its processor; older ones are resolved
+//! whoever made them. A start whose `seen_at` is older than [`GONE_AFTER`] is a node that
+//! died (or was stopped), and its record is dropped once its charges are resolved. So a
+//! charge lost with its node is failed within the deadline, the margin and a round or two.
 //!
 //! Resolving a charge: ask the processor to void whatever it may have authorised (a void of
 //! something it never saw is harmless), then store the charge `failed` if it is still pending
-//! (a read-check-write against the stored bytes). A late outcome cannot overwrite recovery
-//! because recovery never resolves a charge whose request may still run: not one this process
-//! is making, and no other process shares the store. If the processor cannot be reached, the
-//! charge stays pending and the next round tries again; every step can be interrupted and
-//! rerun.
+//! (a read-check-write against the stored version). A late outcome cannot overwrite recovery:
+//! on one node because recovery never resolves a charge whose request may still run; with
+//! several, because the outcome is written only over the pending charge as first written
+//! (`charges::create`). If the processor cannot be reached, the charge stays pending and the
+//! next round tries again; every step can be interrupted and rerun, by any node.
 //!
 //! Pending charges older than this design (no start record covers them) are found once per
 //! store by a full scan.
@@ -41,6 +51,14 @@ use crate::store::db::{self, Record};
 
 /// Seconds scanned before a checkpoint (clock steps, second granularity).
 const MARGIN: i64 = 10;
+
+/// With several nodes: how long past the processor deadline a pending charge may still be
+/// another node's live request (its last commit, clocks a few seconds apart).
+pub const OUTLIVE: i64 = 30;
+
+/// With several nodes: a start that has not written its checkpoint for this long is gone
+/// (rounds are every 5 s).
+pub const GONE_AFTER: i64 = 60;
 
 /// One start of the API process.
 #[derive(Debug, Clone)]
@@ -61,6 +79,8 @@ pub struct BootRecord {
     pub started_at: i64,
     /// Unix seconds (see the type).
     pub checkpoint: i64,
+    /// Unix seconds: when the start last wrote its checkpoint.
+    pub seen_at: i64,
 }
 
 impl Record for BootRecord {
@@ -167,6 +187,7 @@ async fn checkpoint(engine: &Engine, now: i64) -> Result<(), ApiError> {
         id: engine.boot.id.clone(),
         started_at: engine.boot.started_at,
         checkpoint: engine.in_flight.checkpoint(now),
+        seen_at: now,
     };
     engine
         .db
@@ -177,11 +198,12 @@ async fn checkpoint(engine: &Engine, now: i64) -> Result<(), ApiError> {
         .await
 }
 
-/// One round; returns how many charges it resolved.
+/// One round; returns how many charges it resolved. `others`: look at other starts' charges
+/// too (the caller holds the `recovery` lease, or the store is its own).
 ///
 /// # Errors
 /// 503 if the store cannot be read or written.
-pub async fn recover(engine: &Engine, now: i64) -> Result<usize, ApiError> {
+pub async fn recover(engine: &Engine, now: i64, others: bool) -> Result<usize, ApiError> {
     let mut resolved = 0;
     for id in engine.in_flight.orphans() {
         match resolve(engine, &id).await? {
@@ -191,8 +213,26 @@ pub async fn recover(engine: &Engine, now: i64) -> Result<usize, ApiError> {
         }
         engine.in_flight.forget(&id);
     }
+    if others {
+        resolved += recover_others(engine, now).await?;
+    }
+    checkpoint(engine, now).await?;
+    Ok(resolved)
+}
+
+/// Step 2 of a round (see the module docs).
+async fn recover_others(engine: &Engine, now: i64) -> Result<usize, ApiError> {
+    let shared = engine.db.store().shared();
+    // Only charges no live request can still be making: all of them on a store of its own.
+    let made_before = if shared {
+        let deadline = i64::try_from(processor_deadline(engine).as_secs()).unwrap_or(i64::MAX / 4);
+        now - deadline - OUTLIVE
+    } else {
+        i64::MAX
+    };
+    let mut resolved = 0;
     if !legacy_done(engine).await? {
-        let (n, complete) = resolve_since(engine, None).await?;
+        let (n, complete) = resolve_since(engine, None, made_before).await?;
         resolved += n;
         if complete {
             engine
@@ -215,20 +255,22 @@ pub async fn recover(engine: &Engine, now: i64) -> Result<usize, ApiError> {
         })
         .await?;
     if let Some(from) = others.iter().map(|b| b.checkpoint).min() {
-        let (n, complete) = resolve_since(engine, Some(from - MARGIN)).await?;
+        let (n, complete) = resolve_since(engine, Some(from - MARGIN), made_before).await?;
         resolved += n;
-        if complete {
-            let gone = others
-                .iter()
-                .map(|b| db::delete::<BootRecord>(&b.id))
-                .collect();
+        // A start that is gone has no charge younger than its last round: once the scan has
+        // covered up to that round, its record can go.
+        let gone: Vec<_> = others
+            .iter()
+            .filter(|b| !shared || (b.seen_at < now - GONE_AFTER && b.seen_at < made_before))
+            .map(|b| db::delete::<BootRecord>(&b.id))
+            .collect();
+        if complete && !gone.is_empty() {
             engine
                 .db
                 .commit(gone, ApiError::new(Code::Conflict, "boots"))
                 .await?;
         }
     }
-    checkpoint(engine, now).await?;
     Ok(resolved)
 }
 
@@ -238,9 +280,14 @@ async fn legacy_done(engine: &Engine) -> Result<bool, ApiError> {
     Ok(engine.db.owner(LEGACY.0, LEGACY.1).await?.is_some())
 }
 
-/// Resolves every pending charge made since `from` (all, for `None`) that this process is not
-/// making; returns how many it resolved and whether none is left to retry.
-async fn resolve_since(engine: &Engine, from: Option<i64>) -> Result<(usize, bool), ApiError> {
+/// Resolves every pending charge made since `from` (all, for `None`) and before
+/// `made_before` that this process is not making; returns how many it resolved and whether
+/// none is left to retry.
+async fn resolve_since(
+    engine: &Engine,
+    from: Option<i64>,
+    made_before: i64,
+) -> Result<(usize, bool), ApiError> {
     let mut pending = Vec::new();
     engine
         .db
@@ -248,7 +295,10 @@ async fn resolve_since(engine: &Engine, from: Option<i64>) -> Result<(usize, boo
             if from.is_some_and(|f| c.created_at < f) {
                 return Ok(false);
             }
-            if c.status == ChargeStatus::Pending && !engine.in_flight.is_making(&c.charge_id) {
+            if c.status == ChargeStatus::Pending
+                && c.created_at < made_before
+                && !engine.in_flight.is_making(&c.charge_id)
+            {
                 pending.push(c.charge_id);
             }
             Ok(true)
@@ -329,7 +379,7 @@ pub async fn cancel_reversed(
     locks: &crate::domain::locks::Locks,
     charge_id: &str,
 ) -> Result<(), ApiError> {
-    let _guard = locks.lock(charge_id).await;
+    let _guard = locks.lock(charge_id).await?;
     let Some(charge) = db.get::<Charge>(charge_id).await? else {
         return Ok(());
     };
