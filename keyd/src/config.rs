@@ -15,8 +15,17 @@ use crate::Error;
 pub struct Config {
     /// Path of the Unix socket. Its directory is created 0750 if missing; the socket is 0660.
     pub socket: PathBuf,
-    /// Path of the SQLite key store.
-    pub store: PathBuf,
+    /// Path of the SQLite key store (one machine). Exactly one of `store` and `[database]`.
+    #[serde(default)]
+    pub store: Option<PathBuf>,
+    /// The PostgreSQL key store shared by several keyd nodes.
+    #[serde(default)]
+    pub database: Option<DatabaseConfig>,
+    /// How often `serve` reads the store's state version (milliseconds) and empties its
+    /// working-key cache when it moved: the bound within which a disable, destroy, revocation
+    /// or rotation made by another process or node stops a key here. 50 to 60000.
+    #[serde(default = "default_state_poll_ms")]
+    pub state_poll_ms: u64,
     /// Where working keys live for the hot path: `memory` (in keyd, zeroized, bounded cache)
     /// or `token` (session objects in the HSM). A compliance decision, so it has no default.
     pub placement: Placement,
@@ -61,6 +70,10 @@ const fn default_fingerprint_rate() -> u32 {
     crate::service::DEFAULT_FINGERPRINT_RATE
 }
 
+const fn default_state_poll_ms() -> u64 {
+    1000
+}
+
 const fn default_max_connections() -> usize {
     256
 }
@@ -75,6 +88,29 @@ const fn default_grace() -> u64 {
 
 const fn default_cache() -> usize {
     100_000
+}
+
+/// The PostgreSQL key store (`[database]`): the password never here, TLS to the server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user@host:port/db` or libpq's `key=value` form; a password in it is refused.
+    pub url: String,
+    /// File holding the password (mode 0600 or stricter).
+    pub password_file: Option<PathBuf>,
+    /// Or: environment variable holding the password.
+    pub password_env: Option<String>,
+    /// TLS with the server's certificate checked against this CA (PEM) and its name
+    /// (`verify-full`). Without it TLS is off, which is refused unless every host is loopback
+    /// or a Unix socket.
+    pub ca_file: Option<PathBuf>,
+    /// Connections in the pool.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+const fn default_pool_size() -> usize {
+    8
 }
 
 /// Working-key placement.
@@ -180,6 +216,33 @@ impl Config {
 
     fn check(&self) -> Result<(), Error> {
         self.officers.check()?;
+        match (&self.store, &self.database) {
+            (Some(_), None) => {}
+            (None, Some(db)) => {
+                if db.password_file.is_some() && db.password_env.is_some() {
+                    return Err(Error::Config(
+                        "give at most one of database.password_file and database.password_env"
+                            .into(),
+                    ));
+                }
+                if db.pool_size == 0 || db.pool_size > 256 {
+                    return Err(Error::Config("database.pool_size must be 1 to 256".into()));
+                }
+                if self.audit_log.is_none() {
+                    return Err(Error::Config(
+                        "with [database], name this node's own audit_log file".into(),
+                    ));
+                }
+            }
+            _ => {
+                return Err(Error::Config(
+                    "give exactly one of store (SQLite) and [database] (PostgreSQL)".into(),
+                ));
+            }
+        }
+        if !(50..=60_000).contains(&self.state_poll_ms) {
+            return Err(Error::Config("state_poll_ms must be 50 to 60000".into()));
+        }
         if self.hsm.sessions == 0 || self.hsm.sessions > 64 {
             return Err(Error::Config("hsm.sessions must be 1 to 64".into()));
         }
@@ -217,19 +280,7 @@ impl Config {
     /// [`Error::Config`] if it cannot be read, or the file is readable by others.
     pub fn user_pin(&self) -> Result<Zeroizing<String>, Error> {
         if let Some(path) = &self.hsm.pin_file {
-            let meta = std::fs::metadata(path)
-                .map_err(|e| Error::Config(format!("hsm.pin_file {}: {e}", path.display())))?;
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(Error::Config(format!(
-                    "hsm.pin_file {} is readable by group or others; chmod 600 it",
-                    path.display()
-                )));
-            }
-            let pin = Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| Error::Config(format!("hsm.pin_file {}: {e}", path.display())))?,
-            );
-            return Ok(Zeroizing::new(pin.trim().to_owned()));
+            return read_private(path, "hsm.pin_file");
         }
         if let Some(var) = &self.hsm.pin_env {
             return std::env::var(var)
@@ -243,11 +294,37 @@ impl Config {
         Err(Error::Config("no PIN source".into()))
     }
 
-    /// Where the audit log is.
+    /// Where the audit log is (with `[database]` the config names it; see `check`).
     pub fn audit_path(&self) -> PathBuf {
-        self.audit_log
-            .clone()
-            .unwrap_or_else(|| self.store.with_extension("audit.log"))
+        match (&self.audit_log, &self.store) {
+            (Some(path), _) => path.clone(),
+            (None, Some(store)) => store.with_extension("audit.log"),
+            (None, None) => PathBuf::from("keyd.audit.log"),
+        }
+    }
+
+    /// The database password, from the file or the environment (none: the server trusts the
+    /// connection, e.g. a Unix socket with peer authentication).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if it cannot be read, or the file is readable by others.
+    pub fn database_password(&self) -> Result<Option<Zeroizing<String>>, Error> {
+        let Some(db) = &self.database else {
+            return Ok(None);
+        };
+        if let Some(path) = &db.password_file {
+            return read_private(path, "database.password_file").map(Some);
+        }
+        if let Some(var) = &db.password_env {
+            return std::env::var(var)
+                .map(|v| Some(Zeroizing::new(v.trim().to_owned())))
+                .map_err(|_| {
+                    Error::Config(format!(
+                        "environment variable {var} (database.password_env) is not set"
+                    ))
+                });
+        }
+        Ok(None)
     }
 
     /// The groups a peer may call: the union of the rules naming its uid or gid, with Hello and
@@ -269,6 +346,23 @@ impl Config {
             .flat_map(|r| r.groups.iter())
             .fold(Group::Session.bit(), |acc, g| acc | g.group().bit())
     }
+}
+
+/// A secret's file, refused when group or others may read it; trimmed.
+fn read_private(path: &Path, setting: &str) -> Result<Zeroizing<String>, Error> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::Config(format!("{setting} {}: {e}", path.display())))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(Error::Config(format!(
+            "{setting} {} is readable by group or others; chmod 600 it",
+            path.display()
+        )));
+    }
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{setting} {}: {e}", path.display())))?,
+    );
+    Ok(Zeroizing::new(text.trim().to_owned()))
 }
 
 #[cfg(test)]
@@ -314,6 +408,24 @@ groups = ["admin"]
     }
 
     #[test]
+    fn a_database_instead_of_a_file() {
+        let text = GOOD.replace(
+            "store = \"/tmp/keys.db\"",
+            "audit_log = \"/var/lib/keyd/node1.audit.log\"\nstate_poll_ms = 250",
+        ) + "\n[database]\nurl = \"postgres://keyd@db.example/keys\"\npassword_env = \"KEYD_DB_PASSWORD\"\nca_file = \"/etc/keyd/db-ca.pem\"\n";
+        let c = Config::parse(&text).unwrap();
+        let db = c.database.as_ref().unwrap();
+        assert_eq!(db.pool_size, 8);
+        assert_eq!(c.state_poll_ms, 250);
+        assert!(c.store.is_none());
+        assert_eq!(
+            c.audit_path(),
+            PathBuf::from("/var/lib/keyd/node1.audit.log")
+        );
+        assert_eq!(Config::parse(GOOD).unwrap().state_poll_ms, 1000);
+    }
+
+    #[test]
     fn the_shipped_example_parses() {
         let text = include_str!("../keyd.example.toml");
         Config::parse(text).unwrap();
@@ -333,6 +445,36 @@ groups = ["admin"]
                 "exactly one of uid",
             ),
             (format!("{GOOD}\nbogus = 1"), "unknown field"),
+            (
+                GOOD.replace("store = \"/tmp/keys.db\"", ""),
+                "exactly one of store",
+            ),
+            (
+                format!("{GOOD}\n[database]\nurl = \"postgres://k@db/keys\""),
+                "exactly one of store",
+            ),
+            (
+                GOOD.replace(
+                    "placement = \"memory\"",
+                    "placement = \"memory\"\nstate_poll_ms = 10",
+                ),
+                "state_poll_ms",
+            ),
+            (
+                GOOD.replace("store = \"/tmp/keys.db\"", "")
+                    + "\n[database]\nurl = \"postgres://k@db/keys\"",
+                "own audit_log",
+            ),
+            (
+                GOOD.replace("store = \"/tmp/keys.db\"", "audit_log = \"/tmp/a.log\"")
+                    + "\n[database]\nurl = \"postgres://k@db/keys\"\npassword = \"x\"",
+                "unknown field",
+            ),
+            (
+                GOOD.replace("store = \"/tmp/keys.db\"", "audit_log = \"/tmp/a.log\"")
+                    + "\n[database]\nurl = \"postgres://k@db/keys\"\npassword_file = \"/a\"\npassword_env = \"B\"",
+                "at most one",
+            ),
         ];
         for (text, why) in cases {
             let err = Config::parse(&text).unwrap_err().to_string();

@@ -143,6 +143,26 @@ impl KeyKind {
     }
 }
 
+/// The header a zone's ZMK is stored under in the key store (sealed under the LMK, so every
+/// keyd node on a shared store can load it into its own token): a KBPK for both wrapping
+/// and unwrapping, never exported, the zone bound in `LB`.
+///
+/// # Errors
+/// [`Error::Tr31`] for a zone name `LB` cannot hold (never for a valid zone).
+pub(crate) fn zmk_storage_header(zone: &str) -> Result<Header, Error> {
+    let mut h = Header::new(
+        Version::D,
+        KeyUsage::KBPK,
+        Algorithm::AES,
+        ModeOfUse::BOTH_ENCRYPT_DECRYPT,
+        Exportability::NON_EXPORTABLE,
+    );
+    h.key_context = KeyContext::STORAGE;
+    h.optional_blocks
+        .push(OptionalBlock::new(BlockId::LB, &format!("zmk-{zone}"))?);
+    Ok(h)
+}
+
 /// The three-byte check value the platform shows: AES-CMAC form for AES keys, HMAC form for
 /// HMAC keys (contract section 6).
 pub(crate) fn kcv(kind: KeyKind, key: &[u8]) -> [u8; 3] {

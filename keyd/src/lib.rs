@@ -28,7 +28,7 @@ mod store;
 
 use std::sync::Arc;
 
-pub use config::{Backend, Config, Placement};
+pub use config::{Backend, Config, DatabaseConfig, Placement};
 pub use dispatch::handle;
 pub use error::Error;
 pub use hsm::{Hsm, SoftwareHsm, TokenKey, TokenKind};
@@ -39,7 +39,7 @@ pub use server::{bind, serve};
 pub use service::Service;
 pub use store::{
     AdminStore, Approval, KeyState, KeyStore, ListQuery, Listed, LoginGate, MemoryStore,
-    OfficerRecord, SqliteStore,
+    OfficerRecord, PgKeyStore, PgOptions, SqliteStore, ZoneRecord,
 };
 
 /// A check value as operators read and compare it: six upper-case hex digits.
@@ -114,10 +114,28 @@ pub fn open_hsm(config: &Config) -> Result<Arc<dyn Hsm>, Error> {
     }
 }
 
+/// Opens the key store the config names: the SQLite file (`store`) or the PostgreSQL database
+/// (`[database]`) that several keyd nodes share.
+///
+/// # Errors
+/// As [`SqliteStore::open`] and [`PgKeyStore::open`]; [`Error::Config`] for the password.
+pub fn open_store(config: &Config) -> Result<Arc<dyn KeyStore>, Error> {
+    match (&config.database, &config.store) {
+        (Some(db), _) => Ok(Arc::new(PgKeyStore::open(&PgOptions {
+            url: db.url.clone(),
+            password: config.database_password()?,
+            ca_file: db.ca_file.clone(),
+            pool_size: db.pool_size,
+        })?)),
+        (None, Some(path)) => Ok(Arc::new(SqliteStore::open(path)?)),
+        (None, None) => Err(Error::Config("no key store configured".into())),
+    }
+}
+
 /// Builds the service from the config: HSM, store, cache.
 ///
 /// # Errors
-/// As [`open_hsm`], [`SqliteStore::open`] and [`Service::new`].
+/// As [`open_hsm`], [`open_store`] and [`Service::new`].
 pub fn open_service(config: &Config) -> Result<Arc<Service>, Error> {
     service_on(config, open_hsm(config)?)
 }
@@ -126,9 +144,9 @@ pub fn open_service(config: &Config) -> Result<Arc<Service>, Error> {
 /// created the LMK itself).
 ///
 /// # Errors
-/// As [`SqliteStore::open`] and [`Service::new`].
+/// As [`open_store`] and [`Service::new`].
 pub fn service_on(config: &Config, hsm: Arc<dyn Hsm>) -> Result<Arc<Service>, Error> {
-    let store: Arc<dyn KeyStore> = Arc::new(SqliteStore::open(&config.store)?);
+    let store = open_store(config)?;
     let service = Service::new(
         hsm,
         store,

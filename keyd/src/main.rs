@@ -768,7 +768,9 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
         }
         Command::Serve => {
             // The socket is made 0660 by `bind`; the PIN file is checked with the config.
-            keyd::harden::not_world_accessible(&config.store)?;
+            if let Some(store) = &config.store {
+                keyd::harden::not_world_accessible(store)?;
+            }
             keyd::harden::not_world_accessible(&config.audit_path())?;
             keyd::selftest::run()?;
             tracing::info!(tests = ?keyd::selftest::NAMES, "known-answer self-tests passed");
@@ -891,8 +893,7 @@ fn init(
     // A key store restored on a standby site brings its officers (their credentials are
     // peppered by the same LMK, formed again from the same components).
     let existing: Vec<String> = {
-        use keyd::AdminStore;
-        keyd::SqliteStore::open(&config.store)?
+        keyd::open_store(config)?
             .officers()?
             .into_iter()
             .map(|o| o.name)

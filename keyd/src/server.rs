@@ -57,7 +57,11 @@ pub async fn serve(
     // bytes.
     let hsm_worker = (service.placement() == Placement::Token)
         .then(|| spawn_hsm_worker(Arc::clone(&service), Arc::clone(&audit)));
-    let keeper = tokio::spawn(housekeeping(Arc::clone(&service), Arc::clone(&audit)));
+    let keeper = tokio::spawn(housekeeping(
+        Arc::clone(&service),
+        Arc::clone(&audit),
+        std::time::Duration::from_millis(config.state_poll_ms),
+    ));
     let places = Arc::new(tokio::sync::Semaphore::new(
         netlimits::fit_to_fd_limit(config.max_connections, RESERVED_FDS).max(1),
     ));
@@ -102,11 +106,12 @@ pub async fn serve(
     keeper.abort();
 }
 
-/// Runs [`Service::housekeeping`] every second: key states changed by officers' commands in
-/// other processes reach the working-key cache, and keys whose restore window ended are erased,
-/// each erasure on the audit log.
-async fn housekeeping(service: Arc<Service>, audit: Arc<Audit>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+/// Runs [`Service::housekeeping`] every `every` (`state_poll_ms`, a second by default): key
+/// states, revocations and rotations changed by other processes or other keyd nodes on a shared
+/// store reach the working-key cache, and keys whose restore window ended are erased, each
+/// erasure on the audit log (of the one node that erased it).
+async fn housekeeping(service: Arc<Service>, audit: Arc<Audit>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;

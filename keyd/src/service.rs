@@ -17,7 +17,7 @@ use crate::config::Placement;
 use crate::hsm::{Hsm, Lmk, Memo, TokenKey, TokenKind, Zmk};
 use crate::keys::{self, KeyKind};
 use crate::officers::{Action, Officers, Policy};
-use crate::store::{DeviceRecord, ImportedRecord, KeyRecord, KeyState, KeyStore};
+use crate::store::{DeviceRecord, ImportedRecord, KeyRecord, KeyState, KeyStore, ZoneRecord};
 use crate::{Error, crypto};
 
 /// A clear working key held for the hot path.
@@ -493,11 +493,32 @@ impl Service {
         if self.hsm.zones().contains(&req.zone) {
             return Err(Error::Conflict("the zone has a ZMK"));
         }
+        let kcv = keys::kcv(KeyKind::Tmk, req.key.expose());
+        // A zone already in the key store (formed through another node, or a store restored on
+        // a standby site) may be formed again into this token only with the same ZMK.
+        let stored = self.store.zone(&req.zone)?;
+        if stored.as_ref().is_some_and(|z| z.kcv != kcv) {
+            return Err(Error::Conflict(
+                "the zone has another ZMK in the key store (compare the KCVs)",
+            ));
+        }
         self.officers.require(Action::ZmkForm, &req.zone)?;
+        if stored.is_none() {
+            // Sealed under the LMK for every other node on the store; first, so that of two
+            // nodes forming one zone at once exactly one succeeds.
+            let header = keys::zmk_storage_header(&req.zone)?;
+            let key = tr31::Key::new(req.key.expose())?;
+            self.store.insert_zone(&ZoneRecord {
+                zone: req.zone.clone(),
+                kcv,
+                block: seal_random(&Lmk(&*self.hsm), &header, &key)?,
+                created_at: now(),
+            })?;
+        }
         self.hsm.import_zmk(&req.zone, req.key.expose())?;
         Ok(m::ZoneInfo {
             zone: req.zone.clone(),
-            kcv: keys::kcv(KeyKind::Tmk, req.key.expose()),
+            kcv,
         })
     }
 
@@ -966,14 +987,54 @@ impl Service {
     // ----- internals --------------------------------------------------------------------
 
     /// A zone's ZMK as a KBPK, if the zone has one.
+    ///
+    /// A zone formed through another keyd node on the same store is loaded into this node's
+    /// token on first use: its ZMK, sealed under the LMK in the store, is opened here (the LMK
+    /// is the same in every node's token) and imported as a non-extractable token object.
     fn zmk<'a>(&'a self, zone: &'a str) -> Result<Zmk<'a>, Error> {
-        if self.hsm.zones().iter().any(|z| z == zone) {
-            Ok(Zmk {
-                hsm: &*self.hsm,
-                zone,
-            })
-        } else {
-            Err(Error::NotFound("zone"))
+        let known = || self.hsm.zones().iter().any(|z| z == zone);
+        if !known() {
+            // An officer's command on this node may have put it in the token meanwhile.
+            self.hsm.refresh_zones()?;
+            if !known() {
+                self.load_zone(zone)?;
+            }
+        }
+        Ok(Zmk {
+            hsm: &*self.hsm,
+            zone,
+        })
+    }
+
+    /// Loads a zone's ZMK from the store into the token (see [`Service::zmk`]).
+    fn load_zone(&self, zone: &str) -> Result<(), Error> {
+        let record = self.store.zone(zone)?.ok_or(Error::NotFound("zone"))?;
+        let opened = KeyBlock::parse(&record.block, Profile::Strict)?
+            .open_external(&Lmk(&*self.hsm))
+            .map_err(|_| {
+                Error::Store(format!(
+                    "the stored ZMK of zone {zone} does not open under this token's LMK (was the \
+                     token formed from the same LMK components?)"
+                ))
+            })?;
+        let mut header = opened.header;
+        header
+            .optional_blocks
+            .retain(|b| b.id() != tr31::BlockId::PB);
+        if header != keys::zmk_storage_header(zone)?
+            || keys::kcv(KeyKind::Tmk, opened.key.expose_secret()) != record.kcv
+        {
+            return Err(Error::Store(format!(
+                "the stored ZMK of zone {zone} does not match its record"
+            )));
+        }
+        match self.hsm.import_zmk(zone, opened.key.expose_secret()) {
+            // Conflict: another request loaded it first.
+            Ok(()) | Err(Error::Conflict(_)) => {
+                tracing::info!(zone, "zone's ZMK loaded from the key store into the token");
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 

@@ -14,8 +14,10 @@ use crate::Error;
 use crate::keys::KeyKind;
 
 mod admin;
+mod postgres;
 
 pub use admin::{AdminStore, Approval, KeyState, ListQuery, Listed, LoginGate, OfficerRecord};
+pub use postgres::{PgKeyStore, PgOptions};
 
 /// A device as keyd knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +70,20 @@ pub struct ImportedRecord {
     /// Check value.
     pub kcv: [u8; 3],
     /// TR-31 version D block under the LMK, key context 1, key id in `LB`.
+    pub block: String,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// A zone's ZMK sealed under the LMK: how a zone formed on one keyd node reaches the token of
+/// every other node on a shared store (loaded on first use; see `Service::zmk`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneRecord {
+    /// The zone's name.
+    pub zone: String,
+    /// The ZMK's check value.
+    pub kcv: [u8; 3],
+    /// TR-31 version D block under the LMK, key context 1, the zone bound in `LB`.
     pub block: String,
     /// Unix seconds.
     pub created_at: u64,
@@ -141,6 +157,19 @@ pub trait KeyStore: AdminStore + Send + Sync + 'static {
     /// # Errors
     /// [`Error::Store`].
     fn imported(&self, key_id: &str) -> Result<Option<ImportedRecord>, Error>;
+
+    /// Records a new zone's sealed ZMK and moves the state version (other nodes look for it).
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if the zone exists (formed on another node meanwhile);
+    /// [`Error::Store`].
+    fn insert_zone(&self, zone: &ZoneRecord) -> Result<(), Error>;
+
+    /// A zone's sealed ZMK, if the zone was formed through this store.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    fn zone(&self, zone: &str) -> Result<Option<ZoneRecord>, Error>;
 }
 
 /// The in-memory twin.
@@ -154,6 +183,7 @@ struct Tables {
     devices: HashMap<String, DeviceRecord>,
     keys: HashMap<String, KeyRecord>,
     imported: HashMap<String, ImportedRecord>,
+    zones: HashMap<String, ZoneRecord>,
     states: HashMap<String, KeyState>,
     version: u64,
     officers: HashMap<String, OfficerRecord>,
@@ -204,6 +234,7 @@ impl KeyStore for MemoryStore {
     fn replace_identity(&self, device_id: &str, identity: &KeyRecord) -> Result<(), Error> {
         let mut t = self.tables();
         t.revoke_identity(device_id)?;
+        t.version += 1;
         t.keys.insert(identity.key_id.clone(), identity.clone());
         if let Some(d) = t.devices.get_mut(device_id) {
             d.identity_key_id = identity.key_id.clone();
@@ -236,6 +267,9 @@ impl KeyStore for MemoryStore {
         for k in keys {
             t.keys.insert(k.key_id.clone(), k.clone());
         }
+        if device.key_set_id.is_some() {
+            t.version += 1;
+        }
         if let Some(d) = t.devices.get_mut(device_id) {
             d.previous_key_set_id = d.key_set_id.take();
             d.rotated_at = d.previous_key_set_id.as_ref().map(|_| now);
@@ -245,7 +279,10 @@ impl KeyStore for MemoryStore {
     }
 
     fn revoke_identity(&self, device_id: &str) -> Result<(), Error> {
-        self.tables().revoke_identity(device_id)
+        let mut t = self.tables();
+        t.revoke_identity(device_id)?;
+        t.version += 1;
+        Ok(())
     }
 
     fn revoke_key_sets(&self, device_id: &str) -> Result<(), Error> {
@@ -265,6 +302,7 @@ impl KeyStore for MemoryStore {
             d.previous_key_set_id = None;
             d.rotated_at = None;
         }
+        t.version += 1;
         Ok(())
     }
 
@@ -293,6 +331,20 @@ impl KeyStore for MemoryStore {
 
     fn imported(&self, key_id: &str) -> Result<Option<ImportedRecord>, Error> {
         Ok(self.tables().imported.get(key_id).cloned())
+    }
+
+    fn insert_zone(&self, zone: &ZoneRecord) -> Result<(), Error> {
+        let mut t = self.tables();
+        if t.zones.contains_key(&zone.zone) {
+            return Err(Error::Conflict("the zone has a ZMK"));
+        }
+        t.zones.insert(zone.zone.clone(), zone.clone());
+        t.version += 1;
+        Ok(())
+    }
+
+    fn zone(&self, zone: &str) -> Result<Option<ZoneRecord>, Error> {
+        Ok(self.tables().zones.get(zone).cloned())
     }
 }
 
@@ -345,6 +397,12 @@ CREATE INDEX IF NOT EXISTS keys_by_device ON keys(device_id);
 CREATE TABLE IF NOT EXISTS imported_keys (
     key_id TEXT PRIMARY KEY,
     label TEXT NOT NULL,
+    kcv BLOB NOT NULL,
+    block TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS zones (
+    zone TEXT PRIMARY KEY,
     kcv BLOB NOT NULL,
     block TEXT NOT NULL,
     created_at INTEGER NOT NULL
@@ -580,7 +638,8 @@ impl KeyStore for SqliteStore {
             if n == 0 {
                 return Err(Error::NotFound("device"));
             }
-            insert_key(conn, &identity)
+            insert_key(conn, &identity)?;
+            admin::bump_version(conn)
         })
     }
 
@@ -594,6 +653,14 @@ impl KeyStore for SqliteStore {
         let (device_id, key_set_id, keys) =
             (device_id.to_owned(), key_set_id.to_owned(), keys.to_vec());
         self.write(move |conn| {
+            let rotation: bool = conn
+                .query_row(
+                    "SELECT key_set_id IS NOT NULL FROM devices WHERE device_id = ?1",
+                    [&device_id],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(false);
             conn.execute(
                 "UPDATE keys SET revoked = 1 WHERE key_set_id = (SELECT previous_key_set_id FROM devices WHERE device_id = ?1)",
                 [&device_id],
@@ -608,7 +675,12 @@ impl KeyStore for SqliteStore {
             if n == 0 {
                 return Err(Error::NotFound("device"));
             }
-            keys.iter().try_for_each(|k| insert_key(conn, k))
+            keys.iter().try_for_each(|k| insert_key(conn, k))?;
+            if rotation {
+                // The cached keys of the old current set now expire, in every process.
+                admin::bump_version(conn)?;
+            }
+            Ok(())
         })
     }
 
@@ -622,7 +694,7 @@ impl KeyStore for SqliteStore {
             if n == 0 {
                 return Err(Error::NotFound("device"));
             }
-            Ok(())
+            admin::bump_version(conn)
         })
     }
 
@@ -637,7 +709,7 @@ impl KeyStore for SqliteStore {
                 return Err(Error::NotFound("device"));
             }
             conn.execute("UPDATE keys SET revoked = 1 WHERE device_id = ?1 AND key_set_id IS NOT NULL", [&device_id])?;
-            Ok(())
+            admin::bump_version(conn)
         })
     }
 
@@ -692,6 +764,40 @@ impl KeyStore for SqliteStore {
             })
             .optional()?)
     }
+
+    fn insert_zone(&self, zone: &ZoneRecord) -> Result<(), Error> {
+        let z = zone.clone();
+        self.write(move |conn| {
+            let n = conn.execute(
+                "INSERT OR IGNORE INTO zones (zone, kcv, block, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![z.zone, z.kcv.as_slice(), z.block, seconds(z.created_at)],
+            )?;
+            if n == 0 {
+                return Err(Error::Conflict("the zone has a ZMK"));
+            }
+            admin::bump_version(conn)
+        })
+    }
+
+    fn zone(&self, zone: &str) -> Result<Option<ZoneRecord>, Error> {
+        let conn = self.reader();
+        let mut stmt =
+            conn.prepare_cached("SELECT zone, kcv, block, created_at FROM zones WHERE zone = ?1")?;
+        Ok(stmt
+            .query_row([zone], |row| {
+                let kcv: Vec<u8> = row.get(1)?;
+                Ok(ZoneRecord {
+                    zone: row.get(0)?,
+                    kcv: kcv
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| rusqlite::Error::InvalidQuery)?,
+                    block: row.get(2)?,
+                    created_at: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+                })
+            })
+            .optional()?)
+    }
 }
 
 #[cfg(test)]
@@ -731,10 +837,13 @@ mod tests {
         assert_eq!(store.device("POS-00000001").unwrap().unwrap(), device);
         assert_eq!(store.device("POS-00000002").unwrap(), None);
 
+        let v0 = store.state_version().unwrap();
         store
             .replace_identity("POS-00000001", &key("idk-2", None, KeyKind::Identity))
             .unwrap();
         assert!(store.key("idk-1").unwrap().unwrap().revoked);
+        let v1 = store.state_version().unwrap();
+        assert!(v1 > v0, "a replaced identity moves the state version");
         assert_eq!(
             store
                 .device("POS-00000001")
@@ -757,6 +866,11 @@ mod tests {
         store
             .add_key_set("POS-00000001", "ks-a", &set("ks-a"), 100)
             .unwrap();
+        assert_eq!(
+            store.state_version().unwrap(),
+            v1,
+            "a first key set changes no cached key"
+        );
         let d = store.device("POS-00000001").unwrap().unwrap();
         assert_eq!(
             (
@@ -769,6 +883,8 @@ mod tests {
         store
             .add_key_set("POS-00000001", "ks-b", &set("ks-b"), 200)
             .unwrap();
+        let v2 = store.state_version().unwrap();
+        assert!(v2 > v1, "a rotation moves the state version");
         let d = store.device("POS-00000001").unwrap().unwrap();
         assert_eq!(
             (
@@ -803,14 +919,39 @@ mod tests {
         store.insert_imported(&imported).unwrap();
         assert_eq!(store.imported("imp-1").unwrap(), Some(imported));
         assert_eq!(store.imported("imp-2").unwrap(), None);
+        let v3 = store.state_version().unwrap();
         store.revoke_key_sets("POS-00000001").unwrap();
         assert!(store.key("msk-ks-c").unwrap().unwrap().revoked);
+        let v4 = store.state_version().unwrap();
+        assert!(v4 > v3, "a revocation moves the state version");
+        store.revoke_identity("POS-00000001").unwrap();
+        assert!(store.key("idk-2").unwrap().unwrap().revoked);
+        assert!(store.state_version().unwrap() > v4);
+        store
+            .replace_identity("POS-00000001", &key("idk-2b", None, KeyKind::Identity))
+            .unwrap();
+
+        let zone = ZoneRecord {
+            zone: "z1".into(),
+            kcv: [7, 7, 7],
+            block: "zone-block".into(),
+            created_at: 3,
+        };
+        let v5 = store.state_version().unwrap();
+        store.insert_zone(&zone).unwrap();
+        assert!(
+            store.state_version().unwrap() > v5,
+            "a new zone is announced"
+        );
+        assert!(matches!(store.insert_zone(&zone), Err(Error::Conflict(_))));
+        assert_eq!(store.zone("z1").unwrap(), Some(zone));
+        assert_eq!(store.zone("z2").unwrap(), None);
         assert!(matches!(
             store.revoke_identity("POS-0000000F"),
             Err(Error::NotFound(_))
         ));
         assert!(
-            !store.key("idk-2").unwrap().unwrap().revoked,
+            !store.key("idk-2b").unwrap().unwrap().revoked,
             "identity keys survive"
         );
         assert_eq!(
@@ -904,5 +1045,222 @@ mod tests {
         // Reopening finds everything.
         let again = SqliteStore::open(&path).unwrap();
         assert!(again.key("idk-2").unwrap().is_some());
+    }
+
+    /// A PostgreSQL key store on a throw-away cluster (`None`: PostgreSQL is not installed and
+    /// the test is skipped, see `pgcluster`), with the cluster to keep alive.
+    fn postgres(name: &str) -> Option<(pgcluster::Cluster, PgOptions)> {
+        let cluster = pgcluster::Cluster::for_tests(name).unwrap()?;
+        cluster.create_database("keys").unwrap();
+        let options = PgOptions {
+            url: cluster.url("keys"),
+            password: Some(zeroize::Zeroizing::new(cluster.password().to_owned())),
+            ca_file: None,
+            pool_size: 4,
+        };
+        Some((cluster, options))
+    }
+
+    #[test]
+    fn postgres_store() {
+        let Some((_cluster, options)) = postgres("postgres_store") else {
+            return;
+        };
+        let store = PgKeyStore::open(&options).unwrap();
+        exercise(&store);
+        admin::exercise(&store);
+        drop(store);
+        // Reopening (migrations already applied) finds everything.
+        let again = PgKeyStore::open(&options).unwrap();
+        assert!(again.key("idk-2").unwrap().is_some());
+        assert_eq!(again.officers().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn postgres_store_refuses_a_password_in_the_url_and_tls_off_for_a_remote_host() {
+        let options = |url: &str| PgOptions {
+            url: url.into(),
+            password: None,
+            ca_file: None,
+            pool_size: 1,
+        };
+        let err = PgKeyStore::open(&options("postgres://keyd:secret@127.0.0.1/keys"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds a password"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        let err = PgKeyStore::open(&options("postgres://keyd@db.example/keys"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TLS is off"), "{err}");
+    }
+
+    #[test]
+    fn postgres_two_nodes_racing_stay_consistent() {
+        let Some((_cluster, options)) = postgres("postgres_two_nodes_racing_stay_consistent")
+        else {
+            return;
+        };
+        // Two stores on one database: two keyd nodes.
+        let nodes = [
+            std::sync::Arc::new(PgKeyStore::open(&options).unwrap()),
+            std::sync::Arc::new(PgKeyStore::open(&options).unwrap()),
+        ];
+        let on_both = |f: &(dyn Fn(usize, &PgKeyStore) + Sync)| {
+            std::thread::scope(|s| {
+                for (i, node) in nodes.iter().enumerate() {
+                    for _ in 0..4 {
+                        s.spawn(move || f(i, node));
+                    }
+                }
+            });
+        };
+        nodes[0]
+            .insert_officer(&OfficerRecord {
+                name: "alice".into(),
+                salt: [1; 16],
+                iterations: 1000,
+                hash: [2; 32],
+                failures: 0,
+                locked_until: None,
+                created_at: 1,
+                last_login: None,
+            })
+            .unwrap();
+
+        // Logins: 8 guesses at once on two nodes with 3 allowed: exactly 3 go on to the
+        // password check, the rest find the account locked.
+        let allowed = std::sync::atomic::AtomicUsize::new(0);
+        on_both(&|_, node| {
+            if node.begin_login("alice", 3, 999, 10).unwrap() == LoginGate::Allowed {
+                allowed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        assert_eq!(allowed.into_inner(), 3, "the lockout counts across nodes");
+        assert_eq!(
+            nodes[1].begin_login("alice", 3, 999, 10).unwrap(),
+            LoginGate::Locked(999)
+        );
+
+        // Approvals: a pair taken on both nodes at once allows exactly one action.
+        for (i, officer) in ["alice", "bob"].iter().enumerate() {
+            nodes[i]
+                .add_approval(&Approval {
+                    action: "destroy".into(),
+                    subject: "k".into(),
+                    officer: (*officer).into(),
+                    at: 100,
+                })
+                .unwrap();
+        }
+        let granted = std::sync::atomic::AtomicUsize::new(0);
+        on_both(&|_, node| {
+            if node.take_approvals("destroy", "k", 50, 2).unwrap().len() >= 2 {
+                granted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        assert_eq!(
+            granted.into_inner(),
+            1,
+            "approvals are used up exactly once"
+        );
+
+        // Key states: from `active` to `disabled` on both nodes at once succeeds once; the
+        // others see the state the winner left.
+        let device = DeviceRecord {
+            device_id: "POS-00000001".into(),
+            zone: "z1".into(),
+            identity_key_id: "idk-1".into(),
+            key_set_id: None,
+            previous_key_set_id: None,
+            rotated_at: None,
+            created_at: 10,
+        };
+        nodes[0]
+            .create_device(&device, &key("idk-1", None, KeyKind::Identity))
+            .unwrap();
+        let v0 = nodes[1].state_version().unwrap();
+        let changed = std::sync::atomic::AtomicUsize::new(0);
+        on_both(&|i, node| {
+            let to = if i == 0 {
+                KeyState::Disabled
+            } else {
+                KeyState::Destroying { after: 5 }
+            };
+            match node.change_key_state("idk-1", &["active"], to) {
+                Ok(()) => {
+                    changed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                Err(Error::Conflict(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        });
+        assert_eq!(
+            changed.into_inner(),
+            1,
+            "the `from` check holds across nodes"
+        );
+        assert_eq!(nodes[0].state_version().unwrap(), v0 + 1);
+
+        // Devices: one create of a device id wins.
+        let created = std::sync::atomic::AtomicUsize::new(0);
+        on_both(&|_, node| {
+            let device = DeviceRecord {
+                device_id: "POS-00000002".into(),
+                ..device.clone()
+            };
+            let identity = KeyRecord {
+                device_id: "POS-00000002".into(),
+                key_id: format!("idk-2-{:?}", std::thread::current().id()),
+                ..key("x", None, KeyKind::Identity)
+            };
+            match node.create_device(&device, &identity) {
+                Ok(()) => {
+                    created.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                Err(Error::Conflict(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        });
+        assert_eq!(created.into_inner(), 1);
+
+        // Key sets: eight rotations racing on two nodes leave a consistent chain: current and
+        // previous are two of them, every older one revoked, the version moved by each rotation.
+        let set = |n: &str| -> Vec<KeyRecord> {
+            KeyKind::SET
+                .iter()
+                .map(|k| key(&format!("{}-{n}", k.name()), Some(n), *k))
+                .collect()
+        };
+        nodes[0]
+            .add_key_set("POS-00000001", "ks-0", &set("ks-0"), 1)
+            .unwrap();
+        let v1 = nodes[0].state_version().unwrap();
+        let counter = std::sync::atomic::AtomicUsize::new(1);
+        on_both(&|_, node| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let id = format!("ks-{n}");
+            node.add_key_set("POS-00000001", &id, &set(&id), 2).unwrap();
+        });
+        let d = nodes[1].device("POS-00000001").unwrap().unwrap();
+        let (current, previous) = (d.key_set_id.unwrap(), d.previous_key_set_id.unwrap());
+        for n in 0..9 {
+            let id = format!("ks-{n}");
+            let revoked = nodes[1].key(&format!("mac-{id}")).unwrap().unwrap().revoked;
+            assert_eq!(revoked, id != current && id != previous, "{id}");
+        }
+        assert_eq!(nodes[1].state_version().unwrap(), v1 + 8);
+
+        // Erasure: each due key is erased (and reported) by one node.
+        let erased = Mutex::new(Vec::new());
+        on_both(&|_, node| {
+            erased
+                .lock()
+                .unwrap()
+                .extend(node.purge_destroyed(10).unwrap());
+        });
+        let erased = erased.into_inner().unwrap();
+        let destroyed = nodes[0].key_state("idk-1").unwrap() == KeyState::Destroyed;
+        assert_eq!(erased.len(), usize::from(destroyed), "{erased:?}");
     }
 }

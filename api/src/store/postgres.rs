@@ -42,13 +42,13 @@
 
 mod batch;
 mod sql;
-mod tls;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use pgtls as tls;
 use serde_json::Value;
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::ToSql;

@@ -38,7 +38,7 @@ impl KeyState {
         }
     }
 
-    fn from_row(name: Option<&str>, after: Option<i64>) -> Self {
+    pub(super) fn from_row(name: Option<&str>, after: Option<i64>) -> Self {
         match (name, after) {
             (Some("disabled"), _) => Self::Disabled,
             (Some("destroying"), Some(after)) => Self::Destroying {
@@ -313,7 +313,7 @@ CREATE TABLE IF NOT EXISTS approvals (
 CREATE INDEX IF NOT EXISTS approvals_by_subject ON approvals(action, subject);
 ";
 
-fn bump_version(conn: &Connection) -> Result<(), Error> {
+pub(super) fn bump_version(conn: &Connection) -> Result<(), Error> {
     conn.execute(
         "INSERT INTO meta (name, value) VALUES ('state_version', 1)
          ON CONFLICT(name) DO UPDATE SET value = value + 1",

@@ -1,5 +1,9 @@
-//! TLS to the PostgreSQL server through the workspace's rustls (ring), trusting only the
+//! TLS to a PostgreSQL server through the workspace's rustls (ring), trusting only the
 //! configured CA and checking the server's name: `verify-full` in libpq's terms.
+//!
+//! Shared by the API's store and keyd's key store, so both connect the same way. What it does
+//! not do: choose whether TLS is needed (the stores refuse TLS off for anything but loopback
+//! hosts and Unix sockets), or read passwords.
 //!
 //! Written here (about sixty lines of glue between `tokio-postgres`'s TLS traits and
 //! `tokio-rustls`) rather than taken from `tokio-postgres-rustls`, whose only addition is
@@ -22,17 +26,32 @@ use tokio_rustls::TlsConnector;
 
 /// Makes the TLS connection of each new pooled connection (`None`: TLS is off, and
 /// `tokio-postgres` never asks for it because its `sslmode` is `disable`).
-#[derive(Clone)]
-pub(super) struct Rustls(pub(super) Option<Arc<rustls::ClientConfig>>);
+#[derive(Clone, Debug)]
+pub struct Rustls(pub Option<Arc<rustls::ClientConfig>>);
 
 /// One connection's handshake, to the host name it was made for.
-pub(super) struct Handshake {
+pub struct Handshake {
     connector: Option<TlsConnector>,
     host: String,
 }
 
 /// The encrypted stream.
-pub(super) struct Stream(tokio_rustls::client::TlsStream<Socket>);
+pub struct Stream(tokio_rustls::client::TlsStream<Socket>);
+
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshake")
+            .field("tls", &self.connector.is_some())
+            .field("host", &self.host)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stream")
+    }
+}
 
 impl MakeTlsConnect<Socket> for Rustls {
     type Stream = Stream;
@@ -98,9 +117,33 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// A client configuration trusting only the certificates of `ca_file` (PEM).
-pub(super) fn client_config(
-    ca_file: &std::path::Path,
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    crate::wire::tls::client_config(ca_file, "database")
+/// A client configuration trusting only the certificates of `ca_file` (PEM), never the
+/// system's store: the database is one known server.
+///
+/// # Errors
+/// A message naming the file and the problem: unreadable, no certificate, a bad one.
+pub fn client_config(ca_file: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let shown = ca_file.display();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| format!("database CA file {shown}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("database CA file {shown}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("database CA file {shown}: no certificate"));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }

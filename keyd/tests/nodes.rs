@@ -1,0 +1,332 @@
+//! Several keyd nodes on one PostgreSQL key store: two `keyd serve` processes, each on its own
+//! SoftHSM token formed from the same LMK components, sharing one database. A zone formed on
+//! one node works on the other, a key set issued through one is usable through the other, and
+//! a disable, destruction, revocation or rotation made through one stops the key on the other
+//! within the stated bound (`state_poll_ms`, 1 s by default), measured here.
+//!
+//! Needs PostgreSQL (`pgcluster`): skipped with a message when it is not installed, fails under
+//! `CI`. Run with `-- --nocapture` to see the measured delays.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::print_stdout,
+    reason = "tests fail loudly and report what they measured"
+)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use keyd_proto::message as m;
+use keyd_proto::{Client, ClientError, Secret, Status};
+
+use e2e::{KeydProcess, OFFICERS, ZMK_COMPONENTS, ZMK_HEX, device, hex};
+
+/// Published test components for the LMK (never use them for real keys).
+const LMK: [&str; 2] = [
+    "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F",
+    "F0E0D0C0B0A090807060504030201000F0E0D0C0B0A0908070605040302010FF",
+];
+
+/// The bound the docs state for the default `state_poll_ms = 1000`: one poll interval, plus
+/// the store read and the cache emptying, plus slack for a loaded test machine.
+const BOUND: Duration = Duration::from_millis(2500);
+
+/// A node: its own token, socket and audit log, the shared database in its config.
+fn node(cluster: &pgcluster::Cluster, password_file: &Path) -> KeydProcess {
+    let bin = Path::new(env!("CARGO_BIN_EXE_keyd"));
+    let k = KeydProcess::uninitialised(bin, r#""data", "devices""#, "memory", "").unwrap();
+    let config = std::fs::read_to_string(k.config_path()).unwrap();
+    let store_line = config
+        .lines()
+        .find(|l| l.starts_with("store = "))
+        .unwrap()
+        .to_owned();
+    let audit = k.hsm().dir().join("keys.audit.log");
+    let config = config.replace(&store_line, &format!("audit_log = \"{}\"", audit.display()))
+        + &format!(
+            "\n[database]\nurl = \"{}\"\npassword_file = \"{}\"\npool_size = 4\n",
+            cluster.url("keys"),
+            password_file.display()
+        );
+    std::fs::write(k.config_path(), config).unwrap();
+    k
+}
+
+/// Calls `attempt` every 5 ms until it is refused with `AUTH_FAILED` or `POLICY`; returns how
+/// long that took.
+async fn refused_after<F, Fut>(what: &str, attempt: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), ClientError>>,
+{
+    let started = Instant::now();
+    loop {
+        match attempt().await {
+            Ok(()) => {}
+            Err(ClientError::Status(Status::AUTH_FAILED | Status::POLICY)) => break,
+            Err(e) => panic!("{what}: {e}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: node 1 still uses the key after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = started.elapsed();
+    println!(
+        "{what}: refused by node 1 {} ms after node 2 made it",
+        took.as_millis()
+    );
+    assert!(took < BOUND, "{what}: {took:?} is past the bound {BOUND:?}");
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_keyd_nodes_share_one_store() {
+    let Some(cluster) =
+        pgcluster::Cluster::for_tests("postgres_two_keyd_nodes_share_one_store").unwrap()
+    else {
+        return;
+    };
+    cluster.create_database("keys").unwrap();
+    let password_file = cluster.write_password_file().unwrap();
+    let mut one = node(&cluster, &password_file);
+    let mut two = node(&cluster, &password_file);
+    let [(a, a_password), (b, b_password)] = OFFICERS;
+
+    // Node 1's token: the LMK from its components, the officers, zone z1.
+    one.run(
+        &[
+            "init",
+            "--officer",
+            a,
+            "--officer",
+            b,
+            "--lmk-components",
+            "2",
+        ],
+        &[a_password, b_password, LMK[0], LMK[1]],
+    )
+    .unwrap();
+    one.run(
+        &[
+            "zmk-import",
+            "--zone",
+            "z1",
+            "--components",
+            "2",
+            "--approver",
+            a,
+            "--approver",
+            b,
+        ],
+        &[a_password, b_password, ZMK_COMPONENTS[0], ZMK_COMPONENTS[1]],
+    )
+    .unwrap();
+    // Node 2's token: the same LMK components; the officers and the zone come with the store.
+    let err = two
+        .run(&["init", "--lmk-components", "2"], &[LMK[0], LMK[0]])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("repeats"), "{err}");
+    two.run(&["init", "--lmk-components", "2"], &[LMK[0], LMK[1]])
+        .unwrap();
+    one.start().unwrap();
+    two.start().unwrap();
+    let c1 = Client::connect(one.socket()).await.unwrap();
+    let c2 = Client::connect(two.socket()).await.unwrap();
+
+    // A device and its key set issued through node 1, delivered through node 2 (which loads
+    // zone z1's ZMK from the store into its own token), and usable through both.
+    let identity = c1
+        .call(&m::DeviceCreate {
+            device_id: "POS-0000A001".into(),
+            zone: "z1".into(),
+        })
+        .await
+        .unwrap();
+    let set = c1
+        .call(&m::KeySetCreate {
+            device_id: "POS-0000A001".into(),
+        })
+        .await
+        .unwrap();
+    let export = c2
+        .call(&m::KeySetExport {
+            device_id: "POS-0000A001".into(),
+            key_set_id: set.key_set_id.clone(),
+        })
+        .await
+        .unwrap();
+    let delivered = device::unwrap_key_set(&export, &hex(ZMK_HEX)).unwrap();
+    for (kind, k) in &delivered {
+        assert_eq!(k.kcv, k.sent_kcv, "{kind}");
+    }
+    let msk = set
+        .keys
+        .iter()
+        .find(|k| k.kind == "msk")
+        .unwrap()
+        .key_id
+        .clone();
+    let sealed = c2
+        .call(&m::EnvelopeSeal {
+            msk_key_id: msk.clone(),
+            plaintext: Secret::new(b"sealed on node 2"),
+        })
+        .await
+        .unwrap();
+    let opened = c1
+        .call(&m::EnvelopeOpen {
+            msk_key_id: msk.clone(),
+            iv: sealed.iv,
+            ciphertext: sealed.ciphertext.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(opened.plaintext.expose(), b"sealed on node 2");
+    // Zone z2 formed through node 2: node 1 cannot form it again with another ZMK (the
+    // store holds its sealed ZMK), and a device of z2 made on node 1 gets its key set there.
+    let zmk_import = |k: &KeydProcess, zone: &str, components: [&str; 2]| {
+        k.run(
+            &[
+                "zmk-import",
+                "--zone",
+                zone,
+                "--components",
+                "2",
+                "--approver",
+                a,
+                "--approver",
+                b,
+            ],
+            &[a_password, b_password, components[0], components[1]],
+        )
+    };
+    zmk_import(&two, "z2", ZMK_COMPONENTS).unwrap();
+    let err = zmk_import(&one, "z2", [ZMK_COMPONENTS[0], LMK[1]])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another ZMK in the key store"), "{err}");
+    c1.call(&m::DeviceCreate {
+        device_id: "POS-0000A0F2".into(),
+        zone: "z2".into(),
+    })
+    .await
+    .unwrap();
+    let set_z2 = c1
+        .call(&m::KeySetCreate {
+            device_id: "POS-0000A0F2".into(),
+        })
+        .await
+        .unwrap();
+    let export_z2 = c1
+        .call(&m::KeySetExport {
+            device_id: "POS-0000A0F2".into(),
+            key_set_id: set_z2.key_set_id,
+        })
+        .await
+        .unwrap();
+    device::unwrap_key_set(&export_z2, &hex(ZMK_HEX)).unwrap();
+
+    let attest = |identity: &m::IdentityKey, device_id: &str| {
+        let message = b"attest".to_vec();
+        m::AttestVerify {
+            device_id: device_id.into(),
+            key_id: identity.key_id.clone(),
+            signature: device::hmac(identity.secret.expose(), &message).unwrap(),
+            message,
+        }
+    };
+
+    // Disabled through node 2 (an officer's command there): node 1 had the key cached.
+    let check = attest(&identity, "POS-0000A001");
+    c1.call(&check).await.unwrap();
+    two.run(
+        &["key-disable", &identity.key_id, "--officer", a],
+        &[a_password],
+    )
+    .unwrap();
+    let disabled = refused_after("disable", || async { c1.call(&check).await.map(drop) }).await;
+
+    // A key set revoked through node 2's socket: node 1 had its MSK cached.
+    let seal = m::EnvelopeSeal {
+        msk_key_id: msk.clone(),
+        plaintext: Secret::new(b"x"),
+    };
+    c1.call(&seal).await.unwrap();
+    c2.call(&m::KeySetRevoke {
+        device_id: "POS-0000A001".into(),
+    })
+    .await
+    .unwrap();
+    let revoked = refused_after("key-set revocation", || async {
+        c1.call(&seal).await.map(drop)
+    })
+    .await;
+
+    // A second device: its identity rotated through node 2, its MSK destroyed through node 2
+    // with approvals given on node 1 (approvals live in the shared store).
+    let identity2 = c1
+        .call(&m::DeviceCreate {
+            device_id: "POS-0000A002".into(),
+            zone: "z1".into(),
+        })
+        .await
+        .unwrap();
+    let check2 = attest(&identity2, "POS-0000A002");
+    c1.call(&check2).await.unwrap();
+    c2.call(&m::IdentityRotate {
+        device_id: "POS-0000A002".into(),
+    })
+    .await
+    .unwrap();
+    let rotated = refused_after("identity rotation", || async {
+        c1.call(&check2).await.map(drop)
+    })
+    .await;
+    let set2 = c1
+        .call(&m::KeySetCreate {
+            device_id: "POS-0000A002".into(),
+        })
+        .await
+        .unwrap();
+    let msk2 = set2
+        .keys
+        .iter()
+        .find(|k| k.kind == "msk")
+        .unwrap()
+        .key_id
+        .clone();
+    let seal2 = m::EnvelopeSeal {
+        msk_key_id: msk2.clone(),
+        plaintext: Secret::new(b"y"),
+    };
+    c1.call(&seal2).await.unwrap();
+    one.approve("destroy", &msk2).unwrap();
+    two.run(&["key-destroy", &msk2], &[]).unwrap();
+    let destroyed =
+        refused_after("destruction", || async { c1.call(&seal2).await.map(drop) }).await;
+    println!(
+        "cache invalidation across nodes (state_poll_ms = 1000): disable {} ms, revocation {} ms, \
+         rotation {} ms, destruction {} ms",
+        disabled.as_millis(),
+        revoked.as_millis(),
+        rotated.as_millis(),
+        destroyed.as_millis()
+    );
+
+    // Each node's own audit log verifies, and holds its own side of the story.
+    drop((c1, c2));
+    one.stop();
+    two.stop();
+    for (name, k) in [("node 1", &one), ("node 2", &two)] {
+        let out = k.run(&["audit-verify"], &[]).unwrap();
+        assert!(out.contains("records"), "{name}: {out}");
+    }
+    let log2 = std::fs::read_to_string(two.hsm().dir().join("keys.audit.log")).unwrap();
+    assert!(log2.contains(&msk2), "node 2 recorded the destruction");
+}
