@@ -159,7 +159,7 @@ pub(crate) fn zmk_storage_header(zone: &str) -> Result<Header, Error> {
     );
     h.key_context = KeyContext::STORAGE;
     h.optional_blocks
-        .push(OptionalBlock::new(BlockId::LB, &format!("zmk-{zone}"))?);
+        .push(OptionalBlock::new(BlockId::LB, format!("zmk-{zone}"))?);
     Ok(h)
 }
 

@@ -180,10 +180,14 @@ impl Service {
     }
 
     /// The zones with a ZMK in the token, and each ZMK's check value (computed in the token).
+    /// Zones formed through another keyd node on a shared store are loaded into the token first.
     ///
     /// # Errors
-    /// [`Error::Hsm`].
+    /// [`Error::Hsm`]; [`Error::Store`].
     pub fn zone_list(&self) -> Result<Vec<ZoneView>, Error> {
+        for zone in self.store.zone_names()? {
+            self.zmk(&zone)?;
+        }
         let mut zones = self.hsm.zones();
         zones.sort();
         zones

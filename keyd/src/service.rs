@@ -991,7 +991,7 @@ impl Service {
     /// A zone formed through another keyd node on the same store is loaded into this node's
     /// token on first use: its ZMK, sealed under the LMK in the store, is opened here (the LMK
     /// is the same in every node's token) and imported as a non-extractable token object.
-    fn zmk<'a>(&'a self, zone: &'a str) -> Result<Zmk<'a>, Error> {
+    pub(crate) fn zmk<'a>(&'a self, zone: &'a str) -> Result<Zmk<'a>, Error> {
         let known = || self.hsm.zones().iter().any(|z| z == zone);
         if !known() {
             // An officer's command on this node may have put it in the token meanwhile.

@@ -170,6 +170,12 @@ pub trait KeyStore: AdminStore + Send + Sync + 'static {
     /// # Errors
     /// [`Error::Store`].
     fn zone(&self, zone: &str) -> Result<Option<ZoneRecord>, Error>;
+
+    /// The names of the zones in the store, sorted.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    fn zone_names(&self) -> Result<Vec<String>, Error>;
 }
 
 /// The in-memory twin.
@@ -345,6 +351,12 @@ impl KeyStore for MemoryStore {
 
     fn zone(&self, zone: &str) -> Result<Option<ZoneRecord>, Error> {
         Ok(self.tables().zones.get(zone).cloned())
+    }
+
+    fn zone_names(&self) -> Result<Vec<String>, Error> {
+        let mut names: Vec<String> = self.tables().zones.keys().cloned().collect();
+        names.sort();
+        Ok(names)
     }
 }
 
@@ -798,6 +810,13 @@ impl KeyStore for SqliteStore {
             })
             .optional()?)
     }
+    fn zone_names(&self) -> Result<Vec<String>, Error> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT zone FROM zones ORDER BY zone")?;
+        Ok(stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
 }
 
 #[cfg(test)]
@@ -945,6 +964,7 @@ mod tests {
         );
         assert!(matches!(store.insert_zone(&zone), Err(Error::Conflict(_))));
         assert_eq!(store.zone("z1").unwrap(), Some(zone));
+        assert_eq!(store.zone_names().unwrap(), vec!["z1".to_owned()]);
         assert_eq!(store.zone("z2").unwrap(), None);
         assert!(matches!(
             store.revoke_identity("POS-0000000F"),

@@ -34,6 +34,11 @@ const LMK: [&str; 2] = [
 /// the store read and the cache emptying, plus slack for a loaded test machine.
 const BOUND: Duration = Duration::from_millis(2500);
 
+fn kcv_hex(key: &[u8]) -> String {
+    let v = tr31::kcv::cmac_aes(key).unwrap();
+    format!("{:02X}{:02X}{:02X}", v[0], v[1], v[2])
+}
+
 /// A node: its own token, socket and audit log, the shared database in its config.
 fn node(cluster: &pgcluster::Cluster, password_file: &Path) -> KeydProcess {
     let bin = Path::new(env!("CARGO_BIN_EXE_keyd"));
@@ -318,6 +323,14 @@ async fn postgres_two_keyd_nodes_share_one_store() {
         rotated.as_millis(),
         destroyed.as_millis()
     );
+
+    // A zone formed through node 2 is listed by node 1's officers, with its KCV computed in
+    // node 1's token.
+    zmk_import(&two, "z3", [ZMK_COMPONENTS[0], LMK[1]]).unwrap();
+    let zones = one.run(&["zones"], &[]).unwrap();
+    let z1 = zones.lines().find(|l| l.starts_with("z1 ")).unwrap();
+    assert!(z1.ends_with(&kcv_hex(&hex(ZMK_HEX))), "{zones}");
+    assert!(zones.lines().any(|l| l.starts_with("z3 ")), "{zones}");
 
     // Each node's own audit log verifies, and holds its own side of the story.
     drop((c1, c2));

@@ -838,6 +838,20 @@ impl KeyStore for PgKeyStore {
             .await
         })
     }
+
+    fn zone_names(&self) -> Result<Vec<String>, Error> {
+        self.call(|pool| async move {
+            retrying(|| async {
+                let c = client(&pool).await?;
+                c.query("SELECT zone FROM zones ORDER BY zone COLLATE \"C\"", &[])
+                    .await?
+                    .iter()
+                    .map(|r| Ok(r.try_get::<_, String>(0)?))
+                    .collect()
+            })
+            .await
+        })
+    }
 }
 
 impl AdminStore for PgKeyStore {
