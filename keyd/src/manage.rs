@@ -279,13 +279,23 @@ impl Service {
     }
 
     /// Erases keys whose restore window has ended, and empties the working-key cache if
-    /// another process changed key states. Returns the erased key ids.
+    /// another process or keyd node changed key states, revoked or rotated keys, or formed a
+    /// zone; also when the store cannot be read (fail closed). Returns the erased key ids.
     ///
     /// # Errors
     /// [`Error::Store`].
     pub fn housekeeping(&self) -> Result<Vec<String>, Error> {
         // The cache first: a failing purge must not keep a disabled key usable.
-        let version = self.store.state_version()?;
+        let version = match self.store.state_version() {
+            Ok(version) => version,
+            Err(e) => {
+                // Fail closed: a node that cannot read the store cannot learn of a revocation
+                // made elsewhere, so it stops using what it cached (keys then load from the
+                // store again, and are refused while it is unreachable).
+                self.forget_all();
+                return Err(e);
+            }
+        };
         if self.seen_version.swap(version, Ordering::AcqRel) != version {
             self.forget_all();
             self.hsm.refresh_zones()?;
@@ -561,5 +571,158 @@ mod tests {
             .len()
         );
         assert!(all >= 10);
+    }
+
+    /// Two nodes: two tokens holding the same LMK, one store.
+    #[test]
+    fn a_zone_formed_on_one_node_is_loaded_by_another_with_the_same_lmk() {
+        let store = Arc::new(MemoryStore::new());
+        let node = |lmk: [u8; 32]| {
+            let hsm = SoftwareHsm::new();
+            hsm.import_lmk(&lmk).unwrap();
+            Service::new(
+                Arc::new(hsm),
+                Arc::clone(&store) as Arc<dyn crate::KeyStore>,
+                Placement::Memory,
+                3600,
+                100,
+            )
+            .unwrap()
+            .with_policy(Policy {
+                kdf_iterations: MIN_ITERATIONS,
+                ..Policy::default()
+            })
+            .unwrap()
+        };
+        let approve = |s: &Service, zone: &str| {
+            s.officers()
+                .approve("alice", Action::ZmkForm, zone)
+                .unwrap();
+            s.officers().approve("bob", Action::ZmkForm, zone).unwrap();
+        };
+        let (one, two) = (node([7; 32]), node([7; 32]));
+        let zmk = m::ZmkImport {
+            zone: "z1".into(),
+            key: Secret::new(&[0x5A; 32]),
+        };
+        approve(&one, "z1");
+        let formed = one.zmk_import(&zmk).unwrap();
+        assert!(!two.has_zone("z1"), "not in node 2's token yet");
+        two.device_create(&m::DeviceCreate {
+            device_id: "POS-00000001".into(),
+            zone: "z1".into(),
+        })
+        .unwrap();
+        assert!(two.has_zone("z1"), "loaded on first use");
+        let set = one
+            .key_set_create(&m::KeySetCreate {
+                device_id: "POS-00000001".into(),
+            })
+            .unwrap();
+        let export = two
+            .key_set_export(&m::KeySetExport {
+                device_id: "POS-00000001".into(),
+                key_set_id: set.key_set_id,
+            })
+            .unwrap();
+        let tmk = export
+            .keys
+            .iter()
+            .find(|k| k.wrapped_under == "zmk")
+            .unwrap();
+        let opened = tr31::open(
+            &tmk.key_block,
+            &tr31::Kbpk::new(&[0x5A; 32]).unwrap(),
+            Profile::Strict,
+        )
+        .unwrap();
+        assert_eq!(crate::aes_kcv(opened.key.expose_secret()), tmk.kcv);
+        let listed = two.zone_list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].kcv, kcv_hex(formed.kcv));
+
+        // A third node whose token was formed again (a standby) may form the zone into its
+        // token with the same ZMK, not with another.
+        let three = node([7; 32]);
+        approve(&three, "z1");
+        let other = m::ZmkImport {
+            zone: "z1".into(),
+            key: Secret::new(&[0x5B; 32]),
+        };
+        let err = three.zmk_import(&other).unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict(why) if why.contains("another ZMK")),
+            "{err}"
+        );
+        three.zmk_import(&zmk).unwrap();
+        assert!(three.has_zone("z1"));
+
+        // A node whose LMK differs cannot open the stored ZMK, and says why.
+        let stranger = node([8; 32]);
+        let err = stranger
+            .device_create(&m::DeviceCreate {
+                device_id: "POS-00000002".into(),
+                zone: "z1".into(),
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("same LMK components"), "{err}");
+    }
+
+    #[test]
+    fn postgres_a_node_cut_off_from_the_store_stops_using_cached_keys() {
+        let Some(mut cluster) =
+            pgcluster::Cluster::for_tests("postgres_a_node_cut_off_from_the_store").unwrap()
+        else {
+            return;
+        };
+        cluster.create_database("keys").unwrap();
+        let store = crate::PgKeyStore::open(&crate::PgOptions {
+            url: cluster.url("keys"),
+            password: Some(zeroize::Zeroizing::new(cluster.password().to_owned())),
+            ca_file: None,
+            pool_size: 2,
+        })
+        .unwrap();
+        let hsm = SoftwareHsm::new();
+        hsm.create_lmk().unwrap();
+        let s = Service::new(Arc::new(hsm), Arc::new(store), Placement::Memory, 3600, 100)
+            .unwrap()
+            .with_policy(Policy {
+                kdf_iterations: MIN_ITERATIONS,
+                ..Policy::default()
+            })
+            .unwrap();
+        s.officers()
+            .approve("alice", Action::ZmkForm, "z1")
+            .unwrap();
+        s.officers().approve("bob", Action::ZmkForm, "z1").unwrap();
+        s.zmk_import(&m::ZmkImport {
+            zone: "z1".into(),
+            key: Secret::new(&[0x5A; 32]),
+        })
+        .unwrap();
+        let (_, attest) = device(&s);
+        s.attest_verify(&attest).unwrap(); // now cached
+        s.housekeeping().unwrap();
+        s.attest_verify(&attest).unwrap();
+
+        cluster.stop().unwrap();
+        assert!(matches!(s.housekeeping(), Err(Error::Store(_))));
+        assert!(
+            matches!(s.attest_verify(&attest), Err(Error::Store(_))),
+            "the cached key is gone with the store"
+        );
+
+        // Back: keys load again (a pooled connection the restart closed may fail once).
+        cluster.start_server().unwrap();
+        let started = std::time::Instant::now();
+        while s.housekeeping().is_err() || s.attest_verify(&attest).is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "the store never came back"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
