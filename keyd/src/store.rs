@@ -1115,6 +1115,52 @@ mod tests {
         assert!(err.contains("TLS is off"), "{err}");
     }
 
+    /// TLS to the server through `pgtls`: verify-full with the CA that signed the server's
+    /// certificate connects; the leaf as its own CA, or a name the certificate does not hold,
+    /// does not. (The certificates are the API's test set, `api/tests/data/README.md`.)
+    #[test]
+    fn postgres_store_over_tls_verifies_the_server() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/tests/data");
+        let Some(cluster) = pgcluster::Cluster::for_tests_with_tls(
+            "postgres_store_over_tls_verifies_the_server",
+            &data.join("test-cert.pem"),
+            &data.join("test-key.pem"),
+        )
+        .unwrap() else {
+            return;
+        };
+        cluster.create_database("keys").unwrap();
+        let options = |url: String, ca: &str| PgOptions {
+            url,
+            password: Some(zeroize::Zeroizing::new(cluster.password().to_owned())),
+            ca_file: Some(data.join(ca)),
+            pool_size: 1,
+        };
+        let store = PgKeyStore::open(&options(cluster.url("keys"), "ca-cert.pem")).unwrap();
+        store.bump_state_version().unwrap();
+        let ssl = cluster
+            .psql(
+                "keys",
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE s.ssl AND a.application_name = 'keyd'",
+            )
+            .unwrap();
+        assert_ne!(ssl, "0", "the store's connections use TLS");
+        let wrong = PgKeyStore::open(&options(cluster.url("keys"), "test-cert.pem"));
+        assert!(matches!(wrong, Err(Error::Store(_))), "{wrong:?}");
+        let url = format!(
+            "postgres://{}@db.example.test:{}/keys?hostaddr=127.0.0.1",
+            pgcluster::SUPERUSER,
+            cluster.port()
+        );
+        let wrong = PgKeyStore::open(&options(url, "ca-cert.pem"));
+        assert!(matches!(wrong, Err(Error::Store(_))), "{wrong:?}");
+        let err = PgKeyStore::open(&options(cluster.url("keys"), "missing.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database CA file"), "{err}");
+    }
+
     #[test]
     fn postgres_two_nodes_racing_stay_consistent() {
         let Some((_cluster, options)) = postgres("postgres_two_nodes_racing_stay_consistent")
