@@ -38,7 +38,7 @@ pub use pkcs11::Pkcs11Hsm;
 pub use server::{bind, serve};
 pub use service::Service;
 pub use store::{
-    AdminStore, Approval, KeyState, KeyStore, ListQuery, Listed, LoginGate, MemoryStore,
+    AdminStore, Approval, Change, KeyState, KeyStore, ListQuery, Listed, LoginGate, MemoryStore,
     OfficerRecord, PgKeyStore, PgOptions, SqliteStore, ZoneRecord,
 };
 

@@ -296,9 +296,33 @@ impl Service {
                 return Err(e);
             }
         };
-        if self.seen_version.swap(version, Ordering::AcqRel) != version {
-            self.forget_all();
-            self.hsm.refresh_zones()?;
+        let seen = self.seen_version.load(Ordering::Acquire);
+        if version != seen {
+            let changes = self
+                .store
+                .changes_since(seen)
+                .inspect_err(|_| self.forget_all())?;
+            match changes {
+                // Only some devices' or keys' entries are stale.
+                Some((last, changes))
+                    if !changes.is_empty() && !changes.contains(&crate::Change::All) =>
+                {
+                    self.forget_changed(&changes);
+                    self.seen_version.store(last, Ordering::Release);
+                }
+                // Anything may have changed, a zone may be new, or the store no longer says
+                // what changed (this node was too far behind, or the store was restored).
+                Some((last, changes)) if !changes.is_empty() => {
+                    self.forget_all();
+                    self.seen_version.store(last, Ordering::Release);
+                    self.hsm.refresh_zones()?;
+                }
+                _ => {
+                    self.forget_all();
+                    self.seen_version.store(version, Ordering::Release);
+                    self.hsm.refresh_zones()?;
+                }
+            }
         }
         let erased = self.store.purge_destroyed(now())?;
         if !erased.is_empty() {
@@ -319,6 +343,30 @@ impl Service {
         self.cache_generation.fetch_add(1, Ordering::AcqRel);
         cache.clear();
         partners.clear();
+    }
+
+    /// Empties the cache entries the changes made stale: every key of a named device, each
+    /// named key; keys being loaded concurrently are not added to the cache.
+    fn forget_changed(&self, changes: &[crate::Change]) {
+        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+        let mut partners = self
+            .partners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.cache_generation.fetch_add(1, Ordering::AcqRel);
+        for change in changes {
+            match change {
+                crate::Change::Device(device) => cache.retain(|_, k| k.device_id != *device),
+                crate::Change::Key(key) => {
+                    cache.remove(key);
+                    partners.remove(key);
+                }
+                crate::Change::All => {
+                    cache.clear();
+                    partners.clear();
+                }
+            }
+        }
     }
 
     /// Tells every running keyd that root keys or key states changed (a command formed a
@@ -667,6 +715,86 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("same LMK components"), "{err}");
+    }
+
+    #[test]
+    fn a_change_on_another_node_empties_only_what_it_made_stale() {
+        let store = Arc::new(MemoryStore::new());
+        let node = || {
+            let hsm = SoftwareHsm::new();
+            hsm.import_lmk(&[7; 32]).unwrap();
+            Service::new(
+                Arc::new(hsm),
+                Arc::clone(&store) as Arc<dyn crate::KeyStore>,
+                Placement::Memory,
+                3600,
+                100,
+            )
+            .unwrap()
+            .with_policy(Policy {
+                kdf_iterations: MIN_ITERATIONS,
+                ..Policy::default()
+            })
+            .unwrap()
+        };
+        let (one, two) = (node(), node());
+        one.officers()
+            .approve("alice", Action::ZmkForm, "z1")
+            .unwrap();
+        one.officers()
+            .approve("bob", Action::ZmkForm, "z1")
+            .unwrap();
+        one.zmk_import(&m::ZmkImport {
+            zone: "z1".into(),
+            key: Secret::new(&[0x5A; 32]),
+        })
+        .unwrap();
+        let attest = |device_id: &str| {
+            let identity = one
+                .device_create(&m::DeviceCreate {
+                    device_id: device_id.into(),
+                    zone: "z1".into(),
+                })
+                .unwrap();
+            let msg = b"attest".to_vec();
+            m::AttestVerify {
+                device_id: device_id.into(),
+                key_id: identity.key_id,
+                signature: crate::crypto::hmac(identity.secret.expose(), &msg).unwrap(),
+                message: msg,
+            }
+        };
+        let (first, second) = (attest("POS-00000001"), attest("POS-00000002"));
+        one.housekeeping().unwrap();
+        one.attest_verify(&first).unwrap();
+        one.attest_verify(&second).unwrap();
+        let cached = |id: &str| one.cache.read().unwrap().contains_key(id);
+        assert!(cached(&first.key_id) && cached(&second.key_id));
+
+        // Node 2 revokes device 1's identity: node 1 drops device 1's keys only.
+        two.identity_revoke(&m::IdentityRevoke {
+            device_id: "POS-00000001".into(),
+        })
+        .unwrap();
+        one.housekeeping().unwrap();
+        assert!(!cached(&first.key_id) && cached(&second.key_id));
+        assert!(matches!(one.attest_verify(&first), Err(Error::Auth)));
+        one.attest_verify(&second).unwrap();
+
+        // Node 2 disables device 2's identity key: that key goes.
+        two.disable_key(&second.key_id).unwrap();
+        one.housekeeping().unwrap();
+        assert!(!cached(&second.key_id));
+        assert!(matches!(one.attest_verify(&second), Err(Error::Auth)));
+
+        // An announcement (a new zone) empties everything.
+        two.enable_key(&second.key_id).unwrap();
+        one.housekeeping().unwrap();
+        one.attest_verify(&second).unwrap();
+        assert!(cached(&second.key_id));
+        two.announce_change().unwrap();
+        one.housekeeping().unwrap();
+        assert!(!cached(&second.key_id));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::{Error, crypto};
 /// A clear working key held for the hot path.
 pub(crate) struct WorkingKey {
     kind: KeyKind,
-    device_id: String,
+    pub(crate) device_id: String,
     key_set_id: Option<String>,
     kcv: [u8; 3],
     material: Material,
@@ -1195,10 +1195,11 @@ impl Service {
 
     /// Drops a device's cached working keys after its keys changed.
     fn forget_device(&self, device_id: &str) {
-        self.cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, k| k.device_id != device_id);
+        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
+        // A key loaded across this change is used for its request but not cached.
+        self.cache_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        cache.retain(|_, k| k.device_id != device_id);
     }
 }
 

@@ -16,7 +16,9 @@ use crate::keys::KeyKind;
 mod admin;
 mod postgres;
 
-pub use admin::{AdminStore, Approval, KeyState, ListQuery, Listed, LoginGate, OfficerRecord};
+pub use admin::{
+    AdminStore, Approval, Change, KeyState, ListQuery, Listed, LoginGate, OfficerRecord,
+};
 pub use postgres::{PgKeyStore, PgOptions};
 
 /// A device as keyd knows it.
@@ -192,11 +194,22 @@ struct Tables {
     zones: HashMap<String, ZoneRecord>,
     states: HashMap<String, KeyState>,
     version: u64,
+    /// The last [`admin::CHANGES_KEPT`] moves of `version` and what each was about.
+    changes: std::collections::VecDeque<(u64, Change)>,
     officers: HashMap<String, OfficerRecord>,
     approvals: Vec<Approval>,
 }
 
 impl Tables {
+    /// Moves the state version for `change`.
+    fn bump(&mut self, change: Change) {
+        self.version += 1;
+        self.changes.push_back((self.version, change));
+        while self.changes.len() > usize::try_from(admin::CHANGES_KEPT).unwrap_or(usize::MAX) {
+            self.changes.pop_front();
+        }
+    }
+
     /// Marks the device's current identity key revoked.
     fn revoke_identity(&mut self, device_id: &str) -> Result<(), Error> {
         let id = &self
@@ -240,7 +253,7 @@ impl KeyStore for MemoryStore {
     fn replace_identity(&self, device_id: &str, identity: &KeyRecord) -> Result<(), Error> {
         let mut t = self.tables();
         t.revoke_identity(device_id)?;
-        t.version += 1;
+        t.bump(Change::Device(device_id.to_owned()));
         t.keys.insert(identity.key_id.clone(), identity.clone());
         if let Some(d) = t.devices.get_mut(device_id) {
             d.identity_key_id = identity.key_id.clone();
@@ -274,7 +287,7 @@ impl KeyStore for MemoryStore {
             t.keys.insert(k.key_id.clone(), k.clone());
         }
         if device.key_set_id.is_some() {
-            t.version += 1;
+            t.bump(Change::Device(device_id.to_owned()));
         }
         if let Some(d) = t.devices.get_mut(device_id) {
             d.previous_key_set_id = d.key_set_id.take();
@@ -287,7 +300,7 @@ impl KeyStore for MemoryStore {
     fn revoke_identity(&self, device_id: &str) -> Result<(), Error> {
         let mut t = self.tables();
         t.revoke_identity(device_id)?;
-        t.version += 1;
+        t.bump(Change::Device(device_id.to_owned()));
         Ok(())
     }
 
@@ -308,7 +321,7 @@ impl KeyStore for MemoryStore {
             d.previous_key_set_id = None;
             d.rotated_at = None;
         }
-        t.version += 1;
+        t.bump(Change::Device(device_id.to_owned()));
         Ok(())
     }
 
@@ -345,7 +358,7 @@ impl KeyStore for MemoryStore {
             return Err(Error::Conflict("the zone has a ZMK"));
         }
         t.zones.insert(zone.zone.clone(), zone.clone());
-        t.version += 1;
+        t.bump(Change::All);
         Ok(())
     }
 
@@ -651,7 +664,7 @@ impl KeyStore for SqliteStore {
                 return Err(Error::NotFound("device"));
             }
             insert_key(conn, &identity)?;
-            admin::bump_version(conn)
+            admin::bump_version(conn, &Change::Device(device_id))
         })
     }
 
@@ -690,7 +703,7 @@ impl KeyStore for SqliteStore {
             keys.iter().try_for_each(|k| insert_key(conn, k))?;
             if rotation {
                 // The cached keys of the old current set now expire, in every process.
-                admin::bump_version(conn)?;
+                admin::bump_version(conn, &Change::Device(device_id))?;
             }
             Ok(())
         })
@@ -706,7 +719,7 @@ impl KeyStore for SqliteStore {
             if n == 0 {
                 return Err(Error::NotFound("device"));
             }
-            admin::bump_version(conn)
+            admin::bump_version(conn, &Change::Device(device_id))
         })
     }
 
@@ -721,7 +734,7 @@ impl KeyStore for SqliteStore {
                 return Err(Error::NotFound("device"));
             }
             conn.execute("UPDATE keys SET revoked = 1 WHERE device_id = ?1 AND key_set_id IS NOT NULL", [&device_id])?;
-            admin::bump_version(conn)
+            admin::bump_version(conn, &Change::Device(device_id))
         })
     }
 
@@ -787,7 +800,7 @@ impl KeyStore for SqliteStore {
             if n == 0 {
                 return Err(Error::Conflict("the zone has a ZMK"));
             }
-            admin::bump_version(conn)
+            admin::bump_version(conn, &Change::All)
         })
     }
 
@@ -863,6 +876,11 @@ mod tests {
         assert!(store.key("idk-1").unwrap().unwrap().revoked);
         let v1 = store.state_version().unwrap();
         assert!(v1 > v0, "a replaced identity moves the state version");
+        assert_eq!(
+            store.changes_since(v0).unwrap(),
+            Some((v1, vec![Change::Device("POS-00000001".into())])),
+            "and says which device"
+        );
         assert_eq!(
             store
                 .device("POS-00000001")

@@ -64,6 +64,15 @@ CREATE TABLE state_version (
 );
 INSERT INTO state_version (one, value) VALUES (true, 0);
 
+-- What each move of the state version was about (device NULL and key NULL: anything), so a node
+-- empties only the affected part of its cache. The last 10,000 are kept; a node further behind
+-- empties everything.
+CREATE TABLE state_changes (
+    version   BIGINT PRIMARY KEY,
+    device_id TEXT COLLATE "C",
+    key_id    TEXT COLLATE "C"
+);
+
 -- Officer accounts: salted, peppered PBKDF2 credentials and the login lockout.
 CREATE TABLE officers (
     name         TEXT COLLATE "C" PRIMARY KEY,

@@ -148,6 +148,21 @@ pub enum LoginGate {
     Allowed,
 }
 
+/// What one move of the state version was about: which cached keys it may have made stale,
+/// so a node empties only that part of its working-key cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Anything (a new zone, an erasure, an announcement): the whole cache.
+    All,
+    /// A device's keys (a revocation, an identity or key-set rotation).
+    Device(String),
+    /// One key (an officer's state change).
+    Key(String),
+}
+
+/// How many changes the store keeps: a node further behind than that empties its whole cache.
+pub(super) const CHANGES_KEPT: u64 = 10_000;
+
 /// One officer's approval of one action on one subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
@@ -200,6 +215,14 @@ pub trait AdminStore {
     /// # Errors
     /// [`Error::Store`].
     fn bump_state_version(&self) -> Result<(), Error>;
+
+    /// The changes after state version `version`, in order, with the version the last one
+    /// made; `None` when the store no longer holds all of them (the node was too far behind,
+    /// or the version went back, as after a restore): then everything may have changed.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    fn changes_since(&self, version: u64) -> Result<Option<(u64, Vec<Change>)>, Error>;
 
     /// An officer by name.
     ///
@@ -293,6 +316,11 @@ CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS state_changes (
+    version INTEGER PRIMARY KEY,
+    device_id TEXT,
+    key_id TEXT
+) STRICT;
 CREATE TABLE IF NOT EXISTS officers (
     name TEXT PRIMARY KEY,
     salt BLOB NOT NULL,
@@ -313,13 +341,51 @@ CREATE TABLE IF NOT EXISTS approvals (
 CREATE INDEX IF NOT EXISTS approvals_by_subject ON approvals(action, subject);
 ";
 
-pub(super) fn bump_version(conn: &Connection) -> Result<(), Error> {
-    conn.execute(
+pub(super) fn bump_version(conn: &Connection, change: &Change) -> Result<(), Error> {
+    let version: i64 = conn.query_row(
         "INSERT INTO meta (name, value) VALUES ('state_version', 1)
-         ON CONFLICT(name) DO UPDATE SET value = value + 1",
+         ON CONFLICT(name) DO UPDATE SET value = value + 1
+         RETURNING value",
         [],
+        |r| r.get(0),
     )?;
+    let (device, key) = match change {
+        Change::All => (None, None),
+        Change::Device(d) => (Some(d.as_str()), None),
+        Change::Key(k) => (None, Some(k.as_str())),
+    };
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO state_changes (version, device_id, key_id) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![version, device, key])?;
+    conn.prepare_cached("DELETE FROM state_changes WHERE version <= ?1")?
+        .execute([version.saturating_sub(seconds(CHANGES_KEPT))])?;
     Ok(())
+}
+
+/// The changes after `version` if they are all there (see [`AdminStore::changes_since`]).
+pub(super) fn contiguous(
+    version: u64,
+    rows: impl IntoIterator<Item = (u64, Change)>,
+) -> Option<(u64, Vec<Change>)> {
+    let mut last = version;
+    let mut changes = Vec::new();
+    for (v, change) in rows {
+        if v != last.checked_add(1)? {
+            return None;
+        }
+        last = v;
+        changes.push(change);
+    }
+    Some((last, changes))
+}
+
+pub(super) fn change_from(device: Option<String>, key: Option<String>) -> Change {
+    match (device, key) {
+        (Some(d), _) => Change::Device(d),
+        (None, Some(k)) => Change::Key(k),
+        (None, None) => Change::All,
+    }
 }
 
 fn bytes<const N: usize>(v: &[u8]) -> rusqlite::Result<[u8; N]> {
@@ -391,7 +457,7 @@ impl AdminStore for SqliteStore {
                  ON CONFLICT(key_id) DO UPDATE SET state = ?2, destroy_after = ?3",
                 params![key_id, to.name(), to.after()],
             )?;
-            bump_version(conn)
+            bump_version(conn, &Change::Key(key_id))
         })
     }
 
@@ -453,7 +519,7 @@ impl AdminStore for SqliteStore {
                 )?;
             }
             if !ids.is_empty() {
-                bump_version(conn)?;
+                bump_version(conn, &Change::All)?;
             }
             Ok(ids)
         })?;
@@ -475,7 +541,24 @@ impl AdminStore for SqliteStore {
     }
 
     fn bump_state_version(&self) -> Result<(), Error> {
-        self.write(bump_version)
+        self.write(|conn| bump_version(conn, &Change::All))
+    }
+
+    fn changes_since(&self, version: u64) -> Result<Option<(u64, Vec<Change>)>, Error> {
+        let conn = self.reader();
+        let rows = conn
+            .prepare_cached(
+                "SELECT version, device_id, key_id FROM state_changes WHERE version > ?1
+                 ORDER BY version",
+            )?
+            .query_map([seconds(version)], |r| {
+                Ok((
+                    u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    change_from(r.get(1)?, r.get(2)?),
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(contiguous(version, rows))
     }
 
     fn officer(&self, name: &str) -> Result<Option<OfficerRecord>, Error> {
@@ -677,7 +760,7 @@ impl AdminStore for MemoryStore {
             return Err(Error::Conflict(current.refusal()));
         }
         t.states.insert(key_id.to_owned(), to);
-        t.version += 1;
+        t.bump(Change::Key(key_id.to_owned()));
         Ok(())
     }
 
@@ -742,7 +825,7 @@ impl AdminStore for MemoryStore {
             t.states.insert(id.clone(), KeyState::Destroyed);
         }
         if !ids.is_empty() {
-            t.version += 1;
+            t.bump(Change::All);
         }
         Ok(ids)
     }
@@ -752,8 +835,19 @@ impl AdminStore for MemoryStore {
     }
 
     fn bump_state_version(&self) -> Result<(), Error> {
-        self.tables().version += 1;
+        self.tables().bump(Change::All);
         Ok(())
+    }
+
+    fn changes_since(&self, version: u64) -> Result<Option<(u64, Vec<Change>)>, Error> {
+        let t = self.tables();
+        Ok(contiguous(
+            version,
+            t.changes
+                .iter()
+                .filter(|(v, _)| *v > version)
+                .map(|(v, c)| (*v, c.clone())),
+        ))
     }
 
     fn officer(&self, name: &str) -> Result<Option<OfficerRecord>, Error> {
@@ -873,6 +967,18 @@ impl AdminStore for MemoryStore {
 }
 
 #[cfg(test)]
+#[test]
+fn a_gap_in_the_changes_means_anything_changed() {
+    let c = |v: u64| (v, Change::All);
+    assert_eq!(
+        contiguous(4, [c(5), c(6)]),
+        Some((6, vec![Change::All, Change::All]))
+    );
+    assert_eq!(contiguous(4, [c(6), c(7)]), None, "5 was dropped");
+    assert_eq!(contiguous(4, []), Some((4, Vec::new())));
+}
+
+#[cfg(test)]
 pub(super) fn exercise(store: &dyn super::KeyStore) {
     // Run after `super::tests::exercise`: device POS-00000001 with idk-2 and three key sets,
     // imported key imp-1.
@@ -909,7 +1015,18 @@ pub(super) fn exercise(store: &dyn super::KeyStore) {
         .change_key_state("tmk-ks-c", &["active"], KeyState::Disabled)
         .unwrap();
     assert_eq!(store.key_state("tmk-ks-c").unwrap(), KeyState::Disabled);
-    assert!(store.state_version().unwrap() > v0);
+    let v1 = store.state_version().unwrap();
+    assert!(v1 > v0);
+    assert_eq!(
+        store.changes_since(v0).unwrap(),
+        Some((v1, vec![Change::Key("tmk-ks-c".into())]))
+    );
+    assert_eq!(store.changes_since(v1).unwrap(), Some((v1, Vec::new())));
+    store.bump_state_version().unwrap();
+    assert_eq!(
+        store.changes_since(v1).unwrap(),
+        Some((v1 + 1, vec![Change::All]))
+    );
     assert!(matches!(
         store.change_key_state("tmk-ks-c", &["active"], KeyState::Disabled),
         Err(Error::Conflict("the key is disabled"))

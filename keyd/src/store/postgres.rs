@@ -52,9 +52,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use tokio_postgres::config::{Host, SslMode};
 use zeroize::Zeroizing;
 
+use super::admin::{CHANGES_KEPT, change_from, contiguous};
 use super::{
-    AdminStore, Approval, DeviceRecord, ImportedRecord, KeyRecord, KeyState, KeyStore, ListQuery,
-    Listed, LoginGate, OfficerRecord, ZoneRecord,
+    AdminStore, Approval, Change, DeviceRecord, ImportedRecord, KeyRecord, KeyState, KeyStore,
+    ListQuery, Listed, LoginGate, OfficerRecord, ZoneRecord,
 };
 use crate::Error;
 use crate::keys::KeyKind;
@@ -474,12 +475,30 @@ async fn insert_key(tx: &deadpool_postgres::Transaction<'_>, k: &KeyRecord) -> R
     Ok(())
 }
 
-/// Moves the state version; the last lock of the transaction that calls it.
-async fn bump_version(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), Fail> {
+/// Moves the state version for `change`; the last lock of the transaction that calls it (the
+/// row lock on `state_version` also orders the versions: each commits after the one before).
+async fn bump_version(
+    tx: &deadpool_postgres::Transaction<'_>,
+    change: &Change,
+) -> Result<(), Fail> {
+    let (device, key) = match change {
+        Change::All => (None, None),
+        Change::Device(d) => (Some(d.as_str()), None),
+        Change::Key(k) => (None, Some(k.as_str())),
+    };
     let st = tx
-        .prepare_cached("UPDATE state_version SET value = value + 1")
+        .prepare_cached(
+            "WITH v AS (UPDATE state_version SET value = value + 1 RETURNING value)
+             INSERT INTO state_changes (version, device_id, key_id)
+             SELECT value, $1, $2 FROM v RETURNING version",
+        )
         .await?;
-    tx.execute(&st, &[]).await?;
+    let version: i64 = tx.query_one(&st, &[&device, &key]).await?.try_get(0)?;
+    let st = tx
+        .prepare_cached("DELETE FROM state_changes WHERE version <= $1")
+        .await?;
+    tx.execute(&st, &[&version.saturating_sub(seconds(CHANGES_KEPT))])
+        .await?;
     Ok(())
 }
 
@@ -580,7 +599,7 @@ impl KeyStore for PgKeyStore {
                 )
                 .await?;
                 insert_key(&tx, &identity).await?;
-                bump_version(&tx).await?;
+                bump_version(&tx, &Change::Device(device_id.clone())).await?;
                 tx.commit().await?;
                 Ok(())
             })
@@ -631,7 +650,7 @@ impl KeyStore for PgKeyStore {
                 }
                 if current.is_some() {
                     // A rotation: the cached keys of the old current set now expire.
-                    bump_version(&tx).await?;
+                    bump_version(&tx, &Change::Device(device_id.clone())).await?;
                 }
                 tx.commit().await?;
                 Ok(())
@@ -656,7 +675,7 @@ impl KeyStore for PgKeyStore {
                 if n == 0 {
                     return Err(Error::NotFound("device").into());
                 }
-                bump_version(&tx).await?;
+                bump_version(&tx, &Change::Device(device_id.clone())).await?;
                 tx.commit().await?;
                 Ok(())
             })
@@ -687,7 +706,7 @@ impl KeyStore for PgKeyStore {
                     &[&device_id],
                 )
                 .await?;
-                bump_version(&tx).await?;
+                bump_version(&tx, &Change::Device(device_id.clone())).await?;
                 tx.commit().await?;
                 Ok(())
             })
@@ -806,7 +825,7 @@ impl KeyStore for PgKeyStore {
                 if n == 0 {
                     return Err(Error::Conflict("the zone has a ZMK").into());
                 }
-                bump_version(&tx).await?;
+                bump_version(&tx, &Change::All).await?;
                 tx.commit().await?;
                 Ok(())
             })
@@ -907,7 +926,7 @@ impl AdminStore for PgKeyStore {
                     &[&key_id, &to.name(), &after],
                 )
                 .await?;
-                bump_version(&tx).await?;
+                bump_version(&tx, &Change::Key(key_id.clone())).await?;
                 tx.commit().await?;
                 Ok(())
             })
@@ -1008,7 +1027,7 @@ impl AdminStore for PgKeyStore {
                     .await?;
                 }
                 if !ids.is_empty() {
-                    bump_version(&tx).await?;
+                    bump_version(&tx, &Change::All).await?;
                 }
                 tx.commit().await?;
                 Ok(ids)
@@ -1032,10 +1051,38 @@ impl AdminStore for PgKeyStore {
     fn bump_state_version(&self) -> Result<(), Error> {
         self.call(|pool| async move {
             retrying(|| async {
-                let c = client(&pool).await?;
-                c.execute("UPDATE state_version SET value = value + 1", &[])
-                    .await?;
+                let mut c = client(&pool).await?;
+                let tx = c.transaction().await?;
+                bump_version(&tx, &Change::All).await?;
+                tx.commit().await?;
                 Ok(())
+            })
+            .await
+        })
+    }
+
+    fn changes_since(&self, version: u64) -> Result<Option<(u64, Vec<Change>)>, Error> {
+        self.call(|pool| async move {
+            retrying(|| async {
+                let c = client(&pool).await?;
+                let st = c
+                    .prepare_cached(
+                        "SELECT version, device_id, key_id FROM state_changes WHERE version > $1
+                         ORDER BY version",
+                    )
+                    .await?;
+                let rows = c
+                    .query(&st, &[&seconds(version)])
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok((
+                            unsigned(r.try_get(0)?),
+                            change_from(r.try_get(1)?, r.try_get(2)?),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, Fail>>()?;
+                Ok(contiguous(version, rows))
             })
             .await
         })
