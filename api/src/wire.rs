@@ -7,5 +7,4 @@ pub mod ids;
 pub mod json;
 pub mod reply;
 pub mod time;
-pub mod tls;
 pub mod url;

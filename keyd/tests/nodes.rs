@@ -25,10 +25,7 @@ use keyd_proto::{Client, ClientError, Secret, Status};
 use e2e::{KeydProcess, OFFICERS, ZMK_COMPONENTS, ZMK_HEX, device, hex};
 
 /// Published test components for the LMK (never use them for real keys).
-const LMK: [&str; 2] = [
-    "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F",
-    "F0E0D0C0B0A090807060504030201000F0E0D0C0B0A0908070605040302010FF",
-];
+const LMK: [&str; 2] = e2e::LMK_COMPONENTS;
 
 /// The bound the docs state for the default `state_poll_ms = 1000`: one poll interval, plus
 /// the store read and the cache emptying, plus slack for a loaded test machine.
@@ -42,22 +39,14 @@ fn kcv_hex(key: &[u8]) -> String {
 /// A node: its own token, socket and audit log, the shared database in its config.
 fn node(cluster: &pgcluster::Cluster, password_file: &Path) -> KeydProcess {
     let bin = Path::new(env!("CARGO_BIN_EXE_keyd"));
-    let k = KeydProcess::uninitialised(bin, r#""data", "devices""#, "memory", "").unwrap();
-    let config = std::fs::read_to_string(k.config_path()).unwrap();
-    let store_line = config
-        .lines()
-        .find(|l| l.starts_with("store = "))
-        .unwrap()
-        .to_owned();
-    let audit = k.hsm().dir().join("keys.audit.log");
-    let config = config.replace(&store_line, &format!("audit_log = \"{}\"", audit.display()))
-        + &format!(
-            "\n[database]\nurl = \"{}\"\npassword_file = \"{}\"\npool_size = 4\n",
-            cluster.url("keys"),
-            password_file.display()
-        );
-    std::fs::write(k.config_path(), config).unwrap();
-    k
+    KeydProcess::on_postgres(
+        bin,
+        r#""data", "devices""#,
+        "memory",
+        &cluster.url("keys"),
+        password_file,
+    )
+    .unwrap()
 }
 
 /// Calls `attempt` every 5 ms until it is refused with `AUTH_FAILED` or `POLICY`; returns how

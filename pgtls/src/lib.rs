@@ -118,25 +118,29 @@ impl AsyncWrite for Stream {
 }
 
 /// A client configuration trusting only the certificates of `ca_file` (PEM), never the
-/// system's store: the database is one known server.
+/// system's store: each peer it is used for (the database; the api's acquirer link too) is one
+/// known server, not the web. `what` names the setting in errors ("database", "acquirer").
 ///
 /// # Errors
 /// A message naming the file and the problem: unreadable, no certificate, a bad one.
-pub fn client_config(ca_file: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn client_config(
+    ca_file: &std::path::Path,
+    what: &str,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject as _;
     let shown = ca_file.display();
     let certs = CertificateDer::pem_file_iter(ca_file)
         .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| format!("database CA file {shown}: {e}"))?;
+        .map_err(|e| format!("{what} CA file {shown}: {e}"))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs {
         roots
             .add(cert)
-            .map_err(|e| format!("database CA file {shown}: {e}"))?;
+            .map_err(|e| format!("{what} CA file {shown}: {e}"))?;
     }
     if roots.is_empty() {
-        return Err(format!("database CA file {shown}: no certificate"));
+        return Err(format!("{what} CA file {shown}: no certificate"));
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

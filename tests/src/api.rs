@@ -207,7 +207,24 @@ impl ApiProcess {
     /// # Errors
     /// If it does not come up within 20 s.
     pub fn another_node(&self) -> Result<Self, Error> {
-        let config = std::fs::read_to_string(&self.config)?;
+        self.another_node_on(None)
+    }
+
+    /// As [`ApiProcess::another_node`], talking to the keyd at `keyd_socket` (a keyd of its
+    /// own host) when given.
+    ///
+    /// # Errors
+    /// As [`ApiProcess::another_node`].
+    pub fn another_node_on(&self, keyd_socket: Option<&Path>) -> Result<Self, Error> {
+        let mut config = std::fs::read_to_string(&self.config)?;
+        if let Some(socket) = keyd_socket {
+            let line = config
+                .lines()
+                .find(|l| l.starts_with("keyd_socket = "))
+                .ok_or("no keyd_socket line")?
+                .to_owned();
+            config = config.replace(&line, &format!("keyd_socket = \"{}\"", socket.display()));
+        }
         let listen = format!("listen = \"127.0.0.1:{}\"", self.port);
         let mut attempt = 0;
         loop {

@@ -25,6 +25,13 @@ pub const ZMK_COMPONENTS: [&str; 2] = [
     "2A5D5071A1051F49552BAF107F9B7D2C770D34077A20804A94A4F708334D3EEE",
 ];
 
+/// Two published test components of an LMK, for several keyd nodes whose tokens must hold the
+/// same LMK (`keyd init --lmk-components 2`). Never for real keys.
+pub const LMK_COMPONENTS: [&str; 2] = [
+    "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F",
+    "F0E0D0C0B0A090807060504030201000F0E0D0C0B0A0908070605040302010FF",
+];
+
 /// The harness's two security officers and their (published, test-only) passwords.
 pub const OFFICERS: [(&str, &str); 2] = [
     ("alice", "correct horse battery staple"),
@@ -138,6 +145,85 @@ impl KeydProcess {
             child: None,
         };
         Ok(keyd)
+    }
+
+    /// A node of several keyd nodes on one PostgreSQL key store: its own token, socket and
+    /// audit log, and the database `db` of `cluster` (the password in `password_file`) in its
+    /// config instead of a SQLite file. Not initialised: the first node runs `init` with
+    /// officers and [`LMK_COMPONENTS`], the others `init --lmk-components 2` with the same
+    /// components ([`KeydProcess::init_first_node`], [`KeydProcess::init_another_node`]).
+    ///
+    /// # Errors
+    /// If SoftHSM is missing or the config cannot be written.
+    pub fn on_postgres(
+        binary: &Path,
+        groups: &str,
+        placement: &str,
+        database_url: &str,
+        password_file: &Path,
+    ) -> Result<Self, Error> {
+        let k = Self::uninitialised(binary, groups, placement, "")?;
+        let config = std::fs::read_to_string(k.config_path())?;
+        let store_line = config
+            .lines()
+            .find(|l| l.starts_with("store = "))
+            .ok_or("no store line in the harness config")?
+            .to_owned();
+        let audit = k.hsm().dir().join("keys.audit.log");
+        let config = config.replace(&store_line, &format!("audit_log = \"{}\"", audit.display()))
+            + &format!(
+                "\n[database]\nurl = \"{database_url}\"\npassword_file = \"{}\"\npool_size = 4\n",
+                password_file.display()
+            );
+        std::fs::write(k.config_path(), config)?;
+        Ok(k)
+    }
+
+    /// `init` of the first node on a shared store: the LMK from [`LMK_COMPONENTS`], the
+    /// officers [`OFFICERS`], and zone `z1` as [`KeydProcess::new`] forms it.
+    ///
+    /// # Errors
+    /// If a command fails.
+    pub fn init_first_node(&self) -> Result<(), Error> {
+        let [(a, a_password), (b, b_password)] = OFFICERS;
+        self.run(
+            &[
+                "init",
+                "--officer",
+                a,
+                "--officer",
+                b,
+                "--lmk-components",
+                "2",
+            ],
+            &[a_password, b_password, LMK_COMPONENTS[0], LMK_COMPONENTS[1]],
+        )?;
+        let [c1, c2] = ZMK_COMPONENTS;
+        self.run(
+            &[
+                "zmk-import",
+                "--zone",
+                "z1",
+                "--components",
+                "2",
+                "--approver",
+                a,
+                "--approver",
+                b,
+            ],
+            &[a_password, b_password, c1, c2],
+        )?;
+        Ok(())
+    }
+
+    /// `init` of another node on the store the first one initialised: the same LMK, formed
+    /// from the same components; officers and zones come with the store.
+    ///
+    /// # Errors
+    /// If the command fails.
+    pub fn init_another_node(&self) -> Result<(), Error> {
+        self.run(&["init", "--lmk-components", "2"], &LMK_COMPONENTS)?;
+        Ok(())
     }
 
     /// Where keyd keeps its key store.
@@ -317,6 +403,14 @@ impl KeydProcess {
     pub fn stop(&mut self) {
         if let Some(child) = self.child.take() {
             terminate(child);
+        }
+    }
+
+    /// Kills keyd with SIGKILL (nothing flushed on the way out), as a host that dies would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 

@@ -5,8 +5,9 @@
 //! device — and a `kill -9` of one node under load loses no acknowledged charge and leaves
 //! nothing pending once the surviving node has taken over the housekeeping.
 //!
-//! Both nodes use one keyd here: what is tested is the API's coordination through the store.
-//! (Skipped with a message where PostgreSQL is not installed and `CI` is not set.)
+//! Most tests give both API nodes one keyd (what they test is the API's coordination through
+//! the store); `postgres_two_hosts_*` runs a keyd per host on one key store, as production
+//! does. (Skipped with a message where PostgreSQL is not installed and `CI` is not set.)
 
 #![allow(
     clippy::unwrap_used,
@@ -25,30 +26,92 @@ use serde_json::{Value, json};
 
 const PAN: &str = "4242424242424242";
 
-/// Node A (with keyd), node B beside it, the merchant, and the cluster kept alive.
+/// Node A (with keyd), node B beside it, the merchant, and the cluster kept alive; with two
+/// hosts, node B's own keyd on the same key store.
 struct Nodes {
     _cluster: pgcluster::Cluster,
     a: Platform,
     b: ApiProcess,
+    keyd_b: Option<e2e::KeydProcess>,
     mid: String,
 }
 
+fn api_binary() -> PathBuf {
+    let api_bin = PathBuf::from(env!("CARGO_BIN_EXE_pos-sim")).with_file_name("api");
+    assert!(
+        api_bin.exists(),
+        "api is built with the workspace: cargo test --workspace"
+    );
+    api_bin
+}
+
 impl Nodes {
+    /// Two API nodes on one database, one keyd.
     fn start(test: &str, processor: &str) -> Option<Self> {
         let cluster = pgcluster::Cluster::for_tests(test).unwrap()?;
         let database = Database::postgres(&cluster, "api").unwrap();
-        let api_bin = PathBuf::from(env!("CARGO_BIN_EXE_pos-sim")).with_file_name("api");
-        assert!(
-            api_bin.exists(),
-            "api is built with the workspace: cargo test --workspace"
-        );
         let a = Platform::start_on(
-            &api_bin,
+            &api_binary(),
             &format!("\n[processor]\n{processor}\n"),
             &database,
         )
         .unwrap();
         let b = a.api.another_node().unwrap();
+        Some(Self::with_merchant(cluster, a, b, None))
+    }
+
+    /// Two hosts, each an API node and a keyd node of its own: keyd's key store and the API's
+    /// records in the same cluster, each keyd's token formed from the same LMK components.
+    fn on_two_hosts(test: &str, processor: &str) -> Option<Self> {
+        let cluster = pgcluster::Cluster::for_tests(test).unwrap()?;
+        let database = Database::postgres(&cluster, "api").unwrap();
+        cluster.create_database("keys").unwrap();
+        let password = cluster.write_password_file().unwrap();
+        let api_bin = api_binary();
+        let keyd = |first: bool| {
+            let mut k = e2e::KeydProcess::on_postgres(
+                &api_bin.with_file_name("keyd"),
+                r#""data", "devices""#,
+                "memory",
+                &cluster.url("keys"),
+                &password,
+            )
+            .unwrap();
+            if first {
+                k.init_first_node().unwrap();
+            } else {
+                k.init_another_node().unwrap();
+            }
+            k.start().unwrap();
+            k
+        };
+        let (keyd_a, keyd_b) = (keyd(true), keyd(false));
+        let api = ApiProcess::start_on(
+            &api_bin,
+            keyd_a.socket(),
+            &database,
+            "",
+            &format!("\n[processor]\n{processor}\n"),
+        )
+        .unwrap();
+        let admin = api.token("ops", "platform_admin").unwrap();
+        let a = Platform {
+            keyd: keyd_a,
+            http: api.client(),
+            api,
+            admin,
+        };
+        a.login_token(&a.admin).unwrap();
+        let b = a.api.another_node_on(Some(keyd_b.socket())).unwrap();
+        Some(Self::with_merchant(cluster, a, b, Some(keyd_b)))
+    }
+
+    fn with_merchant(
+        cluster: pgcluster::Cluster,
+        a: Platform,
+        b: ApiProcess,
+        keyd_b: Option<e2e::KeydProcess>,
+    ) -> Self {
         let r = a
             .ok("POST", "/resellers", Some(&json!({"name": "R"})))
             .unwrap();
@@ -60,12 +123,13 @@ impl Nodes {
                 "mcc": "5812", "country": "DE", "currency": "EUR"})),
             )
             .unwrap();
-        Some(Self {
+        Self {
             _cluster: cluster,
             mid: m["id"].as_str().unwrap().to_owned(),
             a,
             b,
-        })
+            keyd_b,
+        }
     }
 
     fn a(&self) -> Client {
@@ -312,6 +376,18 @@ fn postgres_two_api_nodes_keep_the_contract_across_nodes() {
     assert!(settled > 0);
     assert_eq!(counted, settled, "{} / {}", sa.json, sb.json);
 
+    // The same device registered on A and B at once: one is made, the other refused.
+    let devices = format!("/merchants/{}/devices", nodes.mid);
+    let body = json!({"device_id": "POS-0B0000FF", "model": "sim", "serial": "SN-RACE"});
+    let (ra, rb) = std::thread::scope(|s| {
+        let a = s.spawn(|| nodes.a.call("POST", &devices, Some(&body)).unwrap());
+        let b = s.spawn(|| nodes.on_b("POST", &devices, Some(&body)));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let mut statuses = [ra.status, rb.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409], "{} / {}", ra.json, rb.json);
+
     // The pairing-code rate limit counts codes asked of either node.
     let mut fresh = nodes.device(0x0B00_0002);
     for i in 0..10 {
@@ -413,11 +489,39 @@ fn both_at_once<T: Send>(
 /// housekeeping lease.
 #[test]
 fn postgres_kill_9_of_one_api_node_under_load_loses_nothing() {
-    let Some(mut nodes) = Nodes::start("postgres_kill_9_of_one_api_node", "timeout_ms = 1000")
+    let Some(nodes) = Nodes::start("postgres_kill_9_of_one_api_node", "timeout_ms = 1000") else {
+        return;
+    };
+    kill_host_a_under_load(nodes, 0x0C00_0000);
+}
+
+/// The whole platform on two hosts — two API nodes, two keyd nodes (two SoftHSM tokens formed
+/// from the same LMK components) and one PostgreSQL: terminals go through their lifecycle
+/// across hosts (each step on the other host than the one before, so keys made by one keyd
+/// are used through the other), charge alternately, and then host A (its API node and its keyd
+/// node) is killed with `kill -9` under charge load on both: host B keeps serving, every
+/// acknowledged charge is stored once, nothing stays pending.
+#[test]
+fn postgres_two_hosts_lose_one_under_load_and_lose_nothing() {
+    let Some(nodes) = Nodes::on_two_hosts("postgres_two_hosts_lose_one", "timeout_ms = 1000")
     else {
         return;
     };
-    let terminals: Vec<Terminal> = (0..4).map(|i| nodes.activated(0x0C00_0000 + i)).collect();
+    let mut t = nodes.activated(0x0D00_0001);
+    for (i, node) in [nodes.a(), nodes.b(), nodes.a(), nodes.b()]
+        .into_iter()
+        .enumerate()
+    {
+        t.set_client(node);
+        let (a, v) = t.charge(PAN, 1500 + i as u64, "EUR", None).unwrap();
+        assert_eq!(a.status, 200, "{}", a.json);
+        assert_eq!(v.unwrap()["status"], "approved");
+    }
+    kill_host_a_under_load(nodes, 0x0D10_0000);
+}
+
+fn kill_host_a_under_load(mut nodes: Nodes, first_device: u32) {
+    let terminals: Vec<Terminal> = (0..4).map(|i| nodes.activated(first_device + i)).collect();
     let (on_a, on_b) = terminals.split_at(2);
     let (on_a, on_b) = (on_a.to_vec(), on_b.to_vec());
     let (port_a, port_b) = (nodes.a.api.port(), nodes.b.port());
@@ -434,6 +538,10 @@ fn postgres_kill_9_of_one_api_node_under_load_loses_nothing() {
     let load_b = std::thread::spawn(move || e2e::load::run(port_b, &on_b, &options(4)));
     std::thread::sleep(Duration::from_millis(1500));
     nodes.a.api.kill();
+    if nodes.keyd_b.is_some() {
+        // Host A entirely: its keyd too (SIGKILL).
+        nodes.a.keyd.kill();
+    }
     let (report_a, report_b) = (load_a.join().unwrap(), load_b.join().unwrap());
     assert!(report_a.acknowledged.len() > 5, "{:?}", report_a.failed);
     assert!(report_b.acknowledged.len() > 20, "{:?}", report_b.failed);
@@ -462,6 +570,23 @@ fn postgres_kill_9_of_one_api_node_under_load_loses_nothing() {
         "pending charges of the killed node resolved by the survivor after {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // Node A took the housekeeping lease at its start, before B existed; B takes it over once
+    // it expires (15 s after A's last renewal, and B's next round).
+    let took_over = || {
+        std::fs::read_to_string(nodes.b.log_path())
+            .unwrap()
+            .lines()
+            // B logs the lease only when it changes hands: its first line is taking it.
+            .any(|l| l.contains("housekeeping lease"))
+    };
+    let waiting = Instant::now();
+    while !took_over() {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(40),
+            "node B never took over the housekeeping lease"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let ids: Vec<&str> = charges
         .iter()
         .map(|c| c["charge_id"].as_str().unwrap())

@@ -36,7 +36,7 @@ type Slot = (u64, u64);
 pub type NonceWrites = [Write; 2];
 
 /// The namespace of used nonces in the store (a conflict in it is 4013).
-pub const NAMESPACE: &str = "nonce";
+pub const NAMESPACE: &str = db::NONCES;
 
 /// The used nonces.
 #[derive(Debug, Default)]

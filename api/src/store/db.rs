@@ -43,12 +43,16 @@ fn unavailable(e: &StoreError) -> ApiError {
     ApiError::new(Code::Unavailable, "storage unavailable")
 }
 
+/// The namespace of used nonces (`{scope}:{nonce}`, a unique column of `nonces`): a conflict
+/// in it is a nonce already used, on this node or another.
+pub const NONCES: &str = "nonce";
+
 /// Maps a store error to the wire: a conflict becomes `conflict`, the rest 503/`5030`; except
 /// a nonce another node took first, which is 401/`4013` whatever the batch was for (the nonce
 /// rides in the first commit of every signed request).
 pub fn store_error(e: &StoreError, conflict: ApiError) -> ApiError {
     match e {
-        StoreError::Conflict(ns) if ns == crate::domain::replay::NAMESPACE => {
+        StoreError::Conflict(ns) if ns == NONCES => {
             ApiError::new(Code::NonceReused, "nonce already used")
         }
         StoreError::Conflict(_) => conflict,

@@ -240,7 +240,7 @@ impl PgStore {
             PgTls::VerifyFull { ca_file } => {
                 config.ssl_mode(SslMode::Require);
                 tls::Rustls(Some(
-                    tls::client_config(ca_file).map_err(StoreError::Unavailable)?,
+                    tls::client_config(ca_file, "database").map_err(StoreError::Unavailable)?,
                 ))
             }
         };

@@ -292,7 +292,9 @@ impl PgKeyStore {
             }
             Some(ca_file) => {
                 config.ssl_mode(SslMode::Require);
-                pgtls::Rustls(Some(pgtls::client_config(ca_file).map_err(Error::Config)?))
+                pgtls::Rustls(Some(
+                    pgtls::client_config(ca_file, "database").map_err(Error::Config)?,
+                ))
             }
         };
         if let Some(password) = &options.password {

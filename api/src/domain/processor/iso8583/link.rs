@@ -66,7 +66,7 @@ impl std::fmt::Debug for Endpoint {
 /// # Errors
 /// A message naming the file and the problem.
 pub(crate) fn tls_connector(ca_file: &Path) -> Result<tokio_rustls::TlsConnector, String> {
-    crate::wire::tls::client_config(ca_file, "acquirer").map(tokio_rustls::TlsConnector::from)
+    pgtls::client_config(ca_file, "acquirer").map(tokio_rustls::TlsConnector::from)
 }
 
 /// Why an exchange produced no answer.
