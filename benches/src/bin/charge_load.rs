@@ -182,14 +182,6 @@ fn main() {
     let others: Vec<ApiProcess> = (1..args.nodes)
         .map(|_| api.another_node().unwrap())
         .collect();
-    if args.extra_devices > 0 {
-        bulk_devices(
-            cluster
-                .as_ref()
-                .expect("--extra-devices needs --database postgres"),
-            args.extra_devices,
-        );
-    }
     let http = api.client();
     let admin = api.token("load", "platform_admin").unwrap();
     let call = |method: &str, path: &str, body: Option<&Value>| -> Value {
@@ -221,6 +213,15 @@ fn main() {
         args.terminals,
     )
     .unwrap();
+    // After the activations: by then the API has migrated its schema for certain.
+    if args.extra_devices > 0 {
+        bulk_devices(
+            cluster
+                .as_ref()
+                .expect("--extra-devices needs --database postgres"),
+            args.extra_devices,
+        );
+    }
     println!(
         "charge-load: {} terminals activated in {:.1} s; {} connections, {} s, rate {}, processor {} latency {} ms, keyd placement {}, database {}, {} API node(s)",
         args.terminals,
