@@ -410,6 +410,50 @@ fn time_outs_and_bad_macs_are_reversed_until_acknowledged_across_a_restart() {
 }
 
 #[test]
+fn a_settlement_leaves_a_charge_whose_cancel_awaits_its_0410() {
+    let rt = runtime();
+    let sim = rt.block_on(Simulator::start_default()).unwrap();
+    let p = platform(&sim, "echo_interval_secs = 3600");
+    let (mid, mut t) = terminal(&p, "POS-0000C004");
+    let visa = "4242424242424242";
+    let settle = format!("/merchants/{mid}/settlements");
+    let kept = charged(t.charge(visa, 1000, "EUR", None).unwrap());
+    let cancelling = charged(t.charge(visa, 2500, "EUR", None).unwrap());
+    let id = cancelling["charge_id"].as_str().unwrap().to_owned();
+
+    // The acquirer answers nothing: the cancel gives up with 502 and the charge stays
+    // approved while its reversal is repeated.
+    sim.set_drop_fraction(1.0);
+    let (a, _) = t.cancel(&id).unwrap();
+    assert_eq!((a.status, a.code()), (502, "5020"), "{}", a.json);
+    assert_eq!(get_charge(&p, &id)["status"], "approved");
+
+    // The batch settles the other charge and leaves this one.
+    let batch = p.ok("POST", &settle, None).unwrap();
+    assert_eq!(batch["count"], 1, "{batch}");
+    assert_eq!(batch["total"]["value"], "1000", "{batch}");
+    let c = get_charge(&p, &id);
+    assert_eq!(
+        (c["status"].as_str(), &c["settled_at"]),
+        (Some("approved"), &Value::Null)
+    );
+    assert_eq!(
+        get_charge(&p, kept["charge_id"].as_str().unwrap())["status"],
+        "settled"
+    );
+
+    // The acquirer comes back: the repeated reversal is acknowledged, the charge is
+    // cancelled, and the next batch has nothing to settle.
+    sim.clear_faults();
+    assert!(eventually(10, || get_charge(&p, &id)["status"] == "cancelled"));
+    assert!(sim.is_reversed(c["processor"]["reference"].as_str().unwrap()));
+    let batch = p.ok("POST", &settle, None).unwrap();
+    assert_eq!(batch["count"], 0, "{batch}");
+    assert_eq!(get_charge(&p, &id)["settled_at"], Value::Null);
+    log_is_clean(&p, &[visa]);
+}
+
+#[test]
 fn a_charge_in_flight_when_the_api_dies_is_reversed_by_the_next_start() {
     let rt = runtime();
     let sim = rt.block_on(Simulator::start_default()).unwrap();

@@ -9,6 +9,7 @@
 //! The card helpers [`luhn_ok`] and [`brand`] are here because they are facts about card
 //! numbers that both the engine (validation, the stored `brand`) and the simulator need.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +22,7 @@ use keyd_proto::Status;
 use keyd_proto::message::PvvVerify;
 use zeroize::Zeroizing;
 
+use crate::error::ApiError;
 use crate::keyd::{Keyd, KeydError};
 
 pub mod iso8583;
@@ -353,6 +355,20 @@ pub trait Processor: Send + Sync + fmt::Debug {
     /// start (an acquirer link resends the reversals a previous start left unacknowledged).
     fn housekeeping(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async {})
+    }
+
+    /// The charges whose cancel this processor has sent but not yet seen acknowledged (an
+    /// acquirer link's pending `0400`/`0401` reversals of approved charges). Settlement leaves
+    /// them out of its batch: such a charge is on its way to `cancelled`, and settling it
+    /// would have the cardholder both charged and reversed. Read under the charges' locks.
+    /// The default has none.
+    ///
+    /// # Errors
+    /// 503 when the processor's records cannot be read.
+    fn cancels_pending(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<HashSet<String>, ApiError>> + Send + '_>> {
+        Box::pin(async { Ok(HashSet::new()) })
     }
 
     /// Authorizes and captures a charge. Takes the request by value so the PAN is dropped

@@ -81,6 +81,9 @@ fn outcome_window(engine: &Engine) -> i64 {
 
 /// Closes the merchant's batch: every settleable charge (approved or partially refunded, not
 /// yet settled) that fits the money format gets `settled_at`; approved ones become `settled`.
+/// A charge whose cancel the processor has sent and not yet seen acknowledged
+/// ([`crate::domain::processor::Processor::cancels_pending`]) is left out: it becomes
+/// `cancelled` when the acknowledgement comes, which is never a charge to settle.
 ///
 /// # Errors
 /// 409 if the charges changed under the batch, 503 when storage is down.
@@ -128,9 +131,18 @@ pub async fn settle(
     // Refunds and cancels hold their charge's lock across the processor call and the commit;
     // holding every candidate's lock, the batch sees (and writes) each charge's latest state.
     let _charge_guards = engine.locks.lock_many(&candidates).await?;
+    // A charge whose cancel was sent to the acquirer and not yet acknowledged stays
+    // `approved` until its `0410` (spec 12.6); it is on its way to `cancelled`, so the batch
+    // leaves it out (read under the locks: a cancel holds its charge's lock until its
+    // reversal is durable).
+    let cancelling = engine.processor.cancels_pending().await?;
     let mut open = Vec::with_capacity(candidates.len());
     let mut versions = std::collections::HashMap::with_capacity(candidates.len());
     for id in &candidates {
+        if cancelling.contains(id) {
+            tracing::info!(charge_id = %id, "not settled: its cancel awaits the acquirer");
+            continue;
+        }
         if let Some((c, version)) = engine.db.get_versioned::<Charge>(id).await?
             && settleable(&c)
         {

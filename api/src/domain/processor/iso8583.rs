@@ -23,7 +23,7 @@ mod link;
 mod messages;
 mod reversals;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
@@ -44,6 +44,7 @@ use super::{
     VoidReason, VoidRequest,
 };
 use crate::domain::locks::Locks;
+use crate::error::ApiError;
 use crate::keyd::Keyd;
 use crate::store::db::Db;
 
@@ -432,6 +433,10 @@ impl Processor for Iso8583 {
 
     fn void(&self, req: VoidRequest) -> Boxed<'_, Result<(), ProcessorError>> {
         Box::pin(self.void_link(req))
+    }
+
+    fn cancels_pending(&self) -> Boxed<'_, Result<HashSet<String>, ApiError>> {
+        Box::pin(reversals::cancels_pending(&self.shared))
     }
 
     fn housekeeping(&self) -> Boxed<'_, ()> {

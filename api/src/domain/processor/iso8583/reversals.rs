@@ -14,6 +14,7 @@
 //! its `0410` does arrive the charge becomes `cancelled` then
 //! ([`crate::domain::charges::recovery::cancel_reversed`]).
 
+use std::collections::HashSet;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -180,6 +181,25 @@ pub(super) async fn resend_pending(shared: &Arc<Shared>) {
             Err(why) => tracing::info!(%charge_id, %why, "pending reversal not resent yet"),
         }
     }
+}
+
+/// The charges whose cancel reversal awaits its `0410` (stored ones: whichever node or start
+/// is sending them), for settlement to leave alone.
+///
+/// # Errors
+/// 503 when the reversals cannot be read.
+pub(super) async fn cancels_pending(shared: &Shared) -> Result<HashSet<String>, ApiError> {
+    let mut charges = HashSet::new();
+    shared
+        .db
+        .walk_back::<Reversal>(|r| {
+            if r.reason == Reason::Cancel {
+                charges.insert(r.charge_id);
+            }
+            Ok(true)
+        })
+        .await?;
+    Ok(charges)
 }
 
 /// The acknowledgement of a reversal this process is sending.
