@@ -186,6 +186,7 @@ impl Host {
                 rrn: field(&request, De::Rrn),
                 processing_code: field(&request, De::ProcessingCode),
                 amount: request.get(De::Amount).and_then(|a| a.parse().ok()),
+                expiry: field(&request, De::Expiry),
                 response_code: response.and_then(|r| field(r, De::ResponseCode)),
                 authorization_id: response.and_then(|r| field(r, De::AuthorizationId)),
                 pin: decision.pin,

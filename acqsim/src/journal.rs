@@ -49,6 +49,8 @@ pub struct Entry {
     pub processing_code: Option<String>,
     /// DE 4 as a number.
     pub amount: Option<u64>,
+    /// DE 14 (`YYMM`) as received: the card's expiry, which a refund carries again.
+    pub expiry: Option<String>,
     /// DE 39 of the response built (also when it was then dropped or sent with a bad MAC);
     /// `None` when no response was built.
     pub response_code: Option<String>,

@@ -228,6 +228,9 @@ fn section_8_outcomes_pins_refunds_and_cancels_over_the_link() {
     assert_eq!(refund_entry.processing_code.as_deref(), Some("200000"));
     assert_eq!(refund_entry.amount, Some(500));
     assert_eq!(refund_entry.delivery, Delivery::Answered);
+    // It carries the card's expiry (DE 14) as the purchase did, opened from the sealed card.
+    assert_eq!(e.expiry.as_deref(), Some("3012"));
+    assert_eq!(refund_entry.expiry.as_deref(), Some("3012"));
 
     // A cancel: 0400 naming the purchase; cancelled once the 0410 is in.
     let c = charged(t.charge(visa, 2500, "EUR", None).unwrap());
@@ -278,6 +281,64 @@ fn section_8_outcomes_pins_refunds_and_cancels_over_the_link() {
         "every message the API sent verified"
     );
     log_is_clean(&p, &[visa, &right, &wrong]);
+    card_data_is_stored_only_sealed(&p, &[visa, "4000000000000002", "4000000000009995"]);
+}
+
+/// What the API keeps for later acquirer messages (`processor_data` of charges, `original` of
+/// pending reversals) holds the PAN and the expiry only inside keyd's sealed blob.
+fn card_data_is_stored_only_sealed(p: &Platform, pans: &[&str]) {
+    let db = rusqlite::Connection::open_with_flags(
+        p.api.dir().join("api.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut kept: Vec<String> = Vec::new();
+    for sql in [
+        "SELECT processor_data FROM charges WHERE processor_data IS NOT NULL",
+        "SELECT original FROM reversals",
+    ] {
+        let mut q = db.prepare(sql).unwrap();
+        kept.extend(
+            q.query_map([], |row| row.get::<_, String>(0))
+                .unwrap()
+                .map(Result::unwrap),
+        );
+    }
+    assert!(kept.len() >= 9, "{} records", kept.len());
+    for text in kept {
+        let data: Value = serde_json::from_str(&text).unwrap();
+        let fields = data.as_object().unwrap();
+        let mut names: Vec<&str> = fields.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "amount",
+                "currency",
+                "mid",
+                "mti",
+                "processing_code",
+                "rrn",
+                "sealed_pan",
+                "stan",
+                "terminal",
+                "transmission"
+            ],
+            "no expiry beside the sealed card"
+        );
+        for (name, value) in fields {
+            let value = value.to_string();
+            if name == "sealed_pan" {
+                let sealed = hex::decode(value.trim_matches('"')).unwrap();
+                assert!(sealed.len() >= 80, "IV, ciphertext, tag");
+                for clear in pans.iter().map(|p| p.as_bytes()).chain([&b"=3012"[..]]) {
+                    assert!(!sealed.windows(clear.len()).any(|w| w == clear));
+                }
+            } else {
+                assert!(pans.iter().all(|pan| !value.contains(pan)), "{name}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -1647,9 +1647,22 @@ mod tests {
         }
         assert!(matches!(open(a[..40].to_vec()), Err(Error::Auth)));
         assert!(matches!(open(Vec::new()), Err(Error::Auth)));
-        for not_a_pan in [&b"12345"[..], b"42424242424242424242", b"424242424242424x"] {
+        for not_a_pan in [
+            &b"12345"[..],
+            b"42424242424242424242",
+            b"424242424242424x",
+            b"4242424242424242=",
+            b"4242424242424242=281",
+            b"4242424242424242=2812=",
+            b"4242424242424242=28x2",
+            b"=2812",
+        ] {
             assert!(matches!(seal(not_a_pan), Err(Error::BadRequest(_))));
         }
+        // With its expiry (track 2's layout), opened as sealed.
+        let card = seal(b"4242424242424242=2812").unwrap().sealed;
+        assert!(!card.windows(4).any(|w| w == b"2812"));
+        assert_eq!(open(card).unwrap().pan.expose(), b"4242424242424242=2812");
         // Another LMK, another sealing key: a blob does not open elsewhere.
         assert!(matches!(
             service().pan_open(&m::PanOpen { sealed: a }),

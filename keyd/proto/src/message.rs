@@ -413,7 +413,8 @@ message! {
     /// keyd): what the platform must keep to reverse or refund a charge on an acquirer link
     /// long after the request that carried the card (contract section 12.6), without holding
     /// the number in clear or any key. AES-256-CBC with a random IV, then HMAC-SHA-256 over IV
-    /// and ciphertext (encrypt-then-MAC).
+    /// and ciphertext (encrypt-then-MAC). `pan` is the PAN's digits, optionally followed by
+    /// `=` and the card's expiry `YYMM` (track 2's layout), which a refund needs again.
     PanSeal { pan: Secret }
 }
 message! {
@@ -425,7 +426,7 @@ message! {
     PanOpen { sealed: Vec<u8> }
 }
 message! {
-    /// A PAN opened from its sealed form.
+    /// A PAN opened from its sealed form (with `=YYMM` if it was sealed so).
     PanValue { pan: Secret }
 }
 

@@ -70,6 +70,24 @@ fn pan(secret: &keyd_proto::Secret) -> Result<Pan, Error> {
     Pan::new(text).map_err(|_| Error::BadRequest("a PAN is 12-19 digits".into()))
 }
 
+/// What `PanSeal` takes: a PAN, or a PAN, `=` and the card's expiry as `YYMM` (the layout of
+/// ISO/IEC 7813 track 2: PAN, field separator, expiry), which a refund on the acquirer link
+/// needs again (DE 14) and which is kept with the PAN rather than beside it in clear.
+fn sealable(secret: &keyd_proto::Secret) -> Result<(), Error> {
+    let bad = || Error::BadRequest("a PAN is 12-19 digits, optionally =YYMM".into());
+    let bytes = secret.expose();
+    let (number, expiry) = match bytes.iter().position(|b| *b == b'=') {
+        Some(at) => bytes.split_at(at),
+        None => (bytes, &[][..]),
+    };
+    if !(expiry.is_empty() || (expiry.len() == 5 && expiry.iter().skip(1).all(u8::is_ascii_digit)))
+    {
+        return Err(bad());
+    }
+    let text = std::str::from_utf8(number).map_err(|_| bad())?;
+    Pan::new(text).map(drop).map_err(|_| bad())
+}
+
 impl Service {
     /// An imported key opened under the LMK (or from the cache), if its header has `usage`
     /// and algorithm `T` (or `A` where `aes_ok`) and its mode allows `want`.
@@ -284,13 +302,15 @@ impl Service {
         }
     }
 
-    /// Seals a PAN for storage (`PanSeal`): IV (16) ‖ AES-256-CBC ciphertext ‖ HMAC-SHA-256
-    /// tag (32) over IV and ciphertext, under keys derived from the LMK for this use alone.
+    /// Seals a PAN, alone or with its expiry as `PAN=YYMM`, for storage (`PanSeal`): IV (16) ‖
+    /// AES-256-CBC ciphertext ‖ HMAC-SHA-256 tag (32) over IV and ciphertext, under keys
+    /// derived from the LMK for this use alone.
     ///
     /// # Errors
-    /// [`Error::BadRequest`] for anything that is not 12-19 digits.
+    /// [`Error::BadRequest`] for anything that is not 12-19 digits, optionally followed by `=`
+    /// and four digits.
     pub fn pan_seal(&self, req: &m::PanSeal) -> Result<m::SealedPan, Error> {
-        pan(&req.pan)?;
+        sealable(&req.pan)?;
         let (enc, mac) = &self.pan_seal_keys;
         let mut iv = [0u8; 16];
         self.hsm.random(&mut iv)?;
@@ -307,7 +327,7 @@ impl Service {
     /// anything is decrypted.
     ///
     /// # Errors
-    /// [`Error::Auth`] for every blob that does not open to a PAN.
+    /// [`Error::Auth`] for every blob that does not open to a PAN (with or without expiry).
     pub fn pan_open(&self, req: &m::PanOpen) -> Result<m::PanValue, Error> {
         let (enc, mac) = &self.pan_seal_keys;
         let split = req.sealed.len().checked_sub(32).ok_or(Error::Auth)?;
@@ -316,7 +336,7 @@ impl Service {
         let (iv, ciphertext) = body.split_first_chunk::<16>().ok_or(Error::Auth)?;
         let clear = crate::crypto::cbc_decrypt(&enc[..], iv, ciphertext)?;
         let secret = keyd_proto::Secret::new(&clear);
-        pan(&secret).map_err(|_| Error::Auth)?;
+        sealable(&secret).map_err(|_| Error::Auth)?;
         Ok(m::PanValue { pan: secret })
     }
 }

@@ -35,6 +35,7 @@ use acqlink::{BACKOFFICE_TERMINAL, EntryMode};
 use keyd_proto::message::PanSeal;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use zeroize::Zeroizing;
 
 use self::link::{Endpoint, Link, NoAnswer, StanHold};
 use self::messages::{Clock, Original, Presented};
@@ -171,14 +172,17 @@ impl Iso8583 {
         let rrn = clock
             .rrn(hold.stan())
             .map_err(|_| failed("cannot make an RRN"))?;
+        // DE 14 goes into a later refund's 0200 too: sealed with the PAN, never kept in clear.
+        let card = Zeroizing::new(format!("{}={}", req.pan.expose(), expiry(req).as_str()));
         let sealed = self
             .shared
             .keyd
             .call(&PanSeal {
-                pan: keyd_proto::Secret::new(req.pan.expose().as_bytes()),
+                pan: keyd_proto::Secret::new(card.as_bytes()),
             })
             .await
             .map_err(|_| failed("keyd cannot seal the PAN"))?;
+        drop(card);
         let original = Original {
             mti: acqlink::Mti::FinancialRequest.code().to_owned(),
             processing_code: messages::PURCHASE.to_owned(),
@@ -189,7 +193,7 @@ impl Iso8583 {
             rrn,
             terminal,
             mid: req.acquirer_mid.clone(),
-            expiry: format!("{:02}{:02}", req.exp_year % 100, req.exp_month),
+            expiry: String::new(),
             sealed_pan: hex::encode_upper(&sealed.sealed),
         };
         Ok(Prepared {
@@ -215,10 +219,12 @@ impl Iso8583 {
             _ => EntryMode::Manual,
         };
         let entry_mode = acqlink::pos_entry_mode(mode, req.pin_block.is_some());
+        let expiry = expiry(&req);
         let request = messages::financial(
             &original,
             Presented {
                 pan: req.pan.expose(),
+                expiry: &expiry,
                 entry_mode: &entry_mode,
                 pin_block: req.pin_block.as_ref().map(PinBlock::expose),
                 emv: req.emv_data.as_deref().filter(|e| !e.is_empty()),
@@ -300,20 +306,25 @@ impl Iso8583 {
             transmission: clock.transmission,
             ..charge
         };
-        let pan = reversals::open_pan(&self.shared, &refund.sealed_pan)
+        let card = reversals::open_pan(&self.shared, &refund.sealed_pan)
             .await
             .map_err(|_| failed("keyd cannot open the sealed PAN"))?;
+        let (pan, sealed_expiry) = messages::split_card(&card);
+        let expiry = sealed_expiry
+            .or(Some(refund.expiry.as_str()).filter(|e| !e.is_empty()))
+            .ok_or_else(|| failed("the charge's expiry was not kept"))?;
         let request = messages::financial(
             &refund,
             Presented {
-                pan: pan.as_str(),
+                pan,
+                expiry,
                 entry_mode: messages::REFUND_ENTRY_MODE,
                 pin_block: None,
                 emv: None,
             },
         )
         .map_err(|e| failed_owned(format!("cannot build the refund: {e}")))?;
-        drop(pan);
+        drop(card);
         let deadline = Instant::now() + self.shared.link.timeout();
         let reversal_id = format!("{}/{}{}", req.charge_id, refund.stan, refund.transmission);
         match self.shared.link.exchange(&hold, request, deadline).await {
@@ -391,6 +402,11 @@ const MAX_EMV_HEX: usize = 510;
 /// What a cancel waits beyond the time-out for its reversal's first answer (keyd's MAC and
 /// PAN calls on the way).
 const CANCEL_MARGIN: Duration = Duration::from_secs(1);
+
+/// DE 14 of the card in a request: `YYMM`.
+fn expiry(req: &AuthorizationRequest) -> Zeroizing<String> {
+    Zeroizing::new(format!("{:02}{:02}", req.exp_year % 100, req.exp_month))
+}
 
 /// The [`Original`] kept with a charge, if it was made over this link.
 fn original(data: Option<&serde_json::Value>) -> Option<Original> {

@@ -64,9 +64,10 @@ impl Clock {
     }
 }
 
-/// A request as a later reversal (DE 90, DE 2-4, 37, 41, 42, 49) or refund needs it. Stored
-/// as JSON with the charge (`processor_data`) and with a pending reversal; the PAN only sealed
-/// by keyd. `Debug` shows neither the sealed PAN nor the expiry.
+/// A request as a later reversal (DE 90, DE 2-4, 37, 41, 42, 49) or refund (DE 2 and 14 as
+/// well) needs it. Stored as JSON with the charge (`processor_data`) and with a pending
+/// reversal; the PAN and the expiry only sealed by keyd, together (`PAN=YYMM`, see
+/// [`split_card`]). `Debug` shows neither the sealed card nor a legacy expiry.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Original {
     /// Its MTI (`0200`).
@@ -87,10 +88,22 @@ pub(crate) struct Original {
     pub(crate) terminal: String,
     /// DE 42.
     pub(crate) mid: String,
-    /// DE 14, `YYMM`.
+    /// DE 14, `YYMM`, in clear: only in charges recorded before the expiry was sealed with
+    /// the PAN (read for their refunds); empty, and not written, in new ones.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub(crate) expiry: String,
-    /// The PAN as keyd sealed it (`PanSeal`), upper-case hex.
+    /// The PAN, and after `=` the expiry (`YYMM`), as keyd sealed them (`PanSeal`), upper-case
+    /// hex.
     pub(crate) sealed_pan: String,
+}
+
+/// A card as it was sealed: `PAN=YYMM` (track 2's layout) → the PAN and the expiry; a PAN
+/// sealed alone (charges recorded before the expiry was sealed with it) → no expiry.
+pub(crate) fn split_card(sealed: &str) -> (&str, Option<&str>) {
+    match sealed.split_once('=') {
+        Some((pan, expiry)) => (pan, Some(expiry)),
+        None => (sealed, None),
+    }
 }
 
 impl fmt::Debug for Original {
@@ -111,6 +124,8 @@ impl fmt::Debug for Original {
 pub(crate) struct Presented<'a> {
     /// DE 2.
     pub(crate) pan: &'a str,
+    /// DE 14, `YYMM`.
+    pub(crate) expiry: &'a str,
     /// DE 22.
     pub(crate) entry_mode: &'a str,
     /// DE 52: a format 0 block under the ZPK.
@@ -141,7 +156,7 @@ pub(crate) fn financial(o: &Original, card: Presented<'_>) -> Result<Message, ac
         .with(De::Stan, &o.stan)?
         .with(De::LocalTime, time)?
         .with(De::LocalDate, date)?
-        .with(De::Expiry, &o.expiry)?
+        .with(De::Expiry, card.expiry)?
         .with(De::PosEntryMode, card.entry_mode)?
         .with(De::PosConditionCode, "00")?
         .with(De::Rrn, &o.rrn)?
@@ -251,7 +266,7 @@ mod tests {
             rrn: clock().rrn(stan).unwrap(),
             terminal: "VP004812".into(),
             mid: "123456789012345".into(),
-            expiry: "3012".into(),
+            expiry: String::new(),
             sealed_pan: "00AB".into(),
         }
     }
@@ -273,6 +288,7 @@ mod tests {
             &original(),
             Presented {
                 pan: "4242424242424242",
+                expiry: "3012",
                 entry_mode: "051",
                 pin_block: Some(&block),
                 emv: Some("9f2608a1b2"),
@@ -300,6 +316,7 @@ mod tests {
             &original(),
             Presented {
                 pan: "4242424242424242",
+                expiry: "3012",
                 entry_mode: "052",
                 pin_block: None,
                 emv: None,
@@ -314,6 +331,7 @@ mod tests {
                 &original(),
                 Presented {
                     pan: "4242424242424242",
+                    expiry: "3012",
                     entry_mode: "052",
                     pin_block: None,
                     emv: Some(&long),
@@ -403,8 +421,29 @@ mod tests {
     }
 
     #[test]
-    fn debug_shows_no_card_data() {
+    fn the_expiry_is_kept_only_sealed_with_the_pan() {
         let o = original();
+        let stored = serde_json::to_value(&o).unwrap();
+        assert!(stored.get("expiry").is_none(), "{stored}");
+        assert_eq!(serde_json::from_value::<Original>(stored).unwrap(), o);
+        // A charge recorded before the expiry was sealed still reads (for its refunds).
+        let mut legacy = serde_json::to_value(&o).unwrap();
+        legacy["expiry"] = "3012".into();
+        assert_eq!(
+            serde_json::from_value::<Original>(legacy).unwrap().expiry,
+            "3012"
+        );
+        assert_eq!(
+            split_card("4242424242424242=3012"),
+            ("4242424242424242", Some("3012"))
+        );
+        assert_eq!(split_card("4242424242424242"), ("4242424242424242", None));
+    }
+
+    #[test]
+    fn debug_shows_no_card_data() {
+        let mut o = original();
+        o.expiry = "3012".into();
         let shown = format!("{o:?}");
         assert!(
             !shown.contains("00AB") && !shown.contains("3012"),
@@ -412,6 +451,7 @@ mod tests {
         );
         let p = Presented {
             pan: "4242424242424242",
+            expiry: "3012",
             entry_mode: "051",
             pin_block: Some(&[1; 8]),
             emv: None,

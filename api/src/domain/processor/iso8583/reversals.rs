@@ -241,7 +241,8 @@ async fn run(shared: Arc<Shared>, mut record: Reversal, hold: StanHold, ack: wat
     loop {
         if pan.is_none() && !pan_lost {
             match open_pan(&shared, &record.original.sealed_pan).await {
-                Ok(p) => pan = Some(p),
+                // A reversal carries no DE 14: the PAN alone.
+                Ok(card) => pan = Some(Zeroizing::new(messages::split_card(&card).0.to_owned())),
                 Err(KeydError::Refused(_)) => {
                     tracing::error!(charge_id = %record.charge_id,
                         "the sealed PAN does not open; reversing without DE 2");
@@ -343,7 +344,7 @@ async fn persist(shared: &Shared, record: &Reversal) {
     }
 }
 
-/// A PAN sealed by keyd, opened by keyd.
+/// A PAN sealed by keyd (with `=YYMM` when its expiry was sealed with it), opened by keyd.
 pub(super) async fn open_pan(
     shared: &Shared,
     sealed_hex: &str,
