@@ -903,20 +903,39 @@ impl Service {
     /// [`Error::Auth`] for an unknown key or a bad padding; [`Error::BadRequest`] if the
     /// plaintext is not a JSON object with a `pan` string.
     pub fn card_decrypt(&self, req: &m::CardDecrypt) -> Result<m::CardData, Error> {
+        self.open_card(&req.tdk_key_id, &req.iv, &req.ciphertext)
+            .map(|(card, _)| card)
+    }
+
+    /// [`Self::card_decrypt`], and the byte range of the card's `pan` in the plaintext.
+    pub(crate) fn open_card(
+        &self,
+        tdk_key_id: &str,
+        iv: &[u8; 16],
+        ciphertext: &[u8],
+    ) -> Result<(m::CardData, std::ops::Range<usize>), Error> {
         #[derive(serde::Deserialize)]
         struct Card<'a> {
             #[serde(borrow)]
             pan: &'a str,
         }
-        let key = self.working_key(&req.tdk_key_id, KeyKind::Tdk)?;
-        let plaintext = key.decrypt(&req.iv, &req.ciphertext)?;
-        let card: Card<'_> = serde_json::from_slice(plaintext.expose())
+        let key = self.working_key(tdk_key_id, KeyKind::Tdk)?;
+        let plaintext = key.decrypt(iv, ciphertext)?;
+        let clear = plaintext.expose();
+        let card: Card<'_> = serde_json::from_slice(clear)
             .map_err(|_| Error::BadRequest("card data is not a JSON object with a pan".into()))?;
         let pan_fingerprint = crypto::hmac(&self.fingerprint_key[..], card.pan.as_bytes())?;
-        Ok(m::CardData {
-            plaintext,
-            pan_fingerprint,
-        })
+        // `pan` is borrowed from the plaintext (a JSON string without escapes), so its place
+        // in it is where the pointer says.
+        let at = (card.pan.as_ptr() as usize).saturating_sub(clear.as_ptr() as usize);
+        let range = at..at + card.pan.len();
+        Ok((
+            m::CardData {
+                plaintext,
+                pan_fingerprint,
+            },
+            range,
+        ))
     }
 
     /// The keyed fingerprint of a PAN (digits only, 12-19).

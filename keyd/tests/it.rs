@@ -946,6 +946,64 @@ async fn payment_hsm_operations(placement: &str) {
         );
     }
 
+    // The card decrypted and its PIN translated in one call, bound to the card's own PAN.
+    let tdk_id = export
+        .keys
+        .iter()
+        .find(|k| k.kind == "tdk")
+        .unwrap()
+        .key_id
+        .clone();
+    let card = format!(r#"{{"pan":"{pan_text}","exp_month":12,"exp_year":2030}}"#);
+    let iv = [7u8; 16];
+    let ciphertext = device::encrypt(&unwrap_set(&export)["tdk"], &iv, card.as_bytes()).unwrap();
+    let open = |pin_block: Vec<u8>, to: &str| m::CardDecryptPin {
+        tdk_key_id: tdk_id.clone(),
+        iv,
+        ciphertext: ciphertext.clone(),
+        tpk_key_id: tpk_id.clone(),
+        zpk_key_id: to.to_owned(),
+        pin_block,
+    };
+    let both = client
+        .call(&open(from_terminal.to_vec(), &zpk_id))
+        .await
+        .unwrap();
+    assert_eq!(both.plaintext.expose(), card.as_bytes());
+    let block: [u8; 8] = both.pin_block.as_slice().try_into().unwrap();
+    assert!(paycrypto::decipher_format0(&zpk, &block, &pan).unwrap() == pin);
+    let alone = client
+        .call(&m::CardDecrypt {
+            tdk_key_id: tdk_id.clone(),
+            iv,
+            ciphertext: ciphertext.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(both.pan_fingerprint, alone.pan_fingerprint);
+    // A block for another card, a damaged one, a MAC key or an unknown key as PIN key: the
+    // card still opens and the PIN block comes back empty, whatever the reason.
+    let other_card = paycrypto::Pan::new("4761739001010127").unwrap();
+    let for_another = paycrypto::encipher_format4(&tpk, &pin, &other_card, &[0x5A; 8]);
+    for (block, to) in [
+        (for_another.to_vec(), zpk_id.as_str()),
+        (vec![0u8; 16], zpk_id.as_str()),
+        (from_terminal[..8].to_vec(), zpk_id.as_str()),
+        (from_terminal.to_vec(), zak_id.as_str()),
+        (from_terminal.to_vec(), "imp-unknown"),
+    ] {
+        let answer = client.call(&open(block, to)).await.unwrap();
+        assert!(answer.pin_block.is_empty(), "{to}");
+        assert_eq!(answer.plaintext.expose(), card.as_bytes());
+    }
+    // Card data that does not open is refused as `CardDecrypt` refuses it.
+    let mut not_a_tdk = open(from_terminal.to_vec(), &zpk_id);
+    not_a_tdk.tdk_key_id = tpk_id.clone();
+    assert!(matches!(
+        client.call(&not_a_tdk).await,
+        Err(ClientError::Status(Status::AUTH_FAILED))
+    ));
+
     // The retail MAC under the ZAK, as the acquirer computes it; a ZPK does not MAC.
     let message = b"0200F23A40010AE0800000000000000000001".to_vec();
     let mac = client

@@ -135,12 +135,18 @@ pub fn charge_request(
     pan: &str,
     amount: u64,
     currency: &str,
+    pin_block: Option<&str>,
 ) -> Result<Vec<u8>, Error> {
-    let inner = json!({
+    let mut inner = json!({
         "amount": {"value": amount.to_string(), "currency": currency},
         "entry_mode": "contactless",
         "card": t.card_blob(pan)?,
     });
+    if let Some(block) = pin_block {
+        // A chip card takes a PIN at any amount (spec 12.2).
+        inner["entry_mode"] = json!("chip");
+        inner["pin_block"] = json!(block);
+    }
     let body = t.envelope(inner.to_string().as_bytes(), false)?;
     let tid = t.terminal_id().ok_or("no terminal id")?;
     let kid = t.mac_key_id().ok_or("no MAC key")?;
@@ -179,6 +185,9 @@ pub struct Options {
     /// Open every answer and keep the acknowledged charge ids (costs client CPU; for checks
     /// that every acknowledged charge was stored exactly once).
     pub collect: bool,
+    /// A PIN every charge carries (chip entry, a format 4 block under the terminal's TPK, made
+    /// once per connection), or none (contactless).
+    pub pin: Option<String>,
 }
 
 /// What a run measured.
@@ -297,6 +306,7 @@ pub fn run_on(ports: &[u16], terminals: &[Terminal], options: &Options) -> Repor
                 options.currency.clone(),
                 options.collect,
             );
+            let pin = options.pin.clone();
             std::thread::spawn(move || {
                 let fail = |status: u16| {
                     if let Ok(mut f) = failed.lock() {
@@ -306,6 +316,14 @@ pub fn run_on(ports: &[u16], terminals: &[Terminal], options: &Options) -> Repor
                 let Ok(mut conn) = Conn::new(port) else {
                     fail(0);
                     return;
+                };
+                let pin_block = match pin.as_deref().map(|p| t.pin_block(p, &pan)) {
+                    None => None,
+                    Some(Ok(block)) => Some(block),
+                    Some(Err(_)) => {
+                        fail(0);
+                        return;
+                    }
                 };
                 let mut mine = Vec::with_capacity(100_000);
                 let mut next = Instant::now();
@@ -319,7 +337,9 @@ pub fn run_on(ports: &[u16], terminals: &[Terminal], options: &Options) -> Repor
                         next += interval;
                     }
                     n += 1;
-                    let Ok(request) = charge_request(&t, &pan, 1000 + (n % 89), &currency) else {
+                    let Ok(request) =
+                        charge_request(&t, &pan, 1000 + (n % 89), &currency, pin_block.as_deref())
+                    else {
                         fail(0);
                         break;
                     };

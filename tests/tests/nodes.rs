@@ -533,6 +533,7 @@ fn kill_host_a_under_load(mut nodes: Nodes, first_device: u32) {
         pan: PAN.into(),
         currency: "EUR".into(),
         collect: true,
+        pin: None,
     };
     let load_a = std::thread::spawn(move || e2e::load::run(port_a, &on_a, &options(3)));
     let load_b = std::thread::spawn(move || e2e::load::run(port_b, &on_b, &options(4)));

@@ -62,6 +62,7 @@ fn options(seconds: u64) -> e2e::load::Options {
         pan: "4242424242424242".into(),
         currency: "EUR".into(),
         collect: true,
+        pin: None,
     }
 }
 

@@ -13,7 +13,9 @@
 //! pointed at an `acqsim` acquirer host started inside this driver on a loopback port (with
 //! `--processor-latency-ms` as its answer latency), keyd holding the published test ZAK and ZPK
 //! (`keyd simulator-keys`): each charge then also costs keyd a PAN seal, a MAC and a MAC check,
-//! and the API a round trip over the link.
+//! and the API a round trip over the link. With `--pin 1234` every charge carries a PIN (chip
+//! entry, a format 4 block under the terminal's TPK), which keyd translates to the processor's
+//! ZPK and the issuer (the embedded simulator through keyd's `PvvVerify`, or `acqsim`) checks.
 //!
 //! It starts keyd and the API on throw-away state, registers and activates `--terminals`
 //! terminals through the real lifecycle, then drives charges from `--connections` threads for
@@ -79,6 +81,11 @@ struct Args {
     /// over the ISO 8583 link, in this process).
     #[arg(long, default_value = "simulator")]
     processor: String,
+    /// Every charge carries this PIN (chip entry; a format 4 block under the terminal's TPK,
+    /// which keyd translates to the processor's ZPK and the issuer checks by PVV: `1234`
+    /// approves). Without it, charges are contactless and carry none.
+    #[arg(long)]
+    pin: Option<String>,
     /// API nodes on the one database (more than one needs `--database postgres`); the
     /// connections are spread over them round-robin, as a load balancer would.
     #[arg(long, default_value_t = 1)]
@@ -147,10 +154,14 @@ fn main() {
         .build()
         .unwrap();
     let (processor, acquirer) = match args.processor.as_str() {
-        "simulator" => (
-            format!("latency_ms = {}\n", args.processor_latency_ms),
-            None,
-        ),
+        "simulator" => {
+            let mut lines = format!("latency_ms = {}\n", args.processor_latency_ms);
+            if args.pin.is_some() {
+                let (zpk, pvk, _zak) = keyd.simulator_keys().unwrap();
+                lines.push_str(&format!("pin_zpk = \"{zpk}\"\npin_pvk = \"{pvk}\"\n"));
+            }
+            (lines, None)
+        }
         "iso8583" => {
             let sim = runtime
                 .block_on(acqsim::Simulator::start_default())
@@ -223,7 +234,7 @@ fn main() {
         );
     }
     println!(
-        "charge-load: {} terminals activated in {:.1} s; {} connections, {} s, rate {}, processor {} latency {} ms, keyd placement {}, database {}, {} API node(s)",
+        "charge-load: {} terminals activated in {:.1} s; {} connections, {} s, rate {}, processor {} latency {} ms, PIN {}, keyd placement {}, database {}, {} API node(s)",
         args.terminals,
         setup.elapsed().as_secs_f64(),
         args.connections,
@@ -235,6 +246,7 @@ fn main() {
         },
         args.processor,
         args.processor_latency_ms,
+        if args.pin.is_some() { "yes" } else { "no" },
         args.placement,
         if cluster.is_some() {
             format!("postgres (pool {})", args.pool_size)
@@ -257,6 +269,7 @@ fn main() {
             pan: "4242424242424242".into(),
             currency: "EUR".into(),
             collect: false,
+            pin: args.pin,
         },
     );
     print!("{}", report.summary());

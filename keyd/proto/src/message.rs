@@ -383,6 +383,25 @@ message! {
     PinBlock { pin_block: Vec<u8> }
 }
 message! {
+    /// [`CardDecrypt`] and [`PinTranslate`] in one round trip (contract section 12.2): the
+    /// card data decrypted under the TDK and the terminal's PIN block translated from its TPK
+    /// to a zone PIN key, bound to the `pan` of that same card (so the PAN need not travel
+    /// back). A card that does not open is refused as by [`CardDecrypt`].
+    CardDecryptPin {
+        tdk_key_id: String,
+        iv: [u8; 16],
+        ciphertext: Vec<u8>,
+        tpk_key_id: String,
+        zpk_key_id: String,
+        pin_block: Vec<u8>,
+    }
+}
+message! {
+    /// What [`CardDecryptPin`] answers: [`CardData`]'s fields, and the translated PIN block,
+    /// empty when the block did not translate (one answer for every reason).
+    CardPinData { plaintext: Secret, pan_fingerprint: [u8; 32], pin_block: Vec<u8> }
+}
+message! {
     /// ISO/IEC 9797-1 MAC algorithm 3 (the retail MAC, padding method 1) under a ZAK.
     RetailMac { key_id: String, message: Vec<u8> }
 }
@@ -456,6 +475,7 @@ operation!(PvvGenerate, 0x020F, Data, PvvValue);
 operation!(PvvVerify, 0x0210, Data, Empty);
 operation!(PanSeal, 0x0211, Data, SealedPan);
 operation!(PanOpen, 0x0212, Data, PanValue);
+operation!(CardDecryptPin, 0x0213, Data, CardPinData);
 operation!(ZmkImport, 0x0301, Admin, ZoneInfo);
 operation!(Tr31Translate, 0x0302, Admin, KeyBlockOut);
 operation!(Tr31Export, 0x0303, Admin, KeyBlockOut);
@@ -467,7 +487,7 @@ impl Opcode {
         Some(match self.0 {
             0x0001 | 0x0002 => Group::Session,
             0x0101..=0x0106 => Group::Devices,
-            0x0201..=0x0212 => Group::Data,
+            0x0201..=0x0213 => Group::Data,
             0x0301..=0x0304 => Group::Admin,
             _ => return None,
         })
@@ -551,6 +571,7 @@ mod tests {
         check::<PvvVerify>();
         check::<PanSeal>();
         check::<PanOpen>();
+        check::<CardDecryptPin>();
         assert_eq!(Opcode(0x7777).group(), None);
     }
 }

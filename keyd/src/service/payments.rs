@@ -187,33 +187,63 @@ impl Service {
     /// [`Error::BadRequest`] for a PAN that is not 12-19 digits.
     pub fn pin_translate(&self, req: &m::PinTranslate) -> Result<m::PinBlock, Error> {
         let pan = pan(&req.pan)?;
-        let from = self.pin_key(&req.from_key_id, Use::Check)?;
-        let to = self.pin_key(&req.to_key_id, Use::Make)?;
+        self.translate(&req.from_key_id, &req.to_key_id, &pan, &req.pin_block)
+    }
+
+    /// `CardDecrypt` and `PinTranslate` in one call (contract section 12.2): the card data
+    /// decrypted under the TDK, and the terminal's PIN block translated, bound to the `pan` of
+    /// that same card. A block that does not translate, for whatever reason, gives an empty
+    /// `pin_block`, so the caller can tell it from card data that does not open.
+    ///
+    /// # Errors
+    /// As [`Self::card_decrypt`] for the card; [`Error::Unavailable`] and the like when the
+    /// token fails during the translation.
+    pub fn card_decrypt_pin(&self, req: &m::CardDecryptPin) -> Result<m::CardPinData, Error> {
+        let (card, at) = self.open_card(&req.tdk_key_id, &req.iv, &req.ciphertext)?;
+        let translated = std::str::from_utf8(card.plaintext.expose().get(at).unwrap_or_default())
+            .ok()
+            .and_then(|text| Pan::new(text).ok())
+            .ok_or(Error::Auth)
+            .and_then(|pan| self.translate(&req.tpk_key_id, &req.zpk_key_id, &pan, &req.pin_block));
+        let pin_block = match translated {
+            Ok(block) => block.pin_block,
+            Err(Error::Auth | Error::BadRequest(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(m::CardPinData {
+            plaintext: card.plaintext,
+            pan_fingerprint: card.pan_fingerprint,
+            pin_block,
+        })
+    }
+
+    /// A PIN block from one PIN key to another, bound to `pan`.
+    fn translate(
+        &self,
+        from_key_id: &str,
+        to_key_id: &str,
+        pan: &Pan,
+        block: &[u8],
+    ) -> Result<m::PinBlock, Error> {
+        let from = self.pin_key(from_key_id, Use::Check)?;
+        let to = self.pin_key(to_key_id, Use::Make)?;
         let pin = match &from {
             PinKey::Aes(k) => {
-                let block: [u8; 16] = req
-                    .pin_block
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| Error::Auth)?;
-                paycrypto::decipher_format4(k, &block, &pan)
+                let block: [u8; 16] = block.try_into().map_err(|_| Error::Auth)?;
+                paycrypto::decipher_format4(k, &block, pan)
             }
             PinKey::Tdes(k) => {
-                let block: [u8; 8] = req
-                    .pin_block
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| Error::Auth)?;
-                paycrypto::decipher_format0(k, &block, &pan)
+                let block: [u8; 8] = block.try_into().map_err(|_| Error::Auth)?;
+                paycrypto::decipher_format0(k, &block, pan)
             }
         }
         .map_err(|_| Error::Auth)?;
         let pin_block = match &to {
-            PinKey::Tdes(k) => paycrypto::encipher_format0(k, &pin, &pan).to_vec(),
+            PinKey::Tdes(k) => paycrypto::encipher_format0(k, &pin, pan).to_vec(),
             PinKey::Aes(k) => {
                 let mut fill = Zeroizing::new([0u8; 8]);
                 self.hsm.random(&mut fill[..])?;
-                paycrypto::encipher_format4(k, &pin, &pan, &fill).to_vec()
+                paycrypto::encipher_format4(k, &pin, pan, &fill).to_vec()
             }
         };
         Ok(m::PinBlock { pin_block })

@@ -255,6 +255,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     pan: "4242424242424242".into(),
                     currency,
                     collect: false,
+                    pin: None,
                 },
             );
             print!("{}", report.summary());
