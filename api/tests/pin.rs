@@ -77,6 +77,12 @@ fn the_simulator_approves_pin_1234_and_declines_every_other_pin() {
         outcome(approved),
         ("approved".into(), "00".into(), Value::Null)
     );
+    // The PIN was translated in the round trip that decrypted the card (`CardDecryptPin`,
+    // 0x0213), not in a call of its own (`PinTranslate`, 0x020C): keyd's audit log, which
+    // records every request before its answer leaves, has the one and not the other.
+    let audit = std::fs::read_to_string(p.keyd.hsm().dir().join("keys.audit.log")).unwrap();
+    assert!(audit.contains(r#""op":"0x0213""#), "{audit}");
+    assert!(!audit.contains(r#""op":"0x020c""#), "{audit}");
     let again = t.pin_block("1234", visa).unwrap();
     assert_ne!(right, again, "format 4 blocks carry a fresh random fill");
     let swiped = t

@@ -7,7 +7,7 @@
 //! whatever else is wrong.
 
 use keyd_proto::Status;
-use keyd_proto::message::{CardDecrypt, ChargeOpen, MacItem, MacVerifyBatch, PinTranslate};
+use keyd_proto::message::{CardDecrypt, CardDecryptPin, ChargeOpen, MacItem, MacVerifyBatch};
 use serde_json::{Map, Value};
 
 use crate::domain::charges::{self, CardInput, Charge, NewCharge};
@@ -450,15 +450,35 @@ async fn charge_input(
         .ok()
         .and_then(|v| v.try_into().ok())
         .ok_or_else(unreadable)?;
-    let opened = app
-        .keyd
-        .call(&CardDecrypt {
-            tdk_key_id: s.set.tdk_key_id.clone(),
-            iv,
-            ciphertext: hex::decode(data.as_bytes()).ok().unwrap_or_default(),
-        })
-        .await;
-    let card = match opened {
+    let ciphertext = hex::decode(data.as_bytes()).ok().unwrap_or_default();
+    // With a PIN, keyd translates it in the same round trip that decrypts the card, bound to
+    // that card's PAN (spec 12.2); the keys are looked up first, their absence reported after
+    // the card's own checks, as before.
+    let pin_keys = pin_block.as_ref().map(|_| pin_keys(app, s));
+    let opened = match (&pin_block, &pin_keys) {
+        (Some(block), Some(Ok((tpk, zpk)))) => app
+            .keyd
+            .call(&CardDecryptPin {
+                tdk_key_id: s.set.tdk_key_id.clone(),
+                iv,
+                ciphertext,
+                tpk_key_id: tpk.clone(),
+                zpk_key_id: zpk.clone(),
+                pin_block: hex::decode(block.expose().as_bytes()).unwrap_or_default(),
+            })
+            .await
+            .map(|c| (c.plaintext, c.pan_fingerprint, Some(c.pin_block))),
+        _ => app
+            .keyd
+            .call(&CardDecrypt {
+                tdk_key_id: s.set.tdk_key_id.clone(),
+                iv,
+                ciphertext,
+            })
+            .await
+            .map(|c| (c.plaintext, c.pan_fingerprint, None)),
+    };
+    let (plaintext, pan_fingerprint, translated) = match opened {
         Ok(c) => c,
         Err(KeydError::Refused(Status::AUTH_FAILED | Status::BAD_REQUEST)) => {
             return Err(unreadable());
@@ -479,17 +499,22 @@ async fn charge_input(
         exp_month: u8,
         exp_year: u16,
     }
-    let clear: Clear<'_> =
-        serde_json::from_slice(card.plaintext.expose()).map_err(|_| unreadable())?;
+    let clear: Clear<'_> = serde_json::from_slice(plaintext.expose()).map_err(|_| unreadable())?;
     if !(1..=12).contains(&clear.exp_month) {
         return Err(unreadable());
     }
     if !processor::luhn_ok(clear.pan) {
         return Err(ApiError::field("card.pan", "fails the Luhn check"));
     }
-    let pin_block = match pin_block {
-        Some(block) => Some(translate_pin(app, s, &block, clear.pan).await?),
+    let pin_block = match pin_keys {
         None => None,
+        Some(Err(e)) => return Err(e),
+        // Every way the block can fail (not under this terminal's TPK, not a format 4 PIN
+        // field, bound to another card) is keyd's one empty answer, and our one 400.
+        Some(Ok(_)) => Some(
+            PinBlock::new(&translated.unwrap_or_default())
+                .ok_or_else(|| ApiError::field("pin_block", "is not a PIN block for this card"))?,
+        ),
     };
     Ok(NewCharge {
         merchant,
@@ -499,7 +524,7 @@ async fn charge_input(
             pan: Pan::new(clear.pan.to_owned()),
             exp_month: clear.exp_month,
             exp_year: clear.exp_year,
-            fingerprint: hex::encode_upper(card.pan_fingerprint),
+            fingerprint: hex::encode_upper(pan_fingerprint),
             entry_mode: entry_mode.as_str().to_owned(),
             pin_block,
         },
@@ -512,17 +537,10 @@ async fn charge_input(
     })
 }
 
-/// The terminal's format 4 block translated by keyd to the processor's zone PIN key (format 0,
-/// bound to the same PAN), before anything is recorded. Every way the block can fail (not
-/// under this terminal's TPK, not a format 4 PIN field, bound to another card) is the one
-/// answer 400 on `pin_block`, as keyd gives one answer for all of them.
-async fn translate_pin(
-    app: &Terminals<'_>,
-    s: &Signed,
-    block: &PinBlockHex,
-    pan: &str,
-) -> Result<PinBlock, ApiError> {
-    let unreadable = || ApiError::field("pin_block", "is not a PIN block for this card");
+/// The keys a terminal's PIN block is translated between: its TPK and the processor's zone
+/// PIN key. A processor that takes no PIN is 400 on `pin_block`; a key set from before TPKs
+/// existed is told to fetch keys again.
+fn pin_keys(app: &Terminals<'_>, s: &Signed) -> Result<(String, String), ApiError> {
     let Some(zpk) = app.charges.processor.pin_key() else {
         return Err(ApiError::field(
             "pin_block",
@@ -535,26 +553,7 @@ async fn translate_pin(
             "the device's key set has no PIN key; fetch keys again (POST /pos/keys)",
         ));
     };
-    let bytes = hex::decode(block.expose().as_bytes()).map_err(|_| unreadable())?;
-    let translated = app
-        .keyd
-        .call(&PinTranslate {
-            from_key_id: tpk.clone(),
-            to_key_id: zpk.to_owned(),
-            pan: keyd_proto::Secret::new(pan.as_bytes()),
-            pin_block: bytes,
-        })
-        .await;
-    match translated {
-        Ok(t) => PinBlock::new(&t.pin_block).ok_or_else(|| {
-            ApiError::internal(&"keyd translated a PIN block to something not format 0")
-        }),
-        Err(KeydError::Refused(Status::AUTH_FAILED | Status::BAD_REQUEST)) => Err(unreadable()),
-        Err(KeydError::Refused(st)) => Err(ApiError::internal(&format!(
-            "keyd refused PIN translation: {st}"
-        ))),
-        Err(KeydError::Unavailable) => Err(KeydError::unavailable()),
-    }
+    Ok((tpk.clone(), zpk.to_owned()))
 }
 
 /// A charge of the terminal's own merchant, else 404.
