@@ -253,6 +253,17 @@ impl ApiProcess {
         }
     }
 
+    /// Rewrites the configuration file with `edit` (takes the file's text, gives the new one);
+    /// it applies from the next [`ApiProcess::restart`].
+    ///
+    /// # Errors
+    /// If the file cannot be read or written.
+    pub fn reconfigure(&self, edit: impl FnOnce(&str) -> String) -> Result<(), Error> {
+        let text = std::fs::read_to_string(&self.config)?;
+        std::fs::write(&self.config, edit(&text))?;
+        Ok(())
+    }
+
     /// Stops the process the way an operator's `systemctl restart` does (SIGTERM: it finishes
     /// the requests it has and exits); SIGKILL after 10 s.
     pub fn terminate(&mut self) {

@@ -25,5 +25,9 @@ fn the_platform_demo_runs_to_the_end() {
     assert!(stdout.contains("-> charge partially_refunded"));
     assert!(stdout.contains("401 4011 (refused)"));
     assert!(stdout.contains("settlement st_"));
+    assert!(
+        stdout.contains("with the right PIN over ISO 8583: 200 approved 00 via iso8583, RRN "),
+        "{stdout}"
+    );
     assert!(stdout.trim_end().ends_with("demo finished"));
 }

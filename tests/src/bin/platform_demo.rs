@@ -5,7 +5,11 @@
 //! pairs, is claimed, attests, receives its keys as TR-31 blocks (unwrapped from the ZMK the
 //! way a terminal does), activates, and makes signed, MSK-encrypted charges.
 //!
-//! `cargo build --release -p keyd -p api -p e2e && target/release/platform-demo`
+//! Last, the API is restarted with `[processor] kind = "iso8583"` towards `acquirer-sim` (the
+//! acquirer host simulator, its own process on a loopback port), and the terminal makes one
+//! charge with a PIN over the ISO 8583 link (spec 12).
+//!
+//! `cargo build --release -p keyd -p api -p acqsim -p e2e && target/release/platform-demo`
 
 #![allow(
     clippy::print_stdout,
@@ -66,12 +70,15 @@ fn show(a: &Answer, v: Option<&Value>) -> String {
 
 fn run() -> Result<(), Error> {
     let exe = std::env::current_exe()?;
-    let (keyd_bin, api_bin) = (exe.with_file_name("keyd"), exe.with_file_name("api"));
-    if !keyd_bin.exists() || !api_bin.exists() {
-        return Err(
-            "build keyd and api next to this program: cargo build --release -p keyd -p api -p e2e"
-                .into(),
-        );
+    let (keyd_bin, api_bin, acquirer_bin) = (
+        exe.with_file_name("keyd"),
+        exe.with_file_name("api"),
+        exe.with_file_name("acquirer-sim"),
+    );
+    if !keyd_bin.exists() || !api_bin.exists() || !acquirer_bin.exists() {
+        return Err("build keyd, api and acquirer-sim next to this program: \
+                    cargo build --release -p keyd -p api -p acqsim -p e2e"
+            .into());
     }
     println!("== keyd on a fresh SoftHSM token");
     let mut keyd = e2e::KeydProcess::new(&keyd_bin, r#""data", "devices""#, "memory")?;
@@ -94,12 +101,12 @@ fn run() -> Result<(), Error> {
         );
     }
 
-    let (zpk, pvk, _) = keyd.simulator_keys()?;
+    let (zpk, pvk, zak) = keyd.simulator_keys()?;
     println!("   `keyd simulator-keys`: the simulator's published test ZPK {zpk} and PVK {pvk}");
 
     println!("== the API on loopback (SQLite file, embedded token issuer, simulated processor)");
     let processor = format!("\n[processor]\npin_zpk = \"{zpk}\"\npin_pvk = \"{pvk}\"\n");
-    let api = ApiProcess::start(&api_bin, keyd.socket(), "", &processor)?;
+    let mut api = ApiProcess::start(&api_bin, keyd.socket(), "", &processor)?;
     let http = api.client();
     println!("   listening on http://127.0.0.1:{}", api.port());
     let admin = api.token("demo-operator", "platform_admin")?;
@@ -330,6 +337,75 @@ fn run() -> Result<(), Error> {
             item["amount"]["currency"].as_str().unwrap_or("")
         );
     }
+    acquirer_link(
+        &mut api,
+        &mut t,
+        &acquirer_bin,
+        &processor,
+        &format!(
+            "\n[processor]\nkind = \"iso8583\"\nhost = \"127.0.0.1\"\nport = {{port}}\n\
+             zak = \"{zak}\"\nzpk = \"{zpk}\"\n"
+        ),
+    )?;
     println!("demo finished");
     Ok(())
+}
+
+/// The API restarted towards `acquirer-sim` over ISO 8583 (`processor` is the `[processor]`
+/// table it ran with; `iso8583` the one to run with, `{port}` standing for the acquirer's),
+/// and one charge with a PIN made over the link.
+fn acquirer_link(
+    api: &mut ApiProcess,
+    t: &mut Terminal,
+    acquirer_bin: &std::path::Path,
+    processor: &str,
+    iso8583: &str,
+) -> Result<(), Error> {
+    use std::io::BufRead as _;
+    println!("== the acquirer link: ISO 8583 to acquirer-sim (spec 12)");
+    let mut acquirer = std::process::Command::new(acquirer_bin)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut first = String::new();
+    if let Some(out) = acquirer.stdout.take() {
+        std::io::BufReader::new(out).read_line(&mut first)?;
+    }
+    let Some(port) = first
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|addr| addr.parse::<std::net::SocketAddr>().ok())
+        .map(|addr| addr.port())
+    else {
+        let _ = acquirer.kill();
+        return Err(format!("acquirer-sim did not say where it listens: {first:?}").into());
+    };
+    println!("   acquirer-sim listening on 127.0.0.1:{port} (the published test ZPK, ZAK and PVK)");
+    let charged = (|| -> Result<(), Error> {
+        api.reconfigure(|text| {
+            text.replacen(processor, &iso8583.replace("{port}", &port.to_string()), 1)
+        })?;
+        api.terminate();
+        api.restart()?;
+        println!(
+            "   the API restarted with [processor] kind = \"iso8583\" (keyd MACs every message)"
+        );
+        let inner = json!({"amount": {"value": "2500", "currency": "EUR"}, "entry_mode": "chip",
+                           "card": t.card_blob("4242424242424242")?,
+                           "pin_block": t.pin_block("1234", "4242424242424242")?});
+        let (a, v) = t.charge_with(&inner, None)?;
+        let c = v.clone().unwrap_or_default();
+        println!(
+            "   visa 25.00 EUR with the right PIN over ISO 8583: {} via {}, RRN {}, authorization {}",
+            show(&a, v.as_ref()).trim_end(),
+            c["processor"]["name"].as_str().unwrap_or(""),
+            c["processor"]["reference"].as_str().unwrap_or(""),
+            c["authorization_code"].as_str().unwrap_or("")
+        );
+        Ok(())
+    })();
+    let _ = acquirer.kill();
+    let _ = acquirer.wait();
+    charged
 }
