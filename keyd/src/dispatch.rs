@@ -102,6 +102,11 @@ fn route(
         o if o == m::PanSeal::OPCODE => call(body, out, |r| service.pan_seal(r)),
         o if o == m::PanOpen::OPCODE => call(body, out, |r| service.pan_open(r)),
         o if o == m::CardDecryptPin::OPCODE => call(body, out, |r| service.card_decrypt_pin(r)),
+        o if o == m::AesCmac::OPCODE => call(body, out, |r| service.aes_cmac(r)),
+        o if o == m::AesCmacVerify::OPCODE => call(body, out, |r| service.aes_cmac_verify(r)),
+        o if o == m::ZoneMacVerifyBatch::OPCODE => {
+            call(body, out, |r| service.zone_mac_verify_batch(r))
+        }
         o if o == m::ZmkImport::OPCODE => call(body, out, |r| service.zmk_import_remote(r)),
         o if o == m::Tr31Translate::OPCODE => call(body, out, |r| service.tr31_translate(r)),
         o if o == m::Tr31Export::OPCODE => call(body, out, |r| service.tr31_export(r)),

@@ -308,7 +308,7 @@ fn entry<'a>(
     kcv: Option<[u8; 3]>,
 ) -> Entry<'a> {
     let subject = match opcode.0 {
-        0x0101..=0x0106 | 0x0201 | 0x0203..=0x0209 | 0x0301..=0x0304 => first_string(body),
+        0x0101..=0x0106 | 0x0201 | 0x0203..=0x0209 | 0x0213 | 0x0301..=0x0304 => first_string(body),
         _ => None,
     };
     Entry {

@@ -1038,6 +1038,92 @@ async fn payment_hsm_operations(placement: &str) {
         Err(ClientError::Status(Status::AUTH_FAILED))
     ));
 
+    // AES-CMAC under a zone's AES MAC key (`M6`, algorithm `A`): keyd's answer is the
+    // published one (NIST SP 800-38B appendix D.1, example 2), verified whole and truncated.
+    let cmac_key: [u8; 16] = hex("2B7E151628AED2A6ABF7158809CF4F3C").try_into().unwrap();
+    let cmac_id = import("D0000M6AC00E0000", cmac_key, "zone CMAC key").await;
+    let cmac_check_only = import("D0000M6AV00E0000", cmac_key, "verify-only CMAC key").await;
+    let sp_message = hex("6BC1BEE22E409F96E93D7E117393172A");
+    let cmac = client
+        .call(&m::AesCmac {
+            key_id: cmac_id.clone(),
+            message: sp_message.clone(),
+        })
+        .await
+        .unwrap()
+        .mac;
+    assert_eq!(cmac.to_vec(), hex("070A16B46B4D4144F79BDD9DD04A287C"));
+    let cmac_verify = |key_id: &str, mac: &[u8]| m::AesCmacVerify {
+        key_id: key_id.to_owned(),
+        message: sp_message.clone(),
+        mac: mac.to_vec(),
+    };
+    client.call(&cmac_verify(&cmac_id, &cmac)).await.unwrap();
+    client
+        .call(&cmac_verify(&cmac_check_only, &cmac[..8]))
+        .await
+        .unwrap();
+    let mut bad_cmac = cmac;
+    bad_cmac[0] ^= 1;
+    // A wrong or too short MAC, a key that only verifies asked to generate, a TDES ZAK asked
+    // for a CMAC: the one refusal.
+    for refused in [
+        client
+            .call(&cmac_verify(&cmac_id, &bad_cmac))
+            .await
+            .map(drop),
+        client
+            .call(&cmac_verify(&cmac_id, &cmac[..7]))
+            .await
+            .map(drop),
+        client.call(&cmac_verify(&zak_id, &cmac)).await.map(drop),
+        client
+            .call(&m::AesCmac {
+                key_id: cmac_check_only.clone(),
+                message: sp_message.clone(),
+            })
+            .await
+            .map(drop),
+        client
+            .call(&m::AesCmac {
+                key_id: zak_id.clone(),
+                message: sp_message.clone(),
+            })
+            .await
+            .map(drop),
+    ] {
+        assert!(matches!(
+            refused,
+            Err(ClientError::Status(Status::AUTH_FAILED))
+        ));
+    }
+    // Zone MACs verified in a batch, each by what its key is: retail MACs under the ZAK and
+    // CMACs under the AES key side by side; every failure is that item's `false`.
+    let item = |key_id: &str, message: &[u8], mac: &[u8]| m::ZoneMacItem {
+        key_id: key_id.to_owned(),
+        message: message.to_vec(),
+        mac: mac.to_vec(),
+    };
+    let batch = client
+        .call(&m::ZoneMacVerifyBatch {
+            items: vec![
+                item(&zak_id, &message, &mac),
+                item(&cmac_id, &sp_message, &cmac),
+                item(&cmac_check_only, &sp_message, &cmac[..8]),
+                item(&cmac_id, &sp_message, &bad_cmac),
+                item(&zak_id, &message, &bad),
+                item(&zak_id, &sp_message, &cmac[..8]),
+                item(&zpk_id, &message, &mac),
+                item("imp-unknown", &message, &mac),
+            ],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        batch.valid,
+        [true, true, true, false, false, false, false, false]
+    );
+
     // The issuer's PVV of PIN 1234, and the PIN verified against it; PIN 9999 is not.
     let pvv = client
         .call(&m::PvvGenerate {

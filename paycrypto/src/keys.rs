@@ -109,6 +109,11 @@ impl AesKey {
         self.len
     }
 
+    /// The key bytes (its length's worth).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+
     /// The cipher for this key length.
     pub(crate) fn cipher(&self) -> AesCipher {
         let key = self.bytes.get(..self.len).unwrap_or_default();

@@ -5,7 +5,9 @@
 //!   double-length TDES ZPK, format 4 ([`encipher_format4`], [`decipher_format4`]) under an AES
 //!   key, and the translations [`translate_4_to_0`], [`translate_0_to_0`] and
 //!   [`translate_4_to_4`].
-//! - ISO/IEC 9797-1 MAC algorithm 3 with padding method 1 ([`retail_mac`]).
+//! - ISO/IEC 9797-1 MAC algorithm 3 with padding method 1 ([`retail_mac`]), and AES-CMAC
+//!   (SP 800-38B; [`aes_cmac`], [`verify_aes_cmac`], whole or truncated to 8 bytes at least)
+//!   for zones that use AES.
 //! - The Visa PVV ([`pvv`], [`verify_pvv`]).
 //! - The legacy TDES key check value ([`kcv`]).
 //! - [`self_test`]: known answers to run before serving.
@@ -49,7 +51,7 @@ mod selftest;
 pub use error::{InputError, PinError};
 pub use kcv::kcv;
 pub use keys::{AesKey, TdesKey};
-pub use mac::{retail_mac, verify_retail_mac};
+pub use mac::{MIN_CMAC_LEN, aes_cmac, retail_mac, verify_aes_cmac, verify_retail_mac};
 pub use pan::Pan;
 pub use pin::Pin;
 pub use pinblock::{

@@ -4,9 +4,9 @@
 use core::fmt;
 
 use crate::{
-    AesKey, Pan, Pin, TdesKey, decipher_format0, decipher_format4, decode_format0,
-    encipher_format4, encode_format0, kcv, pvv, retail_mac, translate_4_to_0, verify_pvv,
-    verify_retail_mac,
+    AesKey, Pan, Pin, TdesKey, aes_cmac, decipher_format0, decipher_format4, decode_format0,
+    encipher_format4, encode_format0, kcv, pvv, retail_mac, translate_4_to_0, verify_aes_cmac,
+    verify_pvv, verify_retail_mac,
 };
 
 /// A known-answer test that failed, by name. It carries no key, PIN or block.
@@ -100,6 +100,20 @@ pub fn self_test() -> Result<(), SelfTestError> {
         verify_retail_mac(&zak, b"hello world", &mac)
             && !verify_retail_mac(&zak, b"hello world!", &mac),
         "retail MAC verify",
+    )?;
+
+    // AES-CMAC (SP 800-38B appendix D.3, AES-256, example 2: one whole block).
+    let key = AesKey::new(
+        &hex::<32>("603DEB1015CA71BE2B73AEF0857D77811F352C073B6108D72D9810A30914DFF4")
+            .ok_or(none("key"))?,
+    )
+    .map_err(fail("CMAC key"))?;
+    let message = hex::<16>("6BC1BEE22E409F96E93D7E117393172A").ok_or(none("message"))?;
+    let mac = hex::<16>("28A7023F452E8F82BD4BF28D8C37C35C").ok_or(none("CMAC vector"))?;
+    check(aes_cmac(&key, &message) == mac, "AES-CMAC")?;
+    check(
+        verify_aes_cmac(&key, &message, &mac[..8]) && !verify_aes_cmac(&key, &mac, &mac[..8]),
+        "AES-CMAC verify",
     )?;
 
     // Visa PVV (psec's tests) and the TDES KCV (psec's documentation, 2 bytes shown there).

@@ -9,6 +9,8 @@ import warnings
 
 warnings.simplefilter("ignore")
 
+from cryptography.hazmat.primitives import cmac  # noqa: E402
+from cryptography.hazmat.primitives.ciphers import algorithms  # noqa: E402
 from psec import des, mac, pin as pinmod, pinblock  # noqa: E402
 
 
@@ -50,6 +52,10 @@ def answer(f):
         return mac.generate_retail_mac(k[:8], k[8:], h(f[2]), 1).hex()
     if op == "pvv":  # pvk pan pvki pin (4 digits)
         return pinmod.generate_visa_pvv(h(f[1]), f[3], f[4], f[2])
+    if op == "cmac":  # key message -> AES-CMAC (cryptography's, not psec's: psec has none)
+        c = cmac.CMAC(algorithms.AES(h(f[1])))
+        c.update(h(f[2]))
+        return c.finalize().hex()
     if op == "kcv":  # key
         return des.generate_kcv(h(f[1]), 3).hex()
     raise SystemExit(f"unknown operation {op!r}")

@@ -16,7 +16,9 @@
 //!   4 → 4 fill is given);
 //! - retail MAC with padding method 1 over messages of 0 to 40 bytes (the empty one included);
 //! - Visa PVV (PVKI 1-6, PAN 12-19 digits, PIN 4-12 digits of which psec is given the 4 it uses);
-//! - the TDES KCV (3 bytes).
+//! - the TDES KCV (3 bytes);
+//! - AES-CMAC (AES-128/192/256, messages of 0 to 69 bytes), against the CMAC of the
+//!   `cryptography` package psec runs on (OpenSSL's), since psec itself has none.
 
 #![allow(
     clippy::unwrap_used,
@@ -154,6 +156,23 @@ fn paycrypto_agrees_with_psec() {
             format!("mac {} {message_hex}", hex::encode(z1)),
             hex::encode(paycrypto::retail_mac(&zpk1, &message)),
         );
+
+        // AES-CMAC, against `cryptography`'s (OpenSSL's) CMAC, under keys of all three
+        // lengths, empty messages and whole-block ones included.
+        let len = rng.below(70) as usize;
+        let message: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        let message_hex = if message.is_empty() {
+            "-".to_owned()
+        } else {
+            hex::encode(&message)
+        };
+        for k in [&k1, &k2] {
+            let key = AesKey::new(k).unwrap();
+            ask(
+                format!("cmac {} {message_hex}", hex::encode(k)),
+                hex::encode(paycrypto::aes_cmac(&key, &message)),
+            );
+        }
 
         // PVV and KCV.
         let pvki = 1 + rng.below(6) as u8;

@@ -21,6 +21,7 @@ struct Vectors {
     format4: Vec<Format4>,
     format4_invalid: Vec<Format4Invalid>,
     retail_mac: Vec<RetailMac>,
+    cmac: Vec<Cmac>,
     pvv: Vec<Pvv>,
     kcv: Vec<Kcv>,
 }
@@ -83,6 +84,14 @@ struct RetailMac {
     source: String,
     key: String,
     message_ascii: String,
+    mac: String,
+}
+
+#[derive(Deserialize)]
+struct Cmac {
+    source: String,
+    key: String,
+    message: String,
     mac: String,
 }
 
@@ -230,6 +239,39 @@ fn retail_macs() {
             "{}",
             t.source
         );
+    }
+}
+
+#[test]
+fn aes_cmacs() {
+    let v = vectors();
+    assert_eq!(v.cmac.len(), 12);
+    for t in &v.cmac {
+        let key = AesKey::new(&hex::decode(&t.key).unwrap()).unwrap();
+        let msg = hex::decode(&t.message).unwrap();
+        let mac = bytes::<16>(&t.mac);
+        assert_eq!(paycrypto::aes_cmac(&key, &msg), mac, "{}", t.source);
+        // Whole or truncated to 8-15 bytes (the leftmost), it verifies; shorter never does.
+        for len in [16, 12, 8] {
+            assert!(
+                paycrypto::verify_aes_cmac(&key, &msg, &mac[..len]),
+                "{} ({len} bytes)",
+                t.source
+            );
+        }
+        assert!(!paycrypto::verify_aes_cmac(&key, &msg, &mac[..7]));
+        assert!(!paycrypto::verify_aes_cmac(&key, &msg, &[]));
+        let mut bad = mac;
+        bad[15] ^= 0x01;
+        assert!(
+            !paycrypto::verify_aes_cmac(&key, &msg, &bad),
+            "{}",
+            t.source
+        );
+        assert!(paycrypto::verify_aes_cmac(&key, &msg, &bad[..8]));
+        let mut longer = msg.clone();
+        longer.push(0);
+        assert!(!paycrypto::verify_aes_cmac(&key, &longer, &mac));
     }
 }
 

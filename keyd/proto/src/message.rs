@@ -414,6 +414,33 @@ message! {
     RetailMacVerify { key_id: String, message: Vec<u8>, mac: [u8; 8] }
 }
 message! {
+    /// AES-CMAC (NIST SP 800-38B, ISO/IEC 9797-1:2011 MAC algorithm 5) under a zone's AES MAC
+    /// key (TR-31 usage `M6`, algorithm `A`): the MAC of zones that use AES, where
+    /// [`RetailMac`] serves TDES ones. The whole 16 bytes; a zone that sends fewer sends the
+    /// leftmost.
+    AesCmac { key_id: String, message: Vec<u8> }
+}
+message! {
+    /// A 16-byte AES-CMAC.
+    CmacValue { mac: [u8; 16] }
+}
+message! {
+    /// Verifies an AES-CMAC under a zone's AES MAC key: whole (16 bytes) or truncated to its
+    /// leftmost 8 to 15 bytes; `AUTH_FAILED` when it does not match.
+    AesCmacVerify { key_id: String, message: Vec<u8>, mac: Vec<u8> }
+}
+message! {
+    /// One item of [`ZoneMacVerifyBatch`]: a zone MAC key id, the message and its MAC.
+    ZoneMacItem { key_id: String, message: Vec<u8>, mac: Vec<u8> }
+}
+message! {
+    /// Verifies many acquirer-zone MACs in one frame, like [`MacVerifyBatch`] for terminals'
+    /// HMACs: each item by what its key is, the retail MAC (8 bytes) under a TDES `M3` key,
+    /// AES-CMAC (8 to 16 bytes) under an AES `M6` key. Answers [`MacVerifyBatchResponse`]; an
+    /// unknown or unfit key is that item's `false`.
+    ZoneMacVerifyBatch { items: Vec<ZoneMacItem> }
+}
+message! {
     /// The Visa PVV of the PIN in a format 0 block under a ZPK, with a PVK (PVKI 1-6): what an
     /// issuer stores at PIN selection.
     PvvGenerate { pvk_key_id: String, zpk_key_id: String, pan: Secret, pin_block: [u8; 8], pvki: u8 }
@@ -476,6 +503,9 @@ operation!(PvvVerify, 0x0210, Data, Empty);
 operation!(PanSeal, 0x0211, Data, SealedPan);
 operation!(PanOpen, 0x0212, Data, PanValue);
 operation!(CardDecryptPin, 0x0213, Data, CardPinData);
+operation!(AesCmac, 0x0214, Data, CmacValue);
+operation!(AesCmacVerify, 0x0215, Data, Empty);
+operation!(ZoneMacVerifyBatch, 0x0216, Data, MacVerifyBatchResponse);
 operation!(ZmkImport, 0x0301, Admin, ZoneInfo);
 operation!(Tr31Translate, 0x0302, Admin, KeyBlockOut);
 operation!(Tr31Export, 0x0303, Admin, KeyBlockOut);
@@ -487,7 +517,7 @@ impl Opcode {
         Some(match self.0 {
             0x0001 | 0x0002 => Group::Session,
             0x0101..=0x0106 => Group::Devices,
-            0x0201..=0x0213 => Group::Data,
+            0x0201..=0x0216 => Group::Data,
             0x0301..=0x0304 => Group::Admin,
             _ => return None,
         })
@@ -572,6 +602,9 @@ mod tests {
         check::<PanSeal>();
         check::<PanOpen>();
         check::<CardDecryptPin>();
+        check::<AesCmac>();
+        check::<AesCmacVerify>();
+        check::<ZoneMacVerifyBatch>();
         assert_eq!(Opcode(0x7777).group(), None);
     }
 }

@@ -1,6 +1,7 @@
 //! The payment-HSM operations of contract section 12, on the primitives of `paycrypto`: PIN
 //! translation between a device's TPK (ISO 9564-1 format 4, AES) and zone PIN keys (format 0,
-//! TDES), the retail MAC under a ZAK, and Visa PVV generation and verification under a PVK.
+//! TDES), the retail MAC under a ZAK (TDES) and AES-CMAC under a zone's AES MAC key (`M6`),
+//! both verifiable in batches, and Visa PVV generation and verification under a PVK.
 //!
 //! Partners' keys (ZPK, ZAK, PVK) are imported keys (`imp-…`, TR-31 blocks under the LMK
 //! with the header they arrived with); the header decides what a key may do, as a payment HSM
@@ -258,6 +259,69 @@ impl Service {
         Ok(m::MacValue {
             mac: paycrypto::retail_mac(&key, &req.message),
         })
+    }
+
+    /// The AES-CMAC of a message under a zone's AES MAC key (`M6`, AES, mode `C` or `G`).
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for an unknown or unfit key.
+    pub fn aes_cmac(&self, req: &m::AesCmac) -> Result<m::CmacValue, Error> {
+        let key = self.cmac_key(&req.key_id, Use::Make)?;
+        Ok(m::CmacValue {
+            mac: paycrypto::aes_cmac(&key, &req.message),
+        })
+    }
+
+    /// Verifies an AES-CMAC (16 bytes, or its leftmost 8 to 15) under a zone's AES MAC key
+    /// (`M6`, AES, mode `C` or `V`).
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for a MAC that does not match, or an unknown or unfit key.
+    pub fn aes_cmac_verify(&self, req: &m::AesCmacVerify) -> Result<m::Empty, Error> {
+        let key = self.cmac_key(&req.key_id, Use::Check)?;
+        if paycrypto::verify_aes_cmac(&key, &req.message, &req.mac) {
+            Ok(m::Empty {})
+        } else {
+            Err(Error::Auth)
+        }
+    }
+
+    /// Verifies many zone MACs, each by its key: the retail MAC under a TDES `M3` key, AES-CMAC
+    /// under an AES `M6` key.
+    ///
+    /// # Errors
+    /// None per item: each failure (a wrong MAC, an unknown or unfit key) is a `false`.
+    pub fn zone_mac_verify_batch(
+        &self,
+        req: &m::ZoneMacVerifyBatch,
+    ) -> Result<m::MacVerifyBatchResponse, Error> {
+        let valid = req
+            .items
+            .iter()
+            .map(|item| self.zone_mac_ok(&item.key_id, &item.message, &item.mac))
+            .collect();
+        Ok(m::MacVerifyBatchResponse { valid })
+    }
+
+    /// One item of a zone MAC batch.
+    fn zone_mac_ok(&self, key_id: &str, message: &[u8], mac: &[u8]) -> bool {
+        if let Ok(key) = self.partner_key(key_id, "M3", false, Use::Check) {
+            let Ok(mac) = <&[u8; 8]>::try_from(mac) else {
+                return false;
+            };
+            return tdes(&key.key).is_ok_and(|k| paycrypto::verify_retail_mac(&k, message, mac));
+        }
+        self.cmac_key(key_id, Use::Check)
+            .is_ok_and(|k| paycrypto::verify_aes_cmac(&k, message, mac))
+    }
+
+    /// A zone's AES MAC key: usage `M6` (ISO 9797-1 MAC algorithm 5, CMAC), algorithm `A`.
+    fn cmac_key(&self, key_id: &str, want: Use) -> Result<AesKey, Error> {
+        let partner = self.partner_key(key_id, "M6", true, want)?;
+        if partner.algorithm != "A" {
+            return Err(Error::Auth);
+        }
+        AesKey::new(&partner.key).map_err(|_| Error::Auth)
     }
 
     /// Verifies a retail MAC under a ZAK (`M3`, TDES, mode `C` or `V`).
