@@ -2,7 +2,8 @@
 //! socket (pipelined), next to the in-process ceiling of the same operation. `--op
 //! pin-translate` and `--op mac-verify` load the payment-HSM operations instead: each device's
 //! format 4 PIN block translated to an acquirer's ZPK, or a 512-byte ISO 8583-sized message's
-//! retail MAC verified under its ZAK.
+//! retail MAC verified under its ZAK; `--op cmac-verify` the same message's AES-CMAC under a
+//! zone's AES-256 MAC key, `--op zone-mac-batch` frames of 32 such MACs (half of each).
 //!
 //! `cargo build --release -p keyd -p benches && target/release/keyd-load`
 //! It starts its own keyd on a throw-away SoftHSM token (loopback only, bounded in time).
@@ -55,7 +56,9 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     preload: usize,
     /// What to load: `charge` (HMAC verify + envelope open), `pin-translate` (format 4 under the
-    /// device's TPK to format 0 under a ZPK) or `mac-verify` (retail MAC under a ZAK).
+    /// device's TPK to format 0 under a ZPK), `mac-verify` (retail MAC under a ZAK),
+    /// `cmac-verify` (AES-CMAC under a zone's AES-256 MAC key) or `zone-mac-batch`
+    /// (`ZoneMacVerifyBatch` frames of 16 retail MACs and 16 AES-CMACs).
     #[arg(long, default_value = "charge")]
     op: String,
     /// Internal: run the bare cryptoki loop (in a child process that sees the token).
@@ -68,7 +71,12 @@ enum Request {
     Charge(m::ChargeOpen),
     Pin(m::PinTranslate),
     Mac(m::RetailMacVerify),
+    Cmac(m::AesCmacVerify),
+    ZoneBatch(m::ZoneMacVerifyBatch),
 }
+
+/// MACs per `--op zone-mac-batch` frame: half retail MACs, half AES-CMACs.
+const ZONE_BATCH: usize = 32;
 
 struct Device {
     request: Request,
@@ -82,11 +90,17 @@ async fn send(conn: &Client, request: &Request) {
         Request::Mac(r) => {
             conn.call(r).await.unwrap();
         }
+        Request::Cmac(r) => {
+            conn.call(r).await.unwrap();
+        }
+        Request::ZoneBatch(r) => {
+            assert!(conn.call(r).await.unwrap().valid.iter().all(|v| *v));
+        }
     }
 }
 
 /// A partner's TDES key imported as a TR-31 block under z1's ZMK; its key id.
-async fn import(client: &Client, header: &str, key: &[u8; 16]) -> String {
+async fn import(client: &Client, header: &str, key: &[u8]) -> String {
     let z1 = tr31::Kbpk::new(&e2e::hex(e2e::ZMK_HEX)).unwrap();
     let block = tr31::seal(
         &z1,
@@ -164,8 +178,11 @@ async fn main() {
         return;
     }
     assert!(
-        matches!(args.op.as_str(), "charge" | "pin-translate" | "mac-verify"),
-        "--op is charge, pin-translate or mac-verify"
+        matches!(
+            args.op.as_str(),
+            "charge" | "pin-translate" | "mac-verify" | "cmac-verify" | "zone-mac-batch"
+        ),
+        "--op is charge, pin-translate, mac-verify, cmac-verify or zone-mac-batch"
     );
     let mut keyd = e2e::KeydProcess::new(
         &keyd_binary(),
@@ -234,6 +251,9 @@ async fn main() {
     let zpk_id = import(&client, "D0000P0TE00E0000", b"0123456789ABCDEF").await;
     let zak_id = import(&client, "D0000M3TC00E0000", b"FEDCBA9876543210").await;
     let zak = paycrypto::TdesKey::new(b"FEDCBA9876543210").unwrap();
+    let cmac_bytes = [0x3C; 32];
+    let cmac_id = import(&client, "D0000M6AC00E0000", &cmac_bytes).await;
+    let cmac_key = paycrypto::AesKey::new(&cmac_bytes).unwrap();
 
     // Deliver each set and unwrap it the way the device would, to sign and encrypt charges.
     let mut devices = Vec::new();
@@ -271,6 +291,35 @@ async fn main() {
                     mac: paycrypto::retail_mac(&zak, &message),
                     message,
                 })
+            }
+            "cmac-verify" => {
+                let message = format!("0200{device_id}").repeat(32).into_bytes();
+                Request::Cmac(m::AesCmacVerify {
+                    key_id: cmac_id.clone(),
+                    mac: paycrypto::aes_cmac(&cmac_key, &message).to_vec(),
+                    message,
+                })
+            }
+            "zone-mac-batch" => {
+                let items = (0..ZONE_BATCH)
+                    .map(|i| {
+                        let message = format!("0200{device_id}{i:02}").repeat(32).into_bytes();
+                        if i % 2 == 0 {
+                            m::ZoneMacItem {
+                                key_id: zak_id.clone(),
+                                mac: paycrypto::retail_mac(&zak, &message).to_vec(),
+                                message,
+                            }
+                        } else {
+                            m::ZoneMacItem {
+                                key_id: cmac_id.clone(),
+                                mac: paycrypto::aes_cmac(&cmac_key, &message)[..8].to_vec(),
+                                message,
+                            }
+                        }
+                    })
+                    .collect();
+                Request::ZoneBatch(m::ZoneMacVerifyBatch { items })
             }
             _ => Request::Charge(charge(&keys, args.envelope_bytes)),
         };
@@ -313,14 +362,23 @@ async fn main() {
     let elapsed = load_started.elapsed().as_secs_f64();
     #[allow(clippy::cast_precision_loss, reason = "a rate for display")]
     let ops = latencies.len() as f64 / elapsed;
+    let per_frame = if args.op == "zone-mac-batch" {
+        ZONE_BATCH
+    } else {
+        1
+    };
+    #[allow(clippy::cast_precision_loss, reason = "a rate for display")]
+    let verified = ops * per_frame as f64;
     let p = benches::percentiles(&mut latencies);
     println!(
-        "socket, {} placement: {} {} in {elapsed:.1} s = {ops:.0} ops/s; latency p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
+        "socket, {} placement: {} {} in {elapsed:.1} s = {ops:.0} ops/s ({verified:.0} MACs/s where a frame carries several); latency p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
         args.placement,
         latencies.len(),
         match args.op.as_str() {
             "pin-translate" => "PIN translations (format 4 to 0)",
             "mac-verify" => "retail MAC verifications",
+            "cmac-verify" => "AES-CMAC verifications",
+            "zone-mac-batch" => "zone MAC batches (16 retail MACs + 16 AES-CMACs each)",
             _ => "charge verify-and-open",
         },
         p.p50,
