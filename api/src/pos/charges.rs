@@ -454,8 +454,8 @@ async fn charge_input(
     // With a PIN, keyd translates it in the same round trip that decrypts the card, bound to
     // that card's PAN (spec 12.2); the keys are looked up first, their absence reported after
     // the card's own checks, as before.
-    let pin_keys = pin_block.as_ref().map(|_| pin_keys(app, s));
-    let opened = match (&pin_block, &pin_keys) {
+    let keys_for_pin = pin_block.as_ref().map(|_| pin_keys(app, s));
+    let opened = match (&pin_block, &keys_for_pin) {
         (Some(block), Some(Ok((tpk, zpk)))) => app
             .keyd
             .call(&CardDecryptPin {
@@ -506,7 +506,7 @@ async fn charge_input(
     if !processor::luhn_ok(clear.pan) {
         return Err(ApiError::field("card.pan", "fails the Luhn check"));
     }
-    let pin_block = match pin_keys {
+    let pin_block = match keys_for_pin {
         None => None,
         Some(Err(e)) => return Err(e),
         // Every way the block can fail (not under this terminal's TPK, not a format 4 PIN
