@@ -1,9 +1,11 @@
 //! TLS to a PostgreSQL server through the workspace's rustls (ring), trusting only the
 //! configured CA and checking the server's name: `verify-full` in libpq's terms.
 //!
-//! Shared by the API's store and keyd's key store, so both connect the same way. What it does
-//! not do: choose whether TLS is needed (the stores refuse TLS off for anything but loopback
-//! hosts and Unix sockets), or read passwords.
+//! Shared by the API's store and keyd's key store, so both connect the same way: [`settings`]
+//! reads the URL and applies the rules both keep (no password in the URL, TLS off only towards
+//! loopback hosts and Unix sockets, server-side time limits on every session). What it does not
+//! do: read passwords (the caller brings the one it read from a file or the environment), pool
+//! connections or migrate schemas.
 //!
 //! Written here (about sixty lines of glue between `tokio-postgres`'s TLS traits and
 //! `tokio-rustls`) rather than taken from `tokio-postgres-rustls`, whose only addition is
@@ -21,6 +23,7 @@ use std::task::{Context, Poll};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::Socket;
+use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 use tokio_rustls::TlsConnector;
 
@@ -150,4 +153,107 @@ pub fn client_config(
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// Server-side limits on every session: a statement (including a wait for a lock) longer than
+/// 30 s fails, and a session idle inside a transaction for 60 s (a client stuck or cut off
+/// halfway) is ended by the server, releasing its locks for the other nodes.
+pub const SESSION_LIMITS: &str =
+    "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000";
+
+/// How a store reaches its server: what [`settings`] reads.
+#[derive(Debug)]
+pub struct Target<'a> {
+    /// `postgres://user@host:port/db` or libpq's `key=value` form; no password in it.
+    pub url: &'a str,
+    /// The password, read by the caller from a file or the environment.
+    pub password: Option<&'a [u8]>,
+    /// The CA file for TLS (verify-full); `None`: TLS off, allowed only for local hosts.
+    pub ca_file: Option<&'a std::path::Path>,
+    /// `application_name` (shows in `pg_stat_activity`).
+    pub application: &'a str,
+    /// More `-c name=value` session settings after [`SESSION_LIMITS`] (e.g. a `search_path`).
+    pub session: &'a str,
+    /// How long a new connection may take.
+    pub connect_timeout: std::time::Duration,
+}
+
+/// The client settings of `target`, its TLS, and `host:port/db` for logs.
+///
+/// # Errors
+/// A message for the operator: an unreadable URL, a password in it, no host, TLS off towards a
+/// host that is not this machine, or a CA file that does not load.
+pub fn settings(target: &Target<'_>) -> Result<(tokio_postgres::Config, Rustls, String), String> {
+    let mut config: tokio_postgres::Config = target
+        .url
+        .parse()
+        .map_err(|e| format!("database url: {e}"))?;
+    if config.get_password().is_some() {
+        return Err(
+            "database url: holds a password; give it in password_file or password_env".to_owned(),
+        );
+    }
+    if config.get_hosts().is_empty() {
+        return Err("database url: no host".to_owned());
+    }
+    let tls = match target.ca_file {
+        None => {
+            if let Some(host) = config.get_hosts().iter().find(|h| !is_local(h)) {
+                return Err(format!(
+                    "database: TLS is off (sslmode = \"disable\", or no ca_file), which is \
+                     allowed only for loopback hosts and Unix sockets, not {}",
+                    shown(host)
+                ));
+            }
+            config.ssl_mode(SslMode::Disable);
+            Rustls(None)
+        }
+        Some(ca_file) => {
+            config.ssl_mode(SslMode::Require);
+            Rustls(Some(client_config(ca_file, "database")?))
+        }
+    };
+    if let Some(password) = target.password {
+        config.password(password);
+    }
+    let session = [
+        config.get_options().unwrap_or(""),
+        SESSION_LIMITS,
+        target.session,
+    ]
+    .iter()
+    .filter(|s| !s.is_empty())
+    .copied()
+    .collect::<Vec<_>>()
+    .join(" ");
+    config
+        .options(&session)
+        .application_name(target.application)
+        .connect_timeout(target.connect_timeout)
+        .keepalives_idle(std::time::Duration::from_secs(30));
+    let host = config.get_hosts().first().map(shown).unwrap_or_default();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let shown = format!("{host}:{port}/{}", config.get_dbname().unwrap_or(""));
+    Ok((config, tls, shown))
+}
+
+/// Whether a host is this machine: a Unix socket directory or a loopback address.
+fn is_local(host: &Host) -> bool {
+    match host {
+        Host::Unix(_) => true,
+        Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    }
+}
+
+fn shown(host: &Host) -> String {
+    match host {
+        Host::Tcp(name) => name.clone(),
+        Host::Unix(path) => path.display().to_string(),
+    }
 }

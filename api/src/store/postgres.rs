@@ -50,7 +50,6 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use pgtls as tls;
 use serde_json::Value;
-use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::ToSql;
 use zeroize::Zeroizing;
 
@@ -72,12 +71,6 @@ const ATTEMPTS: u32 = 4;
 
 /// How long a caller waits for a pooled connection, and a new connection for the server.
 const POOL_WAIT: Duration = Duration::from_secs(5);
-
-/// Server-side limits on every connection: a statement (including a wait for a lock) longer
-/// than this fails, and a session idle inside a transaction (a node stuck or cut off halfway)
-/// is ended, releasing its locks for the other nodes.
-const SESSION_OPTIONS: &str =
-    "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000";
 
 /// How to reach the server.
 pub struct PgOptions {
@@ -214,49 +207,19 @@ impl PgStore {
     /// database not in UTF-8, and a schema newer than this build knows (an older binary could
     /// misread or damage data written by a newer one).
     pub async fn open(options: &PgOptions) -> Result<Self, StoreError> {
-        let bad = |msg: String| StoreError::Unavailable(format!("database url: {msg}"));
-        let mut config: tokio_postgres::Config =
-            options.url.parse().map_err(|e| bad(format!("{e}")))?;
-        if config.get_password().is_some() {
-            return Err(bad(
-                "holds a password; give it in password_file or password_env".to_owned(),
-            ));
-        }
-        if config.get_hosts().is_empty() {
-            return Err(bad("no host".to_owned()));
-        }
-        let tls = match &options.tls {
-            PgTls::Disable => {
-                if let Some(host) = config.get_hosts().iter().find(|h| !is_local(h)) {
-                    return Err(bad(format!(
-                        "sslmode = \"disable\" is allowed only for loopback hosts and Unix \
-                         sockets, not {}",
-                        shown(host)
-                    )));
-                }
-                config.ssl_mode(SslMode::Disable);
-                tls::Rustls(None)
-            }
-            PgTls::VerifyFull { ca_file } => {
-                config.ssl_mode(SslMode::Require);
-                tls::Rustls(Some(
-                    tls::client_config(ca_file, "database").map_err(StoreError::Unavailable)?,
-                ))
-            }
+        let ca_file = match &options.tls {
+            PgTls::Disable => None,
+            PgTls::VerifyFull { ca_file } => Some(ca_file.as_path()),
         };
-        if let Some(password) = &options.password {
-            config.password(password.as_bytes());
-        }
-        let session = match config.get_options() {
-            Some(theirs) => format!("{theirs} {SESSION_OPTIONS}"),
-            None => SESSION_OPTIONS.to_owned(),
-        };
-        config
-            .options(&session)
-            .application_name("viopay-api")
-            .connect_timeout(POOL_WAIT)
-            .keepalives_idle(Duration::from_secs(30));
-        let target = target(&config);
+        let (config, tls, target) = tls::settings(&tls::Target {
+            url: &options.url,
+            password: options.password.as_ref().map(|p| p.as_bytes()),
+            ca_file,
+            application: "viopay-api",
+            session: "",
+            connect_timeout: POOL_WAIT,
+        })
+        .map_err(StoreError::Unavailable)?;
         let holder = if options.exclusive {
             Some(hold_exclusively(&config, tls.clone()).await?)
         } else {
@@ -334,35 +297,6 @@ async fn hold_exclusively(
         ));
     }
     Ok(client)
-}
-
-/// Whether a host is this machine: a Unix socket directory or a loopback address.
-fn is_local(host: &Host) -> bool {
-    match host {
-        Host::Unix(_) => true,
-        Host::Tcp(name) => {
-            name == "localhost"
-                || name
-                    .trim_matches(['[', ']'])
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
-    }
-}
-
-fn shown(host: &Host) -> String {
-    match host {
-        Host::Tcp(name) => name.clone(),
-        Host::Unix(path) => path.display().to_string(),
-    }
-}
-
-/// `host:port/db` of the first host, for logs.
-fn target(config: &tokio_postgres::Config) -> String {
-    let host = config.get_hosts().first().map(shown).unwrap_or_default();
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let db = config.get_dbname().unwrap_or("");
-    format!("{host}:{port}/{db}")
 }
 
 /// Applies the migrations not yet recorded in `schema_migrations`, all in one transaction

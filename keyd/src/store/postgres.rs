@@ -49,7 +49,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::config::{Host, SslMode};
 use zeroize::Zeroizing;
 
 use super::admin::{CHANGES_KEPT, change_from, contiguous};
@@ -72,10 +71,6 @@ const POOL_WAIT: Duration = Duration::from_secs(5);
 
 /// The longest a caller waits for one store call, whatever happens on the network.
 const CALL_TIMEOUT: Duration = Duration::from_secs(40);
-
-/// Server-side limits on every connection, and keyd's own schema first on the search path.
-const SESSION_OPTIONS: &str =
-    "-c statement_timeout=30000 -c idle_in_transaction_session_timeout=60000 -c search_path=keyd";
 
 /// Advisory lock (one 64-bit key: `keydmigr`) held while the schema is migrated, so nodes
 /// starting together migrate once.
@@ -226,34 +221,6 @@ fn kcv(v: &[u8]) -> Result<[u8; 3], Fail> {
         .map_err(|_| Fail::Keyd(Error::Store("a stored check value is not 3 bytes".into())))
 }
 
-fn is_local(host: &Host) -> bool {
-    match host {
-        Host::Unix(_) => true,
-        Host::Tcp(name) => {
-            name == "localhost"
-                || name
-                    .trim_matches(|c| c == '[' || c == ']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
-    }
-}
-
-fn target(config: &tokio_postgres::Config) -> String {
-    let host = config
-        .get_hosts()
-        .first()
-        .map_or_else(String::new, |h| match h {
-            Host::Tcp(name) => name.clone(),
-            Host::Unix(path) => path.display().to_string(),
-        });
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "{host}:{port}/{}",
-        config.get_dbname().unwrap_or("(default)")
-    )
-}
-
 impl PgKeyStore {
     /// Connects, checks the server and migrates the schema (under an advisory lock, so nodes
     /// starting together migrate once), then keeps a pool of up to `pool_size` connections.
@@ -264,52 +231,15 @@ impl PgKeyStore {
     /// # Errors
     /// [`Error::Config`] for the URL and TLS settings, [`Error::Store`] for the server.
     pub fn open(options: &PgOptions) -> Result<Self, Error> {
-        let bad = |msg: String| Error::Config(format!("database.url: {msg}"));
-        let mut config: tokio_postgres::Config =
-            options.url.parse().map_err(|e| bad(format!("{e}")))?;
-        if config.get_password().is_some() {
-            return Err(bad(
-                "holds a password; give it in database.password_file or password_env".into(),
-            ));
-        }
-        if config.get_hosts().is_empty() {
-            return Err(bad("no host".into()));
-        }
-        let tls = match &options.ca_file {
-            None => {
-                if let Some(host) = config.get_hosts().iter().find(|h| !is_local(h)) {
-                    let shown = match host {
-                        Host::Tcp(name) => name.clone(),
-                        Host::Unix(path) => path.display().to_string(),
-                    };
-                    return Err(Error::Config(format!(
-                        "database: TLS is off (no ca_file), which is allowed only for loopback \
-                         hosts and Unix sockets, not {shown}"
-                    )));
-                }
-                config.ssl_mode(SslMode::Disable);
-                pgtls::Rustls(None)
-            }
-            Some(ca_file) => {
-                config.ssl_mode(SslMode::Require);
-                pgtls::Rustls(Some(
-                    pgtls::client_config(ca_file, "database").map_err(Error::Config)?,
-                ))
-            }
-        };
-        if let Some(password) = &options.password {
-            config.password(password.as_bytes());
-        }
-        let session = match config.get_options() {
-            Some(theirs) => format!("{theirs} {SESSION_OPTIONS}"),
-            None => SESSION_OPTIONS.to_owned(),
-        };
-        config
-            .options(&session)
-            .application_name("keyd")
-            .connect_timeout(POOL_WAIT)
-            .keepalives_idle(Duration::from_secs(30));
-        let target = target(&config);
+        let (config, tls, target) = pgtls::settings(&pgtls::Target {
+            url: &options.url,
+            password: options.password.as_ref().map(|p| p.as_bytes()),
+            ca_file: options.ca_file.as_deref(),
+            application: "keyd",
+            session: "-c search_path=keyd",
+            connect_timeout: POOL_WAIT,
+        })
+        .map_err(Error::Config)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("keyd-store-pg")
