@@ -390,7 +390,10 @@ impl KeydProcess {
         let child = command.stderr(stderr).spawn()?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket.exists() {
+        // Until a connection is taken, not only until the socket's file exists: the file
+        // appears at bind(), a moment before listen(), and a busy machine can connect between
+        // the two and be refused.
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
             if Instant::now() > deadline {
                 return Err("keyd did not start within 20 s".into());
             }
