@@ -76,6 +76,15 @@ pub mod op {
     /// An officer stored the simulators' published test keys (`simulator-keys`), one record
     /// per key.
     pub const SIMULATOR_KEYS: u16 = 0x0336;
+    /// An LMK rotation began on this node (KCV: the new LMK's): formed in this token, or
+    /// checked against the one formed on another node.
+    pub const LMK_FORM: u16 = 0x0340;
+    /// A rewrap run moved blocks to the new LMK (subject: `<n> blocks`; KCV: the new LMK's).
+    pub const LMK_REWRAP: u16 = 0x0341;
+    /// The switch: the new LMK is current (subject: `from <old KCV>`; KCV: the new LMK's).
+    pub const LMK_SWITCH: u16 = 0x0342;
+    /// A retired LMK destroyed (KCV: its check value).
+    pub const LMK_DESTROY: u16 = 0x0343;
     /// The first keyed record of a log: written by `keyd init` once the LMK exists.
     pub const AUDIT_KEYED: u16 = 0x03FD;
     /// keyd started, or a command ran, with dual control off.
@@ -148,12 +157,14 @@ fn hex(bytes: &[u8]) -> String {
 pub struct AuditKey(hmac::Hmac<Sha256>);
 
 impl AuditKey {
-    /// The key of the chain for the LMK in `hsm`.
+    /// The key of the chain: derived from the original LMK in `hsm`, or, once the LMK was
+    /// rotated, the same key kept sealed under the current LMK in the store (an LMK rotation
+    /// does not change the chain's key, so the log stays one chain under one key).
     ///
     /// # Errors
-    /// [`Error::Hsm`] when the token cannot compute it (no LMK).
-    pub fn derive(hsm: &dyn crate::hsm::Hsm) -> Result<Self, Error> {
-        let key = crate::derive_from_lmk(hsm, "keyd audit chain key")?;
+    /// [`Error::Hsm`] when the token cannot compute it (no LMK); [`Error::Store`].
+    pub fn derive(hsm: &dyn crate::hsm::Hsm, store: &dyn crate::KeyStore) -> Result<Self, Error> {
+        let key = crate::lmk_secret(hsm, store, "keyd audit chain key")?;
         Self::new(&key[..])
     }
 
@@ -164,6 +175,16 @@ impl AuditKey {
         <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key)
             .map(Self)
             .map_err(|_| Error::Config("audit chain key".into()))
+    }
+
+    /// The chain link of `data` after a zero link (tests compare keys through it).
+    #[cfg(test)]
+    pub(crate) fn mac_for_tests(&self, data: &[u8]) -> [u8; 32] {
+        chain(
+            Some(self),
+            &[0; 32],
+            std::str::from_utf8(data).unwrap_or_default(),
+        )
     }
 
     /// A key from bytes (tests).

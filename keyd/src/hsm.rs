@@ -38,11 +38,39 @@ pub trait Hsm: Send + Sync + 'static {
     /// [`Error::Conflict`] if it exists; [`Error::BadRequest`] for a wrong length; [`Error::Hsm`].
     fn import_lmk(&self, key: &[u8]) -> Result<(), Error>;
 
-    /// AES-CMAC under the LMK.
+    /// AES-CMAC under the original LMK (the one `init` made).
     ///
     /// # Errors
     /// [`Error::Hsm`]; [`Error::NotFound`] without an LMK.
-    fn lmk_cmac(&self, data: &[u8]) -> Result<[u8; 16], Error>;
+    fn lmk_cmac(&self, data: &[u8]) -> Result<[u8; 16], Error> {
+        self.lmk_cmac_under(None, data)
+    }
+
+    /// AES-CMAC under one of the token's LMKs: `None` the original one (made by `init`, and
+    /// sealing every block without a `KP` block), `Some(kcv)` the one with that check value
+    /// (made by an LMK rotation).
+    ///
+    /// # Errors
+    /// [`Error::Hsm`]; [`Error::NotFound`] if the token does not hold that LMK.
+    fn lmk_cmac_under(&self, lmk: Option<[u8; 3]>, data: &[u8]) -> Result<[u8; 16], Error>;
+
+    /// Adds a further LMK (an LMK rotation's new one), generated in the token (`None`) or
+    /// formed outside from components, non-extractable like the first. Returns its check value.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] if the token holds an LMK with that check value;
+    /// [`Error::BadRequest`] for a wrong length; [`Error::Hsm`].
+    fn add_lmk(&self, key: Option<&[u8]>) -> Result<[u8; 3], Error>;
+
+    /// The check values of the LMKs the token holds, and which of them is the original.
+    fn lmks(&self) -> (Vec<[u8; 3]>, Option<[u8; 3]>);
+
+    /// Destroys the LMK with this check value in the token (the end of a rotation's restore
+    /// window). The original LMK too, once no block is sealed under it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Hsm`].
+    fn destroy_lmk(&self, kcv: [u8; 3]) -> Result<(), Error>;
 
     /// Stores a zone's AES-256 ZMK in the HSM, non-extractable.
     ///
@@ -116,8 +144,13 @@ pub enum TokenKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenKey(pub(crate) u64);
 
-/// The LMK as a TR-31 KBPK: it protects keyd's stored key blocks.
-pub(crate) struct Lmk<'a>(pub(crate) &'a dyn Hsm);
+/// One of the token's LMKs as a TR-31 KBPK: it protects keyd's stored key blocks. `kcv` is
+/// `None` for the original LMK (blocks without `KP`), the check value of a rotation's LMK
+/// otherwise (blocks naming it in `KP`).
+pub(crate) struct Lmk<'a> {
+    pub(crate) hsm: &'a dyn Hsm,
+    pub(crate) kcv: Option<[u8; 3]>,
+}
 
 impl tr31::ExternalKbpk for Lmk<'_> {
     fn key_len(&self) -> usize {
@@ -125,10 +158,15 @@ impl tr31::ExternalKbpk for Lmk<'_> {
     }
 
     fn cmac(&self, data: &[u8]) -> Result<[u8; 16], tr31::Error> {
-        self.0
-            .lmk_cmac(data)
+        self.hsm
+            .lmk_cmac_under(self.kcv, data)
             .map_err(|_| tr31::Error::Kbpk("the HSM refused a CMAC under the LMK"))
     }
+}
+
+/// The check value of a root key from the CMAC of a zero block under it.
+pub(crate) fn kcv_from(mac: &[u8; 16]) -> [u8; 3] {
+    [mac[0], mac[1], mac[2]]
 }
 
 /// A CMAC input and the HSM's answer.
@@ -194,6 +232,8 @@ type LoadedKey = (TokenKind, Zeroizing<Vec<u8>>);
 #[derive(Default)]
 pub struct SoftwareHsm {
     lmk: Mutex<Option<Zeroizing<[u8; 32]>>>,
+    /// Rotations' LMKs, by check value.
+    more_lmks: Mutex<HashMap<[u8; 3], Zeroizing<[u8; 32]>>>,
     zmks: Mutex<HashMap<String, Zeroizing<[u8; 32]>>>,
     loaded: std::sync::RwLock<HashMap<u64, LoadedKey>>,
     next: std::sync::atomic::AtomicU64,
@@ -232,6 +272,11 @@ impl Hsm for SoftwareHsm {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .is_some()
+            || !self
+                .more_lmks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
     }
 
     fn create_lmk(&self) -> Result<(), Error> {
@@ -259,9 +304,83 @@ impl Hsm for SoftwareHsm {
         Ok(())
     }
 
-    fn lmk_cmac(&self, data: &[u8]) -> Result<[u8; 16], Error> {
-        let lmk = self.lmk.lock().unwrap_or_else(PoisonError::into_inner);
-        cmac_with(lmk.as_ref().ok_or(Error::NotFound("LMK"))?, data)
+    fn lmk_cmac_under(&self, kcv: Option<[u8; 3]>, data: &[u8]) -> Result<[u8; 16], Error> {
+        let original = self.lmk.lock().unwrap_or_else(PoisonError::into_inner);
+        let more = self
+            .more_lmks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = match kcv {
+            None => original.as_ref(),
+            Some(kcv) => more.get(&kcv).or_else(|| {
+                original
+                    .as_ref()
+                    .filter(|k| cmac_with(k, &[0; 16]).is_ok_and(|m| kcv_from(&m) == kcv))
+            }),
+        };
+        cmac_with(key.ok_or(Error::NotFound("LMK"))?, data)
+    }
+
+    fn add_lmk(&self, key: Option<&[u8]>) -> Result<[u8; 3], Error> {
+        let mut k = Zeroizing::new([0u8; 32]);
+        match key {
+            Some(key) if key.len() == 32 => k.copy_from_slice(key),
+            Some(_) => return Err(Error::BadRequest("an LMK is 32 bytes (AES-256)".into())),
+            None => self.random(&mut k[..])?,
+        }
+        let kcv = kcv_from(&cmac_with(&k, &[0; 16])?);
+        if self.lmks().0.contains(&kcv) {
+            return Err(Error::Conflict(
+                "the token holds an LMK with that check value",
+            ));
+        }
+        self.more_lmks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(kcv, k);
+        Ok(kcv)
+    }
+
+    fn lmks(&self) -> (Vec<[u8; 3]>, Option<[u8; 3]>) {
+        let original = self
+            .lmk
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|k| cmac_with(k, &[0; 16]).ok())
+            .map(|m| kcv_from(&m));
+        let mut all: Vec<[u8; 3]> = self
+            .more_lmks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect();
+        all.extend(original);
+        all.sort_unstable();
+        (all, original)
+    }
+
+    fn destroy_lmk(&self, kcv: [u8; 3]) -> Result<(), Error> {
+        if self
+            .more_lmks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&kcv)
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut original = self.lmk.lock().unwrap_or_else(PoisonError::into_inner);
+        if original
+            .as_ref()
+            .and_then(|k| cmac_with(k, &[0; 16]).ok())
+            .is_some_and(|m| kcv_from(&m) == kcv)
+        {
+            *original = None;
+            return Ok(());
+        }
+        Err(Error::NotFound("LMK"))
     }
 
     fn import_zmk(&self, zone: &str, key: &[u8]) -> Result<(), Error> {

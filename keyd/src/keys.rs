@@ -163,6 +163,27 @@ pub(crate) fn zmk_storage_header(zone: &str) -> Result<Header, Error> {
     Ok(h)
 }
 
+/// The header a secret derived from the original LMK is kept under once the LMK was rotated
+/// (see `lmk_secret`): 32 opaque bytes, never exported, the derivation's label bound in `LB`.
+///
+/// # Errors
+/// [`Error::Tr31`] for a label `LB` cannot hold (never for keyd's labels).
+pub(crate) fn secret_storage_header(label: &str) -> Result<Header, Error> {
+    let mut h = Header::new(
+        Version::D,
+        KeyUsage::DATA_ENCRYPTION,
+        Algorithm::AES,
+        ModeOfUse::BOTH_ENCRYPT_DECRYPT,
+        Exportability::NON_EXPORTABLE,
+    );
+    h.key_context = KeyContext::STORAGE;
+    h.optional_blocks.push(OptionalBlock::new(
+        BlockId::LB,
+        format!("secret-{}", label.replace(' ', "-")),
+    )?);
+    Ok(h)
+}
+
 /// The three-byte check value the platform shows: AES-CMAC form for AES keys, HMAC form for
 /// HMAC keys (contract section 6).
 pub(crate) fn kcv(kind: KeyKind, key: &[u8]) -> [u8; 3] {

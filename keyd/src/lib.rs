@@ -37,9 +37,11 @@ pub use manage::{KeyView, PeriodRow, ZoneView};
 pub use pkcs11::Pkcs11Hsm;
 pub use server::{bind, serve};
 pub use service::Service;
+pub use service::lmk::{Rewrapped, Rotation};
 pub use store::{
-    AdminStore, Approval, Change, KeyState, KeyStore, ListQuery, Listed, LoginGate, MemoryStore,
-    OfficerRecord, PgKeyStore, PgOptions, SqliteStore, ZoneRecord,
+    AdminStore, Approval, Change, KeyState, KeyStore, ListQuery, Listed, LmkMove, LmkRecord,
+    LmkState, LmkStore, LoginGate, MemoryStore, OfficerRecord, PgKeyStore, PgOptions, Reseal,
+    Sealed, SqliteStore, ZoneRecord,
 };
 
 /// A check value as operators read and compare it: six upper-case hex digits.
@@ -73,6 +75,49 @@ pub(crate) fn derive_from_lmk(
         *dst = *src;
     }
     Ok(key)
+}
+
+/// A 32-byte secret keyd needs for as long as its data lives (the PAN and request fingerprint
+/// keys, the PAN storage keys, the officers' pepper, the audit chain's key): derived from the
+/// original LMK ([`derive_from_lmk`]) until the first LMK rotation, which seals each one under
+/// the LMK in the store (`lmk_secrets`), where it is read from then on, so it outlives the
+/// original LMK. An LMK rotation therefore re-protects these keys without changing them (the
+/// API's fingerprints and sealed PANs, and the officers' credentials, stay valid).
+///
+/// # Errors
+/// [`Error::Hsm`] without the LMK it needs; [`Error::Store`] for a stored secret that does not
+/// open or is not the one asked for.
+pub(crate) fn lmk_secret(
+    hsm: &dyn Hsm,
+    store: &dyn KeyStore,
+    label: &str,
+) -> Result<zeroize::Zeroizing<[u8; 32]>, Error> {
+    let Some(block) = store.lmk_secret(label)? else {
+        return derive_from_lmk(hsm, label).map_err(|_| {
+            Error::Hsm(
+                "this token does not hold the original LMK and the key store has no sealed                  copy of the secrets derived from it"
+                    .into(),
+            )
+        });
+    };
+    let key = service::lmk::open_under_lmk(hsm, &block)?;
+    let mut header = key.header;
+    header
+        .optional_blocks
+        .retain(|b| !matches!(b.id(), tr31::BlockId::PB | tr31::BlockId::KP));
+    if header != keys::secret_storage_header(label)? {
+        return Err(Error::Store(format!(
+            "the stored secret {label:?} does not match its name"
+        )));
+    }
+    let mut out = zeroize::Zeroizing::new([0u8; 32]);
+    if key.key.expose_secret().len() != 32 {
+        return Err(Error::Store(format!(
+            "the stored secret {label:?} is not 32 bytes"
+        )));
+    }
+    out.copy_from_slice(key.key.expose_secret());
+    Ok(out)
 }
 
 /// The three-byte AES-CMAC check value operators compare (contract section 6).

@@ -76,6 +76,57 @@ enum Command {
         #[arg(long)]
         subject: String,
     },
+    /// Begin an LMK rotation on this node (dual control: `lmk-rotate lmk`): a new LMK is
+    /// generated in the token, or formed from 2 or 3 components as `init --lmk-components`
+    /// reads them, and recorded as pending. On every further keyd node sharing the store run it
+    /// again with the same components (checked against the pending LMK's KCV). Then
+    /// `lmk-rewrap` (or `--rewrap` here, for a single node) moves every stored block to it.
+    LmkRotate {
+        /// Form the new LMK from 2 or 3 components (required with several nodes, and on every
+        /// node after the first).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=3))]
+        components: Option<u8>,
+        /// An approving officer (repeat; two distinct officers in all).
+        #[arg(long = "approver")]
+        approvers: Vec<String>,
+        /// Run the rewrap at once (a single keyd node: no other token needs the new LMK).
+        #[arg(long)]
+        rewrap: bool,
+        /// Blocks re-sealed per store transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
+    /// Move every stored block to the LMK a rotation is to, in batches, while `keyd serve`
+    /// keeps serving; then switch to it. Run it again to resume after an interruption. The old
+    /// LMK stays in the tokens for `officers.lmk_restore_window_secs`.
+    LmkRewrap {
+        /// The officer running it (the rotation itself was approved by two).
+        #[arg(long)]
+        officer: Option<String>,
+        /// Blocks re-sealed per store transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Tests only: stop (sleep until killed) once this many blocks were moved.
+        #[arg(long, hide = true)]
+        test_pause_after: Option<usize>,
+    },
+    /// Destroy a retired LMK before its restore window ends (dual control: `lmk-destroy
+    /// <KCV>`); refused while any block is still sealed under it. keyd serve destroys it by
+    /// itself when the window ends.
+    LmkDestroy {
+        /// The retired LMK's check value (6 hex digits, `keyd lmks` shows it).
+        #[arg(long)]
+        kcv: String,
+        /// An approving officer (repeat; two distinct officers in all).
+        #[arg(long = "approver")]
+        approvers: Vec<String>,
+    },
+    /// The LMKs since the first rotation: check value, state, and whether this token holds it.
+    Lmks {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Form a zone's ZMK from 2 or 3 components of 64 hex digits, combined by XOR: typed
     /// without echo on a terminal, or one per line on standard input. Each component's KCV is
     /// printed as it is accepted, then the ZMK's. Duplicate, all-zero and malformed components
@@ -312,9 +363,10 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
         Command::AuditVerify { checkpoints } => {
             let path = config.audit_path();
             let hsm = keyd::open_hsm(&config)?;
+            let store = keyd::open_store(&config)?;
             let key = hsm
                 .has_lmk()
-                .then(|| audit::AuditKey::derive(&*hsm))
+                .then(|| audit::AuditKey::derive(&*hsm, &*store))
                 .transpose()?;
             let verified = audit::verify(&path, key.as_ref())
                 .map_err(|broken| keyd::Error::Config(format!("{}: {broken}", path.display())))?;
@@ -576,6 +628,131 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                         r.under_1_year,
                         r.over_1_year,
                         utc(r.oldest)
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::LmkRotate {
+            components,
+            approvers,
+            rewrap,
+            batch,
+        } => {
+            let op = Operator::open(&config)?;
+            if components.is_none() && config.database.is_some() {
+                return Err(keyd::Error::BadRequest(
+                    "several keyd nodes share this store: form the new LMK from components \
+                     (--components N) so that every node's token can hold it"
+                        .into(),
+                ));
+            }
+            if components == Some(1) && op.service.officers().policy().dual() {
+                return Err(keyd::Error::BadRequest(
+                    "an LMK is formed from 2 or 3 components (split knowledge); one clear \
+                     component is accepted only with dual control off"
+                        .into(),
+                ));
+            }
+            let officers = op.approvals(&approvers, Action::LmkRotate, "lmk")?;
+            let key = components
+                .map(|n| read_components("the new LMK", n))
+                .transpose()?;
+            let result = op.service.lmk_form(key.as_ref().map(|k| &k[..]));
+            op.record(
+                audit::op::LMK_FORM,
+                &officers,
+                Some("lmk"),
+                result.as_ref().ok().map(|r| r.kcv),
+                &result,
+            )?;
+            let formed = result?;
+            println!("new LMK KCV {}", keyd::kcv_hex(formed.kcv));
+            if formed.first {
+                eprintln!(
+                    "keyd: new LMK {} in this token, recorded pending (it replaces {}). With \
+                     several keyd nodes on this store, run `keyd lmk-rotate --components N` with \
+                     the same components on each of them now; then `keyd lmk-rewrap`.",
+                    keyd::kcv_hex(formed.kcv),
+                    keyd::kcv_hex(formed.from)
+                );
+            } else {
+                eprintln!(
+                    "keyd: this token holds the new LMK {} of the rotation under way",
+                    keyd::kcv_hex(formed.kcv)
+                );
+            }
+            op.service.announce_change()?;
+            if rewrap {
+                op.rewrap(&officers, batch, None)?;
+            }
+            Ok(())
+        }
+        Command::LmkRewrap {
+            officer,
+            batch,
+            test_pause_after,
+        } => {
+            let op = Operator::open(&config)?;
+            let officers = op.one_officer(officer.as_deref())?;
+            op.rewrap(&officers, batch, test_pause_after)
+        }
+        Command::LmkDestroy { kcv, approvers } => {
+            let op = Operator::open(&config)?;
+            let bytes = hex::decode(kcv.trim())
+                .ok()
+                .and_then(|b| <[u8; 3]>::try_from(b.as_slice()).ok())
+                .ok_or_else(|| keyd::Error::BadRequest("a KCV is 6 hex digits".into()))?;
+            let officers = op.approvals(&approvers, Action::LmkDestroy, &keyd::kcv_hex(bytes))?;
+            let result = op.service.lmk_destroy(bytes, true);
+            op.record(
+                audit::op::LMK_DESTROY,
+                &officers,
+                Some("lmk"),
+                Some(bytes),
+                &result,
+            )?;
+            result?;
+            eprintln!(
+                "keyd: LMK {} destroyed in this token and in the key store; every other node \
+                 removes it from its token within a second",
+                keyd::kcv_hex(bytes)
+            );
+            Ok(())
+        }
+        Command::Lmks { json } => {
+            let op = Operator::open(&config)?;
+            let held = op.service.hsm().lmks().0;
+            for l in op.service.lmk_states() {
+                let after = match l.state {
+                    keyd::LmkState::Retired { destroy_after } => Some(destroy_after),
+                    _ => None,
+                };
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "kcv": keyd::kcv_hex(l.kcv),
+                            "state": l.state.name(),
+                            "original": l.original,
+                            "changed_at": l.changed_at,
+                            "destroy_after": after,
+                            "in_this_token": held.contains(&l.kcv),
+                        })
+                    );
+                } else {
+                    println!(
+                        "LMK {} {:<9} since {}{}{}{}",
+                        keyd::kcv_hex(l.kcv),
+                        l.state.name(),
+                        utc(l.changed_at),
+                        if l.original { " (original)" } else { "" },
+                        after.map_or_else(String::new, |t| format!(", destroyed at {}", utc(t))),
+                        if held.contains(&l.kcv) {
+                            ""
+                        } else {
+                            ", not in this token"
+                        },
                     );
                 }
             }
@@ -946,7 +1123,7 @@ fn init(
     drop(audit);
     let audit = Audit::open_first_keyed(
         &config.audit_path(),
-        audit::AuditKey::derive(&*hsm)?,
+        audit::AuditKey::derive(&*hsm, &*keyd::open_store(config)?)?,
         config.audit_checkpoints.as_deref(),
     )?;
     println!("LMK KCV {}", keyd::kcv_hex(kcv.unwrap_or_default()));
@@ -1046,7 +1223,7 @@ fn record<T>(
 fn open_audit(config: &keyd::Config, service: &keyd::Service) -> Result<Audit, keyd::Error> {
     Audit::open(
         &config.audit_path(),
-        Some(audit::AuditKey::derive(service.hsm())?),
+        Some(service.audit_key()?),
         config.audit_checkpoints.as_deref(),
     )
 }
@@ -1211,6 +1388,59 @@ impl Operator {
         // A running `keyd serve` finds the new zone at its next housekeeping (within a second).
         let announced = self.service.announce_change();
         Ok(logged.and(announced))
+    }
+
+    /// Runs an LMK rotation's rewrap and switch, with records at its start and end.
+    #[allow(clippy::print_stdout, reason = "the current LMK's KCV is the result")]
+    fn rewrap(
+        &self,
+        officers: &[String],
+        batch: usize,
+        pause_after: Option<usize>,
+    ) -> Result<(), keyd::Error> {
+        let started = self.service.lmk_states();
+        let to = started
+            .iter()
+            .find(|l| matches!(l.state, keyd::LmkState::Pending | keyd::LmkState::Next))
+            .map(|l| l.kcv);
+        self.record(
+            audit::op::LMK_REWRAP,
+            officers,
+            Some("start"),
+            to,
+            &Ok::<(), keyd::Error>(()),
+        )?;
+        let result = self.service.lmk_rewrap(batch, &mut |moved| {
+            tracing::info!(moved, "LMK rewrap: blocks moved so far");
+            if pause_after.is_some_and(|n| moved >= n) {
+                eprintln!("keyd: paused after {moved} blocks (--test-pause-after)");
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
+        });
+        let subject = result
+            .as_ref()
+            .map_or_else(|_| "failed".to_owned(), |r| format!("{}-blocks", r.moved));
+        self.record(audit::op::LMK_REWRAP, officers, Some(&subject), to, &result)?;
+        let done = result?;
+        self.record(
+            audit::op::LMK_SWITCH,
+            officers,
+            Some(&format!("from-{}", keyd::kcv_hex(done.from))),
+            Some(done.to),
+            &Ok::<(), keyd::Error>(()),
+        )?;
+        self.service.announce_change()?;
+        println!("LMK KCV {}", keyd::kcv_hex(done.to));
+        eprintln!(
+            "keyd: {} blocks moved; LMK {} is current, {} is retired and kept for the restore \
+             window (officers.lmk_restore_window_secs), then destroyed",
+            done.moved,
+            keyd::kcv_hex(done.to),
+            keyd::kcv_hex(done.from)
+        );
+        Ok(())
     }
 
     /// Refuses, before anything is asked of officers or custodians, a zone that has a ZMK.

@@ -207,13 +207,17 @@ impl Service {
         self.hsm.zones().iter().any(|z| z == zone)
     }
 
-    /// The LMK's check value, computed in the token.
+    /// The current LMK's check value (computed in the token when it holds the LMK; after a
+    /// rotation, the one the store names current).
     ///
     /// # Errors
-    /// [`Error::Hsm`].
+    /// [`Error::Hsm`], [`Error::Store`].
     pub fn lmk_kcv(&self) -> Result<String, Error> {
-        let mac = self.hsm.lmk_cmac(&[0u8; 16])?;
-        Ok(kcv_hex(kcv_of_cmac(&mac)))
+        if self.lmk_states().is_empty() {
+            let mac = self.hsm.lmk_cmac(&[0u8; 16])?;
+            return Ok(kcv_hex(kcv_of_cmac(&mac)));
+        }
+        Ok(kcv_hex(self.current_lmk()?))
     }
 
     /// Disables an active key: every use and export of it is refused until it is enabled.
@@ -298,6 +302,8 @@ impl Service {
         };
         let seen = self.seen_version.load(Ordering::Acquire);
         if version != seen {
+            // An LMK rotation's steps move the version: seal new blocks under the right LMK.
+            self.reload_lmks()?;
             let changes = self
                 .store
                 .changes_since(seen)
@@ -331,6 +337,12 @@ impl Service {
             self.forget_all();
         }
         Ok(erased)
+    }
+
+    /// Empties the working-key cache (tests: the next use loads from the store).
+    #[cfg(test)]
+    pub(crate) fn forget_all_for_tests(&self) {
+        self.forget_all();
     }
 
     /// Empties the working-key cache; keys being loaded concurrently are not added to it.

@@ -55,6 +55,10 @@ pub struct Policy {
     /// How long a destroyed key can still be restored before its block is erased.
     #[serde(default = "default_restore")]
     pub restore_window_secs: u64,
+    /// How long a replaced LMK stays in the tokens after a rotation (so a store backup from
+    /// before it can still be opened) before keyd destroys it.
+    #[serde(default = "default_lmk_restore")]
+    pub lmk_restore_window_secs: u64,
 }
 
 const fn default_window() -> u64 {
@@ -72,6 +76,9 @@ const fn default_iterations() -> u32 {
 const fn default_restore() -> u64 {
     7 * 24 * 3600
 }
+const fn default_lmk_restore() -> u64 {
+    30 * 24 * 3600
+}
 
 /// Fewest PBKDF2 iterations accepted in the config.
 pub const MIN_ITERATIONS: u32 = 10_000;
@@ -85,6 +92,7 @@ impl Default for Policy {
             lockout_secs: default_lockout(),
             kdf_iterations: default_iterations(),
             restore_window_secs: default_restore(),
+            lmk_restore_window_secs: default_lmk_restore(),
         }
     }
 }
@@ -137,6 +145,10 @@ pub enum Action {
     Destroy,
     /// Enrolling another officer (subject: the new name).
     OfficerAdd,
+    /// Forming a new LMK, in the token of each node (subject: `lmk`).
+    LmkRotate,
+    /// Destroying a retired LMK before its restore window ends (subject: its KCV).
+    LmkDestroy,
 }
 
 impl Action {
@@ -147,14 +159,23 @@ impl Action {
             Self::Export => "export",
             Self::Destroy => "destroy",
             Self::OfficerAdd => "officer-add",
+            Self::LmkRotate => "lmk-rotate",
+            Self::LmkDestroy => "lmk-destroy",
         }
     }
 
     /// The action of a name.
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::ZmkForm, Self::Export, Self::Destroy, Self::OfficerAdd]
-            .into_iter()
-            .find(|a| a.name() == name)
+        [
+            Self::ZmkForm,
+            Self::Export,
+            Self::Destroy,
+            Self::OfficerAdd,
+            Self::LmkRotate,
+            Self::LmkDestroy,
+        ]
+        .into_iter()
+        .find(|a| a.name() == name)
     }
 }
 
@@ -209,7 +230,7 @@ impl Officers {
     /// # Errors
     /// [`Error::Hsm`] if the LMK refuses the derivation.
     pub fn new(store: Arc<dyn KeyStore>, hsm: &dyn Hsm, policy: Policy) -> Result<Self, Error> {
-        let pepper = crate::derive_from_lmk(hsm, "keyd officer credential pepper")?;
+        let pepper = crate::lmk_secret(hsm, &*store, "keyd officer credential pepper")?;
         Ok(Self {
             store,
             policy,

@@ -22,6 +22,8 @@ use crate::Error;
 use crate::hsm::{Hsm, TokenKey, TokenKind};
 
 const LMK_LABEL: &str = "keyd-lmk";
+/// A rotation's LMK: `keyd-lmk:` and its check value.
+const LMK_PREFIX: &str = "keyd-lmk:";
 const ZMK_PREFIX: &str = "keyd-zmk:";
 
 /// A PKCS#11 token.
@@ -34,6 +36,10 @@ pub struct Pkcs11Hsm {
     sessions: Vec<Mutex<Session>>,
     next: AtomicUsize,
     lmk: RwLock<Option<ObjectHandle>>,
+    /// Every LMK in the token (the original too) by check value.
+    lmks: RwLock<HashMap<[u8; 3], ObjectHandle>>,
+    /// The original LMK's check value.
+    original: RwLock<Option<[u8; 3]>>,
     zmks: RwLock<HashMap<String, ObjectHandle>>,
     _context: Pkcs11,
 }
@@ -81,6 +87,8 @@ impl Pkcs11Hsm {
             sessions: pool,
             next: AtomicUsize::new(0),
             lmk: RwLock::new(None),
+            lmks: RwLock::new(HashMap::new()),
+            original: RwLock::new(None),
             zmks: RwLock::new(HashMap::new()),
             _context: context,
         };
@@ -100,11 +108,13 @@ impl Pkcs11Hsm {
     }
 
     fn load_handles(&self) -> Result<(), Error> {
-        self.with_session(|s| {
+        let (original, lmks) = self.with_session(|s| {
             let keys = s.find_objects(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
                 Attribute::Token(true),
             ])?;
+            let mut original = None;
+            let mut lmks = Vec::new();
             for handle in keys {
                 let attrs = s.get_attributes(handle, &[AttributeType::Label])?;
                 let Some(Attribute::Label(label)) = attrs.into_iter().next() else {
@@ -112,7 +122,10 @@ impl Pkcs11Hsm {
                 };
                 let label = String::from_utf8_lossy(&label).into_owned();
                 if label == LMK_LABEL {
-                    *self.lmk.write().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+                    original = Some(handle);
+                    lmks.push(handle);
+                } else if label.starts_with(LMK_PREFIX) {
+                    lmks.push(handle);
                 } else if let Some(zone) = label.strip_prefix(ZMK_PREFIX) {
                     self.zmks
                         .write()
@@ -120,8 +133,26 @@ impl Pkcs11Hsm {
                         .insert(zone.to_owned(), handle);
                 }
             }
-            Ok(())
-        })
+            Ok((original, lmks))
+        })?;
+        // The LMKs are found again from scratch: another process may have added one (a
+        // rotation's ceremony) or destroyed one (the end of its restore window).
+        let mut by_kcv = HashMap::new();
+        let mut original_kcv = None;
+        for handle in lmks {
+            let kcv = crate::hsm::kcv_from(&self.cmac(handle, &[0; 16])?);
+            if Some(handle) == original {
+                original_kcv = Some(kcv);
+            }
+            by_kcv.insert(kcv, handle);
+        }
+        *self.lmk.write().unwrap_or_else(PoisonError::into_inner) = original;
+        *self
+            .original
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = original_kcv;
+        *self.lmks.write().unwrap_or_else(PoisonError::into_inner) = by_kcv;
+        Ok(())
     }
 
     fn cmac(&self, key: ObjectHandle, data: &[u8]) -> Result<[u8; 16], Error> {
@@ -172,10 +203,11 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn has_lmk(&self) -> bool {
-        self.lmk
+        !self
+            .lmks
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
+            .is_empty()
     }
 
     fn create_lmk(&self) -> Result<(), Error> {
@@ -188,7 +220,8 @@ impl Hsm for Pkcs11Hsm {
         let handle =
             self.with_session(|s| Ok(s.generate_key(&Mechanism::AesKeyGen, &template)?))?;
         *lmk = Some(handle);
-        Ok(())
+        drop(lmk);
+        self.load_handles()
     }
 
     fn import_lmk(&self, key: &[u8]) -> Result<(), Error> {
@@ -200,13 +233,88 @@ impl Hsm for Pkcs11Hsm {
             return Err(Error::Conflict("the LMK exists already"));
         }
         *lmk = Some(self.create_root_key(LMK_LABEL, key)?);
-        Ok(())
+        drop(lmk);
+        self.load_handles()
     }
 
-    fn lmk_cmac(&self, data: &[u8]) -> Result<[u8; 16], Error> {
-        let handle = (*self.lmk.read().unwrap_or_else(PoisonError::into_inner))
-            .ok_or(Error::NotFound("LMK"))?;
+    fn lmk_cmac_under(&self, kcv: Option<[u8; 3]>, data: &[u8]) -> Result<[u8; 16], Error> {
+        let handle = match kcv {
+            None => *self.lmk.read().unwrap_or_else(PoisonError::into_inner),
+            Some(kcv) => self
+                .lmks
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&kcv)
+                .copied(),
+        }
+        .ok_or(Error::NotFound("LMK"))?;
         self.cmac(handle, data)
+    }
+
+    fn add_lmk(&self, key: Option<&[u8]>) -> Result<[u8; 3], Error> {
+        if key.is_some_and(|k| k.len() != 32) {
+            return Err(Error::BadRequest("an LMK is 32 bytes (AES-256)".into()));
+        }
+        // Made under a provisional label, named by its check value once the token computed it.
+        let provisional = format!("{LMK_PREFIX}new");
+        let handle = match key {
+            Some(key) => self.create_root_key(&provisional, key)?,
+            None => {
+                let mut template = Self::root_key_template(&provisional);
+                template.push(Attribute::ValueLen(32.into()));
+                self.with_session(|s| Ok(s.generate_key(&Mechanism::AesKeyGen, &template)?))?
+            }
+        };
+        let kcv = crate::hsm::kcv_from(&self.cmac(handle, &[0; 16])?);
+        if self
+            .lmks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&kcv)
+        {
+            self.with_session(|s| Ok(s.destroy_object(handle)?))?;
+            return Err(Error::Conflict(
+                "the token holds an LMK with that check value",
+            ));
+        }
+        let label = format!("{LMK_PREFIX}{}", crate::kcv_hex(kcv));
+        self.with_session(|s| {
+            Ok(s.update_attributes(handle, &[Attribute::Label(label.into_bytes())])?)
+        })?;
+        self.lmks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(kcv, handle);
+        Ok(kcv)
+    }
+
+    fn lmks(&self) -> (Vec<[u8; 3]>, Option<[u8; 3]>) {
+        let mut all: Vec<[u8; 3]> = self
+            .lmks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect();
+        all.sort_unstable();
+        (
+            all,
+            *self.original.read().unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    fn destroy_lmk(&self, kcv: [u8; 3]) -> Result<(), Error> {
+        let handle = self
+            .lmks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&kcv)
+            .ok_or(Error::NotFound("LMK"))?;
+        let mut original = self.lmk.write().unwrap_or_else(PoisonError::into_inner);
+        if *original == Some(handle) {
+            *original = None;
+        }
+        self.with_session(|s| Ok(s.destroy_object(handle)?))
     }
 
     fn import_zmk(&self, zone: &str, key: &[u8]) -> Result<(), Error> {

@@ -138,6 +138,26 @@ async fn housekeeping(service: Arc<Service>, audit: Arc<Audit>, every: std::time
             Ok(Err(e)) => tracing::warn!(error = %e, "housekeeping failed"),
             Err(e) => tracing::warn!(error = %e, "housekeeping task failed"),
         }
+        let s = Arc::clone(&service);
+        match tokio::task::spawn_blocking(move || s.lmk_housekeeping()).await {
+            Ok(Ok(Some(kcv))) => {
+                tracing::info!(lmk_kcv = %crate::kcv_hex(kcv), "LMK restore window ended: LMK destroyed");
+                audit.record(&Entry {
+                    peer: "keyd",
+                    opcode: crate::audit::op::LMK_DESTROY,
+                    subject: Some("lmk"),
+                    kcv: Some(kcv),
+                    status: Status::OK,
+                    micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                });
+                if let Err(e) = audit.flush(true) {
+                    tracing::error!(error = %e, "audit log failed while recording an LMK's destruction");
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "LMK housekeeping failed"),
+            Err(e) => tracing::warn!(error = %e, "LMK housekeeping task failed"),
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use tr31::{KeyBlock, Profile, SealOptions};
 use zeroize::Zeroizing;
 
 use crate::config::Placement;
-use crate::hsm::{Hsm, Lmk, Memo, TokenKey, TokenKind, Zmk};
+use crate::hsm::{Hsm, Memo, TokenKey, TokenKind, Zmk};
 use crate::keys::{self, KeyKind};
 use crate::officers::{Action, Officers, Policy};
 use crate::store::{DeviceRecord, ImportedRecord, KeyRecord, KeyState, KeyStore, ZoneRecord};
@@ -97,6 +97,13 @@ pub struct Service {
     /// Moves whenever officers' actions take keys out of the cache: a key loaded across such a
     /// change is used for its request but not cached, so it cannot outlive its disabling.
     pub(crate) cache_generation: std::sync::atomic::AtomicU64,
+    /// The LMK new blocks are sealed under (`None`: the original one), from the store's LMK
+    /// states (see `lmk`).
+    sealing: RwLock<Option<[u8; 3]>>,
+    /// The store's LMK states as last read.
+    lmk_states: RwLock<Vec<crate::store::LmkRecord>>,
+    /// When `serve` next looks whether a retired LMK is due for destruction.
+    next_lmk_check: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Service {
@@ -217,6 +224,7 @@ const CHUNK: usize = 4096;
 
 use crate::unix_now as now;
 
+pub(crate) mod lmk;
 mod payments;
 
 impl Service {
@@ -236,15 +244,16 @@ impl Service {
                 "the HSM has no LMK: run `keyd init` first".into(),
             ));
         }
-        let fingerprint_key = crate::derive_from_lmk(&*hsm, "keyd pan fingerprint key")?;
-        let request_key = crate::derive_from_lmk(&*hsm, "keyd request fingerprint key")?;
+        let secret = |label| crate::lmk_secret(&*hsm, &*store, label);
+        let fingerprint_key = secret("keyd pan fingerprint key")?;
+        let request_key = secret("keyd request fingerprint key")?;
         let pan_seal_keys = (
-            crate::derive_from_lmk(&*hsm, "keyd pan storage encryption key")?,
-            crate::derive_from_lmk(&*hsm, "keyd pan storage mac key")?,
+            secret("keyd pan storage encryption key")?,
+            secret("keyd pan storage mac key")?,
         );
         let officers = Officers::new(Arc::clone(&store), &*hsm, Policy::default())?;
         let seen_version = std::sync::atomic::AtomicU64::new(store.state_version()?);
-        Ok(Self {
+        let service = Self {
             hsm,
             store,
             placement,
@@ -259,7 +268,12 @@ impl Service {
             officers,
             seen_version,
             cache_generation: std::sync::atomic::AtomicU64::new(0),
-        })
+            sealing: RwLock::new(None),
+            lmk_states: RwLock::new(Vec::new()),
+            next_lmk_check: std::sync::atomic::AtomicU64::new(0),
+        };
+        service.reload_lmks()?;
+        Ok(service)
     }
 
     /// The same service under the officers' policy of the config (the default is dual
@@ -291,6 +305,14 @@ impl Service {
     /// The HSM (for the operator commands).
     pub fn hsm(&self) -> &dyn Hsm {
         &*self.hsm
+    }
+
+    /// The audit chain's key (see [`crate::audit::AuditKey::derive`]).
+    ///
+    /// # Errors
+    /// As [`crate::audit::AuditKey::derive`].
+    pub fn audit_key(&self) -> Result<crate::audit::AuditKey, Error> {
+        crate::audit::AuditKey::derive(&*self.hsm, &*self.store)
     }
 
     // ----- management -------------------------------------------------------------------
@@ -375,13 +397,13 @@ impl Service {
         let key_set_id = keys::new_id("ks", &*self.hsm)?;
         let created_at = now();
         let mut records = Vec::with_capacity(KeyKind::SET.len());
-        let lmk = Lmk(&*self.hsm);
+        let (lmk, kp) = self.sealing_lmk()?;
         let lmk = Memo::new(&lmk);
         for kind in KeyKind::SET {
             let mut bytes = Zeroizing::new([0u8; 32]);
             self.hsm.random(&mut bytes[..])?;
             records.push(self.seal_for_storage(
-                &lmk,
+                (&lmk, kp),
                 kind,
                 &req.device_id,
                 Some(&key_set_id),
@@ -423,7 +445,16 @@ impl Service {
             return Err(Error::NotFound("key set"));
         }
         let records = self.store.key_set(&req.key_set_id)?;
-        let lmk = Lmk(&*self.hsm);
+        // One question to the token per derivation for the whole set, when every block is
+        // under one LMK (always, except during an LMK rewrap).
+        let first = records
+            .first()
+            .map(|r| r.block.as_str())
+            .unwrap_or_default();
+        let lmk = lmk::lmk_for(&*self.hsm, first)?;
+        let one_lmk = records
+            .iter()
+            .all(|r| lmk::kp_of(&r.block).ok() == Some(lmk.kcv));
         let lmk = Memo::new(&lmk);
         if records.len() != KeyKind::SET.len() || records.iter().any(|r| r.revoked) {
             return Err(Error::NotFound("key set"));
@@ -436,7 +467,11 @@ impl Service {
         let mut kek: Option<tr31::Kbpk> = None;
         let mut out = Vec::with_capacity(records.len());
         for record in &records {
-            let key = self.open_stored(&lmk, record)?;
+            let key = if one_lmk {
+                self.open_stored_with(&lmk, record)?
+            } else {
+                self.open_stored(record)?
+            };
             let header = record.kind.export_header()?;
             let mut padding = tr31::OsRandom;
             let padding = tr31::Padding::Random(&mut padding);
@@ -506,12 +541,14 @@ impl Service {
         if stored.is_none() {
             // Sealed under the LMK for every other node on the store; first, so that of two
             // nodes forming one zone at once exactly one succeeds.
-            let header = keys::zmk_storage_header(&req.zone)?;
+            let mut header = keys::zmk_storage_header(&req.zone)?;
             let key = tr31::Key::new(req.key.expose())?;
+            let (lmk, kp) = self.sealing_lmk()?;
+            lmk::stamp(&mut header, kp)?;
             self.store.insert_zone(&ZoneRecord {
                 zone: req.zone.clone(),
                 kcv,
-                block: seal_random(&Lmk(&*self.hsm), &header, &key)?,
+                block: seal_random(&lmk, &header, &key)?,
                 created_at: now(),
             })?;
         }
@@ -598,7 +635,7 @@ impl Service {
         self.require_active(&record.key_id)?;
         let stored = KeyBlock::parse(&record.block, Profile::Strict)?.into_header();
         require_exportable(&stored)?;
-        let key = self.open_stored(&Lmk(&*self.hsm), &record)?;
+        let key = self.open_stored(&record)?;
         let zmk = self.zmk(&req.zone)?;
         self.approved_export(&format!("{}@{}", record.key_id, req.zone))?;
         let key_block = seal_random(&zmk, &record.kind.export_header()?, &key)?;
@@ -717,7 +754,8 @@ impl Service {
             tr31::BlockId::LB,
             key_id.as_str(),
         )?);
-        let lmk = Lmk(&*self.hsm);
+        let (lmk, kp) = self.sealing_lmk()?;
+        lmk::stamp(&mut header, kp)?;
         let block = seal_random(&Memo::new(&lmk), &header, key)?;
         let kcv =
             tr31::kcv::for_algorithm(header.algorithm, key.expose_secret()).unwrap_or_default();
@@ -737,8 +775,7 @@ impl Service {
             .imported(&req.key_id)?
             .ok_or(Error::NotFound("key"))?;
         self.require_active(&record.key_id)?;
-        let opened =
-            KeyBlock::parse(&record.block, Profile::Strict)?.open_external(&Lmk(&*self.hsm))?;
+        let opened = lmk::open_under_lmk(&*self.hsm, &record.block)?;
         let bound = opened
             .header
             .optional_block(tr31::BlockId::LB)
@@ -752,9 +789,12 @@ impl Service {
         let mut header = opened.header;
         require_exportable(&header)?;
         header.key_context = tr31::KeyContext::ANY;
-        header
-            .optional_blocks
-            .retain(|b| !matches!(b.id(), tr31::BlockId::PB | tr31::BlockId::LB));
+        header.optional_blocks.retain(|b| {
+            !matches!(
+                b.id(),
+                tr31::BlockId::PB | tr31::BlockId::LB | tr31::BlockId::KP
+            )
+        });
         let zmk = self.zmk(&req.zone)?;
         self.approved_export(&format!("{}@{}", record.key_id, req.zone))?;
         let key_block = seal_random(&zmk, &header, &opened.key)?;
@@ -1028,18 +1068,17 @@ impl Service {
     /// Loads a zone's ZMK from the store into the token (see [`Service::zmk`]).
     fn load_zone(&self, zone: &str) -> Result<(), Error> {
         let record = self.store.zone(zone)?.ok_or(Error::NotFound("zone"))?;
-        let opened = KeyBlock::parse(&record.block, Profile::Strict)?
-            .open_external(&Lmk(&*self.hsm))
-            .map_err(|_| {
-                Error::Store(format!(
-                    "the stored ZMK of zone {zone} does not open under this token's LMK (was the \
-                     token formed from the same LMK components?)"
-                ))
-            })?;
+        let opened = lmk::open_under_lmk(&*self.hsm, &record.block).map_err(|e| match e {
+            Error::Hsm(why) => Error::Hsm(why),
+            _ => Error::Store(format!(
+                "the stored ZMK of zone {zone} does not open under this token's LMK (was the \
+                 token formed from the same LMK components?)"
+            )),
+        })?;
         let mut header = opened.header;
         header
             .optional_blocks
-            .retain(|b| b.id() != tr31::BlockId::PB);
+            .retain(|b| !matches!(b.id(), tr31::BlockId::PB | tr31::BlockId::KP));
         if header != keys::zmk_storage_header(zone)?
             || keys::kcv(KeyKind::Tmk, opened.key.expose_secret()) != record.kcv
         {
@@ -1066,16 +1105,22 @@ impl Service {
     fn new_identity(&self, device_id: &str) -> Result<(KeyRecord, Secret), Error> {
         let mut secret = Zeroizing::new([0u8; 32]);
         self.hsm.random(&mut secret[..])?;
-        let lmk = Lmk(&*self.hsm);
-        let record =
-            self.seal_for_storage(&lmk, KeyKind::Identity, device_id, None, &secret[..], now())?;
+        let (lmk, kp) = self.sealing_lmk()?;
+        let record = self.seal_for_storage(
+            (&lmk, kp),
+            KeyKind::Identity,
+            device_id,
+            None,
+            &secret[..],
+            now(),
+        )?;
         Ok((record, Secret::new(&secret[..])))
     }
 
     /// Wraps a new key under the LMK as a storage block bound to its key id.
     fn seal_for_storage(
         &self,
-        lmk: &dyn tr31::ExternalKbpk,
+        (lmk, kp): (&dyn tr31::ExternalKbpk, Option<[u8; 3]>),
         kind: KeyKind,
         device_id: &str,
         key_set_id: Option<&str>,
@@ -1083,7 +1128,8 @@ impl Service {
         created_at: u64,
     ) -> Result<KeyRecord, Error> {
         let key_id = keys::new_id(kind.name(), &*self.hsm)?;
-        let header = kind.storage_header(&key_id)?;
+        let mut header = kind.storage_header(&key_id)?;
+        lmk::stamp(&mut header, kp)?;
         let key = tr31::Key::new(bytes)?;
         let block = seal_random(lmk, &header, &key)?;
         Ok(KeyRecord {
@@ -1098,8 +1144,14 @@ impl Service {
         })
     }
 
-    /// Opens a stored block under the LMK and checks it is the record's own key.
-    fn open_stored(
+    /// Opens a stored block under the LMK it names and checks it is the record's own key.
+    fn open_stored(&self, record: &KeyRecord) -> Result<tr31::Key, Error> {
+        let lmk = lmk::lmk_for(&*self.hsm, &record.block)?;
+        self.open_stored_with(&lmk, record)
+    }
+
+    /// [`Service::open_stored`] under a given LMK (the one every block of a key set names).
+    fn open_stored_with(
         &self,
         lmk: &dyn tr31::ExternalKbpk,
         record: &KeyRecord,
@@ -1107,7 +1159,8 @@ impl Service {
         let opened = KeyBlock::parse(&record.block, Profile::Strict)?.open_external(lmk)?;
         let expected = record.kind.storage_header(&record.key_id)?;
         let mut got = opened.header;
-        got.optional_blocks.retain(|b| b.id() != tr31::BlockId::PB);
+        got.optional_blocks
+            .retain(|b| !matches!(b.id(), tr31::BlockId::PB | tr31::BlockId::KP));
         if got != expected {
             return Err(Error::Store(format!(
                 "stored block of {} does not match its record",
@@ -1155,7 +1208,7 @@ impl Service {
             ),
             _ => return Err(Error::Auth),
         };
-        let key = self.open_stored(&Lmk(&*self.hsm), &record)?;
+        let key = self.open_stored(&record)?;
         let material = match self.placement {
             Placement::Memory => Material::Memory(Zeroizing::new(key.expose_secret().to_vec())),
             Placement::Token => {
@@ -1230,11 +1283,11 @@ mod tests {
 
     const ZMK: [u8; 32] = [0x5A; 32];
 
-    fn service() -> Service {
+    pub(super) fn service() -> Service {
         service_with(Placement::Memory)
     }
 
-    fn service_with(placement: Placement) -> Service {
+    pub(super) fn service_with(placement: Placement) -> Service {
         let hsm = SoftwareHsm::new();
         hsm.create_lmk().unwrap();
         let s = Service::new(
@@ -1255,7 +1308,7 @@ mod tests {
         s
     }
 
-    fn device(s: &Service, id: &str) -> m::IdentityKey {
+    pub(super) fn device(s: &Service, id: &str) -> m::IdentityKey {
         s.device_create(&m::DeviceCreate {
             device_id: id.into(),
             zone: "z1".into(),
@@ -1263,13 +1316,13 @@ mod tests {
         .unwrap()
     }
 
-    fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    pub(super) fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
         e2e::device::hmac(key, msg).unwrap()
     }
 
     /// Unwraps a delivered key set the way a terminal would (TMK from the ZMK, then down);
     /// every KCV the device computes must be the one keyd sent.
-    fn unwrap_set(export: &m::KeySetExportResponse) -> HashMap<String, tr31::Key> {
+    pub(super) fn unwrap_set(export: &m::KeySetExportResponse) -> HashMap<String, tr31::Key> {
         e2e::device::unwrap_key_set(export, &ZMK)
             .unwrap()
             .into_iter()
@@ -1868,9 +1921,8 @@ mod tests {
             block: tdk.block.clone(),
             ..msk.clone()
         };
-        let lmk = Lmk(&*s.hsm);
-        assert!(matches!(s.open_stored(&lmk, &forged), Err(Error::Store(_))));
-        assert!(s.open_stored(&lmk, msk).is_ok());
+        assert!(matches!(s.open_stored(&forged), Err(Error::Store(_))));
+        assert!(s.open_stored(msk).is_ok());
     }
 
     #[test]

@@ -14,11 +14,13 @@ use crate::Error;
 use crate::keys::KeyKind;
 
 mod admin;
+mod lmk;
 mod postgres;
 
 pub use admin::{
     AdminStore, Approval, Change, KeyState, ListQuery, Listed, LoginGate, OfficerRecord,
 };
+pub use lmk::{LmkMove, LmkRecord, LmkState, LmkStore, Reseal, Sealed};
 pub use postgres::{PgKeyStore, PgOptions};
 
 /// A device as keyd knows it.
@@ -92,7 +94,7 @@ pub struct ZoneRecord {
 }
 
 /// What keyd needs from its store.
-pub trait KeyStore: AdminStore + Send + Sync + 'static {
+pub trait KeyStore: AdminStore + LmkStore + Send + Sync + 'static {
     /// A device, if known.
     ///
     /// # Errors
@@ -198,6 +200,8 @@ struct Tables {
     changes: std::collections::VecDeque<(u64, Change)>,
     officers: HashMap<String, OfficerRecord>,
     approvals: Vec<Approval>,
+    lmks: Vec<LmkRecord>,
+    secrets: std::collections::BTreeMap<String, String>,
 }
 
 impl Tables {
@@ -474,6 +478,7 @@ impl SqliteStore {
         let mut writer_conn = connect(path)?;
         writer_conn.execute_batch(SCHEMA)?;
         writer_conn.execute_batch(admin::SCHEMA)?;
+        writer_conn.execute_batch(lmk::SCHEMA)?;
         let reader = connect(path)?;
         let (writer, jobs) = std::sync::mpsc::sync_channel::<Job>(4096);
         std::thread::Builder::new()
@@ -1003,6 +1008,7 @@ mod tests {
         let store = MemoryStore::new();
         exercise(&store);
         admin::exercise(&store);
+        lmk::exercise(&store);
     }
 
     #[test]
@@ -1074,6 +1080,7 @@ mod tests {
         }
         exercise(&store);
         admin::exercise(&store);
+        lmk::exercise(&store);
         drop(store);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
@@ -1107,6 +1114,7 @@ mod tests {
         let store = PgKeyStore::open(&options).unwrap();
         exercise(&store);
         admin::exercise(&store);
+        lmk::exercise(&store);
         drop(store);
         // Reopening (migrations already applied) finds everything.
         let again = PgKeyStore::open(&options).unwrap();

@@ -15,12 +15,10 @@ use std::sync::{Arc, PoisonError};
 
 use keyd_proto::message as m;
 use paycrypto::{AesKey, Pan, TdesKey};
-use tr31::{KeyBlock, Profile};
 use zeroize::Zeroizing;
 
 use super::{Material, Service};
 use crate::Error;
-use crate::hsm::Lmk;
 use crate::keys::KeyKind;
 
 /// A partner's key opened from its storage block: what its header allows, and the key.
@@ -120,8 +118,7 @@ impl Service {
         let record = self.store.imported(key_id)?.ok_or(Error::Auth)?;
         self.require_active(&record.key_id)
             .map_err(|_| Error::Auth)?;
-        let opened =
-            KeyBlock::parse(&record.block, Profile::Strict)?.open_external(&Lmk(&*self.hsm))?;
+        let opened = super::lmk::open_under_lmk(&*self.hsm, &record.block)?;
         let h = &opened.header;
         let bound = h
             .optional_block(tr31::BlockId::LB)
@@ -172,7 +169,7 @@ impl Service {
             // no ISO 9564 format; the stored block is opened for this call and wiped after.
             Material::Token { .. } => {
                 let record = self.store.key(key_id)?.ok_or(Error::Auth)?;
-                let key = self.open_stored(&Lmk(&*self.hsm), &record)?;
+                let key = self.open_stored(&record)?;
                 Zeroizing::new(key.expose_secret().to_vec())
             }
         };

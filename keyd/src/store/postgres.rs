@@ -52,6 +52,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use zeroize::Zeroizing;
 
 use super::admin::{CHANGES_KEPT, change_from, contiguous};
+use super::lmk::{LmkMove, LmkRecord, LmkStore, Reseal, Sealed, record_from};
 use super::{
     AdminStore, Approval, Change, DeviceRecord, ImportedRecord, KeyRecord, KeyState, KeyStore,
     ListQuery, Listed, LoginGate, OfficerRecord, ZoneRecord,
@@ -61,7 +62,10 @@ use crate::keys::KeyKind;
 
 /// Schema migrations, applied in order in one transaction at open; migration `i` (0-based) is
 /// schema version `i + 1`. Append only: never edit an applied migration.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_key_store.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_key_store.sql"),
+    include_str!("../../migrations/postgres/0002_lmk_rotation.sql"),
+];
 
 /// How often a transaction rolled back for a deadlock or a serialisation failure runs again.
 const ATTEMPTS: u32 = 4;
@@ -1276,6 +1280,165 @@ impl AdminStore for PgKeyStore {
                 }
                 tx.commit().await?;
                 Ok(officers)
+            })
+            .await
+        })
+    }
+}
+
+impl LmkStore for PgKeyStore {
+    fn lmks(&self) -> Result<Vec<LmkRecord>, Error> {
+        self.call(|pool| async move {
+            retrying(|| async {
+                let c = client(&pool).await?;
+                c.query(
+                    "SELECT kcv, original, state, destroy_after, changed_at FROM lmks
+                     ORDER BY changed_at, kcv",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| {
+                    let state: String = r.try_get(2)?;
+                    record_from(
+                        r.try_get(0)?,
+                        r.try_get(1)?,
+                        &state,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                    )
+                    .ok_or_else(|| Fail::Keyd(Error::Store("a stored LMK row is malformed".into())))
+                })
+                .collect()
+            })
+            .await
+        })
+    }
+
+    fn move_lmks(&self, moves: &[LmkMove], now: u64) -> Result<(), Error> {
+        let moves = moves.to_vec();
+        self.call(|pool| async move {
+            retrying(|| async {
+                let mut c = client(&pool).await?;
+                let tx = c.transaction().await?;
+                for m in &moves {
+                    let after = m.to.destroy_after_secs().map(seconds);
+                    let n = match m.from {
+                        None => {
+                            tx.execute(
+                                "INSERT INTO lmks (kcv, original, state, destroy_after, changed_at)
+                                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kcv) DO NOTHING",
+                                &[
+                                    &m.kcv.as_slice(),
+                                    &m.original,
+                                    &m.to.name(),
+                                    &after,
+                                    &seconds(now),
+                                ],
+                            )
+                            .await?
+                        }
+                        Some(from) => {
+                            tx.execute(
+                                "UPDATE lmks SET state = $2, destroy_after = $3, changed_at = $4
+                                 WHERE kcv = $1 AND state = $5",
+                                &[&m.kcv.as_slice(), &m.to.name(), &after, &seconds(now), &from],
+                            )
+                            .await?
+                        }
+                    };
+                    if n == 0 {
+                        return Err(Error::Conflict(
+                            "the LMK is not in the state this step needs (moved by another officer or node)",
+                        )
+                        .into());
+                    }
+                }
+                bump_version(&tx, &Change::All).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    fn sealed_blocks(
+        &self,
+        table: Sealed,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let (table, id) = table.table();
+        let after = after.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |pool| async move {
+            retrying(|| async {
+                let c = client(&pool).await?;
+                let sql = format!(
+                    "SELECT {id}, block FROM {table} WHERE {id} COLLATE \"C\" > $1
+                     ORDER BY {id} COLLATE \"C\" LIMIT $2"
+                );
+                c.query(&sql, &[&after, &limit])
+                    .await?
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect()
+            })
+            .await
+        })
+    }
+
+    fn reseal(&self, table: Sealed, blocks: &[Reseal]) -> Result<usize, Error> {
+        let (table, id) = table.table();
+        let blocks = blocks.to_vec();
+        self.call(move |pool| async move {
+            retrying(|| async {
+                let mut c = client(&pool).await?;
+                let tx = c.transaction().await?;
+                let st = tx
+                    .prepare_cached(&format!(
+                        "UPDATE {table} SET block = $3 WHERE {id} = $1 AND block = $2"
+                    ))
+                    .await?;
+                let mut n = 0u64;
+                for (key, old, new) in &blocks {
+                    n += tx.execute(&st, &[key, old, new]).await?;
+                }
+                tx.commit().await?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            })
+            .await
+        })
+    }
+
+    fn lmk_secret(&self, name: &str) -> Result<Option<String>, Error> {
+        let name = name.to_owned();
+        self.call(|pool| async move {
+            retrying(|| async {
+                let c = client(&pool).await?;
+                Ok(
+                    c.query_opt("SELECT block FROM lmk_secrets WHERE name = $1", &[&name])
+                        .await?
+                        .map(|r| r.try_get(0))
+                        .transpose()?,
+                )
+            })
+            .await
+        })
+    }
+
+    fn insert_lmk_secret(&self, name: &str, block: &str) -> Result<(), Error> {
+        let (name, block) = (name.to_owned(), block.to_owned());
+        self.call(|pool| async move {
+            retrying(|| async {
+                let c = client(&pool).await?;
+                c.execute(
+                    "INSERT INTO lmk_secrets (name, block) VALUES ($1, $2)
+                     ON CONFLICT (name) DO NOTHING",
+                    &[&name, &block],
+                )
+                .await?;
+                Ok(())
             })
             .await
         })
