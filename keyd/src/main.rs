@@ -69,10 +69,11 @@ enum Command {
         /// The approving officer (asked for their password).
         #[arg(long)]
         officer: String,
-        /// `zmk-form`, `export`, `destroy` or `officer-add`.
+        /// `zmk-form`, `export`, `destroy`, `officer-add`, `lmk-rotate` or `lmk-destroy`.
         #[arg(long)]
         action: String,
-        /// The zone (`zmk-form`, `export`), key id (`destroy`) or officer name (`officer-add`).
+        /// The zone (`zmk-form`, `export`), key id (`destroy`), officer name (`officer-add`),
+        /// `lmk` (`lmk-rotate`) or a retired LMK's KCV (`lmk-destroy`).
         #[arg(long)]
         subject: String,
     },
