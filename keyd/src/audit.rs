@@ -76,6 +76,10 @@ pub mod op {
     /// An officer stored the simulators' published test keys (`simulator-keys`), one record
     /// per key.
     pub const SIMULATOR_KEYS: u16 = 0x0336;
+    /// A zone's ZMK rotated (subject: the zone; KCV: the new ZMK's).
+    pub const ZMK_ROTATE: u16 = 0x0344;
+    /// A zone's old ZMK retired by the officers (subject: the zone; KCV: the old ZMK's).
+    pub const ZMK_RETIRE: u16 = 0x0345;
     /// An LMK rotation began on this node (KCV: the new LMK's): formed in this token, or
     /// checked against the one formed on another node.
     pub const LMK_FORM: u16 = 0x0340;

@@ -84,7 +84,15 @@ pub trait Hsm: Send + Sync + 'static {
     /// [`Error::NotFound`] for an unknown zone; [`Error::Hsm`].
     fn zmk_cmac(&self, zone: &str, data: &[u8]) -> Result<[u8; 16], Error>;
 
-    /// Zones with a ZMK.
+    /// Destroys a ZMK in the token (a zone's old ZMK when its rotation ends); `name` is as
+    /// [`Hsm::zones`] lists it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Hsm`].
+    fn destroy_zmk(&self, name: &str) -> Result<(), Error>;
+
+    /// Zones with a ZMK: the zone's name for the ZMK it was formed with, `<zone>@<KCV>` for a
+    /// ZMK a rotation gave it.
     fn zones(&self) -> Vec<String>;
 
     /// Looks for ZMKs another process (an officer's command) stored in the token since this
@@ -209,7 +217,8 @@ impl<K: tr31::ExternalKbpk> tr31::ExternalKbpk for Memo<'_, K> {
 /// A zone's ZMK as a TR-31 KBPK: it protects the TMKs delivered to that zone's devices.
 pub(crate) struct Zmk<'a> {
     pub(crate) hsm: &'a dyn Hsm,
-    pub(crate) zone: &'a str,
+    /// The ZMK's name in the token (the zone's, or `<zone>@<KCV>` after a rotation).
+    pub(crate) zone: String,
 }
 
 impl tr31::ExternalKbpk for Zmk<'_> {
@@ -219,7 +228,7 @@ impl tr31::ExternalKbpk for Zmk<'_> {
 
     fn cmac(&self, data: &[u8]) -> Result<[u8; 16], tr31::Error> {
         self.hsm
-            .zmk_cmac(self.zone, data)
+            .zmk_cmac(&self.zone, data)
             .map_err(|_| tr31::Error::Kbpk("the HSM refused a CMAC under the ZMK"))
     }
 }
@@ -400,6 +409,15 @@ impl Hsm for SoftwareHsm {
     fn zmk_cmac(&self, zone: &str, data: &[u8]) -> Result<[u8; 16], Error> {
         let zmks = self.zmks.lock().unwrap_or_else(PoisonError::into_inner);
         cmac_with(zmks.get(zone).ok_or(Error::NotFound("zone"))?, data)
+    }
+
+    fn destroy_zmk(&self, name: &str) -> Result<(), Error> {
+        self.zmks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name)
+            .map(|_| ())
+            .ok_or(Error::NotFound("zone"))
     }
 
     fn zones(&self) -> Vec<String> {

@@ -41,7 +41,7 @@ pub use service::lmk::{Rewrapped, Rotation};
 pub use store::{
     AdminStore, Approval, Change, KeyState, KeyStore, ListQuery, Listed, LmkMove, LmkRecord,
     LmkState, LmkStore, LoginGate, MemoryStore, OfficerRecord, PgKeyStore, PgOptions, Reseal,
-    Sealed, SqliteStore, ZoneRecord,
+    Sealed, SqliteStore, ZmkStore, ZoneRecord,
 };
 
 /// A check value as operators read and compare it: six upper-case hex digits.

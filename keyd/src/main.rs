@@ -69,13 +69,50 @@ enum Command {
         /// The approving officer (asked for their password).
         #[arg(long)]
         officer: String,
-        /// `zmk-form`, `export`, `destroy`, `officer-add`, `lmk-rotate` or `lmk-destroy`.
+        /// `zmk-form`, `export`, `destroy`, `officer-add`, `lmk-rotate`, `lmk-destroy`,
+        /// `zmk-rotate` or `zmk-retire`.
         #[arg(long)]
         action: String,
         /// The zone (`zmk-form`, `export`), key id (`destroy`), officer name (`officer-add`),
-        /// `lmk` (`lmk-rotate`) or a retired LMK's KCV (`lmk-destroy`).
+        /// `lmk` (`lmk-rotate`), a retired LMK's KCV (`lmk-destroy`) or the zone
+        /// (`zmk-rotate`, `zmk-retire`).
         #[arg(long)]
         subject: String,
+    },
+    /// Give a zone a new ZMK (dual control: `zmk-rotate <zone>`), formed from typed components
+    /// (`--components`) or generated as custodian forms (`--generate`). Every key-set delivery
+    /// uses it at once; the old ZMK is kept until every device of the zone has fetched its keys
+    /// since, or the officers retire it (`zmk-retire`).
+    ZmkRotate {
+        /// The zone.
+        #[arg(long)]
+        zone: String,
+        /// Form it from 2 or 3 typed components.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=3), conflicts_with = "generate")]
+        components: Option<u8>,
+        /// Generate it as 2 or 3 components printed on custodian forms.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(2..=3))]
+        generate: Option<u8>,
+        /// An approving officer (repeat; two distinct officers in all).
+        #[arg(long = "approver")]
+        approvers: Vec<String>,
+    },
+    /// The devices of a zone whose TMK was not delivered under its current ZMK yet, one per
+    /// line (during a ZMK rotation: those still to fetch their keys).
+    ZmkDevices {
+        /// The zone.
+        #[arg(long)]
+        zone: String,
+    },
+    /// End a zone's ZMK rotation before every device has moved (dual control: `zmk-retire
+    /// <zone>`): the old ZMK is destroyed in every node's token.
+    ZmkRetire {
+        /// The zone.
+        #[arg(long)]
+        zone: String,
+        /// An approving officer (repeat; two distinct officers in all).
+        #[arg(long = "approver")]
+        approvers: Vec<String>,
     },
     /// Begin an LMK rotation on this node (dual control: `lmk-rotate lmk`): a new LMK is
     /// generated in the token, or formed from 2 or 3 components as `init --lmk-components`
@@ -634,6 +671,102 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             }
             Ok(())
         }
+        Command::ZmkRotate {
+            zone,
+            components,
+            generate,
+            approvers,
+        } => {
+            let op = Operator::open(&config)?;
+            if !op.service.has_zone(&zone) {
+                return Err(keyd::Error::NotFound("zone"));
+            }
+            if components == Some(1) && op.service.officers().policy().dual() {
+                return Err(keyd::Error::BadRequest(
+                    "a ZMK is formed from 2 or 3 components (split knowledge); one clear \
+                     component is accepted only with dual control off"
+                        .into(),
+                ));
+            }
+            let officers = op.approvals(&approvers, Action::ZmkRotate, &zone)?;
+            let mut parts: Vec<Zeroizing<[u8; 32]>> = Vec::new();
+            let zmk = match (components, generate) {
+                (Some(n), None) => read_components(&format!("zone {zone}'s new ZMK"), n)?,
+                (None, Some(n)) => {
+                    let mut zmk = Zeroizing::new([0u8; 32]);
+                    for _ in 0..n {
+                        let mut part = Zeroizing::new([0u8; 32]);
+                        op.service.hsm().random(&mut part[..])?;
+                        for (z, p) in zmk.iter_mut().zip(part.iter()) {
+                            *z ^= p;
+                        }
+                        parts.push(part);
+                    }
+                    zmk
+                }
+                _ => {
+                    return Err(keyd::Error::BadRequest(
+                        "name --components N (typed) or --generate N (custodian forms)".into(),
+                    ));
+                }
+            };
+            let result = op.service.zmk_rotate(&keyd_proto::message::ZmkImport {
+                zone: zone.clone(),
+                key: keyd_proto::Secret::new(&zmk[..]),
+            });
+            op.record(
+                audit::op::ZMK_ROTATE,
+                &officers,
+                Some(&zone),
+                result.as_ref().ok().map(|i| i.kcv),
+                &result,
+            )?;
+            let info = result?;
+            println!("zone {} new ZMK KCV {}", info.zone, keyd::kcv_hex(info.kcv));
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            for (n, part) in parts.iter().enumerate() {
+                print_form(&zone, n + 1, parts.len(), part, info.kcv);
+                if terminal && n + 1 < parts.len() {
+                    eprintln!("Hand this form to its custodian, then press Enter for the next.");
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line)?;
+                    print!("\x1b[2J\x1b[3J\x1b[H");
+                }
+            }
+            let pending = op.service.zmk_pending_devices(&zone)?;
+            eprintln!(
+                "keyd: key-set deliveries in zone {zone} use the new ZMK from now on; {} devices \
+                 still have their TMK under the old one (`keyd zmk-devices --zone {zone}`)",
+                pending.len()
+            );
+            op.service.announce_change()
+        }
+        Command::ZmkDevices { zone } => {
+            let op = Operator::open(&config)?;
+            for device in op.service.zmk_pending_devices(&zone)? {
+                println!("{device}");
+            }
+            Ok(())
+        }
+        Command::ZmkRetire { zone, approvers } => {
+            let op = Operator::open(&config)?;
+            let officers = op.approvals(&approvers, Action::ZmkRetire, &zone)?;
+            let result = op.service.zmk_retire(&zone);
+            op.record(
+                audit::op::ZMK_RETIRE,
+                &officers,
+                Some(&zone),
+                result.as_ref().ok().copied(),
+                &result,
+            )?;
+            let old = result?;
+            eprintln!(
+                "keyd: zone {zone}'s old ZMK {} is retired and destroyed in this token; every \
+                 other node destroys it within a second",
+                keyd::kcv_hex(old)
+            );
+            Ok(())
+        }
         Command::LmkRotate {
             components,
             approvers,
@@ -772,7 +905,10 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                 println!("LMK KCV {lmk}");
                 println!("{:<32} ZMK KCV", "ZONE");
                 for z in &zones {
-                    println!("{:<32} {}", z.zone, z.kcv);
+                    match &z.retiring_kcv {
+                        None => println!("{:<32} {}", z.zone, z.kcv),
+                        Some(old) => println!("{:<32} {} (rotating from {old})", z.zone, z.kcv),
+                    }
                 }
             }
             Ok(())

@@ -51,6 +51,9 @@ pub struct ZoneView {
     pub zone: String,
     /// Its ZMK's check value (AES-CMAC of a zero block), upper-case hex.
     pub kcv: String,
+    /// While a rotation of its ZMK is under way: the old ZMK's check value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retiring_kcv: Option<String>,
 }
 
 use crate::{kcv_hex, kcv_of_cmac, unix_now as now};
@@ -185,17 +188,22 @@ impl Service {
     /// # Errors
     /// [`Error::Hsm`]; [`Error::Store`].
     pub fn zone_list(&self) -> Result<Vec<ZoneView>, Error> {
-        for zone in self.store.zone_names()? {
-            self.zmk(&zone)?;
+        let mut zones = self.store.zone_names()?;
+        for zone in self.hsm.zones() {
+            let zone = zone.split('@').next().unwrap_or(&zone).to_owned();
+            if !zones.contains(&zone) {
+                zones.push(zone);
+            }
         }
-        let mut zones = self.hsm.zones();
         zones.sort();
         zones
             .into_iter()
             .map(|zone| {
-                let mac = self.hsm.zmk_cmac(&zone, &[0u8; 16])?;
+                let zmk = self.zmk(&zone)?;
+                let mac = self.hsm.zmk_cmac(&zmk.zone, &[0u8; 16])?;
                 Ok(ZoneView {
                     kcv: kcv_hex(kcv_of_cmac(&mac)),
+                    retiring_kcv: self.retiring_zmk(&zone)?.map(kcv_hex),
                     zone,
                 })
             })
@@ -204,7 +212,10 @@ impl Service {
 
     /// Whether the token holds a ZMK for the zone.
     pub fn has_zone(&self, zone: &str) -> bool {
-        self.hsm.zones().iter().any(|z| z == zone)
+        self.hsm
+            .zones()
+            .iter()
+            .any(|z| z.split('@').next() == Some(zone))
     }
 
     /// The current LMK's check value (computed in the token when it holds the LMK; after a
@@ -322,11 +333,13 @@ impl Service {
                     self.forget_all();
                     self.seen_version.store(last, Ordering::Release);
                     self.hsm.refresh_zones()?;
+                    self.drop_retired_zmks()?;
                 }
                 _ => {
                     self.forget_all();
                     self.seen_version.store(version, Ordering::Release);
                     self.hsm.refresh_zones()?;
+                    self.drop_retired_zmks()?;
                 }
             }
         }
@@ -355,6 +368,10 @@ impl Service {
         self.cache_generation.fetch_add(1, Ordering::AcqRel);
         cache.clear();
         partners.clear();
+        self.zmk_slots
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// Empties the cache entries the changes made stale: every key of a named device, each

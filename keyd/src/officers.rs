@@ -149,6 +149,10 @@ pub enum Action {
     LmkRotate,
     /// Destroying a retired LMK before its restore window ends (subject: its KCV).
     LmkDestroy,
+    /// Giving a zone a new ZMK (subject: the zone).
+    ZmkRotate,
+    /// Retiring a zone's old ZMK before every device has moved (subject: the zone).
+    ZmkRetire,
 }
 
 impl Action {
@@ -161,6 +165,8 @@ impl Action {
             Self::OfficerAdd => "officer-add",
             Self::LmkRotate => "lmk-rotate",
             Self::LmkDestroy => "lmk-destroy",
+            Self::ZmkRotate => "zmk-rotate",
+            Self::ZmkRetire => "zmk-retire",
         }
     }
 
@@ -173,6 +179,8 @@ impl Action {
             Self::OfficerAdd,
             Self::LmkRotate,
             Self::LmkDestroy,
+            Self::ZmkRotate,
+            Self::ZmkRetire,
         ]
         .into_iter()
         .find(|a| a.name() == name)

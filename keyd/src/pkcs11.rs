@@ -108,13 +108,14 @@ impl Pkcs11Hsm {
     }
 
     fn load_handles(&self) -> Result<(), Error> {
-        let (original, lmks) = self.with_session(|s| {
+        let (original, lmks, zmks) = self.with_session(|s| {
             let keys = s.find_objects(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
                 Attribute::Token(true),
             ])?;
             let mut original = None;
             let mut lmks = Vec::new();
+            let mut zmks = HashMap::new();
             for handle in keys {
                 let attrs = s.get_attributes(handle, &[AttributeType::Label])?;
                 let Some(Attribute::Label(label)) = attrs.into_iter().next() else {
@@ -127,14 +128,13 @@ impl Pkcs11Hsm {
                 } else if label.starts_with(LMK_PREFIX) {
                     lmks.push(handle);
                 } else if let Some(zone) = label.strip_prefix(ZMK_PREFIX) {
-                    self.zmks
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(zone.to_owned(), handle);
+                    zmks.insert(zone.to_owned(), handle);
                 }
             }
-            Ok((original, lmks))
+            Ok((original, lmks, zmks))
         })?;
+        // Found again from scratch too: a zone's old ZMK may have been destroyed elsewhere.
+        *self.zmks.write().unwrap_or_else(PoisonError::into_inner) = zmks;
         // The LMKs are found again from scratch: another process may have added one (a
         // rotation's ceremony) or destroyed one (the end of its restore window).
         let mut by_kcv = HashMap::new();
@@ -338,6 +338,16 @@ impl Hsm for Pkcs11Hsm {
             .get(zone)
             .ok_or(Error::NotFound("zone"))?;
         self.cmac(handle, data)
+    }
+
+    fn destroy_zmk(&self, name: &str) -> Result<(), Error> {
+        let handle = self
+            .zmks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name)
+            .ok_or(Error::NotFound("zone"))?;
+        self.with_session(|s| Ok(s.destroy_object(handle)?))
     }
 
     fn refresh_zones(&self) -> Result<(), Error> {

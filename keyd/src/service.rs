@@ -104,6 +104,8 @@ pub struct Service {
     lmk_states: RwLock<Vec<crate::store::LmkRecord>>,
     /// When `serve` next looks whether a retired LMK is due for destruction.
     next_lmk_check: std::sync::atomic::AtomicU64,
+    /// Where each zone's current ZMK is in the token (see `zmk`); emptied with the cache.
+    pub(crate) zmk_slots: RwLock<HashMap<String, zmk::ZmkSlot>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -226,6 +228,7 @@ use crate::unix_now as now;
 
 pub(crate) mod lmk;
 mod payments;
+mod zmk;
 
 impl Service {
     /// A service over an initialised HSM (one with an LMK) and a store.
@@ -271,6 +274,7 @@ impl Service {
             sealing: RwLock::new(None),
             lmk_states: RwLock::new(Vec::new()),
             next_lmk_check: std::sync::atomic::AtomicU64::new(0),
+            zmk_slots: RwLock::new(HashMap::new()),
         };
         service.reload_lmks()?;
         Ok(service)
@@ -505,6 +509,8 @@ impl Service {
                 wrapped_under: record.kind.wrapped_under().to_owned(),
             });
         }
+        // The TMK went under the zone's current ZMK: a device that moved in a ZMK rotation.
+        self.delivered(&req.device_id, &device.zone)?;
         Ok(m::KeySetExportResponse {
             key_set_id: req.key_set_id.clone(),
             keys: out,
@@ -1050,24 +1056,16 @@ impl Service {
     /// A zone formed through another keyd node on the same store is loaded into this node's
     /// token on first use: its ZMK, sealed under the LMK in the store, is opened here (the LMK
     /// is the same in every node's token) and imported as a non-extractable token object.
-    pub(crate) fn zmk<'a>(&'a self, zone: &'a str) -> Result<Zmk<'a>, Error> {
-        let known = || self.hsm.zones().iter().any(|z| z == zone);
-        if !known() {
-            // An officer's command on this node may have put it in the token meanwhile.
-            self.hsm.refresh_zones()?;
-            if !known() {
-                self.load_zone(zone)?;
-            }
-        }
+    pub(crate) fn zmk(&self, zone: &str) -> Result<Zmk<'_>, Error> {
         Ok(Zmk {
             hsm: &*self.hsm,
-            zone,
+            zone: self.zmk_slot(zone)?.name,
         })
     }
 
-    /// Loads a zone's ZMK from the store into the token (see [`Service::zmk`]).
-    fn load_zone(&self, zone: &str) -> Result<(), Error> {
-        let record = self.store.zone(zone)?.ok_or(Error::NotFound("zone"))?;
+    /// Loads a zone's ZMK from the store into the token under `name` (see [`Service::zmk`]).
+    fn load_zone_as(&self, record: &ZoneRecord, name: &str) -> Result<(), Error> {
+        let zone = record.zone.as_str();
         let opened = lmk::open_under_lmk(&*self.hsm, &record.block).map_err(|e| match e {
             Error::Hsm(why) => Error::Hsm(why),
             _ => Error::Store(format!(
@@ -1086,7 +1084,7 @@ impl Service {
                 "the stored ZMK of zone {zone} does not match its record"
             )));
         }
-        match self.hsm.import_zmk(zone, opened.key.expose_secret()) {
+        match self.hsm.import_zmk(name, opened.key.expose_secret()) {
             // Conflict: another request loaded it first.
             Ok(()) | Err(Error::Conflict(_)) => {
                 tracing::info!(zone, "zone's ZMK loaded from the key store into the token");

@@ -16,12 +16,14 @@ use crate::keys::KeyKind;
 mod admin;
 mod lmk;
 mod postgres;
+mod zmk;
 
 pub use admin::{
     AdminStore, Approval, Change, KeyState, ListQuery, Listed, LoginGate, OfficerRecord,
 };
 pub use lmk::{LmkMove, LmkRecord, LmkState, LmkStore, Reseal, Sealed};
 pub use postgres::{PgKeyStore, PgOptions};
+pub use zmk::ZmkStore;
 
 /// A device as keyd knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +96,7 @@ pub struct ZoneRecord {
 }
 
 /// What keyd needs from its store.
-pub trait KeyStore: AdminStore + LmkStore + Send + Sync + 'static {
+pub trait KeyStore: AdminStore + LmkStore + ZmkStore + Send + Sync + 'static {
     /// A device, if known.
     ///
     /// # Errors
@@ -202,6 +204,9 @@ struct Tables {
     approvals: Vec<Approval>,
     lmks: Vec<LmkRecord>,
     secrets: std::collections::BTreeMap<String, String>,
+    retiring: HashMap<String, ZoneRecord>,
+    retired: Vec<(String, [u8; 3])>,
+    device_zmk: HashMap<String, [u8; 3]>,
 }
 
 impl Tables {
@@ -479,6 +484,7 @@ impl SqliteStore {
         writer_conn.execute_batch(SCHEMA)?;
         writer_conn.execute_batch(admin::SCHEMA)?;
         writer_conn.execute_batch(lmk::SCHEMA)?;
+        writer_conn.execute_batch(zmk::SCHEMA)?;
         let reader = connect(path)?;
         let (writer, jobs) = std::sync::mpsc::sync_channel::<Job>(4096);
         std::thread::Builder::new()
@@ -1009,6 +1015,7 @@ mod tests {
         exercise(&store);
         admin::exercise(&store);
         lmk::exercise(&store);
+        zmk::exercise(&store);
     }
 
     #[test]
@@ -1081,6 +1088,7 @@ mod tests {
         exercise(&store);
         admin::exercise(&store);
         lmk::exercise(&store);
+        zmk::exercise(&store);
         drop(store);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
@@ -1115,6 +1123,7 @@ mod tests {
         exercise(&store);
         admin::exercise(&store);
         lmk::exercise(&store);
+        zmk::exercise(&store);
         drop(store);
         // Reopening (migrations already applied) finds everything.
         let again = PgKeyStore::open(&options).unwrap();

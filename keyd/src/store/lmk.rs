@@ -105,11 +105,19 @@ pub enum Sealed {
     Zones,
     /// The secrets derived from the original LMK (see [`LmkStore::lmk_secret`]).
     Secrets,
+    /// Zones' old ZMKs while a ZMK rotation is under way.
+    RetiringZmks,
 }
 
 impl Sealed {
     /// Every table, in the order a rewrap visits them.
-    pub const ALL: [Self; 4] = [Self::Secrets, Self::Zones, Self::Imported, Self::Keys];
+    pub const ALL: [Self; 5] = [
+        Self::Secrets,
+        Self::Zones,
+        Self::RetiringZmks,
+        Self::Imported,
+        Self::Keys,
+    ];
 
     /// Table and id column.
     pub(super) const fn table(self) -> (&'static str, &'static str) {
@@ -118,6 +126,7 @@ impl Sealed {
             Self::Imported => ("imported_keys", "key_id"),
             Self::Zones => ("zones", "zone"),
             Self::Secrets => ("lmk_secrets", "name"),
+            Self::RetiringZmks => ("zone_retiring", "zone"),
         }
     }
 
@@ -128,6 +137,7 @@ impl Sealed {
             Self::Imported => "imported keys",
             Self::Zones => "zones",
             Self::Secrets => "LMK secrets",
+            Self::RetiringZmks => "retiring ZMKs",
         }
     }
 }
@@ -383,6 +393,11 @@ impl LmkStore for MemoryStore {
                 .iter()
                 .map(|(n, b)| (n.clone(), b.clone()))
                 .collect(),
+            Sealed::RetiringZmks => t
+                .retiring
+                .values()
+                .map(|z| (z.zone.clone(), z.block.clone()))
+                .collect(),
         };
         rows.retain(|(id, _)| id.as_str() > after);
         rows.sort();
@@ -399,6 +414,7 @@ impl LmkStore for MemoryStore {
                 Sealed::Imported => t.imported.get_mut(id).map(|k| &mut k.block),
                 Sealed::Zones => t.zones.get_mut(id).map(|z| &mut z.block),
                 Sealed::Secrets => t.secrets.get_mut(id),
+                Sealed::RetiringZmks => t.retiring.get_mut(id).map(|z| &mut z.block),
             };
             if let Some(block) = slot.filter(|b| *b == old) {
                 block.clone_from(new);

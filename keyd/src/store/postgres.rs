@@ -53,6 +53,7 @@ use zeroize::Zeroizing;
 
 use super::admin::{CHANGES_KEPT, change_from, contiguous};
 use super::lmk::{LmkMove, LmkRecord, LmkStore, Reseal, Sealed, record_from};
+use super::zmk::ZmkStore;
 use super::{
     AdminStore, Approval, Change, DeviceRecord, ImportedRecord, KeyRecord, KeyState, KeyStore,
     ListQuery, Listed, LoginGate, OfficerRecord, ZoneRecord,
@@ -65,6 +66,7 @@ use crate::keys::KeyKind;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_key_store.sql"),
     include_str!("../../migrations/postgres/0002_lmk_rotation.sql"),
+    include_str!("../../migrations/postgres/0003_zmk_rotation.sql"),
 ];
 
 /// How often a transaction rolled back for a deadlock or a serialisation failure runs again.
@@ -1439,6 +1441,170 @@ impl LmkStore for PgKeyStore {
                 )
                 .await?;
                 Ok(())
+            })
+            .await
+        })
+    }
+}
+
+fn zone_row(r: &tokio_postgres::Row) -> Result<ZoneRecord, Fail> {
+    Ok(ZoneRecord {
+        zone: r.try_get(0)?,
+        kcv: kcv(r.try_get(1)?)?,
+        block: r.try_get(2)?,
+        created_at: unsigned(r.try_get(3)?),
+    })
+}
+
+impl ZmkStore for PgKeyStore {
+    fn rotate_zmk(&self, new: &ZoneRecord) -> Result<(), Error> {
+        let z = new.clone();
+        self.call(|pool| async move {
+            retrying(|| async {
+                let mut c = client(&pool).await?;
+                let tx = c.transaction().await?;
+                // The zone's row first: two officers rotating one zone on two nodes queue here.
+                if tx
+                    .query_opt("SELECT 1 FROM zones WHERE zone = $1 FOR UPDATE", &[&z.zone])
+                    .await?
+                    .is_none()
+                {
+                    return Err(Error::NotFound("zone in the key store").into());
+                }
+                let under_way = tx
+                    .query_opt(
+                        "SELECT 1 FROM zone_retiring WHERE zone = $1 AND retired_at IS NULL",
+                        &[&z.zone],
+                    )
+                    .await?;
+                tx.execute(
+                    "INSERT INTO zone_retiring (zone, kcv, block, created_at)
+                     SELECT zone, kcv, block, created_at FROM zones WHERE zone = $1
+                     ON CONFLICT (zone, kcv) DO UPDATE
+                     SET block = excluded.block, created_at = excluded.created_at,
+                         retired_at = NULL",
+                    &[&z.zone],
+                )
+                .await?;
+                if under_way.is_some() {
+                    return Err(Error::Conflict(
+                        "a rotation of the zone's ZMK is under way: retire its old ZMK first",
+                    )
+                    .into());
+                }
+                tx.execute(
+                    "UPDATE zones SET kcv = $2, block = $3, created_at = $4 WHERE zone = $1",
+                    &[&z.zone, &z.kcv.as_slice(), &z.block, &seconds(z.created_at)],
+                )
+                .await?;
+                bump_version(&tx, &Change::All).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    fn retiring_zmk(&self, zone: &str) -> Result<Option<ZoneRecord>, Error> {
+        let zone = zone.to_owned();
+        self.call(|pool| async move {
+            retrying(|| async {
+                let c = client(&pool).await?;
+                c.query_opt(
+                    "SELECT zone, kcv, block, created_at FROM zone_retiring
+                     WHERE zone = $1 AND retired_at IS NULL",
+                    &[&zone],
+                )
+                .await?
+                .as_ref()
+                .map(zone_row)
+                .transpose()
+            })
+            .await
+        })
+    }
+
+    fn retire_zmk(&self, zone: &str) -> Result<bool, Error> {
+        let zone = zone.to_owned();
+        self.call(|pool| async move {
+            retrying(|| async {
+                let mut c = client(&pool).await?;
+                let tx = c.transaction().await?;
+                let n = tx
+                    .execute(
+                        "UPDATE zone_retiring SET block = '', retired_at = $2
+                         WHERE zone = $1 AND retired_at IS NULL",
+                        &[&zone, &seconds(crate::unix_now())],
+                    )
+                    .await?;
+                if n > 0 {
+                    bump_version(&tx, &Change::All).await?;
+                }
+                tx.commit().await?;
+                Ok(n > 0)
+            })
+            .await
+        })
+    }
+
+    fn retired_zmks(&self, zone: &str) -> Result<Vec<[u8; 3]>, Error> {
+        let zone = zone.to_owned();
+        self.call(|pool| async move {
+            retrying(|| async {
+                let c = client(&pool).await?;
+                c.query(
+                    "SELECT kcv FROM zone_retiring WHERE zone = $1 AND retired_at IS NOT NULL",
+                    &[&zone],
+                )
+                .await?
+                .iter()
+                .map(|r| kcv(r.try_get(0)?))
+                .collect()
+            })
+            .await
+        })
+    }
+
+    fn delivered_under(&self, device_id: &str, kcv: [u8; 3]) -> Result<(), Error> {
+        let device_id = device_id.to_owned();
+        self.call(move |pool| async move {
+            retrying(|| async {
+                let c = client(&pool).await?;
+                c.execute(
+                    "INSERT INTO device_zmk (device_id, kcv) VALUES ($1, $2)
+                     ON CONFLICT (device_id) DO UPDATE SET kcv = excluded.kcv",
+                    &[&device_id, &kcv.as_slice()],
+                )
+                .await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    fn devices_not_under(
+        &self,
+        zone: &str,
+        kcv: [u8; 3],
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
+        let (zone, after) = (zone.to_owned(), after.to_owned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |pool| async move {
+            retrying(|| async {
+                let c = client(&pool).await?;
+                c.query(
+                    "SELECT d.device_id FROM devices d LEFT JOIN device_zmk z USING (device_id)
+                     WHERE d.zone = $1 AND d.device_id > $3
+                       AND (z.kcv IS NULL OR z.kcv <> $2)
+                     ORDER BY d.device_id LIMIT $4",
+                    &[&zone, &kcv.as_slice(), &after, &limit],
+                )
+                .await?
+                .iter()
+                .map(|r| Ok(r.try_get(0)?))
+                .collect()
             })
             .await
         })
