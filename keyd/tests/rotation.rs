@@ -429,3 +429,114 @@ fn rows_in_state(k: &KeydProcess, state: &str) -> bool {
     }
     false
 }
+
+/// A new ZMK for zone `z1`, as its two custodians' components.
+const NEW_ZMK_COMPONENTS: [&str; 2] = [
+    "0F1E2D3C4B5A69788796A5B4C3D2E1F00F1E2D3C4B5A69788796A5B4C3D2E1F0",
+    "55AA55AA55AA55AA33CC33CC33CC33CC0FF00FF00FF00FF0A5A5A5A5A5A5A5A5",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zones_zmk_rotates_from_the_command_line_while_keyd_serves() {
+    let mut k = KeydProcess::new(
+        std::path::Path::new(env!("CARGO_BIN_EXE_keyd")),
+        r#""data", "devices""#,
+        "token",
+    )
+    .unwrap();
+    k.start().unwrap();
+    let client = Client::connect(k.socket()).await.unwrap();
+    let mut devices = Vec::new();
+    for n in 0x100..0x103 {
+        devices.push(make_device(&client, n).await);
+    }
+    let new_zmk: Vec<u8> = hex(NEW_ZMK_COMPONENTS[0])
+        .iter()
+        .zip(hex(NEW_ZMK_COMPONENTS[1]))
+        .map(|(a, b)| a ^ b)
+        .collect();
+    let new_kcv = keyd::kcv_hex(keyd::aes_kcv(&new_zmk));
+    let old_kcv = keyd::kcv_hex(keyd::aes_kcv(&hex(ZMK_HEX)));
+    let [(a, a_password), (b, b_password)] = OFFICERS;
+    let out = k
+        .run(
+            &[
+                "zmk-rotate",
+                "--zone",
+                "z1",
+                "--components",
+                "2",
+                "--approver",
+                a,
+                "--approver",
+                b,
+            ],
+            &[
+                a_password,
+                b_password,
+                NEW_ZMK_COMPONENTS[0],
+                NEW_ZMK_COMPONENTS[1],
+            ],
+        )
+        .unwrap();
+    assert!(
+        out.contains(&format!("zone z1 new ZMK KCV {new_kcv}")),
+        "{out}"
+    );
+    let pending = k.run(&["zmk-devices", "--zone", "z1"], &[]).unwrap();
+    assert_eq!(pending.lines().count(), 3, "{pending}");
+    let zones = k.run(&["zones"], &[]).unwrap();
+    assert!(
+        zones.contains(&format!("{new_kcv} (rotating from {old_kcv})")),
+        "{zones}"
+    );
+
+    // The running keyd delivers under the new ZMK within about a second; charges go on.
+    let fetch = |d: &Device| m::KeySetExport {
+        device_id: d.id.clone(),
+        key_set_id: d.key_set_id.clone(),
+    };
+    let started = Instant::now();
+    loop {
+        let export = client.call(&fetch(&devices[0])).await.unwrap();
+        if let Ok(keys) = device::unwrap_key_set(&export, &new_zmk) {
+            assert_eq!(
+                keys["msk"].key, devices[0].msk,
+                "the same keys, under the new ZMK"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never the new ZMK"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    use_device(&client, &devices[1], 1).await.unwrap();
+    let pending = k.run(&["zmk-devices", "--zone", "z1"], &[]).unwrap();
+    assert_eq!(pending.lines().count(), 2, "{pending}");
+
+    // The officers end it before the last devices fetched: they get the new ZMK anyway.
+    k.approve("zmk-retire", "z1").unwrap();
+    k.run(&["zmk-retire", "--zone", "z1"], &[]).unwrap();
+    let zones = k.run(&["zones"], &[]).unwrap();
+    assert!(!zones.contains("rotating"), "{zones}");
+    let export = client.call(&fetch(&devices[2])).await.unwrap();
+    assert!(device::unwrap_key_set(&export, &new_zmk).is_ok());
+    assert!(device::unwrap_key_set(&export, &hex(ZMK_HEX)).is_err());
+
+    drop(client);
+    k.stop();
+    let log = std::fs::read_to_string(k.hsm().dir().join("keys.audit.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "\"op\":\"0x0344\",\"subject\":\"z1\",\"kcv\":\"{new_kcv}\""
+        )),
+        "{log}"
+    );
+    assert!(log.contains(&format!(
+        "\"op\":\"0x0345\",\"subject\":\"z1\",\"kcv\":\"{old_kcv}\""
+    )));
+    let verified = k.run(&["audit-verify"], &[]).unwrap();
+    assert!(verified.contains("chain intact"), "{verified}");
+}
