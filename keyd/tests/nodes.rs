@@ -332,3 +332,205 @@ async fn postgres_two_keyd_nodes_share_one_store() {
     let log2 = std::fs::read_to_string(two.hsm().dir().join("keys.audit.log")).unwrap();
     assert!(log2.contains(&msk2), "node 2 recorded the destruction");
 }
+
+/// The new LMK of the rotation test, as its custodians' components (test values).
+const NEW_LMK: [&str; 2] = [
+    "1111111111111111222222222222222233333333333333334444444444444444",
+    "A5A5A5A5A5A5A5A55A5A5A5A5A5A5A5A0F0F0F0F0F0F0F0FF0F0F0F0F0F0F0F0",
+];
+
+/// An LMK rotation on two nodes sharing one PostgreSQL store: the officers form the new LMK
+/// on each node from the same components, the rewrap runs on one while both serve, and a node
+/// whose token lacks the new LMK says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_lmk_rotation_on_two_keyd_nodes() {
+    let Some(cluster) =
+        pgcluster::Cluster::for_tests("postgres_an_lmk_rotation_on_two_keyd_nodes").unwrap()
+    else {
+        return;
+    };
+    cluster.create_database("keys").unwrap();
+    let password_file = cluster.write_password_file().unwrap();
+    let mut one = node(&cluster, &password_file);
+    let mut two = node(&cluster, &password_file);
+    let [(a, a_password), (b, b_password)] = OFFICERS;
+    one.run(
+        &[
+            "init",
+            "--officer",
+            a,
+            "--officer",
+            b,
+            "--lmk-components",
+            "2",
+        ],
+        &[a_password, b_password, LMK[0], LMK[1]],
+    )
+    .unwrap();
+    one.run(
+        &[
+            "zmk-import",
+            "--zone",
+            "z1",
+            "--components",
+            "2",
+            "--approver",
+            a,
+            "--approver",
+            b,
+        ],
+        &[a_password, b_password, ZMK_COMPONENTS[0], ZMK_COMPONENTS[1]],
+    )
+    .unwrap();
+    two.run(&["init", "--lmk-components", "2"], &[LMK[0], LMK[1]])
+        .unwrap();
+    one.start().unwrap();
+    two.start().unwrap();
+    let c1 = Client::connect(one.socket()).await.unwrap();
+    let c2 = Client::connect(two.socket()).await.unwrap();
+    let mut sets = Vec::new();
+    for n in 0..20 {
+        let device_id = format!("POS-0000B{n:03X}");
+        c1.call(&m::DeviceCreate {
+            device_id: device_id.clone(),
+            zone: "z1".into(),
+        })
+        .await
+        .unwrap();
+        let set = c1
+            .call(&m::KeySetCreate {
+                device_id: device_id.clone(),
+            })
+            .await
+            .unwrap();
+        sets.push((device_id, set.key_set_id));
+    }
+    let deliver = |c: &Client, (device_id, key_set_id): &(String, String)| {
+        let req = m::KeySetExport {
+            device_id: device_id.clone(),
+            key_set_id: key_set_id.clone(),
+        };
+        let c = c.clone();
+        async move {
+            let export = c.call(&req).await?;
+            device::unwrap_key_set(&export, &hex(ZMK_HEX)).unwrap();
+            Ok::<(), ClientError>(())
+        }
+    };
+
+    // The ceremony on node 1, then on node 2 with the same components (another LMK is
+    // refused and nothing is kept).
+    let rotate = |k: &KeydProcess, parts: [&str; 2]| {
+        k.run(
+            &[
+                "lmk-rotate",
+                "--components",
+                "2",
+                "--approver",
+                a,
+                "--approver",
+                b,
+            ],
+            &[a_password, b_password, parts[0], parts[1]],
+        )
+    };
+    let err = one
+        .run(
+            &["lmk-rotate", "--approver", a, "--approver", b],
+            &[a_password, b_password],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--components"),
+        "a generated LMK with several nodes: {err}"
+    );
+    let out = rotate(&one, NEW_LMK).unwrap();
+    let new_kcv = out
+        .lines()
+        .find_map(|l| l.strip_prefix("new LMK KCV "))
+        .unwrap()
+        .to_owned();
+    let err = two
+        .run(&["lmk-rewrap", "--officer", a], &[a_password])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&new_kcv),
+        "node 2 names the LMK it lacks: {err}"
+    );
+    let err = rotate(&two, [NEW_LMK[0], LMK[1]]).unwrap_err().to_string();
+    assert!(err.contains("another LMK"), "{err}");
+    let out = rotate(&two, NEW_LMK).unwrap();
+    assert!(out.contains(&new_kcv), "{out}");
+
+    // The rewrap on node 1 while both nodes serve.
+    let rewrap = {
+        let mut child = one
+            .command(&["lmk-rewrap", "--officer", a, "--batch", "10"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(
+            &mut child.stdin.take().unwrap(),
+            format!("{a_password}\n").as_bytes(),
+        )
+        .unwrap();
+        child
+    };
+    let mut served = 0;
+    let rewrap = tokio::task::spawn_blocking(move || rewrap.wait_with_output().unwrap());
+    while !rewrap.is_finished() {
+        for set in &sets {
+            deliver(&c1, set).await.unwrap();
+            deliver(&c2, set).await.unwrap();
+            served += 2;
+        }
+    }
+    let out = rewrap.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("key-set deliveries answered on both nodes during the rewrap: {served}");
+    tokio::time::sleep(BOUND).await;
+    for set in &sets {
+        deliver(&c1, set).await.unwrap();
+        deliver(&c2, set).await.unwrap();
+    }
+    // New keys made on node 2 after the switch are under the new LMK, and open on node 1.
+    c2.call(&m::DeviceCreate {
+        device_id: "POS-0000BFFF".into(),
+        zone: "z1".into(),
+    })
+    .await
+    .unwrap();
+    let set = c2
+        .call(&m::KeySetCreate {
+            device_id: "POS-0000BFFF".into(),
+        })
+        .await
+        .unwrap();
+    deliver(&c1, &("POS-0000BFFF".to_owned(), set.key_set_id))
+        .await
+        .unwrap();
+    for k in [&one, &two] {
+        let zones = k.run(&["zones"], &[]).unwrap();
+        assert!(zones.starts_with(&format!("LMK KCV {new_kcv}")), "{zones}");
+    }
+
+    // A third node formed from the old LMK's components only: it does not start, and says
+    // which LMK it lacks.
+    let three = node(&cluster, &password_file);
+    three
+        .run(&["init", "--lmk-components", "2"], &[LMK[0], LMK[1]])
+        .unwrap_err();
+    let err = three.run(&["zones"], &[]).unwrap_err().to_string();
+    assert!(err.contains(&new_kcv), "{err}");
+    drop((c1, c2));
+    one.stop();
+    two.stop();
+}

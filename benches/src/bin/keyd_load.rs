@@ -61,10 +61,20 @@ struct Args {
     /// (`ZoneMacVerifyBatch` frames of 16 retail MACs and 16 AES-CMACs).
     #[arg(long, default_value = "charge")]
     op: String,
+    /// Run an LMK rotation during the load: the ceremony before it, then `keyd lmk-rewrap` (a
+    /// separate process, as officers run it) while the load runs; reports how long it took.
+    #[arg(long)]
+    lmk_rewrap: bool,
     /// Internal: run the bare cryptoki loop (in a child process that sees the token).
     #[arg(long, hide = true)]
     bare_loop: Option<String>,
 }
+
+/// The components of the new LMK for `--lmk-rewrap` (test values).
+const LMK_COMPONENTS: [&str; 2] = [
+    "1111111111111111222222222222222233333333333333334444444444444444",
+    "A5A5A5A5A5A5A5A55A5A5A5A5A5A5A5A0F0F0F0F0F0F0F0FF0F0F0F0F0F0F0F0",
+];
 
 /// The request one device sends under load.
 enum Request {
@@ -327,6 +337,23 @@ async fn main() {
     }
     let devices = Arc::new(devices);
 
+    if args.lmk_rewrap {
+        let [(a, a_password), (b, b_password)] = e2e::OFFICERS;
+        keyd.run(
+            &[
+                "lmk-rotate",
+                "--components",
+                "2",
+                "--approver",
+                a,
+                "--approver",
+                b,
+            ],
+            &[a_password, b_password, LMK_COMPONENTS[0], LMK_COMPONENTS[1]],
+        )
+        .unwrap();
+    }
+
     // Charge load over the socket.
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -353,8 +380,45 @@ async fn main() {
         }
     }
     let load_started = Instant::now();
+    // The rewrap starts a second into the load and runs beside it.
+    let rewrap = args.lmk_rewrap.then(|| {
+        let mut command = keyd.command(&["lmk-rewrap", "--officer", e2e::OFFICERS[0].0]);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            std::thread::sleep(Duration::from_secs(1));
+            let started = Instant::now();
+            let mut child = command
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            writeln!(child.stdin.take().unwrap(), "{}", e2e::OFFICERS[0].1).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let said = String::from_utf8_lossy(&out.stderr);
+            let moved = said
+                .lines()
+                .find_map(|l| l.strip_prefix("keyd: ")?.split_once(" blocks moved"))
+                .map(|(n, _)| n)
+                .unwrap_or("?")
+                .to_owned();
+            (started.elapsed(), moved)
+        })
+    });
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stop.store(true, Ordering::Relaxed);
+    if let Some(rewrap) = rewrap {
+        let (took, moved) = rewrap.await.unwrap();
+        println!(
+            "LMK rewrap beside the load: {moved} blocks moved and switched in {:.2} s",
+            took.as_secs_f64()
+        );
+    }
     let mut latencies = Vec::new();
     for w in workers {
         latencies.extend(w.await.unwrap());
