@@ -117,8 +117,19 @@ async fn housekeeping(service: Arc<Service>, audit: Arc<Audit>, every: std::time
         tick.tick().await;
         let started = std::time::Instant::now();
         let s = Arc::clone(&service);
-        match tokio::task::spawn_blocking(move || s.housekeeping()).await {
-            Ok(Ok(erased)) if !erased.is_empty() => {
+        // One blocking task per tick for both parts (keys, then LMKs).
+        let (keys, lmks) =
+            match tokio::task::spawn_blocking(move || (s.housekeeping(), s.lmk_housekeeping()))
+                .await
+            {
+                Ok(both) => both,
+                Err(e) => {
+                    tracing::warn!(error = %e, "housekeeping task failed");
+                    continue;
+                }
+            };
+        match keys {
+            Ok(erased) if !erased.is_empty() => {
                 for key_id in &erased {
                     tracing::info!(key_id = %key_id, "restore window ended: key erased");
                     audit.record(&Entry {
@@ -134,13 +145,11 @@ async fn housekeeping(service: Arc<Service>, audit: Arc<Audit>, every: std::time
                     tracing::error!(error = %e, "audit log failed while recording erasures");
                 }
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "housekeeping failed"),
-            Err(e) => tracing::warn!(error = %e, "housekeeping task failed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
         }
-        let s = Arc::clone(&service);
-        match tokio::task::spawn_blocking(move || s.lmk_housekeeping()).await {
-            Ok(Ok(Some(kcv))) => {
+        match lmks {
+            Ok(Some(kcv)) => {
                 tracing::info!(lmk_kcv = %crate::kcv_hex(kcv), "LMK restore window ended: LMK destroyed");
                 audit.record(&Entry {
                     peer: "keyd",
@@ -154,9 +163,8 @@ async fn housekeeping(service: Arc<Service>, audit: Arc<Audit>, every: std::time
                     tracing::error!(error = %e, "audit log failed while recording an LMK's destruction");
                 }
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "LMK housekeeping failed"),
-            Err(e) => tracing::warn!(error = %e, "LMK housekeeping task failed"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "LMK housekeeping failed"),
         }
     }
 }

@@ -104,6 +104,8 @@ pub struct Service {
     lmk_states: RwLock<Vec<crate::store::LmkRecord>>,
     /// When `serve` next looks whether a retired LMK is due for destruction.
     next_lmk_check: std::sync::atomic::AtomicU64,
+    /// When `serve` may next log that its token lacks the LMK in use.
+    next_lmk_warning: std::sync::atomic::AtomicU64,
     /// Where each zone's current ZMK is in the token (see `zmk`); emptied with the cache.
     pub(crate) zmk_slots: RwLock<HashMap<String, zmk::ZmkSlot>>,
 }
@@ -274,6 +276,7 @@ impl Service {
             sealing: RwLock::new(None),
             lmk_states: RwLock::new(Vec::new()),
             next_lmk_check: std::sync::atomic::AtomicU64::new(0),
+            next_lmk_warning: std::sync::atomic::AtomicU64::new(0),
             zmk_slots: RwLock::new(HashMap::new()),
         };
         service.reload_lmks()?;

@@ -519,6 +519,21 @@ impl Service {
     pub fn lmk_housekeeping(&self) -> Result<Option<[u8; 3]>, Error> {
         let states = self.lmk_states();
         let held = self.hsm.lmks().0;
+        let now = crate::unix_now();
+        // A node that missed a rotation's ceremony says so loudly (once a minute), not only
+        // in each refused request's debug line.
+        if let Some(missing) = states.iter().find(|l| {
+            matches!(l.state, LmkState::Current | LmkState::Next) && !held.contains(&l.kcv)
+        }) && self.next_lmk_warning.load(Ordering::Acquire) <= now
+        {
+            self.next_lmk_warning.store(now + 60, Ordering::Release);
+            tracing::error!(
+                lmk_kcv = %crate::kcv_hex(missing.kcv),
+                "this node's token does not hold the LMK the key store uses ({}): keys sealed \
+                 under it are refused here; form it with `keyd lmk-rotate --components N`",
+                missing.state.name()
+            );
+        }
         for gone in states
             .iter()
             .filter(|l| l.state == LmkState::Destroyed && held.contains(&l.kcv))
