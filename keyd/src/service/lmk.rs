@@ -251,7 +251,20 @@ impl Service {
             }
         }
         self.officers.require(Action::LmkRotate, "lmk")?;
-        let kcv = self.hsm.add_lmk(key)?;
+        // A ceremony killed between forming the LMK in the token and recording it left the LMK
+        // there: the same components find it and carry on.
+        let orphan = key
+            .map(|k| crate::keys::kcv(crate::keys::KeyKind::Tmk, k))
+            .filter(|kcv| {
+                under_way.is_none()
+                    && self.hsm.lmks().0.contains(kcv)
+                    && !lmks.iter().any(|l| l.kcv == *kcv)
+                    && Some(*kcv) != self.hsm.lmks().1
+            });
+        let kcv = match orphan {
+            Some(kcv) => kcv,
+            None => self.hsm.add_lmk(key)?,
+        };
         if let Some(pending) = under_way {
             if kcv != pending.kcv {
                 self.hsm.destroy_lmk(kcv)?;
@@ -841,6 +854,19 @@ mod tests {
         for (id, p) in &probes {
             check(&one, id, p);
         }
+    }
+
+    #[test]
+    fn a_ceremony_cut_before_its_record_is_run_again_with_the_same_components() {
+        let store = Arc::new(MemoryStore::new());
+        let s = node(&store, [3; 32]);
+        // As if killed after the token made the LMK and before the store recorded it.
+        let kcv = s.hsm().add_lmk(Some(&[4; 32])).unwrap();
+        assert_eq!(s.lmk_states(), vec![]);
+        let formed = s.lmk_form(Some(&[4; 32])).unwrap();
+        assert_eq!(formed.kcv, kcv);
+        assert!(formed.first);
+        assert!(s.lmk_rewrap(10, &mut |_| {}).unwrap().switched);
     }
 
     #[test]
