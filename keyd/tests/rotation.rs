@@ -1,5 +1,5 @@
 //! LMK rotation with real processes on a real SoftHSM token: the rewrap killed with SIGKILL at
-//! several points and resumed, `keyd serve` answering data operations throughout, the switch,
+//! several points (the last one after its last batch, before the switch) and resumed, `keyd serve` answering data operations throughout, the switch,
 //! the audit chain across it, and the old LMK's destruction.
 
 #![allow(
@@ -288,11 +288,20 @@ async fn an_lmk_rotation_survives_kill_9_during_the_rewrap_while_keyd_serves() {
             .any(|r| r["kcv"] == new_kcv.as_str() && r["state"] == "pending")
     );
 
-    // Killed at three points of the rewrap; after each, every key opens.
-    for n in [5, 40, 110] {
-        rewrap_killed_after(&k, n);
-        check_all(&client, &devices).await;
-        let moved: i64 = store
+    // Killed at four points of the rewrap, the last one after its last batch (before the pass
+    // that finds nothing left and the switch); after each, every key opens.
+    let total: i64 = store
+        .query_row(
+            "SELECT (SELECT count(*) FROM keys WHERE block <> '')
+                  + (SELECT count(*) FROM imported_keys WHERE block <> '')
+                  + (SELECT count(*) FROM zones WHERE block <> '')
+                  + (SELECT count(*) FROM lmk_secrets WHERE block <> '')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let moved_so_far = || -> i64 {
+        store
             .query_row(
                 "SELECT (SELECT count(*) FROM keys WHERE block LIKE ?1)
                       + (SELECT count(*) FROM imported_keys WHERE block LIKE ?1)
@@ -301,12 +310,24 @@ async fn an_lmk_rotation_survives_kill_9_during_the_rewrap_while_keyd_serves() {
                 [format!("%KP0C01{new_kcv}%")],
                 |r| r.get(0),
             )
-            .unwrap();
+            .unwrap()
+    };
+    for target in [5, 40, 110, total] {
+        // Each run counts the blocks it moves itself.
+        let n = target - moved_so_far();
+        rewrap_killed_after(&k, usize::try_from(n).unwrap());
+        check_all(&client, &devices).await;
+        let moved = moved_so_far();
         assert!(
-            moved >= i64::try_from(n).unwrap(),
-            "{moved} blocks moved after a stop at {n}"
+            moved >= target,
+            "{moved} blocks moved after a stop at {target}"
         );
     }
+    assert_eq!(
+        moved_so_far(),
+        total,
+        "every block moved, and no switch yet:"
+    );
     assert!(rows_in_state(&k, "next"), "the rewrap began");
     // Resumed to the end.
     let out = k
