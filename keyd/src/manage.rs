@@ -331,14 +331,15 @@ impl Service {
                 // what changed (this node was too far behind, or the store was restored).
                 Some((last, changes)) if !changes.is_empty() => {
                     self.forget_all();
-                    self.seen_version.store(last, Ordering::Release);
+                    // The token first: a failed look is tried again at the next poll.
                     self.hsm.refresh_zones()?;
+                    self.seen_version.store(last, Ordering::Release);
                     self.drop_retired_zmks()?;
                 }
                 _ => {
                     self.forget_all();
-                    self.seen_version.store(version, Ordering::Release);
                     self.hsm.refresh_zones()?;
+                    self.seen_version.store(version, Ordering::Release);
                     self.drop_retired_zmks()?;
                 }
             }

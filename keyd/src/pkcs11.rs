@@ -140,7 +140,15 @@ impl Pkcs11Hsm {
         let mut by_kcv = HashMap::new();
         let mut original_kcv = None;
         for handle in lmks {
-            let kcv = crate::hsm::kcv_from(&self.cmac(handle, &[0; 16])?);
+            // One that cannot be used right now (being written by another process) is looked
+            // at again at the next refresh, without hiding the others.
+            let kcv = match self.cmac(handle, &[0; 16]) {
+                Ok(mac) => crate::hsm::kcv_from(&mac),
+                Err(e) => {
+                    tracing::warn!(error = %e, "an LMK object in the token cannot be used now");
+                    continue;
+                }
+            };
             if Some(handle) == original {
                 original_kcv = Some(kcv);
             }
@@ -255,10 +263,30 @@ impl Hsm for Pkcs11Hsm {
         if key.is_some_and(|k| k.len() != 32) {
             return Err(Error::BadRequest("an LMK is 32 bytes (AES-256)".into()));
         }
-        // Made under a provisional label, named by its check value once the token computed it.
+        // A formed LMK is made under its final label (its check value is known beforehand); a
+        // generated one under a provisional label, named once the token computed its value.
         let provisional = format!("{LMK_PREFIX}new");
         let handle = match key {
-            Some(key) => self.create_root_key(&provisional, key)?,
+            Some(key) => {
+                let kcv = crate::aes_kcv(key);
+                if self
+                    .lmks
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains_key(&kcv)
+                {
+                    return Err(Error::Conflict(
+                        "the token holds an LMK with that check value",
+                    ));
+                }
+                let label = format!("{LMK_PREFIX}{}", crate::kcv_hex(kcv));
+                let handle = self.create_root_key(&label, key)?;
+                self.lmks
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(kcv, handle);
+                return Ok(kcv);
+            }
             None => {
                 let mut template = Self::root_key_template(&provisional);
                 template.push(Attribute::ValueLen(32.into()));

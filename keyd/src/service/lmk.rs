@@ -110,7 +110,17 @@ pub(crate) fn stamp(header: &mut tr31::Header, kp: Option<[u8; 3]>) -> Result<()
 /// [`Error::Hsm`] naming the LMK this token lacks; as [`kp_of`].
 pub(crate) fn lmk_for<'a>(hsm: &'a dyn Hsm, block: &str) -> Result<Lmk<'a>, Error> {
     let kp = kp_of(block)?;
-    let (held, original) = hsm.lmks();
+    let (mut held, mut original) = hsm.lmks();
+    let missing = |held: &[[u8; 3]], original: Option<[u8; 3]>| match kp {
+        None => original.is_none(),
+        Some(kcv) => !held.contains(&kcv),
+    };
+    if missing(&held, original) {
+        // Another process on this node (an officer's ceremony) may have added it to the
+        // token since this one last looked.
+        hsm.refresh_zones()?;
+        (held, original) = hsm.lmks();
+    }
     match kp {
         None if original.is_none() => Err(Error::Hsm(
             "a stored block is sealed under the original LMK, which this token no longer holds \
