@@ -92,42 +92,14 @@ async fn postgres_two_keyd_nodes_share_one_store() {
     let [(a, a_password), (b, b_password)] = OFFICERS;
 
     // Node 1's token: the LMK from its components, the officers, zone z1.
-    one.run(
-        &[
-            "init",
-            "--officer",
-            a,
-            "--officer",
-            b,
-            "--lmk-components",
-            "2",
-        ],
-        &[a_password, b_password, LMK[0], LMK[1]],
-    )
-    .unwrap();
-    one.run(
-        &[
-            "zmk-import",
-            "--zone",
-            "z1",
-            "--components",
-            "2",
-            "--approver",
-            a,
-            "--approver",
-            b,
-        ],
-        &[a_password, b_password, ZMK_COMPONENTS[0], ZMK_COMPONENTS[1]],
-    )
-    .unwrap();
+    one.init_first_node().unwrap();
     // Node 2's token: the same LMK components; the officers and the zone come with the store.
     let err = two
         .run(&["init", "--lmk-components", "2"], &[LMK[0], LMK[0]])
         .unwrap_err()
         .to_string();
     assert!(err.contains("repeats"), "{err}");
-    two.run(&["init", "--lmk-components", "2"], &[LMK[0], LMK[1]])
-        .unwrap();
+    two.init_another_node().unwrap();
     one.start().unwrap();
     two.start().unwrap();
     let c1 = Client::connect(one.socket()).await.unwrap();
@@ -354,36 +326,8 @@ async fn postgres_an_lmk_rotation_on_two_keyd_nodes() {
     let mut one = node(&cluster, &password_file);
     let mut two = node(&cluster, &password_file);
     let [(a, a_password), (b, b_password)] = OFFICERS;
-    one.run(
-        &[
-            "init",
-            "--officer",
-            a,
-            "--officer",
-            b,
-            "--lmk-components",
-            "2",
-        ],
-        &[a_password, b_password, LMK[0], LMK[1]],
-    )
-    .unwrap();
-    one.run(
-        &[
-            "zmk-import",
-            "--zone",
-            "z1",
-            "--components",
-            "2",
-            "--approver",
-            a,
-            "--approver",
-            b,
-        ],
-        &[a_password, b_password, ZMK_COMPONENTS[0], ZMK_COMPONENTS[1]],
-    )
-    .unwrap();
-    two.run(&["init", "--lmk-components", "2"], &[LMK[0], LMK[1]])
-        .unwrap();
+    one.init_first_node().unwrap();
+    two.init_another_node().unwrap();
     one.start().unwrap();
     two.start().unwrap();
     let c1 = Client::connect(one.socket()).await.unwrap();

@@ -237,6 +237,36 @@ pub fn settings(target: &Target<'_>) -> Result<(tokio_postgres::Config, Rustls, 
     Ok((config, tls, shown))
 }
 
+/// A pool of up to `size` connections made with [`settings`]' output, each recycled with a
+/// quick check; `wait` bounds waiting for a free connection, making one, and recycling one.
+/// Building it connects to nothing: the first `get` does.
+///
+/// # Errors
+/// A message if the pool cannot be built (no tokio runtime).
+pub fn pool(
+    config: tokio_postgres::Config,
+    tls: Rustls,
+    size: usize,
+    wait: std::time::Duration,
+) -> Result<deadpool_postgres::Pool, String> {
+    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+    let manager = Manager::from_config(
+        config,
+        tls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(wait))
+        .recycle_timeout(Some(wait))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| format!("database pool: {e}"))
+}
+
 /// Whether a host is this machine: a Unix socket directory or a loopback address.
 fn is_local(host: &Host) -> bool {
     match host {

@@ -47,7 +47,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use pgtls as tls;
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
@@ -225,21 +225,8 @@ impl PgStore {
         } else {
             None
         };
-        let manager = Manager::from_config(
-            config,
-            tls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(1))
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(POOL_WAIT))
-            .recycle_timeout(Some(POOL_WAIT))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Unavailable(format!("database pool: {e}")))?;
+        let pool = tls::pool(config, tls, options.pool_size, POOL_WAIT)
+            .map_err(StoreError::Unavailable)?;
         let mut client = pool.get().await.map_err(pool_error)?;
         let encoding = client
             .query_one("SHOW server_encoding", &[])

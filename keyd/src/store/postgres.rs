@@ -48,7 +48,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Object, Pool};
 use zeroize::Zeroizing;
 
 use super::admin::{CHANGES_KEPT, change_from, contiguous};
@@ -251,21 +251,7 @@ impl PgKeyStore {
             .thread_name("keyd-store-pg")
             .enable_all()
             .build()?;
-        let manager = Manager::from_config(
-            config,
-            tls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(1))
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(POOL_WAIT))
-            .recycle_timeout(Some(POOL_WAIT))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| Error::Store(format!("PostgreSQL pool: {e}")))?;
+        let pool = pgtls::pool(config, tls, options.pool_size, POOL_WAIT).map_err(Error::Store)?;
         let store = Self {
             pool,
             target,
