@@ -88,6 +88,7 @@ fn route(
         o if o == m::EnvelopeOpen::OPCODE => call(body, out, |r| service.envelope_open(r)),
         o if o == m::EnvelopeSeal::OPCODE => call(body, out, |r| service.envelope_seal(r)),
         o if o == m::ChargeOpen::OPCODE => call(body, out, |r| service.charge_open(r)),
+        o if o == m::ChargeOpenCard::OPCODE => call(body, out, |r| service.charge_open_card(r)),
         o if o == m::CardDecrypt::OPCODE => call(body, out, |r| service.card_decrypt(r)),
         o if o == m::PanFingerprint::OPCODE => call(body, out, |r| service.pan_fingerprint(r)),
         o if o == m::RequestFingerprint::OPCODE => {

@@ -935,15 +935,32 @@ impl Service {
     /// # Errors
     /// [`Error::Auth`] for any failure.
     pub fn charge_open(&self, req: &m::ChargeOpen) -> Result<m::Plaintext, Error> {
-        let mac = self.working_key(&req.mac_key_id, KeyKind::Mac)?;
-        mac.verify(&req.message, &req.signature)?;
-        let msk = self.working_key(&req.msk_key_id, KeyKind::Msk)?;
+        Ok(m::Plaintext {
+            plaintext: self.verify_and_open(
+                (&req.mac_key_id, &req.message, &req.signature),
+                &req.msk_key_id,
+                &req.iv,
+                &req.ciphertext,
+            )?,
+        })
+    }
+
+    /// [`Self::charge_open`] on borrowed parts: `signed` is the MAC key, the string to sign
+    /// and the signature.
+    pub(crate) fn verify_and_open(
+        &self,
+        (mac_key_id, message, signature): (&str, &[u8], &[u8; 32]),
+        msk_key_id: &str,
+        iv: &[u8; 16],
+        ciphertext: &[u8],
+    ) -> Result<Secret, Error> {
+        let mac = self.working_key(mac_key_id, KeyKind::Mac)?;
+        mac.verify(message, signature)?;
+        let msk = self.working_key(msk_key_id, KeyKind::Msk)?;
         if msk.key_set_id != mac.key_set_id || msk.device_id != mac.device_id {
             return Err(Error::Auth);
         }
-        Ok(m::Plaintext {
-            plaintext: msk.decrypt(&req.iv, &req.ciphertext)?,
-        })
+        msk.decrypt(iv, ciphertext)
     }
 
     /// Decrypts card data under a TDK and fingerprints its PAN.
@@ -1603,6 +1620,78 @@ mod tests {
             .unwrap();
         assert_eq!(data.pan_fingerprint, again.pan_fingerprint);
         assert_ne!(data.pan_fingerprint, [0; 32]);
+
+        // A new charge in one call: signature, envelope, and the card inside it.
+        let card_ct = e2e::device::encrypt(keys["tdk"].expose_secret(), &iv, card).unwrap();
+        let inner = |data: &[u8], card_iv: &[u8]| {
+            format!(
+                r#"{{"amount":{{"value":"1500","currency":"EUR"}},"card":{{"data":"{}","iv":"{}"}}}}"#,
+                hex::encode(data),
+                hex::encode(card_iv)
+            )
+            .into_bytes()
+        };
+        let open_card = |plaintext: &[u8], gzip: bool| {
+            let ct = e2e::device::encrypt(keys["msk"].expose_secret(), &iv, plaintext).unwrap();
+            s.charge_open_card(&m::ChargeOpenCard {
+                mac_key_id: id("mac"),
+                message: string_to_sign.to_vec(),
+                signature: hmac(keys["mac"].expose_secret(), string_to_sign),
+                msk_key_id: id("msk"),
+                iv,
+                ciphertext: ct,
+                gzip,
+                tdk_key_id: id("tdk"),
+                tpk_key_id: String::new(),
+                zpk_key_id: String::new(),
+            })
+        };
+        let good = inner(&card_ct, &iv);
+        let both = open_card(&good, false).unwrap();
+        assert_eq!(both.plaintext.expose(), &good[..]);
+        assert!(both.card_opened);
+        assert_eq!(both.card.expose(), card);
+        assert_eq!(both.pan_fingerprint, data.pan_fingerprint);
+        assert!(both.pin_block.is_empty());
+        let mut zipped = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut zipped, &good).unwrap();
+        let zipped = zipped.finish().unwrap();
+        let both = open_card(&zipped, true).unwrap();
+        assert_eq!(both.plaintext.expose(), &zipped[..]);
+        assert_eq!(both.card.expose(), card);
+        // A card that is missing, not hex, or not under the TDK leaves the envelope open and
+        // the card to the caller's own checks.
+        let not_under_tdk = e2e::device::encrypt(keys["msk"].expose_secret(), &iv, card).unwrap();
+        for other in [
+            br#"{"amount":{"value":"1500","currency":"EUR"}}"#.to_vec(),
+            br#"{"card":{"data":"zz","iv":"00"}}"#.to_vec(),
+            inner(&not_under_tdk, &iv),
+            inner(&card_ct, &iv[..8]),
+            good.clone(),
+        ] {
+            let gzip = other == good;
+            let answer = open_card(&other, gzip).unwrap();
+            assert_eq!(answer.plaintext.expose(), &other[..]);
+            assert!(!answer.card_opened && answer.card.expose().is_empty());
+            assert_eq!(answer.pan_fingerprint, [0; 32]);
+        }
+        // The signature still guards everything.
+        let mut forged = m::ChargeOpenCard {
+            mac_key_id: id("mac"),
+            message: string_to_sign.to_vec(),
+            signature: [0; 32],
+            msk_key_id: id("msk"),
+            iv,
+            ciphertext: e2e::device::encrypt(keys["msk"].expose_secret(), &iv, &good).unwrap(),
+            gzip: false,
+            tdk_key_id: id("tdk"),
+            tpk_key_id: String::new(),
+            zpk_key_id: String::new(),
+        };
+        assert!(matches!(s.charge_open_card(&forged), Err(Error::Auth)));
+        forged.signature = hmac(keys["mac"].expose_secret(), string_to_sign);
+        forged.msk_key_id = id("tdk");
+        assert!(matches!(s.charge_open_card(&forged), Err(Error::Auth)));
         // A PAN typed in the backoffice fingerprints to the same value.
         let typed = s
             .pan_fingerprint(&m::PanFingerprint {

@@ -1,13 +1,17 @@
 //! The POS charge calls (contract sections 4, 5 and 8): signature, window, nonce, device state,
 //! envelope — in that order — then the charge engine, with every answer sealed under the MSK.
 //!
-//! The common case costs one keyd call: when every check that needs no key passes, keyd
-//! verifies the signature and opens the envelope together (`ChargeOpen`). Only when something
-//! fails is the signature verified on its own, so that a bad signature is reported as such
-//! whatever else is wrong.
+//! The common case costs one keyd call before the charge engine: when every check that needs
+//! no key passes, keyd verifies the signature and opens the envelope together (`ChargeOpen`),
+//! and for a new charge also decrypts the card inside it and translates its PIN block
+//! (`ChargeOpenCard`). Only when something fails is the signature verified on its own, so that
+//! a bad signature is reported as such whatever else is wrong; a card keyd could not open is
+//! asked for again after the body's own checks, which say what is wrong with it.
 
-use keyd_proto::Status;
-use keyd_proto::message::{CardDecrypt, CardDecryptPin, ChargeOpen, MacItem, MacVerifyBatch};
+use keyd_proto::message::{
+    CardDecrypt, CardDecryptPin, ChargeOpen, ChargeOpenCard, MacItem, MacVerifyBatch,
+};
+use keyd_proto::{Secret, Status};
 use serde_json::{Map, Value};
 
 use crate::domain::charges::{self, CardInput, Charge, NewCharge};
@@ -38,6 +42,31 @@ struct Signed {
     nonce: Option<NonceWrites>,
     /// The opened envelope, for calls with a body.
     inner: Option<(Map<String, Value>, Vec<u8>)>,
+    /// The card of a new charge, when keyd opened it with the envelope.
+    card: Option<OpenedCard>,
+}
+
+/// A card keyd decrypted in the round trip that opened its charge.
+struct OpenedCard {
+    plaintext: Secret,
+    pan_fingerprint: [u8; 32],
+    /// Under the processor's ZPK; empty if no PIN was asked for or it did not translate.
+    pin_block: Vec<u8>,
+}
+
+impl std::fmt::Debug for OpenedCard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpenedCard(..)")
+    }
+}
+
+/// What the fast path asks of keyd with the signature and the envelope.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Open {
+    /// The envelope only.
+    Envelope,
+    /// The envelope, and the card of the charge inside it.
+    Charge,
 }
 
 struct Headers<'c> {
@@ -121,7 +150,7 @@ async fn signed(
     call: &Call<'_>,
     method: &str,
     path: &str,
-    with_body: bool,
+    with_body: Option<Open>,
 ) -> Result<Signed, ApiError> {
     pos::pos_headers(app, call, true)?;
     let h = headers(call)?;
@@ -144,16 +173,39 @@ async fn signed(
     let unused = app.replay.unused(h.terminal_id, h.nonce, call.now);
     let active = device.status == DeviceStatus::Activated;
     let parsed: Option<Result<Sealed, ApiError>> =
-        with_body.then(|| envelope::parse(&call.body, &set.msk_kcv));
+        with_body.map(|_| envelope::parse(&call.body, &set.msk_kcv));
     // Fast path: one keyd call verifies and opens.
     if in_window
         && unused
         && active
         && let Some(Ok(sealed)) = &parsed
     {
-        {
-            let opened = app
-                .keyd
+        let opened = if with_body == Some(Open::Charge) {
+            let (tpk_key_id, zpk_key_id) = pin_key_ids(app, &set).unwrap_or_default();
+            app.keyd
+                .call(&ChargeOpenCard {
+                    mac_key_id: set.mac_key_id.clone(),
+                    message: message.clone(),
+                    signature: h.sig,
+                    msk_key_id: set.msk_key_id.clone(),
+                    iv: sealed.iv,
+                    ciphertext: sealed.ciphertext.clone(),
+                    gzip: sealed.gzip,
+                    tdk_key_id: set.tdk_key_id.clone(),
+                    tpk_key_id,
+                    zpk_key_id,
+                })
+                .await
+                .map(|c| {
+                    let card = c.card_opened.then_some(OpenedCard {
+                        plaintext: c.card,
+                        pan_fingerprint: c.pan_fingerprint,
+                        pin_block: c.pin_block,
+                    });
+                    (c.plaintext, card)
+                })
+        } else {
+            app.keyd
                 .call(&ChargeOpen {
                     mac_key_id: set.mac_key_id.clone(),
                     message: message.clone(),
@@ -162,30 +214,32 @@ async fn signed(
                     iv: sealed.iv,
                     ciphertext: sealed.ciphertext.clone(),
                 })
-                .await;
-            match opened {
-                Ok(p) => {
-                    let nonce = app.replay.take(h.terminal_id, h.nonce, call.now)?;
-                    let mut signed = Signed {
-                        device,
-                        set,
-                        terminal_id: h.terminal_id.to_owned(),
-                        nonce: Some(nonce),
-                        inner: None,
-                    };
-                    match envelope::inner(p.plaintext.expose(), sealed.gzip) {
-                        Ok(inner) => signed.inner = Some(inner),
-                        Err(e) => {
-                            commit_nonce(app, &mut signed).await;
-                            return Err(e);
-                        }
+                .await
+                .map(|p| (p.plaintext, None))
+        };
+        match opened {
+            Ok((plaintext, card)) => {
+                let nonce = app.replay.take(h.terminal_id, h.nonce, call.now)?;
+                let mut signed = Signed {
+                    device,
+                    set,
+                    terminal_id: h.terminal_id.to_owned(),
+                    nonce: Some(nonce),
+                    inner: None,
+                    card,
+                };
+                match envelope::inner(plaintext.expose(), sealed.gzip) {
+                    Ok(inner) => signed.inner = Some(inner),
+                    Err(e) => {
+                        commit_nonce(app, &mut signed).await;
+                        return Err(e);
                     }
-                    return Ok(signed);
                 }
-                Err(KeydError::Unavailable) => return Err(KeydError::unavailable()),
-                // The signature or the envelope: the slow path below tells which.
-                Err(KeydError::Refused(_)) => {}
+                return Ok(signed);
             }
+            Err(KeydError::Unavailable) => return Err(KeydError::unavailable()),
+            // The signature or the envelope: the slow path below tells which.
+            Err(KeydError::Refused(_)) => {}
         }
     }
     verify_only(app, h.key_id, &message, h.sig).await?;
@@ -202,6 +256,7 @@ async fn signed(
         terminal_id: h.terminal_id.to_owned(),
         nonce: Some(nonce),
         inner: None,
+        card: None,
     };
     let rest = async {
         if !active {
@@ -336,11 +391,11 @@ async fn fail(
 /// `POST /pos/charge`.
 pub async fn create(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let path = "/pos/charge";
-    let signed = signed(app, call, "POST", path, true).await?;
+    let signed = signed(app, call, "POST", path, Some(Open::Charge)).await?;
     run(app, call, path, signed, |mut s, running| async move {
         let nonce = s.nonce.take();
         let (inner, _) = s.inner.take().unwrap_or_default();
-        let new = match charge_input(app, &s, inner).await {
+        let new = match charge_input(app, &mut s, inner).await {
             Ok(n) => n,
             Err(e) => return fail(app, nonce, running.as_ref(), e, call.now).await,
         };
@@ -420,7 +475,7 @@ fn pin_allowed(charge: &PosCharge, problems: &mut body::Problems) {
 /// Validates the decrypted charge and opens the card data in keyd.
 async fn charge_input(
     app: &Terminals<'_>,
-    s: &Signed,
+    s: &mut Signed,
     inner: Map<String, Value>,
 ) -> Result<NewCharge, ApiError> {
     let merchant: Merchant = app.db.find(&s.device.merchant_id).await?;
@@ -455,8 +510,15 @@ async fn charge_input(
     // that card's PAN (spec 12.2); the keys are looked up first, their absence reported after
     // the card's own checks, as before.
     let keys_for_pin = pin_block.as_ref().map(|_| pin_keys(app, s));
-    let opened = match (&pin_block, &keys_for_pin) {
-        (Some(block), Some(Ok((tpk, zpk)))) => app
+    let opened = match (s.card.take(), &pin_block, &keys_for_pin) {
+        // Opened with the envelope; its PIN block was translated there iff one was sent and
+        // the keys exist (the same JSON, the same keys).
+        (Some(card), _, keys) => Ok((
+            card.plaintext,
+            card.pan_fingerprint,
+            matches!(keys, Some(Ok(_))).then_some(card.pin_block),
+        )),
+        (None, Some(block), Some(Ok((tpk, zpk)))) => app
             .keyd
             .call(&CardDecryptPin {
                 tdk_key_id: s.set.tdk_key_id.clone(),
@@ -468,7 +530,7 @@ async fn charge_input(
             })
             .await
             .map(|c| (c.plaintext, c.pan_fingerprint, Some(c.pin_block))),
-        _ => app
+        (None, ..) => app
             .keyd
             .call(&CardDecrypt {
                 tdk_key_id: s.set.tdk_key_id.clone(),
@@ -541,13 +603,18 @@ async fn charge_input(
 /// PIN key. A processor that takes no PIN is 400 on `pin_block`; a key set from before TPKs
 /// existed is told to fetch keys again.
 fn pin_keys(app: &Terminals<'_>, s: &Signed) -> Result<(String, String), ApiError> {
+    pin_key_ids(app, &s.set)
+}
+
+/// [`pin_keys`] for a key set.
+fn pin_key_ids(app: &Terminals<'_>, set: &KeySetRef) -> Result<(String, String), ApiError> {
     let Some(zpk) = app.charges.processor.pin_key() else {
         return Err(ApiError::field(
             "pin_block",
             "the configured processor takes no PIN",
         ));
     };
-    let Some(tpk) = &s.set.tpk_key_id else {
+    let Some(tpk) = &set.tpk_key_id else {
         return Err(ApiError::new(
             Code::DeviceState,
             "the device's key set has no PIN key; fetch keys again (POST /pos/keys)",
@@ -570,7 +637,7 @@ async fn own_charge(app: &Terminals<'_>, s: &Signed, id: &str) -> Result<Charge,
 /// `POST /pos/charge/{id}/refund`.
 pub async fn refund(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let path = format!("/pos/charge/{}/refund", call.param(0));
-    let signed = signed(app, call, "POST", &path, true).await?;
+    let signed = signed(app, call, "POST", &path, Some(Open::Envelope)).await?;
     run(app, call, &path, signed, |mut s, running| async move {
         let nonce = s.nonce.take();
         let (inner, _) = s.inner.take().unwrap_or_default();
@@ -603,7 +670,7 @@ pub async fn refund(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiEr
 /// `POST /pos/charge/{id}/cancel` and `…/reverse` (empty body).
 pub async fn cancel(app: &Terminals<'_>, call: &Call<'_>, verb: &str) -> Result<Value, ApiError> {
     let path = format!("/pos/charge/{}/{verb}", call.param(0));
-    let signed = signed(app, call, "POST", &path, false).await?;
+    let signed = signed(app, call, "POST", &path, None).await?;
     run(app, call, &path, signed, |mut s, running| async move {
         let nonce = s.nonce.take();
         let charge = match own_charge(app, &s, call.param(0)).await {

@@ -402,6 +402,40 @@ message! {
     CardPinData { plaintext: Secret, pan_fingerprint: [u8; 32], pin_block: Vec<u8> }
 }
 message! {
+    /// [`ChargeOpen`] and the card decrypt of `POST /pos/charge` in one round trip (contract
+    /// sections 4, 5 and 8): verify the HMAC, open the envelope (gunzipped first when `gzip`),
+    /// then read the `card` member (`data` and `iv`, hex) and any `pin_block` of the inner
+    /// JSON and answer as [`CardDecrypt`] would for that card, or as [`CardDecryptPin`] when
+    /// `tpk_key_id` and `zpk_key_id` are given and the charge carries a PIN block. keyd reads
+    /// nothing else of the charge.
+    ChargeOpenCard {
+        mac_key_id: String,
+        message: Vec<u8>,
+        signature: [u8; 32],
+        msk_key_id: String,
+        iv: [u8; 16],
+        ciphertext: Vec<u8>,
+        gzip: bool,
+        tdk_key_id: String,
+        tpk_key_id: String,
+        zpk_key_id: String,
+    }
+}
+message! {
+    /// What [`ChargeOpenCard`] answers: the envelope's plaintext as [`ChargeOpen`] returns it
+    /// (not gunzipped); and, when `card_opened`, the card as [`CardPinData`] has it (an empty
+    /// `pin_block` when no PIN was asked for, none was sent, or it did not translate). A card
+    /// that is absent, malformed or does not open leaves `card_opened` false and the rest
+    /// empty: the caller reports it after its own checks of the body, through [`CardDecrypt`].
+    ChargeCard {
+        plaintext: Secret,
+        card_opened: bool,
+        card: Secret,
+        pan_fingerprint: [u8; 32],
+        pin_block: Vec<u8>,
+    }
+}
+message! {
     /// ISO/IEC 9797-1 MAC algorithm 3 (the retail MAC, padding method 1) under a ZAK.
     RetailMac { key_id: String, message: Vec<u8> }
 }
@@ -506,6 +540,7 @@ operation!(CardDecryptPin, 0x0213, Data, CardPinData);
 operation!(AesCmac, 0x0214, Data, CmacValue);
 operation!(AesCmacVerify, 0x0215, Data, Empty);
 operation!(ZoneMacVerifyBatch, 0x0216, Data, MacVerifyBatchResponse);
+operation!(ChargeOpenCard, 0x0217, Data, ChargeCard);
 operation!(ZmkImport, 0x0301, Admin, ZoneInfo);
 operation!(Tr31Translate, 0x0302, Admin, KeyBlockOut);
 operation!(Tr31Export, 0x0303, Admin, KeyBlockOut);
@@ -517,7 +552,7 @@ impl Opcode {
         Some(match self.0 {
             0x0001 | 0x0002 => Group::Session,
             0x0101..=0x0106 => Group::Devices,
-            0x0201..=0x0216 => Group::Data,
+            0x0201..=0x0217 => Group::Data,
             0x0301..=0x0304 => Group::Admin,
             _ => return None,
         })
@@ -605,6 +640,7 @@ mod tests {
         check::<AesCmac>();
         check::<AesCmacVerify>();
         check::<ZoneMacVerifyBatch>();
+        check::<ChargeOpenCard>();
         assert_eq!(Opcode(0x7777).group(), None);
     }
 }

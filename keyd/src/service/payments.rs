@@ -13,6 +13,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 
+use keyd_proto::Secret;
 use keyd_proto::message as m;
 use paycrypto::{AesKey, Pan, TdesKey};
 use zeroize::Zeroizing;
@@ -63,7 +64,7 @@ fn tdes(bytes: &[u8]) -> Result<TdesKey, Error> {
     TdesKey::new(bytes).map_err(|_| Error::Auth)
 }
 
-fn pan(secret: &keyd_proto::Secret) -> Result<Pan, Error> {
+fn pan(secret: &Secret) -> Result<Pan, Error> {
     let text = std::str::from_utf8(secret.expose())
         .map_err(|_| Error::BadRequest("a PAN is 12-19 digits".into()))?;
     Pan::new(text).map_err(|_| Error::BadRequest("a PAN is 12-19 digits".into()))
@@ -72,7 +73,7 @@ fn pan(secret: &keyd_proto::Secret) -> Result<Pan, Error> {
 /// What `PanSeal` takes: a PAN, or a PAN, `=` and the card's expiry as `YYMM` (the layout of
 /// ISO/IEC 7813 track 2: PAN, field separator, expiry), which a refund on the acquirer link
 /// needs again (DE 14) and which is kept with the PAN rather than beside it in clear.
-fn sealable(secret: &keyd_proto::Secret) -> Result<(), Error> {
+fn sealable(secret: &Secret) -> Result<(), Error> {
     let bad = || Error::BadRequest("a PAN is 12-19 digits, optionally =YYMM".into());
     let bytes = secret.expose();
     let (number, expiry) = match bytes.iter().position(|b| *b == b'=') {
@@ -198,21 +199,88 @@ impl Service {
     /// token fails during the translation.
     pub fn card_decrypt_pin(&self, req: &m::CardDecryptPin) -> Result<m::CardPinData, Error> {
         let (card, at) = self.open_card(&req.tdk_key_id, &req.iv, &req.ciphertext)?;
-        let translated = std::str::from_utf8(card.plaintext.expose().get(at).unwrap_or_default())
-            .ok()
-            .and_then(|text| Pan::new(text).ok())
-            .ok_or(Error::Auth)
-            .and_then(|pan| self.translate(&req.tpk_key_id, &req.zpk_key_id, &pan, &req.pin_block));
-        let pin_block = match translated {
-            Ok(block) => block.pin_block,
-            Err(Error::Auth | Error::BadRequest(_)) => Vec::new(),
-            Err(e) => return Err(e),
-        };
+        let pin_block =
+            self.pin_for_card(&card, at, &req.tpk_key_id, &req.zpk_key_id, &req.pin_block)?;
         Ok(m::CardPinData {
             plaintext: card.plaintext,
             pan_fingerprint: card.pan_fingerprint,
             pin_block,
         })
+    }
+
+    /// The PIN block translated for the card whose PAN lies at `at` in its plaintext; empty
+    /// for every block that does not translate (one answer for every reason).
+    fn pin_for_card(
+        &self,
+        card: &m::CardData,
+        at: std::ops::Range<usize>,
+        tpk_key_id: &str,
+        zpk_key_id: &str,
+        block: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        let translated = std::str::from_utf8(card.plaintext.expose().get(at).unwrap_or_default())
+            .ok()
+            .and_then(|text| Pan::new(text).ok())
+            .ok_or(Error::Auth)
+            .and_then(|pan| self.translate(tpk_key_id, zpk_key_id, &pan, block));
+        match translated {
+            Ok(block) => Ok(block.pin_block),
+            Err(Error::Auth | Error::BadRequest(_)) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A POS charge's signature, envelope and card in one call (see [`m::ChargeOpenCard`]).
+    ///
+    /// Only the signature and the envelope can fail the call (one [`Error::Auth`], as
+    /// [`Service::charge_open`]); whatever is wrong with the card inside is left for the
+    /// caller to report in its own order of checks, so the answer then says `card_opened:
+    /// false`.
+    ///
+    /// # Errors
+    /// [`Error::Auth`] for a bad signature or envelope; [`Error::Hsm`] and the like.
+    pub fn charge_open_card(&self, req: &m::ChargeOpenCard) -> Result<m::ChargeCard, Error> {
+        let plaintext = self.verify_and_open(
+            (&req.mac_key_id, &req.message, &req.signature),
+            &req.msk_key_id,
+            &req.iv,
+            &req.ciphertext,
+        )?;
+        let mut answer = m::ChargeCard {
+            plaintext,
+            card_opened: false,
+            card: Secret(Zeroizing::new(Vec::new())),
+            pan_fingerprint: [0; 32],
+            pin_block: Vec::new(),
+        };
+        let inflated;
+        let inner = if req.gzip {
+            match gunzip(answer.plaintext.expose()) {
+                Some(bytes) => {
+                    inflated = bytes;
+                    &inflated[..]
+                }
+                None => return Ok(answer),
+            }
+        } else {
+            answer.plaintext.expose()
+        };
+        let Some(sent) = SentCard::read(inner) else {
+            return Ok(answer);
+        };
+        let (card, at) = match self.open_card(&req.tdk_key_id, &sent.iv, &sent.ciphertext) {
+            Ok(opened) => opened,
+            Err(Error::Auth | Error::BadRequest(_)) => return Ok(answer),
+            Err(e) => return Err(e),
+        };
+        if let Some(block) = sent.pin_block.filter(|_| !req.tpk_key_id.is_empty()) {
+            answer.pin_block =
+                self.pin_for_card(&card, at, &req.tpk_key_id, &req.zpk_key_id, &block)?;
+        }
+        answer.card_opened = true;
+        answer.card = card.plaintext;
+        answer.pan_fingerprint = card.pan_fingerprint;
+        Ok(answer)
     }
 
     /// A PIN block from one PIN key to another, bound to `pan`.
@@ -426,8 +494,66 @@ impl Service {
         crate::crypto::verify_hmac(&mac[..], body, tag)?;
         let (iv, ciphertext) = body.split_first_chunk::<16>().ok_or(Error::Auth)?;
         let clear = crate::crypto::cbc_decrypt(&enc[..], iv, ciphertext)?;
-        let secret = keyd_proto::Secret::new(&clear);
+        let secret = Secret::new(&clear);
         sealable(&secret).map_err(|_| Error::Auth)?;
         Ok(m::PanValue { pan: secret })
+    }
+}
+
+/// Largest inflated envelope plaintext read for its card (the API's own limit, 32 KiB).
+const MAX_INFLATED: u64 = 32 * 1024;
+
+/// A gzip envelope plaintext inflated, or `None` if it is not gzip or passes the limit.
+fn gunzip(bytes: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    let mut out = Zeroizing::new(Vec::new());
+    flate2::read::GzDecoder::new(bytes)
+        .take(MAX_INFLATED + 1)
+        .read_to_end(&mut out)
+        .ok()?;
+    (out.len() as u64 <= MAX_INFLATED).then_some(out)
+}
+
+/// The encrypted card and PIN block of a POS charge's inner JSON: the only members keyd reads.
+struct SentCard {
+    iv: [u8; 16],
+    ciphertext: Vec<u8>,
+    pin_block: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl SentCard {
+    /// `None` when the JSON, the card or its hex is not what a well-formed charge holds: the
+    /// caller then reads the body itself and says what is wrong in the contract's order.
+    fn read(inner: &[u8]) -> Option<Self> {
+        use std::borrow::Cow;
+        #[derive(serde::Deserialize)]
+        struct Charge<'a> {
+            #[serde(borrow)]
+            card: Card<'a>,
+            #[serde(borrow, default)]
+            pin_block: Option<Cow<'a, str>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Card<'a> {
+            #[serde(borrow)]
+            data: Cow<'a, str>,
+            #[serde(borrow)]
+            iv: Cow<'a, str>,
+        }
+        let charge: Charge<'_> = serde_json::from_slice(inner).ok()?;
+        let iv = hex::decode(charge.card.iv.as_bytes())
+            .ok()?
+            .try_into()
+            .ok()?;
+        let ciphertext = hex::decode(charge.card.data.as_bytes()).ok()?;
+        let pin_block = match charge.pin_block {
+            None => None,
+            Some(text) => Some(Zeroizing::new(hex::decode(text.as_bytes()).ok()?)),
+        };
+        Some(Self {
+            iv,
+            ciphertext,
+            pin_block,
+        })
     }
 }
