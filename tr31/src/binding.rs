@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::Error;
-use crate::header::Version;
+use crate::header::{Algorithm, Version};
 use crate::modes::{self, Cmac, block_size};
 use crate::secret::KbpkRef;
 
@@ -44,11 +44,32 @@ pub(crate) const fn is_aes(version: Version) -> bool {
 }
 
 /// Checks that `kbpk` can protect a block of this version.
+///
+/// A KBPK held in an HSM is reached only through CMAC under it, so it serves the derivation
+/// versions only: a TDES one version B, an AES one versions D and E. Versions A and C need XOR
+/// variants of the clear KBPK, which an HSM does not give out.
 pub(crate) fn check_kbpk(version: Version, kbpk: KbpkRef<'_>) -> Result<(), Error> {
-    if matches!(kbpk, KbpkRef::External(_)) && !is_aes(version) {
-        return Err(Error::Kbpk(
-            "a KBPK held in an HSM serves versions D and E only",
-        ));
+    if let KbpkRef::External(k) = kbpk {
+        match (k.algorithm(), version) {
+            (_, Version::A | Version::C) => {
+                return Err(Error::Kbpk(
+                    "versions A and C bind with XOR variants of the clear KBPK, which a KBPK held \
+                     in an HSM cannot give (an HSM-held TDES KBPK serves version B)",
+                ));
+            }
+            (Algorithm::TDES, Version::B) | (Algorithm::AES, Version::D | Version::E) => {}
+            (Algorithm::TDES, _) => {
+                return Err(Error::Kbpk(
+                    "a TDES KBPK protects version B blocks (versions D and E need an AES KBPK)",
+                ));
+            }
+            (Algorithm::AES, _) => {
+                return Err(Error::Kbpk(
+                    "an AES KBPK protects version D and E blocks (version B needs a TDES KBPK)",
+                ));
+            }
+            _ => return Err(Error::Kbpk("an HSM-held KBPK is AES or TDES")),
+        }
     }
     match (is_aes(version), kbpk.len()) {
         (false, 16 | 24) | (true, 16 | 24 | 32) => Ok(()),
@@ -145,9 +166,12 @@ impl SessionKeys {
 fn session_keys<F: Family>(version: Version, kbpk: KbpkRef<'_>) -> Result<SessionKeys, Error> {
     let kbpk = match kbpk {
         KbpkRef::Local(k) => k.expose_secret(),
-        // The same derivation with each CMAC computed by the HSM that holds the KBPK.
+        // The same derivation with each CMAC computed by the HSM that holds the KBPK (a TDES
+        // one answers its 8-byte CMAC in the first 8 bytes).
         KbpkRef::External(k) => {
-            return derive_keys(version, k.key_len(), 16, |input| k.cmac(input));
+            return derive_keys(version, k.key_len(), block_size::<F::Enc>(), |input| {
+                k.cmac(input)
+            });
         }
     };
     match version {

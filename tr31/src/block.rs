@@ -150,10 +150,12 @@ impl<'a> KeyBlock<'a> {
         self.open_ref(KbpkRef::Local(kbpk))
     }
 
-    /// As [`KeyBlock::open`], with the KBPK held in an HSM (versions D and E).
+    /// As [`KeyBlock::open`], with the KBPK held in an HSM: a TDES one for version B, an AES one
+    /// for versions D and E.
     ///
     /// # Errors
-    /// As [`KeyBlock::open`]; [`Error::Kbpk`] for versions A, B and C or an HSM failure.
+    /// As [`KeyBlock::open`]; [`Error::Kbpk`] for versions A and C, a version that does not fit
+    /// the KBPK's algorithm, or an HSM failure.
     pub fn open_external(self, kbpk: &dyn ExternalKbpk) -> Result<Opened, Error> {
         self.open_ref(KbpkRef::External(kbpk))
     }
@@ -218,7 +220,8 @@ pub fn seal(
     seal_ref(KbpkRef::Local(kbpk), header, key, options, padding)
 }
 
-/// As [`seal`], with the KBPK held in an HSM (versions D and E).
+/// As [`seal`], with the KBPK held in an HSM: a TDES one for version B, an AES one for versions
+/// D and E.
 ///
 /// # Errors
 /// As [`seal`].
@@ -424,10 +427,23 @@ fn check_value(
         (BlockId::KP, KbpkRef::Local(k)) => {
             kcv::by_method(method, binding::is_aes(header.version), k.expose_secret())
         }
-        (BlockId::KP, KbpkRef::External(k)) => match method {
-            KcvMethod::Cmac => k.cmac(&[0; 16]).map(|v| [v[0], v[1], v[2], v[3], v[4]]),
-            KcvMethod::Legacy => Err(Error::InvalidKey("AES keys have no legacy check value")),
-        },
+        (BlockId::KP, KbpkRef::External(k)) => {
+            let aes = binding::is_aes(header.version);
+            match method {
+                // One zero block of the KBPK's cipher.
+                KcvMethod::Cmac => {
+                    let zero = [0u8; 16];
+                    let block = zero
+                        .get(..binding::cipher_block(header.version))
+                        .unwrap_or_default();
+                    k.cmac(block).map(|v| [v[0], v[1], v[2], v[3], v[4]])
+                }
+                KcvMethod::Legacy if aes => {
+                    Err(Error::InvalidKey("AES keys have no legacy check value"))
+                }
+                KcvMethod::Legacy => k.legacy_kcv().map(|v| [v[0], v[1], v[2], 0, 0]),
+            }
+        }
         _ => kcv::by_method(
             method,
             header.algorithm == Algorithm::AES,
@@ -447,15 +463,17 @@ fn prepare_header(
 ) -> Result<Header, Error> {
     let mut out = header.clone();
     for block in &mut out.optional_blocks {
-        let (aes, name) = match block.id() {
+        // The usual method is legacy for TDES and CMAC for AES; a KBPK held in an HSM is
+        // reached through CMAC, so its `KP` is the CMAC one unless the caller names another.
+        let (cmac_first, name) = match block.id() {
             BlockId::KC => (header.algorithm == Algorithm::AES, "KC"),
-            BlockId::KP => (binding::is_aes(header.version), "KP"),
+            BlockId::KP => (binding::is_aes(header.version) || kbpk.is_external(), "KP"),
             _ => continue,
         };
         let data = block.data();
         let method = match data.get(..2) {
             None if data.is_empty() => {
-                if aes {
+                if cmac_first {
                     KcvMethod::Cmac
                 } else {
                     KcvMethod::Legacy

@@ -7,6 +7,7 @@ use core::fmt;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::header::Algorithm;
 use crate::{Error, hex};
 
 /// A key block protection key: 16 or 24 bytes of TDES (versions A, B, C), or 16, 24 or 32 bytes
@@ -78,23 +79,46 @@ impl fmt::Debug for Kbpk {
     }
 }
 
-/// An AES key block protection key held outside this process, typically in an HSM, and reached
-/// only through AES-CMAC.
+/// A key block protection key held outside this process, typically in an HSM, and reached only
+/// through CMAC under it.
 ///
-/// Versions D and E derive their block encryption and authentication keys as CMACs under the
-/// KBPK, so a KBPK that never leaves a PKCS#11 token can still protect key blocks: two to four
-/// CMAC calls per block, and the derived keys pass through this process for that one call only.
-/// Versions A, B and C cannot be served this way.
+/// Versions B, D and E derive their block encryption and authentication keys as CMACs under the
+/// KBPK (TDES-CMAC for B, AES-CMAC for D and E), so a KBPK that never leaves a PKCS#11 token can
+/// still protect key blocks: two to six CMAC calls per block, and the derived keys pass through
+/// this process for that one call only. Versions A and C bind with XOR variants of the clear
+/// KBPK, which no HSM gives out: they cannot be served this way.
+///
+/// An AES KBPK (the default, [`ExternalKbpk::algorithm`]) serves versions D and E; a TDES one
+/// (double- or triple-length) serves version B.
 pub trait ExternalKbpk {
-    /// Length of the AES key in bytes: 16, 24 or 32.
+    /// Length of the key in bytes: 16, 24 or 32 for AES, 16 or 24 for TDES.
     fn key_len(&self) -> usize;
 
-    /// AES-CMAC of `data` under the KBPK (16 bytes). Called with 8-byte derivation inputs, and
-    /// with 16 zero bytes for a `KP` check value.
+    /// The KBPK's cipher: [`Algorithm::AES`] (the default) or [`Algorithm::TDES`].
+    fn algorithm(&self) -> Algorithm {
+        Algorithm::AES
+    }
+
+    /// CMAC of `data` under the KBPK: for AES the 16-byte AES-CMAC; for TDES the 8-byte
+    /// TDES-CMAC in the first 8 bytes (the rest is ignored). Called with 8-byte derivation
+    /// inputs, and with one zero block of the cipher (16 bytes for AES, 8 for TDES) for a `KP`
+    /// check value of the CMAC method.
     ///
     /// # Errors
     /// Whatever the HSM reports, as [`Error::Kbpk`].
     fn cmac(&self, data: &[u8]) -> Result<[u8; 16], Error>;
+
+    /// The legacy check value of a TDES KBPK (TDES-ECB of a zero block, first three bytes), for
+    /// `KP` blocks of method `00`. By default there is none: such a `KP` cannot be written
+    /// or checked, and a `KP` left empty is filled in with the CMAC method.
+    ///
+    /// # Errors
+    /// [`Error::Kbpk`] when the HSM cannot give it.
+    fn legacy_kcv(&self) -> Result<[u8; 3], Error> {
+        Err(Error::Kbpk(
+            "this HSM-held KBPK gives no legacy check value (use the CMAC method, KP 01)",
+        ))
+    }
 }
 
 /// A KBPK in memory or behind an HSM.
@@ -110,6 +134,11 @@ impl KbpkRef<'_> {
             Self::Local(k) => k.len(),
             Self::External(k) => k.key_len(),
         }
+    }
+
+    /// True for a KBPK held outside this process.
+    pub(crate) const fn is_external(self) -> bool {
+        matches!(self, Self::External(_))
     }
 }
 
