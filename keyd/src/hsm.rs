@@ -1,9 +1,11 @@
 //! The HSM seam: what keyd asks of the token that holds its root keys.
 //!
 //! The token holds the local master key (LMK), which protects every stored key, and one zone
-//! master key (ZMK) per key-injection zone. Neither ever leaves it: keyd only asks for random
-//! bytes and for AES-CMACs under them, which is all TR-31 version D key derivation needs (see
-//! `tr31::ExternalKbpk`). [`SoftwareHsm`] is the in-memory twin for unit tests.
+//! master key (ZMK) per zone. Neither ever leaves it: keyd only asks for random bytes and for
+//! CMACs under them, which is all TR-31 key derivation needs (see `tr31::ExternalKbpk`):
+//! AES-CMAC under the LMK and AES ZMKs (version D), TDES-CMAC under the double-length TDES
+//! ZMKs of partners that still exchange keys under TDES (version B). [`SoftwareHsm`] is the
+//! in-memory twin for unit tests.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -72,17 +74,36 @@ pub trait Hsm: Send + Sync + 'static {
     /// [`Error::NotFound`]; [`Error::Hsm`].
     fn destroy_lmk(&self, kcv: [u8; 3]) -> Result<(), Error>;
 
-    /// Stores a zone's AES-256 ZMK in the HSM, non-extractable.
+    /// Stores a zone's ZMK in the HSM under `name`, non-extractable: an AES-256 key, or a
+    /// double-length TDES key (16 bytes, odd parity, distinct halves; the caller checked them).
+    /// The token records which (its key type), so the algorithm is known again after a restart
+    /// and on a token that loaded the zone from the store.
     ///
     /// # Errors
-    /// [`Error::Conflict`] if the zone has one; [`Error::Hsm`].
-    fn import_zmk(&self, zone: &str, key: &[u8]) -> Result<(), Error>;
+    /// [`Error::Conflict`] if the zone has one; [`Error::BadRequest`] for a key whose length is
+    /// not the algorithm's; [`Error::Hsm`].
+    fn import_zmk(&self, name: &str, algorithm: ZmkAlgorithm, key: &[u8]) -> Result<(), Error>;
 
-    /// AES-CMAC under a zone's ZMK.
+    /// The algorithm of a ZMK in the token.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown zone.
+    fn zmk_algorithm(&self, name: &str) -> Result<ZmkAlgorithm, Error>;
+
+    /// CMAC under a zone's ZMK: the 16-byte AES-CMAC under an AES ZMK; the 8-byte TDES-CMAC
+    /// under a TDES ZMK, in the first 8 bytes (the rest zero), as `tr31::ExternalKbpk` takes it.
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown zone; [`Error::Hsm`].
     fn zmk_cmac(&self, zone: &str, data: &[u8]) -> Result<[u8; 16], Error>;
+
+    /// A ZMK's check value as partners and custodians compare it, computed in the token: the
+    /// AES-CMAC of a zero block (first three bytes) for AES, the legacy TDES check value
+    /// (TDES-ECB of a zero block, first three bytes) for TDES.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown zone; [`Error::Hsm`].
+    fn zmk_kcv(&self, name: &str) -> Result<[u8; 3], Error>;
 
     /// Destroys a ZMK in the token (a zone's old ZMK when its rotation ends); `name` is as
     /// [`Hsm::zones`] lists it.
@@ -152,6 +173,95 @@ pub enum TokenKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenKey(pub(crate) u64);
 
+/// The cipher of a zone's ZMK.
+///
+/// Device zones (the ones whose ZMK protects terminals' TMKs) are AES: device key delivery is
+/// TR-31 version D. A TDES ZMK serves partners that still exchange keys under TDES: their
+/// version B blocks are imported under it, and keyd's TDES keys are exported to them under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ZmkAlgorithm {
+    /// AES-256 (TR-31 version D).
+    Aes,
+    /// Double-length TDES: 16 bytes, odd parity, two distinct halves (TR-31 version B).
+    Tdes,
+}
+
+impl ZmkAlgorithm {
+    /// As operators name it: `aes` or `tdes`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Aes => "aes",
+            Self::Tdes => "tdes",
+        }
+    }
+
+    /// From its name (`aes`, `tdes`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "aes" => Some(Self::Aes),
+            "tdes" => Some(Self::Tdes),
+            _ => None,
+        }
+    }
+
+    /// For people: `AES-256` or `double-length TDES`.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::Aes => "AES-256",
+            Self::Tdes => "double-length TDES",
+        }
+    }
+
+    /// The key's length in bytes: 32 or 16.
+    pub const fn key_len(self) -> usize {
+        match self {
+            Self::Aes => 32,
+            Self::Tdes => 16,
+        }
+    }
+
+    /// The algorithm of a ZMK of this length (AES-256 or double-length TDES; keyd has no
+    /// other ZMKs, so the length is unambiguous).
+    pub const fn from_key_len(len: usize) -> Option<Self> {
+        match len {
+            32 => Some(Self::Aes),
+            16 => Some(Self::Tdes),
+            _ => None,
+        }
+    }
+
+    /// The TR-31 algorithm code of the key.
+    pub const fn tr31_algorithm(self) -> tr31::Algorithm {
+        match self {
+            Self::Aes => tr31::Algorithm::AES,
+            Self::Tdes => tr31::Algorithm::TDES,
+        }
+    }
+
+    /// The TR-31 version of the blocks this ZMK protects: D (AES) or B (TDES).
+    pub const fn tr31_version(self) -> tr31::Version {
+        match self {
+            Self::Aes => tr31::Version::D,
+            Self::Tdes => tr31::Version::B,
+        }
+    }
+
+    /// The check value custodians and partners compare: AES-CMAC form for AES, the legacy
+    /// TDES form (encrypted zeros) for TDES; three bytes.
+    pub fn kcv(self, key: &[u8]) -> [u8; 3] {
+        match self {
+            Self::Aes => crate::keys::kcv(crate::KeyKind::Tmk, key),
+            Self::Tdes => tr31::kcv::legacy(key).unwrap_or_default(),
+        }
+    }
+}
+
+impl std::fmt::Display for ZmkAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One of the token's LMKs as a TR-31 KBPK: it protects keyd's stored key blocks. `kcv` is
 /// `None` for the original LMK (blocks without `KP`), the check value of a rotation's LMK
 /// otherwise (blocks naming it in `KP`).
@@ -175,6 +285,15 @@ impl tr31::ExternalKbpk for Lmk<'_> {
 /// The check value of a root key from the CMAC of a zero block under it.
 pub(crate) fn kcv_from(mac: &[u8; 16]) -> [u8; 3] {
     [mac[0], mac[1], mac[2]]
+}
+
+/// A TDES-CMAC as `Hsm::zmk_cmac` answers it: the 8 bytes first, zeros after.
+pub(crate) fn cmac_block(tag: &[u8; 8]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (o, t) in out.iter_mut().zip(tag) {
+        *o = *t;
+    }
+    out
 }
 
 /// A CMAC input and the HSM's answer.
@@ -203,6 +322,14 @@ impl<K: tr31::ExternalKbpk> tr31::ExternalKbpk for Memo<'_, K> {
         self.inner.key_len()
     }
 
+    fn algorithm(&self) -> tr31::Algorithm {
+        self.inner.algorithm()
+    }
+
+    fn legacy_kcv(&self) -> Result<[u8; 3], tr31::Error> {
+        self.inner.legacy_kcv()
+    }
+
     fn cmac(&self, data: &[u8]) -> Result<[u8; 16], tr31::Error> {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, mac)) = seen.iter().find(|(input, _)| input == data) {
@@ -214,16 +341,23 @@ impl<K: tr31::ExternalKbpk> tr31::ExternalKbpk for Memo<'_, K> {
     }
 }
 
-/// A zone's ZMK as a TR-31 KBPK: it protects the TMKs delivered to that zone's devices.
+/// A zone's ZMK as a TR-31 KBPK: it protects the TMKs delivered to an AES zone's devices, and
+/// the keys exchanged with the zone's partner (version D under AES, B under TDES).
 pub(crate) struct Zmk<'a> {
     pub(crate) hsm: &'a dyn Hsm,
     /// The ZMK's name in the token (the zone's, or `<zone>@<KCV>` after a rotation).
     pub(crate) zone: String,
+    /// Its cipher.
+    pub(crate) algorithm: ZmkAlgorithm,
 }
 
 impl tr31::ExternalKbpk for Zmk<'_> {
     fn key_len(&self) -> usize {
-        32
+        self.algorithm.key_len()
+    }
+
+    fn algorithm(&self) -> tr31::Algorithm {
+        self.algorithm.tr31_algorithm()
     }
 
     fn cmac(&self, data: &[u8]) -> Result<[u8; 16], tr31::Error> {
@@ -231,7 +365,20 @@ impl tr31::ExternalKbpk for Zmk<'_> {
             .zmk_cmac(&self.zone, data)
             .map_err(|_| tr31::Error::Kbpk("the HSM refused a CMAC under the ZMK"))
     }
+
+    fn legacy_kcv(&self) -> Result<[u8; 3], tr31::Error> {
+        match self.algorithm {
+            ZmkAlgorithm::Tdes => self
+                .hsm
+                .zmk_kcv(&self.zone)
+                .map_err(|_| tr31::Error::Kbpk("the HSM refused the ZMK's check value")),
+            ZmkAlgorithm::Aes => Err(tr31::Error::Kbpk("AES keys have no legacy check value")),
+        }
+    }
 }
+
+/// A ZMK "in the token" of the software twin: its algorithm and value.
+type SoftZmk = (ZmkAlgorithm, Zeroizing<Vec<u8>>);
 
 /// A working key "in the token" of the software twin.
 type LoadedKey = (TokenKind, Zeroizing<Vec<u8>>);
@@ -243,7 +390,7 @@ pub struct SoftwareHsm {
     lmk: Mutex<Option<Zeroizing<[u8; 32]>>>,
     /// Rotations' LMKs, by check value.
     more_lmks: Mutex<HashMap<[u8; 3], Zeroizing<[u8; 32]>>>,
-    zmks: Mutex<HashMap<String, Zeroizing<[u8; 32]>>>,
+    zmks: Mutex<HashMap<String, SoftZmk>>,
     loaded: std::sync::RwLock<HashMap<u64, LoadedKey>>,
     next: std::sync::atomic::AtomicU64,
 }
@@ -392,23 +539,54 @@ impl Hsm for SoftwareHsm {
         Err(Error::NotFound("LMK"))
     }
 
-    fn import_zmk(&self, zone: &str, key: &[u8]) -> Result<(), Error> {
+    fn import_zmk(&self, name: &str, algorithm: ZmkAlgorithm, key: &[u8]) -> Result<(), Error> {
         let mut zmks = self.zmks.lock().unwrap_or_else(PoisonError::into_inner);
-        if zmks.contains_key(zone) {
+        if zmks.contains_key(name) {
             return Err(Error::Conflict("the zone has a ZMK already"));
         }
-        let mut k = Zeroizing::new([0u8; 32]);
-        if key.len() != 32 {
-            return Err(Error::BadRequest("a ZMK is 32 bytes (AES-256)".into()));
+        if key.len() != algorithm.key_len() {
+            return Err(Error::BadRequest(format!(
+                "a {} ZMK is {} bytes",
+                algorithm.describe(),
+                algorithm.key_len()
+            )));
         }
-        k.copy_from_slice(key);
-        zmks.insert(zone.to_owned(), k);
+        zmks.insert(name.to_owned(), (algorithm, Zeroizing::new(key.to_vec())));
         Ok(())
+    }
+
+    fn zmk_algorithm(&self, name: &str) -> Result<ZmkAlgorithm, Error> {
+        let zmks = self.zmks.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(zmks.get(name).ok_or(Error::NotFound("zone"))?.0)
     }
 
     fn zmk_cmac(&self, zone: &str, data: &[u8]) -> Result<[u8; 16], Error> {
         let zmks = self.zmks.lock().unwrap_or_else(PoisonError::into_inner);
-        cmac_with(zmks.get(zone).ok_or(Error::NotFound("zone"))?, data)
+        let (algorithm, key) = zmks.get(zone).ok_or(Error::NotFound("zone"))?;
+        match algorithm {
+            ZmkAlgorithm::Aes => {
+                let key: &[u8; 32] = key
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Hsm("bad key length".into()))?;
+                cmac_with(key, data)
+            }
+            // The composition the PKCS#11 backend runs over the token's TDES-CBC, over a
+            // software TDES-CBC here.
+            ZmkAlgorithm::Tdes => {
+                let tag = crate::crypto::tdes_cmac_via_cbc(
+                    |blocks| crate::crypto::tdes_cbc_zero_iv(key, blocks),
+                    data,
+                )?;
+                Ok(cmac_block(&tag))
+            }
+        }
+    }
+
+    fn zmk_kcv(&self, name: &str) -> Result<[u8; 3], Error> {
+        let zmks = self.zmks.lock().unwrap_or_else(PoisonError::into_inner);
+        let (algorithm, key) = zmks.get(name).ok_or(Error::NotFound("zone"))?;
+        Ok(algorithm.kcv(key))
     }
 
     fn destroy_zmk(&self, name: &str) -> Result<(), Error> {

@@ -3,7 +3,10 @@
 use tr31::optional_block::{BlockId, OptionalBlock};
 use tr31::{Algorithm, Exportability, Header, KeyContext, KeyUsage, ModeOfUse, Version};
 
+use zeroize::Zeroizing;
+
 use crate::Error;
+use crate::hsm::ZmkAlgorithm;
 
 /// A device key's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -145,15 +148,17 @@ impl KeyKind {
 
 /// The header a zone's ZMK is stored under in the key store (sealed under the LMK, so every
 /// keyd node on a shared store can load it into its own token): a KBPK for both wrapping
-/// and unwrapping, never exported, the zone bound in `LB`.
+/// and unwrapping, never exported, the zone bound in `LB`, and the ZMK's algorithm (`A` or
+/// `T`) in the header's algorithm field, under the block's MAC: what a node that loads the zone
+/// makes of it. Zones formed before TDES zones existed have `A` there, as before.
 ///
 /// # Errors
 /// [`Error::Tr31`] for a zone name `LB` cannot hold (never for a valid zone).
-pub(crate) fn zmk_storage_header(zone: &str) -> Result<Header, Error> {
+pub(crate) fn zmk_storage_header(zone: &str, algorithm: ZmkAlgorithm) -> Result<Header, Error> {
     let mut h = Header::new(
         Version::D,
         KeyUsage::KBPK,
-        Algorithm::AES,
+        algorithm.tr31_algorithm(),
         ModeOfUse::BOTH_ENCRYPT_DECRYPT,
         Exportability::NON_EXPORTABLE,
     );
@@ -161,6 +166,39 @@ pub(crate) fn zmk_storage_header(zone: &str) -> Result<Header, Error> {
     h.optional_blocks
         .push(OptionalBlock::new(BlockId::LB, format!("zmk-{zone}"))?);
     Ok(h)
+}
+
+/// Length of every key keyd makes for a device (AES-256 and HMAC-SHA-256 keys alike).
+pub(crate) const DEVICE_KEY_LEN: usize = 32;
+
+/// A ZMK's clear value as keyd takes it: 32 bytes are an AES-256 key; 16 bytes a
+/// double-length TDES key, given odd parity (X9.24; components combined by XOR lose it, and
+/// the check value does not change) and refused if its halves are equal (single DES).
+///
+/// # Errors
+/// [`Error::BadRequest`] for any other length or equal TDES halves.
+pub(crate) fn zmk_key(raw: &[u8]) -> Result<(ZmkAlgorithm, Zeroizing<Vec<u8>>), Error> {
+    let algorithm = ZmkAlgorithm::from_key_len(raw.len()).ok_or_else(|| {
+        Error::BadRequest("a ZMK is 32 bytes (AES-256) or 16 bytes (double-length TDES)".into())
+    })?;
+    let mut key = Zeroizing::new(raw.to_vec());
+    if algorithm == ZmkAlgorithm::Tdes {
+        odd_parity(&mut key);
+        if key.get(..8) == key.get(8..) {
+            return Err(Error::BadRequest(
+                "the TDES ZMK's two halves are equal (that is single DES)".into(),
+            ));
+        }
+    }
+    Ok((algorithm, key))
+}
+
+/// Sets each byte's lowest bit so that the byte has odd parity (DES keys' parity bits).
+pub fn odd_parity(key: &mut [u8]) {
+    for b in key {
+        let high = *b & 0xFE;
+        *b = high | u8::from(high.count_ones().is_multiple_of(2));
+    }
 }
 
 /// The header a secret derived from the original LMK is kept under once the LMK was rotated
@@ -270,6 +308,26 @@ mod tests {
                 "M7HC00N0200HM0621PB0A000000",
             ]
         );
+    }
+
+    #[test]
+    fn zmk_keys_by_length_with_tdes_parity_fixed() {
+        let (a, key) = zmk_key(&[0x5A; 32]).unwrap();
+        assert_eq!((a, key.as_slice()), (ZmkAlgorithm::Aes, &[0x5A; 32][..]));
+        // Two odd-parity components combined by XOR: every byte even (note section 7, trap 7).
+        let even = hex::decode("2E24C6E4CCED8D630FFADD1DCFDBBD87").unwrap();
+        let (t, key) = zmk_key(&even).unwrap();
+        assert_eq!(t, ZmkAlgorithm::Tdes);
+        assert!(key.iter().all(|b| b.count_ones() % 2 == 1));
+        assert!(key.iter().zip(&even).all(|(k, e)| k & 0xFE == e & 0xFE));
+        assert_eq!(t.kcv(&key), t.kcv(&even), "parity does not change the KCV");
+        // Halves equal but for parity: single DES.
+        let single = hex::decode("0123456789ABCDEF0023456789ABCDEF").unwrap();
+        assert!(zmk_key(&single).is_err());
+        assert!(zmk_key(&[1; 24]).is_err());
+        let header = zmk_storage_header("p1", ZmkAlgorithm::Tdes).unwrap();
+        assert_eq!(header.algorithm, Algorithm::TDES);
+        assert_ne!(header, zmk_storage_header("p1", ZmkAlgorithm::Aes).unwrap());
     }
 
     #[test]

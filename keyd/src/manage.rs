@@ -49,7 +49,10 @@ pub struct KeyView {
 pub struct ZoneView {
     /// The zone's name.
     pub zone: String,
-    /// Its ZMK's check value (AES-CMAC of a zero block), upper-case hex.
+    /// Its ZMK's algorithm: `aes` (AES-256) or `tdes` (double-length TDES).
+    pub algorithm: String,
+    /// Its ZMK's check value (AES-CMAC of a zero block for AES, the legacy TDES check value
+    /// for TDES), upper-case hex.
     pub kcv: String,
     /// While a rotation of its ZMK is under way: the old ZMK's check value.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -182,7 +185,8 @@ impl Service {
         Ok(self.store.list_keys(query)?.into_iter().map(view).collect())
     }
 
-    /// The zones with a ZMK in the token, and each ZMK's check value (computed in the token).
+    /// The zones with a ZMK in the token, and each ZMK's algorithm and check value (computed
+    /// in the token).
     /// Zones formed through another keyd node on a shared store are loaded into the token first.
     ///
     /// # Errors
@@ -200,9 +204,9 @@ impl Service {
             .into_iter()
             .map(|zone| {
                 let zmk = self.zmk(&zone)?;
-                let mac = self.hsm.zmk_cmac(&zmk.zone, &[0u8; 16])?;
                 Ok(ZoneView {
-                    kcv: kcv_hex(kcv_of_cmac(&mac)),
+                    algorithm: zmk.algorithm.name().to_owned(),
+                    kcv: kcv_hex(self.hsm.zmk_kcv(&zmk.zone)?),
                     retiring_kcv: self.retiring_zmk(&zone)?.map(kcv_hex),
                     zone,
                 })

@@ -1,5 +1,5 @@
 //! The HSM through PKCS#11 (SoftHSM2 in tests, any module with AES, AES-CMAC and a RNG in
-//! production).
+//! production; TDES-CBC too for TDES zones).
 //!
 //! One context, one anchor session logged in for the life of the process (closing the last
 //! session would log out and invalidate handles), and a pool of sessions for the work. Object
@@ -12,14 +12,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
 use crate::Error;
-use crate::hsm::{Hsm, TokenKey, TokenKind};
+use crate::hsm::{Hsm, TokenKey, TokenKind, ZmkAlgorithm};
 
 const LMK_LABEL: &str = "keyd-lmk";
 /// A rotation's LMK: `keyd-lmk:` and its check value.
@@ -40,7 +40,8 @@ pub struct Pkcs11Hsm {
     lmks: RwLock<HashMap<[u8; 3], ObjectHandle>>,
     /// The original LMK's check value.
     original: RwLock<Option<[u8; 3]>>,
-    zmks: RwLock<HashMap<String, ObjectHandle>>,
+    /// Every ZMK by its name, with its algorithm (from the object's key type).
+    zmks: RwLock<HashMap<String, (ObjectHandle, ZmkAlgorithm)>>,
     _context: Pkcs11,
 }
 
@@ -117,18 +118,38 @@ impl Pkcs11Hsm {
             let mut lmks = Vec::new();
             let mut zmks = HashMap::new();
             for handle in keys {
-                let attrs = s.get_attributes(handle, &[AttributeType::Label])?;
-                let Some(Attribute::Label(label)) = attrs.into_iter().next() else {
-                    continue;
-                };
-                let label = String::from_utf8_lossy(&label).into_owned();
+                let attrs =
+                    s.get_attributes(handle, &[AttributeType::Label, AttributeType::KeyType])?;
+                let (mut label, mut key_type) = (None, None);
+                for attr in attrs {
+                    match attr {
+                        Attribute::Label(l) => {
+                            label = Some(String::from_utf8_lossy(&l).into_owned())
+                        }
+                        Attribute::KeyType(t) => key_type = Some(t),
+                        _ => {}
+                    }
+                }
+                let Some(label) = label else { continue };
                 if label == LMK_LABEL {
                     original = Some(handle);
                     lmks.push(handle);
                 } else if label.starts_with(LMK_PREFIX) {
                     lmks.push(handle);
                 } else if let Some(zone) = label.strip_prefix(ZMK_PREFIX) {
-                    zmks.insert(zone.to_owned(), handle);
+                    // The key type says the ZMK's algorithm, whoever stored it.
+                    let algorithm = match key_type {
+                        Some(KeyType::AES) => ZmkAlgorithm::Aes,
+                        Some(KeyType::DES2) => ZmkAlgorithm::Tdes,
+                        _ => {
+                            tracing::warn!(
+                                zone,
+                                "a ZMK object of a key type keyd does not use is ignored"
+                            );
+                            continue;
+                        }
+                    };
+                    zmks.insert(zone.to_owned(), (handle, algorithm));
                 }
             }
             Ok((original, lmks, zmks))
@@ -189,10 +210,67 @@ impl Pkcs11Hsm {
         ]
     }
 
+    /// The template of a TDES ZMK: a double-length TDES key (`CKK_DES2`), sensitive, never
+    /// extractable, allowed one mechanism, TDES-CBC encryption (never decryption), over which
+    /// keyd composes the TDES-CMAC (`crypto::tdes_cmac_via_cbc`). `CKM_DES3_CMAC` would be the
+    /// natural mechanism (SoftHSM 2.6 has it), but the `cryptoki` crate cannot name it, and
+    /// keyd has no `unsafe` code to call it otherwise.
+    fn tdes_zmk_template(label: &str) -> Vec<Attribute> {
+        vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::DES2),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(false),
+            Attribute::Verify(false),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::AllowedMechanisms(vec![MechanismType::DES3_CBC]),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ]
+    }
+
+    /// TDES-CBC encryption with a zero IV under a TDES ZMK, in the token.
+    fn tdes_cbc(
+        session: &Session,
+        key: ObjectHandle,
+        data: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        Ok(Zeroizing::new(session.encrypt(
+            &Mechanism::Des3Cbc([0; 8]),
+            key,
+            data,
+        )?))
+    }
+
+    /// The ZMK `name`: its handle and algorithm.
+    fn zmk(&self, name: &str) -> Result<(ObjectHandle, ZmkAlgorithm), Error> {
+        self.zmks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .copied()
+            .ok_or(Error::NotFound("zone"))
+    }
+
     /// Creates a root key (LMK or ZMK) from its clear value as a token object with the root
     /// template: sensitive, never extractable, CMAC only.
     fn create_root_key(&self, label: &str, key: &[u8]) -> Result<ObjectHandle, Error> {
-        let mut template = Self::root_key_template(label);
+        self.create_secret(Self::root_key_template(label), key)
+    }
+
+    /// Creates a token object from `template` and the key's clear value, wiping the copy of
+    /// the value the template held.
+    fn create_secret(
+        &self,
+        mut template: Vec<Attribute>,
+        key: &[u8],
+    ) -> Result<ObjectHandle, Error> {
         template.push(Attribute::Value(key.to_vec()));
         let handle = self.with_session(|s| Ok(s.create_object(&template)?));
         // The template held a copy of the key.
@@ -345,31 +423,63 @@ impl Hsm for Pkcs11Hsm {
         self.with_session(|s| Ok(s.destroy_object(handle)?))
     }
 
-    fn import_zmk(&self, zone: &str, key: &[u8]) -> Result<(), Error> {
-        if key.len() != 32 {
-            return Err(Error::BadRequest("a ZMK is 32 bytes (AES-256)".into()));
+    fn import_zmk(&self, name: &str, algorithm: ZmkAlgorithm, key: &[u8]) -> Result<(), Error> {
+        if key.len() != algorithm.key_len() {
+            return Err(Error::BadRequest(format!(
+                "a {} ZMK is {} bytes",
+                algorithm.describe(),
+                algorithm.key_len()
+            )));
         }
         let mut zmks = self.zmks.write().unwrap_or_else(PoisonError::into_inner);
-        if zmks.contains_key(zone) {
+        if zmks.contains_key(name) {
             return Err(Error::Conflict("the zone has a ZMK already"));
         }
-        let handle = self.create_root_key(&format!("{ZMK_PREFIX}{zone}"), key)?;
-        zmks.insert(zone.to_owned(), handle);
+        let label = format!("{ZMK_PREFIX}{name}");
+        let handle = match algorithm {
+            ZmkAlgorithm::Aes => self.create_root_key(&label, key)?,
+            ZmkAlgorithm::Tdes => self.create_secret(Self::tdes_zmk_template(&label), key)?,
+        };
+        zmks.insert(name.to_owned(), (handle, algorithm));
         Ok(())
     }
 
+    fn zmk_algorithm(&self, name: &str) -> Result<ZmkAlgorithm, Error> {
+        Ok(self.zmk(name)?.1)
+    }
+
     fn zmk_cmac(&self, zone: &str, data: &[u8]) -> Result<[u8; 16], Error> {
-        let handle = *self
-            .zmks
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(zone)
-            .ok_or(Error::NotFound("zone"))?;
-        self.cmac(handle, data)
+        match self.zmk(zone)? {
+            (handle, ZmkAlgorithm::Aes) => self.cmac(handle, data),
+            (handle, ZmkAlgorithm::Tdes) => {
+                // Both CBC calls on one session.
+                let tag = self.with_session(|s| {
+                    crate::crypto::tdes_cmac_via_cbc(
+                        |blocks| Self::tdes_cbc(s, handle, blocks),
+                        data,
+                    )
+                })?;
+                Ok(crate::hsm::cmac_block(&tag))
+            }
+        }
+    }
+
+    fn zmk_kcv(&self, name: &str) -> Result<[u8; 3], Error> {
+        match self.zmk(name)? {
+            (handle, ZmkAlgorithm::Aes) => Ok(crate::hsm::kcv_from(&self.cmac(handle, &[0; 16])?)),
+            // The legacy check value: the encryption of a zero block, computed by the token.
+            (handle, ZmkAlgorithm::Tdes) => {
+                let block = self.with_session(|s| Self::tdes_cbc(s, handle, &[0; 8]))?;
+                match block.get(..3) {
+                    Some(&[a, b, c]) => Ok([a, b, c]),
+                    _ => Err(Error::Hsm("TDES-CBC answered with the wrong length".into())),
+                }
+            }
+        }
     }
 
     fn destroy_zmk(&self, name: &str) -> Result<(), Error> {
-        let handle = self
+        let (handle, _) = self
             .zmks
             .write()
             .unwrap_or_else(PoisonError::into_inner)

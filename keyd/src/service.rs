@@ -14,7 +14,7 @@ use tr31::{KeyBlock, Profile, SealOptions};
 use zeroize::Zeroizing;
 
 use crate::config::Placement;
-use crate::hsm::{Hsm, Memo, TokenKey, TokenKind, Zmk};
+use crate::hsm::{Hsm, Memo, TokenKey, TokenKind, Zmk, ZmkAlgorithm};
 use crate::keys::{self, KeyKind};
 use crate::officers::{Action, Officers, Policy};
 use crate::store::{DeviceRecord, ImportedRecord, KeyRecord, KeyState, KeyStore, ZoneRecord};
@@ -340,7 +340,7 @@ impl Service {
                 "zone names are 1-64 characters of [0-9A-Za-z_.-]".into(),
             ));
         }
-        self.zmk(&req.zone)?;
+        self.device_zone(&req.zone)?;
         let (record, secret) = self.new_identity(&req.device_id)?;
         let device = DeviceRecord {
             device_id: req.device_id.clone(),
@@ -407,7 +407,7 @@ impl Service {
         let (lmk, kp) = self.sealing_lmk()?;
         let lmk = Memo::new(&lmk);
         for kind in KeyKind::SET {
-            let mut bytes = Zeroizing::new([0u8; 32]);
+            let mut bytes = Zeroizing::new([0u8; keys::DEVICE_KEY_LEN]);
             self.hsm.random(&mut bytes[..])?;
             records.push(self.seal_for_storage(
                 (&lmk, kp),
@@ -484,7 +484,7 @@ impl Service {
             let padding = tr31::Padding::Random(&mut padding);
             let block = match record.kind {
                 KeyKind::Tmk => {
-                    let zmk = self.zmk(&device.zone)?;
+                    let zmk = self.device_zone(&device.zone)?;
                     let block = tr31::seal_external(&zmk, &header, &key, &options, padding)?;
                     tmk = Some(tr31::Kbpk::new(key.expose_secret())?);
                     block
@@ -520,7 +520,10 @@ impl Service {
         })
     }
 
-    /// Loads a zone's ZMK from its clear value.
+    /// Loads a zone's ZMK from its clear value: 32 bytes make an AES-256 ZMK, 16 bytes a
+    /// double-length TDES one (keyd has no other ZMKs, so the length is unambiguous). A TDES
+    /// ZMK is given odd parity (components combined by XOR lose it; the check value does not
+    /// change) and must have two distinct halves.
     ///
     /// # Errors
     /// [`Error::BadRequest`] for a malformed zone or key, [`Error::Conflict`] for a zone that has
@@ -531,13 +534,11 @@ impl Service {
                 "zone names are 1-64 characters of [0-9A-Za-z_.-]".into(),
             ));
         }
-        if req.key.expose().len() != 32 {
-            return Err(Error::BadRequest("a ZMK is 32 bytes (AES-256)".into()));
-        }
+        let (algorithm, key) = keys::zmk_key(req.key.expose())?;
         if self.hsm.zones().contains(&req.zone) {
             return Err(Error::Conflict("the zone has a ZMK"));
         }
-        let kcv = keys::kcv(KeyKind::Tmk, req.key.expose());
+        let kcv = algorithm.kcv(&key);
         // A zone already in the key store (formed through another node, or a store restored on
         // a standby site) may be formed again into this token only with the same ZMK.
         let stored = self.store.zone(&req.zone)?;
@@ -546,22 +547,30 @@ impl Service {
                 "the zone has another ZMK in the key store (compare the KCVs)",
             ));
         }
+        if let Some(stored) = &stored
+            && zmk::stored_algorithm(stored)? != algorithm
+        {
+            return Err(Error::Conflict(
+                "the zone has a ZMK of the other algorithm in the key store",
+            ));
+        }
         self.officers.require(Action::ZmkForm, &req.zone)?;
         if stored.is_none() {
             // Sealed under the LMK for every other node on the store; first, so that of two
-            // nodes forming one zone at once exactly one succeeds.
-            let mut header = keys::zmk_storage_header(&req.zone)?;
-            let key = tr31::Key::new(req.key.expose())?;
+            // nodes forming one zone at once exactly one succeeds. The header records the
+            // algorithm.
+            let mut header = keys::zmk_storage_header(&req.zone, algorithm)?;
+            let sealed = tr31::Key::new(&key)?;
             let (lmk, kp) = self.sealing_lmk()?;
             lmk::stamp(&mut header, kp)?;
             self.store.insert_zone(&ZoneRecord {
                 zone: req.zone.clone(),
                 kcv,
-                block: seal_random(&lmk, &header, &key)?,
+                block: seal_random(&lmk, &header, &sealed)?,
                 created_at: now(),
             })?;
         }
-        self.hsm.import_zmk(&req.zone, req.key.expose())?;
+        self.hsm.import_zmk(&req.zone, algorithm, &key)?;
         Ok(m::ZoneInfo {
             zone: req.zone.clone(),
             kcv,
@@ -601,30 +610,55 @@ impl Service {
         Ok((opened.header, kcv))
     }
 
-    /// Re-wraps a key block from one zone's ZMK to another's, honouring its exportability.
+    /// Re-wraps a key block from one zone's ZMK to another's, honouring its exportability: a
+    /// version D block for an AES zone, B for a TDES zone.
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown zone; [`Error::Auth`] for a block that does not open
-    /// under the source ZMK; [`Error::Policy`] for a non-exportable key; [`Error::Tr31`] for a
-    /// malformed block.
+    /// under the source ZMK; [`Error::Policy`] for a non-exportable key, or one stronger than
+    /// the destination's ZMK (an AES key for a TDES zone); [`Error::Tr31`] for a malformed
+    /// block.
     pub fn tr31_translate(&self, req: &m::Tr31Translate) -> Result<m::KeyBlockOut, Error> {
+        let (header, key, kcv) = self.translation(req)?;
+        let to = self.zmk(&req.to_zone)?;
+        // Officers approve moving this key (known between organisations by its KCV) to this
+        // zone, not any key.
+        self.approved_export(&format!("{}@{}", crate::kcv_hex(kcv), req.to_zone))?;
+        let key_block = seal_random(&to, &header, &key)?;
+        Ok(m::KeyBlockOut { key_block, kcv })
+    }
+
+    /// What [`Service::tr31_translate`] would send, checked but not sealed and not approved:
+    /// the header for the destination zone (its version), the key and its KCV. The command
+    /// line runs it before it asks officers for anything.
+    ///
+    /// # Errors
+    /// As [`Service::tr31_translate`], without [`Error::DualControl`].
+    pub fn tr31_translate_check(
+        &self,
+        req: &m::Tr31Translate,
+    ) -> Result<(tr31::Header, [u8; 3]), Error> {
+        self.translation(req).map(|(header, _, kcv)| (header, kcv))
+    }
+
+    fn translation(
+        &self,
+        req: &m::Tr31Translate,
+    ) -> Result<(tr31::Header, tr31::Key, [u8; 3]), Error> {
         let from = self.zmk(&req.from_zone)?;
         let from = Memo::new(&from);
         let opened = open_sent(&req.key_block, &from)?;
         let mut header = opened.header;
         require_exportable(&header)?;
-        header.version = tr31::Version::D;
         header
             .optional_blocks
             .retain(|b| !matches!(b.id(), tr31::BlockId::PB | tr31::BlockId::KP));
         let to = self.zmk(&req.to_zone)?;
+        zmk::fits_under(&req.to_zone, to.algorithm, &header, opened.key.len())?;
+        header.version = to.algorithm.tr31_version();
         let kcv = tr31::kcv::for_algorithm(header.algorithm, opened.key.expose_secret())
             .unwrap_or_default();
-        // Officers approve moving this key (known between organisations by its KCV) to this
-        // zone, not any key.
-        self.approved_export(&format!("{}@{}", crate::kcv_hex(kcv), req.to_zone))?;
-        let key_block = seal_random(&to, &header, &opened.key)?;
-        Ok(m::KeyBlockOut { key_block, kcv })
+        Ok((header, opened.key, kcv))
     }
 
     /// Exports a stored key under a zone's ZMK with its delivery header.
@@ -644,14 +678,46 @@ impl Service {
         self.require_active(&record.key_id)?;
         let stored = KeyBlock::parse(&record.block, Profile::Strict)?.into_header();
         require_exportable(&stored)?;
-        let key = self.open_stored(&record)?;
         let zmk = self.zmk(&req.zone)?;
+        let header = record.kind.export_header()?;
+        // A device's keys are AES or HMAC: never under a TDES ZMK (said before the key is
+        // opened or an approval used).
+        zmk::fits_under(&req.zone, zmk.algorithm, &header, keys::DEVICE_KEY_LEN)?;
+        let key = self.open_stored(&record)?;
         self.approved_export(&format!("{}@{}", record.key_id, req.zone))?;
-        let key_block = seal_random(&zmk, &record.kind.export_header()?, &key)?;
+        let key_block = seal_random(&zmk, &header, &key)?;
         Ok(m::KeyBlockOut {
             key_block,
             kcv: record.kcv,
         })
+    }
+
+    /// Whether [`Service::tr31_export`] would send this key under this zone's ZMK, checked
+    /// before any approval is asked for (the command line runs it first): the key exists, is
+    /// active and exportable, and is no stronger than the zone's ZMK.
+    ///
+    /// # Errors
+    /// As [`Service::tr31_export`], without [`Error::DualControl`].
+    pub fn tr31_export_check(&self, req: &m::Tr31Export) -> Result<(), Error> {
+        let zmk = self.zmk(&req.zone)?;
+        if req.key_id.starts_with("imp-") {
+            let opened = self.open_imported(&req.key_id)?;
+            require_exportable(&opened.header)?;
+            return zmk::fits_under(&req.zone, zmk.algorithm, &opened.header, opened.key.len());
+        }
+        let record = self
+            .store
+            .key(&req.key_id)?
+            .filter(|r| !r.revoked)
+            .ok_or(Error::NotFound("key"))?;
+        self.require_active(&record.key_id)?;
+        require_exportable(&KeyBlock::parse(&record.block, Profile::Strict)?.into_header())?;
+        zmk::fits_under(
+            &req.zone,
+            zmk.algorithm,
+            &record.kind.export_header()?,
+            keys::DEVICE_KEY_LEN,
+        )
     }
 
     /// Imports a key block delivered under a zone's ZMK into the store.
@@ -779,10 +845,28 @@ impl Service {
     }
 
     fn export_imported(&self, req: &m::Tr31Export) -> Result<m::KeyBlockOut, Error> {
-        let record = self
-            .store
-            .imported(&req.key_id)?
-            .ok_or(Error::NotFound("key"))?;
+        let tr31::Opened { mut header, key } = self.open_imported(&req.key_id)?;
+        require_exportable(&header)?;
+        let zmk = self.zmk(&req.zone)?;
+        zmk::fits_under(&req.zone, zmk.algorithm, &header, key.len())?;
+        header.version = zmk.algorithm.tr31_version();
+        header.key_context = tr31::KeyContext::ANY;
+        header.optional_blocks.retain(|b| {
+            !matches!(
+                b.id(),
+                tr31::BlockId::PB | tr31::BlockId::LB | tr31::BlockId::KP
+            )
+        });
+        self.approved_export(&format!("{}@{}", req.key_id, req.zone))?;
+        let key_block = seal_random(&zmk, &header, &key)?;
+        let kcv =
+            tr31::kcv::for_algorithm(header.algorithm, key.expose_secret()).unwrap_or_default();
+        Ok(m::KeyBlockOut { key_block, kcv })
+    }
+
+    /// A partner's stored key (active), opened under the LMK and checked against its record.
+    fn open_imported(&self, key_id: &str) -> Result<tr31::Opened, Error> {
+        let record = self.store.imported(key_id)?.ok_or(Error::NotFound("key"))?;
         self.require_active(&record.key_id)?;
         let opened = lmk::open_under_lmk(&*self.hsm, &record.block)?;
         let bound = opened
@@ -795,22 +879,7 @@ impl Service {
                 record.key_id
             )));
         }
-        let mut header = opened.header;
-        require_exportable(&header)?;
-        header.key_context = tr31::KeyContext::ANY;
-        header.optional_blocks.retain(|b| {
-            !matches!(
-                b.id(),
-                tr31::BlockId::PB | tr31::BlockId::LB | tr31::BlockId::KP
-            )
-        });
-        let zmk = self.zmk(&req.zone)?;
-        self.approved_export(&format!("{}@{}", record.key_id, req.zone))?;
-        let key_block = seal_random(&zmk, &header, &opened.key)?;
-        Ok(m::KeyBlockOut {
-            key_block,
-            kcv: record.kcv,
-        })
+        Ok(opened)
     }
 
     // ----- data path --------------------------------------------------------------------
@@ -1077,10 +1146,28 @@ impl Service {
     /// token on first use: its ZMK, sealed under the LMK in the store, is opened here (the LMK
     /// is the same in every node's token) and imported as a non-extractable token object.
     pub(crate) fn zmk(&self, zone: &str) -> Result<Zmk<'_>, Error> {
+        let slot = self.zmk_slot(zone)?;
         Ok(Zmk {
             hsm: &*self.hsm,
-            zone: self.zmk_slot(zone)?.name,
+            zone: slot.name,
+            algorithm: slot.algorithm,
         })
+    }
+
+    /// The ZMK of a zone that devices belong to: AES only, since every device's key set is
+    /// delivered as TR-31 version D blocks, the TMK under the zone's ZMK.
+    ///
+    /// # Errors
+    /// As [`Service::zmk`]; [`Error::Policy`] for a TDES zone.
+    pub(crate) fn device_zone(&self, zone: &str) -> Result<Zmk<'_>, Error> {
+        let zmk = self.zmk(zone)?;
+        if zmk.algorithm != ZmkAlgorithm::Aes {
+            return Err(Error::Policy(
+                "the zone's ZMK is TDES: devices' keys are delivered (TR-31 version D) under AES \
+                 ZMKs only; a TDES zone is for a partner's key exchange",
+            ));
+        }
+        Ok(zmk)
     }
 
     /// Loads a zone's ZMK from the store into the token under `name` (see [`Service::zmk`]).
@@ -1097,14 +1184,19 @@ impl Service {
         header
             .optional_blocks
             .retain(|b| !matches!(b.id(), tr31::BlockId::PB | tr31::BlockId::KP));
-        if header != keys::zmk_storage_header(zone)?
-            || keys::kcv(KeyKind::Tmk, opened.key.expose_secret()) != record.kcv
-        {
+        let key = opened.key.expose_secret();
+        // The header says the algorithm (under the block's MAC), and the key's length agrees.
+        let algorithm = ZmkAlgorithm::from_key_len(key.len())
+            .filter(|a| a.tr31_algorithm() == header.algorithm);
+        let Some(algorithm) = algorithm.filter(|a| {
+            keys::zmk_storage_header(zone, *a).is_ok_and(|h| h == header)
+                && a.kcv(key) == record.kcv
+        }) else {
             return Err(Error::Store(format!(
                 "the stored ZMK of zone {zone} does not match its record"
             )));
-        }
-        match self.hsm.import_zmk(name, opened.key.expose_secret()) {
+        };
+        match self.hsm.import_zmk(name, algorithm, key) {
             // Conflict: another request loaded it first.
             Ok(()) | Err(Error::Conflict(_)) => {
                 tracing::info!(zone, "zone's ZMK loaded from the key store into the token");

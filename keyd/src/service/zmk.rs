@@ -15,14 +15,18 @@
 //! In the token a zone's ZMK keeps the zone's name when it is the one the token first held for
 //! the zone; a rotation's ZMK in a token that holds the old one is `<zone>@<KCV>`. Which one is
 //! current is always decided by the check value the store names, never by the name.
+//!
+//! A zone's ZMK is AES-256 or double-length TDES (a partner that still exchanges keys under
+//! TDES, TR-31 version B). A rotation keeps the zone's algorithm: a TDES zone gets a new TDES
+//! ZMK, an AES zone a new AES one; the other is refused. Devices belong to AES zones only.
 
 use std::sync::PoisonError;
 
 use keyd_proto::message as m;
 
 use super::{Service, seal_random};
-use crate::hsm::kcv_from;
-use crate::keys::{self, KeyKind};
+use crate::hsm::ZmkAlgorithm;
+use crate::keys;
 use crate::officers::Action;
 use crate::store::ZoneRecord;
 use crate::{Error, kcv_hex};
@@ -37,6 +41,61 @@ pub(crate) struct ZmkSlot {
     pub(crate) kcv: Option<[u8; 3]>,
     /// A rotation of the zone is under way (its old ZMK not retired yet).
     pub(crate) rotating: bool,
+    /// The ZMK's cipher, as the token's object says.
+    pub(crate) algorithm: ZmkAlgorithm,
+}
+
+/// The algorithm a zone's sealed ZMK records in its header (read without opening it; the
+/// loader checks it again under the block's MAC).
+///
+/// # Errors
+/// [`Error::Store`] for a block that does not parse or names another algorithm.
+pub(crate) fn stored_algorithm(record: &ZoneRecord) -> Result<ZmkAlgorithm, Error> {
+    let header = tr31::KeyBlock::parse(&record.block, tr31::Profile::Strict)
+        .map_err(|e| Error::Store(format!("the stored ZMK of zone {}: {e}", record.zone)))?
+        .into_header();
+    [ZmkAlgorithm::Aes, ZmkAlgorithm::Tdes]
+        .into_iter()
+        .find(|a| a.tr31_algorithm() == header.algorithm)
+        .ok_or_else(|| {
+            Error::Store(format!(
+                "the stored ZMK of zone {} is neither AES nor TDES",
+                record.zone
+            ))
+        })
+}
+
+/// Whether a key may be sent under a zone's ZMK. Under an AES ZMK (AES-256) anything the
+/// strict TR-31 rules allow; under a double-length TDES ZMK only DES and TDES keys of at most
+/// 16 bytes: an AES or HMAC key, or a triple-length TDES key, would be protected by a key
+/// weaker than itself, which keyd refuses outright (whatever a `WP` block might admit).
+///
+/// # Errors
+/// [`Error::Policy`] naming the rule.
+pub(crate) fn fits_under(
+    zone: &str,
+    algorithm: ZmkAlgorithm,
+    header: &tr31::Header,
+    key_len: usize,
+) -> Result<(), Error> {
+    if algorithm == ZmkAlgorithm::Aes {
+        return Ok(());
+    }
+    let tdes = matches!(
+        header.algorithm,
+        tr31::Algorithm::TDES | tr31::Algorithm::DES
+    );
+    if tdes && key_len <= ZmkAlgorithm::Tdes.key_len() {
+        return Ok(());
+    }
+    tracing::info!(zone, algorithm = %header.algorithm, key_len, "refused: key stronger than the zone's TDES ZMK");
+    Err(Error::Policy(if tdes {
+        "a triple-length TDES key cannot go under a double-length TDES ZMK: the ZMK would be \
+         weaker than the key"
+    } else {
+        "only DES and TDES keys go under a TDES ZMK (version B): an AES or HMAC key would be \
+         protected by a weaker key than itself; use an AES zone"
+    }))
 }
 
 impl Service {
@@ -73,12 +132,13 @@ impl Service {
                 name: zone.to_owned(),
                 kcv: None,
                 rotating: false,
+                algorithm: self.hsm.zmk_algorithm(zone)?,
             });
         };
         let rotating = self.store.retiring_zmk(zone)?.is_some();
         let rotated_name = format!("{zone}@{}", kcv_hex(record.kcv));
         let pick = || -> Result<Option<String>, Error> {
-            if has(zone) && kcv_from(&self.hsm.zmk_cmac(zone, &[0; 16])?) == record.kcv {
+            if has(zone) && self.hsm.zmk_kcv(zone)? == record.kcv {
                 return Ok(Some(zone.to_owned()));
             }
             Ok(has(&rotated_name).then(|| rotated_name.clone()))
@@ -100,11 +160,30 @@ impl Service {
                 name
             }
         };
+        // The token's object and the store's record agree on the algorithm, or something is
+        // badly wrong (a hand-made object under keyd's label).
+        let algorithm = self.hsm.zmk_algorithm(&name)?;
+        if algorithm != stored_algorithm(&record)? {
+            return Err(Error::Store(format!(
+                "zone {zone}'s ZMK is {} in the token but {} in the key store",
+                algorithm.describe(),
+                stored_algorithm(&record)?.describe()
+            )));
+        }
         Ok(ZmkSlot {
             name,
             kcv: Some(record.kcv),
             rotating,
+            algorithm,
         })
+    }
+
+    /// A zone's ZMK algorithm (the zone is loaded into the token if it is not there yet).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown zone; [`Error::Hsm`]; [`Error::Store`].
+    pub fn zone_algorithm(&self, zone: &str) -> Result<ZmkAlgorithm, Error> {
+        Ok(self.zmk_slot(zone)?.algorithm)
     }
 
     /// After a key-set delivery to `device_id` of `zone`: while the zone's ZMK is being
@@ -143,19 +222,28 @@ impl Service {
     /// ZMK again or a rotation of the zone under way; [`Error::DualControl`];
     /// [`Error::BadRequest`]; [`Error::Hsm`]; [`Error::Store`].
     pub fn zmk_rotate(&self, req: &m::ZmkImport) -> Result<m::ZoneInfo, Error> {
-        if req.key.expose().len() != 32 {
-            return Err(Error::BadRequest("a ZMK is 32 bytes (AES-256)".into()));
-        }
+        let (algorithm, new_key) = keys::zmk_key(req.key.expose())?;
         let current = self
             .store
             .zone(&req.zone)?
             .ok_or(Error::NotFound("zone in the key store"))?;
+        let zone_algorithm = stored_algorithm(&current)?;
+        if algorithm != zone_algorithm {
+            return Err(Error::BadRequest(format!(
+                "zone {}'s ZMK is {}: a rotation keeps the zone's algorithm, so its new ZMK is {} \
+                 too ({} bytes)",
+                req.zone,
+                zone_algorithm.describe(),
+                zone_algorithm.describe(),
+                zone_algorithm.key_len()
+            )));
+        }
         if self.store.retiring_zmk(&req.zone)?.is_some() {
             return Err(Error::Conflict(
                 "a rotation of the zone's ZMK is under way: retire its old ZMK first",
             ));
         }
-        let kcv = keys::kcv(KeyKind::Tmk, req.key.expose());
+        let kcv = algorithm.kcv(&new_key);
         if kcv == current.kcv {
             return Err(Error::Conflict("that is the zone's current ZMK"));
         }
@@ -163,10 +251,10 @@ impl Service {
         // never takes the zone's plain name from it here.
         self.zmk_slot(&req.zone)?;
         self.officers.require(Action::ZmkRotate, &req.zone)?;
-        let mut header = keys::zmk_storage_header(&req.zone)?;
+        let mut header = keys::zmk_storage_header(&req.zone, algorithm)?;
         let (lmk, kp) = self.sealing_lmk()?;
         super::lmk::stamp(&mut header, kp)?;
-        let key = tr31::Key::new(req.key.expose())?;
+        let key = tr31::Key::new(&new_key)?;
         self.store.rotate_zmk(&ZoneRecord {
             zone: req.zone.clone(),
             kcv,
@@ -251,7 +339,7 @@ impl Service {
             if retired.is_empty() {
                 continue;
             }
-            let kcv = kcv_from(&self.hsm.zmk_cmac(&name, &[0; 16])?);
+            let kcv = self.hsm.zmk_kcv(&name)?;
             let current = self.store.zone(zone)?.map(|z| z.kcv);
             let retiring = self.store.retiring_zmk(zone)?.map(|z| z.kcv);
             if retired.contains(&kcv) && current != Some(kcv) && retiring != Some(kcv) {
@@ -321,7 +409,7 @@ mod tests {
         s.hsm()
             .zones()
             .iter()
-            .map(|n| kcv_from(&s.hsm().zmk_cmac(n, &[0; 16]).unwrap()))
+            .map(|n| s.hsm().zmk_kcv(n).unwrap())
             .collect()
     }
 
@@ -422,5 +510,261 @@ mod tests {
         two.housekeeping().unwrap();
         assert!(opens_under(&fetch(&two, &sets[0].0, &sets[0].1), &OLD));
         assert_eq!(zmk_kcvs(&two), [old_kcv]);
+    }
+}
+
+#[cfg(test)]
+mod tdes_tests {
+    use std::sync::Arc;
+
+    use keyd_proto::Secret;
+
+    use super::*;
+    use crate::Placement;
+    use crate::hsm::{Hsm, SoftwareHsm};
+    use crate::officers::Policy;
+    use crate::store::{KeyStore, MemoryStore};
+
+    /// A double-length TDES ZMK as two odd-parity components combine to it: every byte of
+    /// even parity (note section 7, trap 7).
+    const TDES_ZMK: &str = "2E24C6E4CCED8D630FFADD1DCFDBBD87";
+    const AES_ZMK: [u8; 32] = [0x5A; 32];
+
+    fn unhex(s: &str) -> Vec<u8> {
+        hex::decode(s).unwrap()
+    }
+
+    fn node(store: &Arc<MemoryStore>) -> Service {
+        let hsm = SoftwareHsm::new();
+        hsm.import_lmk(&[7; 32]).unwrap();
+        Service::new(
+            Arc::new(hsm),
+            Arc::clone(store) as Arc<dyn KeyStore>,
+            Placement::Memory,
+            3600,
+            100,
+        )
+        .unwrap()
+        .with_policy(Policy::for_tests())
+        .unwrap()
+    }
+
+    fn form(s: &Service, zone: &str, key: &[u8]) -> Result<m::ZoneInfo, Error> {
+        s.zmk_import(&m::ZmkImport {
+            zone: zone.into(),
+            key: Secret::new(key),
+        })
+    }
+
+    fn seal(kbpk: &[u8], header: &str, key: &[u8]) -> String {
+        tr31::seal(
+            &tr31::Kbpk::new(kbpk).unwrap(),
+            &tr31::Header::parse(header, tr31::Profile::Strict).unwrap(),
+            &tr31::Key::new(key).unwrap(),
+            &tr31::SealOptions::default(),
+            tr31::Padding::Random(&mut tr31::OsRandom),
+        )
+        .unwrap()
+    }
+
+    fn import(s: &Service, zone: &str, block: &str) -> Result<m::ImportedKey, Error> {
+        s.tr31_import(&m::Tr31Import {
+            zone: zone.into(),
+            key_block: block.into(),
+            label: "partner key".into(),
+        })
+    }
+
+    fn export(s: &Service, key_id: &str, zone: &str) -> Result<m::KeyBlockOut, Error> {
+        s.tr31_export(&m::Tr31Export {
+            key_id: key_id.into(),
+            zone: zone.into(),
+        })
+    }
+
+    #[test]
+    fn a_tdes_zone_exchanges_version_b_blocks_and_refuses_what_does_not_fit() {
+        let store = Arc::new(MemoryStore::new());
+        let one = node(&store);
+        let zmk = unhex(TDES_ZMK);
+        let info = form(&one, "p1", &zmk).unwrap();
+        let legacy = kcv_hex(tr31::kcv::legacy(&zmk).unwrap());
+        assert_eq!(kcv_hex(info.kcv), legacy, "the legacy TDES KCV");
+        form(&one, "z1", &AES_ZMK).unwrap();
+        assert_eq!(one.zone_algorithm("p1").unwrap(), ZmkAlgorithm::Tdes);
+        let listed = one.zone_list().unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|z| (z.zone.as_str(), z.algorithm.as_str(), z.kcv.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("p1", "tdes", legacy.as_str()),
+                ("z1", "aes", kcv_hex(crate::aes_kcv(&AES_ZMK)).as_str())
+            ]
+        );
+        // Halves equal but for parity, and lengths that are neither: refused.
+        assert!(matches!(
+            form(&one, "p2", &unhex("0123456789ABCDEF0123456789ABCDEF")),
+            Err(Error::BadRequest(_))
+        ));
+        assert!(matches!(
+            form(&one, "p2", &[1; 24]),
+            Err(Error::BadRequest(_))
+        ));
+
+        // A partner's ZPK in a version B block imports; its KCV is the legacy one.
+        let zpk = unhex("3F419E1CB7079442AA37474C2EFBF8B8");
+        let block = seal(&zmk, "B0000P0TB00E0000", &zpk);
+        let imported = import(&one, "p1", &block).unwrap();
+        assert_eq!(imported.kcv, tr31::kcv::legacy(&zpk).unwrap());
+        // A version D block under a TDES zone says what is wrong; a flipped MAC is the one
+        // detail-free failure.
+        let d = seal(&AES_ZMK, "D0000P0TB00E0000", &zpk);
+        let err = import(&one, "p1", &d).unwrap_err().to_string();
+        assert!(err.contains("a TDES KBPK protects version B"), "{err}");
+        let mut forged = block.clone();
+        let last = forged.pop().unwrap();
+        forged.push(if last == '0' { '1' } else { '0' });
+        assert!(matches!(import(&one, "p1", &forged), Err(Error::Auth)));
+
+        // Exported to the TDES zone: a version B block the partner opens with the clear ZMK.
+        let out = export(&one, &imported.key_id, "p1").unwrap();
+        assert!(out.key_block.starts_with('B'), "{}", out.key_block);
+        let opened = tr31::open(
+            &out.key_block,
+            &tr31::Kbpk::new(&zmk).unwrap(),
+            tr31::Profile::Strict,
+        )
+        .unwrap();
+        assert_eq!(opened.key.expose_secret(), &zpk[..]);
+        assert_eq!(out.kcv, imported.kcv);
+        // To the AES zone the same key goes as a version D block.
+        let d = export(&one, &imported.key_id, "z1").unwrap();
+        assert!(d.key_block.starts_with('D'));
+
+        // An AES key never goes under the TDES ZMK: export and translation refuse it, clearly.
+        let aes_key = one
+            .key_generate(
+                &tr31::Header::parse("D0000D0AB00E0000", tr31::Profile::Strict).unwrap(),
+                "aes data key",
+            )
+            .unwrap();
+        let err = export(&one, &aes_key.key_id, "p1").unwrap_err();
+        assert!(
+            matches!(err, Error::Policy(why) if why.contains("only DES and TDES keys")),
+            "{err}"
+        );
+        let aes_block = seal(&AES_ZMK, "D0000D0AB00E0000", &[0x42; 32]);
+        let to_tdes = m::Tr31Translate {
+            from_zone: "z1".into(),
+            to_zone: "p1".into(),
+            key_block: aes_block,
+        };
+        assert!(matches!(
+            one.tr31_translate_check(&to_tdes),
+            Err(Error::Policy(_))
+        ));
+        assert!(matches!(
+            one.tr31_translate(&to_tdes),
+            Err(Error::Policy(_))
+        ));
+        // A TDES key translates both ways, each zone in its own version.
+        let to_aes = one
+            .tr31_translate(&m::Tr31Translate {
+                from_zone: "p1".into(),
+                to_zone: "z1".into(),
+                key_block: block.clone(),
+            })
+            .unwrap();
+        assert!(to_aes.key_block.starts_with("D"), "{}", to_aes.key_block);
+        let back = one
+            .tr31_translate(&m::Tr31Translate {
+                from_zone: "z1".into(),
+                to_zone: "p1".into(),
+                key_block: to_aes.key_block,
+            })
+            .unwrap();
+        assert!(back.key_block.starts_with("B"), "{}", back.key_block);
+        assert_eq!(
+            one.tr31_inspect("p1", &back.key_block).unwrap().1,
+            imported.kcv
+        );
+
+        // Devices belong to AES zones: a TDES zone takes none, and says why.
+        let err = one
+            .device_create(&m::DeviceCreate {
+                device_id: "POS-00000001".into(),
+                zone: "p1".into(),
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Policy(why) if why.contains("AES")),
+            "{err}"
+        );
+        crate::service::tests::device(&one, "POS-00000002");
+        let set = one
+            .key_set_create(&m::KeySetCreate {
+                device_id: "POS-00000002".into(),
+            })
+            .unwrap();
+        let tdk = set.keys.iter().find(|k| k.kind == "tdk").unwrap();
+        assert!(matches!(
+            export(&one, &tdk.key_id, "p1"),
+            Err(Error::Policy(_))
+        ));
+
+        // Another node on the store loads the zone as TDES from its sealed copy.
+        let two = node(&store);
+        assert_eq!(two.zone_algorithm("p1").unwrap(), ZmkAlgorithm::Tdes);
+        let again = export(&two, &imported.key_id, "p1").unwrap();
+        assert!(again.key_block.starts_with('B'));
+        assert!(import(&two, "p1", &block).is_ok());
+        // Forming the zone again with the AES ZMK of the same name is refused.
+        assert!(form(&two, "p1", &AES_ZMK).is_err());
+    }
+
+    #[test]
+    fn a_tdes_zone_rotates_to_a_tdes_zmk_only() {
+        let store = Arc::new(MemoryStore::new());
+        let one = node(&store);
+        form(&one, "p1", &unhex(TDES_ZMK)).unwrap();
+        let rotate = |key: &[u8]| {
+            one.zmk_rotate(&m::ZmkImport {
+                zone: "p1".into(),
+                key: Secret::new(key),
+            })
+        };
+        let err = rotate(&AES_ZMK).unwrap_err().to_string();
+        assert!(err.contains("keeps the zone's algorithm"), "{err}");
+        let new = unhex("0123456789ABCDEFFEDCBA9876543210");
+        let info = rotate(&new).unwrap();
+        assert_eq!(info.kcv, tr31::kcv::legacy(&new).unwrap());
+        assert_eq!(one.zone_algorithm("p1").unwrap(), ZmkAlgorithm::Tdes);
+        // Blocks are now under the new ZMK; the old one waits for zmk-retire.
+        let block = seal(&new, "B0000P0TB00E0000", &unhex(TDES_ZMK));
+        assert!(import(&one, "p1", &block).is_ok());
+        assert_eq!(
+            one.retiring_zmk("p1").unwrap(),
+            Some(tr31::kcv::legacy(&unhex(TDES_ZMK)).unwrap())
+        );
+        one.zmk_retire("p1").unwrap();
+        assert_eq!(
+            one.hsm()
+                .zones()
+                .iter()
+                .map(|n| one.hsm().zmk_kcv(n).unwrap())
+                .collect::<Vec<_>>(),
+            [info.kcv]
+        );
+        // An AES zone does not become TDES either.
+        form(&one, "z1", &AES_ZMK).unwrap();
+        assert!(
+            one.zmk_rotate(&m::ZmkImport {
+                zone: "z1".into(),
+                key: Secret::new(&new),
+            })
+            .is_err()
+        );
     }
 }
