@@ -4,7 +4,10 @@
 //! The vectors are published ones: NIST SP 800-38A F.2.5 (AES-256-CBC), NIST SP 800-38B D.3
 //! (AES-256-CMAC), RFC 4231 test case 2 (HMAC-SHA-256) and TR-31:2018 A.7.4 (a version D key
 //! block under an AES-256 KBPK), the last exercising the `tr31` library's key derivation, CMAC
-//! and CBC together; then `paycrypto`'s known answers for PIN blocks, the retail MAC and the PVV. `KEYD_SELF_TEST_FAIL=<name>` corrupts one expected value, so a test can
+//! and CBC together; NIST SP 800-38B D.5 (two-key TDES-CMAC) through the CMAC composition keyd
+//! runs over a TDES ZMK's CBC in the token, and TR-31:2018 A.7.2.2 (a version B block) opened
+//! through a TDES KBPK reached only by that CMAC, as a TDES zone's ZMK is; then `paycrypto`'s
+//! known answers for PIN blocks, the retail MAC and the PVV. `KEYD_SELF_TEST_FAIL=<name>` corrupts one expected value, so a test can
 //! watch keyd refuse to start; it can only ever make keyd stop.
 
 use cmac::Mac as _;
@@ -12,11 +15,13 @@ use cmac::Mac as _;
 use crate::Error;
 
 /// The tests, by name.
-pub const NAMES: [&str; 5] = [
+pub const NAMES: [&str; 7] = [
     "aes-cbc",
     "aes-cmac",
     "hmac-sha256",
     "tr31-unwrap",
+    "tdes-cmac",
+    "tr31-b-unwrap",
     "payments",
 ];
 
@@ -107,6 +112,8 @@ pub fn run() -> Result<(), Error> {
         &expected("tr31-unwrap", "3F419E1CB7079442AA37474C2EFBF8B8"),
     )?;
 
+    tdes_zone_path()?;
+
     // ISO 9564-1 formats 0 and 4, the retail MAC and the Visa PVV: `paycrypto`'s own
     // published known answers (its sources are in its `tests/vectors.toml`).
     let forced = std::env::var("KEYD_SELF_TEST_FAIL").is_ok_and(|v| v == "payments");
@@ -116,10 +123,81 @@ pub fn run() -> Result<(), Error> {
     Ok(())
 }
 
+/// A TDES KBPK reached only through its CMAC, computed by the composition keyd runs over a
+/// TDES ZMK's CBC in the token (here over a software TDES-CBC).
+struct CmacOnlyTdes(zeroize::Zeroizing<Vec<u8>>);
+
+impl tr31::ExternalKbpk for CmacOnlyTdes {
+    fn key_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn algorithm(&self) -> tr31::Algorithm {
+        tr31::Algorithm::TDES
+    }
+
+    fn cmac(&self, data: &[u8]) -> Result<[u8; 16], tr31::Error> {
+        crate::crypto::tdes_cmac_via_cbc(|b| crate::crypto::tdes_cbc_zero_iv(&self.0, b), data)
+            .map(|tag| crate::hsm::cmac_block(&tag))
+            .map_err(|_| tr31::Error::Kbpk("TDES-CMAC failed"))
+    }
+}
+
+/// The TDES zones' path: TDES-CMAC, then the version B key derivation built on it.
+fn tdes_zone_path() -> Result<(), Error> {
+    // TDES-CMAC, SP 800-38B D.5 (two-key TDEA) example 3, 160-bit message (erratum applied:
+    // the 2005 text printed another tag; keyd/tests/vectors/tdes_cmac.toml has all eight).
+    let key = zeroize::Zeroizing::new(unhex("4CF15134A2850DD58A3D10BA80570D38"));
+    let tag = crate::crypto::tdes_cmac_via_cbc(
+        |b| crate::crypto::tdes_cbc_zero_iv(&key, b),
+        &unhex("6BC1BEE22E409F96E93D7E117393172AAE2D8A57"),
+    )
+    .map_err(|_| Error::SelfTest("tdes-cmac"))?;
+    check(
+        "tdes-cmac",
+        &tag,
+        &expected("tdes-cmac", "62DD1B471902BD4E"),
+    )?;
+
+    // TR-31:2018 A.7.2.2: a version B block under a double-length TDES KBPK opens to its
+    // published key with every derivation CMAC from the composition above.
+    let kbpk = CmacOnlyTdes(zeroize::Zeroizing::new(unhex(
+        "DD7515F2BFC17F85CE48F3CA25CB21F6",
+    )));
+    let opened = tr31::KeyBlock::parse(
+        "B0080P0TE00E000094B420079CC80BA3461F86FE26EFC4A3B8E4FA4C5F5341176EED7B727B8A248E",
+        tr31::Profile::Strict,
+    )
+    .and_then(|b| b.open_external(&kbpk))
+    .map_err(|_| Error::SelfTest("tr31-b-unwrap"))?;
+    check(
+        "tr31-b-unwrap",
+        opened.key.expose_secret(),
+        &expected("tr31-b-unwrap", "3F419E1CB7079442AA37474C2EFBF8B8"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn the_known_answers_hold() {
         super::run().unwrap();
+    }
+
+    /// The B block opens under its KBPK only: a key one bit off (not a parity bit) is the
+    /// one detail-free authentication failure.
+    #[test]
+    fn the_tdes_path_catches_a_wrong_answer() {
+        let kbpk = |hex: &str| super::CmacOnlyTdes(zeroize::Zeroizing::new(super::unhex(hex)));
+        let block =
+            "B0080P0TE00E000094B420079CC80BA3461F86FE26EFC4A3B8E4FA4C5F5341176EED7B727B8A248E";
+        let open = |k: &super::CmacOnlyTdes| {
+            tr31::KeyBlock::parse(block, tr31::Profile::Strict)
+                .unwrap()
+                .open_external(k)
+        };
+        assert!(open(&kbpk("DD7515F2BFC17F85CE48F3CA25CB21F6")).is_ok());
+        let bad = kbpk("DD7515F2BFC17F85CE48F3CA25CB21F4");
+        assert_eq!(open(&bad).unwrap_err(), tr31::Error::Authentication);
     }
 }
