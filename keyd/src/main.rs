@@ -80,9 +80,11 @@ enum Command {
         subject: String,
     },
     /// Give a zone a new ZMK (dual control: `zmk-rotate <zone>`), formed from typed components
-    /// (`--components`) or generated as custodian forms (`--generate`). Every key-set delivery
-    /// uses it at once; the old ZMK is kept until every device of the zone has fetched its keys
-    /// since, or the officers retire it (`zmk-retire`).
+    /// (`--components`) or generated as custodian forms (`--generate`), of the zone's own
+    /// algorithm (a TDES zone stays TDES, an AES zone AES). Every key-set delivery uses it at
+    /// once; the old ZMK is kept until every device of the zone has fetched its keys since, or
+    /// the officers retire it (`zmk-retire`; a TDES zone has no devices, so its rotation ends
+    /// there).
     ZmkRotate {
         /// The zone.
         #[arg(long)]
@@ -165,10 +167,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Form a zone's ZMK from 2 or 3 components of 64 hex digits, combined by XOR: typed
-    /// without echo on a terminal, or one per line on standard input. Each component's KCV is
-    /// printed as it is accepted, then the ZMK's. Duplicate, all-zero and malformed components
-    /// are refused. Needs two officers' approval (`--approver` twice, or `approve`).
+    /// Form a zone's ZMK from 2 or 3 components combined by XOR: 64 hex digits each for an
+    /// AES-256 ZMK, 32 for a double-length TDES one (`--algorithm tdes`, for a partner that
+    /// exchanges keys as TR-31 version B blocks). Typed without echo on a terminal, or one per
+    /// line on standard input. Each component's KCV is printed as it is accepted, then the
+    /// ZMK's (the legacy TDES KCV for TDES). Duplicate, all-zero and malformed components are
+    /// refused. Needs two officers' approval (`--approver` twice, or `approve`).
     ZmkImport {
         /// The zone's name.
         #[arg(long)]
@@ -176,6 +180,10 @@ enum Command {
         /// How many components (2 or 3; 1, the clear ZMK, only with dual control off).
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=3))]
         components: u8,
+        /// The ZMK's algorithm: `aes` (AES-256, the default; device zones are AES) or `tdes`
+        /// (double-length TDES). The components must have its length.
+        #[arg(long, default_value = "aes", value_parser = ["aes", "tdes"])]
+        algorithm: String,
         /// An approving officer (repeat).
         #[arg(long = "approver")]
         approvers: Vec<String>,
@@ -191,6 +199,10 @@ enum Command {
         /// How many components (custodians): 2 or 3.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=3))]
         components: u8,
+        /// The ZMK's algorithm: `aes` (AES-256, the default) or `tdes` (double-length TDES,
+        /// odd-parity components).
+        #[arg(long, default_value = "aes", value_parser = ["aes", "tdes"])]
+        algorithm: String,
         /// An approving officer (repeat).
         #[arg(long = "approver")]
         approvers: Vec<String>,
@@ -226,7 +238,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the zones with their ZMK check values, and the LMK's.
+    /// List the zones with their ZMK algorithms and check values, and the LMK's.
     Zones {
         /// One JSON object per line instead of a table.
         #[arg(long)]
@@ -267,9 +279,9 @@ enum Command {
         officer: Option<String>,
     },
     /// Import a key a partner delivered as a TR-31 block under a zone's ZMK (a ZPK, ZAK, PVK,
-    /// BDK…): checked under the strict rules, stored under the LMK with a label. Prints the new
-    /// key id, the header as received and the KCV, for comparison with the sender's. One
-    /// officer.
+    /// BDK…; version D under an AES zone, B under a TDES zone): checked under the strict rules,
+    /// stored under the LMK with a label. Prints the new key id, the header as received and the
+    /// KCV (legacy form for TDES keys), for comparison with the sender's. One officer.
     Tr31Import {
         /// The zone whose ZMK wraps the block.
         #[arg(long)]
@@ -286,8 +298,10 @@ enum Command {
         /// The key block; `-` reads it from standard input.
         block: String,
     },
-    /// Export a stored key under a zone's ZMK as a version D block. Needs two officers'
-    /// approval of `export` for `<key id>@<zone>`.
+    /// Export a stored key under a zone's ZMK: a version D block under an AES zone, version B
+    /// under a TDES zone (which takes only DES and TDES keys of at most 16 bytes). Needs two
+    /// officers' approval of `export` for `<key id>@<zone>`, asked for once the key is known
+    /// to fit.
     Tr31Export {
         /// The key.
         #[arg(long)]
@@ -302,9 +316,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Re-wrap a block from one zone's ZMK to another's (version D, same header). Needs two
-    /// officers' approval of `export` for `<KCV>@<to zone>`: the key is known between
-    /// organisations by its KCV, which this prints before it asks for approvals.
+    /// Re-wrap a block from one zone's ZMK to another's, same header, in the destination's
+    /// version (D for an AES zone, B for a TDES zone; a key stronger than a TDES ZMK is
+    /// refused). Needs two officers' approval of `export` for `<KCV>@<to zone>`: the key is
+    /// known between organisations by its KCV, which this prints before it asks for approvals.
     Tr31Translate {
         /// The zone whose ZMK wraps the block now.
         #[arg(long)]
@@ -549,28 +564,21 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
         Command::ZmkGenerate {
             zone,
             components,
+            algorithm,
             approvers,
         } => {
+            let algorithm = zmk_algorithm(&algorithm)?;
             let op = Operator::open(&config)?;
             op.new_zone(&zone)?;
             let officers = op.approvals(&approvers, Action::ZmkForm, &zone)?;
-            let mut parts: Vec<Zeroizing<[u8; 32]>> = Vec::new();
-            let mut zmk = Zeroizing::new([0u8; 32]);
-            for _ in 0..components {
-                let mut part = Zeroizing::new([0u8; 32]);
-                op.service.hsm().random(&mut part[..])?;
-                for (z, p) in zmk.iter_mut().zip(part.iter()) {
-                    *z ^= p;
-                }
-                parts.push(part);
-            }
-            let final_kcv = keyd::aes_kcv(&zmk[..]);
+            let (parts, zmk) = generate_components(&op, algorithm, components)?;
+            let final_kcv = algorithm.kcv(&zmk);
             // Loaded (and the approvals used up) before any form exists: no custodian ever
             // holds a component of a key that was not made.
             let logged = op.load_zmk(&zone, &zmk, audit::op::ZMK_GENERATE, &officers)?;
             let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
             for (n, part) in parts.iter().enumerate() {
-                print_form(&zone, n + 1, parts.len(), part, final_kcv);
+                print_form(&zone, algorithm, n + 1, parts.len(), part, final_kcv);
                 if terminal && n + 1 < parts.len() {
                     eprintln!("Hand this form to its custodian, then press Enter for the next.");
                     let mut line = String::new();
@@ -584,8 +592,10 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
         Command::ZmkImport {
             zone,
             components,
+            algorithm,
             approvers,
         } => {
+            let algorithm = zmk_algorithm(&algorithm)?;
             let op = Operator::open(&config)?;
             if components < 2 && op.service.officers().policy().dual() {
                 return Err(keyd::Error::BadRequest(
@@ -594,7 +604,7 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             }
             op.new_zone(&zone)?;
             let officers = op.approvals(&approvers, Action::ZmkForm, &zone)?;
-            let zmk = read_components(&format!("zone {zone}"), components)?;
+            let zmk = read_components(&format!("zone {zone}"), components, algorithm)?;
             op.load_zmk(&zone, &zmk, audit::op::ZMK_FORM, &officers)?
         }
         Command::Keys {
@@ -688,20 +698,17 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                         .into(),
                 ));
             }
+            // The new ZMK is of the zone's algorithm: components of its length.
+            let algorithm = op.service.zone_algorithm(&zone)?;
             let officers = op.approvals(&approvers, Action::ZmkRotate, &zone)?;
-            let mut parts: Vec<Zeroizing<[u8; 32]>> = Vec::new();
+            let mut parts: Vec<Zeroizing<Vec<u8>>> = Vec::new();
             let zmk = match (components, generate) {
-                (Some(n), None) => read_components(&format!("zone {zone}'s new ZMK"), n)?,
+                (Some(n), None) => {
+                    read_components(&format!("zone {zone}'s new ZMK"), n, algorithm)?
+                }
                 (None, Some(n)) => {
-                    let mut zmk = Zeroizing::new([0u8; 32]);
-                    for _ in 0..n {
-                        let mut part = Zeroizing::new([0u8; 32]);
-                        op.service.hsm().random(&mut part[..])?;
-                        for (z, p) in zmk.iter_mut().zip(part.iter()) {
-                            *z ^= p;
-                        }
-                        parts.push(part);
-                    }
+                    let (made, zmk) = generate_components(&op, algorithm, n)?;
+                    parts = made;
                     zmk
                 }
                 _ => {
@@ -725,7 +732,7 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             println!("zone {} new ZMK KCV {}", info.zone, keyd::kcv_hex(info.kcv));
             let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
             for (n, part) in parts.iter().enumerate() {
-                print_form(&zone, n + 1, parts.len(), part, info.kcv);
+                print_form(&zone, algorithm, n + 1, parts.len(), part, info.kcv);
                 if terminal && n + 1 < parts.len() {
                     eprintln!("Hand this form to its custodian, then press Enter for the next.");
                     let mut line = String::new();
@@ -790,7 +797,7 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             }
             let officers = op.approvals(&approvers, Action::LmkRotate, "lmk")?;
             let key = components
-                .map(|n| read_components("the new LMK", n))
+                .map(|n| read_components("the new LMK", n, keyd::ZmkAlgorithm::Aes))
                 .transpose()?;
             let result = op.service.lmk_form(key.as_ref().map(|k| &k[..]));
             op.record(
@@ -903,11 +910,14 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                 }
             } else {
                 println!("LMK KCV {lmk}");
-                println!("{:<32} ZMK KCV", "ZONE");
+                println!("{:<32} {:<9} ZMK KCV", "ZONE", "ALGORITHM");
                 for z in &zones {
                     match &z.retiring_kcv {
-                        None => println!("{:<32} {}", z.zone, z.kcv),
-                        Some(old) => println!("{:<32} {} (rotating from {old})", z.zone, z.kcv),
+                        None => println!("{:<32} {:<9} {}", z.zone, z.algorithm, z.kcv),
+                        Some(old) => println!(
+                            "{:<32} {:<9} {} (rotating from {old})",
+                            z.zone, z.algorithm, z.kcv
+                        ),
                     }
                 }
             }
@@ -988,11 +998,14 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
             json,
         } => {
             let op = Operator::open(&config)?;
-            let officers = op.approvals(&approvers, Action::Export, &format!("{key}@{zone}"))?;
-            let result = op.service.tr31_export(&keyd_proto::message::Tr31Export {
+            let request = keyd_proto::message::Tr31Export {
                 key_id: key.clone(),
                 zone: zone.clone(),
-            });
+            };
+            // Refused before any officer is asked for a password if it cannot be sent there.
+            op.service.tr31_export_check(&request)?;
+            let officers = op.approvals(&approvers, Action::Export, &format!("{key}@{zone}"))?;
+            let result = op.service.tr31_export(&request);
             let subject = format!("{key}@{zone}");
             let logged = op.record(
                 keyd_proto::message::Tr31Export::OPCODE.0,
@@ -1020,14 +1033,15 @@ fn run(cli: Cli) -> Result<(), keyd::Error> {
                 header_text(&header),
                 keyd::kcv_hex(kcv)
             );
+            let request = keyd_proto::message::Tr31Translate {
+                from_zone,
+                to_zone: to_zone.clone(),
+                key_block: block,
+            };
+            // Refused before any officer is asked for a password if it cannot go there.
+            op.service.tr31_translate_check(&request)?;
             let officers = op.approvals(&approvers, Action::Export, &subject)?;
-            let result = op
-                .service
-                .tr31_translate(&keyd_proto::message::Tr31Translate {
-                    from_zone,
-                    to_zone: to_zone.clone(),
-                    key_block: block,
-                });
+            let result = op.service.tr31_translate(&request);
             let logged = op.record(
                 keyd_proto::message::Tr31Translate::OPCODE.0,
                 &officers,
@@ -1152,29 +1166,46 @@ fn dual_control_off_warning(audit: &Audit, peer: &str) -> Result<(), keyd::Error
     audit.flush(true)
 }
 
-/// Reads `n` components of 64 hex digits (without echo on a terminal) and combines them by XOR,
-/// printing each one's KCV as it is accepted. Refuses a malformed, all-zero or repeated
-/// component.
+/// Reads `n` components of the algorithm's length (64 hex digits for AES-256, 32 for
+/// double-length TDES; without echo on a terminal) and combines them by XOR, printing each
+/// one's KCV as it is accepted. Refuses a malformed, all-zero or repeated component. A TDES
+/// key's parity is fixed by the service (components combined by XOR lose it).
 #[allow(
     clippy::print_stdout,
     reason = "custodians compare the KCVs with their forms"
 )]
-fn read_components(what: &str, n: u8) -> Result<Zeroizing<[u8; 32]>, keyd::Error> {
-    let mut key = Zeroizing::new([0u8; 32]);
+fn read_components(
+    what: &str,
+    n: u8,
+    algorithm: keyd::ZmkAlgorithm,
+) -> Result<Zeroizing<Vec<u8>>, keyd::Error> {
+    let digits = 2 * algorithm.key_len();
+    let mut key = Zeroizing::new(vec![0u8; algorithm.key_len()]);
     let mut seen: Vec<[u8; 3]> = Vec::new();
     for i in 1..=n {
         let line = keyd::console::read_secret(&format!(
-            "Component {i} of {n} for {what} (64 hex digits)"
+            "Component {i} of {n} for {what} ({digits} hex digits)"
         ))?;
-        let part = decode_hex(line.trim()).ok_or_else(|| {
-            keyd::Error::BadRequest(format!("component {i}: expected 64 hex digits"))
+        let part = decode_hex(line.trim(), algorithm.key_len()).ok_or_else(|| {
+            let other = match algorithm {
+                keyd::ZmkAlgorithm::Aes => " (32 are a TDES component: --algorithm tdes)",
+                keyd::ZmkAlgorithm::Tdes => "",
+            };
+            keyd::Error::BadRequest(format!(
+                "component {i}: expected {digits} hex digits{other}"
+            ))
         })?;
-        if part.iter().all(|b| *b == 0) {
+        // A TDES component of parity bits alone is zero too.
+        let key_bits = match algorithm {
+            keyd::ZmkAlgorithm::Aes => 0xFF,
+            keyd::ZmkAlgorithm::Tdes => 0xFE,
+        };
+        if part.iter().all(|b| *b & key_bits == 0) {
             return Err(keyd::Error::BadRequest(format!(
                 "component {i} is all zeros"
             )));
         }
-        let kcv = keyd::aes_kcv(&part[..]);
+        let kcv = algorithm.kcv(&part);
         // Equal components would cancel out (or repeat): compare by check value, which is what
         // custodians see.
         if seen.contains(&kcv) {
@@ -1191,6 +1222,49 @@ fn read_components(what: &str, n: u8) -> Result<Zeroizing<[u8; 32]>, keyd::Error
         }
     }
     Ok(key)
+}
+
+/// `--algorithm` as the service names it.
+fn zmk_algorithm(name: &str) -> Result<keyd::ZmkAlgorithm, keyd::Error> {
+    keyd::ZmkAlgorithm::from_name(name)
+        .ok_or_else(|| keyd::Error::BadRequest("algorithms are aes and tdes".into()))
+}
+
+/// `n` fresh components of a ZMK from the token's RNG (TDES ones with odd parity, as
+/// custodians expect them) and the key they combine to (its parity fixed by the service).
+type Components = (Vec<Zeroizing<Vec<u8>>>, Zeroizing<Vec<u8>>);
+
+fn generate_components(
+    op: &Operator,
+    algorithm: keyd::ZmkAlgorithm,
+    n: u8,
+) -> Result<Components, keyd::Error> {
+    let len = algorithm.key_len();
+    loop {
+        let mut parts = Vec::with_capacity(usize::from(n));
+        let mut zmk = Zeroizing::new(vec![0u8; len]);
+        for _ in 0..n {
+            let mut part = Zeroizing::new(vec![0u8; len]);
+            op.service.hsm().random(&mut part[..])?;
+            if algorithm == keyd::ZmkAlgorithm::Tdes {
+                keyd::odd_parity(&mut part);
+            }
+            for (z, p) in zmk.iter_mut().zip(part.iter()) {
+                *z ^= p;
+            }
+            parts.push(part);
+        }
+        // Two equal TDES halves (single DES) would be refused: draw again (one chance in 2^56).
+        let single_des = algorithm == keyd::ZmkAlgorithm::Tdes
+            && zmk
+                .iter()
+                .zip(zmk.iter().skip(8))
+                .take(8)
+                .all(|(a, b)| a & 0xFE == b & 0xFE);
+        if !single_des {
+            return Ok((parts, zmk));
+        }
+    }
 }
 
 /// `keyd init`: every officer's password is read and checked before the LMK is created, so a
@@ -1245,7 +1319,8 @@ fn init(
         dual_control_off_warning(&audit, &peer)?;
     }
     let result = match components {
-        Some(n) => read_components("the LMK", n).and_then(|lmk| hsm.import_lmk(&lmk[..])),
+        Some(n) => read_components("the LMK", n, keyd::ZmkAlgorithm::Aes)
+            .and_then(|lmk| hsm.import_lmk(&lmk[..])),
         None => hsm.create_lmk(),
     };
     let kcv = result
@@ -1505,7 +1580,7 @@ impl Operator {
     fn load_zmk(
         &self,
         zone: &str,
-        zmk: &[u8; 32],
+        zmk: &[u8],
         opcode: u16,
         officers: &[String],
     ) -> Result<Result<(), keyd::Error>, keyd::Error> {
@@ -1521,7 +1596,12 @@ impl Operator {
             &imported,
         );
         let info = imported?;
-        println!("zone {} ZMK KCV {}", info.zone, keyd::kcv_hex(info.kcv));
+        let algorithm = keyd::ZmkAlgorithm::from_key_len(zmk.len()).map_or("", |a| a.describe());
+        println!(
+            "zone {} ZMK KCV {} ({algorithm})",
+            info.zone,
+            keyd::kcv_hex(info.kcv)
+        );
         // A running `keyd serve` finds the new zone at its next housekeeping (within a second).
         let announced = self.service.announce_change();
         Ok(logged.and(announced))
@@ -1706,14 +1786,21 @@ fn utc(secs: u64) -> String {
 /// One custodian form: the key's name, which component, its value in groups of four, its KCV,
 /// the combined key's KCV, and lines for the custodian's and the witness's signatures.
 #[allow(clippy::print_stdout, reason = "the form is printed for its custodian")]
-fn print_form(zone: &str, n: usize, of: usize, part: &[u8; 32], final_kcv: [u8; 3]) {
+fn print_form(
+    zone: &str,
+    algorithm: keyd::ZmkAlgorithm,
+    n: usize,
+    of: usize,
+    part: &[u8],
+    final_kcv: [u8; 3],
+) {
     use std::fmt::Write as _;
-    // Two lines of eight groups of four hex digits, written into one buffer sized up front.
+    // Lines of eight groups of four hex digits, written into one buffer sized up front.
     let mut value = Zeroizing::new(String::with_capacity(96));
     for (i, pair) in part.chunks_exact(2).enumerate() {
         let sep = match i {
             0 => "",
-            8 => "\n                ",
+            _ if i % 8 == 0 => "\n                ",
             _ => " ",
         };
         let _ = write!(
@@ -1723,11 +1810,14 @@ fn print_form(zone: &str, n: usize, of: usize, part: &[u8; 32], final_kcv: [u8; 
             pair.get(1).copied().unwrap_or(0)
         );
     }
-    let kcv = keyd::aes_kcv(part);
+    let kcv = algorithm.kcv(part);
     let rule = "=".repeat(64);
     println!("{rule}");
     println!("ZMK COMPONENT FORM");
-    println!("Key:            zone master key (ZMK), zone {zone}, AES-256");
+    println!(
+        "Key:            zone master key (ZMK), zone {zone}, {}",
+        algorithm.describe()
+    );
     println!("Component:      {n} of {of}");
     println!("Value:          {}", value.as_str());
     println!("Component KCV:  {}", keyd::kcv_hex(kcv));
@@ -1756,12 +1846,12 @@ async fn shutdown_signal() {
     }
 }
 
-/// 64 hex digits into a zeroizing key buffer (no intermediate, reallocating copies).
-fn decode_hex(text: &str) -> Option<Zeroizing<[u8; 32]>> {
-    if text.len() != 64 {
+/// `2 * len` hex digits into a zeroizing key buffer (no intermediate, reallocating copies).
+fn decode_hex(text: &str, len: usize) -> Option<Zeroizing<Vec<u8>>> {
+    if text.len() != 2 * len {
         return None;
     }
-    let mut key = Zeroizing::new([0u8; 32]);
+    let mut key = Zeroizing::new(vec![0u8; len]);
     for (byte, pair) in key.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
         let digit = |c: u8| char::from(c).to_digit(16);
         *byte = u8::try_from(digit(*pair.first()?)? * 16 + digit(*pair.get(1)?)?).ok()?;
