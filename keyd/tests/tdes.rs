@@ -11,7 +11,7 @@
     reason = "tests fail loudly and say what they ran"
 )]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use keyd::{Hsm, ZmkAlgorithm};
 
@@ -31,6 +31,10 @@ struct Case {
 
 fn unhex(s: &str) -> Vec<u8> {
     hex::decode(s).unwrap()
+}
+
+fn upper(bytes: &[u8]) -> String {
+    hex::encode_upper(bytes)
 }
 
 /// Set in the child process that opens the token itself (SoftHSM reads its configuration from
@@ -166,4 +170,301 @@ fn the_tdes_zmk_object_does_one_thing(module: &Path, pin: &str) {
             .is_err()
     );
     assert!(session.sign(&Mechanism::Sha256Hmac, zmk, &zero).is_err());
+}
+
+/// The psec release and the `cryptography` it runs on: the same pins, and so the same
+/// virtualenv, as paycrypto's cross-check.
+const PSEC: &str = "1.3.0";
+const CRYPTOGRAPHY: &str = "42.0.8";
+
+/// psec's side: one request per line, one answer per line.
+/// `kcv KEY` → legacy KCV; `wrap KBPK HEADER KEY` → block; `unwrap KBPK BLOCK` →
+/// `VERSION USAGE ALGORITHM MODE KEY`.
+const PSEC_SCRIPT: &str = r#"
+import sys
+import psec
+for line in sys.stdin:
+    op, *args = line.split()
+    if op == "kcv":
+        print(psec.des.generate_kcv(bytes.fromhex(args[0]), 3).hex().upper())
+    elif op == "wrap":
+        print(psec.tr31.wrap(bytes.fromhex(args[0]), args[1], bytes.fromhex(args[2])))
+    elif op == "unwrap":
+        h, key = psec.tr31.unwrap(bytes.fromhex(args[0]), args[1])
+        print(h.version_id, h.key_usage, h.algorithm, h.mode_of_use, key.hex().upper())
+    else:
+        raise ValueError(op)
+"#;
+
+fn psec_python() -> PathBuf {
+    pyvenv::python(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &format!("py-psec-{PSEC}-cryptography-{CRYPTOGRAPHY}"),
+        &[
+            &format!("psec=={PSEC}"),
+            &format!("cryptography=={CRYPTOGRAPHY}"),
+        ],
+        |python| {
+            pyvenv::prints(
+                python,
+                "import psec, cryptography; print(psec.__version__, cryptography.__version__)",
+                &format!("{PSEC} {CRYPTOGRAPHY}"),
+            )
+        },
+    )
+}
+
+/// Asks psec one thing.
+fn psec(python: &Path, request: &str) -> String {
+    let answer = pyvenv::run_script(python, PSEC_SCRIPT, &format!("{request}\n"));
+    assert_eq!(answer.len(), 1, "{request}: {answer:?}");
+    answer.into_iter().next().unwrap()
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// A TDES zone formed from components whose clear value the test knows, on a real keyd and
+/// SoftHSM token under dual control, exchanging version B blocks with psec: psec's block
+/// imports with psec's KCV, keyd's ZPK exported to the zone opens in psec to the key keyd
+/// said, a wrong MAC is the one detail-free failure, and an AES key is refused for the zone.
+#[test]
+fn a_tdes_zone_exchanges_version_b_blocks_with_psec() {
+    let python = psec_python();
+    let k = e2e::KeydProcess::new(Path::new(env!("CARGO_BIN_EXE_keyd")), r#""data""#, "memory")
+        .unwrap();
+    let [(a, a_password), (b, b_password)] = e2e::OFFICERS;
+    let both = [a_password, b_password];
+
+    // Two custodians' components (odd parity, as on their forms); the ZMK is their XOR.
+    let c1 = "0123456789ABCDEFFEDCBA9876543210";
+    let mut c2 = unhex("A1B2C3D4E5F60718293A4B5C6D7E8F90");
+    keyd::odd_parity(&mut c2);
+    let c2 = upper(&c2);
+    let zmk: Vec<u8> = unhex(c1)
+        .iter()
+        .zip(unhex(&c2))
+        .map(|(x, y)| x ^ y)
+        .collect();
+    let form = |lines: &[&str]| {
+        k.run(
+            &[
+                "zmk-import",
+                "--zone",
+                "acq",
+                "--algorithm",
+                "tdes",
+                "--components",
+                "2",
+                "--approver",
+                a,
+                "--approver",
+                b,
+            ],
+            lines,
+        )
+    };
+    // An AES-length component for a TDES zone is refused: the algorithm is the ceremony's
+    // decision, not the typist's.
+    let aes_component = "2B7E151628AED2A6ABF7158809CF4F3C762E7160F38B4DA56A784D9045190CFE";
+    let err = form(&[a_password, b_password, aes_component, &c2])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected 32 hex digits"), "{err}");
+    let out = form(&[a_password, b_password, c1, &c2]).unwrap();
+    let zmk_kcv = psec(&python, &format!("kcv {}", upper(&zmk)));
+    assert!(
+        out.contains(&format!("zone acq ZMK KCV {zmk_kcv} (double-length TDES)")),
+        "keyd's KCV is psec's legacy KCV {zmk_kcv}: {out}"
+    );
+    for (n, c) in [(1, c1), (2, c2.as_str())] {
+        let kcv = psec(&python, &format!("kcv {c}"));
+        assert!(out.contains(&format!("component {n} KCV {kcv}")), "{out}");
+    }
+    let zones = k.run(&["zones", "--json"], &[]).unwrap();
+    let acq = zones
+        .lines()
+        .map(json)
+        .find(|z| z["zone"] == "acq")
+        .unwrap_or_else(|| panic!("{zones}"));
+    assert_eq!(acq["algorithm"], "tdes");
+    assert_eq!(acq["kcv"], zmk_kcv.as_str());
+
+    // The acquirer's ZPK, wrapped by psec as a version B block under the ZMK, imports with the
+    // KCV psec gives it.
+    let mut zpk = unhex("E6F1C8B3A2D5907A1F3E5D7C9B8A6452");
+    keyd::odd_parity(&mut zpk);
+    let block = psec(
+        &python,
+        &format!("wrap {} B0096P0TB00E0000 {}", upper(&zmk), upper(&zpk)),
+    );
+    assert!(block.starts_with('B'), "{block}");
+    let import = |block: &str| {
+        k.run(
+            &[
+                "tr31-import",
+                "--zone",
+                "acq",
+                "--label",
+                "acquirer zpk",
+                "--officer",
+                a,
+                "--json",
+                "-",
+            ],
+            &[a_password, block],
+        )
+    };
+    let imported = json(&import(&block).unwrap());
+    let zpk_kcv = psec(&python, &format!("kcv {}", upper(&zpk)));
+    assert_eq!(imported["kcv"], zpk_kcv.as_str(), "{imported}");
+    assert_eq!(imported["header"]["version"], "B");
+    assert_eq!(imported["header"]["algorithm"], "T");
+    assert_eq!(imported["header"]["key_usage"], "P0");
+    // A wrong MAC: the one detail-free authentication failure.
+    let mut forged = block.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    let err = import(&forged).unwrap_err().to_string();
+    assert!(
+        err.trim_end().ends_with("keyd: authentication failed"),
+        "{err}"
+    );
+    assert!(!err.contains("MAC") && !err.contains(&forged), "{err}");
+
+    // A ZPK keyd generates for the acquirer goes out under the zone as a version B block that
+    // psec opens to the key keyd gave the KCV of.
+    let made = json(
+        &k.run(
+            &[
+                "key-generate",
+                "--header",
+                "D0000P0TB00E0000",
+                "--label",
+                "zpk for acquirer",
+                "--officer",
+                a,
+                "--json",
+            ],
+            &[a_password],
+        )
+        .unwrap(),
+    );
+    let zpk_id = made["key_id"].as_str().unwrap();
+    let sent = json(
+        &k.run(
+            &[
+                "tr31-export",
+                "--key",
+                zpk_id,
+                "--zone",
+                "acq",
+                "--approver",
+                a,
+                "--approver",
+                b,
+                "--json",
+            ],
+            &both,
+        )
+        .unwrap(),
+    );
+    let sent_block = sent["key_block"].as_str().unwrap();
+    assert!(sent_block.starts_with('B'), "{sent_block}");
+    let opened = psec(&python, &format!("unwrap {} {sent_block}", upper(&zmk)));
+    let fields: Vec<&str> = opened.split(' ').collect();
+    assert_eq!(fields[..4], ["B", "P0", "T", "B"], "{opened}");
+    let psec_kcv = psec(&python, &format!("kcv {}", fields[4]));
+    assert_eq!(made["kcv"], psec_kcv.as_str());
+    assert_eq!(sent["kcv"], psec_kcv.as_str());
+
+    // An AES key is not sent under the TDES ZMK, and keyd says so before asking any officer
+    // for a password (none is given here).
+    let aes = json(
+        &k.run(
+            &[
+                "key-generate",
+                "--header",
+                "D0000D0AB00E0000",
+                "--label",
+                "aes data key",
+                "--officer",
+                a,
+                "--json",
+            ],
+            &[a_password],
+        )
+        .unwrap(),
+    );
+    let err = k
+        .run(
+            &[
+                "tr31-export",
+                "--key",
+                aes["key_id"].as_str().unwrap(),
+                "--zone",
+                "acq",
+                "--approver",
+                a,
+                "--approver",
+                b,
+            ],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("only DES and TDES keys go under a TDES ZMK"),
+        "{err}"
+    );
+    // Nor translated there from an AES zone; a TDES key translates from the TDES zone to the
+    // AES one as a version D block.
+    let z1 = tr31::Kbpk::new(&unhex(e2e::ZMK_HEX)).unwrap();
+    let aes_block = tr31::seal(
+        &z1,
+        &tr31::Header::parse("D0000D0AB00E0000", tr31::Profile::Strict).unwrap(),
+        &tr31::Key::new(&[0x42; 32]).unwrap(),
+        &tr31::SealOptions::default(),
+        tr31::Padding::Random(&mut tr31::OsRandom),
+    )
+    .unwrap();
+    let translate = |from: &str, to: &str, block: &str, lines: &[&str]| {
+        k.run(
+            &[
+                "tr31-translate",
+                "--from-zone",
+                from,
+                "--to-zone",
+                to,
+                "--approver",
+                a,
+                "--approver",
+                b,
+                "--json",
+                block,
+            ],
+            lines,
+        )
+    };
+    let err = translate("z1", "acq", &aes_block, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("only DES and TDES keys go under a TDES ZMK"),
+        "{err}"
+    );
+    let moved = json(&translate("acq", "z1", &block, &both).unwrap());
+    let d = moved["key_block"].as_str().unwrap();
+    assert!(d.starts_with('D'), "{d}");
+    let opened = tr31::open(d, &z1, tr31::Profile::Strict).unwrap();
+    assert_eq!(opened.key.expose_secret(), &zpk[..]);
+    assert_eq!(moved["kcv"], zpk_kcv.as_str());
+
+    // The audit log has the ceremony with its KCV, and no component and no key.
+    let log = std::fs::read_to_string(k.hsm().dir().join("keys.audit.log")).unwrap();
+    assert!(log.contains(&zmk_kcv), "{log}");
+    for secret in [c1, c2.as_str(), &upper(&zmk), &upper(&zpk)] {
+        assert!(!log.contains(secret), "a secret reached the audit log");
+    }
 }
