@@ -478,3 +478,141 @@ async fn postgres_an_lmk_rotation_on_two_keyd_nodes() {
     one.stop();
     two.stop();
 }
+
+/// A TDES zone formed on one node is a TDES zone on the other: the sealed copy in the shared
+/// store records the algorithm, the other node's token gets a TDES object from it, and both
+/// give the same legacy KCV and exchange version B blocks under it. Devices stay out of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_tdes_zone_formed_on_one_node_works_on_the_other() {
+    let Some(cluster) =
+        pgcluster::Cluster::for_tests("postgres_a_tdes_zone_formed_on_one_node_works_on_the_other")
+            .unwrap()
+    else {
+        return;
+    };
+    cluster.create_database("keys").unwrap();
+    let password_file = cluster.write_password_file().unwrap();
+    let mut one = node(&cluster, &password_file);
+    let two = node(&cluster, &password_file);
+    let [(a, a_password), (b, b_password)] = OFFICERS;
+    one.init_first_node().unwrap();
+    two.init_another_node().unwrap();
+    let components = [
+        "0123456789ABCDEFFEDCBA9876543210",
+        "A1B3C2D5E5F70719293B4A5D6D7F8F91",
+    ];
+    let zmk: Vec<u8> = hex(components[0])
+        .iter()
+        .zip(hex(components[1]))
+        .map(|(x, y)| x ^ y)
+        .collect();
+    let legacy = tr31::kcv::legacy(&zmk).unwrap();
+    let legacy = format!("{:02X}{:02X}{:02X}", legacy[0], legacy[1], legacy[2]);
+    let out = one
+        .run(
+            &[
+                "zmk-import",
+                "--zone",
+                "acq",
+                "--algorithm",
+                "tdes",
+                "--approver",
+                a,
+                "--approver",
+                b,
+            ],
+            &[a_password, b_password, components[0], components[1]],
+        )
+        .unwrap();
+    assert!(out.contains(&format!("zone acq ZMK KCV {legacy}")), "{out}");
+
+    // Node 2 never formed the zone: its first use loads it from the store, as TDES.
+    let block = tr31::seal(
+        &tr31::Kbpk::new(&zmk).unwrap(),
+        &tr31::Header::parse("B0000V2TC00E0000", tr31::Profile::Strict).unwrap(),
+        &tr31::Key::new(&hex("7CA1F2D3E4B5A6978869504132231405")).unwrap(),
+        &tr31::SealOptions::default(),
+        tr31::Padding::Random(&mut tr31::OsRandom),
+    )
+    .unwrap();
+    let out = two
+        .run(
+            &[
+                "tr31-import",
+                "--zone",
+                "acq",
+                "--label",
+                "acquirer pvk",
+                "--officer",
+                a,
+                "--json",
+                &block,
+            ],
+            &[a_password],
+        )
+        .unwrap();
+    let imported: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let pvk = imported["key_id"].as_str().unwrap().to_owned();
+    for n in [&one, &two] {
+        let zones = n.run(&["zones", "--json"], &[]).unwrap();
+        assert!(
+            zones.contains(&format!(
+                r#"{{"zone":"acq","algorithm":"tdes","kcv":"{legacy}"}}"#
+            )),
+            "{zones}"
+        );
+    }
+    let out = two
+        .run(
+            &[
+                "tr31-export",
+                "--key",
+                &pvk,
+                "--zone",
+                "acq",
+                "--approver",
+                a,
+                "--approver",
+                b,
+                "--json",
+            ],
+            &[a_password, b_password],
+        )
+        .unwrap();
+    let sent: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let sent = sent["key_block"].as_str().unwrap();
+    assert!(sent.starts_with('B'), "{sent}");
+    assert!(tr31::open(sent, &tr31::Kbpk::new(&zmk).unwrap(), tr31::Profile::Strict).is_ok());
+    // Forming it again on node 2 as an AES zone is refused (the store has a TDES ZMK).
+    let err = two
+        .run(
+            &[
+                "zmk-import",
+                "--zone",
+                "acq",
+                "--approver",
+                a,
+                "--approver",
+                b,
+            ],
+            &[a_password, b_password, ZMK_COMPONENTS[0], ZMK_COMPONENTS[1]],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ZMK"), "{err}");
+
+    // No device joins the TDES zone.
+    one.start().unwrap();
+    let c1 = Client::connect(one.socket()).await.unwrap();
+    let refused = c1
+        .call(&m::DeviceCreate {
+            device_id: "POS-0000C001".into(),
+            zone: "acq".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, ClientError::Status(Status::POLICY)),
+        "{refused:?}"
+    );
+}
