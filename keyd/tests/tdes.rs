@@ -468,3 +468,94 @@ fn a_tdes_zone_exchanges_version_b_blocks_with_psec() {
         assert!(!log.contains(secret), "a secret reached the audit log");
     }
 }
+
+/// `zmk-generate --algorithm tdes` prints odd-parity components of 32 hex digits whose legacy
+/// KCVs are on the forms and combine to the ZMK keyd loaded; `zmk-rotate` of the zone reads
+/// components of its own algorithm and gives it a new TDES ZMK; `zmk-retire` ends it.
+#[test]
+fn a_tdes_zone_is_generated_as_custodian_forms_and_rotates_as_tdes() {
+    let k = e2e::KeydProcess::new(Path::new(env!("CARGO_BIN_EXE_keyd")), r#""data""#, "memory")
+        .unwrap();
+    let [(a, a_password), (b, b_password)] = e2e::OFFICERS;
+    let approvers = ["--approver", a, "--approver", b];
+    let legacy = |key: &[u8]| upper(&tr31::kcv::legacy(key).unwrap());
+    let mut args = vec![
+        "zmk-generate",
+        "--zone",
+        "g1",
+        "--algorithm",
+        "tdes",
+        "--components",
+        "2",
+    ];
+    args.extend(approvers);
+    let text = k.run(&args, &[a_password, b_password]).unwrap();
+    assert_eq!(text.matches("double-length TDES").count(), 3, "{text}");
+    let mut zmk = [0u8; 16];
+    let mut parts = 0;
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(value) = line.strip_prefix("Value:") else {
+            continue;
+        };
+        let part = unhex(&value.split_whitespace().collect::<String>());
+        assert_eq!(part.len(), 16, "one line of eight groups: {line}");
+        assert!(
+            part.iter().all(|b| b.count_ones() % 2 == 1),
+            "odd parity: {line}"
+        );
+        let printed = lines[i + 1].strip_prefix("Component KCV:  ").unwrap();
+        assert_eq!(printed, legacy(&part));
+        for (z, p) in zmk.iter_mut().zip(&part) {
+            *z ^= p;
+        }
+        parts += 1;
+    }
+    assert_eq!(parts, 2);
+    let kcv = legacy(&zmk);
+    assert!(text.contains(&format!("ZMK KCV:        {kcv}")), "{text}");
+    assert!(
+        text.contains(&format!("zone g1 ZMK KCV {kcv} (double-length TDES)")),
+        "{text}"
+    );
+
+    // The rotation takes TDES components only.
+    let mut args = vec!["zmk-rotate", "--zone", "g1", "--components", "2"];
+    args.extend(approvers);
+    let aes_component = "2B7E151628AED2A6ABF7158809CF4F3C762E7160F38B4DA56A784D9045190CFE";
+    let err = k
+        .run(&args, &[a_password, b_password, aes_component])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected 32 hex digits"), "{err}");
+    let (n1, n2) = (
+        "0123456789ABCDEFFEDCBA9876543210",
+        "A1B3C2D5E5F70719293B4A5D6D7F8F91",
+    );
+    let new: Vec<u8> = unhex(n1)
+        .iter()
+        .zip(unhex(n2))
+        .map(|(x, y)| x ^ y)
+        .collect();
+    let out = k.run(&args, &[a_password, b_password, n1, n2]).unwrap();
+    assert!(
+        out.contains(&format!("zone g1 new ZMK KCV {}", legacy(&new))),
+        "{out}"
+    );
+    let zones = k.run(&["zones"], &[]).unwrap();
+    assert!(
+        zones.contains(&format!("tdes      {} (rotating from {kcv})", legacy(&new))),
+        "{zones}"
+    );
+    let mut args = vec!["zmk-retire", "--zone", "g1"];
+    args.extend(approvers);
+    k.run(&args, &[a_password, b_password]).unwrap();
+    let zones = k.run(&["zones", "--json"], &[]).unwrap();
+    assert!(
+        zones.contains(&format!(
+            r#"{{"zone":"g1","algorithm":"tdes","kcv":"{}"}}"#,
+            legacy(&new)
+        )),
+        "{zones}"
+    );
+}
