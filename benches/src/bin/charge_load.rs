@@ -258,7 +258,7 @@ fn main() {
     let ports: Vec<u16> = std::iter::once(api.port())
         .chain(others.iter().map(ApiProcess::port))
         .collect();
-    let mut report = e2e::load::run_on(
+    let report = e2e::load::run_on(
         &ports,
         &terminals,
         &e2e::load::Options {

@@ -244,7 +244,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                     format!("{rate}/s")
                 }
             );
-            let mut report = e2e::load::run(
+            let report = e2e::load::run(
                 port(&cli.api)?,
                 &ts,
                 &e2e::load::Options {
