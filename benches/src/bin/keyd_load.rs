@@ -4,6 +4,9 @@
 //! format 4 PIN block translated to an acquirer's ZPK, or a 512-byte ISO 8583-sized message's
 //! retail MAC verified under its ZAK; `--op cmac-verify` the same message's AES-CMAC under a
 //! zone's AES-256 MAC key, `--op zone-mac-batch` frames of 32 such MACs (half of each).
+//! `--op charge-card` sends a new POS charge the way the API does since issue 15, one
+//! `ChargeOpenCard` (verify, open, card decrypt), and `--op charge-then-card` the two calls it
+//! replaced (`ChargeOpen`, then `CardDecrypt`); both count charges, not calls.
 //!
 //! `cargo build --release -p keyd -p benches && target/release/keyd-load`
 //! It starts its own keyd on a throw-away SoftHSM token (loopback only, bounded in time).
@@ -79,6 +82,8 @@ const LMK_COMPONENTS: [&str; 2] = [
 /// The request one device sends under load.
 enum Request {
     Charge(m::ChargeOpen),
+    ChargeCard(m::ChargeOpenCard),
+    ChargeThenCard(m::ChargeOpen, m::CardDecrypt),
     Pin(m::PinTranslate),
     Mac(m::RetailMacVerify),
     Cmac(m::AesCmacVerify),
@@ -96,6 +101,11 @@ struct Device {
 async fn send(conn: &Client, request: &Request) {
     match request {
         Request::Charge(r) => assert!(!conn.call(r).await.unwrap().plaintext.expose().is_empty()),
+        Request::ChargeCard(r) => assert!(conn.call(r).await.unwrap().card_opened),
+        Request::ChargeThenCard(open, card) => {
+            assert!(!conn.call(open).await.unwrap().plaintext.expose().is_empty());
+            assert!(!conn.call(card).await.unwrap().plaintext.expose().is_empty());
+        }
         Request::Pin(r) => assert_eq!(conn.call(r).await.unwrap().pin_block.len(), 8),
         Request::Mac(r) => {
             conn.call(r).await.unwrap();
@@ -141,18 +151,65 @@ fn encrypt(key: &[u8], iv: &[u8; 16], plaintext: &[u8]) -> Vec<u8> {
 
 /// A charge request as the API would build it: the envelope JSON is the signed body.
 fn charge(keys: &HashMap<String, DeliveredKey>, bytes: usize) -> m::ChargeOpen {
+    charge_of(keys, "", bytes)
+}
+
+fn hex_upper(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// The card of a charge under the device's TDK, and its IV.
+fn card(keys: &HashMap<String, DeliveredKey>) -> (Vec<u8>, [u8; 16]) {
+    let iv = [0x24u8; 16];
+    let clear = br#"{"pan":"4242424242424242","exp_month":12,"exp_year":2030}"#;
+    (encrypt(&keys["tdk"].key, &iv, clear), iv)
+}
+
+/// A new POS charge with its card, in one call or in the two it replaced.
+fn charge_with_card(keys: &HashMap<String, DeliveredKey>, bytes: usize, one_call: bool) -> Request {
+    let (data, iv) = card(keys);
+    let member = format!(
+        r#""card":{{"data":"{}","iv":"{}"}},"#,
+        hex_upper(&data),
+        hex_upper(&iv)
+    );
+    let open = charge_of(keys, &member, bytes);
+    if one_call {
+        Request::ChargeCard(m::ChargeOpenCard {
+            mac_key_id: open.mac_key_id,
+            message: open.message,
+            signature: open.signature,
+            msk_key_id: open.msk_key_id,
+            iv: open.iv,
+            ciphertext: open.ciphertext,
+            gzip: false,
+            tdk_key_id: keys["tdk"].key_id.clone(),
+            tpk_key_id: String::new(),
+            zpk_key_id: String::new(),
+        })
+    } else {
+        Request::ChargeThenCard(
+            open,
+            m::CardDecrypt {
+                tdk_key_id: keys["tdk"].key_id.clone(),
+                iv,
+                ciphertext: data,
+            },
+        )
+    }
+}
+
+/// [`charge`] with `members` (a JSON fragment ending in a comma) in the plaintext.
+fn charge_of(keys: &HashMap<String, DeliveredKey>, members: &str, bytes: usize) -> m::ChargeOpen {
     let plaintext = format!(
-        r#"{{"amount":{{"value":"1500","currency":"EUR"}},"pad":"{}"}}"#,
-        "x".repeat(bytes.saturating_sub(48))
+        r#"{{"amount":{{"value":"1500","currency":"EUR"}},{members}"pad":"{}"}}"#,
+        "x".repeat(bytes.saturating_sub(48 + members.len()))
     );
     let iv = [0x42u8; 16];
     let ciphertext = encrypt(&keys["msk"].key, &iv, plaintext.as_bytes());
     let body = format!(
         r#"{{"format":"TR31-DATA","ciphertext":"{}","initialization_vector":"{}","mode":"CBC","key_kcv":"000000"}}"#,
-        ciphertext
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<String>(),
+        hex_upper(&ciphertext),
         "42".repeat(16)
     );
     let message = format!(
@@ -190,9 +247,15 @@ async fn main() {
     assert!(
         matches!(
             args.op.as_str(),
-            "charge" | "pin-translate" | "mac-verify" | "cmac-verify" | "zone-mac-batch"
+            "charge"
+                | "charge-card"
+                | "charge-then-card"
+                | "pin-translate"
+                | "mac-verify"
+                | "cmac-verify"
+                | "zone-mac-batch"
         ),
-        "--op is charge, pin-translate, mac-verify, cmac-verify or zone-mac-batch"
+        "--op is charge, charge-card, charge-then-card, pin-translate, mac-verify, cmac-verify or zone-mac-batch"
     );
     let mut keyd = e2e::KeydProcess::new(
         &keyd_binary(),
@@ -331,6 +394,8 @@ async fn main() {
                     .collect();
                 Request::ZoneBatch(m::ZoneMacVerifyBatch { items })
             }
+            "charge-card" => charge_with_card(&keys, args.envelope_bytes, true),
+            "charge-then-card" => charge_with_card(&keys, args.envelope_bytes, false),
             _ => Request::Charge(charge(&keys, args.envelope_bytes)),
         };
         devices.push(Device { request });
