@@ -1397,6 +1397,22 @@ mod tests {
         service_with(Placement::Memory)
     }
 
+    /// One keyd node of several on the shared `store`: its own token, holding the LMK `lmk`.
+    pub(super) fn node(store: &Arc<MemoryStore>, lmk: [u8; 32]) -> Service {
+        let hsm = SoftwareHsm::new();
+        hsm.import_lmk(&lmk).unwrap();
+        Service::new(
+            Arc::new(hsm),
+            Arc::clone(store) as Arc<dyn KeyStore>,
+            Placement::Memory,
+            3600,
+            100,
+        )
+        .unwrap()
+        .with_policy(Policy::for_tests())
+        .unwrap()
+    }
+
     pub(super) fn service_with(placement: Placement) -> Service {
         let hsm = SoftwareHsm::new();
         hsm.create_lmk().unwrap();

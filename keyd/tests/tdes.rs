@@ -172,11 +172,6 @@ fn the_tdes_zmk_object_does_one_thing(module: &Path, pin: &str) {
     assert!(session.sign(&Mechanism::Sha256Hmac, zmk, &zero).is_err());
 }
 
-/// The psec release and the `cryptography` it runs on: the same pins, and so the same
-/// virtualenv, as paycrypto's cross-check.
-const PSEC: &str = "1.3.0";
-const CRYPTOGRAPHY: &str = "42.0.8";
-
 /// psec's side: one request per line, one answer per line.
 /// `kcv KEY` → legacy KCV; `wrap KBPK HEADER KEY` → block; `unwrap KBPK BLOCK` →
 /// `VERSION USAGE ALGORITHM MODE KEY`.
@@ -197,21 +192,7 @@ for line in sys.stdin:
 "#;
 
 fn psec_python() -> PathBuf {
-    pyvenv::python(
-        Path::new(env!("CARGO_TARGET_TMPDIR")),
-        &format!("py-psec-{PSEC}-cryptography-{CRYPTOGRAPHY}"),
-        &[
-            &format!("psec=={PSEC}"),
-            &format!("cryptography=={CRYPTOGRAPHY}"),
-        ],
-        |python| {
-            pyvenv::prints(
-                python,
-                "import psec, cryptography; print(psec.__version__, cryptography.__version__)",
-                &format!("{PSEC} {CRYPTOGRAPHY}"),
-            )
-        },
-    )
+    pyvenv::psec(Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
 /// Asks psec one thing.

@@ -36,13 +36,6 @@ use std::time::Instant;
 
 use paycrypto::{AesKey, Pan, Pin, TdesKey};
 
-/// The psec release compared against. Pinned, so that a new release cannot turn the build red
-/// on a day nothing here changed; raising it makes a fresh virtualenv.
-const PSEC: &str = "1.3.0";
-/// The `cryptography` release psec runs on: pinned for the same reason (its TDES support moves
-/// between releases).
-const CRYPTOGRAPHY: &str = "42.0.8";
-
 /// Cases per operation by default.
 const CASES: usize = 300;
 /// A fixed seed makes a red run repeatable; `PSEC_CROSSCHECK_SEED` picks another.
@@ -190,7 +183,8 @@ fn paycrypto_agrees_with_psec() {
     let started = Instant::now();
     let answers = run_psec(&python, &requests);
     println!(
-        "psec {PSEC} answered {} requests ({cases} cases per operation, seed {seed}) in {:.1?}",
+        "psec {} answered {} requests ({cases} cases per operation, seed {seed}) in {:.1?}",
+        pyvenv::PSEC,
         expected.len(),
         started.elapsed()
     );
@@ -233,24 +227,8 @@ fn run_psec(python: &Path, requests: &str) -> Vec<String> {
     pyvenv::run_script(python, SCRIPT, requests)
 }
 
-/// The virtualenv's python with psec [`PSEC`] on cryptography [`CRYPTOGRAPHY`] (made once per
-/// pin under the cargo target directory).
 fn psec_python() -> PathBuf {
-    pyvenv::python(
-        Path::new(env!("CARGO_TARGET_TMPDIR")),
-        &format!("py-psec-{PSEC}-cryptography-{CRYPTOGRAPHY}"),
-        &[
-            &format!("psec=={PSEC}"),
-            &format!("cryptography=={CRYPTOGRAPHY}"),
-        ],
-        |python| {
-            pyvenv::prints(
-                python,
-                "import psec, cryptography; print(psec.__version__, cryptography.__version__)",
-                &format!("{PSEC} {CRYPTOGRAPHY}"),
-            )
-        },
-    )
+    pyvenv::psec(Path::new(env!("CARGO_TARGET_TMPDIR")))
 }
 
 /// Keys for the cases: AES of the three lengths, and double-length TDES keys paycrypto accepts.

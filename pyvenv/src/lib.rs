@@ -19,6 +19,33 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// The psec release our crypto is compared against. Pinned, so that a new release cannot turn
+/// the build red on a day nothing here changed; raising it makes a fresh virtualenv.
+pub const PSEC: &str = "1.3.0";
+/// The `cryptography` release psec runs on: pinned for the same reason (its TDES support moves
+/// between releases).
+pub const CRYPTOGRAPHY: &str = "42.0.8";
+
+/// The python of the virtualenv with psec [`PSEC`] on cryptography [`CRYPTOGRAPHY`], under
+/// `root` (a test's `CARGO_TARGET_TMPDIR`): every cross-check against psec shares it.
+pub fn psec(root: &Path) -> PathBuf {
+    python(
+        root,
+        &format!("py-psec-{PSEC}-cryptography-{CRYPTOGRAPHY}"),
+        &[
+            &format!("psec=={PSEC}"),
+            &format!("cryptography=={CRYPTOGRAPHY}"),
+        ],
+        |python| {
+            prints(
+                python,
+                "import psec, cryptography; print(psec.__version__, cryptography.__version__)",
+                &format!("{PSEC} {CRYPTOGRAPHY}"),
+            )
+        },
+    )
+}
+
 /// The python of a virtualenv `root/name` holding `packages` (pip requirement strings such as
 /// `psec==1.3.0`), made on first use and reused while `ready(python)` says it is the right one.
 ///

@@ -598,24 +598,8 @@ mod tests {
     use crate::Placement;
     use crate::hsm::SoftwareHsm;
     use crate::officers::Policy;
-    use crate::service::tests::{device, hmac, unwrap_set};
+    use crate::service::tests::{device, hmac, node, unwrap_set};
     use crate::store::{KeyStore, MemoryStore};
-
-    /// A node: its own token holding the LMK `lmk`, on the shared `store`.
-    fn node(store: &Arc<MemoryStore>, lmk: [u8; 32]) -> Service {
-        let hsm = SoftwareHsm::new();
-        hsm.import_lmk(&lmk).unwrap();
-        Service::new(
-            Arc::new(hsm),
-            Arc::clone(store) as Arc<dyn KeyStore>,
-            Placement::Memory,
-            3600,
-            100,
-        )
-        .unwrap()
-        .with_policy(Policy::for_tests())
-        .unwrap()
-    }
 
     /// Everything a node serves from the store, checked against what it answered before.
     struct Probe {

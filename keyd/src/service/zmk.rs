@@ -358,29 +358,12 @@ mod tests {
     use keyd_proto::Secret;
 
     use super::*;
-    use crate::Placement;
-    use crate::hsm::{Hsm, SoftwareHsm};
     use crate::officers::Policy;
-    use crate::service::tests::device;
-    use crate::store::{KeyStore, MemoryStore};
+    use crate::service::tests::{device, node};
+    use crate::store::MemoryStore;
 
     const OLD: [u8; 32] = [0x5A; 32];
     const NEW: [u8; 32] = [0x6B; 32];
-
-    fn node(store: &Arc<MemoryStore>) -> Service {
-        let hsm = SoftwareHsm::new();
-        hsm.import_lmk(&[7; 32]).unwrap();
-        Service::new(
-            Arc::new(hsm),
-            Arc::clone(store) as Arc<dyn KeyStore>,
-            Placement::Memory,
-            3600,
-            100,
-        )
-        .unwrap()
-        .with_policy(Policy::for_tests())
-        .unwrap()
-    }
 
     /// Delivers the device's key set; returns the TMK block (under the zone's ZMK).
     fn fetch(s: &Service, id: &str, set: &str) -> m::KeySetExportResponse {
@@ -416,13 +399,13 @@ mod tests {
     #[test]
     fn a_zone_rotates_its_zmk_device_by_device_and_retires_the_old_one() {
         let store = Arc::new(MemoryStore::new());
-        let one = node(&store);
+        let one = node(&store, [7; 32]);
         one.zmk_import(&m::ZmkImport {
             zone: "z1".into(),
             key: Secret::new(&OLD),
         })
         .unwrap();
-        let two = node(&store);
+        let two = node(&store, [7; 32]);
         let sets: Vec<(String, String)> = (1..=3)
             .map(|n| {
                 let id = format!("POS-0000000{n}");
@@ -520,10 +503,8 @@ mod tdes_tests {
     use keyd_proto::Secret;
 
     use super::*;
-    use crate::Placement;
-    use crate::hsm::{Hsm, SoftwareHsm};
-    use crate::officers::Policy;
-    use crate::store::{KeyStore, MemoryStore};
+    use crate::service::tests::node;
+    use crate::store::MemoryStore;
 
     /// A double-length TDES ZMK as two odd-parity components combine to it: every byte of
     /// even parity (note section 7, trap 7).
@@ -532,21 +513,6 @@ mod tdes_tests {
 
     fn unhex(s: &str) -> Vec<u8> {
         hex::decode(s).unwrap()
-    }
-
-    fn node(store: &Arc<MemoryStore>) -> Service {
-        let hsm = SoftwareHsm::new();
-        hsm.import_lmk(&[7; 32]).unwrap();
-        Service::new(
-            Arc::new(hsm),
-            Arc::clone(store) as Arc<dyn KeyStore>,
-            Placement::Memory,
-            3600,
-            100,
-        )
-        .unwrap()
-        .with_policy(Policy::for_tests())
-        .unwrap()
     }
 
     fn form(s: &Service, zone: &str, key: &[u8]) -> Result<m::ZoneInfo, Error> {
@@ -585,7 +551,7 @@ mod tdes_tests {
     #[test]
     fn a_tdes_zone_exchanges_version_b_blocks_and_refuses_what_does_not_fit() {
         let store = Arc::new(MemoryStore::new());
-        let one = node(&store);
+        let one = node(&store, [7; 32]);
         let zmk = unhex(TDES_ZMK);
         let info = form(&one, "p1", &zmk).unwrap();
         let legacy = kcv_hex(tr31::kcv::legacy(&zmk).unwrap());
@@ -715,7 +681,7 @@ mod tdes_tests {
         ));
 
         // Another node on the store loads the zone as TDES from its sealed copy.
-        let two = node(&store);
+        let two = node(&store, [7; 32]);
         assert_eq!(two.zone_algorithm("p1").unwrap(), ZmkAlgorithm::Tdes);
         let again = export(&two, &imported.key_id, "p1").unwrap();
         assert!(again.key_block.starts_with('B'));
@@ -727,7 +693,7 @@ mod tdes_tests {
     #[test]
     fn a_tdes_zone_rotates_to_a_tdes_zmk_only() {
         let store = Arc::new(MemoryStore::new());
-        let one = node(&store);
+        let one = node(&store, [7; 32]);
         form(&one, "p1", &unhex(TDES_ZMK)).unwrap();
         let rotate = |key: &[u8]| {
             one.zmk_rotate(&m::ZmkImport {
