@@ -77,12 +77,19 @@ fn the_simulator_approves_pin_1234_and_declines_every_other_pin() {
         outcome(approved),
         ("approved".into(), "00".into(), Value::Null)
     );
-    // The PIN was translated in the round trip that decrypted the card (`CardDecryptPin`,
-    // 0x0213), not in a call of its own (`PinTranslate`, 0x020C): keyd's audit log, which
-    // records every request before its answer leaves, has the one and not the other.
+    // The PIN was translated in the one round trip that verified the charge, opened its
+    // envelope and decrypted its card (`ChargeOpenCard`, 0x0217), not in a call of its own
+    // (`PinTranslate`, 0x020C) nor with a separate card decrypt (`CardDecryptPin`, 0x0213;
+    // `CardDecrypt`, 0x0206) after a separate open (`ChargeOpen`, 0x0205): keyd's audit log,
+    // which records every request before its answer leaves, has the one and none of the others.
     let audit = std::fs::read_to_string(p.keyd.hsm().dir().join("keys.audit.log")).unwrap();
-    assert!(audit.contains(r#""op":"0x0213""#), "{audit}");
-    assert!(!audit.contains(r#""op":"0x020c""#), "{audit}");
+    assert!(audit.contains(r#""op":"0x0217""#), "{audit}");
+    for other in ["0x020c", "0x0213", "0x0206", "0x0205"] {
+        assert!(
+            !audit.contains(&format!(r#""op":"{other}""#)),
+            "{other}: {audit}"
+        );
+    }
     let again = t.pin_block("1234", visa).unwrap();
     assert_ne!(right, again, "format 4 blocks carry a fresh random fill");
     let swiped = t
