@@ -159,40 +159,26 @@ fn dbl64(block: &[u8; 8]) -> [u8; 8] {
 /// # Errors
 /// [`Error::Hsm`] for a key of another length or data that is not whole blocks.
 pub(crate) fn tdes_cbc_zero_iv(key: &[u8], data: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
-    use des::cipher::{BlockCipherEncrypt, KeyInit as _};
+    use aes::cipher::block_padding::NoPadding;
     if !data.len().is_multiple_of(8) {
         return Err(Error::Hsm("TDES-CBC needs whole blocks".into()));
     }
     let mut out = Zeroizing::new(data.to_vec());
-    let mut chain = [0u8; 8];
-    let mut step = |block: &mut [u8], encrypt: &dyn Fn(&mut des::cipher::Block<des::TdesEde2>)| {
-        for (b, c) in block.iter_mut().zip(chain.iter()) {
-            *b ^= c;
-        }
-        let mut b = des::cipher::Block::<des::TdesEde2>::default();
-        b.copy_from_slice(block);
-        encrypt(&mut b);
-        block.copy_from_slice(&b);
-        chain.copy_from_slice(block);
-    };
-    match key.len() {
-        16 => {
-            let cipher = des::TdesEde2::new_from_slice(key)
-                .map_err(|_| Error::Hsm("bad TDES key length".into()))?;
-            for block in out.chunks_exact_mut(8) {
-                step(block, &|b| cipher.encrypt_block(b));
-            }
-        }
-        24 => {
-            let cipher = des::TdesEde3::new_from_slice(key)
-                .map_err(|_| Error::Hsm("bad TDES key length".into()))?;
-            for block in out.chunks_exact_mut(8) {
-                step(block, &|b| cipher.encrypt_block(b));
-            }
-        }
+    let bad_key = |_| Error::Hsm("a TDES key is 16 or 24 bytes".into());
+    let done = match key.len() {
+        16 => cbc::Encryptor::<des::TdesEde2>::new_from_slices(key, &[0; 8])
+            .map_err(bad_key)?
+            .encrypt_padded::<NoPadding>(&mut out, data.len())
+            .is_ok(),
+        24 => cbc::Encryptor::<des::TdesEde3>::new_from_slices(key, &[0; 8])
+            .map_err(bad_key)?
+            .encrypt_padded::<NoPadding>(&mut out, data.len())
+            .is_ok(),
         _ => return Err(Error::Hsm("a TDES key is 16 or 24 bytes".into())),
+    };
+    if !done {
+        return Err(Error::Hsm("TDES-CBC needs whole blocks".into()));
     }
-    zeroize::Zeroize::zeroize(&mut chain);
     Ok(out)
 }
 

@@ -220,6 +220,23 @@ impl ZmkAlgorithm {
         }
     }
 
+    /// `Ok` for a key of this algorithm's length; what every HSM backend checks before it
+    /// stores a ZMK.
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] naming the length.
+    pub fn check_len(self, key: &[u8]) -> Result<(), Error> {
+        if key.len() == self.key_len() {
+            Ok(())
+        } else {
+            Err(Error::BadRequest(format!(
+                "a {} ZMK is {} bytes",
+                self.describe(),
+                self.key_len()
+            )))
+        }
+    }
+
     /// The algorithm of a ZMK of this length (AES-256 or double-length TDES; keyd has no
     /// other ZMKs, so the length is unambiguous).
     pub const fn from_key_len(len: usize) -> Option<Self> {
@@ -544,13 +561,7 @@ impl Hsm for SoftwareHsm {
         if zmks.contains_key(name) {
             return Err(Error::Conflict("the zone has a ZMK already"));
         }
-        if key.len() != algorithm.key_len() {
-            return Err(Error::BadRequest(format!(
-                "a {} ZMK is {} bytes",
-                algorithm.describe(),
-                algorithm.key_len()
-            )));
-        }
+        algorithm.check_len(key)?;
         zmks.insert(name.to_owned(), (algorithm, Zeroizing::new(key.to_vec())));
         Ok(())
     }

@@ -424,13 +424,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn import_zmk(&self, name: &str, algorithm: ZmkAlgorithm, key: &[u8]) -> Result<(), Error> {
-        if key.len() != algorithm.key_len() {
-            return Err(Error::BadRequest(format!(
-                "a {} ZMK is {} bytes",
-                algorithm.describe(),
-                algorithm.key_len()
-            )));
-        }
+        algorithm.check_len(key)?;
         let mut zmks = self.zmks.write().unwrap_or_else(PoisonError::into_inner);
         if zmks.contains_key(name) {
             return Err(Error::Conflict("the zone has a ZMK already"));

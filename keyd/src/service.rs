@@ -670,16 +670,8 @@ impl Service {
         if req.key_id.starts_with("imp-") {
             return self.export_imported(req);
         }
-        let record = self
-            .store
-            .key(&req.key_id)?
-            .filter(|r| !r.revoked)
-            .ok_or(Error::NotFound("key"))?;
-        self.require_active(&record.key_id)?;
-        let stored = KeyBlock::parse(&record.block, Profile::Strict)?.into_header();
-        require_exportable(&stored)?;
+        let (record, header) = self.exportable_device_key(&req.key_id)?;
         let zmk = self.zmk(&req.zone)?;
-        let header = record.kind.export_header()?;
         // A device's keys are AES or HMAC: never under a TDES ZMK (said before the key is
         // opened or an approval used).
         zmk::fits_under(&req.zone, zmk.algorithm, &header, keys::DEVICE_KEY_LEN)?;
@@ -705,19 +697,22 @@ impl Service {
             require_exportable(&opened.header)?;
             return zmk::fits_under(&req.zone, zmk.algorithm, &opened.header, opened.key.len());
         }
+        let (_, header) = self.exportable_device_key(&req.key_id)?;
+        zmk::fits_under(&req.zone, zmk.algorithm, &header, keys::DEVICE_KEY_LEN)
+    }
+
+    /// A device's stored key that may leave keyd (not revoked, active, its stored header
+    /// exportable) and the header it is delivered with.
+    fn exportable_device_key(&self, key_id: &str) -> Result<(KeyRecord, tr31::Header), Error> {
         let record = self
             .store
-            .key(&req.key_id)?
+            .key(key_id)?
             .filter(|r| !r.revoked)
             .ok_or(Error::NotFound("key"))?;
         self.require_active(&record.key_id)?;
         require_exportable(&KeyBlock::parse(&record.block, Profile::Strict)?.into_header())?;
-        zmk::fits_under(
-            &req.zone,
-            zmk.algorithm,
-            &record.kind.export_header()?,
-            keys::DEVICE_KEY_LEN,
-        )
+        let header = record.kind.export_header()?;
+        Ok((record, header))
     }
 
     /// Imports a key block delivered under a zone's ZMK into the store.

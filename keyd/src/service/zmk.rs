@@ -163,11 +163,12 @@ impl Service {
         // The token's object and the store's record agree on the algorithm, or something is
         // badly wrong (a hand-made object under keyd's label).
         let algorithm = self.hsm.zmk_algorithm(&name)?;
-        if algorithm != stored_algorithm(&record)? {
+        let stored = stored_algorithm(&record)?;
+        if algorithm != stored {
             return Err(Error::Store(format!(
                 "zone {zone}'s ZMK is {} in the token but {} in the key store",
                 algorithm.describe(),
-                stored_algorithm(&record)?.describe()
+                stored.describe()
             )));
         }
         Ok(ZmkSlot {
