@@ -83,13 +83,18 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         // Signal handlers before the port opens: whoever sees the port may send SIGTERM, and
         // it must stop the server cleanly, not kill it.
         let shutdown = shutdown_signal()?;
+        // The port first, so a port in use fails the start before the database is touched;
+        // connections wait in the listen queue until the services are open. "listening" is
+        // said only then: whoever waits for it (an orchestrator, a test, `api token`) may rely
+        // on the store and the signing key being there.
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        tracing::info!(listen = %config.listen, https = tls.is_some(), "api listening");
+        let (listen, https) = (config.listen, tls.is_some());
         let app = Arc::new(api::request::Services::open(config).await?);
         // This start is on record before it makes a charge (see charges::recovery).
         api::domain::charges::recovery::register(&app.charges)
             .await
             .map_err(|e| e.message().to_owned())?;
+        tracing::info!(%listen, https, "api listening");
         tokio::spawn(api::housekeeping::run(Arc::clone(&app)));
         api::http::serve(app, listener, tls, shutdown).await;
         tracing::info!("api stopped");

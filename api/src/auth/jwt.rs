@@ -831,6 +831,29 @@ NiTKJTfJebkH4jYLe+ziwzh9w0l5zRaZ9TI5nbXYSs9MyYg3MnbS1fAQ
         assert!(Signer::load_or_create(&dir.path().join("missing/dir/key")).is_err());
     }
 
+    #[test]
+    fn processes_creating_the_key_at_once_all_get_the_same_whole_key() {
+        // The server and `api token` may both find no key at start; each must end with the one
+        // key that won, never read a half-written file.
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("signing.p8");
+            let kids: Vec<String> = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| Signer::load_or_create(&path).map(|k| k.kid().to_owned())))
+                    .collect();
+                racers
+                    .into_iter()
+                    .map(|r| r.join().unwrap().unwrap())
+                    .collect()
+            });
+            assert!(kids.iter().all(|k| *k == kids[0]), "{kids:?}");
+            assert_eq!(Signer::load_or_create(&path).unwrap().kid(), kids[0]);
+            // No temporary file is left behind.
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        }
+    }
+
     /// A tiny JWKS server: answers every request with the current status and body and counts
     /// requests.
     struct JwksServer {

@@ -109,10 +109,20 @@ impl Signer {
         parsed.map_err(|e| format!("signing key {shown}: {e}"))
     }
 
+    /// Creates the key file so that it appears whole or not at all: the key is written and
+    /// synced under a private temporary name in the same directory, then hard-linked to its
+    /// name, which fails if another process got there first. The loser then loads the
+    /// winner's key, which is complete by the time its name exists. (With `create_new` on the
+    /// final name instead, the loser could read the file between its creation and its write.)
     pub(super) fn create(path: &Path) -> Result<Self, String> {
         use std::io::Write as _;
         let shown = path.display();
         let (signer, der) = Self::generate()?;
+        let mut suffix = [0_u8; 8];
+        getrandom::fill(&mut suffix).map_err(|e| format!("random source: {e}"))?;
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{}.tmp", hex::encode(suffix)));
+        let temporary = PathBuf::from(name);
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -120,17 +130,29 @@ impl Signer {
             use std::os::unix::fs::OpenOptionsExt as _;
             options.mode(0o600);
         }
-        let mut file = match options.open(path) {
-            Ok(file) => file,
+        let written = options
+            .open(&temporary)
+            .and_then(|mut file| file.write_all(&der).and_then(|()| file.sync_all()));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(format!("signing key {shown}: cannot create: {e}"));
+        }
+        let linked = std::fs::hard_link(&temporary, path);
+        let _ = std::fs::remove_file(&temporary);
+        match linked {
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Self::load_or_create(path);
             }
             Err(e) => return Err(format!("signing key {shown}: cannot create: {e}")),
-        };
-        if let Err(e) = file.write_all(&der).and_then(|()| file.sync_all()) {
-            drop(file);
-            let _ = std::fs::remove_file(path);
-            return Err(format!("signing key {shown}: cannot write: {e}"));
+        }
+        // The new name is durable once its directory is.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all())
+        {
+            return Err(format!(
+                "signing key {shown}: cannot sync its directory: {e}"
+            ));
         }
         tracing::info!(path = %shown, kid = %signer.kid, "created a new token signing key");
         Ok(signer)
