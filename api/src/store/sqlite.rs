@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
+use super::cache::ReadCache;
 use super::tables::{self, Statements};
 use super::{Commit, Read, Rows, Store, StoreError, Stored, Write};
 
@@ -79,6 +80,8 @@ pub struct SqliteStore {
     readers: Vec<JoinHandle<()>>,
     queue: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
+    /// Hot records answered without a reader (emptied by the writer thread as it commits).
+    cache: Arc<ReadCache>,
 }
 
 /// Maps a SQLite error to `Unavailable`. rusqlite messages name tables and columns, not values.
@@ -146,13 +149,14 @@ impl SqliteStore {
     ) -> Result<Self, StoreError> {
         create_private(path)?;
         let lock = lock_exclusively(path)?;
-        let writer = open_writer(path, synchronous)?;
+        let cache = Arc::new(ReadCache::default());
+        let writer = Writer::open(path, synchronous, Arc::clone(&cache))?;
         let (reads, read_jobs) = mpsc::channel();
-        let read_jobs = std::sync::Arc::new(Mutex::new(read_jobs));
+        let read_jobs = Arc::new(Mutex::new(read_jobs));
         let mut readers = Vec::with_capacity(READERS);
         for n in 0..READERS {
             let conn = open_reader(path)?;
-            let jobs = std::sync::Arc::clone(&read_jobs);
+            let jobs = Arc::clone(&read_jobs);
             readers.push(
                 std::thread::Builder::new()
                     .name(format!("store-reader-{n}"))
@@ -176,6 +180,7 @@ impl SqliteStore {
             readers,
             queue: Some(queue),
             writer: Some(writer),
+            cache,
         })
     }
 
@@ -268,7 +273,7 @@ fn lock_exclusively(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, Sto
 
 /// Opens the write connection: WAL, `synchronous=FULL` (a COMMIT returns after the WAL is
 /// fsync'd), busy timeout, then migrations.
-pub(super) fn open_writer(path: &Path, synchronous: &str) -> Result<Connection, StoreError> {
+fn open_writer(path: &Path, synchronous: &str) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path).map_err(|e| sql_error("open", &e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| sql_error("busy_timeout", &e))?;
@@ -365,9 +370,69 @@ fn apply_migration(conn: &Connection, version: i64, sql: &str) -> Result<bool, S
     Ok(true)
 }
 
+/// The only write connection, and the next creation sequence number.
+///
+/// The writer thread is the only one that writes (and one process per file, see
+/// [`lock_exclusively`]), so it can count `seq` itself instead of incrementing the `counter`
+/// row for each new record: the counter is read at open and written once per group commit,
+/// inside the group's transaction, so a restart never hands out a seq twice. A job rolled back
+/// gives its seqs back, as the row's increment used to.
+pub(super) struct Writer {
+    conn: Connection,
+    next_seq: i64,
+    /// The readers' cache, emptied of what each group wrote before its writers are answered.
+    cache: Arc<ReadCache>,
+}
+
+impl Writer {
+    /// Opens the write connection (see [`open_writer`]) and reads the counter.
+    pub(super) fn open(
+        path: &Path,
+        synchronous: &str,
+        cache: Arc<ReadCache>,
+    ) -> Result<Self, StoreError> {
+        let conn = open_writer(path, synchronous)?;
+        let last: i64 = conn
+            .query_row("SELECT seq FROM counter WHERE id = 0", [], |r| r.get(0))
+            .map_err(|e| sql_error("counter", &e))?;
+        Ok(Self {
+            conn,
+            next_seq: last + 1,
+            cache,
+        })
+    }
+
+    /// Runs one group commit and answers every job of it.
+    pub(super) fn run_batch(&mut self, batch: Vec<Job>) {
+        let first_seq = self.next_seq;
+        let outcome = apply_batch(&mut self.conn, &mut self.next_seq, &batch);
+        // Committed or not, nothing a reader caches may outlive the writes (a failed group
+        // wrote nothing; emptying is then merely a few misses).
+        for job in &batch {
+            self.cache.invalidate(&job.writes);
+        }
+        match outcome {
+            Ok(results) => {
+                for (job, result) in batch.into_iter().zip(results) {
+                    // The caller may have dropped its future; the write stands regardless.
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(err) => {
+                // Nothing of the group was written: its seqs are free again.
+                self.next_seq = first_seq;
+                tracing::error!(jobs = batch.len(), error = %err, "store group commit failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
 /// The writer thread: waits for a job, drains what else is already queued, commits the group.
 /// Ends when every sender is gone (the store was dropped) and the queue is empty.
-fn writer_loop(mut conn: Connection, jobs: &mpsc::Receiver<Job>) {
+fn writer_loop(mut writer: Writer, jobs: &mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -376,45 +441,31 @@ fn writer_loop(mut conn: Connection, jobs: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, batch);
+        writer.run_batch(batch);
     }
     tracing::debug!("store writer stopped");
-}
-
-/// Runs one group commit and answers every job of it.
-pub(super) fn run_batch(conn: &mut Connection, batch: Vec<Job>) {
-    match apply_batch(conn, &batch) {
-        Ok(results) => {
-            for (job, result) in batch.into_iter().zip(results) {
-                // The caller may have dropped its future; the write stands regardless.
-                let _ = job.reply.send(result);
-            }
-        }
-        Err(err) => {
-            tracing::error!(jobs = batch.len(), error = %err, "store group commit failed");
-            for job in batch {
-                let _ = job.reply.send(Err(err.clone()));
-            }
-        }
-    }
 }
 
 /// One transaction for the whole batch, one savepoint per job. Returns each job's result, or
 /// an error for the whole batch when the transaction itself failed (then nothing was written).
 fn apply_batch(
     conn: &mut Connection,
+    next_seq: &mut i64,
     batch: &[Job],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let first_seq = *next_seq;
     let mut tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_error("begin", &e))?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
+        let job_seq = *next_seq;
         let mut sp = tx.savepoint().map_err(|e| sql_error("savepoint", &e))?;
-        let result = apply_writes(&sp, &job.writes);
+        let result = apply_writes(&sp, next_seq, &job.writes);
         if result.is_err() {
             sp.rollback()
                 .map_err(|e| sql_error("rollback to savepoint", &e))?;
+            *next_seq = job_seq;
         }
         sp.commit()
             .map_err(|e| sql_error("release savepoint", &e))?;
@@ -430,14 +481,19 @@ fn apply_batch(
         }
         results.push(result);
     }
+    if *next_seq != first_seq {
+        tx.prepare_cached("UPDATE counter SET seq = ?1 WHERE id = 0")
+            .and_then(|mut st| st.execute([*next_seq - 1]))
+            .map_err(|e| sql_error("counter", &e))?;
+    }
     tx.commit().map_err(|e| sql_error("commit", &e))?;
     Ok(results)
 }
 
 /// Runs one job's writes in order on the open savepoint.
-fn apply_writes(conn: &Connection, writes: &[Write]) -> Result<(), StoreError> {
+fn apply_writes(conn: &Connection, next_seq: &mut i64, writes: &[Write]) -> Result<(), StoreError> {
     for write in writes {
-        apply_write(conn, write).map_err(|e| match e {
+        apply_write(conn, next_seq, write).map_err(|e| match e {
             WriteError::Conflict(what) => StoreError::Conflict(what),
             WriteError::Sql(rusqlite::Error::SqliteFailure(f, _))
                 if f.code == rusqlite::ErrorCode::ConstraintViolation =>
@@ -472,7 +528,9 @@ impl From<rusqlite::Error> for WriteError {
     }
 }
 
-fn apply_write(conn: &Connection, write: &Write) -> Result<(), WriteError> {
+/// Runs one write. A `Put` is one statement: an insert that becomes an update when the key is
+/// taken, offering the next seq, which only a new row keeps.
+fn apply_write(conn: &Connection, next_seq: &mut i64, write: &Write) -> Result<(), WriteError> {
     match write {
         Write::Put {
             kind,
@@ -483,22 +541,16 @@ fn apply_write(conn: &Connection, write: &Write) -> Result<(), WriteError> {
             let st = tables::of(kind).ok_or_else(|| unknown(kind))?;
             let mut values =
                 tables::bind_sqlite(st.table, body).map_err(StoreError::Unavailable)?;
-            let existing: Option<i64> = conn
-                .prepare_cached(&st.version)?
-                .query_row([id], |r| r.get(0))
-                .optional()?;
-            if existing.is_some() {
-                values.insert(0, id.clone().into());
-                conn.prepare_cached(&st.update)?
-                    .execute(rusqlite::params_from_iter(&values))?;
+            let offered = *next_seq;
+            values.splice(0..0, [id.clone().into(), offered.into()]);
+            let seq: i64 = conn
+                .prepare_cached(&st.upsert)?
+                .query_row(rusqlite::params_from_iter(&values), |r| r.get(0))?;
+            if seq != offered {
+                // An update: the row keeps its seq and its index entries.
                 return Ok(());
             }
-            let seq: i64 = conn
-                .prepare_cached("UPDATE counter SET seq = seq + 1 WHERE id = 0 RETURNING seq")?
-                .query_row([], |r| r.get(0))?;
-            values.splice(0..0, [id.clone().into(), seq.into(), 1_i64.into()]);
-            conn.prepare_cached(&st.insert)?
-                .execute(rusqlite::params_from_iter(&values))?;
+            *next_seq += 1;
             for (name, key) in indexes {
                 if let Some((_, sql)) = tables::JOIN_ROWS.iter().find(|(n, _)| n == name) {
                     conn.prepare_cached(sql)?.execute(params![key, id])?;
@@ -615,14 +667,28 @@ impl Store for SqliteStore {
         let Some(st) = tables::of(kind) else {
             return Box::pin(std::future::ready(Err(unknown(kind))));
         };
+        if let Some(hit) = self.cache.record(kind, id) {
+            return Box::pin(std::future::ready(Ok(Some(hit))));
+        }
+        let epoch = self.cache.record_epoch(kind);
+        let cache = Arc::clone(&self.cache);
         let id = id.to_owned();
         self.read(move |conn| {
-            let rows = query(conn, st, &st.get, [id]).map_err(|e| sql_error("read", &e))?;
-            Ok(stored_rows(rows)?.pop().map(|(_, s)| s))
+            let rows = query(conn, st, &st.get, [&id]).map_err(|e| sql_error("read", &e))?;
+            let found = stored_rows(rows)?.pop().map(|(_, s)| s);
+            if let (Some(epoch), Some(stored)) = (epoch, &found) {
+                cache.fill_record(epoch, st.table.kind, &id, stored);
+            }
+            Ok(found)
         })
     }
 
     fn owner(&self, ns: &str, value: &str) -> Read<Option<String>> {
+        if let Some(hit) = self.cache.owner(ns, value) {
+            return Box::pin(std::future::ready(Ok(Some(hit))));
+        }
+        let epoch = self.cache.owner_epoch(ns);
+        let cache = Arc::clone(&self.cache);
         let (ns, value) = (ns.to_owned(), value.to_owned());
         self.read(move |conn| {
             let found: rusqlite::Result<Option<String>> = match tables::unique(&ns) {
@@ -633,7 +699,11 @@ impl Store for SqliteStore {
                     .prepare_cached(tables::CLAIM_OWNER)
                     .and_then(|mut st| st.query_row(params![ns, value], |r| r.get(0)).optional()),
             };
-            found.map_err(|e| sql_error("read", &e))
+            let found = found.map_err(|e| sql_error("read", &e))?;
+            if let (Some(epoch), Some(owner)) = (epoch, &found) {
+                cache.fill_owner(epoch, &ns, &value, owner);
+            }
+            Ok(found)
         })
     }
 

@@ -444,10 +444,9 @@ pub(crate) struct Statements {
     pub scan_back: String,
     /// `SELECT seq, version … WHERE key = ?1`.
     pub version: String,
-    /// `INSERT (key, seq, version = 1, columns…)`.
-    pub insert: String,
-    /// `UPDATE SET columns…, version = version + 1 WHERE key = ?1`.
-    pub update: String,
+    /// `INSERT (key, seq = ?2, version = 1, columns…)`, or on a taken key `UPDATE SET
+    /// columns…, version = version + 1`, `RETURNING seq`: the offered seq back means a new row.
+    pub upsert: String,
     /// `DELETE WHERE key = ?1`.
     pub delete: String,
 }
@@ -480,24 +479,18 @@ fn statements(t: &'static Table) -> Statements {
         "SELECT {key}, seq, version, {} FROM {name}",
         cols.join(", ")
     );
-    let placeholders: Vec<String> = (4..cols.len() + 4).map(|i| format!("?{i}")).collect();
-    let sets: Vec<String> = cols
-        .iter()
-        .zip(2..)
-        .map(|(c, i)| format!("{c} = ?{i}"))
-        .collect();
+    let placeholders: Vec<String> = (3..cols.len() + 3).map(|i| format!("?{i}")).collect();
+    let sets: Vec<String> = cols.iter().map(|c| format!("{c} = excluded.{c}")).collect();
     Statements {
         table: t,
         get: format!("{select} WHERE {key} = ?1"),
         scan_back: format!("{select} WHERE {key} < ?1 ORDER BY {key} DESC LIMIT ?2"),
         version: format!("SELECT seq, version FROM {name} WHERE {key} = ?1"),
-        insert: format!(
-            "INSERT INTO {name} ({key}, seq, version, {}) VALUES (?1, ?2, ?3, {})",
+        upsert: format!(
+            "INSERT INTO {name} ({key}, seq, version, {}) VALUES (?1, ?2, 1, {}) \
+             ON CONFLICT ({key}) DO UPDATE SET {}, version = {name}.version + 1 RETURNING seq",
             cols.join(", "),
-            placeholders.join(", ")
-        ),
-        update: format!(
-            "UPDATE {name} SET {}, version = version + 1 WHERE {key} = ?1",
+            placeholders.join(", "),
             sets.join(", ")
         ),
         delete: format!("DELETE FROM {name} WHERE {key} = ?1"),

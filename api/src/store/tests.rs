@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
-use super::sqlite::{Job, MIGRATIONS, create_private, open_writer, run_batch};
+use super::sqlite::{Job, MIGRATIONS, Writer, create_private};
 use super::tables::{TABLES, Ty};
 use super::*;
 
@@ -517,19 +517,85 @@ async fn group_commit_under_concurrency() {
     assert_eq!(seqs.last().unwrap() - seqs.first().unwrap(), 299);
 }
 
+/// The SQLite store answers merchants and terminal owners from memory: each writer, once its
+/// commit returns, reads back what it wrote, however reads of the same records race it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cached_reads_never_lag_a_returned_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("api.db")).unwrap());
+    store
+        .commit(vec![reseller("r1", &[]), merchant("m1", &["r1"])])
+        .await
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Readers keep the cache filling with whatever they see.
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+        readers.push(tokio::spawn(async move {
+            let mut seen = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = store.get("merchant", "m1").await.unwrap();
+                let _ = store.owner("terminal_id", "T1").await.unwrap();
+                seen += 1;
+                // Cache hits are ready at once: let the writer's task run.
+                tokio::task::yield_now().await;
+            }
+            seen
+        }));
+    }
+    for round in 1..=200_u64 {
+        let Write::Put {
+            kind,
+            id,
+            mut body,
+            indexes,
+        } = merchant("m1", &["r1"])
+        else {
+            unreachable!()
+        };
+        body.insert("name".into(), json!(format!("round {round}")));
+        let owner = format!("d{round}");
+        store
+            .commit(vec![
+                Write::Put {
+                    kind,
+                    id,
+                    body,
+                    indexes,
+                },
+                release("terminal_id", "T1"),
+                claim("terminal_id", "T1", &owner),
+            ])
+            .await
+            .unwrap();
+        let got = store.get("merchant", "m1").await.unwrap().unwrap();
+        assert_eq!(got.body["name"], json!(format!("round {round}")));
+        assert_eq!(got.version, round + 1);
+        assert_eq!(store.owner("terminal_id", "T1").await.unwrap(), Some(owner));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
+    // A delete is seen at once too.
+    store.commit(vec![del("merchant", "m1")]).await.unwrap();
+    assert_eq!(store.get("merchant", "m1").await.unwrap(), None);
+}
+
 #[tokio::test]
 async fn conflicting_job_in_a_group_does_not_roll_back_neighbours() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("api.db");
     create_private(&path).unwrap();
-    let mut conn = open_writer(&path, "FULL").unwrap();
+    let mut writer = Writer::open(&path, "FULL", Arc::default()).unwrap();
     let job = |writes| {
         let (reply, answer) = oneshot::channel();
         (Job { writes, reply }, answer)
     };
 
     let (held, mut held_answer) = job(vec![claim("device_id", "SN-1", "x")]);
-    run_batch(&mut conn, vec![held]);
+    writer.run_batch(vec![held]);
     assert_eq!(held_answer.try_recv().unwrap(), Ok(()));
 
     // One group: A succeeds, B conflicts on its claim, C fails its Expect, D succeeds and
@@ -548,12 +614,12 @@ async fn conflicting_job_in_a_group_does_not_roll_back_neighbours() {
         location("d", "d", "D"),
         release("device_id", "SN-1"),
     ]);
-    run_batch(&mut conn, vec![a, b, c, d]);
+    writer.run_batch(vec![a, b, c, d]);
     assert_eq!(a_answer.try_recv().unwrap(), Ok(()));
     assert_eq!(b_answer.try_recv().unwrap(), conflict("device_id"));
     assert_eq!(c_answer.try_recv().unwrap(), conflict("expect:location"));
     assert_eq!(d_answer.try_recv().unwrap(), Ok(()));
-    drop(conn);
+    drop(writer);
 
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(ids(&store, "locations", "d").await, ["d", "a"]);
