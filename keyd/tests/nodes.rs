@@ -328,8 +328,27 @@ async fn postgres_an_lmk_rotation_on_two_keyd_nodes() {
     let [(a, a_password), (b, b_password)] = OFFICERS;
     one.init_first_node().unwrap();
     two.init_another_node().unwrap();
-    one.start().unwrap();
-    two.start().unwrap();
+    // Each node's log kept, and shown when a delivery fails: the client only sees a status.
+    let logs = [
+        one.hsm().dir().join("serve.log"),
+        two.hsm().dir().join("serve.log"),
+    ];
+    one.verbose();
+    two.verbose();
+    one.start_with(None, Some(&logs[0])).unwrap();
+    two.start_with(None, Some(&logs[1])).unwrap();
+    let show = |what: &str, e: &ClientError| -> String {
+        let tail = |p: &Path| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().rev().take(15).collect();
+            lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+        };
+        format!(
+            "{what}: {e}\n--- node 1 ---\n{}\n--- node 2 ---\n{}",
+            tail(&logs[0]),
+            tail(&logs[1])
+        )
+    };
     let c1 = Client::connect(one.socket()).await.unwrap();
     let c2 = Client::connect(two.socket()).await.unwrap();
     let mut sets = Vec::new();
@@ -428,8 +447,12 @@ async fn postgres_an_lmk_rotation_on_two_keyd_nodes() {
     let rewrap = tokio::task::spawn_blocking(move || rewrap.wait_with_output().unwrap());
     while !rewrap.is_finished() {
         for set in &sets {
-            deliver(&c1, set).await.unwrap();
-            deliver(&c2, set).await.unwrap();
+            if let Err(e) = deliver(&c1, set).await {
+                panic!("{}", show("node 1 during the rewrap", &e));
+            }
+            if let Err(e) = deliver(&c2, set).await {
+                panic!("{}", show("node 2 during the rewrap", &e));
+            }
             served += 2;
         }
     }

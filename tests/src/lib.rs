@@ -49,6 +49,8 @@ pub struct KeydProcess {
     config: PathBuf,
     socket: PathBuf,
     child: Option<Child>,
+    /// `serve --verbose`: refusals logged with their reason (see [`KeydProcess::verbose`]).
+    verbose: bool,
 }
 
 impl std::fmt::Debug for KeydProcess {
@@ -143,6 +145,7 @@ impl KeydProcess {
             config,
             socket,
             child: None,
+            verbose: false,
         };
         Ok(keyd)
     }
@@ -354,6 +357,13 @@ impl KeydProcess {
         Ok(())
     }
 
+    /// Later starts run `serve --verbose`, so a log kept with
+    /// [`KeydProcess::start_with`] says why each request was refused (debug lines name no key
+    /// material).
+    pub fn verbose(&mut self) {
+        self.verbose = true;
+    }
+
     /// Starts `keyd serve` and waits for its socket.
     ///
     /// # Errors
@@ -378,6 +388,9 @@ impl KeydProcess {
             .arg(&self.config)
             .arg("serve")
             .envs(self.hsm.env());
+        if self.verbose {
+            command.arg("--verbose");
+        }
         let stderr = match log {
             None => Stdio::null(),
             Some(path) => Stdio::from(
