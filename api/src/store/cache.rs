@@ -21,9 +21,10 @@ const KINDS: &[&str] = &["device", "merchant", "fee_template"];
 /// Unique namespaces whose owners are kept.
 const OWNERS: &[&str] = &["terminal_id"];
 
-/// Entries kept at most (records and owners together); beyond it the cache starts over, which
-/// costs misses, never wrong answers. A few megabytes at the records' sizes.
-const CAPACITY: usize = 16 * 1024;
+/// Entries kept at most in each of the two maps. A device or merchant held as a JSON map is a
+/// few kilobytes, so the records' map stays near ten megabytes at most; beyond it an arbitrary
+/// entry makes room, which costs a miss later, never a wrong answer.
+const CAPACITY: usize = 4096;
 
 /// A position in the cache's history: fills must happen in the epoch their read began in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,12 +37,12 @@ struct Inner {
     owners: HashMap<(&'static str, String), String>,
 }
 
-impl Inner {
-    fn make_room(&mut self) {
-        if self.records.len() + self.owners.len() >= CAPACITY {
-            self.records.clear();
-            self.owners.clear();
-        }
+/// Makes room for one more entry in `map` by dropping an arbitrary one when it is full.
+fn make_room<K: Clone + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.len() >= CAPACITY
+        && let Some(any) = map.keys().next().cloned()
+    {
+        map.remove(&any);
     }
 }
 
@@ -89,7 +90,7 @@ impl ReadCache {
         };
         let mut inner = self.lock();
         if inner.epoch == epoch.0 {
-            inner.make_room();
+            make_room(&mut inner.records);
             inner.records.insert((kind, id.to_owned()), stored.clone());
         }
     }
@@ -101,7 +102,7 @@ impl ReadCache {
         };
         let mut inner = self.lock();
         if inner.epoch == epoch.0 {
-            inner.make_room();
+            make_room(&mut inner.owners);
             inner
                 .owners
                 .insert((ns, value.to_owned()), owner.to_owned());
@@ -203,18 +204,16 @@ mod tests {
     }
 
     #[test]
-    fn a_full_cache_starts_over() {
+    fn a_full_cache_drops_one_entry_for_each_new_one() {
         let cache = ReadCache::default();
         let epoch = cache.record_epoch("device").unwrap();
-        for i in 0..CAPACITY + 1 {
+        for i in 0..CAPACITY + 10 {
             cache.fill_record(epoch, "device", &format!("d{i}"), &stored("x"));
         }
         let inner = cache.lock();
-        assert!(inner.records.len() <= CAPACITY);
-        assert!(
-            inner
-                .records
-                .contains_key(&("device", format!("d{CAPACITY}")))
-        );
+        assert_eq!(inner.records.len(), CAPACITY);
+        // The newest is always kept.
+        let newest = format!("d{}", CAPACITY + 9);
+        assert!(inner.records.contains_key(&("device", newest)));
     }
 }
