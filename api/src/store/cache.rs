@@ -30,20 +30,25 @@ const CAPACITY: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Epoch(u64);
 
+/// What the cache says to a read.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Lookup<T> {
+    /// The answer.
+    Hit(T),
+    /// Not there: read the file, then fill under this epoch.
+    Miss(Epoch),
+    /// Not a kind or namespace the cache keeps.
+    NotKept,
+}
+
+/// A map of kept entries, keyed by kind (or namespace) and id (or value).
+type Entries<V> = HashMap<(&'static str, String), V>;
+
 #[derive(Debug, Default)]
 struct Inner {
     epoch: u64,
-    records: HashMap<(&'static str, String), Stored>,
-    owners: HashMap<(&'static str, String), String>,
-}
-
-/// Makes room for one more entry in `map` by dropping an arbitrary one when it is full.
-fn make_room<K: Clone + Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
-    if map.len() >= CAPACITY
-        && let Some(any) = map.keys().next().cloned()
-    {
-        map.remove(&any);
-    }
+    records: Entries<Stored>,
+    owners: Entries<String>,
 }
 
 /// The store's cache of hot records (see the module documentation).
@@ -61,82 +66,92 @@ impl ReadCache {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The epoch a read starts in, or `None` when the kind is not kept.
-    pub(super) fn record_epoch(&self, kind: &str) -> Option<Epoch> {
-        kept(KINDS, kind).map(|_| Epoch(self.lock().epoch))
+    /// A record, or the epoch to fill it under once read.
+    pub(super) fn record(&self, kind: &str, id: &str) -> Lookup<Stored> {
+        Self::look(kept(KINDS, kind), id, &self.lock(), |i| &i.records)
     }
 
-    /// The epoch an owner lookup starts in, or `None` when the namespace is not kept.
-    pub(super) fn owner_epoch(&self, ns: &str) -> Option<Epoch> {
-        kept(OWNERS, ns).map(|_| Epoch(self.lock().epoch))
+    /// A unique value's owner, or the epoch to fill it under once read.
+    pub(super) fn owner(&self, ns: &str, value: &str) -> Lookup<String> {
+        Self::look(kept(OWNERS, ns), value, &self.lock(), |i| &i.owners)
     }
 
-    /// A kept record, if present.
-    pub(super) fn record(&self, kind: &str, id: &str) -> Option<Stored> {
-        let kind = kept(KINDS, kind)?;
-        self.lock().records.get(&(kind, id.to_owned())).cloned()
-    }
-
-    /// A kept owner, if present.
-    pub(super) fn owner(&self, ns: &str, value: &str) -> Option<String> {
-        let ns = kept(OWNERS, ns)?;
-        self.lock().owners.get(&(ns, value.to_owned())).cloned()
+    fn look<V: Clone>(
+        name: Option<&'static str>,
+        key: &str,
+        inner: &Inner,
+        map: fn(&Inner) -> &Entries<V>,
+    ) -> Lookup<V> {
+        let Some(name) = name else {
+            return Lookup::NotKept;
+        };
+        match map(inner).get(&(name, key.to_owned())) {
+            Some(v) => Lookup::Hit(v.clone()),
+            None => Lookup::Miss(Epoch(inner.epoch)),
+        }
     }
 
     /// Keeps a record read in `epoch`, unless a commit has invalidated since.
     pub(super) fn fill_record(&self, epoch: Epoch, kind: &str, id: &str, stored: &Stored) {
-        let Some(kind) = kept(KINDS, kind) else {
-            return;
-        };
-        let mut inner = self.lock();
-        if inner.epoch == epoch.0 {
-            make_room(&mut inner.records);
-            inner.records.insert((kind, id.to_owned()), stored.clone());
+        if let Some(kind) = kept(KINDS, kind) {
+            self.fill(epoch, (kind, id), stored.clone(), |i| &mut i.records);
         }
     }
 
     /// Keeps an owner read in `epoch`, unless a commit has invalidated since.
     pub(super) fn fill_owner(&self, epoch: Epoch, ns: &str, value: &str, owner: &str) {
-        let Some(ns) = kept(OWNERS, ns) else {
-            return;
-        };
-        let mut inner = self.lock();
-        if inner.epoch == epoch.0 {
-            make_room(&mut inner.owners);
-            inner
-                .owners
-                .insert((ns, value.to_owned()), owner.to_owned());
+        if let Some(ns) = kept(OWNERS, ns) {
+            self.fill(epoch, (ns, value), owner.to_owned(), |i| &mut i.owners);
         }
+    }
+
+    /// Inserts under the lock if the epoch has not moved, dropping an arbitrary entry when the
+    /// map is full.
+    fn fill<V>(
+        &self,
+        epoch: Epoch,
+        (name, key): (&'static str, &str),
+        value: V,
+        map: fn(&mut Inner) -> &mut Entries<V>,
+    ) {
+        let mut inner = self.lock();
+        if inner.epoch != epoch.0 {
+            return;
+        }
+        let entries = map(&mut inner);
+        if entries.len() >= CAPACITY
+            && let Some(any) = entries.keys().next().cloned()
+        {
+            entries.remove(&any);
+        }
+        entries.insert((name, key.to_owned()), value);
     }
 
     /// Forgets what `writes` may have changed; called by the writer after they committed (or
     /// failed), before anyone is told. Writes touching nothing kept leave the epoch alone, so
     /// the charges' own commits do not stop the fills of the reads beside them.
     pub(super) fn invalidate(&self, writes: &[Write]) {
-        let touched = |w: &Write| match w {
-            Write::Put { kind, .. } | Write::Delete { kind, .. } => kept(KINDS, kind).is_some(),
-            Write::Claim { ns, .. } | Write::Release { ns, .. } => kept(OWNERS, ns).is_some(),
-            Write::Expect { .. } => false,
-        };
-        if !writes.iter().any(touched) {
-            return;
-        }
         let mut inner = self.lock();
-        inner.epoch += 1;
+        let mut touched = false;
         for w in writes {
             match w {
                 Write::Put { kind, id, .. } | Write::Delete { kind, id } => {
                     if let Some(kind) = kept(KINDS, kind) {
                         inner.records.remove(&(kind, id.clone()));
+                        touched = true;
                     }
                 }
                 Write::Claim { ns, value, .. } | Write::Release { ns, value } => {
                     if let Some(ns) = kept(OWNERS, ns) {
                         inner.owners.remove(&(ns, value.clone()));
+                        touched = true;
                     }
                 }
                 Write::Expect { .. } => {}
             }
+        }
+        if touched {
+            inner.epoch += 1;
         }
     }
 }
@@ -159,6 +174,14 @@ mod tests {
         }
     }
 
+    /// The epoch of a read that missed.
+    fn missed<T: std::fmt::Debug>(lookup: Lookup<T>) -> Epoch {
+        match lookup {
+            Lookup::Miss(epoch) => epoch,
+            other => panic!("not a miss: {other:?}"),
+        }
+    }
+
     fn put(kind: &str, id: &str) -> Write {
         Write::Put {
             kind: kind.into(),
@@ -171,42 +194,44 @@ mod tests {
     #[test]
     fn a_fill_from_before_a_commit_is_dropped() {
         let cache = ReadCache::default();
-        let before = cache.record_epoch("device").unwrap();
+        let before = missed(cache.record("device", "d1"));
         // The device is written while the read is under way.
         cache.invalidate(&[put("device", "d1")]);
         cache.fill_record(before, "device", "d1", &stored("old"));
-        assert_eq!(cache.record("device", "d1"), None);
         // A read begun after the commit fills.
-        let after = cache.record_epoch("device").unwrap();
+        let after = missed(cache.record("device", "d1"));
         cache.fill_record(after, "device", "d1", &stored("new"));
-        assert_eq!(cache.record("device", "d1"), Some(stored("new")));
+        assert_eq!(cache.record("device", "d1"), Lookup::Hit(stored("new")));
         // The next write of it empties it again; others stay.
         cache.fill_record(after, "merchant", "m1", &stored("m"));
         cache.invalidate(&[put("device", "d1")]);
-        assert_eq!(cache.record("device", "d1"), None);
-        assert_eq!(cache.record("merchant", "m1"), Some(stored("m")));
+        missed(cache.record("device", "d1"));
+        assert_eq!(cache.record("merchant", "m1"), Lookup::Hit(stored("m")));
     }
 
     #[test]
     fn only_hot_kinds_and_owners_are_kept_and_other_writes_do_not_disturb() {
         let cache = ReadCache::default();
-        assert_eq!(cache.record_epoch("charge"), None);
-        assert_eq!(cache.owner_epoch("device_id"), None);
-        let epoch = cache.owner_epoch("terminal_id").unwrap();
+        assert_eq!(cache.record("charge", "c1"), Lookup::NotKept);
+        assert_eq!(cache.owner("device_id", "SN-1"), Lookup::NotKept);
+        let epoch = missed(cache.owner("terminal_id", "T1"));
         cache.invalidate(&[put("charge", "c1"), put("nonce", "n1")]);
         cache.fill_owner(epoch, "terminal_id", "T1", "d1");
-        assert_eq!(cache.owner("terminal_id", "T1").as_deref(), Some("d1"));
+        assert_eq!(
+            cache.owner("terminal_id", "T1"),
+            Lookup::Hit("d1".to_owned())
+        );
         cache.invalidate(&[Write::Release {
             ns: "terminal_id".into(),
             value: "T1".into(),
         }]);
-        assert_eq!(cache.owner("terminal_id", "T1"), None);
+        missed(cache.owner("terminal_id", "T1"));
     }
 
     #[test]
     fn a_full_cache_drops_one_entry_for_each_new_one() {
         let cache = ReadCache::default();
-        let epoch = cache.record_epoch("device").unwrap();
+        let epoch = missed(cache.record("device", "d0"));
         for i in 0..CAPACITY + 10 {
             cache.fill_record(epoch, "device", &format!("d{i}"), &stored("x"));
         }

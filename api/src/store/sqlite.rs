@@ -15,7 +15,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use super::cache::ReadCache;
+use super::cache::{Lookup, ReadCache};
 use super::tables::{self, Statements};
 use super::{Commit, Read, Rows, Store, StoreError, Stored, Write};
 
@@ -667,10 +667,11 @@ impl Store for SqliteStore {
         let Some(st) = tables::of(kind) else {
             return Box::pin(std::future::ready(Err(unknown(kind))));
         };
-        if let Some(hit) = self.cache.record(kind, id) {
-            return Box::pin(std::future::ready(Ok(Some(hit))));
-        }
-        let epoch = self.cache.record_epoch(kind);
+        let epoch = match self.cache.record(kind, id) {
+            Lookup::Hit(hit) => return Box::pin(std::future::ready(Ok(Some(hit)))),
+            Lookup::Miss(epoch) => Some(epoch),
+            Lookup::NotKept => None,
+        };
         let cache = Arc::clone(&self.cache);
         let id = id.to_owned();
         self.read(move |conn| {
@@ -684,10 +685,11 @@ impl Store for SqliteStore {
     }
 
     fn owner(&self, ns: &str, value: &str) -> Read<Option<String>> {
-        if let Some(hit) = self.cache.owner(ns, value) {
-            return Box::pin(std::future::ready(Ok(Some(hit))));
-        }
-        let epoch = self.cache.owner_epoch(ns);
+        let epoch = match self.cache.owner(ns, value) {
+            Lookup::Hit(hit) => return Box::pin(std::future::ready(Ok(Some(hit)))),
+            Lookup::Miss(epoch) => Some(epoch),
+            Lookup::NotKept => None,
+        };
         let cache = Arc::clone(&self.cache);
         let (ns, value) = (ns.to_owned(), value.to_owned());
         self.read(move |conn| {
