@@ -108,6 +108,10 @@ fn route(
         o if o == m::ZoneMacVerifyBatch::OPCODE => {
             call(body, out, |r| service.zone_mac_verify_batch(r))
         }
+        o if o == m::WebhookSecretCreate::OPCODE => {
+            call(body, out, |r| service.webhook_secret_create(r))
+        }
+        o if o == m::WebhookSign::OPCODE => call(body, out, |r| service.webhook_sign(r)),
         o if o == m::ZmkImport::OPCODE => call(body, out, |r| service.zmk_import_remote(r)),
         o if o == m::Tr31Translate::OPCODE => call(body, out, |r| service.tr31_translate(r)),
         o if o == m::Tr31Export::OPCODE => call(body, out, |r| service.tr31_export(r)),

@@ -325,7 +325,7 @@ fn spawn_hsm_worker(service: Arc<Service>, audit: Arc<Audit>) -> tokio::sync::mp
 }
 
 /// The audit record of one request. The subject is the request's first field where that field
-/// is an id (a device, key or zone); the operations whose first field is anything else — a
+/// is an id (a device, key, zone or webhook endpoint); the operations whose first field is anything else — a
 /// secret, a batch — have none.
 fn entry<'a>(
     peer: &'a str,
@@ -336,7 +336,9 @@ fn entry<'a>(
     kcv: Option<[u8; 3]>,
 ) -> Entry<'a> {
     let subject = match opcode.0 {
-        0x0101..=0x0106 | 0x0201 | 0x0203..=0x0209 | 0x0213 | 0x0301..=0x0304 => first_string(body),
+        0x0101..=0x0106 | 0x0201 | 0x0203..=0x0209 | 0x0213 | 0x0218 | 0x0219 | 0x0301..=0x0304 => {
+            first_string(body)
+        }
         _ => None,
     };
     Entry {
@@ -509,4 +511,51 @@ async fn connection(
         .store(true, std::sync::atomic::Ordering::Release);
     outbox.ready.notify_one();
     let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use keyd_proto::message::{self as m, Message, Operation};
+
+    use super::*;
+
+    #[test]
+    fn webhook_operations_are_recorded_under_their_endpoint_and_without_a_kcv() {
+        let started = std::time::Instant::now();
+        let create = m::WebhookSecretCreate {
+            endpoint_id: "we_1".into(),
+        }
+        .to_vec();
+        let e = entry(
+            "1000",
+            m::WebhookSecretCreate::OPCODE,
+            &create,
+            Status::OK,
+            started,
+            None,
+        );
+        assert_eq!((e.opcode, e.subject), (0x0218, Some("we_1")));
+        let sign = m::WebhookSign {
+            endpoint_id: "we_1".into(),
+            salts: vec![[1; 16]],
+            message: b"1.{}".to_vec(),
+        }
+        .to_vec();
+        let e = entry(
+            "1000",
+            m::WebhookSign::OPCODE,
+            &sign,
+            Status::OK,
+            started,
+            None,
+        );
+        assert_eq!((e.opcode, e.subject), (0x0219, Some("we_1")));
+        // The answer that holds a secret gives the record nothing.
+        let answer = m::WebhookSecret {
+            salt: [2; 16],
+            secret: keyd_proto::Secret::new(b"whsec_x"),
+        }
+        .to_vec();
+        assert_eq!(answer_kcv(m::WebhookSecretCreate::OPCODE, &answer), None);
+    }
 }

@@ -108,6 +108,8 @@ pub struct Service {
     next_lmk_warning: std::sync::atomic::AtomicU64,
     /// Where each zone's current ZMK is in the token (see `zmk`); emptied with the cache.
     pub(crate) zmk_slots: RwLock<HashMap<String, zmk::ZmkSlot>>,
+    /// Makes webhook endpoints' signing secrets (see `webhooks`).
+    webhook_key: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Service {
@@ -230,6 +232,7 @@ use crate::unix_now as now;
 
 pub(crate) mod lmk;
 mod payments;
+mod webhooks;
 mod zmk;
 
 impl Service {
@@ -258,7 +261,7 @@ impl Service {
         );
         let officers = Officers::new(Arc::clone(&store), &*hsm, Policy::default())?;
         let seen_version = std::sync::atomic::AtomicU64::new(store.state_version()?);
-        let service = Self {
+        let mut service = Self {
             hsm,
             store,
             placement,
@@ -278,8 +281,11 @@ impl Service {
             next_lmk_check: std::sync::atomic::AtomicU64::new(0),
             next_lmk_warning: std::sync::atomic::AtomicU64::new(0),
             zmk_slots: RwLock::new(HashMap::new()),
+            // Read below, once the LMK states say which LMK seals new blocks.
+            webhook_key: Zeroizing::new([0; 32]),
         };
         service.reload_lmks()?;
+        service.webhook_key = service.webhook_master_key()?;
         Ok(service)
     }
 

@@ -242,6 +242,12 @@ impl MemoryStore {
     fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Removes a sealed LMK secret, as if the store had been rotated before keyd knew it.
+    #[cfg(test)]
+    pub(crate) fn forget_lmk_secret_for_tests(&self, name: &str) {
+        self.tables().secrets.remove(name);
+    }
 }
 
 impl KeyStore for MemoryStore {

@@ -1,10 +1,12 @@
 //! The key-service steps of the backoffice: registering a device (its identity key is made in
-//! keyd), replacing its identity key, revoking its key sets. The identity secret passes through
-//! the API once, on its way to the caller, in a buffer that is wiped afterwards.
+//! keyd), replacing its identity key, revoking its key sets; and webhook endpoints' signing
+//! secrets (made and used in keyd). An identity or webhook secret passes through the API once,
+//! on its way to the caller, in a buffer that is wiped afterwards.
 
 use base64::Engine;
 use keyd_proto::message::{
     DeviceCreate, IdentityKey, IdentityRotate, KeySetRevoke, PanFingerprint, RequestFingerprint,
+    WebhookSecretCreate, WebhookSign,
 };
 use keyd_proto::{Secret, Status};
 use zeroize::Zeroizing;
@@ -155,4 +157,55 @@ pub async fn revoke_key_sets(keyd: &Keyd, device_id: &str) -> Result<(), ApiErro
         Ok(_) | Err(KeydError::Refused(Status::NOT_FOUND)) => Ok(()),
         Err(e) => Err(keyd_error(e, "key-set revocation")),
     }
+}
+
+/// Makes a webhook endpoint's signing secret in keyd: the salt that names it (the API keeps it,
+/// to have keyd sign with the secret later) and the secret itself (`whsec_…`), which keyd gives
+/// out this once, for the one reply that shows it to the merchant.
+///
+/// # Errors
+/// 500 if keyd refuses the endpoint id, 503 when keyd is down.
+pub async fn webhook_secret(
+    keyd: &Keyd,
+    endpoint_id: &str,
+) -> Result<([u8; 16], Zeroizing<String>), ApiError> {
+    let made = keyd
+        .call(&WebhookSecretCreate {
+            endpoint_id: endpoint_id.into(),
+        })
+        .await
+        .map_err(|e| keyd_error(e, "a webhook secret"))?;
+    let secret = std::str::from_utf8(made.secret.expose())
+        .map_err(|_| ApiError::internal(&"keyd's webhook secret is not text"))?;
+    Ok((made.salt, Zeroizing::new(secret.to_owned())))
+}
+
+/// Signs a webhook delivery (`message` is `<t>.<raw body>`) with an endpoint's secrets named
+/// by their salts (1 to 4: the current one, and any older one still honoured after a
+/// rotation): one HMAC-SHA-256 per salt, in the same order, for the `v1=` entries of the
+/// `Viopay-Signature` header.
+///
+/// # Errors
+/// 500 if keyd refuses the request (an empty or too long message, no salt or more than
+/// four, a malformed endpoint id) or answers another number of MACs, 503 when keyd is down.
+pub async fn webhook_sign(
+    keyd: &Keyd,
+    endpoint_id: &str,
+    salts: &[[u8; 16]],
+    message: &[u8],
+) -> Result<Vec<[u8; 32]>, ApiError> {
+    let signed = keyd
+        .call(&WebhookSign {
+            endpoint_id: endpoint_id.into(),
+            salts: salts.to_vec(),
+            message: message.to_vec(),
+        })
+        .await
+        .map_err(|e| keyd_error(e, "webhook signing"))?;
+    if signed.macs.len() != salts.len() {
+        return Err(ApiError::internal(
+            &"keyd answered another number of webhook signatures than salts",
+        ));
+    }
+    Ok(signed.macs)
 }

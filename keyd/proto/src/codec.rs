@@ -191,6 +191,8 @@ pub trait Element: Field {}
 impl Element for String {}
 impl Element for bool {}
 impl Element for Secret {}
+/// Fixed-size values (salts, MACs) in a list are their bytes one after another.
+impl<const N: usize> Element for [u8; N] {}
 
 /// Lists carry a 4-byte count; each element is checked to fit before it is read.
 impl<T: Element> Field for Vec<T> {
@@ -349,6 +351,31 @@ mod tests {
             Err(DecodeError::Truncated)
         );
         assert_eq!(Reader::new(&[1]).finish(), Err(DecodeError::Trailing));
+    }
+
+    #[test]
+    fn lists_of_fixed_arrays_are_a_count_and_the_bytes() {
+        let salts = vec![[1u8; 4], [2; 4]];
+        let mut w = Writer::new();
+        salts.put(&mut w);
+        let bytes = w.into_inner();
+        assert_eq!(bytes, [0, 0, 0, 2, 1, 1, 1, 1, 2, 2, 2, 2]);
+        let mut r = Reader::new(&bytes);
+        assert_eq!(Vec::<[u8; 4]>::get(&mut r), Ok(salts));
+        assert_eq!(r.finish(), Ok(()));
+        // An element cut short, and a count the bytes cannot hold (refused before allocating).
+        assert_eq!(
+            Vec::<[u8; 4]>::get(&mut Reader::new(&bytes[..bytes.len() - 1])),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(
+            Vec::<[u8; 4]>::get(&mut Reader::new(&[0, 0, 0, 3, 1, 1, 1, 1, 2, 2, 2, 2])),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(
+            Vec::<[u8; 32]>::get(&mut Reader::new(&[0xFF, 0xFF, 0xFF, 0xFF, 0])),
+            Err(DecodeError::Truncated)
+        );
     }
 
     #[test]

@@ -510,6 +510,32 @@ message! {
     PanValue { pan: Secret }
 }
 
+message! {
+    /// Makes the signing secret of a webhook endpoint, for the API to show the merchant once.
+    /// keyd draws the salt itself and never takes one from the caller: a secret is then only
+    /// ever learnt at its creation, so "shown once" holds even against the API, which may
+    /// afterwards only ask for signatures ([`WebhookSign`]). The secret is
+    /// `whsec_` + base64url (no padding) of HMAC-SHA-256 under a key of keyd's own (kept
+    /// like the fingerprint keys) over the endpoint id and the salt, so keyd stores nothing
+    /// per endpoint; the caller keeps the salt.
+    WebhookSecretCreate { endpoint_id: String }
+}
+message! {
+    /// A new webhook signing secret (49 ASCII characters) and the salt that names it.
+    WebhookSecret { salt: [u8; 16], secret: Secret }
+}
+message! {
+    /// Signs a webhook delivery (`message` is `<t>.<raw body>` for a `Viopay-Signature`
+    /// header) with the secrets of an endpoint named by their salts, 1 to 4 of them: more than
+    /// one while a rotated secret overlaps the old one. Each MAC is HMAC-SHA-256 keyed with the
+    /// whole secret string, `whsec_` prefix included, as merchants' Stripe libraries key it.
+    WebhookSign { endpoint_id: String, salts: Vec<[u8; 16]>, message: Vec<u8> }
+}
+message! {
+    /// One MAC per salt of [`WebhookSign`], in the same order.
+    WebhookSignatures { macs: Vec<[u8; 32]> }
+}
+
 operation!(Hello, 0x0001, Session, HelloResponse);
 operation!(Ping, 0x0002, Session, Empty);
 operation!(DeviceCreate, 0x0101, Devices, IdentityKey);
@@ -541,6 +567,8 @@ operation!(AesCmac, 0x0214, Data, CmacValue);
 operation!(AesCmacVerify, 0x0215, Data, Empty);
 operation!(ZoneMacVerifyBatch, 0x0216, Data, MacVerifyBatchResponse);
 operation!(ChargeOpenCard, 0x0217, Data, ChargeCard);
+operation!(WebhookSecretCreate, 0x0218, Data, WebhookSecret);
+operation!(WebhookSign, 0x0219, Data, WebhookSignatures);
 operation!(ZmkImport, 0x0301, Admin, ZoneInfo);
 operation!(Tr31Translate, 0x0302, Admin, KeyBlockOut);
 operation!(Tr31Export, 0x0303, Admin, KeyBlockOut);
@@ -552,7 +580,7 @@ impl Opcode {
         Some(match self.0 {
             0x0001 | 0x0002 => Group::Session,
             0x0101..=0x0106 => Group::Devices,
-            0x0201..=0x0217 => Group::Data,
+            0x0201..=0x0219 => Group::Data,
             0x0301..=0x0304 => Group::Admin,
             _ => return None,
         })
@@ -602,6 +630,46 @@ mod tests {
     }
 
     #[test]
+    fn webhook_messages_round_trip() {
+        let create = WebhookSecretCreate {
+            endpoint_id: "we_01HXYZ".into(),
+        };
+        assert_eq!(
+            WebhookSecretCreate::decode(&create.to_vec()).unwrap(),
+            create
+        );
+        let secret = WebhookSecret {
+            salt: [3; 16],
+            secret: Secret::new(b"whsec_0123456789abcdefghijklmnopqrstuvwxyzABCDEFG"),
+        };
+        let body = secret.to_vec();
+        assert_eq!(WebhookSecret::decode(&body).unwrap(), secret);
+        assert_eq!(
+            WebhookSecret::decode(&body[..body.len() - 1]),
+            Err(DecodeError::Truncated)
+        );
+        let sign = WebhookSign {
+            endpoint_id: "we_01HXYZ".into(),
+            salts: vec![[1; 16], [2; 16]],
+            message: b"1700000000.{\"id\":\"evt_1\"}".to_vec(),
+        };
+        let body = sign.to_vec();
+        assert_eq!(WebhookSign::decode(&body).unwrap(), sign);
+        // The salts are a count and then 16 bytes each, nothing else.
+        assert_eq!(&body[13..17], &[0, 0, 0, 2]);
+        assert_eq!(&body[17..49], &[[1u8; 16], [2; 16]].concat()[..]);
+        let mut longer = body;
+        longer.push(0);
+        assert_eq!(WebhookSign::decode(&longer), Err(DecodeError::Trailing));
+        let macs = WebhookSignatures {
+            macs: vec![[7; 32], [8; 32], [9; 32]],
+        };
+        assert_eq!(WebhookSignatures::decode(&macs.to_vec()).unwrap(), macs);
+        let empty = WebhookSignatures { macs: vec![] };
+        assert_eq!(WebhookSignatures::decode(&empty.to_vec()).unwrap(), empty);
+    }
+
+    #[test]
     fn every_operation_has_its_group() {
         fn check<O: Operation>() {
             assert_eq!(O::OPCODE.group(), Some(O::GROUP), "{:?}", O::OPCODE);
@@ -641,6 +709,8 @@ mod tests {
         check::<AesCmacVerify>();
         check::<ZoneMacVerifyBatch>();
         check::<ChargeOpenCard>();
+        check::<WebhookSecretCreate>();
+        check::<WebhookSign>();
         assert_eq!(Opcode(0x7777).group(), None);
     }
 }

@@ -37,13 +37,16 @@ use crate::officers::Action;
 use crate::store::{LmkMove, LmkRecord, LmkState, Sealed};
 
 /// The secrets derived from the original LMK, by derivation label (see `crate::lmk_secret`).
-pub(crate) const DERIVED: [&str; 6] = [
+/// A label added here later is missing from stores rotated before it; its reader must seal it
+/// itself then (as `webhooks` does for the webhook key).
+pub(crate) const DERIVED: [&str; 7] = [
     "keyd pan fingerprint key",
     "keyd request fingerprint key",
     "keyd pan storage encryption key",
     "keyd pan storage mac key",
     "keyd officer credential pepper",
     "keyd audit chain key",
+    super::webhooks::MASTER_LABEL,
 ];
 
 /// What `lmk_form` did on this node.
@@ -329,13 +332,23 @@ impl Service {
                 continue;
             }
             let value = crate::lmk_secret(&*self.hsm, &*self.store, label)?;
-            let (lmk, kp) = self.sealing_lmk()?;
-            let mut header = crate::keys::secret_storage_header(label)?;
-            stamp(&mut header, kp)?;
-            let block = seal_random(&lmk, &header, &tr31::Key::new(&value[..])?)?;
-            self.store.insert_lmk_secret(label, &block)?;
+            self.seal_secret(label, &value)?;
         }
         Ok(())
+    }
+
+    /// Seals a 32-byte secret under the LMK that seals new blocks now, bound to its label, and
+    /// stores it unless a secret of that label is stored already (the first one stays: the
+    /// caller reads back what is stored).
+    ///
+    /// # Errors
+    /// [`Error::Hsm`] if this token lacks that LMK; [`Error::Store`].
+    pub(super) fn seal_secret(&self, label: &str, value: &[u8; 32]) -> Result<(), Error> {
+        let (lmk, kp) = self.sealing_lmk()?;
+        let mut header = crate::keys::secret_storage_header(label)?;
+        stamp(&mut header, kp)?;
+        let block = seal_random(&lmk, &header, &tr31::Key::new(&value[..])?)?;
+        self.store.insert_lmk_secret(label, &block)
     }
 
     /// Steps 2 and 3 of a rotation (see the module docs): moves every block to the new LMK in
