@@ -2,15 +2,18 @@
 //! finds its object, calls [`authorize`] once, and commits durably before answering.
 
 pub mod api_clients;
+pub mod app_versions;
 pub mod branding;
 pub mod charges;
 pub mod devices;
+pub mod events;
 pub mod fee_templates;
 pub mod locations;
 pub mod merchants;
 pub mod resellers;
 pub mod sessions;
 pub mod users;
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 
@@ -20,10 +23,11 @@ use crate::auth::Auth;
 use crate::auth::authz::{Action, Principal, Scope, allow, authorize};
 use crate::config::PlatformConfig;
 use crate::domain::charges::Engine;
+use crate::domain::events::{EventType, event};
 use crate::domain::idem::Idempotency;
 use crate::domain::model::{
-    Amount, ApiClient, BrandFee, Device, DeviceStatus, FeeTemplate, Location, Merchant, Reseller,
-    Role, Session, Tenancy, User,
+    Amount, ApiClient, BrandFee, Connectivity, Device, DeviceStatus, FeeTemplate, Location,
+    Merchant, Reseller, Role, Session, Tenancy, User,
 };
 use crate::error::{ApiError, Code};
 use crate::keyd::Keyd;
@@ -131,6 +135,45 @@ pub(crate) async fn merchant(
     };
     authorize(p, action, &m.tenancy())?;
     Ok(m)
+}
+
+/// Whose objects a route manages (users, webhook endpoints): the merchant or the reseller in
+/// its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// `/merchants/{id}/…`.
+    Merchant,
+    /// `/resellers/{id}/…`.
+    Reseller,
+}
+
+pub(crate) async fn owner_of_call(
+    app: &Backoffice<'_>,
+    call: &Call<'_>,
+    owner: Owner,
+    write: bool,
+) -> Result<(String, Tenancy), ApiError> {
+    let p = call.who()?;
+    match owner {
+        Owner::Merchant => {
+            let action = if write {
+                Action::ManageMerchant
+            } else {
+                Action::Read
+            };
+            let m = merchant(app, p, call.param(0), action).await?;
+            Ok((m.id.clone(), m.tenancy()))
+        }
+        Owner::Reseller => {
+            let action = if write {
+                Action::ManageReseller
+            } else {
+                Action::Read
+            };
+            let r = reseller(app, p, call.param(0), action).await?;
+            Ok((r.id.clone(), r.tenancy()))
+        }
+    }
 }
 
 /// A child object: found by id, and 404 unless it belongs to `parent`.

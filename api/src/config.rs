@@ -50,6 +50,100 @@ pub struct Config {
     /// The payment processor connector.
     #[serde(default)]
     pub processor: ProcessorConfig,
+    /// Webhook delivery.
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
+}
+
+/// How webhooks are delivered (`[webhooks]`). The defaults are what production wants; tests
+/// shorten the waits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// The CA certificates (PEM) receivers' TLS certificates must chain to: the system's
+    /// bundle by default (Debian's `ca-certificates`).
+    #[serde(default = "default_webhook_roots")]
+    pub ca_file: PathBuf,
+    /// How long one attempt may take, connection included.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_ms: u64,
+    /// The wait after the first failed attempt; each later wait doubles, up to
+    /// `retry_max_secs`.
+    #[serde(default = "default_webhook_retry")]
+    pub retry_secs: u64,
+    /// The longest wait between attempts.
+    #[serde(default = "default_webhook_retry_max")]
+    pub retry_max_secs: u64,
+    /// How long after its event a delivery is given up (3 days).
+    #[serde(default = "default_webhook_give_up")]
+    pub give_up_after_secs: u64,
+    /// Attempts in flight at once (each to a different endpoint and object).
+    #[serde(default = "default_webhook_workers")]
+    pub workers: usize,
+    /// How often new events and due deliveries are looked for.
+    #[serde(default = "default_webhook_poll")]
+    pub poll_ms: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            ca_file: default_webhook_roots(),
+            timeout_ms: default_webhook_timeout(),
+            retry_secs: default_webhook_retry(),
+            retry_max_secs: default_webhook_retry_max(),
+            give_up_after_secs: default_webhook_give_up(),
+            workers: default_webhook_workers(),
+            poll_ms: default_webhook_poll(),
+        }
+    }
+}
+
+impl WebhooksConfig {
+    fn check(&self) -> Result<(), String> {
+        if self.timeout_ms == 0
+            || self.retry_secs == 0
+            || self.retry_max_secs < self.retry_secs
+            || self.give_up_after_secs == 0
+            || !(1..=256).contains(&self.workers)
+            || !(10..=60_000).contains(&self.poll_ms)
+        {
+            return Err(
+                "webhooks: timeout_ms, retry_secs and give_up_after_secs above 0, \
+                        retry_max_secs at least retry_secs, workers 1-256, poll_ms 10-60000"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn default_webhook_roots() -> PathBuf {
+    PathBuf::from("/etc/ssl/certs/ca-certificates.crt")
+}
+
+const fn default_webhook_timeout() -> u64 {
+    10_000
+}
+
+const fn default_webhook_retry() -> u64 {
+    30
+}
+
+const fn default_webhook_retry_max() -> u64 {
+    6 * 3600
+}
+
+const fn default_webhook_give_up() -> u64 {
+    3 * 24 * 3600
+}
+
+const fn default_webhook_workers() -> usize {
+    16
+}
+
+const fn default_webhook_poll() -> u64 {
+    250
 }
 
 /// Which processor connector charges go to.
@@ -322,6 +416,21 @@ pub struct PlatformConfig {
     /// Lowest POS app version served (`MAJOR.MINOR.PATCH`).
     #[serde(default = "default_min_version")]
     pub min_supported_version: String,
+    /// How often terminals send `POST /pos/heartbeat` (their config says so); a terminal
+    /// silent for three intervals is offline.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+    /// How often terminals ask `POST /pos/update-check`.
+    #[serde(default = "default_update_check")]
+    pub update_check_secs: u64,
+}
+
+const fn default_heartbeat() -> u64 {
+    300
+}
+
+const fn default_update_check() -> u64 {
+    3600
 }
 
 impl Default for PlatformConfig {
@@ -330,6 +439,8 @@ impl Default for PlatformConfig {
             hosts: default_hosts(),
             default_zone: default_zone(),
             min_supported_version: default_min_version(),
+            heartbeat_secs: default_heartbeat(),
+            update_check_secs: default_update_check(),
         }
     }
 }
@@ -593,6 +704,14 @@ impl Config {
             _ => {}
         }
         config.processor.check().map_err(ConfigError)?;
+        config.webhooks.check().map_err(ConfigError)?;
+        if !(1..=86_400).contains(&config.platform.heartbeat_secs)
+            || !(1..=604_800).contains(&config.platform.update_check_secs)
+        {
+            return Err(ConfigError(
+                "platform.heartbeat_secs is 1-86400, update_check_secs 1-604800".into(),
+            ));
+        }
         if config.max_body_bytes == 0 || config.max_body_bytes > 1 << 20 {
             return Err(ConfigError("max_body_bytes must be 1 to 1048576".into()));
         }

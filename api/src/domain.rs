@@ -3,6 +3,7 @@
 //! processor behind its trait.
 
 pub mod charges;
+pub mod events;
 pub mod idem;
 pub mod lease;
 pub mod locks;
@@ -11,3 +12,4 @@ pub mod processor;
 pub mod replay;
 pub mod replies;
 pub mod settlement;
+pub mod webhooks;

@@ -1,6 +1,7 @@
 //! Work the API does on its own: resolving charges whose request was lost, the processor's
-//! own work (an acquirer link's pending reversals), and sweeping expired nonces, idempotent
-//! answers and attestation tokens.
+//! own work (an acquirer link's pending reversals), marking silent terminals offline (every
+//! round, so a terminal goes offline within three heartbeat intervals and [`RECOVERY_EVERY`]),
+//! and sweeping expired nonces, idempotent answers and attestation tokens.
 //!
 //! Recovery runs every few seconds from the start, beside live traffic (it is safe there: see
 //! `charges::recovery`), so a charge left `pending` by a crash is resolved within the
@@ -58,6 +59,12 @@ async fn recovery(app: Arc<Services>, leading: Arc<AtomicBool>) {
         // start picks up what the last one left before it resolves lost charges.
         if lead {
             app.charges.processor.housekeeping().await;
+            let heartbeat = app.config.platform.heartbeat_secs;
+            match crate::pos::heartbeats::sweep_silent(&app.db, heartbeat, now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(count = n, "silent terminals marked offline"),
+                Err(e) => tracing::warn!(error = %e, "offline sweep failed; will retry"),
+            }
         }
         match crate::domain::charges::recovery::recover(&app.charges, now, lead).await {
             Ok(0) => {}

@@ -487,7 +487,7 @@ fn withhold_secrets(body: &Value) -> Value {
 /// Route table entry → handler.
 async fn dispatch(app: &Served, op: Op, call: &Call<'_>) -> Result<Reply, ApiError> {
     use crate::backoffice as b;
-    use crate::backoffice::users::UserOwner::{Merchant, Reseller};
+    use crate::backoffice::Owner::{Merchant, Reseller};
     let bo = &crate::backoffice::Backoffice::of(&app.services);
     let terminals = &crate::pos::Terminals::of(&app.services);
     let json = |v: Value| Reply::Json(StatusCode::OK, v);
@@ -576,6 +576,32 @@ async fn dispatch(app: &Served, op: Op, call: &Call<'_>) -> Result<Reply, ApiErr
         Op::SettlementList => b::charges::settlements(bo, call).await?,
         Op::TransactionList => b::charges::transactions(bo, call).await?,
         Op::TransactionGet => b::charges::transaction(bo, call).await?,
+        Op::EventList => b::events::event_list(bo, call).await?,
+        Op::AppVersionPut => b::app_versions::app_version_put(bo, call).await?,
+        Op::AppVersionList => b::app_versions::app_version_list(bo, call).await?,
+        Op::PosHeartbeat => crate::pos::heartbeats::heartbeat(terminals, call).await?,
+        Op::PosUpdateCheck => crate::pos::heartbeats::update_check(terminals, call).await?,
+        Op::EventGet => b::events::event_get(bo, call).await?,
+        Op::MerchantWebhookCreate => b::webhooks::endpoint_create(bo, call, Merchant).await?,
+        Op::MerchantWebhookList => b::webhooks::endpoint_list(bo, call, Merchant).await?,
+        Op::MerchantWebhookGet => b::webhooks::endpoint_get(bo, call, Merchant).await?,
+        Op::MerchantWebhookPatch => b::webhooks::endpoint_patch(bo, call, Merchant).await?,
+        Op::MerchantWebhookDelete => b::webhooks::endpoint_delete(bo, call, Merchant).await?,
+        Op::MerchantWebhookRotate => {
+            b::webhooks::endpoint_rotate_secret(bo, call, Merchant).await?
+        }
+        Op::MerchantWebhookDeliveries => b::webhooks::delivery_list(bo, call, Merchant).await?,
+        Op::MerchantWebhookResend => b::webhooks::delivery_resend(bo, call, Merchant).await?,
+        Op::ResellerWebhookCreate => b::webhooks::endpoint_create(bo, call, Reseller).await?,
+        Op::ResellerWebhookList => b::webhooks::endpoint_list(bo, call, Reseller).await?,
+        Op::ResellerWebhookGet => b::webhooks::endpoint_get(bo, call, Reseller).await?,
+        Op::ResellerWebhookPatch => b::webhooks::endpoint_patch(bo, call, Reseller).await?,
+        Op::ResellerWebhookDelete => b::webhooks::endpoint_delete(bo, call, Reseller).await?,
+        Op::ResellerWebhookRotate => {
+            b::webhooks::endpoint_rotate_secret(bo, call, Reseller).await?
+        }
+        Op::ResellerWebhookDeliveries => b::webhooks::delivery_list(bo, call, Reseller).await?,
+        Op::ResellerWebhookResend => b::webhooks::delivery_resend(bo, call, Reseller).await?,
     };
     Ok(json(value))
 }

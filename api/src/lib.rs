@@ -18,6 +18,7 @@ pub mod keyd;
 pub mod pos;
 pub mod request;
 pub mod store;
+pub mod webhooks;
 pub mod wire;
 
 pub use config::Config;

@@ -96,6 +96,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|e| e.message().to_owned())?;
         tracing::info!(%listen, https, "api listening");
         tokio::spawn(api::housekeeping::run(Arc::clone(&app)));
+        tokio::spawn(api::webhooks::run(Arc::clone(&app)));
         api::http::serve(app, listener, tls, shutdown).await;
         tracing::info!("api stopped");
         Ok(())

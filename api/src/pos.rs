@@ -4,6 +4,7 @@
 
 pub mod charges;
 pub mod envelope;
+pub mod heartbeats;
 pub mod replies;
 
 /// What terminal handlers work with: records, keyd, used nonces, per-device locks, keyed
@@ -51,6 +52,7 @@ use serde_json::{Value, json};
 use crate::auth::authz::{Action, authorize};
 use crate::config::PlatformConfig;
 use crate::domain::charges::Engine as ChargeEngine;
+use crate::domain::events::{self, EventType};
 use crate::domain::idem::Idempotency;
 use crate::domain::locks::Locks;
 use crate::domain::model::{
@@ -394,7 +396,11 @@ pub async fn claim(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiErr
                 d.location_id = Some(l.clone());
             }
             d.updated_at = now;
-            Ok(vec![expect_code.clone(), put_code.clone()])
+            Ok(vec![
+                expect_code.clone(),
+                put_code.clone(),
+                events::event(EventType::DeviceClaimed, &*d, now)?,
+            ])
         })
         .await
         .map_err(|e| match e.code() {
@@ -690,7 +696,8 @@ async fn config_json(app: &Terminals<'_>, device: &Device) -> Result<Value, ApiE
                      "fallback_allowed": false},
         "branding": {"theme": field("theme"), "logo_url": field("logo_url"),
                      "primary_color": field("primary_color")},
-        "intervals": {"heartbeat_sec": 300, "update_check_sec": 3600},
+        "intervals": {"heartbeat_sec": app.platform.heartbeat_secs,
+                      "update_check_sec": app.platform.update_check_secs},
     }))
 }
 
@@ -785,22 +792,18 @@ pub async fn activate(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, Api
     let now = call.now;
     let updated = app
         .db
-        .update::<Device>(&device.device_id, move |d| {
-            match d.status {
-                DeviceStatus::Claimed => {
-                    d.status = DeviceStatus::Activated;
-                    d.activated_at = Some(now);
-                    d.updated_at = now;
-                }
-                DeviceStatus::Activated => {}
-                _ => {
-                    return Err(ApiError::new(
-                        Code::DeviceState,
-                        "the device is not in the state this call needs",
-                    ));
-                }
+        .update::<Device>(&device.device_id, move |d| match d.status {
+            DeviceStatus::Claimed => {
+                d.status = DeviceStatus::Activated;
+                d.activated_at = Some(now);
+                d.updated_at = now;
+                Ok(vec![events::event(EventType::DeviceActivated, &*d, now)?])
             }
-            Ok(Vec::new())
+            DeviceStatus::Activated => Ok(Vec::new()),
+            _ => Err(ApiError::new(
+                Code::DeviceState,
+                "the device is not in the state this call needs",
+            )),
         })
         .await?;
     let answer = json!({
@@ -867,6 +870,10 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             activated_at: None,
+            last_seen_at: None,
+            app_version: None,
+            connectivity: None,
+            heartbeat: None,
         }
     }
 

@@ -25,7 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["auth"],
     &["request"],
     &["pos", "backoffice"],
-    &["http", "housekeeping"],
+    &["http", "housekeeping", "webhooks"],
     &["app"],
     &["lib", "main"],
 ];

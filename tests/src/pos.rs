@@ -326,6 +326,34 @@ impl Terminal {
         self.opened(answer)
     }
 
+    /// `POST /pos/heartbeat` with this inner JSON (`app_version`, `battery_pct`, `network`,
+    /// `last_charge_id`) in an MSK envelope, signed.
+    ///
+    /// # Errors
+    /// As [`Terminal::charge_with`].
+    pub fn heartbeat(&mut self, inner: &Value) -> Result<(Answer, Option<Value>), Error> {
+        self.enveloped_call("/pos/heartbeat", inner)
+    }
+
+    /// `POST /pos/update-check` for the app version `version`, enveloped and signed.
+    ///
+    /// # Errors
+    /// As [`Terminal::charge_with`].
+    pub fn update_check(&mut self, version: &str) -> Result<(Answer, Option<Value>), Error> {
+        self.enveloped_call("/pos/update-check", &json!({"app_version": version}))
+    }
+
+    /// A signed POST of `inner` in an MSK envelope, its answer opened.
+    fn enveloped_call(
+        &mut self,
+        path: &str,
+        inner: &Value,
+    ) -> Result<(Answer, Option<Value>), Error> {
+        let body = self.envelope(&serde_json::to_vec(inner)?, false)?;
+        let answer = self.signed_request("POST", path, &body, &Overrides::default())?;
+        self.opened(answer)
+    }
+
     /// `POST /pos/charge/{id}/refund` with `{"amount":{"value","currency"}?,"reason"?}`.
     ///
     /// # Errors

@@ -143,10 +143,18 @@ pub async fn device_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Valu
         created_at: call.now,
         updated_at: call.now,
         activated_at: None,
+        last_seen_at: None,
+        app_version: None,
+        connectivity: None,
+        heartbeat: None,
     };
     app.db
         .commit(
-            vec![db::absent::<Device>(&device_id), db::put(&d)?],
+            vec![
+                db::absent::<Device>(&device_id),
+                db::put(&d)?,
+                event(EventType::DeviceRegistered, &d, call.now)?,
+            ],
             taken(),
         )
         .await?;
@@ -172,9 +180,23 @@ async fn device(app: &Backoffice<'_>, call: &Call<'_>, action: Action) -> Result
 pub async fn device_list(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let m = merchant(app, call.who()?, call.param(0), Action::Read).await?;
     let (limit, after) = call.page()?;
+    let connectivity = match call.query("connectivity") {
+        None => None,
+        Some("online") => Some(Some(Connectivity::Online)),
+        Some("offline") => Some(Some(Connectivity::Offline)),
+        Some("unknown") => Some(None),
+        Some(_) => {
+            return Err(ApiError::field(
+                "connectivity",
+                "online, offline or unknown",
+            ));
+        }
+    };
     let page = app
         .db
-        .page::<Device>("devices", &m.id, after, limit)
+        .page_filtered::<Device>("devices", &m.id, after, limit, |d| {
+            connectivity.is_none_or(|c| d.connectivity == c)
+        })
         .await?;
     let items = page.items.iter().map(Device::to_json).collect();
     Ok(list(items, page.has_more, "device_id"))
@@ -228,7 +250,8 @@ pub async fn device_disable(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Val
     let updated = app
         .db
         .update::<Device>(&d.device_id, |d| {
-            if d.status != DeviceStatus::Disabled {
+            let disabling = d.status != DeviceStatus::Disabled;
+            if disabling {
                 d.status = DeviceStatus::Disabled;
                 d.auth_epoch += 1;
                 d.updated_at = now;
@@ -236,7 +259,11 @@ pub async fn device_disable(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Val
             // keyd revokes the sets; the record forgets them, so the next delivery makes anew.
             d.key_set = None;
             d.previous_key_set = None;
-            Ok(Vec::new())
+            if disabling {
+                Ok(vec![event(EventType::DeviceDisabled, &*d, now)?])
+            } else {
+                Ok(Vec::new())
+            }
         })
         .await?;
     crate::keyd::ops::revoke_key_sets(app.keyd, &d.device_id).await?;
@@ -269,7 +296,7 @@ pub async fn device_enable(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Valu
             d.key_set = None;
             d.previous_key_set = None;
             d.updated_at = now;
-            Ok(Vec::new())
+            Ok(vec![event(EventType::DeviceEnabled, &*d, now)?])
         })
         .await?;
     Ok(updated.to_json())

@@ -104,7 +104,13 @@ pub async fn merchant_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Va
     loop {
         match app
             .db
-            .commit(vec![db::put(&m)?], conflict("merchant exists"))
+            .commit(
+                vec![
+                    db::put(&m)?,
+                    event(EventType::MerchantCreated, &m, call.now)?,
+                ],
+                conflict("merchant exists"),
+            )
             .await
         {
             Ok(()) => return Ok(m.to_json()),
@@ -256,7 +262,7 @@ pub async fn merchant_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Val
             set(&mut m.tax_info, &tax);
             set(&mut m.surcharge_info, &surcharge);
             m.updated_at = now;
-            Ok(Vec::new())
+            Ok(vec![event(EventType::MerchantUpdated, &*m, now)?])
         })
         .await?;
     Ok(updated.to_json())
@@ -271,7 +277,7 @@ pub async fn merchant_parameters(app: &Backoffice<'_>, call: &Call<'_>) -> Resul
         .update::<Merchant>(&m.id, |m| {
             m.terminal_parameters = Some(params.clone());
             m.updated_at = now;
-            Ok(Vec::new())
+            Ok(vec![event(EventType::MerchantUpdated, &*m, now)?])
         })
         .await?;
     Ok(Value::Object(params))

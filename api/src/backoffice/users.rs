@@ -3,44 +3,6 @@
 
 use super::*;
 
-/// Whose users a route manages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UserOwner {
-    /// `/merchants/{id}/users`.
-    Merchant,
-    /// `/resellers/{id}/users`.
-    Reseller,
-}
-
-async fn user_parent(
-    app: &Backoffice<'_>,
-    call: &Call<'_>,
-    owner: UserOwner,
-    write: bool,
-) -> Result<(String, Tenancy), ApiError> {
-    let p = call.who()?;
-    match owner {
-        UserOwner::Merchant => {
-            let action = if write {
-                Action::ManageMerchant
-            } else {
-                Action::Read
-            };
-            let m = merchant(app, p, call.param(0), action).await?;
-            Ok((m.id.clone(), m.tenancy()))
-        }
-        UserOwner::Reseller => {
-            let action = if write {
-                Action::ManageReseller
-            } else {
-                Action::Read
-            };
-            let r = reseller(app, p, call.param(0), action).await?;
-            Ok((r.id.clone(), r.tenancy()))
-        }
-    }
-}
-
 crate::enum_field! {
     /// The roles of a merchant's users.
     pub enum MerchantRole { MerchantAdmin = "merchant_admin", MerchantUser = "merchant_user" }
@@ -137,13 +99,13 @@ fn reseller_role(r: ResellerRole) -> Role {
 
 /// Reads a create (`create`) or change body of `owner`'s users.
 fn user_fields(
-    owner: UserOwner,
+    owner: Owner,
     create: bool,
     obj: Map<String, Value>,
 ) -> Result<UserFields, ApiError> {
     let value = Value::Object(obj);
     Ok(match (owner, create) {
-        (UserOwner::Merchant, true) => {
+        (Owner::Merchant, true) => {
             let b: MerchantUserCreate = body::from_value(value)?;
             UserFields {
                 email: Some(b.email.into()),
@@ -152,7 +114,7 @@ fn user_fields(
                 subject: b.idp_subject.map(String::from),
             }
         }
-        (UserOwner::Reseller, true) => {
+        (Owner::Reseller, true) => {
             let b: ResellerUserCreate = body::from_value(value)?;
             UserFields {
                 email: Some(b.email.into()),
@@ -161,7 +123,7 @@ fn user_fields(
                 subject: b.idp_subject.map(String::from),
             }
         }
-        (UserOwner::Merchant, false) => {
+        (Owner::Merchant, false) => {
             let b: MerchantUserPatch = body::from_value(value)?;
             UserFields {
                 email: b.email.map(String::from),
@@ -170,7 +132,7 @@ fn user_fields(
                 subject: b.idp_subject.map(String::from),
             }
         }
-        (UserOwner::Reseller, false) => {
+        (Owner::Reseller, false) => {
             let b: ResellerUserPatch = body::from_value(value)?;
             UserFields {
                 email: b.email.map(String::from),
@@ -202,9 +164,9 @@ fn subject_by_platform(call: &Call<'_>, obj: &Map<String, Value>) -> Result<(), 
 pub async fn user_create(
     app: &Backoffice<'_>,
     call: &Call<'_>,
-    owner: UserOwner,
+    owner: Owner,
 ) -> Result<Value, ApiError> {
-    let (parent, _) = user_parent(app, call, owner, true).await?;
+    let (parent, _) = owner_of_call(app, call, owner, true).await?;
     let obj = body::object(&call.body)?;
     subject_by_platform(call, &obj)?;
     let UserFields {
@@ -220,8 +182,8 @@ pub async fn user_create(
         email: email.unwrap_or_default(),
         name: name.flatten(),
         role: role.unwrap_or(Role::MerchantUser),
-        merchant_id: (owner == UserOwner::Merchant).then(|| parent.clone()),
-        reseller_id: (owner == UserOwner::Reseller).then(|| parent.clone()),
+        merchant_id: (owner == Owner::Merchant).then(|| parent.clone()),
+        reseller_id: (owner == Owner::Reseller).then(|| parent.clone()),
         created_at: call.now,
         updated_at: call.now,
     };
@@ -237,10 +199,10 @@ pub async fn user_create(
 async fn user(
     app: &Backoffice<'_>,
     call: &Call<'_>,
-    owner: UserOwner,
+    owner: Owner,
     write: bool,
 ) -> Result<User, ApiError> {
-    let (parent, _) = user_parent(app, call, owner, write).await?;
+    let (parent, _) = owner_of_call(app, call, owner, write).await?;
     child(app, call.param(1), ids::is_uuid, |u: &User| {
         u.owner() == parent
     })
@@ -251,9 +213,9 @@ async fn user(
 pub async fn user_list(
     app: &Backoffice<'_>,
     call: &Call<'_>,
-    owner: UserOwner,
+    owner: Owner,
 ) -> Result<Value, ApiError> {
-    let (parent, _) = user_parent(app, call, owner, false).await?;
+    let (parent, _) = owner_of_call(app, call, owner, false).await?;
     let (limit, after) = call.page()?;
     let page = app.db.page::<User>("users", &parent, after, limit).await?;
     let items = page.items.iter().map(User::to_json).collect();
@@ -264,7 +226,7 @@ pub async fn user_list(
 pub async fn user_get(
     app: &Backoffice<'_>,
     call: &Call<'_>,
-    owner: UserOwner,
+    owner: Owner,
 ) -> Result<Value, ApiError> {
     Ok(user(app, call, owner, false).await?.to_json())
 }
@@ -273,7 +235,7 @@ pub async fn user_get(
 pub async fn user_patch(
     app: &Backoffice<'_>,
     call: &Call<'_>,
-    owner: UserOwner,
+    owner: Owner,
 ) -> Result<Value, ApiError> {
     let u = user(app, call, owner, true).await?;
     let obj = body::object(&call.body)?;
@@ -314,7 +276,7 @@ pub async fn user_patch(
 pub async fn user_delete(
     app: &Backoffice<'_>,
     call: &Call<'_>,
-    owner: UserOwner,
+    owner: Owner,
 ) -> Result<Value, ApiError> {
     let u = user(app, call, owner, true).await?;
     app.db

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::domain::events::{self, EventType};
 use crate::domain::idem::{self, Running};
 use crate::domain::locks::Locks;
 use crate::domain::model::{Amount, FeeTemplate, Merchant};
@@ -433,7 +434,9 @@ pub async fn create(
     if engine.db.store().shared() {
         last.push(db::expect::<Charge>(&charge.charge_id, 1));
     }
-    last.push(db::put(&charge_with_status(&charge, failed.is_some()))?);
+    let stored = charge_with_status(&charge, failed.is_some());
+    last.push(db::put(&stored)?);
+    last.extend(events::charge_event(&stored, now)?);
     if failed.is_some() {
         charge.status = ChargeStatus::Failed;
     }
@@ -505,6 +508,8 @@ pub async fn refund(
         Ok((charge, refund)) => {
             writes.push(db::put(&charge)?);
             writes.push(db::put(&refund)?);
+            writes.extend(events::charge_event(&charge, now)?);
+            writes.push(events::event(EventType::RefundSucceeded, &refund, now)?);
             Ok(refund)
         }
         Err(e) => Err(e),
@@ -643,6 +648,7 @@ pub async fn cancel(
     if let Ok(true) = result {
         charge.status = ChargeStatus::Cancelled;
         writes.push(db::put(&charge)?);
+        writes.extend(events::charge_event(&charge, now)?);
     }
     let answer = result.map(|_| charge);
     if let Some(r) = running {

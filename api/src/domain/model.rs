@@ -316,6 +316,63 @@ pub struct Device {
     pub updated_at: i64,
     /// Unix seconds of the first activation.
     pub activated_at: Option<i64>,
+    /// Unix seconds of its last heartbeat.
+    #[serde(default)]
+    pub last_seen_at: Option<i64>,
+    /// The POS app version its last heartbeat reported.
+    #[serde(default)]
+    pub app_version: Option<String>,
+    /// Online or offline, from its heartbeats (`None` before the first).
+    #[serde(default)]
+    pub connectivity: Option<Connectivity>,
+    /// What its last heartbeat reported besides the version (battery, network, last charge).
+    #[serde(default)]
+    pub heartbeat: Option<Map<String, Value>>,
+}
+
+/// Whether a terminal is heard from (contract: `POST /pos/heartbeat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Connectivity {
+    /// Its last heartbeat is within three intervals.
+    Online,
+    /// Three intervals passed without a heartbeat.
+    Offline,
+}
+
+impl Connectivity {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Offline => "offline",
+        }
+    }
+}
+
+/// The POS app the operator publishes for one device model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppVersion {
+    /// The device model it is for.
+    pub model: String,
+    /// The newest version (`MAJOR.MINOR.PATCH`).
+    pub latest_version: String,
+    /// Where terminals download it.
+    pub url: String,
+    /// Terminals below it must update (the platform's minimum when `None`).
+    pub min_supported_version: Option<String>,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+impl Record for AppVersion {
+    const KIND: &'static str = "app_version";
+    fn id(&self) -> &str {
+        &self.model
+    }
+    fn indexes(&self) -> Vec<(String, String)> {
+        vec![("app_versions".into(), String::new())]
+    }
 }
 
 impl Record for Device {

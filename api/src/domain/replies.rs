@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 
 use crate::domain::charges::{Charge, ChargeStatus, Refund, Txn};
 use crate::domain::model::{
-    Amount, ApiClient, Device, DeviceStatus, FeeTemplate, Location, Merchant, Reseller, Role, User,
+    Amount, ApiClient, Connectivity, Device, DeviceStatus, FeeTemplate, Location, Merchant,
+    Reseller, Role, User,
 };
 use crate::domain::settlement::Settlement;
 use crate::reply;
@@ -25,6 +26,13 @@ impl Amount {
 
 impl Choices for DeviceStatus {
     const ALL: &'static [&'static str] = &["inactive", "claimed", "activated", "disabled"];
+    fn as_str(self) -> &'static str {
+        Self::as_str(self)
+    }
+}
+
+impl Choices for Connectivity {
+    const ALL: &'static [&'static str] = &["online", "offline"];
     fn as_str(self) -> &'static str {
         Self::as_str(self)
     }
@@ -300,6 +308,12 @@ reply! {
         pub updated_at: Time,
         /// First activated.
         pub activated_at: Option<Time>,
+        /// `online` or `offline` from its heartbeats; `null` before the first.
+        pub connectivity: Option<OneOf<Connectivity>>,
+        /// Its last heartbeat.
+        pub last_seen_at: Option<Time>,
+        /// The POS app version it last reported.
+        pub app_version: Option<&'a str>,
     }
 }
 
@@ -323,6 +337,9 @@ impl Device {
             created_at: Time(self.created_at),
             updated_at: Time(self.updated_at),
             activated_at: self.activated_at.map(Time),
+            connectivity: self.connectivity.map(OneOf),
+            last_seen_at: self.last_seen_at.map(Time),
+            app_version: self.app_version.as_deref(),
         }
     }
 }

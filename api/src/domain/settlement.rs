@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::charges::{Charge, ChargeStatus, Engine, Txn};
+use crate::domain::events;
 use crate::domain::model::{Amount, Merchant};
 use crate::error::{ApiError, Code};
 use crate::store::db::{self, Record};
@@ -179,6 +180,11 @@ pub async fn settle(
         left_from,
     };
     writes.push(db::put(&settlement)?);
+    writes.push(events::event(
+        events::EventType::SettlementCreated,
+        &settlement,
+        now,
+    )?);
     engine
         .db
         .commit(

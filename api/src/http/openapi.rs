@@ -142,6 +142,32 @@ fn operation(route: &crate::http::routes::Route) -> Value {
         parameters.push(text("location_id", "Only this location"));
         parameters.push(text("terminal_id", "Only this terminal"));
     }
+    let choice = |name: &str, description: &str, values: &[&str]| {
+        json!({"name": name, "in": "query", "description": description,
+               "schema": {"type": "string", "enum": values}})
+    };
+    match route.op {
+        Op::DeviceList => parameters.push(choice(
+            "connectivity",
+            "From heartbeats (unknown: none yet)",
+            &["online", "offline", "unknown"],
+        )),
+        Op::EventList => {
+            parameters.push(json!({"name": "type", "in": "query",
+                "description": "An event type, <object>.* or *",
+                "schema": {"type": "string", "pattern": "^(\\*|[a-z]+\\.(\\*|[a-z_]+))$"}}));
+            parameters.push(text("object_id", "Only the events of this object"));
+            parameters.push(text("merchant_id", "Only this merchant's events"));
+        }
+        Op::MerchantWebhookDeliveries | Op::ResellerWebhookDeliveries => {
+            parameters.push(choice(
+                "status",
+                "Where the delivery is",
+                &["pending", "succeeded", "failed"],
+            ));
+        }
+        _ => {}
+    }
     let success = match reply {
         Some(schema) => json!({"description": "Success",
                                "content": {"application/json": {"schema": schema}}}),

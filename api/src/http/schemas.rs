@@ -6,10 +6,12 @@
 use serde_json::{Value, json};
 
 use crate::backoffice::{
-    api_clients, branding, charges as bc, devices, fee_templates, locations, merchants, resellers,
-    sessions, users,
+    api_clients, app_versions, branding, charges as bc, devices, fee_templates, locations,
+    merchants, resellers, sessions, users, webhooks,
 };
+use crate::domain::events::EventReply;
 use crate::domain::replies as r;
+use crate::domain::webhooks::{WebhookDeliveryReply, WebhookEndpointReply};
 use crate::http::routes::Op;
 use crate::pos::replies as p;
 use crate::request::RefundRequest;
@@ -122,7 +124,20 @@ pub fn request(op: Op) -> Request {
         | O::SettlementCreate
         | O::SettlementList
         | O::TransactionList
-        | O::TransactionGet => Request::None,
+        | O::TransactionGet
+        | O::EventList
+        | O::AppVersionList
+        | O::EventGet
+        | O::MerchantWebhookList
+        | O::MerchantWebhookGet
+        | O::MerchantWebhookDelete
+        | O::MerchantWebhookDeliveries
+        | O::MerchantWebhookResend
+        | O::ResellerWebhookList
+        | O::ResellerWebhookGet
+        | O::ResellerWebhookDelete
+        | O::ResellerWebhookDeliveries
+        | O::ResellerWebhookResend => Request::None,
         O::SessionInitiate => body::<sessions::SessionInitiate>(),
         O::ClientSession | O::AuthToken => body::<sessions::ClientCredentials>(),
         O::ResellerCreate => body::<resellers::ResellerCreate>(),
@@ -160,6 +175,12 @@ pub fn request(op: Op) -> Request {
         O::PosRefund => envelope(Some(RefundRequest::object_schema())),
         O::ChargeCreate => body::<bc::ChargeCreate>(),
         O::ChargeRefund => optional::<RefundRequest>(),
+        O::AppVersionPut => body::<app_versions::AppVersionPut>(),
+        O::PosHeartbeat => envelope(Some(crate::pos::heartbeats::Heartbeat::object_schema())),
+        O::PosUpdateCheck => envelope(Some(crate::pos::heartbeats::UpdateCheck::object_schema())),
+        O::MerchantWebhookCreate | O::ResellerWebhookCreate => body::<webhooks::EndpointCreate>(),
+        O::MerchantWebhookPatch | O::ResellerWebhookPatch => body::<webhooks::EndpointPatch>(),
+        O::MerchantWebhookRotate | O::ResellerWebhookRotate => optional::<webhooks::SecretRotate>(),
     }
 }
 
@@ -265,6 +286,27 @@ pub fn reply(op: Op) -> Option<Value> {
         O::SettlementList => Page::<r::SettlementReply<'_>>::schema(),
         O::TransactionList => Page::<r::TxnReply<'_>>::schema(),
         O::TransactionGet => r::TxnReply::schema(),
+        O::EventList => Page::<EventReply<'_>>::schema(),
+        O::AppVersionPut => app_versions::AppVersionReply::schema(),
+        O::AppVersionList => Page::<app_versions::AppVersionReply<'_>>::schema(),
+        O::PosHeartbeat | O::PosUpdateCheck => p::envelope_schema(),
+        O::EventGet => EventReply::schema(),
+        O::MerchantWebhookCreate
+        | O::ResellerWebhookCreate
+        | O::MerchantWebhookRotate
+        | O::ResellerWebhookRotate => webhooks::EndpointWithSecret::schema(),
+        O::MerchantWebhookList | O::ResellerWebhookList => {
+            Page::<WebhookEndpointReply<'_>>::schema()
+        }
+        O::MerchantWebhookGet
+        | O::ResellerWebhookGet
+        | O::MerchantWebhookPatch
+        | O::ResellerWebhookPatch => WebhookEndpointReply::schema(),
+        O::MerchantWebhookDelete | O::ResellerWebhookDelete => crate::backoffice::Deleted::schema(),
+        O::MerchantWebhookDeliveries | O::ResellerWebhookDeliveries => {
+            Page::<WebhookDeliveryReply<'_>>::schema()
+        }
+        O::MerchantWebhookResend | O::ResellerWebhookResend => WebhookDeliveryReply::schema(),
     })
 }
 

@@ -34,14 +34,14 @@ use crate::wire::ids;
 
 /// A request whose signature, window, nonce and device state have passed.
 #[derive(Debug)]
-struct Signed {
-    device: Device,
-    set: KeySetRef,
+pub(super) struct Signed {
+    pub(super) device: Device,
+    pub(super) set: KeySetRef,
     terminal_id: String,
     /// The nonce's durable record, committed with the request's writes (or alone).
-    nonce: Option<NonceWrites>,
+    pub(super) nonce: Option<NonceWrites>,
     /// The opened envelope, for calls with a body.
-    inner: Option<(Map<String, Value>, Vec<u8>)>,
+    pub(super) inner: Option<(Map<String, Value>, Vec<u8>)>,
     /// The card of a new charge, when keyd opened it with the envelope.
     card: Option<OpenedCard>,
 }
@@ -62,7 +62,7 @@ impl std::fmt::Debug for OpenedCard {
 
 /// What the fast path asks of keyd with the signature and the envelope.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Open {
+pub(super) enum Open {
     /// The envelope only.
     Envelope,
     /// The envelope, and the card of the charge inside it.
@@ -144,15 +144,17 @@ async fn verify_only(
     }
 }
 
-/// Checks a signed POS charge call in the contract's order and opens its envelope.
-async fn signed(
+/// Checks a signed POS call in the contract's order and opens its envelope. `check_version`
+/// is false only where an app too old to charge must still be answered (the update check).
+pub(super) async fn signed(
     app: &Terminals<'_>,
     call: &Call<'_>,
     method: &str,
     path: &str,
     with_body: Option<Open>,
+    check_version: bool,
 ) -> Result<Signed, ApiError> {
-    pos::pos_headers(app, call, true)?;
+    pos::pos_headers(app, call, check_version)?;
     let h = headers(call)?;
     let Some(device_id) = app.db.owner("terminal_id", h.terminal_id).await? else {
         return Err(bad_signature());
@@ -287,7 +289,7 @@ async fn signed(
 }
 
 /// Makes a used nonce durable when the request writes nothing else.
-async fn commit_nonce(app: &Terminals<'_>, signed: &mut Signed) {
+pub(super) async fn commit_nonce(app: &Terminals<'_>, signed: &mut Signed) {
     if let Some(w) = signed.nonce.take() {
         let _ = app
             .db
@@ -391,7 +393,7 @@ async fn fail(
 /// `POST /pos/charge`.
 pub async fn create(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let path = "/pos/charge";
-    let signed = signed(app, call, "POST", path, Some(Open::Charge)).await?;
+    let signed = signed(app, call, "POST", path, Some(Open::Charge), true).await?;
     run(app, call, path, signed, |mut s, running| async move {
         let nonce = s.nonce.take();
         let (inner, _) = s.inner.take().unwrap_or_default();
@@ -637,7 +639,7 @@ async fn own_charge(app: &Terminals<'_>, s: &Signed, id: &str) -> Result<Charge,
 /// `POST /pos/charge/{id}/refund`.
 pub async fn refund(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
     let path = format!("/pos/charge/{}/refund", call.param(0));
-    let signed = signed(app, call, "POST", &path, Some(Open::Envelope)).await?;
+    let signed = signed(app, call, "POST", &path, Some(Open::Envelope), true).await?;
     run(app, call, &path, signed, |mut s, running| async move {
         let nonce = s.nonce.take();
         let (inner, _) = s.inner.take().unwrap_or_default();
@@ -670,7 +672,7 @@ pub async fn refund(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiEr
 /// `POST /pos/charge/{id}/cancel` and `…/reverse` (empty body).
 pub async fn cancel(app: &Terminals<'_>, call: &Call<'_>, verb: &str) -> Result<Value, ApiError> {
     let path = format!("/pos/charge/{}/{verb}", call.param(0));
-    let signed = signed(app, call, "POST", &path, None).await?;
+    let signed = signed(app, call, "POST", &path, None, true).await?;
     run(app, call, &path, signed, |mut s, running| async move {
         let nonce = s.nonce.take();
         let charge = match own_charge(app, &s, call.param(0)).await {

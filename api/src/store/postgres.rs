@@ -63,6 +63,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_typed_tables.sql"),
     include_str!("../../migrations/postgres/0002_acquirer_link.sql"),
     include_str!("../../migrations/postgres/0003_several_nodes.sql"),
+    include_str!("../../migrations/postgres/0004_events.sql"),
 ];
 
 /// How often a batch that PostgreSQL rolled back for a deadlock or a serialisation failure is

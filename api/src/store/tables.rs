@@ -53,7 +53,7 @@ pub(crate) struct Table {
 use Ty::{Bool, Int, Json, Money, Text};
 
 /// Every record kind and its table (schema: `0002_typed_tables.sql`, `0003_acquirer_link.sql`,
-/// `0004_several_nodes.sql`).
+/// `0004_several_nodes.sql`, `0005_events.sql`).
 pub(crate) static TABLES: &[Table] = &[
     Table {
         kind: "reseller",
@@ -143,6 +143,10 @@ pub(crate) static TABLES: &[Table] = &[
             ("created_at", Int),
             ("updated_at", Int),
             ("activated_at", Int),
+            ("last_seen_at", Int),
+            ("app_version", Text),
+            ("connectivity", Text),
+            ("heartbeat", Json),
         ],
     },
     Table {
@@ -305,6 +309,64 @@ pub(crate) static TABLES: &[Table] = &[
             ("created_at", Int),
         ],
     },
+    Table {
+        kind: "event",
+        name: "events",
+        key: "id",
+        cols: &[
+            ("event_type", Text),
+            ("object_type", Text),
+            ("object_id", Text),
+            ("merchant_id", Text),
+            ("data", Json),
+            ("created_at", Int),
+            ("dispatched", Bool),
+        ],
+    },
+    Table {
+        kind: "app_version",
+        name: "app_versions",
+        key: "model",
+        cols: &[
+            ("latest_version", Text),
+            ("url", Text),
+            ("min_supported_version", Text),
+            ("updated_at", Int),
+        ],
+    },
+    Table {
+        kind: "webhook_endpoint",
+        name: "webhook_endpoints",
+        key: "id",
+        cols: &[
+            ("merchant_id", Text),
+            ("reseller_id", Text),
+            ("url", Text),
+            ("description", Text),
+            ("enabled_events", Json),
+            ("status", Text),
+            ("secrets", Json),
+            ("created_at", Int),
+            ("updated_at", Int),
+        ],
+    },
+    Table {
+        kind: "webhook_delivery",
+        name: "webhook_deliveries",
+        key: "id",
+        cols: &[
+            ("endpoint_id", Text),
+            ("event_id", Text),
+            ("event_type", Text),
+            ("object_id", Text),
+            ("status", Text),
+            ("attempts", Int),
+            ("next_attempt_at", Int),
+            ("log", Json),
+            ("created_at", Int),
+            ("updated_at", Int),
+        ],
+    },
 ];
 
 /// The lists the API runs: `(index name, record kind, the WHERE clause selecting one key's
@@ -337,6 +399,12 @@ pub(crate) static LISTS: &[(&str, &str, &str)] = &[
     ("locations", "location", "merchant_id = ?1"),
     ("devices", "device", "merchant_id = ?1"),
     (
+        "devices_silent",
+        "device",
+        "connectivity = 'online' AND last_seen_at < CAST(CAST(?1 AS TEXT) AS BIGINT)",
+    ),
+    ("app_versions", "app_version", "?1 = ''"),
+    (
         "users",
         "user",
         "COALESCE(merchant_id, reseller_id, '') = ?1",
@@ -345,6 +413,26 @@ pub(crate) static LISTS: &[(&str, &str, &str)] = &[
     ("transactions", "charge", "merchant_id = ?1"),
     ("transactions", "refund", "merchant_id = ?1"),
     ("settlements", "settlement", "merchant_id = ?1"),
+    ("events", "event", "?1 = ''"),
+    ("merchant_events", "event", "merchant_id = ?1"),
+    (
+        "reseller_events",
+        "event",
+        "merchant_id IN (SELECT merchant_id FROM merchant_resellers WHERE reseller_id = ?1)",
+    ),
+    ("object_events", "event", "object_id = ?1"),
+    ("events_undispatched", "event", "NOT dispatched AND ?1 = ''"),
+    (
+        "webhook_endpoints",
+        "webhook_endpoint",
+        "COALESCE(merchant_id, reseller_id, '') = ?1",
+    ),
+    ("webhook_deliveries", "webhook_delivery", "endpoint_id = ?1"),
+    (
+        "webhook_due",
+        "webhook_delivery",
+        "status = 'pending' AND next_attempt_at <= CAST(CAST(?1 AS TEXT) AS BIGINT)",
+    ),
     (
         "attestation_minute",
         "attestation",

@@ -355,11 +355,22 @@ fn samples() -> Vec<(&'static str, Map<String, Value>)> {
     out
 }
 
-/// [`samples`] as schema version 2 had them: without the kinds and fields version 3 added.
+/// [`samples`] as schema version 2 had them: without the kinds and fields versions 3 to 5
+/// added.
 fn samples_v2() -> Vec<(&'static str, Map<String, Value>)> {
     samples()
         .into_iter()
-        .filter(|(kind, _)| !["reversal", "lease"].contains(kind))
+        .filter(|(kind, _)| {
+            ![
+                "reversal",
+                "lease",
+                "event",
+                "webhook_endpoint",
+                "webhook_delivery",
+                "app_version",
+            ]
+            .contains(kind)
+        })
         .map(|(kind, mut body)| {
             body.remove("acquirer_mid");
             body.remove("processor_data");
@@ -368,6 +379,11 @@ fn samples_v2() -> Vec<(&'static str, Map<String, Value>)> {
             }
             if kind == "boot" {
                 body.remove("seen_at");
+            }
+            if kind == "device" {
+                for field in ["last_seen_at", "app_version", "connectivity", "heartbeat"] {
+                    body.remove(field);
+                }
             }
             (kind, body)
         })
@@ -731,7 +747,7 @@ async fn version_1_database_moves_into_typed_tables() {
     for (i, (kind, mut body)) in samples_v2().into_iter().enumerate() {
         let id = body[key_of(kind)].as_str().unwrap().to_owned();
         let got = get(&store, kind, &id).await.unwrap();
-        // Version 3's and 4's columns, as their migrations fill them.
+        // Version 3's to 5's columns, as their migrations fill them.
         match kind {
             "merchant" => {
                 body.insert("acquirer_mid".into(), json!(format!("9{:014}", got.seq)));
@@ -745,6 +761,12 @@ async fn version_1_database_moves_into_typed_tables() {
             }
             "boot" => {
                 body.insert("seen_at".into(), body["checkpoint"].clone());
+            }
+            // Version 5's heartbeat columns: nothing heard yet.
+            "device" => {
+                for field in ["last_seen_at", "app_version", "connectivity", "heartbeat"] {
+                    body.insert(field.into(), Value::Null);
+                }
             }
             _ => {}
         }

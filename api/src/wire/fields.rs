@@ -246,6 +246,28 @@ string_field!(
 );
 
 string_field!(
+    /// Where webhooks go: `https://`, or plain `http://` to a loopback host only (a receiver on
+    /// the same machine, as in development); no user info, at most 2,048 characters.
+    WebhookUrl,
+    |u: &str| u.len() <= 2048
+        && !u.contains(char::is_whitespace)
+        && !u.contains('#')
+        && crate::wire::url::parse(u)
+            .is_ok_and(|t| t.https || crate::wire::url::is_loopback_host(&t.host)),
+    "an https:// address (http:// only to a loopback host)",
+    {"type": "string", "maxLength": 2048, "pattern": "^https?://[^\\s#]*$",
+     "description": "https://, or http:// to localhost, 127.0.0.0/8 or ::1 only."}
+);
+
+string_field!(
+    /// A POS app version, `MAJOR.MINOR.PATCH`.
+    AppVersionText,
+    |v: &str| ids::pos_version(v).is_some(),
+    "MAJOR.MINOR.PATCH",
+    {"type": "string", "pattern": "^[0-9]{1,9}\\.[0-9]{1,9}\\.[0-9]{1,9}$"}
+);
+
+string_field!(
     /// A colour as `#RRGGBB`.
     Colour,
     |c: &str| c.len() == 7 && c.starts_with('#') && c.bytes().skip(1).all(|b| b.is_ascii_hexdigit()),
@@ -325,6 +347,20 @@ mod tests {
         assert!(!is_host("-a.com") && !is_host("a..b") && !is_host("a b"));
         assert!(is_email("ops@example.com"));
         assert!(!is_email("ops@localhost") && !is_email("@example.com"));
+    }
+
+    #[test]
+    fn webhook_urls_are_https_or_loopback() {
+        let ok = |u: &str| {
+            let mut problems = Problems::default();
+            WebhookUrl::read(Value::String(u.into()), &At::Root, &mut problems).is_some()
+        };
+        assert!(ok("https://hooks.example.com/viopay?x=1"));
+        assert!(ok("http://127.0.0.1:8080/hook") && ok("http://localhost/h"));
+        assert!(ok("http://[::1]:9000/"));
+        assert!(!ok("http://hooks.example.com/") && !ok("http://10.0.0.1/"));
+        assert!(!ok("ftp://x/") && !ok("https://user@x/") && !ok("https://x/a b"));
+        assert!(!ok("https://x/#frag") && !ok(&format!("https://x/{}", "a".repeat(2048))));
     }
 
     #[test]

@@ -107,6 +107,14 @@ fn run() -> Result<(), Error> {
     println!("== the API on loopback (SQLite file, embedded token issuer, simulated processor)");
     let processor = format!("\n[processor]\npin_zpk = \"{zpk}\"\npin_pvk = \"{pvk}\"\n");
     let mut api = ApiProcess::start(&api_bin, keyd.socket(), "", &processor)?;
+    // Terminals beat every 2 s here (300 s by default), so the demo can show one going quiet.
+    api.reconfigure(|text| {
+        text.replace(
+            "default_zone = \"z1\"",
+            "default_zone = \"z1\"\nheartbeat_secs = 2",
+        )
+    })?;
+    api.restart()?;
     let http = api.client();
     println!("   listening on http://127.0.0.1:{}", api.port());
     let admin = api.token("demo-operator", "platform_admin")?;
@@ -246,6 +254,21 @@ fn run() -> Result<(), Error> {
     );
     let (a, v) = t.activate()?;
     println!("   activate: {}", show(&a, v.as_ref()));
+    let (a, _) =
+        t.heartbeat(&json!({"app_version": "1.4.2", "battery_pct": 87, "network": "wifi"}))?;
+    let device = ok(
+        http,
+        &admin,
+        "GET",
+        &format!("/merchants/{mid}/devices/POS-8F3A2C91"),
+        None,
+    )?;
+    println!(
+        "   heartbeat (signed, enveloped): {} -> device {}, app {}",
+        a.status,
+        device["connectivity"].as_str().unwrap_or("?"),
+        device["app_version"].as_str().unwrap_or("?")
+    );
 
     println!("== charges (signed, MSK-encrypted, card data under the TDK; keyd decrypts)");
     let (a, v) = t.charge("4242424242424242", 1500, "EUR", Some("order-42"))?;
@@ -337,6 +360,7 @@ fn run() -> Result<(), Error> {
             item["amount"]["currency"].as_str().unwrap_or("")
         );
     }
+    offline(http, &admin, &mid)?;
     acquirer_link(
         &mut api,
         &mut t,
@@ -348,6 +372,39 @@ fn run() -> Result<(), Error> {
         ),
     )?;
     println!("demo finished");
+    Ok(())
+}
+
+/// The terminal stops beating: offline after three intervals, and the events say so.
+fn offline(http: Client, admin: &str, mid: &str) -> Result<(), Error> {
+    println!("== the terminal goes quiet (heartbeat every 2 s: offline after three missed)");
+    let started = std::time::Instant::now();
+    let path = format!("/merchants/{mid}/devices/POS-8F3A2C91");
+    while ok(http, admin, "GET", &path, None)?["connectivity"] != "offline" {
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            return Err("the silent terminal was not marked offline within 30 s".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    println!(
+        "   offline after {:.1} s of silence",
+        started.elapsed().as_secs_f64()
+    );
+    let events = ok(
+        http,
+        admin,
+        "GET",
+        &format!("/events?merchant_id={mid}&limit=100"),
+        None,
+    )?;
+    let types: Vec<&str> = events["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    println!("   GET /events, oldest first: {}", types.join(", "));
     Ok(())
 }
 

@@ -86,6 +86,11 @@ enum Command {
         /// block under the delivered TPK (the simulator approves `1234`, spec 12.7).
         #[arg(long)]
         pin: Option<String>,
+        /// After the charges, keep sending heartbeats at the interval the config gives for
+        /// this many seconds (the terminal stays `online`; when it stops, the platform marks
+        /// it `offline` after three missed intervals).
+        #[arg(long, default_value_t = 0)]
+        stay_online: u64,
     },
     /// Many terminals of one merchant, charging in parallel.
     Load {
@@ -198,6 +203,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             pan,
             cards,
             pin,
+            stay_online,
         } => {
             let secret = secret(&identity_secret, "identity secret")?;
             let cards = if cards.is_empty() {
@@ -210,6 +216,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 cards: &cards,
                 currency: &currency,
                 pin: pin.as_deref(),
+                stay_online: Duration::from_secs(stay_online),
             };
             one_terminal(http, &mut t, claim_token.as_deref(), &charges)
         }
@@ -286,6 +293,30 @@ struct Charges<'a> {
     currency: &'a str,
     /// The PIN entered on every charge, if any.
     pin: Option<&'a str>,
+    /// How long to keep beating after the charges.
+    stay_online: Duration,
+}
+
+/// The app version this simulator reports.
+const APP_VERSION: &str = "1.4.2";
+
+/// `POST /pos/heartbeat`, printed.
+fn heartbeat(t: &mut Terminal, last_charge: Option<&str>) -> Result<(), Error> {
+    let mut inner = json!({"app_version": APP_VERSION, "battery_pct": 87, "network": "wifi"});
+    if let (Some(id), Some(obj)) = (last_charge, inner.as_object_mut()) {
+        obj.insert("last_charge_id".into(), Value::from(id));
+    }
+    let (a, v) = t.heartbeat(&inner)?;
+    if a.status != 200 {
+        return Err(format!("heartbeat: {} {}", a.status, a.json).into());
+    }
+    println!(
+        "   heartbeat: received at {}",
+        v.unwrap_or(Value::Null)["received_at"]
+            .as_str()
+            .unwrap_or("")
+    );
+    Ok(())
 }
 
 fn one_terminal(
@@ -391,6 +422,19 @@ fn one_terminal(
             .as_str()
             .unwrap_or("")
     );
+    heartbeat(t, None)?;
+    let (a, v) = t.update_check(APP_VERSION)?;
+    let v = v.unwrap_or(Value::Null);
+    println!(
+        "   update check ({APP_VERSION}): {} latest {}, update available {}, mandatory {}",
+        a.status,
+        v["latest_version"].as_str().unwrap_or("none published"),
+        v["update_available"],
+        v["mandatory"]
+    );
+    let interval =
+        Duration::from_secs(config["intervals"]["heartbeat_sec"].as_u64().unwrap_or(300));
+    let mut last_charge = None;
     for (i, (pan, amount)) in (1..).zip(charges.cards) {
         let reference = format!("sim-{i}");
         let (a, v) = match charges.pin {
@@ -402,6 +446,9 @@ fn one_terminal(
                 t.charge_with(&inner, None)?
             }
         };
+        if let Some(c) = &v {
+            last_charge = c["charge_id"].as_str().map(str::to_owned);
+        }
         match v {
             Some(c) => println!(
                 "   charge {i}: {} {} {} {}",
@@ -411,6 +458,19 @@ fn one_terminal(
                 c["decline_code"].as_str().unwrap_or("")
             ),
             None => println!("   charge {i}: {} {}", a.status, a.code()),
+        }
+    }
+    heartbeat(t, last_charge.as_deref())?;
+    if !charges.stay_online.is_zero() {
+        println!(
+            "   staying online for {} s (a heartbeat every {} s)",
+            charges.stay_online.as_secs(),
+            interval.as_secs()
+        );
+        let until = Instant::now() + charges.stay_online;
+        while Instant::now() + interval <= until {
+            std::thread::sleep(interval);
+            heartbeat(t, last_charge.as_deref())?;
         }
     }
     Ok(())

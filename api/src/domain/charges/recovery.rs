@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde::{Deserialize, Serialize};
 
 use super::{Charge, ChargeStatus, Engine, processor_deadline};
+use crate::domain::events;
 use crate::domain::processor::{VoidReason, VoidRequest};
 use crate::error::{ApiError, Code};
 use crate::store::db::{self, Record};
@@ -350,10 +351,13 @@ async fn resolve(engine: &Engine, charge_id: &str) -> Result<Outcome, ApiError> 
         .db
         .update::<Charge>(charge_id, |c| {
             changed = c.status == ChargeStatus::Pending;
-            if changed {
-                c.status = ChargeStatus::Failed;
+            if !changed {
+                return Ok(Vec::new());
             }
-            Ok(Vec::new())
+            c.status = ChargeStatus::Failed;
+            Ok(events::charge_event(c, crate::wire::time::now())?
+                .into_iter()
+                .collect())
         })
         .await;
     match result {
@@ -388,7 +392,9 @@ pub async fn cancel_reversed(
         ChargeStatus::Approved if charge.settled_at.is_none() && charge.refunds.is_empty() => {
             db.update::<Charge>(charge_id, |c| {
                 c.status = ChargeStatus::Cancelled;
-                Ok(Vec::new())
+                Ok(events::charge_event(c, crate::wire::time::now())?
+                    .into_iter()
+                    .collect())
             })
             .await?;
             tracing::info!(
