@@ -50,6 +50,17 @@ async fn open_store(database: &Database) -> Result<Arc<dyn Store>, String> {
     }
 }
 
+/// `api audit-verify`: checks the audit trail's chain in the configured database, with keyd.
+/// On SQLite the API must be stopped (the file is one process's); PostgreSQL is shared.
+///
+/// # Errors
+/// What could not be opened, or the first broken entry.
+pub async fn verify_audit(config: &Config) -> Result<crate::domain::audit::Verified, String> {
+    let store = open_store(&config.database).await?;
+    let keyd = Keyd::new(config.keyd_socket.clone());
+    crate::domain::audit::verify(&Db::new(store), &keyd).await
+}
+
 impl Services {
     /// Opens the configured database and signing key.
     ///

@@ -3,6 +3,7 @@
 
 pub mod api_clients;
 pub mod app_versions;
+pub mod audit;
 pub mod branding;
 pub mod charges;
 pub mod devices;

@@ -2,6 +2,7 @@
 //! charge engine with recovery and settlement, idempotency, per-object locks, and the payment
 //! processor behind its trait.
 
+pub mod audit;
 pub mod charges;
 pub mod events;
 pub mod idem;

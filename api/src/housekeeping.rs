@@ -24,6 +24,8 @@ use crate::request::Services;
 
 /// How often recovery looks for lost charges.
 const RECOVERY_EVERY: Duration = Duration::from_secs(5);
+/// How often new audit entries are linked into the chain.
+const AUDIT_EVERY: Duration = Duration::from_secs(1);
 /// How often the sweeps run.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How long the housekeeping lease lasts unless renewed (seconds): a few rounds.
@@ -35,7 +37,24 @@ const LEASE: &str = "housekeeping";
 pub async fn run(app: Arc<Services>) {
     let leading = Arc::new(AtomicBool::new(false));
     tokio::spawn(recovery(Arc::clone(&app), Arc::clone(&leading)));
+    tokio::spawn(audit_chain(Arc::clone(&app), Arc::clone(&leading)));
     sweeps(app, leading).await;
+}
+
+/// Links new audit entries into the chain every second, on the node that leads (see
+/// `domain::audit`).
+async fn audit_chain(app: Arc<Services>, leading: Arc<AtomicBool>) {
+    let mut tick = tokio::time::interval(AUDIT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !leading.load(Ordering::Relaxed) && app.db.store().shared() {
+            continue;
+        }
+        if let Err(e) = crate::domain::audit::link(&app.db, &app.keyd).await {
+            tracing::warn!(error = %e, "audit entries not linked; will retry");
+        }
+    }
 }
 
 async fn recovery(app: Arc<Services>, leading: Arc<AtomicBool>) {

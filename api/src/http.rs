@@ -123,7 +123,8 @@ pub async fn serve(
             continue;
         };
         let app = Arc::clone(&app);
-        let service = hyper::service::service_fn(move |req| handle(Arc::clone(&app), req));
+        let source = peer.ip();
+        let service = hyper::service::service_fn(move |req| handle(Arc::clone(&app), source, req));
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -197,6 +198,7 @@ fn refuse_crowding_client(stream: tokio::net::TcpStream, tls: bool) {
 /// answers.
 async fn handle(
     app: Arc<Served>,
+    source: std::net::IpAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
@@ -206,7 +208,13 @@ async fn handle(
     let found = routes::find(parts.method.as_str(), parts.uri.path());
     let route_label = found.as_ref().map_or("unmatched", |(r, _)| r.path);
     let answer = match found {
-        Ok((route, params)) => run(&app, route, params, &parts, body).await,
+        Ok((route, params)) => {
+            let asked = Asked {
+                request_id: &request_id,
+                source,
+            };
+            run(&app, route, params, &parts, body, asked).await
+        }
         Err(e) => Err(e),
     };
     let mut response = match answer {
@@ -348,8 +356,52 @@ fn json_content_type(value: Option<&HeaderValue>) -> bool {
     })
 }
 
-/// Authenticates the caller, reads the body (within the limit), runs the handler.
+/// Where a request came from, for the audit trail.
+#[derive(Debug, Clone, Copy)]
+struct Asked<'a> {
+    request_id: &'a str,
+    source: std::net::IpAddr,
+}
+
+/// Authenticates the caller, reads the body (within the limit), runs the handler: a Bearer
+/// call that may change something inside its audit scope (`store::audit`), so that its first
+/// change is written with its audit entry.
 async fn run(
+    app: &Served,
+    route: &'static Route,
+    params: Vec<&str>,
+    parts: &hyper::http::request::Parts,
+    body: Incoming,
+    asked: Asked<'_>,
+) -> Result<Reply, ApiError> {
+    let mutation =
+        route.method != "GET" && matches!(route.access, Access::Bearer | Access::BearerNoSession);
+    let Some(context) = mutation.then(|| audit_context(route, parts, asked)) else {
+        return run_inner(app, route, params, parts, body).await;
+    };
+    // The caller is known only inside; the scope's context is completed there.
+    crate::store::audit::scope(context, run_inner(app, route, params, parts, body)).await
+}
+
+fn audit_context(
+    route: &Route,
+    parts: &hyper::http::request::Parts,
+    asked: Asked<'_>,
+) -> crate::store::audit::Context {
+    crate::store::audit::Context {
+        subject: String::new(),
+        role: String::new(),
+        action: format!("{:?}", route.op),
+        method: route.method.to_owned(),
+        path: parts.uri.path().to_owned(),
+        request_id: asked.request_id.to_owned(),
+        source: asked.source.to_string(),
+        at: crate::wire::time::now(),
+        entry_id: crate::wire::ids::time_ordered("au_").unwrap_or_default(),
+    }
+}
+
+async fn run_inner(
     app: &Served,
     route: &'static Route,
     params: Vec<&str>,
@@ -371,6 +423,7 @@ async fn run(
             if route.access == Access::Bearer {
                 auth::require_session(&app.db, &principal, now).await?;
             }
+            crate::store::audit::caller(&principal.sub, principal.role.as_str());
             Some(principal)
         }
     };
@@ -577,6 +630,8 @@ async fn dispatch(app: &Served, op: Op, call: &Call<'_>) -> Result<Reply, ApiErr
         Op::TransactionList => b::charges::transactions(bo, call).await?,
         Op::TransactionGet => b::charges::transaction(bo, call).await?,
         Op::EventList => b::events::event_list(bo, call).await?,
+        Op::AuditList => b::audit::audit_list(bo, call).await?,
+        Op::AuditVerify => b::audit::audit_verify(bo, call).await?,
         Op::AppVersionPut => b::app_versions::app_version_put(bo, call).await?,
         Op::AppVersionList => b::app_versions::app_version_list(bo, call).await?,
         Op::PosHeartbeat => crate::pos::heartbeats::heartbeat(terminals, call).await?,

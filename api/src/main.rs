@@ -36,6 +36,10 @@ enum Command {
         #[arg(long, default_value = "platform_admin")]
         role: String,
     },
+    /// Check the backoffice audit trail's keyed hash chain (every MAC through keyd, no hole,
+    /// the head at the end) and print its length and last MAC, to record elsewhere. Exit 1 on
+    /// the first broken entry. On SQLite, stop the API first; on PostgreSQL, any time.
+    AuditVerify,
 }
 
 fn main() -> ExitCode {
@@ -73,6 +77,22 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|e| e.message().to_owned())?;
         let mut out = std::io::stdout().lock();
         std::io::Write::write_all(&mut out, format!("{token}\n").as_bytes())?;
+        return Ok(());
+    }
+    if let Some(Command::AuditVerify) = &cli.command {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let v = runtime.block_on(api::app::verify_audit(&config))?;
+        let mut out = std::io::stdout().lock();
+        std::io::Write::write_all(
+            &mut out,
+            format!(
+                "audit trail: {} entries, chain intact, last MAC {}; {} not linked yet\n",
+                v.count, v.mac, v.unlinked
+            )
+            .as_bytes(),
+        )?;
         return Ok(());
     }
     let tls = api::http::tls_acceptor(&config)?;

@@ -27,6 +27,7 @@
 //! the same value transfers it). If any `Expect`, `Claim` or constraint fails, nothing of the
 //! batch is applied. Batches are serialised: one batch never sees half of another.
 
+pub mod audit;
 mod cache;
 pub mod db;
 #[cfg(test)]

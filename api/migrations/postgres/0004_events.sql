@@ -81,3 +81,42 @@ CREATE TABLE app_versions (
     min_supported_version TEXT,
     updated_at            BIGINT NOT NULL
 );
+
+-- The backoffice audit trail: one entry per Bearer mutation, written in the mutation's own
+-- commit; linked afterwards into a chain (chain_seq, prev_mac, mac: keyd's MAC over the
+-- previous MAC and the entry) by one node at a time. Digests of the record before and after,
+-- never its contents.
+CREATE TABLE audit_events (
+    id          TEXT COLLATE "C" PRIMARY KEY,
+    seq         BIGINT NOT NULL UNIQUE DEFAULT nextval('record_seq'),
+    version     BIGINT NOT NULL,
+    at          BIGINT NOT NULL,
+    subject     TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    method      TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    object_kind TEXT NOT NULL,
+    object_id   TEXT NOT NULL,
+    merchant_id TEXT,
+    reseller_id TEXT,
+    request_id  TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    digest_before TEXT,
+    digest_after  TEXT,
+    chain_seq   BIGINT UNIQUE,
+    prev_mac    TEXT,
+    mac         TEXT
+);
+CREATE INDEX audit_events_unchained ON audit_events (seq) WHERE chain_seq IS NULL;
+CREATE INDEX audit_events_by_merchant ON audit_events (merchant_id, seq);
+CREATE INDEX audit_events_by_reseller ON audit_events (reseller_id, seq);
+
+-- Where the chain ends: how many entries it links and the last one's MAC.
+CREATE TABLE audit_heads (
+    name    TEXT COLLATE "C" PRIMARY KEY,
+    seq     BIGINT NOT NULL UNIQUE DEFAULT nextval('record_seq'),
+    version BIGINT NOT NULL,
+    count   BIGINT NOT NULL,
+    mac     TEXT NOT NULL
+);

@@ -159,6 +159,20 @@ fn operation(route: &crate::http::routes::Route) -> Value {
             parameters.push(text("object_id", "Only the events of this object"));
             parameters.push(text("merchant_id", "Only this merchant's events"));
         }
+        Op::AuditList => {
+            for (name, what) in [
+                ("merchant_id", "Only this merchant's records"),
+                ("subject", "Only this caller's changes"),
+                (
+                    "action",
+                    "Only this operation (MerchantPatch, DeviceDisable…)",
+                ),
+                ("object_id", "Only changes of this record"),
+                ("request_id", "Only the change this request made"),
+            ] {
+                parameters.push(text(name, what));
+            }
+        }
         Op::MerchantWebhookDeliveries | Op::ResellerWebhookDeliveries => {
             parameters.push(choice(
                 "status",

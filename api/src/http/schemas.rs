@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use crate::backoffice::{
-    api_clients, app_versions, branding, charges as bc, devices, fee_templates, locations,
+    api_clients, app_versions, audit, branding, charges as bc, devices, fee_templates, locations,
     merchants, resellers, sessions, users, webhooks,
 };
 use crate::domain::events::EventReply;
@@ -126,6 +126,8 @@ pub fn request(op: Op) -> Request {
         | O::TransactionList
         | O::TransactionGet
         | O::EventList
+        | O::AuditList
+        | O::AuditVerify
         | O::AppVersionList
         | O::EventGet
         | O::MerchantWebhookList
@@ -287,6 +289,8 @@ pub fn reply(op: Op) -> Option<Value> {
         O::TransactionList => Page::<r::TxnReply<'_>>::schema(),
         O::TransactionGet => r::TxnReply::schema(),
         O::EventList => Page::<EventReply<'_>>::schema(),
+        O::AuditList => Page::<audit::AuditEventReply<'_>>::schema(),
+        O::AuditVerify => audit::AuditVerification::schema(),
         O::AppVersionPut => app_versions::AppVersionReply::schema(),
         O::AppVersionList => Page::<app_versions::AppVersionReply<'_>>::schema(),
         O::PosHeartbeat | O::PosUpdateCheck => p::envelope_schema(),

@@ -293,10 +293,22 @@ impl Db {
 
     /// Applies writes atomically and durably; a conflict answers `conflict`.
     pub async fn commit(&self, writes: Vec<Write>, conflict: ApiError) -> Result<(), ApiError> {
-        self.store
-            .commit(writes)
+        self.apply(writes)
             .await
             .map_err(|e| store_error(&e, conflict))
+    }
+
+    /// Every commit of the typed view: inside a Bearer mutation, the first that changes a
+    /// record takes the request's audit entry along (see `store::audit`).
+    async fn apply(&self, mut writes: Vec<Write>) -> Result<(), StoreError> {
+        let entry = super::audit::entry_for(self.store.as_ref(), &writes).await;
+        let audited = entry.is_some();
+        writes.extend(entry);
+        self.store.commit(writes).await?;
+        if audited {
+            super::audit::written();
+        }
+        Ok(())
     }
 
     /// Read-modify-write of one record with optimistic concurrency: `change` runs on the current
@@ -324,7 +336,7 @@ impl Db {
             }];
             writes.extend(change(&mut record)?);
             writes.push(put(&record)?);
-            match self.store.commit(writes).await {
+            match self.apply(writes).await {
                 Ok(()) => return Ok(record),
                 Err(StoreError::Conflict(ns)) if ns.starts_with("expect:") => {}
                 Err(e) => {

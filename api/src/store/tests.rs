@@ -368,6 +368,8 @@ fn samples_v2() -> Vec<(&'static str, Map<String, Value>)> {
                 "webhook_endpoint",
                 "webhook_delivery",
                 "app_version",
+                "audit_event",
+                "audit_head",
             ]
             .contains(kind)
         })

@@ -1,0 +1,368 @@
+//! The backoffice audit trail over real HTTP: a real `api` on a SQLite file (and PostgreSQL),
+//! a real keyd on a SoftHSM token keying the chain, and `api audit-verify` run as an operator
+//! would, before and after the database is tampered with.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e::api::{Answer, Database, Platform};
+use serde_json::{Value, json};
+
+fn api() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_api"))
+}
+
+/// A call that must succeed; its request id.
+fn mutate(
+    p: &Platform,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (String, Value) {
+    let a: Answer = p.http.call(method, path, Some(token), body).unwrap();
+    assert!(a.status < 300, "{method} {path}: {} {}", a.status, a.json);
+    (a.header("x-request-id").unwrap().to_owned(), a.json)
+}
+
+fn entries(p: &Platform, token: &str, query: &str) -> Vec<Value> {
+    let a = p
+        .http
+        .call(
+            "GET",
+            &format!("/audit-events?limit=100{query}"),
+            Some(token),
+            None,
+        )
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", a.json);
+    a.json["data"].as_array().unwrap().clone()
+}
+
+/// Waits until the housekeeping round has linked every entry.
+fn linked(p: &Platform) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = entries(p, &p.admin, "");
+        if all.iter().all(|e| e["chain_seq"].is_u64()) {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "entries not linked: {all:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn every_mutation_leaves_one_entry_on(p: &Platform) {
+    let admin = p.admin.clone();
+    let (_, r) = mutate(
+        p,
+        &admin,
+        "POST",
+        "/resellers",
+        Some(&json!({"name": "Audit R"})),
+    );
+    let rid = r["id"].as_str().unwrap().to_owned();
+    let merchant = |name: &str| {
+        mutate(
+            p,
+            &admin,
+            "POST",
+            "/merchants",
+            Some(
+                &json!({"reseller_id": rid, "name": name, "mcc": "5812", "country": "DE", "currency": "EUR"}),
+            ),
+        )
+    };
+    let (merchant_req, a) = merchant("Audit A");
+    let (_, b) = merchant("Audit B");
+    let (a, b) = (
+        a["id"].as_str().unwrap().to_owned(),
+        b["id"].as_str().unwrap().to_owned(),
+    );
+
+    let mut expected: Vec<(String, &str, &str)> =
+        vec![(merchant_req, "MerchantCreate", "merchant")];
+    let (req, l) = mutate(
+        p,
+        &admin,
+        "POST",
+        &format!("/merchants/{a}/locations"),
+        Some(
+            &json!({"name": "Till", "address": {"line1": "1 St", "city": "Berlin", "postal_code": "10115", "country": "DE"}}),
+        ),
+    );
+    expected.push((req, "LocationCreate", "location"));
+    let lid = l["id"].as_str().unwrap();
+    let (req, _) = mutate(
+        p,
+        &admin,
+        "PATCH",
+        &format!("/merchants/{a}/locations/{lid}"),
+        Some(&json!({"name": "Till 2"})),
+    );
+    expected.push((req, "LocationPatch", "location"));
+    let (req, device) = mutate(
+        p,
+        &admin,
+        "POST",
+        &format!("/merchants/{a}/devices"),
+        Some(&json!({"device_id": "POS-0000AD01", "model": "A920", "serial": "S1"})),
+    );
+    expected.push((req, "DeviceCreate", "device"));
+    let identity_secret = device["identity_key"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (req, _) = mutate(
+        p,
+        &admin,
+        "POST",
+        &format!("/merchants/{a}/devices/POS-0000AD01/disable"),
+        None,
+    );
+    expected.push((req, "DeviceDisable", "device"));
+    let (req, hook) = mutate(
+        p,
+        &admin,
+        "POST",
+        &format!("/merchants/{a}/webhook-endpoints"),
+        Some(&json!({"url": "https://hooks.example.com/a", "enabled_events": ["*"]})),
+    );
+    expected.push((req, "MerchantWebhookCreate", "webhook_endpoint"));
+    let webhook_secret = hook["secret"].as_str().unwrap().to_owned();
+    let hid = hook["endpoint"]["id"].as_str().unwrap();
+    let (req, _) = mutate(
+        p,
+        &admin,
+        "DELETE",
+        &format!("/merchants/{a}/webhook-endpoints/{hid}"),
+        None,
+    );
+    expected.push((req, "MerchantWebhookDelete", "webhook_endpoint"));
+    let (req, t) = mutate(
+        p,
+        &admin,
+        "POST",
+        &format!("/resellers/{rid}/fee-templates"),
+        Some(&json!({"name": "std", "percent_bps": 100})),
+    );
+    expected.push((req, "FeeTemplateCreate", "fee_template"));
+    let tid = t["id"].as_str().unwrap();
+    let (req, _) = mutate(
+        p,
+        &admin,
+        "DELETE",
+        &format!("/resellers/{rid}/fee-templates/{tid}"),
+        None,
+    );
+    expected.push((req, "FeeTemplateDelete", "fee_template"));
+
+    // Refused and read-only calls leave nothing.
+    let refused = p
+        .http
+        .call(
+            "POST",
+            &format!("/merchants/{a}/locations"),
+            Some(&admin),
+            Some(&json!({"name": ""})),
+        )
+        .unwrap();
+    assert_eq!(refused.status, 400);
+    let read = p
+        .http
+        .call("GET", &format!("/merchants/{a}"), Some(&admin), None)
+        .unwrap();
+    for quiet in [&refused, &read] {
+        let id = quiet.header("x-request-id").unwrap();
+        assert!(entries(p, &admin, &format!("&request_id={id}")).is_empty());
+    }
+
+    for (req, action, kind) in &expected {
+        let got = entries(p, &admin, &format!("&request_id={req}"));
+        assert_eq!(got.len(), 1, "{action}: {got:?}");
+        let e = &got[0];
+        assert_eq!(
+            (e["action"].as_str(), e["object_kind"].as_str()),
+            (Some(*action), Some(*kind))
+        );
+        assert_eq!(e["subject"], "ops");
+        assert_eq!(e["role"], "platform_admin");
+        assert_eq!(e["source"], "127.0.0.1");
+        let created = action.ends_with("Create");
+        let deleted = action.ends_with("Delete");
+        assert_eq!(e["digest_before"].is_null(), created, "{e}");
+        assert_eq!(e["digest_after"].is_null(), deleted, "{e}");
+        if !created && !deleted {
+            assert_ne!(e["digest_before"], e["digest_after"]);
+        }
+    }
+
+    // Tenancy: B's admin sees B's entries only; a merchant user sees none; the reseller's
+    // admin sees both merchants' and its own.
+    let b_admin = p.api.token("b-admin", "merchant_admin").unwrap();
+    mutate(
+        p,
+        &admin,
+        "POST",
+        &format!("/merchants/{b}/users"),
+        Some(
+            &json!({"email": "b@example.com", "role": "merchant_admin", "idp_subject": "b-admin"}),
+        ),
+    );
+    p.login_token(&b_admin).unwrap();
+    let (req, _) = mutate(
+        p,
+        &b_admin,
+        "POST",
+        &format!("/merchants/{b}/locations"),
+        Some(
+            &json!({"name": "B till", "address": {"line1": "2 St", "city": "Bonn", "postal_code": "53111", "country": "DE"}}),
+        ),
+    );
+    let seen = entries(p, &b_admin, "");
+    assert!(
+        !seen.is_empty() && seen.iter().all(|e| e["merchant_id"] == json!(b)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|e| e["request_id"] == json!(req) && e["subject"] == "b-admin")
+    );
+    let other = p
+        .http
+        .call(
+            "GET",
+            &format!("/audit-events?merchant_id={a}"),
+            Some(&b_admin),
+            None,
+        )
+        .unwrap();
+    assert_eq!(other.status, 404);
+    let user = p.api.token("b-user", "merchant_user").unwrap();
+    mutate(
+        p,
+        &admin,
+        "POST",
+        &format!("/merchants/{b}/users"),
+        Some(&json!({"email": "u@example.com", "role": "merchant_user", "idp_subject": "b-user"})),
+    );
+    p.login_token(&user).unwrap();
+    assert_eq!(
+        p.http
+            .call("GET", "/audit-events", Some(&user), None)
+            .unwrap()
+            .status,
+        403
+    );
+    let r_admin = p.api.token("r-admin", "reseller_admin").unwrap();
+    mutate(
+        p,
+        &admin,
+        "POST",
+        &format!("/resellers/{rid}/users"),
+        Some(&json!({"email": "r@example.com", "idp_subject": "r-admin"})),
+    );
+    p.login_token(&r_admin).unwrap();
+    let tree = entries(p, &r_admin, "");
+    assert!(tree.iter().any(|e| e["merchant_id"] == json!(a)));
+    assert!(tree.iter().any(|e| e["merchant_id"] == json!(b)));
+    assert!(tree.iter().any(|e| e["object_kind"] == "fee_template"));
+
+    // Linked into one chain that verifies; no secret anywhere in the trail.
+    let all = linked(p);
+    let text = serde_json::to_string(&all).unwrap();
+    assert!(!text.contains(&identity_secret) && !text.contains(&webhook_secret));
+    let verdict = p.ok("POST", "/audit-events/verify", None).unwrap();
+    assert_eq!(verdict["intact"], true, "{verdict}");
+    assert_eq!(verdict["count"], json!(all.len()));
+}
+
+#[test]
+fn every_bearer_mutation_leaves_one_entry_within_its_tenant() {
+    every_mutation_leaves_one_entry_on(&Platform::start(api(), "").unwrap());
+}
+
+#[test]
+fn postgres_every_bearer_mutation_leaves_one_entry_within_its_tenant() {
+    let Some(cluster) = pgcluster::Cluster::for_tests("audit_entries").unwrap() else {
+        return;
+    };
+    let database = Database::postgres(&cluster, "api").unwrap();
+    every_mutation_leaves_one_entry_on(&Platform::start_on(api(), "", &database).unwrap());
+}
+
+/// `api audit-verify` on the stopped API's database: exit status and output.
+fn audit_verify(p: &Platform) -> (bool, String) {
+    let out = std::process::Command::new(api())
+        .arg("--config")
+        .arg(p.api.dir().join("api.toml"))
+        .arg("audit-verify")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn audit_verify_finds_a_changed_or_missing_entry() {
+    let mut p = Platform::start(api(), "").unwrap();
+    for i in 0..4 {
+        mutate(
+            &p,
+            &p.admin.clone(),
+            "POST",
+            "/resellers",
+            Some(&json!({"name": format!("R{i}")})),
+        );
+    }
+    let n = linked(&p).len();
+    p.api.kill();
+    let (ok, out) = audit_verify(&p);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("{n} entries, chain intact")), "{out}");
+
+    let db = rusqlite::Connection::open(p.api.dir().join("api.db")).unwrap();
+    let subject: String = db
+        .query_row(
+            "SELECT subject FROM audit_events WHERE chain_seq = 2",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.execute(
+        "UPDATE audit_events SET subject = 'someone-else' WHERE chain_seq = 2",
+        [],
+    )
+    .unwrap();
+    let (ok, out) = audit_verify(&p);
+    assert!(!ok);
+    assert!(
+        out.contains("entry 2 (au_") && out.contains("is broken"),
+        "{out}"
+    );
+    db.execute(
+        "UPDATE audit_events SET subject = ?1 WHERE chain_seq = 2",
+        [&subject],
+    )
+    .unwrap();
+    assert!(audit_verify(&p).0);
+    db.execute("DELETE FROM audit_events WHERE chain_seq = 3", [])
+        .unwrap();
+    let (ok, out) = audit_verify(&p);
+    assert!(!ok);
+    assert!(out.contains("entry 3 of the chain is missing"), "{out}");
+}
