@@ -127,6 +127,7 @@ impl Services {
                 boot,
                 in_flight: InFlight::default(),
             },
+            live_nodes: std::sync::atomic::AtomicUsize::new(1),
             config,
         })
     }

@@ -53,6 +53,56 @@ pub struct Config {
     /// Webhook delivery.
     #[serde(default)]
     pub webhooks: WebhooksConfig,
+    /// Rate limits.
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+}
+
+/// Calls a second each caller may make (`[rate_limits]`), with bursts of twice that; 0 turns
+/// one off. Several API nodes share each limit (each allows its share).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    /// Backoffice calls per token subject.
+    #[serde(default = "default_per_principal")]
+    pub per_principal: u64,
+    /// Backoffice and public calls per client address (0 behind a load balancer that does
+    /// not pass clients' addresses).
+    #[serde(default = "default_per_address")]
+    pub per_address: u64,
+    /// Credential exchanges (`/client/session`, `/auth/token`) per client address.
+    #[serde(default = "default_credentials_per_address")]
+    pub credentials_per_address: u64,
+    /// Terminal calls per terminal (charges included; never counted per address or globally).
+    #[serde(default = "default_per_terminal")]
+    pub per_terminal: u64,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            per_principal: default_per_principal(),
+            per_address: default_per_address(),
+            credentials_per_address: default_credentials_per_address(),
+            per_terminal: default_per_terminal(),
+        }
+    }
+}
+
+const fn default_per_principal() -> u64 {
+    100
+}
+
+const fn default_per_address() -> u64 {
+    200
+}
+
+const fn default_credentials_per_address() -> u64 {
+    10
+}
+
+const fn default_per_terminal() -> u64 {
+    50
 }
 
 /// How webhooks are delivered (`[webhooks]`). The defaults are what production wants; tests

@@ -11,6 +11,8 @@ pub struct ApiError {
     details: Option<Value>,
     retry_after: Option<u64>,
     allow: Option<String>,
+    /// `(limit, remaining, reset)` of a rate limit, for the `RateLimit-*` headers.
+    quota: Option<(u32, u32, u32)>,
 }
 
 /// The catalogue. Numbers are the contract's `code` strings; each has one HTTP status.
@@ -222,6 +224,7 @@ impl ApiError {
             details: None,
             retry_after: None,
             allow: None,
+            quota: None,
         }
     }
 
@@ -237,6 +240,19 @@ impl ApiError {
     pub const fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
         self
+    }
+
+    /// Adds a rate limit's state for the `RateLimit-Limit`, `RateLimit-Remaining` and
+    /// `RateLimit-Reset` headers.
+    #[must_use]
+    pub const fn with_quota(mut self, limit: u32, remaining: u32, reset: u32) -> Self {
+        self.quota = Some((limit, remaining, reset));
+        self
+    }
+
+    /// The rate limit's `(limit, remaining, reset)`, if any.
+    pub const fn quota(&self) -> Option<(u32, u32, u32)> {
+        self.quota
     }
 
     /// The `Retry-After` seconds, if any.

@@ -74,6 +74,13 @@ async fn recovery(app: Arc<Services>, leading: Arc<AtomicBool>) {
         if lead != leading.swap(lead, Ordering::Relaxed) {
             tracing::info!(leading = lead, "housekeeping lease");
         }
+        // The nodes sharing each rate limit (see `http::ratelimit`).
+        if app.db.store().shared() {
+            match crate::domain::charges::recovery::live_nodes(&app.charges, now).await {
+                Ok(n) => app.live_nodes.store(n, Ordering::Relaxed),
+                Err(e) => tracing::warn!(error = %e, "live nodes not counted"),
+            }
+        }
         // The processor's own work first (an acquirer link resends pending reversals), so a
         // start picks up what the last one left before it resolves lost charges.
         if lead {

@@ -54,6 +54,7 @@ mod answers;
 pub mod conn;
 pub mod metrics;
 pub mod openapi;
+pub mod ratelimit;
 pub mod routes;
 pub mod schemas;
 
@@ -64,6 +65,8 @@ pub struct Served {
     pub services: Arc<Services>,
     /// Request counters and latencies.
     pub metrics: Metrics,
+    /// Rate limits' buckets.
+    pub limiter: ratelimit::Limiter,
 }
 
 impl std::ops::Deref for Served {
@@ -82,6 +85,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let app = Arc::new(Served {
+        limiter: ratelimit::Limiter::new(services.config.rate_limits.clone()),
         services,
         metrics: Metrics::new(),
     });
@@ -207,13 +211,14 @@ async fn handle(
     let (parts, body) = req.into_parts();
     let found = routes::find(parts.method.as_str(), parts.uri.path());
     let route_label = found.as_ref().map_or("unmatched", |(r, _)| r.path);
+    let mut quota = None;
     let answer = match found {
         Ok((route, params)) => {
             let asked = Asked {
                 request_id: &request_id,
                 source,
             };
-            run(&app, route, params, &parts, body, asked).await
+            run(&app, route, params, &parts, body, asked, &mut quota).await
         }
         Err(e) => Err(e),
     };
@@ -221,6 +226,11 @@ async fn handle(
         Ok(reply) => reply.into_response(),
         Err(e) => error_response(&e, &request_id),
     };
+    if let Some(q) = quota
+        && response.status().is_success()
+    {
+        quota_headers(&mut response, q.limit, q.remaining, q.reset);
+    }
     if method == "HEAD" {
         // hyper sends no body to a HEAD request; the declared length must say so too, or the
         // connection's answer stream (see `answers`) would wait for bytes that never come.
@@ -373,14 +383,60 @@ async fn run(
     parts: &hyper::http::request::Parts,
     body: Incoming,
     asked: Asked<'_>,
+    quota: &mut Option<ratelimit::Quota>,
 ) -> Result<Reply, ApiError> {
     let mutation =
         route.method != "GET" && matches!(route.access, Access::Bearer | Access::BearerNoSession);
     let Some(context) = mutation.then(|| audit_context(route, parts, asked)) else {
-        return run_inner(app, route, params, parts, body).await;
+        return run_inner(app, route, params, parts, body, asked, quota).await;
     };
     // The caller is known only inside; the scope's context is completed there.
-    crate::store::audit::scope(context, run_inner(app, route, params, parts, body)).await
+    let inner = run_inner(app, route, params, parts, body, asked, quota);
+    crate::store::audit::scope(context, inner).await
+}
+
+/// One rate limit for this request; the tightest quota let through is kept for the headers.
+fn limit(
+    app: &Served,
+    scope: ratelimit::Scope,
+    who: &str,
+    quota: &mut Option<ratelimit::Quota>,
+) -> Result<(), ApiError> {
+    let nodes = app.live_nodes.load(std::sync::atomic::Ordering::Relaxed);
+    if let Some(q) = app.limiter.check(scope, who, nodes, Instant::now())?
+        && quota.is_none_or(|old| q.remaining < old.remaining)
+    {
+        *quota = Some(q);
+    }
+    Ok(())
+}
+
+/// The limits that apply before anything is verified: terminals by their own id, other
+/// callers by address (health checks are never limited: load balancers poll them).
+fn limit_caller(
+    app: &Served,
+    route: &Route,
+    parts: &hyper::http::request::Parts,
+    source: std::net::IpAddr,
+    quota: &mut Option<ratelimit::Quota>,
+) -> Result<(), ApiError> {
+    use ratelimit::Scope;
+    match route.op {
+        Op::HealthLive | Op::HealthReady => Ok(()),
+        Op::ClientSession | Op::AuthToken => {
+            limit(app, Scope::Credentials, &source.to_string(), quota)
+        }
+        _ if route.access == Access::Pos => {
+            let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+            let who = match (header("x-terminal-id"), header("x-device-id")) {
+                (Some(t), _) => format!("t:{t}"),
+                (None, Some(d)) => format!("d:{d}"),
+                (None, None) => format!("a:{source}"),
+            };
+            limit(app, Scope::Terminal, &who, quota)
+        }
+        _ => limit(app, Scope::Address, &source.to_string(), quota),
+    }
 }
 
 fn audit_context(
@@ -407,8 +463,11 @@ async fn run_inner(
     params: Vec<&str>,
     parts: &hyper::http::request::Parts,
     body: Incoming,
+    asked: Asked<'_>,
+    quota: &mut Option<ratelimit::Quota>,
 ) -> Result<Reply, ApiError> {
     let now = crate::wire::time::now();
+    limit_caller(app, route, parts, asked.source, quota)?;
     // A bearer call is judged on its headers: a caller without a valid token is turned away
     // before it can make the server wait for, or hold, a megabyte of body.
     let principal = match route.access {
@@ -424,6 +483,7 @@ async fn run_inner(
                 auth::require_session(&app.db, &principal, now).await?;
             }
             crate::store::audit::caller(&principal.sub, principal.role.as_str());
+            limit(app, ratelimit::Scope::Principal, &principal.sub, quota)?;
             Some(principal)
         }
     };
@@ -674,7 +734,18 @@ fn error_response(error: &ApiError, request_id: &str) -> Response<Full<Bytes>> {
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
+    if let Some((limit, remaining, reset)) = error.quota() {
+        quota_headers(&mut response, limit, remaining, reset);
+    }
     response
+}
+
+/// The `RateLimit-*` headers (IETF httpapi rate-limit headers, the three-field form).
+fn quota_headers(response: &mut Response<Full<Bytes>>, limit: u32, remaining: u32, reset: u32) {
+    let h = response.headers_mut();
+    h.insert("ratelimit-limit", HeaderValue::from(limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(remaining));
+    h.insert("ratelimit-reset", HeaderValue::from(reset));
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

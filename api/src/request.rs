@@ -128,6 +128,9 @@ pub struct Services {
     pub idempotency: Idempotency,
     /// The charge engine.
     pub charges: Engine,
+    /// API nodes alive on the store (1 on a store of its own), which share each rate limit;
+    /// counted by housekeeping from the nodes' checkpoints.
+    pub live_nodes: std::sync::atomic::AtomicUsize,
 }
 
 crate::enum_field! {

@@ -12,7 +12,8 @@
 //!    most `workers` requests in flight and at most [`PER_ENDPOINT`] to one endpoint, so a slow
 //!    or dead receiver holds a few workers and no charge: charges only write their event. The
 //!    deliveries of one endpoint and object go one after the other in event order; while one
-//!    waits for its retry, the later ones wait with it. Each attempt is recorded after it is
+//!    waits for its retry, the later ones wait with it (a first attempt looks in the store for
+//!    an older delivery of its object still pending, so the order holds across restarts). Each attempt is recorded after it is
 //!    made, so a crash between the two sends it again (receivers dedupe on `Viopay-Delivery-Id`
 //!    or the event id).
 //!
@@ -271,6 +272,26 @@ async fn deliver_due(app: &Arc<Services>, sender: &Arc<Sender>, now: i64) -> Res
             .push(d);
     }
     for pair in order {
+        let deliveries = groups.remove(&pair).unwrap_or_default();
+        // A first attempt waits behind an older delivery of the same object to the same
+        // endpoint that is still pending (in back-off, or queued before a restart of this
+        // node): the endpoint gets the object's events in order.
+        if let Some(first) = deliveries.first().filter(|d| d.attempts == 0) {
+            let older = app
+                .db
+                .page_filtered::<WebhookDelivery>("webhook_object", &pair.1, None, 1, |o| {
+                    o.endpoint_id == pair.0
+                        && o.status == DeliveryStatus::Pending
+                        && o.event_id < first.event_id
+                        && !deliveries.iter().any(|d| d.id == o.id)
+                })
+                .await?;
+            if let Some(o) = older.items.first() {
+                let at = o.next_attempt_at.unwrap_or(now).max(now + 1);
+                sender.busy().waiting.insert(pair, at);
+                continue;
+            }
+        }
         {
             let mut busy = sender.busy();
             busy.waiting.retain(|_, at| *at > now);
@@ -285,7 +306,6 @@ async fn deliver_due(app: &Arc<Services>, sender: &Arc<Sender>, now: i64) -> Res
             busy.pairs.insert(pair.clone());
             *busy.per_endpoint.entry(pair.0.clone()).or_insert(0) += 1;
         }
-        let deliveries = groups.remove(&pair).unwrap_or_default();
         let (app, sender) = (Arc::clone(app), Arc::clone(sender));
         tokio::spawn(async move {
             let waiting = send_group(&app, &sender, deliveries).await;

@@ -52,7 +52,7 @@ impl Nodes {
         let database = Database::postgres(&cluster, "api").unwrap();
         let a = Platform::start_on(
             &api_binary(),
-            &format!("\n[processor]\n{processor}\n"),
+            &format!("\n[processor]\n{processor}\n{}", e2e::LOAD_LIMITS),
             &database,
         )
         .unwrap();
@@ -91,7 +91,7 @@ impl Nodes {
             keyd_a.socket(),
             &database,
             "",
-            &format!("\n[processor]\n{processor}\n"),
+            &format!("\n[processor]\n{processor}\n{}", e2e::LOAD_LIMITS),
         )
         .unwrap();
         let admin = api.token("ops", "platform_admin").unwrap();

@@ -46,7 +46,8 @@ fn one_terminal_then_a_short_load() {
         api_bin.exists(),
         "api is built with the workspace: cargo test --workspace"
     );
-    let p = e2e::api::Platform::start(&api_bin, "").unwrap();
+    // `load` drives two terminals flat out: far above a real terminal's rate limit.
+    let p = e2e::api::Platform::start(&api_bin, e2e::LOAD_LIMITS).unwrap();
     let (mid, key_id, secret) = merchant_and_device(&p, "POS-00005EED");
     // The demo ZMK as two components, the way custodians hold it.
     let zmk = e2e::hex(e2e::ZMK_HEX);

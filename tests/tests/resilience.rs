@@ -39,7 +39,7 @@ fn platform_on(database: &Database) -> World {
         api_bin.exists(),
         "api is built with the workspace: cargo test --workspace"
     );
-    let p = Platform::start_on(&api_bin, "", database).unwrap();
+    let p = Platform::start_on(&api_bin, e2e::LOAD_LIMITS, database).unwrap();
     let r = p
         .ok("POST", "/resellers", Some(&json!({"name": "R"})))
         .unwrap();

@@ -59,6 +59,9 @@ CREATE TABLE webhook_deliveries (
     UNIQUE (endpoint_id, event_id)
 );
 CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint_id, seq);
+-- One object's deliveries: a new one waits behind an older one still pending to the same
+-- endpoint, so each endpoint gets an object's events in order.
+CREATE INDEX webhook_deliveries_by_object ON webhook_deliveries (object_id, seq);
 CREATE INDEX webhook_deliveries_due
     ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
 

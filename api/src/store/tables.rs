@@ -471,6 +471,7 @@ pub(crate) static LISTS: &[(&str, &str, &str)] = &[
         "COALESCE(merchant_id, reseller_id, '') = ?1",
     ),
     ("webhook_deliveries", "webhook_delivery", "endpoint_id = ?1"),
+    ("webhook_object", "webhook_delivery", "object_id = ?1"),
     (
         "webhook_due",
         "webhook_delivery",

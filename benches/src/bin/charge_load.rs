@@ -187,7 +187,7 @@ fn main() {
         keyd.socket(),
         &database,
         "",
-        &format!("\n[processor]\n{processor}"),
+        &format!("\n[processor]\n{processor}\n{}", e2e::LOAD_LIMITS),
     )
     .unwrap();
     let others: Vec<ApiProcess> = (1..args.nodes)

@@ -92,7 +92,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         stay_online: u64,
     },
-    /// Many terminals of one merchant, charging in parallel.
+    /// Many terminals of one merchant, charging in parallel (faster than the API's default
+    /// `[rate_limits] per_terminal` allows a real terminal: raise it on the API under test).
     Load {
         /// A platform or merchant admin's bearer token (session initiated or not).
         #[arg(long)]

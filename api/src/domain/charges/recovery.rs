@@ -175,6 +175,25 @@ impl Drop for Making {
     }
 }
 
+/// How many starts wrote their checkpoint in the last 30 s (every live node writes it every
+/// few seconds): the nodes sharing the store now, at least 1.
+///
+/// # Errors
+/// 503 when storage is down.
+pub async fn live_nodes(engine: &Engine, now: i64) -> Result<usize, ApiError> {
+    let mut n = 0;
+    engine
+        .db
+        .walk_back::<BootRecord>(|b| {
+            if b.seen_at >= now - 30 {
+                n += 1;
+            }
+            Ok(true)
+        })
+        .await?;
+    Ok(n.max(1))
+}
+
 /// Records this start with its checkpoint; done before the first charge is served.
 ///
 /// # Errors
