@@ -396,11 +396,9 @@ pub async fn claim(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiErr
                 d.location_id = Some(l.clone());
             }
             d.updated_at = now;
-            Ok(vec![
-                expect_code.clone(),
-                put_code.clone(),
-                events::event(EventType::DeviceClaimed, &*d, now)?,
-            ])
+            let mut writes = vec![expect_code.clone(), put_code.clone()];
+            writes.extend(events::event(EventType::DeviceClaimed, &*d, now)?);
+            Ok(writes)
         })
         .await
         .map_err(|e| match e.code() {
@@ -797,7 +795,7 @@ pub async fn activate(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, Api
                 d.status = DeviceStatus::Activated;
                 d.activated_at = Some(now);
                 d.updated_at = now;
-                Ok(vec![events::event(EventType::DeviceActivated, &*d, now)?])
+                events::event(EventType::DeviceActivated, &*d, now)
             }
             DeviceStatus::Activated => Ok(Vec::new()),
             _ => Err(ApiError::new(

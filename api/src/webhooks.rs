@@ -3,11 +3,13 @@
 //! Two steps, both run by one node at a time (the holder of the `webhooks` lease; on a store of
 //! its own, the process):
 //!
-//! 1. **Fan-out.** Events not yet dispatched are read oldest first in batches; for each, one
-//!    delivery per enabled endpoint that takes its type, of its merchant and of every reseller
-//!    above it. The deliveries and the event's `dispatched` mark are one commit, expecting the
-//!    event unchanged: a crash leaves the event undispatched and the fan-out is done again,
-//!    whole; two fan-outs at once (a lease taken over) cannot both commit.
+//! 1. **Fan-out.** The outbox rows events leave (`domain::events::Outbox`) are read in batches
+//!    and handled oldest first: one delivery per enabled endpoint that takes the event's type,
+//!    of its merchant and of every reseller above it. The deliveries and the outbox rows'
+//!    deletion are one commit: a crash leaves the rows and the fan-out is done again, whole.
+//!    Two fan-outs at once (a lease taken over) cannot both deliver one event to one endpoint:
+//!    `(endpoint_id, event_id)` is unique, so the second commit fails whole. (An `Expect` on
+//!    each outbox row would say the same again at a lookup per event on the hot writer.)
 //! 2. **Delivery.** Due deliveries are read every `poll_ms` and POSTed, signed by keyd, with at
 //!    most `workers` requests in flight and at most [`PER_ENDPOINT`] to one endpoint, so a slow
 //!    or dead receiver holds a few workers and no charge: charges only write their event. The
@@ -32,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::WebhooksConfig;
-use crate::domain::events::Event;
+use crate::domain::events::{Event, Outbox};
 use crate::domain::lease;
 use crate::domain::model::Merchant;
 use crate::domain::webhooks::{
@@ -165,8 +167,8 @@ impl Audience {
         Ok(self.endpoints.get(owner).map_or(&[][..], Vec::as_slice))
     }
 
-    /// The enabled endpoints that take `event`.
-    async fn of(&mut self, db: &Db, event: &Event) -> Result<Vec<String>, ApiError> {
+    /// The enabled endpoints that take the event.
+    async fn of(&mut self, db: &Db, event: &Outbox) -> Result<Vec<String>, ApiError> {
         let Some(merchant_id) = &event.merchant_id else {
             return Ok(Vec::new());
         };
@@ -190,7 +192,7 @@ impl Audience {
     }
 }
 
-/// Step 1: deliveries for every undispatched event. Returns how many events it dispatched.
+/// Step 1: deliveries for every event in the outbox. Returns how many events it dispatched.
 ///
 /// # Errors
 /// 503 when the store is down.
@@ -199,15 +201,15 @@ pub async fn fan_out(db: &Db, now: i64) -> Result<usize, ApiError> {
     // A bounded number of batches per round, so a backlog does not starve deliveries.
     for _ in 0..16 {
         let page = db
-            .page::<Event>("events_undispatched", "", None, FAN_OUT_BATCH)
+            .page::<Outbox>("event_outbox", "", None, FAN_OUT_BATCH)
             .await?;
         let mut events = page.items;
         // Time-ordered ids: oldest first.
         events.sort_by(|a, b| a.id.cmp(&b.id));
         let mut audience = Audience::default();
         let mut writes = Vec::new();
-        for mut event in events.iter().cloned() {
-            for endpoint_id in audience.of(db, &event).await? {
+        for event in &events {
+            for endpoint_id in audience.of(db, event).await? {
                 writes.push(db::put(&WebhookDelivery {
                     id: ids::time_ordered("wd_")?,
                     endpoint_id,
@@ -222,9 +224,7 @@ pub async fn fan_out(db: &Db, now: i64) -> Result<usize, ApiError> {
                     updated_at: now,
                 })?);
             }
-            writes.push(db::expect::<Event>(&event.id, 1));
-            event.dispatched = true;
-            writes.push(db::put(&event)?);
+            writes.push(db::delete::<Outbox>(&event.id));
         }
         if writes.is_empty() {
             break;

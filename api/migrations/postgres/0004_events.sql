@@ -2,10 +2,8 @@
 -- tables and columns as SQLite's migration 0005 (issue 17).
 -- Never edit once applied; append a new migration instead.
 
--- What happened, written in the same transaction as the change it reports (an outbox): no
--- change without its event, no event without its change. The columns other than `dispatched`
--- never change once written; `dispatched` is the outbox mark, set once the event's webhook
--- deliveries exist.
+-- What happened, written in the same transaction as the change it reports: no change without
+-- its event, no event without its change. Never changed once written.
 CREATE TABLE events (
     id          TEXT COLLATE "C" PRIMARY KEY,
     seq         BIGINT NOT NULL UNIQUE DEFAULT nextval('record_seq'),
@@ -15,12 +13,22 @@ CREATE TABLE events (
     object_id   TEXT NOT NULL,
     merchant_id TEXT,
     data        TEXT NOT NULL,     -- JSON: {"object": the object as the API shows it}
-    created_at  BIGINT NOT NULL,
-    dispatched  BOOLEAN NOT NULL
+    created_at  BIGINT NOT NULL
 );
 CREATE INDEX events_by_merchant ON events (merchant_id, seq);
 CREATE INDEX events_by_object ON events (object_id, seq);
-CREATE INDEX events_undispatched ON events (seq) WHERE NOT dispatched;
+
+-- The outbox: a small row per event, written with it, deleted once the event's webhook
+-- deliveries exist. What fan-out needs to route the event, so it reads no event bodies.
+CREATE TABLE event_outbox (
+    id          TEXT COLLATE "C" PRIMARY KEY,
+    seq         BIGINT NOT NULL UNIQUE DEFAULT nextval('record_seq'),
+    version     BIGINT NOT NULL,
+    event_type  TEXT NOT NULL,
+    object_id   TEXT NOT NULL,
+    merchant_id TEXT,
+    created_at  BIGINT NOT NULL
+);
 
 -- Where a merchant or a reseller wants its events sent. The signing secrets live in keyd;
 -- `secrets` holds only their salts (keyd's names for them) and when each stops being used.

@@ -1,10 +1,8 @@
 -- Schema version 5: events, webhook endpoints and their deliveries (issue 17).
 -- Never edit once applied; append a new migration.
 
--- What happened, written in the same transaction as the change it reports (an outbox): no
--- change without its event, no event without its change. The columns other than `dispatched`
--- never change once written; `dispatched` is the outbox mark, set once the event's webhook
--- deliveries exist.
+-- What happened, written in the same transaction as the change it reports: no change without
+-- its event, no event without its change. Never changed once written.
 CREATE TABLE events (
     id          TEXT PRIMARY KEY NOT NULL,
     seq         INTEGER NOT NULL UNIQUE,
@@ -14,12 +12,22 @@ CREATE TABLE events (
     object_id   TEXT NOT NULL,
     merchant_id TEXT,
     data        TEXT NOT NULL,     -- JSON: {"object": the object as the API shows it}
-    created_at  INTEGER NOT NULL,
-    dispatched  INTEGER NOT NULL   -- 0/1
+    created_at  INTEGER NOT NULL
 );
 CREATE INDEX events_by_merchant ON events (merchant_id, seq);
 CREATE INDEX events_by_object ON events (object_id, seq);
-CREATE INDEX events_undispatched ON events (seq) WHERE NOT dispatched;
+
+-- The outbox: a small row per event, written with it, deleted once the event's webhook
+-- deliveries exist. What fan-out needs to route the event, so it reads no event bodies.
+CREATE TABLE event_outbox (
+    id          TEXT PRIMARY KEY NOT NULL,
+    seq         INTEGER NOT NULL UNIQUE,
+    version     INTEGER NOT NULL,
+    event_type  TEXT NOT NULL,
+    object_id   TEXT NOT NULL,
+    merchant_id TEXT,
+    created_at  INTEGER NOT NULL
+);
 
 -- Where a merchant or a reseller wants its events sent. The signing secrets live in keyd;
 -- `secrets` holds only their salts (keyd's names for them) and when each stops being used.

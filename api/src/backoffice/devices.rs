@@ -150,11 +150,11 @@ pub async fn device_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Valu
     };
     app.db
         .commit(
-            vec![
-                db::absent::<Device>(&device_id),
-                db::put(&d)?,
+            [
+                vec![db::absent::<Device>(&device_id), db::put(&d)?],
                 event(EventType::DeviceRegistered, &d, call.now)?,
-            ],
+            ]
+            .concat(),
             taken(),
         )
         .await?;
@@ -260,7 +260,7 @@ pub async fn device_disable(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Val
             d.key_set = None;
             d.previous_key_set = None;
             if disabling {
-                Ok(vec![event(EventType::DeviceDisabled, &*d, now)?])
+                event(EventType::DeviceDisabled, &*d, now)
             } else {
                 Ok(Vec::new())
             }
@@ -296,7 +296,7 @@ pub async fn device_enable(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Valu
             d.key_set = None;
             d.previous_key_set = None;
             d.updated_at = now;
-            Ok(vec![event(EventType::DeviceEnabled, &*d, now)?])
+            event(EventType::DeviceEnabled, &*d, now)
         })
         .await?;
     Ok(updated.to_json())

@@ -105,10 +105,11 @@ pub async fn merchant_create(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Va
         match app
             .db
             .commit(
-                vec![
-                    db::put(&m)?,
+                [
+                    vec![db::put(&m)?],
                     event(EventType::MerchantCreated, &m, call.now)?,
-                ],
+                ]
+                .concat(),
                 conflict("merchant exists"),
             )
             .await
@@ -262,7 +263,7 @@ pub async fn merchant_patch(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Val
             set(&mut m.tax_info, &tax);
             set(&mut m.surcharge_info, &surcharge);
             m.updated_at = now;
-            Ok(vec![event(EventType::MerchantUpdated, &*m, now)?])
+            event(EventType::MerchantUpdated, &*m, now)
         })
         .await?;
     Ok(updated.to_json())
@@ -277,7 +278,7 @@ pub async fn merchant_parameters(app: &Backoffice<'_>, call: &Call<'_>) -> Resul
         .update::<Merchant>(&m.id, |m| {
             m.terminal_parameters = Some(params.clone());
             m.updated_at = now;
-            Ok(vec![event(EventType::MerchantUpdated, &*m, now)?])
+            event(EventType::MerchantUpdated, &*m, now)
         })
         .await?;
     Ok(Value::Object(params))

@@ -509,7 +509,7 @@ pub async fn refund(
             writes.push(db::put(&charge)?);
             writes.push(db::put(&refund)?);
             writes.extend(events::charge_event(&charge, now)?);
-            writes.push(events::event(EventType::RefundSucceeded, &refund, now)?);
+            writes.extend(events::event(EventType::RefundSucceeded, &refund, now)?);
             Ok(refund)
         }
         Err(e) => Err(e),

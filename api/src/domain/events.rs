@@ -2,9 +2,10 @@
 //! so that merchants' back ends can follow without polling (`GET /events`, and webhooks).
 //!
 //! An event is written by [`event`] into the *same batch* as the change it reports, so the
-//! store's all-or-nothing commit is the outbox: after any crash, a change has its event and an
-//! event its change. The event's `dispatched` mark is the outbox's only moving part: webhook
-//! fan-out (`crate::webhooks`) sets it in the commit that creates the event's deliveries.
+//! store's all-or-nothing commit makes it an outbox: after any crash, a change has its event
+//! and an event its change. Beside the event goes a small [`Outbox`] row, which webhook fan-out
+//! (`crate::webhooks`) deletes in the commit that creates the event's deliveries: the event
+//! itself is never written again, and fan-out reads the small rows, not the events' bodies.
 //!
 //! An event shows its object as the API shows it at that moment (`data.object`), so it never
 //! carries more than a `GET` of the object would: no card number, no key, no secret.
@@ -162,9 +163,31 @@ pub struct Event {
     pub data: Value,
     /// Unix seconds.
     pub created_at: i64,
-    /// Whether its webhook deliveries exist (the outbox mark; never shown).
-    #[serde(default)]
-    pub dispatched: bool,
+}
+
+/// An event whose webhook deliveries do not exist yet: what fan-out needs to route it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outbox {
+    /// The event's id.
+    pub id: String,
+    /// Its type.
+    pub event_type: String,
+    /// The object it is about.
+    pub object_id: String,
+    /// Its merchant.
+    pub merchant_id: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl Record for Outbox {
+    const KIND: &'static str = "event_outbox";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn indexes(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 impl Record for Event {
@@ -284,13 +307,13 @@ subject!(
 subject!(Device, "device", |d| &d.device_id, &d.merchant_id);
 subject!(Merchant, "merchant", |m| &m.id, &m.id);
 
-/// The write that records event `ty` about `subject`, to go into the batch that makes the
-/// change it reports.
+/// The writes that record event `ty` about `subject` (the event and its outbox row), to go
+/// into the batch that makes the change it reports.
 ///
 /// # Errors
 /// 500 if no random id can be drawn.
-pub fn event<S: Subject>(ty: EventType, subject: &S, now: i64) -> Result<Write, ApiError> {
-    db::put(&Event {
+pub fn event<S: Subject>(ty: EventType, subject: &S, now: i64) -> Result<Vec<Write>, ApiError> {
+    let e = Event {
         id: ids::time_ordered("evt_")?,
         event_type: ty.as_str().to_owned(),
         object_type: S::OBJECT.to_owned(),
@@ -298,18 +321,26 @@ pub fn event<S: Subject>(ty: EventType, subject: &S, now: i64) -> Result<Write, 
         merchant_id: subject.subject_merchant().map(str::to_owned),
         data: json!({ "object": subject.snapshot() }),
         created_at: now,
-        dispatched: false,
-    })
+    };
+    let outbox = Outbox {
+        id: e.id.clone(),
+        event_type: e.event_type.clone(),
+        object_id: e.object_id.clone(),
+        merchant_id: e.merchant_id.clone(),
+        created_at: now,
+    };
+    Ok(vec![db::put(&e)?, db::put(&outbox)?])
 }
 
-/// The event of a charge's status, if it has one.
+/// The event of a charge's status, if it has one (no writes otherwise).
 ///
 /// # Errors
 /// As [`event`].
-pub fn charge_event(charge: &Charge, now: i64) -> Result<Option<Write>, ApiError> {
-    EventType::of_charge(charge.status)
-        .map(|ty| event(ty, charge, now))
-        .transpose()
+pub fn charge_event(charge: &Charge, now: i64) -> Result<Vec<Write>, ApiError> {
+    match EventType::of_charge(charge.status) {
+        Some(ty) => event(ty, charge, now),
+        None => Ok(Vec::new()),
+    }
 }
 
 #[cfg(test)]

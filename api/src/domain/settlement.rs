@@ -180,7 +180,7 @@ pub async fn settle(
         left_from,
     };
     writes.push(db::put(&settlement)?);
-    writes.push(events::event(
+    writes.extend(events::event(
         events::EventType::SettlementCreated,
         &settlement,
         now,

@@ -92,7 +92,7 @@ pub async fn heartbeat(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, Ap
             d.heartbeat = Some(report.clone());
             let mut writes = nonce.clone();
             if was != Some(Connectivity::Online) {
-                writes.push(event(EventType::DeviceOnline, &*d, now)?);
+                writes.extend(event(EventType::DeviceOnline, &*d, now)?);
             }
             Ok(writes)
         })
@@ -163,7 +163,7 @@ pub async fn sweep_silent(db: &Db, heartbeat_secs: u64, now: i64) -> Result<usiz
                 return Ok(Vec::new());
             }
             d.connectivity = Some(Connectivity::Offline);
-            Ok(vec![event(EventType::DeviceOffline, &*d, now)?])
+            event(EventType::DeviceOffline, &*d, now)
         })
         .await?;
         n += usize::from(changed);

@@ -173,6 +173,7 @@ const BOOKKEEPING: &[&str] = &[
     "lease",
     "boot",
     "event",
+    "event_outbox",
     "audit_event",
     "audit_head",
 ];

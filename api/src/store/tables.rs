@@ -320,7 +320,17 @@ pub(crate) static TABLES: &[Table] = &[
             ("merchant_id", Text),
             ("data", Json),
             ("created_at", Int),
-            ("dispatched", Bool),
+        ],
+    },
+    Table {
+        kind: "event_outbox",
+        name: "event_outbox",
+        key: "id",
+        cols: &[
+            ("event_type", Text),
+            ("object_id", Text),
+            ("merchant_id", Text),
+            ("created_at", Int),
         ],
     },
     Table {
@@ -464,7 +474,7 @@ pub(crate) static LISTS: &[(&str, &str, &str)] = &[
         "merchant_id IN (SELECT merchant_id FROM merchant_resellers WHERE reseller_id = ?1)",
     ),
     ("object_events", "event", "object_id = ?1"),
-    ("events_undispatched", "event", "NOT dispatched AND ?1 = ''"),
+    ("event_outbox", "event_outbox", "?1 = ''"),
     (
         "webhook_endpoints",
         "webhook_endpoint",

@@ -365,6 +365,7 @@ fn samples_v2() -> Vec<(&'static str, Map<String, Value>)> {
                 "reversal",
                 "lease",
                 "event",
+                "event_outbox",
                 "webhook_endpoint",
                 "webhook_delivery",
                 "app_version",

@@ -374,9 +374,7 @@ async fn resolve(engine: &Engine, charge_id: &str) -> Result<Outcome, ApiError> 
                 return Ok(Vec::new());
             }
             c.status = ChargeStatus::Failed;
-            Ok(events::charge_event(c, crate::wire::time::now())?
-                .into_iter()
-                .collect())
+            events::charge_event(c, crate::wire::time::now())
         })
         .await;
     match result {
@@ -411,9 +409,7 @@ pub async fn cancel_reversed(
         ChargeStatus::Approved if charge.settled_at.is_none() && charge.refunds.is_empty() => {
             db.update::<Charge>(charge_id, |c| {
                 c.status = ChargeStatus::Cancelled;
-                Ok(events::charge_event(c, crate::wire::time::now())?
-                    .into_iter()
-                    .collect())
+                events::charge_event(c, crate::wire::time::now())
             })
             .await?;
             tracing::info!(
