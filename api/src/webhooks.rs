@@ -78,6 +78,10 @@ struct Sender {
     backoff: Backoff,
     tls: Option<TlsConnector>,
     busy: Mutex<Busy>,
+    /// Where the next round reads due deliveries from (the last one the round before read),
+    /// so a backlog larger than one read is gone through from newest to oldest over several
+    /// rounds instead of its newest part being read again and again.
+    due_from: Mutex<Option<String>>,
 }
 
 impl Sender {
@@ -104,6 +108,7 @@ pub async fn run(app: Arc<Services>) {
         },
         tls,
         busy: Mutex::new(Busy::default()),
+        due_from: Mutex::new(None),
         config,
     });
     let mut tick = tokio::time::interval(Duration::from_millis(sender.config.poll_ms));
@@ -251,10 +256,35 @@ pub async fn fan_out(db: &Db, now: i64) -> Result<usize, ApiError> {
 
 /// Step 2: starts the due deliveries the limits allow.
 async fn deliver_due(app: &Arc<Services>, sender: &Arc<Sender>, now: i64) -> Result<(), ApiError> {
-    let page = app
+    let from = sender
+        .due_from
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let key = now.to_string();
+    let page = match app
         .db
-        .page::<WebhookDelivery>("webhook_due", &now.to_string(), None, DUE_BATCH)
-        .await?;
+        .page::<WebhookDelivery>("webhook_due", &key, from.as_deref(), DUE_BATCH)
+        .await
+    {
+        Ok(page) => page,
+        // The cursor's delivery is gone (deleted with nothing else): start from the newest.
+        Err(e) if e.code() == Code::BodyInvalid => {
+            *sender
+                .due_from
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    *sender
+        .due_from
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = page
+        .has_more
+        .then(|| page.items.last().map(|d| d.id.clone()))
+        .flatten();
     let mut due = page.items;
     due.retain(|d| d.status == DeliveryStatus::Pending);
     due.sort_by(|a, b| a.event_id.cmp(&b.event_id));
@@ -273,6 +303,17 @@ async fn deliver_due(app: &Arc<Services>, sender: &Arc<Sender>, now: i64) -> Res
     }
     for pair in order {
         let deliveries = groups.remove(&pair).unwrap_or_default();
+        {
+            let mut busy = sender.busy();
+            busy.waiting.retain(|_, at| *at > now);
+            if busy.total >= sender.config.workers
+                || busy.pairs.contains(&pair)
+                || busy.waiting.contains_key(&pair)
+                || busy.per_endpoint.get(&pair.0).copied().unwrap_or(0) >= PER_ENDPOINT
+            {
+                continue;
+            }
+        }
         // A first attempt waits behind an older delivery of the same object to the same
         // endpoint that is still pending (in back-off, or queued before a restart of this
         // node): the endpoint gets the object's events in order.
@@ -293,15 +334,8 @@ async fn deliver_due(app: &Arc<Services>, sender: &Arc<Sender>, now: i64) -> Res
             }
         }
         {
+            // Only this loop takes places, so what was free before the lookup still is.
             let mut busy = sender.busy();
-            busy.waiting.retain(|_, at| *at > now);
-            if busy.total >= sender.config.workers
-                || busy.pairs.contains(&pair)
-                || busy.waiting.contains_key(&pair)
-                || busy.per_endpoint.get(&pair.0).copied().unwrap_or(0) >= PER_ENDPOINT
-            {
-                continue;
-            }
             busy.total += 1;
             busy.pairs.insert(pair.clone());
             *busy.per_endpoint.entry(pair.0.clone()).or_insert(0) += 1;
