@@ -3,9 +3,8 @@
 //!
 //! The HTTP layer runs each Bearer call that may change something inside [`scope`], with who
 //! asks and what for. The first commit of that call that puts or deletes a record other than
-//! bookkeeping (idempotency keys, leases, events) takes an [`Entry`] along, about the last
-//! record the batch changes: so an entry exists exactly when the mutation does, whatever
-//! crashes. A request makes at most one entry,
+//! bookkeeping (idempotency keys, leases, events) takes an [`Entry`] along, about the record
+//! the batch is for: so an entry exists exactly when the mutation does, whatever crashes. A request makes at most one entry,
 //! however many commits it makes. The entry names the record, its tenancy, and SHA-256 digests
 //! of the record before and after (never its contents, so no secret reaches the trail).
 //!
@@ -187,7 +186,11 @@ pub fn digest(body: &Map<String, Value>) -> String {
 /// The entry a batch brings along, when it runs inside a mutation's [`scope`], is its first
 /// mutating commit, and changes a record that is not bookkeeping. `store` gives the record's
 /// state before.
-pub(crate) async fn entry_for(store: &dyn Store, writes: &[Write]) -> Option<Write> {
+pub(crate) async fn entry_for(
+    store: &dyn Store,
+    writes: &[Write],
+    record_last: bool,
+) -> Option<Write> {
     let state = CURRENT.try_with(Arc::clone).ok()?;
     let context = {
         let s = state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -196,17 +199,26 @@ pub(crate) async fn entry_for(store: &dyn Store, writes: &[Write]) -> Option<Wri
         }
         s.context.clone()
     };
-    // The last record the batch changes is the one the request is about: `Db::update` puts its
-    // record after the writes that go with it, and handlers put side records first.
-    let (kind, id, after) = writes.iter().rev().find_map(|w| match w {
-        Write::Put { kind, id, body, .. } if !BOOKKEEPING.contains(&kind.as_str()) => {
-            Some((kind.clone(), id.clone(), Some(body)))
+    // The record the request is about: handlers write it first and what goes with it after
+    // (events, cascades); `Db::update` puts it after the writes that go with it.
+    /// A changed record's kind, id and fields after (`None`: deleted).
+    type Changed<'a> = (String, String, Option<&'a Map<String, Value>>);
+    fn changed(w: &Write) -> Option<Changed<'_>> {
+        match w {
+            Write::Put { kind, id, body, .. } if !BOOKKEEPING.contains(&kind.as_str()) => {
+                Some((kind.clone(), id.clone(), Some(body)))
+            }
+            Write::Delete { kind, id } if !BOOKKEEPING.contains(&kind.as_str()) => {
+                Some((kind.clone(), id.clone(), None))
+            }
+            _ => None,
         }
-        Write::Delete { kind, id } if !BOOKKEEPING.contains(&kind.as_str()) => {
-            Some((kind.clone(), id.clone(), None))
-        }
-        _ => None,
-    })?;
+    }
+    let (kind, id, after) = if record_last {
+        writes.iter().rev().find_map(changed)?
+    } else {
+        writes.iter().find_map(changed)?
+    };
     let before = store.get(&kind, &id).await.ok().flatten().map(|s| s.body);
     let fields = after.or(before.as_ref());
     let text = |name: &str| {

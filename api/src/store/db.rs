@@ -293,15 +293,16 @@ impl Db {
 
     /// Applies writes atomically and durably; a conflict answers `conflict`.
     pub async fn commit(&self, writes: Vec<Write>, conflict: ApiError) -> Result<(), ApiError> {
-        self.apply(writes)
+        self.apply(writes, false)
             .await
             .map_err(|e| store_error(&e, conflict))
     }
 
     /// Every commit of the typed view: inside a Bearer mutation, the first that changes a
-    /// record takes the request's audit entry along (see `store::audit`).
-    async fn apply(&self, mut writes: Vec<Write>) -> Result<(), StoreError> {
-        let entry = super::audit::entry_for(self.store.as_ref(), &writes).await;
+    /// record takes the request's audit entry along (see `store::audit`), about the batch's
+    /// first record changed, or its last for [`Db::update`], which puts its record last.
+    async fn apply(&self, mut writes: Vec<Write>, record_last: bool) -> Result<(), StoreError> {
+        let entry = super::audit::entry_for(self.store.as_ref(), &writes, record_last).await;
         let audited = entry.is_some();
         writes.extend(entry);
         self.store.commit(writes).await?;
@@ -336,7 +337,7 @@ impl Db {
             }];
             writes.extend(change(&mut record)?);
             writes.push(put(&record)?);
-            match self.apply(writes).await {
+            match self.apply(writes, true).await {
                 Ok(()) => return Ok(record),
                 Err(StoreError::Conflict(ns)) if ns.starts_with("expect:") => {}
                 Err(e) => {
