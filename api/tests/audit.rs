@@ -62,7 +62,7 @@ fn linked(p: &Platform) -> Vec<Value> {
 
 fn every_mutation_leaves_one_entry_on(p: &Platform) {
     let admin = p.admin.clone();
-    let (_, r) = mutate(
+    let (reseller_req, r) = mutate(
         p,
         &admin,
         "POST",
@@ -88,8 +88,10 @@ fn every_mutation_leaves_one_entry_on(p: &Platform) {
         b["id"].as_str().unwrap().to_owned(),
     );
 
-    let mut expected: Vec<(String, &str, &str)> =
-        vec![(merchant_req, "MerchantCreate", "merchant")];
+    let mut expected: Vec<(String, &str, &str)> = vec![
+        (reseller_req, "ResellerCreate", "reseller"),
+        (merchant_req, "MerchantCreate", "merchant"),
+    ];
     let (req, l) = mutate(
         p,
         &admin,
@@ -159,11 +161,84 @@ fn every_mutation_leaves_one_entry_on(p: &Platform) {
     let (req, _) = mutate(
         p,
         &admin,
+        "PATCH",
+        &format!("/resellers/{rid}/fee-templates/{tid}"),
+        Some(&json!({"name": "std 2"})),
+    );
+    expected.push((req, "FeeTemplatePatch", "fee_template"));
+    let (req, _) = mutate(
+        p,
+        &admin,
         "DELETE",
         &format!("/resellers/{rid}/fee-templates/{tid}"),
         None,
     );
     expected.push((req, "FeeTemplateDelete", "fee_template"));
+
+    // Endpoints that take the merchant's events (nobody listens: their deliveries stay
+    // pending), managed through every webhook route.
+    let mut secrets = vec![webhook_secret];
+    let mut hooks = Vec::new();
+    for (owner, prefix) in [
+        (format!("/merchants/{a}"), "Merchant"),
+        (format!("/resellers/{rid}"), "Reseller"),
+    ] {
+        let (req, hook) = mutate(
+            p,
+            &admin,
+            "POST",
+            &format!("{owner}/webhook-endpoints"),
+            Some(&json!({"url": "http://127.0.0.1:1/hook", "enabled_events": ["merchant.*"]})),
+        );
+        expected.push((
+            req,
+            if prefix == "Merchant" {
+                "MerchantWebhookCreate"
+            } else {
+                "ResellerWebhookCreate"
+            },
+            "webhook_endpoint",
+        ));
+        secrets.push(hook["secret"].as_str().unwrap().to_owned());
+        let base = format!(
+            "{owner}/webhook-endpoints/{}",
+            hook["endpoint"]["id"].as_str().unwrap()
+        );
+        let (req, _) = mutate(
+            p,
+            &admin,
+            "PATCH",
+            &base,
+            Some(&json!({"description": "audited"})),
+        );
+        expected.push((
+            req,
+            if prefix == "Merchant" {
+                "MerchantWebhookPatch"
+            } else {
+                "ResellerWebhookPatch"
+            },
+            "webhook_endpoint",
+        ));
+        let (req, rotated) = mutate(
+            p,
+            &admin,
+            "POST",
+            &format!("{base}/rotate-secret"),
+            Some(&json!({})),
+        );
+        expected.push((
+            req,
+            if prefix == "Merchant" {
+                "MerchantWebhookRotate"
+            } else {
+                "ResellerWebhookRotate"
+            },
+            "webhook_endpoint",
+        ));
+        secrets.push(rotated["secret"].as_str().unwrap().to_owned());
+        hooks.push((prefix, base));
+    }
 
     // The rest of the tenant's mutating routes, one call each.
     let calls: Vec<(&str, String, Value, &str, &str)> = vec![
@@ -316,6 +391,126 @@ fn every_mutation_leaves_one_entry_on(p: &Platform) {
         None,
     );
     expected.push((req, "LocationDelete", "location"));
+    let ruser = made["ResellerUserCreate"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (req, _) = mutate(
+        p,
+        &admin,
+        "PATCH",
+        &format!("/resellers/{rid}/users/{ruser}"),
+        Some(&json!({"name": "R"})),
+    );
+    expected.push((req, "ResellerUserPatch", "user"));
+    let (req, _) = mutate(
+        p,
+        &admin,
+        "DELETE",
+        &format!("/resellers/{rid}/users/{ruser}"),
+        None,
+    );
+    expected.push((req, "ResellerUserDelete", "user"));
+
+    // The merchant's change made a delivery to each endpoint; each is resent once its first
+    // attempt has failed (so the resend visibly changes it: due again at once), then the
+    // reseller's endpoint goes.
+    for (prefix, base) in &hooks {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let delivery = loop {
+            let page = p.ok("GET", &format!("{base}/deliveries"), None).unwrap();
+            let tried = page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["attempts"].as_u64().unwrap_or(0) >= 1)
+                .cloned();
+            if let Some(d) = tried {
+                break d;
+            }
+            assert!(Instant::now() < deadline, "no attempted delivery: {page}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let (req, _) = mutate(
+            p,
+            &admin,
+            "POST",
+            &format!(
+                "{base}/deliveries/{}/resend",
+                delivery["id"].as_str().unwrap()
+            ),
+            None,
+        );
+        let action = if *prefix == "Merchant" {
+            "MerchantWebhookResend"
+        } else {
+            "ResellerWebhookResend"
+        };
+        expected.push((req, action, "webhook_delivery"));
+    }
+    let (req, _) = mutate(p, &admin, "DELETE", &hooks[1].1, None);
+    expected.push((req, "ResellerWebhookDelete", "webhook_endpoint"));
+
+    // Charges taken in the backoffice, one refunded and one cancelled.
+    let card =
+        json!({"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"});
+    let mut charged = Vec::new();
+    for value in ["1000", "1100"] {
+        let (req, c) = mutate(
+            p,
+            &admin,
+            "POST",
+            "/charges",
+            Some(
+                &json!({"merchant_id": a, "amount": {"value": value, "currency": "EUR"}, "card": card}),
+            ),
+        );
+        assert_eq!(c["status"], "approved", "{c}");
+        expected.push((req, "ChargeCreate", "charge"));
+        charged.push(c["charge_id"].as_str().unwrap().to_owned());
+    }
+    let (req, _) = mutate(
+        p,
+        &admin,
+        "POST",
+        &format!("/charges/{}/refund", charged[0]),
+        Some(&json!({"amount": {"value": "300", "currency": "EUR"}})),
+    );
+    expected.push((req, "ChargeRefund", "charge"));
+    let (req, _) = mutate(
+        p,
+        &admin,
+        "POST",
+        &format!("/charges/{}/cancel", charged[1]),
+        None,
+    );
+    expected.push((req, "ChargeCancel", "charge"));
+
+    // A reseller without merchants can go.
+    let (req, gone) = mutate(
+        p,
+        &admin,
+        "POST",
+        "/resellers",
+        Some(&json!({"name": "Audit gone"})),
+    );
+    expected.push((req, "ResellerCreate", "reseller"));
+    let (req, _) = mutate(
+        p,
+        &admin,
+        "DELETE",
+        &format!("/resellers/{}", gone["id"].as_str().unwrap()),
+        None,
+    );
+    expected.push((req, "ResellerDelete", "reseller"));
+    let (req, _) = mutate(
+        p,
+        &admin,
+        "POST",
+        "/session/initiate",
+        Some(&json!({"host": "localhost"})),
+    );
+    expected.push((req, "SessionInitiate", "session"));
 
     // Refused and read-only calls leave nothing.
     let refused = p
@@ -356,6 +551,48 @@ fn every_mutation_leaves_one_entry_on(p: &Platform) {
             assert_ne!(e["digest_before"], e["digest_after"]);
         }
     }
+
+    // A claim: the terminal's own calls are not Bearer calls and leave nothing; the
+    // backoffice's claim leaves one entry about the device.
+    let (claimed, _) = p.activated_terminal("POS-0000AD09").unwrap();
+    let claims = entries(p, &admin, "&action=PosClaim&object_id=POS-0000AD09");
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert_eq!(claims[0]["object_kind"], "device");
+    assert_eq!(claims[0]["merchant_id"], json!(claimed));
+    assert!(!claims[0]["digest_before"].is_null() && !claims[0]["digest_after"].is_null());
+
+    // Every route that may write was called above, and each left its entry; verifying the
+    // chain is the one that writes nothing.
+    let verify = p
+        .http
+        .call("POST", "/audit-events/verify", Some(&admin), None)
+        .unwrap();
+    assert_eq!(verify.status, 200, "{}", verify.json);
+    let id = verify.header("x-request-id").unwrap();
+    assert!(entries(p, &admin, &format!("&request_id={id}")).is_empty());
+    let mut covered: std::collections::BTreeSet<&str> =
+        expected.iter().map(|(_, action, _)| *action).collect();
+    covered.extend(["PosClaim", "AuditVerify"]);
+    let writing: std::collections::BTreeSet<String> = api::http::routes::ROUTES
+        .iter()
+        .filter(|r| {
+            r.method != "GET"
+                && matches!(
+                    r.access,
+                    api::http::routes::Access::Bearer | api::http::routes::Access::BearerNoSession
+                )
+        })
+        .map(|r| format!("{:?}", r.op))
+        .collect();
+    let missed: Vec<&String> = writing
+        .iter()
+        .filter(|op| !covered.contains(op.as_str()))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "routes this test does not call: {missed:?}"
+    );
+    assert_eq!(writing.len(), 47, "{writing:?}");
 
     // Tenancy: B's admin sees B's entries only; a merchant user sees none; the reseller's
     // admin sees both merchants' and its own.
@@ -431,7 +668,10 @@ fn every_mutation_leaves_one_entry_on(p: &Platform) {
     // Linked into one chain that verifies; no secret anywhere in the trail.
     let all = linked(p);
     let text = serde_json::to_string(&all).unwrap();
-    assert!(!text.contains(&identity_secret) && !text.contains(&webhook_secret));
+    assert!(!text.contains(&identity_secret));
+    for secret in &secrets {
+        assert!(!text.contains(secret.as_str()));
+    }
     let verdict = p.ok("POST", "/audit-events/verify", None).unwrap();
     assert_eq!(verdict["intact"], true, "{verdict}");
     assert_eq!(verdict["count"], json!(all.len()));

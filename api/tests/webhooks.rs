@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,22 +58,39 @@ struct Receiver {
 
 impl Receiver {
     fn listen(&self, listener: TcpListener) {
+        self.listen_with(listener, None);
+    }
+
+    /// Serves on `listener`, over TLS with `tls` when given.
+    fn listen_with(&self, listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) {
         let me = self.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
                 let me = me.clone();
-                std::thread::spawn(move || me.serve(stream));
+                let tls = tls.clone();
+                std::thread::spawn(move || match tls {
+                    None => me.serve(stream),
+                    Some(config) => {
+                        let Ok(connection) = rustls::ServerConnection::new(config) else {
+                            return;
+                        };
+                        me.serve(rustls::StreamOwned::new(connection, stream));
+                    }
+                });
             }
         });
     }
 
-    fn serve(&self, stream: TcpStream) {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut headers = HashMap::new();
+    fn serve(&self, stream: impl Read + Write) {
+        let mut reader = BufReader::new(stream);
         let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
+        if reader.read_line(&mut line).is_err() {
+            // A client that gave up during the handshake.
+            return;
+        }
         assert!(line.starts_with("POST /hook "), "{line}");
+        let mut headers = HashMap::new();
         loop {
             line.clear();
             reader.read_line(&mut line).unwrap();
@@ -103,12 +120,13 @@ impl Receiver {
                 body: String::from_utf8(body).unwrap(),
             });
         }
-        let mut out = stream;
+        let out = reader.get_mut();
         write!(
             out,
             "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
         )
         .unwrap();
+        out.flush().unwrap();
     }
 
     fn received(&self) -> Vec<Received> {
@@ -720,4 +738,80 @@ fn postgres_events_follow_their_changes_and_tenancy() {
     let database = Database::postgres(&cluster, "api").unwrap();
     let p = Platform::start_on(api(), FAST, &database).unwrap();
     events_follow_their_changes_and_tenancy_on(&p);
+}
+
+/// The receiver's TLS configuration: the API's test leaf for `localhost`, signed by the test CA.
+fn receiver_tls() -> Arc<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let certs = vec![CertificateDer::from_pem_file(data.join("test-cert.pem")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(data.join("test-key.pem")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    )
+}
+
+#[test]
+fn a_resellers_https_endpoint_gets_its_merchants_events_and_no_others() {
+    let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ca-cert.pem");
+    let config = format!("{FAST}ca_file = \"{}\"\n", ca.display());
+    let p = Platform::start(api(), &config).unwrap();
+    let (mine, mut t) = p.activated_terminal("POS-0000AC01").unwrap();
+    let (theirs, mut other) = p.activated_terminal("POS-0000AC02").unwrap();
+    let reseller = p.ok("GET", &format!("/merchants/{mine}"), None).unwrap()["reseller_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let receiver = Receiver::default();
+    receiver.listen_with(listener, Some(receiver_tls()));
+    let created = p
+        .call(
+            "POST",
+            &format!("/resellers/{reseller}/webhook-endpoints"),
+            Some(&json!({"url": format!("https://localhost:{port}/hook"),
+                         "enabled_events": ["charge.approved"]})),
+        )
+        .unwrap();
+    assert_eq!(created.status, 201, "{}", created.json);
+    let secret = created.json["secret"].as_str().unwrap().to_owned();
+
+    let (a, _) = other.charge("4242424242424242", 700, "EUR", None).unwrap();
+    assert_eq!(a.status, 200, "{}", a.json);
+    let (a, _) = t.charge("4242424242424242", 800, "EUR", None).unwrap();
+    assert_eq!(a.status, 200, "{}", a.json);
+    let approved = events(&p, &mine, "charge.approved");
+    assert_eq!(approved.len(), 1);
+    let id = approved[0]["id"].as_str().unwrap().to_owned();
+    let got = receiver.wait_for(std::slice::from_ref(&id));
+    // The other merchant's approval, made first, has had its chance to arrive; it has no
+    // delivery to this endpoint at all.
+    let theirs_approved = events(&p, &theirs, "charge.approved");
+    assert_eq!(theirs_approved.len(), 1);
+    assert!(
+        got.iter().all(|r| event_id(&r.body) == id),
+        "{:?}",
+        got.iter().map(|r| event_id(&r.body)).collect::<Vec<_>>()
+    );
+    let endpoint = created.json["endpoint"]["id"].as_str().unwrap();
+    let log = p
+        .ok(
+            "GET",
+            &format!("/resellers/{reseller}/webhook-endpoints/{endpoint}/deliveries?limit=100"),
+            None,
+        )
+        .unwrap();
+    let log = log["data"].as_array().unwrap();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["event_id"], json!(id));
+    let verdicts = stripe_verdicts(&[(got[0].body.clone(), got[0].signature.clone(), secret, 300)]);
+    assert_eq!(verdicts, ["ok"]);
 }

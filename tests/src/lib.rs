@@ -56,6 +56,8 @@ pub struct KeydProcess {
     child: Option<Child>,
     /// `serve --verbose`: refusals logged with their reason (see [`KeydProcess::verbose`]).
     verbose: bool,
+    /// Extra environment of later starts (see [`KeydProcess::env`]).
+    env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for KeydProcess {
@@ -151,6 +153,7 @@ impl KeydProcess {
             socket,
             child: None,
             verbose: false,
+            env: Vec::new(),
         };
         Ok(keyd)
     }
@@ -369,6 +372,13 @@ impl KeydProcess {
         self.verbose = true;
     }
 
+    /// Later starts run `serve` with this variable set too (e.g. `MALLOC_ARENA_MAX`, so a
+    /// test that measures the process's address space is not moved by an allocator arena
+    /// reserved mid-measurement by a thread that happens to start then).
+    pub fn env(&mut self, name: &str, value: &str) {
+        self.env.push((name.to_owned(), value.to_owned()));
+    }
+
     /// Starts `keyd serve` and waits for its socket.
     ///
     /// # Errors
@@ -392,7 +402,8 @@ impl KeydProcess {
             .arg("--config")
             .arg(&self.config)
             .arg("serve")
-            .envs(self.hsm.env());
+            .envs(self.hsm.env())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         if self.verbose {
             command.arg("--verbose");
         }
