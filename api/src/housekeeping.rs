@@ -60,20 +60,12 @@ async fn audit_chain(app: Arc<Services>, leading: Arc<AtomicBool>) {
 async fn recovery(app: Arc<Services>, leading: Arc<AtomicBool>) {
     let mut tick = tokio::time::interval(RECOVERY_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leadership = lease::Leadership::new(LEASE, LEAD_FOR);
     loop {
         tick.tick().await;
         let now = crate::wire::time::now();
-        let lead = !app.db.store().shared()
-            || match lease::acquire(&app.db, &[LEASE], &app.charges.boot.id, now, LEAD_FOR).await {
-                Ok(held) => held.is_some(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "housekeeping lease not read");
-                    false
-                }
-            };
-        if lead != leading.swap(lead, Ordering::Relaxed) {
-            tracing::info!(leading = lead, "housekeeping lease");
-        }
+        let lead = leadership.renew(&app.db, &app.charges.boot.id, now).await;
+        leading.store(lead, Ordering::Relaxed);
         // The nodes sharing each rate limit (see `http::ratelimit`).
         if app.db.store().shared() {
             match crate::domain::charges::recovery::live_nodes(&app.charges, now).await {

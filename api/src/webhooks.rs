@@ -55,6 +55,8 @@ const DUE_BATCH: usize = 500;
 /// The lease's name and how long it lasts unless renewed (seconds).
 const LEASE: &str = "webhooks";
 const LEAD_FOR: i64 = 15;
+/// How often the lease is renewed (well inside `LEAD_FOR`).
+const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// The most of a receiver's answer read (and thrown away).
 const ANSWER_MAX: usize = 16 * 1024;
 
@@ -113,32 +115,17 @@ pub async fn run(app: Arc<Services>) {
     });
     let mut tick = tokio::time::interval(Duration::from_millis(sender.config.poll_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leadership = lease::Leadership::new(LEASE, LEAD_FOR);
     let mut renewed: Option<Instant> = None;
-    let mut leading = false;
     loop {
         tick.tick().await;
         let now = crate::wire::time::now();
-        if app.db.store().shared()
-            && renewed.is_none_or(|at| at.elapsed() >= Duration::from_secs(5))
-        {
-            let lead = match lease::acquire(&app.db, &[LEASE], &app.charges.boot.id, now, LEAD_FOR)
-                .await
-            {
-                Ok(held) => held.is_some(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhooks lease not read");
-                    false
-                }
-            };
+        // Renewed every few seconds, not every poll: a poll is tens of milliseconds.
+        if renewed.is_none_or(|at| at.elapsed() >= RENEW_EVERY) {
+            leadership.renew(&app.db, &app.charges.boot.id, now).await;
             renewed = Some(Instant::now());
-            if lead != leading {
-                tracing::info!(leading = lead, "webhooks lease");
-            }
-            leading = lead;
-        } else if !app.db.store().shared() {
-            leading = true;
         }
-        if !leading {
+        if !leadership.leading() {
             continue;
         }
         if let Err(e) = fan_out(&app.db, now).await {

@@ -39,6 +39,56 @@ impl Record for Lease {
     }
 }
 
+/// A background task's claim to lead a kind of work (`housekeeping`, `webhooks`) among the
+/// nodes of one store: the lease `name`, taken or renewed at each [`Leadership::renew`].
+///
+/// A store of one node is never shared, so its only node leads without touching the store. A
+/// store that cannot be read counts as not leading: the work waits for the store, and the
+/// other nodes cannot tell this one apart from a dead one anyway.
+#[derive(Debug)]
+pub struct Leadership {
+    name: &'static str,
+    ttl: i64,
+    leading: bool,
+}
+
+impl Leadership {
+    /// Not leading until the first [`Leadership::renew`]; the lease lasts `ttl` seconds
+    /// unless renewed.
+    #[must_use]
+    pub const fn new(name: &'static str, ttl: i64) -> Self {
+        Self {
+            name,
+            ttl,
+            leading: false,
+        }
+    }
+
+    /// Takes or renews the lease for `holder`: whether this node leads now. A change is
+    /// logged, so operators see which node took over and when.
+    pub async fn renew(&mut self, db: &Db, holder: &str, now: i64) -> bool {
+        let lead = !db.store().shared()
+            || match acquire(db, &[self.name], holder, now, self.ttl).await {
+                Ok(held) => held.is_some(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "{} lease not read", self.name);
+                    false
+                }
+            };
+        if lead != self.leading {
+            tracing::info!(leading = lead, "{} lease", self.name);
+            self.leading = lead;
+        }
+        lead
+    }
+
+    /// What the last [`Leadership::renew`] found.
+    #[must_use]
+    pub const fn leading(&self) -> bool {
+        self.leading
+    }
+}
+
 /// A lease this node holds: what releasing it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {

@@ -5,30 +5,9 @@
 use super::jwk::{KeySet, parse_jwks};
 use super::*;
 
-/// A TLS client trusting only the CA certificates of `ca_file`.
+/// A TLS client trusting only the CA certificates of `ca_file`, speaking HTTP/1.1.
 pub(super) fn tls_connector(ca_file: &Path) -> Result<TlsConnector, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject as _;
-    let shown = ca_file.display();
-    let certs = CertificateDer::pem_file_iter(ca_file)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| format!("JWKS CA file {shown}: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs {
-        roots
-            .add(cert)
-            .map_err(|e| format!("JWKS CA file {shown}: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("JWKS CA file {shown}: no certificate"));
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut config = Arc::unwrap_or_clone(pgtls::client_config(ca_file, "JWKS")?);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))
 }
