@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 
 use crate::auth::Auth;
 use crate::auth::authz::{Action, Principal, Scope, allow, authorize};
-use crate::config::PlatformConfig;
+use crate::config::{PlatformConfig, PortalConfig};
 use crate::domain::charges::Engine;
 use crate::domain::events::{EventType, event};
 use crate::domain::idem::Idempotency;
@@ -60,6 +60,8 @@ pub struct Backoffice<'a> {
     pub idempotency: &'a Idempotency,
     /// The charge engine.
     pub charges: &'a Engine,
+    /// The portal's settings (password stretching).
+    pub portal: &'a PortalConfig,
 }
 
 impl<'a> Backoffice<'a> {
@@ -72,6 +74,7 @@ impl<'a> Backoffice<'a> {
             platform: &s.config.platform,
             idempotency: &s.idempotency,
             charges: &s.charges,
+            portal: &s.config.portal,
         }
     }
 }

@@ -56,6 +56,70 @@ pub struct Config {
     /// Rate limits.
     #[serde(default)]
     pub rate_limits: RateLimits,
+    /// The portal and its embedded sign-in.
+    #[serde(default)]
+    pub portal: PortalConfig,
+}
+
+/// The portal (`[portal]`): the web pages for merchants and resellers, and in embedded mode the
+/// sign-in provider they use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalConfig {
+    /// PBKDF2-HMAC-SHA-256 iterations for passwords set from now on (at least 10,000; the
+    /// default follows current guidance for this function).
+    #[serde(default = "default_kdf_iterations")]
+    pub kdf_iterations: u32,
+    /// The OpenID Connect client id the portal signs in as (the `aud` of its ID tokens).
+    #[serde(default = "default_portal_client")]
+    pub client_id: String,
+    /// The longest a portal session lasts; it also ends with the token it was opened with.
+    #[serde(default = "default_portal_session")]
+    pub session_secs: u64,
+}
+
+impl Default for PortalConfig {
+    fn default() -> Self {
+        Self {
+            kdf_iterations: default_kdf_iterations(),
+            client_id: default_portal_client(),
+            session_secs: default_portal_session(),
+        }
+    }
+}
+
+impl PortalConfig {
+    fn check(&self) -> Result<(), String> {
+        if self.kdf_iterations < MIN_KDF_ITERATIONS
+            || self.kdf_iterations > 10_000_000
+            || self.client_id.is_empty()
+            || self.client_id.len() > 64
+            || !(60..=7 * 24 * 3600).contains(&self.session_secs)
+        {
+            return Err(
+                "portal: kdf_iterations 10000-10000000, client_id 1-64 characters, \
+                        session_secs 60-604800"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The fewest PBKDF2 iterations `[portal] kdf_iterations` accepts (tests use it; production
+/// keeps the default).
+pub const MIN_KDF_ITERATIONS: u32 = 10_000;
+
+const fn default_kdf_iterations() -> u32 {
+    600_000
+}
+
+fn default_portal_client() -> String {
+    "viopay-portal".into()
+}
+
+const fn default_portal_session() -> u64 {
+    8 * 3600
 }
 
 /// Calls a second each caller may make (`[rate_limits]`), with bursts of twice that; 0 turns
@@ -755,6 +819,7 @@ impl Config {
         }
         config.processor.check().map_err(ConfigError)?;
         config.webhooks.check().map_err(ConfigError)?;
+        config.portal.check().map_err(ConfigError)?;
         if !(1..=86_400).contains(&config.platform.heartbeat_secs)
             || !(1..=604_800).contains(&config.platform.update_check_secs)
         {

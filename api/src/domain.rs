@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod charges;
+pub mod credentials;
 pub mod events;
 pub mod idem;
 pub mod lease;
@@ -14,3 +15,4 @@ pub mod replay;
 pub mod replies;
 pub mod settlement;
 pub mod webhooks;
+pub mod websessions;

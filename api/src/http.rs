@@ -57,6 +57,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
 pub mod schemas;
+mod web;
 
 /// What the server works with: the handlers' services and its own request metrics.
 #[derive(Debug)]
@@ -209,6 +210,19 @@ async fn handle(
     let request_id = request_id(&req);
     let method = method_label(req.method());
     let (parts, body) = req.into_parts();
+    if crate::portal::serves(parts.uri.path()) {
+        let mut response = web::serve(&app, source, &parts, body, &request_id).await;
+        if method == "HEAD" {
+            *response.body_mut() = Full::new(Bytes::new());
+        }
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        let status = response.status().as_u16();
+        app.metrics
+            .record("portal", method, status, started.elapsed());
+        return Ok(response);
+    }
     let found = routes::find(parts.method.as_str(), parts.uri.path());
     let route_label = found.as_ref().map_or("unmatched", |(r, _)| r.path);
     let mut quota = None;
@@ -387,7 +401,9 @@ async fn run(
 ) -> Result<Reply, ApiError> {
     let mutation =
         route.method != "GET" && matches!(route.access, Access::Bearer | Access::BearerNoSession);
-    let Some(context) = mutation.then(|| audit_context(route, parts, asked)) else {
+    let Some(context) =
+        mutation.then(|| audit_context(route, parts.uri.path(), asked.request_id, asked.source))
+    else {
         return run_inner(app, route, params, parts, body, asked, quota).await;
     };
     // The caller is known only inside; the scope's context is completed there.
@@ -441,17 +457,18 @@ fn limit_caller(
 
 fn audit_context(
     route: &Route,
-    parts: &hyper::http::request::Parts,
-    asked: Asked<'_>,
+    path: &str,
+    request_id: &str,
+    source: std::net::IpAddr,
 ) -> crate::store::audit::Context {
     crate::store::audit::Context {
         subject: String::new(),
         role: String::new(),
         action: format!("{:?}", route.op),
         method: route.method.to_owned(),
-        path: parts.uri.path().to_owned(),
-        request_id: asked.request_id.to_owned(),
-        source: asked.source.to_string(),
+        path: path.to_owned(),
+        request_id: request_id.to_owned(),
+        source: source.to_string(),
         at: crate::wire::time::now(),
         entry_id: crate::wire::ids::time_ordered("au_").unwrap_or_default(),
     }
@@ -639,6 +656,7 @@ async fn dispatch(app: &Served, op: Op, call: &Call<'_>) -> Result<Reply, ApiErr
         Op::ResellerUserList => b::users::user_list(bo, call, Reseller).await?,
         Op::ResellerUserGet => b::users::user_get(bo, call, Reseller).await?,
         Op::ResellerUserPatch => b::users::user_patch(bo, call, Reseller).await?,
+        Op::ResellerUserPassword => b::users::user_password(bo, call, Reseller).await?,
         Op::ResellerUserDelete => b::users::user_delete(bo, call, Reseller).await?,
         Op::MerchantCreate => b::merchants::merchant_create(bo, call).await?,
         Op::MerchantList => b::merchants::merchant_list(bo, call).await?,
@@ -663,6 +681,7 @@ async fn dispatch(app: &Served, op: Op, call: &Call<'_>) -> Result<Reply, ApiErr
         Op::UserList => b::users::user_list(bo, call, Merchant).await?,
         Op::UserGet => b::users::user_get(bo, call, Merchant).await?,
         Op::UserPatch => b::users::user_patch(bo, call, Merchant).await?,
+        Op::UserPassword => b::users::user_password(bo, call, Merchant).await?,
         Op::UserDelete => b::users::user_delete(bo, call, Merchant).await?,
         Op::ApiClientCreate => b::api_clients::api_client_create(bo, call).await?,
         Op::ApiClientList => b::api_clients::api_client_list(bo, call).await?,

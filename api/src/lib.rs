@@ -15,6 +15,7 @@ pub mod error;
 pub mod housekeeping;
 pub mod http;
 pub mod keyd;
+pub mod portal;
 pub mod pos;
 pub mod request;
 pub mod store;

@@ -378,6 +378,15 @@ fn every_mutation_leaves_one_entry_on(p: &Platform) {
     let (req, _) = mutate(
         p,
         &admin,
+        "PUT",
+        &format!("/merchants/{a}/users/{user}/password"),
+        Some(&json!({"password": "a long enough password"})),
+    );
+    expected.push((req, "UserPassword", "credential"));
+    secrets.push("a long enough password".to_owned());
+    let (req, _) = mutate(
+        p,
+        &admin,
         "DELETE",
         &format!("/merchants/{a}/users/{user}"),
         None,
@@ -403,6 +412,14 @@ fn every_mutation_leaves_one_entry_on(p: &Platform) {
         Some(&json!({"name": "R"})),
     );
     expected.push((req, "ResellerUserPatch", "user"));
+    let (req, _) = mutate(
+        p,
+        &admin,
+        "PUT",
+        &format!("/resellers/{rid}/users/{ruser}/password"),
+        Some(&json!({"password": "a long enough password"})),
+    );
+    expected.push((req, "ResellerUserPassword", "credential"));
     let (req, _) = mutate(
         p,
         &admin,
@@ -543,7 +560,9 @@ fn every_mutation_leaves_one_entry_on(p: &Platform) {
         assert_eq!(e["subject"], "ops");
         assert_eq!(e["role"], "platform_admin");
         assert_eq!(e["source"], "127.0.0.1");
-        let created = action.ends_with("Create") || *action == "AppVersionPut";
+        let created = action.ends_with("Create")
+            || *action == "AppVersionPut"
+            || action.ends_with("Password");
         let deleted = action.ends_with("Delete");
         assert_eq!(e["digest_before"].is_null(), created, "{e}");
         assert_eq!(e["digest_after"].is_null(), deleted, "{e}");
@@ -592,7 +611,7 @@ fn every_mutation_leaves_one_entry_on(p: &Platform) {
         missed.is_empty(),
         "routes this test does not call: {missed:?}"
     );
-    assert_eq!(writing.len(), 47, "{writing:?}");
+    assert_eq!(writing.len(), 49, "{writing:?}");
 
     // Tenancy: B's admin sees B's entries only; a merchant user sees none; the reseller's
     // admin sees both merchants' and its own.

@@ -24,7 +24,7 @@ const LAYERS: &[&[&str]] = &[
     &["domain"],
     &["auth"],
     &["request"],
-    &["pos", "backoffice"],
+    &["pos", "backoffice", "portal"],
     &["http", "housekeeping", "webhooks"],
     &["app"],
     &["lib", "main"],

@@ -102,7 +102,7 @@ pub struct Entry<'a> {
     pub peer: &'a str,
     /// The operation code.
     pub opcode: u16,
-    /// The device, key, zone or webhook endpoint the operation named, if any.
+    /// The device, key, zone, webhook endpoint or portal user the operation named, if any.
     pub subject: Option<&'a str>,
     /// The check value of the key made, imported or exported, if any.
     pub kcv: Option<[u8; 3]>,

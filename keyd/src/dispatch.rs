@@ -112,6 +112,7 @@ fn route(
             call(body, out, |r| service.webhook_secret_create(r))
         }
         o if o == m::WebhookSign::OPCODE => call(body, out, |r| service.webhook_sign(r)),
+        o if o == m::PasswordMac::OPCODE => call(body, out, |r| service.password_mac(r)),
         o if o == m::ZmkImport::OPCODE => call(body, out, |r| service.zmk_import_remote(r)),
         o if o == m::Tr31Translate::OPCODE => call(body, out, |r| service.tr31_translate(r)),
         o if o == m::Tr31Export::OPCODE => call(body, out, |r| service.tr31_export(r)),

@@ -325,8 +325,8 @@ fn spawn_hsm_worker(service: Arc<Service>, audit: Arc<Audit>) -> tokio::sync::mp
 }
 
 /// The audit record of one request. The subject is the request's first field where that field
-/// is an id (a device, key, zone or webhook endpoint); the operations whose first field is anything else — a
-/// secret, a batch — have none.
+/// is an id (a device, key, zone, webhook endpoint or portal user); the operations whose first
+/// field is anything else — a secret, a batch — have none.
 fn entry<'a>(
     peer: &'a str,
     opcode: keyd_proto::Opcode,
@@ -336,7 +336,7 @@ fn entry<'a>(
     kcv: Option<[u8; 3]>,
 ) -> Entry<'a> {
     let subject = match opcode.0 {
-        0x0101..=0x0106 | 0x0201 | 0x0203..=0x0209 | 0x0213 | 0x0218 | 0x0219 | 0x0301..=0x0304 => {
+        0x0101..=0x0106 | 0x0201 | 0x0203..=0x0209 | 0x0213 | 0x0218..=0x021A | 0x0301..=0x0304 => {
             first_string(body)
         }
         _ => None,
@@ -557,5 +557,28 @@ mod tests {
         }
         .to_vec();
         assert_eq!(answer_kcv(m::WebhookSecretCreate::OPCODE, &answer), None);
+    }
+
+    #[test]
+    fn password_macs_are_recorded_under_their_user_and_without_a_kcv() {
+        let request = m::PasswordMac {
+            context: "usr_7".into(),
+            stretched: keyd_proto::Secret::new(&[0x33; 32]),
+        }
+        .to_vec();
+        let e = entry(
+            "1000",
+            m::PasswordMac::OPCODE,
+            &request,
+            Status::OK,
+            std::time::Instant::now(),
+            None,
+        );
+        assert_eq!((e.opcode, e.subject, e.kcv), (0x021A, Some("usr_7"), None));
+        let answer = m::PasswordMacValue {
+            mac: keyd_proto::Secret::new(&[0x44; 32]),
+        }
+        .to_vec();
+        assert_eq!(answer_kcv(m::PasswordMac::OPCODE, &answer), None);
     }
 }

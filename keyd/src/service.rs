@@ -110,6 +110,9 @@ pub struct Service {
     pub(crate) zmk_slots: RwLock<HashMap<String, zmk::ZmkSlot>>,
     /// Makes webhook endpoints' signing secrets (see `webhooks`).
     webhook_key: Zeroizing<[u8; 32]>,
+    /// Peppers portal users' password verifiers (see `passwords`); a key apart from every
+    /// other, so a verifier cannot stand in for a webhook secret or a fingerprint.
+    password_key: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Service {
@@ -231,6 +234,7 @@ const CHUNK: usize = 4096;
 use crate::unix_now as now;
 
 pub(crate) mod lmk;
+mod passwords;
 mod payments;
 mod webhooks;
 mod zmk;
@@ -283,9 +287,11 @@ impl Service {
             zmk_slots: RwLock::new(HashMap::new()),
             // Read below, once the LMK states say which LMK seals new blocks.
             webhook_key: Zeroizing::new([0; 32]),
+            password_key: Zeroizing::new([0; 32]),
         };
         service.reload_lmks()?;
         service.webhook_key = service.webhook_master_key()?;
+        service.password_key = service.late_derived_secret(passwords::KEY_LABEL)?;
         Ok(service)
     }
 

@@ -448,7 +448,7 @@ impl Client {
     }
 }
 
-fn parse(raw: &[u8]) -> Result<Answer, Error> {
+pub(crate) fn parse(raw: &[u8]) -> Result<Answer, Error> {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -5,9 +5,11 @@
 //! so any number run side by side; everything is removed when it is dropped.
 
 pub mod api;
+pub mod browser;
 pub mod load;
 pub mod pos;
 pub mod proc;
+pub mod webdriver;
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;

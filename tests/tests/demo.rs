@@ -29,5 +29,10 @@ fn the_platform_demo_runs_to_the_end() {
         stdout.contains("with the right PIN over ISO 8583: 200 approved 00 via iso8583, RRN "),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("signed in as owner@cafe-demo.example")
+            && stdout.contains("/portal/ and sign in as owner@cafe-demo.example / "),
+        "{stdout}"
+    );
     assert!(stdout.trim_end().ends_with("demo finished"));
 }

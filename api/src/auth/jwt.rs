@@ -70,6 +70,8 @@ pub struct Claims {
     pub email: Option<String>,
     /// The `name` claim when present (for audit display only, never for authorisation).
     pub name: Option<String>,
+    /// The `nonce` of an ID token: which sign-in it answers (the portal checks it).
+    pub nonce: Option<String>,
 }
 
 /// Why a token was refused.
@@ -319,6 +321,7 @@ NiTKJTfJebkH4jYLe+ziwzh9w0l5zRaZ9TI5nbXYSs9MyYg3MnbS1fAQ
                 roles: vec!["pos".into(), "charges".into()],
                 email: None,
                 name: None,
+                nonce: None,
             }
         );
         assert_eq!(peek_issuer(&token).as_deref(), Some(ISS));
@@ -719,6 +722,7 @@ NiTKJTfJebkH4jYLe+ziwzh9w0l5zRaZ9TI5nbXYSs9MyYg3MnbS1fAQ
                 roles: vec!["backoffice-admin".into(), "offline_access".into()],
                 email: Some("ada@example.test".into()),
                 name: Some("Ada Lovelace".into()),
+                nonce: None,
             }
         );
         assert_eq!(peek_issuer(RSA_TOKEN).as_deref(), Some(RSA_ISS));

@@ -2,6 +2,7 @@
 //! platform admin binds one to an identity-provider subject.
 
 use super::*;
+use crate::domain::credentials::{self, Credential};
 
 crate::enum_field! {
     /// The roles of a merchant's users.
@@ -11,6 +12,23 @@ crate::enum_field! {
 crate::enum_field! {
     /// The roles of a reseller's users.
     pub enum ResellerRole { ResellerAdmin = "reseller_admin" }
+}
+
+crate::secret_string_field!(
+    /// A password as chosen: 12 to 128 characters.
+    Password,
+    |s: &str| credentials::PASSWORD_CHARS.contains(&s.chars().count()),
+    "12 to 128 characters",
+    {"type": "string", "minLength": 12, "maxLength": 128, "writeOnly": true}
+);
+
+crate::body! {
+    /// `PUT …/users/{uid}/password`.
+    #[derive(Debug)]
+    pub struct PasswordPut {
+        /// The password the user signs in to the portal with (embedded mode).
+        pub password: Password,
+    }
 }
 
 /// An identity-provider subject (`sub`).
@@ -247,9 +265,22 @@ pub async fn user_patch(
         subject,
     } = user_fields(owner, false, obj)?;
     let now = call.now;
+    let credential = app.db.get::<Credential>(&u.id).await?;
     let updated = app
         .db
         .update::<User>(&u.id, |u| {
+            let mut writes = Vec::new();
+            // The sign-in name follows the address.
+            if let (Some(c), Some(new)) = (&credential, &email) {
+                let login = credentials::login_name(new);
+                if login != c.login {
+                    writes.push(db::release(credentials::LOGIN, &c.login));
+                    writes.push(db::claim(credentials::LOGIN, &login, &u.id));
+                    let mut moved = c.clone();
+                    moved.login = login;
+                    writes.push(db::put(&moved)?);
+                }
+            }
             set(&mut u.email, &email);
             if let Some(n) = &name {
                 u.name.clone_from(n);
@@ -259,7 +290,6 @@ pub async fn user_patch(
             }
             u.updated_at = now;
             // The platform rebinds the user: the old subject's session ends with the binding.
-            let mut writes = Vec::new();
             if let Some(new) = subject.as_ref().filter(|s| **s != u.idp_subject) {
                 writes.push(db::release("user_sub", &u.idp_subject));
                 writes.push(db::delete::<Session>(&u.idp_subject));
@@ -272,6 +302,41 @@ pub async fn user_patch(
     Ok(updated.to_json())
 }
 
+/// `PUT …/users/{uid}/password`: the password the user signs in with at the embedded
+/// provider, by their e-mail address (unique among users with a password). Lifts a lock. In
+/// keycloak mode people's passwords are the realm's business, so there is none to set.
+pub async fn user_password(
+    app: &Backoffice<'_>,
+    call: &Call<'_>,
+    owner: Owner,
+) -> Result<Value, ApiError> {
+    let u = user(app, call, owner, true).await?;
+    if !app.auth.signs_people() {
+        return Err(conflict(
+            "people sign in at the identity provider in keycloak mode: no password to set here",
+        ));
+    }
+    let PasswordPut { password } = body::parse(&call.body)?;
+    let previous = app.db.get::<Credential>(&u.id).await?;
+    let writes = credentials::set(
+        app.keyd,
+        previous.as_ref(),
+        &u.id,
+        &u.email,
+        password.expose(),
+        app.portal.kdf_iterations,
+        call.now,
+    )
+    .await?;
+    app.db
+        .commit(
+            writes,
+            conflict("another user signs in with this e-mail address"),
+        )
+        .await?;
+    Ok(u.to_json())
+}
+
 /// `DELETE …/users/{uid}`: the user's session ends with it.
 pub async fn user_delete(
     app: &Backoffice<'_>,
@@ -279,15 +344,14 @@ pub async fn user_delete(
     owner: Owner,
 ) -> Result<Value, ApiError> {
     let u = user(app, call, owner, true).await?;
-    app.db
-        .commit(
-            vec![
-                db::delete::<User>(&u.id),
-                db::release("user_sub", &u.idp_subject),
-                db::delete::<Session>(&u.idp_subject),
-            ],
-            conflict("changed"),
-        )
-        .await?;
+    let mut writes = vec![
+        db::delete::<User>(&u.id),
+        db::release("user_sub", &u.idp_subject),
+        db::delete::<Session>(&u.idp_subject),
+    ];
+    if let Some(c) = app.db.get::<Credential>(&u.id).await? {
+        writes.extend(credentials::remove(&c));
+    }
+    app.db.commit(writes, conflict("changed")).await?;
     Ok(deleted(&u.id, "user"))
 }

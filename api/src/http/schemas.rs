@@ -158,6 +158,7 @@ pub fn request(op: Op) -> Request {
         O::DevicePatch => body::<devices::DevicePatch>(),
         O::UserCreate => body::<users::MerchantUserCreate>(),
         O::UserPatch => body::<users::MerchantUserPatch>(),
+        O::UserPassword | O::ResellerUserPassword => body::<users::PasswordPut>(),
         O::ApiClientCreate => optional::<api_clients::ApiClientCreate>(),
         O::MerchantParameters | O::DeviceParameters => Request::Json {
             schema: free_object(),
@@ -246,7 +247,9 @@ pub fn reply(op: Op) -> Option<Value> {
         | O::ResellerUserPatch
         | O::UserCreate
         | O::UserGet
-        | O::UserPatch => r::UserReply::schema(),
+        | O::UserPatch
+        | O::UserPassword
+        | O::ResellerUserPassword => r::UserReply::schema(),
         O::ResellerUserList | O::UserList => Page::<r::UserReply<'_>>::schema(),
         O::ResellerDelete
         | O::FeeTemplateDelete

@@ -1,12 +1,13 @@
 //! The key-service steps of the backoffice: registering a device (its identity key is made in
-//! keyd), replacing its identity key, revoking its key sets; and webhook endpoints' signing
-//! secrets (made and used in keyd). An identity or webhook secret passes through the API once,
-//! on its way to the caller, in a buffer that is wiped afterwards.
+//! keyd), replacing its identity key, revoking its key sets; webhook endpoints' signing
+//! secrets (made and used in keyd); and the peppered step of portal users' password
+//! verifiers (the pepper stays in keyd). An identity or webhook secret passes through the API
+//! once, on its way to the caller, in a buffer that is wiped afterwards.
 
 use base64::Engine;
 use keyd_proto::message::{
-    DeviceCreate, IdentityKey, IdentityRotate, KeySetRevoke, PanFingerprint, RequestFingerprint,
-    WebhookSecretCreate, WebhookSign,
+    DeviceCreate, IdentityKey, IdentityRotate, KeySetRevoke, PanFingerprint, PasswordMac,
+    RequestFingerprint, WebhookSecretCreate, WebhookSign,
 };
 use keyd_proto::{Secret, Status};
 use zeroize::Zeroizing;
@@ -208,4 +209,82 @@ pub async fn webhook_sign(
         ));
     }
     Ok(signed.macs)
+}
+
+/// A portal user's password verifier: `HMAC-SHA-256(keyd's password key, … user id …
+/// PBKDF2-HMAC-SHA-256(password, salt, n))`, what the API stores for the password and compares
+/// at sign-in. Without keyd it cannot be tested against guesses, but it still stands for the
+/// password: it is wiped when dropped, never printed, and not `Clone`, so each copy is one the
+/// code chose to make.
+pub struct PasswordVerifier(Zeroizing<[u8; 32]>);
+
+impl PasswordVerifier {
+    /// Whether `other` (a stored verifier) is this one, in time that does not depend on where
+    /// they differ, so a sign-in's timing tells nothing about the stored value. A length other
+    /// than 32 is simply unequal.
+    pub fn ct_eq(&self, other: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.as_slice().ct_eq(other))
+    }
+
+    /// The verifier's bytes, to store them.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PasswordVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordVerifier(<redacted>)")
+    }
+}
+
+/// The verifier of a portal user's password, from its PBKDF2-HMAC-SHA-256 stretch (32 bytes,
+/// computed by the API under the user's salt and iteration count): keyd adds the pepper, a
+/// key that never leaves it, bound to the user id so a verifier does not fit another user.
+///
+/// # Errors
+/// 500 if keyd refuses the request (a malformed user id: 1-64 characters of
+/// `[0-9A-Za-z_-]`) or answers a verifier that is not 32 bytes, 503 when keyd is down.
+pub async fn password_mac(
+    keyd: &Keyd,
+    user_id: &str,
+    stretched: &[u8; 32],
+) -> Result<PasswordVerifier, ApiError> {
+    let answer = keyd
+        .call(&PasswordMac {
+            context: user_id.into(),
+            stretched: Secret::new(stretched),
+        })
+        .await
+        .map_err(|e| keyd_error(e, "a password verifier"))?;
+    let mac = answer.mac.expose();
+    if mac.len() != 32 {
+        return Err(ApiError::internal(
+            &"keyd answered a password verifier that is not 32 bytes",
+        ));
+    }
+    // Copied straight into the wiped buffer, with no copy on the way.
+    let mut verifier = PasswordVerifier(Zeroizing::new([0; 32]));
+    verifier.0.copy_from_slice(mac);
+    Ok(verifier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_verifier_compares_in_constant_time_and_never_prints() {
+        let mut v = PasswordVerifier(Zeroizing::new([0; 32]));
+        v.0.copy_from_slice(&[0xAB; 32]);
+        assert!(v.ct_eq(&[0xAB; 32]));
+        let mut other = [0xAB; 32];
+        other[31] = 0xAC;
+        assert!(!v.ct_eq(&other));
+        assert!(!v.ct_eq(&[0xAB; 31]), "another length is unequal");
+        assert!(!v.ct_eq(&[]));
+        assert_eq!(v.as_bytes(), &[0xAB; 32]);
+        assert_eq!(format!("{v:?}"), "PasswordVerifier(<redacted>)");
+    }
 }

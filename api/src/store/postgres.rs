@@ -64,6 +64,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0002_acquirer_link.sql"),
     include_str!("../../migrations/postgres/0003_several_nodes.sql"),
     include_str!("../../migrations/postgres/0004_events.sql"),
+    include_str!("../../migrations/postgres/0005_portal.sql"),
 ];
 
 /// How often a batch that PostgreSQL rolled back for a deadlock or a serialisation failure is

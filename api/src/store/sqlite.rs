@@ -27,6 +27,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_acquirer_link.sql"),
     include_str!("../../migrations/sqlite/0004_several_nodes.sql"),
     include_str!("../../migrations/sqlite/0005_events.sql"),
+    include_str!("../../migrations/sqlite/0006_portal.sql"),
 ];
 
 /// Reader threads, each with its own read-only connection. Reads are short indexed lookups,

@@ -53,7 +53,7 @@ pub(crate) struct Table {
 use Ty::{Bool, Int, Json, Money, Text};
 
 /// Every record kind and its table (schema: `0002_typed_tables.sql`, `0003_acquirer_link.sql`,
-/// `0004_several_nodes.sql`, `0005_events.sql`).
+/// `0004_several_nodes.sql`, `0005_events.sql`, `0006_portal.sql`).
 pub(crate) static TABLES: &[Table] = &[
     Table {
         kind: "reseller",
@@ -331,6 +331,31 @@ pub(crate) static TABLES: &[Table] = &[
             ("object_id", Text),
             ("merchant_id", Text),
             ("created_at", Int),
+        ],
+    },
+    Table {
+        kind: "credential",
+        name: "credentials",
+        key: "user_id",
+        cols: &[
+            ("login", Text),
+            ("salt", Text),
+            ("iterations", Int),
+            ("verifier", Text),
+            ("failures", Int),
+            ("locked_until", Int),
+            ("updated_at", Int),
+        ],
+    },
+    Table {
+        kind: "web_session",
+        name: "web_sessions",
+        key: "id",
+        cols: &[
+            ("purpose", Text),
+            ("sub", Text),
+            ("expires_at", Int),
+            ("data", Json),
         ],
     },
     Table {

@@ -355,7 +355,7 @@ fn samples() -> Vec<(&'static str, Map<String, Value>)> {
     out
 }
 
-/// [`samples`] as schema version 2 had them: without the kinds and fields versions 3 to 5
+/// [`samples`] as schema version 2 had them: without the kinds and fields versions 3 to 6
 /// added.
 fn samples_v2() -> Vec<(&'static str, Map<String, Value>)> {
     samples()
@@ -371,6 +371,8 @@ fn samples_v2() -> Vec<(&'static str, Map<String, Value>)> {
                 "app_version",
                 "audit_event",
                 "audit_head",
+                "credential",
+                "web_session",
             ]
             .contains(kind)
         })

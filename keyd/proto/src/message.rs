@@ -535,6 +535,23 @@ message! {
     /// One MAC per salt of [`WebhookSign`], in the same order.
     WebhookSignatures { macs: Vec<[u8; 32]> }
 }
+message! {
+    /// The peppered step of a portal user's password check. The API stretches the password
+    /// itself (PBKDF2-HMAC-SHA-256 under the user's salt: CPU work, no key) and sends the
+    /// 32-byte result here; keyd answers HMAC-SHA-256 under a key of its own (kept like the
+    /// fingerprint keys) over `"keyd portal password v1" 0x00 context 0x00 stretched`. The
+    /// stored verifier is that MAC, so a copy of the API's database cannot be tested against
+    /// guesses without keyd. `context` is the user id (1-64 of `[0-9A-Za-z_-]`), binding the
+    /// verifier to its user; `stretched` must be exactly 32 bytes. It is a [`Secret`] because
+    /// it stands one PBKDF2 away from the password.
+    PasswordMac { context: String, stretched: Secret }
+}
+message! {
+    /// The 32-byte verifier of [`PasswordMac`]. A [`Secret`] (wiped, redacted in `Debug`) like
+    /// the stretched value it came from: it is what the API stores and compares, and has no
+    /// business in a log.
+    PasswordMacValue { mac: Secret }
+}
 
 operation!(Hello, 0x0001, Session, HelloResponse);
 operation!(Ping, 0x0002, Session, Empty);
@@ -569,6 +586,7 @@ operation!(ZoneMacVerifyBatch, 0x0216, Data, MacVerifyBatchResponse);
 operation!(ChargeOpenCard, 0x0217, Data, ChargeCard);
 operation!(WebhookSecretCreate, 0x0218, Data, WebhookSecret);
 operation!(WebhookSign, 0x0219, Data, WebhookSignatures);
+operation!(PasswordMac, 0x021A, Data, PasswordMacValue);
 operation!(ZmkImport, 0x0301, Admin, ZoneInfo);
 operation!(Tr31Translate, 0x0302, Admin, KeyBlockOut);
 operation!(Tr31Export, 0x0303, Admin, KeyBlockOut);
@@ -580,7 +598,7 @@ impl Opcode {
         Some(match self.0 {
             0x0001 | 0x0002 => Group::Session,
             0x0101..=0x0106 => Group::Devices,
-            0x0201..=0x0219 => Group::Data,
+            0x0201..=0x021A => Group::Data,
             0x0301..=0x0304 => Group::Admin,
             _ => return None,
         })
@@ -670,6 +688,45 @@ mod tests {
     }
 
     #[test]
+    fn password_mac_messages_are_two_length_prefixed_fields_and_one() {
+        let request = PasswordMac {
+            context: "usr_1".into(),
+            stretched: Secret::new(&[0xA5; 32]),
+        };
+        let body = request.to_vec();
+        // The context (4-byte length, UTF-8), then the stretched value (4-byte length, bytes).
+        assert_eq!(&body[..9], b"\0\0\0\x05usr_1");
+        assert_eq!(&body[9..13], &[0, 0, 0, 32]);
+        assert_eq!(&body[13..], &[0xA5; 32]);
+        assert_eq!(PasswordMac::decode(&body).unwrap(), request);
+        assert_eq!(
+            PasswordMac::decode(&body[..body.len() - 1]),
+            Err(DecodeError::Truncated)
+        );
+        // Any length decodes (keyd, not the codec, refuses all but 32 with a clean status).
+        let short = PasswordMac {
+            context: "usr_1".into(),
+            stretched: Secret::new(&[0xA5; 31]),
+        };
+        assert_eq!(PasswordMac::decode(&short.to_vec()).unwrap(), short);
+        let answer = PasswordMacValue {
+            mac: Secret::new(&[0x5A; 32]),
+        };
+        let body = answer.to_vec();
+        assert_eq!(body.len(), 36);
+        assert_eq!(PasswordMacValue::decode(&body).unwrap(), answer);
+        // Neither the stretched value nor the verifier shows in `Debug`.
+        assert_eq!(
+            format!("{request:?}"),
+            "PasswordMac { context: \"usr_1\", stretched: Secret(32 bytes) }"
+        );
+        assert_eq!(
+            format!("{answer:?}"),
+            "PasswordMacValue { mac: Secret(32 bytes) }"
+        );
+    }
+
+    #[test]
     fn every_operation_has_its_group() {
         fn check<O: Operation>() {
             assert_eq!(O::OPCODE.group(), Some(O::GROUP), "{:?}", O::OPCODE);
@@ -711,6 +768,7 @@ mod tests {
         check::<ChargeOpenCard>();
         check::<WebhookSecretCreate>();
         check::<WebhookSign>();
+        check::<PasswordMac>();
         assert_eq!(Opcode(0x7777).group(), None);
     }
 }

@@ -38,8 +38,9 @@ use crate::store::{LmkMove, LmkRecord, LmkState, Sealed};
 
 /// The secrets derived from the original LMK, by derivation label (see `crate::lmk_secret`).
 /// A label added here later is missing from stores rotated before it; its reader must seal it
-/// itself then (as `webhooks` does for the webhook key).
-pub(crate) const DERIVED: [&str; 7] = [
+/// itself then, by reading it with [`Service::late_derived_secret`] (as the webhook key and
+/// the portal password key are).
+pub(crate) const DERIVED: [&str; 8] = [
     "keyd pan fingerprint key",
     "keyd request fingerprint key",
     "keyd pan storage encryption key",
@@ -47,6 +48,7 @@ pub(crate) const DERIVED: [&str; 7] = [
     "keyd officer credential pepper",
     "keyd audit chain key",
     super::webhooks::MASTER_LABEL,
+    super::passwords::KEY_LABEL,
 ];
 
 /// What `lmk_form` did on this node.
@@ -349,6 +351,41 @@ impl Service {
         stamp(&mut header, kp)?;
         let block = seal_random(&lmk, &header, &tr31::Key::new(&value[..])?)?;
         self.store.insert_lmk_secret(label, &block)
+    }
+
+    /// A secret of [`DERIVED`] whose label came after the first ones, read as the others are
+    /// (`crate::lmk_secret`); run once the LMK states are loaded. A store that went through an
+    /// LMK rotation before the label existed has no sealed copy of it (the rotation sealed
+    /// only the secrets it knew), and deriving it from the original LMK would give another
+    /// key once that LMK is destroyed, or none at all if it is gone already. So the secret is
+    /// sealed now, under the LMK that seals new blocks: derived from the original LMK while
+    /// this token holds it (as the rotation would have sealed it), otherwise 32 random bytes
+    /// (nothing can have been made under it yet, since no keyd knew the label); stored only
+    /// if no node stored one first, then read back, so nodes starting at once agree on one
+    /// value.
+    ///
+    /// # Errors
+    /// As `crate::lmk_secret`; [`Error::Hsm`] if this token lacks the LMK new blocks are
+    /// sealed under.
+    pub(super) fn late_derived_secret(
+        &self,
+        label: &str,
+    ) -> Result<zeroize::Zeroizing<[u8; 32]>, Error> {
+        if self.store.lmk_secret(label)?.is_none() && !self.lmk_states().is_empty() {
+            let value = if self.hsm.lmks().1.is_some() {
+                crate::derive_from_lmk(&*self.hsm, label)?
+            } else {
+                let mut fresh = zeroize::Zeroizing::new([0u8; 32]);
+                self.hsm.random(&mut fresh[..])?;
+                fresh
+            };
+            self.seal_secret(label, &value)?;
+            tracing::info!(
+                label,
+                "sealed a secret missing from a store rotated before it existed"
+            );
+        }
+        crate::lmk_secret(&*self.hsm, &*self.store, label)
     }
 
     /// Steps 2 and 3 of a rotation (see the module docs): moves every block to the new LMK in

@@ -146,34 +146,14 @@ impl Service {
         Ok(secret)
     }
 
-    /// The webhook key, read as the other LMK-derived secrets are (`crate::lmk_secret`); run
-    /// once the LMK states are loaded. A store that went through an LMK rotation before this
-    /// key existed has no sealed copy of it (the rotation sealed only the secrets it knew),
-    /// and deriving it from the original LMK would give another key once that LMK is
-    /// destroyed, or none at all if it is gone already. So the key is sealed now, under the
-    /// LMK that seals new blocks: derived from the original LMK while this token holds it (as
-    /// the rotation would have sealed it), otherwise 32 random bytes; stored only if no node
-    /// stored one first, then read back, so nodes starting at once agree on one key.
+    /// The webhook key, read as the other LMK-derived secrets are; since the label came after
+    /// the first ones, a store rotated before it gets one sealed at the first start (see
+    /// [`Service::late_derived_secret`]).
     ///
     /// # Errors
-    /// As `crate::lmk_secret`; [`Error::Hsm`] if this token lacks the LMK new blocks are
-    /// sealed under.
+    /// As [`Service::late_derived_secret`].
     pub(super) fn webhook_master_key(&self) -> Result<Zeroizing<[u8; 32]>, Error> {
-        if self.store.lmk_secret(MASTER_LABEL)?.is_none() && !self.lmk_states().is_empty() {
-            let value = if self.hsm.lmks().1.is_some() {
-                crate::derive_from_lmk(&*self.hsm, MASTER_LABEL)?
-            } else {
-                let mut fresh = Zeroizing::new([0u8; 32]);
-                self.hsm.random(&mut fresh[..])?;
-                fresh
-            };
-            self.seal_secret(MASTER_LABEL, &value)?;
-            tracing::info!(
-                label = MASTER_LABEL,
-                "sealed a secret missing from a store rotated before it existed"
-            );
-        }
-        crate::lmk_secret(&*self.hsm, &*self.store, MASTER_LABEL)
+        self.late_derived_secret(MASTER_LABEL)
     }
 }
 

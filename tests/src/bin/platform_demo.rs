@@ -360,6 +360,7 @@ fn run() -> Result<(), Error> {
             item["amount"]["currency"].as_str().unwrap_or("")
         );
     }
+    portal(http, &admin, &mid, api.port())?;
     offline(http, &admin, &mid)?;
     acquirer_link(
         &mut api,
@@ -372,6 +373,38 @@ fn run() -> Result<(), Error> {
         ),
     )?;
     println!("demo finished");
+    Ok(())
+}
+
+/// A merchant admin with a password, signed in to the portal the way a browser does.
+fn portal(http: Client, admin: &str, mid: &str, port: u16) -> Result<(), Error> {
+    const EMAIL: &str = "owner@cafe-demo.example";
+    const PASSWORD: &str = "demo portal password";
+    println!("== the portal (OpenID Connect sign-in at the embedded provider, PKCE)");
+    let u = ok(
+        http,
+        admin,
+        "POST",
+        &format!("/merchants/{mid}/users"),
+        Some(&json!({"email": EMAIL, "name": "Cafe owner", "role": "merchant_admin"})),
+    )?;
+    let uid = u["id"].as_str().unwrap_or_default();
+    ok(
+        http,
+        admin,
+        "PUT",
+        &format!("/merchants/{mid}/users/{uid}/password"),
+        Some(&json!({"password": PASSWORD})),
+    )?;
+    let mut b = e2e::browser::Browser::new(port, "localhost");
+    let (_, back) = b.submit_login(EMAIL, PASSWORD)?;
+    let opened = b.follow(&back)?;
+    let home = b.follow(&opened)?;
+    if home.status != 200 {
+        return Err(format!("portal sign-in: {}", home.status).into());
+    }
+    println!("   signed in as {EMAIL}: the overview shows this week's sales");
+    println!("   open http://localhost:{port}/portal/ and sign in as {EMAIL} / {PASSWORD}");
     Ok(())
 }
 

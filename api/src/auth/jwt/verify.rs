@@ -303,6 +303,7 @@ impl Verifier {
             roles,
             email: text("email"),
             name: text("name"),
+            nonce: text("nonce"),
         })
     }
 }
