@@ -202,7 +202,9 @@ pub type WebResponse = Response<Full<Bytes>>;
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' https: data:; \
                    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// The headers every portal answer carries.
+/// The headers every portal answer carries. The referrer policy is `same-origin`, not
+/// `no-referrer`: under `no-referrer` browsers send `Origin: null` with form posts, and the
+/// origin check of every change needs the real one (other sites still learn nothing).
 fn harden(response: &mut WebResponse) {
     let h = response.headers_mut();
     h.insert("content-security-policy", HeaderValue::from_static(CSP));
@@ -210,7 +212,7 @@ fn harden(response: &mut WebResponse) {
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }

@@ -224,6 +224,10 @@ fn a_merchant_signs_in_works_in_the_portal_and_signs_out() {
         )
         .unwrap();
     let id = mine["charge_id"].as_str().unwrap();
+    let list = Browser::text(&b.get("/portal/charges?status=approved").unwrap());
+    assert!(list.contains(id) && list.contains("25.00 EUR"), "{list}");
+    let none = Browser::text(&b.get("/portal/charges?status=declined").unwrap());
+    assert!(!none.contains(id), "{none}");
     let shown = b.get(&format!("/portal/charges/{id}")).unwrap();
     assert!(
         Browser::text(&shown).contains("25.00 EUR"),

@@ -10,7 +10,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::Error;
-use crate::api::Client;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 
 /// Where Debian puts the browser and its driver.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
@@ -25,7 +26,7 @@ pub fn available() -> bool {
 /// A running ChromeDriver with one browser session.
 pub struct Browser {
     driver: Child,
-    http: Client,
+    port: u16,
     session: String,
     _profile: tempfile::TempDir,
 }
@@ -40,9 +41,12 @@ impl std::fmt::Debug for Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self
-            .http
-            .call("DELETE", &format!("/session/{}", self.session), None, None);
+        let _ = call(
+            self.port,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            None,
+        );
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -65,10 +69,9 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let http = Client::new(port);
         let profile = tempfile::tempdir()?;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while http.call("GET", "/status", None, None).is_err() {
+        while call(port, "GET", "/status", None).is_err() {
             if Instant::now() > deadline {
                 return Err("chromedriver did not start".into());
             }
@@ -91,37 +94,34 @@ impl Browser {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
         }}});
-        let answer = http.call("POST", "/session", None, Some(&caps))?;
+        let (_, answer) = call(port, "POST", "/session", Some(&caps))?;
         let session = answer
-            .json
             .get("value")
             .and_then(|v| v.get("sessionId"))
             .and_then(Value::as_str)
-            .ok_or_else(|| format!("no session: {}", answer.json))?
+            .ok_or_else(|| format!("no session: {answer}"))?
             .to_owned();
         Ok(Self {
             driver,
-            http,
+            port,
             session,
             _profile: profile,
         })
     }
 
     fn command(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Error> {
-        let answer = self.http.call(
+        let empty = json!({});
+        let body = (method == "POST").then(|| body.unwrap_or(&empty));
+        let (status, answer) = call(
+            self.port,
             method,
             &format!("/session/{}{path}", self.session),
-            None,
-            body.or(Some(&json!({}))).filter(|_| method == "POST"),
+            body,
         )?;
-        if answer.status != 200 {
-            return Err(format!(
-                "webdriver {method} {path}: {} {}",
-                answer.status, answer.json
-            )
-            .into());
+        if status != 200 {
+            return Err(format!("webdriver {method} {path}: {status} {answer}").into());
         }
-        Ok(answer.json.get("value").cloned().unwrap_or(Value::Null))
+        Ok(answer.get("value").cloned().unwrap_or(Value::Null))
     }
 
     /// Opens an address and waits for the page to load.
@@ -150,9 +150,17 @@ impl Browser {
     /// # Errors
     /// What the driver reports.
     pub fn text(&self) -> Result<String, Error> {
-        let body = self.find("body")?;
+        self.element_text("body")
+    }
+
+    /// The visible text of the first element matching a CSS selector.
+    ///
+    /// # Errors
+    /// None matches, or what the driver reports.
+    pub fn element_text(&self, css: &str) -> Result<String, Error> {
+        let e = self.find(css)?;
         Ok(self
-            .command("GET", &format!("/element/{}/text", body.0), None)?
+            .command("GET", &format!("/element/{}/text", e.0), None)?
             .as_str()
             .unwrap_or_default()
             .to_owned())
@@ -190,22 +198,56 @@ impl Browser {
         Ok(())
     }
 
-    /// Clicks an element (a button submits its form; the driver waits for the next page).
+    /// Clicks a link or a form's button and waits for the page it leads to. The driver's
+    /// click returns once the click is dispatched, not when the navigation it starts ends, so
+    /// this waits until the old document is gone and the new one has a body.
     ///
     /// # Errors
-    /// What the driver reports.
+    /// What the driver reports, or no new page within 30 s.
     pub fn click(&self, css: &str) -> Result<(), Error> {
+        let old = self.find("html")?;
         let e = self.find(css)?;
         self.command("POST", &format!("/element/{}/click", e.0), None)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The old document's element goes stale when the new document replaces it.
+        while self
+            .command("GET", &format!("/element/{}/name", old.0), None)
+            .is_ok()
+        {
+            if Instant::now() > deadline {
+                return Err(format!("clicking {css} led nowhere").into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        while self.find("body").is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("the page after {css} never loaded").into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Ok(())
     }
 
-    /// Waits until the page's text contains `needle`, reloading every half second (pages are
-    /// server-rendered: a reload is how a person sees new data).
+    /// Waits until the page's text contains `needle` (a navigation under way, such as the
+    /// redirects after a form, ends first).
     ///
     /// # Errors
     /// Not within `timeout`.
     pub fn wait_for_text(&self, needle: &str, timeout: Duration) -> Result<String, Error> {
+        self.poll_text(needle, timeout, false)
+    }
+
+    /// Like [`Browser::wait_for_text`], reloading the page every half second: pages are
+    /// server-rendered, and a reload is how a person sees new data. Only for pages opened
+    /// with `GET` (a reload repeats the request).
+    ///
+    /// # Errors
+    /// Not within `timeout`.
+    pub fn reload_until_text(&self, needle: &str, timeout: Duration) -> Result<String, Error> {
+        self.poll_text(needle, timeout, true)
+    }
+
+    fn poll_text(&self, needle: &str, timeout: Duration, reload: bool) -> Result<String, Error> {
         let deadline = Instant::now() + timeout;
         loop {
             let text = self.text()?;
@@ -215,8 +257,10 @@ impl Browser {
             if Instant::now() > deadline {
                 return Err(format!("page never showed {needle:?}: {text}").into());
             }
-            std::thread::sleep(Duration::from_millis(500));
-            self.command("POST", "/refresh", None)?;
+            std::thread::sleep(Duration::from_millis(if reload { 500 } else { 100 }));
+            if reload {
+                self.command("POST", "/refresh", None)?;
+            }
         }
     }
 
@@ -231,4 +275,42 @@ impl Browser {
         std::fs::write(to, png)?;
         Ok(to.to_owned())
     }
+}
+
+/// One request to the driver. Its answers carry a `Content-Length` and it may keep the
+/// connection open, so the answer is read to its length, not to the end of the stream.
+fn call(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), Error> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line: {line:?}"))?;
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse()?;
+        }
+    }
+    let mut raw = vec![0; length];
+    reader.read_exact(&mut raw)?;
+    Ok((status, serde_json::from_slice(&raw).unwrap_or(Value::Null)))
 }

@@ -192,7 +192,7 @@ pub(super) async fn devices<A: Api>(c: &Ctx<'_, A>) -> Result<WebResponse, ApiEr
 pub(super) async fn charges<A: Api>(c: &Ctx<'_, A>) -> Result<WebResponse, ApiError> {
     let m = c.merchant()?;
     let status = c.req.query("status").unwrap_or_default();
-    let mut query = format!("/transactions?merchant_id={m}&limit=50");
+    let mut query = format!("/merchants/{m}/transactions?limit=50");
     if !status.is_empty() {
         query.push_str("&status=");
         query.push_str(&form_urlencoded::byte_serialize(status.as_bytes()).collect::<String>());
@@ -206,35 +206,22 @@ pub(super) async fn charges<A: Api>(c: &Ctx<'_, A>) -> Result<WebResponse, ApiEr
     let rows: Vec<Vec<String>> = data
         .iter()
         .map(|t| {
-            let charge = at(t, "object").as_str() == Some("charge");
-            let id = if charge {
-                &at(t, "charge_id")
+            // A refund links to its charge's page, where it is listed.
+            let kind = if at(t, "type").as_str() == Some("refund") {
+                "Refund"
             } else {
-                &at(t, "refund_id")
+                "Charge"
             };
-            let link = if charge {
-                format!(r#"<a href="/portal/charges/{0}">{0}</a>"#, text(id))
-            } else {
+            vec![
                 format!(
                     r#"<a href="/portal/charges/{}">{}</a>"#,
                     text(at(t, "charge_id")),
-                    text(id)
-                )
-            };
-            vec![
-                link,
-                if charge {
-                    "Charge".into()
-                } else {
-                    "Refund".into()
-                },
+                    text(at(t, "id"))
+                ),
+                kind.to_owned(),
                 text(at(t, "status")),
                 money(at(t, "amount")),
-                format!(
-                    "{} {}",
-                    text(at(t, "card.brand")),
-                    text(at(t, "card.last4"))
-                ),
+                text(at(t, "terminal_id")),
                 when(at(t, "created_at")),
             ]
         })
@@ -263,7 +250,7 @@ pub(super) async fn charges<A: Api>(c: &Ctx<'_, A>) -> Result<WebResponse, ApiEr
         r#"<form method="get" action="/portal/charges"><label>Status <select name="status">{options}</select></label><button type="submit" class="secondary">Filter</button></form>"#
     );
     body.push_str(&html::table(
-        &["Id", "Kind", "Status", "Amount", "Card", "Created"],
+        &["Id", "Kind", "Status", "Amount", "Terminal", "Created"],
         &rows,
     ));
     if at(&list, "has_more").as_bool() == Some(true)
