@@ -96,7 +96,7 @@ async fn recovery(app: Arc<Services>, leading: Arc<AtomicBool>) {
 }
 
 async fn sweeps(app: Arc<Services>, leading: Arc<AtomicBool>) {
-    let (mut hour, mut minute) = (0, 0);
+    let (mut hour, mut minute, mut web_hour) = (0, 0, 0);
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     loop {
         tick.tick().await;
@@ -109,5 +109,6 @@ async fn sweeps(app: Arc<Services>, leading: Arc<AtomicBool>) {
         app.replay.sweep(&app.db, now).await;
         hour = crate::domain::idem::sweep(&app.db, hour, now).await;
         minute = crate::pos::sweep_attestations(&app.db, minute, now).await;
+        web_hour = crate::domain::websessions::sweep(&app.db, web_hour, now).await;
     }
 }

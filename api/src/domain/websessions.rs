@@ -50,8 +50,20 @@ impl Record for WebSession {
         &self.id
     }
     fn indexes(&self) -> Vec<(String, String)> {
-        Vec::new()
+        vec![(
+            "web_session_hour".into(),
+            (self.expires_at / 3600).to_string(),
+        )]
     }
+}
+
+/// Deletes what expired in the whole hours `from_hour` up to the last one that has passed
+/// (housekeeping, hourly buckets); the first hour not yet done, so a failed pass resumes
+/// there. A first pass looks back 30 days, for a store that was left alone that long.
+pub async fn sweep(db: &Db, from_hour: i64, now: i64) -> i64 {
+    let last = now / 3600 - 1;
+    db.delete_buckets::<WebSession>("web_session_hour", from_hour.max(last - 30 * 24), last)
+        .await
 }
 
 /// The key a presented value is stored under.
@@ -180,6 +192,42 @@ pub async fn close(db: &Db, presented: &str) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn expired_sessions_are_swept_by_the_hour_and_live_ones_kept() {
+        let db = Db::new(std::sync::Arc::new(
+            crate::store::SqliteStore::temporary().unwrap(),
+        ));
+        let now = 100 * 3600 + 30;
+        let old = open(&db, Purpose::Portal, "u", now - 7200, Map::new())
+            .await
+            .unwrap();
+        let live = open(&db, Purpose::Portal, "u", now + 60, Map::new())
+            .await
+            .unwrap();
+        assert_eq!(sweep(&db, 0, now).await, 100);
+        assert!(db.get::<WebSession>(&key_of(&old)).await.unwrap().is_none());
+        assert!(
+            find(&db, Purpose::Portal, &live, now)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // A value of one purpose opens nothing of another; a taken one is gone.
+        assert!(find(&db, Purpose::Idp, &live, now).await.unwrap().is_none());
+        assert!(
+            take(&db, Purpose::Portal, &live, now)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            take(&db, Purpose::Portal, &live, now)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
 
     #[test]
     fn values_are_43_base64url_characters_and_keys_their_sha256() {

@@ -519,6 +519,12 @@ pub(crate) static LISTS: &[(&str, &str, &str)] = &[
          AND expires_at < (CAST(CAST(?1 AS TEXT) AS BIGINT) + 1) * 60",
     ),
     (
+        "web_session_hour",
+        "web_session",
+        "expires_at >= CAST(CAST(?1 AS TEXT) AS BIGINT) * 3600 \
+         AND expires_at < (CAST(CAST(?1 AS TEXT) AS BIGINT) + 1) * 3600",
+    ),
+    (
         "idempotency_hour",
         "idempotency",
         "created_at >= CAST(CAST(?1 AS TEXT) AS BIGINT) * 3600 \
