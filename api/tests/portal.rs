@@ -228,6 +228,16 @@ fn a_merchant_signs_in_works_in_the_portal_and_signs_out() {
     assert!(list.contains(id) && list.contains("25.00 EUR"), "{list}");
     let none = Browser::text(&b.get("/portal/charges?status=declined").unwrap());
     assert!(!none.contains(id), "{none}");
+    let today = &mine["created_at"].as_str().unwrap()[..10];
+    let dated = Browser::text(
+        &b.get(&format!("/portal/charges?from={today}&to={today}"))
+            .unwrap(),
+    );
+    assert!(dated.contains(id), "{dated}");
+    let before = Browser::text(&b.get("/portal/charges?to=2001-01-01").unwrap());
+    assert!(!before.contains(id), "{before}");
+    let bad = b.get("/portal/charges?from=yesterday").unwrap();
+    assert_eq!(bad.status, 400, "{}", Browser::text(&bad));
     let shown = b.get(&format!("/portal/charges/{id}")).unwrap();
     assert!(
         Browser::text(&shown).contains("25.00 EUR"),

@@ -192,15 +192,35 @@ pub(super) async fn devices<A: Api>(c: &Ctx<'_, A>) -> Result<WebResponse, ApiEr
 pub(super) async fn charges<A: Api>(c: &Ctx<'_, A>) -> Result<WebResponse, ApiError> {
     let m = c.merchant()?;
     let status = c.req.query("status").unwrap_or_default();
-    let mut query = format!("/merchants/{m}/transactions?limit=50");
-    if !status.is_empty() {
-        query.push_str("&status=");
-        query.push_str(&form_urlencoded::byte_serialize(status.as_bytes()).collect::<String>());
-    }
-    if let Some(after) = c.req.query("starting_after") {
-        query.push_str("&starting_after=");
-        query.push_str(&form_urlencoded::byte_serialize(after.as_bytes()).collect::<String>());
-    }
+    let (from, to) = (
+        c.req.query("from").unwrap_or_default(),
+        c.req.query("to").unwrap_or_default(),
+    );
+    // The page's own filters (kept in the "Older" link), and the API's: whole days, UTC. (In
+    // a block: a serializer is not `Send`, and must be gone before the call below.)
+    let (filters, query) = {
+        let mut filters = form_urlencoded::Serializer::new(String::new());
+        let mut asked = form_urlencoded::Serializer::new(String::new());
+        asked.append_pair("limit", "50");
+        for (name, value, api) in [
+            ("status", status, status.to_owned()),
+            ("from", from, format!("{from}T00:00:00Z")),
+            ("to", to, format!("{to}T23:59:59Z")),
+        ] {
+            if !value.is_empty() {
+                filters.append_pair(name, value);
+                asked.append_pair(name, &api);
+            }
+        }
+        let filters = filters.finish();
+        if let Some(after) = c.req.query("starting_after") {
+            asked.append_pair("starting_after", after);
+        }
+        (
+            filters,
+            format!("/merchants/{m}/transactions?{}", asked.finish()),
+        )
+    };
     let list = c.get(&query).await?;
     let data = items(&list);
     let rows: Vec<Vec<String>> = data
@@ -247,7 +267,9 @@ pub(super) async fn charges<A: Api>(c: &Ctx<'_, A>) -> Result<WebResponse, ApiEr
     })
     .collect();
     let mut body = format!(
-        r#"<form method="get" action="/portal/charges"><label>Status <select name="status">{options}</select></label><button type="submit" class="secondary">Filter</button></form>"#
+        r#"<form method="get" action="/portal/charges"><label>Status <select name="status">{options}</select></label>{}{}<button type="submit" class="secondary">Filter</button></form>"#,
+        html::input("from", "From", "date", from, false),
+        html::input("to", "To", "date", to, false),
     );
     body.push_str(&html::table(
         &["Id", "Kind", "Status", "Amount", "Terminal", "Created"],
@@ -258,9 +280,11 @@ pub(super) async fn charges<A: Api>(c: &Ctx<'_, A>) -> Result<WebResponse, ApiEr
     {
         let _ = write!(
             body,
-            r#"<p><a href="/portal/charges?status={}&amp;starting_after={}">Older</a></p>"#,
-            esc(status),
-            esc(next)
+            r#"<p><a href="/portal/charges?{}">Older</a></p>"#,
+            esc(&format!(
+                "{filters}&starting_after={}",
+                form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+            ))
         );
     }
     Ok(c.show("Charges", &body))
