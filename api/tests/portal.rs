@@ -411,6 +411,83 @@ fn a_resellers_host_shows_its_branding_and_admits_only_its_subtree() {
     let home = sign_in(&mut Browser::new(port, "diner.localhost"), &email, PASSWORD);
     assert_eq!(home.status, 200, "{}", Browser::text(&home));
 
+    // The reseller's admin adds another admin, with a password, from the users page; a
+    // short password is refused before anyone is made.
+    let admin = p
+        .ok(
+            "POST",
+            &format!("/resellers/{rid}/users"),
+            Some(&json!({"email": "boss@dinerpay.example"})),
+        )
+        .unwrap();
+    p.ok(
+        "PUT",
+        &format!(
+            "/resellers/{rid}/users/{}/password",
+            admin["id"].as_str().unwrap()
+        ),
+        Some(&json!({"password": PASSWORD})),
+    )
+    .unwrap();
+    let mut boss = Browser::new(port, "diner.localhost");
+    assert_eq!(
+        sign_in(&mut boss, "boss@dinerpay.example", PASSWORD).status,
+        200
+    );
+    let users = boss.get("/portal/users").unwrap();
+    assert!(Browser::text(&users).contains(r#"aria-current="page""#));
+    let csrf = Browser::hidden(&users, "csrf").unwrap();
+    let short = boss
+        .post(
+            "/portal/users",
+            &[
+                ("csrf", &csrf),
+                ("email", "new@dinerpay.example"),
+                ("password", "short"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(short.status, 400, "{}", Browser::text(&short));
+    let added = boss
+        .post(
+            "/portal/users",
+            &[
+                ("csrf", &csrf),
+                ("email", "new@dinerpay.example"),
+                ("name", "New"),
+                ("password", "a fine long passphrase"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        added.header("location"),
+        Some("/portal/users?notice=user"),
+        "{}",
+        Browser::text(&added)
+    );
+    let listed = p
+        .ok("GET", &format!("/resellers/{rid}/users"), None)
+        .unwrap();
+    let emails: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        emails
+            .iter()
+            .filter(|e| **e == "new@dinerpay.example")
+            .count(),
+        1,
+        "{emails:?}"
+    );
+    let mut new = Browser::new(port, "diner.localhost");
+    let (_, signed) = new
+        .submit_login("new@dinerpay.example", "a fine long passphrase")
+        .unwrap();
+    assert_eq!(signed.status, 303, "{}", Browser::text(&signed));
+
     // A host nobody owns serves nothing.
     let unknown = Browser::new(port, "nobody.localhost")
         .get("/portal/login")

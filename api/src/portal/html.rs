@@ -88,6 +88,8 @@ pub struct Viewer<'a> {
     pub csrf: &'a str,
     /// Which navigation to show.
     pub reseller: bool,
+    /// The page's path (its link in the navigation is marked current).
+    pub path: &'a str,
 }
 
 /// A whole page: the branded header (with navigation and sign-out when someone is signed
@@ -105,14 +107,15 @@ pub fn frame(
     });
     let _ = write!(
         out,
-        r#"<!doctype html>
+        r##"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · {name}</title>
 <link rel="stylesheet" href="/portal/assets/portal.css">
 <link rel="stylesheet" href="/portal/theme.css">
 </head><body>
-<header><div class="bar">{logo}<span class="brand">{name}</span>"#,
+<a class="skip" href="#main">Skip to the content</a>
+<header><div class="bar">{logo}<span class="brand">{name}</span>"##,
         title = esc(title),
         name = esc(&brand.name),
     );
@@ -136,7 +139,12 @@ pub fn frame(
         };
         out.push_str(r#"<nav aria-label="Main">"#);
         for (href, label) in links {
-            let _ = write!(out, r#"<a href="{href}">{label}</a>"#);
+            let current = if v.path.trim_end_matches('/') == href.trim_end_matches('/') {
+                r#" aria-current="page""#
+            } else {
+                ""
+            };
+            let _ = write!(out, r#"<a href="{href}"{current}>{label}</a>"#);
         }
         let _ = write!(
             out,
@@ -145,7 +153,7 @@ pub fn frame(
             who = esc(v.name),
         );
     }
-    out.push_str("</div></header>\n<main>\n");
+    out.push_str("</div></header>\n<main id=\"main\">\n");
     let _ = writeln!(out, "<h1>{}</h1>", esc(title));
     if let Some(n) = notice {
         let _ = write!(out, r#"<p class="notice" role="status">{}</p>"#, esc(n));

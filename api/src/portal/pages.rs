@@ -41,6 +41,7 @@ impl<A: Api> Ctx<'_, A> {
             name: self.v.shown(),
             csrf: &self.v.csrf,
             reseller: self.v.merchant_id.is_none(),
+            path: self.req.path,
         };
         page(
             StatusCode::OK,
@@ -82,6 +83,8 @@ fn notice(code: &str) -> Option<&'static str> {
         "branding" => "Branding saved.",
         "domains" => "Portal domains saved.",
         "template" => "Fee template added.",
+        "user" => "User added: they can sign in now.",
+        "password" => "Password set.",
         _ => return None,
     })
 }
@@ -261,6 +264,41 @@ async fn act<A: Api>(
             )
             .await?;
             ("/portal/branding", "domains")
+        }
+        ["users"] => {
+            let r = c.reseller()?;
+            // Checked before the user exists, so a short password leaves no user without one.
+            let password = field(form, "password");
+            if !crate::domain::credentials::PASSWORD_CHARS.contains(&password.chars().count()) {
+                return Err(ApiError::field("password", "12 to 128 characters"));
+            }
+            let name = f("name");
+            let user = if name.is_empty() {
+                json!({"email": f("email")})
+            } else {
+                json!({"email": f("email"), "name": name})
+            };
+            let made = c
+                .send("POST", &format!("/resellers/{r}/users"), Some(user))
+                .await?;
+            let id = at(&made, "id").as_str().unwrap_or_default();
+            c.send(
+                "PUT",
+                &format!("/resellers/{r}/users/{id}/password"),
+                Some(json!({"password": password})),
+            )
+            .await?;
+            ("/portal/users", "user")
+        }
+        ["users", id, "password"] => {
+            let r = c.reseller()?;
+            c.send(
+                "PUT",
+                &format!("/resellers/{r}/users/{id}/password"),
+                Some(json!({"password": field(form, "password")})),
+            )
+            .await?;
+            ("/portal/users", "password")
         }
         ["fee-templates"] => {
             let r = c.reseller()?;

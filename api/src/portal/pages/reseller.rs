@@ -144,12 +144,38 @@ pub(super) async fn users<A: Api>(c: &Ctx<'_, A>) -> Result<WebResponse, ApiErro
     let rows: Vec<Vec<String>> = items(&list)
         .iter()
         .map(|u| {
+            let id = at(u, "id").as_str().unwrap_or_default();
             vec![
                 text(at(u, "email")),
                 text(at(u, "name")),
                 text(at(u, "role")),
+                c.form(
+                    &format!("/portal/users/{id}/password"),
+                    &html::input("password", "New password", "password", "", true),
+                    "Set password",
+                ),
             ]
         })
         .collect();
-    Ok(c.show("Users", &html::table(&["E-mail", "Name", "Role"], &rows)))
+    let mut body = html::table(&["E-mail", "Name", "Role", "Portal password"], &rows);
+    body.push_str("<h2>Add an admin</h2>");
+    body.push_str(
+        &c.form(
+            "/portal/users",
+            &[
+                html::input("email", "E-mail address", "email", "", true),
+                html::input("name", "Name", "text", "", false),
+                html::input(
+                    "password",
+                    "Password (12 characters or more)",
+                    "password",
+                    "",
+                    true,
+                ),
+            ]
+            .concat(),
+            "Add",
+        ),
+    );
+    Ok(c.show("Users", &body))
 }
