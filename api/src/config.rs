@@ -515,6 +515,12 @@ pub struct KeycloakConfig {
     pub audience: String,
     /// CA certificate (PEM) that signs the JWKS server's certificate, for https.
     pub ca_file: Option<PathBuf>,
+    /// The realm's authorization endpoint (`…/protocol/openid-connect/auth`), where the portal
+    /// sends people to sign in. Without it and `token_url`, the portal has no sign-in.
+    pub authorization_url: Option<String>,
+    /// The realm's token endpoint (`…/protocol/openid-connect/token`), where the portal
+    /// exchanges its codes (over https, trusting `ca_file`).
+    pub token_url: Option<String>,
 }
 
 /// Platform-wide settings.

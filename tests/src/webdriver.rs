@@ -63,6 +63,15 @@ impl Browser {
     /// # Errors
     /// If either is missing or does not come up.
     pub fn start() -> Result<Self, Error> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Browser::start`] with more command-line switches for Chromium (a test realm's
+    /// certificate it cannot check, say: `--ignore-certificate-errors`).
+    ///
+    /// # Errors
+    /// If either is missing or does not come up.
+    pub fn start_with(extra: &[&str]) -> Result<Self, Error> {
         let port = crate::api::free_port()?;
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
@@ -77,6 +86,7 @@ impl Browser {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let profile_arg = format!("--user-data-dir={}", profile.path().display());
         let args = [
             "--headless",
             "--no-sandbox",
@@ -88,8 +98,11 @@ impl Browser {
             "--disable-sync",
             "--disable-dev-shm-usage",
             "--window-size=1280,900",
-            &format!("--user-data-dir={}", profile.path().display()),
-        ];
+            &profile_arg,
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>();
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},

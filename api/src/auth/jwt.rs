@@ -162,7 +162,7 @@ pub(crate) fn ec_thumbprint(x: &str, y: &str) -> String {
     b64e(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref())
 }
 
-mod fetch;
+pub mod fetch;
 mod jwk;
 mod signer;
 mod verify;

@@ -10,6 +10,8 @@
 //! verified claims and a CSRF token. The tokens themselves are dropped: the portal session
 //! needs none, and what is not kept cannot leak.
 
+use std::path::Path;
+
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq as _;
 
@@ -97,12 +99,10 @@ pub async fn login(p: &Portal<'_>, req: &WebRequest<'_>) -> Result<WebResponse, 
     if visitor(p, req).await?.is_some() {
         return Ok(redirect("/portal/"));
     }
-    if !p.auth.signs_people() {
-        return Err(ApiError::new(
-            Code::Conflict,
-            "the portal's sign-in through an external provider is not configured",
-        ));
-    }
+    let authorize = match realm(p)? {
+        None => format!("{}/oauth/authorize", req.origin()),
+        Some(r) => r.authorization.to_owned(),
+    };
     let (state, nonce, verifier) = (
         websessions::fresh_value()?,
         websessions::fresh_value()?,
@@ -137,9 +137,42 @@ pub async fn login(p: &Portal<'_>, req: &WebRequest<'_>) -> Result<WebResponse, 
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256")
         .finish();
-    let mut r = redirect(&format!("{origin}/oauth/authorize?{query}"));
+    let mut r = redirect(&format!("{authorize}?{query}"));
     set_cookie(&mut r, LOGIN_COOKIE, &pending, LOGIN_SECS);
     Ok(r)
+}
+
+/// The external provider's endpoints (keycloak mode).
+struct Realm<'a> {
+    issuer: &'a str,
+    jwks_url: &'a str,
+    ca_file: Option<&'a Path>,
+    authorization: &'a str,
+    token: &'a str,
+}
+
+/// `None` in embedded mode (the API is the provider); the realm's endpoints in keycloak mode.
+///
+/// # Errors
+/// 409 when keycloak mode lacks the endpoints the portal signs in with.
+fn realm<'a>(p: &Portal<'a>) -> Result<Option<Realm<'a>>, ApiError> {
+    if p.auth.signs_people() {
+        return Ok(None);
+    }
+    let k = p.config.auth.keycloak.as_ref();
+    match k.and_then(|k| Some((k, k.authorization_url.as_deref()?, k.token_url.as_deref()?))) {
+        Some((k, authorization, token)) => Ok(Some(Realm {
+            issuer: &k.issuer,
+            jwks_url: &k.jwks_url,
+            ca_file: k.ca_file.as_deref(),
+            authorization,
+            token,
+        })),
+        None => Err(ApiError::new(
+            Code::Conflict,
+            "the portal's sign-in needs [auth.keycloak] authorization_url and token_url",
+        )),
+    }
 }
 
 fn refused(message: &str) -> ApiError {
@@ -190,8 +223,51 @@ pub async fn callback(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let Ok(tokens) = provider::exchange(p, &form, req.now).await? else {
-        return Err(refused("the sign-in code was refused: sign in again"));
+    let (tokens, id_verifier) = match realm(p)? {
+        None => {
+            let Ok(tokens) = provider::exchange(p, &form, req.now).await? else {
+                return Err(refused("the sign-in code was refused: sign in again"));
+            };
+            let verifier = Verifier::new(
+                p.auth.issuer().to_owned(),
+                p.config.portal.client_id.clone(),
+                KeySource::Static(p.auth.jwks()),
+            );
+            (tokens, verifier)
+        }
+        Some(r) => {
+            let body = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&form)
+                .finish();
+            let answer = crate::auth::jwt::fetch::post_form(r.token, r.ca_file, body)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(reason = %e, "the realm's token endpoint refused or failed");
+                    refused("the identity provider did not accept the sign-in: sign in again")
+                })?;
+            let json: Value = serde_json::from_slice(&answer).unwrap_or_default();
+            let token = |k: &str| json.get(k).and_then(Value::as_str).map(str::to_owned);
+            let (Some(access_token), Some(id_token)) = (token("access_token"), token("id_token"))
+            else {
+                return Err(refused("the identity provider answered no tokens"));
+            };
+            let tokens = provider::Tokens {
+                access_token,
+                id_token,
+                expires_in: 0,
+            };
+            // The realm's keys, fetched for this sign-in (sign-ins are rare; bearer calls
+            // keep their own cached verifier).
+            let verifier = Verifier::new(
+                r.issuer.to_owned(),
+                p.config.portal.client_id.clone(),
+                KeySource::Remote {
+                    url: r.jwks_url.to_owned(),
+                    ca_file: r.ca_file.map(Path::to_path_buf),
+                },
+            );
+            (tokens, verifier)
+        }
     };
     // The access token is checked as every bearer call's is; the ID token against this
     // client and this sign-in's nonce.
@@ -199,13 +275,8 @@ pub async fn callback(
         .auth
         .verify(Some(&format!("Bearer {}", tokens.access_token)), req.now)
         .await?;
-    let id_verifier = Verifier::new(
-        p.auth.issuer().to_owned(),
-        p.config.portal.client_id.clone(),
-        KeySource::Static(p.auth.jwks()),
-    )
-    .map_err(|e| ApiError::internal(&e))?;
     let id = id_verifier
+        .map_err(|e| ApiError::internal(&e))?
         .verify(&tokens.id_token, req.now)
         .await
         .map_err(|_| refused("the ID token did not verify"))?;
@@ -266,6 +337,21 @@ pub async fn logout(p: &Portal<'_>, req: &WebRequest<'_>) -> Result<WebResponse,
         if let Some(cookie) = req.cookie(PORTAL_COOKIE) {
             websessions::close(p.db, cookie).await?;
         }
+    }
+    if realm(p)?.is_some() {
+        // The realm's own session is the realm's to end.
+        let mut r = super::page(
+            hyper::StatusCode::OK,
+            super::html::frame(
+                &super::html::Brand::of(None),
+                "Signed out",
+                None,
+                None,
+                r#"<p><a href="/portal/">Sign in again</a></p>"#,
+            ),
+        );
+        set_cookie(&mut r, PORTAL_COOKIE, "", 0);
+        return Ok(r);
     }
     let back = format!("{}/portal/", req.origin());
     let query = form_urlencoded::Serializer::new(String::new())

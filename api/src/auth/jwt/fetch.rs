@@ -74,9 +74,12 @@ impl Remote {
 }
 
 /// One HTTP/1.1 request on a fresh connection; 200 and a bounded body required.
-pub(super) async fn exchange<T>(io: T, request: Request<Empty<Bytes>>) -> Result<Bytes, String>
+pub(super) async fn exchange<T, B>(io: T, request: Request<B>) -> Result<Bytes, String>
 where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin,
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (mut sender, mut connection) = hyper::client::conn::http1::handshake(io)
         .await
@@ -104,4 +107,46 @@ where
             work.await
         }
     }
+}
+
+/// `POST` of a form to an OpenID provider's token endpoint (the portal's code exchange in
+/// keycloak mode), over TLS trusting only `ca_file` (plain HTTP only to loopback, as for
+/// JWKS). The answer's body when it is 200; the provider's own error otherwise, for the log.
+///
+/// # Errors
+/// A message for the log: connection, TLS, status, size or time.
+pub async fn post_form(url: &str, ca_file: Option<&Path>, form: String) -> Result<Bytes, String> {
+    let target = crate::wire::url::jwks_target(url)?;
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(target.path.as_str())
+        .header(header::HOST, target.authority.as_str())
+        .header(header::ACCEPT, "application/json")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::USER_AGENT, "viopay-api")
+        .header(header::CONNECTION, "close")
+        .body(http_body_util::Full::new(Bytes::from(form)))
+        .map_err(|e| format!("request: {e}"))?;
+    let work = async {
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        if !target.https {
+            return exchange(TokioIo::new(tcp), request).await;
+        }
+        let connector = tls_connector(
+            ca_file.ok_or_else(|| "https token URL but no CA file to verify it".to_owned())?,
+        )?;
+        let name = rustls_pki_types::ServerName::try_from(target.host.clone())
+            .map_err(|e| format!("TLS server name: {e}"))?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        exchange(TokioIo::new(tls), request).await
+    };
+    tokio::time::timeout(FETCH_TIMEOUT, work)
+        .await
+        .map_err(|_| format!("timed out after {} s", FETCH_TIMEOUT.as_secs()))?
 }
