@@ -166,6 +166,25 @@ fn a_merchant_signs_in_works_in_the_portal_and_signs_out() {
     assert_eq!(entry["merchant_id"], json!(mid));
     assert_eq!(entry["source"], "127.0.0.1");
 
+    // Disable and enable it from its row.
+    for (action, status) in [("disable", "disabled"), ("enable", "inactive")] {
+        let done = b
+            .post(
+                &format!("/portal/devices/POS-00009901/{action}"),
+                &[("csrf", &csrf)],
+            )
+            .unwrap();
+        assert_eq!(done.status, 303, "{action}: {}", Browser::text(&done));
+        let device = p
+            .ok(
+                "GET",
+                &format!("/merchants/{mid}/devices/POS-00009901"),
+                None,
+            )
+            .unwrap();
+        assert_eq!(device["device_status"], status, "{device}");
+    }
+
     // Without the form token, or from another origin, nothing changes.
     for (fields, origin) in [
         (vec![("device_id", "POS-00009902")], Some(b.origin())),
@@ -253,6 +272,28 @@ fn a_merchant_signs_in_works_in_the_portal_and_signs_out() {
     assert_eq!(refunded.status, 303, "{}", Browser::text(&refunded));
     let after = p.ok("GET", &format!("/charges/{id}"), None).unwrap();
     assert_eq!(after["amount_refunded"]["value"], "550", "{after}");
+    // Another is cancelled from its page.
+    let other_charge = p
+        .ok(
+            "POST",
+            "/charges",
+            Some(&json!({"merchant_id": mid, "amount": {"value": "700", "currency": "EUR"},
+                         "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}})),
+        )
+        .unwrap();
+    let cid = other_charge["charge_id"].as_str().unwrap();
+    let cancelled = b
+        .post(&format!("/portal/charges/{cid}/cancel"), &[("csrf", &csrf)])
+        .unwrap();
+    assert_eq!(
+        cancelled.header("location"),
+        Some(format!("/portal/charges/{cid}?notice=cancelled").as_str())
+    );
+    let page = Browser::text(&b.follow(&cancelled).unwrap());
+    assert!(
+        page.contains("Charge cancelled.") && page.contains("cancelled"),
+        "{page}"
+    );
     let overview = b.get("/portal/").unwrap();
     assert!(
         Browser::text(&overview).contains("25.00 EUR"),
