@@ -1,6 +1,6 @@
 //! The portal in a real browser: headless Chromium (Debian's `chromium`, driven through
-//! `chromedriver`) against a real `api` and keyd, with a terminal written from the contract
-//! (`e2e::pos`) on the other side of the counter. A person signs in, registers a terminal and
+//! `chromedriver`) against a real `api` and keyd, with `pos-sim`, the command-line terminal,
+//! on the other side of the counter. A person signs in, registers a terminal and
 //! claims it by the code on its screen, watches its charges arrive, refunds one, closes the
 //! batch and signs out; a reseller rebrands and the merchant's portal host shows it; a user of
 //! another merchant finds nothing of this one. Screenshots of the main pages are kept under
@@ -14,7 +14,9 @@
     reason = "tests fail loudly"
 )]
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use e2e::api::Platform;
@@ -118,20 +120,45 @@ fn a_merchant_runs_the_day_in_the_browser_and_a_reseller_rebrands() {
     b.screenshot(&shots().join("device-registered.png"))
         .unwrap();
 
-    // The terminal boots and shows a pairing code; the person types it into the claim form.
-    let mut t = e2e::pos::Terminal::new(
-        p.http,
-        "POS-0000BB01",
-        &key_id,
-        &secret,
-        &e2e::hex(e2e::ZMK_HEX),
+    // pos-sim, injected like a real terminal (the zone's ZMK components and the identity
+    // secret on its standard input), boots and shows a pairing code; the person types it into
+    // the claim form, and pos-sim goes on by itself: attests, takes its keys, activates and
+    // charges.
+    let mut sim = Command::new(api().with_file_name("pos-sim"))
+        .args(["--api", &format!("127.0.0.1:{port}")])
+        .args(["--zmk-component", "-", "--zmk-component", "-", "run"])
+        .args(["--device-id", "POS-0000BB01", "--identity-key-id", &key_id])
+        .args(["--identity-secret", "-"])
+        .args([
+            "--card",
+            "4242424242424242:1234",
+            "--card",
+            "4242424242424242:560",
+        ])
+        .args(["--card", "4242424242424242:4200"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pos-sim (built with the workspace)");
+    writeln!(
+        sim.stdin.take().unwrap(),
+        "{}\n{}\n{secret}",
+        e2e::ZMK_COMPONENTS[0],
+        e2e::ZMK_COMPONENTS[1]
     )
     .unwrap();
-    assert_eq!(t.bootstrap().unwrap().status, 200);
-    let code = t.pairing_code().unwrap().json["pairing_code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let mut out = BufReader::new(sim.stdout.take().unwrap());
+    let code = loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "pos-sim ended without a code"
+        );
+        if let Some(code) = line.trim().strip_prefix("pairing code: ") {
+            break code.to_owned();
+        }
+    };
     b.open(&format!("{origin}/portal/devices")).unwrap();
     b.fill("input[name=pairing_code]", &code).unwrap();
     b.fill(
@@ -146,26 +173,29 @@ fn a_merchant_runs_the_day_in_the_browser_and_a_reseller_rebrands() {
         "{}",
         b.text().unwrap()
     );
-    assert_eq!(t.status().unwrap().json["is_claimed"], json!(true));
-    assert_eq!(t.attest().unwrap().status, 200);
-    assert_eq!(t.keys().unwrap().status, 200);
-    let (a, activated) = t.activate().unwrap();
-    assert_eq!(a.status, 200, "{}", a.json);
-    t.set_terminal_id(activated.unwrap()["terminal_id"].as_str().unwrap());
 
     // Its charges appear on the charges page as they happen.
-    let mut charge_ids = Vec::new();
-    for value in [1234, 560, 4200] {
-        let (a, v) = t.charge("4242424242424242", value, "EUR", None).unwrap();
-        assert_eq!(a.status, 200, "{}", a.json);
-        charge_ids.push(v.unwrap()["charge_id"].as_str().unwrap().to_owned());
-    }
     b.open(&format!("{origin}/portal/charges")).unwrap();
     let listed = b.reload_until_text("42.00 EUR", WAIT).unwrap();
     assert!(
         listed.contains("12.34 EUR") && listed.contains("5.60 EUR"),
         "{listed}"
     );
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = sim.wait().unwrap();
+    assert!(status.success(), "pos-sim: {rest}");
+    let charges = p.charges(&mid).unwrap();
+    let id_of = |value: &str| {
+        charges
+            .iter()
+            .find(|c| c["amount"]["value"] == value)
+            .unwrap()["charge_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let charge_ids = [id_of("1234"), id_of("560")];
     b.screenshot(&shots().join("charges.png")).unwrap();
 
     // Refund part of one from its page.
