@@ -94,23 +94,40 @@ impl Realm {
             .to_string(),
         )
         .unwrap();
-        let mut child = Command::new("node")
-            .arg("provider.mjs")
-            .arg(&file)
-            .current_dir(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        assert!(line.starts_with("ready "), "realm: {line}");
-        Self {
-            child,
-            port,
-            _config: config,
+        // A start that does not say `ready` within 20 s is killed and tried again: once in
+        // CI a Node.js process hung before listening, with no CPU time spent.
+        for _ in 0..3 {
+            let mut child = Command::new("node")
+                .arg("provider.mjs")
+                .arg(&file)
+                .current_dir(&dir)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let out = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+                let _ = tx.send(line);
+            });
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) if line.starts_with("ready ") => {
+                    return Self {
+                        child,
+                        port,
+                        _config: config,
+                    };
+                }
+                other => {
+                    eprintln!("realm did not start ({other:?}); trying again");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
         }
+        panic!("the realm did not start three times");
     }
 
     fn issuer(&self) -> String {
