@@ -170,6 +170,9 @@ pub type Read<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 /// Rows of a listing or scan: `(id, record)` pairs.
 pub type Rows = Vec<(String, Stored)>;
 
+/// The record kind (and list) of events not yet handed to webhook fan-out ([`Store::outbox`]).
+pub const OUTBOX: &str = "event_outbox";
+
 /// The store interface ([`SqliteStore`], [`PgStore`]).
 ///
 /// Every operation is asynchronous and takes owned copies of its arguments, so that the work
@@ -197,6 +200,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// is what crash recovery needs (the work a crash interrupted is the newest) without an
     /// index entry per record.
     fn scan_back(&self, kind: &str, before: Option<&str>, limit: usize) -> Read<Rows>;
+
+    /// The events webhook fan-out has not taken yet, oldest first, at most `limit`, as
+    /// `event_outbox` records; a `Delete` of one in a commit marks its event taken.
+    ///
+    /// By default these are rows each event's commit writes beside it, correct whatever order
+    /// commits land in. SQLite keeps a cursor instead (see its implementation).
+    fn outbox(&self, limit: usize) -> Read<Rows> {
+        self.list(OUTBOX, "", None, limit)
+    }
 
     /// Applies all writes atomically and durably.
     ///

@@ -3,8 +3,9 @@
 //! Two steps, both run by one node at a time (the holder of the `webhooks` lease; on a store of
 //! its own, the process):
 //!
-//! 1. **Fan-out.** The outbox rows events leave (`domain::events::Outbox`) are read in batches
-//!    and handled oldest first: one delivery per enabled endpoint that takes the event's type,
+//! 1. **Fan-out.** The outbox (`domain::events::Outbox`: rows events leave on PostgreSQL, the
+//!    events past a cursor on SQLite, see `Store::outbox`) is read in batches and handled
+//!    oldest first: one delivery per enabled endpoint that takes the event's type,
 //!    of its merchant and of every reseller above it. The deliveries and the outbox rows'
 //!    deletion are one commit: a crash leaves the rows and the fan-out is done again, whole.
 //!    Two fan-outs at once (a lease taken over) cannot both deliver one event to one endpoint:
@@ -192,10 +193,7 @@ pub async fn fan_out(db: &Db, now: i64) -> Result<usize, ApiError> {
     let mut done = 0;
     // A bounded number of batches per round, so a backlog does not starve deliveries.
     for _ in 0..16 {
-        let page = db
-            .page::<Outbox>("event_outbox", "", None, FAN_OUT_BATCH)
-            .await?;
-        let mut events = page.items;
+        let (mut events, more) = db.outbox::<Outbox>(FAN_OUT_BATCH).await?;
         // Time-ordered ids: oldest first.
         events.sort_by(|a, b| a.id.cmp(&b.id));
         let mut audience = Audience::default();
@@ -234,7 +232,7 @@ pub async fn fan_out(db: &Db, now: i64) -> Result<usize, ApiError> {
             Err(e) if e.code() == Code::Conflict => break,
             Err(e) => return Err(e),
         }
-        if !page.has_more {
+        if !more {
             break;
         }
     }

@@ -9,7 +9,9 @@
 //! one commits and the other's request fails whole with 4013 before it has done anything a
 //! commit did not record (for a charge: before the processor hears of it). The claim lasts
 //! until the sweep deletes the row, a minute or so after the ten minutes: a nonce reused just
-//! after its window may still be refused, never one reused inside it accepted.
+//! after its window may still be refused, never one reused inside it accepted. On SQLite one
+//! process owns the file, so its window is the whole truth and the store skips the claim
+//! (no unique index to keep: an insert at a random place per signed request).
 //!
 //! The window holds ten minutes of traffic (six million nonces at 10,000 charges a second), so
 //! what it keeps per nonce is fixed and small: a 128-bit keyed digest of scope and nonce (two

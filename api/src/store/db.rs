@@ -112,6 +112,22 @@ impl Db {
             .map_err(|e| unavailable(&e))
     }
 
+    /// The events webhook fan-out has not taken yet, oldest first ([`Store::outbox`]), and
+    /// whether there may be more.
+    pub async fn outbox<R: Record>(&self, limit: usize) -> Result<(Vec<R>, bool), ApiError> {
+        let rows = self
+            .store
+            .outbox(limit)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let more = rows.len() >= limit;
+        let items = rows
+            .into_iter()
+            .map(|(_, stored)| decode(stored.body))
+            .collect::<Result<Vec<R>, _>>()?;
+        Ok((items, more))
+    }
+
     /// A page of an index, newest first, starting after the record `after` (a cursor that is
     /// not a record of this kind is a 400 naming `starting_after`).
     pub async fn page<R: Record>(

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::cache::{Lookup, ReadCache};
 use super::tables::{self, Statements};
-use super::{Commit, Read, Rows, Store, StoreError, Stored, Write};
+use super::{Commit, OUTBOX, Read, Rows, Store, StoreError, Stored, Write};
 
 /// Schema migrations, applied in order, each in its own transaction; migration `i` (0-based)
 /// is schema version `i + 1`. Append only: never edit an applied migration.
@@ -28,6 +28,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_several_nodes.sql"),
     include_str!("../../migrations/sqlite/0005_events.sql"),
     include_str!("../../migrations/sqlite/0006_portal.sql"),
+    include_str!("../../migrations/sqlite/0007_hot_path.sql"),
 ];
 
 /// Reader threads, each with its own read-only connection. Reads are short indexed lookups,
@@ -534,6 +535,8 @@ impl From<rusqlite::Error> for WriteError {
 /// taken, offering the next seq, which only a new row keeps.
 fn apply_write(conn: &Connection, next_seq: &mut i64, write: &Write) -> Result<(), WriteError> {
     match write {
+        // The outbox is the events after the cursor (`Store::outbox` below): nothing to write.
+        Write::Put { kind, .. } if kind == OUTBOX => {}
         Write::Put {
             kind,
             id,
@@ -559,11 +562,21 @@ fn apply_write(conn: &Connection, next_seq: &mut i64, write: &Write) -> Result<(
                 }
             }
         }
+        // Fan-out took the event: the cursor passes it (a row from before the cursor goes).
+        Write::Delete { kind, id } if kind == OUTBOX => {
+            conn.prepare_cached(OUTBOX_ROW_DELETE)?.execute([id])?;
+            conn.prepare_cached(OUTBOX_CURSOR_PASS)?.execute([id])?;
+        }
         Write::Delete { kind, id } => {
             let st = tables::of(kind).ok_or_else(|| unknown(kind))?;
             // Join rows go with the record (ON DELETE CASCADE).
             conn.prepare_cached(&st.delete)?.execute([id])?;
         }
+        // A nonce's claim is settled before its request writes anything: the process that
+        // owns this file checked it against its window under one lock (`domain::replay`), and
+        // no other process can write here. There is no index to check it against either
+        // (`0007_nonce_window.sql`).
+        Write::Claim { ns, .. } if ns == super::db::NONCES => {}
         Write::Claim { ns, value, owner } => {
             let unique = tables::unique(ns);
             let holder: Option<String> = match unique {
@@ -664,7 +677,39 @@ fn query(
     rows.collect()
 }
 
+/// Outbox rows written before the cursor existed (schema 7), oldest first.
+const OUTBOX_ROWS: &str = "SELECT id, seq, version, event_type, object_id, merchant_id, \
+     created_at FROM event_outbox ORDER BY seq LIMIT ?1";
+/// The events after the cursor, oldest first, read as outbox records (same columns).
+const OUTBOX_AFTER_CURSOR: &str = "SELECT id, seq, version, event_type, object_id, \
+     merchant_id, created_at FROM events \
+     WHERE seq > (SELECT seq FROM event_cursor WHERE id = 0) ORDER BY seq LIMIT ?1";
+/// See [`OUTBOX_ROWS`].
+const OUTBOX_ROW_DELETE: &str = "DELETE FROM event_outbox WHERE id = ?1";
+/// Moves the cursor up to event `?1` (never back: fan-out may take older rows after newer).
+const OUTBOX_CURSOR_PASS: &str = "UPDATE event_cursor \
+     SET seq = max(seq, COALESCE((SELECT seq FROM events WHERE id = ?1), 0)) WHERE id = 0";
+
 impl Store for SqliteStore {
+    /// A cursor over the events, not a row per event: this store's writer thread numbers rows
+    /// in commit order (see `0007_hot_path.sql`), so the events past the cursor are exactly
+    /// those fan-out has not taken, and an event costs its commit no second row and fan-out
+    /// no delete. Rows left from before the cursor are answered first.
+    fn outbox(&self, limit: usize) -> Read<Rows> {
+        let Some(st) = tables::of(OUTBOX) else {
+            return Box::pin(std::future::ready(Err(unknown(OUTBOX))));
+        };
+        let n = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut rows = query(conn, st, OUTBOX_ROWS, [n]).map_err(|e| sql_error("read", &e))?;
+            if rows.is_empty() {
+                rows =
+                    query(conn, st, OUTBOX_AFTER_CURSOR, [n]).map_err(|e| sql_error("read", &e))?;
+            }
+            stored_rows(rows)
+        })
+    }
+
     fn get(&self, kind: &str, id: &str) -> Read<Option<Stored>> {
         let Some(st) = tables::of(kind) else {
             return Box::pin(std::future::ready(Err(unknown(kind))));
