@@ -44,23 +44,14 @@ fn merchant_with_user(p: &Platform, name: &str) -> (String, String, String) {
         .unwrap();
     let mid = m["id"].as_str().unwrap().to_owned();
     let email = format!("admin@{}.example", name.to_lowercase());
-    let u = p
-        .ok(
-            "POST",
-            &format!("/merchants/{mid}/users"),
-            Some(&json!({"email": email, "role": "merchant_admin"})),
+    let uid = p
+        .user_with_password(
+            &format!("/merchants/{mid}"),
+            &email,
+            "merchant_admin",
+            PASSWORD,
         )
         .unwrap();
-    let uid = u["id"].as_str().unwrap().to_owned();
-    let set = p
-        .call(
-            "PUT",
-            &format!("/merchants/{mid}/users/{uid}/password"),
-            Some(&json!({"password": PASSWORD})),
-        )
-        .unwrap();
-    assert_eq!(set.status, 200, "{}", set.json);
-    assert!(!set.json.to_string().contains(PASSWORD));
     (mid, uid, email)
 }
 

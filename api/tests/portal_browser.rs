@@ -37,23 +37,6 @@ fn shots() -> PathBuf {
     dir
 }
 
-/// A user with a password under `owner` (`/merchants/{id}` or `/resellers/{id}`).
-fn user(p: &Platform, owner: &str, email: &str, role: &str) {
-    let u = p
-        .ok(
-            "POST",
-            &format!("{owner}/users"),
-            Some(&json!({"email": email, "role": role})),
-        )
-        .unwrap();
-    p.ok(
-        "PUT",
-        &format!("{owner}/users/{}/password", u["id"].as_str().unwrap()),
-        Some(&json!({"password": PASSWORD})),
-    )
-    .unwrap();
-}
-
 /// Signs in at `origin` through the login page, as a person types.
 fn sign_in(b: &Browser, origin: &str, email: &str) {
     b.open(&format!("{origin}/portal/")).unwrap();
@@ -92,12 +75,13 @@ fn a_merchant_runs_the_day_in_the_browser_and_a_reseller_rebrands() {
         )
         .unwrap();
     let mid = m["id"].as_str().unwrap().to_owned();
-    user(
-        &p,
+    p.user_with_password(
         &format!("/merchants/{mid}"),
         "owner@harbour.example",
         "merchant_admin",
-    );
+        PASSWORD,
+    )
+    .unwrap();
     let origin = format!("http://localhost:{port}");
     let b = Browser::start().unwrap();
     sign_in(&b, &origin, "owner@harbour.example");
@@ -245,12 +229,13 @@ fn a_merchant_runs_the_day_in_the_browser_and_a_reseller_rebrands() {
         Some(&json!({"portal_hosts": ["harbour.localhost"]})),
     )
     .unwrap();
-    user(
-        &p,
+    p.user_with_password(
         &format!("/resellers/{rid}"),
         "admin@harbourpay.example",
         "reseller_admin",
-    );
+        PASSWORD,
+    )
+    .unwrap();
     sign_in(&b, &origin, "admin@harbourpay.example");
     assert!(
         b.text().unwrap().contains("Harbour Cafe"),
@@ -278,12 +263,13 @@ fn a_merchant_runs_the_day_in_the_browser_and_a_reseller_rebrands() {
             Some(&json!({"reseller_id": rid, "name": "Pier Bakery", "mcc": "5462", "country": "DE", "currency": "EUR"})),
         )
         .unwrap();
-    user(
-        &p,
+    p.user_with_password(
         &format!("/merchants/{}", other["id"].as_str().unwrap()),
         "baker@pier.example",
         "merchant_admin",
-    );
+        PASSWORD,
+    )
+    .unwrap();
     let b2 = Browser::start().unwrap();
     sign_in(&b2, &origin, "baker@pier.example");
     b2.open(&format!("{origin}/portal/charges/{}", charge_ids[1]))

@@ -205,8 +205,6 @@ fn open_sent(block: &str, kbpk: &dyn tr31::ExternalKbpk) -> Result<tr31::Opened,
         })
 }
 
-/// Keys leave keyd only if their own header allows it: `E` (into key blocks, which is all keyd
-/// writes) or `S`; never `N`.
 /// Labels of partners' keys: 1-64 printable ASCII characters.
 fn check_label(label: &str) -> Result<(), Error> {
     if label.is_empty() || label.len() > 64 || !label.bytes().all(|c| (0x20..0x7F).contains(&c)) {
@@ -217,6 +215,28 @@ fn check_label(label: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Longest id a derived key or MAC is bound to ([`check_binding_id`]).
+const BINDING_ID_MAX: usize = 64;
+
+/// The ids keyd binds a derivation to (a webhook endpoint's, a portal user's): 1 to 64 ASCII
+/// letters, digits, `_` and `-`. Never a 0x00, which separates a derivation's fields, so
+/// every id gives a distinct input. `what` names them in the refusal ("endpoint ids").
+fn check_binding_id(id: &str, what: &str) -> Result<(), Error> {
+    if id.is_empty()
+        || id.len() > BINDING_ID_MAX
+        || !id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    {
+        return Err(Error::BadRequest(format!(
+            "{what} are 1-{BINDING_ID_MAX} characters of [0-9A-Za-z_-]"
+        )));
+    }
+    Ok(())
+}
+
+/// Keys leave keyd only if their own header allows it: `E` (into key blocks, which is all keyd
+/// writes) or `S`; never `N`.
 fn require_exportable(header: &tr31::Header) -> Result<(), Error> {
     if matches!(
         header.exportability,
@@ -1399,6 +1419,19 @@ mod tests {
     use crate::store::MemoryStore;
 
     const ZMK: [u8; 32] = [0x5A; 32];
+
+    #[test]
+    fn binding_ids_are_short_and_plain() {
+        for good in ["u_1", "we_ABC-def", &"x".repeat(64)] {
+            assert!(check_binding_id(good, "ids").is_ok(), "{good}");
+        }
+        for bad in ["", &"x".repeat(65), "a\0b", "a b", "ä", "a/b"] {
+            let Err(Error::BadRequest(words)) = check_binding_id(bad, "endpoint ids") else {
+                panic!("{bad:?} accepted");
+            };
+            assert_eq!(words, "endpoint ids are 1-64 characters of [0-9A-Za-z_-]");
+        }
+    }
 
     pub(super) fn service() -> Service {
         service_with(Placement::Memory)

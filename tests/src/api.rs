@@ -636,6 +636,39 @@ impl Platform {
         Ok(a.json)
     }
 
+    /// A portal user with a password under `owner` (`/merchants/{id}` or `/resellers/{id}`):
+    /// its id. The answer to setting the password must not show it.
+    ///
+    /// # Errors
+    /// Any step the API refuses, or transport failures.
+    pub fn user_with_password(
+        &self,
+        owner: &str,
+        email: &str,
+        role: &str,
+        password: &str,
+    ) -> Result<String, Error> {
+        let u = self.ok(
+            "POST",
+            &format!("{owner}/users"),
+            Some(&serde_json::json!({"email": email, "role": role})),
+        )?;
+        let uid = u
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or("a user without an id")?
+            .to_owned();
+        let set = self.ok(
+            "PUT",
+            &format!("{owner}/users/{uid}/password"),
+            Some(&serde_json::json!({"password": password})),
+        )?;
+        if set.to_string().contains(password) {
+            return Err("setting a password answered with it".into());
+        }
+        Ok(uid)
+    }
+
     /// A new reseller and merchant (EUR) with one terminal taken through its whole
     /// lifecycle (registration, pairing, claim, attestation, keys, activation):
     /// `(merchant id, terminal)`, ready to charge.

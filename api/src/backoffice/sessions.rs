@@ -2,6 +2,7 @@
 //! `POST /client/session` and its alias `POST /auth/token`.
 
 use super::*;
+use crate::domain::credentials::Lockout;
 
 crate::body! {
     /// `POST /session/initiate`.
@@ -148,10 +149,11 @@ pub async fn session_initiate(app: &Backoffice<'_>, call: &Call<'_>) -> Result<V
 
 /// API-client tokens live an hour (contract section 3: `expires_in` 3600).
 const CLIENT_TOKEN_SECS: i64 = 3600;
-/// Failed attempts in a row that lock an API client.
-const LOCK_AFTER: u32 = 10;
-/// How long the lock lasts.
-const LOCK_SECS: i64 = 30 * 60;
+/// Ten failed attempts in a row lock an API client for 30 minutes.
+const CLIENT_LOCKOUT: Lockout = Lockout {
+    after: 10,
+    secs: 30 * 60,
+};
 
 /// `POST /client/session` and `POST /auth/token`.
 pub async fn client_session(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Value, ApiError> {
@@ -179,15 +181,7 @@ pub async fn client_session(app: &Backoffice<'_>, call: &Call<'_>) -> Result<Val
     let updated = app
         .db
         .update::<ApiClient>(&client_id, |c| {
-            if good {
-                c.failures = 0;
-            } else {
-                c.failures = c.failures.saturating_add(1);
-                if c.failures >= LOCK_AFTER {
-                    c.failures = 0;
-                    c.locked_until = now + LOCK_SECS;
-                }
-            }
+            CLIENT_LOCKOUT.count(good, &mut c.failures, &mut c.locked_until, now);
             Ok(Vec::new())
         })
         .await?;

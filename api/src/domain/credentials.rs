@@ -18,10 +18,37 @@ use crate::keyd::Keyd;
 use crate::store::Write;
 use crate::store::db::{self, Db, Record};
 
-/// Failed sign-ins in a row that lock a credential.
-pub const LOCK_AFTER: u32 = 5;
-/// How long such a lock lasts (seconds).
-pub const LOCK_SECS: i64 = 15 * 60;
+/// How repeated failures lock whoever holds a secret: after `after` failures in a row, for
+/// `secs` seconds. Portal passwords and API clients' secrets each have one.
+#[derive(Debug, Clone, Copy)]
+pub struct Lockout {
+    /// Failures in a row that lock.
+    pub after: u32,
+    /// How long the lock lasts (seconds).
+    pub secs: i64,
+}
+
+impl Lockout {
+    /// Counts one checked attempt on the holder's counters: a success clears the count; the
+    /// `after`-th failure in a row locks until `now + secs` and starts the count again.
+    pub fn count(self, good: bool, failures: &mut u32, locked_until: &mut i64, now: i64) {
+        if good {
+            *failures = 0;
+            return;
+        }
+        *failures = failures.saturating_add(1);
+        if *failures >= self.after {
+            *failures = 0;
+            *locked_until = now + self.secs;
+        }
+    }
+}
+
+/// Portal sign-ins: five failed in a row lock the credential for 15 minutes.
+pub const SIGN_IN_LOCKOUT: Lockout = Lockout {
+    after: 5,
+    secs: 15 * 60,
+};
 /// Password length bounds, in characters. Long passphrases are welcome; the upper bound only
 /// keeps one request's stretching bounded.
 pub const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 12..=128;
@@ -151,7 +178,7 @@ pub enum Verdict {
     Locked,
 }
 
-/// Checks a sign-in, counting failures and locking after [`LOCK_AFTER`] in a row.
+/// Checks a sign-in, counting failures and locking as [`SIGN_IN_LOCKOUT`] says.
 ///
 /// An unknown name costs the same stretching as a known one, so the time taken does not tell
 /// which names exist.
@@ -190,15 +217,7 @@ pub async fn verify(
     }
     let updated = db
         .update::<Credential>(&credential.user_id, |c| {
-            if good {
-                c.failures = 0;
-            } else {
-                c.failures = c.failures.saturating_add(1);
-                if c.failures >= LOCK_AFTER {
-                    c.failures = 0;
-                    c.locked_until = now + LOCK_SECS;
-                }
-            }
+            SIGN_IN_LOCKOUT.count(good, &mut c.failures, &mut c.locked_until, now);
             Ok(Vec::new())
         })
         .await;
@@ -209,5 +228,34 @@ pub async fn verify(
         // The password was removed meanwhile.
         Err(e) if e.code() == Code::NotFound => Ok(Verdict::Refused),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_after_th_failure_in_a_row_locks_and_a_success_clears_the_count() {
+        let rule = Lockout { after: 3, secs: 60 };
+        let (mut failures, mut until) = (0, 0);
+        for _ in 0..2 {
+            rule.count(false, &mut failures, &mut until, 100);
+        }
+        assert_eq!((failures, until), (2, 0));
+        rule.count(true, &mut failures, &mut until, 100);
+        assert_eq!(
+            (failures, until),
+            (0, 0),
+            "a success starts the count again"
+        );
+        for _ in 0..3 {
+            rule.count(false, &mut failures, &mut until, 200);
+        }
+        assert_eq!(
+            (failures, until),
+            (0, 260),
+            "locked, and counting from zero"
+        );
     }
 }

@@ -131,13 +131,10 @@ pub async fn find(
     presented: &str,
     now: i64,
 ) -> Result<Option<WebSession>, ApiError> {
-    if !plausible(presented) {
-        return Ok(None);
-    }
-    Ok(db
-        .get::<WebSession>(&key_of(presented))
+    Ok(lookup(db, presented)
         .await?
-        .filter(|s| s.purpose == purpose && s.expires_at > now))
+        .map(|(_, session, _)| session)
+        .filter(|s| s.serves(purpose, now)))
 }
 
 /// Like [`find`], and deletes it: of two requests presenting the same value (a code replayed,
@@ -151,11 +148,7 @@ pub async fn take(
     presented: &str,
     now: i64,
 ) -> Result<Option<WebSession>, ApiError> {
-    if !plausible(presented) {
-        return Ok(None);
-    }
-    let id = key_of(presented);
-    let Some((session, version)) = db.get_versioned::<WebSession>(&id).await? else {
+    let Some((id, session, version)) = lookup(db, presented).await? else {
         return Ok(None);
     };
     let taken = db
@@ -168,9 +161,31 @@ pub async fn take(
         )
         .await;
     match taken {
-        Ok(()) => Ok(Some(session).filter(|s| s.purpose == purpose && s.expires_at > now)),
+        // Spent even when it serves nothing here: a value presented for the wrong purpose
+        // or too late is not offered a second try.
+        Ok(()) => Ok(Some(session).filter(|s| s.serves(purpose, now))),
         Err(e) if e.code() == Code::Conflict => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// What the store keeps for a value a browser presented: its id, the record and its
+/// version. Nothing for a value that cannot be one of ours (no lookup then).
+async fn lookup(db: &Db, presented: &str) -> Result<Option<(String, WebSession, u64)>, ApiError> {
+    if !plausible(presented) {
+        return Ok(None);
+    }
+    let id = key_of(presented);
+    Ok(db
+        .get_versioned::<WebSession>(&id)
+        .await?
+        .map(|(session, version)| (id, session, version)))
+}
+
+impl WebSession {
+    /// Whether this value is good for `purpose` at `now`.
+    fn serves(&self, purpose: Purpose, now: i64) -> bool {
+        self.purpose == purpose && self.expires_at > now
     }
 }
 

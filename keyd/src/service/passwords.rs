@@ -29,29 +29,9 @@ pub(crate) const KEY_LABEL: &str = "keyd portal password key";
 /// would take a new version.
 const DERIVATION: &[u8] = b"keyd portal password v1";
 
-/// Longest context (user id).
-const CONTEXT_MAX: usize = 64;
-
 /// The length of a PBKDF2-HMAC-SHA-256 output the API stretches to (one SHA-256 block of
 /// output: more would only repeat the work for an attacker and the API alike).
 const STRETCHED_LEN: usize = 32;
-
-/// Contexts follow the rule of webhook endpoint ids: 1 to 64 ASCII letters, digits, `_` and
-/// `-`. Never a 0x00, which separates the fields of the MAC's input, so every (context,
-/// stretched) pair gives a distinct input.
-fn check_context(context: &str) -> Result<(), Error> {
-    if context.is_empty()
-        || context.len() > CONTEXT_MAX
-        || !context
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
-    {
-        return Err(Error::BadRequest(
-            "password contexts are 1-64 characters of [0-9A-Za-z_-]".into(),
-        ));
-    }
-    Ok(())
-}
 
 impl Service {
     /// The verifier of a stretched password for a user.
@@ -60,7 +40,7 @@ impl Service {
     /// [`Error::BadRequest`] for a malformed context or a stretched value that is not 32
     /// bytes.
     pub fn password_mac(&self, req: &m::PasswordMac) -> Result<m::PasswordMacValue, Error> {
-        check_context(&req.context)?;
+        super::check_binding_id(&req.context, "password contexts")?;
         let stretched: &[u8; STRETCHED_LEN] = req.stretched.expose().try_into().map_err(|_| {
             Error::BadRequest(format!(
                 "a stretched password is {STRETCHED_LEN} bytes (PBKDF2-HMAC-SHA-256)"

@@ -31,9 +31,6 @@ const PREFIX: &str = "whsec_";
 /// Domain separation of the secret's derivation from every other use of the webhook key.
 const DERIVATION: &[u8] = b"viopay webhook secret";
 
-/// Longest endpoint id.
-const ENDPOINT_MAX: usize = 64;
-
 /// Most secrets one `WebhookSign` signs with: the current one and those still overlapping it
 /// after rotations.
 const SALTS_MAX: usize = 4;
@@ -42,22 +39,6 @@ const SALTS_MAX: usize = 4;
 /// the request's other fields (at most 140 bytes with the longest endpoint id and four salts),
 /// rounded down to a whole KiB.
 pub(crate) const MESSAGE_MAX: usize = keyd_proto::frame::MAX_BODY - 1024;
-
-/// Endpoint ids: 1 to 64 ASCII letters, digits, `_` and `-` (never a 0x00, which separates
-/// the derivation's fields).
-fn check_endpoint(endpoint_id: &str) -> Result<(), Error> {
-    if endpoint_id.is_empty()
-        || endpoint_id.len() > ENDPOINT_MAX
-        || !endpoint_id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
-    {
-        return Err(Error::BadRequest(
-            "endpoint ids are 1-64 characters of [0-9A-Za-z_-]".into(),
-        ));
-    }
-    Ok(())
-}
 
 /// Appends base64url without padding (RFC 4648 section 5) of `bytes` to `out`, character by
 /// character: unlike an encoder with a buffer of its own, it leaves no copy of the text
@@ -90,7 +71,7 @@ impl Service {
         &self,
         req: &m::WebhookSecretCreate,
     ) -> Result<m::WebhookSecret, Error> {
-        check_endpoint(&req.endpoint_id)?;
+        super::check_binding_id(&req.endpoint_id, "endpoint ids")?;
         let mut salt = [0u8; 16];
         self.hsm.random(&mut salt)?;
         let secret = self.webhook_secret_for(&req.endpoint_id, &salt)?;
@@ -106,7 +87,7 @@ impl Service {
     /// [`Error::BadRequest`] for a malformed endpoint id, no salt or more than four, or an
     /// empty or too long message.
     pub fn webhook_sign(&self, req: &m::WebhookSign) -> Result<m::WebhookSignatures, Error> {
-        check_endpoint(&req.endpoint_id)?;
+        super::check_binding_id(&req.endpoint_id, "endpoint ids")?;
         if req.salts.is_empty() || req.salts.len() > SALTS_MAX {
             return Err(Error::BadRequest("1 to 4 salts are signed with".into()));
         }

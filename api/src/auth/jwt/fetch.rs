@@ -54,22 +54,37 @@ impl Remote {
             .header(header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("request: {e}"))?;
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        match &self.tls {
-            Some(connector) if target.https => {
-                let name = rustls_pki_types::ServerName::try_from(target.host.clone())
-                    .map_err(|e| format!("TLS server name: {e}"))?;
-                let tls = connector
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| format!("TLS: {e}"))?;
-                exchange(TokioIo::new(tls), request).await
-            }
-            _ => exchange(TokioIo::new(tcp), request).await,
+        send(target, self.tls.as_ref(), request).await
+    }
+}
+
+/// Sends `request` to `target` on a fresh connection, over TLS with `tls` when the target is
+/// https (the caller has checked that it has a connector then).
+async fn send<B>(
+    target: &crate::wire::url::Target,
+    tls: Option<&TlsConnector>,
+    request: Request<B>,
+) -> Result<Bytes, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        Some(connector) if target.https => {
+            let name = rustls_pki_types::ServerName::try_from(target.host.clone())
+                .map_err(|e| format!("TLS server name: {e}"))?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            exchange(TokioIo::new(tls), request).await
         }
+        _ => exchange(TokioIo::new(tcp), request).await,
     }
 }
 
@@ -127,25 +142,12 @@ pub async fn post_form(url: &str, ca_file: Option<&Path>, form: String) -> Resul
         .header(header::CONNECTION, "close")
         .body(http_body_util::Full::new(Bytes::from(form)))
         .map_err(|e| format!("request: {e}"))?;
-    let work = async {
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        if !target.https {
-            return exchange(TokioIo::new(tcp), request).await;
-        }
-        let connector = tls_connector(
-            ca_file.ok_or_else(|| "https token URL but no CA file to verify it".to_owned())?,
-        )?;
-        let name = rustls_pki_types::ServerName::try_from(target.host.clone())
-            .map_err(|e| format!("TLS server name: {e}"))?;
-        let tls = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        exchange(TokioIo::new(tls), request).await
+    let tls = match (target.https, ca_file) {
+        (false, _) => None,
+        (true, Some(ca_file)) => Some(tls_connector(ca_file)?),
+        (true, None) => return Err("https token URL but no CA file to verify it".to_owned()),
     };
+    let work = send(&target, tls.as_ref(), request);
     tokio::time::timeout(FETCH_TIMEOUT, work)
         .await
         .map_err(|_| format!("timed out after {} s", FETCH_TIMEOUT.as_secs()))?
