@@ -31,6 +31,8 @@ pub mod audit;
 mod cache;
 pub mod db;
 #[cfg(test)]
+mod outbox_tests;
+#[cfg(test)]
 mod pg_tests;
 mod postgres;
 mod sqlite;
