@@ -174,50 +174,53 @@ pub(super) async fn signed(
     let in_window = (call.now - ts).abs() <= 300;
     let unused = app.replay.unused(h.terminal_id, h.nonce, call.now);
     let active = device.status == DeviceStatus::Activated;
-    let parsed: Option<Result<Sealed, ApiError>> =
+    let mut parsed: Option<Result<Sealed, ApiError>> =
         with_body.map(|_| envelope::parse(&call.body, &set.msk_kcv));
-    // Fast path: one keyd call verifies and opens.
+    // Fast path: one keyd call verifies and opens. The message and the ciphertext move into
+    // the request and back out of it for the slow path: neither is copied.
     if in_window
         && unused
         && active
-        && let Some(Ok(sealed)) = &parsed
+        && let Some(Ok(sealed)) = &mut parsed
     {
         let opened = if with_body == Some(Open::Charge) {
             let (tpk_key_id, zpk_key_id) = pin_key_ids(app, &set).unwrap_or_default();
-            app.keyd
-                .call(&ChargeOpenCard {
-                    mac_key_id: set.mac_key_id.clone(),
-                    message: message.clone(),
-                    signature: h.sig,
-                    msk_key_id: set.msk_key_id.clone(),
-                    iv: sealed.iv,
-                    ciphertext: sealed.ciphertext.clone(),
-                    gzip: sealed.gzip,
-                    tdk_key_id: set.tdk_key_id.clone(),
-                    tpk_key_id,
-                    zpk_key_id,
-                })
-                .await
-                .map(|c| {
-                    let card = c.card_opened.then_some(OpenedCard {
-                        plaintext: c.card,
-                        pan_fingerprint: c.pan_fingerprint,
-                        pin_block: c.pin_block,
-                    });
-                    (c.plaintext, card)
-                })
+            let mut request = ChargeOpenCard {
+                mac_key_id: set.mac_key_id.clone(),
+                message: std::mem::take(&mut message),
+                signature: h.sig,
+                msk_key_id: set.msk_key_id.clone(),
+                iv: sealed.iv,
+                ciphertext: std::mem::take(&mut sealed.ciphertext),
+                gzip: sealed.gzip,
+                tdk_key_id: set.tdk_key_id.clone(),
+                tpk_key_id,
+                zpk_key_id,
+            };
+            let answer = app.keyd.call(&request).await;
+            message = std::mem::take(&mut request.message);
+            sealed.ciphertext = std::mem::take(&mut request.ciphertext);
+            answer.map(|c| {
+                let card = c.card_opened.then_some(OpenedCard {
+                    plaintext: c.card,
+                    pan_fingerprint: c.pan_fingerprint,
+                    pin_block: c.pin_block,
+                });
+                (c.plaintext, card)
+            })
         } else {
-            app.keyd
-                .call(&ChargeOpen {
-                    mac_key_id: set.mac_key_id.clone(),
-                    message: message.clone(),
-                    signature: h.sig,
-                    msk_key_id: set.msk_key_id.clone(),
-                    iv: sealed.iv,
-                    ciphertext: sealed.ciphertext.clone(),
-                })
-                .await
-                .map(|p| (p.plaintext, None))
+            let mut request = ChargeOpen {
+                mac_key_id: set.mac_key_id.clone(),
+                message: std::mem::take(&mut message),
+                signature: h.sig,
+                msk_key_id: set.msk_key_id.clone(),
+                iv: sealed.iv,
+                ciphertext: std::mem::take(&mut sealed.ciphertext),
+            };
+            let answer = app.keyd.call(&request).await;
+            message = std::mem::take(&mut request.message);
+            sealed.ciphertext = std::mem::take(&mut request.ciphertext);
+            answer.map(|p| (p.plaintext, None))
         };
         match opened {
             Ok((plaintext, card)) => {
@@ -319,32 +322,34 @@ where
         }
     };
     let msk = signed.set.msk_key_id.clone();
-    let plaintext = signed
-        .inner
-        .as_ref()
-        .map(|(_, raw)| raw.clone())
-        .unwrap_or_default();
     let begin = match &key {
         None => None,
-        Some(k) => match app
-            .idempotency
-            .begin(
-                app.db,
-                &signed.terminal_id,
-                "POST",
-                path,
-                k,
-                &plaintext,
-                call.now,
-            )
-            .await
-        {
-            Ok(b) => Some(b),
-            Err(e) => {
-                commit_nonce(app, &mut signed).await;
-                return Err(e);
+        Some(k) => {
+            // The request's identity under the key is its decrypted body, read in place.
+            let plaintext = signed
+                .inner
+                .as_ref()
+                .map_or(&[][..], |(_, raw)| raw.as_slice());
+            let begun = app
+                .idempotency
+                .begin(
+                    app.db,
+                    &signed.terminal_id,
+                    "POST",
+                    path,
+                    k,
+                    plaintext,
+                    call.now,
+                )
+                .await;
+            match begun {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    commit_nonce(app, &mut signed).await;
+                    return Err(e);
+                }
             }
-        },
+        }
     };
     let (leftover, answer) = match begin {
         Some(Begin::Replay(kept)) => {
