@@ -183,9 +183,10 @@ pub(super) async fn signed(
         && active
         && let Some(Ok(sealed)) = &mut parsed
     {
-        let opened = if with_body == Some(Open::Charge) {
+        // Each branch hands the moved buffers back with its answer.
+        let (opened, sent_message, sent_ciphertext) = if with_body == Some(Open::Charge) {
             let (tpk_key_id, zpk_key_id) = pin_key_ids(app, &set).unwrap_or_default();
-            let mut request = ChargeOpenCard {
+            let request = ChargeOpenCard {
                 mac_key_id: set.mac_key_id.clone(),
                 message: std::mem::take(&mut message),
                 signature: h.sig,
@@ -197,19 +198,17 @@ pub(super) async fn signed(
                 tpk_key_id,
                 zpk_key_id,
             };
-            let answer = app.keyd.call(&request).await;
-            message = std::mem::take(&mut request.message);
-            sealed.ciphertext = std::mem::take(&mut request.ciphertext);
-            answer.map(|c| {
+            let answer = app.keyd.call(&request).await.map(|c| {
                 let card = c.card_opened.then_some(OpenedCard {
                     plaintext: c.card,
                     pan_fingerprint: c.pan_fingerprint,
                     pin_block: c.pin_block,
                 });
                 (c.plaintext, card)
-            })
+            });
+            (answer, request.message, request.ciphertext)
         } else {
-            let mut request = ChargeOpen {
+            let request = ChargeOpen {
                 mac_key_id: set.mac_key_id.clone(),
                 message: std::mem::take(&mut message),
                 signature: h.sig,
@@ -217,11 +216,11 @@ pub(super) async fn signed(
                 iv: sealed.iv,
                 ciphertext: std::mem::take(&mut sealed.ciphertext),
             };
-            let answer = app.keyd.call(&request).await;
-            message = std::mem::take(&mut request.message);
-            sealed.ciphertext = std::mem::take(&mut request.ciphertext);
-            answer.map(|p| (p.plaintext, None))
+            let answer = app.keyd.call(&request).await.map(|p| (p.plaintext, None));
+            (answer, request.message, request.ciphertext)
         };
+        message = sent_message;
+        sealed.ciphertext = sent_ciphertext;
         match opened {
             Ok((plaintext, card)) => {
                 let nonce = app.replay.take(h.terminal_id, h.nonce, call.now)?;

@@ -575,7 +575,7 @@ fn apply_write(conn: &Connection, next_seq: &mut i64, write: &Write) -> Result<(
         // A nonce's claim is settled before its request writes anything: the process that
         // owns this file checked it against its window under one lock (`domain::replay`), and
         // no other process can write here. There is no index to check it against either
-        // (`0007_nonce_window.sql`).
+        // (`0007_hot_path.sql`).
         Write::Claim { ns, .. } if ns == super::db::NONCES => {}
         Write::Claim { ns, value, owner } => {
             let unique = tables::unique(ns);
