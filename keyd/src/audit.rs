@@ -115,9 +115,9 @@ pub struct Entry<'a> {
 struct State {
     /// `None` only while a flush holds the file under its advisory lock.
     file: Option<File>,
-    /// Records not yet written, without their sequence number and chain fields (those are
-    /// given when they are written, under the file lock): one record per line.
-    pending: String,
+    /// The records a flush took from [`Audit::pending`] and is writing; kept between flushes
+    /// for its allocation.
+    taken: String,
     prev: [u8; 32],
     seq: u64,
     /// Whether the last record is keyed (then every later one must be).
@@ -132,7 +132,13 @@ struct State {
 
 /// The open log.
 pub struct Audit {
+    /// The chain and the file: held by a flush across its write.
     state: Mutex<State>,
+    /// Records not yet written, without their sequence number and chain fields (those are
+    /// given when they are written, under the file lock): one record per line. A lock of its
+    /// own, so that recording a request never waits for a flush's file write: under load the
+    /// thread answering requests stalled on that write, and each stall cost a futex wake.
+    pending: Mutex<String>,
     /// `None` only for `keyd init` before the LMK exists.
     key: Option<AuditKey>,
     failed: AtomicBool,
@@ -522,7 +528,7 @@ impl Audit {
         Ok(Self {
             state: Mutex::new(State {
                 file: Some(file),
-                pending: String::with_capacity(64 * 1024),
+                taken: String::with_capacity(64 * 1024),
                 prev: verified.last,
                 seq,
                 keyed: verified.unkeyed < seq,
@@ -530,6 +536,7 @@ impl Audit {
                 checkpoints,
                 checkpointed: seq,
             }),
+            pending: Mutex::new(String::with_capacity(64 * 1024)),
             key,
             failed: AtomicBool::new(false),
             synced: Mutex::new(seq),
@@ -549,14 +556,14 @@ impl Audit {
 
     /// Appends a record (in memory; [`Audit::flush`] chains and writes it).
     pub fn record(&self, e: &Entry<'_>) {
-        let Ok(mut s) = self.state.lock() else {
-            self.failed.store(true, Ordering::Release);
-            return;
-        };
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let p = &mut s.pending;
+        let Ok(mut p) = self.pending.lock() else {
+            self.failed.store(true, Ordering::Release);
+            return;
+        };
+        let p = &mut *p;
         let _ = write!(p, "\"at\":{at},\"peer\":\"");
         push_clean(p, e.peer);
         let _ = write!(p, "\",\"op\":\"0x{:04x}\"", e.opcode);
@@ -574,7 +581,21 @@ impl Audit {
     /// Chains the pending records onto the file's last record and writes them, holding the
     /// file's exclusive lock. Returns the sequence number of the last record written.
     fn write_pending(&self, s: &mut State) -> Result<u64, Error> {
-        if s.pending.is_empty() {
+        {
+            let Ok(mut pending) = self.pending.lock() else {
+                return Err(Error::Config("audit log lock poisoned".into()));
+            };
+            // Taken under the chain's lock, so batches are written in the order they were
+            // taken; records made from here on wait for the next flush. Records a failed
+            // write left behind stay first.
+            if s.taken.is_empty() {
+                std::mem::swap(&mut *pending, &mut s.taken);
+            } else {
+                s.taken.push_str(&pending);
+                pending.clear();
+            }
+        }
+        if s.taken.is_empty() {
             return Ok(s.seq);
         }
         let Some(file) = s.file.take() else {
@@ -604,10 +625,10 @@ impl Audit {
                 ));
             }
             let field = if self.key.is_some() { "mac" } else { "hash" };
-            let mut out = String::with_capacity(s.pending.len() * 2);
+            let mut out = String::with_capacity(s.taken.len() * 2);
             // Each record's link, in hex, is the next one's `prev`: encoded once.
             let mut prev_hex = hex(&s.prev);
-            for middle in s.pending.lines() {
+            for middle in s.taken.lines() {
                 s.seq += 1;
                 let start = out.len();
                 let _ = write!(out, "{{\"seq\":{},{middle},\"prev\":\"{prev_hex}\"", s.seq);
@@ -628,7 +649,7 @@ impl Audit {
             }
             Ok(())
         })();
-        s.pending.clear();
+        s.taken.clear();
         match locked.unlock() {
             Ok(file) => s.file = Some(file),
             Err((locked, errno)) => {

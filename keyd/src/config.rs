@@ -140,6 +140,11 @@ pub struct HsmConfig {
     /// PKCS#11 sessions in the pool.
     #[serde(default = "default_sessions")]
     pub sessions: usize,
+    /// Threads that make the data operations' PKCS#11 calls in `token` placement (1 to
+    /// `sessions`). Each call takes a session of the pool, so the token decides how far the
+    /// threads' calls overlap.
+    #[serde(default = "default_token_threads")]
+    pub token_threads: usize,
     /// Must be true for the software backend, so it is never the default by accident.
     #[serde(default)]
     pub allow_software: bool,
@@ -148,6 +153,15 @@ pub struct HsmConfig {
 const fn default_sessions() -> usize {
     4
 }
+
+const fn default_token_threads() -> usize {
+    TOKEN_THREADS_DEFAULT
+}
+
+/// One: SoftHSM gains little from a second thread and keyd lost throughput with two on two
+/// cores (BENCHMARKS.md, "`token` placement: a second PKCS#11 thread"). An HSM across a
+/// network, whose calls mostly wait, is where more pay.
+const TOKEN_THREADS_DEFAULT: usize = 1;
 
 /// HSM backend kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -245,6 +259,11 @@ impl Config {
         }
         if self.hsm.sessions == 0 || self.hsm.sessions > 64 {
             return Err(Error::Config("hsm.sessions must be 1 to 64".into()));
+        }
+        if self.hsm.token_threads == 0 || self.hsm.token_threads > self.hsm.sessions {
+            return Err(Error::Config(
+                "hsm.token_threads must be 1 to hsm.sessions".into(),
+            ));
         }
         if self.cache_capacity == 0 {
             return Err(Error::Config("cache_capacity must be at least 1".into()));
@@ -459,6 +478,20 @@ groups = ["admin"]
                     "placement = \"memory\"\nstate_poll_ms = 10",
                 ),
                 "state_poll_ms",
+            ),
+            (
+                GOOD.replace(
+                    "pin_env = \"KEYD_PIN\"",
+                    "pin_env = \"KEYD_PIN\"\ntoken_threads = 0",
+                ),
+                "token_threads",
+            ),
+            (
+                GOOD.replace(
+                    "pin_env = \"KEYD_PIN\"",
+                    "pin_env = \"KEYD_PIN\"\nsessions = 2\ntoken_threads = 3",
+                ),
+                "token_threads",
             ),
             (
                 GOOD.replace("store = \"/tmp/keys.db\"", "")

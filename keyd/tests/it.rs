@@ -50,16 +50,28 @@ fn unwrap_set(export: &m::KeySetExportResponse) -> std::collections::HashMap<Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_key_lifecycle_over_the_socket_on_softhsm_memory_placement() {
-    lifecycle("memory").await;
+    lifecycle("memory", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_key_lifecycle_over_the_socket_on_softhsm_token_placement() {
-    lifecycle("token").await;
+    lifecycle("token", None).await;
 }
 
-async fn lifecycle(placement: &str) {
+/// The 200 pipelined charges below are dealt over two PKCS#11 threads, which answer out of
+/// order and record into one audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_key_lifecycle_on_token_placement_with_two_pkcs11_threads() {
+    lifecycle("token", Some(2)).await;
+}
+
+async fn lifecycle(placement: &str, token_threads: Option<usize>) {
     let mut keyd = keyd(r#""data", "devices""#, placement);
+    if let Some(threads) = token_threads {
+        let config = std::fs::read_to_string(keyd.config_path()).unwrap();
+        let config = config.replacen("[hsm]\n", &format!("[hsm]\ntoken_threads = {threads}\n"), 1);
+        std::fs::write(keyd.config_path(), config).unwrap();
+    }
     keyd.start().unwrap();
     let mode = std::fs::metadata(keyd.socket())
         .unwrap()
@@ -246,6 +258,22 @@ async fn lifecycle(placement: &str) {
         .await
         .unwrap();
     assert_eq!(unwrap_set(&again)["mac"], keys["mac"]);
+    drop(client);
+    keyd.stop();
+
+    // Every charge has its record, once, in an intact chain.
+    let out = keyd.command(&["audit-verify"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("chain intact"),
+        "{stdout}"
+    );
+    let log = std::fs::read_to_string(keyd.hsm().dir().join("keys.audit.log")).unwrap();
+    let charges = log
+        .lines()
+        .filter(|l| l.contains("\"op\":\"0x0205\"") && l.contains("\"status\":\"ok\""))
+        .count();
+    assert_eq!(charges, 200, "{log}");
 }
 
 #[test]

@@ -54,6 +54,10 @@ struct Args {
     /// doing the same two calls on the same token is measured too.
     #[arg(long, default_value = "memory")]
     placement: String,
+    /// keyd's `hsm.token_threads` (threads making PKCS#11 data calls in `token` placement);
+    /// keyd's default when left out.
+    #[arg(long)]
+    token_threads: Option<usize>,
     /// Extra devices (each with a key set) issued before the run but never charged: the store's
     /// size, to see that lookups stay flat as it grows.
     #[arg(long, default_value_t = 0)]
@@ -263,6 +267,12 @@ async fn main() {
         &args.placement,
     )
     .unwrap();
+    if let Some(threads) = args.token_threads {
+        let path = keyd.config_path();
+        let text = std::fs::read_to_string(path).unwrap();
+        let text = text.replacen("[hsm]\n", &format!("[hsm]\ntoken_threads = {threads}\n"), 1);
+        std::fs::write(path, text).unwrap();
+    }
     keyd.start().unwrap();
     let client = Client::connect(keyd.socket()).await.unwrap();
     println!(
@@ -617,7 +627,9 @@ fn in_process_ceiling(envelope_bytes: usize, seconds: u64) -> f64 {
 }
 
 /// The same two calls keyd makes per charge in `token` placement (HMAC-SHA-256 verify, then
-/// AES-256-CBC-PAD decrypt), straight on cryptoki in one thread, no socket, no keyd.
+/// AES-256-CBC-PAD decrypt), straight on cryptoki, no socket, no keyd: first on one thread, then
+/// on two, each thread with a session of its own. The two-thread figure says how far SoftHSM
+/// itself lets calls of one process run side by side on this machine.
 fn bare_cryptoki_loop(label: &str, envelope_bytes: usize, seconds: u64) {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::mechanism::Mechanism;
@@ -641,9 +653,11 @@ fn bare_cryptoki_loop(label: &str, envelope_bytes: usize, seconds: u64) {
                 .unwrap_or(false)
         })
         .unwrap();
-    let session = pkcs11.open_rw_session(slot).unwrap();
+    // Session objects belong to the application, so keys made on this session serve the
+    // others; it stays open (and logged in) until the loops end.
+    let anchor = pkcs11.open_rw_session(slot).unwrap();
     let pin = std::env::var("KEYD_LOAD_PIN").unwrap();
-    session
+    anchor
         .login(UserType::User, Some(&AuthPin::from(pin)))
         .unwrap();
     let secret = |key_type, uses: [Attribute; 2]| {
@@ -656,7 +670,7 @@ fn bare_cryptoki_loop(label: &str, envelope_bytes: usize, seconds: u64) {
             Attribute::Value(vec![0x11; 32]),
         ];
         t.extend(uses);
-        session.create_object(&t).unwrap()
+        anchor.create_object(&t).unwrap()
     };
     let mac = secret(
         KeyType::GENERIC_SECRET,
@@ -677,26 +691,45 @@ fn bare_cryptoki_loop(label: &str, envelope_bytes: usize, seconds: u64) {
         ("msk".to_owned(), same("msk")),
     ]);
     let request = charge(&keys, envelope_bytes);
-    let started = Instant::now();
-    let mut n = 0u64;
-    while started.elapsed() < Duration::from_secs(seconds) {
-        session
-            .verify(
-                &Mechanism::Sha256Hmac,
-                mac,
-                &request.message,
-                &request.signature,
-            )
-            .unwrap();
-        let plain = session
-            .decrypt(&Mechanism::AesCbcPad(request.iv), msk, &request.ciphertext)
-            .unwrap();
-        assert!(!plain.is_empty());
-        n += 1;
+    for threads in [1usize, 2] {
+        let started = Instant::now();
+        let n: u64 = std::thread::scope(|scope| {
+            let loops: Vec<_> = (0..threads)
+                .map(|_| {
+                    let session = pkcs11.open_rw_session(slot).unwrap();
+                    let request = &request;
+                    scope.spawn(move || {
+                        let mut n = 0u64;
+                        while started.elapsed() < Duration::from_secs(seconds) {
+                            session
+                                .verify(
+                                    &Mechanism::Sha256Hmac,
+                                    mac,
+                                    &request.message,
+                                    &request.signature,
+                                )
+                                .unwrap();
+                            let plain = session
+                                .decrypt(
+                                    &Mechanism::AesCbcPad(request.iv),
+                                    msk,
+                                    &request.ciphertext,
+                                )
+                                .unwrap();
+                            assert!(!plain.is_empty());
+                            n += 1;
+                        }
+                        n
+                    })
+                })
+                .collect();
+            loops.into_iter().map(|l| l.join().unwrap()).sum()
+        });
+        #[allow(clippy::cast_precision_loss, reason = "a rate for display")]
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "bare cryptoki loop ({threads} thread{}, same token, HMAC verify + AES-CBC-PAD decrypt): {rate:.0} ops/s",
+            if threads == 1 { "" } else { "s" }
+        );
     }
-    #[allow(clippy::cast_precision_loss, reason = "a rate for display")]
-    let rate = n as f64 / started.elapsed().as_secs_f64();
-    println!(
-        "bare cryptoki loop (1 thread, same token, HMAC verify + AES-CBC-PAD decrypt): {rate:.0} ops/s"
-    );
 }
