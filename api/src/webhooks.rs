@@ -31,7 +31,6 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, header};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::WebhooksConfig;
@@ -469,25 +468,12 @@ async fn post(
         .body(Full::new(body))
         .map_err(|e| format!("request: {e}"))?;
     let timeout = Duration::from_millis(sender.config.timeout_ms);
+    if target.https && sender.tls.is_none() {
+        return Err("no CA bundle to check the endpoint's certificate".to_owned());
+    }
     let exchange = async {
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        if target.https {
-            let Some(tls) = &sender.tls else {
-                return Err("no CA bundle to check the endpoint's certificate".to_owned());
-            };
-            let name = rustls_pki_types::ServerName::try_from(target.host.clone())
-                .map_err(|e| format!("TLS server name: {e}"))?;
-            let stream = tls
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS: {e}"))?;
-            exchange(TokioIo::new(stream), request).await
-        } else {
-            exchange(TokioIo::new(tcp), request).await
-        }
+        let io = crate::wire::outbound::connect(&target, sender.tls.as_ref()).await?;
+        exchange(TokioIo::new(io), request).await
     };
     tokio::time::timeout(timeout, exchange)
         .await

@@ -5,6 +5,7 @@ pub mod body;
 pub mod fields;
 pub mod ids;
 pub mod json;
+pub mod outbound;
 pub mod reply;
 pub mod time;
 pub mod url;

@@ -33,7 +33,6 @@ use ring::signature::{
     RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents, UnparsedPublicKey,
 };
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio::sync::{Mutex, RwLock};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;

@@ -70,22 +70,8 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    match tls {
-        Some(connector) if target.https => {
-            let name = rustls_pki_types::ServerName::try_from(target.host.clone())
-                .map_err(|e| format!("TLS server name: {e}"))?;
-            let tls = connector
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS: {e}"))?;
-            exchange(TokioIo::new(tls), request).await
-        }
-        _ => exchange(TokioIo::new(tcp), request).await,
-    }
+    let io = crate::wire::outbound::connect(target, tls).await?;
+    exchange(TokioIo::new(io), request).await
 }
 
 /// One HTTP/1.1 request on a fresh connection; 200 and a bounded body required.
