@@ -554,15 +554,25 @@ impl Audit {
         }
     }
 
+    /// A lock poisoned by a panic while it was held: what it guarded cannot be trusted, so the
+    /// log fails for good (keyd then answers `UNAVAILABLE`) rather than serving unrecorded.
+    fn poisoned(&self) -> Error {
+        if !self.failed.swap(true, Ordering::AcqRel) {
+            tracing::error!("audit log lock poisoned: keyd stops serving");
+        }
+        Error::Config("audit log lock poisoned".into())
+    }
+
     /// Appends a record (in memory; [`Audit::flush`] chains and writes it).
     pub fn record(&self, e: &Entry<'_>) {
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
         let Ok(mut p) = self.pending.lock() else {
             self.failed.store(true, Ordering::Release);
             return;
         };
+        // Read under the lock, so records stay in time order.
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
         let p = &mut *p;
         let _ = write!(p, "\"at\":{at},\"peer\":\"");
         push_clean(p, e.peer);
@@ -583,7 +593,7 @@ impl Audit {
     fn write_pending(&self, s: &mut State) -> Result<u64, Error> {
         {
             let Ok(mut pending) = self.pending.lock() else {
-                return Err(Error::Config("audit log lock poisoned".into()));
+                return Err(self.poisoned());
             };
             // Taken under the chain's lock, so batches are written in the order they were
             // taken; records made from here on wait for the next flush. Records a failed
@@ -674,7 +684,7 @@ impl Audit {
     /// # Errors
     /// [`Error::Io`]; the log is then failed for good.
     pub fn flush(&self, sync: bool) -> Result<(), Error> {
-        let poisoned = || Error::Config("audit log lock poisoned".into());
+        let poisoned = || self.poisoned();
         let (written, file) = {
             let mut s = self.state.lock().map_err(|_| poisoned())?;
             if self.failed() {

@@ -141,7 +141,7 @@ pub struct HsmConfig {
     #[serde(default = "default_sessions")]
     pub sessions: usize,
     /// Threads that make the data operations' PKCS#11 calls in `token` placement (1 to
-    /// `sessions`). Each call takes a session of the pool, so the token decides how far the
+    /// `sessions`). Calls take the pool's sessions in turn, so the token decides how far the
     /// threads' calls overlap.
     #[serde(default = "default_token_threads")]
     pub token_threads: usize,
@@ -159,8 +159,9 @@ const fn default_token_threads() -> usize {
 }
 
 /// One: SoftHSM gains little from a second thread and keyd lost throughput with two on two
-/// cores (BENCHMARKS.md, "`token` placement: a second PKCS#11 thread"). An HSM across a
-/// network, whose calls mostly wait, is where more pay.
+/// cores (BENCHMARKS.md, "`token` placement: the PKCS#11 thread stops waiting and waking",
+/// "More threads"). An HSM across a network, whose calls mostly wait, is where more should
+/// pay; that was not measured here.
 const TOKEN_THREADS_DEFAULT: usize = 1;
 
 /// HSM backend kind.

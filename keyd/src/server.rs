@@ -294,7 +294,9 @@ struct HsmJob {
 /// The threads that make PKCS#11 data calls, each with its own queue. The queues are tokio's,
 /// so a full queue makes the socket reader wait asynchronously instead of blocking an I/O
 /// thread; each worker, a plain thread, receives with `blocking_recv`. Jobs are dealt round
-/// the workers one by one: answers carry their request id, so their order does not matter.
+/// the workers one by one, so with more than one worker a connection's requests may also run
+/// out of order: answers carry their request id, and data operations do not depend on each
+/// other.
 struct HsmWorkers {
     queues: Vec<tokio::sync::mpsc::Sender<HsmJob>>,
     next: std::sync::atomic::AtomicUsize,
@@ -334,19 +336,29 @@ impl HsmWorkers {
 /// wake-ups under load, few enough that the first answer of a run does not wait long.
 const HSM_RUN: usize = 64;
 
+/// And the longest the first answer of a run waits for the others (about 64 SoftHSM calls on
+/// the machine measured): with a slow token, an HSM across a network, 64 calls would hold it
+/// back for tens of milliseconds.
+const HSM_RUN_TIME: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Answers each job into a buffer of its connection's own, outside every lock, and at the end
 /// of a run of jobs taken from the queue without waiting hands each buffer to its outbox in
-/// one append and wakes that writer once. Waking per answer cost this thread about a sixth of
-/// its time, and framing answers under the outbox's lock (with the PKCS#11 calls inside it)
-/// made the connection's reader and writer queue on that lock and be woken from it.
+/// one append and wakes that writer once. Waking the writer per answer cost this thread about
+/// a fifth of its time in futex and socket wake-ups (BENCHMARKS.md); framing outside the
+/// outbox's lock keeps the PKCS#11 calls out from under a lock the connection's reader and
+/// writer take.
 fn hsm_worker(service: &Service, audit: &Audit, mut rx: tokio::sync::mpsc::Receiver<HsmJob>) {
     // Answers hold plaintexts: every buffer is wiped when handed over, and its allocation
     // kept for the next run.
     let mut staged: Vec<(Arc<Outbox>, Zeroizing<Vec<u8>>)> = Vec::new();
     let mut spare: Vec<Zeroizing<Vec<u8>>> = Vec::new();
     let mut run = 0;
+    let mut run_started = std::time::Instant::now();
     let mut next = rx.blocking_recv();
     while let Some(job) = next.take() {
+        if run == 0 {
+            run_started = std::time::Instant::now();
+        }
         run += 1;
         // Its peer is gone: nobody will read the answer.
         if !job.outbox.is_gone() {
@@ -361,7 +373,8 @@ fn hsm_worker(service: &Service, audit: &Audit, mut rx: tokio::sync::mpsc::Recei
                 }
             };
             if let Some((_, out)) = staged.get_mut(at) {
-                buffer::reserve(out, 16 * 1024);
+                // As `Outbox::push` does: growing past this leaves an unwiped copy behind.
+                buffer::reserve(out, 64 * 1024);
                 let mut status = Status::INTERNAL;
                 frame::encode_with(Kind::Response, job.opcode, job.id, out, |out| {
                     status = dispatch::handle_into(service, job.groups, job.opcode, &job.body, out);
@@ -379,7 +392,7 @@ fn hsm_worker(service: &Service, audit: &Audit, mut rx: tokio::sync::mpsc::Recei
                 ));
             }
         }
-        if run < HSM_RUN {
+        if run < HSM_RUN && run_started.elapsed() < HSM_RUN_TIME {
             next = rx.try_recv().ok();
         }
         if next.is_none() {

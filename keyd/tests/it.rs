@@ -65,6 +65,18 @@ async fn the_whole_key_lifecycle_on_token_placement_with_two_pkcs11_threads() {
     lifecycle("token", Some(2)).await;
 }
 
+/// How many of keyd's threads are PKCS#11 data workers (`keyd-hsm-N`).
+fn pkcs11_threads(keyd: &KeydProcess) -> usize {
+    let tasks = format!("/proc/{}/task", keyd.pid().unwrap());
+    std::fs::read_dir(tasks)
+        .unwrap()
+        .filter(|task| {
+            let comm = std::fs::read_to_string(task.as_ref().unwrap().path().join("comm"));
+            comm.is_ok_and(|c| c.starts_with("keyd-hsm-"))
+        })
+        .count()
+}
+
 async fn lifecycle(placement: &str, token_threads: Option<usize>) {
     let mut keyd = keyd(r#""data", "devices""#, placement);
     if let Some(threads) = token_threads {
@@ -73,6 +85,17 @@ async fn lifecycle(placement: &str, token_threads: Option<usize>) {
         std::fs::write(keyd.config_path(), config).unwrap();
     }
     keyd.start().unwrap();
+    // The PKCS#11 data threads keyd runs: none with keys in memory, one by default.
+    let expected = match placement {
+        "token" => token_threads.unwrap_or(1),
+        _ => 0,
+    };
+    // (A thread names itself once running: give it a moment.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pkcs11_threads(&keyd) != expected && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(pkcs11_threads(&keyd), expected);
     let mode = std::fs::metadata(keyd.socket())
         .unwrap()
         .permissions()
@@ -801,13 +824,16 @@ async fn no_key_component_or_pin_reaches_any_output_at_the_most_verbose_level() 
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // The socket file exists from `bind`, a moment before `listen`: wait for a connection.
+    let mut connected = None;
     for _ in 0..500 {
-        if k.socket().exists() {
+        if let Ok(c) = Client::connect(k.socket()).await {
+            connected = Some(c);
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let client = Client::connect(k.socket()).await.unwrap();
+    let client = connected.expect("keyd serves within 10 s");
     let identity = client
         .call(&m::DeviceCreate {
             device_id: "POS-0000C0DE".into(),
