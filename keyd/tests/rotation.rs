@@ -1,6 +1,6 @@
 //! LMK rotation with real processes on a real SoftHSM token: the rewrap killed with SIGKILL at
 //! several points (the last one after its last batch, before the switch) and resumed, `keyd serve` answering data operations throughout, the switch,
-//! the audit chain across it, and the old LMK's destruction.
+//! the audit chain across it, and the old LMK's destruction; blocks under an LMK another process added opening at once.
 
 #![allow(
     clippy::unwrap_used,
@@ -560,4 +560,55 @@ async fn a_zones_zmk_rotates_from_the_command_line_while_keyd_serves() {
     )));
     let verified = k.run(&["audit-verify"], &[]).unwrap();
     assert!(verified.contains("chain intact"), "{verified}");
+}
+
+/// An officer's `lmk-rotate` and `lmk-rewrap` run as processes of their own: the new LMK
+/// enters the token behind `keyd serve`'s back. Blocks resealed under it must open in `serve`
+/// at once, not only after its next look at the store's state (set to a minute here): another
+/// node serving during a rewrap depends on it. A one-key cache makes every export open its
+/// blocks from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_under_an_lmk_added_by_another_process_open_at_once() {
+    let mut k = KeydProcess::new(
+        std::path::Path::new(env!("CARGO_BIN_EXE_keyd")),
+        r#""data", "devices""#,
+        "memory",
+    )
+    .unwrap();
+    k.prepend_config("state_poll_ms = 60000\ncache_capacity = 1\n")
+        .unwrap();
+    k.start().unwrap();
+    let client = Client::connect(k.socket()).await.unwrap();
+    let devices = [make_device(&client, 7).await, make_device(&client, 8).await];
+    let [(a, a_password), (b, b_password)] = OFFICERS;
+    k.run(
+        &[
+            "lmk-rotate",
+            "--components",
+            "2",
+            "--approver",
+            a,
+            "--approver",
+            b,
+        ],
+        &[a_password, b_password, LMK_COMPONENTS[0], LMK_COMPONENTS[1]],
+    )
+    .unwrap();
+    let out = k
+        .run(&["lmk-rewrap", "--officer", a], &[a_password])
+        .unwrap();
+    assert!(out.contains("LMK KCV"), "{out}");
+    // Exporting a key set opens its stored blocks, every one now under the new LMK.
+    for device in &devices {
+        let export = client
+            .call(&m::KeySetExport {
+                device_id: device.id.clone(),
+                key_set_id: device.key_set_id.clone(),
+            })
+            .await
+            .unwrap();
+        let keys = device::unwrap_key_set(&export, &hex(ZMK_HEX)).unwrap();
+        assert_eq!(keys["msk"].key, device.msk);
+        assert_eq!(keys["mac"].key, device.mac);
+    }
 }
