@@ -80,9 +80,8 @@ fn pkcs11_threads(keyd: &KeydProcess) -> usize {
 async fn lifecycle(placement: &str, token_threads: Option<usize>) {
     let mut keyd = keyd(r#""data", "devices""#, placement);
     if let Some(threads) = token_threads {
-        let config = std::fs::read_to_string(keyd.config_path()).unwrap();
-        let config = config.replacen("[hsm]\n", &format!("[hsm]\ntoken_threads = {threads}\n"), 1);
-        std::fs::write(keyd.config_path(), config).unwrap();
+        keyd.add_hsm_config(&format!("token_threads = {threads}"))
+            .unwrap();
     }
     keyd.start().unwrap();
     // The PKCS#11 data threads keyd runs: none with keys in memory, one by default.

@@ -383,20 +383,7 @@ async fn postgres_an_lmk_rotation_on_two_keyd_nodes() {
 
     // The ceremony on node 1, then on node 2 with the same components (another LMK is
     // refused and nothing is kept).
-    let rotate = |k: &KeydProcess, parts: [&str; 2]| {
-        k.run(
-            &[
-                "lmk-rotate",
-                "--components",
-                "2",
-                "--approver",
-                a,
-                "--approver",
-                b,
-            ],
-            &[a_password, b_password, parts[0], parts[1]],
-        )
-    };
+    let rotate = |k: &KeydProcess, parts: [&str; 2]| k.lmk_rotate(parts);
     let err = one
         .run(
             &["lmk-rotate", "--approver", a, "--approver", b],

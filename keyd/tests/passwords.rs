@@ -113,20 +113,7 @@ async fn a_password_mac_holds_across_restarts_and_an_lmk_rotation_and_is_audited
 
     // An LMK rotation, run by the officers while keyd serves.
     let [(a, a_password), (b, b_password)] = OFFICERS;
-    let out = k
-        .run(
-            &[
-                "lmk-rotate",
-                "--components",
-                "2",
-                "--approver",
-                a,
-                "--approver",
-                b,
-            ],
-            &[a_password, b_password, LMK_COMPONENTS[0], LMK_COMPONENTS[1]],
-        )
-        .unwrap();
+    let out = k.lmk_rotate(LMK_COMPONENTS).unwrap();
     let new_kcv = out
         .lines()
         .find_map(|l| l.strip_prefix("new LMK KCV "))

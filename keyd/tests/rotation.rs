@@ -262,20 +262,7 @@ async fn an_lmk_rotation_survives_kill_9_during_the_rewrap_while_keyd_serves() {
 
     // The ceremony: two officers, two custodians.
     let [(a, a_password), (b, b_password)] = OFFICERS;
-    let out = k
-        .run(
-            &[
-                "lmk-rotate",
-                "--components",
-                "2",
-                "--approver",
-                a,
-                "--approver",
-                b,
-            ],
-            &[a_password, b_password, LMK_COMPONENTS[0], LMK_COMPONENTS[1]],
-        )
-        .unwrap();
+    let out = k.lmk_rotate(LMK_COMPONENTS).unwrap();
     let new_kcv = out
         .lines()
         .find_map(|l| l.strip_prefix("new LMK KCV "))
@@ -580,20 +567,8 @@ async fn blocks_under_an_lmk_added_by_another_process_open_at_once() {
     k.start().unwrap();
     let client = Client::connect(k.socket()).await.unwrap();
     let devices = [make_device(&client, 7).await, make_device(&client, 8).await];
-    let [(a, a_password), (b, b_password)] = OFFICERS;
-    k.run(
-        &[
-            "lmk-rotate",
-            "--components",
-            "2",
-            "--approver",
-            a,
-            "--approver",
-            b,
-        ],
-        &[a_password, b_password, LMK_COMPONENTS[0], LMK_COMPONENTS[1]],
-    )
-    .unwrap();
+    k.lmk_rotate(LMK_COMPONENTS).unwrap();
+    let (a, a_password) = OFFICERS[0];
     let out = k
         .run(&["lmk-rewrap", "--officer", a], &[a_password])
         .unwrap();

@@ -367,6 +367,40 @@ impl KeydProcess {
         Ok(())
     }
 
+    /// Adds `lines` to the config's `[hsm]` table (settings such as `token_threads`).
+    ///
+    /// # Errors
+    /// If the config cannot be read or written.
+    pub fn add_hsm_config(&self, lines: &str) -> Result<(), Error> {
+        let old = std::fs::read_to_string(&self.config)?;
+        std::fs::write(
+            &self.config,
+            old.replacen("[hsm]\n", &format!("[hsm]\n{lines}\n"), 1),
+        )?;
+        Ok(())
+    }
+
+    /// `keyd lmk-rotate` from two custodians' `components`, both harness officers approving;
+    /// its output (which names the new LMK's KCV).
+    ///
+    /// # Errors
+    /// If the ceremony is refused.
+    pub fn lmk_rotate(&self, components: [&str; 2]) -> Result<String, Error> {
+        let [(a, a_password), (b, b_password)] = OFFICERS;
+        self.run(
+            &[
+                "lmk-rotate",
+                "--components",
+                "2",
+                "--approver",
+                a,
+                "--approver",
+                b,
+            ],
+            &[a_password, b_password, components[0], components[1]],
+        )
+    }
+
     /// Later starts run `serve --verbose`, so a log kept with
     /// [`KeydProcess::start_with`] says why each request was refused (debug lines name no key
     /// material).

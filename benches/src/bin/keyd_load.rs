@@ -268,10 +268,8 @@ async fn main() {
     )
     .unwrap();
     if let Some(threads) = args.token_threads {
-        let path = keyd.config_path();
-        let text = std::fs::read_to_string(path).unwrap();
-        let text = text.replacen("[hsm]\n", &format!("[hsm]\ntoken_threads = {threads}\n"), 1);
-        std::fs::write(path, text).unwrap();
+        keyd.add_hsm_config(&format!("token_threads = {threads}"))
+            .unwrap();
     }
     keyd.start().unwrap();
     let client = Client::connect(keyd.socket()).await.unwrap();
@@ -413,20 +411,7 @@ async fn main() {
     let devices = Arc::new(devices);
 
     if args.lmk_rewrap {
-        let [(a, a_password), (b, b_password)] = e2e::OFFICERS;
-        keyd.run(
-            &[
-                "lmk-rotate",
-                "--components",
-                "2",
-                "--approver",
-                a,
-                "--approver",
-                b,
-            ],
-            &[a_password, b_password, LMK_COMPONENTS[0], LMK_COMPONENTS[1]],
-        )
-        .unwrap();
+        keyd.lmk_rotate(LMK_COMPONENTS).unwrap();
     }
 
     // Charge load over the socket.
