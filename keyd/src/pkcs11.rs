@@ -3,13 +3,21 @@
 //!
 //! One context, one anchor session logged in for the life of the process (closing the last
 //! session would log out and invalidate handles), and a pool of sessions for the work. Object
-//! handles of the LMK and the ZMKs are looked up once at start and when a ZMK is added: no
-//! `C_FindObjects` on a request path.
+//! handles of the LMKs and the ZMKs are looked up at start and again only when something
+//! changed elsewhere (another process's ceremony, another node's zone): no `C_FindObjects` on
+//! a request path, except a request's first meeting with an LMK or zone added elsewhere.
+//!
+//! The handle maps change from several threads: a look over the whole token (housekeeping
+//! after another process's change, or a request meeting an LMK it does not know yet) and a
+//! key this process adds or destroys. Every change holds one lock from the token call to the
+//! map update, so a look that began before a change never writes back a picture without it
+//! (a zone loaded a moment earlier would be "not found" until the next look; seen once
+//! as a failed key-set delivery during a two-node LMK rewrap, shown by `tests/token_maps.rs`).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -42,6 +50,9 @@ pub struct Pkcs11Hsm {
     original: RwLock<Option<[u8; 3]>>,
     /// Every ZMK by its name, with its algorithm (from the object's key type).
     zmks: RwLock<HashMap<String, (ObjectHandle, ZmkAlgorithm)>>,
+    /// Held by whatever changes the maps above, across the token call and the update (see
+    /// the module docs). Readers take only the map's own lock.
+    changes: Mutex<()>,
     _context: Pkcs11,
 }
 
@@ -91,6 +102,7 @@ impl Pkcs11Hsm {
             lmks: RwLock::new(HashMap::new()),
             original: RwLock::new(None),
             zmks: RwLock::new(HashMap::new()),
+            changes: Mutex::new(()),
             _context: context,
         };
         hsm.load_handles()?;
@@ -108,7 +120,19 @@ impl Pkcs11Hsm {
         f(&guard)
     }
 
+    /// Takes the lock that every change of the handle maps holds (see the module docs).
+    fn changing(&self) -> MutexGuard<'_, ()> {
+        self.changes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Looks the whole token over again and replaces the handle maps with what it holds.
     fn load_handles(&self) -> Result<(), Error> {
+        let held = self.changing();
+        self.look_over(&held)
+    }
+
+    /// [`Pkcs11Hsm::load_handles`] for a caller that holds the change lock already.
+    fn look_over(&self, _held: &MutexGuard<'_, ()>) -> Result<(), Error> {
         let (original, lmks, zmks) = self.with_session(|s| {
             let keys = s.find_objects(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
@@ -118,8 +142,14 @@ impl Pkcs11Hsm {
             let mut lmks = Vec::new();
             let mut zmks = HashMap::new();
             for handle in keys {
-                let attrs =
-                    s.get_attributes(handle, &[AttributeType::Label, AttributeType::KeyType])?;
+                let attrs = match s
+                    .get_attributes(handle, &[AttributeType::Label, AttributeType::KeyType])
+                {
+                    Ok(attrs) => attrs,
+                    // Destroyed by another process since the search: gone, not an error.
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 let (mut label, mut key_type) = (None, None);
                 for attr in attrs {
                     match attr {
@@ -158,17 +188,33 @@ impl Pkcs11Hsm {
         *self.zmks.write().unwrap_or_else(PoisonError::into_inner) = zmks;
         // The LMKs are found again from scratch: another process may have added one (a
         // rotation's ceremony) or destroyed one (the end of its restore window).
+        let known: Vec<(ObjectHandle, [u8; 3])> = self
+            .lmks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(kcv, handle)| (*handle, *kcv))
+            .collect();
         let mut by_kcv = HashMap::new();
         let mut original_kcv = None;
         for handle in lmks {
-            // One that cannot be used right now (being written by another process) is looked
-            // at again at the next refresh, without hiding the others.
-            let kcv = match self.cmac(handle, &[0; 16]) {
-                Ok(mac) => crate::hsm::kcv_from(&mac),
-                Err(e) => {
-                    tracing::warn!(error = %e, "an LMK object in the token cannot be used now");
-                    continue;
-                }
+            let signed = self.with_session(|s| Ok(s.sign(&Mechanism::AesCMac, handle, &[0; 16])));
+            let kcv = match signed? {
+                Ok(mac) => match mac.get(..3) {
+                    Some(&[a, b, c]) => [a, b, c],
+                    _ => return Err(Error::Hsm("CMAC of unexpected length".into())),
+                },
+                Err(e) if gone(&e) => continue,
+                Err(e) => match known.iter().find(|(h, _)| *h == handle) {
+                    // One in use here keeps its check value through a passing failure.
+                    Some((_, kcv)) => *kcv,
+                    // One that cannot be used yet (being written by another process) is
+                    // looked at again next time, without hiding the others.
+                    None => {
+                        tracing::warn!(error = %e, "an LMK object in the token cannot be used now");
+                        continue;
+                    }
+                },
             };
             if Some(handle) == original {
                 original_kcv = Some(kcv);
@@ -283,6 +329,14 @@ impl Pkcs11Hsm {
     }
 }
 
+/// Whether a call failed because its object is gone (another process destroyed it).
+fn gone(e: &cryptoki::error::Error) -> bool {
+    matches!(
+        e,
+        cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::ObjectHandleInvalid, _)
+    )
+}
+
 impl Hsm for Pkcs11Hsm {
     fn random(&self, out: &mut [u8]) -> Result<(), Error> {
         self.with_session(|s| Ok(s.generate_random_slice(out)?))
@@ -297,6 +351,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn create_lmk(&self) -> Result<(), Error> {
+        let held = self.changing();
         let mut lmk = self.lmk.write().unwrap_or_else(PoisonError::into_inner);
         if lmk.is_some() {
             return Err(Error::Conflict("the LMK exists already"));
@@ -307,20 +362,21 @@ impl Hsm for Pkcs11Hsm {
             self.with_session(|s| Ok(s.generate_key(&Mechanism::AesKeyGen, &template)?))?;
         *lmk = Some(handle);
         drop(lmk);
-        self.load_handles()
+        self.look_over(&held)
     }
 
     fn import_lmk(&self, key: &[u8]) -> Result<(), Error> {
         if key.len() != 32 {
             return Err(Error::BadRequest("an LMK is 32 bytes (AES-256)".into()));
         }
+        let held = self.changing();
         let mut lmk = self.lmk.write().unwrap_or_else(PoisonError::into_inner);
         if lmk.is_some() {
             return Err(Error::Conflict("the LMK exists already"));
         }
         *lmk = Some(self.create_root_key(LMK_LABEL, key)?);
         drop(lmk);
-        self.load_handles()
+        self.look_over(&held)
     }
 
     fn lmk_cmac_under(&self, kcv: Option<[u8; 3]>, data: &[u8]) -> Result<[u8; 16], Error> {
@@ -341,6 +397,7 @@ impl Hsm for Pkcs11Hsm {
         if key.is_some_and(|k| k.len() != 32) {
             return Err(Error::BadRequest("an LMK is 32 bytes (AES-256)".into()));
         }
+        let _held = self.changing();
         // A formed LMK is made under its final label (its check value is known beforehand); a
         // generated one under a provisional label, named once the token computed its value.
         let provisional = format!("{LMK_PREFIX}new");
@@ -410,6 +467,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn destroy_lmk(&self, kcv: [u8; 3]) -> Result<(), Error> {
+        let _held = self.changing();
         let handle = self
             .lmks
             .write()
@@ -425,8 +483,13 @@ impl Hsm for Pkcs11Hsm {
 
     fn import_zmk(&self, name: &str, algorithm: ZmkAlgorithm, key: &[u8]) -> Result<(), Error> {
         algorithm.check_len(key)?;
-        let mut zmks = self.zmks.write().unwrap_or_else(PoisonError::into_inner);
-        if zmks.contains_key(name) {
+        let _held = self.changing();
+        if self
+            .zmks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(name)
+        {
             return Err(Error::Conflict("the zone has a ZMK already"));
         }
         let label = format!("{ZMK_PREFIX}{name}");
@@ -434,7 +497,10 @@ impl Hsm for Pkcs11Hsm {
             ZmkAlgorithm::Aes => self.create_root_key(&label, key)?,
             ZmkAlgorithm::Tdes => self.create_secret(Self::tdes_zmk_template(&label), key)?,
         };
-        zmks.insert(name.to_owned(), (handle, algorithm));
+        self.zmks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned(), (handle, algorithm));
         Ok(())
     }
 
@@ -473,6 +539,7 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn destroy_zmk(&self, name: &str) -> Result<(), Error> {
+        let _held = self.changing();
         let (handle, _) = self
             .zmks
             .write()
