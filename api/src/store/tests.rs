@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
-use super::sqlite::{Job, MIGRATIONS, Writer, create_private};
+use super::sqlite::{Answer, Job, MIGRATIONS, Writer, create_private};
 use super::tables::{TABLES, Ty};
 use super::*;
 
@@ -607,20 +607,46 @@ async fn cached_reads_never_lag_a_returned_commit() {
     assert_eq!(store.get("merchant", "m1").await.unwrap(), None);
 }
 
+/// A job whose record cannot be bound to its columns (an unknown kind, an amount that is not
+/// an amount) is refused before it reaches the writer: nothing of it is written, its other
+/// writes included, and the store goes on.
+#[tokio::test]
+async fn a_record_that_cannot_be_bound_fails_its_commit_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("api.db")).unwrap();
+    let bad_amount = put(
+        "fee_template",
+        "f1",
+        json!({"id": "f1", "reseller_id": "r", "name": "n", "percent_bps": 1,
+               "fixed": "1 EUR", "per_brand": null, "created_at": 1, "updated_at": 1}),
+        &[],
+    );
+    let unknown = put("no_such_kind", "x", json!({"id": "x"}), &[]);
+    for bad in [bad_amount, unknown] {
+        let err = store
+            .commit(vec![location("l1", "m", "L"), bad])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    }
+    assert_eq!(get(&store, "location", "l1").await, None);
+    assert_eq!(get(&store, "fee_template", "f1").await, None);
+    store.commit(vec![location("l2", "m", "L")]).await.unwrap();
+    assert!(get(&store, "location", "l2").await.is_some());
+}
+
 #[tokio::test]
 async fn conflicting_job_in_a_group_does_not_roll_back_neighbours() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("api.db");
     create_private(&path).unwrap();
     let mut writer = Writer::open(&path, "FULL", Arc::default()).unwrap();
-    let job = |writes| {
-        let (reply, answer) = oneshot::channel();
-        (Job { writes, reply }, answer)
-    };
+    let job = |writes| Job::new(writes).unwrap();
+    let ok = |answer: &mut oneshot::Receiver<Answer>| answer.try_recv().unwrap().0;
 
     let (held, mut held_answer) = job(vec![claim("device_id", "SN-1", "x")]);
     writer.run_batch(vec![held]);
-    assert_eq!(held_answer.try_recv().unwrap(), Ok(()));
+    assert_eq!(ok(&mut held_answer), Ok(()));
 
     // One group: A succeeds, B conflicts on its claim, C fails its Expect, D succeeds and
     // sees A's write.
@@ -639,10 +665,10 @@ async fn conflicting_job_in_a_group_does_not_roll_back_neighbours() {
         release("device_id", "SN-1"),
     ]);
     writer.run_batch(vec![a, b, c, d]);
-    assert_eq!(a_answer.try_recv().unwrap(), Ok(()));
-    assert_eq!(b_answer.try_recv().unwrap(), conflict("device_id"));
-    assert_eq!(c_answer.try_recv().unwrap(), conflict("expect:location"));
-    assert_eq!(d_answer.try_recv().unwrap(), Ok(()));
+    assert_eq!(ok(&mut a_answer), Ok(()));
+    assert_eq!(ok(&mut b_answer), conflict("device_id"));
+    assert_eq!(ok(&mut c_answer), conflict("expect:location"));
+    assert_eq!(ok(&mut d_answer), Ok(()));
     drop(writer);
 
     let store = SqliteStore::open(&path).unwrap();
