@@ -35,6 +35,7 @@ mod outbox_tests;
 #[cfg(test)]
 mod pg_tests;
 mod postgres;
+mod row;
 mod sqlite;
 pub mod tables;
 #[cfg(test)]
@@ -68,7 +69,7 @@ pub struct Stored {
 /// One write in a batch given to [`Store::commit`].
 ///
 /// Writes take effect in order within the batch; the batch is applied entirely or not at all.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Write {
     /// Insert or replace record `(kind, id)`.
     ///
@@ -81,8 +82,9 @@ pub enum Write {
         kind: String,
         /// Record id, unique within its kind.
         id: String,
-        /// The record's fields (its serde form): one column each.
-        body: Map<String, Value>,
+        /// The record's fields bound to its table's columns, in [`tables::columns`] order
+        /// after key, seq and version ([`db::put`] binds them from the record).
+        fields: Vec<tables::Field>,
         /// Index entries `(index name, key)` for a new record.
         indexes: Vec<(String, String)>,
     },

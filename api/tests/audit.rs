@@ -111,6 +111,20 @@ fn every_mutation_leaves_one_entry_on(p: &Platform) {
         Some(&json!({"name": "Till 2"})),
     );
     expected.push((req, "LocationPatch", "location"));
+    // One change's "after" is the next one's "before": both digest the record as stored.
+    let on_location = entries(p, &admin, &format!("&object_id={lid}"));
+    let digest = |action: &str, which: &str| {
+        on_location
+            .iter()
+            .find(|e| e["action"] == action)
+            .map(|e| e[which].clone())
+            .unwrap_or_else(|| panic!("no {action} entry: {on_location:?}"))
+    };
+    assert!(digest("LocationCreate", "digest_after").is_string());
+    assert_eq!(
+        digest("LocationCreate", "digest_after"),
+        digest("LocationPatch", "digest_before")
+    );
     let (req, device) = mutate(
         p,
         &admin,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::db::Record;
-use super::{Store, Write};
+use super::{Store, Write, tables};
 
 /// Who asks, and what for: what every entry of one request shares.
 #[derive(Debug, Clone, Default)]
@@ -202,11 +202,13 @@ pub(crate) async fn entry_for(
     // The record the request is about: handlers write it first and what goes with it after
     // (events, cascades); `Db::update` puts it after the writes that go with it.
     /// A changed record's kind, id and fields after (`None`: deleted).
-    type Changed<'a> = (String, String, Option<&'a Map<String, Value>>);
+    type Changed<'a> = (String, String, Option<&'a [tables::Field]>);
     fn changed(w: &Write) -> Option<Changed<'_>> {
         match w {
-            Write::Put { kind, id, body, .. } if !BOOKKEEPING.contains(&kind.as_str()) => {
-                Some((kind.clone(), id.clone(), Some(body)))
+            Write::Put {
+                kind, id, fields, ..
+            } if !BOOKKEEPING.contains(&kind.as_str()) => {
+                Some((kind.clone(), id.clone(), Some(fields)))
             }
             Write::Delete { kind, id } if !BOOKKEEPING.contains(&kind.as_str()) => {
                 Some((kind.clone(), id.clone(), None))
@@ -219,8 +221,17 @@ pub(crate) async fn entry_for(
     } else {
         writes.iter().find_map(changed)?
     };
+    // As the store will hold it once written, so one change's "after" is the next one's
+    // "before". Fields that do not fit their table are refused by the store as well, so the
+    // commit this entry would go with fails too.
+    let after = match after {
+        Some(fields) => {
+            Some(tables::of(&kind).and_then(|st| tables::fields_body(st.table, &id, fields).ok())?)
+        }
+        None => None,
+    };
     let before = store.get(&kind, &id).await.ok().flatten().map(|s| s.body);
-    let fields = after.or(before.as_ref());
+    let fields = after.as_ref().or(before.as_ref());
     let text = |name: &str| {
         fields
             .and_then(|f| f.get(name))
@@ -247,7 +258,7 @@ pub(crate) async fn entry_for(
         request_id: context.request_id,
         source: context.source,
         digest_before: before.as_ref().map(digest),
-        digest_after: after.map(digest),
+        digest_after: after.as_ref().map(digest),
         chain_seq: None,
         prev_mac: None,
         mac: None,

@@ -186,7 +186,7 @@ mod tests {
         Write::Put {
             kind: kind.into(),
             id: id.into(),
-            body: Map::new(),
+            fields: Vec::new(),
             indexes: Vec::new(),
         }
     }

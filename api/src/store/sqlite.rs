@@ -54,15 +54,16 @@ type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 /// A commit request for the writer thread.
 ///
 /// The writer is the one thread every commit waits for, so what can be done before or after it
-/// is: each `Put`'s record is bound to its columns by the caller ([`Job::new`]), and the job
-/// goes back with its answer, so the caller, not the writer, frees what it allocated (freeing
-/// those maps took the writer about a fifth of its time, BENCHMARKS.md).
+/// is: each `Put`'s record comes bound to its columns (`db::put`) and is turned into SQLite
+/// values by the caller ([`Job::new`]), and the job goes back with its answer, so the caller,
+/// not the writer, frees what it allocated (freeing records took the writer about a fifth of
+/// its time, BENCHMARKS.md).
 #[derive(Debug)]
 pub(super) struct Job {
     pub writes: Vec<Write>,
     /// Per write, a `Put`'s column values in [`Statements`]' `upsert` order (key, a slot for
-    /// the seq the writer offers, then the fields); empty for other writes. A `Put`'s `body`
-    /// is emptied once bound.
+    /// the seq the writer offers, then the fields, moved out of the `Put`); empty for other
+    /// writes.
     values: Vec<Vec<rusqlite::types::Value>>,
     reply: oneshot::Sender<Answer>,
 }
@@ -80,11 +81,11 @@ pub(super) struct Spent {
 const SEQ_SLOT: usize = 1;
 
 impl Job {
-    /// Binds each `Put` of `writes` to its columns.
+    /// Moves each `Put`'s fields into SQLite values.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] for a record kind without a table or a field its column
-    /// cannot hold (the writer would have refused the job the same way).
+    /// [`StoreError::Unavailable`] for a record kind without a table, or fields that do not
+    /// fit its columns (the writer would have refused the job the same way).
     pub(super) fn new(
         mut writes: Vec<Write>,
     ) -> Result<(Self, oneshot::Receiver<Answer>), StoreError> {
@@ -92,14 +93,20 @@ impl Job {
         for write in &mut writes {
             values.push(match write {
                 Write::Put { kind, .. } if kind == OUTBOX => Vec::new(),
-                Write::Put { kind, id, body, .. } => {
+                Write::Put {
+                    kind, id, fields, ..
+                } => {
                     let st = tables::of(kind).ok_or_else(|| unknown(kind))?;
-                    let mut bound = Vec::with_capacity(st.table.cols.len() + 4);
+                    if fields.len() != tables::width(st.table) {
+                        return Err(StoreError::Unavailable(format!(
+                            "{kind} {id}: {} values for {} columns",
+                            fields.len(),
+                            tables::width(st.table)
+                        )));
+                    }
+                    let mut bound = Vec::with_capacity(fields.len() + 2);
                     bound.extend([id.clone().into(), rusqlite::types::Value::Null]);
-                    bound.extend(
-                        tables::bind_sqlite(st.table, body).map_err(StoreError::Unavailable)?,
-                    );
-                    *body = Map::new();
+                    bound.extend(std::mem::take(fields).into_iter().map(Into::into));
                     bound
                 }
                 _ => Vec::new(),

@@ -722,7 +722,7 @@ pub(crate) fn numbered(sql: &str) -> String {
 /// A column value as the record gives it, before either database's own type: what [`bind`]
 /// produces. SQLite stores `Bool` as 0/1; PostgreSQL checks each against its column's type.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Field {
+pub enum Field {
     /// SQL NULL (an absent or `null` field).
     Null,
     /// A boolean.
@@ -735,37 +735,53 @@ pub(crate) enum Field {
     Text(String),
 }
 
-/// The values of a record's fields, in [`columns`] order (after key, seq, version).
+/// The values of a record's fields, in [`columns`] order (after key, seq, version), from its
+/// serde form. Records on their way to the store take [`super::row::bind`], which gives the
+/// same from the record itself.
 pub(crate) fn bind(t: &Table, body: &Map<String, Value>) -> Result<Vec<Field>, String> {
     let mut out = Vec::with_capacity(t.cols.len() + 4);
     for (name, ty) in t.cols {
-        let v = body.get(*name).unwrap_or(&Value::Null);
-        match ty {
-            Money => match v {
-                Value::Null => {
-                    out.push(Field::Null);
-                    out.push(Field::Null);
-                }
-                Value::Object(m) => {
-                    out.push(scalar(m.get("value").unwrap_or(&Value::Null), name)?);
-                    out.push(scalar(m.get("currency").unwrap_or(&Value::Null), name)?);
-                }
-                _ => return Err(format!("{}.{name}: not an amount", t.name)),
-            },
-            Json => out.push(match v {
-                Value::Null => Field::Null,
-                v => Field::Text(v.to_string()),
-            }),
-            Text | Int | Bool => out.push(scalar(v, name)?),
-        }
+        let v = body.get(*name).cloned().unwrap_or(Value::Null);
+        let Bound(first, second) = bind_value(t, name, *ty, v)?;
+        out.push(first);
+        out.extend(second);
     }
     Ok(out)
 }
 
-fn scalar(v: &Value, name: &str) -> Result<Field, String> {
+/// One field's values: an amount gives two.
+#[derive(Debug)]
+pub(crate) struct Bound(pub Field, pub Option<Field>);
+
+/// Field `name` of table `t`, of column type `ty`, as column values.
+///
+/// # Errors
+/// A value its column cannot hold, named by table and field.
+pub(crate) fn bind_value(t: &Table, name: &str, ty: Ty, v: Value) -> Result<Bound, String> {
+    Ok(match ty {
+        Money => match v {
+            Value::Null => Bound(Field::Null, Some(Field::Null)),
+            Value::Object(mut m) => Bound(
+                scalar(m.remove("value").unwrap_or(Value::Null), name)?,
+                Some(scalar(m.remove("currency").unwrap_or(Value::Null), name)?),
+            ),
+            _ => return Err(format!("{}.{name}: not an amount", t.name)),
+        },
+        Json => Bound(
+            match v {
+                Value::Null => Field::Null,
+                v => Field::Text(v.to_string()),
+            },
+            None,
+        ),
+        Text | Int | Bool => Bound(scalar(v, name)?, None),
+    })
+}
+
+fn scalar(v: Value, name: &str) -> Result<Field, String> {
     Ok(match v {
         Value::Null => Field::Null,
-        Value::Bool(b) => Field::Bool(*b),
+        Value::Bool(b) => Field::Bool(b),
         Value::Number(n) => match (n.as_i64(), n.as_u64()) {
             (Some(i), _) => Field::Int(i),
             (None, Some(u)) => {
@@ -773,7 +789,7 @@ fn scalar(v: &Value, name: &str) -> Result<Field, String> {
             }
             _ => Field::Real(n.as_f64().unwrap_or_default()),
         },
-        Value::String(s) => Field::Text(s.clone()),
+        Value::String(s) => Field::Text(s),
         Value::Array(_) | Value::Object(_) => return Err(format!("{name}: nested value")),
     })
 }
@@ -812,6 +828,40 @@ pub(crate) fn body<E>(
     Ok(body)
 }
 
+/// How many values a table's fields take (an amount takes two).
+pub(crate) fn width(t: &Table) -> usize {
+    t.cols
+        .iter()
+        .map(|(_, ty)| if *ty == Money { 2 } else { 1 })
+        .sum()
+}
+
+/// A record's fields as [`body`] reads them back, from the values [`bind`] gives (what the
+/// store will hold once they are written).
+///
+/// # Errors
+/// Values that do not fit the table (too few, or JSON text that does not parse).
+pub(crate) fn fields_body(
+    t: &Table,
+    id: &str,
+    fields: &[Field],
+) -> Result<Map<String, Value>, String> {
+    body(t, id, |i, ty| {
+        let field = fields
+            .get(i - 3)
+            .ok_or_else(|| format!("{}: {} values for its columns", t.name, fields.len()))?;
+        Ok(match (field, ty) {
+            (Field::Null, _) => Value::Null,
+            (Field::Bool(b), _) => Value::Bool(*b),
+            (Field::Int(n), Bool) => Value::Bool(*n != 0),
+            (Field::Int(n), _) => Value::from(*n),
+            (Field::Real(r), _) => Value::from(*r),
+            (Field::Text(t), Json) => serde_json::from_str(t).map_err(|e| e.to_string())?,
+            (Field::Text(t), _) => Value::String(t.clone()),
+        })
+    })
+}
+
 impl From<Field> for Sql {
     fn from(f: Field) -> Self {
         match f {
@@ -822,11 +872,6 @@ impl From<Field> for Sql {
             Field::Text(t) => Self::Text(t),
         }
     }
-}
-
-/// [`bind`] as SQLite values.
-pub(crate) fn bind_sqlite(t: &Table, body: &Map<String, Value>) -> Result<Vec<Sql>, String> {
-    Ok(bind(t, body)?.into_iter().map(Sql::from).collect())
 }
 
 /// A SQLite row read with [`Statements::select`]: `(id, seq, version, body)`.

@@ -2,7 +2,6 @@
 //! after a deadlock or serialisation failure (see the module docs of [`super`] for why this is
 //! serialisable across nodes).
 
-use serde_json::Value;
 use tokio_postgres::IsolationLevel;
 use tokio_postgres::types::ToSql;
 
@@ -15,15 +14,18 @@ use crate::store::{StoreError, Write};
 type Param = Box<dyn ToSql + Sync + Send>;
 
 /// The key and a record's fields as typed parameters (`$1` = key, then the columns).
-fn params(
-    st: &Statements,
-    id: &str,
-    body: &serde_json::Map<String, Value>,
-) -> Result<Vec<Param>, StoreError> {
-    let fields = tables::bind(st.table, body).map_err(StoreError::Unavailable)?;
+fn params(st: &Statements, id: &str, fields: &[Field]) -> Result<Vec<Param>, StoreError> {
+    if fields.len() != st.types.len() {
+        return Err(StoreError::Unavailable(format!(
+            "{}: {} values for {} columns",
+            st.table.name,
+            fields.len(),
+            st.types.len()
+        )));
+    }
     let mut out: Vec<Param> = Vec::with_capacity(fields.len() + 1);
     out.push(Box::new(id.to_owned()));
-    for (i, (ty, field)) in st.types.iter().zip(fields).enumerate() {
+    for (i, (ty, field)) in st.types.iter().zip(fields.iter().cloned()).enumerate() {
         out.push(match (ty, field) {
             (Ty::Text | Ty::Json, Field::Text(s)) => Box::new(Some(s)),
             (Ty::Text | Ty::Json, Field::Null) => Box::new(None::<String>),
@@ -152,11 +154,11 @@ async fn apply_write(
         Write::Put {
             kind,
             id,
-            body,
+            fields,
             indexes,
         } => {
             let st = sql::of(kind).ok_or_else(|| unknown(kind))?;
-            let values = params(st, id, body).map_err(|e| Failure::Unavailable(e.to_string()))?;
+            let values = params(st, id, fields).map_err(|e| Failure::Unavailable(e.to_string()))?;
             let rows = run(tx, &st.upsert, &refs(&values)).await?;
             let version: i64 = rows
                 .first()
