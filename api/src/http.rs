@@ -578,7 +578,7 @@ async fn run_inner(
     let answer = dispatch(app, route.op, &call).await.map(with_status);
     let keep = match &answer {
         Ok(Reply::Json(status, body)) => {
-            Some(running.keep(status.as_u16(), withhold_secrets(body), now)?)
+            Some(running.keep(status.as_u16(), &withhold_secrets(body), now)?)
         }
         Err(e) if crate::domain::idem::is_final(e) => Some(running.keep_error(e, now)?),
         _ => None,

@@ -441,7 +441,7 @@ pub async fn create(
         charge.status = ChargeStatus::Failed;
     }
     let answer = match &failed {
-        None => Ok(charge.to_json()),
+        None => Ok(()),
         Some(cause) => {
             tracing::warn!(charge_id = %charge.charge_id, cause = %cause, "processor failed");
             Err(processor_failed(&charge.charge_id))
@@ -449,7 +449,7 @@ pub async fn create(
     };
     if let Some(r) = running {
         last.push(match &answer {
-            Ok(body) => r.keep(200, body.clone(), now)?,
+            Ok(()) => r.keep(200, &charge.reply(), now)?,
             Err(e) => r.keep_error(e, now)?,
         });
     }
@@ -460,7 +460,7 @@ pub async fn create(
         .commit(last, ApiError::new(Code::Conflict, "charge changed"))
         .await?;
     making.done();
-    answer.map(|_| charge)
+    answer.map(|()| charge)
 }
 
 fn charge_with_status(charge: &Charge, failed: bool) -> Charge {
@@ -516,7 +516,7 @@ pub async fn refund(
     };
     if let Some(r) = running {
         match &answer {
-            Ok(refund) => writes.push(r.keep(200, refund.to_json(), now)?),
+            Ok(refund) => writes.push(r.keep(200, &refund.reply(), now)?),
             Err(e) if idem::is_final(e) => writes.push(r.keep_error(e, now)?),
             Err(_) => {}
         }
@@ -653,7 +653,7 @@ pub async fn cancel(
     let answer = result.map(|_| charge);
     if let Some(r) = running {
         match &answer {
-            Ok(c) => writes.push(r.keep(200, c.to_json(), now)?),
+            Ok(c) => writes.push(r.keep(200, &c.reply(), now)?),
             Err(e) if idem::is_final(e) => writes.push(r.keep_error(e, now)?),
             Err(_) => {}
         }

@@ -273,8 +273,8 @@ pub trait Subject {
     fn subject_id(&self) -> &str;
     /// Its merchant.
     fn subject_merchant(&self) -> Option<&str>;
-    /// As the API shows it.
-    fn snapshot(&self) -> Value;
+    /// As the API shows it: its answer's form, serialised straight into the event.
+    fn snapshot(&self) -> impl Serialize + '_;
 }
 
 macro_rules! subject {
@@ -289,8 +289,8 @@ macro_rules! subject {
                 let $s = self;
                 Some($merchant)
             }
-            fn snapshot(&self) -> Value {
-                self.to_json()
+            fn snapshot(&self) -> impl Serialize + '_ {
+                self.reply()
             }
         }
     };
@@ -313,23 +313,49 @@ subject!(Merchant, "merchant", |m| &m.id, &m.id);
 /// # Errors
 /// 500 if no random id can be drawn.
 pub fn event<S: Subject>(ty: EventType, subject: &S, now: i64) -> Result<Vec<Write>, ApiError> {
-    let e = Event {
+    let outbox = Outbox {
         id: ids::time_ordered("evt_")?,
         event_type: ty.as_str().to_owned(),
-        object_type: S::OBJECT.to_owned(),
         object_id: subject.subject_id().to_owned(),
         merchant_id: subject.subject_merchant().map(str::to_owned),
-        data: json!({ "object": subject.snapshot() }),
         created_at: now,
     };
-    let outbox = Outbox {
-        id: e.id.clone(),
-        event_type: e.event_type.clone(),
-        object_id: e.object_id.clone(),
-        merchant_id: e.merchant_id.clone(),
+    // The subject goes into the row's `data` column as text in one pass, without a JSON tree
+    // of it first (on the charge path that tree and its copies were a tenth of the API's CPU).
+    let e = EventView {
+        id: &outbox.id,
+        event_type: &outbox.event_type,
+        object_type: S::OBJECT,
+        object_id: &outbox.object_id,
+        merchant_id: outbox.merchant_id.as_deref(),
+        data: Object {
+            object: subject.snapshot(),
+        },
         created_at: now,
     };
-    Ok(vec![db::put(&e)?, db::put(&outbox)?])
+    Ok(vec![
+        db::put_view::<Event, _>(e.id, Vec::new(), &e)?,
+        db::put(&outbox)?,
+    ])
+}
+
+/// An [`Event`] as it is written: the same fields, borrowed, with `data` serialised from the
+/// subject's answer.
+#[derive(Serialize)]
+struct EventView<'a, T: Serialize> {
+    id: &'a str,
+    event_type: &'a str,
+    object_type: &'a str,
+    object_id: &'a str,
+    merchant_id: Option<&'a str>,
+    data: Object<T>,
+    created_at: i64,
+}
+
+/// `{"object": …}`.
+#[derive(Serialize)]
+struct Object<T: Serialize> {
+    object: T,
 }
 
 /// The event of a charge's status, if it has one (no writes otherwise).

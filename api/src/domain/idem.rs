@@ -53,11 +53,13 @@ impl Record for Kept {
         &self.id
     }
     fn indexes(&self) -> Vec<(String, String)> {
-        vec![(
-            "idempotency_hour".into(),
-            (self.created_at / 3600).to_string(),
-        )]
+        by_hour(self.created_at)
     }
+}
+
+/// A kept answer's list entry: the hour it was kept in (the sweep's order).
+fn by_hour(created_at: i64) -> Vec<(String, String)> {
+    vec![("idempotency_hour".into(), (created_at / 3600).to_string())]
 }
 
 /// Requests in progress, by record id, with their request hashes.
@@ -282,15 +284,30 @@ impl Running<'_> {
     ///
     /// # Errors
     /// 500 if it cannot be serialised.
-    pub fn keep(&self, status: u16, body: Value, now: i64) -> Result<Write, ApiError> {
+    pub fn keep<B: Serialize + ?Sized>(
+        &self,
+        status: u16,
+        body: &B,
+        now: i64,
+    ) -> Result<Write, ApiError> {
+        /// A [`Kept`] as it is written: the answer serialised into it straight from its type.
+        #[derive(Serialize)]
+        struct View<'a, B: ?Sized> {
+            id: &'a str,
+            request: &'a str,
+            status: u16,
+            body: &'a B,
+            created_at: i64,
+        }
         self.kept.store(true, Ordering::Relaxed);
-        db::put(&Kept {
-            id: self.id.clone(),
-            request: self.request.clone(),
+        let view = View {
+            id: &self.id,
+            request: &self.request,
             status,
             body,
             created_at: now,
-        })
+        };
+        db::put_view::<Kept, _>(&self.id, by_hour(now), &view)
     }
 
     /// The write that keeps an error answer.
@@ -298,7 +315,7 @@ impl Running<'_> {
     /// # Errors
     /// 500 if it cannot be serialised.
     pub fn keep_error(&self, e: &ApiError, now: i64) -> Result<Write, ApiError> {
-        self.keep(e.code().status(), e.stored(), now)
+        self.keep(e.code().status(), &e.stored(), now)
     }
 }
 
@@ -376,7 +393,7 @@ mod tests {
             Begin::Run(_)
         ));
         let write = first
-            .keep(200, serde_json::json!({"charge_id": "ch_1"}), 100)
+            .keep(200, &serde_json::json!({"charge_id": "ch_1"}), 100)
             .unwrap();
         db.commit(vec![write], ApiError::new(Code::Conflict, "x"))
             .await

@@ -650,6 +650,15 @@ macro_rules! wire_form {
             pub fn to_json(&self) -> Value {
                 crate::wire::reply::json(&self.reply())
             }
+
+            /// The wire form as JSON text, written straight from the reply with no JSON tree
+            /// in between (an answer sealed at once); wiped when dropped, as answers hold
+            /// card data.
+            pub fn to_json_text(&self) -> zeroize::Zeroizing<Vec<u8>> {
+                // Replies hold strings, numbers, booleans and string-keyed maps, which always
+                // serialise (as `to_json` relies on too).
+                zeroize::Zeroizing::new(serde_json::to_vec(&self.reply()).unwrap_or_default())
+            }
         }
     )*};
 }

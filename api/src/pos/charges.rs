@@ -311,7 +311,7 @@ async fn run<'a, F, Fut>(
 ) -> Result<Value, ApiError>
 where
     F: FnOnce(Signed, Option<Running<'a>>) -> Fut,
-    Fut: Future<Output = (Option<Write>, Result<Value, ApiError>)>,
+    Fut: Future<Output = (Option<Write>, Result<Answer, ApiError>)>,
 {
     let key = match idem::key_header(call.headers) {
         Ok(k) => k,
@@ -368,8 +368,11 @@ where
             .commit(vec![w], ApiError::new(Code::Conflict, "nonce"))
             .await;
     }
-    envelope::seal(app.keyd, &msk, &answer?).await
+    envelope::seal_text(app.keyd, &msk, answer?).await
 }
+
+/// A POS answer as JSON text, to be sealed (wiped when dropped: it holds card data).
+type Answer = zeroize::Zeroizing<Vec<u8>>;
 
 /// Keeps a final error under the key (with the nonce) and passes it on.
 async fn fail(
@@ -378,7 +381,7 @@ async fn fail(
     running: Option<&Running<'_>>,
     e: ApiError,
     now: i64,
-) -> (Option<Write>, Result<Value, ApiError>) {
+) -> (Option<Write>, Result<Answer, ApiError>) {
     let mut writes: Vec<Write> = nonce.into_iter().flatten().collect();
     if let Some(r) = running.filter(|_| idem::is_final(&e))
         && let Ok(w) = r.keep_error(&e, now)
@@ -413,7 +416,7 @@ pub async fn create(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiEr
             call.now,
         )
         .await
-        .map(|c: Charge| c.to_json());
+        .map(|c: Charge| c.to_json_text());
         (None, result)
     })
     .await
@@ -667,7 +670,7 @@ pub async fn refund(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiEr
             call.now,
         )
         .await
-        .map(|r| r.to_json());
+        .map(|r| r.to_json_text());
         (None, result)
     })
     .await
@@ -691,7 +694,7 @@ pub async fn cancel(app: &Terminals<'_>, call: &Call<'_>, verb: &str) -> Result<
             call.now,
         )
         .await
-        .map(|c| c.to_json());
+        .map(|c| c.to_json_text());
         (None, result)
     })
     .await

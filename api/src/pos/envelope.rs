@@ -132,7 +132,23 @@ pub async fn open(
 /// # Errors
 /// 503 without keyd.
 pub async fn seal(keyd: &Keyd, msk_key_id: &str, answer: &Value) -> Result<Value, ApiError> {
-    let plaintext = Zeroizing::new(answer.to_string().into_bytes());
+    seal_text(
+        keyd,
+        msk_key_id,
+        Zeroizing::new(answer.to_string().into_bytes()),
+    )
+    .await
+}
+
+/// [`seal`] of an answer already written as JSON text.
+///
+/// # Errors
+/// As [`seal`].
+pub async fn seal_text(
+    keyd: &Keyd,
+    msk_key_id: &str,
+    plaintext: Zeroizing<Vec<u8>>,
+) -> Result<Value, ApiError> {
     let sealed = keyd
         .call(&EnvelopeSeal {
             msk_key_id: msk_key_id.into(),

@@ -85,7 +85,10 @@ macro_rules! reply {
         impl $(<$lt>)? ::serde::Serialize for $name $(<$lt>)? {
             fn serialize<S: ::serde::Serializer>(&self, s: S) -> ::std::result::Result<S::Ok, S::Error> {
                 use ::serde::ser::SerializeStruct;
-                let mut st = s.serialize_struct(stringify!($name), 0)?;
+                // The true count: a serializer may write an empty struct out at once when
+                // told it has none (serde_json's text serializer does).
+                let len = <[&str]>::len(&[$(stringify!($field)),*]) $( + { let _ = $object; 1 } )?;
+                let mut st = s.serialize_struct(stringify!($name), len)?;
                 $( st.serialize_field("object", $object)?; )?
                 $(
                     st.serialize_field(
@@ -346,6 +349,13 @@ mod tests {
             r#type: "x",
         };
         let v = json(&t);
+        // Written as text straight from the struct, it is the same JSON, in field order.
+        let text = serde_json::to_string(&t).unwrap();
+        assert!(
+            text.starts_with(r#"{"object":"thing","id":"t1","#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
         assert_eq!(
             v,
             json!({"object": "thing", "id": "t1", "created_at": "1970-01-01T00:00:00Z",
