@@ -287,7 +287,12 @@ pub static ROUTES: &[Route] = &[
 pub fn find<'p>(method: &str, path: &'p str) -> Result<(&'static Route, Vec<&'p str>), ApiError> {
     let method = if method == "HEAD" { "GET" } else { method };
     let mut allowed: Vec<&str> = Vec::new();
-    for route in ROUTES {
+    // Only the routes whose path starts with the same segment can match (every route's first
+    // segment is literal: a test keeps it so), in table order.
+    let candidates = BY_FIRST_SEGMENT
+        .get(first_segment(path))
+        .map_or(&[][..], Vec::as_slice);
+    for route in candidates {
         if let Some(params) = matches(route.path, path) {
             if route.method == method {
                 return Ok((route, params));
@@ -304,6 +309,27 @@ pub fn find<'p>(method: &str, path: &'p str) -> Result<(&'static Route, Vec<&'p 
                 .with_allow(allowed.join(", ")),
         )
     }
+}
+
+/// The routes by the first segment of their path, each list in table order: a POS call
+/// otherwise tried the seventy backoffice routes ahead of it, splitting each path.
+static BY_FIRST_SEGMENT: std::sync::LazyLock<
+    std::collections::HashMap<&'static str, Vec<&'static Route>>,
+> = std::sync::LazyLock::new(|| {
+    let mut by = std::collections::HashMap::<&str, Vec<&Route>>::new();
+    for route in ROUTES {
+        by.entry(first_segment(route.path)).or_default().push(route);
+    }
+    by
+});
+
+/// `pos` of `/pos/charge`.
+fn first_segment(path: &str) -> &str {
+    path.strip_prefix('/')
+        .unwrap_or(path)
+        .split('/')
+        .next()
+        .unwrap_or_default()
 }
 
 fn matches<'p>(pattern: &str, path: &'p str) -> Option<Vec<&'p str>> {
@@ -328,6 +354,52 @@ fn matches<'p>(pattern: &str, path: &'p str) -> Option<Vec<&'p str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first-segment index finds what a scan of the whole table finds, for every route's
+    /// own path (its `{…}` filled in) under every method.
+    #[test]
+    fn the_index_finds_what_the_whole_table_does() {
+        let scan = |method: &str, path: &str| -> (Option<Op>, Vec<&'static str>) {
+            let mut allowed = Vec::new();
+            for route in ROUTES {
+                if matches(route.path, path).is_some() {
+                    if route.method == method {
+                        return (Some(route.op), Vec::new());
+                    }
+                    allowed.push(route.method);
+                }
+            }
+            (None, allowed)
+        };
+        for route in ROUTES {
+            assert!(
+                !first_segment(route.path).starts_with('{'),
+                "{}",
+                route.path
+            );
+            let path = route
+                .path
+                .split('/')
+                .map(|s| if s.starts_with('{') { "x1" } else { s })
+                .collect::<Vec<_>>()
+                .join("/");
+            for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+                let (op, mut allowed) = scan(method, &path);
+                allowed.dedup();
+                match find(method, &path) {
+                    Ok((found, _)) => assert_eq!(Some(found.op), op, "{method} {path}"),
+                    Err(e) => {
+                        assert_eq!(op, None, "{method} {path}");
+                        assert_eq!(
+                            e.allow(),
+                            Some(allowed.join(", ").as_str()),
+                            "{method} {path}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn finds_routes_params_and_405s() {

@@ -158,10 +158,10 @@ pub async fn seal_text(
         .map_err(|e| keyd_failure(e, "envelope seal"))?;
     Ok(json!({
         "format": "TR31-DATA",
-        "ciphertext": hex::encode_upper(&sealed.ciphertext),
-        "initialization_vector": hex::encode_upper(sealed.iv),
+        "ciphertext": crate::wire::hex_upper(&sealed.ciphertext),
+        "initialization_vector": crate::wire::hex_upper(&sealed.iv),
         "mode": "CBC",
-        "key_kcv": hex::encode_upper(sealed.kcv),
+        "key_kcv": crate::wire::hex_upper(&sealed.kcv),
     }))
 }
 
@@ -185,13 +185,13 @@ pub async fn seal_gzip(keyd: &Keyd, msk_key_id: &str, answer: &Value) -> Result<
         })
         .await
         .map_err(|e| keyd_failure(e, "envelope seal"))?;
-    let kcv = hex::encode_upper(sealed.kcv);
+    let kcv = crate::wire::hex_upper(&sealed.kcv);
     let chunks: Vec<Value> = sealed
         .chunks
         .iter()
         .map(|c| {
-            json!({"ciphertext": hex::encode_upper(&c.ciphertext),
-                   "initialization_vector": hex::encode_upper(c.iv), "mode": "CBC"})
+            json!({"ciphertext": crate::wire::hex_upper(&c.ciphertext),
+                   "initialization_vector": crate::wire::hex_upper(&c.iv), "mode": "CBC"})
         })
         .collect();
     if let [one] = chunks.as_slice() {
