@@ -70,18 +70,33 @@ struct Row<'t> {
 struct Fields<'t> {
     t: &'t Table,
     out: Vec<Field>,
+    /// Where the next field is looked for first: the column after the last one found, and
+    /// where its values start. Records declare their fields in column order, so the search
+    /// is one comparison per field.
+    next: (usize, usize),
 }
 
-/// Where column `name` starts among the values (an amount takes two), and its type.
-fn slot(t: &Table, name: &str) -> Option<(usize, Ty)> {
-    let mut at = 0;
-    for (col, ty) in t.cols {
-        if *col == name {
-            return Some((at, *ty));
+impl Fields<'_> {
+    /// Where column `name` starts among the values (an amount takes two), and its type: one
+    /// round of the columns from the one after the last found.
+    fn slot(&mut self, name: &str) -> Option<(usize, Ty)> {
+        let n = self.t.cols.len();
+        let (mut i, mut at) = if self.next.0 < n { self.next } else { (0, 0) };
+        for _ in 0..n {
+            let &(col, ty) = self.t.cols.get(i)?;
+            let width = if ty == Ty::Money { 2 } else { 1 };
+            if col == name {
+                self.next = (i + 1, at + width);
+                return Some((at, ty));
+            }
+            (i, at) = if i + 1 < n {
+                (i + 1, at + width)
+            } else {
+                (0, 0)
+            };
         }
-        at += if *ty == Ty::Money { 2 } else { 1 };
+        None
     }
-    None
 }
 
 impl SerializeStruct for Fields<'_> {
@@ -95,7 +110,7 @@ impl SerializeStruct for Fields<'_> {
     ) -> Result<(), Fail> {
         // The key column comes from the write's id; a field no column holds is not stored,
         // as `tables::bind` ignores it.
-        let Some((at, ty)) = slot(self.t, key) else {
+        let Some((at, ty)) = self.slot(key) else {
             return Ok(());
         };
         let bad = |e: serde_json::Error| Fail::Field(format!("{}.{key}: {e}", self.t.name));
@@ -154,6 +169,7 @@ impl<'t> ser::Serializer for Row<'t> {
         Ok(Fields {
             t: self.t,
             out: vec![Field::Null; tables::width(self.t)],
+            next: (0, 0),
         })
     }
 
@@ -325,6 +341,35 @@ mod tests {
             assert_eq!(direct.len(), tables::width(t));
             assert_eq!(read["name"], json!("Standard \"quoted\" ✓"));
         }
+    }
+
+    /// Fields in another order than the columns (each search then goes round the end).
+    #[test]
+    fn fields_in_any_order_find_their_columns() {
+        #[derive(Serialize)]
+        struct Backwards {
+            updated_at: i64,
+            created_at: i64,
+            timezone: Option<&'static str>,
+            address: BTreeMap<&'static str, &'static str>,
+            name: &'static str,
+            merchant_id: &'static str,
+            id: &'static str,
+        }
+        let t = table("location");
+        let r = Backwards {
+            updated_at: 2,
+            created_at: 1,
+            timezone: Some("Europe/Berlin"),
+            address: [("city", "X")].into(),
+            name: "Shop",
+            merchant_id: "m1",
+            id: "l1",
+        };
+        let (_, read, through_json) = both(t, &r);
+        assert_eq!(read, through_json);
+        assert_eq!(read["timezone"], json!("Europe/Berlin"));
+        assert_eq!(read["updated_at"], json!(2));
     }
 
     #[test]
