@@ -921,9 +921,17 @@ fn officers_commands_that_read_secrets_are_hardened_like_serve() {
             .command(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        // What it said, if it exited (it writes nothing while it waits).
+        let said = |child: &mut std::process::Child| {
+            let mut text = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut text);
+            }
+            text
+        };
         let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(10);
         // mlockall succeeds as root (CI); elsewhere it may be refused, and then the only
@@ -935,16 +943,36 @@ fn officers_commands_that_read_secrets_are_hardened_like_serve() {
         // A process between fork and exec, or one that has just exited, has no memory
         // figures yet (or any more): read as nothing locked, and an exit is a failure.
         while root && e2e::proc::status_kib(pid, "VmLck").unwrap_or(0) == 0 {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "{args:?}: exited instead of waiting for a secret"
-            );
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "{args:?}: exited ({status}) instead of waiting for a secret: {}",
+                    said(&mut child)
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "{args:?}: memory never locked while it waits for a secret"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Killed only once it waits for the secret, past its token login: SoftHSM rewrites
+        // the token's file at every login, and a process killed in the middle of that leaves
+        // a token the next command cannot find (seen under load).
+        while e2e::proc::reading_stdin(pid) == Some(false) {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "{args:?}: exited ({status}) before reading a secret: {}",
+                    said(&mut child)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{args:?}: never read its standard input"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Root reads any process's `/proc/<pid>/syscall`: the wait above did wait.
+        assert!(!root || e2e::proc::reading_stdin(pid).is_some(), "{args:?}");
         child.kill().unwrap();
         child.wait().unwrap();
     }

@@ -41,6 +41,22 @@ pub fn status_kib(pid: u32, field: &str) -> Result<u64, Error> {
         .parse()?)
 }
 
+/// Whether the process's main thread is blocked reading its standard input: `None` where
+/// `/proc/<pid>/syscall` cannot be read (another user's non-dumpable process) or on an
+/// architecture whose `read` number this does not know.
+pub fn reading_stdin(pid: u32) -> Option<bool> {
+    let read = if cfg!(target_arch = "x86_64") {
+        "0"
+    } else if cfg!(target_arch = "aarch64") {
+        "63"
+    } else {
+        return None;
+    };
+    let text = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    let mut fields = text.split_whitespace();
+    Some(fields.next() == Some(read) && fields.next() == Some("0x0"))
+}
+
 /// A command that runs `binary` under a descriptor limit of `n` (soft and hard), as a systemd
 /// unit with `LimitNOFILE=n` would.
 pub fn with_nofile(binary: &std::path::Path, n: u64) -> Command {
