@@ -5,7 +5,8 @@
 //! session would log out and invalidate handles), and a pool of sessions for the work. Object
 //! handles of the LMKs and the ZMKs are looked up at start and again only when something
 //! changed elsewhere (another process's ceremony, another node's zone): no `C_FindObjects` on
-//! a request path, except a request's first meeting with an LMK or zone added elsewhere.
+//! a request path, except for a request that meets an LMK or zone this process does not know
+//! (requests that miss together share one look).
 //!
 //! The handle maps change from several threads: a look over the whole token (housekeeping
 //! after another process's change, or a request meeting an LMK it does not know yet) and a
@@ -16,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -40,7 +41,7 @@ pub struct Pkcs11Hsm {
     /// of `token` placement: session objects die with the session that made them.
     anchor: Mutex<Session>,
     loaded: RwLock<HashMap<u64, ObjectHandle>>,
-    next_key: std::sync::atomic::AtomicU64,
+    next_key: AtomicU64,
     sessions: Vec<Mutex<Session>>,
     next: AtomicUsize,
     lmk: RwLock<Option<ObjectHandle>>,
@@ -50,9 +51,12 @@ pub struct Pkcs11Hsm {
     original: RwLock<Option<[u8; 3]>>,
     /// Every ZMK by its name, with its algorithm (from the object's key type).
     zmks: RwLock<HashMap<String, (ObjectHandle, ZmkAlgorithm)>>,
-    /// Held by whatever changes the maps above, across the token call and the update (see
-    /// the module docs). Readers take only the map's own lock.
+    /// Held by whatever changes the LMK and ZMK maps, across the token call and the update
+    /// (see the module docs). Readers take only the map's own lock.
     changes: Mutex<()>,
+    /// Looks over the token begun so far (counted under `changes`): a request that missed a
+    /// key and finds a look begun after its miss takes that look's picture instead of its own.
+    looks: AtomicU64,
     _context: Pkcs11,
 }
 
@@ -95,7 +99,7 @@ impl Pkcs11Hsm {
         let hsm = Self {
             anchor: Mutex::new(anchor),
             loaded: RwLock::new(HashMap::new()),
-            next_key: std::sync::atomic::AtomicU64::new(1),
+            next_key: AtomicU64::new(1),
             sessions: pool,
             next: AtomicUsize::new(0),
             lmk: RwLock::new(None),
@@ -103,6 +107,7 @@ impl Pkcs11Hsm {
             original: RwLock::new(None),
             zmks: RwLock::new(HashMap::new()),
             changes: Mutex::new(()),
+            looks: AtomicU64::new(0),
             _context: context,
         };
         hsm.load_handles()?;
@@ -133,6 +138,7 @@ impl Pkcs11Hsm {
 
     /// [`Pkcs11Hsm::load_handles`] for a caller that holds the change lock already.
     fn look_over(&self, _held: &MutexGuard<'_, ()>) -> Result<(), Error> {
+        self.looks.fetch_add(1, Ordering::AcqRel);
         let (original, lmks, zmks) = self.with_session(|s| {
             let keys = s.find_objects(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
@@ -331,9 +337,12 @@ impl Pkcs11Hsm {
 
 /// Whether a call failed because its object is gone (another process destroyed it).
 fn gone(e: &cryptoki::error::Error) -> bool {
+    use cryptoki::error::RvError::{KeyHandleInvalid, ObjectHandleInvalid};
+    // A sign or encrypt call names a destroyed key with the second (the standard's answer for
+    // `C_SignInit`), SoftHSM with the first.
     matches!(
         e,
-        cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::ObjectHandleInvalid, _)
+        cryptoki::error::Error::Pkcs11(ObjectHandleInvalid | KeyHandleInvalid, _)
     )
 }
 
@@ -475,10 +484,27 @@ impl Hsm for Pkcs11Hsm {
             .remove(&kcv)
             .ok_or(Error::NotFound("LMK"))?;
         let mut original = self.lmk.write().unwrap_or_else(PoisonError::into_inner);
-        if *original == Some(handle) {
+        let was_original = *original == Some(handle);
+        if was_original {
             *original = None;
         }
-        self.with_session(|s| Ok(s.destroy_object(handle)?))
+        let destroyed = self.with_session(|s| Ok(s.destroy_object(handle)?));
+        if destroyed.is_err() {
+            // Still in the token: still usable.
+            self.lmks
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(kcv, handle);
+            if was_original {
+                *original = Some(handle);
+            }
+        } else if was_original {
+            *self
+                .original
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        destroyed
     }
 
     fn import_zmk(&self, name: &str, algorithm: ZmkAlgorithm, key: &[u8]) -> Result<(), Error> {
@@ -550,7 +576,14 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn refresh_zones(&self) -> Result<(), Error> {
-        self.load_handles()
+        // Requests that miss at once share one look: one begun after this call's start saw
+        // the token as it is now, or later.
+        let seen = self.looks.load(Ordering::Acquire);
+        let held = self.changing();
+        if self.looks.load(Ordering::Acquire) != seen {
+            return Ok(());
+        }
+        self.look_over(&held)
     }
 
     fn zones(&self) -> Vec<String> {

@@ -957,7 +957,9 @@ fn officers_commands_that_read_secrets_are_hardened_like_serve() {
         }
         // Killed only once it waits for the secret, past its token login: SoftHSM rewrites
         // the token's file at every login, and a process killed in the middle of that leaves
-        // a token the next command cannot find (seen under load).
+        // a token the next command cannot find (seen under load). Only root can see that
+        // (`/proc/<pid>/syscall` of a non-dumpable process); elsewhere the wait is skipped and
+        // the test may still meet that rare kill.
         while e2e::proc::reading_stdin(pid) == Some(false) {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!(

@@ -38,11 +38,29 @@ fn keys_added_while_the_token_is_looked_over_stay_usable() {
     );
 }
 
+/// Set, with the check value of an LMK, in a process that destroys that LMK in the token.
+const DESTROYER: &str = "KEYD_TOKEN_MAPS_DESTROY";
+
+#[test]
+#[ignore = "run in a process of its own by maps_child"]
+fn destroyer_child() {
+    let (Ok(pin), Ok(kcv)) = (std::env::var(CHILD), std::env::var(DESTROYER)) else {
+        return;
+    };
+    let kcv: [u8; 3] = hex::decode(kcv).unwrap().try_into().unwrap();
+    let module = softhsm::module_path().unwrap();
+    let hsm = keyd::Pkcs11Hsm::open(&module, "keyd-maps", &pin, 1).unwrap();
+    hsm.destroy_lmk(kcv).unwrap();
+    println!("destroyed");
+}
+
 #[test]
 #[ignore = "run in a process of its own by keys_added_while_the_token_is_looked_over_stay_usable"]
 fn maps_child() {
-    let pin = std::env::var(CHILD)
-        .expect("started by keys_added_while_the_token_is_looked_over_stay_usable");
+    // Run alone by `--include-ignored`: nothing to do without the token.
+    let Ok(pin) = std::env::var(CHILD) else {
+        return;
+    };
     let module = softhsm::module_path().unwrap();
     let hsm = keyd::Pkcs11Hsm::open(&module, "keyd-maps", &pin, 4).unwrap();
     hsm.create_lmk().unwrap();
@@ -103,9 +121,26 @@ fn maps_child() {
     };
     assert_eq!(hsm.zones(), expect);
     assert_eq!(hsm.lmks().0.len(), 1 + 40);
+    // An LMK another process destroys is gone from the next look, which does not fail.
+    let doomed = hsm.lmks().0[7];
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "destroyer_child", "--ignored", "--nocapture"])
+        .env(DESTROYER, hex::encode(doomed))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("destroyed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(hsm.lmks().0.contains(&doomed), "not looked at again yet");
+    hsm.refresh_zones().unwrap();
+    assert!(!hsm.lmks().0.contains(&doomed));
+    assert_eq!(hsm.lmks().0.len(), 40);
+    assert_eq!(hsm.zones(), expect);
     drop(hsm);
     let again = keyd::Pkcs11Hsm::open(&module, "keyd-maps", &pin, 1).unwrap();
     assert_eq!(again.zones(), expect);
-    assert_eq!(again.lmks().0.len(), 1 + 40);
+    assert_eq!(again.lmks().0.len(), 40);
     println!("token maps held across {looks} looks");
 }

@@ -416,7 +416,7 @@ pub async fn create(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiEr
             call.now,
         )
         .await
-        .map(|c: Charge| c.to_json_text());
+        .and_then(|c: Charge| c.to_json_text());
         (None, result)
     })
     .await
@@ -670,7 +670,7 @@ pub async fn refund(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiEr
             call.now,
         )
         .await
-        .map(|r| r.to_json_text());
+        .and_then(|r| r.to_json_text());
         (None, result)
     })
     .await
@@ -694,7 +694,7 @@ pub async fn cancel(app: &Terminals<'_>, call: &Call<'_>, verb: &str) -> Result<
             call.now,
         )
         .await
-        .map(|c| c.to_json_text());
+        .and_then(|c| c.to_json_text());
         (None, result)
     })
     .await

@@ -63,7 +63,7 @@ pub(super) struct Job {
     pub writes: Vec<Write>,
     /// Per write, a `Put`'s column values in [`Statements`]' `upsert` order (key, a slot for
     /// the seq the writer offers, then the fields, moved out of the `Put`); empty for other
-    /// writes.
+    /// writes and for the outbox's `Put`s (nothing to write on SQLite).
     values: Vec<Vec<rusqlite::types::Value>>,
     reply: oneshot::Sender<Answer>,
 }
