@@ -653,14 +653,14 @@ macro_rules! wire_form {
 
             /// The wire form as JSON text, written straight from the reply with no JSON tree
             /// in between (an answer sealed at once); wiped when dropped, as answers hold
-            /// card data. Written into room reserved beforehand, so that growing leaves no
-            /// unwiped copy behind for any answer of up to 16 KiB.
+            /// card data. Written into room reserved beforehand (4 KiB: a charge with ten
+            /// refunds), so that growing leaves no unwiped copy behind.
             ///
             /// # Errors
             /// 500 if it cannot be written (replies hold strings, numbers, booleans and
             /// string-keyed maps, which always can).
             pub fn to_json_text(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, crate::error::ApiError> {
-                let mut out = zeroize::Zeroizing::new(Vec::with_capacity(16 * 1024));
+                let mut out = zeroize::Zeroizing::new(Vec::with_capacity(4 * 1024));
                 serde_json::to_writer(&mut *out, &self.reply())
                     .map_err(|e| crate::error::ApiError::internal(&e))?;
                 Ok(out)
