@@ -940,39 +940,31 @@ fn officers_commands_that_read_secrets_are_hardened_like_serve() {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata("/proc/self").unwrap().uid() == 0
         };
-        // A process between fork and exec, or one that has just exited, has no memory
-        // figures yet (or any more): read as nothing locked, and an exit is a failure.
-        while root && e2e::proc::status_kib(pid, "VmLck").unwrap_or(0) == 0 {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "{args:?}: exited ({status}) instead of waiting for a secret: {}",
-                    said(&mut child)
-                );
+        // Waits while `still` holds; the child exiting meanwhile is a failure.
+        let mut wait_while = |still: &dyn Fn() -> bool, what: &str| {
+            while still() {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("{args:?}: exited ({status}) {what}: {}", said(&mut child));
+                }
+                assert!(Instant::now() < deadline, "{args:?}: timed out {what}");
+                std::thread::sleep(Duration::from_millis(5));
             }
-            assert!(
-                Instant::now() < deadline,
-                "{args:?}: memory never locked while it waits for a secret"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        };
+        // A process between fork and exec, or one that has just exited, has no memory
+        // figures yet (or any more): read as nothing locked.
+        wait_while(
+            &|| root && e2e::proc::status_kib(pid, "VmLck").unwrap_or(0) == 0,
+            "before locking its memory to wait for a secret",
+        );
         // Killed only once it waits for the secret, past its token login: SoftHSM rewrites
         // the token's file at every login, and a process killed in the middle of that leaves
         // a token the next command cannot find (seen under load). Only root can see that
         // (`/proc/<pid>/syscall` of a non-dumpable process); elsewhere the wait is skipped and
         // the test may still meet that rare kill.
-        while e2e::proc::reading_stdin(pid) == Some(false) {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "{args:?}: exited ({status}) before reading a secret: {}",
-                    said(&mut child)
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{args:?}: never read its standard input"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_while(
+            &|| e2e::proc::reading_stdin(pid) == Some(false),
+            "before reading a secret",
+        );
         // Root reads any process's `/proc/<pid>/syscall`: the wait above did wait.
         assert!(!root || e2e::proc::reading_stdin(pid).is_some(), "{args:?}");
         child.kill().unwrap();

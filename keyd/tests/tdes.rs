@@ -49,12 +49,7 @@ const CHILD: &str = "KEYD_TDES_TOKEN_CHILD";
 #[test]
 fn the_tokens_tdes_cmac_gives_the_published_answers() {
     let token = softhsm::SoftHsm::new("keyd-tdes").unwrap();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "token_child", "--ignored", "--nocapture"])
-        .envs(token.env())
-        .env(CHILD, token.user_pin())
-        .output()
-        .unwrap();
+    let out = token.run_child_test("token_child", CHILD).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("token checks passed") && text.contains("1 passed"),

@@ -24,12 +24,7 @@ const CHILD: &str = "KEYD_TOKEN_MAPS_CHILD";
 #[test]
 fn keys_added_while_the_token_is_looked_over_stay_usable() {
     let token = softhsm::SoftHsm::new("keyd-maps").unwrap();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "maps_child", "--ignored", "--nocapture"])
-        .envs(token.env())
-        .env(CHILD, token.user_pin())
-        .output()
-        .unwrap();
+    let out = token.run_child_test("maps_child", CHILD).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("token maps held") && text.contains("1 passed"),

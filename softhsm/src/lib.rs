@@ -149,6 +149,21 @@ impl SoftHsm {
         vec![("SOFTHSM2_CONF", self.conf.clone().into_os_string())]
     }
 
+    /// Runs the ignored test `test` of the current test binary in a process of its own that
+    /// sees this token, with its user PIN in the environment variable `pin_var` (SoftHSM reads
+    /// its configuration from the environment, which a test process shares between its
+    /// threads). Returns the child's output.
+    ///
+    /// # Errors
+    /// If the test binary cannot be found or started.
+    pub fn run_child_test(&self, test: &str, pin_var: &str) -> Result<std::process::Output, Error> {
+        Ok(Command::new(std::env::current_exe()?)
+            .args(["--exact", test, "--ignored", "--nocapture"])
+            .envs(self.env())
+            .env(pin_var, self.user_pin())
+            .output()?)
+    }
+
     /// Writes the user PIN to a file readable only by its owner, as keyd expects it.
     ///
     /// # Errors

@@ -179,8 +179,11 @@ const BOOKKEEPING: &[&str] = &[
 
 /// SHA-256 (hex) of a record's fields.
 pub fn digest(body: &Map<String, Value>) -> String {
-    let text = Value::Object(body.clone()).to_string();
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()))
+    sha256_hex(Value::Object(body.clone()).to_string().as_bytes())
+}
+
+fn sha256_hex(text: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, text))
 }
 
 /// The entry a batch brings along, when it runs inside a mutation's [`scope`], is its first
@@ -237,10 +240,7 @@ pub(crate) async fn entry_for(
                         _ => format!("no table for record kind {kind}"),
                     };
                     tracing::error!(kind = %kind, error = %why, "audit: a changed record's fields do not read back");
-                    let text = format!("{fields:?}");
-                    let d =
-                        hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()));
-                    (None, Some(d))
+                    (None, Some(sha256_hex(format!("{fields:?}").as_bytes())))
                 }
             }
         }

@@ -97,13 +97,7 @@ impl Job {
                     kind, id, fields, ..
                 } => {
                     let st = tables::of(kind).ok_or_else(|| unknown(kind))?;
-                    if fields.len() != tables::width(st.table) {
-                        return Err(StoreError::Unavailable(format!(
-                            "{kind} {id}: {} values for {} columns",
-                            fields.len(),
-                            tables::width(st.table)
-                        )));
-                    }
+                    tables::fits(st.table, fields).map_err(StoreError::Unavailable)?;
                     let mut bound = Vec::with_capacity(fields.len() + 2);
                     bound.extend([id.clone().into(), rusqlite::types::Value::Null]);
                     bound.extend(std::mem::take(fields).into_iter().map(Into::into));

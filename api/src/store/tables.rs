@@ -836,6 +836,24 @@ pub(crate) fn width(t: &Table) -> usize {
         .sum()
 }
 
+/// Whether `fields` are as many values as table `t` takes: what either store checks before
+/// binding a `Put` it did not bind itself.
+///
+/// # Errors
+/// Naming the table and both counts.
+pub(crate) fn fits(t: &Table, fields: &[Field]) -> Result<(), String> {
+    if fields.len() == width(t) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {} values for {} columns",
+            t.name,
+            fields.len(),
+            width(t)
+        ))
+    }
+}
+
 /// A record's fields as [`body`] reads them back, from the values [`bind`] gives (what the
 /// store will hold once they are written).
 ///

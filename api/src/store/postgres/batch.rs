@@ -15,14 +15,7 @@ type Param = Box<dyn ToSql + Sync + Send>;
 
 /// The key and a record's fields as typed parameters (`$1` = key, then the columns).
 fn params(st: &Statements, id: &str, fields: &[Field]) -> Result<Vec<Param>, StoreError> {
-    if fields.len() != st.types.len() {
-        return Err(StoreError::Unavailable(format!(
-            "{}: {} values for {} columns",
-            st.table.name,
-            fields.len(),
-            st.types.len()
-        )));
-    }
+    tables::fits(st.table, fields).map_err(StoreError::Unavailable)?;
     let mut out: Vec<Param> = Vec::with_capacity(fields.len() + 1);
     out.push(Box::new(id.to_owned()));
     for (i, (ty, field)) in st.types.iter().zip(fields.iter().cloned()).enumerate() {
