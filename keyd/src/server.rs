@@ -355,7 +355,7 @@ fn hsm_worker(service: &Service, audit: &Audit, mut rx: tokio::sync::mpsc::Recei
     let mut run = 0;
     let mut run_started = std::time::Instant::now();
     let mut next = rx.blocking_recv();
-    while let Some(job) = next.take() {
+    while let Some(mut job) = next.take() {
         if run == 0 {
             run_started = std::time::Instant::now();
         }
@@ -392,6 +392,8 @@ fn hsm_worker(service: &Service, audit: &Audit, mut rx: tokio::sync::mpsc::Recei
                 ));
             }
         }
+        // In one `memset`: `Zeroizing` would wipe the body byte by byte (see `Secret`'s drop).
+        buffer::wipe(&mut job.body);
         if run < HSM_RUN && run_started.elapsed() < HSM_RUN_TIME {
             next = rx.try_recv().ok();
         }
