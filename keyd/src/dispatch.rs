@@ -3,7 +3,7 @@
 
 use keyd_proto::codec::Writer;
 use keyd_proto::message::{self as m, Group, Message, Operation};
-use keyd_proto::{Opcode, PROTOCOL_VERSION, Status};
+use keyd_proto::{DecodeError, Opcode, PROTOCOL_VERSION, Status};
 
 use crate::{Error, Service};
 
@@ -48,7 +48,17 @@ fn call<O: Operation>(
     out: &mut Vec<u8>,
     f: impl FnOnce(&O) -> Result<O::Response, Error>,
 ) -> Result<(), Error> {
-    let request = O::decode(body).map_err(|e| Error::BadRequest(e.to_string()))?;
+    answer(O::decode(body), out, f)
+}
+
+/// Calls `f` on a decoded request (an owned message, or the view the hot operations are read
+/// as in place) and appends its answer.
+fn answer<R, A: Message>(
+    request: Result<R, DecodeError>,
+    out: &mut Vec<u8>,
+    f: impl FnOnce(&R) -> Result<A, Error>,
+) -> Result<(), Error> {
+    let request = request.map_err(|e| Error::BadRequest(e.to_string()))?;
     let response = f(&request)?;
     let mut w = Writer::from_vec(std::mem::take(out));
     response.encode(&mut w);
@@ -87,8 +97,14 @@ fn route(
         o if o == m::MacVerifyBatch::OPCODE => call(body, out, |r| service.mac_verify_batch(r)),
         o if o == m::EnvelopeOpen::OPCODE => call(body, out, |r| service.envelope_open(r)),
         o if o == m::EnvelopeSeal::OPCODE => call(body, out, |r| service.envelope_seal(r)),
-        o if o == m::ChargeOpen::OPCODE => call(body, out, |r| service.charge_open(r)),
-        o if o == m::ChargeOpenCard::OPCODE => call(body, out, |r| service.charge_open_card(r)),
+        o if o == m::ChargeOpen::OPCODE => answer(m::ChargeOpenView::decode(body), out, |r| {
+            service.charge_open(r)
+        }),
+        o if o == m::ChargeOpenCard::OPCODE => {
+            answer(m::ChargeOpenCardView::decode(body), out, |r| {
+                service.charge_open_card(r)
+            })
+        }
         o if o == m::CardDecrypt::OPCODE => call(body, out, |r| service.card_decrypt(r)),
         o if o == m::PanFingerprint::OPCODE => call(body, out, |r| service.pan_fingerprint(r)),
         o if o == m::RequestFingerprint::OPCODE => {

@@ -1030,13 +1030,13 @@ impl Service {
     ///
     /// # Errors
     /// [`Error::Auth`] for any failure.
-    pub fn charge_open(&self, req: &m::ChargeOpen) -> Result<m::Plaintext, Error> {
+    pub fn charge_open(&self, req: &m::ChargeOpenView<'_>) -> Result<m::Plaintext, Error> {
         Ok(m::Plaintext {
             plaintext: self.verify_and_open(
-                (&req.mac_key_id, &req.message, &req.signature),
-                &req.msk_key_id,
+                (req.mac_key_id, req.message, &req.signature),
+                req.msk_key_id,
                 &req.iv,
-                &req.ciphertext,
+                req.ciphertext,
             )?,
         })
     }
@@ -1613,7 +1613,7 @@ mod tests {
             ciphertext: ct.clone(),
         };
         assert_eq!(
-            s.charge_open(&charge).unwrap().plaintext.expose(),
+            s.charge_open(&charge.view()).unwrap().plaintext.expose(),
             plaintext
         );
         // Tampered signature, tampered ciphertext (bad padding), wrong key kinds: one error.
@@ -1621,7 +1621,10 @@ mod tests {
             signature: [1; 32],
             ..copy_charge(&charge)
         };
-        assert!(matches!(s.charge_open(&tampered_sig), Err(Error::Auth)));
+        assert!(matches!(
+            s.charge_open(&tampered_sig.view()),
+            Err(Error::Auth)
+        ));
         // Flipping the last byte of the block before the last one flips the last plaintext
         // byte, so the padding is wrong every time (flipping a byte of the last block leaves
         // a valid padding once in 256 runs).
@@ -1636,17 +1639,20 @@ mod tests {
             iv: bad_iv,
             ..copy_charge(&charge)
         };
-        assert!(matches!(s.charge_open(&tampered_ct), Err(Error::Auth)));
+        assert!(matches!(
+            s.charge_open(&tampered_ct.view()),
+            Err(Error::Auth)
+        ));
         let swapped = m::ChargeOpen {
             msk_key_id: id("tdk"),
             ..copy_charge(&charge)
         };
-        assert!(matches!(s.charge_open(&swapped), Err(Error::Auth)));
+        assert!(matches!(s.charge_open(&swapped.view()), Err(Error::Auth)));
         let unknown = m::ChargeOpen {
             mac_key_id: "mac-unknown".into(),
             ..copy_charge(&charge)
         };
-        assert!(matches!(s.charge_open(&unknown), Err(Error::Auth)));
+        assert!(matches!(s.charge_open(&unknown.view()), Err(Error::Auth)));
 
         // Envelope seal and open round trip; the KCV is the MSK's.
         let sealed = s
@@ -1781,18 +1787,21 @@ mod tests {
         };
         let open_card = |plaintext: &[u8], gzip: bool| {
             let ct = e2e::device::encrypt(keys["msk"].expose_secret(), &iv, plaintext).unwrap();
-            s.charge_open_card(&m::ChargeOpenCard {
-                mac_key_id: id("mac"),
-                message: string_to_sign.to_vec(),
-                signature: hmac(keys["mac"].expose_secret(), string_to_sign),
-                msk_key_id: id("msk"),
-                iv,
-                ciphertext: ct,
-                gzip,
-                tdk_key_id: id("tdk"),
-                tpk_key_id: String::new(),
-                zpk_key_id: String::new(),
-            })
+            s.charge_open_card(
+                &m::ChargeOpenCard {
+                    mac_key_id: id("mac"),
+                    message: string_to_sign.to_vec(),
+                    signature: hmac(keys["mac"].expose_secret(), string_to_sign),
+                    msk_key_id: id("msk"),
+                    iv,
+                    ciphertext: ct,
+                    gzip,
+                    tdk_key_id: id("tdk"),
+                    tpk_key_id: String::new(),
+                    zpk_key_id: String::new(),
+                }
+                .view(),
+            )
         };
         let good = inner(&card_ct, &iv);
         let both = open_card(&good, false).unwrap();
@@ -1836,10 +1845,16 @@ mod tests {
             tpk_key_id: String::new(),
             zpk_key_id: String::new(),
         };
-        assert!(matches!(s.charge_open_card(&forged), Err(Error::Auth)));
+        assert!(matches!(
+            s.charge_open_card(&forged.view()),
+            Err(Error::Auth)
+        ));
         forged.signature = hmac(keys["mac"].expose_secret(), string_to_sign);
         forged.msk_key_id = id("tdk");
-        assert!(matches!(s.charge_open_card(&forged), Err(Error::Auth)));
+        assert!(matches!(
+            s.charge_open_card(&forged.view()),
+            Err(Error::Auth)
+        ));
         // A PAN typed in the backoffice fingerprints to the same value.
         let typed = s
             .pan_fingerprint(&m::PanFingerprint {

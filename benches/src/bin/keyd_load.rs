@@ -593,7 +593,7 @@ fn in_process_ceiling(envelope_bytes: usize, seconds: u64) -> f64 {
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    service.charge_open(&request).unwrap();
+                    service.charge_open(&request.view()).unwrap();
                     n += 1;
                 }
                 count.fetch_add(n, Ordering::Relaxed);

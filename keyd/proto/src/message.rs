@@ -158,6 +158,39 @@ macro_rules! message {
     };
 }
 
+/// A borrowed twin of a message: the same fields in the same order, byte strings and strings
+/// as slices of the body (see [`crate::codec::View`]). `decode` accepts and refuses exactly
+/// the bodies the owned message's does; the owned message lends itself as its view, so one
+/// service function serves both.
+macro_rules! view {
+    ($(#[$m:meta])* $name:ident of $owned:ident { $( $field:ident : $ty:ty ),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        #[allow(missing_docs, reason = "the fields are the owned message's")]
+        pub struct $name<'a> { $( pub $field: $ty, )* }
+
+        impl<'a> $name<'a> {
+            /// Reads a body in place.
+            ///
+            /// # Errors
+            /// [`DecodeError`] exactly where the owned message's decode fails.
+            pub fn decode(body: &'a [u8]) -> Result<Self, DecodeError> {
+                let mut r = Reader::new(body);
+                let out = Self { $( $field: crate::codec::View::view(&mut r)?, )* };
+                r.finish()?;
+                Ok(out)
+            }
+        }
+
+        impl $owned {
+            /// This message as its borrowed view.
+            pub fn view(&self) -> $name<'_> {
+                $name { $( $field: crate::codec::Lend::lend(&self.$field), )* }
+            }
+        }
+    };
+}
+
 macro_rules! operation {
     ($name:ident, $code:literal, $group:ident, $resp:ident) => {
         impl Operation for $name {
@@ -272,6 +305,17 @@ message! {
         msk_key_id: String,
         iv: [u8; 16],
         ciphertext: Vec<u8>,
+    }
+}
+view! {
+    /// [`ChargeOpen`] read in place.
+    ChargeOpenView of ChargeOpen {
+        mac_key_id: &'a str,
+        message: &'a [u8],
+        signature: [u8; 32],
+        msk_key_id: &'a str,
+        iv: [u8; 16],
+        ciphertext: &'a [u8],
     }
 }
 message! {
@@ -419,6 +463,21 @@ message! {
         tdk_key_id: String,
         tpk_key_id: String,
         zpk_key_id: String,
+    }
+}
+view! {
+    /// [`ChargeOpenCard`] read in place.
+    ChargeOpenCardView of ChargeOpenCard {
+        mac_key_id: &'a str,
+        message: &'a [u8],
+        signature: [u8; 32],
+        msk_key_id: &'a str,
+        iv: [u8; 16],
+        ciphertext: &'a [u8],
+        gzip: bool,
+        tdk_key_id: &'a str,
+        tpk_key_id: &'a str,
+        zpk_key_id: &'a str,
     }
 }
 message! {
@@ -770,5 +829,76 @@ mod tests {
         check::<WebhookSign>();
         check::<PasswordMac>();
         assert_eq!(Opcode(0x7777).group(), None);
+    }
+
+    /// Decodes `body` with the owned message and with its view; both must agree.
+    fn same_reading(body: &[u8]) -> Result<(), proptest::test_runner::TestCaseError> {
+        let owned = ChargeOpen::decode(body);
+        let view = ChargeOpenView::decode(body);
+        proptest::prop_assert_eq!(owned.as_ref().err(), view.as_ref().err());
+        if let (Ok(owned), Ok(view)) = (&owned, &view) {
+            proptest::prop_assert_eq!(owned.view(), *view);
+        }
+        let owned = ChargeOpenCard::decode(body);
+        let view = ChargeOpenCardView::decode(body);
+        proptest::prop_assert_eq!(owned.as_ref().err(), view.as_ref().err());
+        if let (Ok(owned), Ok(view)) = (&owned, &view) {
+            proptest::prop_assert_eq!(owned.view(), *view);
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        /// Every encoded charge, cut short, lengthened or with a byte flipped, reads the same
+        /// through the view as through the owned message: same fields, same refusal.
+        #[test]
+        fn views_read_exactly_what_the_owned_messages_read(
+            ids in proptest::collection::vec("[a-z0-9-]{0,12}", 5),
+            message in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            ciphertext in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+            signature in proptest::array::uniform32(proptest::num::u8::ANY),
+            iv in proptest::array::uniform16(proptest::num::u8::ANY),
+            gzip in proptest::bool::ANY,
+            cut in 0usize..400,
+            flip in (0usize..400, 1u8..=255),
+        ) {
+            let open = ChargeOpen {
+                mac_key_id: ids[0].clone(),
+                message: message.clone(),
+                signature,
+                msk_key_id: ids[1].clone(),
+                iv,
+                ciphertext: ciphertext.clone(),
+            };
+            let card = ChargeOpenCard {
+                mac_key_id: ids[0].clone(),
+                message,
+                signature,
+                msk_key_id: ids[1].clone(),
+                iv,
+                ciphertext,
+                gzip,
+                tdk_key_id: ids[2].clone(),
+                tpk_key_id: ids[3].clone(),
+                zpk_key_id: ids[4].clone(),
+            };
+            for owned in [open.to_vec(), card.to_vec()] {
+                same_reading(&owned)?;
+                same_reading(&owned[..cut.min(owned.len())])?;
+                let mut longer = owned.clone();
+                longer.push(0);
+                same_reading(&longer)?;
+                let mut flipped = owned;
+                if let Some(b) = flipped.get_mut(flip.0) {
+                    *b ^= flip.1;
+                }
+                same_reading(&flipped)?;
+            }
+            let body = open.to_vec();
+            let view = ChargeOpenView::decode(&body).map_err(|e| {
+                proptest::test_runner::TestCaseError::fail(e.to_string())
+            })?;
+            proptest::prop_assert_eq!(view, open.view());
+        }
     }
 }

@@ -239,12 +239,15 @@ impl Service {
     ///
     /// # Errors
     /// [`Error::Auth`] for a bad signature or envelope; [`Error::Hsm`] and the like.
-    pub fn charge_open_card(&self, req: &m::ChargeOpenCard) -> Result<m::ChargeCard, Error> {
+    pub fn charge_open_card(
+        &self,
+        req: &m::ChargeOpenCardView<'_>,
+    ) -> Result<m::ChargeCard, Error> {
         let plaintext = self.verify_and_open(
-            (&req.mac_key_id, &req.message, &req.signature),
-            &req.msk_key_id,
+            (req.mac_key_id, req.message, &req.signature),
+            req.msk_key_id,
             &req.iv,
-            &req.ciphertext,
+            req.ciphertext,
         )?;
         let mut answer = m::ChargeCard {
             plaintext,
@@ -268,14 +271,14 @@ impl Service {
         let Some(sent) = SentCard::read(inner) else {
             return Ok(answer);
         };
-        let (card, at) = match self.open_card(&req.tdk_key_id, &sent.iv, &sent.ciphertext) {
+        let (card, at) = match self.open_card(req.tdk_key_id, &sent.iv, &sent.ciphertext) {
             Ok(opened) => opened,
             Err(Error::Auth | Error::BadRequest(_)) => return Ok(answer),
             Err(e) => return Err(e),
         };
         if let Some(block) = sent.pin_block.filter(|_| !req.tpk_key_id.is_empty()) {
             answer.pin_block =
-                self.pin_for_card(&card, at, &req.tpk_key_id, &req.zpk_key_id, &block)?;
+                self.pin_for_card(&card, at, req.tpk_key_id, req.zpk_key_id, &block)?;
         }
         answer.card_opened = true;
         answer.card = card.plaintext;
