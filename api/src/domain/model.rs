@@ -635,9 +635,10 @@ impl Record for Attestation {
 /// A used nonce (replay protection survives a restart and holds across nodes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Nonce {
-    /// `{time:012}:{random}`: time first, so the oldest are found first; random after, so two
-    /// nodes taking the same nonce in the same second write two different rows and the
-    /// database's unique `key` refuses the second.
+    /// `{time:012}:{micros:06}{random}`: time first, so the oldest are found first, and to the
+    /// microsecond, so that new rows are appended to the id index rather than scattered over
+    /// the second's pages; random after, so two nodes taking the same nonce in the same
+    /// microsecond write two different rows and the database's unique `key` refuses the second.
     pub id: String,
     /// Unix seconds when it was used.
     pub at: i64,
