@@ -29,6 +29,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_events.sql"),
     include_str!("../../migrations/sqlite/0006_portal.sql"),
     include_str!("../../migrations/sqlite/0007_hot_path.sql"),
+    include_str!("../../migrations/sqlite/0008_nonces_one_tree.sql"),
 ];
 
 /// Reader threads, each with its own read-only connection. Reads are short indexed lookups,
