@@ -392,7 +392,8 @@ fn hsm_worker(service: &Service, audit: &Audit, mut rx: tokio::sync::mpsc::Recei
                 ));
             }
         }
-        // In one `memset`: `Zeroizing` would wipe the body byte by byte (see `Secret`'s drop).
+        // Wiped with one `memset` and emptied first: `Zeroizing` would wipe the body byte by byte
+        // (see `Secret`'s drop); on the empty `Vec` it only clears the allocation in bulk.
         buffer::wipe(&mut job.body);
         if run < HSM_RUN && run_started.elapsed() < HSM_RUN_TIME {
             next = rx.try_recv().ok();

@@ -128,9 +128,7 @@ impl Replay {
         // `ids::time_ordered`): the second, then the microsecond within it. A second holds
         // thousands of nonces under load; ordered only by the second, each landed on a page of
         // its own in the id index, a quarter of the pages a group commit wrote (BENCHMARKS.md).
-        let micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_micros());
+        let micros = micros_within(now);
         let id = format!(
             "{now:012}:{micros:06}{}",
             crate::wire::ids::random_alnum(10)?
@@ -170,9 +168,60 @@ impl Replay {
     }
 }
 
+/// The microsecond within second `now` at which a nonce is stored: the clock's, while it is
+/// still in that second. A request whose second is over by now (a slow keyd call across the
+/// boundary) sorts after every nonce of its second, and a clock behind `now` before them, so
+/// ids stay in order however the two readings of the clock fall.
+fn micros_within(now: i64) -> u32 {
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    match i64::try_from(clock.as_secs()).map_or(std::cmp::Ordering::Greater, |s| s.cmp(&now)) {
+        std::cmp::Ordering::Equal => clock.subsec_micros(),
+        std::cmp::Ordering::Greater => 999_999,
+        std::cmp::Ordering::Less => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nonce_ids_sort_by_second_then_microsecond() {
+        assert_eq!(
+            micros_within(1000),
+            999_999,
+            "a second long over sorts last"
+        );
+        assert_eq!(
+            micros_within(i64::MAX),
+            0,
+            "a second still ahead sorts first"
+        );
+        let now = crate::wire::time::now();
+        assert!(micros_within(now) <= 999_999);
+        // Ids taken one after the other in one second come out in order.
+        let r = Replay::default();
+        let ids: Vec<String> = (0..50)
+            .filter_map(|i| {
+                let [_, put] = r.take("T1", &format!("nonce-{i:04}-abcdef"), now).ok()?;
+                match put {
+                    Write::Put { id, .. } => Some(id),
+                    _ => None,
+                }
+            })
+            .collect();
+        assert_eq!(ids.len(), 50);
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 29 && id.starts_with(&format!("{now:012}:")))
+        );
+        // Time parts never go back (the random tails of one microsecond may come in any
+        // order); if the clock leaves `now`'s second during the loop, the rest sort last.
+        let times: Vec<&str> = ids.iter().filter_map(|id| id.get(..19)).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    }
 
     #[test]
     fn a_nonce_is_good_once_per_scope() {

@@ -52,8 +52,8 @@ pub(crate) struct Table {
 
 use Ty::{Bool, Int, Json, Money, Text};
 
-/// Every record kind and its table (schema: `0002_typed_tables.sql`, `0003_acquirer_link.sql`,
-/// `0004_several_nodes.sql`, `0005_events.sql`, `0006_portal.sql`).
+/// Every record kind and its table (schema: `0002_typed_tables.sql` to `0008_nonces_one_tree.sql`
+/// in `api/migrations/sqlite`).
 pub(crate) static TABLES: &[Table] = &[
     Table {
         kind: "reseller",

@@ -330,9 +330,9 @@ impl Secret {
 
 /// `Zeroizing<Vec<u8>>` alone would wipe the bytes in use one volatile store at a time (zeroize
 /// 1.9 bulk-writes a slice and a `Vec`'s spare capacity, not a `Vec`'s elements): about a
-/// cycle per byte, a measurable share of keyd's PKCS#11 thread for 1 KiB plaintexts. Wiping
-/// them here with one `memset` first leaves `Zeroizing` only the spare capacity, which it
-/// clears in bulk.
+/// cycle per byte, a measurable share of keyd's PKCS#11 thread for 1 KiB plaintexts. Wiped
+/// here with one `memset` and emptied, the `Vec` is then all spare capacity to `Zeroizing`,
+/// which clears the whole allocation with one more bulk write.
 impl Drop for Secret {
     fn drop(&mut self) {
         crate::buffer::wipe(&mut self.0);
