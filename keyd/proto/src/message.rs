@@ -158,16 +158,21 @@ macro_rules! message {
     };
 }
 
-/// A borrowed twin of a message: the same fields in the same order, byte strings and strings
-/// as slices of the body (see [`crate::codec::View`]). `decode` accepts and refuses exactly
-/// the bodies the owned message's does; the owned message lends itself as its view, so one
-/// service function serves both.
-macro_rules! view {
-    ($(#[$m:meta])* $name:ident of $owned:ident { $( $field:ident : $ty:ty ),* $(,)? }) => {
-        $(#[$m])*
+/// A message with a borrowed twin: the message as [`message!`] makes it, and a view with the
+/// same fields in the same order, each field written once with both its owned and its view
+/// type (byte strings and strings as slices of the body, see [`crate::codec::View`]). The
+/// view's `decode` accepts and refuses exactly the bodies the message's does; the message
+/// lends itself as its view, so one service function serves both.
+macro_rules! message_with_view {
+    ($(#[$m:meta])* $owned:ident, read in place as $name:ident {
+        $( $field:ident : $ty:ty => $vty:ty ),* $(,)?
+    }) => {
+        message! { $(#[$m])* $owned { $( $field: $ty ),* } }
+
+        #[doc = concat!("[`", stringify!($owned), "`] read in place.")]
         #[derive(Debug, Clone, Copy, PartialEq)]
         #[allow(missing_docs, reason = "the fields are the owned message's")]
-        pub struct $name<'a> { $( pub $field: $ty, )* }
+        pub struct $name<'a> { $( pub $field: $vty, )* }
 
         impl<'a> $name<'a> {
             /// Reads a body in place.
@@ -295,27 +300,16 @@ message! {
     /// An encrypted envelope and the KCV of the MSK used.
     Sealed { iv: [u8; 16], ciphertext: Vec<u8>, kcv: [u8; 3] }
 }
-message! {
+message_with_view! {
     /// A charge in one call: verify the terminal's HMAC over the string to sign, and only if it
     /// is valid, open the MSK envelope.
-    ChargeOpen {
-        mac_key_id: String,
-        message: Vec<u8>,
-        signature: [u8; 32],
-        msk_key_id: String,
-        iv: [u8; 16],
-        ciphertext: Vec<u8>,
-    }
-}
-view! {
-    /// [`ChargeOpen`] read in place.
-    ChargeOpenView of ChargeOpen {
-        mac_key_id: &'a str,
-        message: &'a [u8],
-        signature: [u8; 32],
-        msk_key_id: &'a str,
-        iv: [u8; 16],
-        ciphertext: &'a [u8],
+    ChargeOpen, read in place as ChargeOpenView {
+        mac_key_id: String => &'a str,
+        message: Vec<u8> => &'a [u8],
+        signature: [u8; 32] => [u8; 32],
+        msk_key_id: String => &'a str,
+        iv: [u8; 16] => [u8; 16],
+        ciphertext: Vec<u8> => &'a [u8],
     }
 }
 message! {
@@ -445,39 +439,24 @@ message! {
     /// empty when the block did not translate (one answer for every reason).
     CardPinData { plaintext: Secret, pan_fingerprint: [u8; 32], pin_block: Vec<u8> }
 }
-message! {
+message_with_view! {
     /// [`ChargeOpen`] and the card decrypt of `POST /pos/charge` in one round trip (contract
     /// sections 4, 5 and 8): verify the HMAC, open the envelope (gunzipped first when `gzip`),
     /// then read the `card` member (`data` and `iv`, hex) and any `pin_block` of the inner
     /// JSON and answer as [`CardDecrypt`] would for that card, or as [`CardDecryptPin`] when
     /// `tpk_key_id` and `zpk_key_id` are given and the charge carries a PIN block. keyd reads
     /// nothing else of the charge.
-    ChargeOpenCard {
-        mac_key_id: String,
-        message: Vec<u8>,
-        signature: [u8; 32],
-        msk_key_id: String,
-        iv: [u8; 16],
-        ciphertext: Vec<u8>,
-        gzip: bool,
-        tdk_key_id: String,
-        tpk_key_id: String,
-        zpk_key_id: String,
-    }
-}
-view! {
-    /// [`ChargeOpenCard`] read in place.
-    ChargeOpenCardView of ChargeOpenCard {
-        mac_key_id: &'a str,
-        message: &'a [u8],
-        signature: [u8; 32],
-        msk_key_id: &'a str,
-        iv: [u8; 16],
-        ciphertext: &'a [u8],
-        gzip: bool,
-        tdk_key_id: &'a str,
-        tpk_key_id: &'a str,
-        zpk_key_id: &'a str,
+    ChargeOpenCard, read in place as ChargeOpenCardView {
+        mac_key_id: String => &'a str,
+        message: Vec<u8> => &'a [u8],
+        signature: [u8; 32] => [u8; 32],
+        msk_key_id: String => &'a str,
+        iv: [u8; 16] => [u8; 16],
+        ciphertext: Vec<u8> => &'a [u8],
+        gzip: bool => bool,
+        tdk_key_id: String => &'a str,
+        tpk_key_id: String => &'a str,
+        zpk_key_id: String => &'a str,
     }
 }
 message! {
