@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use serde_json::json;
 
 use super::sqlite::MIGRATIONS;
-use super::tests::put;
+use super::tests::{ids, put};
 use super::*;
 
 /// The outbox: the events fan-out has not taken; a `Delete` in a commit takes one. SQLite
@@ -117,10 +117,26 @@ async fn outbox_rows_from_before_the_cursor_are_taken_first() {
         conn.execute("UPDATE counter SET seq = 3", []).unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
+    // Schema 9 rebuilt the events table around seq: the rows and their order are as written.
+    for (seq, id) in [(1, "evt_a"), (2, "evt_b")] {
+        let got = store.get("event", id).await.unwrap().unwrap();
+        assert_eq!(
+            (got.seq, got.body["object_id"].as_str()),
+            (seq, Some("ch_1"))
+        );
+    }
+    assert_eq!(
+        ids(&store, "object_events", "ch_1").await,
+        ["evt_b", "evt_a"]
+    );
     store
         .commit(vec![event("evt_c"), outbox_row("evt_c")])
         .await
         .unwrap();
+    assert_eq!(
+        ids(&store, "object_events", "ch_1").await,
+        ["evt_c", "evt_b", "evt_a"]
+    );
     let outbox = || async {
         store
             .outbox(10)

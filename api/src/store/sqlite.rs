@@ -30,7 +30,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0006_portal.sql"),
     include_str!("../../migrations/sqlite/0007_hot_path.sql"),
     include_str!("../../migrations/sqlite/0008_nonces_one_tree.sql"),
+    include_str!("../../migrations/sqlite/0009_seq_as_rowid.sql"),
 ];
+
+/// How many seqs the writer reserves each time it writes the `counter` row (see [`Writer`]).
+pub(super) const SEQ_BLOCK: i64 = 4096;
 
 /// Reader threads, each with its own read-only connection. Reads are short indexed lookups,
 /// so a few threads keep up with many async callers; more would only add context switches.
@@ -454,13 +458,18 @@ fn apply_migration(conn: &Connection, version: i64, sql: &str) -> Result<bool, S
 /// The only write connection, and the next creation sequence number.
 ///
 /// The writer thread is the only one that writes (and one process per file, see
-/// [`lock_exclusively`]), so it can count `seq` itself instead of incrementing the `counter`
-/// row for each new record: the counter is read at open and written once per group commit,
-/// inside the group's transaction, so a restart never hands out a seq twice. A job rolled back
-/// gives its seqs back, as the row's increment used to.
+/// [`lock_exclusively`]), so it counts `seq` itself. The `counter` row holds the highest seq
+/// handed out *or reserved*: a group commit that goes past the reservation moves it
+/// [`SEQ_BLOCK`] further, inside the group's transaction, and the other group commits do not
+/// write the counter at all (it cost each one a WAL page). A restart begins after the
+/// reservation, so it never hands out a seq twice and seqs only grow; the price is a gap of at
+/// most a block per restart, which nothing minds (seq is an order, never a count, and never
+/// leaves the store). A job rolled back gives its seqs back.
 pub(super) struct Writer {
     conn: Connection,
     next_seq: i64,
+    /// The counter row as committed: every seq up to it may be handed out without writing it.
+    reserved: i64,
     /// The readers' cache, emptied of what each group wrote before its writers are answered.
     cache: Arc<ReadCache>,
 }
@@ -479,14 +488,19 @@ impl Writer {
         Ok(Self {
             conn,
             next_seq: last + 1,
+            reserved: last,
             cache,
         })
     }
 
     /// Runs one group commit and answers every job of it.
     pub(super) fn run_batch(&mut self, mut batch: Vec<Job>) {
-        let first_seq = self.next_seq;
-        let outcome = apply_batch(&mut self.conn, &mut self.next_seq, &mut batch);
+        let (first_seq, reserved) = (self.next_seq, self.reserved);
+        let outcome = apply_batch(
+            &mut self.conn,
+            (&mut self.next_seq, &mut self.reserved),
+            &mut batch,
+        );
         // Committed or not, nothing a reader caches may outlive the writes (a failed group
         // wrote nothing; emptying is then merely a few misses).
         for job in &batch {
@@ -499,8 +513,10 @@ impl Writer {
                 }
             }
             Err(err) => {
-                // Nothing of the group was written: its seqs are free again.
+                // Nothing of the group was written: its seqs are free again, and the counter
+                // row is as it was.
                 self.next_seq = first_seq;
+                self.reserved = reserved;
                 tracing::error!(jobs = batch.len(), error = %err, "store group commit failed");
                 for job in batch {
                     job.answer(Err(err.clone()));
@@ -530,10 +546,9 @@ fn writer_loop(mut writer: Writer, jobs: &mpsc::Receiver<Job>) {
 /// an error for the whole batch when the transaction itself failed (then nothing was written).
 fn apply_batch(
     conn: &mut Connection,
-    next_seq: &mut i64,
+    (next_seq, reserved): (&mut i64, &mut i64),
     batch: &mut [Job],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let first_seq = *next_seq;
     let mut tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_error("begin", &e))?;
@@ -561,10 +576,12 @@ fn apply_batch(
         }
         results.push(result);
     }
-    if *next_seq != first_seq {
+    if *next_seq - 1 > *reserved {
+        let reserve = *next_seq - 1 + SEQ_BLOCK;
         tx.prepare_cached("UPDATE counter SET seq = ?1 WHERE id = 0")
-            .and_then(|mut st| st.execute([*next_seq - 1]))
+            .and_then(|mut st| st.execute([reserve]))
             .map_err(|e| sql_error("counter", &e))?;
+        *reserved = reserve;
     }
     tx.commit().map_err(|e| sql_error("commit", &e))?;
     Ok(results)

@@ -52,7 +52,7 @@ pub(crate) struct Table {
 
 use Ty::{Bool, Int, Json, Money, Text};
 
-/// Every record kind and its table (schema: `0002_typed_tables.sql` to `0008_nonces_one_tree.sql`
+/// Every record kind and its table (schema: `0002_typed_tables.sql` to `0009_seq_as_rowid.sql`
 /// in `api/migrations/sqlite`).
 pub(crate) static TABLES: &[Table] = &[
     Table {
