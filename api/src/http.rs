@@ -797,16 +797,8 @@ fn valid_request_id(id: &str) -> bool {
 }
 
 fn new_request_id() -> String {
-    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut bytes = [0u8; 24];
-    if getrandom::fill(&mut bytes).is_err() {
-        return "req-unavailable".into();
-    }
-    let id: String = bytes
-        .iter()
-        .map(|b| char::from(*ALPHABET.get(usize::from(b % 62)).unwrap_or(&b'0')))
-        .collect();
-    format!("req_{id}")
+    crate::wire::ids::id_alnum(24)
+        .map_or_else(|_| "req-unavailable".into(), |id| format!("req_{id}"))
 }
 
 /// Ready when the store answers and keyd answers a ping within two seconds.

@@ -129,10 +129,7 @@ impl Replay {
         // thousands of nonces under load; ordered only by the second, each landed on a page of
         // its own in the id index, a quarter of the pages a group commit wrote (BENCHMARKS.md).
         let micros = micros_within(now);
-        let id = format!(
-            "{now:012}:{micros:06}{}",
-            crate::wire::ids::random_alnum(10)?
-        );
+        let id = format!("{now:012}:{micros:06}{}", crate::wire::ids::id_alnum(10)?);
         Ok([
             db::claim(NAMESPACE, &key, &id),
             db::put(&Nonce { id, at: now, key })?,
