@@ -44,6 +44,7 @@ mod tests;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -184,8 +185,10 @@ pub const OUTBOX: &str = "event_outbox";
 /// shared between concurrent callers (group commit), reads because even an indexed lookup can
 /// wait on the disk or on a lock held by another process.
 pub trait Store: Send + Sync + fmt::Debug {
-    /// The record `(kind, id)`, if present.
-    fn get(&self, kind: &str, id: &str) -> Read<Option<Stored>>;
+    /// The record `(kind, id)`, if present. Shared, so that a store answering from memory
+    /// hands out its copy instead of a deep clone of the record's map; callers decode from it
+    /// by reference.
+    fn get(&self, kind: &str, id: &str) -> Read<Option<Arc<Stored>>>;
 
     /// Who holds `value` in `ns`.
     fn owner(&self, ns: &str, value: &str) -> Read<Option<String>>;

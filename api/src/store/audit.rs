@@ -246,8 +246,8 @@ pub(crate) async fn entry_for(
         }
         None => (None, None),
     };
-    let before = store.get(&kind, &id).await.ok().flatten().map(|s| s.body);
-    let fields = after.as_ref().or(before.as_ref());
+    let before = store.get(&kind, &id).await.ok().flatten();
+    let fields = after.as_ref().or(before.as_ref().map(|s| &s.body));
     let text = |name: &str| {
         fields
             .and_then(|f| f.get(name))
@@ -273,7 +273,7 @@ pub(crate) async fn entry_for(
         reseller_id,
         request_id: context.request_id,
         source: context.source,
-        digest_before: before.as_ref().map(digest),
+        digest_before: before.as_ref().map(|s| digest(&s.body)),
         digest_after: after_digest,
         chain_seq: None,
         prev_mac: None,

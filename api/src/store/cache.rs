@@ -11,7 +11,7 @@
 //! nodes, have no such single writer and use no cache.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{Stored, Write};
 
@@ -21,8 +21,8 @@ const KINDS: &[&str] = &["device", "merchant", "fee_template"];
 /// Unique namespaces whose owners are kept.
 const OWNERS: &[&str] = &["terminal_id"];
 
-/// Entries kept at most in each of the two maps. A device or merchant held as a JSON map is a
-/// few kilobytes, so the records' map stays near ten megabytes at most; beyond it an arbitrary
+/// Entries kept at most for each kind or namespace. A device or merchant held as a JSON map is
+/// a few kilobytes, so each kind's map stays near ten megabytes at most; beyond it an arbitrary
 /// entry makes room, which costs a miss later, never a wrong answer.
 const CAPACITY: usize = 4096;
 
@@ -41,13 +41,16 @@ pub(super) enum Lookup<T> {
     NotKept,
 }
 
-/// A map of kept entries, keyed by kind (or namespace) and id (or value).
-type Entries<V> = HashMap<(&'static str, String), V>;
+/// Kept entries: by kind (or namespace), then by id (or value), so that a lookup borrows its
+/// key instead of building one.
+type Entries<V> = HashMap<&'static str, HashMap<String, V>>;
 
+/// Records are shared with the readers that get them ([`super::Store::get`]): a hit is a
+/// reference count, not a copy of the record's map.
 #[derive(Debug, Default)]
 struct Inner {
     epoch: u64,
-    records: Entries<Stored>,
+    records: Entries<Arc<Stored>>,
     owners: Entries<String>,
 }
 
@@ -67,7 +70,7 @@ impl ReadCache {
     }
 
     /// A record, or the epoch to fill it under once read.
-    pub(super) fn record(&self, kind: &str, id: &str) -> Lookup<Stored> {
+    pub(super) fn record(&self, kind: &str, id: &str) -> Lookup<Arc<Stored>> {
         Self::look(kept(KINDS, kind), id, &self.lock(), |i| &i.records)
     }
 
@@ -85,16 +88,16 @@ impl ReadCache {
         let Some(name) = name else {
             return Lookup::NotKept;
         };
-        match map(inner).get(&(name, key.to_owned())) {
+        match map(inner).get(name).and_then(|m| m.get(key)) {
             Some(v) => Lookup::Hit(v.clone()),
             None => Lookup::Miss(Epoch(inner.epoch)),
         }
     }
 
     /// Keeps a record read in `epoch`, unless a commit has invalidated since.
-    pub(super) fn fill_record(&self, epoch: Epoch, kind: &str, id: &str, stored: &Stored) {
+    pub(super) fn fill_record(&self, epoch: Epoch, kind: &str, id: &str, stored: Arc<Stored>) {
         if let Some(kind) = kept(KINDS, kind) {
-            self.fill(epoch, (kind, id), stored.clone(), |i| &mut i.records);
+            self.fill(epoch, (kind, id), stored, |i| &mut i.records);
         }
     }
 
@@ -118,13 +121,14 @@ impl ReadCache {
         if inner.epoch != epoch.0 {
             return;
         }
-        let entries = map(&mut inner);
+        let entries = map(&mut inner).entry(name).or_default();
         if entries.len() >= CAPACITY
+            && !entries.contains_key(key)
             && let Some(any) = entries.keys().next().cloned()
         {
             entries.remove(&any);
         }
-        entries.insert((name, key.to_owned()), value);
+        entries.insert(key.to_owned(), value);
     }
 
     /// Forgets what `writes` may have changed; called by the writer after they committed (or
@@ -137,13 +141,17 @@ impl ReadCache {
             match w {
                 Write::Put { kind, id, .. } | Write::Delete { kind, id } => {
                     if let Some(kind) = kept(KINDS, kind) {
-                        inner.records.remove(&(kind, id.clone()));
+                        if let Some(m) = inner.records.get_mut(kind) {
+                            m.remove(id);
+                        }
                         touched = true;
                     }
                 }
                 Write::Claim { ns, value, .. } | Write::Release { ns, value } => {
                     if let Some(ns) = kept(OWNERS, ns) {
-                        inner.owners.remove(&(ns, value.clone()));
+                        if let Some(m) = inner.owners.get_mut(ns) {
+                            m.remove(value);
+                        }
                         touched = true;
                     }
                 }
@@ -164,14 +172,14 @@ mod tests {
 
     use super::*;
 
-    fn stored(name: &str) -> Stored {
+    fn stored(name: &str) -> Arc<Stored> {
         let mut body = Map::new();
         body.insert("name".into(), json!(name));
-        Stored {
+        Arc::new(Stored {
             seq: 1,
             version: 1,
             body,
-        }
+        })
     }
 
     /// The epoch of a read that missed.
@@ -197,13 +205,13 @@ mod tests {
         let before = missed(cache.record("device", "d1"));
         // The device is written while the read is under way.
         cache.invalidate(&[put("device", "d1")]);
-        cache.fill_record(before, "device", "d1", &stored("old"));
+        cache.fill_record(before, "device", "d1", stored("old"));
         // A read begun after the commit fills.
         let after = missed(cache.record("device", "d1"));
-        cache.fill_record(after, "device", "d1", &stored("new"));
+        cache.fill_record(after, "device", "d1", stored("new"));
         assert_eq!(cache.record("device", "d1"), Lookup::Hit(stored("new")));
         // The next write of it empties it again; others stay.
-        cache.fill_record(after, "merchant", "m1", &stored("m"));
+        cache.fill_record(after, "merchant", "m1", stored("m"));
         cache.invalidate(&[put("device", "d1")]);
         missed(cache.record("device", "d1"));
         assert_eq!(cache.record("merchant", "m1"), Lookup::Hit(stored("m")));
@@ -233,12 +241,15 @@ mod tests {
         let cache = ReadCache::default();
         let epoch = missed(cache.record("device", "d0"));
         for i in 0..CAPACITY + 10 {
-            cache.fill_record(epoch, "device", &format!("d{i}"), &stored("x"));
+            cache.fill_record(epoch, "device", &format!("d{i}"), stored("x"));
         }
+        // Another kind has a map of its own.
+        cache.fill_record(epoch, "merchant", "m1", stored("m"));
         let inner = cache.lock();
-        assert_eq!(inner.records.len(), CAPACITY);
+        let devices = &inner.records["device"];
+        assert_eq!(devices.len(), CAPACITY);
         // The newest is always kept.
-        let newest = format!("d{}", CAPACITY + 9);
-        assert!(inner.records.contains_key(&("device", newest)));
+        assert!(devices.contains_key(&format!("d{}", CAPACITY + 9)));
+        assert_eq!(inner.records["merchant"].len(), 1);
     }
 }

@@ -86,7 +86,7 @@ impl Db {
         else {
             return Ok(None);
         };
-        Ok(Some((decode(stored.body)?, stored.version)))
+        Ok(Some((decode_ref(&stored.body)?, stored.version)))
     }
 
     /// One record, or 404/`4040`.
@@ -345,7 +345,7 @@ impl Db {
             else {
                 return Err(ApiError::not_found());
             };
-            let mut record: R = decode(stored.body)?;
+            let mut record: R = decode_ref(&stored.body)?;
             let mut writes = vec![Write::Expect {
                 kind: R::KIND.into(),
                 id: id.into(),
@@ -374,6 +374,11 @@ impl Db {
 fn decode<R: DeserializeOwned>(body: Map<String, Value>) -> Result<R, ApiError> {
     serde_json::from_value(Value::Object(body))
         .map_err(|e| ApiError::internal(&format!("stored record: {e}")))
+}
+
+/// [`decode`] from a record the store shares (see [`Store::get`]): no copy of its map first.
+fn decode_ref<R: DeserializeOwned>(body: &Map<String, Value>) -> Result<R, ApiError> {
+    R::deserialize(body).map_err(|e| ApiError::internal(&format!("stored record: {e}")))
 }
 
 /// A record's fields (its serde form, an object).

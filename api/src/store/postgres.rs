@@ -45,6 +45,7 @@ mod sql;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -421,7 +422,7 @@ fn column(row: &tokio_postgres::Row, i: usize, ty: Ty) -> Result<Value, StoreErr
 }
 
 impl Store for PgStore {
-    fn get(&self, kind: &str, id: &str) -> Read<Option<Stored>> {
+    fn get(&self, kind: &str, id: &str) -> Read<Option<Arc<Stored>>> {
         let Some(st) = sql::of(kind) else {
             return Box::pin(std::future::ready(Err(unknown(kind))));
         };
@@ -429,7 +430,7 @@ impl Store for PgStore {
         Box::pin(async move {
             let rows = query(&pool, &st.get, &[&id]).await?;
             rows.first()
-                .map(|r| stored(st, r).map(|(_, s)| s))
+                .map(|r| stored(st, r).map(|(_, s)| Arc::new(s)))
                 .transpose()
         })
     }

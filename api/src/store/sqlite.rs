@@ -813,7 +813,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn get(&self, kind: &str, id: &str) -> Read<Option<Stored>> {
+    fn get(&self, kind: &str, id: &str) -> Read<Option<Arc<Stored>>> {
         let Some(st) = tables::of(kind) else {
             return Box::pin(std::future::ready(Err(unknown(kind))));
         };
@@ -826,9 +826,9 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         self.read(move |conn| {
             let rows = query(conn, st, &st.get, [&id]).map_err(|e| sql_error("read", &e))?;
-            let found = stored_rows(rows)?.pop().map(|(_, s)| s);
+            let found = stored_rows(rows)?.pop().map(|(_, s)| Arc::new(s));
             if let (Some(epoch), Some(stored)) = (epoch, &found) {
-                cache.fill_record(epoch, st.table.kind, &id, stored);
+                cache.fill_record(epoch, st.table.kind, &id, Arc::clone(stored));
             }
             Ok(found)
         })

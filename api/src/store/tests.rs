@@ -126,7 +126,7 @@ pub(super) fn conflict(what: &str) -> Result<(), StoreError> {
 }
 
 pub(super) async fn get(store: &dyn Store, kind: &str, id: &str) -> Option<Stored> {
-    store.get(kind, id).await.unwrap()
+    store.get(kind, id).await.unwrap().map(Arc::unwrap_or_clone)
 }
 
 pub(super) async fn seq(store: &dyn Store, kind: &str, id: &str) -> u64 {
