@@ -36,6 +36,8 @@ mod outbox_tests;
 mod pg_tests;
 mod postgres;
 mod row;
+#[cfg(test)]
+mod seq_tests;
 mod sqlite;
 pub mod tables;
 #[cfg(test)]

@@ -7,6 +7,9 @@
 -- `INTEGER PRIMARY KEY` makes the table itself that order: one B-tree fewer per table, the
 -- same rows, the same columns in the same order, the same other indexes. (An index's entries
 -- end with the rowid, now seq, so `(merchant_id, seq)` stays as written for clarity.)
+-- Both tables are copied whole inside the migration's transaction: on a large database the
+-- first start of this version takes as long as writing them again, and the WAL grows to
+-- their size until the next checkpoint.
 CREATE TABLE charges_by_seq (
     charge_id           TEXT NOT NULL UNIQUE,
     seq                 INTEGER PRIMARY KEY NOT NULL,
@@ -37,7 +40,19 @@ CREATE TABLE charges_by_seq (
     refunds             TEXT NOT NULL,     -- JSON array (each also a refunds row)
     processor_data      TEXT               -- JSON: what the processor needs to void (schema 3)
 );
-INSERT INTO charges_by_seq SELECT * FROM charges ORDER BY seq;
+INSERT INTO charges_by_seq (
+    charge_id, seq, version, merchant_id, resellers, location_id, terminal_id, status,
+    amount_value, amount_currency, tip_value, tip_currency, amount_refunded, authorization_code,
+    iso_response_code, decline_code, card, reference, description, metadata, fee_value,
+    fee_currency, processor, processor_reference, created_at, settled_at, refunds,
+    processor_data
+) SELECT
+    charge_id, seq, version, merchant_id, resellers, location_id, terminal_id, status,
+    amount_value, amount_currency, tip_value, tip_currency, amount_refunded, authorization_code,
+    iso_response_code, decline_code, card, reference, description, metadata, fee_value,
+    fee_currency, processor, processor_reference, created_at, settled_at, refunds,
+    processor_data
+FROM charges ORDER BY seq;
 DROP TABLE charges;
 ALTER TABLE charges_by_seq RENAME TO charges;
 CREATE INDEX charges_by_merchant ON charges (merchant_id, seq);
@@ -53,7 +68,9 @@ CREATE TABLE events_by_seq (
     data        TEXT NOT NULL,     -- JSON: {"object": the object as the API shows it}
     created_at  INTEGER NOT NULL
 );
-INSERT INTO events_by_seq SELECT * FROM events ORDER BY seq;
+INSERT INTO events_by_seq (id, seq, version, event_type, object_type, object_id, merchant_id, data, created_at)
+    SELECT id, seq, version, event_type, object_type, object_id, merchant_id, data, created_at
+    FROM events ORDER BY seq;
 DROP TABLE events;
 ALTER TABLE events_by_seq RENAME TO events;
 CREATE INDEX events_by_merchant ON events (merchant_id, seq);

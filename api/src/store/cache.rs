@@ -21,9 +21,11 @@ const KINDS: &[&str] = &["device", "merchant", "fee_template"];
 /// Unique namespaces whose owners are kept.
 const OWNERS: &[&str] = &["terminal_id"];
 
-/// Entries kept at most for each kind or namespace. A device or merchant held as a JSON map is
-/// a few kilobytes, so each kind's map stays near ten megabytes at most; beyond it an arbitrary
-/// entry makes room, which costs a miss later, never a wrong answer.
+/// Entries kept at most for each kind or namespace (each has a map of its own, so a burst of
+/// one kind cannot push out the others). A device or merchant held as a JSON map is a few
+/// kilobytes, so each kind's map stays near ten megabytes and the three together near thirty
+/// at most; beyond that an arbitrary entry makes room, which costs a miss later, never a
+/// wrong answer.
 const CAPACITY: usize = 4096;
 
 /// A position in the cache's history: fills must happen in the epoch their read began in.

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
-use super::sqlite::{Answer, Job, MIGRATIONS, SEQ_BLOCK, Writer, create_private};
+use super::sqlite::{Answer, Job, MIGRATIONS, Writer, create_private};
 use super::tables::{TABLES, Ty};
 use super::*;
 
@@ -459,56 +459,6 @@ async fn durable_across_reopen_and_migrations_idempotent() {
         .unwrap();
     let expected: Vec<i64> = (1..=i64::try_from(MIGRATIONS.len()).unwrap()).collect();
     assert_eq!(versions, expected);
-}
-
-/// The `counter` row as committed, read beside the store.
-fn counter_row(path: &std::path::Path) -> i64 {
-    let conn = Connection::open(path).unwrap();
-    conn.query_row("SELECT seq FROM counter WHERE id = 0", [], |r| r.get(0))
-        .unwrap()
-}
-
-#[tokio::test]
-async fn the_counter_is_written_once_a_block_and_a_restart_never_reuses_a_seq() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("api.db");
-    let store = SqliteStore::open(&path).unwrap();
-    store.commit(vec![location("l0", "m", "0")]).await.unwrap();
-    let first = i64::try_from(seq(&store, "location", "l0").await).unwrap();
-    let reserved = counter_row(&path);
-    assert_eq!(reserved, first + SEQ_BLOCK);
-    // Commits inside the reservation leave the row alone.
-    for i in 1..4 {
-        let id = format!("l{i}");
-        store.commit(vec![location(&id, "m", "x")]).await.unwrap();
-    }
-    assert_eq!(counter_row(&path), reserved);
-    // One job past the reservation moves it, in the same commit.
-    let many: Vec<Write> = (0..SEQ_BLOCK)
-        .map(|i| location(&format!("b{i}"), "m", "x"))
-        .collect();
-    store.commit(many).await.unwrap();
-    let last =
-        i64::try_from(seq(&store, "location", &format!("b{}", SEQ_BLOCK - 1)).await).unwrap();
-    assert!(last > reserved);
-    let reserved = counter_row(&path);
-    assert_eq!(reserved, last + SEQ_BLOCK);
-    drop(store);
-    // After a restart, seqs begin past everything the last run could have handed out.
-    let store = SqliteStore::open(&path).unwrap();
-    store
-        .commit(vec![location("after", "m", "x")])
-        .await
-        .unwrap();
-    let after = i64::try_from(seq(&store, "location", "after").await).unwrap();
-    assert_eq!(after, reserved + 1);
-    assert_eq!(
-        ids(&store, "locations", "m")
-            .await
-            .first()
-            .map(String::as_str),
-        Some("after")
-    );
 }
 
 #[test]

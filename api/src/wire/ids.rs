@@ -33,14 +33,14 @@ fn alnum_from(
     mut fill: impl FnMut(&mut [u8]) -> Result<(), crate::error::ApiError>,
 ) -> Result<String, crate::error::ApiError> {
     let mut out = String::with_capacity(len);
-    // Enough for `len` characters but for about one rejection in 32 draws; a shortfall takes
-    // another round.
-    let mut chunk = [0u8; 64];
+    // One byte in 32 is rejected; drawing about twice the expected rejections on top of what
+    // is missing makes a second round rare, and a shortfall simply takes one.
+    let mut buf = [0u8; 64];
     while out.len() < len {
-        let want = (len - out.len() + len / 16 + 2).min(chunk.len());
-        let chunk = chunk.get_mut(..want).unwrap_or_default();
-        fill(chunk)?;
-        for &b in &*chunk {
+        let want = (len - out.len() + len / 16 + 2).min(buf.len());
+        let drawn = buf.get_mut(..want).unwrap_or_default();
+        fill(drawn)?;
+        for &b in &*drawn {
             if b < 248
                 && out.len() < len
                 && let Some(&c) = ALNUM.get(usize::from(b % 62))
@@ -55,9 +55,11 @@ fn alnum_from(
 /// A per-thread pool of OS randomness for published ids. A charge names four things (the
 /// request, its nonce, the charge, its event), and one `getrandom` system call for each was
 /// 2.5 % of a worker thread's time (BENCHMARKS.md); the pool makes one call per
-/// [`IdPool::SIZE`] bytes. What it holds only ever becomes public names, so reading the pool
-/// would reveal nothing a caller does not see anyway; secrets do not come from it. Each byte
-/// is handed out once and zeroed as it leaves.
+/// [`IdPool::SIZE`] bytes. Whoever could read the pool could predict the next few ids, which
+/// grants nothing: an id is a name, never a capability (every read is checked against the
+/// caller's tenancy). So secrets never come from it, and neither does anything a fork or a
+/// cloned VM could repeat harmfully (a repeated id would still differ in its time prefix).
+/// Each byte is handed out once and zeroed as it leaves.
 struct IdPool {
     bytes: [u8; Self::SIZE],
     /// Bytes before `used` have been handed out (and zeroed).
@@ -67,40 +69,53 @@ struct IdPool {
 impl IdPool {
     const SIZE: usize = 512;
 
+    const fn empty() -> Self {
+        Self {
+            bytes: [0; Self::SIZE],
+            used: Self::SIZE,
+        }
+    }
+
+    /// Fills `out` from this thread's pool, refilled from the OS.
     fn fill(out: &mut [u8]) -> Result<(), crate::error::ApiError> {
         thread_local! {
             static POOL: std::cell::RefCell<IdPool> = const {
-                std::cell::RefCell::new(IdPool { bytes: [0; IdPool::SIZE], used: IdPool::SIZE })
+                std::cell::RefCell::new(IdPool::empty())
             };
         }
         POOL.with_borrow_mut(|pool| {
-            let mut done = 0;
-            while done < out.len() {
-                if pool.used == Self::SIZE {
-                    getrandom::fill(&mut pool.bytes).map_err(|_| {
-                        crate::error::ApiError::new(crate::error::Code::Internal, "internal error")
-                    })?;
-                    pool.used = 0;
-                }
-                let rest = out.get_mut(done..).unwrap_or_default();
-                let left = pool.bytes.get_mut(pool.used..).unwrap_or_default();
-                let n = rest.len().min(left.len());
-                for (to, from) in rest.iter_mut().zip(left) {
-                    *to = std::mem::take(from);
-                }
-                pool.used += n;
-                done += n;
-            }
-            Ok(())
+            pool.take(out, |bytes| {
+                getrandom::fill(bytes).map_err(|_| {
+                    crate::error::ApiError::new(crate::error::Code::Internal, "internal error")
+                })
+            })
         })
     }
-}
 
-/// Random bytes from this thread's [`IdPool`], for a published name.
-pub fn id_bytes<const N: usize>() -> Result<[u8; N], crate::error::ApiError> {
-    let mut bytes = [0u8; N];
-    IdPool::fill(&mut bytes)?;
-    Ok(bytes)
+    /// Hands out the next `out.len()` bytes, calling `refill` on the whole pool whenever it
+    /// runs dry.
+    fn take<E>(
+        &mut self,
+        out: &mut [u8],
+        mut refill: impl FnMut(&mut [u8; Self::SIZE]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut done = 0;
+        while done < out.len() {
+            if self.used == Self::SIZE {
+                refill(&mut self.bytes)?;
+                self.used = 0;
+            }
+            let rest = out.get_mut(done..).unwrap_or_default();
+            let left = self.bytes.get_mut(self.used..).unwrap_or_default();
+            let n = rest.len().min(left.len());
+            for (to, from) in rest.iter_mut().zip(left) {
+                *to = std::mem::take(from);
+            }
+            self.used += n;
+            done += n;
+        }
+        Ok(())
+    }
 }
 
 /// `len` uniformly drawn decimal digits (rejection sampling, as [`random_alnum`]): a
@@ -236,19 +251,39 @@ mod tests {
         assert!(long.bytes().all(|c| c.is_ascii_alphanumeric()));
     }
 
-    /// The pool hands each byte out once, across refills, and ids drawn from it are as uniform
-    /// over the 62 characters as those drawn straight from the OS.
+    /// The pool hands out every byte of every refill once, in order, across refills and
+    /// whatever the sizes asked, and zeroes what it handed out.
     #[test]
-    fn pooled_ids_are_uniform_and_never_repeat() {
-        // Three draws that straddle refills: no 8-byte window repeats within or across them.
-        let draws = [
-            id_bytes::<500>().unwrap(),
-            id_bytes::<500>().unwrap(),
-            id_bytes::<500>().unwrap(),
-        ];
-        let all: Vec<u8> = draws.concat();
-        let windows: std::collections::HashSet<&[u8]> = all.windows(8).collect();
-        assert_eq!(windows.len(), all.len() - 7);
+    fn the_pool_hands_each_byte_out_once() {
+        let mut pool = IdPool::empty();
+        let mut refills = 0_u8;
+        let mut refill = |bytes: &mut [u8; IdPool::SIZE]| {
+            refills += 1;
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b = u8::try_from(i % 251).unwrap() ^ refills.wrapping_mul(97);
+            }
+            Ok::<(), ()>(())
+        };
+        let mut got = Vec::new();
+        for size in [1, 7, 511, 2, 512, 600, 13, 1, 400] {
+            let mut out = vec![0u8; size];
+            pool.take(&mut out, &mut refill).unwrap();
+            got.extend(out);
+            assert!(pool.bytes[..pool.used].iter().all(|&b| b == 0));
+        }
+        let expected: Vec<u8> = (1..=refills)
+            .flat_map(|r| {
+                (0..IdPool::SIZE).map(move |i| u8::try_from(i % 251).unwrap() ^ r.wrapping_mul(97))
+            })
+            .take(got.len())
+            .collect();
+        assert_eq!(usize::from(refills), got.len().div_ceil(IdPool::SIZE));
+        assert_eq!(got, expected);
+    }
+
+    /// Ids from the pool are as uniform over the 62 characters as those straight from the OS.
+    #[test]
+    fn pooled_ids_are_uniform() {
         for (name, draw) in [
             (
                 "pool",
@@ -268,8 +303,8 @@ mod tests {
                 assert!(ids.insert(id), "{name}: an id came twice");
             }
             // 124,000 characters, 2,000 expected each: a chi-square over 61 degrees of
-            // freedom passes 140 about once in ten million runs; a modulo bias (the first
-            // eight characters drawn a quarter more often) would put it near 800.
+            // freedom passes 140 about once in 25 million checks; a modulo bias (the first
+            // eight characters drawn a quarter more often) would put it near 880.
             let expected = 4000.0 * 31.0 / 62.0;
             let chi: f64 = counts
                 .iter()
