@@ -312,6 +312,30 @@ pub async fn create(
     running: Option<&Running<'_>>,
     now: i64,
 ) -> Result<Charge, ApiError> {
+    let (charge, ()) = create_with(engine, new, extra, running, now, |_| async { Ok(()) }).await?;
+    Ok(charge)
+}
+
+/// [`create`], running `beside` on the charge as it will be answered while its last commit
+/// is under way, once the processor has given an outcome (not when it failed). The POS seals
+/// its answer there, so keyd's round trip overlaps the disk's instead of following it. The
+/// caller still gets nothing before the commit is durable: a failed commit is the error, and
+/// whatever `beside` made is dropped.
+///
+/// # Errors
+/// As [`create`], and `beside`'s own error after a durable commit.
+pub async fn create_with<T, F, Fut>(
+    engine: &Engine,
+    new: NewCharge,
+    extra: Vec<Write>,
+    running: Option<&Running<'_>>,
+    now: i64,
+    beside: F,
+) -> Result<(Charge, T), ApiError>
+where
+    F: FnOnce(&Charge) -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
     let brand = processor::brand(new.card.pan.expose()).to_owned();
     let currency = new.amount.currency.clone();
     let fee_value = fee(engine, &new.merchant, new.amount.value, &brand).await?;
@@ -455,12 +479,22 @@ pub async fn create(
     }
     // Failing here (storage down) leaves the charge pending and this request's guard not
     // done: the charge becomes an orphan that recovery voids and fails.
-    engine
+    let commit = engine
         .db
-        .commit(last, ApiError::new(Code::Conflict, "charge changed"))
-        .await?;
-    making.done();
-    answer.map(|()| charge)
+        .commit(last, ApiError::new(Code::Conflict, "charge changed"));
+    match answer {
+        Ok(()) => {
+            let (committed, made) = tokio::join!(commit, beside(&charge));
+            committed?;
+            making.done();
+            Ok((charge, made?))
+        }
+        Err(e) => {
+            commit.await?;
+            making.done();
+            Err(e)
+        }
+    }
 }
 
 fn charge_with_status(charge: &Charge, failed: bool) -> Charge {
@@ -987,6 +1021,58 @@ pub(crate) mod tests {
             terminal_id: Some("TID-000001".into()),
             emv_data: emv_data.map(str::to_owned),
         }
+    }
+
+    /// `beside` sees the charge as answered, after an outcome only, and what it makes comes
+    /// back only with a durable charge.
+    #[tokio::test]
+    async fn beside_runs_on_the_answered_charge_and_only_after_an_outcome() {
+        let app = app();
+        let now = crate::wire::time::now();
+        let (charge, seen) = create_with(&app, new_charge(None), Vec::new(), None, now, |c| {
+            let seen = (c.charge_id.clone(), c.status);
+            async move { Ok(seen) }
+        })
+        .await
+        .unwrap();
+        assert!(matches!(
+            charge.status,
+            ChargeStatus::Approved | ChargeStatus::Declined
+        ));
+        assert_eq!(seen, (charge.charge_id.clone(), charge.status));
+        assert_eq!(status(&app, &charge.charge_id).await, charge.status);
+        // Its error comes after the commit: the charge is kept, the caller gets the error.
+        let e = create_with(&app, new_charge(None), Vec::new(), None, now, |_| async {
+            Err::<(), _>(ApiError::new(Code::Unavailable, "keyd"))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable);
+        let mut kept = 0;
+        app.db
+            .walk_back::<Charge>(|c| {
+                assert_ne!(c.status, ChargeStatus::Pending);
+                kept += 1;
+                Ok(true)
+            })
+            .await
+            .unwrap();
+        assert_eq!(kept, 2);
+        // A failed processor: no outcome, so nothing to run beside.
+        let recorder = Arc::new(Recorder::default());
+        let app = Engine {
+            processor: Arc::clone(&recorder) as Arc<dyn Processor>,
+            ..Engine::for_tests()
+        };
+        let called = std::sync::atomic::AtomicBool::new(false);
+        let e = create_with(&app, new_charge(None), Vec::new(), None, now, |_| {
+            called.store(true, std::sync::atomic::Ordering::Relaxed);
+            async { Ok(()) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), Code::ProcessorFailed);
+        assert!(!called.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     #[tokio::test]

@@ -311,7 +311,7 @@ async fn run<'a, F, Fut>(
 ) -> Result<Value, ApiError>
 where
     F: FnOnce(Signed, Option<Running<'a>>) -> Fut,
-    Fut: Future<Output = (Option<Write>, Result<Answer, ApiError>)>,
+    Fut: Future<Output = (Option<Write>, Result<Reply, ApiError>)>,
 {
     let key = match idem::key_header(call.headers) {
         Ok(k) => k,
@@ -368,11 +368,21 @@ where
             .commit(vec![w], ApiError::new(Code::Conflict, "nonce"))
             .await;
     }
-    envelope::seal_text(app.keyd, &msk, answer?).await
+    match answer? {
+        Reply::Text(text) => envelope::seal_text(app.keyd, &msk, text).await,
+        Reply::Sealed(sealed) => Ok(sealed),
+    }
 }
 
 /// A POS answer as JSON text, to be sealed (wiped when dropped: it holds card data).
 type Answer = zeroize::Zeroizing<Vec<u8>>;
+
+/// What a call's body answers: text for [`run`] to seal, or an envelope it sealed itself
+/// (a new charge seals beside its last commit, see [`charges::create_with`]).
+enum Reply {
+    Text(Answer),
+    Sealed(Value),
+}
 
 /// Keeps a final error under the key (with the nonce) and passes it on.
 async fn fail(
@@ -381,7 +391,7 @@ async fn fail(
     running: Option<&Running<'_>>,
     e: ApiError,
     now: i64,
-) -> (Option<Write>, Result<Answer, ApiError>) {
+) -> (Option<Write>, Result<Reply, ApiError>) {
     let mut writes: Vec<Write> = nonce.into_iter().flatten().collect();
     if let Some(r) = running.filter(|_| idem::is_final(&e))
         && let Ok(w) = r.keep_error(&e, now)
@@ -408,15 +418,20 @@ pub async fn create(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiEr
             Ok(n) => n,
             Err(e) => return fail(app, nonce, running.as_ref(), e, call.now).await,
         };
-        let result = charges::create(
+        let (keyd, msk) = (app.keyd, s.set.msk_key_id.clone());
+        let result = charges::create_with(
             app.charges,
             new,
             nonce.into_iter().flatten().collect(),
             running.as_ref(),
             call.now,
+            |c: &Charge| {
+                let text = c.to_json_text();
+                async move { envelope::seal_text(keyd, &msk, text?).await }
+            },
         )
         .await
-        .and_then(|c: Charge| c.to_json_text());
+        .map(|(_, sealed)| Reply::Sealed(sealed));
         (None, result)
     })
     .await
@@ -670,7 +685,8 @@ pub async fn refund(app: &Terminals<'_>, call: &Call<'_>) -> Result<Value, ApiEr
             call.now,
         )
         .await
-        .and_then(|r| r.to_json_text());
+        .and_then(|r| r.to_json_text())
+        .map(Reply::Text);
         (None, result)
     })
     .await
@@ -694,7 +710,8 @@ pub async fn cancel(app: &Terminals<'_>, call: &Call<'_>, verb: &str) -> Result<
             call.now,
         )
         .await
-        .and_then(|c| c.to_json_text());
+        .and_then(|c| c.to_json_text())
+        .map(Reply::Text);
         (None, result)
     })
     .await
