@@ -14,14 +14,27 @@ fn counter_row(path: &std::path::Path) -> i64 {
         .unwrap()
 }
 
+/// A store on a new file at `path` with one location written: the store, that location's seq
+/// and the counter row after it.
+async fn started(path: &std::path::Path) -> (SqliteStore, i64, i64) {
+    let store = SqliteStore::open(path).unwrap();
+    store.commit(vec![location("l0", "m", "0")]).await.unwrap();
+    let first = i64::try_from(seq(&store, "location", "l0").await).unwrap();
+    (store, first, counter_row(path))
+}
+
+/// `n` locations of merchant `m`, named `{tag}0` onwards.
+fn locations(tag: &str, n: i64) -> Vec<Write> {
+    (0..n)
+        .map(|i| location(&format!("{tag}{i}"), "m", "x"))
+        .collect()
+}
+
 #[tokio::test]
 async fn the_counter_is_written_once_a_block_and_a_restart_never_reuses_a_seq() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("api.db");
-    let store = SqliteStore::open(&path).unwrap();
-    store.commit(vec![location("l0", "m", "0")]).await.unwrap();
-    let first = i64::try_from(seq(&store, "location", "l0").await).unwrap();
-    let reserved = counter_row(&path);
+    let (store, first, reserved) = started(&path).await;
     assert_eq!(reserved, first + SEQ_BLOCK);
     // Commits inside the reservation leave the row alone.
     for i in 1..4 {
@@ -30,10 +43,7 @@ async fn the_counter_is_written_once_a_block_and_a_restart_never_reuses_a_seq() 
     }
     assert_eq!(counter_row(&path), reserved);
     // One job past the reservation moves it, in the same commit.
-    let many: Vec<Write> = (0..SEQ_BLOCK)
-        .map(|i| location(&format!("b{i}"), "m", "x"))
-        .collect();
-    store.commit(many).await.unwrap();
+    store.commit(locations("b", SEQ_BLOCK)).await.unwrap();
     let last =
         i64::try_from(seq(&store, "location", &format!("b{}", SEQ_BLOCK - 1)).await).unwrap();
     assert!(last > reserved);
@@ -64,10 +74,7 @@ async fn the_counter_is_written_once_a_block_and_a_restart_never_reuses_a_seq() 
 async fn a_failed_commit_past_the_reservation_takes_the_reservation_back() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("api.db");
-    let store = SqliteStore::open(&path).unwrap();
-    store.commit(vec![location("l0", "m", "0")]).await.unwrap();
-    let first = i64::try_from(seq(&store, "location", "l0").await).unwrap();
-    let reserved = counter_row(&path);
+    let (store, first, reserved) = started(&path).await;
     // Any write of the counter row now makes COMMIT fail (a deferred foreign key the
     // trigger breaks), after every statement of the group has run.
     let side = Connection::open(&path).unwrap();
@@ -78,12 +85,7 @@ async fn a_failed_commit_past_the_reservation_takes_the_reservation_back() {
     )
     .unwrap();
     // One more than a block: whatever the seqs so far, it passes the reservation.
-    let block = |tag: &str| -> Vec<Write> {
-        (0..=SEQ_BLOCK)
-            .map(|i| location(&format!("{tag}{i}"), "m", "x"))
-            .collect()
-    };
-    assert!(store.commit(block("a")).await.is_err());
+    assert!(store.commit(locations("a", SEQ_BLOCK + 1)).await.is_err());
     assert_eq!(counter_row(&path), reserved);
     assert!(get(&store, "location", "a0").await.is_none());
     side.execute_batch("DROP TRIGGER t_fail").unwrap();
@@ -94,7 +96,7 @@ async fn a_failed_commit_past_the_reservation_takes_the_reservation_back() {
         u64::try_from(first + 1).unwrap()
     );
     // Past the reservation once more: this time the row moves with the seqs.
-    store.commit(block("b")).await.unwrap();
+    store.commit(locations("b", SEQ_BLOCK + 1)).await.unwrap();
     let last = seq(&store, "location", &format!("b{SEQ_BLOCK}")).await;
     assert!(counter_row(&path) >= i64::try_from(last).unwrap());
 }
