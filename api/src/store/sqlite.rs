@@ -144,10 +144,10 @@ impl fmt::Debug for Spent {
 ///
 /// * **Writes** go through one writer thread that owns the only write connection. It does
 ///   *group commit*: it takes every job already queued (up to 512), runs them in one
-///   transaction, each inside its own savepoint (a job whose `Expect`/`Claim` fails is rolled
-///   back alone), and commits once. With `synchronous=FULL` that is one fsync for the whole
-///   group, so throughput grows with concurrency instead of being capped at one fsync per
-///   request. Jobs are answered only after the COMMIT returned.
+///   transaction (a job whose `Expect`/`Claim` fails is rolled back alone: see the writer's
+///   `apply_batch`), and commits once. With `synchronous=FULL` that is one fsync for the
+///   whole group, so throughput grows with concurrency instead of being capped at one fsync
+///   per request. Jobs are answered only after the COMMIT returned.
 /// * **Reads** are queued to a few reader threads, each owning a read-only connection; WAL lets
 ///   them run beside the writer and always see the last committed state. The async caller only
 ///   awaits the answer, so no SQLite call ever runs on an async worker thread.
@@ -542,28 +542,73 @@ fn writer_loop(mut writer: Writer, jobs: &mpsc::Receiver<Job>) {
     tracing::debug!("store writer stopped");
 }
 
-/// One transaction for the whole batch, one savepoint per job. Returns each job's result, or
-/// an error for the whole batch when the transaction itself failed (then nothing was written).
+/// One transaction for the whole batch. Returns each job's result, or an error for the whole
+/// batch when the transaction itself failed (then nothing was written).
+///
+/// Jobs almost always succeed, so the group is first run with no savepoints: a savepoint per
+/// job cost the writer two statements parsed per job (rusqlite sends `SAVEPOINT` and `RELEASE`
+/// as text) and a sub-journal of every page the job touched first. Only when a job fails is
+/// that attempt rolled back and the group run again with a savepoint per job, so the failed job
+/// is rolled back alone. A failing job thus costs its group one extra pass, never more.
 fn apply_batch(
     conn: &mut Connection,
     (next_seq, reserved): (&mut i64, &mut i64),
     batch: &mut [Job],
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let first_seq = *next_seq;
+    if let Some(results) = apply_group(conn, (next_seq, reserved), batch, Isolation::Together)? {
+        return Ok(results);
+    }
+    *next_seq = first_seq;
+    apply_group(conn, (next_seq, reserved), batch, Isolation::PerJob)?
+        .ok_or_else(|| StoreError::Unavailable("group commit retry failed".to_owned()))
+}
+
+/// How [`apply_group`] keeps one job's failure from its neighbours.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// No savepoints: the first failing job abandons the whole attempt.
+    Together,
+    /// A savepoint per job: a failing job is rolled back alone.
+    PerJob,
+}
+
+/// Runs the batch in one transaction and commits it. `Ok(None)`: a job failed under
+/// [`Isolation::Together`] and the transaction was rolled back (the caller restores the seqs).
+fn apply_group(
+    conn: &mut Connection,
+    (next_seq, reserved): (&mut i64, &mut i64),
+    batch: &mut [Job],
+    isolation: Isolation,
+) -> Result<Option<Vec<Result<(), StoreError>>>, StoreError> {
     let mut tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sql_error("begin", &e))?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        let job_seq = *next_seq;
-        let mut sp = tx.savepoint().map_err(|e| sql_error("savepoint", &e))?;
-        let result = apply_writes(&sp, next_seq, &job.writes, &mut job.values);
-        if result.is_err() {
-            sp.rollback()
-                .map_err(|e| sql_error("rollback to savepoint", &e))?;
-            *next_seq = job_seq;
-        }
-        sp.commit()
-            .map_err(|e| sql_error("release savepoint", &e))?;
+        let result = if isolation == Isolation::Together {
+            let result = apply_writes(&tx, next_seq, &job.writes, &mut job.values);
+            if result.is_err() {
+                // (Unless SQLite already rolled it back itself, e.g. on a full disk.)
+                if !tx.is_autocommit() {
+                    tx.rollback().map_err(|e| sql_error("rollback", &e))?;
+                }
+                return Ok(None);
+            }
+            result
+        } else {
+            let job_seq = *next_seq;
+            let mut sp = tx.savepoint().map_err(|e| sql_error("savepoint", &e))?;
+            let result = apply_writes(&sp, next_seq, &job.writes, &mut job.values);
+            if result.is_err() {
+                sp.rollback()
+                    .map_err(|e| sql_error("rollback to savepoint", &e))?;
+                *next_seq = job_seq;
+            }
+            sp.commit()
+                .map_err(|e| sql_error("release savepoint", &e))?;
+            result
+        };
         if tx.is_autocommit() {
             // SQLite rolled the whole transaction back (e.g. disk full): nothing of the batch
             // is left to commit.
@@ -584,7 +629,7 @@ fn apply_batch(
         *reserved = reserve;
     }
     tx.commit().map_err(|e| sql_error("commit", &e))?;
-    Ok(results)
+    Ok(Some(results))
 }
 
 /// Runs one job's writes in order on the open savepoint.
