@@ -6,10 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use keyd_proto::frame::{self, Kind, MAX_BODY};
+use keyd_proto::outbox::Outbox;
 use keyd_proto::{Status, buffer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::audit::{Audit, Entry};
 use crate::config::{Config, Placement};
@@ -177,108 +178,8 @@ async fn housekeeping(service: Arc<Service>, audit: Arc<Audit>, every: std::time
 /// the token's files and sockets, the listener.
 const RESERVED_FDS: u64 = 64;
 
-/// Answers waiting to be written. The reader appends frames straight into it and the writer
-/// task sends everything queued in one write, so a pipelined connection costs few system calls
-/// and no per-answer buffer.
-#[derive(Default)]
-struct Outbox {
-    buf: std::sync::Mutex<Vec<u8>>,
-    /// The reader has queued something (or is done).
-    ready: tokio::sync::Notify,
-    /// The writer has sent a batch (or stopped): a reader held back by a full outbox looks
-    /// again.
-    drained: tokio::sync::Notify,
-    /// The reader is done: the writer sends what is left and stops.
-    closed: std::sync::atomic::AtomicBool,
-    /// The writer stopped (the peer is gone or stopped reading for good): nothing queued for
-    /// this connection will be sent, so its work is dropped.
-    gone: std::sync::atomic::AtomicBool,
-}
-
 /// Most answer bytes queued before the reader waits for the writer.
 const OUTBOX_LIMIT: usize = 8 << 20;
-
-impl Outbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
-        self.buf
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn push(&self, f: impl FnOnce(&mut Vec<u8>)) {
-        let mut buf = self.lock();
-        // Room for a typical answer, moved (and the old allocation wiped) here rather than by
-        // the encoder growing the vector (an answer above this still grows it once, leaving
-        // the smaller copy in freed memory).
-        buffer::reserve(&mut buf, 64 * 1024);
-        f(&mut buf);
-        drop(buf);
-        self.ready.notify_one();
-    }
-
-    fn is_gone(&self) -> bool {
-        self.gone.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Waits, without spinning, until the queued answers are under [`OUTBOX_LIMIT`]; `false`
-    /// when the writer stopped instead, so the reader stops too.
-    async fn room(&self) -> bool {
-        loop {
-            let drained = self.drained.notified();
-            if self.is_gone() {
-                return false;
-            }
-            if self.lock().len() <= OUTBOX_LIMIT {
-                return true;
-            }
-            drained.await;
-        }
-    }
-}
-
-async fn write_loop(
-    mut write: tokio::net::unix::OwnedWriteHalf,
-    outbox: Arc<Outbox>,
-    audit: Arc<Audit>,
-) {
-    let mut spare = Vec::with_capacity(64 * 1024);
-    loop {
-        let mut batch = std::mem::replace(&mut *outbox.lock(), std::mem::take(&mut spare));
-        if batch.is_empty() {
-            if outbox.closed.load(std::sync::atomic::Ordering::Acquire) {
-                break;
-            }
-            outbox.ready.notified().await;
-            spare = batch;
-            continue;
-        }
-        // The records of these answers reach the log before the answers reach the peer.
-        if audit.flush(false).is_err() || write.write_all(&batch).await.is_err() {
-            buffer::wipe(&mut batch);
-            break;
-        }
-        spare = batch;
-        // Answers hold plaintexts and card data: wiped, not only cleared, before the
-        // allocation is reused.
-        buffer::wipe(&mut spare);
-        outbox.drained.notify_one();
-    }
-    buffer::wipe(&mut spare);
-    outbox
-        .gone
-        .store(true, std::sync::atomic::Ordering::Release);
-    outbox.drained.notify_one();
-}
-
-impl Drop for Outbox {
-    fn drop(&mut self) {
-        // Answers never sent (the peer left) are wiped with the connection.
-        self.buf
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .zeroize();
-    }
-}
 
 /// A data request for the HSM thread: everything it needs to answer into the right outbox.
 struct HsmJob {
@@ -488,8 +389,17 @@ async fn connection(
     let idle = (config.idle_timeout_secs > 0)
         .then(|| std::time::Duration::from_secs(config.idle_timeout_secs));
     let (mut read, write) = stream.into_split();
-    let outbox = Arc::new(Outbox::default());
-    let writer = tokio::spawn(write_loop(write, Arc::clone(&outbox), Arc::clone(&audit)));
+    // Answers are encoded straight into the connection's outbox and sent a batch at a time;
+    // the records of a batch's answers reach the log before the answers reach the peer.
+    let outbox = Arc::new(Outbox::new(OUTBOX_LIMIT));
+    let writer = tokio::spawn({
+        let (outbox, audit) = (Arc::clone(&outbox), Arc::clone(&audit));
+        async move {
+            outbox
+                .write_loop(write, || audit.flush(false).is_ok())
+                .await;
+        }
+    });
 
     // Requests hold plaintexts, PANs and components: read through a buffer that wipes what
     // it consumes and what it leaves when it grows (`keyd_proto::buffer`).
@@ -501,7 +411,7 @@ async fn connection(
             Some(limit) => match tokio::time::timeout(limit, read.read_buf(&mut *buf)).await {
                 Ok(got) => got,
                 // Nothing asked for a long time and nothing left to answer: let it go.
-                Err(_) if outbox.lock().is_empty() => break,
+                Err(_) if outbox.is_empty() => break,
                 Err(_) => continue,
             },
         };
@@ -595,10 +505,7 @@ async fn connection(
             break;
         }
     }
-    outbox
-        .closed
-        .store(true, std::sync::atomic::Ordering::Release);
-    outbox.ready.notify_one();
+    outbox.close();
     let _ = writer.await;
 }
 

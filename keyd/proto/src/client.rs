@@ -7,15 +7,15 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 use crate::buffer;
 use crate::frame::{self, FrameError, HEADER_LEN, Kind, MAX_BODY};
 use crate::message::{Hello, HelloResponse, Message, Operation};
+use crate::outbox::Outbox;
 use crate::{DecodeError, PROTOCOL_VERSION, Status};
 
 /// What can go wrong with a call.
@@ -50,12 +50,27 @@ impl std::error::Error for ClientError {}
 type Answer = Result<(Status, Zeroizing<Vec<u8>>), ClientError>;
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Answer>>>>>;
 
+/// Most request bytes queued before callers wait for the writer.
+const OUTBOX_LIMIT: usize = 8 << 20;
+
+/// The sending side of a connection, shared by a client's clones: when the last one goes, the
+/// writer sends what is queued and closes the socket's write side.
+#[derive(Debug)]
+struct Link(Arc<Outbox>);
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// A connection to keyd. Cheap to clone; clones share the connection.
 #[derive(Clone, Debug)]
 pub struct Client {
-    /// Frames go to one writer task, which sends whatever is queued in one write: with many
-    /// calls in flight, one system call carries many requests.
-    writer: tokio::sync::mpsc::Sender<Zeroizing<Vec<u8>>>,
+    /// Calls encode their frames straight into one outbox, which a writer task sends in one
+    /// write per batch: with many calls in flight, one system call carries many requests, and
+    /// a call allocates no frame of its own.
+    link: Arc<Link>,
     pending: Pending,
     next_id: Arc<AtomicU64>,
     groups: u32,
@@ -71,10 +86,11 @@ impl Client {
         let (read, write) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         tokio::spawn(read_loop(read, Arc::clone(&pending)));
-        let (writer, queue) = tokio::sync::mpsc::channel(4096);
-        tokio::spawn(write_loop(write, queue));
+        let outbox = Arc::new(Outbox::new(OUTBOX_LIMIT));
+        let sender = Arc::clone(&outbox);
+        tokio::spawn(async move { sender.write_loop(write, || true).await });
         let mut client = Self {
-            writer,
+            link: Arc::new(Link(outbox)),
             pending,
             next_id: Arc::new(AtomicU64::new(1)),
             groups: 0,
@@ -137,21 +153,33 @@ impl Client {
                 None => return Err(ClientError::Closed),
             };
         }
-        // Requests carry plaintexts and PANs: the frame is wiped when dropped. (A body larger
-        // than this first allocation makes the encoder move it once, leaving the smaller copy
-        // in freed memory: the hot path's bodies fit.)
-        let mut frame = Zeroizing::new(Vec::with_capacity(HEADER_LEN + 1024));
-        frame::encode_with(Kind::Request, opcode, id, &mut frame, |out| {
-            body(out);
-            Status::OK
+        let outbox = &self.link.0;
+        if !outbox.room().await {
+            self.forget(id);
+            return Err(ClientError::Closed);
+        }
+        // Encoded in place; a body over the limit is wiped and taken back out.
+        let too_large = outbox.push(|out| {
+            let start = out.len();
+            frame::encode_with(Kind::Request, opcode, id, out, |out| {
+                body(out);
+                Status::OK
+            });
+            let len = out.len() - start - HEADER_LEN;
+            (len > MAX_BODY).then(|| {
+                buffer::zero(out.get_mut(start..).unwrap_or_default());
+                out.truncate(start);
+                len
+            })
         });
-        if frame.len() - HEADER_LEN > MAX_BODY {
+        if let Some(len) = too_large {
             self.forget(id);
             return Err(ClientError::Frame(FrameError::TooLarge(
-                u32::try_from(frame.len() - HEADER_LEN).unwrap_or(u32::MAX),
+                u32::try_from(len).unwrap_or(u32::MAX),
             )));
         }
-        if self.writer.send(frame).await.is_err() {
+        if outbox.is_gone() {
+            // The writer stopped before this frame could go.
             self.forget(id);
             return Err(ClientError::Closed);
         }
@@ -166,32 +194,6 @@ impl Client {
             .as_mut()
         {
             map.remove(&id);
-        }
-    }
-}
-
-async fn write_loop(
-    mut write: OwnedWriteHalf,
-    mut queue: tokio::sync::mpsc::Receiver<Zeroizing<Vec<u8>>>,
-) {
-    let mut batch = Zeroizing::new(Vec::with_capacity(64 * 1024));
-    while let Some(frame) = queue.recv().await {
-        buffer::reserve(&mut batch, frame.len());
-        batch.extend_from_slice(&frame);
-        while batch.len() < 256 * 1024 {
-            match queue.try_recv() {
-                Ok(more) => {
-                    buffer::reserve(&mut batch, more.len());
-                    batch.extend_from_slice(&more);
-                }
-                Err(_) => break,
-            }
-        }
-        let sent = write.write_all(&batch).await;
-        // Wiped, not only cleared: the next batch reuses the allocation.
-        buffer::wipe(&mut batch);
-        if sent.is_err() {
-            break;
         }
     }
 }
@@ -238,5 +240,86 @@ async fn read_loop(mut read: tokio::net::unix::OwnedReadHalf, pending: Pending) 
             ClientError::Frame(e) => ClientError::Frame(*e),
             _ => ClientError::Closed,
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::UnixListener;
+
+    use super::*;
+    use crate::codec::Writer;
+    use crate::message::Ping;
+
+    type Seen = Arc<Mutex<Vec<(crate::Opcode, usize)>>>;
+
+    /// A stand-in for keyd on one connection: answers hello, echoes every other request's
+    /// body, and notes each request's opcode and body length. Returns when the client closes.
+    async fn fake_keyd(listener: UnixListener, seen: Seen) {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let (mut buf, mut chunk) = (Vec::new(), vec![0; 64 * 1024]);
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let (mut out, mut used) = (Vec::new(), 0);
+            while let Some((f, len)) = frame::decode(&buf[used..], MAX_BODY).unwrap() {
+                used += len;
+                let (opcode, id) = (f.header.opcode, f.header.request_id);
+                seen.lock().unwrap().push((opcode, f.body.len()));
+                let body = if opcode == Hello::OPCODE {
+                    let mut w = Writer::from_vec(Vec::new());
+                    HelloResponse {
+                        server_version: PROTOCOL_VERSION,
+                        groups: 1,
+                    }
+                    .encode(&mut w);
+                    w.into_inner()
+                } else {
+                    f.body.to_vec()
+                };
+                frame::encode(Kind::Response, opcode, Status::OK, id, &body, &mut out);
+            }
+            buf.drain(..used);
+            stream.write_all(&out).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_refused_whole_and_the_connection_goes_on() {
+        let dir = std::env::temp_dir().join(format!("keyd-proto-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keyd.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let seen = Seen::default();
+        let keyd = tokio::spawn(fake_keyd(listener, Arc::clone(&seen)));
+
+        let client = Client::connect(&path).await.unwrap();
+        let err = client
+            .call_raw(Ping::OPCODE, &vec![0x5a; MAX_BODY + 1])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::Frame(FrameError::TooLarge(n)) if n as usize == MAX_BODY + 1),
+            "{err:?}"
+        );
+        let (status, body) = client.call_raw(Ping::OPCODE, b"after").await.unwrap();
+        assert_eq!((status, &body[..]), (Status::OK, &b"after"[..]));
+
+        // The last clone gone, the writer closes the socket's write side and keyd sees the end.
+        drop(client);
+        keyd.await.unwrap();
+        // Not one byte of the refused frame reached keyd: the next frame was read whole.
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(Hello::OPCODE, 2), (Ping::OPCODE, 5)]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -19,6 +19,8 @@ mod client;
 pub mod codec;
 pub mod frame;
 pub mod message;
+#[cfg(feature = "client")]
+pub mod outbox;
 
 #[cfg(feature = "client")]
 pub use client::{Client, ClientError};
