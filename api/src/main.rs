@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The VioPay REST API.
 #[derive(Debug, Parser)]
 #[command(

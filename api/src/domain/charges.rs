@@ -458,12 +458,11 @@ where
     if engine.db.store().shared() {
         last.push(db::expect::<Charge>(&charge.charge_id, 1));
     }
-    let stored = charge_with_status(&charge, failed.is_some());
-    last.push(db::put(&stored)?);
-    last.extend(events::charge_event(&stored, now)?);
     if failed.is_some() {
         charge.status = ChargeStatus::Failed;
     }
+    last.push(db::put(&charge)?);
+    last.extend(events::charge_event(&charge, now)?);
     let answer = match &failed {
         None => Ok(()),
         Some(cause) => {
@@ -495,14 +494,6 @@ where
             Err(e)
         }
     }
-}
-
-fn charge_with_status(charge: &Charge, failed: bool) -> Charge {
-    let mut c = charge.clone();
-    if failed {
-        c.status = ChargeStatus::Failed;
-    }
-    c
 }
 
 fn processor_failed_after(charge_id: &str, what: &str) -> ApiError {
