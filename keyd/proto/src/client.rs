@@ -144,6 +144,12 @@ impl Client {
         opcode: crate::Opcode,
         body: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(Status, Zeroizing<Vec<u8>>), ClientError> {
+        // The only wait before the frame is queued, so a caller that gives up here (a
+        // timeout) leaves nothing behind.
+        let outbox = &self.link.0;
+        if !outbox.room().await {
+            return Err(ClientError::Closed);
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -152,11 +158,6 @@ impl Client {
                 Some(map) => map.insert(id, tx),
                 None => return Err(ClientError::Closed),
             };
-        }
-        let outbox = &self.link.0;
-        if !outbox.room().await {
-            self.forget(id);
-            return Err(ClientError::Closed);
         }
         // Encoded in place; a body over the limit is wiped and taken back out.
         let too_large = outbox.push(|out| {
