@@ -15,6 +15,7 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::print_stdout,
+    clippy::indexing_slicing,
     reason = "a benchmark driver reports and fails loudly"
 )]
 
@@ -68,6 +69,13 @@ struct Args {
     /// (`ZoneMacVerifyBatch` frames of 16 retail MACs and 16 AES-CMACs).
     #[arg(long, default_value = "charge")]
     op: String,
+    /// With `--op charge`: drive the load with a pipelined loop of raw frames (one task per
+    /// connection, requests encoded once, a window of `--in-flight` per connection refilled as
+    /// answers arrive, one write per batch of answers read) instead of a task per request
+    /// through `keyd_proto::Client`. keyd's work is the same; the driver's share of the two
+    /// cores is smaller, so more of them are left to keyd.
+    #[arg(long)]
+    raw: bool,
     /// Run an LMK rotation during the load: the ceremony before it, then `keyd lmk-rewrap` (a
     /// separate process, as officers run it) while the load runs; reports how long it took.
     #[arg(long)]
@@ -417,7 +425,27 @@ async fn main() {
     // Charge load over the socket.
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
-    for c in 0..args.connections {
+    if args.raw {
+        assert_eq!(args.op, "charge", "--raw drives --op charge only");
+        let frames: Arc<Vec<Vec<u8>>> = Arc::new(
+            devices
+                .iter()
+                .map(|d| match &d.request {
+                    Request::Charge(r) => keyd_proto::Message::to_vec(r),
+                    _ => unreachable!("--raw drives charges"),
+                })
+                .collect(),
+        );
+        for c in 0..args.connections {
+            let stream = tokio::net::UnixStream::connect(keyd.socket())
+                .await
+                .unwrap();
+            let (frames, stop) = (Arc::clone(&frames), Arc::clone(&stop));
+            let window = args.in_flight;
+            workers.push(tokio::spawn(raw_charges(stream, frames, window, c, stop)));
+        }
+    }
+    for c in (0..args.connections).filter(|_| !args.raw) {
         let conn = Client::connect(keyd.socket()).await.unwrap();
         for w in 0..args.in_flight {
             let conn = conn.clone();
@@ -538,6 +566,90 @@ async fn main() {
     // The in-process ceiling: the same operation on keyd's service, no socket, two threads.
     let ceiling = in_process_ceiling(args.envelope_bytes, args.seconds.min(5));
     println!("in-process ceiling (2 threads, no socket): {ceiling:.0} ops/s");
+}
+
+/// One connection of `--raw` charge load: says hello, then keeps `window` requests in flight
+/// (request id = window slot), checks each answer (status OK, a response that decodes, a
+/// plaintext), and sends the requests that replace a read's answers in one write. Returns each
+/// answered request's latency in nanoseconds.
+async fn raw_charges(
+    mut stream: tokio::net::UnixStream,
+    frames: Arc<Vec<Vec<u8>>>,
+    window: usize,
+    connection: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<u64> {
+    use keyd_proto::frame::{self, Kind, MAX_BODY};
+    use keyd_proto::{Message as _, Operation, Status};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut out = Vec::with_capacity(64 * 1024);
+    let hello = m::Hello {
+        client_version: keyd_proto::PROTOCOL_VERSION,
+    };
+    frame::encode(
+        Kind::Request,
+        m::Hello::OPCODE,
+        Status::OK,
+        u64::MAX,
+        &hello.to_vec(),
+        &mut out,
+    );
+    stream.write_all(&out).await.unwrap();
+    out.clear();
+    let mut buf = Vec::with_capacity(256 * 1024);
+    let mut next = connection * 7919;
+    let mut sent_at = vec![Instant::now(); window];
+    let mut enqueue = |slot: usize, out: &mut Vec<u8>, sent_at: &mut [Instant]| {
+        let body = &frames[next % frames.len()];
+        next += 1;
+        frame::encode(
+            Kind::Request,
+            m::ChargeOpen::OPCODE,
+            Status::OK,
+            slot as u64,
+            body,
+            out,
+        );
+        sent_at[slot] = Instant::now();
+    };
+    for slot in 0..window {
+        enqueue(slot, &mut out, &mut sent_at);
+    }
+    let mut latencies = Vec::with_capacity(1 << 20);
+    let mut outstanding = window;
+    let mut stopping = false;
+    while outstanding > 0 {
+        if !out.is_empty() {
+            stream.write_all(&out).await.unwrap();
+            out.clear();
+        }
+        if buf.capacity() - buf.len() < 64 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "keyd closed");
+        stopping = stopping || stop.load(Ordering::Relaxed);
+        let mut used = 0;
+        while let Some((f, len)) = frame::decode(&buf[used..], MAX_BODY).unwrap() {
+            used += len;
+            assert_eq!(f.header.status, Status::OK);
+            if f.header.opcode == m::Hello::OPCODE {
+                continue;
+            }
+            let opened = <m::ChargeOpen as Operation>::Response::decode(f.body).unwrap();
+            assert!(!opened.plaintext.expose().is_empty());
+            let slot = usize::try_from(f.header.request_id).unwrap();
+            let took = sent_at[slot].elapsed();
+            latencies.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+            if stopping {
+                outstanding -= 1;
+            } else {
+                enqueue(slot, &mut out, &mut sent_at);
+            }
+        }
+        buf.drain(..used);
+    }
+    latencies
 }
 
 fn in_process_ceiling(envelope_bytes: usize, seconds: u64) -> f64 {
