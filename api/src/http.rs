@@ -770,10 +770,11 @@ fn quota_headers(response: &mut Response<Full<Bytes>>, limit: u32, remaining: u3
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     // One allocation of about a sealed charge answer's size: `to_string` grew its buffer from
     // nothing through formatting, one `realloc` per doubling (a few percent of the workers' CPU
-    // at load). Writing a `Value` into memory cannot fail; if it ever did, the slow path says so.
+    // at load). Writing a `Value` (string keys only) into memory cannot fail; were it to, the
+    // answer would be the empty object rather than half a document.
     let mut text = Vec::with_capacity(2048);
     if serde_json::to_writer(&mut text, body).is_err() {
-        text = body.to_string().into_bytes();
+        text = b"{}".to_vec();
     }
     let mut response = Response::new(Full::new(Bytes::from(text)));
     *response.status_mut() = status;

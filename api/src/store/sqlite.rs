@@ -589,10 +589,14 @@ fn apply_group(
         let result = if isolation == Isolation::Together {
             let result = apply_writes(&tx, next_seq, &job.writes, &mut job.values);
             if result.is_err() {
-                // (Unless SQLite already rolled it back itself, e.g. on a full disk.)
-                if !tx.is_autocommit() {
-                    tx.rollback().map_err(|e| sql_error("rollback", &e))?;
+                if tx.is_autocommit() {
+                    // SQLite rolled the whole transaction back itself (e.g. disk full): a
+                    // second pass would only meet the same fault.
+                    return Err(StoreError::Unavailable(
+                        "transaction aborted by SQLite".to_owned(),
+                    ));
                 }
+                tx.rollback().map_err(|e| sql_error("rollback", &e))?;
                 return Ok(None);
             }
             result
@@ -632,7 +636,7 @@ fn apply_group(
     Ok(Some(results))
 }
 
-/// Runs one job's writes in order on the open savepoint.
+/// Runs one job's writes in order, in the open transaction or savepoint.
 fn apply_writes(
     conn: &Connection,
     next_seq: &mut i64,

@@ -445,7 +445,8 @@ async fn main() {
             workers.push(tokio::spawn(raw_charges(stream, frames, window, c, stop)));
         }
     }
-    for c in (0..args.connections).filter(|_| !args.raw) {
+    let client_connections = if args.raw { 0 } else { args.connections };
+    for c in 0..client_connections {
         let conn = Client::connect(keyd.socket()).await.unwrap();
         for w in 0..args.in_flight {
             let conn = conn.clone();

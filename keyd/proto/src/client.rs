@@ -136,7 +136,16 @@ impl Client {
         opcode: crate::Opcode,
         body: &[u8],
     ) -> Result<(Status, Zeroizing<Vec<u8>>), ClientError> {
-        self.send(opcode, |out| out.extend_from_slice(body)).await
+        if body.len() > MAX_BODY {
+            return Err(ClientError::Frame(FrameError::TooLarge(
+                u32::try_from(body.len()).unwrap_or(u32::MAX),
+            )));
+        }
+        self.send(opcode, |out| {
+            buffer::reserve(out, body.len());
+            out.extend_from_slice(body);
+        })
+        .await
     }
 
     async fn send(
@@ -180,7 +189,8 @@ impl Client {
             )));
         }
         if outbox.is_gone() {
-            // The writer stopped before this frame could go.
+            // The writer stopped before this frame could go: it never will.
+            outbox.discard();
             self.forget(id);
             return Err(ClientError::Closed);
         }
@@ -253,7 +263,7 @@ mod tests {
 
     use super::*;
     use crate::codec::Writer;
-    use crate::message::Ping;
+    use crate::message::{MacItem, MacVerifyBatch, Ping};
 
     type Seen = Arc<Mutex<Vec<(crate::Opcode, usize)>>>;
 
@@ -308,6 +318,19 @@ mod tests {
             .unwrap_err();
         assert!(
             matches!(err, ClientError::Frame(FrameError::TooLarge(n)) if n as usize == MAX_BODY + 1),
+            "{err:?}"
+        );
+        // The same for a typed request, refused after it was encoded in the shared buffer.
+        let big = MacVerifyBatch {
+            items: vec![MacItem {
+                key_id: "k".into(),
+                message: vec![0x5a; MAX_BODY],
+                signature: [0; 32],
+            }],
+        };
+        let err = client.call(&big).await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::Frame(FrameError::TooLarge(n)) if n as usize > MAX_BODY),
             "{err:?}"
         );
         let (status, body) = client.call_raw(Ping::OPCODE, b"after").await.unwrap();

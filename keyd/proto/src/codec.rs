@@ -61,6 +61,9 @@ impl Writer {
     }
 
     fn raw(&mut self, bytes: &[u8]) {
+        // The buffer may be a connection's outbox, holding other callers' frames: when it has
+        // to grow, the old allocation is wiped, not freed as it is.
+        crate::buffer::reserve(&mut self.buf, bytes.len());
         self.buf.extend_from_slice(bytes);
     }
 }

@@ -6,9 +6,10 @@
 //! flight, one system call carries many of them, and the writer is woken once per batch, not
 //! once per frame.
 //!
-//! Frames carry plaintexts, card data and PANs, so every byte that leaves the buffer is wiped:
-//! a sent batch before its allocation is reused, the buffer's old allocation when it grows
-//! ([`crate::buffer::reserve`]), and whatever was never sent when the outbox is dropped.
+//! Frames carry plaintexts, card data and PANs, so the bytes that leave the buffer are wiped: a
+//! sent batch before its allocation is reused, the buffer's old allocation when [`Outbox::push`]
+//! makes room (and when the codec grows it, [`crate::codec`]), and whatever is left once the
+//! writer stops or the outbox is dropped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -125,11 +126,19 @@ impl Outbox {
             spare = batch;
             // Wiped, not only cleared, before the allocation takes the next batch.
             buffer::wipe(&mut spare);
-            self.drained.notify_one();
+            // Every producer held back looks again (a client has many), not only one.
+            self.drained.notify_waiters();
         }
         buffer::wipe(&mut spare);
         self.gone.store(true, Ordering::Release);
-        self.drained.notify_one();
+        // Nothing queued from now on will be sent: wiped now, not when the last owner goes.
+        self.discard();
+        self.drained.notify_waiters();
+    }
+
+    /// Wipes whatever is queued and not sent (after the writer stopped).
+    pub fn discard(&self) {
+        buffer::wipe(&mut self.lock());
     }
 }
 
@@ -186,6 +195,28 @@ mod tests {
         writer.await.unwrap();
         assert!(outbox.is_gone());
         assert!(!outbox.room().await);
+    }
+
+    #[tokio::test]
+    async fn every_producer_held_back_is_let_go_when_the_writer_stops() {
+        let (near, far) = UnixStream::pair().unwrap();
+        drop(far);
+        let outbox = Arc::new(Outbox::new(4));
+        outbox.push(|out| out.extend_from_slice(b"0123456789"));
+        let held: Vec<_> = (0..3)
+            .map(|_| {
+                let outbox = Arc::clone(&outbox);
+                tokio::spawn(async move { outbox.room().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        // The peer is gone: the first write fails and the writer stops.
+        outbox.write_loop(near, || true).await;
+        for producer in held {
+            let told = tokio::time::timeout(std::time::Duration::from_secs(10), producer).await;
+            assert!(!told.expect("left waiting").unwrap(), "told to stop");
+        }
+        assert!(outbox.is_empty(), "what was never sent is wiped at once");
     }
 
     #[tokio::test]
