@@ -588,14 +588,9 @@ fn apply_group(
     for job in batch {
         let result = if isolation == Isolation::Together {
             let result = apply_writes(&tx, next_seq, &job.writes, &mut job.values);
-            if result.is_err() {
-                if tx.is_autocommit() {
-                    // SQLite rolled the whole transaction back itself (e.g. disk full): a
-                    // second pass would only meet the same fault.
-                    return Err(StoreError::Unavailable(
-                        "transaction aborted by SQLite".to_owned(),
-                    ));
-                }
+            // Unless SQLite rolled the transaction back itself, which the check below turns
+            // into the group's error: a second pass would only meet the same fault.
+            if result.is_err() && !tx.is_autocommit() {
                 tx.rollback().map_err(|e| sql_error("rollback", &e))?;
                 return Ok(None);
             }
