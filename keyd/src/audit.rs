@@ -795,11 +795,16 @@ fn push_hex(out: &mut String, bytes: &[u8], upper: bool) {
     } else {
         b"0123456789abcdef"
     };
-    let digit = |n: u8| char::from(digits.get(usize::from(n & 0x0f)).copied().unwrap_or(b'0'));
-    out.reserve(bytes.len() * 2);
-    for &b in bytes {
-        out.push(digit(b >> 4));
-        out.push(digit(b));
+    let mut text = [0u8; 64];
+    for chunk in bytes.chunks(32) {
+        for (pair, &b) in text.chunks_exact_mut(2).zip(chunk) {
+            let hi = digits.get(usize::from(b >> 4)).copied().unwrap_or(b'0');
+            let lo = digits.get(usize::from(b & 0x0f)).copied().unwrap_or(b'0');
+            pair.copy_from_slice(&[hi, lo]);
+        }
+        let used = text.get(..chunk.len() * 2).unwrap_or_default();
+        // Hex digits are ASCII.
+        out.push_str(std::str::from_utf8(used).unwrap_or_default());
     }
 }
 
