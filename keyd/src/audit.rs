@@ -107,7 +107,7 @@ pub struct Entry<'a> {
     pub kcv: Option<[u8; 3]>,
     /// The answer.
     pub status: Status,
-    /// How long it took, from when keyd read the request to its answer.
+    /// How long it took.
     pub micros: u64,
 }
 
@@ -835,57 +835,88 @@ mod tests {
         verify(path, Some(&key())).unwrap().records
     }
 
-    #[test]
-    fn a_record_is_written_field_by_field_as_documented() {
+    /// Writes `entries` to a fresh log (keyed or not) and checks each line's text: `{"seq":N,
+    /// "at":<ms>`, then `fields`, then the links, each line ending in a newline.
+    fn check_written(keyed: bool, entries: &[Entry<'_>], fields: &[String]) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let log = open(&path);
-        log.record(&Entry {
-            peer: "uid:1000",
-            opcode: 0x020b,
-            subject: Some("POS-0001"),
-            kcv: Some([0x0A, 0xBC, 0xEF]),
-            status: Status::AUTH_FAILED,
-            micros: 18_446_744_073_709_551_615,
-        });
-        log.record(&Entry {
-            peer: "uid 0\n\"x\"",
-            opcode: 0x0300,
-            subject: Some("ünï"),
-            kcv: None,
-            status: Status::OK,
-            micros: 0,
-        });
+        let log = Audit::open(&path, keyed.then(key), None).unwrap();
+        for e in entries {
+            log.record(e);
+        }
         log.flush(false).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with('\n'), "a log ends with a whole line");
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), fields.len());
+        let field = if keyed { ",\"mac\":\"" } else { ",\"hash\":\"" };
         let mut prev = [0u8; 32];
-        let want = [
-            ",\"peer\":\"uid:1000\",\"op\":\"0x020b\",\"subject\":\"POS-0001\",\"kcv\":\"0ABCEF\",\
-             \"status\":\"authentication failed\",\"micros\":18446744073709551615",
-            ",\"peer\":\"uid?0??x?\",\"op\":\"0x0300\",\"subject\":\"?n?\",\"status\":\"ok\",\
-             \"micros\":0",
-        ];
-        for (n, (line, want)) in lines.iter().zip(want).enumerate() {
-            // `{"seq":N,"at":<ms>` then the fields, then the links.
-            let head = format!("{{\"seq\":{},\"at\":", n + 1);
-            let (body, _) = line.rsplit_once(",\"mac\":\"").unwrap();
-            let rest = body.strip_prefix(&head).unwrap();
+        for (n, (line, want)) in lines.iter().zip(fields).enumerate() {
+            // The link covers the line up to `,"mac"` (or `,"hash"`), after the previous link.
+            let (body, link) = line.rsplit_once(field).unwrap();
+            let rest = body
+                .strip_prefix(&format!("{{\"seq\":{},\"at\":", n + 1))
+                .unwrap();
             let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
             assert!(digits >= 13, "milliseconds since the epoch: {line}");
             assert_eq!(
                 rest.get(digits..).unwrap(),
                 format!("{want},\"prev\":\"{}\"", hex(&prev)),
-                "{line}",
             );
-            // The MAC covers the line up to `,"mac"`, after the previous record's link.
-            let (body, mac) = line.rsplit_once(",\"mac\":\"").unwrap();
-            let link = chain(Some(&key()), &prev, body);
-            assert_eq!(mac, format!("{}\"}}", hex(&link)));
-            prev = link;
+            let computed = chain(keyed.then(key).as_ref(), &prev, body);
+            assert_eq!(link, format!("{}\"}}", hex(&computed)));
+            prev = computed;
         }
-        assert_eq!(records(&path), 2);
+    }
+
+    #[test]
+    fn a_record_is_written_field_by_field_as_documented() {
+        let long = "A".repeat(129);
+        let accents = "\u{e9}".repeat(64);
+        let entries = [
+            Entry {
+                peer: "uid:1000",
+                opcode: 0x020b,
+                subject: Some("POS-0001"),
+                kcv: Some([0x0A, 0xBC, 0xEF]),
+                status: Status::AUTH_FAILED,
+                micros: u64::MAX,
+            },
+            // Anything but a short clean token: one `?` per character, at most 128 of them.
+            Entry {
+                peer: "uid 0\n\"x\"",
+                opcode: 0x0300,
+                subject: Some("\u{fc}n\u{ef}\u{20ac}\u{1f600}"),
+                kcv: None,
+                status: Status::OK,
+                micros: 0,
+            },
+            Entry {
+                peer: &long,
+                opcode: 0x0001,
+                subject: Some(&accents),
+                kcv: Some([0, 0, 0]),
+                status: Status::UNAVAILABLE,
+                micros: 7,
+            },
+        ];
+        let fields = [
+            ",\"peer\":\"uid:1000\",\"op\":\"0x020b\",\"subject\":\"POS-0001\",\"kcv\":\"0ABCEF\",\
+             \"status\":\"authentication failed\",\"micros\":18446744073709551615"
+                .to_owned(),
+            ",\"peer\":\"uid?0??x?\",\"op\":\"0x0300\",\"subject\":\"?n???\",\"status\":\"ok\",\
+             \"micros\":0"
+                .to_owned(),
+            format!(
+                ",\"peer\":\"{}\",\"op\":\"0x0001\",\"subject\":\"{}\",\"kcv\":\"000000\",\
+                 \"status\":\"{}\",\"micros\":7",
+                "A".repeat(128),
+                "?".repeat(64),
+                Status::UNAVAILABLE.name(),
+            ),
+        ];
+        check_written(true, &entries, &fields);
+        check_written(false, &entries, &fields);
     }
 
     #[test]

@@ -419,9 +419,6 @@ async fn connection(
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        // One clock reading for every request of this read: a record's time runs from when
-        // keyd read the request, so it includes the wait behind the others read with it.
-        let started = std::time::Instant::now();
         let mut used = 0;
         loop {
             let frame = match frame::decode(buf.get(used..).unwrap_or_default(), MAX_BODY) {
@@ -440,6 +437,7 @@ async fn connection(
                 break 'read;
             }
             let (opcode, id) = (frame.header.opcode, frame.header.request_id);
+            let started = std::time::Instant::now();
             if audit.failed() {
                 // Without its audit log keyd executes nothing.
                 outbox.push(|out| unavailable(out, opcode, id));

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use e2e::device::DeliveredKey;
+use e2e::pos::hex_upper;
 use keyd_proto::message as m;
 use keyd_proto::{Client, Secret};
 use std::collections::HashMap;
@@ -164,10 +165,6 @@ fn encrypt(key: &[u8], iv: &[u8; 16], plaintext: &[u8]) -> Vec<u8> {
 /// A charge request as the API would build it: the envelope JSON is the signed body.
 fn charge(keys: &HashMap<String, DeliveredKey>, bytes: usize) -> m::ChargeOpen {
     charge_of(keys, "", bytes)
-}
-
-fn hex_upper(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 /// The card of a charge under the device's TDK, and its IV.
