@@ -525,11 +525,8 @@ async fn charge_input(
     }
     let (data, iv) = (card.data, card.iv);
     let unreadable = || ApiError::field("card.data", "cannot be decrypted or read");
-    let iv: [u8; 16] = hex::decode(iv.as_bytes())
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(unreadable)?;
-    let ciphertext = hex::decode(data.as_bytes()).ok().unwrap_or_default();
+    let iv: [u8; 16] = crate::wire::unhex_array(iv.as_bytes()).ok_or_else(unreadable)?;
+    let ciphertext = crate::wire::unhex(data.as_bytes()).unwrap_or_default();
     // With a PIN, keyd translates it in the same round trip that decrypts the card, bound to
     // that card's PAN (spec 12.2); the keys are looked up first, their absence reported after
     // the card's own checks, as before.
@@ -550,7 +547,7 @@ async fn charge_input(
                 ciphertext,
                 tpk_key_id: tpk.clone(),
                 zpk_key_id: zpk.clone(),
-                pin_block: hex::decode(block.expose().as_bytes()).unwrap_or_default(),
+                pin_block: crate::wire::unhex(block.expose().as_bytes()).unwrap_or_default(),
             })
             .await
             .map(|c| (c.plaintext, c.pan_fingerprint, Some(c.pin_block))),

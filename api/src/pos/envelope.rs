@@ -61,11 +61,10 @@ pub fn parse(body: &[u8], msk_kcv: &str) -> Result<Sealed, ApiError> {
         Some(_) => return Err(unopenable()),
     };
     let iv: [u8; 16] = text("initialization_vector")
-        .and_then(|s| hex::decode(s).ok())
-        .and_then(|v| v.try_into().ok())
+        .and_then(|s| crate::wire::unhex_array(s.as_bytes()))
         .ok_or_else(unopenable)?;
     let ciphertext = text("ciphertext")
-        .and_then(|s| hex::decode(s).ok())
+        .and_then(|s| crate::wire::unhex(s.as_bytes()))
         .ok_or_else(unopenable)?;
     if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(16) {
         return Err(unopenable());
@@ -266,8 +265,8 @@ mod tests {
         }
         let ok = parse(&envelope(json!({"content_encoding": "gzip"})), "ABC123").unwrap();
         assert!(ok.gzip && ok.ciphertext.len() == 32 && ok.iv[15] == 0xff);
-        assert_eq!(hex::decode("+F").ok(), None);
-        assert_eq!(hex::decode("0aFF").ok(), Some(vec![10, 255]));
+        assert_eq!(crate::wire::unhex(b"+F"), None);
+        assert_eq!(crate::wire::unhex(b"0aFF"), Some(vec![10, 255]));
     }
 
     #[test]
