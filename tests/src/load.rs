@@ -155,14 +155,17 @@ pub fn charge_request(
     let message =
         crate::pos::charge_string_to_sign(tid, kid, &ts, &nonce, "POST", "/pos/charge", &body);
     let sig = crate::pos::signature_header(t.mac_key().ok_or("no MAC key")?, &message)?;
-    let mut req = format!(
+    // Sized for the headers and the body at once: growing a copy of the body per request was
+    // a tenth of the driver's time, on the cores the servers are measured on.
+    let mut req = Vec::with_capacity(body.len() + 640);
+    write!(
+        req,
         "POST /pos/charge HTTP/1.1\r\nHost: localhost\r\nUser-Agent: Viopay-POS/1.4.0 (load)\r\n\
          X-Client-Type: pos\r\nX-Terminal-Id: {tid}\r\nX-Key-Id: {kid}\r\nX-Timestamp: {ts}\r\n\
          X-Nonce: {nonce}\r\nX-Signature: {sig}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n",
         body.len()
-    )
-    .into_bytes();
+    )?;
     req.extend_from_slice(&body);
     Ok(req)
 }
