@@ -47,7 +47,8 @@ const INVALID: u8 = 0x10;
 
 /// Hex of either case to bytes; `None` for an odd length or anything but hex digits. One table
 /// lookup per digit and one check at the end: `hex::decode` runs a fallible iterator per byte,
-/// a few percent of the API's time on the kilobyte ciphertexts every charge carries.
+/// a few percent of the API's time on the kilobyte ciphertexts every charge carries. Bad input
+/// is decoded to its end before it is refused (bounded by the body's size limit).
 pub fn unhex(text: &[u8]) -> Option<Vec<u8>> {
     let (pairs, rest) = text.as_chunks::<2>();
     if !rest.is_empty() {

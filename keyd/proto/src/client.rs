@@ -86,7 +86,7 @@ impl Client {
         let (read, write) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         tokio::spawn(read_loop(read, Arc::clone(&pending)));
-        let outbox = Arc::new(Outbox::new(OUTBOX_LIMIT));
+        let outbox = Arc::new(Outbox::coalescing(OUTBOX_LIMIT));
         let sender = Arc::clone(&outbox);
         tokio::spawn(async move { sender.write_loop(write, || true).await });
         let mut client = Self {

@@ -38,6 +38,9 @@ pub struct Outbox {
     gone: AtomicBool,
     /// Most bytes queued before [`Outbox::room`] holds producers back.
     limit: usize,
+    /// Whether the writer, once woken, lets the other ready tasks run before it takes a batch
+    /// ([`Outbox::coalescing`]).
+    coalesce: bool,
 }
 
 impl Outbox {
@@ -50,7 +53,19 @@ impl Outbox {
             closed: AtomicBool::new(false),
             gone: AtomicBool::new(false),
             limit,
+            coalesce: false,
         }
+    }
+
+    /// An outbox whose writer, woken by a frame, first lets the tasks already ready run, so
+    /// that the frames they are about to queue leave in the same write. For a client whose
+    /// callers are many tasks each sending one request at a time (the API's handlers): without
+    /// it the writer ran straight after each call and sent one frame per system call, and each
+    /// one woke keyd.
+    pub fn coalescing(limit: usize) -> Self {
+        let mut outbox = Self::new(limit);
+        outbox.coalesce = true;
+        outbox
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
@@ -116,6 +131,9 @@ impl Outbox {
                     break;
                 }
                 self.ready.notified().await;
+                if self.coalesce {
+                    tokio::task::yield_now().await;
+                }
                 spare = batch;
                 continue;
             }
@@ -168,6 +186,50 @@ mod tests {
     use tokio::net::UnixStream;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_coalescing_writer_lets_the_ready_tasks_queue_before_it_sends() {
+        for (coalesce, batches_wanted) in [(false, 2), (true, 1)] {
+            let (near, mut far) = UnixStream::pair().unwrap();
+            let outbox = Arc::new(if coalesce {
+                Outbox::coalescing(1 << 20)
+            } else {
+                Outbox::new(1 << 20)
+            });
+            let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let writer = tokio::spawn({
+                let (outbox, batches) = (Arc::clone(&outbox), Arc::clone(&batches));
+                async move {
+                    outbox
+                        .write_loop(near, || {
+                            batches.fetch_add(1, Ordering::SeqCst);
+                            true
+                        })
+                        .await;
+                }
+            });
+            // The writer starts and waits for a frame.
+            tokio::task::yield_now().await;
+            outbox.push(|out| out.extend_from_slice(b"one,"));
+            // Another caller, ready to queue its frame once this one gives way: the writer was
+            // woken first, so without coalescing it sends the first frame alone.
+            let second = tokio::spawn({
+                let outbox = Arc::clone(&outbox);
+                async move { outbox.push(|out| out.extend_from_slice(b"two.")) }
+            });
+            second.await.unwrap();
+            let mut got = [0; 8];
+            far.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"one,two.");
+            outbox.close();
+            writer.await.unwrap();
+            assert_eq!(
+                batches.load(Ordering::SeqCst),
+                batches_wanted,
+                "coalescing: {coalesce}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_full_outbox_holds_producers_until_sent_and_lets_them_go_when_the_writer_stops() {
