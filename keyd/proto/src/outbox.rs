@@ -57,11 +57,14 @@ impl Outbox {
         }
     }
 
-    /// An outbox whose writer, woken by a frame, first lets the tasks already ready run, so
-    /// that the frames they are about to queue leave in the same write. For a client whose
+    /// An outbox whose writer, woken by a frame, first yields (`tokio::task::yield_now`) so
+    /// that tasks already ready may queue their frames into the same write. For a client whose
     /// callers are many tasks each sending one request at a time (the API's handlers): without
     /// it the writer ran straight after each call and sent one frame per system call, and each
-    /// one woke keyd.
+    /// one woke keyd. It is a hint to the scheduler, not a promise: tokio runs the yielded
+    /// task again once its worker runs out of ready tasks or checks for I/O (every few dozen
+    /// polls), so a frame waits at most that long, and an idle runtime sends it at once. Frames
+    /// queued during the yield leave a wake-up behind, which costs the writer one empty pass.
     pub fn coalescing(limit: usize) -> Self {
         let mut outbox = Self::new(limit);
         outbox.coalesce = true;
@@ -189,6 +192,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_coalescing_writer_lets_the_ready_tasks_queue_before_it_sends() {
+        // On the current-thread runtime tests use: the writer is woken before the second
+        // caller is spawned, so it runs first unless it yields. A regression fails, not hangs.
+        let run = tokio::time::timeout(std::time::Duration::from_secs(10), coalesced_batches());
+        run.await.expect("the writer sent both frames");
+    }
+
+    async fn coalesced_batches() {
         for (coalesce, batches_wanted) in [(false, 2), (true, 1)] {
             let (near, mut far) = UnixStream::pair().unwrap();
             let outbox = Arc::new(if coalesce {
