@@ -651,6 +651,9 @@ impl Audit {
                 ",\"hash\":\""
             };
             let mut out = String::with_capacity(s.taken.len() * 2);
+            // Each record's link, in hex, is the next one's `prev`: encoded once.
+            let mut prev_hex = String::with_capacity(64);
+            push_hex(&mut prev_hex, &s.prev, false);
             for middle in s.taken.lines() {
                 s.seq += 1;
                 let start = out.len();
@@ -659,7 +662,7 @@ impl Audit {
                 out.push(',');
                 out.push_str(middle);
                 out.push_str(",\"prev\":\"");
-                push_hex(&mut out, &s.prev, false);
+                out.push_str(&prev_hex);
                 out.push('"');
                 let link = chain(
                     self.key.as_ref(),
@@ -667,8 +670,10 @@ impl Audit {
                     out.get(start..).unwrap_or_default(),
                 );
                 s.prev = link;
+                prev_hex.clear();
+                push_hex(&mut prev_hex, &link, false);
                 out.push_str(field);
-                push_hex(&mut out, &link, false);
+                out.push_str(&prev_hex);
                 out.push_str("\"}\n");
             }
             s.keyed |= self.key.is_some();
