@@ -1,6 +1,6 @@
 //! Terminals under load: set-up of many activated terminals through the real lifecycle, and a
-//! driver that sends signed, MSK-enveloped charges over keep-alive connections from many
-//! threads, flat out or paced, with a progress line and a latency histogram. `charge-load` and
+//! driver that sends signed, MSK-enveloped charges over many keep-alive connections (one task
+//! each, all on one thread), flat out or paced, with a progress line and a latency histogram. `charge-load` and
 //! `pos-sim load` are both this module.
 
 #![allow(
@@ -9,13 +9,15 @@
 )]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::Error;
 use crate::api::Client;
@@ -74,11 +76,12 @@ pub fn activate_terminals(
     Ok(terminals)
 }
 
-/// One keep-alive HTTP/1.1 connection.
+/// One keep-alive HTTP/1.1 connection of the driver.
 #[derive(Debug)]
 pub struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    line: String,
 }
 
 impl Conn {
@@ -86,12 +89,14 @@ impl Conn {
     ///
     /// # Errors
     /// If the connection fails.
-    pub fn new(port: u16) -> Result<Self, Error> {
-        let stream = TcpStream::connect(("127.0.0.1", port))?;
+    pub async fn new(port: u16) -> Result<Self, Error> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream.set_nodelay(true)?;
+        let (reader, writer) = stream.into_split();
         Ok(Self {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
+            reader: BufReader::new(reader),
+            writer,
+            line: String::new(),
         })
     }
 
@@ -99,16 +104,16 @@ impl Conn {
     ///
     /// # Errors
     /// Transport failures.
-    pub fn send(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>), Error> {
-        self.writer.write_all(request)?;
+    pub async fn send(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>), Error> {
+        self.writer.write_all(request).await?;
         let mut status = 0;
         let mut length = 0usize;
-        let mut line = String::new();
         loop {
-            line.clear();
-            if self.reader.read_line(&mut line)? == 0 {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line).await? == 0 {
                 return Err("connection closed".into());
             }
+            let line = self.line.as_str();
             if line == "\r\n" {
                 break;
             }
@@ -121,7 +126,7 @@ impl Conn {
             }
         }
         let mut body = vec![0u8; length];
-        self.reader.read_exact(&mut body)?;
+        self.reader.read_exact(&mut body).await?;
         Ok((status, body))
     }
 }
@@ -173,7 +178,8 @@ pub fn charge_request(
 /// How to load.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Client threads, one keep-alive connection each; terminals are shared round-robin.
+    /// Keep-alive connections, each a closed loop of one charge at a time; terminals are
+    /// shared round-robin.
     pub connections: usize,
     /// How long.
     pub duration: Duration,
@@ -254,116 +260,87 @@ impl Report {
     }
 }
 
-/// Sends charges from `options.connections` threads for `options.duration`.
+/// Sends charges over `options.connections` connections for `options.duration`.
 pub fn run(port: u16, terminals: &[Terminal], options: &Options) -> Report {
     run_on(&[port], terminals, options)
 }
 
+/// What the connections of a run add to, and the flag that ends it.
+#[derive(Default)]
+struct Tally {
+    stop: AtomicBool,
+    approved: AtomicU64,
+    failed: Mutex<BTreeMap<u16, u64>>,
+    latencies: Mutex<Latencies>,
+    acknowledged: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn fail(&self, status: u16) {
+        if let Ok(mut f) = self.failed.lock() {
+            *f.entry(status).or_default() += 1;
+        }
+    }
+}
+
 /// As [`run`], the connections spread round-robin over several API nodes' ports (as a load
 /// balancer would spread them).
+///
+/// Every connection is a task on one thread of its own (a current-thread runtime), each a
+/// closed loop: build a request, send it, wait for its answer. The driver shares the cores
+/// with the servers it measures, and a thread per connection cost it about a quarter of its
+/// time in context switches (32 threads, each woken once per answer); one thread reads the
+/// answers that are ready together.
 pub fn run_on(ports: &[u16], terminals: &[Terminal], options: &Options) -> Report {
-    let stop = Arc::new(AtomicBool::new(false));
-    let approved = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(Mutex::new(BTreeMap::<u16, u64>::new()));
-    let latencies = Arc::new(Mutex::new(Latencies::default()));
-    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let tally = Arc::new(Tally::default());
     let started = Instant::now();
     #[allow(clippy::cast_precision_loss, reason = "a pacing interval")]
     let interval = (options.rate > 0)
         .then(|| Duration::from_secs_f64(options.connections as f64 / options.rate as f64));
-    let threads: Vec<_> = (0..options.connections)
+    let connections: Vec<_> = (0..options.connections)
         .filter_map(|i| {
             let t = terminals.get(i % terminals.len().max(1)).cloned()?;
             Some((t, *ports.get(i % ports.len().max(1))?))
         })
-        .map(|(t, port)| {
-            let (stop, approved, failed, latencies, acknowledged) = (
-                stop.clone(),
-                approved.clone(),
-                failed.clone(),
-                latencies.clone(),
-                acknowledged.clone(),
-            );
-            let (pan, currency, collect) = (
-                options.pan.clone(),
-                options.currency.clone(),
-                options.collect,
-            );
-            let pin = options.pin.clone();
-            std::thread::spawn(move || {
-                let fail = |status: u16| {
-                    if let Ok(mut f) = failed.lock() {
-                        *f.entry(status).or_default() += 1;
-                    }
-                };
-                let Ok(mut conn) = Conn::new(port) else {
-                    fail(0);
+        .collect();
+    let driver = {
+        let (tally, options) = (Arc::clone(&tally), options.clone());
+        std::thread::Builder::new()
+            .name("load-driver".into())
+            .spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    tally.fail(0);
                     return;
                 };
-                let pin_block = match pin.as_deref().map(|p| t.pin_block(p, &pan)) {
-                    None => None,
-                    Some(Ok(block)) => Some(block),
-                    Some(Err(_)) => {
-                        fail(0);
-                        return;
+                runtime.block_on(async {
+                    let tasks: Vec<_> = connections
+                        .into_iter()
+                        .map(|(t, port)| {
+                            tokio::spawn(connection(
+                                t,
+                                port,
+                                options.clone(),
+                                interval,
+                                Arc::clone(&tally),
+                            ))
+                        })
+                        .collect();
+                    for task in tasks {
+                        let _ = task.await;
                     }
-                };
-                let mut mine = Latencies::default();
-                let mut next = Instant::now();
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    if let Some(interval) = interval {
-                        let now = Instant::now();
-                        if now < next {
-                            std::thread::sleep(next - now);
-                        }
-                        next += interval;
-                    }
-                    n += 1;
-                    let Ok(request) =
-                        charge_request(&t, &pan, 1000 + (n % 89), &currency, pin_block.as_deref())
-                    else {
-                        fail(0);
-                        break;
-                    };
-                    let sent = Instant::now();
-                    match conn.send(&request) {
-                        Ok((200, body)) => {
-                            approved.fetch_add(1, Ordering::Relaxed);
-                            mine.record(sent.elapsed());
-                            if collect {
-                                let id = serde_json::from_slice::<Value>(&body)
-                                    .ok()
-                                    .and_then(|v| t.open_envelope(&v).ok())
-                                    .and_then(|c| c["charge_id"].as_str().map(str::to_owned));
-                                if let (Some(id), Ok(mut ids)) = (id, acknowledged.lock()) {
-                                    ids.push(id);
-                                }
-                            }
-                        }
-                        Ok((status, _)) => fail(status),
-                        Err(_) => {
-                            fail(0);
-                            match Conn::new(port) {
-                                Ok(c) => conn = c,
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                }
-                if let Ok(mut l) = latencies.lock() {
-                    l.merge(&mine);
-                }
+                });
             })
-        })
-        .collect();
+    };
     let mut last = 0;
     while started.elapsed() < options.duration {
         std::thread::sleep(
             Duration::from_secs(1).min(options.duration.saturating_sub(started.elapsed())),
         );
         if options.progress {
-            let now = approved.load(Ordering::Relaxed);
+            let now = tally.approved.load(Ordering::Relaxed);
             let elapsed = started.elapsed().as_secs();
             let total = options.duration.as_secs().max(1);
             let filled = usize::try_from(elapsed * 30 / total).unwrap_or(30).min(30);
@@ -376,22 +353,98 @@ pub fn run_on(ports: &[u16], terminals: &[Terminal], options: &Options) -> Repor
             last = now;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
+    tally.stop.store(true, Ordering::Relaxed);
+    match driver {
+        Ok(driver) => {
+            let _ = driver.join();
+        }
+        Err(_) => tally.fail(0),
     }
     Report {
-        approved: approved.load(Ordering::Relaxed),
-        failed: failed.lock().map(|f| f.clone()).unwrap_or_default(),
-        latencies: latencies
+        approved: tally.approved.load(Ordering::Relaxed),
+        failed: tally.failed.lock().map(|f| f.clone()).unwrap_or_default(),
+        latencies: tally
+            .latencies
             .lock()
             .map(|mut l| std::mem::take(&mut *l))
             .unwrap_or_default(),
         elapsed: started.elapsed(),
-        acknowledged: acknowledged
+        acknowledged: tally
+            .acknowledged
             .lock()
             .map(|mut l| std::mem::take(&mut *l))
             .unwrap_or_default(),
+    }
+}
+
+/// One connection's closed loop, until the run's flag is set: a transport failure is counted
+/// and the connection made again (a run that outlives a restart of the API goes on).
+async fn connection(
+    t: Terminal,
+    port: u16,
+    options: Options,
+    interval: Option<Duration>,
+    tally: Arc<Tally>,
+) {
+    let Ok(mut conn) = Conn::new(port).await else {
+        tally.fail(0);
+        return;
+    };
+    let pin_block = match options.pin.as_deref().map(|p| t.pin_block(p, &options.pan)) {
+        None => None,
+        Some(Ok(block)) => Some(block),
+        Some(Err(_)) => {
+            tally.fail(0);
+            return;
+        }
+    };
+    let mut mine = Latencies::default();
+    let mut next = tokio::time::Instant::now();
+    let mut n = 0u64;
+    while !tally.stop.load(Ordering::Relaxed) {
+        if let Some(interval) = interval {
+            tokio::time::sleep_until(next).await;
+            next += interval;
+        }
+        n += 1;
+        let amount = 1000 + (n % 89);
+        let Ok(request) = charge_request(
+            &t,
+            &options.pan,
+            amount,
+            &options.currency,
+            pin_block.as_deref(),
+        ) else {
+            tally.fail(0);
+            break;
+        };
+        let sent = Instant::now();
+        match conn.send(&request).await {
+            Ok((200, body)) => {
+                tally.approved.fetch_add(1, Ordering::Relaxed);
+                mine.record(sent.elapsed());
+                if options.collect {
+                    let id = serde_json::from_slice::<Value>(&body)
+                        .ok()
+                        .and_then(|v| t.open_envelope(&v).ok())
+                        .and_then(|c| c["charge_id"].as_str().map(str::to_owned));
+                    if let (Some(id), Ok(mut ids)) = (id, tally.acknowledged.lock()) {
+                        ids.push(id);
+                    }
+                }
+            }
+            Ok((status, _)) => tally.fail(status),
+            Err(_) => {
+                tally.fail(0);
+                match Conn::new(port).await {
+                    Ok(c) => conn = c,
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    if let Ok(mut l) = tally.latencies.lock() {
+        l.merge(&mine);
     }
 }
 

@@ -18,7 +18,7 @@
 //! ZPK and the issuer (the embedded simulator through keyd's `PvvVerify`, or `acqsim`) checks.
 //!
 //! It starts keyd and the API on throw-away state, registers and activates `--terminals`
-//! terminals through the real lifecycle, then drives charges from `--connections` threads for
+//! terminals through the real lifecycle, then drives charges over `--connections` connections for
 //! `--seconds`, flat out or at `--rate`. At the end it counts the merchant's charges through the
 //! API and checks that every acknowledged charge is there (durability), and prints throughput
 //! and latency percentiles.
@@ -54,7 +54,7 @@ struct Args {
     /// Terminals to activate; connections take them round-robin.
     #[arg(long, default_value_t = 16)]
     terminals: u32,
-    /// Client threads, each with one keep-alive connection.
+    /// Keep-alive connections, each sending one charge at a time (all driven from one thread).
     #[arg(long, default_value_t = 32)]
     connections: usize,
     /// Seconds of load.

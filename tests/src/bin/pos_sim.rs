@@ -107,7 +107,7 @@ enum Command {
         /// First device number (devices are `POS-` + 8 hex digits from it).
         #[arg(long, default_value_t = 0x5000)]
         first_device: u32,
-        /// Client threads, one keep-alive connection each.
+        /// Keep-alive connections, each sending one charge at a time.
         #[arg(long, default_value_t = 32)]
         connections: usize,
         /// Seconds of load.
