@@ -264,6 +264,22 @@ fn main() {
     let ports: Vec<u16> = std::iter::once(api.port())
         .chain(others.iter().map(ApiProcess::port))
         .collect();
+    // What each process spends per charge: steadier than the rate on a shared machine.
+    let mut processes: Vec<(String, u32)> = Vec::new();
+    for (n, node) in std::iter::once(&api).chain(&others).enumerate() {
+        if let Some(pid) = node.pid() {
+            let name = if n == 0 {
+                "API".to_owned()
+            } else {
+                format!("API node {}", n + 1)
+            };
+            processes.push((name, pid));
+        }
+    }
+    processes.extend(keyd.pid().map(|pid| ("keyd".to_owned(), pid)));
+    processes.push(("driver".to_owned(), std::process::id()));
+    let named: Vec<(&str, u32)> = processes.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    let meter = benches::CpuMeter::start(&named);
     let report = e2e::load::run_on(
         &ports,
         &terminals,
@@ -279,6 +295,7 @@ fn main() {
         },
     );
     print!("{}", report.summary());
+    println!("{}", meter.per_op(report.approved, "approved charge"));
     // Durability: every acknowledged charge is stored (the API committed before answering).
     let stored = e2e::load::count_approved(http, &admin, &mid).unwrap();
     println!(

@@ -466,6 +466,9 @@ async fn main() {
         }
     }
     let load_started = Instant::now();
+    let mut processes = vec![("driver", std::process::id())];
+    processes.extend(keyd.pid().map(|pid| ("keyd", pid)));
+    let meter = benches::CpuMeter::start(&processes);
     // The rewrap starts a second into the load and runs beside it.
     let rewrap = args.lmk_rewrap.then(|| {
         let mut command = keyd.command(&["lmk-rewrap", "--officer", e2e::OFFICERS[0].0]);
@@ -536,6 +539,13 @@ async fn main() {
         p.p99,
         p.p999
     );
+    println!(
+        "{}",
+        meter.per_op(
+            u64::try_from(latencies.len()).unwrap_or(u64::MAX),
+            "operation"
+        )
+    );
     drop(client);
     keyd.stop();
 
@@ -563,7 +573,12 @@ async fn main() {
 
     // The in-process ceiling: the same operation on keyd's service, no socket, two threads.
     let ceiling = in_process_ceiling(args.envelope_bytes, args.seconds.min(5));
-    println!("in-process ceiling (2 threads, no socket): {ceiling:.0} ops/s");
+    // Both threads run flat out, so each operation took two cores' worth of the time.
+    println!(
+        "in-process ceiling (2 threads, no socket): {ceiling:.0} ops/s, {:.2} us of CPU per operation; the socket's rate is {:.1} % of it",
+        2e6 / ceiling.max(1e-9),
+        100.0 * ops / ceiling.max(1e-9)
+    );
 }
 
 /// One connection of `--raw` charge load: says hello, then keeps `window` requests in flight
