@@ -74,7 +74,8 @@ fn ticks_of(stat: &str) -> Option<u64> {
 /// CPU time of several processes between two moments: `start` once, `per_op` at the end.
 #[derive(Debug)]
 pub struct CpuMeter {
-    pids: Vec<(String, u32, std::time::Duration)>,
+    /// Each process's name, id and CPU time at the start.
+    processes: Vec<(String, u32, std::time::Duration)>,
     started: std::time::Instant,
 }
 
@@ -82,7 +83,7 @@ impl CpuMeter {
     /// Starts measuring each named process (those already gone are left out).
     pub fn start(processes: &[(&str, u32)]) -> Self {
         Self {
-            pids: processes
+            processes: processes
                 .iter()
                 .filter_map(|(name, pid)| Some(((*name).to_owned(), *pid, cpu_time(*pid)?)))
                 .collect(),
@@ -94,13 +95,16 @@ impl CpuMeter {
     /// the `ops` operations done since [`CpuMeter::start`].
     pub fn per_op(&self, ops: u64, what: &str) -> String {
         let wall = self.started.elapsed().as_secs_f64().max(1e-9);
+        if ops == 0 {
+            return format!("CPU per {what}: none done");
+        }
         let parts: Vec<String> = self
-            .pids
+            .processes
             .iter()
             .filter_map(|(name, pid, before)| {
                 let used = cpu_time(*pid)?.saturating_sub(*before).as_secs_f64();
                 #[allow(clippy::cast_precision_loss, reason = "a count for display")]
-                let per = used * 1e6 / (ops.max(1) as f64);
+                let per = used * 1e6 / (ops as f64);
                 Some(format!("{name} {per:.2} us ({:.2} cores)", used / wall))
             })
             .collect();

@@ -1,6 +1,6 @@
 //! Terminals under load: set-up of many activated terminals through the real lifecycle, and a
-//! driver that sends signed, MSK-enveloped charges over many keep-alive connections (one task
-//! each, all on one thread), flat out or paced, with a progress line and a latency histogram. `charge-load` and
+//! driver that sends signed, MSK-enveloped charges over many keep-alive connections (tasks on
+//! one thread), flat out or paced, with a progress line and a latency histogram. `charge-load` and
 //! `pos-sim load` are both this module.
 
 #![allow(
@@ -76,9 +76,10 @@ pub fn activate_terminals(
     Ok(terminals)
 }
 
-/// One keep-alive HTTP/1.1 connection of the driver.
+/// One keep-alive HTTP/1.1 connection of the driver (a tokio socket: used inside the driver's
+/// runtime).
 #[derive(Debug)]
-pub struct Conn {
+struct Conn {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
     line: String,
@@ -89,7 +90,7 @@ impl Conn {
     ///
     /// # Errors
     /// If the connection fails.
-    pub async fn new(port: u16) -> Result<Self, Error> {
+    async fn new(port: u16) -> Result<Self, Error> {
         let stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream.set_nodelay(true)?;
         let (reader, writer) = stream.into_split();
@@ -104,7 +105,7 @@ impl Conn {
     ///
     /// # Errors
     /// Transport failures.
-    pub async fn send(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>), Error> {
+    async fn send(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>), Error> {
         self.writer.write_all(request).await?;
         let mut status = 0;
         let mut length = 0usize;
@@ -266,7 +267,7 @@ pub fn run(port: u16, terminals: &[Terminal], options: &Options) -> Report {
 }
 
 /// What the connections of a run add to, and the flag that ends it.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Tally {
     stop: AtomicBool,
     approved: AtomicU64,
@@ -286,11 +287,16 @@ impl Tally {
 /// As [`run`], the connections spread round-robin over several API nodes' ports (as a load
 /// balancer would spread them).
 ///
-/// Every connection is a task on one thread of its own (a current-thread runtime), each a
-/// closed loop: build a request, send it, wait for its answer. The driver shares the cores
+/// All connections are tasks on one dedicated thread (a current-thread runtime), each a closed
+/// loop: build a request, send it, wait for its answer. The driver shares the cores
 /// with the servers it measures, and a thread per connection cost it about a quarter of its
 /// time in context switches (32 threads, each woken once per answer); one thread reads the
-/// answers that are ready together.
+/// answers that are ready together. A measured latency therefore also holds any time the answer
+/// waited while that thread built another connection's request.
+///
+/// # Panics
+/// If the driver's thread or runtime cannot be started, or a connection's task panics: a run
+/// that could not load must not pass for one that loaded and saw failures.
 pub fn run_on(ports: &[u16], terminals: &[Terminal], options: &Options) -> Report {
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
@@ -308,13 +314,11 @@ pub fn run_on(ports: &[u16], terminals: &[Terminal], options: &Options) -> Repor
         std::thread::Builder::new()
             .name("load-driver".into())
             .spawn(move || {
-                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                #[allow(clippy::expect_used, reason = "see the doc's Panics")]
+                let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                else {
-                    tally.fail(0);
-                    return;
-                };
+                    .expect("the load driver's runtime");
                 runtime.block_on(async {
                     let tasks: Vec<_> = connections
                         .into_iter()
@@ -329,7 +333,11 @@ pub fn run_on(ports: &[u16], terminals: &[Terminal], options: &Options) -> Repor
                         })
                         .collect();
                     for task in tasks {
-                        let _ = task.await;
+                        if let Err(e) = task.await
+                            && e.is_panic()
+                        {
+                            std::panic::resume_unwind(e.into_panic());
+                        }
                     }
                 });
             })
@@ -354,11 +362,10 @@ pub fn run_on(ports: &[u16], terminals: &[Terminal], options: &Options) -> Repor
         }
     }
     tally.stop.store(true, Ordering::Relaxed);
-    match driver {
-        Ok(driver) => {
-            let _ = driver.join();
-        }
-        Err(_) => tally.fail(0),
+    #[allow(clippy::expect_used, reason = "see the doc's Panics")]
+    let driver = driver.expect("the load driver's thread");
+    if let Err(panic) = driver.join() {
+        std::panic::resume_unwind(panic);
     }
     Report {
         approved: tally.approved.load(Ordering::Relaxed),
@@ -405,6 +412,10 @@ async fn connection(
         if let Some(interval) = interval {
             tokio::time::sleep_until(next).await;
             next += interval;
+            // A slow pace sleeps up to `connections / rate`: the run may have ended meanwhile.
+            if tally.stop.load(Ordering::Relaxed) {
+                break;
+            }
         }
         n += 1;
         let amount = 1000 + (n % 89);
@@ -462,7 +473,7 @@ pub fn count_approved(http: Client, admin: &str, merchant_id: &str) -> Result<u6
 
 /// Latencies as a fixed-size log-linear histogram: 64 sub-buckets per power of two of
 /// microseconds (under 1.6 % error at any value), so a run of any length keeps 32 KiB per
-/// thread instead of eight bytes per charge.
+/// connection instead of eight bytes per charge.
 #[derive(Debug, Clone)]
 pub struct Latencies {
     counts: Box<[u64; Self::BUCKETS]>,

@@ -149,6 +149,11 @@ fn postgres_a_database_restart_under_load_fails_cleanly_and_recovers() {
     cluster.start_server().unwrap();
     let report = load.join().unwrap();
     assert!(
+        report.acknowledged.len() > 5,
+        "charges went through around the restart: {:?}",
+        report.failed
+    );
+    assert!(
         !report.failed.is_empty(),
         "the database was away: some charges must have failed"
     );
@@ -204,6 +209,11 @@ fn a_keyd_restart_under_load_fails_cleanly_and_recovers() {
     std::thread::sleep(Duration::from_millis(300));
     p.keyd.start().unwrap();
     let report = load.join().unwrap();
+    assert!(
+        report.acknowledged.len() > 5,
+        "charges went through around the restart: {:?}",
+        report.failed
+    );
     // While keyd was away the API answered 503/5030 and kept serving; afterwards charges
     // go through again (the API reconnects by itself).
     let (a, v) = probe.charge("4242424242424242", 1234, "EUR", None).unwrap();

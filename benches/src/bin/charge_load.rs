@@ -277,7 +277,13 @@ fn main() {
         }
     }
     processes.extend(keyd.pid().map(|pid| ("keyd".to_owned(), pid)));
-    processes.push(("driver".to_owned(), std::process::id()));
+    // The acquirer host simulator, when there is one, runs inside this process.
+    let me = if acquirer.is_some() {
+        "driver and acquirer host"
+    } else {
+        "driver"
+    };
+    processes.push((me.to_owned(), std::process::id()));
     let named: Vec<(&str, u32)> = processes.iter().map(|(n, p)| (n.as_str(), *p)).collect();
     let meter = benches::CpuMeter::start(&named);
     let report = e2e::load::run_on(
@@ -295,7 +301,15 @@ fn main() {
         },
     );
     print!("{}", report.summary());
-    println!("{}", meter.per_op(report.approved, "approved charge"));
+    println!(
+        "{}{}",
+        meter.per_op(report.approved, "approved charge"),
+        if cluster.is_some() {
+            " (PostgreSQL's own processes not counted)"
+        } else {
+            ""
+        }
+    );
     // Durability: every acknowledged charge is stored (the API committed before answering).
     let stored = e2e::load::count_approved(http, &admin, &mid).unwrap();
     println!(
