@@ -104,10 +104,11 @@ impl Conn {
     /// Sends a whole request; returns the status and body of the answer.
     ///
     /// # Errors
-    /// Transport failures.
+    /// Transport failures, and an answer this reader cannot frame (no status line, a chunked
+    /// body): the connection is then out of step and must not be used again.
     async fn send(&mut self, request: &[u8]) -> Result<(u16, Vec<u8>), Error> {
         self.writer.write_all(request).await?;
-        let mut status = 0;
+        let mut status = None;
         let mut length = 0usize;
         loop {
             self.line.clear();
@@ -118,14 +119,23 @@ impl Conn {
             if line == "\r\n" {
                 break;
             }
-            if status == 0 {
-                status = line.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-            } else if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
+            if status.is_none() {
+                status = line
+                    .strip_prefix("HTTP/1.")
+                    .and_then(|rest| rest.get(2..5))
+                    .and_then(|s| s.parse::<u16>().ok());
+                if status.is_none() {
+                    return Err("no status line".into());
+                }
+            } else if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse()?;
+                } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                    return Err("a chunked answer".into());
+                }
             }
         }
+        let status = status.ok_or("no status line")?;
         let mut body = vec![0u8; length];
         self.reader.read_exact(&mut body).await?;
         Ok((status, body))
@@ -384,6 +394,11 @@ pub fn run_on(ports: &[u16], terminals: &[Terminal], options: &Options) -> Repor
     }
 }
 
+/// How long a connection waits for an answer before it counts a failure and reconnects: so that
+/// a server that hangs without closing its sockets ends the run (at most this much late) like
+/// one that died.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One connection's closed loop, until the run's flag is set: a transport failure is counted
 /// and the connection made again (a run that outlives a restart of the API goes on).
 async fn connection(
@@ -430,8 +445,8 @@ async fn connection(
             break;
         };
         let sent = Instant::now();
-        match conn.send(&request).await {
-            Ok((200, body)) => {
+        match tokio::time::timeout(ANSWER_TIMEOUT, conn.send(&request)).await {
+            Ok(Ok((200, body))) => {
                 tally.approved.fetch_add(1, Ordering::Relaxed);
                 mine.record(sent.elapsed());
                 if options.collect {
@@ -444,8 +459,10 @@ async fn connection(
                     }
                 }
             }
-            Ok((status, _)) => tally.fail(status),
-            Err(_) => {
+            Ok(Ok((status, _))) => tally.fail(status),
+            // A transport failure, or no answer in time (a hung server): the connection is
+            // dropped (a half-read answer cannot be resumed) and made again.
+            Ok(Err(_)) | Err(_) => {
                 tally.fail(0);
                 match Conn::new(port).await {
                     Ok(c) => conn = c,
@@ -579,6 +596,45 @@ impl Latencies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server on a loopback port that answers each request it reads with `answer`.
+    async fn answering(answer: &'static [u8]) -> u16 {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 || stream.write_all(answer).await.is_err() {
+                    break;
+                }
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn answers_are_framed_by_their_length_and_odd_ones_refused() {
+        let ok = b"HTTP/1.1 201 Created\r\ncontent-length: 5\r\nX-A: b\r\n\r\nhello";
+        let mut conn = Conn::new(answering(ok).await).await.unwrap();
+        assert_eq!(conn.send(b"ping").await.unwrap(), (201, b"hello".to_vec()));
+        // Keep-alive: the next answer on the same connection is framed the same way.
+        assert_eq!(conn.send(b"ping").await.unwrap(), (201, b"hello".to_vec()));
+        for odd in [
+            &b"garbage\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: five\r\n\r\nhello",
+        ] {
+            let mut conn = Conn::new(answering(odd).await).await.unwrap();
+            assert!(
+                conn.send(b"ping").await.is_err(),
+                "{}",
+                String::from_utf8_lossy(odd)
+            );
+        }
+    }
 
     #[test]
     fn latency_buckets_are_within_two_percent_and_ordered() {
