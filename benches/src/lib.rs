@@ -51,8 +51,8 @@ pub fn percentiles(latencies: &mut [u64]) -> Percentiles {
 /// there is no such file (not Linux, or the process is gone).
 ///
 /// Throughput on a shared or virtual machine moves by several percent from one minute to the
-/// next; the CPU a process spends per operation moves much less, so comparing builds by it
-/// needs fewer rounds. The figures are in clock ticks of `USER_HZ`, which Linux fixes at 100
+/// next; the CPU a process spends per operation moves less within such a stretch (not across
+/// them), and says which process a difference between two builds is in. The figures are in clock ticks of `USER_HZ`, which Linux fixes at 100
 /// for `/proc` whatever the kernel's own tick rate: 10 ms steps, under 1 % of a 10-second run
 /// of a busy process.
 pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
