@@ -52,9 +52,9 @@ pub fn percentiles(latencies: &mut [u64]) -> Percentiles {
 ///
 /// Throughput on a shared or virtual machine moves by several percent from one minute to the
 /// next; the CPU a process spends per operation moves less within such a stretch (not across
-/// them), and says which process a difference between two builds is in. The figures are in clock ticks of `USER_HZ`, which Linux fixes at 100
-/// for `/proc` whatever the kernel's own tick rate: 10 ms steps, under 1 % of a 10-second run
-/// of a busy process.
+/// them), and says which process a difference between two builds is in. The figures are in
+/// clock ticks of `USER_HZ`, which Linux fixes at 100 for `/proc` whatever the kernel's own
+/// tick rate: 10 ms steps, under 1 % of a 10-second run of a busy process.
 pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     ticks_of(&stat).map(|t| std::time::Duration::from_millis(t * 10))
@@ -81,11 +81,11 @@ pub struct CpuMeter {
 
 impl CpuMeter {
     /// Starts measuring each named process (those already gone are left out).
-    pub fn start(processes: &[(&str, u32)]) -> Self {
+    pub fn start<S: Into<String>>(processes: impl IntoIterator<Item = (S, u32)>) -> Self {
         Self {
             processes: processes
-                .iter()
-                .filter_map(|(name, pid)| Some(((*name).to_owned(), *pid, cpu_time(*pid)?)))
+                .into_iter()
+                .filter_map(|(name, pid)| Some((name.into(), pid, cpu_time(pid)?)))
                 .collect(),
             started: std::time::Instant::now(),
         }

@@ -284,8 +284,7 @@ fn main() {
         "driver"
     };
     processes.push((me.to_owned(), std::process::id()));
-    let named: Vec<(&str, u32)> = processes.iter().map(|(n, p)| (n.as_str(), *p)).collect();
-    let meter = benches::CpuMeter::start(&named);
+    let meter = benches::CpuMeter::start(processes);
     let report = e2e::load::run_on(
         &ports,
         &terminals,

@@ -468,7 +468,7 @@ async fn main() {
     let load_started = Instant::now();
     let mut processes = vec![("driver", std::process::id())];
     processes.extend(keyd.pid().map(|pid| ("keyd", pid)));
-    let meter = benches::CpuMeter::start(&processes);
+    let meter = benches::CpuMeter::start(processes);
     // The rewrap starts a second into the load and runs beside it.
     let rewrap = args.lmk_rewrap.then(|| {
         let mut command = keyd.command(&["lmk-rewrap", "--officer", e2e::OFFICERS[0].0]);
